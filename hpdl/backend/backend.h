@@ -1,0 +1,184 @@
+// The Backend interface: the narrow, coarse set of kernels every device
+// provides. Ops (hpdl/ops) check shapes, allocate outputs and record autograd;
+// a Backend only computes, into outputs the caller allocated with the right
+// shape, dtype and device. Backends never see autograd.
+//
+// Backends in the tree:
+//   reference  plain, readable loops (float32 and float64); the oracle every
+//              fast kernel is tested against (backend/cpu/reference.cpp)
+//   cpu        oneDNN for convolution, pooling, normalization, matmul,
+//              eltwise and softmax; the reference for what oneDNN lacks
+//              (backend/cpu/onednn.cpp)
+//   cuda       cuDNN, cuBLAS and hand-written kernels (backend/cuda/, built
+//              when CMake finds the CUDA toolkit)
+//
+// Contract for implementers: inputs may be any strided view unless a method
+// says "contiguous"; outputs are contiguous and never alias inputs unless a
+// method says so. float32 must be supported by every method; `supports` says
+// which other dtypes are. A method may throw hpdl::Error naming the backend,
+// the op and the dtype for what it does not support; ops call `supports`
+// first and fall back to the reference backend on the CPU.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "hpdl/core/tensor.h"
+
+namespace hpdl {
+
+enum class UnaryOp : uint8_t {
+  neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, leaky_relu, gelu, abs, square, pow_scalar, reciprocal,
+  add_scalar, mul_scalar, sign, sin, cos
+};
+// out = f(a, b) with NumPy broadcasting of a and b to out's shape.
+enum class BinaryOp : uint8_t {
+  add, sub, mul, div, pow, maximum, minimum, gt, ge, lt, le, eq,
+  relu_grad,        // a * (b > 0): relu backward with a = dy, b = x
+  leaky_relu_grad,  // a * (b > 0 ? 1 : alpha)
+};
+enum class ReduceOp : uint8_t { sum, mean, max, min, argmax, sum_square };
+enum class PoolKind : uint8_t { max, avg };
+
+const char* unary_name(UnaryOp op);
+const char* binary_name(BinaryOp op);
+const char* reduce_name(ReduceOp op);
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+  // Output size along one spatial dim.
+  static int64_t out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+    return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+  }
+};
+
+struct Pool2dParams {
+  int64_t kernel_h = 2, kernel_w = 2;
+  int64_t stride_h = 2, stride_w = 2;
+  int64_t pad_h = 0, pad_w = 0;
+  bool count_include_pad = false;  // avg pooling: divide by the full window or only the valid part
+};
+
+// One fused, elementwise optimizer update over a flat parameter buffer.
+struct OptimizerUpdate {
+  enum class Kind : uint8_t { sgd, adamw } kind = Kind::sgd;
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int64_t step = 1;            // AdamW bias correction uses it (1-based)
+  double scale = 1.0;          // multiplies the step (LARS/LAMB trust ratio)
+  bool decoupled_decay = false;  // AdamW-style decay: p -= lr * wd * p
+};
+
+enum class OpKind : uint8_t {
+  fill, copy, random, unary, binary, reduce, matmul, conv2d, pool2d, adaptive_avg_pool2d, batchnorm,
+  layernorm, softmax, gather, optimizer
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual bool supports(OpKind op, DType dtype) const = 0;
+
+  // ---- memory ----
+  virtual void fill(const Tensor& out, double value) = 0;
+  // dst (contiguous or any view) <- src (any view), same numel, dtype converted. Both on this backend's device.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  // uniform [low, high) or normal(mean, std) with counter-based numbers from (seed, offset + i).
+  virtual void random_uniform(const Tensor& out, uint64_t seed, uint64_t offset, double low, double high) = 0;
+  virtual void random_normal(const Tensor& out, uint64_t seed, uint64_t offset, double mean, double stddev) = 0;
+
+  // ---- elementwise ----
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) = 0;
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, double alpha) = 0;
+  // out = a * x + b * y (same shapes, contiguous); the workhorse of gradient accumulation.
+  virtual void axpby(double a, const Tensor& x, double b, const Tensor& y, const Tensor& out) = 0;
+
+  // ---- reductions ----
+  // out has x's rank with the reduced axes set to 1 (keepdim); `axes` sorted, unique.
+  // argmax writes int64 indices along a single axis.
+  virtual void reduce(ReduceOp op, const Tensor& x, const std::vector<int>& axes, const Tensor& out) = 0;
+
+  // ---- linear algebra ----
+  // c[b] = alpha * op(a[b]) @ op(b[b]) + beta * c[b], with op = transpose when the flag is set.
+  // a: [B?, M, K] (or [B?, K, M] when trans_a), b: [B?, K, N] (or [B?, N, K]), c: [B?, M, N];
+  // rank 2 or 3; a batch dim of 1 broadcasts. a and b contiguous.
+  virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
+                      double beta) = 0;
+
+  // ---- convolution: x [N, C, H, W], w [K, C/groups, R, S], bias [K] or undefined, y [N, K, P, Q] ----
+  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                              const Conv2dParams& p) = 0;
+  virtual void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) = 0;
+  // db may be undefined (no bias).
+  virtual void conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                                       const Conv2dParams& p) = 0;
+
+  // ---- pooling: x [N, C, H, W], y [N, C, P, Q] ----
+  virtual void pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) = 0;
+  // Max pooling backward routes dy to the first maximum of each window of x.
+  virtual void pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
+                               const Pool2dParams& p) = 0;
+
+  // ---- batch normalization over N, H, W per channel: x [N, C, ...] ----
+  // training: writes y, the batch mean and 1/sqrt(var + eps) per channel (var biased).
+  virtual void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                       const Tensor& save_mean, const Tensor& save_invstd, double eps) = 0;
+  virtual void batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                       const Tensor& mean, const Tensor& var, const Tensor& y, double eps) = 0;
+  virtual void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
+                                  const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
+                                  const Tensor& dbeta) = 0;
+
+  // ---- layer normalization over the last axis: x [M, D], gamma/beta [D] ----
+  virtual void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                 const Tensor& save_mean, const Tensor& save_invstd, double eps) = 0;
+  virtual void layernorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
+                                  const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
+                                  const Tensor& dbeta) = 0;
+
+  // ---- softmax along one axis (contiguous x) ----
+  virtual void softmax_forward(const Tensor& x, const Tensor& y, int axis, bool log) = 0;
+  virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int axis, bool log) = 0;
+
+  // ---- indexing ----
+  // out[..., i, ...] = x[..., index[i], ...] along `axis`; index int64 1-D.
+  virtual void index_select(const Tensor& x, int axis, const Tensor& index, const Tensor& out) = 0;
+  // out[..., index[i], ...] += src[..., i, ...] along `axis` (out pre-initialized).
+  virtual void index_add(const Tensor& out, int axis, const Tensor& index, const Tensor& src) = 0;
+  // out[i] = x[i, index[i]] for x [M, C], index [M] int64 (negative index: out 0); and its scatter.
+  virtual void gather_rows(const Tensor& x, const Tensor& index, const Tensor& out) = 0;
+  virtual void scatter_rows(const Tensor& src, const Tensor& index, const Tensor& out) = 0;  // out zeroed first
+
+  // ---- optimizers: p, g, state buffers contiguous, same numel ----
+  // sgd: buf1 = momentum buffer (may be undefined when momentum == 0); adamw: buf1 = m, buf2 = v.
+  virtual void optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad,
+                                const Tensor& buf1, const Tensor& buf2) = 0;
+};
+
+// The reference backend (always available, CPU).
+Backend& reference_backend();
+// The fast CPU backend (oneDNN).
+Backend& cpu_backend();
+// The backend for a device; CUDA's registers itself when built in.
+Backend& backend_for(Device device);
+void register_backend(DeviceType type, Backend* backend);
+
+// Within its scope, ops on CPU tensors use `b` (tests compare fast vs reference).
+class ScopedCpuBackend {
+ public:
+  explicit ScopedCpuBackend(Backend& b);
+  ~ScopedCpuBackend();
+  ScopedCpuBackend(const ScopedCpuBackend&) = delete;
+  ScopedCpuBackend& operator=(const ScopedCpuBackend&) = delete;
+
+ private:
+  Backend* previous_;
+};
+
+}  // namespace hpdl

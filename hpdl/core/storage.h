@@ -1,0 +1,47 @@
+// Storage: one reference-counted allocation on a device. Tensors are views into
+// a Storage (offset, shape, strides). Allocators are per device type; the CPU
+// one returns 64-byte aligned memory (a cache line, an AVX-512 vector); the
+// CUDA backend registers a caching allocator over cudaMalloc.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "hpdl/core/dtype.h"
+
+namespace hpdl {
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  virtual void* allocate(size_t nbytes) = 0;
+  virtual void deallocate(void* p, size_t nbytes) = 0;
+};
+
+Allocator& cpu_allocator();
+// The allocator for a device; CUDA's is registered by the CUDA backend at load
+// time. Throws naming the device when none is registered (hpdl built without CUDA).
+Allocator& allocator_for(Device d);
+void register_allocator(DeviceType type, Allocator* a);
+
+class Storage {
+ public:
+  Storage(size_t nbytes, Device device);
+  // Wraps external memory that the Storage does not own (must outlive it).
+  Storage(void* external, size_t nbytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  Device device_;
+  bool owned_ = true;
+};
+
+}  // namespace hpdl
