@@ -30,7 +30,7 @@ namespace hpdl {
 
 enum class UnaryOp : uint8_t {
   neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, leaky_relu, gelu, abs, square, pow_scalar, reciprocal,
-  add_scalar, mul_scalar, sign, sin, cos
+  add_scalar, mul_scalar, sign, sin, cos, erf
 };
 // out = f(a, b) with NumPy broadcasting of a and b to out's shape.
 enum class BinaryOp : uint8_t {

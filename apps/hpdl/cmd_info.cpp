@@ -1,0 +1,38 @@
+// hpdl info: versions, the ISA oneDNN runs on, threads, MPI and CUDA.
+#include <mpi.h>
+
+#include <cstdio>
+
+#include "apps/hpdl/commands.h"
+#include "hpdl/backend/cpu/onednn.h"
+#include "hpdl/core/threading.h"
+
+namespace hpdl::cli {
+
+namespace {
+int g_exit_code = 0;
+}
+int exit_code() { return g_exit_code; }
+void set_exit_code(int code) { g_exit_code = code; }
+
+void register_info(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "Print versions, CPU ISA, threads, MPI and CUDA support");
+  cmd->callback([] {
+    char mpi_version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    MPI_Get_library_version(mpi_version, &len);
+    std::string mpi(mpi_version, static_cast<size_t>(len));
+    if (auto nl = mpi.find('\n'); nl != std::string::npos) mpi.resize(nl);
+    std::printf("hpdl %s\n", HPDL_VERSION);
+    std::printf("oneDNN %s, ISA %s\n", cpu::onednn_version().c_str(), cpu::onednn_isa().c_str());
+    std::printf("OpenMP threads %d\n", num_threads());
+    std::printf("MPI %s\n", mpi.c_str());
+#ifdef HPDL_HAVE_CUDA
+    std::printf("CUDA backend: built in\n");
+#else
+    std::printf("CUDA backend: not built (no CUDA toolkit at configure time)\n");
+#endif
+  });
+}
+
+}  // namespace hpdl::cli

@@ -1,0 +1,14 @@
+// Registration functions of the hpdl subcommands (one cmd_*.cpp each).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace hpdl::cli {
+
+void register_info(CLI::App& app);
+
+// The exit code a subcommand's callback left (0 unless it failed softly).
+int exit_code();
+void set_exit_code(int code);
+
+}  // namespace hpdl::cli

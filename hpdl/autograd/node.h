@@ -1,0 +1,115 @@
+// Graph nodes of define-by-run autograd. Each differentiable op, when any input
+// requires grad and grad mode is on, creates one Node whose `apply` maps the
+// gradients of its outputs to the gradients of its inputs. Backward formulas
+// are written with differentiable ops, so running them with grad mode on
+// (create_graph) records a graph of the backward pass: higher-order derivatives.
+// Nodes whose backward calls a fused library kernel say so with
+// `first_order_only` and refuse create_graph with a clear error.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hpdl/core/tensor.h"
+
+namespace hpdl {
+
+class Node;
+
+struct Edge {
+  std::shared_ptr<Node> fn;  // null: that input needs no gradient
+  uint32_t input_nr = 0;     // which gradient slot of fn receives it
+};
+
+class Node : public std::enable_shared_from_this<Node> {
+ public:
+  virtual ~Node() = default;
+  virtual const char* name() const = 0;
+  // grads[i] is the gradient of output i (undefined when none flowed there).
+  // Returns one gradient per entry of `next` (undefined when that input needs none).
+  virtual std::vector<Tensor> apply(const std::vector<Tensor>& grads) = 0;
+  virtual bool first_order_only() const { return false; }
+  // Drops saved tensors after a backward without retain_graph.
+  virtual void release() {}
+
+  std::vector<Edge> next;      // one per differentiable input
+  uint32_t num_outputs = 1;
+  uint64_t sequence = 0;       // creation order; the engine runs later nodes first
+};
+
+// A node whose backward is a lambda capturing what it saved from the forward.
+class FunctionNode final : public Node {
+ public:
+  using Backward = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
+  FunctionNode(const char* name, Backward fn, bool first_order_only = false)
+      : name_(name), fn_(std::move(fn)), first_order_only_(first_order_only) {}
+  const char* name() const override { return name_; }
+  std::vector<Tensor> apply(const std::vector<Tensor>& grads) override;
+  bool first_order_only() const override { return first_order_only_; }
+  void release() override { fn_ = nullptr; }
+
+ private:
+  const char* name_;
+  Backward fn_;
+  bool first_order_only_;
+};
+
+// The sink of a leaf tensor: adds incoming gradients into its .grad.
+class AccumulateGrad final : public Node {
+ public:
+  explicit AccumulateGrad(const std::shared_ptr<TensorImpl>& leaf) : leaf_(leaf) {}
+  const char* name() const override { return "AccumulateGrad"; }
+  std::vector<Tensor> apply(const std::vector<Tensor>& grads) override;
+
+ private:
+  std::weak_ptr<TensorImpl> leaf_;
+};
+
+// ---- grad mode ----
+bool grad_enabled();
+void set_grad_enabled(bool on);
+
+// Disables graph recording in its scope (inference, optimizer steps).
+class NoGradGuard {
+ public:
+  NoGradGuard() : prev_(grad_enabled()) { set_grad_enabled(false); }
+  ~NoGradGuard() { set_grad_enabled(prev_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+class EnableGradGuard {
+ public:
+  explicit EnableGradGuard(bool on) : prev_(grad_enabled()) { set_grad_enabled(on); }
+  ~EnableGradGuard() { set_grad_enabled(prev_); }
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// ---- recording helpers for op implementations ----
+
+// True when grad mode is on and any input requires grad.
+bool needs_grad(std::initializer_list<const Tensor*> inputs);
+bool needs_grad(const std::vector<Tensor>& inputs);
+
+// The edge through which a gradient for `t` flows (its grad_fn, or its leaf accumulator).
+Edge gradient_edge(const Tensor& t);
+
+// Connects `outputs` to a new FunctionNode over `inputs`; returns the node.
+// `backward` receives one gradient per output (undefined entries replaced by
+// zeros when `zero_fill` is set) and returns one gradient per input.
+std::shared_ptr<Node> record(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor*> outputs,
+                             FunctionNode::Backward backward, bool first_order_only = false);
+
+// Reduces a broadcast gradient `g` back to `shape` (sums the broadcast axes). Differentiable.
+Tensor sum_to(const Tensor& g, const Shape& shape);
+
+}  // namespace hpdl

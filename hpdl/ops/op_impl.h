@@ -1,0 +1,43 @@
+// Private helpers shared by the op implementations: argument checks that name
+// the op, output allocation, and backend choice (the device's backend, or the
+// reference kernels on CPU for dtypes the fast backend lacks).
+#pragma once
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/backend/backend.h"
+#include "hpdl/core/tensor.h"
+
+namespace hpdl::detail {
+
+inline void check_defined(const Tensor& t, const char* op, const char* what) {
+  HPDL_CHECK(t.defined(), "{}: {} is an undefined tensor", op, what);
+}
+
+inline void check_same(const Tensor& a, const Tensor& b, const char* op) {
+  HPDL_CHECK(a.dtype() == b.dtype(), "{}: dtype mismatch, {} {} vs {} {}", op, dtype_name(a.dtype()),
+             shape_str(a.shape()), dtype_name(b.dtype()), shape_str(b.shape()));
+  HPDL_CHECK(a.device() == b.device(), "{}: device mismatch, {} on {} vs {} on {}", op, shape_str(a.shape()),
+             a.device().str(), shape_str(b.shape()), b.device().str());
+}
+
+inline void check_float(const Tensor& t, const char* op) {
+  HPDL_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64,
+             "{}: unsupported dtype {} (expected float32 or float64; convert with .to(DType::f32))", op,
+             dtype_name(t.dtype()));
+}
+
+inline void check_ndim(const Tensor& t, int nd, const char* op, const char* what) {
+  HPDL_CHECK(t.ndim() == nd, "{}: {} must have {} dims, got shape {}", op, what, nd, shape_str(t.shape()));
+}
+
+// The backend to run `kind` on for tensors like `t`.
+inline Backend& pick(const Tensor& t, OpKind kind) {
+  Backend& b = backend_for(t.device());
+  if (b.supports(kind, t.dtype())) return b;
+  if (t.device().is_cpu()) return reference_backend();
+  HPDL_FAIL("backend {} does not support this op for dtype {}", b.name(), dtype_name(t.dtype()));
+}
+
+inline Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
+
+}  // namespace hpdl::detail
