@@ -1,0 +1,270 @@
+// MPI-backed Communicator and its communication thread.
+#include "hpdl/dist/communicator.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace hpdl::dist {
+namespace {
+
+int g_thread_level = MPI_THREAD_SINGLE;
+std::mutex g_mpi_mu;  // serializes MPI calls when the library is not MPI_THREAD_MULTIPLE
+
+// Takes the lock only when MPI cannot be called from several threads at once.
+struct MpiLock {
+  std::unique_lock<std::mutex> lock;
+  MpiLock() {
+    if (g_thread_level < MPI_THREAD_MULTIPLE) lock = std::unique_lock<std::mutex>(g_mpi_mu);
+  }
+};
+
+void check_mpi(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  HPDL_FAIL("{} failed: {}", call, std::string(msg, static_cast<size_t>(len)));
+}
+
+// bfloat16 sum for MPI: bf16 on the wire halves the bytes (gradient compression).
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const bf16*>(in);
+  auto* b = static_cast<bf16*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = bf16(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+MPI_Op g_bf16_sum = MPI_OP_NULL;
+MPI_Datatype g_bf16_type = MPI_DATATYPE_NULL;
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i64: return MPI_INT64_T;
+    case DType::i32: return MPI_INT32_T;
+    case DType::u8: return MPI_UINT8_T;
+    case DType::bf16: return g_bf16_type;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op mpi_op(ReduceKind op, DType t) {
+  if (t == DType::bf16) {
+    HPDL_CHECK(op == ReduceKind::sum, "allreduce: bfloat16 supports only sum");
+    return g_bf16_sum;
+  }
+  switch (op) {
+    case ReduceKind::sum: return MPI_SUM;
+    case ReduceKind::max: return MPI_MAX;
+    case ReduceKind::min: return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+void finalize_at_exit() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+}  // namespace
+
+void init(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &g_thread_level), "MPI_Init_thread");
+    std::atexit(finalize_at_exit);
+  } else {
+    MPI_Query_thread(&g_thread_level);
+  }
+  if (g_bf16_type == MPI_DATATYPE_NULL) {
+    MPI_Type_contiguous(2, MPI_BYTE, &g_bf16_type);
+    MPI_Type_commit(&g_bf16_type);
+    MPI_Op_create(bf16_sum, 1, &g_bf16_sum);
+  }
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  set_error_rank(size > 1 ? rank : -1);
+}
+
+bool is_initialized() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  return initialized != 0;
+}
+
+void Work::wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return done_; });
+  if (error_) std::rethrow_exception(error_);
+}
+
+bool Work::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+void Work::finish(std::exception_ptr e) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    error_ = e;
+  }
+  cv_.notify_all();
+}
+
+Communicator& Communicator::world() {
+  static Communicator* w = [] {
+    init(nullptr, nullptr);
+    return new Communicator(MPI_COMM_WORLD, false);  // leaked on purpose: must outlive static destructors
+  }();
+  return *w;
+}
+
+Communicator::Communicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+Communicator::~Communicator() {
+  if (comm_thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      stop_ = true;
+    }
+    queue_cv_.notify_all();
+    comm_thread_.join();
+  }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owned_ && !finalized) MPI_Comm_free(&comm_);
+}
+
+int Communicator::thread_level() const { return g_thread_level; }
+
+void Communicator::allreduce(const Tensor& t, ReduceKind op) {
+  HPDL_CHECK(t.device().is_cpu() && t.is_contiguous(), "allreduce: needs a contiguous CPU tensor, got {}", t.str());
+  allreduce(t.raw_data(), t.numel(), t.dtype(), op);
+}
+
+void Communicator::allreduce(void* data, int64_t count, DType dtype, ReduceKind op) {
+  if (size_ == 1 || count == 0) return;
+  MpiLock lock;
+  // MPI counts are int: large buffers go in chunks.
+  constexpr int64_t kMaxCount = 1 << 30;
+  char* p = static_cast<char*>(data);
+  for (int64_t done = 0; done < count; done += kMaxCount) {
+    int n = static_cast<int>(std::min(kMaxCount, count - done));
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + done * dtype_size(dtype), n, mpi_type(dtype), mpi_op(op, dtype), comm_),
+              "MPI_Allreduce");
+  }
+}
+
+std::shared_ptr<Work> Communicator::enqueue(std::function<void()> fn) {
+  auto work = std::make_shared<Work>();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!comm_thread_.joinable()) comm_thread_ = std::thread([this] { comm_loop(); });
+    queue_.emplace_back(std::move(fn), work);
+  }
+  queue_cv_.notify_one();
+  return work;
+}
+
+std::shared_ptr<Work> Communicator::allreduce_async(const Tensor& t, ReduceKind op) {
+  HPDL_CHECK(t.device().is_cpu() && t.is_contiguous(), "allreduce_async: needs a contiguous CPU tensor, got {}",
+             t.str());
+  Tensor keep = t;
+  return enqueue([this, keep, op] { allreduce(keep, op); });
+}
+
+void Communicator::comm_loop() {
+  for (;;) {
+    std::pair<std::function<void()>, std::shared_ptr<Work>> item;
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      item = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    std::exception_ptr err;
+    try {
+      item.first();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    item.second->finish(err);
+  }
+}
+
+void Communicator::broadcast(const Tensor& t, int root) {
+  HPDL_CHECK(t.device().is_cpu() && t.is_contiguous(), "broadcast: needs a contiguous CPU tensor, got {}", t.str());
+  broadcast_bytes(t.raw_data(), static_cast<int64_t>(t.nbytes()), root);
+}
+
+void Communicator::broadcast_bytes(void* data, int64_t nbytes, int root) {
+  if (size_ == 1 || nbytes == 0) return;
+  HPDL_CHECK(root >= 0 && root < size_, "broadcast: root {} outside [0, {})", root, size_);
+  MpiLock lock;
+  constexpr int64_t kMax = 1 << 30;
+  char* p = static_cast<char*>(data);
+  for (int64_t done = 0; done < nbytes; done += kMax) {
+    check_mpi(MPI_Bcast(p + done, static_cast<int>(std::min(kMax, nbytes - done)), MPI_BYTE, root, comm_), "MPI_Bcast");
+  }
+}
+
+Tensor Communicator::allgather(const Tensor& t) {
+  Tensor src = t.contiguous();
+  Shape s = src.shape();
+  s.insert(s.begin(), size_);
+  Tensor out = Tensor::empty(s, src.dtype());
+  if (size_ == 1) {
+    out.copy_(src);
+    return out;
+  }
+  MpiLock lock;
+  HPDL_CHECK(src.nbytes() < (1ull << 31), "allgather: {} bytes per rank exceeds the 2 GiB MPI count limit", src.nbytes());
+  check_mpi(MPI_Allgather(src.raw_data(), static_cast<int>(src.nbytes()), MPI_BYTE, out.raw_data(),
+                          static_cast<int>(src.nbytes()), MPI_BYTE, comm_),
+            "MPI_Allgather");
+  return out;
+}
+
+void Communicator::barrier() {
+  if (size_ == 1) return;
+  MpiLock lock;
+  check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
+}
+
+std::unique_ptr<Communicator> Communicator::split(int color, int key) const {
+  MPI_Comm out;
+  {
+    MpiLock lock;
+    check_mpi(MPI_Comm_split(comm_, color, key, &out), "MPI_Comm_split");
+  }
+  return std::unique_ptr<Communicator>(new Communicator(out, true));
+}
+
+std::unique_ptr<Communicator> Communicator::split_node() const {
+  MPI_Comm out;
+  {
+    MpiLock lock;
+    check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &out), "MPI_Comm_split_type");
+  }
+  return std::unique_ptr<Communicator>(new Communicator(out, true));
+}
+
+void Communicator::abort(const std::string& message, int code) const {
+  std::fprintf(stderr, "hpdl: error: [rank %d] %s (aborting all %d ranks)\n", rank_, message.c_str(), size_);
+  std::fflush(stderr);
+  if (size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);
+}
+
+}  // namespace hpdl::dist

@@ -1,0 +1,100 @@
+// dist::Communicator: every byte hpdl sends between ranks goes through here.
+// It wraps one MPI communicator (the standard API only, so OpenMPI, MPICH and
+// vendor MPIs all work). Run without mpirun, the world is one rank.
+//
+// Threading: MPI is initialized with MPI_THREAD_MULTIPLE when the library
+// provides it; asynchronous collectives run on one dedicated communication
+// thread per communicator (as Horovod does), so a bucket's allreduce makes
+// progress while backward computes, whatever the MPI's progress model.
+#pragma once
+
+#include <mpi.h>
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "hpdl/core/tensor.h"
+
+namespace hpdl::dist {
+
+enum class ReduceKind { sum, max, min };
+
+// A pending asynchronous operation. wait() blocks until it is done and
+// rethrows its error, if any.
+class Work {
+ public:
+  void wait();
+  bool done() const;
+
+ private:
+  friend class Communicator;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+  void finish(std::exception_ptr e);
+};
+
+class Communicator {
+ public:
+  // The world communicator; initializes MPI on first use (and finalizes at exit).
+  static Communicator& world();
+
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm handle() const { return comm_; }
+
+  // In place over a contiguous CPU tensor (float32, float64, bfloat16, int64).
+  void allreduce(const Tensor& t, ReduceKind op = ReduceKind::sum);
+  void allreduce(void* data, int64_t count, DType dtype, ReduceKind op = ReduceKind::sum);
+  // Queued on the communication thread; operations complete in the order issued.
+  // `t` must stay alive and untouched until the Work is done.
+  std::shared_ptr<Work> allreduce_async(const Tensor& t, ReduceKind op = ReduceKind::sum);
+  // Runs any function on the communication thread, in order with the collectives.
+  std::shared_ptr<Work> enqueue(std::function<void()> fn);
+
+  void broadcast(const Tensor& t, int root = 0);
+  void broadcast_bytes(void* data, int64_t nbytes, int root = 0);
+  // Returns [size, ...t.shape()]: every rank's tensor, stacked in rank order.
+  Tensor allgather(const Tensor& t);
+  void barrier();
+
+  // Ranks with equal color form one new communicator, ordered by key.
+  std::unique_ptr<Communicator> split(int color, int key) const;
+  // Ranks that share a node (MPI_COMM_TYPE_SHARED).
+  std::unique_ptr<Communicator> split_node() const;
+
+  // Ends the whole job: prints `message` once from this rank and calls
+  // MPI_Abort, so a failing rank never leaves the others hanging.
+  [[noreturn]] void abort(const std::string& message, int code = 1) const;
+
+  int thread_level() const;
+
+ private:
+  explicit Communicator(MPI_Comm comm, bool owned);
+  void comm_loop();
+
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<std::pair<std::function<void()>, std::shared_ptr<Work>>> queue_;
+  bool stop_ = false;
+  std::thread comm_thread_;
+};
+
+// Initializes MPI explicitly (optional: world() does it lazily).
+void init(int* argc, char*** argv);
+bool is_initialized();
+
+}  // namespace hpdl::dist
