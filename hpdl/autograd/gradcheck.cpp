@@ -37,7 +37,7 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
       orig = x.dtype() == DType::f64 ? x.data<double>()[i] : x.data<float>()[i];
       double fp, fm;
       {
-        NoGradGuard ng;
+        // Grad mode stays on: f may itself call grad() (checking a second derivative).
         set(orig + eps);
         fp = project(f(inputs));
         set(orig - eps);
