@@ -1,25 +1,97 @@
 // OneDnnBackend: oneDNN primitives for the float32 hot paths, created once per
 // shape and cached (creating a primitive JIT-compiles a kernel: far too slow
-// to do per call).
+// to do per call). Tensors keep hpdl's plain layouts (NCHW activations, OIHW
+// weights); convolutions let oneDNN pick blocked layouts (format_tag::any) and
+// reorder into and out of them on every call. Weights are reordered on every
+// call too: they change after every optimizer step, so a cached reorder would
+// be stale. The scratch buffers for reordered operands live in the cache entry
+// (no allocation or page faults per call); each entry has a mutex so two
+// threads never share its buffers at once.
 #include "hpdl/backend/cpu/onednn.h"
 
+#include <cmath>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <tuple>
+#include <unordered_map>
 
 namespace hpdl::cpu {
 
 using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
+using Args = std::unordered_map<int, memory>;
+
+namespace {
+
+bool f32_dense(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->defined() && (t->dtype() != DType::f32 || !t->is_contiguous())) return false;
+  return true;
+}
+
+memory::dims dims_of(const Shape& s) { return memory::dims(s.begin(), s.end()); }
+
+// A plain row-major descriptor for any rank.
+memory::desc plain_desc(const Shape& s) {
+  return memory::desc(dims_of(s), dt::f32, memory::dims(contiguous_strides(s).begin(), contiguous_strides(s).end()));
+}
+
+std::string make_key(const char* name, std::initializer_list<int64_t> values) {
+  std::string k = name;
+  for (int64_t v : values) k += fmt::format(",{}", v);
+  return k;
+}
+
+}  // namespace
 
 struct OneDnnBackend::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
   std::mutex mu;
   // matmul primitives by (B, M, N, K, trans_a, trans_b, batch-broadcast flags, beta != 0)
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool, bool, bool>, std::pair<dnnl::matmul::primitive_desc, dnnl::matmul>> matmuls;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool, bool, bool>,
+           std::pair<dnnl::matmul::primitive_desc, dnnl::matmul>>
+      matmuls;
+  // Every other primitive: one entry per op and shape, never evicted.
+  std::unordered_map<std::string, std::shared_ptr<void>> cache;
+
+  // The entry for `key`, built by make(entry) on first use.
+  template <typename E, typename Make>
+  E& entry(const std::string& key, Make&& make) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      auto e = std::make_shared<E>();
+      make(*e);
+      it = cache.emplace(key, std::static_pointer_cast<void>(e)).first;
+    }
+    return *static_cast<E*>(it->second.get());
+  }
+
+  memory wrap(const memory::desc& d, const Tensor& t) const { return memory(d, engine, t.raw_data()); }
+  memory wrap(const memory::desc& d, void* p) const { return memory(d, engine, p); }
+
+  // `user` in layout `want`: the user memory itself when the layouts agree,
+  // else a reorder into the cached buffer `buf`.
+  memory in_layout(const memory& user, const memory::desc& want, memory& buf, dnnl::stream& s) const {
+    if (user.get_desc() == want) return user;
+    if (!buf) buf = memory(want, engine);
+    dnnl::reorder(user, buf).execute(s, const_cast<memory&>(user), buf);
+    return buf;
+  }
+  // Memory a primitive writes in layout `have`, to be copied to `user` afterwards by `out_to_user`.
+  memory out_layout(const memory& user, const memory::desc& have, memory& buf) const {
+    if (user.get_desc() == have) return user;
+    if (!buf) buf = memory(have, engine);
+    return buf;
+  }
+  static void out_to_user(const memory& result, const memory& user, dnnl::stream& s) {
+    if (result.get(true) == user.get(true)) return;
+    dnnl::reorder(result, user).execute(s, const_cast<memory&>(result), const_cast<memory&>(user));
+  }
 };
 
 OneDnnBackend::OneDnnBackend() : impl_(new Impl) {}
@@ -27,9 +99,65 @@ OneDnnBackend::~OneDnnBackend() { delete impl_; }
 
 bool OneDnnBackend::supports(OpKind op, DType dtype) const { return ReferenceBackend::supports(op, dtype); }
 
+// ---------------------------------------------------------------- eltwise
+
+namespace {
+// The oneDNN algorithm and (alpha, beta) for a unary op, when there is one:
+// linear is alpha*x + beta, pow is alpha*x^beta.
+bool eltwise_algo(UnaryOp op, double a, dnnl::algorithm& alg, float& alpha, float& beta) {
+  using A = dnnl::algorithm;
+  alpha = 0, beta = 0;
+  switch (op) {
+    case UnaryOp::relu: alg = A::eltwise_relu; return true;
+    case UnaryOp::leaky_relu: alg = A::eltwise_relu, alpha = static_cast<float>(a); return true;
+    case UnaryOp::tanh: alg = A::eltwise_tanh; return true;
+    case UnaryOp::sigmoid: alg = A::eltwise_logistic; return true;
+    case UnaryOp::exp: alg = A::eltwise_exp; return true;
+    case UnaryOp::log: alg = A::eltwise_log; return true;
+    case UnaryOp::sqrt: alg = A::eltwise_sqrt; return true;
+    case UnaryOp::gelu: alg = A::eltwise_gelu_erf; return true;
+    case UnaryOp::abs: alg = A::eltwise_abs; return true;
+    case UnaryOp::square: alg = A::eltwise_square; return true;
+    case UnaryOp::neg: alg = A::eltwise_linear, alpha = -1.f; return true;
+    case UnaryOp::mul_scalar: alg = A::eltwise_linear, alpha = static_cast<float>(a); return true;
+    case UnaryOp::add_scalar: alg = A::eltwise_linear, alpha = 1.f, beta = static_cast<float>(a); return true;
+    default: return false;
+  }
+}
+// Below this many elements the primitive call costs more than the plain loop.
+constexpr int64_t kEltwiseMin = 4096;
+}  // namespace
+
+void OneDnnBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
+  dnnl::algorithm alg;
+  float a, b;
+  if (!f32_dense({&x, &out}) || x.numel() < kEltwiseMin || !eltwise_algo(op, alpha, alg, a, b)) {
+    ReferenceBackend::unary(op, x, out, alpha);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    dnnl::eltwise_forward prim;
+    memory::desc md;
+  };
+  const int64_t n = x.numel();
+  float av = a, bv = b;
+  E& e = impl_->entry<E>(fmt::format("eltwise,{},{},{},{}", static_cast<int>(alg), n, av, bv), [&](E& e) {
+    e.md = memory::desc({n}, dt::f32, tag::a);
+    dnnl::eltwise_forward::primitive_desc pd(
+        dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, alg, e.md, av, bv), impl_->engine);
+    e.prim = dnnl::eltwise_forward(pd);
+  });
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.md, x)}, {DNNL_ARG_DST, impl_->wrap(e.md, out)}});
+  s.wait();
+}
+
+// ---------------------------------------------------------------- matmul
+
 void OneDnnBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b,
                            double alpha, double beta) {
-  if (c.dtype() != DType::f32 || alpha != 1.0) {
+  if (!f32_dense({&a, &b, &c}) || alpha != 1.0) {
     ReferenceBackend::matmul(a, b, c, trans_a, trans_b, alpha, beta);
     return;
   }
@@ -67,6 +195,503 @@ void OneDnnBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bo
   prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   s.wait();
 }
+
+// ---------------------------------------------------------------- convolution
+
+namespace {
+
+// Everything oneDNN needs to describe one convolution in hpdl's plain layouts.
+struct ConvGeom {
+  memory::desc src, wei, bias, dst;  // user layouts: nchw, (g)oihw, x, nchw
+  memory::desc src_any, wei_any, dst_any;
+  memory::dims strides, dilates, pad_l, pad_r;
+  bool ok = true;  // false: oneDNN cannot express it (negative right padding)
+
+  ConvGeom(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p) {
+    const int64_t G = p.groups, K = ws[0], Cg = ws[1], R = ws[2], S = ws[3];
+    src = memory::desc(dims_of(xs), dt::f32, tag::nchw);
+    dst = memory::desc(dims_of(ys), dt::f32, tag::nchw);
+    bias = memory::desc({K}, dt::f32, tag::x);
+    memory::dims wd = G == 1 ? memory::dims{K, Cg, R, S} : memory::dims{G, K / G, Cg, R, S};
+    wei = memory::desc(wd, dt::f32, G == 1 ? tag::oihw : tag::goihw);
+    src_any = memory::desc(dims_of(xs), dt::f32, tag::any);
+    dst_any = memory::desc(dims_of(ys), dt::f32, tag::any);
+    wei_any = memory::desc(wd, dt::f32, tag::any);
+    strides = {p.stride_h, p.stride_w};
+    dilates = {p.dilation_h - 1, p.dilation_w - 1};  // oneDNN counts the gaps
+    pad_l = {p.pad_h, p.pad_w};
+    // Right padding that yields exactly hpdl's (floor) output size.
+    int64_t pr_h = (ys[2] - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - xs[2] - p.pad_h;
+    int64_t pr_w = (ys[3] - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - xs[3] - p.pad_w;
+    pad_r = {pr_h, pr_w};
+    ok = pr_h >= 0 && pr_w >= 0;
+  }
+
+  dnnl::convolution_forward::desc fwd_desc(bool with_bias) const {
+    using namespace dnnl;
+    if (with_bias)
+      return convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src_any, wei_any,
+                                        bias, dst_any, strides, dilates, pad_l, pad_r);
+    return convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src_any, wei_any,
+                                     dst_any, strides, dilates, pad_l, pad_r);
+  }
+};
+
+std::string conv_key(const char* name, const Shape& xs, const Shape& ws, const Conv2dParams& p, bool bias) {
+  return make_key(name, {xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], ws[3], p.stride_h, p.stride_w, p.pad_h,
+                         p.pad_w, p.dilation_h, p.dilation_w, p.groups, bias});
+}
+
+}  // namespace
+
+void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                                   const Conv2dParams& p) {
+  ConvGeom geom(x.shape(), w.shape(), y.shape(), p);
+  if (!f32_dense({&x, &w, &bias, &y}) || !geom.ok) {
+    ReferenceBackend::conv2d_forward(x, w, bias, y, p);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    dnnl::convolution_forward::primitive_desc pd;
+    dnnl::convolution_forward prim;
+    memory src_buf, wei_buf, dst_buf;
+  };
+  const bool has_bias = bias.defined();
+  E& e = impl_->entry<E>(conv_key("conv_fwd", x.shape(), w.shape(), p, has_bias), [&](E& e) {
+    e.pd = dnnl::convolution_forward::primitive_desc(geom.fwd_desc(has_bias), impl_->engine);
+    e.prim = dnnl::convolution_forward(e.pd);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  memory xu = impl_->wrap(geom.src, x), wu = impl_->wrap(geom.wei, w), yu = impl_->wrap(geom.dst, y);
+  memory xm = impl_->in_layout(xu, e.pd.src_desc(), e.src_buf, s);
+  memory wm = impl_->in_layout(wu, e.pd.weights_desc(), e.wei_buf, s);
+  memory ym = impl_->out_layout(yu, e.pd.dst_desc(), e.dst_buf);
+  Args args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}};
+  if (has_bias) args[DNNL_ARG_BIAS] = impl_->wrap(geom.bias, bias);
+  e.prim.execute(s, args);
+  Impl::out_to_user(ym, yu, s);
+  s.wait();
+}
+
+void OneDnnBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx,
+                                         const Conv2dParams& p) {
+  ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p);
+  if (!f32_dense({&dy, &w, &dx}) || !geom.ok) {
+    ReferenceBackend::conv2d_backward_data(dy, w, dx, p);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    dnnl::convolution_backward_data::primitive_desc pd;
+    dnnl::convolution_backward_data prim;
+    memory diff_dst_buf, wei_buf, diff_src_buf;
+  };
+  E& e = impl_->entry<E>(conv_key("conv_bwd_data", dx.shape(), w.shape(), p, false), [&](E& e) {
+    dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(false), impl_->engine);
+    dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, geom.src_any, geom.wei_any,
+                                            geom.dst_any, geom.strides, geom.dilates, geom.pad_l, geom.pad_r);
+    e.pd = dnnl::convolution_backward_data::primitive_desc(d, impl_->engine, hint);
+    e.prim = dnnl::convolution_backward_data(e.pd);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  memory dyu = impl_->wrap(geom.dst, dy), wu = impl_->wrap(geom.wei, w), dxu = impl_->wrap(geom.src, dx);
+  memory dym = impl_->in_layout(dyu, e.pd.diff_dst_desc(), e.diff_dst_buf, s);
+  memory wm = impl_->in_layout(wu, e.pd.weights_desc(), e.wei_buf, s);
+  memory dxm = impl_->out_layout(dxu, e.pd.diff_src_desc(), e.diff_src_buf);
+  e.prim.execute(s, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm}});
+  Impl::out_to_user(dxm, dxu, s);
+  s.wait();
+}
+
+void OneDnnBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                                            const Conv2dParams& p) {
+  ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p);
+  if (!f32_dense({&x, &dy, &dw, &db}) || !geom.ok) {
+    ReferenceBackend::conv2d_backward_weights(x, dy, dw, db, p);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    dnnl::convolution_backward_weights::primitive_desc pd;
+    dnnl::convolution_backward_weights prim;
+    memory src_buf, diff_dst_buf, diff_wei_buf;
+  };
+  const bool has_bias = db.defined();
+  E& e = impl_->entry<E>(conv_key("conv_bwd_weights", x.shape(), dw.shape(), p, has_bias), [&](E& e) {
+    dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(has_bias), impl_->engine);
+    using dnnl::convolution_backward_weights;
+    auto d = has_bias ? convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, geom.src_any,
+                                                           geom.wei_any, geom.bias, geom.dst_any, geom.strides,
+                                                           geom.dilates, geom.pad_l, geom.pad_r)
+                      : convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, geom.src_any,
+                                                           geom.wei_any, geom.dst_any, geom.strides, geom.dilates,
+                                                           geom.pad_l, geom.pad_r);
+    e.pd = convolution_backward_weights::primitive_desc(d, impl_->engine, hint);
+    e.prim = convolution_backward_weights(e.pd);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  memory xu = impl_->wrap(geom.src, x), dyu = impl_->wrap(geom.dst, dy), dwu = impl_->wrap(geom.wei, dw);
+  memory xm = impl_->in_layout(xu, e.pd.src_desc(), e.src_buf, s);
+  memory dym = impl_->in_layout(dyu, e.pd.diff_dst_desc(), e.diff_dst_buf, s);
+  memory dwm = impl_->out_layout(dwu, e.pd.diff_weights_desc(), e.diff_wei_buf);
+  Args args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm}};
+  if (has_bias) args[DNNL_ARG_DIFF_BIAS] = impl_->wrap(geom.bias, db);
+  e.prim.execute(s, args);
+  Impl::out_to_user(dwm, dwu, s);
+  s.wait();
+}
+
+// ---------------------------------------------------------------- pooling
+// Plain NCHW in and out (oneDNN's pooling handles it directly). Max pooling's
+// backward needs the forward's workspace (argmax positions); the interface
+// hands backward x, so backward re-runs the forward with a workspace first:
+// one cheap extra pass instead of keeping state between calls.
+
+namespace {
+struct PoolGeom {
+  memory::desc src, dst;
+  memory::dims strides, kernel, pad_l, pad_r;
+  dnnl::algorithm alg;
+  bool ok = true;
+  PoolGeom(PoolKind kind, const Shape& xs, const Shape& ys, const Pool2dParams& p) {
+    src = memory::desc(dims_of(xs), dt::f32, tag::nchw);
+    dst = memory::desc(dims_of(ys), dt::f32, tag::nchw);
+    strides = {p.stride_h, p.stride_w};
+    kernel = {p.kernel_h, p.kernel_w};
+    pad_l = {p.pad_h, p.pad_w};
+    int64_t pr_h = (ys[2] - 1) * p.stride_h + p.kernel_h - xs[2] - p.pad_h;
+    int64_t pr_w = (ys[3] - 1) * p.stride_w + p.kernel_w - xs[3] - p.pad_w;
+    pad_r = {pr_h, pr_w};
+    ok = pr_h >= 0 && pr_w >= 0;
+    alg = kind == PoolKind::max ? dnnl::algorithm::pooling_max
+          : p.count_include_pad ? dnnl::algorithm::pooling_avg_include_padding
+                                : dnnl::algorithm::pooling_avg_exclude_padding;
+  }
+  dnnl::pooling_forward::desc fwd(dnnl::prop_kind pk) const {
+    return dnnl::pooling_forward::desc(pk, alg, src, dst, strides, kernel, pad_l, pad_r);
+  }
+};
+std::string pool_key(const char* name, PoolKind kind, const Shape& xs, const Pool2dParams& p) {
+  return make_key(name, {static_cast<int64_t>(kind), xs[0], xs[1], xs[2], xs[3], p.kernel_h, p.kernel_w, p.stride_h,
+                         p.stride_w, p.pad_h, p.pad_w, p.count_include_pad});
+}
+}  // namespace
+
+void OneDnnBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) {
+  PoolGeom geom(kind, x.shape(), y.shape(), p);
+  if (!f32_dense({&x, &y}) || !geom.ok) {
+    ReferenceBackend::pool2d_forward(kind, x, y, p);
+    return;
+  }
+  struct E {
+    dnnl::pooling_forward prim;
+  };
+  E& e = impl_->entry<E>(pool_key("pool_fwd", kind, x.shape(), p), [&](E& e) {
+    e.prim = dnnl::pooling_forward(
+        dnnl::pooling_forward::primitive_desc(geom.fwd(dnnl::prop_kind::forward_inference), impl_->engine));
+  });
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(geom.src, x)}, {DNNL_ARG_DST, impl_->wrap(geom.dst, y)}});
+  s.wait();
+}
+
+void OneDnnBackend::pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& y, const Tensor& dy,
+                                    const Tensor& dx, const Pool2dParams& p) {
+  PoolGeom geom(kind, x.shape(), dy.shape(), p);
+  if (!f32_dense({&x, &dy, &dx}) || !geom.ok) {
+    ReferenceBackend::pool2d_backward(kind, x, y, dy, dx, p);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    dnnl::pooling_forward fwd;
+    dnnl::pooling_backward bwd;
+    memory ws, ydummy;
+  };
+  E& e = impl_->entry<E>(pool_key("pool_bwd", kind, x.shape(), p), [&](E& e) {
+    dnnl::pooling_forward::primitive_desc hint(geom.fwd(dnnl::prop_kind::forward_training), impl_->engine);
+    dnnl::pooling_backward::desc d(geom.alg, geom.src, geom.dst, geom.strides, geom.kernel, geom.pad_l, geom.pad_r);
+    dnnl::pooling_backward::primitive_desc pd(d, impl_->engine, hint);
+    e.bwd = dnnl::pooling_backward(pd);
+    if (kind == PoolKind::max) {
+      e.fwd = dnnl::pooling_forward(hint);
+      e.ws = memory(hint.workspace_desc(), impl_->engine);
+      e.ydummy = memory(geom.dst, impl_->engine);
+    }
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  Args args{{DNNL_ARG_DIFF_DST, impl_->wrap(geom.dst, dy)}, {DNNL_ARG_DIFF_SRC, impl_->wrap(geom.src, dx)}};
+  if (kind == PoolKind::max) {
+    e.fwd.execute(s, {{DNNL_ARG_SRC, impl_->wrap(geom.src, x)}, {DNNL_ARG_DST, e.ydummy}, {DNNL_ARG_WORKSPACE, e.ws}});
+    args[DNNL_ARG_WORKSPACE] = e.ws;
+  }
+  e.bwd.execute(s, args);
+  s.wait();
+}
+
+// ---------------------------------------------------------------- batch normalization
+// oneDNN keeps (mean, biased variance); hpdl's interface keeps (mean, invstd).
+// invstd = 1/sqrt(var + eps) after the forward; var = 1/invstd^2 - eps before the backward.
+
+namespace {
+const dnnl::normalization_flags kScaleShift = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+
+std::string shape_key(const char* name, const Shape& s, double eps) {
+  std::string k = fmt::format("{},{}", name, eps);
+  for (int64_t d : s) k += fmt::format(",{}", d);
+  return k;
+}
+
+void invstd_from_var(const float* var, float* invstd, int64_t n, double eps) {
+  for (int64_t i = 0; i < n; ++i) invstd[i] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[i]) + eps));
+}
+void var_from_invstd(const float* invstd, float* var, int64_t n, double eps) {
+  for (int64_t i = 0; i < n; ++i) {
+    double s = invstd[i];
+    var[i] = static_cast<float>(1.0 / (s * s) - eps);
+  }
+}
+bool bn_shape_ok(const Tensor& x) { return x.ndim() >= 2 && x.ndim() <= 5 && x.numel() > 0; }
+}  // namespace
+
+void OneDnnBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                            const Tensor& y, const Tensor& save_mean, const Tensor& save_invstd,
+                                            double eps) {
+  if (!f32_dense({&x, &gamma, &beta, &y, &save_mean, &save_invstd}) || !bn_shape_ok(x)) {
+    ReferenceBackend::batchnorm_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    memory::desc data, stat;
+    dnnl::batch_normalization_forward prim;
+    std::vector<float> var;
+  };
+  const int64_t C = x.dim(1);
+  E& e = impl_->entry<E>(shape_key("bn_fwd_train", x.shape(), eps), [&](E& e) {
+    e.data = plain_desc(x.shape());
+    e.stat = memory::desc({C}, dt::f32, tag::x);
+    dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_training, e.data, static_cast<float>(eps),
+                                              kScaleShift);
+    e.prim = dnnl::batch_normalization_forward(
+        dnnl::batch_normalization_forward::primitive_desc(d, impl_->engine));
+    e.var.resize(C);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
+                     {DNNL_ARG_DST, impl_->wrap(e.data, y)},
+                     {DNNL_ARG_SCALE, impl_->wrap(e.stat, gamma)},
+                     {DNNL_ARG_SHIFT, impl_->wrap(e.stat, beta)},
+                     {DNNL_ARG_MEAN, impl_->wrap(e.stat, save_mean)},
+                     {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, e.var.data())}});
+  s.wait();
+  invstd_from_var(e.var.data(), save_invstd.data<float>(), C, eps);
+}
+
+void OneDnnBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                            const Tensor& mean, const Tensor& var, const Tensor& y, double eps) {
+  if (!f32_dense({&x, &gamma, &beta, &mean, &var, &y}) || !bn_shape_ok(x)) {
+    ReferenceBackend::batchnorm_forward_infer(x, gamma, beta, mean, var, y, eps);
+    return;
+  }
+  struct E {
+    memory::desc data, stat;
+    dnnl::batch_normalization_forward prim;
+  };
+  E& e = impl_->entry<E>(shape_key("bn_fwd_infer", x.shape(), eps), [&](E& e) {
+    e.data = plain_desc(x.shape());
+    e.stat = memory::desc({x.dim(1)}, dt::f32, tag::x);
+    dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_inference, e.data, static_cast<float>(eps),
+                                              kScaleShift | dnnl::normalization_flags::use_global_stats);
+    e.prim = dnnl::batch_normalization_forward(
+        dnnl::batch_normalization_forward::primitive_desc(d, impl_->engine));
+  });
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
+                     {DNNL_ARG_DST, impl_->wrap(e.data, y)},
+                     {DNNL_ARG_SCALE, impl_->wrap(e.stat, gamma)},
+                     {DNNL_ARG_SHIFT, impl_->wrap(e.stat, beta)},
+                     {DNNL_ARG_MEAN, impl_->wrap(e.stat, mean)},
+                     {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, var)}});
+  s.wait();
+}
+
+void OneDnnBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                                       const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx,
+                                       const Tensor& dgamma, const Tensor& dbeta) {
+  if (!f32_dense({&x, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta}) || !bn_shape_ok(x)) {
+    ReferenceBackend::batchnorm_backward(x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    memory::desc data, stat;
+    dnnl::batch_normalization_backward prim;
+    std::vector<float> var, dgamma, dbeta;
+  };
+  const int64_t C = x.dim(1);
+  // eps only enters through var + eps = 1/invstd^2, so the key omits it and the
+  // primitive gets eps = 0 with var + eps passed as the variance.
+  E& e = impl_->entry<E>(shape_key("bn_bwd", x.shape(), 0), [&](E& e) {
+    e.data = plain_desc(x.shape());
+    e.stat = memory::desc({C}, dt::f32, tag::x);
+    dnnl::batch_normalization_forward::primitive_desc hint(
+        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, e.data, 0.f, kScaleShift),
+        impl_->engine);
+    dnnl::batch_normalization_backward::desc d(dnnl::prop_kind::backward, e.data, e.data, 0.f, kScaleShift);
+    e.prim = dnnl::batch_normalization_backward(
+        dnnl::batch_normalization_backward::primitive_desc(d, impl_->engine, hint));
+    e.var.resize(C), e.dgamma.resize(C), e.dbeta.resize(C);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  var_from_invstd(save_invstd.data<float>(), e.var.data(), C, 0.0);
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
+                     {DNNL_ARG_DIFF_DST, impl_->wrap(e.data, dy)},
+                     {DNNL_ARG_SCALE, impl_->wrap(e.stat, gamma)},
+                     {DNNL_ARG_MEAN, impl_->wrap(e.stat, save_mean)},
+                     {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, e.var.data())},
+                     {DNNL_ARG_DIFF_SRC, impl_->wrap(e.data, dx)},
+                     {DNNL_ARG_DIFF_SCALE, dgamma.defined() ? impl_->wrap(e.stat, dgamma)
+                                                            : impl_->wrap(e.stat, e.dgamma.data())},
+                     {DNNL_ARG_DIFF_SHIFT, dbeta.defined() ? impl_->wrap(e.stat, dbeta)
+                                                           : impl_->wrap(e.stat, e.dbeta.data())}});
+  s.wait();
+}
+
+// ---------------------------------------------------------------- layer normalization
+
+void OneDnnBackend::layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                      const Tensor& save_mean, const Tensor& save_invstd, double eps) {
+  if (!f32_dense({&x, &gamma, &beta, &y, &save_mean, &save_invstd}) || x.ndim() != 2 || x.numel() == 0) {
+    ReferenceBackend::layernorm_forward(x, gamma, beta, y, save_mean, save_invstd, eps);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    memory::desc data, stat, param;
+    dnnl::layer_normalization_forward prim;
+    std::vector<float> var;
+  };
+  const int64_t M = x.dim(0), D = x.dim(1);
+  E& e = impl_->entry<E>(shape_key("ln_fwd", x.shape(), eps), [&](E& e) {
+    e.data = memory::desc({M, D}, dt::f32, tag::ab);
+    e.stat = memory::desc({M}, dt::f32, tag::a);
+    e.param = memory::desc({D}, dt::f32, tag::a);
+    dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_training, e.data, e.stat,
+                                              static_cast<float>(eps), kScaleShift);
+    e.prim = dnnl::layer_normalization_forward(
+        dnnl::layer_normalization_forward::primitive_desc(d, impl_->engine));
+    e.var.resize(M);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
+                     {DNNL_ARG_DST, impl_->wrap(e.data, y)},
+                     {DNNL_ARG_SCALE, impl_->wrap(e.param, gamma)},
+                     {DNNL_ARG_SHIFT, impl_->wrap(e.param, beta)},
+                     {DNNL_ARG_MEAN, impl_->wrap(e.stat, save_mean)},
+                     {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, e.var.data())}});
+  s.wait();
+  invstd_from_var(e.var.data(), save_invstd.data<float>(), M, eps);
+}
+
+void OneDnnBackend::layernorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                                       const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx,
+                                       const Tensor& dgamma, const Tensor& dbeta) {
+  if (!f32_dense({&x, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta}) || x.ndim() != 2 ||
+      x.numel() == 0) {
+    ReferenceBackend::layernorm_backward(x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
+    return;
+  }
+  struct E {
+    std::mutex mu;
+    memory::desc data, stat, param;
+    dnnl::layer_normalization_backward prim;
+    std::vector<float> var, dgamma, dbeta;
+  };
+  const int64_t M = x.dim(0), D = x.dim(1);
+  E& e = impl_->entry<E>(shape_key("ln_bwd", x.shape(), 0), [&](E& e) {
+    e.data = memory::desc({M, D}, dt::f32, tag::ab);
+    e.stat = memory::desc({M}, dt::f32, tag::a);
+    e.param = memory::desc({D}, dt::f32, tag::a);
+    dnnl::layer_normalization_forward::primitive_desc hint(
+        dnnl::layer_normalization_forward::desc(dnnl::prop_kind::forward_training, e.data, e.stat, 0.f, kScaleShift),
+        impl_->engine);
+    dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, e.data, e.data, e.stat, 0.f, kScaleShift);
+    e.prim = dnnl::layer_normalization_backward(
+        dnnl::layer_normalization_backward::primitive_desc(d, impl_->engine, hint));
+    e.var.resize(M), e.dgamma.resize(D), e.dbeta.resize(D);
+  });
+  std::lock_guard<std::mutex> lock(e.mu);
+  var_from_invstd(save_invstd.data<float>(), e.var.data(), M, 0.0);
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
+                     {DNNL_ARG_DIFF_DST, impl_->wrap(e.data, dy)},
+                     {DNNL_ARG_SCALE, impl_->wrap(e.param, gamma)},
+                     {DNNL_ARG_MEAN, impl_->wrap(e.stat, save_mean)},
+                     {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, e.var.data())},
+                     {DNNL_ARG_DIFF_SRC, impl_->wrap(e.data, dx)},
+                     {DNNL_ARG_DIFF_SCALE, dgamma.defined() ? impl_->wrap(e.param, dgamma)
+                                                            : impl_->wrap(e.param, e.dgamma.data())},
+                     {DNNL_ARG_DIFF_SHIFT, dbeta.defined() ? impl_->wrap(e.param, dbeta)
+                                                           : impl_->wrap(e.param, e.dbeta.data())}});
+  s.wait();
+}
+
+// ---------------------------------------------------------------- softmax
+
+void OneDnnBackend::softmax_forward(const Tensor& x, const Tensor& y, int axis, bool log) {
+  if (!f32_dense({&x, &y}) || x.numel() == 0) {
+    ReferenceBackend::softmax_forward(x, y, axis, log);
+    return;
+  }
+  struct E {
+    memory::desc md;
+    dnnl::softmax_v2_forward prim;
+  };
+  E& e = impl_->entry<E>(shape_key(log ? "logsoftmax_fwd" : "softmax_fwd", x.shape(), axis), [&](E& e) {
+    e.md = plain_desc(x.shape());
+    auto alg = log ? dnnl::algorithm::softmax_log : dnnl::algorithm::softmax_accurate;
+    dnnl::softmax_v2_forward::desc d(dnnl::prop_kind::forward_training, alg, e.md, e.md, axis);
+    e.prim = dnnl::softmax_v2_forward(dnnl::softmax_v2_forward::primitive_desc(d, impl_->engine));
+  });
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.md, x)}, {DNNL_ARG_DST, impl_->wrap(e.md, y)}});
+  s.wait();
+}
+
+void OneDnnBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int axis, bool log) {
+  if (!f32_dense({&y, &dy, &dx}) || y.numel() == 0) {
+    ReferenceBackend::softmax_backward(y, dy, dx, axis, log);
+    return;
+  }
+  struct E {
+    memory::desc md;
+    dnnl::softmax_v2_backward prim;
+  };
+  E& e = impl_->entry<E>(shape_key(log ? "logsoftmax_bwd" : "softmax_bwd", y.shape(), axis), [&](E& e) {
+    e.md = plain_desc(y.shape());
+    auto alg = log ? dnnl::algorithm::softmax_log : dnnl::algorithm::softmax_accurate;
+    dnnl::softmax_v2_forward::primitive_desc hint(
+        dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_training, alg, e.md, e.md, axis), impl_->engine);
+    dnnl::softmax_v2_backward::desc d(alg, e.md, e.md, e.md, axis);
+    e.prim = dnnl::softmax_v2_backward(dnnl::softmax_v2_backward::primitive_desc(d, impl_->engine, hint));
+  });
+  dnnl::stream s(impl_->engine);
+  e.prim.execute(s, {{DNNL_ARG_DST, impl_->wrap(e.md, y)},
+                     {DNNL_ARG_DIFF_DST, impl_->wrap(e.md, dy)},
+                     {DNNL_ARG_DIFF_SRC, impl_->wrap(e.md, dx)}});
+  s.wait();
+}
+
+// ---------------------------------------------------------------- info
 
 std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();

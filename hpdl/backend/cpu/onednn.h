@@ -1,6 +1,7 @@
 // OneDnnBackend: the fast CPU backend. oneDNN primitives (convolution,
 // pooling, batch/layer normalization, matmul, eltwise, softmax) for float32,
-// cached per shape; everything else (and float64) from the reference kernels.
+// cached per shape; everything else (float64, non-contiguous operands, shapes
+// oneDNN cannot express) from the inherited reference kernels.
 #pragma once
 
 #include "hpdl/backend/cpu/reference.h"
@@ -12,10 +13,37 @@ class OneDnnBackend : public ReferenceBackend {
   OneDnnBackend();
   ~OneDnnBackend() override;
   const char* name() const override { return "cpu"; }
+  // float32 and float64 for every kind (float64 through the reference kernels).
   bool supports(OpKind op, DType dtype) const override;
 
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
               double beta) override;
+
+  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                      const Conv2dParams& p) override;
+  void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) override;
+  void conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                               const Conv2dParams& p) override;
+  void pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) override;
+  void pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
+                       const Pool2dParams& p) override;
+
+  void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                               const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
+  void batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                               const Tensor& var, const Tensor& y, double eps) override;
+  void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
+                          const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
+                          const Tensor& dbeta) override;
+  void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                         const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
+  void layernorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
+                          const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
+                          const Tensor& dbeta) override;
+
+  void softmax_forward(const Tensor& x, const Tensor& y, int axis, bool log) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int axis, bool log) override;
 
   struct Impl;  // primitive cache (onednn.cpp)
 

@@ -1,0 +1,69 @@
+// conv2d: shape checks, the backend's forward kernel, and a first-order-only
+// backward node that calls the backend's fused backward-data and
+// backward-weights kernels (oneDNN on CPU). The gradient of a convolution is
+// itself a convolution, but expressing it with differentiable ops would cost a
+// second kernel family for no user that needs it today (PINNs use MLPs).
+#include "hpdl/ops/conv.h"
+
+#include "hpdl/ops/op_impl.h"
+
+namespace hpdl {
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  const char* op = "conv2d";
+  detail::check_defined(x, op, "input");
+  detail::check_defined(w, op, "weight");
+  detail::check_same(x, w, op);
+  detail::check_float(x, op);
+  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
+  detail::check_ndim(w, 4, op, "weight [K, C/groups, R, S]");
+  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
+                 p.pad_w >= 0 && p.groups >= 1,
+             "conv2d: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", p.stride_h,
+             p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const int64_t K = w.dim(0), Cg = w.dim(1), R = w.dim(2), S = w.dim(3);
+  HPDL_CHECK(Cg * p.groups == C && K % p.groups == 0,
+             "conv2d: input {} has {} channels but weight {} with groups {} expects {} (and K divisible by groups)",
+             shape_str(x.shape()), C, shape_str(w.shape()), p.groups, Cg * p.groups);
+  if (bias.defined()) {
+    detail::check_same(x, bias, op);
+    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "conv2d: bias {} does not match weight {} ({} filters)",
+               shape_str(bias.shape()), shape_str(w.shape()), K);
+  }
+  const int64_t P = Conv2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h);
+  const int64_t Q = Conv2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w);
+  HPDL_CHECK(P >= 1 && Q >= 1, "conv2d: input {} is smaller than the dilated kernel of weight {} (padding ({}, {}))",
+             shape_str(x.shape()), shape_str(w.shape()), p.pad_h, p.pad_w);
+
+  Tensor xc = x.contiguous().detach(), wc = w.contiguous().detach();
+  Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
+  Tensor y = Tensor::empty({N, K, P, Q}, x.dtype(), x.device());
+  if (y.numel() > 0) detail::pick(x, OpKind::conv2d).conv2d_forward(xc, wc, bc, y, p);
+
+  if (needs_grad({&x, &w, &bias})) {
+    const bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.defined() && bias.requires_grad();
+    record(
+        "conv2d", {x, w, bias}, {&y},
+        [xc, wc, gx, gw, gb, has_bias = bias.defined(), p](const std::vector<Tensor>& g) {
+          // dy [N, K, P, Q] -> dx [N, C, H, W], dw [K, C/groups, R, S], db [K]
+          Tensor dy = g[0].contiguous();
+          Backend& be = detail::pick(dy, OpKind::conv2d);
+          Tensor dx, dw, db;
+          if (gx) {
+            dx = detail::empty_like(xc);
+            be.conv2d_backward_data(dy, wc, dx, p);
+          }
+          if (gw || gb) {
+            dw = detail::empty_like(wc);
+            if (has_bias) db = Tensor::empty({wc.dim(0)}, wc.dtype(), wc.device());
+            be.conv2d_backward_weights(xc, dy, dw, db, p);
+          }
+          return std::vector<Tensor>{dx, gw ? dw : Tensor(), gb ? db : Tensor()};
+        },
+        /*first_order_only=*/true);
+  }
+  return y;
+}
+
+}  // namespace hpdl
