@@ -37,7 +37,8 @@ memory::dims dims_of(const Shape& s) { return memory::dims(s.begin(), s.end()); 
 
 // A plain row-major descriptor for any rank.
 memory::desc plain_desc(const Shape& s) {
-  return memory::desc(dims_of(s), dt::f32, memory::dims(contiguous_strides(s).begin(), contiguous_strides(s).end()));
+  Strides st = contiguous_strides(s);
+  return memory::desc(dims_of(s), dt::f32, memory::dims(st.begin(), st.end()));
 }
 
 std::string make_key(const char* name, std::initializer_list<int64_t> values) {
@@ -533,7 +534,7 @@ void OneDnnBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const 
     std::mutex mu;
     memory::desc data, stat;
     dnnl::batch_normalization_backward prim;
-    std::vector<float> var, dgamma, dbeta;
+    std::vector<float> var, dgamma, dbeta, shift;  // shift: oneDNN 2.6 wants it bound, never reads it
   };
   const int64_t C = x.dim(1);
   // eps only enters through var + eps = 1/invstd^2, so the key omits it and the
@@ -547,7 +548,7 @@ void OneDnnBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const 
     dnnl::batch_normalization_backward::desc d(dnnl::prop_kind::backward, e.data, e.data, 0.f, kScaleShift);
     e.prim = dnnl::batch_normalization_backward(
         dnnl::batch_normalization_backward::primitive_desc(d, impl_->engine, hint));
-    e.var.resize(C), e.dgamma.resize(C), e.dbeta.resize(C);
+    e.var.resize(C), e.dgamma.resize(C), e.dbeta.resize(C), e.shift.assign(C, 0.f);
   });
   std::lock_guard<std::mutex> lock(e.mu);
   var_from_invstd(save_invstd.data<float>(), e.var.data(), C, 0.0);
@@ -555,6 +556,7 @@ void OneDnnBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const 
   e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
                      {DNNL_ARG_DIFF_DST, impl_->wrap(e.data, dy)},
                      {DNNL_ARG_SCALE, impl_->wrap(e.stat, gamma)},
+                     {DNNL_ARG_SHIFT, impl_->wrap(e.stat, e.shift.data())},
                      {DNNL_ARG_MEAN, impl_->wrap(e.stat, save_mean)},
                      {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, e.var.data())},
                      {DNNL_ARG_DIFF_SRC, impl_->wrap(e.data, dx)},
@@ -614,7 +616,7 @@ void OneDnnBackend::layernorm_backward(const Tensor& x, const Tensor& dy, const 
     std::mutex mu;
     memory::desc data, stat, param;
     dnnl::layer_normalization_backward prim;
-    std::vector<float> var, dgamma, dbeta;
+    std::vector<float> var, dgamma, dbeta, shift;  // shift: oneDNN 2.6 wants it bound, never reads it
   };
   const int64_t M = x.dim(0), D = x.dim(1);
   E& e = impl_->entry<E>(shape_key("ln_bwd", x.shape(), 0), [&](E& e) {
@@ -627,7 +629,7 @@ void OneDnnBackend::layernorm_backward(const Tensor& x, const Tensor& dy, const 
     dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, e.data, e.data, e.stat, 0.f, kScaleShift);
     e.prim = dnnl::layer_normalization_backward(
         dnnl::layer_normalization_backward::primitive_desc(d, impl_->engine, hint));
-    e.var.resize(M), e.dgamma.resize(D), e.dbeta.resize(D);
+    e.var.resize(M), e.dgamma.resize(D), e.dbeta.resize(D), e.shift.assign(D, 0.f);
   });
   std::lock_guard<std::mutex> lock(e.mu);
   var_from_invstd(save_invstd.data<float>(), e.var.data(), M, 0.0);
@@ -635,6 +637,7 @@ void OneDnnBackend::layernorm_backward(const Tensor& x, const Tensor& dy, const 
   e.prim.execute(s, {{DNNL_ARG_SRC, impl_->wrap(e.data, x)},
                      {DNNL_ARG_DIFF_DST, impl_->wrap(e.data, dy)},
                      {DNNL_ARG_SCALE, impl_->wrap(e.param, gamma)},
+                     {DNNL_ARG_SHIFT, impl_->wrap(e.param, e.shift.data())},
                      {DNNL_ARG_MEAN, impl_->wrap(e.stat, save_mean)},
                      {DNNL_ARG_VARIANCE, impl_->wrap(e.stat, e.var.data())},
                      {DNNL_ARG_DIFF_SRC, impl_->wrap(e.data, dx)},
