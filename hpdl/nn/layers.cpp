@@ -89,7 +89,6 @@ Tensor BatchNorm::forward(const Tensor& x) {
     int64_t per_channel = x.numel() / num_features;
     HPDL_CHECK(per_channel > 1, "{}: training needs more than one value per channel, got input {}", name_,
                shape_str(x.shape()));
-    num_batches_tracked.fill_(num_batches_tracked.item() + 1);
   }
   // weight/bias follow the input when the module was not moved (non-affine constants).
   if (weight.device() != x.device() || weight.dtype() != x.dtype()) {
@@ -98,7 +97,9 @@ Tensor BatchNorm::forward(const Tensor& x) {
     weight = weight.to(x.dtype()).to(x.device());
     bias = bias.to(x.dtype()).to(x.device());
   }
-  return batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  Tensor y = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  if (is_training()) num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+  return y;
 }
 
 LayerNorm::LayerNorm(int64_t d, double eps) : normalized_size(d), eps(eps) {

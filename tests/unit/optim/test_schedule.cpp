@@ -1,10 +1,12 @@
-// Learning-rate schedules at chosen steps, against the closed forms.
+// Learning-rate schedules at chosen steps, against the closed forms, and the
+// optimizer/schedule factories.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <numbers>
 
 #include "hpdl/core/error.h"
+#include "hpdl/optim/factory.h"
 #include "hpdl/optim/schedule.h"
 
 namespace hpdl::optim {
@@ -62,6 +64,37 @@ TEST(Schedule, LinearScalingRule) {
   EXPECT_DOUBLE_EQ(linear_scaled_lr(0.1, 8192, 256), 3.2);  // Goyal et al.: 0.1 per 256 images
   EXPECT_DOUBLE_EQ(linear_scaled_lr(0.1, 256), 0.1);
   EXPECT_THROW(linear_scaled_lr(0.1, 0), Error);
+}
+
+
+TEST(Factory, SchedulesFromConfig) {
+  // Cosine over 110 steps with 10 warmup steps: reaches final_lr exactly at 110.
+  ScheduleConfig c;
+  c.name = "cosine", c.lr = 1.0, c.total_steps = 110, c.warmup_steps = 10;
+  auto s = make_schedule(c);
+  EXPECT_DOUBLE_EQ((*s)(0), 0.0);
+  EXPECT_DOUBLE_EQ((*s)(10), 1.0);
+  EXPECT_NEAR((*s)(60), 0.5, 1e-15);
+  EXPECT_DOUBLE_EQ((*s)(110), 0.0);
+  // Goyal et al.: warmup 5, then x0.1 at 30, 60, 80 counted from the start.
+  auto m = make_schedule({.name = "multistep", .lr = 3.2, .gamma = 0.1, .milestones = {30, 60, 80},
+                          .warmup_steps = 5});
+  EXPECT_DOUBLE_EQ((*m)(29), 3.2);
+  EXPECT_NEAR((*m)(30), 0.32, 1e-15);
+  EXPECT_NEAR((*m)(85), 0.0032, 1e-15);
+  c.total_steps = 5;
+  EXPECT_THROW(make_schedule(c), Error);  // total_steps must exceed warmup
+  c.name = "cyclic";
+  EXPECT_THROW(make_schedule(c), Error);
+}
+
+TEST(Factory, OptimizersByName) {
+  Tensor w = Tensor::ones({2, 2}).set_requires_grad();
+  const std::vector<std::pair<std::string, std::string>> names = {
+      {"sgd", "SGD"}, {"adam", "AdamW"}, {"adamw", "AdamW"}, {"lars", "LARS"}, {"lamb", "LAMB"}};
+  for (const auto& [config_name, type] : names)
+    EXPECT_EQ(make_optimizer(param_specs({w}), {.name = config_name})->name(), type);
+  EXPECT_THROW(make_optimizer(param_specs({w}), {.name = "rmsprop"}), Error);
 }
 
 }  // namespace
