@@ -1,0 +1,214 @@
+// Layer implementations: argument checks that name the layer and the shapes,
+// then one call into the functional ops (which record autograd).
+#include "hpdl/nn/layers.h"
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/nn/init.h"
+#include "hpdl/ops/ops.h"
+
+namespace hpdl::nn {
+
+// ---------------------------------------------------------------- Linear
+
+Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen) : in_features(in), out_features(out) {
+  HPDL_CHECK(in > 0 && out > 0, "Linear: in_features ({}) and out_features ({}) must be positive", in, out);
+  weight = register_parameter("weight", Tensor::empty({out, in}));
+  if (with_bias) bias = register_parameter("bias", Tensor::empty({out}));
+  init::default_linear_init_(weight, bias, gen);
+}
+
+Tensor Linear::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() >= 1 && x.dim(-1) == in_features, "Linear({}, {}): input {} must end in {} features",
+             in_features, out_features, shape_str(x.shape()), in_features);
+  return linear(x, weight, bias);
+}
+
+// ---------------------------------------------------------------- Conv2d
+
+Conv2d::Conv2d(int64_t in, int64_t out, const Conv2dOptions& o, Generator& gen)
+    : in_channels(in), out_channels(out), options(o) {
+  HPDL_CHECK(in > 0 && out > 0, "Conv2d: in_channels ({}) and out_channels ({}) must be positive", in, out);
+  HPDL_CHECK(o.groups > 0 && in % o.groups == 0 && out % o.groups == 0,
+             "Conv2d({}, {}): groups = {} must divide both channel counts", in, out, o.groups);
+  HPDL_CHECK(o.kernel_h > 0 && o.kernel_w > 0 && o.stride > 0 && o.dilation > 0 && o.padding >= 0,
+             "Conv2d({}, {}): invalid kernel {}x{}, stride {}, dilation {} or padding {}", in, out, o.kernel_h,
+             o.kernel_w, o.stride, o.dilation, o.padding);
+  weight = register_parameter("weight", Tensor::empty({out, in / o.groups, o.kernel_h, o.kernel_w}));
+  if (o.bias) bias = register_parameter("bias", Tensor::empty({out}));
+  init::default_linear_init_(weight, bias, gen);
+}
+
+Conv2dParams Conv2d::params() const {
+  Conv2dParams p;
+  p.stride_h = p.stride_w = options.stride;
+  p.pad_h = p.pad_w = options.padding;
+  p.dilation_h = p.dilation_w = options.dilation;
+  p.groups = options.groups;
+  return p;
+}
+
+std::pair<int64_t, int64_t> Conv2d::output_size(int64_t h, int64_t w) const {
+  const auto& o = options;
+  return {Conv2dParams::out_size(h, o.kernel_h, o.stride, o.padding, o.dilation),
+          Conv2dParams::out_size(w, o.kernel_w, o.stride, o.padding, o.dilation)};
+}
+
+Tensor Conv2d::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == in_channels, "Conv2d({}, {}): input must be [N, {}, H, W], got {}",
+             in_channels, out_channels, in_channels, shape_str(x.shape()));
+  return conv2d(x, weight, bias, params());
+}
+
+// ---------------------------------------------------------------- normalization
+
+BatchNorm::BatchNorm(int64_t c, double eps, double momentum, bool affine, int min_ndim, int max_ndim,
+                     std::string name)
+    : num_features(c), eps(eps), momentum(momentum), min_ndim_(min_ndim), max_ndim_(max_ndim),
+      name_(std::move(name)) {
+  HPDL_CHECK(c > 0, "{}: num_features must be positive, got {}", name_, c);
+  HPDL_CHECK(eps > 0 && momentum >= 0 && momentum <= 1, "{}: need eps > 0 and momentum in [0, 1], got {} and {}",
+             name_, eps, momentum);
+  if (affine) {
+    weight = register_parameter("weight", Tensor::ones({c}));
+    bias = register_parameter("bias", Tensor::zeros({c}));
+  } else {
+    // Not trained and not saved: fixed scale 1 and shift 0.
+    weight = Tensor::ones({c});
+    bias = Tensor::zeros({c});
+  }
+  running_mean = register_buffer("running_mean", Tensor::zeros({c}));
+  running_var = register_buffer("running_var", Tensor::ones({c}));
+  num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::i64));
+}
+
+Tensor BatchNorm::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() >= min_ndim_ && x.ndim() <= max_ndim_ && x.dim(1) == num_features,
+             "{}({}): input must have {} to {} dims with {} channels at axis 1, got {}", name_, num_features,
+             min_ndim_, max_ndim_, num_features, shape_str(x.shape()));
+  if (is_training()) {
+    int64_t per_channel = x.numel() / num_features;
+    HPDL_CHECK(per_channel > 1, "{}: training needs more than one value per channel, got input {}", name_,
+               shape_str(x.shape()));
+  }
+  // weight/bias follow the input when the module was not moved (non-affine constants).
+  if (weight.device() != x.device() || weight.dtype() != x.dtype()) {
+    HPDL_CHECK(!weight.requires_grad(), "{}: parameters are {} on {} but input is {} on {} (call module.to() first)",
+               name_, dtype_name(weight.dtype()), weight.device().str(), dtype_name(x.dtype()), x.device().str());
+    weight = weight.to(x.dtype()).to(x.device());
+    bias = bias.to(x.dtype()).to(x.device());
+  }
+  Tensor y = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  if (is_training()) num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+  return y;
+}
+
+LayerNorm::LayerNorm(int64_t d, double eps) : normalized_size(d), eps(eps) {
+  HPDL_CHECK(d > 0 && eps > 0, "LayerNorm: need a positive size and eps, got {} and {}", d, eps);
+  weight = register_parameter("weight", Tensor::ones({d}));
+  bias = register_parameter("bias", Tensor::zeros({d}));
+}
+
+Tensor LayerNorm::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() >= 1 && x.dim(-1) == normalized_size, "LayerNorm({}): input {} must end in {}",
+             normalized_size, shape_str(x.shape()), normalized_size);
+  return layer_norm(x, weight, bias, eps);
+}
+
+// ---------------------------------------------------------------- Dropout, Embedding
+
+Dropout::Dropout(double p, uint64_t seed) : p(p), gen_(seed) {
+  HPDL_CHECK(p >= 0 && p < 1, "Dropout: p must be in [0, 1), got {}", p);
+  register_generator("generator", &gen_);
+}
+
+Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, is_training() && p > 0, gen_); }
+
+Embedding::Embedding(int64_t v, int64_t d, Generator& gen) {
+  HPDL_CHECK(v > 0 && d > 0, "Embedding: need positive sizes, got {} x {}", v, d);
+  weight = register_parameter("weight", Tensor::empty({v, d}));
+  init::normal_(weight, gen);
+}
+
+Tensor Embedding::forward(const Tensor& indices) {
+  HPDL_CHECK(indices.dtype() == DType::i64, "Embedding: indices must be int64, got {} {}",
+             dtype_name(indices.dtype()), shape_str(indices.shape()));
+  return embedding(weight, indices);
+}
+
+// ---------------------------------------------------------------- pooling
+
+namespace {
+
+Pool2dParams pool_params(const char* name, int64_t k, int64_t s, int64_t p) {
+  if (s <= 0) s = k;
+  HPDL_CHECK(k > 0 && p >= 0 && 2 * p <= k, "{}: invalid kernel {} / padding {} (need padding <= kernel/2)", name, k,
+             p);
+  Pool2dParams pp;
+  pp.kernel_h = pp.kernel_w = k;
+  pp.stride_h = pp.stride_w = s;
+  pp.pad_h = pp.pad_w = p;
+  return pp;
+}
+
+void check_nchw(const Tensor& x, const char* name) {
+  HPDL_CHECK(x.ndim() == 4, "{}: input must be [N, C, H, W], got {}", name, shape_str(x.shape()));
+}
+
+}  // namespace
+
+MaxPool2d::MaxPool2d(int64_t k, int64_t s, int64_t p) : params(pool_params("MaxPool2d", k, s, p)) {}
+Tensor MaxPool2d::forward(const Tensor& x) {
+  check_nchw(x, "MaxPool2d");
+  return max_pool2d(x, params);
+}
+
+AvgPool2d::AvgPool2d(int64_t k, int64_t s, int64_t p, bool count_include_pad)
+    : params(pool_params("AvgPool2d", k, s, p)) {
+  params.count_include_pad = count_include_pad;
+}
+Tensor AvgPool2d::forward(const Tensor& x) {
+  check_nchw(x, "AvgPool2d");
+  return avg_pool2d(x, params);
+}
+
+Tensor AdaptiveAvgPool2d::forward(const Tensor& x) {
+  check_nchw(x, "AdaptiveAvgPool2d");
+  return adaptive_avg_pool2d(x, out_h, out_w);
+}
+
+// ---------------------------------------------------------------- activations
+
+Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+Tensor LeakyReLU::forward(const Tensor& x) { return leaky_relu(x, negative_slope); }
+Tensor Tanh::forward(const Tensor& x) { return tanh(x); }
+Tensor Sigmoid::forward(const Tensor& x) { return sigmoid(x); }
+Tensor GELU::forward(const Tensor& x) { return gelu(x); }
+
+ModulePtr make_activation(const std::string& name) {
+  if (name == "relu") return std::make_shared<ReLU>();
+  if (name == "leaky_relu") return std::make_shared<LeakyReLU>();
+  if (name == "tanh") return std::make_shared<Tanh>();
+  if (name == "sigmoid") return std::make_shared<Sigmoid>();
+  if (name == "gelu") return std::make_shared<GELU>();
+  if (name == "identity" || name == "none") return std::make_shared<Identity>();
+  HPDL_FAIL("unknown activation '{}' (known: relu, leaky_relu, tanh, sigmoid, gelu, identity)", name);
+}
+
+// ---------------------------------------------------------------- Sequential
+
+Sequential::Sequential(std::initializer_list<ModulePtr> modules) {
+  for (const auto& m : modules) push_back(m);
+}
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (const auto& [_, m] : children()) h = m->forward(h);
+  return h;
+}
+
+Module& Sequential::operator[](size_t i) const {
+  HPDL_CHECK(i < children().size(), "Sequential: index {} out of range (size {})", i, children().size());
+  return *children()[i].second;
+}
+
+}  // namespace hpdl::nn

@@ -1,0 +1,223 @@
+// The standard layers as Modules over the functional ops in hpdl/ops.
+// Tensor layouts: N batch, C channels, H height, W width, D features.
+// Every layer that draws initial weights takes a Generator (default: the
+// process-wide one) so a model built from one seed is reproducible.
+// Parameter and buffer names follow PyTorch ("weight", "bias",
+// "running_mean", ...) so state dicts load into the matching torch.nn layers.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hpdl/backend/backend.h"
+#include "hpdl/nn/module.h"
+
+namespace hpdl::nn {
+
+// y = x @ weight^T + bias. x [..., in] -> [..., out]; weight [out, in], bias [out].
+// Init: PyTorch's default (init::default_linear_init_).
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator& gen = default_generator());
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Linear"; }
+  Tensor weight, bias;  // bias undefined when disabled
+  int64_t in_features, out_features;
+};
+
+struct Conv2dOptions {
+  int64_t kernel_h = 3, kernel_w = 3;
+  int64_t stride = 1, padding = 0, dilation = 1, groups = 1;
+  bool bias = true;
+  // Square kernel helper: Conv2dOptions::k(3).s(2).p(1)
+  static Conv2dOptions k(int64_t kernel) {
+    Conv2dOptions o;
+    o.kernel_h = o.kernel_w = kernel;
+    return o;
+  }
+  Conv2dOptions& s(int64_t v) { stride = v; return *this; }
+  Conv2dOptions& p(int64_t v) { padding = v; return *this; }
+  Conv2dOptions& d(int64_t v) { dilation = v; return *this; }
+  Conv2dOptions& g(int64_t v) { groups = v; return *this; }
+  Conv2dOptions& no_bias() { bias = false; return *this; }
+};
+
+// 2-D convolution: x [N, in, H, W] -> [N, out, P, Q]; weight [out, in/groups, kh, kw], bias [out].
+// in and out must be divisible by groups. Init: PyTorch's default.
+class Conv2d : public Module {
+ public:
+  Conv2d(int64_t in_channels, int64_t out_channels, const Conv2dOptions& options = {},
+         Generator& gen = default_generator());
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Conv2d"; }
+  Conv2dParams params() const;
+  // Output spatial size for an input of size h x w.
+  std::pair<int64_t, int64_t> output_size(int64_t h, int64_t w) const;
+  Tensor weight, bias;
+  int64_t in_channels, out_channels;
+  Conv2dOptions options;
+};
+
+// Batch normalization (Ioffe & Szegedy 2015) over x [N, C, ...] per channel.
+// Training: batch statistics of this rank's batch (per-rank, not synchronized
+// across ranks), and running = (1 - momentum) * running + momentum * batch
+// (unbiased variance); eval: running statistics. Parameters weight (ones) and
+// bias (zeros) [C]; buffers running_mean (zeros), running_var (ones) [C] and
+// num_batches_tracked (int64 scalar, counts training batches).
+class BatchNorm : public Module {
+ public:
+  BatchNorm(int64_t num_features, double eps, double momentum, bool affine, int min_ndim, int max_ndim,
+            std::string name);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return name_; }
+  Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+  int64_t num_features;
+  double eps, momentum;
+
+ private:
+  int min_ndim_, max_ndim_;
+  std::string name_;
+};
+// x [N, C, H, W].
+class BatchNorm2d : public BatchNorm {
+ public:
+  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true)
+      : BatchNorm(num_features, eps, momentum, affine, 4, 4, "BatchNorm2d") {}
+};
+// x [N, C] or [N, C, L].
+class BatchNorm1d : public BatchNorm {
+ public:
+  explicit BatchNorm1d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true)
+      : BatchNorm(num_features, eps, momentum, affine, 2, 3, "BatchNorm1d") {}
+};
+
+// Layer normalization (Ba, Kiros & Hinton 2016) over the last axis of size D:
+// x [..., D]; weight (ones) and bias (zeros) [D].
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(int64_t normalized_size, double eps = 1e-5);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "LayerNorm"; }
+  Tensor weight, bias;
+  int64_t normalized_size;
+  double eps;
+};
+
+// Inverted dropout (Srivastava et al. 2014) with probability p in training,
+// identity in eval. The mask comes from the module's own Generator (seeded at
+// construction, registered as "generator"), so two runs with one seed drop the
+// same units and a checkpoint can restore the stream.
+class Dropout : public Module {
+ public:
+  explicit Dropout(double p = 0.5, uint64_t seed = 0);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Dropout"; }
+  Generator& generator() { return gen_; }
+  double p;
+
+ private:
+  Generator gen_;
+};
+
+// Embedding table weight [V, D] ~ N(0, 1) (PyTorch's default); int64 indices [...] -> [..., D].
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num_embeddings, int64_t embedding_dim, Generator& gen = default_generator());
+  Tensor forward(const Tensor& indices) override;
+  std::string type_name() const override { return "Embedding"; }
+  Tensor weight;
+};
+
+// Pooling over x [N, C, H, W]. stride defaults to the kernel size (stride <= 0).
+class MaxPool2d : public Module {
+ public:
+  explicit MaxPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "MaxPool2d"; }
+  Pool2dParams params;
+};
+class AvgPool2d : public Module {
+ public:
+  explicit AvgPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0, bool count_include_pad = true);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "AvgPool2d"; }
+  Pool2dParams params;
+};
+// To a fixed output size [N, C, out_h, out_w] (1 x 1 is global average pooling).
+class AdaptiveAvgPool2d : public Module {
+ public:
+  explicit AdaptiveAvgPool2d(int64_t out_h = 1, int64_t out_w = 1) : out_h(out_h), out_w(out_w) {}
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "AdaptiveAvgPool2d"; }
+  int64_t out_h, out_w;
+};
+
+// x [N, d1, d2, ...] -> [N, d1 * d2 * ...] (axes from start_axis joined).
+class Flatten : public Module {
+ public:
+  explicit Flatten(int64_t start_axis = 1) : start_axis(start_axis) {}
+  Tensor forward(const Tensor& x) override { return x.flatten(start_axis); }
+  std::string type_name() const override { return "Flatten"; }
+  int64_t start_axis;
+};
+
+class Identity : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return x; }
+  std::string type_name() const override { return "Identity"; }
+};
+
+// Pointwise activations (any shape).
+class ReLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "ReLU"; }
+};
+class LeakyReLU : public Module {
+ public:
+  explicit LeakyReLU(double negative_slope = 0.01) : negative_slope(negative_slope) {}
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "LeakyReLU"; }
+  double negative_slope;
+};
+class Tanh : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Tanh"; }
+};
+class Sigmoid : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Sigmoid"; }
+};
+// Exact GELU x * Phi(x) (Hendrycks & Gimpel 2016).
+class GELU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "GELU"; }
+};
+// An activation module by name: relu, leaky_relu, tanh, sigmoid, gelu, identity.
+// Throws listing the known names.
+ModulePtr make_activation(const std::string& name);
+
+// Children run in order; they are named "0", "1", ... as in PyTorch.
+class Sequential : public Module {
+ public:
+  Sequential() = default;
+  Sequential(std::initializer_list<ModulePtr> modules);
+  // Appends a child named by its position; returns it.
+  template <typename M>
+  std::shared_ptr<M> push_back(std::shared_ptr<M> m) {
+    return register_module(std::to_string(children().size()), std::move(m));
+  }
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Sequential"; }
+  size_t size() const { return children().size(); }
+  Module& operator[](size_t i) const;
+};
+
+}  // namespace hpdl::nn

@@ -1,0 +1,177 @@
+// Model zoo implementations. Every model is a Sequential of layers and
+// blocks, so state-dict names are positional ("0.weight", "3.1.conv2.weight")
+// and stable. Shapes are computed up front to size the classifier and to
+// reject inputs that would shrink to nothing.
+#include "hpdl/nn/models/models.h"
+
+#include <algorithm>
+
+#include "hpdl/nn/blocks.h"
+#include "hpdl/nn/init.h"
+
+namespace hpdl::nn::models {
+
+namespace {
+
+void check_common(const char* model, int64_t in_channels, int64_t num_classes) {
+  HPDL_CHECK(in_channels > 0, "{}: in_channels must be > 0, got {}", model, in_channels);
+  HPDL_CHECK(num_classes > 0, "{}: num_classes must be > 0, got {}", model, num_classes);
+}
+
+int64_t pooled(int64_t n, int64_t k, int64_t s, int64_t p = 0) { return (n + 2 * p - k) / s + 1; }
+
+}  // namespace
+
+ModulePtr mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t num_classes,
+              const std::string& activation, double dropout, uint64_t seed) {
+  check_common("mlp", in_features, num_classes);
+  Generator gen(seed);
+  auto net = std::make_shared<Sequential>();
+  net->push_back(std::make_shared<Flatten>());
+  int64_t width = in_features;
+  for (size_t i = 0; i < hidden.size(); ++i) {
+    HPDL_CHECK(hidden[i] > 0, "mlp: hidden size {} is {}, must be > 0", i, hidden[i]);
+    net->push_back(std::make_shared<Linear>(width, hidden[i], true, gen));
+    net->push_back(make_activation(activation));
+    if (dropout > 0) net->push_back(std::make_shared<Dropout>(dropout, seed + 1 + i));
+    width = hidden[i];
+  }
+  net->push_back(std::make_shared<Linear>(width, num_classes, true, gen));
+  return net;
+}
+
+ModulePtr lenet5(int64_t in_channels, int64_t num_classes, int64_t height, int64_t width, uint64_t seed) {
+  check_common("lenet5", in_channels, num_classes);
+  // 5x5 pad 2 keeps HxW; pool halves; 5x5 valid removes 4; pool halves.
+  const int64_t h = (height / 2 - 4) / 2, w = (width / 2 - 4) / 2;
+  HPDL_CHECK(height / 2 >= 6 && width / 2 >= 6 && h >= 1 && w >= 1,
+             "lenet5: input {}x{} is too small (need at least 12x12)", height, width);
+  Generator gen(seed);
+  return std::make_shared<Sequential>(std::initializer_list<ModulePtr>{
+      std::make_shared<Conv2d>(in_channels, 6, Conv2dOptions::k(5).p(2), gen),
+      std::make_shared<ReLU>(),
+      std::make_shared<MaxPool2d>(2),
+      std::make_shared<Conv2d>(6, 16, Conv2dOptions::k(5), gen),
+      std::make_shared<ReLU>(),
+      std::make_shared<MaxPool2d>(2),
+      std::make_shared<Flatten>(),
+      std::make_shared<Linear>(16 * h * w, 120, true, gen),
+      std::make_shared<ReLU>(),
+      std::make_shared<Linear>(120, 84, true, gen),
+      std::make_shared<ReLU>(),
+      std::make_shared<Linear>(84, num_classes, true, gen),
+  });
+}
+
+namespace {
+
+// A stage of `blocks` BasicBlocks; the first may stride and change channels.
+ModulePtr resnet_stage(int64_t in, int64_t out, int64_t blocks, int64_t stride, Generator& gen) {
+  auto stage = std::make_shared<Sequential>();
+  stage->push_back(std::make_shared<BasicBlock>(in, out, stride, gen));
+  for (int64_t i = 1; i < blocks; ++i) stage->push_back(std::make_shared<BasicBlock>(out, out, 1, gen));
+  return stage;
+}
+
+std::shared_ptr<Conv2d> stem_conv(int64_t in, int64_t out, const Conv2dOptions& o, Generator& gen) {
+  auto conv = std::make_shared<Conv2d>(in, out, o, gen);
+  init::kaiming_normal_(conv->weight, gen, 0.0, init::FanMode::fan_out, "relu");
+  return conv;
+}
+
+}  // namespace
+
+ModulePtr resnet20(int64_t in_channels, int64_t num_classes, uint64_t seed) {
+  check_common("resnet20", in_channels, num_classes);
+  Generator gen(seed);
+  return std::make_shared<Sequential>(std::initializer_list<ModulePtr>{
+      stem_conv(in_channels, 16, Conv2dOptions::k(3).p(1).no_bias(), gen),
+      std::make_shared<BatchNorm2d>(16),
+      std::make_shared<ReLU>(),
+      resnet_stage(16, 16, 3, 1, gen),
+      resnet_stage(16, 32, 3, 2, gen),
+      resnet_stage(32, 64, 3, 2, gen),
+      std::make_shared<AdaptiveAvgPool2d>(1, 1),
+      std::make_shared<Flatten>(),
+      std::make_shared<Linear>(64, num_classes, true, gen),
+  });
+}
+
+ModulePtr resnet18(int64_t in_channels, int64_t num_classes, int64_t height, int64_t width, uint64_t seed) {
+  check_common("resnet18", in_channels, num_classes);
+  HPDL_CHECK(height >= 8 && width >= 8, "resnet18: input {}x{} is too small (need at least 8x8)", height, width);
+  Generator gen(seed);
+  auto net = std::make_shared<Sequential>();
+  if (height > 64 || width > 64) {
+    net->push_back(stem_conv(in_channels, 64, Conv2dOptions::k(7).s(2).p(3).no_bias(), gen));
+    net->push_back(std::make_shared<BatchNorm2d>(64));
+    net->push_back(std::make_shared<ReLU>());
+    net->push_back(std::make_shared<MaxPool2d>(3, 2, 1));
+  } else {
+    net->push_back(stem_conv(in_channels, 64, Conv2dOptions::k(3).p(1).no_bias(), gen));
+    net->push_back(std::make_shared<BatchNorm2d>(64));
+    net->push_back(std::make_shared<ReLU>());
+  }
+  net->push_back(resnet_stage(64, 64, 2, 1, gen));
+  net->push_back(resnet_stage(64, 128, 2, 2, gen));
+  net->push_back(resnet_stage(128, 256, 2, 2, gen));
+  net->push_back(resnet_stage(256, 512, 2, 2, gen));
+  net->push_back(std::make_shared<AdaptiveAvgPool2d>(1, 1));
+  net->push_back(std::make_shared<Flatten>());
+  net->push_back(std::make_shared<Linear>(512, num_classes, true, gen));
+  return net;
+}
+
+ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height, int64_t width, double dropout,
+                     uint64_t seed) {
+  check_common("alexnet_bn", in_channels, num_classes);
+  const int64_t h = pooled(pooled(pooled(height, 2, 2), 2, 2), 2, 2);
+  const int64_t w = pooled(pooled(pooled(width, 2, 2), 2, 2), 2, 2);
+  HPDL_CHECK(h >= 1 && w >= 1, "alexnet_bn: input {}x{} is too small (need at least 8x8)", height, width);
+  Generator gen(seed);
+  auto net = std::make_shared<Sequential>();
+  auto conv_bn_relu = [&](int64_t in, int64_t out) {
+    net->push_back(std::make_shared<Conv2d>(in, out, Conv2dOptions::k(3).p(1).no_bias(), gen));
+    net->push_back(std::make_shared<BatchNorm2d>(out));
+    net->push_back(std::make_shared<ReLU>());
+  };
+  conv_bn_relu(in_channels, 64);
+  net->push_back(std::make_shared<MaxPool2d>(2));
+  conv_bn_relu(64, 128);
+  net->push_back(std::make_shared<MaxPool2d>(2));
+  conv_bn_relu(128, 256);
+  conv_bn_relu(256, 256);
+  conv_bn_relu(256, 128);
+  net->push_back(std::make_shared<MaxPool2d>(2));
+  net->push_back(std::make_shared<Flatten>());
+  int64_t width_in = 128 * h * w;
+  for (int i = 0; i < 2; ++i) {
+    net->push_back(std::make_shared<Linear>(width_in, 512, false, gen));
+    net->push_back(std::make_shared<BatchNorm1d>(512));
+    net->push_back(std::make_shared<ReLU>());
+    if (dropout > 0) net->push_back(std::make_shared<Dropout>(dropout, seed + 1 + static_cast<uint64_t>(i)));
+    width_in = 512;
+  }
+  net->push_back(std::make_shared<Linear>(512, num_classes, true, gen));
+  return net;
+}
+
+std::vector<std::string> model_names() { return {"mlp", "lenet5", "resnet20", "resnet18", "alexnet_bn"}; }
+
+ModulePtr make_model(const std::string& name, const ModelConfig& c) {
+  HPDL_CHECK(c.height > 0 && c.width > 0, "make_model({}): height and width must be > 0, got {}x{}", name, c.height,
+             c.width);
+  if (name == "mlp")
+    return mlp(c.in_channels * c.height * c.width, c.hidden, c.num_classes, c.activation, std::max(c.dropout, 0.0),
+               c.seed);
+  if (name == "lenet5") return lenet5(c.in_channels, c.num_classes, c.height, c.width, c.seed);
+  if (name == "resnet20") return resnet20(c.in_channels, c.num_classes, c.seed);
+  if (name == "resnet18") return resnet18(c.in_channels, c.num_classes, c.height, c.width, c.seed);
+  if (name == "alexnet_bn")
+    return alexnet_bn(c.in_channels, c.num_classes, c.height, c.width, c.dropout >= 0 ? c.dropout : 0.5, c.seed);
+  std::string known;
+  for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
+  HPDL_FAIL("unknown model '{}' (known: {})", name, known);
+}
+
+}  // namespace hpdl::nn::models

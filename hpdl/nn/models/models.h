@@ -1,0 +1,68 @@
+// The model zoo: classic networks sized for the inputs hpdl trains on
+// (Fashion-MNIST 1x28x28, CIFAR 3x32x32, ImageNet-style 3x224x224), built from
+// a ModelConfig and a seed so every rank builds identical weights.
+// make_model(name, config) is what the trainer and the CLI call.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "hpdl/nn/layers.h"
+
+namespace hpdl::nn::models {
+
+struct ModelConfig {
+  int64_t in_channels = 1;
+  int64_t height = 28, width = 28;
+  int64_t num_classes = 10;
+  std::vector<int64_t> hidden = {256, 128};  // mlp only
+  std::string activation = "relu";           // mlp only (see make_activation)
+  // Dropout probability; < 0 means the model's default (mlp: none, after each
+  // hidden activation; alexnet_bn: 0.5 in the classifier).
+  double dropout = -1.0;
+  uint64_t seed = 0;                          // weight init (and dropout masks)
+};
+
+// Flatten -> [Linear -> act (-> Dropout)] per hidden size -> Linear(classes).
+// Input [N, C, H, W] or [N, in_features]; output [N, classes].
+ModulePtr mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t num_classes,
+              const std::string& activation = "relu", double dropout = 0.0, uint64_t seed = 0);
+
+// LeNet-5 (LeCun et al. 1998) in its common modern form: ReLU and max pooling
+// instead of the original scaled tanh and trainable subsampling.
+// conv5x5(6, pad 2) -> ReLU -> maxpool2 -> conv5x5(16) -> ReLU -> maxpool2 ->
+// fc120 -> ReLU -> fc84 -> ReLU -> fc(classes). 1x28x28: 61,706 parameters.
+ModulePtr lenet5(int64_t in_channels, int64_t num_classes, int64_t height = 28, int64_t width = 28,
+                 uint64_t seed = 0);
+
+// CIFAR ResNet-20 (He et al. 2016, section 4.2): conv3x3(16)+BN+ReLU, three
+// stages of 3 BasicBlocks with 16/32/64 channels (stride 2 at the start of
+// stages 2 and 3, projection shortcuts there), global average pooling, fc.
+// Works for any input of at least 4x4 (e.g. 1x28x28). 3 channels, 10 classes:
+// 272,474 parameters (the paper's 0.27M, which uses parameter-free shortcuts).
+ModulePtr resnet20(int64_t in_channels, int64_t num_classes, uint64_t seed = 0);
+
+// ResNet-18 (He et al. 2016, table 1): four stages of 2 BasicBlocks with
+// 64/128/256/512 channels. For inputs larger than 64x64 the ImageNet stem
+// (conv7x7 stride 2 + maxpool3x3 stride 2); for small inputs (<= 64) a
+// conv3x3 stride 1 stem without pooling, the usual CIFAR adaptation.
+// 3x224x224, 1000 classes: 11,689,512 parameters (as torchvision).
+ModulePtr resnet18(int64_t in_channels, int64_t num_classes, int64_t height = 224, int64_t width = 224,
+                   uint64_t seed = 0);
+
+// A small AlexNet (Krizhevsky et al. 2012) with batch normalization for 28x28
+// and 32x32 inputs: five conv3x3 layers (64, 128, 256, 256, 128 channels,
+// each conv+BN+ReLU, max pooling after the 1st, 2nd and 5th), then
+// fc512+BN+ReLU(+Dropout) twice and fc(classes).
+ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height = 32, int64_t width = 32,
+                     double dropout = 0.5, uint64_t seed = 0);
+
+// The names make_model knows, in order.
+std::vector<std::string> model_names();
+// Builds a model by name ("mlp", "lenet5", "resnet20", "resnet18",
+// "alexnet_bn"); throws for an unknown name listing the known ones, and for a
+// config the model cannot take (naming the field).
+ModulePtr make_model(const std::string& name, const ModelConfig& config);
+
+}  // namespace hpdl::nn::models

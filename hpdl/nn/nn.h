@@ -1,0 +1,7 @@
+// All of hpdl::nn in one include: Module, layers, blocks, init.
+#pragma once
+
+#include "hpdl/nn/blocks.h"
+#include "hpdl/nn/init.h"
+#include "hpdl/nn/layers.h"
+#include "hpdl/nn/module.h"

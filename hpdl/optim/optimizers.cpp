@@ -1,0 +1,176 @@
+// SGD, AdamW, LARS and LAMB steps. SGD and AdamW are a single fused
+// Backend::optimizer_update per parameter. LARS computes its layer-wise rate
+// from two norms, then reuses the fused SGD-momentum update. LAMB needs the
+// norm of the full update before applying it, so it is written with ops.
+#include "hpdl/optim/optimizers.h"
+
+#include <cmath>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/backend/backend.h"
+#include "hpdl/ops/elementwise.h"
+
+namespace hpdl::optim {
+
+namespace {
+
+Backend& update_backend(const Tensor& p) {
+  Backend& b = backend_for(p.device());
+  if (b.supports(OpKind::optimizer, p.dtype())) return b;
+  HPDL_CHECK(p.device().is_cpu(), "optimizer: backend {} cannot update {} parameters", b.name(),
+             dtype_name(p.dtype()));
+  return reference_backend();
+}
+
+void check_range(bool ok, const char* opt, const char* what, double v) {
+  HPDL_CHECK(ok, "{}: invalid option {} = {}", opt, what, v);
+}
+
+void mark_1d(std::vector<ParamSpec>& params, bool exclude_1d) {
+  if (!exclude_1d) return;
+  for (auto& s : params)
+    if (s.param.ndim() <= 1) s.no_weight_decay = s.no_adaptation = true;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- SGD
+
+SGD::SGD(std::vector<ParamSpec> params, const SGDOptions& o) : Optimizer(std::move(params), o.lr), options(o) {
+  check_range(o.momentum >= 0, "SGD", "momentum", o.momentum);
+  check_range(o.dampening >= 0 && o.dampening <= 1, "SGD", "dampening", o.dampening);
+  check_range(o.weight_decay >= 0, "SGD", "weight_decay", o.weight_decay);
+  HPDL_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+             "SGD: nesterov needs momentum > 0 and dampening = 0 (got momentum {}, dampening {})", o.momentum,
+             o.dampening);
+}
+
+void SGD::step() {
+  NoGradGuard no_grad;
+  count_step();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor g = grad_of(i);
+    if (!g.defined()) continue;
+    OptimizerUpdate u;
+    u.kind = OptimizerUpdate::Kind::sgd;
+    u.lr = lr_;
+    u.momentum = options.momentum;
+    u.dampening = options.dampening;
+    u.nesterov = options.nesterov;
+    u.weight_decay = params_[i].no_weight_decay ? 0.0 : options.weight_decay;
+    u.step = ++state_[i].step;
+    Tensor buf = options.momentum != 0 ? buffer(i, "momentum_buffer") : Tensor();
+    update_backend(params_[i].param).optimizer_update(u, params_[i].param, g, buf, Tensor());
+  }
+}
+
+// ---------------------------------------------------------------- AdamW
+
+AdamW::AdamW(std::vector<ParamSpec> params, const AdamWOptions& o) : Optimizer(std::move(params), o.lr), options(o) {
+  check_range(o.beta1 >= 0 && o.beta1 < 1, "AdamW", "beta1", o.beta1);
+  check_range(o.beta2 >= 0 && o.beta2 < 1, "AdamW", "beta2", o.beta2);
+  check_range(o.eps > 0, "AdamW", "eps", o.eps);
+  check_range(o.weight_decay >= 0, "AdamW", "weight_decay", o.weight_decay);
+}
+
+void AdamW::step() {
+  NoGradGuard no_grad;
+  count_step();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor g = grad_of(i);
+    if (!g.defined()) continue;
+    OptimizerUpdate u;
+    u.kind = OptimizerUpdate::Kind::adamw;
+    u.lr = lr_;
+    u.beta1 = options.beta1;
+    u.beta2 = options.beta2;
+    u.eps = options.eps;
+    u.weight_decay = params_[i].no_weight_decay ? 0.0 : options.weight_decay;
+    u.decoupled_decay = true;
+    u.step = ++state_[i].step;
+    Tensor& m = buffer(i, "exp_avg");
+    Tensor& v = buffer(i, "exp_avg_sq");
+    update_backend(params_[i].param).optimizer_update(u, params_[i].param, g, m, v);
+  }
+}
+
+// ---------------------------------------------------------------- LARS
+
+LARS::LARS(std::vector<ParamSpec> params, const LARSOptions& o) : Optimizer(std::move(params), o.lr), options(o) {
+  check_range(o.momentum >= 0 && o.momentum < 1, "LARS", "momentum", o.momentum);
+  check_range(o.weight_decay >= 0, "LARS", "weight_decay", o.weight_decay);
+  check_range(o.eta > 0, "LARS", "eta", o.eta);
+  check_range(o.eps >= 0, "LARS", "eps", o.eps);
+  mark_1d(params_, o.exclude_1d);
+  ratios_.assign(params_.size(), 1.0);
+}
+
+void LARS::step() {
+  NoGradGuard no_grad;
+  count_step();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor g = grad_of(i);
+    if (!g.defined()) continue;
+    const ParamSpec& s = params_[i];
+    const double wd = s.no_weight_decay ? 0.0 : options.weight_decay;
+    double local = 1.0;
+    if (!s.no_adaptation) {
+      const double wn = l2_norm(s.param), gn = l2_norm(g);
+      if (wn > 0 && gn > 0) local = options.eta * wn / (gn + wd * wn + options.eps);
+    }
+    ratios_[i] = local;
+    // d = lr * local * (g + wd * w); then the fused momentum update with lr 1:
+    // buf = momentum * buf + d (buf = d on the first step), w -= buf.
+    Tensor d = wd != 0 ? add(g, mul(s.param, wd)) : g;
+    d = mul(d, lr_ * local);
+    OptimizerUpdate u;
+    u.kind = OptimizerUpdate::Kind::sgd;
+    u.lr = 1.0;
+    u.momentum = options.momentum;
+    u.step = ++state_[i].step;
+    Tensor buf = options.momentum != 0 ? buffer(i, "momentum_buffer") : Tensor();
+    update_backend(s.param).optimizer_update(u, s.param, d.contiguous(), buf, Tensor());
+  }
+}
+
+// ---------------------------------------------------------------- LAMB
+
+LAMB::LAMB(std::vector<ParamSpec> params, const LAMBOptions& o) : Optimizer(std::move(params), o.lr), options(o) {
+  check_range(o.beta1 >= 0 && o.beta1 < 1, "LAMB", "beta1", o.beta1);
+  check_range(o.beta2 >= 0 && o.beta2 < 1, "LAMB", "beta2", o.beta2);
+  check_range(o.eps > 0, "LAMB", "eps", o.eps);
+  check_range(o.weight_decay >= 0, "LAMB", "weight_decay", o.weight_decay);
+  mark_1d(params_, o.exclude_1d);
+  ratios_.assign(params_.size(), 1.0);
+}
+
+void LAMB::step() {
+  NoGradGuard no_grad;
+  count_step();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor g = grad_of(i);
+    if (!g.defined()) continue;
+    const ParamSpec& s = params_[i];
+    Tensor w = s.param;
+    const double wd = s.no_weight_decay ? 0.0 : options.weight_decay;
+    const auto t = static_cast<double>(++state_[i].step);
+    const double b1 = options.beta1, b2 = options.beta2;
+    Tensor& m = buffer(i, "exp_avg");
+    Tensor& v = buffer(i, "exp_avg_sq");
+    m.copy_(add(mul(m, b1), mul(g, 1 - b1)));
+    v.copy_(add(mul(v, b2), mul(square(g), 1 - b2)));
+    Tensor m_hat = mul(m, 1 / (1 - std::pow(b1, t)));
+    Tensor v_hat = mul(v, 1 / (1 - std::pow(b2, t)));
+    Tensor r = div(m_hat, add(sqrt(v_hat), options.eps));
+    if (wd != 0) r = add(r, mul(w, wd));
+    double ratio = 1.0;
+    if (!s.no_adaptation) {
+      const double wn = l2_norm(w), rn = l2_norm(r);
+      if (wn > 0 && rn > 0) ratio = wn / rn;
+    }
+    ratios_[i] = ratio;
+    w.copy_(sub(w, mul(r, lr_ * ratio)));
+  }
+}
+
+}  // namespace hpdl::optim
