@@ -1,0 +1,75 @@
+// End-to-end training and inference throughput of the model zoo at batch 128,
+// timed exactly as bench/e2e/torch_peer.py times PyTorch: the same models, SGD
+// with momentum, cross-entropy, random Fashion-MNIST-shaped batches, warm-up
+// steps first, then whole steps (zero_grad, forward, loss, backward, update).
+// Prints one JSON line per model. Run: build/bench/hpdl_e2e [threads] [models]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/core/random.h"
+#include "hpdl/core/threading.h"
+#include "hpdl/nn/models/models.h"
+#include "hpdl/ops/loss.h"
+#include "hpdl/optim/optimizers.h"
+
+using namespace hpdl;
+using Clock = std::chrono::steady_clock;
+
+static std::string bench_model(const std::string& name, int64_t batch, int steps, int warmup) {
+  nn::models::ModelConfig cfg;
+  cfg.hidden = {512, 256};  // the mlp of examples/fashion_mnist/mlp.toml and torch_peer.py
+  auto model = nn::models::make_model(name, cfg);
+  Generator gen(0);
+  Tensor x = Tensor::randn({batch, 1, 28, 28}, gen);
+  std::vector<int64_t> labels(batch);
+  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int64_t>(gen.next_u64() % 10);
+  Tensor y = Tensor::from_vector(labels, {batch});
+  optim::SGDOptions o;
+  o.lr = 0.01;
+  o.momentum = 0.9;
+  optim::SGD opt(optim::param_specs(*model), o);
+  model->train();
+  Clock::time_point t0;
+  for (int i = 0; i < warmup + steps; ++i) {
+    if (i == warmup) t0 = Clock::now();
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model->forward(x), y);
+    loss.backward();
+    opt.step();
+  }
+  double train = batch * steps / std::chrono::duration<double>(Clock::now() - t0).count();
+  model->eval();
+  {
+    NoGradGuard ng;
+    for (int i = 0; i < warmup + steps; ++i) {
+      if (i == warmup) t0 = Clock::now();
+      model->forward(x);
+    }
+  }
+  double infer = batch * steps / std::chrono::duration<double>(Clock::now() - t0).count();
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, \"threads\": %d, "
+                "\"train_samples_per_s\": %.1f, \"infer_samples_per_s\": %.1f}",
+                name.c_str(), static_cast<long long>(batch), num_threads(), train, infer);
+  return line;
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1) set_num_threads(std::atoi(argv[1]));
+  std::string models = argc > 2 ? argv[2] : "mlp,lenet5,resnet20";
+  std::stringstream ss(models);
+  std::string name;
+  while (std::getline(ss, name, ',')) {
+    int steps = name == "resnet20" ? 10 : (name == "lenet5" ? 100 : 200);
+    int warmup = name == "resnet20" ? 3 : 10;
+    std::puts(bench_model(name, 128, steps, warmup).c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}

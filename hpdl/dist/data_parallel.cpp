@@ -1,0 +1,165 @@
+// DataParallel: flat gradient buckets all-reduced during backward.
+#include "hpdl/dist/data_parallel.h"
+
+#include <mutex>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/backend/backend.h"
+
+namespace hpdl::dist {
+
+namespace {
+int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+struct DataParallel::Bucket {
+  Tensor flat;                  // float32 [numel], the gradients of its parameters
+  Tensor wire;                  // bfloat16 copy when compressing
+  std::vector<Tensor> params;
+  std::vector<bool> ready;
+  int pending = 0;
+  bool launched = false;
+  std::shared_ptr<Work> work;
+  BucketSpan span;
+  std::mutex mu;
+};
+
+DataParallel::DataParallel(nn::Module& model, Communicator& comm, DataParallelOptions options)
+    : model_(model), comm_(comm), options_(options) {
+  HPDL_CHECK(options_.bucket_bytes > 0, "DataParallel: bucket size must be positive, got {} bytes",
+             options_.bucket_bytes);
+  broadcast_state(0);
+  auto params = model_.parameters();
+  // Reverse registration order: the last layers' gradients are ready first.
+  std::vector<Tensor> order(params.rbegin(), params.rend());
+  std::vector<std::vector<Tensor>> groups(1);
+  int64_t bytes = 0;
+  for (const Tensor& p : order) {
+    HPDL_CHECK(p.dtype() == DType::f32 && p.device().is_cpu(), "DataParallel: parameters must be float32 on the CPU "
+               "(got {}); GPU ranks use the NCCL communicator", p.str());
+    int64_t b = static_cast<int64_t>(p.nbytes());
+    if (!groups.back().empty() && bytes + b > options_.bucket_bytes) {
+      groups.emplace_back();
+      bytes = 0;
+    }
+    groups.back().push_back(p);
+    bytes += b;
+  }
+  for (auto& g : groups) {
+    if (g.empty()) continue;
+    auto bucket = std::make_unique<Bucket>();
+    int64_t numel = 0;
+    for (auto& p : g) numel += p.numel();
+    bucket->flat = Tensor::zeros({numel});
+    if (options_.bf16_wire) bucket->wire = Tensor::empty({numel}, DType::bf16);
+    bucket->span.bytes = numel * (options_.bf16_wire ? 2 : 4);
+    int64_t off = 0;
+    const int index = static_cast<int>(buckets_.size());
+    for (size_t slot = 0; slot < g.size(); ++slot) {
+      Tensor p = g[slot];
+      // The parameter's gradient is a view into the bucket: accumulation writes there directly.
+      p.set_grad(make_view(bucket->flat, p.shape(), contiguous_strides(p.shape()), off));
+      off += p.numel();
+      p.autograd_meta().post_accumulate_hooks.push_back(
+          [this, index, slot](Tensor&) { on_grad_ready(index, static_cast<int>(slot)); });
+      bucket->params.push_back(p);
+    }
+    bucket->ready.assign(g.size(), false);
+    bucket->pending = static_cast<int>(g.size());
+    buckets_.push_back(std::move(bucket));
+  }
+}
+
+DataParallel::~DataParallel() {
+  for (auto& b : buckets_)
+    if (b->work) b->work->wait();
+  // Detach the hooks and the bucket views so the model can live on alone.
+  for (auto& b : buckets_)
+    for (auto& p : b->params) {
+      p.autograd_meta().post_accumulate_hooks.clear();
+      p.set_grad(p.grad().defined() ? p.grad().clone() : Tensor());
+    }
+}
+
+void DataParallel::broadcast_state(int root) {
+  NoGradGuard ng;
+  for (auto& [name, t] : model_.named_parameters()) comm_.broadcast(t, root);
+  for (auto& [name, t] : model_.named_buffers()) comm_.broadcast(t, root);
+}
+
+void DataParallel::zero_grad() {
+  for (auto& b : buckets_) {
+    if (b->work) b->work->wait();
+    b->work.reset();
+    b->flat.zero_();
+    std::fill(b->ready.begin(), b->ready.end(), false);
+    b->pending = static_cast<int>(b->params.size());
+    b->launched = false;
+    // Restore the views if someone replaced a .grad (e.g. set_to_none).
+    int64_t off = 0;
+    for (auto& p : b->params) {
+      if (!p.grad().defined() || p.grad().storage() != b->flat.storage())
+        p.set_grad(make_view(b->flat, p.shape(), contiguous_strides(p.shape()), off));
+      off += p.numel();
+    }
+  }
+}
+
+void DataParallel::on_grad_ready(int index, int slot) {
+  Bucket& b = *buckets_[index];
+  bool full = false;
+  {
+    std::lock_guard<std::mutex> lock(b.mu);
+    if (b.ready[slot]) return;  // a parameter used twice reports twice
+    b.ready[slot] = true;
+    full = --b.pending == 0;
+  }
+  if (full) launch(index);
+}
+
+void DataParallel::launch(int index) {
+  Bucket& b = *buckets_[index];
+  {
+    std::lock_guard<std::mutex> lock(b.mu);
+    if (b.launched) return;
+    b.launched = true;
+  }
+  const double scale = 1.0 / comm_.size();
+  Bucket* bp = &b;
+  const bool bf16 = options_.bf16_wire;
+  bp->span.bucket = index;
+  b.work = comm_.enqueue([this, bp, scale, bf16] {
+    bp->span.begin_us = now_us();
+    if (bf16) {
+      bp->wire.copy_(bp->flat);
+      comm_.allreduce(bp->wire);
+      bp->flat.copy_(bp->wire);
+    } else {
+      comm_.allreduce(bp->flat);
+    }
+    reference_backend().unary(UnaryOp::mul_scalar, bp->flat, bp->flat, scale);
+    bp->span.end_us = now_us();
+  });
+}
+
+void DataParallel::finish() {
+  for (size_t i = 0; i < buckets_.size(); ++i) launch(static_cast<int>(i));
+  for (auto& b : buckets_) b->work->wait();
+}
+
+std::vector<int64_t> DataParallel::bucket_sizes() const {
+  std::vector<int64_t> out;
+  for (auto& b : buckets_) out.push_back(b->flat.numel());
+  return out;
+}
+
+std::vector<BucketSpan> DataParallel::last_spans() const {
+  std::vector<BucketSpan> out;
+  for (auto& b : buckets_) out.push_back(b->span);
+  return out;
+}
+
+}  // namespace hpdl::dist
