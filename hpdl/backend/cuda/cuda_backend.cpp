@@ -330,8 +330,11 @@ void CudaBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<int>& a
     for (int i = 0; i < nd; ++i) ps[i] = x.shape()[perm[i]], pst[i] = x.strides()[perm[i]];
     rows = dense(make_view(x, ps, pst, x.offset()));
   }
+  const size_t scratch_bytes = kern::reduce_rows_scratch_bytes(M, R);
+  Tensor scratch = scratch_bytes ? Tensor::empty({static_cast<int64_t>(scratch_bytes)}, DType::u8, x.device()) : Tensor();
   HPDL_KERNEL_CHECK(reduce_name(op), kern::reduce_rows(dt(x.dtype()), static_cast<kern::Reduce>(op), rows.raw_data(),
-                                                       out.raw_data(), M, R, s));
+                                                       out.raw_data(), M, R,
+                                                       scratch.defined() ? scratch.raw_data() : nullptr, s));
 }
 
 // ---------------------------------------------------------------- layer norm

@@ -7,6 +7,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 namespace hpdl::cuda::kern {
@@ -24,16 +25,23 @@ int blocks_for(int64_t n, int threads = kThreads) {
 struct Bf16 {
   uint16_t bits;
 };
-__device__ inline float bf16_to_float(Bf16 v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
-__device__ inline Bf16 float_to_bf16(float f) {
-  uint32_t u = __float_as_uint(f);
+// Host and device: the fill launcher converts its value on the host.
+__host__ __device__ inline float bf16_to_float(Bf16 v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+__host__ __device__ inline Bf16 float_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
   if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return Bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
   u += 0x7fffu + ((u >> 16) & 1u);
   return Bf16{static_cast<uint16_t>(u >> 16)};
 }
 
 template <typename To, typename From>
-__device__ inline To convert(From v) {
+__host__ __device__ inline To convert(From v) {
   if constexpr (std::is_same_v<To, From>) {
     return v;
   } else if constexpr (std::is_same_v<From, Bf16>) {
@@ -270,6 +278,41 @@ __global__ void reduce_rows_block(Reduce op, const T* in, void* out, int64_t M, 
     }
     if (threadIdx.x == 0) reduce_store<T>(op, Acc{sv[0], si[0]}, R, out, m);
     __syncthreads();
+  }
+}
+
+// Few long rows: grid (chunks, M); each block reduces one chunk of a row into partial[m * chunks + c].
+template <typename T>
+__global__ void reduce_rows_partial(Reduce op, const T* in, Acc* partial, int64_t M, int64_t R, int64_t chunk) {
+  __shared__ double sv[kThreads];
+  __shared__ int64_t si[kThreads];
+  const int64_t m = blockIdx.y, c = blockIdx.x;
+  const int64_t begin = c * chunk, end = begin + chunk < R ? begin + chunk : R;
+  const T* row = in + m * R;
+  Acc acc = reduce_init(op);
+  for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x)
+    acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+  sv[threadIdx.x] = acc.v;
+  si[threadIdx.x] = acc.i;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      Acc o = reduce_combine(op, Acc{sv[threadIdx.x], si[threadIdx.x]}, Acc{sv[threadIdx.x + s], si[threadIdx.x + s]});
+      sv[threadIdx.x] = o.v;
+      si[threadIdx.x] = o.i;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[m * gridDim.x + c] = Acc{sv[0], si[0]};
+}
+
+// Combines the chunks' partial results of each row (already transformed: no sum_square again).
+template <typename T>
+__global__ void reduce_rows_final(Reduce op, const Acc* partial, int64_t chunks, void* out, int64_t M, int64_t R) {
+  GRID_STRIDE(m, M) {
+    Acc acc = reduce_init(op);
+    for (int64_t c = 0; c < chunks; ++c) acc = reduce_combine(op, acc, partial[m * chunks + c]);
+    reduce_store<T>(op, acc, R, out, m);
   }
 }
 
@@ -520,10 +563,33 @@ cudaError_t axpby(Dt t, int64_t n, double a, const void* x, double b, const void
   });
 }
 
-cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, cudaStream_t s) {
+namespace {
+constexpr int64_t kReduceChunk = 32768;
+// Rows split into chunks only when there are too few rows to fill the GPU and each is long.
+int64_t reduce_chunks(int64_t M, int64_t R) {
+  if (M >= 1024 || R < 2 * kReduceChunk) return 1;
+  return (R + kReduceChunk - 1) / kReduceChunk;
+}
+}  // namespace
+
+size_t reduce_rows_scratch_bytes(int64_t M, int64_t R) {
+  int64_t c = reduce_chunks(M, R);
+  return c > 1 ? static_cast<size_t>(M * c) * sizeof(Acc) : 0;
+}
+
+cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, void* scratch,
+                        cudaStream_t s) {
   return dispatch_float(t, [&](auto tag) {
     using T = decltype(tag);
-    if (R <= 64) {
+    const int64_t chunks = reduce_chunks(M, R);
+    if (chunks > 1 && scratch && M < 65536) {
+      Acc* partial = static_cast<Acc*>(scratch);
+      reduce_rows_partial<T><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(M)), kThreads, 0, s>>>(
+          op, static_cast<const T*>(in), partial, M, R, kReduceChunk);
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+      reduce_rows_final<T><<<blocks_for(M), kThreads, 0, s>>>(op, partial, chunks, out, M, R);
+    } else if (R <= 64) {
       reduce_rows_thread<T><<<blocks_for(M), kThreads, 0, s>>>(op, static_cast<const T*>(in), out, M, R);
     } else {
       int grid = static_cast<int>(M < (1 << 20) ? M : (1 << 20));

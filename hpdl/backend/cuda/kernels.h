@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace hpdl::cuda::kern {
@@ -47,7 +48,11 @@ cudaError_t binary(Dt t, Binary op, void* out, const void* a, const void* b, con
 cudaError_t axpby(Dt t, int64_t n, double a, const void* x, double b, const void* y, void* out, cudaStream_t s);
 
 // in: contiguous [M, R]; out[m] = op(in[m, :]) (int64 for argmax). Accumulates in double.
-cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, cudaStream_t s);
+// Few long rows are split into chunks reduced in two passes through `scratch` (device memory of
+// reduce_rows_scratch_bytes(M, R) bytes; may be null when that is 0).
+size_t reduce_rows_scratch_bytes(int64_t M, int64_t R);
+cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, void* scratch,
+                        cudaStream_t s);
 
 // x, y, dy, dx: contiguous [M, D]; mean, invstd: [M]; gamma, beta, dgamma, dbeta: [D] (dgamma/dbeta may be null).
 cudaError_t layernorm_forward(Dt t, const void* x, const void* gamma, const void* beta, void* y, void* mean,

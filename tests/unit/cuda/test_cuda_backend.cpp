@@ -252,6 +252,16 @@ TEST_F(CudaBackendTest, ReduceEveryOpOverAxisSets) {
   ref().reduce(ReduceOp::sum, big, {1}, want);
   gpu().reduce(ReduceOp::sum, up(big), {1}, got);
   expect_close(got, want, "sum of 300000", 1e-5, 1e-4);
+  for (ReduceOp op : {ReduceOp::max, ReduceOp::min, ReduceOp::mean, ReduceOp::sum_square}) {
+    Tensor w = host_out({2, 1}), g = poisoned({2, 1});
+    ref().reduce(op, big, {1}, w);
+    gpu().reduce(op, up(big), {1}, g);
+    expect_close(g, w, std::string(reduce_name(op)) + " of 300000 (two passes)", 1e-5, 1e-6);
+  }
+  Tensor wa = Tensor::full({2, 1}, -1, DType::i64), ga = Tensor::full({2, 1}, -1, DType::i64, kGPU);
+  ref().reduce(ReduceOp::argmax, big, {1}, wa);
+  gpu().reduce(ReduceOp::argmax, up(big), {1}, ga);
+  expect_close(ga, wa, "argmax of 300000 (two passes)", 0, 0);
   Tensor x = randt({8, 6}, 9);
   Tensor xt = make_view(x, {6, 8}, {1, 6}, 0), dxt = make_view(up(x), {6, 8}, {1, 6}, 0);
   Tensor w2 = host_out({6, 1}), g2 = poisoned({6, 1});
