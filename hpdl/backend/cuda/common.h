@@ -1,0 +1,52 @@
+// Private helpers of the CUDA backend: status checks that turn CUDA, cuBLAS
+// and cuDNN error codes into hpdl::Error naming the failed call, the compute
+// stream and library handles of the current device, and small tensor helpers.
+// Every CUDA-side call in backend/cuda goes through one of the CHECK macros.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include "hpdl/backend/backend.h"
+#include "hpdl/core/error.h"
+
+#define HPDL_CUDA_CHECK(call)                                                                            \
+  do {                                                                                                   \
+    cudaError_t hpdl_e_ = (call);                                                                        \
+    if (hpdl_e_ != cudaSuccess)                                                                          \
+      HPDL_FAIL("CUDA call {} failed: {} ({})", #call, cudaGetErrorString(hpdl_e_), cudaGetErrorName(hpdl_e_)); \
+  } while (0)
+
+#define HPDL_CUBLAS_CHECK(call)                                                                      \
+  do {                                                                                               \
+    cublasStatus_t hpdl_s_ = (call);                                                                 \
+    if (hpdl_s_ != CUBLAS_STATUS_SUCCESS)                                                            \
+      HPDL_FAIL("cuBLAS call {} failed: {}", #call, cublasGetStatusString(hpdl_s_));                  \
+  } while (0)
+
+#define HPDL_CUDNN_CHECK(call)                                                                       \
+  do {                                                                                               \
+    cudnnStatus_t hpdl_s_ = (call);                                                                  \
+    if (hpdl_s_ != CUDNN_STATUS_SUCCESS)                                                             \
+      HPDL_FAIL("cuDNN call {} failed: {}", #call, cudnnGetErrorString(hpdl_s_));                     \
+  } while (0)
+
+// A kernel launcher returns cudaGetLastError(); this names the kernel when it failed.
+#define HPDL_KERNEL_CHECK(name, call)                                                                \
+  do {                                                                                               \
+    cudaError_t hpdl_e_ = (call);                                                                    \
+    if (hpdl_e_ != cudaSuccess) HPDL_FAIL("CUDA kernel {} failed to launch: {}", name, cudaGetErrorString(hpdl_e_)); \
+  } while (0)
+
+namespace hpdl::cuda {
+
+// Makes `d`'s GPU current and returns its compute stream (one per device, created on first use).
+cudaStream_t stream_for(Device d);
+cublasHandle_t cublas_for(Device d);  // bound to stream_for(d)
+cudnnHandle_t cudnn_for(Device d);    // bound to stream_for(d)
+
+// `t` itself when contiguous, else a contiguous copy on t's device.
+Tensor dense(const Tensor& t);
+
+}  // namespace hpdl::cuda

@@ -1,0 +1,53 @@
+// CudaBackend::matmul through cuBLAS. hpdl is row-major and cuBLAS
+// column-major; a row-major [M, N] matrix is the column-major [N, M] matrix of
+// its transpose, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: the
+// operands swap places and M and N swap roles, with no data moved.
+#include <algorithm>
+#include <climits>
+
+#include "hpdl/backend/cuda/common.h"
+#include "hpdl/backend/cuda/cuda.h"
+#include "hpdl/backend/cuda/cuda_backend.h"
+
+namespace hpdl::cuda {
+
+void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
+                         double beta) {
+  require_float("matmul", c.dtype());
+  HPDL_CHECK(a.dtype() == c.dtype() && b.dtype() == c.dtype(), "matmul: dtypes {}, {} -> {} must match",
+             dtype_name(a.dtype()), dtype_name(b.dtype()), dtype_name(c.dtype()));
+  HPDL_CHECK(c.is_contiguous(), "matmul: output must be contiguous");
+  const int nd = c.ndim();
+  HPDL_CHECK(nd == 2 || nd == 3, "matmul: output rank {} (expected 2 or 3)", nd);
+  const int64_t M = c.shape()[nd - 2], N = c.shape()[nd - 1];
+  const int64_t K = trans_a ? a.shape()[a.ndim() - 2] : a.shape()[a.ndim() - 1];
+  const int64_t B = nd == 3 ? c.shape()[0] : 1;
+  HPDL_CHECK(M < INT_MAX && N < INT_MAX && K < INT_MAX && B < INT_MAX, "matmul: sizes M={} N={} K={} batch={} exceed "
+             "cuBLAS's 32-bit limits", M, N, K, B);
+  if (M == 0 || N == 0 || B == 0) return;
+  Tensor ac = dense(a), bc = dense(b);
+  const long long sa = (a.ndim() == 3 && a.shape()[0] > 1) ? M * K : 0;  // batch dim of 1 broadcasts
+  const long long sb = (b.ndim() == 3 && b.shape()[0] > 1) ? K * N : 0;
+  // Column-major view: B is [N, K] (ld N) untransposed or [K, N] (ld K) transposed; A likewise with M.
+  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int ldb = static_cast<int>(std::max<int64_t>(1, trans_b ? K : N));
+  const int lda = static_cast<int>(std::max<int64_t>(1, trans_a ? M : K));
+  cublasHandle_t h = cublas_for(c.device());
+  HPDL_CUBLAS_CHECK(cublasSetMathMode(h, allow_tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  if (c.dtype() == DType::f32) {
+    const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+    HPDL_CUBLAS_CHECK(cublasSgemmStridedBatched(h, op_b, op_a, static_cast<int>(N), static_cast<int>(M),
+                                                static_cast<int>(K), &al, static_cast<const float*>(bc.raw_data()),
+                                                ldb, sb, static_cast<const float*>(ac.raw_data()), lda, sa, &be,
+                                                static_cast<float*>(c.raw_data()), static_cast<int>(N), M * N,
+                                                static_cast<int>(B)));
+  } else {
+    HPDL_CUBLAS_CHECK(cublasDgemmStridedBatched(h, op_b, op_a, static_cast<int>(N), static_cast<int>(M),
+                                                static_cast<int>(K), &alpha, static_cast<const double*>(bc.raw_data()),
+                                                ldb, sb, static_cast<const double*>(ac.raw_data()), lda, sa, &beta,
+                                                static_cast<double*>(c.raw_data()), static_cast<int>(N), M * N,
+                                                static_cast<int>(B)));
+  }
+}
+
+}  // namespace hpdl::cuda

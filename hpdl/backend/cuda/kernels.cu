@@ -1,0 +1,689 @@
+// Hand-written kernels of the CUDA backend: strided elementwise (fill, copy
+// with dtype conversion, unary, binary with broadcasting), counter-based random
+// fills, row reductions, layer norm, indexing and fused optimizer updates. The
+// math of each follows backend/cpu/reference.cpp line for line (accumulating in
+// double where the reference does) so the two agree to float32 rounding.
+#include "hpdl/backend/cuda/kernels.h"
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+namespace hpdl::cuda::kern {
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t n, int threads = kThreads) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b > (1 << 20)) b = 1 << 20;  // grid-stride loops cover the rest
+  return static_cast<int>(b < 1 ? 1 : b);
+}
+
+// bfloat16 as raw bits, converted exactly as hpdl::bf16 does on the host (round to nearest even, quiet NaN).
+struct Bf16 {
+  uint16_t bits;
+};
+// Host and device: the fill launcher converts its value on the host.
+__host__ __device__ inline float bf16_to_float(Bf16 v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+__host__ __device__ inline Bf16 float_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return Bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return Bf16{static_cast<uint16_t>(u >> 16)};
+}
+
+template <typename To, typename From>
+__host__ __device__ inline To convert(From v) {
+  if constexpr (std::is_same_v<To, From>) {
+    return v;
+  } else if constexpr (std::is_same_v<From, Bf16>) {
+    return convert<To>(bf16_to_float(v));
+  } else if constexpr (std::is_same_v<To, Bf16>) {
+    return float_to_bf16(static_cast<float>(v));
+  } else {
+    return static_cast<To>(v);
+  }
+}
+
+template <typename F>
+cudaError_t dispatch_all(Dt t, F&& f) {
+  switch (t) {
+    case Dt::f32: return f(float{});
+    case Dt::f64: return f(double{});
+    case Dt::bf16: return f(Bf16{});
+    case Dt::i64: return f(int64_t{});
+    case Dt::i32: return f(int32_t{});
+    case Dt::u8: return f(uint8_t{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename F>
+cudaError_t dispatch_float(Dt t, F&& f) {
+  switch (t) {
+    case Dt::f32: return f(float{});
+    case Dt::f64: return f(double{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Element offsets of linear index i (row-major over g.shape) for each of the K operands.
+template <int K>
+__device__ inline void offsets_of(const Strided<K>& g, int64_t i, int64_t (&off)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) off[k] = 0;
+  for (int d = g.ndim - 1; d >= 0; --d) {
+    int64_t sz = g.shape[d];
+    int64_t idx = i % sz;
+    i /= sz;
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] += idx * g.stride[k][d];
+  }
+}
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// ---------------------------------------------------------------- memory
+
+template <typename T>
+__global__ void fill_kernel(T* out, Strided<1> g, int64_t n, T v) {
+  GRID_STRIDE(i, n) {
+    int64_t off[1];
+    offsets_of(g, i, off);
+    out[off[0]] = v;
+  }
+}
+
+template <typename D, typename S>
+__global__ void copy_kernel(D* out, const S* in, Strided<2> g, int64_t n) {
+  GRID_STRIDE(i, n) {
+    int64_t off[2];
+    offsets_of(g, i, off);
+    out[off[0]] = convert<D>(in[off[1]]);
+  }
+}
+
+// SplitMix64 of (seed, counter), as Generator::bits in hpdl/core/random.h.
+__device__ inline uint64_t splitmix_bits(uint64_t seed, uint64_t counter) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + counter * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+__device__ inline double splitmix_uniform(uint64_t seed, uint64_t counter) {
+  return static_cast<double>(splitmix_bits(seed, counter) >> 11) * 0x1.0p-53;
+}
+
+// __dmul_rn/__dadd_rn keep nvcc from fusing into an FMA: the host computes low + range*u unfused.
+template <typename T>
+__global__ void uniform_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset, double low, double range) {
+  GRID_STRIDE(i, n) {
+    out[i] = static_cast<T>(__dadd_rn(low, __dmul_rn(range, splitmix_uniform(seed, offset + i))));
+  }
+}
+
+// Box-Muller on counters (2i, 2i+1), as ReferenceBackend::random_normal.
+template <typename T>
+__global__ void normal_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double stddev) {
+  GRID_STRIDE(i, n) {
+    double u1 = __dadd_rn(1.0, -splitmix_uniform(seed, offset + 2 * i));
+    double u2 = splitmix_uniform(seed, offset + 2 * i + 1);
+    double z = __dmul_rn(sqrt(__dmul_rn(-2.0, log(u1))), cos(__dmul_rn(6.283185307179586, u2)));
+    out[i] = static_cast<T>(__dadd_rn(mean, __dmul_rn(stddev, z)));
+  }
+}
+
+// ---------------------------------------------------------------- elementwise
+
+template <typename T>
+__device__ inline T unary_value(Unary op, T x, T a) {
+  switch (op) {
+    case Unary::neg: return -x;
+    case Unary::exp: return exp(x);
+    case Unary::log: return log(x);
+    case Unary::sqrt: return sqrt(x);
+    case Unary::rsqrt: return T(1) / sqrt(x);
+    case Unary::tanh: return tanh(x);
+    case Unary::sigmoid: return T(1) / (T(1) + exp(-x));
+    case Unary::relu: return x > T(0) ? x : T(0);
+    case Unary::leaky_relu: return x > T(0) ? x : a * x;
+    case Unary::gelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
+    case Unary::abs: return fabs(x);
+    case Unary::square: return x * x;
+    case Unary::pow_scalar: return pow(x, a);
+    case Unary::reciprocal: return T(1) / x;
+    case Unary::add_scalar: return x + a;
+    case Unary::mul_scalar: return x * a;
+    case Unary::sign: return T((x > T(0)) - (x < T(0)));
+    case Unary::sin: return sin(x);
+    case Unary::cos: return cos(x);
+    case Unary::erf: return erf(x);
+    default: return x;
+  }
+}
+
+template <typename T>
+__device__ inline T binary_value(Binary op, T a, T b, T alpha) {
+  switch (op) {
+    case Binary::add: return a + b;
+    case Binary::sub: return a - b;
+    case Binary::mul: return a * b;
+    case Binary::div: return a / b;
+    case Binary::pow: return pow(a, b);
+    case Binary::maximum: return a > b ? a : b;
+    case Binary::minimum: return a < b ? a : b;
+    case Binary::gt: return T(a > b);
+    case Binary::ge: return T(a >= b);
+    case Binary::lt: return T(a < b);
+    case Binary::le: return T(a <= b);
+    case Binary::eq: return T(a == b);
+    case Binary::relu_grad: return b > T(0) ? a : T(0);
+    case Binary::leaky_relu_grad: return b > T(0) ? a : alpha * a;
+    default: return a;
+  }
+}
+
+template <typename T>
+__global__ void unary_kernel(Unary op, T* out, const T* x, Strided<2> g, int64_t n, T alpha) {
+  GRID_STRIDE(i, n) {
+    int64_t off[2];
+    offsets_of(g, i, off);
+    out[off[0]] = unary_value<T>(op, x[off[1]], alpha);
+  }
+}
+
+template <typename T>
+__global__ void binary_kernel(Binary op, T* out, const T* a, const T* b, Strided<3> g, int64_t n, T alpha) {
+  GRID_STRIDE(i, n) {
+    int64_t off[3];
+    offsets_of(g, i, off);
+    out[off[0]] = binary_value<T>(op, a[off[1]], b[off[2]], alpha);
+  }
+}
+
+template <typename T>
+__global__ void axpby_kernel(int64_t n, T a, const T* x, T b, const T* y, T* out) {
+  GRID_STRIDE(i, n) out[i] = a * x[i] + b * y[i];
+}
+
+// ---------------------------------------------------------------- reductions
+
+struct Acc {
+  double v;
+  int64_t i;  // argmax: index of the first maximum
+};
+
+__device__ inline Acc reduce_init(Reduce op) {
+  switch (op) {
+    case Reduce::max:
+    case Reduce::argmax: return {-INFINITY, INT64_MAX};
+    case Reduce::min: return {INFINITY, 0};
+    default: return {0.0, 0};
+  }
+}
+
+__device__ inline Acc reduce_combine(Reduce op, Acc a, Acc b) {
+  switch (op) {
+    case Reduce::max: return {fmax(a.v, b.v), 0};
+    case Reduce::min: return {fmin(a.v, b.v), 0};
+    case Reduce::argmax: return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
+    default: return {a.v + b.v, 0};
+  }
+}
+
+__device__ inline Acc reduce_element(Reduce op, double x, int64_t r) {
+  return op == Reduce::sum_square ? Acc{x * x, r} : Acc{x, r};
+}
+
+template <typename T>
+__device__ inline void reduce_store(Reduce op, Acc a, int64_t R, void* out, int64_t m) {
+  if (op == Reduce::argmax) {
+    static_cast<int64_t*>(out)[m] = a.i == INT64_MAX ? 0 : a.i;
+  } else {
+    double v = op == Reduce::mean ? a.v / static_cast<double>(R) : a.v;
+    static_cast<T*>(out)[m] = static_cast<T>(v);
+  }
+}
+
+// Long rows: one block per row, a shared-memory tree over the threads' partial results.
+template <typename T>
+__global__ void reduce_rows_block(Reduce op, const T* in, void* out, int64_t M, int64_t R) {
+  __shared__ double sv[kThreads];
+  __shared__ int64_t si[kThreads];
+  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    const T* row = in + m * R;
+    Acc acc = reduce_init(op);
+    for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
+      acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+    sv[threadIdx.x] = acc.v;
+    si[threadIdx.x] = acc.i;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) {
+        Acc o = reduce_combine(op, Acc{sv[threadIdx.x], si[threadIdx.x]},
+                               Acc{sv[threadIdx.x + s], si[threadIdx.x + s]});
+        sv[threadIdx.x] = o.v;
+        si[threadIdx.x] = o.i;
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) reduce_store<T>(op, Acc{sv[0], si[0]}, R, out, m);
+    __syncthreads();
+  }
+}
+
+// Few long rows: grid (chunks, M); each block reduces one chunk of a row into partial[m * chunks + c].
+template <typename T>
+__global__ void reduce_rows_partial(Reduce op, const T* in, Acc* partial, int64_t M, int64_t R, int64_t chunk) {
+  __shared__ double sv[kThreads];
+  __shared__ int64_t si[kThreads];
+  const int64_t m = blockIdx.y, c = blockIdx.x;
+  const int64_t begin = c * chunk, end = begin + chunk < R ? begin + chunk : R;
+  const T* row = in + m * R;
+  Acc acc = reduce_init(op);
+  for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x)
+    acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+  sv[threadIdx.x] = acc.v;
+  si[threadIdx.x] = acc.i;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      Acc o = reduce_combine(op, Acc{sv[threadIdx.x], si[threadIdx.x]}, Acc{sv[threadIdx.x + s], si[threadIdx.x + s]});
+      sv[threadIdx.x] = o.v;
+      si[threadIdx.x] = o.i;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[m * gridDim.x + c] = Acc{sv[0], si[0]};
+}
+
+// Combines the chunks' partial results of each row (already transformed: no sum_square again).
+template <typename T>
+__global__ void reduce_rows_final(Reduce op, const Acc* partial, int64_t chunks, void* out, int64_t M, int64_t R) {
+  GRID_STRIDE(m, M) {
+    Acc acc = reduce_init(op);
+    for (int64_t c = 0; c < chunks; ++c) acc = reduce_combine(op, acc, partial[m * chunks + c]);
+    reduce_store<T>(op, acc, R, out, m);
+  }
+}
+
+// Short rows: one thread per row.
+template <typename T>
+__global__ void reduce_rows_thread(Reduce op, const T* in, void* out, int64_t M, int64_t R) {
+  GRID_STRIDE(m, M) {
+    const T* row = in + m * R;
+    Acc acc = reduce_init(op);
+    for (int64_t r = 0; r < R; ++r) acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+    reduce_store<T>(op, acc, R, out, m);
+  }
+}
+
+// Sum over the block, returned to every thread; blockDim.x a power of two <= kThreads.
+__device__ inline double block_sum(double v, double* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  double r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+// ---------------------------------------------------------------- layer norm
+// Per row m: mean, biased variance (two passes, as the reference), invstd = 1/sqrt(var + eps),
+// y = gamma * (x - mean) * invstd + beta. Backward with g = dy * gamma and xhat = (x - mean) * invstd:
+// dx = invstd / D * (D * g - sum(g) - xhat * sum(g * xhat)); dgamma = sum_m dy * xhat; dbeta = sum_m dy.
+
+template <typename T>
+__global__ void layernorm_forward_kernel(const T* x, const T* gamma, const T* beta, T* y, T* mean_out, T* invstd_out,
+                                         int64_t M, int64_t D, double eps) {
+  __shared__ double sh[kThreads];
+  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    const T* row = x + m * D;
+    double s = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) s += row[d];
+    double mean = block_sum(s, sh) / static_cast<double>(D);
+    double q = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) q += (row[d] - mean) * (row[d] - mean);
+    double invstd = 1.0 / sqrt(block_sum(q, sh) / static_cast<double>(D) + eps);
+    if (threadIdx.x == 0) {
+      mean_out[m] = static_cast<T>(mean);
+      invstd_out[m] = static_cast<T>(invstd);
+    }
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      y[m * D + d] = static_cast<T>(gamma[d] * (row[d] - mean) * invstd + beta[d]);
+  }
+}
+
+template <typename T>
+__global__ void layernorm_backward_dx_kernel(const T* x, const T* dy, const T* gamma, const T* mean_in,
+                                             const T* invstd_in, T* dx, int64_t M, int64_t D) {
+  __shared__ double sh[kThreads];
+  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    double mean = mean_in[m], invstd = invstd_in[m];
+    double s1 = 0, s2 = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      double g = static_cast<double>(dy[m * D + d]) * gamma[d], xhat = (x[m * D + d] - mean) * invstd;
+      s1 += g;
+      s2 += g * xhat;
+    }
+    s1 = block_sum(s1, sh);
+    s2 = block_sum(s2, sh);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      double g = static_cast<double>(dy[m * D + d]) * gamma[d], xhat = (x[m * D + d] - mean) * invstd;
+      dx[m * D + d] = static_cast<T>(invstd / static_cast<double>(D) * (static_cast<double>(D) * g - s1 - xhat * s2));
+    }
+  }
+}
+
+// One thread per column d (coalesced across the warp), a serial sum over rows.
+template <typename T>
+__global__ void layernorm_backward_params_kernel(const T* x, const T* dy, const T* mean_in, const T* invstd_in,
+                                                 T* dgamma, T* dbeta, int64_t M, int64_t D) {
+  GRID_STRIDE(d, D) {
+    double sg = 0, sb = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      double xhat = (x[m * D + d] - static_cast<double>(mean_in[m])) * invstd_in[m];
+      sg += dy[m * D + d] * xhat;
+      sb += dy[m * D + d];
+    }
+    if (dgamma) dgamma[d] = static_cast<T>(sg);
+    if (dbeta) dbeta[d] = static_cast<T>(sb);
+  }
+}
+
+// ---------------------------------------------------------------- indexing
+
+template <typename T>
+__global__ void index_select_kernel(const T* x, const int64_t* index, T* out, int64_t outer, int64_t nx, int64_t nsel,
+                                    int64_t inner, int64_t* bad) {
+  GRID_STRIDE(e, outer * nsel * inner) {
+    int64_t i = e % inner, j = (e / inner) % nsel, o = e / (inner * nsel);
+    int64_t k = index[j];
+    if (k < 0 || k >= nx) {
+      *bad = j;
+      out[e] = T(0);
+    } else {
+      out[e] = x[(o * nx + k) * inner + i];
+    }
+  }
+}
+
+__device__ inline void atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ inline void atomic_add(double* p, double v) { atomicAdd(p, v); }
+
+template <typename T>
+__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, int64_t outer, int64_t nout, int64_t nsrc,
+                                 int64_t inner, int64_t* bad) {
+  GRID_STRIDE(e, outer * nsrc * inner) {
+    int64_t i = e % inner, j = (e / inner) % nsrc, o = e / (inner * nsrc);
+    int64_t k = index[j];
+    if (k < 0 || k >= nout) {
+      *bad = j;
+    } else {
+      atomic_add(out + (o * nout + k) * inner + i, src[e]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T* x, const int64_t* index, T* out, int64_t M, int64_t C, int64_t* bad) {
+  GRID_STRIDE(m, M) {
+    int64_t k = index[m];
+    if (k >= C) *bad = m;
+    out[m] = (k < 0 || k >= C) ? T(0) : x[m * C + k];
+  }
+}
+
+template <typename T>
+__global__ void scatter_rows_kernel(const T* src, const int64_t* index, T* out, int64_t M, int64_t C, int64_t* bad) {
+  GRID_STRIDE(m, M) {
+    int64_t k = index[m];
+    if (k >= C) *bad = m;
+    else if (k >= 0) out[m * C + k] = src[m];
+  }
+}
+
+// ---------------------------------------------------------------- optimizers
+// The formulas of ReferenceBackend::optimizer_update, in double per element.
+
+template <typename T>
+__global__ void sgd_kernel(Optim u, T* p, const T* g, T* buf, int64_t n) {
+  const double lr = u.lr * u.scale;
+  const bool first = u.step <= 1;
+  GRID_STRIDE(i, n) {
+    double gi = g[i];
+    if (u.decoupled_decay) {
+      p[i] = static_cast<T>(p[i] - u.lr * u.weight_decay * p[i]);
+    } else {
+      gi += u.weight_decay * p[i];
+    }
+    double step = gi;
+    if (buf && u.momentum != 0) {
+      double b = first ? gi : u.momentum * buf[i] + (1 - u.dampening) * gi;
+      buf[i] = static_cast<T>(b);
+      step = u.nesterov ? gi + u.momentum * b : b;
+    }
+    p[i] = static_cast<T>(p[i] - lr * step);
+  }
+}
+
+template <typename T>
+__global__ void adamw_kernel(Optim u, T* p, const T* g, T* m, T* v, int64_t n, double bc1, double bc2) {
+  const double lr = u.lr * u.scale;
+  GRID_STRIDE(i, n) {
+    double gi = g[i];
+    double pi = p[i] * (1 - u.lr * u.weight_decay);
+    double mi = u.beta1 * m[i] + (1 - u.beta1) * gi;
+    double vi = u.beta2 * v[i] + (1 - u.beta2) * gi * gi;
+    m[i] = static_cast<T>(mi);
+    v[i] = static_cast<T>(vi);
+    p[i] = static_cast<T>(pi - lr * (mi / bc1) / (sqrt(vi / bc2) + u.eps));
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- launchers
+
+cudaError_t fill(Dt t, void* out, const Strided<1>& g, int64_t n, double value, cudaStream_t s) {
+  return dispatch_all(t, [&](auto tag) {
+    using T = decltype(tag);
+    fill_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<T*>(out), g, n, convert<T>(value));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t copy(Dt to, void* out, Dt from, const void* in, const Strided<2>& g, int64_t n, cudaStream_t s) {
+  return dispatch_all(to, [&](auto dtag) {
+    using D = decltype(dtag);
+    return dispatch_all(from, [&](auto stag) {
+      using S = decltype(stag);
+      copy_kernel<D, S><<<blocks_for(n), kThreads, 0, s>>>(static_cast<D*>(out), static_cast<const S*>(in), g, n);
+      return cudaGetLastError();
+    });
+  });
+}
+
+cudaError_t random_uniform(Dt t, void* out, int64_t n, uint64_t seed, uint64_t offset, double low, double high,
+                           cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    uniform_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<T*>(out), n, seed, offset, low, high - low);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t random_normal(Dt t, void* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double stddev,
+                          cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    normal_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<T*>(out), n, seed, offset, mean, stddev);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t unary(Dt t, Unary op, void* out, const void* x, const Strided<2>& g, int64_t n, double alpha,
+                  cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    unary_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(x), g, n,
+                                                        static_cast<T>(alpha));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t binary(Dt t, Binary op, void* out, const void* a, const void* b, const Strided<3>& g, int64_t n,
+                   double alpha, cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    binary_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(a),
+                                                         static_cast<const T*>(b), g, n, static_cast<T>(alpha));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t axpby(Dt t, int64_t n, double a, const void* x, double b, const void* y, void* out, cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    axpby_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(n, static_cast<T>(a), static_cast<const T*>(x),
+                                                        static_cast<T>(b), static_cast<const T*>(y), static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+namespace {
+constexpr int64_t kReduceChunk = 32768;
+// Rows split into chunks only when there are too few rows to fill the GPU and each is long.
+int64_t reduce_chunks(int64_t M, int64_t R) {
+  if (M >= 1024 || R < 2 * kReduceChunk) return 1;
+  return (R + kReduceChunk - 1) / kReduceChunk;
+}
+}  // namespace
+
+size_t reduce_rows_scratch_bytes(int64_t M, int64_t R) {
+  int64_t c = reduce_chunks(M, R);
+  return c > 1 ? static_cast<size_t>(M * c) * sizeof(Acc) : 0;
+}
+
+cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, void* scratch,
+                        cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t chunks = reduce_chunks(M, R);
+    if (chunks > 1 && scratch && M < 65536) {
+      Acc* partial = static_cast<Acc*>(scratch);
+      reduce_rows_partial<T><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(M)), kThreads, 0, s>>>(
+          op, static_cast<const T*>(in), partial, M, R, kReduceChunk);
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+      reduce_rows_final<T><<<blocks_for(M), kThreads, 0, s>>>(op, partial, chunks, out, M, R);
+    } else if (R <= 64) {
+      reduce_rows_thread<T><<<blocks_for(M), kThreads, 0, s>>>(op, static_cast<const T*>(in), out, M, R);
+    } else {
+      int grid = static_cast<int>(M < (1 << 20) ? M : (1 << 20));
+      reduce_rows_block<T><<<grid, kThreads, 0, s>>>(op, static_cast<const T*>(in), out, M, R);
+    }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layernorm_forward(Dt t, const void* x, const void* gamma, const void* beta, void* y, void* mean,
+                              void* invstd, int64_t M, int64_t D, double eps, cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    int grid = static_cast<int>(M < (1 << 20) ? M : (1 << 20));
+    layernorm_forward_kernel<T><<<grid, kThreads, 0, s>>>(
+        static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y),
+        static_cast<T*>(mean), static_cast<T*>(invstd), M, D, eps);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layernorm_backward(Dt t, const void* x, const void* dy, const void* gamma, const void* mean,
+                               const void* invstd, void* dx, void* dgamma, void* dbeta, int64_t M, int64_t D,
+                               cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    int grid = static_cast<int>(M < (1 << 20) ? M : (1 << 20));
+    layernorm_backward_dx_kernel<T><<<grid, kThreads, 0, s>>>(
+        static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<const T*>(gamma),
+        static_cast<const T*>(mean), static_cast<const T*>(invstd), static_cast<T*>(dx), M, D);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess || (!dgamma && !dbeta)) return e;
+    layernorm_backward_params_kernel<T><<<blocks_for(D), kThreads, 0, s>>>(
+        static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<const T*>(mean),
+        static_cast<const T*>(invstd), static_cast<T*>(dgamma), static_cast<T*>(dbeta), M, D);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t index_select(Dt t, const void* x, const int64_t* index, void* out, int64_t outer, int64_t nx, int64_t nsel,
+                         int64_t inner, int64_t* bad, cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    index_select_kernel<T><<<blocks_for(outer * nsel * inner), kThreads, 0, s>>>(
+        static_cast<const T*>(x), index, static_cast<T*>(out), outer, nx, nsel, inner, bad);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t index_add(Dt t, void* out, const int64_t* index, const void* src, int64_t outer, int64_t nout,
+                      int64_t nsrc, int64_t inner, int64_t* bad, cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    index_add_kernel<T><<<blocks_for(outer * nsrc * inner), kThreads, 0, s>>>(
+        static_cast<T*>(out), index, static_cast<const T*>(src), outer, nout, nsrc, inner, bad);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t gather_rows(Dt t, const void* x, const int64_t* index, void* out, int64_t M, int64_t C, int64_t* bad,
+                        cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    gather_rows_kernel<T><<<blocks_for(M), kThreads, 0, s>>>(static_cast<const T*>(x), index, static_cast<T*>(out), M,
+                                                              C, bad);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t scatter_rows(Dt t, const void* src, const int64_t* index, void* out, int64_t M, int64_t C, int64_t* bad,
+                         cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    scatter_rows_kernel<T><<<blocks_for(M), kThreads, 0, s>>>(static_cast<const T*>(src), index,
+                                                               static_cast<T*>(out), M, C, bad);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t optimizer_update(Dt t, const Optim& u, void* p, const void* g, void* buf1, void* buf2, int64_t n,
+                             cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    if (!u.adamw) {
+      sgd_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(u, static_cast<T*>(p), static_cast<const T*>(g),
+                                                        static_cast<T*>(buf1), n);
+    } else {
+      double bc1 = 1 - std::pow(u.beta1, static_cast<double>(u.step));
+      double bc2 = 1 - std::pow(u.beta2, static_cast<double>(u.step));
+      adamw_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(u, static_cast<T*>(p), static_cast<const T*>(g),
+                                                          static_cast<T*>(buf1), static_cast<T*>(buf2), n, bc1, bc2);
+    }
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace hpdl::cuda::kern

@@ -1,0 +1,89 @@
+// The hand-written CUDA kernels of the backend, behind a plain-data interface:
+// raw pointers, sizes and small structs, no hpdl headers, so kernels.cu is
+// compiled by nvcc without the library's C++20 headers. Each launcher queues
+// its kernel on the given stream and returns cudaGetLastError(); the caller
+// (backend.cpp) turns a failure into hpdl::Error naming the kernel.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hpdl::cuda::kern {
+
+constexpr int kMaxDims = 6;
+
+// Same order as hpdl::DType, UnaryOp, BinaryOp, ReduceOp (backend.cpp static_asserts it).
+enum class Dt : int { f32, f64, bf16, i64, i32, u8 };
+enum class Unary : int {
+  neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, leaky_relu, gelu, abs, square, pow_scalar, reciprocal,
+  add_scalar, mul_scalar, sign, sin, cos, erf, count_
+};
+enum class Binary : int { add, sub, mul, div, pow, maximum, minimum, gt, ge, lt, le, eq, relu_grad, leaky_relu_grad, count_ };
+enum class Reduce : int { sum, mean, max, min, argmax, sum_square, count_ };
+
+// K operands walked over one (coalesced) shape of at most kMaxDims dims; strides in elements.
+template <int K>
+struct Strided {
+  int ndim = 1;
+  int64_t shape[kMaxDims] = {1};
+  int64_t stride[K][kMaxDims] = {};
+};
+
+cudaError_t fill(Dt t, void* out, const Strided<1>& g, int64_t n, double value, cudaStream_t s);
+// out (dtype to) <- in (dtype from), elementwise over g (operand 0 = out, 1 = in).
+cudaError_t copy(Dt to, void* out, Dt from, const void* in, const Strided<2>& g, int64_t n, cudaStream_t s);
+// Contiguous outputs; the counter-based SplitMix64 of hpdl/core/random.h, element i from (seed, offset + i).
+cudaError_t random_uniform(Dt t, void* out, int64_t n, uint64_t seed, uint64_t offset, double low, double high,
+                           cudaStream_t s);
+cudaError_t random_normal(Dt t, void* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double stddev,
+                          cudaStream_t s);
+
+// Operand 0 = out, 1 = x (unary) or a, 2 = b (binary); broadcast operands have stride 0.
+cudaError_t unary(Dt t, Unary op, void* out, const void* x, const Strided<2>& g, int64_t n, double alpha,
+                  cudaStream_t s);
+cudaError_t binary(Dt t, Binary op, void* out, const void* a, const void* b, const Strided<3>& g, int64_t n,
+                   double alpha, cudaStream_t s);
+cudaError_t axpby(Dt t, int64_t n, double a, const void* x, double b, const void* y, void* out, cudaStream_t s);
+
+// in: contiguous [M, R]; out[m] = op(in[m, :]) (int64 for argmax). Accumulates in double.
+// Few long rows are split into chunks reduced in two passes through `scratch` (device memory of
+// reduce_rows_scratch_bytes(M, R) bytes; may be null when that is 0).
+size_t reduce_rows_scratch_bytes(int64_t M, int64_t R);
+cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, void* scratch,
+                        cudaStream_t s);
+
+// x, y, dy, dx: contiguous [M, D]; mean, invstd: [M]; gamma, beta, dgamma, dbeta: [D] (dgamma/dbeta may be null).
+cudaError_t layernorm_forward(Dt t, const void* x, const void* gamma, const void* beta, void* y, void* mean,
+                              void* invstd, int64_t M, int64_t D, double eps, cudaStream_t s);
+cudaError_t layernorm_backward(Dt t, const void* x, const void* dy, const void* gamma, const void* mean,
+                               const void* invstd, void* dx, void* dgamma, void* dbeta, int64_t M, int64_t D,
+                               cudaStream_t s);
+
+// Indexing over x viewed as [outer, n, inner]. `bad` (device int64, preset to -1 by the caller) receives
+// the position of an out-of-range index, if any.
+cudaError_t index_select(Dt t, const void* x, const int64_t* index, void* out, int64_t outer, int64_t nx,
+                         int64_t nsel, int64_t inner, int64_t* bad, cudaStream_t s);
+cudaError_t index_add(Dt t, void* out, const int64_t* index, const void* src, int64_t outer, int64_t nout,
+                      int64_t nsrc, int64_t inner, int64_t* bad, cudaStream_t s);
+// x/out [M, C], index [M]; a negative index gives 0 (gather) or writes nothing (scatter; out zeroed by the caller).
+cudaError_t gather_rows(Dt t, const void* x, const int64_t* index, void* out, int64_t M, int64_t C, int64_t* bad,
+                        cudaStream_t s);
+cudaError_t scatter_rows(Dt t, const void* src, const int64_t* index, void* out, int64_t M, int64_t C, int64_t* bad,
+                         cudaStream_t s);
+
+struct Optim {
+  int adamw = 0;
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  int nesterov = 0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int64_t step = 1;
+  double scale = 1;
+  int decoupled_decay = 0;
+};
+// p, g, buf1, buf2 contiguous of n elements; buf1 may be null for SGD without momentum.
+cudaError_t optimizer_update(Dt t, const Optim& u, void* p, const void* g, void* buf1, void* buf2, int64_t n,
+                             cudaStream_t s);
+
+}  // namespace hpdl::cuda::kern

@@ -1,0 +1,536 @@
+// Every Backend method of the CUDA backend against the reference backend on
+// the CPU: inputs are drawn on the host, copied to the GPU, run there into
+// NaN-poisoned outputs, copied back and compared within float32 or float64
+// tolerances. Without a GPU every test is skipped with "no CUDA device".
+// To add a case: build host inputs, run the reference, run the GPU, expect_close.
+#ifdef HPDL_HAVE_CUDA
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "hpdl/backend/backend.h"
+#include "hpdl/backend/cuda/cuda.h"
+#include "hpdl/core/random.h"
+
+namespace hpdl {
+namespace {
+
+const Device kGPU{DeviceType::cuda, 0};
+
+Backend& ref() { return reference_backend(); }
+Backend& gpu() { return backend_for(kGPU); }
+
+Tensor up(const Tensor& h) {
+  Tensor d = Tensor::empty(h.shape(), h.dtype(), kGPU);
+  d.copy_(h);
+  return d;
+}
+Tensor down(const Tensor& d) {
+  Tensor h = Tensor::empty(d.shape(), d.dtype());
+  h.copy_(d);
+  return h;
+}
+Tensor randt(const Shape& s, uint64_t seed, DType t = DType::f32, double lo = -1, double hi = 1) {
+  Generator g(seed);
+  return Tensor::rand(s, g, lo, hi, t);
+}
+// Outputs start as NaN so an element the kernel never wrote fails the comparison.
+Tensor poisoned(const Shape& s, DType t = DType::f32) { return Tensor::full(s, NAN, t, kGPU); }
+Tensor host_out(const Shape& s, DType t = DType::f32) { return Tensor::full(s, NAN, t); }
+Tensor undefined() { return Tensor(); }
+
+double rtol_for(DType t) { return t == DType::f64 ? 1e-10 : 2e-5; }
+double atol_for(DType t) { return t == DType::f64 ? 1e-12 : 2e-6; }
+
+// |gpu - ref| <= atol + rtol * |ref| elementwise; prints the worst element.
+void expect_close(const Tensor& on_gpu, const Tensor& reference, const std::string& what, double rtol = -1,
+                  double atol = -1) {
+  if (rtol < 0) rtol = rtol_for(reference.dtype());
+  if (atol < 0) atol = atol_for(reference.dtype());
+  ASSERT_EQ(on_gpu.shape(), reference.shape()) << what;
+  std::vector<double> a = (on_gpu.device().is_cuda() ? down(on_gpu) : on_gpu).to_vector<double>();
+  std::vector<double> b = reference.to_vector<double>();
+  int64_t bad = 0, worst = -1;
+  double worst_excess = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    double tol = atol + rtol * std::abs(b[i]);
+    double err = std::abs(a[i] - b[i]);
+    bool ok = err <= tol || (std::isinf(a[i]) && a[i] == b[i]);
+    if (!ok) {
+      ++bad;
+      double excess = std::isnan(err) ? INFINITY : err / tol;
+      if (worst < 0 || excess > worst_excess) worst = static_cast<int64_t>(i), worst_excess = excess;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << a.size() << " elements differ; worst at " << worst
+                    << ": gpu " << (worst >= 0 ? a[worst] : 0) << " vs reference " << (worst >= 0 ? b[worst] : 0);
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda::available()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+// ---------------------------------------------------------------- registry, allocator
+
+TEST_F(CudaBackendTest, RegisteredAndHonestAboutDtypes) {
+  EXPECT_STREQ(gpu().name(), "cuda");
+  for (int op = 0; op <= static_cast<int>(OpKind::optimizer); ++op) {
+    EXPECT_TRUE(gpu().supports(static_cast<OpKind>(op), DType::f32));
+    EXPECT_TRUE(gpu().supports(static_cast<OpKind>(op), DType::f64));
+  }
+  EXPECT_TRUE(gpu().supports(OpKind::copy, DType::bf16));
+  EXPECT_FALSE(gpu().supports(OpKind::conv2d, DType::bf16));
+  Tensor xi = Tensor::zeros({4}, DType::i64, kGPU);
+  EXPECT_THROW(gpu().unary(UnaryOp::exp, xi, xi, 0), Error);
+}
+
+TEST_F(CudaBackendTest, CachingAllocatorReusesFreedBlocks) {
+  { Tensor t = Tensor::empty({1000}, DType::f32, kGPU); }
+  cuda::AllocatorStats before = cuda::allocator_stats();
+  { Tensor t = Tensor::empty({1000}, DType::f32, kGPU); }
+  cuda::AllocatorStats after = cuda::allocator_stats();
+  EXPECT_EQ(after.device_mallocs, before.device_mallocs);
+  EXPECT_GT(after.cache_hits, before.cache_hits);
+  EXPECT_GT(after.cached_bytes, 0u);
+}
+
+// ---------------------------------------------------------------- memory
+
+TEST_F(CudaBackendTest, CopyRoundTripsEveryDtype) {
+  Tensor src = randt({5, 7}, 1, DType::f64, -100, 100);
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::i64, DType::i32, DType::u8}) {
+    Tensor h = Tensor::empty({5, 7}, t);
+    ref().copy(t == DType::u8 ? randt({5, 7}, 2, DType::f64, 0, 255) : src, h);
+    Tensor back = down(up(h));
+    Tensor h64 = host_out({5, 7}, DType::f64), b64 = host_out({5, 7}, DType::f64);
+    ref().copy(h, h64);
+    ref().copy(back, b64);
+    expect_close(b64, h64, std::string("round trip ") + dtype_name(t), 0, 0);
+  }
+}
+
+TEST_F(CudaBackendTest, CopyStridedViewsAndConversions) {
+  Tensor x = randt({3, 4, 5}, 3);
+  Tensor dx = up(x);
+  // A permuted device view [5, 3, 4] copied (and converted to float64) on the device.
+  Shape ps{5, 3, 4};
+  Strides pst{x.strides()[2], x.strides()[0], x.strides()[1]};
+  Tensor hv = make_view(x, ps, pst, 0), dv = make_view(dx, ps, pst, 0);
+  Tensor want = host_out(ps, DType::f64), got = poisoned(ps, DType::f64);
+  ref().copy(hv, want);
+  gpu().copy(dv, got);
+  expect_close(got, want, "device permuted copy to float64", 0, 0);
+  // Download of a strided device view; upload into a strided device view.
+  expect_close(down(dv), make_view(x, ps, pst, 0).contiguous(), "download of a view", 0, 0);
+  Tensor target = Tensor::zeros({4, 3}, DType::f32, kGPU);
+  Tensor target_t = make_view(target, {3, 4}, {1, 3}, 0);  // transposed view
+  Tensor src = randt({4, 3}, 4);
+  Tensor src_t = make_view(src, {3, 4}, {1, 3}, 0);
+  target_t.copy_(src_t);
+  expect_close(target, src, "upload strided into strided", 0, 0);
+  // Reshaping copy (same numel) and float32 -> bfloat16 rounding as on the host.
+  Tensor r = poisoned({6, 10});
+  gpu().copy(dx, r);
+  expect_close(r, make_view(x, {6, 10}, {10, 1}, 0), "reshaping copy", 0, 0);
+  Tensor hb = Tensor::empty({3, 4, 5}, DType::bf16), db = Tensor::empty({3, 4, 5}, DType::bf16, kGPU);
+  ref().copy(x, hb);
+  gpu().copy(dx, db);
+  Tensor hb32 = host_out({3, 4, 5}), db32 = poisoned({3, 4, 5});
+  ref().copy(hb, hb32);
+  gpu().copy(db, db32);
+  expect_close(db32, hb32, "float32 -> bfloat16 rounding", 0, 0);
+}
+
+TEST_F(CudaBackendTest, FillContiguousAndStrided) {
+  for (DType t : {DType::f32, DType::f64, DType::i64, DType::bf16}) {
+    Tensor d = Tensor::zeros({6, 8}, t, kGPU), h = Tensor::zeros({6, 8}, t);
+    gpu().fill(make_view(d, {6, 4}, {8, 2}, 1), 2.5);  // every other column
+    ref().fill(make_view(h, {6, 4}, {8, 2}, 1), 2.5);
+    Tensor d64 = Tensor::empty({6, 8}, DType::f64), h64 = Tensor::empty({6, 8}, DType::f64);
+    d64.copy_(d);
+    ref().copy(h, h64);
+    expect_close(d64, h64, std::string("strided fill ") + dtype_name(t), 0, 0);
+  }
+}
+
+TEST_F(CudaBackendTest, RandomMatchesTheReferenceStream) {
+  for (DType t : {DType::f32, DType::f64}) {
+    Tensor hu = host_out({1000}, t), du = poisoned({1000}, t);
+    ref().random_uniform(hu, 42, 17, -2, 3);
+    gpu().random_uniform(du, 42, 17, -2, 3);
+    // Same counters, same 64-bit integers; low + range * u may differ in the last bit of the double
+    // where the host compiler fuses it into an FMA (-march=native) and the GPU kernel does not: about
+    // one ulp of the largest intermediate, absolute.
+    expect_close(du, hu, "uniform (same counters, same numbers)", t == DType::f64 ? 4e-16 : 1.2e-7, 2e-15);  // one ulp of |low| + range
+    Tensor hn = host_out({1001}, t), dn = poisoned({1001}, t);
+    ref().random_normal(hn, 7, 5, 1, 0.5);
+    gpu().random_normal(dn, 7, 5, 1, 0.5);
+    // log and cos may differ from glibc's in the last bit.
+    expect_close(dn, hn, "normal", t == DType::f64 ? 1e-14 : 1e-6, 1e-14);
+  }
+}
+
+// ---------------------------------------------------------------- elementwise
+
+TEST_F(CudaBackendTest, UnaryEveryOpContiguousAndStrided) {
+  for (DType t : {DType::f32, DType::f64}) {
+    for (int o = 0; o <= static_cast<int>(UnaryOp::erf); ++o) {
+      UnaryOp op = static_cast<UnaryOp>(o);
+      bool positive = op == UnaryOp::log || op == UnaryOp::sqrt || op == UnaryOp::rsqrt ||
+                      op == UnaryOp::pow_scalar || op == UnaryOp::reciprocal;
+      Tensor x = randt({6, 9}, 10 + o, t, positive ? 0.1 : -3, positive ? 3 : 3);
+      Tensor xt = make_view(x, {9, 6}, {1, 9}, 0);  // transposed input
+      Tensor dx = up(x);
+      Tensor dxt = make_view(dx, {9, 6}, {1, 9}, 0);
+      double alpha = op == UnaryOp::pow_scalar ? 1.7 : 0.3;
+      Tensor want = host_out({9, 6}, t), got = poisoned({9, 6}, t);
+      ref().unary(op, xt, want, alpha);
+      gpu().unary(op, dxt, got, alpha);
+      expect_close(got, want, std::string(unary_name(op)) + " " + dtype_name(t));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, BinaryEveryOpWithBroadcasting) {
+  for (DType t : {DType::f32, DType::f64}) {
+    for (int o = 0; o <= static_cast<int>(BinaryOp::leaky_relu_grad); ++o) {
+      BinaryOp op = static_cast<BinaryOp>(o);
+      bool positive = op == BinaryOp::pow;
+      Tensor a = randt({4, 1, 5}, 30 + o, t, positive ? 0.1 : -2, 2);
+      Tensor b = randt({1, 3}, 60 + o, t, -2, 2);  // transposed to [3, 1] below: strided and broadcast
+      if (op == BinaryOp::eq) ref().copy(make_view(a, {1, 3}, {0, 1}, 0), b);  // some equal pairs
+      Tensor bt = make_view(b, {3, 1}, {1, 3}, 0);
+      Tensor da = up(a), db = up(b);
+      Tensor dbt = make_view(db, {3, 1}, {1, 3}, 0);
+      Tensor want = host_out({4, 3, 5}, t), got = poisoned({4, 3, 5}, t);
+      ref().binary(op, a, bt, want, 0.1);
+      gpu().binary(op, da, dbt, got, 0.1);
+      expect_close(got, want, std::string(binary_name(op)) + " " + dtype_name(t));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, Axpby) {
+  Tensor x = randt({1000}, 5), y = randt({1000}, 6);
+  Tensor want = host_out({1000}), got = poisoned({1000});
+  ref().axpby(0.5, x, -2, y, want);
+  gpu().axpby(0.5, up(x), -2, up(y), got);
+  expect_close(got, want, "axpby");
+}
+
+// ---------------------------------------------------------------- reductions
+
+TEST_F(CudaBackendTest, ReduceEveryOpOverAxisSets) {
+  const std::vector<std::vector<int>> axis_sets = {{0}, {1}, {3}, {0, 2}, {1, 2, 3}, {0, 1, 2, 3}};
+  for (DType t : {DType::f32, DType::f64}) {
+    Tensor x = randt({3, 4, 5, 70}, 7, t);
+    Tensor dx = up(x);
+    for (const auto& axes : axis_sets) {
+      Shape os = x.shape();
+      for (int a : axes) os[a] = 1;
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min, ReduceOp::sum_square}) {
+        Tensor want = host_out(os, t), got = poisoned(os, t);
+        ref().reduce(op, x, axes, want);
+        gpu().reduce(op, dx, axes, got);
+        expect_close(got, want, fmt::format("{} over {} {}", reduce_name(op), shape_str(Shape(axes.begin(), axes.end())),
+                                            dtype_name(t)),
+                     t == DType::f64 ? 1e-12 : 1e-5, 1e-6);
+      }
+      if (axes.size() == 1) {
+        Tensor want = Tensor::full(os, -1, DType::i64), got = Tensor::full(os, -1, DType::i64, kGPU);
+        ref().reduce(ReduceOp::argmax, x, axes, want);
+        gpu().reduce(ReduceOp::argmax, dx, axes, got);
+        expect_close(got, want, fmt::format("argmax over {}", axes[0]), 0, 0);
+      }
+    }
+  }
+  // A long row (block reduction) and a permuted, non-contiguous input.
+  Tensor big = randt({2, 300000}, 8);
+  Tensor want = host_out({2, 1}), got = poisoned({2, 1});
+  ref().reduce(ReduceOp::sum, big, {1}, want);
+  gpu().reduce(ReduceOp::sum, up(big), {1}, got);
+  expect_close(got, want, "sum of 300000", 1e-5, 1e-4);
+  for (ReduceOp op : {ReduceOp::max, ReduceOp::min, ReduceOp::mean, ReduceOp::sum_square}) {
+    Tensor w = host_out({2, 1}), g = poisoned({2, 1});
+    ref().reduce(op, big, {1}, w);
+    gpu().reduce(op, up(big), {1}, g);
+    expect_close(g, w, std::string(reduce_name(op)) + " of 300000 (two passes)", 1e-5, 1e-6);
+  }
+  Tensor wa = Tensor::full({2, 1}, -1, DType::i64), ga = Tensor::full({2, 1}, -1, DType::i64, kGPU);
+  ref().reduce(ReduceOp::argmax, big, {1}, wa);
+  gpu().reduce(ReduceOp::argmax, up(big), {1}, ga);
+  expect_close(ga, wa, "argmax of 300000 (two passes)", 0, 0);
+  Tensor x = randt({8, 6}, 9);
+  Tensor xt = make_view(x, {6, 8}, {1, 6}, 0), dxt = make_view(up(x), {6, 8}, {1, 6}, 0);
+  Tensor w2 = host_out({6, 1}), g2 = poisoned({6, 1});
+  ref().reduce(ReduceOp::max, xt, {1}, w2);
+  gpu().reduce(ReduceOp::max, dxt, {1}, g2);
+  expect_close(g2, w2, "max over a transposed view", 0, 0);
+}
+
+// ---------------------------------------------------------------- matmul
+
+TEST_F(CudaBackendTest, MatmulTransposesBatchesAndBroadcast) {
+  const int64_t M = 17, K = 23, N = 9, B = 3;
+  for (DType t : {DType::f32, DType::f64}) {
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (int64_t batch_a : {int64_t{0}, int64_t{1}, B}) {  // 0: rank 2 everywhere; 1: a's batch of 1 broadcasts
+          bool batched = batch_a != 0;
+          Shape as = ta ? Shape{K, M} : Shape{M, K}, bs = tb ? Shape{N, K} : Shape{K, N}, cs{M, N};
+          if (batched) {
+            as.insert(as.begin(), batch_a);
+            bs.insert(bs.begin(), B);
+            cs.insert(cs.begin(), B);
+          }
+          Tensor a = randt(as, 100 + ta, t), b = randt(bs, 200 + tb, t), c = randt(cs, 300, t);
+          Tensor want = c.clone(), got = up(c);
+          ref().matmul(a, b, want, ta, tb, 0.5, 0.25);
+          gpu().matmul(up(a), up(b), got, ta, tb, 0.5, 0.25);
+          expect_close(got, want, fmt::format("matmul ta={} tb={} batch_a={} {}", ta, tb, batch_a, dtype_name(t)),
+                       t == DType::f64 ? 1e-12 : 1e-5, 1e-5);
+        }
+  }
+}
+
+// ---------------------------------------------------------------- convolution
+
+struct ConvCase {
+  int64_t N, C, H, W, K, R, S;
+  Conv2dParams p;
+};
+
+TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
+  Conv2dParams strided;
+  strided.stride_h = 2, strided.stride_w = 1, strided.pad_h = 0, strided.pad_w = 2;
+  strided.dilation_h = 2, strided.dilation_w = 1, strided.groups = 2;
+  Conv2dParams same;
+  same.pad_h = same.pad_w = 1;
+  const std::vector<ConvCase> cases = {{2, 4, 9, 8, 6, 3, 3, same}, {3, 4, 11, 7, 6, 3, 2, strided},
+                                       {4, 16, 14, 14, 32, 1, 1, Conv2dParams{}}};
+  for (DType t : {DType::f32, DType::f64}) {
+    for (const auto& c : cases) {
+      const auto& p = c.p;
+      int64_t P = Conv2dParams::out_size(c.H, c.R, p.stride_h, p.pad_h, p.dilation_h);
+      int64_t Q = Conv2dParams::out_size(c.W, c.S, p.stride_w, p.pad_w, p.dilation_w);
+      std::string name = fmt::format("conv x[{},{},{},{}] w[{},{},{},{}] groups {} {}", c.N, c.C, c.H, c.W, c.K,
+                                     c.C / p.groups, c.R, c.S, p.groups, dtype_name(t));
+      Tensor x = randt({c.N, c.C, c.H, c.W}, 11, t), w = randt({c.K, c.C / p.groups, c.R, c.S}, 12, t);
+      Tensor bias = randt({c.K}, 13, t), dy = randt({c.N, c.K, P, Q}, 14, t);
+      double rtol = t == DType::f64 ? 1e-11 : 1e-4, atol = t == DType::f64 ? 1e-12 : 1e-5;
+
+      Tensor want = host_out({c.N, c.K, P, Q}, t), got = poisoned({c.N, c.K, P, Q}, t);
+      ref().conv2d_forward(x, w, bias, want, p);
+      gpu().conv2d_forward(up(x), up(w), up(bias), got, p);
+      expect_close(got, want, name + " forward", rtol, atol);
+
+      Tensor wdx = host_out(x.shape(), t), gdx = poisoned(x.shape(), t);
+      ref().conv2d_backward_data(dy, w, wdx, p);
+      gpu().conv2d_backward_data(up(dy), up(w), gdx, p);
+      expect_close(gdx, wdx, name + " backward data", rtol, atol);
+
+      Tensor wdw = host_out(w.shape(), t), gdw = poisoned(w.shape(), t);
+      Tensor wdb = host_out({c.K}, t), gdb = poisoned({c.K}, t);
+      ref().conv2d_backward_weights(x, dy, wdw, wdb, p);
+      gpu().conv2d_backward_weights(up(x), up(dy), gdw, gdb, p);
+      expect_close(gdw, wdw, name + " backward weights", rtol, atol);
+      expect_close(gdb, wdb, name + " backward bias", rtol, atol);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- pooling
+
+TEST_F(CudaBackendTest, Pool2dMaxAndAverage) {
+  struct Case {
+    PoolKind kind;
+    int64_t k, s, pad;
+    bool include_pad;
+  };
+  const std::vector<Case> cases = {{PoolKind::max, 2, 2, 0, false}, {PoolKind::max, 3, 2, 1, false},
+                                   {PoolKind::avg, 2, 2, 0, false}, {PoolKind::avg, 3, 2, 1, false},
+                                   {PoolKind::avg, 3, 2, 1, true}};
+  for (DType t : {DType::f32, DType::f64}) {
+    for (const auto& c : cases) {
+      Pool2dParams p;
+      p.kernel_h = p.kernel_w = c.k, p.stride_h = p.stride_w = c.s, p.pad_h = p.pad_w = c.pad;
+      p.count_include_pad = c.include_pad;
+      const int64_t H = 11, W = 10;
+      const int64_t P = (H + 2 * c.pad - c.k) / c.s + 1, Q = (W + 2 * c.pad - c.k) / c.s + 1;
+      std::string name = fmt::format("{} pool k{} s{} p{} include_pad={} {}", c.kind == PoolKind::max ? "max" : "avg",
+                                     c.k, c.s, c.pad, c.include_pad, dtype_name(t));
+      Tensor x = randt({2, 3, H, W}, 21, t), dy = randt({2, 3, P, Q}, 22, t);
+      Tensor want = host_out({2, 3, P, Q}, t), got = poisoned({2, 3, P, Q}, t);
+      ref().pool2d_forward(c.kind, x, want, p);
+      gpu().pool2d_forward(c.kind, up(x), got, p);
+      expect_close(got, want, name + " forward");
+      Tensor wdx = host_out(x.shape(), t), gdx = poisoned(x.shape(), t);
+      ref().pool2d_backward(c.kind, x, want, dy, wdx, p);
+      gpu().pool2d_backward(c.kind, up(x), got, up(dy), gdx, p);
+      expect_close(gdx, wdx, name + " backward");
+    }
+  }
+}
+
+// ---------------------------------------------------------------- normalization
+
+TEST_F(CudaBackendTest, BatchnormTrainInferBackward) {
+  for (DType t : {DType::f32, DType::f64}) {
+    for (Shape s : {Shape{4, 3, 5, 6}, Shape{16, 5}}) {
+      const int64_t C = s[1];
+      std::string name = fmt::format("batchnorm {} {}", shape_str(s), dtype_name(t));
+      Tensor x = randt(s, 31, t, -2, 3), dy = randt(s, 32, t);
+      Tensor gamma = randt({C}, 33, t, 0.5, 1.5), beta = randt({C}, 34, t);
+      Tensor wy = host_out(s, t), wm = host_out({C}, t), wi = host_out({C}, t);
+      Tensor gy = poisoned(s, t), gm = poisoned({C}, t), gi = poisoned({C}, t);
+      ref().batchnorm_forward_train(x, gamma, beta, wy, wm, wi, 1e-5);
+      gpu().batchnorm_forward_train(up(x), up(gamma), up(beta), gy, gm, gi, 1e-5);
+      double rtol = t == DType::f64 ? 1e-10 : 1e-4, atol = t == DType::f64 ? 1e-11 : 1e-5;
+      expect_close(gy, wy, name + " train y", rtol, atol);
+      expect_close(gm, wm, name + " train mean", rtol, atol);
+      expect_close(gi, wi, name + " train invstd", rtol, atol);
+
+      Tensor mean = randt({C}, 35, t), var = randt({C}, 36, t, 0.5, 2);
+      Tensor wyi = host_out(s, t), gyi = poisoned(s, t);
+      ref().batchnorm_forward_infer(x, gamma, beta, mean, var, wyi, 1e-5);
+      gpu().batchnorm_forward_infer(up(x), up(gamma), up(beta), up(mean), up(var), gyi, 1e-5);
+      expect_close(gyi, wyi, name + " infer", rtol, atol);
+
+      Tensor wdx = host_out(s, t), wdg = host_out({C}, t), wdb = host_out({C}, t);
+      Tensor gdx = poisoned(s, t), gdg = poisoned({C}, t), gdb = poisoned({C}, t);
+      ref().batchnorm_backward(x, dy, gamma, wm, wi, wdx, wdg, wdb);
+      gpu().batchnorm_backward(up(x), up(dy), up(gamma), up(wm), up(wi), gdx, gdg, gdb);
+      expect_close(gdx, wdx, name + " backward dx", rtol, atol);
+      expect_close(gdg, wdg, name + " backward dgamma", rtol, atol);
+      expect_close(gdb, wdb, name + " backward dbeta", rtol, atol);
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, LayernormForwardBackward) {
+  for (DType t : {DType::f32, DType::f64}) {
+    for (Shape s : {Shape{37, 300}, Shape{5, 8}, Shape{2, 3, 1000}}) {
+      const int64_t D = s.back(), M = numel_of(s) / D;
+      std::string name = fmt::format("layernorm {} {}", shape_str(s), dtype_name(t));
+      Tensor x = randt(s, 41, t, -2, 3), dy = randt(s, 42, t);
+      Tensor gamma = randt({D}, 43, t, 0.5, 1.5), beta = randt({D}, 44, t);
+      Tensor wy = host_out(s, t), wm = host_out({M}, t), wi = host_out({M}, t);
+      Tensor gy = poisoned(s, t), gm = poisoned({M}, t), gi = poisoned({M}, t);
+      ref().layernorm_forward(x, gamma, beta, wy, wm, wi, 1e-5);
+      gpu().layernorm_forward(up(x), up(gamma), up(beta), gy, gm, gi, 1e-5);
+      expect_close(gy, wy, name + " y");
+      expect_close(gm, wm, name + " mean");
+      expect_close(gi, wi, name + " invstd");
+      Tensor wdx = host_out(s, t), wdg = host_out({D}, t), wdb = host_out({D}, t);
+      Tensor gdx = poisoned(s, t), gdg = poisoned({D}, t), gdb = poisoned({D}, t);
+      ref().layernorm_backward(x, dy, gamma, wm, wi, wdx, wdg, wdb);
+      gpu().layernorm_backward(up(x), up(dy), up(gamma), up(wm), up(wi), gdx, gdg, gdb);
+      expect_close(gdx, wdx, name + " dx", rtol_for(t) * 10, atol_for(t) * 10);
+      expect_close(gdg, wdg, name + " dgamma", rtol_for(t) * 10, atol_for(t) * 10);
+      expect_close(gdb, wdb, name + " dbeta", rtol_for(t) * 10, atol_for(t) * 10);
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, SoftmaxAndLogSoftmax) {
+  for (DType t : {DType::f32, DType::f64}) {
+    for (bool log : {false, true}) {
+      for (auto [s, axis] : std::vector<std::pair<Shape, int>>{{{4, 7, 3}, 1}, {{5, 1000}, 1}, {{6, 10}, 0}}) {
+        std::string name = fmt::format("{} {} axis {} {}", log ? "log_softmax" : "softmax", shape_str(s), axis,
+                                       dtype_name(t));
+        Tensor x = randt(s, 51, t, -4, 4), dy = randt(s, 52, t);
+        Tensor wy = host_out(s, t), gy = poisoned(s, t);
+        ref().softmax_forward(x, wy, axis, log);
+        gpu().softmax_forward(up(x), gy, axis, log);
+        expect_close(gy, wy, name + " forward");
+        Tensor wdx = host_out(s, t), gdx = poisoned(s, t);
+        ref().softmax_backward(wy, dy, wdx, axis, log);
+        gpu().softmax_backward(up(wy), up(dy), gdx, axis, log);
+        expect_close(gdx, wdx, name + " backward", rtol_for(t) * 10, atol_for(t) * 10);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- indexing
+
+TEST_F(CudaBackendTest, IndexSelectAndIndexAdd) {
+  for (DType t : {DType::f32, DType::f64}) {
+    Tensor x = randt({3, 5, 4}, 61, t);
+    Tensor idx = Tensor::from_vector<int64_t>({4, 0, 4, 2}, {4});
+    Tensor want = host_out({3, 4, 4}, t), got = poisoned({3, 4, 4}, t);
+    ref().index_select(x, 1, idx, want);
+    gpu().index_select(up(x), 1, up(idx), got);
+    expect_close(got, want, "index_select", 0, 0);
+
+    Tensor src = randt({3, 4, 4}, 62, t), base = randt({3, 5, 4}, 63, t);
+    Tensor wadd = base.clone(), gadd = up(base);
+    ref().index_add(wadd, 1, idx, src);
+    gpu().index_add(gadd, 1, up(idx), up(src));  // repeated index 4 adds twice
+    expect_close(gadd, wadd, "index_add");
+
+    Tensor bad = Tensor::from_vector<int64_t>({1, 5}, {2});
+    EXPECT_THROW(gpu().index_select(up(x), 1, up(bad), poisoned({3, 2, 4}, t)), Error);
+  }
+}
+
+TEST_F(CudaBackendTest, GatherAndScatterRows) {
+  for (DType t : {DType::f32, DType::f64}) {
+    Tensor x = randt({6, 5}, 71, t);
+    Tensor idx = Tensor::from_vector<int64_t>({0, 4, -1, 2, 2, 3}, {6});
+    Tensor want = host_out({6}, t), got = poisoned({6}, t);
+    ref().gather_rows(x, idx, want);
+    gpu().gather_rows(up(x), up(idx), got);
+    expect_close(got, want, "gather_rows", 0, 0);
+    Tensor src = randt({6}, 72, t);
+    Tensor wsc = host_out({6, 5}, t), gsc = poisoned({6, 5}, t);
+    ref().scatter_rows(src, idx, wsc);
+    gpu().scatter_rows(up(src), up(idx), gsc);
+    expect_close(gsc, wsc, "scatter_rows", 0, 0);
+    Tensor bad = Tensor::from_vector<int64_t>({0, 5, 0, 0, 0, 0}, {6});
+    EXPECT_THROW(gpu().gather_rows(up(x), up(bad), poisoned({6}, t)), Error);
+  }
+}
+
+// ---------------------------------------------------------------- optimizers
+
+TEST_F(CudaBackendTest, OptimizerUpdatesSgdAndAdamw) {
+  for (DType t : {DType::f32, DType::f64}) {
+    const int64_t n = 5000;
+    Tensor p = randt({n}, 81, t), g = randt({n}, 82, t), m = randt({n}, 83, t), v = randt({n}, 84, t, 0, 1);
+    std::vector<OptimizerUpdate> updates;
+    OptimizerUpdate sgd;
+    sgd.lr = 0.1, sgd.momentum = 0.9, sgd.weight_decay = 1e-2, sgd.nesterov = true;
+    for (int64_t step : {1, 2}) {
+      sgd.step = step;
+      updates.push_back(sgd);
+    }
+    OptimizerUpdate plain;
+    plain.lr = 0.05, plain.decoupled_decay = true, plain.weight_decay = 0.1, plain.scale = 0.7;
+    updates.push_back(plain);
+    OptimizerUpdate adamw;
+    adamw.kind = OptimizerUpdate::Kind::adamw, adamw.lr = 1e-3, adamw.weight_decay = 0.01, adamw.step = 3;
+    updates.push_back(adamw);
+    for (size_t i = 0; i < updates.size(); ++i) {
+      const auto& u = updates[i];
+      bool uses_m = u.kind == OptimizerUpdate::Kind::adamw || u.momentum != 0;
+      Tensor hp = p.clone(), hm = m.clone(), hv = v.clone();
+      Tensor dp = up(p), dm = up(m), dv = up(v);
+      ref().optimizer_update(u, hp, g, uses_m ? hm : undefined(), hv);
+      gpu().optimizer_update(u, dp, up(g), uses_m ? dm : undefined(), dv);
+      expect_close(dp, hp, fmt::format("optimizer update {} param {}", i, dtype_name(t)));
+      expect_close(dm, hm, fmt::format("optimizer update {} buf1 {}", i, dtype_name(t)));
+      expect_close(dv, hv, fmt::format("optimizer update {} buf2 {}", i, dtype_name(t)));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hpdl
+
+#endif  // HPDL_HAVE_CUDA
