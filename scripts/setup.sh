@@ -15,7 +15,9 @@ pkgs=(
   dataset-fashion-mnist
 )
 if [[ "${HPDL_SETUP_PEER:-0}" == 1 ]]; then
-  pkgs+=(python3-torch python3-numpy)
+  # OpenBLAS on OpenMP: without it python3-torch falls back to the reference BLAS,
+  # and the OpenMP build shares the one thread pool instead of fighting it.
+  pkgs+=(python3-torch python3-numpy libopenblas0-openmp)
 fi
 
 missing=()
