@@ -10,6 +10,7 @@
 #include "hpdl/backend/cpu/onednn.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -215,8 +216,14 @@ struct ConvGeom {
     bias = memory::desc({K}, dt::f32, tag::x);
     memory::dims wd = G == 1 ? memory::dims{K, Cg, R, S} : memory::dims{G, K / G, Cg, R, S};
     wei = memory::desc(wd, dt::f32, G == 1 ? tag::oihw : tag::goihw);
-    src_any = memory::desc(dims_of(xs), dt::f32, tag::any);
-    dst_any = memory::desc(dims_of(ys), dt::f32, tag::any);
+    // Activations: plain NCHW unless HPDL_CONV_BLOCKED=1 lets oneDNN choose
+    // (blocked nChw16c kernels, paid for with a reorder in and out per call).
+    static const bool blocked = [] {
+      const char* e = std::getenv("HPDL_CONV_BLOCKED");
+      return e && e[0] == '1';
+    }();
+    src_any = blocked ? memory::desc(dims_of(xs), dt::f32, tag::any) : src;
+    dst_any = blocked ? memory::desc(dims_of(ys), dt::f32, tag::any) : dst;
     wei_any = memory::desc(wd, dt::f32, tag::any);
     strides = {p.stride_h, p.stride_w};
     dilates = {p.dilation_h - 1, p.dilation_w - 1};  // oneDNN counts the gaps
