@@ -22,6 +22,7 @@ struct DataParallel::Bucket {
   std::vector<bool> ready;
   int pending = 0;
   bool launched = false;
+  bool launched_by_hook = false;
   std::shared_ptr<Work> work;
   BucketSpan span;
   std::mutex mu;
@@ -98,6 +99,7 @@ void DataParallel::zero_grad() {
     std::fill(b->ready.begin(), b->ready.end(), false);
     b->pending = static_cast<int>(b->params.size());
     b->launched = false;
+    b->launched_by_hook = false;
     // Restore the views if someone replaced a .grad (e.g. set_to_none).
     int64_t off = 0;
     for (auto& p : b->params) {
@@ -117,7 +119,16 @@ void DataParallel::on_grad_ready(int index, int slot) {
     b.ready[slot] = true;
     full = --b.pending == 0;
   }
-  if (full) launch(index);
+  if (full) {
+    buckets_[index]->launched_by_hook = true;
+    launch(index);
+  }
+}
+
+int DataParallel::launched_during_backward() const {
+  int n = 0;
+  for (auto& b : buckets_) n += b->launched_by_hook ? 1 : 0;
+  return n;
 }
 
 void DataParallel::launch(int index) {

@@ -47,6 +47,9 @@ class DataParallel {
   void broadcast_state(int root = 0);
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
+  // Buckets whose allreduce was launched during backward (by the last
+  // gradient's hook) rather than by finish(), in the last step.
+  int launched_during_backward() const;
   std::vector<int64_t> bucket_sizes() const;  // elements per bucket
   // Spans of the allreduces of the last step (for the Chrome trace).
   std::vector<BucketSpan> last_spans() const;
