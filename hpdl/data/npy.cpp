@@ -98,7 +98,7 @@ void write_npy(const std::filesystem::path& path, DType dtype, const Shape& shap
   }
   // Python tuple syntax: "()", "(5,)", "(2, 3)".
   std::string tup;
-  for (size_t i = 0; i < shape.size(); ++i) tup += (i ? ", " : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) tup += fmt::format("{}{}", i ? ", " : "", shape[i]);
   if (shape.size() == 1) tup += ",";
   std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, tup);
   const size_t total = 10 + dict.size() + 1;  // magic+version+len, dict, '\n'
