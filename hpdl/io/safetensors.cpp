@@ -133,7 +133,7 @@ DType safetensors_dtype_from_name(const std::string& name, const std::string& co
   HPDL_FAIL("{}: dtype '{}' is not supported (hpdl reads F32, F64, BF16, I64, I32, U8)", context, name);
 }
 
-uint64_t save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,
+SafetensorsWriteInfo save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,
                           const std::map<std::string, std::string>& metadata) {
   const std::string f = path.string();
   std::vector<Tensor> cpu;
@@ -160,13 +160,22 @@ uint64_t save_safetensors(const std::filesystem::path& path, const std::map<std:
   text.append((8 - text.size() % 8) % 8, ' ');
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  SafetensorsWriteInfo info;
+  info.data_xxh64 = checksum;
   write_file_atomic(path, [&](FileSink& s) {
-    s.write(len, 8);
-    s.write(text);
+    Xxh64 whole;  // the whole file's checksum, computed from the bytes as they are written
+    auto put = [&](const void* p, size_t n) {
+      whole.update(p, n);
+      s.write(p, n);
+    };
+    put(len, 8);
+    put(text.data(), text.size());
     for (auto& c : cpu)
-      if (c.nbytes()) s.write(c.raw_data(), c.nbytes());
+      if (c.nbytes()) put(c.raw_data(), c.nbytes());
+    info.file_xxh64 = whole.digest();
+    info.file_bytes = s.bytes_written();
   });
-  return checksum;
+  return info;
 }
 
 SafetensorsFile load_safetensors(const std::filesystem::path& path) {

@@ -22,11 +22,19 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
 };
 
+// What save_safetensors wrote: checksums of the data section (as in the
+// header) and of the whole file, and the file size.
+struct SafetensorsWriteInfo {
+  uint64_t data_xxh64 = 0;
+  uint64_t file_xxh64 = 0;
+  uint64_t file_bytes = 0;
+};
+
 // Writes `tensors` (any device, any strides; copied to contiguous CPU) with
 // `metadata` plus the hpdl.xxh64 checksum, atomically (see write_file_atomic).
 // dtypes: F32, F64, BF16, I64, I32, U8. Tensors are laid out in name order.
-// Returns the xxHash64 of the data section. Throws naming the file and tensor.
-uint64_t save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,
+// Throws naming the file and tensor.
+SafetensorsWriteInfo save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,
                           const std::map<std::string, std::string>& metadata = {});
 
 // Reads and verifies a file: header length in range, valid JSON, every tensor's
