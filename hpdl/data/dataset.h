@@ -1,0 +1,56 @@
+// Dataset: indexed samples, each a float [C, H, W] image (or any fixed
+// per-sample shape) plus an int64 label, written into a caller's buffer so a
+// loader decodes a whole epoch without a single per-sample allocation.
+// get() must be safe to call from several threads at once.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "hpdl/core/dtype.h"
+#include "hpdl/core/shape.h"
+
+namespace hpdl::data {
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual int64_t size() const = 0;
+  // The shape of one sample, e.g. [C, H, W]; every sample has it.
+  virtual Shape sample_shape() const = 0;
+  int64_t sample_numel() const { return numel_of(sample_shape()); }
+  // Writes sample i (0 <= i < size(), else throws) as float32 into out[0,
+  // sample_numel()) and returns its label. Thread-safe.
+  virtual int64_t get(int64_t i, float* out) const = 0;
+};
+
+// All samples in memory: uint8 pixels (scaled to [0, 1] on get, like
+// torchvision's ToTensor) or float32 values (returned as they are).
+class InMemoryDataset : public Dataset {
+ public:
+  // images: N * numel(sample_shape) values; labels: N.
+  InMemoryDataset(Shape sample_shape, std::vector<uint8_t> images, std::vector<int64_t> labels);
+  InMemoryDataset(Shape sample_shape, std::vector<float> images, std::vector<int64_t> labels);
+
+  int64_t size() const override { return static_cast<int64_t>(labels_.size()); }
+  Shape sample_shape() const override { return sample_shape_; }
+  int64_t get(int64_t i, float* out) const override;
+  DType storage_dtype() const { return u8_.empty() && !f32_.empty() ? DType::f32 : DType::u8; }
+  const std::vector<int64_t>& labels() const { return labels_; }
+
+ private:
+  Shape sample_shape_;
+  std::vector<uint8_t> u8_;
+  std::vector<float> f32_;
+  std::vector<int64_t> labels_;
+};
+
+// Fashion-MNIST (or MNIST) from the four idx files in `dir`
+// ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]): samples [1, 28, 28],
+// labels 0..9. Throws naming the file and, for the default directory, the
+// Debian package dataset-fashion-mnist.
+std::shared_ptr<InMemoryDataset> load_mnist_idx(const std::filesystem::path& dir, bool train);
+
+}  // namespace hpdl::data

@@ -1,0 +1,80 @@
+// CheckpointManager: checkpoints in RUN_DIR/checkpoints as pairs
+// step-NNNNNNNNNN.safetensors (model and optimizer tensors) and
+// step-NNNNNNNNNN.json (the sidecar: epoch, step, sampler position, RNG
+// states, config, and the size and xxh64 of the safetensors file). Both are
+// written atomically, tensors first and the sidecar last, so a sidecar's
+// existence is the commit marker: a checkpoint without one never happened.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hpdl/core/tensor.h"
+
+namespace hpdl::train {
+
+// A counter-based Generator's whole state, by name ("init", "dropout", ...).
+struct GeneratorState {
+  std::string name;
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+};
+
+struct CheckpointMeta {
+  int64_t step = 0;              // optimizer steps taken
+  int64_t epoch = 0;             // epoch the next step belongs to
+  int64_t sampler_position = 0;  // samples of that epoch already consumed (DataLoader::position())
+  std::vector<GeneratorState> rng;
+  nlohmann::json config = nlohmann::json::object();  // train::to_json(config)
+  nlohmann::json extra = nlohmann::json::object();   // anything else a caller wants back (best metric, ...)
+};
+
+struct CheckpointInfo {
+  std::filesystem::path tensors_path, sidecar_path;
+  CheckpointMeta meta;
+  uint64_t file_bytes = 0;
+  std::string file_xxh64;  // 16 hex digits
+};
+
+class CheckpointManager {
+ public:
+  // Creates RUN_DIR/checkpoints if needed. keep >= 1: how many checkpoints save() leaves.
+  explicit CheckpointManager(const std::filesystem::path& run_dir, int keep = 3);
+
+  // Writes the checkpoint for meta.step (replacing one of the same step), then
+  // deletes all but the newest `keep`. Throws naming the file on I/O errors;
+  // on failure the previous checkpoints are untouched.
+  CheckpointInfo save(const CheckpointMeta& meta, const std::map<std::string, Tensor>& tensors);
+
+  // The newest checkpoint whose sidecar parses and whose safetensors file has
+  // the recorded size and xxh64 and passes its own checks; a bad one is
+  // reported with warn_once (naming the file and the fault), appended to
+  // `problems` if given, and skipped for the one before it. nullopt if none is good.
+  std::optional<CheckpointInfo> latest_valid(std::vector<std::string>* problems = nullptr) const;
+
+  // Loads the tensors of a checkpoint (verified again). Throws naming the file.
+  std::map<std::string, Tensor> load(const CheckpointInfo& info) const;
+
+  // Steps of the sidecars present, newest first (not verified).
+  std::vector<int64_t> steps() const;
+  const std::filesystem::path& dir() const { return dir_; }
+
+  // Parses a sidecar file; throws naming it when malformed.
+  static CheckpointInfo read_sidecar(const std::filesystem::path& sidecar);
+
+ private:
+  std::filesystem::path tensors_path(int64_t step) const;
+  std::filesystem::path sidecar_path(int64_t step) const;
+  void prune() const;
+
+  std::filesystem::path dir_;
+  int keep_;
+};
+
+}  // namespace hpdl::train

@@ -1,0 +1,125 @@
+// The training configuration: one typed struct with defaults, read from TOML.
+// Every key is checked: an unknown key (with a did-you-mean suggestion), a
+// wrong type or an out-of-range value is an hpdl::Error naming the file (or
+// the --set argument) and the key path. The resolved config is written back
+// as TOML (config.toml in the run directory) and as JSON (checkpoint sidecars).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace hpdl::train {
+
+// One entry of [[model.layers]] for model.name = "custom". type is one of
+// conv2d, linear, relu, maxpool2d, avgpool2d, batchnorm2d, dropout, flatten.
+struct LayerSpec {
+  std::string type;
+  int64_t out_channels = 0;  // conv2d
+  int64_t out_features = 0;  // linear
+  int64_t kernel_size = 3;   // conv2d, pools
+  int64_t stride = 1;        // conv2d, pools
+  int64_t padding = 0;       // conv2d
+  bool bias = true;          // conv2d, linear
+  double p = 0.5;            // dropout
+};
+
+struct DataConfig {
+  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | npy | csv | store
+  std::string path;                       // dataset directory or file; "" = the dataset's default
+  std::string store;                      // packed data store to read instead of files; "" = none
+  int64_t batch_size = 64;                // per rank
+  int64_t workers = 2;                    // DataLoader threads
+  int64_t prefetch = 2;                   // batches prepared ahead
+  bool shuffle = true;
+  bool drop_last = false;
+  bool random_crop = false;               // augmentation: random crop with zero padding
+  int64_t crop_padding = 4;
+  bool random_flip = false;               // augmentation: random horizontal flip
+  bool normalize = true;
+  std::vector<double> mean{0.2860};       // per channel (or one for all); Fashion-MNIST's
+  std::vector<double> std{0.3530};
+};
+
+struct ModelConfig {
+  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | alexnet_bn | custom
+  int64_t num_classes = 10;
+  int64_t in_channels = 1;
+  std::vector<int64_t> hidden{256, 128};  // mlp hidden widths
+  std::vector<LayerSpec> layers;          // custom
+};
+
+struct OptimizerConfig {
+  std::string name = "sgd";  // sgd | adamw | lars | lamb
+  double lr = 0.1;
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 0.0;
+  double eta = 0.001;  // LARS trust coefficient
+  std::vector<double> betas{0.9, 0.999};
+  double eps = 1e-8;
+  std::string lr_scaling = "none";  // none | linear: lr * global_batch / base_batch (Goyal et al. 2017)
+  int64_t base_batch = 256;
+};
+
+struct ScheduleConfig {
+  std::string name = "constant";  // constant | step | cosine | poly
+  double warmup_epochs = 0;
+  std::vector<int64_t> milestones;  // step: epochs at which lr *= gamma
+  double gamma = 0.1;
+  double power = 2.0;    // poly
+  double final_lr = 0;   // cosine and poly end here
+};
+
+struct TrainConfig {
+  int64_t epochs = 10;
+  uint64_t seed = 0;
+  int64_t threads = 0;  // 0: all cores (OMP_NUM_THREADS)
+  std::string device = "cpu";
+  std::string precision = "fp32";  // fp32 | bf16
+  std::string run_dir = "runs/default";
+  int64_t checkpoint_every_steps = 0;  // 0: off
+  int64_t checkpoint_every_epochs = 1;  // 0: off
+  int64_t keep_checkpoints = 3;
+  bool trace = false;
+  int64_t log_every = 50;
+  int64_t eval_every_epochs = 1;
+  int64_t max_steps = 0;  // 0: no limit
+};
+
+struct Config {
+  DataConfig data;
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainConfig train;
+};
+
+// Reads `path`, applies `overrides` ("a.b=value", TOML value syntax; a string
+// may be given unquoted) in order, then checks ranges and names. Throws
+// hpdl::Error naming the file or the override and the key path.
+Config load_config(const std::filesystem::path& path, const std::vector<std::string>& overrides = {});
+// The same for TOML text; `source` names it in errors.
+Config parse_config(const std::string& toml_text, const std::string& source,
+                    const std::vector<std::string>& overrides = {});
+// Applies one "a.b=value" override (without validate()).
+void apply_override(Config& config, const std::string& assignment);
+// Range and name checks; `source` names the origin in the message.
+void validate(const Config& config, const std::string& source);
+
+// The resolved config as TOML text that parse_config reads back to an equal config.
+std::string to_toml(const Config& config);
+nlohmann::json to_json(const Config& config);
+// Writes to_toml(config) atomically to `path`.
+void save_config(const Config& config, const std::filesystem::path& path);
+
+// Every settable key path ("data.batch_size", ...), for help texts.
+std::vector<std::string> config_keys();
+
+// Levenshtein distance, for did-you-mean suggestions.
+size_t edit_distance(const std::string& a, const std::string& b);
+
+}  // namespace hpdl::train
