@@ -1,0 +1,34 @@
+// hpdl eval --checkpoint RUN_DIR|FILE [CONFIG]: test-set loss and accuracy of a checkpoint.
+#include <cstdio>
+
+#include "apps/hpdl/commands.h"
+#include "hpdl/train/config.h"
+#include "hpdl/train/trainer.h"
+
+namespace hpdl::cli {
+
+void register_eval(CLI::App& app) {
+  auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint on the test set");
+  struct Opts {
+    std::string checkpoint, config;
+    std::vector<std::string> overrides;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--checkpoint", o->checkpoint, "A run directory (newest valid checkpoint) or a .safetensors file")
+      ->required();
+  cmd->add_option("config", o->config, "TOML config (default: RUN_DIR/config.toml)");
+  cmd->add_option("--set", o->overrides, "Override a config key (repeatable)");
+  cmd->callback([o] {
+    std::string path = o->config.empty() ? o->checkpoint + "/config.toml" : o->config;
+    train::Config cfg = train::load_config(path, o->overrides);
+    auto ds = train::load_datasets(cfg.data);
+    auto model = train::build_model(cfg, train::make_pipeline(cfg.data, false).output_shape(ds.test->sample_shape()));
+    train::load_model_weights(*model, o->checkpoint);
+    auto r = train::evaluate(*model, ds.test, cfg.data);
+    if (error_rank() <= 0)
+      std::printf("test accuracy %.2f%% (%lld samples), loss %.4f\n", 100 * r.accuracy,
+                  static_cast<long long>(r.samples), r.loss);
+  });
+}
+
+}  // namespace hpdl::cli

@@ -1,0 +1,479 @@
+// The Trainer: one training run, on one rank or many.
+#include "hpdl/train/trainer.h"
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/core/random.h"
+#include "hpdl/core/threading.h"
+#include "hpdl/data/dataloader.h"
+#include "hpdl/data/sampler.h"
+#include "hpdl/dist/communicator.h"
+#include "hpdl/dist/data_parallel.h"
+#include "hpdl/io/file.h"
+#include "hpdl/io/safetensors.h"
+#include "hpdl/nn/layers.h"
+#include "hpdl/nn/models/models.h"
+#include "hpdl/ops/ops.h"
+#include "hpdl/optim/factory.h"
+#include "hpdl/train/checkpoint.h"
+#include "hpdl/train/metrics.h"
+#include "hpdl/train/progress.h"
+#include "hpdl/train/trace.h"
+
+namespace hpdl::train {
+namespace fs = std::filesystem;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;   // SIGTERM: checkpoint and stop
+volatile std::sig_atomic_t g_ckpt_signal = 0;   // SIGUSR1: checkpoint and go on
+
+extern "C" void on_signal(int sig) {
+  if (sig == SIGUSR1) g_ckpt_signal = 1;
+  else g_stop_signal = 1;
+}
+
+const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+nn::ModulePtr build_custom(const ModelConfig& m, const Shape& sample, uint64_t seed) {
+  HPDL_CHECK(!m.layers.empty(), "model.name = \"custom\" needs at least one [[model.layers]] entry");
+  auto seq = std::make_shared<nn::Sequential>();
+  Generator gen(seed);
+  int64_t c = sample[0], h = sample[1], w = sample[2], features = -1;  // features >= 0 once flattened
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const LayerSpec& l = m.layers[i];
+    auto where = [&] { return fmt::format("model.layers[{}] ({})", i, l.type); };
+    if (l.type == "conv2d") {
+      HPDL_CHECK(features < 0, "{}: a convolution after flatten", where());
+      HPDL_CHECK(l.out_channels > 0, "{}: out_channels must be positive", where());
+      nn::Conv2dOptions o = nn::Conv2dOptions::k(l.kernel_size).s(l.stride).p(l.padding);
+      if (!l.bias) o.no_bias();
+      auto conv = std::make_shared<nn::Conv2d>(c, l.out_channels, o, gen);
+      auto [oh, ow] = conv->output_size(h, w);
+      HPDL_CHECK(oh > 0 && ow > 0, "{}: output would be empty for input {}x{}", where(), h, w);
+      c = l.out_channels, h = oh, w = ow;
+      seq->push_back(conv);
+    } else if (l.type == "maxpool2d" || l.type == "avgpool2d") {
+      HPDL_CHECK(features < 0, "{}: pooling after flatten", where());
+      int64_t s = l.stride > 1 ? l.stride : l.kernel_size;
+      if (l.type == "maxpool2d") seq->push_back(std::make_shared<nn::MaxPool2d>(l.kernel_size, s));
+      else seq->push_back(std::make_shared<nn::AvgPool2d>(l.kernel_size, s));
+      h = (h - l.kernel_size) / s + 1, w = (w - l.kernel_size) / s + 1;
+      HPDL_CHECK(h > 0 && w > 0, "{}: output would be empty", where());
+    } else if (l.type == "batchnorm2d") {
+      HPDL_CHECK(features < 0, "{}: batchnorm2d after flatten", where());
+      seq->push_back(std::make_shared<nn::BatchNorm2d>(c));
+    } else if (l.type == "relu") {
+      seq->push_back(std::make_shared<nn::ReLU>());
+    } else if (l.type == "dropout") {
+      seq->push_back(std::make_shared<nn::Dropout>(l.p, seed + 1000 + i));
+    } else if (l.type == "flatten") {
+      seq->push_back(std::make_shared<nn::Flatten>());
+      features = c * h * w;
+    } else if (l.type == "linear") {
+      if (features < 0) {
+        seq->push_back(std::make_shared<nn::Flatten>());
+        features = c * h * w;
+      }
+      HPDL_CHECK(l.out_features > 0, "{}: out_features must be positive", where());
+      seq->push_back(std::make_shared<nn::Linear>(features, l.out_features, l.bias, gen));
+      features = l.out_features;
+    } else {
+      HPDL_FAIL("{}: unknown layer type '{}' (known: conv2d, linear, relu, maxpool2d, avgpool2d, batchnorm2d, "
+                "dropout, flatten)", where(), l.type);
+    }
+  }
+  HPDL_CHECK(features == m.num_classes, "model.layers: the last layer must be linear with out_features = "
+             "model.num_classes ({}), got {}", m.num_classes, features);
+  return seq;
+}
+
+// Sums (loss * n, correct, n, stop flag) over ranks in one small allreduce.
+struct StepStats {
+  double loss_sum = 0, correct = 0, count = 0, stop = 0, ckpt = 0;
+};
+
+StepStats allreduce_stats(dist::Communicator& comm, StepStats s) {
+  Tensor t = Tensor::from_vector<double>({s.loss_sum, s.correct, s.count, s.stop, s.ckpt}, {5});
+  comm.allreduce(t);
+  auto v = t.to_vector<double>();
+  return {v[0], v[1], v[2], v[3], v[4]};
+}
+
+int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  auto pred = argmax(logits.detach(), 1).to_vector<int64_t>();
+  auto lab = labels.to_vector<int64_t>();
+  int64_t c = 0;
+  for (size_t i = 0; i < pred.size(); ++i) c += pred[i] == lab[i];
+  return c;
+}
+
+optim::OptimizerConfig optimizer_config(const OptimizerConfig& o, int64_t global_batch) {
+  optim::OptimizerConfig c;
+  c.name = o.name;
+  c.lr = o.lr;
+  if (o.lr_scaling == "linear") c.lr = o.lr * static_cast<double>(global_batch) / static_cast<double>(o.base_batch);
+  c.momentum = o.momentum;
+  c.nesterov = o.nesterov;
+  c.weight_decay = o.weight_decay;
+  c.eta = o.eta;
+  if (o.betas.size() == 2) c.beta1 = o.betas[0], c.beta2 = o.betas[1];
+  c.eps = o.eps;
+  return c;
+}
+
+optim::ScheduleConfig schedule_config(const ScheduleConfig& s, double lr, int64_t steps_per_epoch, int64_t epochs) {
+  optim::ScheduleConfig c;
+  c.lr = lr;
+  c.name = s.name == "poly" ? "polynomial" : (s.name == "step" ? "multistep" : s.name);
+  c.total_steps = steps_per_epoch * epochs;
+  c.final_lr = s.final_lr;
+  c.gamma = s.gamma;
+  c.power = s.power;
+  for (int64_t e : s.milestones) c.milestones.push_back(e * steps_per_epoch);
+  c.warmup_steps = static_cast<int64_t>(s.warmup_epochs * static_cast<double>(steps_per_epoch));
+  return c;
+}
+
+std::map<std::string, Tensor> prefixed(const std::map<std::string, Tensor>& m, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : m) out[prefix + k] = v;
+  return out;
+}
+
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : m)
+    if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
+  return out;
+}
+
+}  // namespace
+
+Datasets load_datasets(const DataConfig& config) {
+  if (config.dataset == "fashion-mnist" || config.dataset == "mnist") {
+    fs::path dir = config.path.empty() ? fs::path(kFashionMnistDir) : fs::path(config.path);
+    HPDL_CHECK(config.dataset == "fashion-mnist" || !config.path.empty(),
+               "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
+    return {data::load_mnist_idx(dir, true), data::load_mnist_idx(dir, false)};
+  }
+  HPDL_FAIL("data.dataset = \"{}\" is not supported by hpdl train yet (supported: fashion-mnist, mnist)",
+            config.dataset);
+}
+
+nn::ModulePtr build_model(const Config& config, const Shape& sample) {
+  HPDL_CHECK(sample.size() == 3, "model: samples must be [C, H, W], got {}", shape_str(sample));
+  HPDL_CHECK(sample[0] == config.model.in_channels, "model.in_channels = {} but the data has {} channels",
+             config.model.in_channels, sample[0]);
+  if (config.model.name == "custom") return build_custom(config.model, sample, config.train.seed);
+  nn::models::ModelConfig mc;
+  mc.in_channels = sample[0];
+  mc.height = sample[1];
+  mc.width = sample[2];
+  mc.num_classes = config.model.num_classes;
+  mc.hidden = config.model.hidden;
+  mc.seed = config.train.seed;
+  return nn::models::make_model(config.model.name, mc);
+}
+
+data::Pipeline make_pipeline(const DataConfig& config, bool train) {
+  data::Pipeline p;
+  if (train && config.random_crop) p.add(std::make_shared<data::RandomCrop>(config.crop_padding));
+  if (train && config.random_flip) p.add(std::make_shared<data::RandomHorizontalFlip>());
+  if (config.normalize) {
+    std::vector<float> mean(config.mean.begin(), config.mean.end()), sd(config.std.begin(), config.std.end());
+    p.add(std::make_shared<data::Normalize>(mean, sd));
+  }
+  return p;
+}
+
+EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config) {
+  auto& comm = dist::Communicator::world();
+  auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), comm.size(), comm.rank(), false, 0, false);
+  data::DataLoaderOptions lo;
+  lo.batch_size = std::max<int64_t>(config.batch_size, 256);
+  lo.workers = static_cast<int>(config.workers);
+  lo.prefetch = static_cast<int>(std::max<int64_t>(1, config.prefetch));
+  data::DataLoader loader(dataset, sampler, lo, make_pipeline(config, false));
+  loader.start_epoch(0);
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard ng;
+  StepStats s;
+  data::Batch b;
+  // The distributed sampler pads the last shard by wrapping; count each sample once.
+  int64_t seen = 0, mine = (dataset->size() - comm.rank() + comm.size() - 1) / comm.size();
+  while (loader.next(b)) {
+    int64_t keep = std::min<int64_t>(b.size(), mine - seen);
+    seen += b.size();
+    if (keep <= 0) continue;
+    Tensor x = keep < b.size() ? b.images.slice(0, 0, keep) : b.images;
+    Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
+    Tensor logits = model.forward(x);
+    s.loss_sum += cross_entropy(logits, y, 0.0, Reduction::sum).item();
+    s.correct += static_cast<double>(count_correct(logits, y));
+    s.count += static_cast<double>(keep);
+  }
+  model.train(was_training);
+  s = allreduce_stats(comm, s);
+  return {s.loss_sum / std::max(1.0, s.count), s.correct / std::max(1.0, s.count), static_cast<int64_t>(s.count)};
+}
+
+void load_model_weights(nn::Module& model, const fs::path& path) {
+  std::map<std::string, Tensor> tensors;
+  if (fs::is_directory(path)) {
+    CheckpointManager mgr(path, 1 << 30);
+    auto info = mgr.latest_valid();
+    HPDL_CHECK(info.has_value(), "no valid checkpoint in {} (expected {}/checkpoints/step-*.json)", path.string(),
+               path.string());
+    tensors = mgr.load(*info);
+  } else {
+    tensors = io::load_safetensors(path).tensors;
+  }
+  auto weights = with_prefix(tensors, "model.");
+  HPDL_CHECK(!weights.empty(), "{}: no model weights (tensors named model.*)", path.string());
+  model.load_state_dict(weights);
+}
+
+Trainer::Trainer(Config config) : config_(std::move(config)) {}
+
+TrainSummary Trainer::run(bool resume) {
+  const Config& cfg = config_;
+  auto& comm = dist::Communicator::world();
+  const int rank = comm.rank(), world = comm.size();
+  const bool root = rank == 0;
+  if (cfg.train.threads > 0) set_num_threads(static_cast<int>(cfg.train.threads));
+  HPDL_CHECK(cfg.train.device == "cpu", "train.device = \"{}\": hpdl train runs on the CPU in this build "
+             "(the CUDA backend runs ops, the trainer does not drive it yet)", cfg.train.device);
+  HPDL_CHECK(cfg.train.precision == "fp32", "train.precision = \"{}\": only fp32 on the CPU", cfg.train.precision);
+
+  const fs::path run_dir = cfg.train.run_dir;
+  if (root) {
+    fs::create_directories(run_dir);
+    save_config(cfg, run_dir / "config.toml");
+  }
+  comm.barrier();
+
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGUSR1, on_signal);
+  g_stop_signal = g_ckpt_signal = 0;
+
+  // ---- data ----
+  Datasets ds = load_datasets(cfg.data);
+  auto sampler = std::make_shared<data::DistributedSampler>(ds.train->size(), world, rank, cfg.data.shuffle,
+                                                            cfg.train.seed, cfg.data.drop_last);
+  data::DataLoaderOptions lo;
+  lo.batch_size = cfg.data.batch_size;
+  lo.drop_last = cfg.data.drop_last;
+  lo.workers = static_cast<int>(cfg.data.workers);
+  lo.prefetch = static_cast<int>(cfg.data.prefetch);
+  lo.seed = cfg.train.seed;
+  data::DataLoader loader(ds.train, sampler, lo, make_pipeline(cfg.data, true));
+  const int64_t per_rank = sampler->epoch_length();
+  const int64_t steps_per_epoch =
+      cfg.data.drop_last ? per_rank / cfg.data.batch_size : (per_rank + cfg.data.batch_size - 1) / cfg.data.batch_size;
+  HPDL_CHECK(steps_per_epoch > 0, "data.batch_size = {} is larger than this rank's {} samples (drop_last on)",
+             cfg.data.batch_size, per_rank);
+
+  // ---- model, optimizer, schedule ----
+  Shape sample = make_pipeline(cfg.data, true).output_shape(ds.train->sample_shape());
+  nn::ModulePtr model = build_model(cfg, sample);
+  model->train();
+  const int64_t global_batch = cfg.data.batch_size * world;
+  auto ocfg = optimizer_config(cfg.optimizer, global_batch);
+  auto opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
+  auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
+  std::unique_ptr<dist::DataParallel> dp;
+  if (world > 1) dp = std::make_unique<dist::DataParallel>(*model, comm);
+
+  // ---- resume ----
+  CheckpointManager ckpt(run_dir, static_cast<int>(cfg.train.keep_checkpoints));
+  int64_t step = 0, epoch = 0, position = 0;
+  if (resume) {
+    std::vector<std::string> problems;
+    auto info = ckpt.latest_valid(&problems);
+    if (root)
+      for (auto& p : problems) std::fprintf(stderr, "hpdl: skipping bad checkpoint: %s\n", p.c_str());
+    HPDL_CHECK(info.has_value(), "--resume: no valid checkpoint in {}/checkpoints", run_dir.string());
+    auto tensors = ckpt.load(*info);
+    model->load_state_dict(with_prefix(tensors, "model."));
+    opt->load_state_dict(with_prefix(tensors, "optim."));
+    step = info->meta.step;
+    epoch = info->meta.epoch;
+    // The position counts samples of this rank's epoch order; with another
+    // rank count, re-shard from the same global sample count (elastic restart).
+    const int saved_world = info->meta.extra.value("world", world);
+    const int64_t global_pos = info->meta.sampler_position * saved_world;
+    position = std::min<int64_t>(per_rank, global_pos / world);
+    for (auto& g : info->meta.rng)
+      for (auto& [name, gen] : model->named_generators())
+        if (name == g.name) gen->set_state(g.seed, g.offset);
+    if (dp) dp->broadcast_state(0);
+    if (root)
+      std::fprintf(stderr, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
+                   static_cast<long long>(epoch + 1), static_cast<long long>(step));
+  }
+
+  auto save_checkpoint = [&](int64_t ep, int64_t pos) {
+    if (!root) return;
+    CheckpointMeta meta;
+    meta.step = step;
+    meta.epoch = ep;
+    meta.sampler_position = pos;
+    meta.config = to_json(cfg);
+    meta.extra = {{"world", world}};
+    for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
+    std::map<std::string, Tensor> tensors = prefixed(model->state_dict(), "model.");
+    for (auto& [k, v] : opt->state_dict()) tensors["optim." + k] = v;
+    ckpt.save(meta, tensors);
+  };
+
+  std::unique_ptr<MetricsWriter> metrics;
+  if (root) metrics = std::make_unique<MetricsWriter>(run_dir / "metrics.jsonl");
+  Progress progress(stderr, cfg.train.log_every);
+  TraceRecorder trace(rank, cfg.train.trace);
+  const int64_t total_steps = cfg.train.max_steps > 0 ? std::min(cfg.train.max_steps, steps_per_epoch * cfg.train.epochs)
+                                                      : steps_per_epoch * cfg.train.epochs;
+  if (root)
+    std::fprintf(stderr, "hpdl: training %s (%lld parameters) on %s, %lld samples, %d rank(s) x %d thread(s), "
+                 "batch %lld per rank, %lld steps per epoch\n",
+                 cfg.model.name.c_str(), static_cast<long long>(model->num_parameters()), cfg.data.dataset.c_str(),
+                 static_cast<long long>(ds.train->size()), world, num_threads(),
+                 static_cast<long long>(cfg.data.batch_size), static_cast<long long>(steps_per_epoch));
+
+  TrainSummary summary;
+  summary.run_dir = run_dir;
+  const auto t_start = std::chrono::steady_clock::now();
+  int64_t samples_done = 0;
+  double last_loss = 0;
+  bool stop = false;
+  for (; epoch < cfg.train.epochs && !stop; ++epoch, position = 0) {
+    loader.start_epoch(static_cast<uint64_t>(epoch), position);
+    data::Batch batch;
+    StepStats epoch_stats;
+    const auto t_epoch = std::chrono::steady_clock::now();
+    for (;;) {
+      if (cfg.train.max_steps > 0 && step >= cfg.train.max_steps) {
+        stop = true;
+        break;
+      }
+      int64_t t0 = trace_now_us();
+      if (!loader.next(batch)) break;
+      trace.span("data_wait", "data", t0, trace_now_us(), 2);
+      opt->set_lr(schedule->lr(step));
+      if (dp) dp->zero_grad(); else opt->zero_grad();
+      Tensor logits, loss;
+      {
+        TraceRecorder::Scope s(trace, "forward", "compute");
+        logits = model->forward(batch.images);
+        loss = cross_entropy(logits, batch.labels);
+      }
+      {
+        TraceRecorder::Scope s(trace, "backward", "compute");
+        loss.backward();
+      }
+      if (dp) {
+        TraceRecorder::Scope s(trace, "allreduce_wait", "compute");
+        dp->finish();
+      }
+      if (dp && trace.enabled())
+        for (auto& sp : dp->last_spans())
+          trace.span(fmt::format("allreduce bucket {}", sp.bucket), "allreduce", sp.begin_us, sp.end_us, 1);
+      {
+        TraceRecorder::Scope s(trace, "optimizer", "compute");
+        opt->step();
+      }
+      ++step;
+      StepStats st;
+      st.count = static_cast<double>(batch.size());
+      st.loss_sum = loss.item() * st.count;
+      st.correct = static_cast<double>(count_correct(logits, batch.labels));
+      st.stop = g_stop_signal ? 1 : 0;
+      st.ckpt = g_ckpt_signal ? 1 : 0;
+      st = allreduce_stats(comm, st);  // metrics and signals agree on every rank
+      g_ckpt_signal = 0;
+      epoch_stats.loss_sum += st.loss_sum, epoch_stats.correct += st.correct, epoch_stats.count += st.count;
+      samples_done += static_cast<int64_t>(st.count);
+      last_loss = st.loss_sum / st.count;
+      ProgressUpdate pu;
+      pu.epoch = epoch, pu.epochs = cfg.train.epochs;
+      pu.step_in_epoch = batch.index + 1, pu.steps_per_epoch = steps_per_epoch;
+      pu.global_step = step, pu.total_steps = total_steps;
+      pu.loss = last_loss, pu.accuracy = st.correct / st.count;
+      pu.samples = static_cast<int64_t>(st.count);
+      pu.data_wait_s = loader.last_wait_seconds();
+      if (root) progress.update(pu);
+      if (root && (step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1))
+        metrics->write({{"type", "step"}, {"epoch", epoch + 1}, {"step", step}, {"loss", last_loss},
+                        {"accuracy", st.correct / st.count}, {"lr", opt->lr()},
+                        {"samples_per_s", progress.samples_per_second()}, {"data_wait_s", loader.last_wait_seconds()}});
+      const bool periodic = cfg.train.checkpoint_every_steps > 0 && step % cfg.train.checkpoint_every_steps == 0;
+      if (periodic || st.ckpt > 0 || st.stop > 0) save_checkpoint(epoch, loader.position());
+      if (st.stop > 0) {
+        stop = true;
+        summary.interrupted = true;
+        if (root) progress.message("hpdl: stopped by signal after a checkpoint; continue with --resume " + run_dir.string());
+        break;
+      }
+    }
+    if (summary.interrupted || (stop && cfg.train.max_steps > 0 && batch.index + 1 < steps_per_epoch)) {
+      if (!summary.interrupted) save_checkpoint(epoch, loader.position());
+      break;
+    }
+    summary.epochs_done = epoch + 1;
+    const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
+    nlohmann::json rec = {{"type", "epoch"}, {"epoch", epoch + 1}, {"step", step},
+                          {"train_loss", epoch_stats.loss_sum / std::max(1.0, epoch_stats.count)},
+                          {"train_accuracy", epoch_stats.correct / std::max(1.0, epoch_stats.count)},
+                          {"seconds", epoch_s}, {"samples_per_s", epoch_stats.count / epoch_s}};
+    const bool last = epoch + 1 == cfg.train.epochs;
+    if (cfg.train.eval_every_epochs > 0 && ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last)) {
+      EvalResult ev = evaluate(*model, ds.test, cfg.data);
+      rec["test_loss"] = ev.loss;
+      rec["test_accuracy"] = ev.accuracy;
+      summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss;
+    }
+    if (root) {
+      metrics->write(rec);
+      progress.message(fmt::format("epoch {}/{}: train loss {:.4f}, train accuracy {:.2f}%{} ({:.1f} s, {:.0f} samples/s)",
+                                   epoch + 1, cfg.train.epochs, rec["train_loss"].get<double>(),
+                                   100 * rec["train_accuracy"].get<double>(),
+                                   rec.contains("test_accuracy") ? fmt::format(", test accuracy {:.2f}%",
+                                                                               100 * rec["test_accuracy"].get<double>())
+                                                                 : std::string(),
+                                   epoch_s, epoch_stats.count / epoch_s));
+    }
+    if (cfg.train.checkpoint_every_epochs > 0 && ((epoch + 1) % cfg.train.checkpoint_every_epochs == 0 || last))
+      save_checkpoint(epoch + 1, 0);
+  }
+  if (root) progress.finish();
+  summary.steps = step;
+  summary.final_train_loss = last_loss;
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
+  if (trace.enabled()) {
+    trace.write(run_dir / fmt::format("trace.rank{}.json", rank));
+    comm.barrier();
+    if (root) {
+      std::vector<fs::path> files;
+      for (int r = 0; r < world; ++r) files.push_back(run_dir / fmt::format("trace.rank{}.json", r));
+      merge_traces(files, run_dir / "trace.json");
+      for (auto& f : files) fs::remove(f);
+    }
+  }
+  if (root) {
+    nlohmann::json s = {{"steps", summary.steps}, {"epochs", summary.epochs_done}, {"seconds", summary.seconds},
+                        {"train_samples_per_s", summary.train_samples_per_s}, {"final_train_loss", last_loss},
+                        {"ranks", world}, {"threads", num_threads()}, {"interrupted", summary.interrupted}};
+    if (summary.test_accuracy >= 0) s["test_accuracy"] = summary.test_accuracy, s["test_loss"] = summary.test_loss;
+    const std::string text = s.dump(2) + "\n";
+    io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());
+    metrics->write({{"type", "summary"}, {"summary", s}});
+  }
+  return summary;
+}
+
+}  // namespace hpdl::train

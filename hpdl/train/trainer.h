@@ -1,0 +1,64 @@
+// Trainer: what `hpdl train` runs. From a Config it builds the datasets, the
+// sampler (this rank's shard), the DataLoader, the model, the optimizer and
+// schedule, wraps the model in DataParallel under MPI, and runs the epochs:
+// forward, loss, backward (buckets all-reduced while it runs), optimizer step,
+// all-reduced metrics, progress, metrics.jsonl, checkpoints (every N steps or
+// epochs, and on SIGTERM/SIGUSR1), evaluation, and a summary at the end.
+// Resuming from the run directory continues so that the final weights equal
+// an uninterrupted run's (bitwise with one thread and a fixed seed).
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hpdl/data/dataset.h"
+#include "hpdl/data/transforms.h"
+#include "hpdl/nn/module.h"
+#include "hpdl/train/config.h"
+
+namespace hpdl::train {
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+  int64_t samples = 0;
+};
+
+struct TrainSummary {
+  int64_t steps = 0, epochs_done = 0;
+  double final_train_loss = 0;
+  double test_accuracy = -1, test_loss = -1;
+  double seconds = 0, train_samples_per_s = 0;
+  bool interrupted = false;  // stopped by a signal after checkpointing
+  std::filesystem::path run_dir;
+};
+
+struct Datasets {
+  std::shared_ptr<const data::Dataset> train, test;
+};
+
+// The datasets a config names (fashion-mnist and mnist from idx files; store
+// when built with the data store). Errors name the file and the package.
+Datasets load_datasets(const DataConfig& config);
+// The model a config names, for samples of `sample_shape` [C, H, W].
+nn::ModulePtr build_model(const Config& config, const Shape& sample_shape);
+// Normalization (and augmentation when `train`) as the config says.
+data::Pipeline make_pipeline(const DataConfig& config, bool train);
+// Loss and accuracy over a dataset, sharded over the world's ranks and all-reduced.
+EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config);
+// Loads a checkpoint's model weights ("model." tensors) into `model`. `path` is
+// a run directory (newest valid checkpoint) or a .safetensors file.
+void load_model_weights(nn::Module& model, const std::filesystem::path& path);
+
+class Trainer {
+ public:
+  explicit Trainer(Config config);
+  // Trains; with `resume`, continues from the newest valid checkpoint in the run directory.
+  TrainSummary run(bool resume = false);
+
+ private:
+  Config config_;
+};
+
+}  // namespace hpdl::train
