@@ -454,6 +454,20 @@ TrainSummary Trainer::run(bool resume) {
   summary.final_train_loss = last_loss;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
+  if (world > 1) {
+    // Replica check: every rank must end with bitwise identical weights.
+    uint64_t h = 0;
+    for (auto& [name, t] : model->state_dict()) {
+      Tensor c = t.contiguous();
+      h = io::xxh64(c.raw_data(), c.nbytes(), h);
+    }
+    Tensor mine = Tensor::from_vector<int64_t>({static_cast<int64_t>(h)}, {1});
+    auto all = comm.allgather(mine).to_vector<int64_t>();
+    for (int r = 1; r < world; ++r)
+      HPDL_CHECK(all[r] == all[0], "replica check: rank {} ended with different weights than rank 0 "
+                 "(weights hash {:016x} vs {:016x})", r, static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
+    if (root) std::fprintf(stderr, "hpdl: replica check: weights identical on all %d ranks\n", world);
+  }
   if (trace.enabled()) {
     trace.write(run_dir / fmt::format("trace.rank{}.json", rank));
     comm.barrier();

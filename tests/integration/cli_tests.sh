@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# CLI integration tests, one case per invocation: cli_tests.sh CASE HPDL WORKDIR.
+# Each case trains briefly on the real Fashion-MNIST files and checks what a
+# user would check: files in the run directory, exact resume after kill -9,
+# refusal of a corrupt checkpoint, error messages, multi-rank behaviour.
+set -uo pipefail
+case_name=$1; hpdl=$2; work=$3/$case_name
+ex=${HPDL_EXAMPLES:?}
+mpirun=${MPIEXEC:-mpirun}
+rm -rf "$work"; mkdir -p "$work"; cd "$work" || exit 1
+fail() { echo "FAIL [$case_name]: $*"; exit 1; }
+# A small, fast, single-threaded LeNet run: bitwise reproducible.
+small=(--set train.threads=1 --set data.workers=1 --set train.log_every=10 --set train.seed=7)
+
+run_until_checkpoint_then_kill() {  # $1 run dir, $2 step to wait for, rest: args
+  local dir=$1 step=$2; shift 2
+  "$hpdl" train "$@" >"$dir.log" 2>&1 &
+  local pid=$! f
+  f=$(printf '%s/checkpoints/step-%010d.json' "$dir" "$step")
+  for _ in $(seq 600); do [[ -f $f ]] && break; sleep 0.1; done
+  [[ -f $f ]] || { kill -9 $pid; fail "no checkpoint $f appeared"; }
+  kill -9 $pid; wait $pid 2>/dev/null
+  return 0
+}
+
+case $case_name in
+train_short)
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.max_steps=20 --set train.run_dir=run >out.txt 2>err.txt \
+    || fail "train failed: $(cat err.txt)"
+  for f in run/config.toml run/metrics.jsonl run/summary.json; do [[ -s $f ]] || fail "missing $f"; done
+  grep -q '"steps": 20' run/summary.json || fail "summary does not say 20 steps"
+  grep -q '"type":"step"' run/metrics.jsonl || fail "no step records in metrics.jsonl"
+  ls run/checkpoints/step-0000000020.safetensors >/dev/null || fail "no final checkpoint"
+  ;;
+kill9_resume_bitwise)
+  args=("$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=150 --set train.checkpoint_every_steps=10)
+  "$hpdl" train "${args[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed"
+  run_until_checkpoint_then_kill interrupted 20 "${args[@]}" --set train.run_dir=interrupted
+  [[ ! -f interrupted/checkpoints/step-0000000150.json ]] || fail "the run finished before kill -9: nothing tested"
+  "$hpdl" train --resume interrupted >resumed.log 2>&1 || fail "resume failed: $(tail -3 resumed.log)"
+  grep -q "resumed from" resumed.log || fail "resume did not report its checkpoint"
+  cmp straight/checkpoints/step-0000000150.safetensors interrupted/checkpoints/step-0000000150.safetensors \
+    || fail "weights after kill -9 + resume differ from the uninterrupted run"
+  ;;
+corrupt_checkpoint_skipped)
+  args=("$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.max_steps=20 --set train.checkpoint_every_steps=10 --set train.run_dir=run)
+  "$hpdl" train "${args[@]}" >log 2>&1 || fail "run failed"
+  f=run/checkpoints/step-0000000020.safetensors
+  printf '\x55' | dd of=$f bs=1 seek=4000 conv=notrunc status=none
+  "$hpdl" train --resume run --set train.max_steps=25 >resume.log 2>&1 || fail "resume failed: $(tail -3 resume.log)"
+  grep -q "step-0000000020" resume.log || fail "the corrupt checkpoint was not named: $(cat resume.log)"
+  grep -q "resumed from .*step-0000000010" resume.log || fail "did not fall back to step 10: $(cat resume.log)"
+  ;;
+bad_config)
+  printf '[optimizer]\nmomentun = 0.9\n' >bad.toml
+  "$hpdl" train bad.toml >out 2>err && fail "unknown key accepted"
+  grep -q "optimizer.momentun" err || fail "error does not name the key: $(cat err)"
+  grep -q "bad.toml" err || fail "error does not name the file: $(cat err)"
+  grep -q "momentum" err || fail "no did-you-mean: $(cat err)"
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" --set data.batch_size=abc >out 2>err && fail "wrong type accepted"
+  grep -q "data.batch_size" err || fail "type error does not name the key: $(cat err)"
+  [[ $(wc -l <err) -le 2 ]] || fail "error is not one clear line: $(cat err)"
+  ;;
+missing_dataset)
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" --set data.path=/nonexistent/fashion-mnist >out 2>err && fail "missing data accepted"
+  grep -q "dataset-fashion-mnist" err || fail "error does not name the package: $(cat err)"
+  ;;
+eval_predict)
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.max_steps=60 --set train.run_dir=run >log 2>&1 || fail "train failed"
+  "$hpdl" eval --checkpoint run >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  acc=$(sed -n 's/test accuracy \([0-9.]*\)%.*/\1/p' eval.txt)
+  [[ -n $acc ]] || fail "no accuracy printed: $(cat eval.txt)"
+  awk -v a="$acc" 'BEGIN { exit !(a > 50) }' || fail "accuracy $acc% after 60 steps is too low"
+  "$hpdl" predict --checkpoint run --limit 5 /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz >pred.txt 2>&1 \
+    || fail "predict failed: $(cat pred.txt)"
+  [[ $(grep -c "class" pred.txt) -eq 5 ]] || fail "expected 5 predictions: $(cat pred.txt)"
+  ;;
+sigterm_checkpoint)
+  "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.run_dir=run --set train.max_steps=100000 >log 2>&1 &
+  pid=$!
+  for _ in $(seq 300); do grep -q "step " log 2>/dev/null && break; sleep 0.1; done
+  sleep 1; kill -TERM $pid; wait $pid; rc=$?
+  [[ $rc -eq 0 ]] || fail "SIGTERM exit code $rc"
+  grep -q "stopped by signal" log || fail "no stop message: $(tail -3 log)"
+  ls run/checkpoints/*.json >/dev/null 2>&1 || fail "no checkpoint written on SIGTERM"
+  ;;
+mpi_train_np2)
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+    --set train.max_steps=20 --set train.run_dir=run --set data.workers=1 >log 2>&1 || fail "mpirun failed: $(tail -5 log)"
+  grep -q "2 rank(s)" log || fail "not 2 ranks: $(head -3 log)"
+  grep -q "weights identical on all 2 ranks" log || fail "no replica check"
+  [[ $(ls run/checkpoints/*.safetensors | wc -l) -ge 1 ]] || fail "rank 0 wrote no checkpoint"
+  ;;
+mpi_lenet5_np4_identical)
+  "$mpirun" --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/lenet5.toml" \
+    --set train.max_steps=15 --set train.run_dir=run --set data.workers=1 --set data.batch_size=32 >log 2>&1 \
+    || fail "mpirun failed: $(tail -5 log)"
+  grep -q "weights identical on all 4 ranks" log || fail "replicas differ: $(tail -5 log)"
+  ;;
+mpi_failing_rank_aborts)
+  # Rank 1 reads a dataset path that does not exist; the job must end, not hang.
+  timeout 120 "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 bash -c \
+    'if [[ $OMPI_COMM_WORLD_RANK == 1 ]]; then extra="--set data.path=/nonexistent/fashion-mnist"; fi; exec "$0" train "$1" --set train.run_dir=run $extra' \
+    "$hpdl" "$ex/fashion_mnist/mlp.toml" >log 2>&1
+  rc=$?
+  [[ $rc -ne 124 ]] || fail "the job hung"
+  [[ $rc -ne 0 ]] || fail "the job succeeded"
+  grep -q "rank 1.*nonexistent" log || fail "the failing rank's message is missing: $(tail -5 log)"
+  ;;
+elastic_resume_np2_to_np1)
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+    --set train.max_steps=10 --set train.run_dir=run --set data.workers=1 >log 2>&1 || fail "np2 run failed: $(tail -5 log)"
+  "$hpdl" train --resume run --set train.max_steps=15 "${small[@]}" >resume.log 2>&1 || fail "np1 resume failed: $(tail -3 resume.log)"
+  grep -q "resumed from" resume.log || fail "no resume"
+  grep -q '"steps": 15' run/summary.json || fail "did not continue to step 15"
+  ;;
+trace_overlap)
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/lenet5.toml" \
+    --set train.max_steps=5 --set train.run_dir=run --set train.trace=true --set data.workers=1 >log 2>&1 || fail "run failed"
+  [[ -s run/trace.json ]] || fail "no trace.json"
+  for span in forward backward optimizer data_wait "allreduce bucket"; do
+    grep -q "\"$span" run/trace.json || fail "trace lacks $span spans"
+  done
+  grep -q '"pid":1' run/trace.json || fail "trace lacks rank 1"
+  ;;
+*) fail "unknown case" ;;
+esac
+echo "PASS [$case_name]"
