@@ -11,6 +11,7 @@
 
 #include "hpdl/core/dtype.h"
 #include "hpdl/core/shape.h"
+#include "hpdl/data/readers.h"  // kFashionMnistDir
 
 namespace hpdl::data {
 
