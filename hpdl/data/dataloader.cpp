@@ -178,9 +178,8 @@ bool DataLoader::next(Batch& out) {
   if (threads_.empty()) {
     // No workers: load the batch here.
     lock.unlock();
-    std::vector<float> a, b;
     try {
-      fill(batch, 0, batch_rows(batch), a, b);
+      fill(batch, 0, batch_rows(batch), sync_a_, sync_b_);
     } catch (...) {
       lock.lock();
       active_ = false;

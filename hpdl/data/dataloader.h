@@ -109,6 +109,7 @@ class DataLoader {
   int in_flight_ = 0;
   int64_t returned_ = 0;  // batches handed to the caller this epoch
 
+  std::vector<float> sync_a_, sync_b_;  // scratch of the caller's thread when workers == 0
   double last_wait_ = 0, total_wait_ = 0;
   std::vector<std::thread> threads_;
 };

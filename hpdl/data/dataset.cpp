@@ -2,6 +2,7 @@
 #include "hpdl/data/dataset.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "hpdl/core/error.h"
 #include "hpdl/data/readers.h"
@@ -55,6 +56,66 @@ std::shared_ptr<InMemoryDataset> load_mnist_idx(const std::filesystem::path& dir
     HPDL_CHECK(lbl[i] <= 9, "{}: label {} of sample {} is outside 0..9", lbl_path.string(), lbl[i], i);
   return std::make_shared<InMemoryDataset>(Shape{1, images.shape[1], images.shape[2]}, std::move(images.bytes),
                                            std::move(lbl));
+}
+
+namespace {
+
+std::shared_ptr<InMemoryDataset> open_npy(const std::filesystem::path& dir, bool train) {
+  const std::string split = train ? "train" : "test";
+  const std::filesystem::path xp = dir / (split + "_x.npy"), yp = dir / (split + "_y.npy");
+  RawArray x = read_npy(xp);
+  RawArray y = read_npy(yp);
+  HPDL_CHECK(x.shape.size() >= 2 && x.shape.size() <= 4, "{}: expected samples of dims [N, C, H, W], [N, H, W] or "
+             "[N, D], got {}", xp.string(), shape_str(x.shape));
+  const int64_t n = x.shape[0];
+  HPDL_CHECK(y.shape == Shape{n}, "{}: expected {} labels of shape [{}], got {}", yp.string(), n, n, shape_str(y.shape));
+  Shape sample(x.shape.begin() + 1, x.shape.end());
+  if (sample.size() == 2) sample.insert(sample.begin(), 1);
+  std::vector<int64_t> labels(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t v = 0;
+    switch (y.dtype) {
+      case DType::u8: v = y.bytes[static_cast<size_t>(i)]; break;
+      case DType::i32: { int32_t t; std::memcpy(&t, y.bytes.data() + 4 * i, 4); v = t; break; }
+      case DType::i64: std::memcpy(&v, y.bytes.data() + 8 * i, 8); break;
+      default: HPDL_FAIL("{}: labels must be integers (|u1, <i4, <i8), got {}", yp.string(), dtype_name(y.dtype));
+    }
+    HPDL_CHECK(v >= 0, "{}: label {} of sample {} is negative", yp.string(), v, i);
+    labels[static_cast<size_t>(i)] = v;
+  }
+  if (x.dtype == DType::u8) return std::make_shared<InMemoryDataset>(sample, std::move(x.bytes), std::move(labels));
+  std::vector<float> f(static_cast<size_t>(x.numel()));
+  if (x.dtype == DType::f32) {
+    std::memcpy(f.data(), x.bytes.data(), x.bytes.size());
+  } else if (x.dtype == DType::f64) {
+    for (size_t i = 0; i < f.size(); ++i) {
+      double d;
+      std::memcpy(&d, x.bytes.data() + 8 * i, 8);
+      f[i] = static_cast<float>(d);
+    }
+  } else {
+    HPDL_FAIL("{}: samples must be |u1, <f4 or <f8, got {}", xp.string(), dtype_name(x.dtype));
+  }
+  return std::make_shared<InMemoryDataset>(sample, std::move(f), std::move(labels));
+}
+
+}  // namespace
+
+std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std::filesystem::path& path, bool train) {
+  if (kind == "fashion-mnist") return load_mnist_idx(path.empty() ? std::filesystem::path(kFashionMnistDir) : path, train);
+  if (kind == "mnist") {
+    HPDL_CHECK(!path.empty(), "dataset 'mnist' needs data.path: the directory of the four MNIST idx files");
+    return load_mnist_idx(path, train);
+  }
+  HPDL_CHECK(!path.empty(), "dataset '{}' needs data.path (a directory)", kind);
+  if (kind == "npy") return open_npy(path, train);
+  if (kind == "csv") {
+    const std::filesystem::path p = path / (train ? "train.csv" : "test.csv");
+    CsvTable t = read_csv(p);
+    HPDL_CHECK(t.rows > 0, "{}: no data rows", p.string());
+    return std::make_shared<InMemoryDataset>(Shape{t.cols}, std::move(t.features), std::move(t.labels));
+  }
+  HPDL_FAIL("unknown dataset '{}' (known: fashion-mnist, mnist, npy, csv; packed stores open through hpdl/store)", kind);
 }
 
 }  // namespace hpdl::data

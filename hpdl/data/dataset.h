@@ -11,6 +11,7 @@
 
 #include "hpdl/core/dtype.h"
 #include "hpdl/core/shape.h"
+#include "hpdl/data/readers.h"  // kFashionMnistDir
 
 namespace hpdl::data {
 
@@ -52,5 +53,13 @@ class InMemoryDataset : public Dataset {
 // labels 0..9. Throws naming the file and, for the default directory, the
 // Debian package dataset-fashion-mnist.
 std::shared_ptr<InMemoryDataset> load_mnist_idx(const std::filesystem::path& dir, bool train);
+
+// Opens the train or test split of a dataset by kind (the config's data.dataset):
+//   "fashion-mnist", "mnist": the idx files in `path` ("" = kFashionMnistDir for fashion-mnist);
+//   "npy": path/{train,test}_x.npy ([N, C, H, W], [N, H, W] -> C = 1, or [N, D];
+//          u8 scaled to [0, 1], f4/f8 as they are) and path/{train,test}_y.npy ([N], integer);
+//   "csv": path/{train,test}.csv, numeric, label in the last column, samples [D].
+// Throws naming the file, or the kind with the list of known kinds.
+std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std::filesystem::path& path, bool train);
 
 }  // namespace hpdl::data

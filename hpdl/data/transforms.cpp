@@ -117,4 +117,12 @@ void Pipeline::apply(const float* data, const Shape& in, float* out, float* a, f
   }
 }
 
+Pipeline make_pipeline(const AugmentOptions& o, bool train) {
+  Pipeline p;
+  if (train && o.random_crop) p.add(std::make_shared<RandomCrop>(o.crop_padding));
+  if (train && o.random_flip) p.add(std::make_shared<RandomHorizontalFlip>(0.5));
+  if (o.normalize) p.add(std::make_shared<Normalize>(o.mean, o.std));
+  return p;
+}
+
 }  // namespace hpdl::data

@@ -85,6 +85,17 @@ class Pipeline {
   std::vector<std::shared_ptr<Transform>> steps_;
 };
 
+// The usual image pipeline, from the config's [data] flags: for training
+// [random crop] [random flip] [normalize]; for evaluation only [normalize].
+struct AugmentOptions {
+  bool random_crop = false;
+  int64_t crop_padding = 4;
+  bool random_flip = false;
+  bool normalize = true;
+  std::vector<float> mean{0.2860f}, std{0.3530f};
+};
+Pipeline make_pipeline(const AugmentOptions& options, bool train);
+
 // The random stream of transform `slot` for a sample.
 uint64_t transform_stream(const SampleKey& key, int slot);
 

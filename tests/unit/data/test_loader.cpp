@@ -228,3 +228,16 @@ TEST(DataLoader, WorkerErrorsReachTheCallerWithContext) {
     ASSERT_TRUE(dl.next(b));
   }
 }
+
+TEST(Transforms, MakePipelineFromFlags) {
+  AugmentOptions o;
+  o.random_crop = true, o.random_flip = true;
+  EXPECT_FALSE(make_pipeline(o, true).empty());
+  o.normalize = false;
+  EXPECT_TRUE(make_pipeline(o, false).empty());  // evaluation never augments
+  o.normalize = true, o.mean = {0.5f}, o.std = {0.5f};
+  Pipeline eval = make_pipeline(o, false);
+  std::vector<float> x{1, 0}, out(2), a(2), b(2);
+  eval.apply(x.data(), {1, 1, 2}, out.data(), a.data(), b.data(), {});
+  EXPECT_EQ(out, (std::vector<float>{1, -1}));
+}

@@ -188,3 +188,27 @@ TEST(Png, RoundTripGrayAndRgb) {
   EXPECT_NE(error_of([&] { read_png(d / "bad.png"); }).find("bad.png"), std::string::npos);
   fs::remove_all(d);
 }
+
+TEST(OpenDataset, NpyAndCsvDirectories) {
+  fs::path d = temp_dir("open");
+  std::vector<uint8_t> x(3 * 2 * 2);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<uint8_t>(i * 20);
+  std::vector<int64_t> y{2, 0, 1};
+  write_npy(d / "train_x.npy", DType::u8, {3, 2, 2}, x.data());
+  write_npy(d / "train_y.npy", DType::i64, {3}, y.data());
+  auto ds = open_dataset("npy", d, true);
+  EXPECT_EQ(ds->size(), 3);
+  EXPECT_EQ(ds->sample_shape(), (Shape{1, 2, 2}));
+  float s[4];
+  EXPECT_EQ(ds->get(2, s), 1);
+  EXPECT_FLOAT_EQ(s[0], 160.0f / 255.0f);
+  write_bytes(d / "test.csv", "a,b,label\n1,2,1\n3,4,0\n");
+  auto cs = open_dataset("csv", d, false);
+  EXPECT_EQ(cs->sample_shape(), Shape{2});
+  EXPECT_EQ(cs->get(1, s), 0);
+  EXPECT_EQ(s[1], 4.0f);
+  std::string err = error_of([&] { open_dataset("npy", d, false); });
+  EXPECT_NE(err.find("test_x.npy"), std::string::npos) << err;
+  EXPECT_NE(error_of([&] { open_dataset("cifar", d, true); }).find("known: fashion-mnist"), std::string::npos);
+  fs::remove_all(d);
+}

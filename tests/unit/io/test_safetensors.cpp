@@ -149,6 +149,13 @@ TEST(AtomicWrite, FailingWriterKeepsTheGoodFile) {
   fs::remove_all(d);
 }
 
+TEST(AtomicWrite, MissingDirectoryIsAnErrorNamingThePath) {
+  fs::path p = fs::temp_directory_path() / "hpdl_no_such_dir_xyz" / "f.bin";
+  std::string err = error_of([&] { io::write_file_atomic(p, "x", 1); });
+  EXPECT_NE(err.find(p.string()), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(p));
+}
+
 TEST(AtomicWrite, ReadOnlyDirectoryKeepsTheGoodFile) {
   if (::geteuid() == 0) GTEST_SKIP() << "running as root: permissions do not stop root from writing";
   fs::path d = temp_dir("ro");

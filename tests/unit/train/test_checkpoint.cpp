@@ -158,3 +158,24 @@ TEST(Progress, PlainLinesEveryLogEveryStepsWithRateAndEta) {
   EXPECT_EQ(Progress::format_duration(7500), "2h05m");
   fs::remove_all(d);
 }
+
+TEST(Progress, LiveModeRewritesOneLine) {
+  fs::path d = temp_dir("live");
+  std::FILE* f = std::fopen((d / "tty.txt").c_str(), "w+");
+  Progress p(f, 1, Progress::Mode::live);
+  ProgressUpdate u;
+  u.steps_per_epoch = 2, u.total_steps = 2;
+  u.step_in_epoch = u.global_step = 1;
+  p.update(u, 1.0);
+  p.message("epoch 1 done");
+  u.step_in_epoch = u.global_step = 2;
+  p.update(u, 1.05);  // the last step of an epoch is always drawn
+  p.finish();
+  std::fclose(f);
+  std::ifstream in(d / "tty.txt");
+  std::string all(std::istreambuf_iterator<char>(in), {});
+  EXPECT_EQ(all.find('\n'), all.find("epoch 1 done") + 12) << all;
+  EXPECT_NE(all.find("\r\033[Kepoch 1/1  step 2/2"), std::string::npos) << all;
+  EXPECT_EQ(all.back(), '\n');
+  fs::remove_all(d);
+}

@@ -157,3 +157,17 @@ TEST(Config, EditDistance) {
   EXPECT_EQ(edit_distance("", "abc"), 3u);
   EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
 }
+
+// Every shipped example config must parse: catches an example drifting from the
+// keys the parser knows (or a key renamed without updating the examples).
+TEST(Config, EveryExampleConfigParses) {
+  const std::filesystem::path examples = std::filesystem::path(__FILE__).parent_path() / "../../../examples";
+  int n = 0;
+  if (std::filesystem::exists(examples))
+    for (auto& e : std::filesystem::recursive_directory_iterator(examples))
+      if (e.path().extension() == ".toml") {
+        EXPECT_NO_THROW(load_config(e.path())) << e.path();
+        ++n;
+      }
+  RecordProperty("example_configs", n);
+}
