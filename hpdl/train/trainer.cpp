@@ -36,8 +36,6 @@ extern "C" void on_signal(int sig) {
   else g_stop_signal = 1;
 }
 
-const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
-
 nn::ModulePtr build_custom(const ModelConfig& m, const Shape& sample, uint64_t seed) {
   HPDL_CHECK(!m.layers.empty(), "model.name = \"custom\" needs at least one [[model.layers]] entry");
   auto seq = std::make_shared<nn::Sequential>();
@@ -154,14 +152,9 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m
 }  // namespace
 
 Datasets load_datasets(const DataConfig& config) {
-  if (config.dataset == "fashion-mnist" || config.dataset == "mnist") {
-    fs::path dir = config.path.empty() ? fs::path(kFashionMnistDir) : fs::path(config.path);
-    HPDL_CHECK(config.dataset == "fashion-mnist" || !config.path.empty(),
-               "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
-    return {data::load_mnist_idx(dir, true), data::load_mnist_idx(dir, false)};
-  }
-  HPDL_FAIL("data.dataset = \"{}\" is not supported by hpdl train yet (supported: fashion-mnist, mnist)",
-            config.dataset);
+  HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
+             "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
+  return {data::open_dataset(config.dataset, config.path, true), data::open_dataset(config.dataset, config.path, false)};
 }
 
 nn::ModulePtr build_model(const Config& config, const Shape& sample) {
@@ -180,14 +173,14 @@ nn::ModulePtr build_model(const Config& config, const Shape& sample) {
 }
 
 data::Pipeline make_pipeline(const DataConfig& config, bool train) {
-  data::Pipeline p;
-  if (train && config.random_crop) p.add(std::make_shared<data::RandomCrop>(config.crop_padding));
-  if (train && config.random_flip) p.add(std::make_shared<data::RandomHorizontalFlip>());
-  if (config.normalize) {
-    std::vector<float> mean(config.mean.begin(), config.mean.end()), sd(config.std.begin(), config.std.end());
-    p.add(std::make_shared<data::Normalize>(mean, sd));
-  }
-  return p;
+  data::AugmentOptions a;
+  a.random_crop = config.random_crop;
+  a.crop_padding = config.crop_padding;
+  a.random_flip = config.random_flip;
+  a.normalize = config.normalize;
+  a.mean.assign(config.mean.begin(), config.mean.end());
+  a.std.assign(config.std.begin(), config.std.end());
+  return data::make_pipeline(a, train);
 }
 
 EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config) {
