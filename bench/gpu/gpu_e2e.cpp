@@ -24,23 +24,18 @@
 using namespace hpdl;
 using Clock = std::chrono::steady_clock;
 
-static double secs(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
+static double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-static void bench(const std::string &name, int64_t batch,
-                  const std::string &math) {
+static void bench(const std::string& name, int64_t batch, const std::string& math) {
   const Device gpu{DeviceType::cuda, 0};
   const bool big = name == "resnet50";
   const int64_t c = big ? 3 : 1, hw = big ? 224 : 28, classes = big ? 1000 : 10;
-  nn::ModulePtr model = big ? nn::models::resnet50(c, classes, hw, hw)
-                            : nn::models::resnet20(c, classes);
+  nn::ModulePtr model = big ? nn::models::resnet50(c, classes, hw, hw) : nn::models::resnet20(c, classes);
   model->to(gpu);
   Generator gen(0);
   Tensor x = Tensor::randn({batch, c, hw, hw}, gen).to(gpu);
   std::vector<int64_t> labels(static_cast<size_t>(batch));
-  for (auto &l : labels)
-    l = static_cast<int64_t>(gen.next_u64() % static_cast<uint64_t>(classes));
+  for (auto& l : labels) l = static_cast<int64_t>(gen.next_u64() % static_cast<uint64_t>(classes));
   Tensor y = Tensor::from_vector(labels, {batch}).to(gpu);
   optim::SGDOptions o;
   o.lr = 0.01;
@@ -56,38 +51,35 @@ static void bench(const std::string &name, int64_t batch,
     return loss;
   };
   Tensor loss;
-  for (int i = 0; i < warmup; ++i)
-    loss = step();
+  for (int i = 0; i < warmup; ++i) loss = step();
   cuda::synchronize();
   const double first_loss = loss.item();
   auto t0 = Clock::now();
-  for (int i = 0; i < steps; ++i)
-    loss = step();
+  for (int i = 0; i < steps; ++i) loss = step();
   auto t_launched = Clock::now();
   cuda::synchronize();
   auto t1 = Clock::now();
   const double wall = secs(t0, t1);
   auto st = cuda::allocator_stats();
-  std::printf("{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, "
-              "\"math\": \"%s\", "
-              "\"train_images_per_s\": %.1f, \"step_ms\": %.3f, "
-              "\"host_fraction\": %.3f, \"loss\": %.4f, "
-              "\"first_loss\": %.4f, \"gpu_mem_allocated_mb\": %.0f, "
-              "\"gpu_mem_cached_mb\": %.0f}\n",
-              name.c_str(), static_cast<long long>(batch), math.c_str(),
-              batch * steps / wall, 1e3 * wall / steps,
-              secs(t0, t_launched) / wall, loss.item(), first_loss,
-              st.allocated_bytes / 1048576.0, st.cached_bytes / 1048576.0);
+  std::printf(
+      "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, "
+      "\"math\": \"%s\", "
+      "\"train_images_per_s\": %.1f, \"step_ms\": %.3f, "
+      "\"host_fraction\": %.3f, \"loss\": %.4f, "
+      "\"first_loss\": %.4f, \"gpu_mem_allocated_mb\": %.0f, "
+      "\"gpu_mem_cached_mb\": %.0f}\n",
+      name.c_str(), static_cast<long long>(batch), math.c_str(), batch * steps / wall, 1e3 * wall / steps,
+      secs(t0, t_launched) / wall, loss.item(), first_loss, st.allocated_bytes / 1048576.0,
+      st.cached_bytes / 1048576.0);
   std::fflush(stdout);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (!cuda::available()) {
     std::puts("{\"error\": \"no CUDA device\"}");
     return 1;
   }
-  std::string cases =
-      argc > 1 ? argv[1] : "resnet20:128,resnet20:512,resnet50:64";
+  std::string cases = argc > 1 ? argv[1] : "resnet20:128,resnet20:512,resnet50:64";
   std::string maths = argc > 2 ? argv[2] : "fp32";
   std::stringstream ms(maths);
   std::string math;
@@ -99,20 +91,17 @@ int main(int argc, char **argv) {
     while (std::getline(ss, item, ',')) {
       auto colon = item.find(':');
       std::string name = item.substr(0, colon);
-      int64_t batch = colon == std::string::npos
-                          ? 128
-                          : std::atoll(item.c_str() + colon + 1);
+      int64_t batch = colon == std::string::npos ? 128 : std::atoll(item.c_str() + colon + 1);
       try {
         bench(name, batch, math);
-      } catch (const std::exception &e) {
+      } catch (const std::exception& e) {
         std::string what = e.what();
-        for (char &ch : what)
-          if (ch == '"' || ch == '\\' || ch == '\n')
-            ch = '\'';
-        std::printf("{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": "
-                    "%lld, \"math\": \"%s\", \"error\": \"%s\"}\n",
-                    name.c_str(), static_cast<long long>(batch), math.c_str(),
-                    what.c_str());
+        for (char& ch : what)
+          if (ch == '"' || ch == '\\' || ch == '\n') ch = '\'';
+        std::printf(
+            "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": "
+            "%lld, \"math\": \"%s\", \"error\": \"%s\"}\n",
+            name.c_str(), static_cast<long long>(batch), math.c_str(), what.c_str());
         std::fflush(stdout);
         cuda::empty_cache();
       }

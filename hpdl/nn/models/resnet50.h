@@ -14,14 +14,13 @@ namespace hpdl::nn {
 // ("downsample.0/1") when stride != 1 or in != out, else the identity. bn3's
 // gamma starts at 1 (no zero-init of the last BN, as torchvision's default).
 class Bottleneck : public Module {
-public:
-  Bottleneck(int64_t in_channels, int64_t planes, int64_t stride = 1,
-             Generator &gen = default_generator());
-  Tensor forward(const Tensor &x) override;
+ public:
+  Bottleneck(int64_t in_channels, int64_t planes, int64_t stride = 1, Generator& gen = default_generator());
+  Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "Bottleneck"; }
   std::shared_ptr<Conv2d> conv1, conv2, conv3;
   std::shared_ptr<BatchNorm2d> bn1, bn2, bn3;
-  std::shared_ptr<Sequential> downsample; // null for the identity shortcut
+  std::shared_ptr<Sequential> downsample;  // null for the identity shortcut
 };
 
 namespace models {
@@ -30,9 +29,8 @@ namespace models {
 // (planes 64, 128, 256, 512; stride 2 from stage 2), global average pooling,
 // fc. 3x224x224, 1000 classes: 25,557,032 parameters (as torchvision).
 // Inputs of at least 32x32.
-ModulePtr resnet50(int64_t in_channels, int64_t num_classes,
-                   int64_t height = 224, int64_t width = 224,
+ModulePtr resnet50(int64_t in_channels, int64_t num_classes, int64_t height = 224, int64_t width = 224,
                    uint64_t seed = 0);
 
-} // namespace models
-} // namespace hpdl::nn
+}  // namespace models
+}  // namespace hpdl::nn
