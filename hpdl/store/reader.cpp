@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <unordered_map>
 
 #include "hpdl/core/error.h"
 
@@ -40,6 +41,9 @@ struct Reader::Impl {
   Index index;
   std::vector<Mapping> parts;
   std::unique_ptr<std::atomic<uint8_t>[]> verified;
+  // Path -> entry number; a hash lookup is several times faster than a binary search
+  // over 10^5+ heap-allocated strings (measured in bench/store).
+  std::unordered_map<std::string_view, size_t> by_path;
 
   ~Impl() {
     for (Mapping& m : parts)
@@ -91,6 +95,8 @@ Reader Reader::open(const fs::path& dir, ReaderOptions options) {
   impl->index = decode_index(read_file(index_path), index_path.string());
   const size_t n = impl->index.entries.size();
   impl->verified = std::make_unique<std::atomic<uint8_t>[]>(n);
+  impl->by_path.reserve(n);
+  for (size_t i = 0; i < n; ++i) impl->by_path.emplace(impl->index.entries[i].path, i);
   impl->parts.resize(impl->index.partitions.size());
   for (uint32_t p = 0; p < impl->parts.size(); ++p) {
     Mapping& m = impl->parts[p];
@@ -132,12 +138,9 @@ const Entry& Reader::entry(size_t i) const {
 }
 
 std::optional<size_t> Reader::find(std::string_view path) const {
-  if (!entry_path_problem(path).empty()) return std::nullopt;
-  const auto& es = impl_->index.entries;
-  auto it = std::lower_bound(es.begin(), es.end(), path,
-                             [](const Entry& e, std::string_view p) { return std::string_view(e.path) < p; });
-  if (it == es.end() || it->path != path) return std::nullopt;
-  return size_t(it - es.begin());
+  auto it = impl_->by_path.find(path);
+  if (it == impl_->by_path.end()) return std::nullopt;  // stored paths are all valid, so ".." never matches
+  return it->second;
 }
 
 bool Reader::is_dir(std::string_view path) const {

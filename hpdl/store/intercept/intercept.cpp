@@ -80,6 +80,7 @@ struct State {
   std::unordered_set<void*> dirs;
   Counters counts;
   bool print_stats = false;
+  int null_fd = -1;  // O_RDONLY on /dev/null: what fake fds are duplicated from
 };
 
 State* g_state = nullptr;
@@ -147,6 +148,7 @@ void init() {
                                      : hpdl::store::Verify::first_read;
       }
       opts.allow_missing_partitions = true;
+      s->null_fd = REAL_AS(int (*)(const char*, int, ...), open)("/dev/null", O_RDONLY | O_CLOEXEC);
       s->reader = std::make_unique<Reader>(Reader::open(store, opts));
       REAL(stat)((std::string(store) + "/" + hpdl::store::kIndexName).c_str(), &s->index_stat);
     } catch (const std::exception& e) {
@@ -276,7 +278,11 @@ int open_mount(const std::string& rel, int flags) {
       return fail(EIO);
     }
   }
-  int fd = REAL_AS(int (*)(const char*, int, ...), open)("/dev/null", O_RDONLY | (flags & O_CLOEXEC));
+  // Duplicating a /dev/null fd kept open since init reserves a number without a path walk.
+  int fd = s->null_fd >= 0 ? ::fcntl(s->null_fd, (flags & O_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0)
+                           : -1;
+  if (fd < 0)  // the program closed our /dev/null fd (or init could not open it)
+    fd = REAL_AS(int (*)(const char*, int, ...), open)("/dev/null", O_RDONLY | (flags & O_CLOEXEC));
   if (fd < 0) return -1;
   if (fd >= kMaxFd) {
     REAL(close)(fd);
