@@ -59,16 +59,22 @@ set_target_properties(hpdl_store_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PRO
 set_target_properties(hpdl_store_bench_posix PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
 
 if(GTest_FOUND)
+  # Unit tests of format/writer/reader (tests/unit/store/, which the main unit-test glob
+  # also picks up) against the light library, and the shim's tests with real programs.
   file(GLOB _store_unit CONFIGURE_DEPENDS ${HPDL_STORE_ROOT}/tests/unit/store/*.cpp)
   add_executable(hpdl_store_tests ${_store_unit})
   target_compile_options(hpdl_store_tests PRIVATE ${HPDL_WARNINGS})
   target_link_libraries(hpdl_store_tests PRIVATE hpdl_store_lite GTest::gtest_main)
-  target_compile_definitions(hpdl_store_tests PRIVATE
-    HPDL_INTERCEPT_LIB="$<TARGET_FILE:hpdl_intercept>"
-    HPDL_STORE_CLI="$<TARGET_FILE:hpdl_store_cli>"
-    HPDL_STORE_TEST_DIR="${HPDL_STORE_ROOT}/tests/integration/store")
-  add_dependencies(hpdl_store_tests hpdl_intercept hpdl_store_cli)
   gtest_discover_tests(hpdl_store_tests TEST_PREFIX "store." DISCOVERY_TIMEOUT 60)
+
+  add_executable(hpdl_store_intercept_tests ${HPDL_STORE_ROOT}/tests/integration/store/test_intercept.cpp)
+  target_compile_options(hpdl_store_intercept_tests PRIVATE ${HPDL_WARNINGS})
+  target_link_libraries(hpdl_store_intercept_tests PRIVATE hpdl_store_lite GTest::gtest_main)
+  target_compile_definitions(hpdl_store_intercept_tests PRIVATE
+    HPDL_INTERCEPT_LIB="$<TARGET_FILE:hpdl_intercept>"
+    HPDL_STORE_TEST_DIR="${HPDL_STORE_ROOT}/tests/integration/store")
+  add_dependencies(hpdl_store_intercept_tests hpdl_intercept)
+  gtest_discover_tests(hpdl_store_intercept_tests TEST_PREFIX "store." DISCOVERY_TIMEOUT 60)
 endif()
 
 # Staging across two "nodes" (HPDL_NODE_ID per rank) under mpirun -np 2.

@@ -38,11 +38,11 @@ for rep in $(seq 1 "$REPS"); do
   # Epoch 1 starts from a dropped page cache (cold) when permitted, epochs 2-3 are warm.
   drop; "$POSIX" "$WORK/files" "$WORK/list.txt" 3 plain-c >> "$OUT"
   drop; "$BENCH" read "$WORK/store" "$WORK/list.txt" 3 first_read >> "$OUT"
+  "$BENCH" read "$WORK/store" "$WORK/list.txt" 3 never >> "$OUT"
   drop; HPDL_STORE=$WORK/store LD_PRELOAD=$SHIM "$POSIX" "$MOUNT" "$WORK/list.txt" 3 preload-c >> "$OUT"
   drop; /usr/bin/python3 "$HERE/py_reader.py" "$WORK/files" "$WORK/list.txt" 3 plain-py >> "$OUT"
   drop; HPDL_STORE=$WORK/store LD_PRELOAD=$SHIM /usr/bin/python3 "$HERE/py_reader.py" "$MOUNT" "$WORK/list.txt" 3 preload-py >> "$OUT"
 done
-"$BENCH" read "$WORK/store" "$WORK/list.txt" 3 never >> "$OUT"
 
 # Metadata system calls on the data (one epoch each; strace -y names each fd's file).
 META=open,openat,stat,lstat,newfstatat,statx,access,faccessat,faccessat2,fstat,close,getdents64
@@ -64,5 +64,6 @@ fi
 HPDL_STORE=$WORK/store HPDL_INTERCEPT_STATS=1 LD_PRELOAD=$SHIM "$POSIX" "$MOUNT" "$WORK/list.txt" 1 x 2>> "$OUT" > /dev/null
 
 STORE_FILES=$(ls "$WORK/store" | tr '\n' ' ')
+echo "load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT"
 /usr/bin/python3 "$HERE/summarize.py" "$OUT" "$COLD" "$STRACE_OK" "$REPS" "$STORE_FILES" > "$HERE/RESULTS_store.md"
 cat "$HERE/RESULTS_store.md"

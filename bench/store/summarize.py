@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 raw, cold, strace_ok, reps, store_files = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1", sys.argv[4], sys.argv[5]
-runs, strace, stats = {}, {}, ""
+runs, strace, stats, load = {}, {}, "", "?"
 for line in open(raw):
     if line.startswith("mode="):
         kv = dict(p.split("=", 1) for p in line.split())
@@ -18,6 +18,8 @@ for line in open(raw):
     elif line.startswith("strace "):
         _, mode, files, store = line.split()
         strace[mode] = (int(files), int(store))
+    elif line.startswith("load "):
+        load = line.split(" ", 1)[1].strip()
     elif line.startswith("hpdl_intercept stats:"):
         stats = line.split(":", 1)[1].strip()
 
@@ -42,7 +44,9 @@ print("  `LD_PRELOAD=libhpdl_intercept.so HPDL_STORE=... HPDL_MOUNT=/hpdl/fmnist
 print(f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}, /tmp on {fs} (local virtual disk).")
 print(f"Median of {reps} repetitions; cold = first epoch after `echo 3 > /proc/sys/vm/drop_caches`," if cold
       else f"Median of {reps} repetitions; cold numbers unavailable (drop_caches not permitted);")
-print("warm = epochs 2 and 3 (page cache hot).\n")
+print("warm = epochs 2 and 3 (page cache hot); `reader (verify never)` runs warm right after the first_read run.")
+print(f"The machine is shared (load average {load} at the end of the run), so expect +-30% noise between runs;")
+print("the ratios come from runs interleaved in the same repetition.\n")
 print("| reader | cold reads/s | cold MB/s | warm reads/s | warm MB/s | warm vs plain (same client) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
 base = {"plain-c": "plain-c", "reader-first_read": "plain-c", "reader-never": "plain-c", "preload-c": "plain-c",

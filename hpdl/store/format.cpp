@@ -35,6 +35,13 @@ T get(const std::byte* p) {
 
 constexpr size_t kHeaderChecksumAt = 56;
 
+// Reserved bytes must be zero, so a future version can give them a meaning.
+bool all_zero(const std::byte* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i] != std::byte{0}) return false;
+  return true;
+}
+
 }  // namespace
 
 const char* compression_name(Compression c) {
@@ -137,6 +144,8 @@ Index decode_index(std::span<const std::byte> bytes, const std::string& what) {
   const uint32_t version = get<uint32_t>(h + 8);
   HPDL_CHECK(version == kFormatVersion, "store index {}: format version {} (this hpdl reads {})", what,
              version, kFormatVersion);
+  HPDL_CHECK(all_zero(h + 40, 16), "store index {}: reserved header bytes are not zero (corrupt or newer format)",
+             what);
   const uint64_t n_parts = get<uint32_t>(h + 12);
   const uint64_t n_entries = get<uint64_t>(h + 16);
   const uint64_t strings_size = get<uint64_t>(h + 24);
@@ -160,6 +169,7 @@ Index decode_index(std::span<const std::byte> bytes, const std::string& what) {
   }
   const std::byte* strings = p + n_entries * kEntryRecordSize;
   index.entries.resize(n_entries);
+  uint64_t next_path = 0;
   for (uint64_t i = 0; i < n_entries; ++i, p += kEntryRecordSize) {
     Entry& e = index.entries[i];
     e.offset = get<uint64_t>(p);
@@ -171,8 +181,11 @@ Index decode_index(std::span<const std::byte> bytes, const std::string& what) {
     e.partition = get<uint32_t>(p + 44);
     const uint8_t comp = get<uint8_t>(p + 48);
     e.label = get<int32_t>(p + 52);
-    HPDL_CHECK(path_offset <= strings_size && path_len <= strings_size - path_offset,
-               "store index {}: entry {} has its path outside the string table", what, i);
+    HPDL_CHECK(all_zero(p + 49, 3), "store index {}: entry {} has non-zero reserved bytes", what, i);
+    // Paths are stored back to back in entry order; anything else is corruption.
+    HPDL_CHECK(path_offset == next_path && path_len <= strings_size - path_offset,
+               "store index {}: entry {} has its path outside its place in the string table", what, i);
+    next_path += path_len;
     e.path.assign(reinterpret_cast<const char*>(strings + path_offset), path_len);
     std::string problem = entry_path_problem(e.path);
     HPDL_CHECK(problem.empty(), "store index {}: entry {} '{}': {}", what, i, e.path, problem);
@@ -192,6 +205,8 @@ Index decode_index(std::span<const std::byte> bytes, const std::string& what) {
     HPDL_CHECK(e.size <= (uint64_t{1} << 40), "store index {}: entry '{}' claims {} bytes", what, e.path,
                e.size);
   }
+  HPDL_CHECK(next_path == strings_size, "store index {}: {} unused bytes in the string table", what,
+             strings_size - next_path);
   return index;
 }
 
@@ -218,6 +233,7 @@ void check_partition_header(std::span<const std::byte> header, uint32_t expected
              what, get<uint32_t>(h + 8), kFormatVersion);
   HPDL_CHECK(get<uint32_t>(h + 12) == expected_id, "store partition {}: header says partition {}, expected {}",
              what, get<uint32_t>(h + 12), expected_id);
+  HPDL_CHECK(all_zero(h + 24, 32), "store partition {}: reserved header bytes are not zero", what);
   const uint64_t data_size = get<uint64_t>(h + 16);
   HPDL_CHECK(data_size == expected_data_size, "store partition {}: holds {} data bytes, the index expects {}",
              what, data_size, expected_data_size);
