@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -53,7 +54,21 @@ void make_seeds(const fs::path& dir) {
   pair.insert(pair.end(), index.begin(), index.end());
   pair.insert(pair.end(), part.begin(), part.end());
   write_seed(dir, "store", 2, pair);
+  write_seed(dir, "index_fixed", 0x80, index);
+  write_seed(dir, "store_fixed", 0x82, pair);
   fs::remove_all(tmp);
+}
+
+// Rewrites an index's body and header checksums so mutations get past them and
+// reach the structural checks behind (chosen by the top bit of the first byte).
+std::vector<uint8_t> fix_index_checksums(const uint8_t* p, size_t n) {
+  std::vector<uint8_t> v(p, p + n);
+  if (n < kHeaderSize) return v;
+  uint64_t body = checksum({reinterpret_cast<const std::byte*>(v.data()) + kHeaderSize, n - kHeaderSize});
+  std::memcpy(v.data() + 32, &body, 8);
+  uint64_t head = checksum({reinterpret_cast<const std::byte*>(v.data()), 56});
+  std::memcpy(v.data() + 56, &head, 8);
+  return v;
 }
 
 }  // namespace
@@ -73,7 +88,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const uint8_t mode = data[0] % 4;
+  const bool fix = data[0] & 0x80;
   std::span<const std::byte> body(reinterpret_cast<const std::byte*>(data + 1), size - 1);
+  std::vector<uint8_t> fixed;
+  if (fix && mode == 0) {
+    fixed = fix_index_checksums(data + 1, size - 1);
+    body = {reinterpret_cast<const std::byte*>(fixed.data()), fixed.size()};
+  }
   try {
     if (mode == 0) {
       Index idx = decode_index(body, "fuzz");
@@ -86,7 +107,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (body.size() < 4) return 0;
       uint32_t n = uint32_t(body[0]) | uint32_t(body[1]) << 8 | uint32_t(body[2]) << 16 | uint32_t(body[3]) << 24;
       if (n > body.size() - 4) return 0;
-      write_bytes(g_dir / kIndexName, data + 5, n);
+      fixed = fix ? fix_index_checksums(data + 5, n) : std::vector<uint8_t>(data + 5, data + 5 + n);
+      write_bytes(g_dir / kIndexName, fixed.data(), n);
       write_bytes(g_dir / partition_name(0), data + 5 + n, body.size() - 4 - n);
       fs::remove(g_dir / partition_name(1));
       Reader r = Reader::open(g_dir);

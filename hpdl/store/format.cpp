@@ -275,7 +275,7 @@ void decompress(Compression c, std::span<const std::byte> in, std::span<std::byt
     return;
   }
   HPDL_CHECK(in.size() == out.size(), "store: {}: size mismatch", what);
-  std::memcpy(out.data(), in.data(), in.size());
+  if (!in.empty()) std::memcpy(out.data(), in.data(), in.size());  // an empty entry may have null data()
 }
 
 void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
