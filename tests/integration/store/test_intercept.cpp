@@ -3,6 +3,7 @@
 // through the mount as in the original folder, and writes must fail with EROFS.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -89,6 +90,16 @@ TEST_P(InterceptTest, Python3ReadsListsAndGetsEROFS) {
                         &st);
   EXPECT_EQ(st, 0) << out;
   EXPECT_NE(out.find("read_tree: OK"), std::string::npos) << out;
+}
+
+TEST_P(InterceptTest, PyTorchDataLoaderWithWorkersReadsTheSameBytes) {
+  int st = -1;
+  std::string out = run(env_ + "/usr/bin/python3 " HPDL_STORE_TEST_DIR "/torch_loader.py " + src_.string() +
+                            " /hpdl/mnt 2>&1",
+                        &st);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 77) GTEST_SKIP() << "python3-torch not installed";
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("torch_loader: OK"), std::string::npos) << out;
 }
 
 TEST_P(InterceptTest, WritesToTheMountFailWithEROFS) {

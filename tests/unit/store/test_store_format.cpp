@@ -350,3 +350,21 @@ TEST(StoreFormat, ConcurrentReadsAreThreadSafe) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(bad.load(), 0);
 }
+
+TEST(StoreFormat, PartitionedNodeCopyReadsOnlyItsPartitions) {
+  TempDir t;
+  for (int i = 0; i < 6; ++i) write_text(t.path() / "src" / fmt::format("f{}.txt", i), std::string(100, char('a' + i)));
+  PackOptions o;
+  o.partition_count = 3;
+  pack(t.path() / "src", t.path() / "store", o);
+  fs::remove(t.path() / "store" / partition_name(1));  // as on a node of a partitioned staging
+  EXPECT_THROW(Reader::open(t.path() / "store"), hpdl::Error);
+  ReaderOptions opts;
+  opts.allow_missing_partitions = true;
+  Reader r = Reader::open(t.path() / "store", opts);
+  EXPECT_EQ(as_string(r.read("f0.txt")), std::string(100, 'a'));
+  size_t missing = *r.find("f2.txt");
+  ASSERT_EQ(r.entry(missing).partition, 1u);
+  std::string err = expect_error([&] { r.read(missing); });
+  EXPECT_NE(err.find(partition_name(1)), std::string::npos) << err;
+}
