@@ -136,9 +136,10 @@ void init() {
   const char* mount = std::getenv("HPDL_MOUNT");
   s->print_stats = std::getenv("HPDL_INTERCEPT_STATS") != nullptr;
   if (store && *store) {
-    s->mount = normalize(mount && *mount ? mount : "/hpdl/data");
-    s->active = s->mount != "/";
-    if (!s->active) report("HPDL_MOUNT=/ is refused; interception is off");
+    const char* m = mount && *mount ? mount : "/hpdl/data";
+    s->mount = normalize(m);
+    s->active = m[0] == '/' && s->mount != "/";
+    if (!s->active) report(std::string("HPDL_MOUNT=") + m + " is refused (give an absolute folder other than /); interception is off");
     try {
       hpdl::store::ReaderOptions opts;
       if (const char* v = std::getenv("HPDL_VERIFY")) {
