@@ -14,7 +14,7 @@ mkdir -p "$WORK/corpus" "$WORK/artifacts"
   "$ROOT/bench/store/fuzz_store.cpp" "$ROOT/hpdl/store/format.cpp" "$ROOT/hpdl/store/reader.cpp" \
   "$ROOT/hpdl/store/writer.cpp" "$ROOT/hpdl/core/error.cpp" \
   -lfmt -llz4 -lzstd -lxxhash -lz -o "$WORK/hpdl_store_fuzz"
-HPDL_FUZZ_WRITE_SEEDS="$WORK/seeds" "$WORK/hpdl_store_fuzz" -runs=0 "$WORK/seeds" > /dev/null 2>&1 || true
+HPDL_FUZZ_WRITE_SEEDS="$WORK/seeds" "$WORK/hpdl_store_fuzz" -runs=0 -artifact_prefix="$WORK/artifacts/" "$WORK/seeds" > /dev/null 2>&1 || true
 "$WORK/hpdl_store_fuzz" -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
   -artifact_prefix="$WORK/artifacts/" "$WORK/corpus" "$WORK/seeds"
 echo "fuzz.sh: no crash in ${SECS}s; corpus in $WORK/corpus"
