@@ -2,23 +2,75 @@
 #include "hpdl/core/storage.h"
 
 #include <cstdlib>
+#include <mutex>
 #include <new>
+#include <unordered_map>
+#include <vector>
 
 #include "hpdl/core/error.h"
 
 namespace hpdl {
 namespace {
 
+// Small blocks come from malloc (glibc's heap serves them well). Large blocks
+// (activations, gradients) are cached by size and reused: a training step
+// allocates the same sizes every iteration, and returning them to the OS
+// would make the kernel zero fresh pages on every step (page faults measured
+// at 5-15% of a LeNet-5 step). The cache is bounded; HPDL_CPU_CACHE_MB sets it.
 class CpuAllocator final : public Allocator {
  public:
+  static constexpr size_t kLarge = 256 << 10;
+  static constexpr size_t kGranule = 64 << 10;
+
+  CpuAllocator() {
+    const char* env = std::getenv("HPDL_CPU_CACHE_MB");
+    limit_ = env ? static_cast<size_t>(std::atoll(env)) << 20 : size_t{2} << 30;
+  }
+  ~CpuAllocator() override {
+    for (auto& [size, blocks] : free_)
+      for (void* p : blocks) std::free(p);
+  }
+
   void* allocate(size_t nbytes) override {
     if (nbytes == 0) return nullptr;
-    size_t rounded = (nbytes + 63) / 64 * 64;
+    const size_t rounded = round(nbytes);
+    if (rounded >= kLarge) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(rounded);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= rounded;
+        return p;
+      }
+    }
     void* p = std::aligned_alloc(64, rounded);
     HPDL_CHECK(p != nullptr, "out of host memory allocating {} bytes", nbytes);
     return p;
   }
-  void deallocate(void* p, size_t) override { std::free(p); }
+
+  void deallocate(void* p, size_t nbytes) override {
+    if (!p) return;
+    const size_t rounded = round(nbytes);
+    if (rounded >= kLarge) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + rounded <= limit_) {
+        free_[rounded].push_back(p);
+        cached_ += rounded;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  static size_t round(size_t n) {
+    const size_t g = n >= kLarge ? kGranule : 64;
+    return (n + g - 1) / g * g;
+  }
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0, limit_;
 };
 
 Allocator* g_allocators[2] = {nullptr, nullptr};
