@@ -2,12 +2,16 @@
 // Kiros & Hinton 2016). Training-mode forward and backward go through the
 // backend's fused kernels (first-order only). Eval-mode batch norm is an affine
 // map per channel, so its backward is written with differentiable ops (saliency
-// and Grad-CAM differentiate through eval-mode networks).
+// and Grad-CAM differentiate through eval-mode networks). The cross-replica
+// (synchronized) variant computes its statistics and backward sums with
+// tensor ops in float64 and exchanges them through a caller-given reducer.
 #include "hpdl/ops/norm.h"
 
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 #include "hpdl/ops/reduce.h"
+
+#include <cmath>
 
 namespace hpdl {
 namespace {
@@ -108,6 +112,126 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
           detail::pick(xc, OpKind::batchnorm)
               .batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
           return std::vector<Tensor>{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
+        },
+        /*first_order_only=*/true);
+  }
+  return y;
+}
+
+namespace {
+
+// Per-channel sums of x over every axis but 1, as float64 host values.
+std::vector<double> channel_sums(const Tensor& x, const std::vector<int64_t>& axes) {
+  return sum(x.to(DType::f64), axes).to(kCPU).to_vector<double>();
+}
+
+// Sums `values` over the replicas through `reduce_sum` (one message).
+std::vector<double> reduce_over_replicas(std::vector<double> values, const CrossReplicaSum& reduce_sum) {
+  Tensor t = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+  reduce_sum(t);
+  HPDL_CHECK(t.dtype() == DType::f64 && t.numel() == static_cast<int64_t>(values.size()),
+             "batch_norm_cross_replica: the reducer changed the statistics tensor (shape {})", shape_str(t.shape()));
+  return t.to_vector<double>();
+}
+
+Tensor vector_like(const std::vector<double>& v, const Shape& shape, const Tensor& like) {
+  return Tensor::from_vector(v, shape).to(like.dtype()).to(like.device());
+}
+
+}  // namespace
+
+Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                const Tensor& running_var, const CrossReplicaSum& reduce_sum, double momentum,
+                                double eps) {
+  const char* op = "batch_norm_cross_replica";
+  detail::check_defined(x, op, "input");
+  detail::check_float(x, op);
+  HPDL_CHECK(x.ndim() >= 2, "{}: input must be [N, C, ...], got {}", op, shape_str(x.shape()));
+  HPDL_CHECK(static_cast<bool>(reduce_sum), "{}: no cross-replica reducer given", op);
+  const int64_t C = x.dim(1);
+  check_vector(gamma, C, x, op, "weight (gamma)");
+  check_vector(beta, C, x, op, "bias (beta)");
+  check_vector(running_mean, C, x, op, "running_mean");
+  check_vector(running_var, C, x, op, "running_var");
+  HPDL_CHECK(running_mean.defined() == running_var.defined(), "{}: give both running_mean and running_var or neither",
+             op);
+  const int64_t M = x.numel() / std::max<int64_t>(C, 1);
+  Shape bs(x.ndim(), 1);  // [1, C, 1, ...]: broadcasts a per-channel vector over x
+  bs[1] = C;
+  std::vector<int64_t> axes;
+  for (int i = 0; i < x.ndim(); ++i)
+    if (i != 1) axes.push_back(i);
+
+  Tensor xc = x.contiguous().detach();
+  Tensor g = param_or(gamma, C, 1.0, x), b = param_or(beta, C, 0.0, x);
+  std::vector<double> mean(C), var(C);
+  double count = 0;
+  {
+    NoGradGuard ng;
+    // Forward message: [sum x (C), sum x^2 (C), count]. Float64 keeps
+    // E[x^2] - E[x]^2 accurate for float32 activations of moderate mean.
+    std::vector<double> s1 = channel_sums(xc, axes), s2 = channel_sums(square(xc.to(DType::f64)), axes);
+    std::vector<double> msg(2 * C + 1);
+    std::copy(s1.begin(), s1.end(), msg.begin());
+    std::copy(s2.begin(), s2.end(), msg.begin() + C);
+    msg[2 * C] = static_cast<double>(M);
+    msg = reduce_over_replicas(std::move(msg), reduce_sum);
+    count = msg[2 * C];
+    HPDL_CHECK(count > 1, "{}: training needs more than one value per channel over all replicas, got {} (input {})",
+               op, count, shape_str(x.shape()));
+    for (int64_t c = 0; c < C; ++c) {
+      mean[c] = msg[c] / count;
+      var[c] = std::max(0.0, msg[C + c] / count - mean[c] * mean[c]);  // biased: normalizes the batch
+    }
+  }
+  Tensor mean_t = vector_like(mean, {C}, x), var_t = vector_like(var, {C}, x);
+  Tensor y = detail::empty_like(xc);
+  // With the global statistics fixed, normalization is the inference kernel.
+  detail::pick(x, OpKind::batchnorm).batchnorm_forward_infer(xc, g, b, mean_t, var_t, y, eps);
+
+  if (running_mean.defined()) {
+    // running = (1 - momentum) * running + momentum * global, unbiased variance.
+    NoGradGuard ng;
+    HPDL_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(),
+               "{}: running statistics must be contiguous", op);
+    std::vector<double> var_unbiased(C);
+    for (int64_t c = 0; c < C; ++c) var_unbiased[c] = var[c] * count / (count - 1);
+    Backend& be = detail::pick(x, OpKind::batchnorm);
+    be.axpby(1.0 - momentum, running_mean, momentum, vector_like(mean, {C}, running_mean), running_mean);
+    be.axpby(1.0 - momentum, running_var, momentum, vector_like(var_unbiased, {C}, running_var), running_var);
+  }
+
+  if (needs_grad({&x, &gamma, &beta})) {
+    const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
+               gb = beta.defined() && beta.requires_grad();
+    std::vector<double> invstd(C);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    Tensor mean_b = mean_t.reshape(bs), invstd_b = vector_like(invstd, bs, x);
+    record(
+        "batch_norm_cross_replica", {x, gamma, beta}, {&y},
+        [xc, g, mean_b, invstd_b, bs, axes, count, reduce_sum, gx, gg, gb](const std::vector<Tensor>& gr) {
+          // dy [N, C, ...]; xhat = (x - mean) * invstd over the global batch of `count` values per channel.
+          //   dbeta  = sum_local(dy),  dgamma = sum_local(dy * xhat)                         [C]
+          //   dx = gamma * invstd * (dy - sum_all(dy) / count - xhat * sum_all(dy * xhat) / count)
+          NoGradGuard ng;
+          const int64_t C = xc.dim(1);
+          Tensor dy = gr[0].contiguous();
+          Tensor xhat = mul(sub(xc, mean_b), invstd_b);  // [N, C, ...]
+          std::vector<double> sdy = channel_sums(dy, axes), sdyx = channel_sums(mul(dy, xhat), axes);
+          Tensor dx;
+          if (gx) {
+            std::vector<double> msg(2 * C);
+            std::copy(sdy.begin(), sdy.end(), msg.begin());
+            std::copy(sdyx.begin(), sdyx.end(), msg.begin() + C);
+            msg = reduce_over_replicas(std::move(msg), reduce_sum);
+            std::vector<double> mdy(C), mdyx(C);
+            for (int64_t c = 0; c < C; ++c) mdy[c] = msg[c] / count, mdyx[c] = msg[C + c] / count;
+            Tensor mdy_b = vector_like(mdy, bs, xc), mdyx_b = vector_like(mdyx, bs, xc);
+            dx = mul(mul(g.reshape(bs), invstd_b), sub(sub(dy, mdy_b), mul(xhat, mdyx_b)));
+          }
+          Tensor dgamma = gg ? vector_like(sdyx, {C}, xc) : Tensor();
+          Tensor dbeta = gb ? vector_like(sdy, {C}, xc) : Tensor();
+          return std::vector<Tensor>{dx, dgamma, dbeta};
         },
         /*first_order_only=*/true);
   }

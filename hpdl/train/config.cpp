@@ -51,6 +51,7 @@ std::vector<Key> bind(Config& c) {
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
+      {"train.sync_batchnorm", &t.sync_batchnorm},
   };
 }
 
