@@ -9,6 +9,7 @@ void register_info(CLI::App& app);
 void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_predict(CLI::App& app);
+void register_bench(CLI::App& app);
 
 // The exit code a subcommand's callback left (0 unless it failed softly).
 int exit_code();

@@ -281,8 +281,12 @@ TrainSummary Trainer::run(bool resume) {
   auto opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
   std::unique_ptr<dist::DataParallel> dp;
-  if (world > 1) dp = std::make_unique<dist::DataParallel>(*model, comm);
-  // ---- dist2: synchronized batch norm (train.sync_batchnorm) ----
+  // ---- dist2: data parallelism and synchronized batch norm (train.sync_batchnorm) ----
+  if (world > 1) {
+    dist::DataParallelOptions dpo;
+    dpo.broadcast_buffers = !cfg.train.sync_batchnorm;  // per-rank BN: every rank keeps rank 0's running stats
+    dp = std::make_unique<dist::DataParallel>(*model, comm, dpo);
+  }
   if (cfg.train.sync_batchnorm && world > 1) {
     int layers = dist::convert_sync_batchnorm(*model, comm);
     if (root && layers == 0)

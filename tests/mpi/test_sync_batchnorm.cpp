@@ -1,6 +1,7 @@
 // Synchronized batch norm across real ranks: N ranks x batch B with sync BN
 // must end with the same weights and running statistics as one process x
-// batch N*B with plain BN, while per-rank BN must not (so the check can fail).
+// batch N*B with plain BN, while per-rank BN must not (so the check can fail);
+// with per-rank BN, DataParallel must leave rank 0's running statistics on every rank.
 // The net is a small residual conv net with BatchNorm2d and BatchNorm1d.
 #include <gtest/gtest.h>
 
@@ -127,6 +128,12 @@ TEST(SyncBatchNorm, PerRankBatchNormDiffers) {
   }
   const double d = max_abs_diff(flat_state(*reference), flat_state(*model));
   EXPECT_GT(d, 1e-2) << "per-rank BN should differ from global-batch BN (else the sync test proves nothing)";
+  // DataParallel's broadcast_buffers leaves rank 0's running statistics on every rank.
+  std::vector<double> mine = flat_state(*model);
+  Tensor all = W().allgather(Tensor::from_vector(mine, {static_cast<int64_t>(mine.size())})).to(DType::f64);
+  auto v = all.to_vector<double>();
+  for (int q = 1; q < n; ++q)
+    for (size_t i = 0; i < mine.size(); ++i) ASSERT_EQ(v[i], v[q * mine.size() + i]) << "rank " << q << " entry " << i;
 }
 
 TEST(SyncBatchNorm, OneSamplePerRankIsEnoughGlobally) {
