@@ -91,6 +91,8 @@ struct TrainConfig {
   // Synchronized batch norm under MPI: statistics over the global batch
   // (dist::convert_sync_batchnorm); false: each rank normalizes its own batch.
   bool sync_batchnorm = false;
+  double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
+  bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
 };
 
 struct Config {

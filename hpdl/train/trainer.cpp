@@ -285,6 +285,8 @@ TrainSummary Trainer::run(bool resume) {
   if (world > 1) {
     dist::DataParallelOptions dpo;
     dpo.broadcast_buffers = !cfg.train.sync_batchnorm;  // per-rank BN: every rank keeps rank 0's running stats
+    dpo.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
+    dpo.bf16_wire = cfg.train.bf16_wire;
     dp = std::make_unique<dist::DataParallel>(*model, comm, dpo);
   }
   if (cfg.train.sync_batchnorm && world > 1) {

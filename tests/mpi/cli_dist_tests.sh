@@ -58,7 +58,8 @@ train_sync_bn_np2)
 train_per_rank_bn_np2)
   # Per-rank BN: running statistics differ per rank unless DataParallel broadcasts rank 0's.
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \
-    --set train.max_steps=2 --set data.batch_size=8 --set data.workers=1 --set train.run_dir=run >log 2>&1 \
+    --set train.max_steps=2 --set data.batch_size=8 --set data.workers=1 --set train.run_dir=run \
+    --set train.bucket_mb=0.1 --set train.bf16_wire=true >log 2>&1 \
     || fail "mpirun failed: $(tail -5 log)"
   grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
   ;;
