@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Stages what a run on the lent GPU machine needs into <checkout>/.devcarry:
-# the CUDA test binary, libhpdl.so and the GPU benchmark built HERE (that
-# machine has CUDA, cuDNN and cuBLAS but none of hpdl's Debian packages), plus
-# the few non-CUDA shared libraries they load, packed as deps.tar.xz.
+# libhpdl.so, the CUDA tests (tests/unit/cuda as one small gtest binary) and
+# the GPU benchmarks built HERE (that machine has CUDA, cuDNN and cuBLAS but
+# none of hpdl's Debian packages), plus the few non-CUDA shared libraries they
+# load, packed as deps.tar.xz, and the PyTorch peer scripts.
 # Usage: bench/gpu/stage_devcarry.sh BUILD_DIR CHECKOUT   (see docs/gpu.md)
 set -euo pipefail
 build=${1:?build dir}; dest=${2:?checkout that the device tool sends}/.devcarry
 src=$(cd "$(dirname "$0")/../.." && pwd)
-g++ -std=c++20 -O2 -I"$src" -DHPDL_HAVE_CUDA=1 -DOMPI_SKIP_MPICXX=1 "$src/bench/gpu/bench_cuda_backend.cpp" \
-  -o "$build/bench_cuda_backend" -L"$build/hpdl" -lhpdl -lfmt -Wl,-rpath,'$ORIGIN'
-rm -rf "$dest" && mkdir -p "$dest/bin"
-cp "$build/tests/hpdl_unit_tests" "$build/hpdl/libhpdl.so" "$build/bench_cuda_backend" "$dest/bin/"
+flags=(-std=c++20 -O2 -I"$src" -DHPDL_HAVE_CUDA=1 -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1
+       -I/usr/lib/x86_64-linux-gnu/openmpi/include -L"$build/hpdl" -Wl,-rpath,'$ORIGIN')
+for b in bench_cuda_backend gpu_e2e; do
+  g++ "${flags[@]}" "$src/bench/gpu/$b.cpp" -o "$build/$b" -lhpdl -lfmt &
+done
+g++ "${flags[@]}" "$src"/tests/unit/cuda/*.cpp -o "$build/hpdl_cuda_tests" -lhpdl -lfmt -lgtest -lgtest_main -pthread
+wait
+rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/py/gpu" "$dest/py/e2e"
+cp "$build/hpdl/libhpdl.so" "$build/bench_cuda_backend" "$build/gpu_e2e" "$build/hpdl_cuda_tests" "$dest/bin/"
+cp "$src/bench/gpu/torch_gpu_peer.py" "$dest/py/gpu/" && cp "$src/bench/e2e/torch_peer.py" "$dest/py/e2e/"
 strip "$dest"/bin/*
 tmp=$(mktemp -d)
-# Everything ldd resolves outside the CUDA toolkit and the C runtime (fmt, oneDNN, OpenMP, OpenCL ICD loader).
-ldd "$build/tests/hpdl_unit_tests" | awk '/=> \//{print $3}' \
+# Everything ldd resolves outside the CUDA toolkit and the C runtime (fmt, oneDNN, OpenMP, MPI, ...).
+ldd "$build/hpdl_cuda_tests" "$build/hpdl/libhpdl.so" | awk '/=> \//{print $3}' | sort -u \
   | grep -vE '/usr/local/cuda|libcudnn|libc\.so|libm\.so|libstdc\+\+|libgcc_s|ld-linux|libdl|libpthread|librt|libhpdl' \
   | xargs -r -I{} cp -L {} "$tmp/"
 tar cJf "$dest/deps.tar.xz" -C "$tmp" . && rm -rf "$tmp"

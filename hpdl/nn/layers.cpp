@@ -101,7 +101,15 @@ Tensor BatchNorm::forward(const Tensor& x) {
   Tensor y = synced ? batch_norm_cross_replica(x, weight, bias, running_mean, running_var, cross_replica_sum, momentum,
                                                eps)
                     : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
-  if (is_training()) num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+  if (is_training()) {
+    if (num_batches_tracked.device().is_cpu()) {
+      num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+    } else {
+      // On a GPU, count on the device: item() would copy to the host and stall the stream every layer.
+      NoGradGuard ng;
+      num_batches_tracked.copy_(add(num_batches_tracked.to(DType::f64), 1.0));
+    }
+  }
   return y;
 }
 

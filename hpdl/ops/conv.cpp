@@ -36,6 +36,14 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   HPDL_CHECK(P >= 1 && Q >= 1, "conv2d: input {} is smaller than the dilated kernel of weight {} (padding ({}, {}))",
              shape_str(x.shape()), shape_str(w.shape()), p.pad_h, p.pad_w);
 
+  // Rows and columns past the last window (a strided conv whose stride does not
+  // divide the input) are never read. Crop them with a differentiable view:
+  // oneDNN cannot describe them (negative right padding) and would otherwise
+  // fall back to the reference kernel, 10-100x slower (ResNet's 1x1 stride-2 shortcuts).
+  const int64_t H_used = std::min(H, (P - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h);
+  const int64_t W_used = std::min(W, (Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w);
+  if (H_used < H || W_used < W) return conv2d(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p);
+
   Tensor xc = x.contiguous().detach(), wc = w.contiguous().detach();
   Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
   Tensor y = Tensor::empty({N, K, P, Q}, x.dtype(), x.device());

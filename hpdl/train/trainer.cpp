@@ -194,6 +194,8 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   data::DataLoader loader(dataset, sampler, lo, make_pipeline(config, false));
   loader.start_epoch(0);
   const bool was_training = model.is_training();
+  const auto params = model.parameters();
+  const Device device = params.empty() ? kCPU : params.front().device();
   model.eval();
   NoGradGuard ng;
   StepStats s;
@@ -206,6 +208,7 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
     if (keep <= 0) continue;
     Tensor x = keep < b.size() ? b.images.slice(0, 0, keep) : b.images;
     Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
+    x = x.to(device), y = y.to(device);
     Tensor logits = model.forward(x);
     s.loss_sum += cross_entropy(logits, y, 0.0, Reduction::sum).item();
     s.correct += static_cast<double>(count_correct(logits, y));
@@ -240,9 +243,12 @@ TrainSummary Trainer::run(bool resume) {
   const int rank = comm.rank(), world = comm.size();
   const bool root = rank == 0;
   if (cfg.train.threads > 0) set_num_threads(static_cast<int>(cfg.train.threads));
-  HPDL_CHECK(cfg.train.device == "cpu", "train.device = \"{}\": hpdl train runs on the CPU in this build "
-             "(the CUDA backend runs ops, the trainer does not drive it yet)", cfg.train.device);
-  HPDL_CHECK(cfg.train.precision == "fp32", "train.precision = \"{}\": only fp32 on the CPU", cfg.train.precision);
+  const Device device = Device::parse(cfg.train.device);
+  HPDL_CHECK(!(device.is_cuda() && world > 1), "train.device = \"{}\" with {} ranks: multi-rank GPU training needs "
+             "the NCCL communicator, which hpdl does not have yet; run one rank per job or train on the CPU",
+             cfg.train.device, world);
+  HPDL_CHECK(cfg.train.precision == "fp32", "train.precision = \"{}\": hpdl train supports fp32 only so far",
+             cfg.train.precision);
 
   const fs::path run_dir = cfg.train.run_dir;
   if (root) {
@@ -275,6 +281,7 @@ TrainSummary Trainer::run(bool resume) {
   // ---- model, optimizer, schedule ----
   Shape sample = make_pipeline(cfg.data, true).output_shape(ds.train->sample_shape());
   nn::ModulePtr model = build_model(cfg, sample);
+  model->to(device);
   model->train();
   const int64_t global_batch = cfg.data.batch_size * world;
   auto ocfg = optimizer_config(cfg.optimizer, global_batch);
@@ -375,8 +382,8 @@ TrainSummary Trainer::run(bool resume) {
       Tensor logits, loss;
       {
         TraceRecorder::Scope s(trace, "forward", "compute");
-        logits = model->forward(batch.images);
-        loss = cross_entropy(logits, batch.labels);
+        logits = model->forward(batch.images.to(device));
+        loss = cross_entropy(logits, batch.labels.to(device));
       }
       {
         TraceRecorder::Scope s(trace, "backward", "compute");

@@ -1,7 +1,9 @@
 // CudaBackend::matmul through cuBLAS. hpdl is row-major and cuBLAS
 // column-major; a row-major [M, N] matrix is the column-major [N, M] matrix of
 // its transpose, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: the
-// operands swap places and M and N swap roles, with no data moved.
+// operands swap places and M and N swap roles, with no data moved. Under
+// cuda::set_compute_bf16, float32 A and B are converted to bfloat16 and
+// multiplied by cublasGemmStridedBatchedEx into float32 C (float32 compute).
 #include <algorithm>
 #include <climits>
 
@@ -25,7 +27,14 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool
   HPDL_CHECK(M < INT_MAX && N < INT_MAX && K < INT_MAX && B < INT_MAX, "matmul: sizes M={} N={} K={} batch={} exceed "
              "cuBLAS's 32-bit limits", M, N, K, B);
   if (M == 0 || N == 0 || B == 0) return;
-  Tensor ac = dense(a), bc = dense(b);
+  const bool bf16 = c.dtype() == DType::f32 && compute_bf16();
+  auto operand = [&](const Tensor& t) {
+    if (!bf16) return dense(t);
+    Tensor o = Tensor::empty(t.shape(), DType::bf16, t.device());
+    copy(t, o);
+    return o;
+  };
+  Tensor ac = operand(a), bc = operand(b);
   const long long sa = (a.ndim() == 3 && a.shape()[0] > 1) ? M * K : 0;  // batch dim of 1 broadcasts
   const long long sb = (b.ndim() == 3 && b.shape()[0] > 1) ? K * N : 0;
   // Column-major view: B is [N, K] (ld N) untransposed or [K, N] (ld K) transposed; A likewise with M.
@@ -34,7 +43,14 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool
   const int lda = static_cast<int>(std::max<int64_t>(1, trans_a ? M : K));
   cublasHandle_t h = cublas_for(c.device());
   HPDL_CUBLAS_CHECK(cublasSetMathMode(h, allow_tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-  if (c.dtype() == DType::f32) {
+  if (bf16) {
+    HPDL_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+    const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+    HPDL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        h, op_b, op_a, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &al, bc.raw_data(), CUDA_R_16BF,
+        ldb, sb, ac.raw_data(), CUDA_R_16BF, lda, sa, &be, c.raw_data(), CUDA_R_32F, static_cast<int>(N), M * N,
+        static_cast<int>(B), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  } else if (c.dtype() == DType::f32) {
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
     HPDL_CUBLAS_CHECK(cublasSgemmStridedBatched(h, op_b, op_a, static_cast<int>(N), static_cast<int>(M),
                                                 static_cast<int>(K), &al, static_cast<const float*>(bc.raw_data()),

@@ -18,6 +18,14 @@ inline bool available() { return device_count() > 0; }
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 
+// Mixed precision, first step: float32 convolutions and matmuls convert their
+// operands to bfloat16 on the device and run on tensor cores with float32
+// accumulation (cuDNN CUDNN_DATA_BFLOAT16 with float compute, cublasGemmEx
+// with CUBLAS_COMPUTE_32F); results, activations, BN, gradients and the
+// (master) weights stay float32. Off by default.
+void set_compute_bf16(bool on);
+bool compute_bf16();
+
 // Waits for all work queued on the current device's compute stream.
 void synchronize();
 
@@ -28,6 +36,15 @@ struct AllocatorStats {
   int64_t cache_hits = 0;      // allocations served from a free list
 };
 AllocatorStats allocator_stats();
+
+// Host <-> device copies made by the backend since libhpdl loaded (each one
+// synchronizes the stream). Tests use the counts to prove that a training
+// step stays on the GPU: no op may copy to the host behind the caller's back.
+struct TransferStats {
+  int64_t uploads = 0;    // host -> device copies
+  int64_t downloads = 0;  // device -> host copies
+};
+TransferStats transfer_stats();
 // Returns every cached (free) block to the driver with cudaFree.
 void empty_cache();
 

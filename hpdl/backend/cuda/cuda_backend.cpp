@@ -32,6 +32,8 @@ cudaStream_t g_streams[kMaxDevices] = {};
 cublasHandle_t g_cublas[kMaxDevices] = {};
 cudnnHandle_t g_cudnn[kMaxDevices] = {};
 std::atomic<bool> g_allow_tf32{false};
+std::atomic<bool> g_compute_bf16{false};
+std::atomic<int64_t> g_uploads{0}, g_downloads{0};
 
 int set_device(Device d) {
   HPDL_CHECK(d.is_cuda() && d.index >= 0 && d.index < std::min(device_count(), kMaxDevices),
@@ -132,6 +134,9 @@ cudnnHandle_t cudnn_for(Device d) {
 
 void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
 bool allow_tf32() { return g_allow_tf32; }
+void set_compute_bf16(bool on) { g_compute_bf16 = on; }
+bool compute_bf16() { return g_compute_bf16; }
+TransferStats transfer_stats() { return {g_uploads.load(), g_downloads.load()}; }
 
 void synchronize() {
   if (device_count() == 0) return;
@@ -206,6 +211,7 @@ void CudaBackend::copy_device(const Tensor& src, const Tensor& dst) {
 // Host -> device: the host side made contiguous (a CPU copy), one cudaMemcpy, and a device-side
 // strided/converting copy when the destination is a view or has another dtype.
 void CudaBackend::copy_upload(const Tensor& src, const Tensor& dst) {
+  ++g_uploads;
   cudaStream_t s = stream_for(dst.device());
   Tensor h = src;
   if (!src.is_contiguous()) {
@@ -225,6 +231,7 @@ void CudaBackend::copy_upload(const Tensor& src, const Tensor& dst) {
 // Device -> host: converted and made contiguous on the device, one cudaMemcpy, and a CPU copy
 // into the destination when it is a view.
 void CudaBackend::copy_download(const Tensor& src, const Tensor& dst) {
+  ++g_downloads;
   cudaStream_t s = stream_for(src.device());
   Tensor d = src;
   if (!src.is_contiguous() || src.dtype() != dst.dtype()) {

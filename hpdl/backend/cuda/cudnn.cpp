@@ -3,6 +3,8 @@
 // cuDNN's heuristics (cudnnGet*Algorithm_v7), chosen once per shape and cached;
 // workspaces come from the caching allocator. With TF32 off (the default) only
 // FMA-math algorithms are taken, so float32 results match the reference.
+// With cuda::set_compute_bf16(true), float32 convolutions run on bfloat16
+// copies of their operands on tensor cores, accumulating in float32.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -19,14 +21,18 @@
 namespace hpdl::cuda {
 namespace {
 
-cudnnDataType_t cudnn_type(DType t) { return t == DType::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT; }
+cudnnDataType_t cudnn_type(DType t) {
+  return t == DType::f64 ? CUDNN_DATA_DOUBLE : t == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+}
+// The type cuDNN accumulates in: float for bfloat16 data.
+cudnnDataType_t compute_type(DType t) { return t == DType::bf16 ? CUDNN_DATA_FLOAT : cudnn_type(t); }
 
 // Scaling factors must have the compute type: float for float32 data, double for float64.
 struct Scalars {
   float f1 = 1, f0 = 0;
   double d1 = 1, d0 = 0;
   bool dbl;
-  explicit Scalars(DType t) : dbl(t == DType::f64) {}
+  explicit Scalars(DType t) : dbl(t == DType::f64) {}  // float for float32 and bfloat16
   const void* one() const { return dbl ? static_cast<const void*>(&d1) : &f1; }
   const void* zero() const { return dbl ? static_cast<const void*>(&d0) : &f0; }
 };
@@ -83,9 +89,9 @@ class ConvDesc {
     HPDL_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
         d_, to_int(p.pad_h, "pad_h"), to_int(p.pad_w, "pad_w"), to_int(p.stride_h, "stride_h"),
         to_int(p.stride_w, "stride_w"), to_int(p.dilation_h, "dilation_h"), to_int(p.dilation_w, "dilation_w"),
-        CUDNN_CROSS_CORRELATION, cudnn_type(t)));
+        CUDNN_CROSS_CORRELATION, compute_type(t)));
     HPDL_CUDNN_CHECK(cudnnSetConvolutionGroupCount(d_, to_int(p.groups, "groups")));
-    HPDL_CUDNN_CHECK(cudnnSetConvolutionMathType(d_, math()));
+    HPDL_CUDNN_CHECK(cudnnSetConvolutionMathType(d_, t == DType::bf16 ? CUDNN_TENSOR_OP_MATH : math()));
   }
   ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d_); }
   ConvDesc(const ConvDesc&) = delete;
@@ -107,11 +113,12 @@ std::string conv_key(const char* dir, const Tensor& x, const Tensor& w, const Te
                      p.groups, dtype_name(x.dtype()), allow_tf32() ? "tf32" : "fma");
 }
 
-// The first heuristic result that succeeded and, with TF32 off, uses FMA math; else `fallback`.
+// The first heuristic result that succeeded and, for float32 with TF32 off, uses FMA math; else `fallback`.
 template <typename Perf>
-int pick(const Perf* perf, int count, int fallback) {
+int pick(const Perf* perf, int count, int fallback, DType t) {
   for (int i = 0; i < count; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && (allow_tf32() || perf[i].mathType == CUDNN_FMA_MATH))
+    if (perf[i].status == CUDNN_STATUS_SUCCESS &&
+        (t == DType::bf16 || allow_tf32() || perf[i].mathType == CUDNN_FMA_MATH))
       return static_cast<int>(perf[i].algo);
   return fallback;
 }
@@ -138,10 +145,11 @@ void* ws_ptr(const Tensor& ws) { return ws.defined() ? ws.raw_data() : nullptr; 
 
 // ---------------------------------------------------------------- convolution
 
-void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                                 const Conv2dParams& p) {
-  require_float("conv2d", x.dtype());
-  Tensor xc = dense(x), wc = dense(w);
+namespace {
+
+// The three convolutions on dense operands of one dtype (float32, float64 or bfloat16).
+void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Conv2dParams& p) {
+  const Tensor &x = xc, &w = wc;
   cudnnHandle_t h = cudnn_for(y.device());
   TensorDesc xd = nchw(xc), yd = nchw(y);
   FilterDesc wd(wc);
@@ -151,7 +159,7 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
     int n = 0;
     HPDL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
                                                             perf));
-    return pick(perf, n, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
+    return pick(perf, n, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, xc.dtype());
   }));
   size_t bytes = 0;
   HPDL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, algo, &bytes));
@@ -159,16 +167,10 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
   Scalars sc(x.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionForward(h, sc.one(), xd, xc.raw_data(), wd, wc.raw_data(), cd, algo, ws_ptr(ws),
                                            bytes, sc.zero(), yd, y.raw_data()));
-  if (bias.defined()) {
-    Tensor bc = dense(bias);
-    TensorDesc bd(x.dtype(), 1, bias.numel(), 1, 1);
-    HPDL_CUDNN_CHECK(cudnnAddTensor(h, sc.one(), bd, bc.raw_data(), sc.one(), yd, y.raw_data()));
-  }
 }
 
-void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
-  require_float("conv2d_backward_data", dy.dtype());
-  Tensor dyc = dense(dy), wc = dense(w);
+void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, const Conv2dParams& p) {
+  const Tensor &dy = dyc, &w = wc;
   cudnnHandle_t h = cudnn_for(dx.device());
   TensorDesc dyd = nchw(dyc), dxd = nchw(dx);
   FilterDesc wd(wc);
@@ -178,7 +180,7 @@ void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const 
     int n = 0;
     HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd,
                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
-    return pick(perf, n, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+    return pick(perf, n, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, dyc.dtype());
   }));
   size_t bytes = 0;
   HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, wd, dyd, cd, dxd, algo, &bytes));
@@ -188,10 +190,8 @@ void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const 
                                                 ws_ptr(ws), bytes, sc.zero(), dxd, dx.raw_data()));
 }
 
-void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
-                                          const Conv2dParams& p) {
-  require_float("conv2d_backward_weights", x.dtype());
-  Tensor xc = dense(x), dyc = dense(dy);
+void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw, const Conv2dParams& p) {
+  const Tensor &x = xc, &dy = dyc;
   cudnnHandle_t h = cudnn_for(dw.device());
   TensorDesc xd = nchw(xc), dyd = nchw(dyc);
   FilterDesc wd(dw);
@@ -201,7 +201,7 @@ void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, con
     int n = 0;
     HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, wd,
                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf));
-    return pick(perf, n, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1);
+    return pick(perf, n, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, xc.dtype());
   }));
   size_t bytes = 0;
   HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, dyd, cd, wd, algo, &bytes));
@@ -209,9 +209,61 @@ void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, con
   Scalars sc(x.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, sc.one(), xd, xc.raw_data(), dyd, dyc.raw_data(), cd, algo,
                                                   ws_ptr(ws), bytes, sc.zero(), wd, dw.raw_data()));
-  if (db.defined()) {
-    TensorDesc bd(x.dtype(), 1, db.numel(), 1, 1);
-    HPDL_CUDNN_CHECK(cudnnConvolutionBackwardBias(h, sc.one(), dyd, dyc.raw_data(), sc.zero(), bd, db.raw_data()));
+}
+
+// bfloat16 compute for a float32 convolution (cuda::set_compute_bf16).
+bool use_bf16(DType t) { return t == DType::f32 && compute_bf16(); }
+
+Tensor to_bf16(const Tensor& t) {
+  Tensor b = Tensor::empty(t.shape(), DType::bf16, t.device());
+  backend_for(t.device()).copy(t, b);
+  return b;
+}
+
+// Runs `conv(out')` into a bfloat16 temporary when out is float32 under bf16 compute, then widens it into out.
+template <typename Conv>
+void into(const Tensor& out, bool bf16, Conv&& conv) {
+  if (!bf16) return conv(out);
+  Tensor ob = Tensor::empty(out.shape(), DType::bf16, out.device());
+  conv(ob);
+  backend_for(out.device()).copy(ob, out);
+}
+
+}  // namespace
+
+void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                                 const Conv2dParams& p) {
+  require_float("conv2d", x.dtype());
+  const bool bf = use_bf16(x.dtype());
+  Tensor xc = bf ? to_bf16(x) : dense(x), wc = bf ? to_bf16(w) : dense(w);
+  into(y, bf, [&](const Tensor& out) { conv_forward(xc, wc, out, p); });
+  if (bias.defined()) {
+    Tensor bc = dense(bias);
+    Scalars sc(y.dtype());
+    TensorDesc bd(y.dtype(), 1, bias.numel(), 1, 1), yd = nchw(y);
+    HPDL_CUDNN_CHECK(cudnnAddTensor(cudnn_for(y.device()), sc.one(), bd, bc.raw_data(), sc.one(), yd, y.raw_data()));
+  }
+}
+
+void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
+  require_float("conv2d_backward_data", dy.dtype());
+  const bool bf = use_bf16(dy.dtype());
+  Tensor dyc = bf ? to_bf16(dy) : dense(dy), wc = bf ? to_bf16(w) : dense(w);
+  into(dx, bf, [&](const Tensor& out) { conv_backward_data(dyc, wc, out, p); });
+}
+
+void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                                          const Conv2dParams& p) {
+  require_float("conv2d_backward_weights", x.dtype());
+  const bool bf = use_bf16(x.dtype());
+  Tensor xc = bf ? to_bf16(x) : dense(x), dyc = bf ? to_bf16(dy) : dense(dy);
+  into(dw, bf, [&](const Tensor& out) { conv_backward_weights(xc, dyc, out, p); });
+  if (db.defined()) {  // the bias gradient sums dy in float32 either way
+    Tensor dyf = dense(dy);
+    Scalars sc(db.dtype());
+    TensorDesc bd(db.dtype(), 1, db.numel(), 1, 1), dyd = nchw(dyf);
+    HPDL_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_for(db.device()), sc.one(), dyd, dyf.raw_data(), sc.zero(), bd,
+                                                  db.raw_data()));
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include "hpdl/nn/blocks.h"
 #include "hpdl/nn/init.h"
+#include "hpdl/nn/models/resnet50.h"
 
 namespace hpdl::nn::models {
 
@@ -156,7 +157,7 @@ ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height, i
   return net;
 }
 
-std::vector<std::string> model_names() { return {"mlp", "lenet5", "resnet20", "resnet18", "alexnet_bn"}; }
+std::vector<std::string> model_names() { return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn"}; }
 
 ModulePtr make_model(const std::string& name, const ModelConfig& c) {
   HPDL_CHECK(c.height > 0 && c.width > 0, "make_model({}): height and width must be > 0, got {}x{}", name, c.height,
@@ -167,6 +168,7 @@ ModulePtr make_model(const std::string& name, const ModelConfig& c) {
   if (name == "lenet5") return lenet5(c.in_channels, c.num_classes, c.height, c.width, c.seed);
   if (name == "resnet20") return resnet20(c.in_channels, c.num_classes, c.seed);
   if (name == "resnet18") return resnet18(c.in_channels, c.num_classes, c.height, c.width, c.seed);
+  if (name == "resnet50") return resnet50(c.in_channels, c.num_classes, c.height, c.width, c.seed);
   if (name == "alexnet_bn")
     return alexnet_bn(c.in_channels, c.num_classes, c.height, c.width, c.dropout >= 0 ? c.dropout : 0.5, c.seed);
   std::string known;

@@ -61,7 +61,7 @@ ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height = 
 // The names make_model knows, in order.
 std::vector<std::string> model_names();
 // Builds a model by name ("mlp", "lenet5", "resnet20", "resnet18",
-// "alexnet_bn"); throws for an unknown name listing the known ones, and for a
+// "resnet50" (nn/models/resnet50.h), "alexnet_bn"); throws for an unknown name listing the known ones, and for a
 // config the model cannot take (naming the field).
 ModulePtr make_model(const std::string& name, const ModelConfig& config);
 

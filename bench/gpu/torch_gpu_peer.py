@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The PyTorch peer for bench/gpu/gpu_e2e.cpp: the same resnet20 (1x28x28,
+from bench/e2e/torch_peer.py) and torchvision's resnet50 (3x224x224, the same
+Bottleneck v1.5 as hpdl's), SGD momentum 0.9, random data on the GPU, warm-up,
+then whole steps between two torch.cuda.synchronize() calls.
+math: fp32 (TF32 off everywhere), tf32 (TF32 on for conv and matmul),
+bf16 (channels_last + torch.autocast(bfloat16), fp32 master weights).
+With --hpdl FILE, prints hpdl/PyTorch ratios for the matching hpdl lines.
+Usage: torch_gpu_peer.py CASES MATHS [--hpdl FILE]   e.g. resnet20:128,resnet50:64 fp32,bf16
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from torch_peer import resnet20  # noqa: E402
+
+
+def bench(name, batch, math):
+    torch.backends.cudnn.benchmark = False  # hpdl uses cuDNN's heuristics, not a search
+    tf32 = math == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    big = name == "resnet50"
+    if big:
+        import torchvision
+        model = torchvision.models.resnet50(num_classes=1000)
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        y = torch.randint(0, 1000, (batch,), device="cuda")
+    else:
+        model = resnet20(1, 10)
+        x = torch.randn(batch, 1, 28, 28, device="cuda")
+        y = torch.randint(0, 10, (batch,), device="cuda")
+    model = model.cuda()
+    if math == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=math == "bf16"):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    warmup, steps = 5, (20 if big else 50)
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    t_launched = time.perf_counter()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    return {"framework": "pytorch", "torch": torch.__version__, "model": name, "batch": batch, "math": math,
+            "train_images_per_s": round(batch * steps / wall, 1), "step_ms": round(1e3 * wall / steps, 3),
+            "host_fraction": round((t_launched - t0) / wall, 3), "loss": round(loss.item(), 4),
+            "gpu_mem_max_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+def main():
+    args = sys.argv[1:]
+    hpdl_file = None
+    if "--hpdl" in args:
+        i = args.index("--hpdl")
+        hpdl_file = args[i + 1]
+        del args[i:i + 2]
+    cases = (args[0] if args else "resnet20:128,resnet20:512,resnet50:64").split(",")
+    maths = (args[1] if len(args) > 1 else "fp32").split(",")
+    results = []
+    for math in maths:
+        for case in cases:
+            name, batch = case.split(":")
+            try:
+                r = bench(name, int(batch), math)
+            except Exception as e:  # noqa: BLE001 (an OOM must not end the whole run)
+                r = {"framework": "pytorch", "model": name, "batch": int(batch), "math": math, "error": str(e)[:200]}
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    if hpdl_file:
+        hp = [json.loads(l) for l in open(hpdl_file) if l.startswith("{")]
+        print("ratios hpdl/pytorch (training images/s):")
+        for h in hp:
+            if "train_images_per_s" not in h:
+                continue
+            for p in results:
+                if p["model"] == h["model"] and p["batch"] == h["batch"] and "train_images_per_s" in p:
+                    print(f"  {h['model']} b{h['batch']}: hpdl {h['math']} {h['train_images_per_s']:.0f} vs "
+                          f"torch {p['math']} {p['train_images_per_s']:.0f} = "
+                          f"{h['train_images_per_s'] / p['train_images_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+// Whole training steps on the GPU against the same steps on the CPU: the
+// model zoo moved with Module::to(cuda), inputs on the GPU, forward, loss,
+// backward and SGD all on CUDA tensors. Checks loss trajectories, that a step
+// makes no hidden host copies (cuda::transfer_stats), and checkpoints moved
+// CPU -> GPU -> CPU. Without a GPU every test is skipped with "no CUDA device".
+#ifdef HPDL_HAVE_CUDA
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/backend/cuda/cuda.h"
+#include "hpdl/core/random.h"
+#include "hpdl/nn/models/models.h"
+#include "hpdl/nn/models/resnet50.h"
+#include "hpdl/ops/conv.h"
+#include "hpdl/ops/linalg.h"
+#include "hpdl/ops/loss.h"
+#include "hpdl/optim/optimizers.h"
+
+namespace hpdl {
+namespace {
+
+const Device kGPU{DeviceType::cuda, 0};
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device"
+
+// A learnable synthetic classification set: class k adds a fixed random
+// pattern to Gaussian noise. Deterministic in `seed`; host tensors.
+struct Batch {
+  Tensor x, y;
+};
+std::vector<Batch> synthetic(int batches, int64_t n, int64_t c, int64_t h, int64_t w, uint64_t seed) {
+  Generator gen(seed);
+  Tensor patterns = Tensor::randn({10, c * h * w}, gen);
+  const float* pat = patterns.data<float>();
+  std::vector<Batch> out;
+  for (int b = 0; b < batches; ++b) {
+    Tensor x = Tensor::randn({n, c, h, w}, gen);
+    std::vector<int64_t> labels(static_cast<size_t>(n));
+    float* xp = x.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      labels[i] = static_cast<int64_t>(gen.next_u64() % 10);
+      for (int64_t j = 0; j < c * h * w; ++j) xp[i * c * h * w + j] += 0.5f * pat[labels[i] * c * h * w + j];
+    }
+    out.push_back({x, Tensor::from_vector(labels, {n})});
+  }
+  return out;
+}
+
+std::vector<Batch> to_device(const std::vector<Batch>& data, Device d) {
+  std::vector<Batch> out;
+  for (const auto& b : data) out.push_back({b.x.to(d), b.y.to(d)});
+  return out;
+}
+
+// Trains `steps` SGD-momentum steps cycling over `data`; returns the losses
+// (the loss is read back after each step: one download per step on a GPU).
+std::vector<double> train(nn::Module& model, const std::vector<Batch>& data, int steps, double lr = 0.05) {
+  optim::SGDOptions o;
+  o.lr = lr;
+  o.momentum = 0.9;
+  o.weight_decay = 1e-4;
+  optim::SGD opt(optim::param_specs(model), o);
+  model.train();
+  std::vector<double> losses;
+  for (int s = 0; s < steps; ++s) {
+    const Batch& b = data[s % data.size()];
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model.forward(b.x), b.y);
+    loss.backward();
+    opt.step();
+    losses.push_back(loss.item());
+  }
+  return losses;
+}
+
+void expect_trajectory(const std::vector<double>& cpu, const std::vector<double>& gpu, double rel) {
+  ASSERT_EQ(cpu.size(), gpu.size());
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    EXPECT_TRUE(std::isfinite(gpu[i])) << "step " << i;
+    EXPECT_NEAR(gpu[i], cpu[i], rel * std::abs(cpu[i])) << "step " << i << ": cpu " << cpu[i] << ", gpu " << gpu[i];
+  }
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  EXPECT_EQ(va.size(), vb.size());
+  double m = 0;
+  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) m = std::max(m, std::abs(va[i] - vb[i]));
+  return m;
+}
+
+nn::ModulePtr build(const std::string& name, int64_t c, int64_t h, int64_t w, uint64_t seed = 0) {
+  if (name == "resnet50") return nn::models::resnet50(c, 10, h, w, seed);
+  nn::models::ModelConfig cfg;
+  cfg.in_channels = c;
+  cfg.height = h;
+  cfg.width = w;
+  cfg.seed = seed;
+  return nn::models::make_model(name, cfg);
+}
+
+// Both copies of `name` from the same seed, one moved to the GPU; `steps` steps
+// each.
+// A small learning rate keeps the deep nets where float32 rounding differences stay small. Batch norm
+// over few values per channel (deep stages of a small batch) amplifies differences in summation order
+// between oneDNN and cuDNN, so those models get wider tolerances; param_tol < 0 skips the weights.
+void check_model_trains(const std::string& name, int64_t batch, int64_t c, int64_t hw, int steps, double rel,
+                        double lr = 0.05, double param_tol = 1e-2) {
+  auto data = synthetic(4, batch, c, hw, hw, 7);
+  auto cpu_model = build(name, c, hw, hw);
+  auto gpu_model = build(name, c, hw, hw);
+  gpu_model->to(kGPU);
+  for (const auto& [n, t] : gpu_model->state_dict())
+    ASSERT_TRUE(t.device() == kGPU) << n << " stayed on " << t.device().str();
+  auto cpu_losses = train(*cpu_model, data, steps, lr);
+  auto gpu_losses = train(*gpu_model, to_device(data, kGPU), steps, lr);
+  expect_trajectory(cpu_losses, gpu_losses, rel);
+  // Parameters and buffers (BN running statistics, num_batches_tracked) after
+  // training.
+  if (param_tol < 0) return;
+  auto cs = cpu_model->state_dict(), gs = gpu_model->state_dict();
+  for (const auto& [n, t] : cs) {
+    ASSERT_TRUE(gs.count(n)) << n;
+    EXPECT_TRUE(gs.at(n).device() == kGPU) << n;
+    const double scale = 1.0 + std::sqrt(max_abs_diff(t, Tensor::zeros(t.shape(), t.dtype())));
+    EXPECT_LT(max_abs_diff(t, gs.at(n)), param_tol * scale) << name << " " << n;
+  }
+}
+
+TEST(CudaTrainingTest, Lenet5LossTrajectoryMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto data = synthetic(4, 32, 1, 28, 28, 1);
+  auto cpu_model = nn::models::lenet5(1, 10);
+  auto gpu_model = nn::models::lenet5(1, 10);
+  gpu_model->to(kGPU);
+  auto cpu_losses = train(*cpu_model, data, 20, 0.01);
+  auto gpu_data = to_device(data, kGPU);
+  auto before = cuda::transfer_stats();
+  auto gpu_losses = train(*gpu_model, gpu_data, 20, 0.01);
+  auto after = cuda::transfer_stats();
+  expect_trajectory(cpu_losses, gpu_losses, 1e-3);
+  // 20 steps: exactly the 20 loss read-backs, nothing uploaded (no host round
+  // trip inside a step).
+  EXPECT_EQ(after.downloads - before.downloads, 20);
+  EXPECT_EQ(after.uploads - before.uploads, 0);
+}
+
+TEST(CudaTrainingTest, MlpTrainsLikeCpu) {
+  SKIP_WITHOUT_GPU();
+  check_model_trains("mlp", 32, 1, 28, 10, 1e-3);
+}
+
+TEST(CudaTrainingTest, Resnet20TrainsLikeCpu) {
+  SKIP_WITHOUT_GPU();
+  check_model_trains("resnet20", 16, 1, 28, 6, 1e-2, 0.05, 5e-2);
+}
+
+TEST(CudaTrainingTest, Resnet18TrainsLikeCpu) {
+  SKIP_WITHOUT_GPU();
+  check_model_trains("resnet18", 8, 3, 32, 3, 1e-2, 0.005, 5e-2);
+}
+
+TEST(CudaTrainingTest, Resnet50TrainsLikeCpu) {
+  SKIP_WITHOUT_GPU();
+  check_model_trains("resnet50", 4, 3, 64, 2, 1e-2, 0.001, -1);
+}
+
+TEST(CudaTrainingTest, StepMakesNoHostCopies) {
+  SKIP_WITHOUT_GPU();
+  auto model = nn::models::resnet20(1, 10);
+  model->to(kGPU);
+  auto data = to_device(synthetic(1, 16, 1, 28, 28, 3), kGPU);
+  optim::SGDOptions o;
+  o.momentum = 0.9;
+  optim::SGD opt(optim::param_specs(*model), o);
+  auto before = cuda::transfer_stats();
+  for (int s = 0; s < 3; ++s) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model->forward(data[0].x), data[0].y);
+    loss.backward();
+    opt.step();
+  }
+  cuda::synchronize();
+  auto after = cuda::transfer_stats();
+  EXPECT_EQ(after.downloads - before.downloads, 0);
+  EXPECT_EQ(after.uploads - before.uploads, 0);
+  Tensor nbt = model->state_dict().at("1.num_batches_tracked");
+  EXPECT_EQ(nbt.item(), 3.0);
+}
+
+// A checkpoint trained on the CPU, loaded into a GPU model, read back to a
+// third CPU model: the CPU outputs are bitwise equal, the GPU's within float32.
+TEST(CudaTrainingTest, CheckpointCpuGpuCpuRoundTrip) {
+  SKIP_WITHOUT_GPU();
+  for (std::string name : {"lenet5", "resnet20"}) {
+    auto data = synthetic(2, 16, 1, 28, 28, 5);
+    auto a = build(name, 1, 28, 28, 1);
+    train(*a, data, 3);
+    a->eval();
+    std::map<std::string, Tensor> saved;
+    for (const auto& [n, t] : a->state_dict()) saved[n] = t.clone();
+
+    auto g = build(name, 1, 28, 28,
+                   2);  // other init: everything must come from the checkpoint
+    g->to(kGPU);
+    g->load_state_dict(saved);
+    g->eval();
+    std::map<std::string, Tensor> back;
+    for (const auto& [n, t] : g->state_dict()) {
+      EXPECT_TRUE(t.device() == kGPU) << name << " " << n;
+      back[n] = t.to(kCPU);
+    }
+    auto c = build(name, 1, 28, 28, 3);
+    c->load_state_dict(back);
+    c->eval();
+    for (const auto& [n, t] : saved) EXPECT_EQ(max_abs_diff(t, back.at(n)), 0.0) << name << " " << n;
+
+    NoGradGuard ng;
+    Tensor ya = a->forward(data[1].x), yc = c->forward(data[1].x);
+    Tensor yg = g->forward(data[1].x.to(kGPU)).to(kCPU);
+    EXPECT_EQ(max_abs_diff(ya, yc), 0.0) << name;
+    EXPECT_LT(max_abs_diff(ya, yg), 1e-4) << name;
+  }
+}
+
+// bfloat16 compute (cuda::set_compute_bf16): conv and matmul within bfloat16
+// rounding of float32, and a few resnet20 steps that track the float32 losses.
+TEST(CudaTrainingTest, Bf16ComputeTracksFloat32) {
+  SKIP_WITHOUT_GPU();
+  struct Reset {
+    ~Reset() { cuda::set_compute_bf16(false); }
+  } reset;
+  Generator gen(11);
+  Tensor x = Tensor::randn({4, 8, 12, 12}, gen).to(kGPU), w = Tensor::randn({16, 8, 3, 3}, gen).to(kGPU);
+  Tensor a = Tensor::randn({64, 96}, gen).to(kGPU), b = Tensor::randn({96, 32}, gen).to(kGPU);
+  Conv2dParams cp;
+  cp.pad_h = cp.pad_w = 1;
+  Tensor y32 = conv2d(x, w, Tensor(), cp).to(kCPU), m32 = matmul(a, b).to(kCPU);
+  cuda::set_compute_bf16(true);
+  Tensor y16 = conv2d(x, w, Tensor(), cp).to(kCPU), m16 = matmul(a, b).to(kCPU);
+  // Sums of 72 and 96 products of N(0,1) values, each rounded to 8 bits: errors
+  // of a few 1e-2.
+  EXPECT_GT(max_abs_diff(y32, y16), 0.0) << "bf16 mode did not change the convolution";
+  EXPECT_LT(max_abs_diff(y32, y16), 0.25);
+  EXPECT_LT(max_abs_diff(m32, m16), 0.25);
+  EXPECT_TRUE(y16.dtype() == DType::f32 && m16.dtype() == DType::f32);
+
+  auto data = to_device(synthetic(2, 16, 1, 28, 28, 9), kGPU);
+  cuda::set_compute_bf16(false);
+  auto m_fp32 = nn::models::resnet20(1, 10);
+  m_fp32->to(kGPU);
+  auto l32 = train(*m_fp32, data, 6);
+  cuda::set_compute_bf16(true);
+  auto m_bf16 = nn::models::resnet20(1, 10);
+  m_bf16->to(kGPU);
+  auto l16 = train(*m_bf16, data, 6);
+  for (const auto& [n, t] : m_bf16->state_dict())
+    if (t.dtype() != DType::i64) EXPECT_TRUE(t.dtype() == DType::f32) << n << ": master weights stay float32";
+  expect_trajectory(l32, l16, 0.05);
+}
+
+// An op without a CUDA path fails naming the op and dtype instead of copying to
+// the host.
+TEST(CudaTrainingTest, UnsupportedDtypeIsAnErrorNotAHostCopy) {
+  SKIP_WITHOUT_GPU();
+  Tensor a = Tensor::ones({4, 4}, DType::i32, kGPU);
+  auto before = cuda::transfer_stats();
+  EXPECT_THROW(cross_entropy(a, Tensor::zeros({4}, DType::i64, kGPU)), Error);
+  auto after = cuda::transfer_stats();
+  EXPECT_EQ(after.downloads - before.downloads, 0);
+}
+
+}  // namespace
+}  // namespace hpdl
+
+#endif  // HPDL_HAVE_CUDA
