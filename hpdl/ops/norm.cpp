@@ -3,8 +3,8 @@
 // backend's fused kernels (first-order only). Eval-mode batch norm is an affine
 // map per channel, so its backward is written with differentiable ops (saliency
 // and Grad-CAM differentiate through eval-mode networks). The cross-replica
-// (synchronized) variant computes its statistics and backward sums with
-// tensor ops in float64 and exchanges them through a caller-given reducer.
+// (synchronized) variant reuses the same fused kernels and exchanges only
+// per-channel sums, in float64, through a caller-given reducer.
 #include "hpdl/ops/norm.h"
 
 #include "hpdl/ops/elementwise.h"
@@ -120,10 +120,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 
 namespace {
 
-// Per-channel sums of x over every axis but 1, as float64 host values.
-std::vector<double> channel_sums(const Tensor& x, const std::vector<int64_t>& axes) {
-  return sum(x.to(DType::f64), axes).to(kCPU).to_vector<double>();
-}
+std::vector<double> host_values(const Tensor& t) { return t.to(kCPU).to_vector<double>(); }
 
 // Sums `values` over the replicas through `reduce_sum` (one message).
 std::vector<double> reduce_over_replicas(std::vector<double> values, const CrossReplicaSum& reduce_sum) {
@@ -140,6 +137,19 @@ Tensor vector_like(const std::vector<double>& v, const Shape& shape, const Tenso
 
 }  // namespace
 
+// The fused kernels do the passes over the activations; only per-channel
+// vectors cross the replicas. Forward: the training kernel gives this
+// replica's mean and 1/sqrt(var + eps), from which the sums are
+//   sum x = M mean_r,   sum x^2 = M (var_r + mean_r^2)      (M values per channel here)
+// and, added over replicas (count Mg), the global mean and biased variance
+//   mean = sum x / Mg,  var = sum x^2 / Mg - mean^2         (in double)
+// with which the inference kernel normalizes. Backward: the backward kernel,
+// given the global mean and invstd, returns this replica's sums
+//   d1 = sum dy,  d2 = sum dy * xhat
+// and dx_r = gamma invstd (dy - d1/M - xhat d2/M). The global gradient,
+//   dx = gamma invstd (dy - S1/Mg - xhat S2/Mg)              (S1, S2: d1, d2 added over replicas)
+// differs from dx_r by a per-channel affine function of x:
+//   dx = dx_r + B x + A,  B = gamma invstd^2 (d2/M - S2/Mg),  A = gamma invstd (d1/M - S1/Mg) - B mean.
 Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                                 const Tensor& running_var, const CrossReplicaSum& reduce_sum, double momentum,
                                 double eps) {
@@ -156,24 +166,27 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
   HPDL_CHECK(running_mean.defined() == running_var.defined(), "{}: give both running_mean and running_var or neither",
              op);
   const int64_t M = x.numel() / std::max<int64_t>(C, 1);
-  Shape bs(x.ndim(), 1);  // [1, C, 1, ...]: broadcasts a per-channel vector over x
-  bs[1] = C;
-  std::vector<int64_t> axes;
-  for (int i = 0; i < x.ndim(); ++i)
-    if (i != 1) axes.push_back(i);
 
   Tensor xc = x.contiguous().detach();
   Tensor g = param_or(gamma, C, 1.0, x), b = param_or(beta, C, 0.0, x);
+  Backend& be = detail::pick(x, OpKind::batchnorm);
+  Tensor y = detail::empty_like(xc);
   std::vector<double> mean(C), var(C);
   double count = 0;
   {
     NoGradGuard ng;
-    // Forward message: [sum x (C), sum x^2 (C), count]. Float64 keeps
-    // E[x^2] - E[x]^2 accurate for float32 activations of moderate mean.
-    std::vector<double> s1 = channel_sums(xc, axes), s2 = channel_sums(square(xc.to(DType::f64)), axes);
-    std::vector<double> msg(2 * C + 1);
-    std::copy(s1.begin(), s1.end(), msg.begin());
-    std::copy(s2.begin(), s2.end(), msg.begin() + C);
+    std::vector<double> msg(2 * C + 1, 0.0);
+    if (M > 0) {
+      Tensor local_mean = Tensor::empty({C}, x.dtype(), x.device());
+      Tensor local_invstd = Tensor::empty({C}, x.dtype(), x.device());
+      be.batchnorm_forward_train(xc, g, b, y, local_mean, local_invstd, eps);
+      std::vector<double> lm = host_values(local_mean), li = host_values(local_invstd);
+      for (int64_t c = 0; c < C; ++c) {
+        const double local_var = std::max(0.0, 1.0 / (li[c] * li[c]) - eps);
+        msg[c] = M * lm[c];
+        msg[C + c] = M * (local_var + lm[c] * lm[c]);
+      }
+    }
     msg[2 * C] = static_cast<double>(M);
     msg = reduce_over_replicas(std::move(msg), reduce_sum);
     count = msg[2 * C];
@@ -184,10 +197,9 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
       var[c] = std::max(0.0, msg[C + c] / count - mean[c] * mean[c]);  // biased: normalizes the batch
     }
   }
-  Tensor mean_t = vector_like(mean, {C}, x), var_t = vector_like(var, {C}, x);
-  Tensor y = detail::empty_like(xc);
-  // With the global statistics fixed, normalization is the inference kernel.
-  detail::pick(x, OpKind::batchnorm).batchnorm_forward_infer(xc, g, b, mean_t, var_t, y, eps);
+  const bool alone = count == static_cast<double>(M);  // this replica holds the whole batch: y is final
+  Tensor mean_t = vector_like(mean, {C}, x);
+  if (!alone && M > 0) be.batchnorm_forward_infer(xc, g, b, mean_t, vector_like(var, {C}, x), y, eps);
 
   if (running_mean.defined()) {
     // running = (1 - momentum) * running + momentum * global, unbiased variance.
@@ -196,7 +208,6 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
                "{}: running statistics must be contiguous", op);
     std::vector<double> var_unbiased(C);
     for (int64_t c = 0; c < C; ++c) var_unbiased[c] = var[c] * count / (count - 1);
-    Backend& be = detail::pick(x, OpKind::batchnorm);
     be.axpby(1.0 - momentum, running_mean, momentum, vector_like(mean, {C}, running_mean), running_mean);
     be.axpby(1.0 - momentum, running_var, momentum, vector_like(var_unbiased, {C}, running_var), running_var);
   }
@@ -206,32 +217,40 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
                gb = beta.defined() && beta.requires_grad();
     std::vector<double> invstd(C);
     for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
-    Tensor mean_b = mean_t.reshape(bs), invstd_b = vector_like(invstd, bs, x);
+    Tensor invstd_t = vector_like(invstd, {C}, x);
     record(
         "batch_norm_cross_replica", {x, gamma, beta}, {&y},
-        [xc, g, mean_b, invstd_b, bs, axes, count, reduce_sum, gx, gg, gb](const std::vector<Tensor>& gr) {
-          // dy [N, C, ...]; xhat = (x - mean) * invstd over the global batch of `count` values per channel.
-          //   dbeta  = sum_local(dy),  dgamma = sum_local(dy * xhat)                         [C]
-          //   dx = gamma * invstd * (dy - sum_all(dy) / count - xhat * sum_all(dy * xhat) / count)
+        [xc, g, mean, invstd, mean_t, invstd_t, M, count, alone, reduce_sum, gx, gg, gb](
+            const std::vector<Tensor>& gr) {
+          // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C] (this replica's sums)
           NoGradGuard ng;
           const int64_t C = xc.dim(1);
           Tensor dy = gr[0].contiguous();
-          Tensor xhat = mul(sub(xc, mean_b), invstd_b);  // [N, C, ...]
-          std::vector<double> sdy = channel_sums(dy, axes), sdyx = channel_sums(mul(dy, xhat), axes);
-          Tensor dx;
+          Tensor dx = detail::empty_like(xc);
+          Tensor d2 = Tensor::zeros({C}, xc.dtype(), xc.device()), d1 = Tensor::zeros({C}, xc.dtype(), xc.device());
+          if (M > 0) detail::pick(xc, OpKind::batchnorm).batchnorm_backward(xc, dy, g, mean_t, invstd_t, dx, d2, d1);
           if (gx) {
-            std::vector<double> msg(2 * C);
-            std::copy(sdy.begin(), sdy.end(), msg.begin());
-            std::copy(sdyx.begin(), sdyx.end(), msg.begin() + C);
+            std::vector<double> l1 = host_values(d1), l2 = host_values(d2), msg(2 * C);
+            std::copy(l1.begin(), l1.end(), msg.begin());
+            std::copy(l2.begin(), l2.end(), msg.begin() + C);
             msg = reduce_over_replicas(std::move(msg), reduce_sum);
-            std::vector<double> mdy(C), mdyx(C);
-            for (int64_t c = 0; c < C; ++c) mdy[c] = msg[c] / count, mdyx[c] = msg[C + c] / count;
-            Tensor mdy_b = vector_like(mdy, bs, xc), mdyx_b = vector_like(mdyx, bs, xc);
-            dx = mul(mul(g.reshape(bs), invstd_b), sub(sub(dy, mdy_b), mul(xhat, mdyx_b)));
+            if (!alone && M > 0) {
+              std::vector<double> gv = host_values(g), A(C), B(C);
+              for (int64_t c = 0; c < C; ++c) {
+                B[c] = gv[c] * invstd[c] * invstd[c] * (l2[c] / M - msg[C + c] / count);
+                A[c] = gv[c] * invstd[c] * (l1[c] / M - msg[c] / count) - B[c] * mean[c];
+              }
+              // B x + A per channel is what the inference kernel computes with
+              // gamma = B, beta = A, mean 0, var 1, eps 0: one fused pass.
+              Tensor corr = detail::empty_like(xc);
+              detail::pick(xc, OpKind::batchnorm)
+                  .batchnorm_forward_infer(xc, vector_like(B, {C}, xc), vector_like(A, {C}, xc),
+                                           Tensor::zeros({C}, xc.dtype(), xc.device()),
+                                           Tensor::ones({C}, xc.dtype(), xc.device()), corr, 0.0);
+              dx = add(dx, corr);
+            }
           }
-          Tensor dgamma = gg ? vector_like(sdyx, {C}, xc) : Tensor();
-          Tensor dbeta = gb ? vector_like(sdy, {C}, xc) : Tensor();
-          return std::vector<Tensor>{dx, dgamma, dbeta};
+          return std::vector<Tensor>{gx ? dx : Tensor(), gg ? d2 : Tensor(), gb ? d1 : Tensor()};
         },
         /*first_order_only=*/true);
   }

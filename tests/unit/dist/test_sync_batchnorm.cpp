@@ -53,6 +53,38 @@ TEST(SyncBatchNorm, OneReplicaEqualsPlainBatchNorm) {
   EXPECT_EQ(calls, 0);
 }
 
+TEST(SyncBatchNorm, TwoIdenticalReplicasEqualOneWithTheMultiReplicaPath) {
+  // A reducer that doubles every sum acts as a second replica holding the same
+  // batch and upstream gradient: global mean, biased variance, dx, dgamma and
+  // dbeta equal plain BN's, but the op takes its multi-replica path
+  // (re-normalization and the affine dx correction); the unbiased running
+  // variance uses 2M - 1 instead of M - 1.
+  Generator g(5);
+  Tensor x0 = add(Tensor::randn({3, 4, 5}, g), -0.7);
+  Tensor w = Tensor::randn({3, 4, 5}, g);
+  nn::BatchNorm1d plain(4), synced(4);
+  plain.weight.copy_(Tensor::from_vector<float>({1.f, -2.f, 0.3f, 1.1f}, {4}));
+  synced.weight.copy_(plain.weight);
+  synced.cross_replica_sum = [](Tensor& t) { t.copy_(mul(t, 2.0)); };
+  Tensor xa = x0.detach(), xb = x0.detach();
+  xa.set_requires_grad(true);
+  xb.set_requires_grad(true);
+  Tensor ya = plain.forward(xa), yb = synced.forward(xb);
+  EXPECT_LT(max_diff(ya, yb), 1e-5);
+  sum(mul(ya, w)).backward();
+  sum(mul(yb, w)).backward();
+  EXPECT_LT(max_diff(xa.grad(), xb.grad()), 1e-5);
+  EXPECT_LT(max_diff(plain.weight.grad(), synced.weight.grad()), 1e-4);
+  EXPECT_LT(max_diff(plain.bias.grad(), synced.bias.grad()), 1e-4);
+  EXPECT_LT(max_diff(plain.running_mean, synced.running_mean), 1e-6);
+  // running_var = 0.9 + 0.1 * var_b * K/(K-1): M = 15 here, 2M = 30 there.
+  auto vp = plain.running_var.to_vector<double>(), vs = synced.running_var.to_vector<double>();
+  for (size_t c = 0; c < vp.size(); ++c) {
+    const double var_b = (vp[c] - 0.9) / 0.1 * 14.0 / 15.0;
+    EXPECT_NEAR(vs[c], 0.9 + 0.1 * var_b * 30.0 / 29.0, 1e-6) << "channel " << c;
+  }
+}
+
 TEST(SyncBatchNorm, ConvertFindsNestedLayersAndRevertRemovesThem) {
   auto inner = std::make_shared<nn::Sequential>();
   inner->push_back(std::make_shared<nn::Flatten>());
