@@ -10,6 +10,8 @@ void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_predict(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_pack(CLI::App& app);
+void register_stage(CLI::App& app);
 
 // The exit code a subcommand's callback left (0 unless it failed softly).
 int exit_code();

@@ -19,6 +19,7 @@
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/factory.h"
+#include "hpdl/store/store_dataset.h"
 #include "hpdl/train/checkpoint.h"
 #include "hpdl/train/metrics.h"
 #include "hpdl/train/progress.h"
@@ -153,6 +154,10 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m
 }  // namespace
 
 Datasets load_datasets(const DataConfig& config) {
+  if (!config.store.empty()) {
+    auto [train, test] = store::open_store_datasets(config.store);
+    return {train, test};
+  }
   HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
              "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
   return {data::open_dataset(config.dataset, config.path, true), data::open_dataset(config.dataset, config.path, false)};

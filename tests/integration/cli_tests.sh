@@ -123,6 +123,18 @@ trace_overlap)
   done
   grep -q '"pid":1' run/trace.json || fail "trace lacks rank 1"
   ;;
+train_from_store)
+  # The same run from a packed store and from the idx files must see the same samples.
+  fm=/usr/share/datasets/fashion-mnist
+  "$hpdl" pack $fm/train-images-idx3-ubyte.gz -o fm.store >/dev/null || fail "pack train failed"
+  "$hpdl" pack $fm/t10k-images-idx3-ubyte.gz -o fm.store --append >/dev/null || fail "pack test failed"
+  a=("$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=30)
+  "$hpdl" train "${a[@]}" --set train.run_dir=idx >idx.log 2>&1 || fail "idx run failed"
+  "$hpdl" train "${a[@]}" --set train.run_dir=store --set data.store=fm.store >store.log 2>&1 \
+    || fail "store run failed: $(tail -3 store.log)"
+  cmp idx/checkpoints/step-0000000030.safetensors store/checkpoints/step-0000000030.safetensors \
+    || fail "training from the store gave different weights than from the idx files"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"

@@ -252,6 +252,29 @@ void ReferenceBackend::axpby(double a, const Tensor& x, double b, const Tensor& 
 // ---------------------------------------------------------------- reductions
 
 void ReferenceBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<int>& axes, const Tensor& out) {
+  // Fast path: a contiguous input reduced over its leading axes (a bias
+  // gradient: sum over the batch) accumulates whole rows, with no transpose.
+  if (x.is_contiguous() && !axes.empty() && (op == ReduceOp::sum || op == ReduceOp::mean) &&
+      axes.back() == static_cast<int>(axes.size()) - 1 && static_cast<int>(axes.size()) < x.ndim()) {
+    dispatch_float(x.dtype(), reduce_name(op), [&](auto tag) {
+      using T = decltype(tag);
+      int64_t R = 1;
+      for (int a : axes) R *= x.shape()[a];
+      const int64_t M = x.numel() / R;
+      const T* in = ptr<T>(x);
+      T* o = ptr<T>(out);
+      const double scale = op == ReduceOp::mean ? 1.0 / static_cast<double>(R) : 1.0;
+      parallel_for(M, 1024, [&](int64_t b, int64_t e) {
+        std::vector<double> acc(static_cast<size_t>(e - b), 0.0);
+        for (int64_t r = 0; r < R; ++r) {
+          const T* row = in + r * M;
+          for (int64_t j = b; j < e; ++j) acc[j - b] += row[j];
+        }
+        for (int64_t j = b; j < e; ++j) o[j] = static_cast<T>(acc[j - b] * scale);
+      });
+    });
+    return;
+  }
   dispatch_float(x.dtype(), reduce_name(op), [&](auto tag) {
     using T = decltype(tag);
     // Move the reduced axes last, make contiguous: every output is one row of length R.

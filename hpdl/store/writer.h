@@ -1,0 +1,49 @@
+// Packing: turns a directory tree (any file format) or a dataset hpdl reads
+// (idx, npy) into a store directory of a few partition files plus one index.
+// Output is deterministic: entries sorted by path, no timestamps, so packing the
+// same input twice gives byte-identical stores.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "hpdl/store/format.h"
+
+namespace hpdl::store {
+
+struct PackOptions {
+  // A new partition starts when the current one would exceed this many bytes
+  // (a single larger file gets a partition of its own). Ignored when partition_count > 0.
+  uint64_t partition_bytes = uint64_t{256} << 20;
+  // When > 0: aim for this many partitions of about equal size (fewer if there are fewer files).
+  uint32_t partition_count = 0;
+  // Per-file compression; a file is stored uncompressed when compression does not shrink it.
+  Compression compression = Compression::none;
+  int level = 3;  // zstd level (lz4 ignores it)
+  // Add to an existing store: new partitions are written, the index is rewritten
+  // atomically; a path already in the store is an error. Without it, an existing store is an error.
+  bool append = false;
+  // Store every packed path under this folder (e.g. "extra" -> "extra/a.txt"); empty for none.
+  std::string prefix;
+};
+
+struct PackStats {
+  uint64_t entries = 0;     // entries added by this call
+  uint32_t partitions = 0;  // partitions written by this call
+  uint64_t bytes_in = 0;    // original bytes added
+  uint64_t bytes_stored = 0;  // bytes written into partitions
+};
+
+// Packs `src` into the store directory `store` (created if missing):
+//  - a directory: every regular file below it (symlinks to files followed), path relative to src;
+//  - an idx file (name contains "idx", optionally .gz): one entry per sample, "<split>/<i>.bin"
+//    holding that sample's raw bytes, labelled from the matching labels-idx1 file when present,
+//    plus "<split>/meta.json" ({"count","shape","dtype"}); split is "train" for train-*,
+//    "test" for t10k-*, else the file's stem;
+//  - a .npy file: one entry per index along axis 0, "<stem>/<i>.bin", raw C-order bytes, plus meta.json.
+// Throws hpdl::Error naming the offending file: unreadable input, a path that would
+// escape the store, an existing store without `append`, a duplicate path with `append`.
+PackStats pack(const std::filesystem::path& src, const std::filesystem::path& store, const PackOptions& options);
+
+}  // namespace hpdl::store
