@@ -159,6 +159,30 @@ void DataParallel::launch(int index) {
 void DataParallel::finish() {
   for (size_t i = 0; i < buckets_.size(); ++i) launch(static_cast<int>(i));
   for (auto& b : buckets_) b->work->wait();
+  if (options_.broadcast_buffers) broadcast_buffers(0);
+}
+
+void DataParallel::broadcast_buffers(int root) {
+  if (comm_.size() == 1) return;
+  NoGradGuard ng;
+  std::vector<Tensor> bufs;
+  int64_t numel = 0;
+  for (auto& [name, t] : model_.named_buffers())
+    if (t.dtype() == DType::f32 && t.device().is_cpu() && t.is_contiguous()) bufs.push_back(t), numel += t.numel();
+  if (numel == 0) return;
+  // One message for all of them: a ResNet has dozens of small buffers.
+  Tensor flat = Tensor::empty({numel});
+  int64_t off = 0;
+  for (auto& t : bufs) {
+    flat.narrow(0, off, t.numel()).copy_(t.reshape({t.numel()}));
+    off += t.numel();
+  }
+  comm_.broadcast(flat, root);
+  off = 0;
+  for (auto& t : bufs) {
+    t.copy_(flat.narrow(0, off, t.numel()));
+    off += t.numel();
+  }
 }
 
 std::vector<int64_t> DataParallel::bucket_sizes() const {

@@ -21,6 +21,11 @@ namespace hpdl::dist {
 struct DataParallelOptions {
   int64_t bucket_bytes = 25ll << 20;
   bool bf16_wire = false;  // compress gradients to bfloat16 for the allreduce
+  // After each step, floating-point buffers (batch norm running statistics)
+  // are broadcast from rank 0 in one message, as PyTorch DDP's
+  // broadcast_buffers: with per-rank batch norm every replica then holds
+  // rank 0's statistics. Synchronized batch norm keeps them identical anyway.
+  bool broadcast_buffers = true;
 };
 
 // One timed span of an allreduce, for the trace (steady-clock microseconds).
@@ -41,8 +46,11 @@ class DataParallel {
   // before each forward instead of model.zero_grad().
   void zero_grad();
   // Launches buckets that did not fill (parameters unused this step), waits
-  // for every allreduce and averages. After it, .grad holds the global mean.
+  // for every allreduce and averages. After it, .grad holds the global mean
+  // (and, with broadcast_buffers, every rank holds rank 0's buffers).
   void finish();
+  // Broadcasts the floating-point buffers from `root` in one message.
+  void broadcast_buffers(int root = 0);
   // Broadcasts parameters and buffers from `root` (done once at construction).
   void broadcast_state(int root = 0);
 

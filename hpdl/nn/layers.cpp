@@ -85,7 +85,8 @@ Tensor BatchNorm::forward(const Tensor& x) {
   HPDL_CHECK(x.ndim() >= min_ndim_ && x.ndim() <= max_ndim_ && x.dim(1) == num_features,
              "{}({}): input must have {} to {} dims with {} channels at axis 1, got {}", name_, num_features,
              min_ndim_, max_ndim_, num_features, shape_str(x.shape()));
-  if (is_training()) {
+  const bool synced = is_training() && static_cast<bool>(cross_replica_sum);
+  if (is_training() && !synced) {  // synchronized: the op checks the global count
     int64_t per_channel = x.numel() / num_features;
     HPDL_CHECK(per_channel > 1, "{}: training needs more than one value per channel, got input {}", name_,
                shape_str(x.shape()));
@@ -97,7 +98,9 @@ Tensor BatchNorm::forward(const Tensor& x) {
     weight = weight.to(x.dtype()).to(x.device());
     bias = bias.to(x.dtype()).to(x.device());
   }
-  Tensor y = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  Tensor y = synced ? batch_norm_cross_replica(x, weight, bias, running_mean, running_var, cross_replica_sum, momentum,
+                                               eps)
+                    : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
   if (is_training()) {
     if (num_batches_tracked.device().is_cpu()) {
       num_batches_tracked.fill_(num_batches_tracked.item() + 1);

@@ -15,6 +15,7 @@
 
 #include "hpdl/backend/backend.h"
 #include "hpdl/nn/module.h"
+#include "hpdl/ops/norm.h"
 
 namespace hpdl::nn {
 
@@ -64,7 +65,9 @@ class Conv2d : public Module {
 
 // Batch normalization (Ioffe & Szegedy 2015) over x [N, C, ...] per channel.
 // Training: batch statistics of this rank's batch (per-rank, not synchronized
-// across ranks), and running = (1 - momentum) * running + momentum * batch
+// across ranks) unless cross_replica_sum is set (dist::convert_sync_batchnorm
+// installs it): then the statistics and the backward sums span every rank's
+// batch (ops batch_norm_cross_replica). Running = (1 - momentum) * running + momentum * batch
 // (unbiased variance); eval: running statistics. Parameters weight (ones) and
 // bias (zeros) [C]; buffers running_mean (zeros), running_var (ones) [C] and
 // num_batches_tracked (int64 scalar, counts training batches).
@@ -77,6 +80,8 @@ class BatchNorm : public Module {
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
   double eps, momentum;
+  // Empty: per-replica statistics. Set: synchronized batch norm in training.
+  CrossReplicaSum cross_replica_sum;
 
  private:
   int min_ndim_, max_ndim_;

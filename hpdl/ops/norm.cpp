@@ -2,12 +2,16 @@
 // Kiros & Hinton 2016). Training-mode forward and backward go through the
 // backend's fused kernels (first-order only). Eval-mode batch norm is an affine
 // map per channel, so its backward is written with differentiable ops (saliency
-// and Grad-CAM differentiate through eval-mode networks).
+// and Grad-CAM differentiate through eval-mode networks). The cross-replica
+// (synchronized) variant reuses the same fused kernels and exchanges only
+// per-channel sums, in float64, through a caller-given reducer.
 #include "hpdl/ops/norm.h"
 
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 #include "hpdl/ops/reduce.h"
+
+#include <cmath>
 
 namespace hpdl {
 namespace {
@@ -108,6 +112,145 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
           detail::pick(xc, OpKind::batchnorm)
               .batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
           return std::vector<Tensor>{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
+        },
+        /*first_order_only=*/true);
+  }
+  return y;
+}
+
+namespace {
+
+std::vector<double> host_values(const Tensor& t) { return t.to(kCPU).to_vector<double>(); }
+
+// Sums `values` over the replicas through `reduce_sum` (one message).
+std::vector<double> reduce_over_replicas(std::vector<double> values, const CrossReplicaSum& reduce_sum) {
+  Tensor t = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+  reduce_sum(t);
+  HPDL_CHECK(t.dtype() == DType::f64 && t.numel() == static_cast<int64_t>(values.size()),
+             "batch_norm_cross_replica: the reducer changed the statistics tensor (shape {})", shape_str(t.shape()));
+  return t.to_vector<double>();
+}
+
+Tensor vector_like(const std::vector<double>& v, const Shape& shape, const Tensor& like) {
+  return Tensor::from_vector(v, shape).to(like.dtype()).to(like.device());
+}
+
+}  // namespace
+
+// The fused kernels do the passes over the activations; only per-channel
+// vectors cross the replicas. Forward: the training kernel gives this
+// replica's mean and 1/sqrt(var + eps), from which the sums are
+//   sum x = M mean_r,   sum x^2 = M (var_r + mean_r^2)      (M values per channel here)
+// and, added over replicas (count Mg), the global mean and biased variance
+//   mean = sum x / Mg,  var = sum x^2 / Mg - mean^2         (in double)
+// with which the inference kernel normalizes. Backward: the backward kernel,
+// given the global mean and invstd, returns this replica's sums
+//   d1 = sum dy,  d2 = sum dy * xhat
+// and dx_r = gamma invstd (dy - d1/M - xhat d2/M). The global gradient,
+//   dx = gamma invstd (dy - S1/Mg - xhat S2/Mg)              (S1, S2: d1, d2 added over replicas)
+// differs from dx_r by a per-channel affine function of x:
+//   dx = dx_r + B x + A,  B = gamma invstd^2 (d2/M - S2/Mg),  A = gamma invstd (d1/M - S1/Mg) - B mean.
+Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                const Tensor& running_var, const CrossReplicaSum& reduce_sum, double momentum,
+                                double eps) {
+  const char* op = "batch_norm_cross_replica";
+  detail::check_defined(x, op, "input");
+  detail::check_float(x, op);
+  HPDL_CHECK(x.ndim() >= 2, "{}: input must be [N, C, ...], got {}", op, shape_str(x.shape()));
+  HPDL_CHECK(static_cast<bool>(reduce_sum), "{}: no cross-replica reducer given", op);
+  const int64_t C = x.dim(1);
+  check_vector(gamma, C, x, op, "weight (gamma)");
+  check_vector(beta, C, x, op, "bias (beta)");
+  check_vector(running_mean, C, x, op, "running_mean");
+  check_vector(running_var, C, x, op, "running_var");
+  HPDL_CHECK(running_mean.defined() == running_var.defined(), "{}: give both running_mean and running_var or neither",
+             op);
+  const int64_t M = x.numel() / std::max<int64_t>(C, 1);
+
+  Tensor xc = x.contiguous().detach();
+  Tensor g = param_or(gamma, C, 1.0, x), b = param_or(beta, C, 0.0, x);
+  Backend& be = detail::pick(x, OpKind::batchnorm);
+  Tensor y = detail::empty_like(xc);
+  std::vector<double> mean(C), var(C);
+  double count = 0;
+  {
+    NoGradGuard ng;
+    std::vector<double> msg(2 * C + 1, 0.0);
+    if (M > 0) {
+      Tensor local_mean = Tensor::empty({C}, x.dtype(), x.device());
+      Tensor local_invstd = Tensor::empty({C}, x.dtype(), x.device());
+      be.batchnorm_forward_train(xc, g, b, y, local_mean, local_invstd, eps);
+      std::vector<double> lm = host_values(local_mean), li = host_values(local_invstd);
+      for (int64_t c = 0; c < C; ++c) {
+        const double local_var = std::max(0.0, 1.0 / (li[c] * li[c]) - eps);
+        msg[c] = M * lm[c];
+        msg[C + c] = M * (local_var + lm[c] * lm[c]);
+      }
+    }
+    msg[2 * C] = static_cast<double>(M);
+    msg = reduce_over_replicas(std::move(msg), reduce_sum);
+    count = msg[2 * C];
+    HPDL_CHECK(count > 1, "{}: training needs more than one value per channel over all replicas, got {} (input {})",
+               op, count, shape_str(x.shape()));
+    for (int64_t c = 0; c < C; ++c) {
+      mean[c] = msg[c] / count;
+      var[c] = std::max(0.0, msg[C + c] / count - mean[c] * mean[c]);  // biased: normalizes the batch
+    }
+  }
+  const bool alone = count == static_cast<double>(M);  // this replica holds the whole batch: y is final
+  Tensor mean_t = vector_like(mean, {C}, x);
+  if (!alone && M > 0) be.batchnorm_forward_infer(xc, g, b, mean_t, vector_like(var, {C}, x), y, eps);
+
+  if (running_mean.defined()) {
+    // running = (1 - momentum) * running + momentum * global, unbiased variance.
+    NoGradGuard ng;
+    HPDL_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(),
+               "{}: running statistics must be contiguous", op);
+    std::vector<double> var_unbiased(C);
+    for (int64_t c = 0; c < C; ++c) var_unbiased[c] = var[c] * count / (count - 1);
+    be.axpby(1.0 - momentum, running_mean, momentum, vector_like(mean, {C}, running_mean), running_mean);
+    be.axpby(1.0 - momentum, running_var, momentum, vector_like(var_unbiased, {C}, running_var), running_var);
+  }
+
+  if (needs_grad({&x, &gamma, &beta})) {
+    const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
+               gb = beta.defined() && beta.requires_grad();
+    std::vector<double> invstd(C);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    Tensor invstd_t = vector_like(invstd, {C}, x);
+    record(
+        "batch_norm_cross_replica", {x, gamma, beta}, {&y},
+        [xc, g, mean, invstd, mean_t, invstd_t, M, count, alone, reduce_sum, gx, gg, gb](
+            const std::vector<Tensor>& gr) {
+          // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C] (this replica's sums)
+          NoGradGuard ng;
+          const int64_t C = xc.dim(1);
+          Tensor dy = gr[0].contiguous();
+          Tensor dx = detail::empty_like(xc);
+          Tensor d2 = Tensor::zeros({C}, xc.dtype(), xc.device()), d1 = Tensor::zeros({C}, xc.dtype(), xc.device());
+          if (M > 0) detail::pick(xc, OpKind::batchnorm).batchnorm_backward(xc, dy, g, mean_t, invstd_t, dx, d2, d1);
+          if (gx) {
+            std::vector<double> l1 = host_values(d1), l2 = host_values(d2), msg(2 * C);
+            std::copy(l1.begin(), l1.end(), msg.begin());
+            std::copy(l2.begin(), l2.end(), msg.begin() + C);
+            msg = reduce_over_replicas(std::move(msg), reduce_sum);
+            if (!alone && M > 0) {
+              std::vector<double> gv = host_values(g), A(C), B(C);
+              for (int64_t c = 0; c < C; ++c) {
+                B[c] = gv[c] * invstd[c] * invstd[c] * (l2[c] / M - msg[C + c] / count);
+                A[c] = gv[c] * invstd[c] * (l1[c] / M - msg[c] / count) - B[c] * mean[c];
+              }
+              // B x + A per channel is what the inference kernel computes with
+              // gamma = B, beta = A, mean 0, var 1, eps 0: one fused pass.
+              Tensor corr = detail::empty_like(xc);
+              detail::pick(xc, OpKind::batchnorm)
+                  .batchnorm_forward_infer(xc, vector_like(B, {C}, xc), vector_like(A, {C}, xc),
+                                           Tensor::zeros({C}, xc.dtype(), xc.device()),
+                                           Tensor::ones({C}, xc.dtype(), xc.device()), corr, 0.0);
+              dx = add(dx, corr);
+            }
+          }
+          return std::vector<Tensor>{gx ? dx : Tensor(), gg ? d2 : Tensor(), gb ? d1 : Tensor()};
         },
         /*first_order_only=*/true);
   }

@@ -3,7 +3,11 @@
 // (running = (1-momentum)*running + momentum*batch, unbiased batch variance),
 // in eval it uses the running statistics. layer_norm normalizes over the last
 // axis. Backward through fused kernels: first-order only.
+// batch_norm_cross_replica is the synchronized ("cross-GPU", Peng et al. 2018)
+// variant: statistics over the union of every replica's batch.
 #pragma once
+
+#include <functional>
 
 #include "hpdl/core/tensor.h"
 
@@ -11,6 +15,24 @@ namespace hpdl {
 
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                   const Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+
+// Sums a contiguous float64 CPU tensor in place over every replica (an
+// allreduce). Every replica must call it the same number of times in the same
+// order. ops knows nothing of MPI; hpdl::dist supplies the function.
+using CrossReplicaSum = std::function<void(Tensor&)>;
+
+// Training-mode batch norm whose statistics span all replicas: forward
+// all-reduces the per-channel [sum x, sum x^2, count] (one message of 2C+1
+// doubles), normalizes with the global mean and biased variance, and updates
+// the running statistics with the global mean and unbiased variance. Backward
+// all-reduces the per-channel [sum dy, sum dy*xhat] (2C doubles) so dx is the
+// gradient of batch norm over the global batch; dgamma and dbeta are this
+// replica's sums (DataParallel's gradient averaging then gives the global
+// mean). A replica may hold a single sample; the global count must exceed 1.
+// First-order only. Throws as batch_norm, and when the global count is <= 1.
+Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                const Tensor& running_var, const CrossReplicaSum& reduce_sum, double momentum = 0.1,
+                                double eps = 1e-5);
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps = 1e-5);
 
 }  // namespace hpdl

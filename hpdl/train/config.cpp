@@ -51,6 +51,7 @@ std::vector<Key> bind(Config& c) {
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
+      {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
   };
 }
 
@@ -351,6 +352,7 @@ void validate(const Config& c, const std::string& src) {
   positive("train.log_every", static_cast<double>(t.log_every));
   non_negative("train.eval_every_epochs", static_cast<double>(t.eval_every_epochs));
   non_negative("train.max_steps", static_cast<double>(t.max_steps));
+  positive("train.bucket_mb", t.bucket_mb);
 }
 
 Config parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {

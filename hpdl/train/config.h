@@ -88,6 +88,11 @@ struct TrainConfig {
   int64_t log_every = 50;
   int64_t eval_every_epochs = 1;
   int64_t max_steps = 0;  // 0: no limit
+  // Synchronized batch norm under MPI: statistics over the global batch
+  // (dist::convert_sync_batchnorm); false: each rank normalizes its own batch.
+  bool sync_batchnorm = false;
+  double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
+  bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
 };
 
 struct Config {

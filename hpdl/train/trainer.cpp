@@ -12,6 +12,7 @@
 #include "hpdl/data/sampler.h"
 #include "hpdl/dist/communicator.h"
 #include "hpdl/dist/data_parallel.h"
+#include "hpdl/dist/sync_batchnorm.h"
 #include "hpdl/io/file.h"
 #include "hpdl/io/safetensors.h"
 #include "hpdl/nn/layers.h"
@@ -292,7 +293,20 @@ TrainSummary Trainer::run(bool resume) {
   auto opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
   std::unique_ptr<dist::DataParallel> dp;
-  if (world > 1) dp = std::make_unique<dist::DataParallel>(*model, comm);
+  // ---- dist2: data parallelism and synchronized batch norm (train.sync_batchnorm) ----
+  if (world > 1) {
+    dist::DataParallelOptions dpo;
+    dpo.broadcast_buffers = !cfg.train.sync_batchnorm;  // per-rank BN: every rank keeps rank 0's running stats
+    dpo.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
+    dpo.bf16_wire = cfg.train.bf16_wire;
+    dp = std::make_unique<dist::DataParallel>(*model, comm, dpo);
+  }
+  if (cfg.train.sync_batchnorm && world > 1) {
+    int layers = dist::convert_sync_batchnorm(*model, comm);
+    if (root && layers == 0)
+      std::fprintf(stderr, "hpdl: warning: train.sync_batchnorm = true but the model has no batch norm layer\n");
+  }
+  // ---- end dist2 ----
 
   // ---- resume ----
   CheckpointManager ckpt(run_dir, static_cast<int>(cfg.train.keep_checkpoints));

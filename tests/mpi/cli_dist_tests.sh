@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# CLI tests of the distributed features, one case per invocation:
+# cli_dist_tests.sh CASE HPDL WORKDIR. `hpdl bench scaling` must print a
+# prediction table whose efficiency is 1 at one rank and never rises with the
+# rank count (alone and under mpirun, where it also measures an allreduce);
+# `hpdl train` with train.sync_batchnorm under mpirun must pass the replica check.
+set -uo pipefail
+case_name=$1; hpdl=$2; work=$3/$case_name
+mpirun=${MPIEXEC:-mpirun}
+ex=${HPDL_EXAMPLES:-$(dirname "$0")/../../examples}
+rm -rf "$work"; mkdir -p "$work"; cd "$work" || exit 1
+fail() { echo "FAIL [$case_name]: $*"; exit 1; }
+
+# Checks the Markdown table in out.txt: first row 1 rank with efficiency 1,
+# efficiency (last column) non-increasing, ranks doubling up to $1.
+check_table() {
+  awk -F'|' -v max="$1" '
+    /^\| [0-9]+ \|/ {
+      r = $2 + 0; e = $(NF - 1) + 0; n++
+      if (n == 1 && (r != 1 || e != 1)) { print "first row is not 1 rank at efficiency 1: " $0; bad = 1 }
+      if (n > 1 && r != 2 * prev_r) { print "ranks do not double: " $0; bad = 1 }
+      if (n > 1 && e > prev_e + 1e-12) { print "efficiency rises: " $0; bad = 1 }
+      prev_r = r; prev_e = e
+    }
+    END { if (n == 0) { print "no table rows"; bad = 1 } else if (prev_r != max) { print "last row " prev_r " != " max; bad = 1 }
+          exit bad }' out.txt
+}
+
+case $case_name in
+bench_scaling_np1)
+  OMP_NUM_THREADS=1 "$hpdl" bench scaling --model mlp --batch 32 --steps 3 --warmup 1 --net eth-25g --overlap 0.2 \
+    >out.txt 2>err.txt || fail "bench scaling failed: $(cat err.txt)"
+  grep -q "^| ranks | allreduce ms | exposed comm ms | step ms | epoch s" out.txt || fail "no table header: $(head -5 out.txt)"
+  check_table 4096 || fail "bad table"
+  # eth-25g with little overlap must cost efficiency somewhere in 1..4096 ranks (the column is not constant).
+  awk -F'|' '/^\| 4096 \|/ { exit !($(NF - 1) + 0 < 1) }' out.txt || fail "efficiency at 4096 ranks is still 1"
+  grep -q "one rank, nothing measured" out.txt || fail "no note about the single rank"
+  ;;
+bench_scaling_np2)
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" bench scaling --model lenet5 --batch 16 \
+    --steps 2 --warmup 1 --max-ranks 64 >out.txt 2>err.txt || fail "mpirun bench scaling failed: $(tail -5 err.txt)"
+  check_table 64 || fail "bad table"
+  [[ $(grep -c "^| ranks |" out.txt) -eq 1 ]] || fail "the table must be printed once (rank 0 only)"
+  grep -q "allreduce of [0-9]* bytes over 2 ranks: measured .* ms (Communicator, this machine), ib-hdr model" out.txt \
+    || fail "no measured-vs-model line: $(tail -4 out.txt)"
+  ;;
+bench_scaling_bad_net)
+  "$hpdl" bench scaling --net infiniband >out.txt 2>err.txt && fail "an unknown interconnect was accepted"
+  grep -q "unknown interconnect 'infiniband' (known: ib-edr, ib-hdr" err.txt || fail "error does not list presets: $(cat err.txt)"
+  ;;
+train_sync_bn_np2)
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \
+    --set train.max_steps=2 --set data.batch_size=8 --set data.workers=1 --set train.sync_batchnorm=true \
+    --set train.run_dir=run >log 2>&1 || fail "mpirun failed: $(tail -5 log)"
+  grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
+  grep -q "sync_batchnorm = true" run/config.toml || fail "resolved config lacks train.sync_batchnorm"
+  ;;
+train_per_rank_bn_np2)
+  # Per-rank BN: running statistics differ per rank unless DataParallel broadcasts rank 0's.
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \
+    --set train.max_steps=2 --set data.batch_size=8 --set data.workers=1 --set train.run_dir=run \
+    --set train.bucket_mb=0.1 --set train.bf16_wire=true >log 2>&1 \
+    || fail "mpirun failed: $(tail -5 log)"
+  grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
+  ;;
+*) fail "unknown case" ;;
+esac
+echo "PASS [$case_name]"
