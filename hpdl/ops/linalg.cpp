@@ -89,9 +89,23 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Shape out_shape = x.shape();
   out_shape.back() = w.dim(0);
   Tensor x2 = x.ndim() == 2 ? x : x.reshape({-1, x.dim(-1)});
-  // y = x @ w^T (+ b): w^T is a transposed view, not a copy.
-  Tensor y = matmul(x2, w.t());
-  if (b.defined()) y = add(y, b);
+  detail::check_same(x2, w, "linear");
+  // y [M, out] = x [M, in] @ w^T [in, out] (+ b): w^T is a transposed view, not a copy.
+  Tensor y = gemm(x2, w.t());
+  if (b.defined()) {
+    detail::check_same(y, b, "linear");
+    detail::pick(y, OpKind::binary).binary(BinaryOp::add, y, b, y, 0);  // in place, broadcast over rows
+  }
+  if (needs_grad({&x2, &w, &b})) {
+    const bool gx = x2.requires_grad(), gw = w.requires_grad(), gb = b.defined() && b.requires_grad();
+    record("linear", {x2, w, b}, {&y}, [x2, w, gx, gw, gb](const std::vector<Tensor>& g) {
+      // dx [M, in] = g [M, out] @ w [out, in]; dw [out, in] = g^T [out, M] @ x [M, in]
+      // (contiguous, so the weight's gradient needs no transpose copy); db [out] = sum_M g.
+      // Built from differentiable ops: higher-order gradients flow through linear.
+      return std::vector<Tensor>{gx ? matmul(g[0], w) : Tensor(), gw ? matmul(g[0].t(), x2) : Tensor(),
+                                 gb ? sum(g[0], {0}) : Tensor()};
+    });
+  }
   return x.ndim() == 2 ? y : y.reshape(out_shape);
 }
 

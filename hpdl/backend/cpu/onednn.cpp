@@ -9,6 +9,8 @@
 // threads never share its buffers at once.
 #include "hpdl/backend/cpu/onednn.h"
 
+#include "hpdl/core/threading.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -704,6 +706,32 @@ void OneDnnBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Te
 }
 
 // ---------------------------------------------------------------- info
+
+void OneDnnBackend::optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad,
+                                     const Tensor& buf1, const Tensor& buf2) {
+  const bool steady_sgd = u.kind == OptimizerUpdate::Kind::sgd && param.dtype() == DType::f32 && buf1.defined() &&
+                          u.momentum != 0 && u.step > 1 && !u.decoupled_decay;
+  if (!steady_sgd) {
+    ReferenceBackend::optimizer_update(u, param, grad, buf1, buf2);
+    return;
+  }
+  // g' = g + wd p; m = mu m + (1 - dampening) g'; p -= lr (nesterov ? g' + mu m : m)
+  float* p = param.data<float>();
+  const float* g = grad.data<float>();
+  float* m = buf1.data<float>();
+  const float wd = static_cast<float>(u.weight_decay), mu = static_cast<float>(u.momentum);
+  const float damp = static_cast<float>(1 - u.dampening), lr = static_cast<float>(u.lr * u.scale);
+  const float nest = u.nesterov ? 1.0f : 0.0f;
+  parallel_for(param.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) {
+      const float gi = g[i] + wd * p[i];
+      const float mi = mu * m[i] + damp * gi;
+      m[i] = mi;
+      p[i] -= lr * (nest * (gi + mu * mi) + (1.0f - nest) * mi);
+    }
+  });
+}
 
 std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();

@@ -19,6 +19,10 @@ class OneDnnBackend : public ReferenceBackend {
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
               double beta) override;
+  // SGD with momentum as one branch-free, vectorized float32 pass (the
+  // reference computes each element in double with per-element branches).
+  void optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad, const Tensor& buf1,
+                        const Tensor& buf2) override;
 
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                       const Conv2dParams& p) override;
