@@ -78,6 +78,10 @@ Edge gradient_edge(const Tensor& t) {
   auto acc = meta.grad_accumulator.lock();
   if (!acc) {
     acc = std::make_shared<AccumulateGrad>(t.impl_ptr());
+    // A sink: run it as soon as its gradient is complete (highest priority), so
+    // post-accumulate hooks fire during backward (DataParallel overlaps its
+    // bucket allreduces with the rest of backward), not after it.
+    acc->sequence = UINT64_MAX;
     meta.grad_accumulator = acc;
   }
   return {acc, 0};

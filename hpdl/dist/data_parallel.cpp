@@ -36,13 +36,17 @@ DataParallel::DataParallel(nn::Module& model, Communicator& comm, DataParallelOp
   auto params = model_.parameters();
   // Reverse registration order: the last layers' gradients are ready first.
   std::vector<Tensor> order(params.rbegin(), params.rend());
+  int64_t total_bytes = 0;
+  for (const Tensor& p : order) total_bytes += static_cast<int64_t>(p.nbytes());
+  const int64_t limit = std::min<int64_t>(
+      options_.bucket_bytes, std::max<int64_t>(64 << 10, total_bytes / std::max(1, options_.min_buckets)));
   std::vector<std::vector<Tensor>> groups(1);
   int64_t bytes = 0;
   for (const Tensor& p : order) {
     HPDL_CHECK(p.dtype() == DType::f32 && p.device().is_cpu(), "DataParallel: parameters must be float32 on the CPU "
                "(got {}); GPU ranks use the NCCL communicator", p.str());
     int64_t b = static_cast<int64_t>(p.nbytes());
-    if (!groups.back().empty() && bytes + b > options_.bucket_bytes) {
+    if (!groups.back().empty() && bytes + b > limit) {
       groups.emplace_back();
       bytes = 0;
     }

@@ -495,6 +495,7 @@ TrainSummary Trainer::run(bool resume) {
       for (int r = 0; r < world; ++r) files.push_back(run_dir / fmt::format("trace.rank{}.json", r));
       merge_traces(files, run_dir / "trace.json");
       for (auto& f : files) fs::remove(f);
+      summary.allreduce_hidden_fraction = allreduce_hidden_fraction(run_dir / "trace.json");
     }
   }
   if (root) {
@@ -502,6 +503,7 @@ TrainSummary Trainer::run(bool resume) {
                         {"train_samples_per_s", summary.train_samples_per_s}, {"final_train_loss", last_loss},
                         {"ranks", world}, {"threads", num_threads()}, {"interrupted", summary.interrupted}};
     if (summary.test_accuracy >= 0) s["test_accuracy"] = summary.test_accuracy, s["test_loss"] = summary.test_loss;
+    if (summary.allreduce_hidden_fraction >= 0) s["allreduce_hidden_fraction"] = summary.allreduce_hidden_fraction;
     const std::string text = s.dump(2) + "\n";
     io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());
     metrics->write({{"type", "summary"}, {"summary", s}});

@@ -31,6 +31,9 @@ struct TrainSummary {
   double test_accuracy = -1, test_loss = -1;
   double seconds = 0, train_samples_per_s = 0;
   bool interrupted = false;  // stopped by a signal after checkpointing
+  // With train.trace and several ranks: the fraction of allreduce time that
+  // overlapped backward on the same rank (from trace.json); -1 otherwise.
+  double allreduce_hidden_fraction = -1;
   std::filesystem::path run_dir;
 };
 
