@@ -419,7 +419,8 @@ TrainSummary Trainer::run(bool resume) {
       last_loss = st.loss_sum / st.count;
       ProgressUpdate pu;
       pu.epoch = epoch, pu.epochs = cfg.train.epochs;
-      pu.step_in_epoch = batch.index + 1, pu.steps_per_epoch = steps_per_epoch;
+      // Batches are numbered from the epoch's start position (non-zero after a resume).
+      pu.step_in_epoch = position / cfg.data.batch_size + batch.index + 1, pu.steps_per_epoch = steps_per_epoch;
       pu.global_step = step, pu.total_steps = total_steps;
       pu.loss = last_loss, pu.accuracy = st.correct / st.count;
       pu.samples = static_cast<int64_t>(st.count);
@@ -438,7 +439,8 @@ TrainSummary Trainer::run(bool resume) {
         break;
       }
     }
-    if (summary.interrupted || (stop && cfg.train.max_steps > 0 && batch.index + 1 < steps_per_epoch)) {
+    if (summary.interrupted ||
+        (stop && cfg.train.max_steps > 0 && position / cfg.data.batch_size + batch.index + 1 < steps_per_epoch)) {
       if (!summary.interrupted) save_checkpoint(epoch, loader.position());
       break;
     }
