@@ -6,6 +6,9 @@
 #include <fstream>
 
 #include "hpdl/autograd/node.h"
+#ifdef HPDL_HAVE_CUDA
+#include "hpdl/backend/cuda/cuda.h"
+#endif
 #include "hpdl/core/random.h"
 #include "hpdl/core/threading.h"
 #include "hpdl/data/dataloader.h"
@@ -252,8 +255,13 @@ TrainSummary Trainer::run(bool resume) {
   HPDL_CHECK(!(device.is_cuda() && world > 1), "train.device = \"{}\" with {} ranks: multi-rank GPU training needs "
              "the NCCL communicator, which hpdl does not have yet; run one rank per job or train on the CPU",
              cfg.train.device, world);
-  HPDL_CHECK(cfg.train.precision == "fp32", "train.precision = \"{}\": hpdl train supports fp32 only so far",
-             cfg.train.precision);
+  HPDL_CHECK(cfg.train.precision == "fp32" || device.is_cuda(), "train.precision = \"{}\" needs train.device = "
+             "\"cuda\" (bf16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
+#ifdef HPDL_HAVE_CUDA
+  // bf16: convolutions and matmuls on tensor cores with float32 accumulation;
+  // master weights, gradients and optimizer state stay float32.
+  if (device.is_cuda()) cuda::set_compute_bf16(cfg.train.precision == "bf16");
+#endif
 
   const fs::path run_dir = cfg.train.run_dir;
   if (root) {
