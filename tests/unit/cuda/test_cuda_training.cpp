@@ -167,9 +167,33 @@ TEST(CudaTrainingTest, Resnet18TrainsLikeCpu) {
   check_model_trains("resnet18", 8, 3, 32, 3, 1e-2, 0.005, 5e-2);
 }
 
+// ResNet-50 at batch 4 on 64x64 is badly conditioned: its last stage normalizes
+// 16 values per channel, and float32 kernels disagree with the float64
+// reference by 4-5% (relative L2) in early-layer gradients, on the CPU alone
+// (oneDNN blocked or plain vs reference, measured). A loss trajectory over
+// several steps therefore diverges between any two float32 implementations.
+// The check: the same forward loss, and every parameter's gradient of one
+// backward within 20% relative L2 (a wrong kernel is off by order 1).
 TEST(CudaTrainingTest, Resnet50TrainsLikeCpu) {
   SKIP_WITHOUT_GPU();
-  check_model_trains("resnet50", 4, 3, 64, 2, 1e-2, 0.001, -1);
+  auto data = synthetic(1, 4, 3, 64, 64, 7);
+  auto cpu_model = build("resnet50", 3, 64, 64);
+  auto gpu_model = build("resnet50", 3, 64, 64);
+  gpu_model->to(kGPU);
+  Tensor cpu_loss = cross_entropy(cpu_model->forward(data[0].x), data[0].y);
+  auto gpu_data = to_device(data, kGPU);
+  Tensor gpu_loss = cross_entropy(gpu_model->forward(gpu_data[0].x), gpu_data[0].y);
+  EXPECT_NEAR(gpu_loss.item(), cpu_loss.item(), 1e-3 * std::abs(cpu_loss.item()));
+  cpu_loss.backward();
+  gpu_loss.backward();
+  auto cp = cpu_model->named_parameters(), gp = gpu_model->named_parameters();
+  ASSERT_EQ(cp.size(), gp.size());
+  for (size_t i = 0; i < cp.size(); ++i) {
+    auto a = cp[i].second.grad().to_vector<double>(), b = gp[i].second.grad().to_vector<double>();
+    double num = 0, den = 0;
+    for (size_t k = 0; k < a.size(); ++k) num += (a[k] - b[k]) * (a[k] - b[k]), den += a[k] * a[k];
+    EXPECT_LT(std::sqrt(num / (den + 1e-30)), 0.2) << cp[i].first;
+  }
 }
 
 TEST(CudaTrainingTest, StepMakesNoHostCopies) {
