@@ -301,7 +301,7 @@ TrainSummary Trainer::run(bool resume) {
   auto opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
   std::unique_ptr<dist::DataParallel> dp;
-  // ---- dist2: data parallelism and synchronized batch norm (train.sync_batchnorm) ----
+  // ---- data parallelism and synchronized batch norm (train.sync_batchnorm) ----
   if (world > 1) {
     dist::DataParallelOptions dpo;
     dpo.broadcast_buffers = !cfg.train.sync_batchnorm;  // per-rank BN: every rank keeps rank 0's running stats
@@ -314,7 +314,6 @@ TrainSummary Trainer::run(bool resume) {
     if (root && layers == 0)
       std::fprintf(stderr, "hpdl: warning: train.sync_batchnorm = true but the model has no batch norm layer\n");
   }
-  // ---- end dist2 ----
 
   // ---- resume ----
   CheckpointManager ckpt(run_dir, static_cast<int>(cfg.train.keep_checkpoints));
