@@ -135,6 +135,16 @@ train_from_store)
   cmp idx/checkpoints/step-0000000030.safetensors store/checkpoints/step-0000000030.safetensors \
     || fail "training from the store gave different weights than from the idx files"
   ;;
+train_custom_model)
+  # A model given as [[model.layers]] trains, and a bad layer list is a clear error.
+  "$hpdl" train "$ex/fashion_mnist/custom_cnn.toml" "${small[@]}" --set train.max_steps=40 --set train.run_dir=run \
+    >log 2>&1 || fail "custom model run failed: $(tail -3 log)"
+  grep -q "training custom" log || fail "not the custom model: $(head -2 log)"
+  "$hpdl" eval --checkpoint run >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  printf '[model]\nname = "custom"\n[[model.layers]]\ntype = "linear"\nout_features = 7\n' >bad.toml
+  "$hpdl" train bad.toml --set train.max_steps=1 >out 2>err && fail "a last layer of 7 outputs for 10 classes was accepted"
+  grep -q "num_classes" err || fail "error does not explain the class count: $(cat err)"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"
