@@ -14,6 +14,7 @@ add_library(hpdl_store_lite STATIC
   ${HPDL_STORE_ROOT}/hpdl/store/format.cpp
   ${HPDL_STORE_ROOT}/hpdl/store/reader.cpp
   ${HPDL_STORE_ROOT}/hpdl/store/writer.cpp
+  ${HPDL_STORE_ROOT}/hpdl/io/file.cpp
   ${HPDL_STORE_ROOT}/hpdl/core/error.cpp)
 set_target_properties(hpdl_store_lite PROPERTIES POSITION_INDEPENDENT_CODE ON)
 target_include_directories(hpdl_store_lite PUBLIC ${HPDL_STORE_ROOT})

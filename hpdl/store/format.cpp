@@ -278,41 +278,6 @@ void decompress(Compression c, std::span<const std::byte> in, std::span<std::byt
   if (!in.empty()) std::memcpy(out.data(), in.data(), in.size());  // an empty entry may have null data()
 }
 
-void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  HPDL_CHECK(fd >= 0, "store: cannot create {}: {}; check the directory is writable", tmp.string(),
-             std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      HPDL_FAIL("store: write to {} failed: {}; is the disk full?", tmp.string(), std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    HPDL_FAIL("store: fsync of {} failed: {}", tmp.string(), std::strerror(err));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    HPDL_FAIL("store: rename {} -> {} failed: {}", tmp.string(), path.string(), std::strerror(err));
-  }
-  std::filesystem::path dir = path.parent_path();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
 std::vector<std::byte> read_file(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   HPDL_CHECK(fd >= 0, "store: cannot open {}: {}", path.string(), std::strerror(errno));

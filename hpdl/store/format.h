@@ -88,10 +88,6 @@ bool compress(Compression c, std::span<const std::byte> in, int level, std::vect
 void decompress(Compression c, std::span<const std::byte> in, std::span<std::byte> out,
                 const std::string& what);
 
-// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename,
-// fsync of the directory. A failed write leaves any previous file untouched.
-void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes);
-
 // Reads a whole file; throws hpdl::Error naming the path when it cannot.
 std::vector<std::byte> read_file(const std::filesystem::path& path);
 

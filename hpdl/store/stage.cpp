@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "hpdl/core/error.h"
+#include "hpdl/io/file.h"
 #include "hpdl/store/format.h"
 #include "hpdl/store/stage_comm_impl.h"
 
@@ -185,7 +186,7 @@ StageResult stage_leader(detail::StageComm& comm, const fs::path& store, const s
       ++res.partitions_here;
     }
   }
-  write_file_atomic(res.dir / kIndexName, index_bytes);
+  io::write_file_atomic(res.dir / kIndexName, index_bytes.data(), index_bytes.size());
   return res;
 }
 

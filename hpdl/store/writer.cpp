@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "hpdl/core/error.h"
+#include "hpdl/io/file.h"
 
 namespace hpdl::store {
 namespace fs = std::filesystem;
@@ -414,7 +415,8 @@ PackStats pack(const fs::path& src, const fs::path& store, const PackOptions& op
              std::make_move_iterator(added.begin()), std::make_move_iterator(added.end()), std::back_inserter(merged),
              [](const Entry& a, const Entry& b) { return a.path < b.path; });
   index.entries = std::move(merged);
-  write_file_atomic(index_path, encode_index(index));
+  const std::vector<std::byte> encoded = encode_index(index);
+  io::write_file_atomic(index_path, encoded.data(), encoded.size());
   return stats;
 }
 
