@@ -11,34 +11,14 @@
 #include "hpdl/core/error.h"
 #include "hpdl/data/dataset.h"
 #include "hpdl/data/readers.h"
+#include "tests/unit/test_util.h"
 
 namespace fs = std::filesystem;
+using namespace hpdl::test;
 using namespace hpdl;
 using namespace hpdl::data;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("hpdl_test_data_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-void write_bytes(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << s;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -78,17 +58,17 @@ TEST(Idx, PlainFileAndHeaderChecks) {
   fs::path d = temp_dir("idx");
   // 2 x 3 unsigned bytes, plain (not gzipped).
   std::string ok("\x00\x00\x08\x02\x00\x00\x00\x02\x00\x00\x00\x03\x01\x02\x03\x04\x05\x06", 18);
-  write_bytes(d / "ok-idx2", ok);
+  write_text(d / "ok-idx2", ok);
   RawArray a = read_idx(d / "ok-idx2");
   EXPECT_EQ(a.shape, (Shape{2, 3}));
   EXPECT_EQ(a.bytes[5], 6);
-  write_bytes(d / "short", ok.substr(0, 15));
+  write_text(d / "short", ok.substr(0, 15));
   EXPECT_NE(error_of([&] { read_idx(d / "short"); }).find("truncated"), std::string::npos);
-  write_bytes(d / "long", ok + "x");
+  write_text(d / "long", ok + "x");
   EXPECT_NE(error_of([&] { read_idx(d / "long"); }).find("trailing"), std::string::npos);
   std::string bad = ok;
   bad[0] = 1;
-  write_bytes(d / "magic", bad);
+  write_text(d / "magic", bad);
   EXPECT_NE(error_of([&] { read_idx(d / "magic"); }).find("not an idx file"), std::string::npos);
   // gzip of the same bytes (gzip is detected by content, not by name).
   ASSERT_EQ(std::system(("gzip -c " + (d / "ok-idx2").string() + " > " + (d / "ok.gz").string()).c_str()), 0);
@@ -131,7 +111,7 @@ TEST(Npy, FortranOrderAndUnsupportedDtypesAreErrors) {
     s += '\x00';
     s += static_cast<char>(h.size() & 0xff);
     s += static_cast<char>(h.size() >> 8);
-    write_bytes(d / "x.npy", s + h + std::string(data, '\0'));
+    write_text(d / "x.npy", s + h + std::string(data, '\0'));
   };
   make("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16);
   std::string err = error_of([&] { read_npy(d / "x.npy"); });
@@ -148,25 +128,25 @@ TEST(Npy, FortranOrderAndUnsupportedDtypesAreErrors) {
 
 TEST(Csv, HeaderDetectionLabelColumnAndErrors) {
   fs::path d = temp_dir("csv");
-  write_bytes(d / "a.csv", "x,y,label\n1.5,2,0\n-3,4e1,2\n\n");
+  write_text(d / "a.csv", "x,y,label\n1.5,2,0\n-3,4e1,2\n\n");
   CsvTable t = read_csv(d / "a.csv");
   EXPECT_EQ(t.rows, 2);
   EXPECT_EQ(t.cols, 2);
   EXPECT_EQ(t.column_names, (std::vector<std::string>{"x", "y"}));
   EXPECT_EQ(t.features, (std::vector<float>{1.5f, 2, -3, 40}));
   EXPECT_EQ(t.labels, (std::vector<int64_t>{0, 2}));
-  write_bytes(d / "b.csv", "3,1,2\n4,5,6\n");
+  write_text(d / "b.csv", "3,1,2\n4,5,6\n");
   CsvOptions o;
   o.label_column = 0;
   t = read_csv(d / "b.csv", o);
   EXPECT_EQ(t.rows, 2);
   EXPECT_EQ(t.labels, (std::vector<int64_t>{3, 4}));
   EXPECT_EQ(t.features, (std::vector<float>{1, 2, 5, 6}));
-  write_bytes(d / "c.csv", "1,2,0\n1,oops,1\n");
+  write_text(d / "c.csv", "1,2,0\n1,oops,1\n");
   std::string err = error_of([&] { read_csv(d / "c.csv"); });
   EXPECT_NE(err.find("c.csv:2"), std::string::npos) << err;
   EXPECT_NE(err.find("oops"), std::string::npos) << err;
-  write_bytes(d / "e.csv", "1,2,0\n1,2\n");
+  write_text(d / "e.csv", "1,2,0\n1,2\n");
   EXPECT_NE(error_of([&] { read_csv(d / "e.csv"); }).find("e.csv:2"), std::string::npos);
   fs::remove_all(d);
 }
@@ -184,7 +164,7 @@ TEST(Png, RoundTripGrayAndRgb) {
   write_png(d / "c.png", c);
   EXPECT_EQ(read_png(d / "c.png").pixels, c.pixels);
   EXPECT_EQ(read_png(d / "c.png", 1).channels, 1);
-  write_bytes(d / "bad.png", "not a png");
+  write_text(d / "bad.png", "not a png");
   EXPECT_NE(error_of([&] { read_png(d / "bad.png"); }).find("bad.png"), std::string::npos);
   fs::remove_all(d);
 }
@@ -202,7 +182,7 @@ TEST(OpenDataset, NpyAndCsvDirectories) {
   float s[4];
   EXPECT_EQ(ds->get(2, s), 1);
   EXPECT_FLOAT_EQ(s[0], 160.0f / 255.0f);
-  write_bytes(d / "test.csv", "a,b,label\n1,2,1\n3,4,0\n");
+  write_text(d / "test.csv", "a,b,label\n1,2,1\n3,4,0\n");
   auto cs = open_dataset("csv", d, false);
   EXPECT_EQ(cs->sample_shape(), Shape{2});
   EXPECT_EQ(cs->get(1, s), 0);

@@ -11,18 +11,13 @@
 #include "hpdl/core/error.h"
 #include "hpdl/io/file.h"
 #include "hpdl/io/safetensors.h"
+#include "tests/unit/test_util.h"
 
 namespace fs = std::filesystem;
+using namespace hpdl::test;
 using namespace hpdl;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("hpdl_test_io_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 std::map<std::string, Tensor> sample_tensors() {
   std::map<std::string, Tensor> m;
@@ -33,26 +28,6 @@ std::map<std::string, Tensor> sample_tensors() {
   m["half"] = Tensor::from_vector<float>({1.0f, -3.0f}, {2}).to(DType::bf16);
   m["empty"] = Tensor::zeros({0, 4});
   return m;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_text(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << s;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

@@ -10,19 +10,14 @@
 #include "hpdl/train/checkpoint.h"
 #include "hpdl/train/metrics.h"
 #include "hpdl/train/progress.h"
+#include "tests/unit/test_util.h"
 
 namespace fs = std::filesystem;
+using namespace hpdl::test;
 using namespace hpdl;
 using namespace hpdl::train;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("hpdl_test_train_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 std::map<std::string, Tensor> state(float v) {
   return {{"model.w", Tensor::full({3, 4}, v)}, {"optim.w.momentum", Tensor::full({3, 4}, -v)},
