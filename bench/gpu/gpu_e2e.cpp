@@ -5,9 +5,10 @@
 // times PyTorch. Also reports how much of the wall time the host spent
 // launching (host-bound when close to 1). Prints one JSON line per case.
 // Run: gpu_e2e [cases] [maths]   cases "resnet20:128,resnet50:64", maths from
-// fp32 (strict), tf32 (cuda::set_allow_tf32), bf16 (cuda::set_compute_bf16:
-// conv/matmul on bfloat16 tensor cores, everything else float32), e.g.
-// "fp32,bf16".
+// fp32 (strict), tf32 (cuda::set_allow_tf32), bf16 (AutocastScope: conv and
+// matmul on bfloat16 tensor cores, activations and their gradients bfloat16,
+// batch norm statistics, loss and master weights float32; as the peer's
+// torch.autocast), e.g. "fp32,bf16".
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include "hpdl/core/random.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/ops/autocast.h"
 #include "hpdl/ops/loss.h"
 #include "hpdl/optim/optimizers.h"
 
@@ -45,7 +47,11 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
   const int warmup = 5, steps = big ? 20 : 50;
   auto step = [&] {
     opt.zero_grad();
-    Tensor loss = cross_entropy(model->forward(x), y);
+    Tensor loss;
+    {
+      AutocastScope ac(DType::bf16, math == "bf16");
+      loss = cross_entropy(model->forward(x), y);
+    }
     loss.backward();
     opt.step();
     return loss;
@@ -85,7 +91,6 @@ int main(int argc, char** argv) {
   std::string math;
   while (std::getline(ms, math, ',')) {
     cuda::set_allow_tf32(math == "tf32");
-    cuda::set_compute_bf16(math == "bf16");
     std::stringstream ss(cases);
     std::string item;
     while (std::getline(ss, item, ',')) {

@@ -18,6 +18,7 @@ Tensor softmax_impl(const Tensor& x, int64_t axis, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   detail::check_defined(x, op, "input");
   detail::check_float(x, op);
+  if (x.dtype() == DType::bf16) return softmax_impl(x.to(DType::f32), axis, log);  // probabilities in float32
   HPDL_CHECK(x.ndim() >= 1, "{}: input must have at least one dim, got a scalar", op);
   const int a = normalize_axis(axis, x.ndim(), op);
   Tensor xc = x.contiguous().detach();

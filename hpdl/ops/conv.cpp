@@ -5,6 +5,7 @@
 // second kernel family for no user that needs it today (PINNs use MLPs).
 #include "hpdl/ops/conv.h"
 
+#include "hpdl/ops/autocast.h"
 #include "hpdl/ops/op_impl.h"
 
 namespace hpdl {
@@ -13,6 +14,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   const char* op = "conv2d";
   detail::check_defined(x, op, "input");
   detail::check_defined(w, op, "weight");
+  if (autocast_applies(x) || autocast_applies(w))
+    return conv2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
   detail::check_same(x, w, op);
   detail::check_float(x, op);
   detail::check_ndim(x, 4, op, "input [N, C, H, W]");

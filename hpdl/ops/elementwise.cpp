@@ -14,6 +14,15 @@ Tensor sum_to(const Tensor& g, const Shape& shape);
 
 namespace {
 
+// Operands of two float dtypes meet in the wider one (differentiable casts), as
+// under autocast when a bfloat16 activation meets a float32 tensor.
+#define HPDL_PROMOTE_BINARY(fn, a, b)                                                                        \
+  if ((a).defined() && (b).defined() && (a).dtype() != (b).dtype() && dtype_is_float((a).dtype()) &&         \
+      dtype_is_float((b).dtype())) {                                                                          \
+    DType t_ = detail::promote_types((a).dtype(), (b).dtype());                                               \
+    return fn((a).to(t_), (b).to(t_));                                                                        \
+  }
+
 Tensor run_binary(BinaryOp op, const Tensor& a, const Tensor& b, double alpha = 0) {
   const char* name = binary_name(op);
   detail::check_defined(a, name, "first operand");
@@ -40,6 +49,7 @@ Tensor run_unary(UnaryOp op, const Tensor& x, double alpha = 0) {
 Tensor autograd_add(const Tensor& a, const Tensor& b) { return add(a, b); }
 
 Tensor add(const Tensor& a, const Tensor& b) {
+  HPDL_PROMOTE_BINARY(add, a, b)
   Tensor out = run_binary(BinaryOp::add, a, b);
   if (needs_grad({&a, &b})) {
     Shape sa = a.shape(), sb = b.shape();
@@ -51,6 +61,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
+  HPDL_PROMOTE_BINARY(sub, a, b)
   Tensor out = run_binary(BinaryOp::sub, a, b);
   if (needs_grad({&a, &b})) {
     Shape sa = a.shape(), sb = b.shape();
@@ -62,6 +73,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
+  HPDL_PROMOTE_BINARY(mul, a, b)
   Tensor out = run_binary(BinaryOp::mul, a, b);
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
@@ -74,6 +86,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor div(const Tensor& a, const Tensor& b) {
+  HPDL_PROMOTE_BINARY(div, a, b)
   Tensor out = run_binary(BinaryOp::div, a, b);
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();

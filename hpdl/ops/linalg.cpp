@@ -2,6 +2,7 @@
 #include "hpdl/ops/linalg.h"
 
 #include "hpdl/ops/elementwise.h"
+#include "hpdl/ops/autocast.h"
 #include "hpdl/ops/op_impl.h"
 #include "hpdl/ops/reduce.h"
 
@@ -47,6 +48,7 @@ Tensor gemm(const Tensor& a, const Tensor& b) {
 Tensor matmul(const Tensor& a, const Tensor& b) {
   detail::check_defined(a, "matmul", "a");
   detail::check_defined(b, "matmul", "b");
+  if (autocast_applies(a) || autocast_applies(b)) return matmul(autocast_cast(a), autocast_cast(b));
   detail::check_same(a, b, "matmul");
   detail::check_float(a, "matmul");
   HPDL_CHECK((a.ndim() == 2 || a.ndim() == 3) && (b.ndim() == 2 || b.ndim() == 3),
@@ -81,6 +83,7 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   detail::check_defined(x, "linear", "input");
   detail::check_defined(w, "linear", "weight");
+  if (autocast_applies(x) || autocast_applies(w)) return linear(autocast_cast(x), autocast_cast(w), autocast_cast(b));
   detail::check_ndim(w, 2, "linear", "weight");
   HPDL_CHECK(x.ndim() >= 1 && x.dim(-1) == w.dim(1), "linear: input {} does not match weight {} (in_features {})",
              shape_str(x.shape()), shape_str(w.shape()), w.dim(1));

@@ -76,6 +76,7 @@ Reduction reduction_from_name(const std::string& name) {
 Tensor nll_loss(const Tensor& log_probs, const Tensor& targets, Reduction reduction) {
   detail::check_defined(log_probs, "nll_loss", "log_probs");
   detail::check_float(log_probs, "nll_loss");
+  if (log_probs.dtype() == DType::bf16) return nll_loss(log_probs.to(DType::f32), targets, reduction);
   check_targets(log_probs, targets, "nll_loss");
   Tensor t = targets.contiguous();
   return reduce_loss(neg(gather_rows_op(log_probs, t)), reduction);
@@ -97,6 +98,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_s
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
   detail::check_defined(input, "mse_loss", "input");
   detail::check_defined(target, "mse_loss", "target");
+  if (input.dtype() == DType::bf16 || target.dtype() == DType::bf16) {  // losses compute in float32
+    detail::check_float(input.dtype() == DType::bf16 ? input : target, "mse_loss");
+    return mse_loss(input.dtype() == DType::bf16 ? input.to(DType::f32) : input,
+                    target.dtype() == DType::bf16 ? target.to(DType::f32) : target, reduction);
+  }
   detail::check_same(input, target, "mse_loss");
   detail::check_float(input, "mse_loss");
   HPDL_CHECK(input.shape() == target.shape(), "mse_loss: input {} and target {} differ in shape",

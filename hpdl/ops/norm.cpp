@@ -16,13 +16,21 @@
 namespace hpdl {
 namespace {
 
+// Statistics and parameters of a bfloat16 input are float32 (as cuDNN's and
+// PyTorch's mixed-precision batch norm keep them).
+DType stat_dtype(const Tensor& x) { return x.dtype() == DType::bf16 ? DType::f32 : x.dtype(); }
+
 Tensor param_or(const Tensor& t, int64_t n, double value, const Tensor& like) {
-  return t.defined() ? t.contiguous().detach() : Tensor::full({n}, value, like.dtype(), like.device());
+  return t.defined() ? t.contiguous().detach() : Tensor::full({n}, value, stat_dtype(like), like.device());
 }
 
 void check_vector(const Tensor& t, int64_t n, const Tensor& x, const char* op, const char* what) {
   if (!t.defined()) return;
-  detail::check_same(x, t, op);
+  if (x.dtype() == DType::bf16 && t.dtype() == DType::f32)
+    HPDL_CHECK(x.device() == t.device(), "{}: {} is on {} but the input on {}", op, what, t.device().str(),
+               x.device().str());
+  else
+    detail::check_same(x, t, op);
   HPDL_CHECK(t.ndim() == 1 && t.dim(0) == n, "{}: {} has shape {}, expected [{}] for input {}", op, what,
              shape_str(t.shape()), n, shape_str(x.shape()));
 }
@@ -70,8 +78,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
       record("batch_norm_eval", {x, gamma, beta}, {&y},
              [x, gamma, beta, invstd, mean, bs, axes](const std::vector<Tensor>& gr) {
                // dy [N, C, ...]; dx = dy * gamma * invstd; dgamma = sum(dy * xhat); dbeta = sum(dy)
-               Tensor gm = gamma.defined() ? gamma.reshape(bs) : Tensor::ones(bs, x.dtype(), x.device());
-               Tensor dx = x.requires_grad() ? mul(gr[0], mul(gm, invstd)) : Tensor();
+               Tensor gm = gamma.defined() ? gamma.reshape(bs) : Tensor::ones(bs, stat_dtype(x), x.device());
+               Tensor dx = x.requires_grad() ? mul(gr[0], mul(gm, invstd)).to(x.dtype()) : Tensor();
                Tensor dgamma = gamma.defined() && gamma.requires_grad()
                                    ? sum(mul(gr[0], mul(sub(x, mean), invstd)), axes)
                                    : Tensor();
@@ -82,8 +90,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
     return y;
   }
 
-  Tensor save_mean = Tensor::empty({C}, x.dtype(), x.device());
-  Tensor save_invstd = Tensor::empty({C}, x.dtype(), x.device());
+  Tensor save_mean = Tensor::empty({C}, stat_dtype(x), x.device());
+  Tensor save_invstd = Tensor::empty({C}, stat_dtype(x), x.device());
   be.batchnorm_forward_train(xc, g, b, y, save_mean, save_invstd, eps);
 
   if (training && running_mean.defined()) {
@@ -107,8 +115,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
           Tensor dy = gr[0].contiguous();
           const int64_t C = xc.dim(1);
           Tensor dx = detail::empty_like(xc);
-          Tensor dgamma = Tensor::empty({C}, xc.dtype(), xc.device());
-          Tensor dbeta = Tensor::empty({C}, xc.dtype(), xc.device());
+          Tensor dgamma = Tensor::empty({C}, stat_dtype(xc), xc.device());
+          Tensor dbeta = Tensor::empty({C}, stat_dtype(xc), xc.device());
           detail::pick(xc, OpKind::batchnorm)
               .batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
           return std::vector<Tensor>{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
@@ -156,6 +164,9 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
   const char* op = "batch_norm_cross_replica";
   detail::check_defined(x, op, "input");
   detail::check_float(x, op);
+  if (x.dtype() == DType::bf16)  // widened: the per-channel exchange works in float32/float64
+    return batch_norm_cross_replica(x.to(DType::f32), gamma, beta, running_mean, running_var, reduce_sum, momentum, eps)
+        .to(DType::bf16);
   HPDL_CHECK(x.ndim() >= 2, "{}: input must be [N, C, ...], got {}", op, shape_str(x.shape()));
   HPDL_CHECK(static_cast<bool>(reduce_sum), "{}: no cross-replica reducer given", op);
   const int64_t C = x.dim(1);
@@ -261,6 +272,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, doub
   const char* op = "layer_norm";
   detail::check_defined(x, op, "input");
   detail::check_float(x, op);
+  if (x.dtype() == DType::bf16) return layer_norm(x.to(DType::f32), gamma, beta, eps).to(DType::bf16);
   HPDL_CHECK(x.ndim() >= 1, "layer_norm: input must have at least one dim");
   const int64_t D = x.dim(-1), M = x.numel() / std::max<int64_t>(D, 1);
   check_vector(gamma, D, x, op, "weight (gamma)");

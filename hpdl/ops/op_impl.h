@@ -20,10 +20,18 @@ inline void check_same(const Tensor& a, const Tensor& b, const char* op) {
              a.device().str(), shape_str(b.shape()), b.device().str());
 }
 
+// float32 and float64 everywhere; bfloat16 on devices that compute in it
+// (CUDA; on the CPU bfloat16 is a storage type).
 inline void check_float(const Tensor& t, const char* op) {
-  HPDL_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64,
-             "{}: unsupported dtype {} (expected float32 or float64; convert with .to(DType::f32))", op,
-             dtype_name(t.dtype()));
+  HPDL_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64 || (t.dtype() == DType::bf16 && !t.device().is_cpu()),
+             "{}: unsupported dtype {} on {} (expected float32 or float64{}; convert with .to(DType::f32))", op,
+             dtype_name(t.dtype()), t.device().str(), t.device().is_cpu() ? "" : " or bfloat16");
+}
+
+// The wider of two float dtypes (float64 > float32 > bfloat16).
+inline DType promote_types(DType a, DType b) {
+  auto rank = [](DType t) { return t == DType::f64 ? 2 : t == DType::f32 ? 1 : 0; };
+  return rank(a) >= rank(b) ? a : b;
 }
 
 inline void check_ndim(const Tensor& t, int nd, const char* op, const char* what) {
@@ -34,8 +42,9 @@ inline void check_ndim(const Tensor& t, int nd, const char* op, const char* what
 inline Backend& pick(const Tensor& t, OpKind kind) {
   Backend& b = backend_for(t.device());
   if (b.supports(kind, t.dtype())) return b;
-  if (t.device().is_cpu()) return reference_backend();
-  HPDL_FAIL("backend {} does not support this op for dtype {}", b.name(), dtype_name(t.dtype()));
+  if (t.device().is_cpu() && reference_backend().supports(kind, t.dtype())) return reference_backend();
+  HPDL_FAIL("backend {} does not support this op (kind {}) for dtype {}", b.name(), static_cast<int>(kind),
+            dtype_name(t.dtype()));
 }
 
 inline Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }

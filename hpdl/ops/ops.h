@@ -2,6 +2,7 @@
 #pragma once
 
 #include "hpdl/ops/activation.h"
+#include "hpdl/ops/autocast.h"
 #include "hpdl/ops/conv.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/embedding.h"

@@ -257,11 +257,10 @@ TrainSummary Trainer::run(bool resume) {
              cfg.train.device, world);
   HPDL_CHECK(cfg.train.precision == "fp32" || device.is_cuda(), "train.precision = \"{}\" needs train.device = "
              "\"cuda\" (bf16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
-#ifdef HPDL_HAVE_CUDA
-  // bf16: convolutions and matmuls on tensor cores with float32 accumulation;
-  // master weights, gradients and optimizer state stay float32.
-  if (device.is_cuda()) cuda::set_compute_bf16(cfg.train.precision == "bf16");
-#endif
+  // bf16: autocast (hpdl/ops/autocast.h) around forward and loss: convolutions
+  // and matmuls on tensor cores, activations and their gradients in bfloat16;
+  // master weights, their gradients and optimizer state stay float32.
+  const bool autocast_bf16 = device.is_cuda() && cfg.train.precision == "bf16";
 
   const fs::path run_dir = cfg.train.run_dir;
   if (root) {
@@ -394,6 +393,7 @@ TrainSummary Trainer::run(bool resume) {
       Tensor logits, loss;
       {
         TraceRecorder::Scope s(trace, "forward", "compute");
+        AutocastScope ac(DType::bf16, autocast_bf16);
         logits = model->forward(batch.images.to(device));
         loss = cross_entropy(logits, batch.labels.to(device));
       }
@@ -459,6 +459,7 @@ TrainSummary Trainer::run(bool resume) {
                           {"seconds", epoch_s}, {"samples_per_s", epoch_stats.count / epoch_s}};
     const bool last = epoch + 1 == cfg.train.epochs;
     if (cfg.train.eval_every_epochs > 0 && ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last)) {
+      AutocastScope ac(DType::bf16, autocast_bf16);
       EvalResult ev = evaluate(*model, ds.test, cfg.data);
       rec["test_loss"] = ev.loss;
       rec["test_accuracy"] = ev.accuracy;

@@ -15,7 +15,7 @@ namespace hpdl::cuda {
 
 void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
                          double beta) {
-  require_float("matmul", c.dtype());
+  require_compute("matmul", c.dtype());
   HPDL_CHECK(a.dtype() == c.dtype() && b.dtype() == c.dtype(), "matmul: dtypes {}, {} -> {} must match",
              dtype_name(a.dtype()), dtype_name(b.dtype()), dtype_name(c.dtype()));
   HPDL_CHECK(c.is_contiguous(), "matmul: output must be contiguous");
@@ -27,9 +27,10 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool
   HPDL_CHECK(M < INT_MAX && N < INT_MAX && K < INT_MAX && B < INT_MAX, "matmul: sizes M={} N={} K={} batch={} exceed "
              "cuBLAS's 32-bit limits", M, N, K, B);
   if (M == 0 || N == 0 || B == 0) return;
-  const bool bf16 = c.dtype() == DType::f32 && compute_bf16();
+  const bool native_bf16 = c.dtype() == DType::bf16;  // autocast: bfloat16 in and out, float32 accumulation
+  const bool bf16 = native_bf16 || (c.dtype() == DType::f32 && compute_bf16());
   auto operand = [&](const Tensor& t) {
-    if (!bf16) return dense(t);
+    if (!bf16 || t.dtype() == DType::bf16) return dense(t);
     Tensor o = Tensor::empty(t.shape(), DType::bf16, t.device());
     copy(t, o);
     return o;
@@ -48,7 +49,8 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
     HPDL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
         h, op_b, op_a, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &al, bc.raw_data(), CUDA_R_16BF,
-        ldb, sb, ac.raw_data(), CUDA_R_16BF, lda, sa, &be, c.raw_data(), CUDA_R_32F, static_cast<int>(N), M * N,
+        ldb, sb, ac.raw_data(), CUDA_R_16BF, lda, sa, &be, c.raw_data(), native_bf16 ? CUDA_R_16BF : CUDA_R_32F,
+        static_cast<int>(N), M * N,
         static_cast<int>(B), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else if (c.dtype() == DType::f32) {
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);

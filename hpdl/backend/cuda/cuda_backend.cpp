@@ -157,8 +157,17 @@ void require_float(const char* op, DType t) {
              "{}: dtype {} is not supported by the cuda backend (use float32 or float64)", op, dtype_name(t));
 }
 
+void require_compute(const char* op, DType t) {
+  HPDL_CHECK(t == DType::f32 || t == DType::f64 || t == DType::bf16,
+             "{}: dtype {} is not supported by the cuda backend (use float32, float64 or bfloat16)", op,
+             dtype_name(t));
+}
+
 bool CudaBackend::supports(OpKind op, DType dtype) const {
   if (op == OpKind::fill || op == OpKind::copy) return true;
+  if (dtype == DType::bf16)  // what autocast keeps in bfloat16; the rest computes in float32
+    return op == OpKind::unary || op == OpKind::binary || op == OpKind::reduce || op == OpKind::matmul ||
+           op == OpKind::conv2d || op == OpKind::pool2d || op == OpKind::batchnorm;
   return dtype == DType::f32 || dtype == DType::f64;
 }
 
@@ -268,7 +277,7 @@ void CudaBackend::random_normal(const Tensor& out, uint64_t seed, uint64_t offse
 // ---------------------------------------------------------------- elementwise
 
 void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
-  require_float(unary_name(op), out.dtype());
+  require_compute(unary_name(op), out.dtype());
   HPDL_CHECK(x.dtype() == out.dtype() && x.numel() == out.numel(), "{}: input {} and output {} differ", unary_name(op),
              x.str(), out.str());
   if (out.numel() == 0) return;
@@ -280,7 +289,7 @@ void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a
 }
 
 void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, double alpha) {
-  require_float(binary_name(op), out.dtype());
+  require_compute(binary_name(op), out.dtype());
   HPDL_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), "{}: dtypes {}, {} -> {} must match",
              binary_name(op), dtype_name(a.dtype()), dtype_name(b.dtype()), dtype_name(out.dtype()));
   if (out.numel() == 0) return;
@@ -296,7 +305,7 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
 }
 
 void CudaBackend::axpby(double a, const Tensor& x, double b, const Tensor& y, const Tensor& out) {
-  require_float("axpby", out.dtype());
+  require_compute("axpby", out.dtype());
   HPDL_CHECK(out.is_contiguous(), "axpby: output must be contiguous");
   if (out.numel() == 0) return;
   Tensor xc = dense(x), yc = dense(y);
@@ -309,7 +318,7 @@ void CudaBackend::axpby(double a, const Tensor& x, double b, const Tensor& y, co
 // then every output is the reduction of one row of length R.
 
 void CudaBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<int>& axes, const Tensor& out) {
-  require_float(reduce_name(op), x.dtype());
+  require_compute(reduce_name(op), x.dtype());
   HPDL_CHECK(out.is_contiguous(), "{}: output must be contiguous", reduce_name(op));
   if (op == ReduceOp::argmax) HPDL_CHECK(out.dtype() == DType::i64, "argmax: output must be int64");
   const int nd = x.ndim();

@@ -66,5 +66,7 @@ class CudaBackend : public Backend {
 
 // Throws naming the op and dtype unless t is float32 or float64.
 void require_float(const char* op, DType t);
+// float32, float64 or bfloat16 (the methods that compute in bfloat16 under autocast).
+void require_compute(const char* op, DType t);
 
 }  // namespace hpdl::cuda

@@ -8,6 +8,7 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <map>
@@ -17,6 +18,7 @@
 #include "hpdl/backend/cuda/common.h"
 #include "hpdl/backend/cuda/cuda.h"
 #include "hpdl/backend/cuda/cuda_backend.h"
+#include "hpdl/backend/cuda/kernels.h"
 
 namespace hpdl::cuda {
 namespace {
@@ -233,11 +235,15 @@ void into(const Tensor& out, bool bf16, Conv&& conv) {
 
 void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                                  const Conv2dParams& p) {
-  require_float("conv2d", x.dtype());
+  require_compute("conv2d", x.dtype());
   const bool bf = use_bf16(x.dtype());
   Tensor xc = bf ? to_bf16(x) : dense(x), wc = bf ? to_bf16(w) : dense(w);
   into(y, bf, [&](const Tensor& out) { conv_forward(xc, wc, out, p); });
-  if (bias.defined()) {
+  if (bias.defined() && y.dtype() == DType::bf16) {  // autocast: a broadcast add in float, rounded once
+    binary(BinaryOp::add, y, make_view(bias, {1, bias.numel(), 1, 1}, {bias.strides()[0], bias.strides()[0], 0, 0},
+                                       bias.offset()),
+           y, 0);
+  } else if (bias.defined()) {
     Tensor bc = dense(bias);
     Scalars sc(y.dtype());
     TensorDesc bd(y.dtype(), 1, bias.numel(), 1, 1), yd = nchw(y);
@@ -246,7 +252,7 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
 }
 
 void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
-  require_float("conv2d_backward_data", dy.dtype());
+  require_compute("conv2d_backward_data", dy.dtype());
   const bool bf = use_bf16(dy.dtype());
   Tensor dyc = bf ? to_bf16(dy) : dense(dy), wc = bf ? to_bf16(w) : dense(w);
   into(dx, bf, [&](const Tensor& out) { conv_backward_data(dyc, wc, out, p); });
@@ -254,11 +260,14 @@ void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const 
 
 void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                           const Conv2dParams& p) {
-  require_float("conv2d_backward_weights", x.dtype());
+  require_compute("conv2d_backward_weights", x.dtype());
   const bool bf = use_bf16(x.dtype());
   Tensor xc = bf ? to_bf16(x) : dense(x), dyc = bf ? to_bf16(dy) : dense(dy);
   into(dw, bf, [&](const Tensor& out) { conv_backward_weights(xc, dyc, out, p); });
-  if (db.defined()) {  // the bias gradient sums dy in float32 either way
+  if (db.defined() && db.dtype() == DType::bf16) {  // autocast: summed in double by the reduction kernel
+    reduce(ReduceOp::sum, dy, {0, 2, 3}, make_view(db, {1, db.numel(), 1, 1}, contiguous_strides({1, db.numel(), 1, 1}),
+                                                    db.offset()));
+  } else if (db.defined()) {  // the bias gradient sums dy in float32 either way
     Tensor dyf = dense(dy);
     Scalars sc(db.dtype());
     TensorDesc bd(db.dtype(), 1, db.numel(), 1, 1), dyd = nchw(dyf);
@@ -292,25 +301,71 @@ class PoolDesc {
 };
 }  // namespace
 
+namespace {
+// bfloat16 pooling runs in cuDNN where this cuDNN build takes it; where it answers "not supported"
+// the operands are widened to float32 around the float32 call (remembered, so tried once).
+std::atomic<bool> g_pool_bf16_unsupported{false};
+
+bool pool_in_float(const Tensor& x) { return x.dtype() == DType::bf16 && g_pool_bf16_unsupported; }
+
+Tensor widened(const Tensor& t) {
+  Tensor f = Tensor::empty(t.shape(), DType::f32, t.device());
+  backend_for(t.device()).copy(t, f);
+  return f;
+}
+
+// The status of a bfloat16 cuDNN call: true when it ran, false (and remembered) when not supported.
+bool bf16_ran(cudnnStatus_t st, const char* call) {
+  if (st == CUDNN_STATUS_NOT_SUPPORTED || st == CUDNN_STATUS_BAD_PARAM) {
+    g_pool_bf16_unsupported = true;
+    return false;
+  }
+  HPDL_CHECK(st == CUDNN_STATUS_SUCCESS, "cuDNN {} failed: {}", call, cudnnGetErrorString(st));
+  return true;
+}
+}  // namespace
+
 void CudaBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) {
-  require_float("pool2d", x.dtype());
+  require_compute("pool2d", x.dtype());
+  if (pool_in_float(x)) {
+    Tensor yf = Tensor::empty(y.shape(), DType::f32, y.device());
+    pool2d_forward(kind, widened(x), yf, p);
+    copy(yf, y);
+    return;
+  }
   Tensor xc = dense(x);
   PoolDesc pd(kind, p);
   TensorDesc xd = nchw(xc), yd = nchw(y);
   Scalars sc(x.dtype());
-  HPDL_CUDNN_CHECK(cudnnPoolingForward(cudnn_for(y.device()), pd, sc.one(), xd, xc.raw_data(), sc.zero(), yd,
-                                       y.raw_data()));
+  cudnnStatus_t st = cudnnPoolingForward(cudnn_for(y.device()), pd, sc.one(), xd, xc.raw_data(), sc.zero(), yd,
+                                         y.raw_data());
+  if (x.dtype() == DType::bf16) {
+    if (!bf16_ran(st, "cudnnPoolingForward")) pool2d_forward(kind, x, y, p);
+    return;
+  }
+  HPDL_CUDNN_CHECK(st);
 }
 
 void CudaBackend::pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
                                   const Pool2dParams& p) {
-  require_float("pool2d_backward", x.dtype());
+  require_compute("pool2d_backward", x.dtype());
+  if (pool_in_float(x)) {
+    Tensor dxf = Tensor::empty(dx.shape(), DType::f32, dx.device());
+    pool2d_backward(kind, widened(x), widened(y), widened(dy), dxf, p);
+    copy(dxf, dx);
+    return;
+  }
   Tensor xc = dense(x), yc = dense(y), dyc = dense(dy);
   PoolDesc pd(kind, p);
   TensorDesc xd = nchw(xc), yd = nchw(yc), dyd = nchw(dyc), dxd = nchw(dx);
   Scalars sc(x.dtype());
-  HPDL_CUDNN_CHECK(cudnnPoolingBackward(cudnn_for(dx.device()), pd, sc.one(), yd, yc.raw_data(), dyd, dyc.raw_data(),
-                                        xd, xc.raw_data(), sc.zero(), dxd, dx.raw_data()));
+  cudnnStatus_t st = cudnnPoolingBackward(cudnn_for(dx.device()), pd, sc.one(), yd, yc.raw_data(), dyd,
+                                          dyc.raw_data(), xd, xc.raw_data(), sc.zero(), dxd, dx.raw_data());
+  if (x.dtype() == DType::bf16) {
+    if (!bf16_ran(st, "cudnnPoolingBackward")) pool2d_backward(kind, x, y, dy, dx, p);
+    return;
+  }
+  HPDL_CUDNN_CHECK(st);
 }
 
 // ---------------------------------------------------------------- batch norm
@@ -325,9 +380,41 @@ TensorDesc bn_view(const Tensor& x) {
 }
 }  // namespace
 
+namespace {
+// Mixed precision batch norm (bfloat16 x, float32 parameters and statistics) runs on the
+// hand-written kernels: one pass for the per-channel sums, one for the output.
+struct BnShape {
+  int64_t N, C, HW;
+  explicit BnShape(const Tensor& x) : N(x.shape()[0]), C(x.shape()[1]), HW(x.numel() / std::max<int64_t>(1, N * C)) {}
+};
+
+Tensor bn_acc(int64_t C, Device d) {
+  Tensor acc = Tensor::empty({2 * C}, DType::f64, d);
+  HPDL_CUDA_CHECK(cudaMemsetAsync(acc.raw_data(), 0, acc.nbytes(), stream_for(d)));
+  return acc;
+}
+
+const float* fptr(const Tensor& t) {
+  HPDL_CHECK(t.dtype() == DType::f32 && t.is_contiguous(), "batchnorm (bfloat16): parameter {} must be contiguous "
+             "float32", t.str());
+  return static_cast<const float*>(t.raw_data());
+}
+float* fptr_mut(const Tensor& t) { return const_cast<float*>(fptr(t)); }
+}  // namespace
+
 void CudaBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                           const Tensor& save_mean, const Tensor& save_invstd, double eps) {
-  require_float("batchnorm", x.dtype());
+  require_compute("batchnorm", x.dtype());
+  if (x.dtype() == DType::bf16) {
+    Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta);
+    BnShape b(xc);
+    Tensor acc = bn_acc(b.C, x.device());
+    HPDL_KERNEL_CHECK("batchnorm_forward_train",
+                      kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, fptr(gc),
+                                             fptr(bc), fptr_mut(save_mean), fptr_mut(save_invstd), eps,
+                                             static_cast<double*>(acc.raw_data()), stream_for(x.device())));
+    return;
+  }
   Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta);
   TensorDesc xd = bn_view(xc), pd;
   HPDL_CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd, xd, CUDNN_BATCHNORM_SPATIAL));
@@ -341,7 +428,15 @@ void CudaBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
 
 void CudaBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& mean,
                                           const Tensor& var, const Tensor& y, double eps) {
-  require_float("batchnorm", x.dtype());
+  require_compute("batchnorm", x.dtype());
+  if (x.dtype() == DType::bf16) {
+    Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta), mc = dense(mean), vc = dense(var);
+    BnShape b(xc);
+    HPDL_KERNEL_CHECK("batchnorm_forward_infer",
+                      kern::bn_forward_infer(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, fptr(gc),
+                                             fptr(bc), fptr(mc), fptr(vc), eps, stream_for(x.device())));
+    return;
+  }
   Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta), mc = dense(mean), vc = dense(var);
   TensorDesc xd = bn_view(xc), pd;
   HPDL_CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd, xd, CUDNN_BATCHNORM_SPATIAL));
@@ -354,7 +449,19 @@ void CudaBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, 
 void CudaBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
                                      const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
                                      const Tensor& dbeta) {
-  require_float("batchnorm_backward", x.dtype());
+  require_compute("batchnorm_backward", x.dtype());
+  if (x.dtype() == DType::bf16) {
+    Tensor xc = dense(x), dyc = dense(dy), gc = dense(gamma);
+    BnShape b(xc);
+    Tensor dg = dgamma.defined() ? dgamma : Tensor::empty({b.C}, DType::f32, x.device());
+    Tensor db = dbeta.defined() ? dbeta : Tensor::empty({b.C}, DType::f32, x.device());
+    Tensor acc = bn_acc(b.C, x.device());
+    HPDL_KERNEL_CHECK("batchnorm_backward",
+                      kern::bn_backward(kern::Dt::bf16, xc.raw_data(), dyc.raw_data(), dx.raw_data(), b.N, b.C, b.HW,
+                                        fptr(gc), fptr(save_mean), fptr(save_invstd), fptr_mut(dg), fptr_mut(db),
+                                        static_cast<double*>(acc.raw_data()), stream_for(x.device())));
+    return;
+  }
   Tensor xc = dense(x), dyc = dense(dy), gc = dense(gamma);
   const int64_t C = x.shape()[1];
   // cuDNN always writes both parameter gradients; scratch buffers stand in for undefined ones.

@@ -75,9 +75,35 @@ cudaError_t dispatch_float(Dt t, F&& f) {
   }
 }
 
+// Float types that arithmetic kernels take, bfloat16 included: a bfloat16 value is
+// widened to float for the math (Compute<T>) and rounded back once when stored.
+template <typename F>
+cudaError_t dispatch_compute(Dt t, F&& f) {
+  switch (t) {
+    case Dt::f32: return f(float{});
+    case Dt::f64: return f(double{});
+    case Dt::bf16: return f(Bf16{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+struct ComputeOf {
+  using type = T;
+};
+template <>
+struct ComputeOf<Bf16> {
+  using type = float;
+};
+template <typename T>
+using Compute = typename ComputeOf<T>::type;
+
 // Element offsets of linear index i (row-major over g.shape) for each of the K operands.
 template <int K>
 __device__ inline void offsets_of(const Strided<K>& g, int64_t i, int64_t (&off)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) off[k] = i * g.stride[k][g.ndim - 1];
+  if (g.ndim == 1) return;  // the common case (dense operands coalesce to one dim): no division
 #pragma unroll
   for (int k = 0; k < K; ++k) off[k] = 0;
   for (int d = g.ndim - 1; d >= 0; --d) {
@@ -192,27 +218,27 @@ __device__ inline T binary_value(Binary op, T a, T b, T alpha) {
   }
 }
 
-template <typename T>
-__global__ void unary_kernel(Unary op, T* out, const T* x, Strided<2> g, int64_t n, T alpha) {
+template <typename T, typename C = Compute<T>>
+__global__ void unary_kernel(Unary op, T* out, const T* x, Strided<2> g, int64_t n, C alpha) {
   GRID_STRIDE(i, n) {
     int64_t off[2];
     offsets_of(g, i, off);
-    out[off[0]] = unary_value<T>(op, x[off[1]], alpha);
+    out[off[0]] = convert<T>(unary_value<C>(op, convert<C>(x[off[1]]), alpha));
   }
 }
 
-template <typename T>
-__global__ void binary_kernel(Binary op, T* out, const T* a, const T* b, Strided<3> g, int64_t n, T alpha) {
+template <typename T, typename C = Compute<T>>
+__global__ void binary_kernel(Binary op, T* out, const T* a, const T* b, Strided<3> g, int64_t n, C alpha) {
   GRID_STRIDE(i, n) {
     int64_t off[3];
     offsets_of(g, i, off);
-    out[off[0]] = binary_value<T>(op, a[off[1]], b[off[2]], alpha);
+    out[off[0]] = convert<T>(binary_value<C>(op, convert<C>(a[off[1]]), convert<C>(b[off[2]]), alpha));
   }
 }
 
-template <typename T>
-__global__ void axpby_kernel(int64_t n, T a, const T* x, T b, const T* y, T* out) {
-  GRID_STRIDE(i, n) out[i] = a * x[i] + b * y[i];
+template <typename T, typename C = Compute<T>>
+__global__ void axpby_kernel(int64_t n, C a, const T* x, C b, const T* y, T* out) {
+  GRID_STRIDE(i, n) out[i] = convert<T>(a * convert<C>(x[i]) + b * convert<C>(y[i]));
 }
 
 // ---------------------------------------------------------------- reductions
@@ -250,7 +276,7 @@ __device__ inline void reduce_store(Reduce op, Acc a, int64_t R, void* out, int6
     static_cast<int64_t*>(out)[m] = a.i == INT64_MAX ? 0 : a.i;
   } else {
     double v = op == Reduce::mean ? a.v / static_cast<double>(R) : a.v;
-    static_cast<T*>(out)[m] = static_cast<T>(v);
+    static_cast<T*>(out)[m] = convert<T>(v);
   }
 }
 
@@ -263,7 +289,7 @@ __global__ void reduce_rows_block(Reduce op, const T* in, void* out, int64_t M, 
     const T* row = in + m * R;
     Acc acc = reduce_init(op);
     for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
-      acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+      acc = reduce_combine(op, acc, reduce_element(op, convert<double>(row[r]), r));
     sv[threadIdx.x] = acc.v;
     si[threadIdx.x] = acc.i;
     __syncthreads();
@@ -291,7 +317,7 @@ __global__ void reduce_rows_partial(Reduce op, const T* in, Acc* partial, int64_
   const T* row = in + m * R;
   Acc acc = reduce_init(op);
   for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x)
-    acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+    acc = reduce_combine(op, acc, reduce_element(op, convert<double>(row[r]), r));
   sv[threadIdx.x] = acc.v;
   si[threadIdx.x] = acc.i;
   __syncthreads();
@@ -322,7 +348,7 @@ __global__ void reduce_rows_thread(Reduce op, const T* in, void* out, int64_t M,
   GRID_STRIDE(m, M) {
     const T* row = in + m * R;
     Acc acc = reduce_init(op);
-    for (int64_t r = 0; r < R; ++r) acc = reduce_combine(op, acc, reduce_element(op, static_cast<double>(row[r]), r));
+    for (int64_t r = 0; r < R; ++r) acc = reduce_combine(op, acc, reduce_element(op, convert<double>(row[r]), r));
     reduce_store<T>(op, acc, R, out, m);
   }
 }
@@ -536,29 +562,31 @@ cudaError_t random_normal(Dt t, void* out, int64_t n, uint64_t seed, uint64_t of
 
 cudaError_t unary(Dt t, Unary op, void* out, const void* x, const Strided<2>& g, int64_t n, double alpha,
                   cudaStream_t s) {
-  return dispatch_float(t, [&](auto tag) {
+  return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     unary_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(x), g, n,
-                                                        static_cast<T>(alpha));
+                                                        static_cast<Compute<T>>(alpha));
     return cudaGetLastError();
   });
 }
 
 cudaError_t binary(Dt t, Binary op, void* out, const void* a, const void* b, const Strided<3>& g, int64_t n,
                    double alpha, cudaStream_t s) {
-  return dispatch_float(t, [&](auto tag) {
+  return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     binary_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(a),
-                                                         static_cast<const T*>(b), g, n, static_cast<T>(alpha));
+                                                         static_cast<const T*>(b), g, n,
+                                                         static_cast<Compute<T>>(alpha));
     return cudaGetLastError();
   });
 }
 
 cudaError_t axpby(Dt t, int64_t n, double a, const void* x, double b, const void* y, void* out, cudaStream_t s) {
-  return dispatch_float(t, [&](auto tag) {
+  return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
-    axpby_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(n, static_cast<T>(a), static_cast<const T*>(x),
-                                                        static_cast<T>(b), static_cast<const T*>(y), static_cast<T*>(out));
+    using C = Compute<T>;
+    axpby_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(n, static_cast<C>(a), static_cast<const T*>(x),
+                                                        static_cast<C>(b), static_cast<const T*>(y), static_cast<T*>(out));
     return cudaGetLastError();
   });
 }
@@ -579,7 +607,7 @@ size_t reduce_rows_scratch_bytes(int64_t M, int64_t R) {
 
 cudaError_t reduce_rows(Dt t, Reduce op, const void* in, void* out, int64_t M, int64_t R, void* scratch,
                         cudaStream_t s) {
-  return dispatch_float(t, [&](auto tag) {
+  return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     const int64_t chunks = reduce_chunks(M, R);
     if (chunks > 1 && scratch && M < 65536) {
@@ -682,6 +710,158 @@ cudaError_t optimizer_update(Dt t, const Optim& u, void* p, const void* g, void*
       adamw_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(u, static_cast<T*>(p), static_cast<const T*>(g),
                                                           static_cast<T*>(buf1), static_cast<T*>(buf2), n, bc1, bc2);
     }
+    return cudaGetLastError();
+  });
+}
+
+// ---------------------------------------------------------------- batch norm (mixed precision)
+// x, y, dy, dx: [N, C, HW] of T (bfloat16 under autocast); statistics and parameters float32.
+// Per-channel sums go through double accumulators acc[2C] (zeroed by the caller) with one atomicAdd
+// per block; each block reduces one slice of one channel's N*HW values.
+
+namespace {
+
+struct BnGrid {
+  dim3 grid;
+  int64_t chunk;  // values of one channel per block
+};
+
+BnGrid bn_grid(int64_t N, int64_t C, int64_t HW) {
+  const int64_t M = N * HW;
+  int64_t splits = (4 * 132 + C - 1) / C;               // about four blocks per SM on an H100/H200
+  const int64_t max_splits = (M + 4 * kThreads - 1) / (4 * kThreads);  // at least ~4 values per thread
+  if (splits > max_splits) splits = max_splits;
+  if (splits < 1) splits = 1;
+  if (splits > 65535) splits = 65535;
+  const int64_t chunk = (M + splits - 1) / splits;
+  return {dim3(static_cast<unsigned>(C), static_cast<unsigned>(splits)), chunk};
+}
+
+// Two sums over this block's slice of channel blockIdx.x, each added to acc[c] and acc[C + c].
+// With Grad = false: sum x and sum x^2. With Grad = true: sum dy and sum dy * (x - mean).
+template <typename T, bool Grad>
+__global__ void bn_sums_kernel(const T* x, const T* dy, const float* mean, double* acc, int64_t C, int64_t HW,
+                               int64_t M, int64_t chunk) {
+  __shared__ double sh[kThreads];
+  const int64_t c = blockIdx.x;
+  const int64_t begin = blockIdx.y * chunk, end = begin + chunk < M ? begin + chunk : M;
+  const double mu = Grad ? static_cast<double>(mean[c]) : 0.0;
+  double s1 = 0, s2 = 0;
+  for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
+    const int64_t n = e / HW, r = e - n * HW;
+    const int64_t at = (n * C + c) * HW + r;
+    const double v = convert<double>(x[at]);
+    if (Grad) {
+      const double g = convert<double>(dy[at]);
+      s1 += g;
+      s2 += g * (v - mu);
+    } else {
+      s1 += v;
+      s2 += v * v;
+    }
+  }
+  s1 = block_sum(s1, sh);
+  s2 = block_sum(s2, sh);
+  if (threadIdx.x == 0) {
+    atomicAdd(&acc[c], s1);
+    atomicAdd(&acc[C + c], s2);
+  }
+}
+
+__global__ void bn_finalize_stats_kernel(const double* acc, int64_t C, int64_t M, double eps, float* mean,
+                                         float* invstd) {
+  GRID_STRIDE(c, C) {
+    const double mu = acc[c] / static_cast<double>(M);
+    double var = acc[C + c] / static_cast<double>(M) - mu * mu;
+    if (var < 0) var = 0;
+    mean[c] = static_cast<float>(mu);
+    invstd[c] = static_cast<float>(1.0 / sqrt(var + eps));
+  }
+}
+
+// y = (x - mean) * scale + beta with scale = gamma * invstd (training) or gamma / sqrt(var + eps) (inference).
+template <typename T>
+__global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t n, const float* mean,
+                                const float* invstd_or_var, int from_var, float eps, const float* gamma,
+                                const float* beta) {
+  GRID_STRIDE(i, n) {
+    const int64_t c = (i / HW) % C;
+    const float is = from_var ? rsqrtf(invstd_or_var[c] + eps) : invstd_or_var[c];
+    y[i] = convert<T>((convert<float>(x[i]) - mean[c]) * (gamma[c] * is) + beta[c]);
+  }
+}
+
+// dgamma = invstd * sum dy (x - mean), dbeta = sum dy.
+__global__ void bn_param_grads_kernel(const double* acc, const float* invstd, int64_t C, float* dgamma,
+                                      float* dbeta) {
+  GRID_STRIDE(c, C) {
+    dbeta[c] = static_cast<float>(acc[c]);
+    dgamma[c] = static_cast<float>(acc[C + c] * static_cast<double>(invstd[c]));
+  }
+}
+
+// dx = gamma invstd (dy - sum dy / M - (x - mean) invstd^2 sum dy (x - mean) / M)
+template <typename T>
+__global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t HW, int64_t n, int64_t M,
+                             const float* mean, const float* invstd, const float* gamma, const double* acc) {
+  GRID_STRIDE(i, n) {
+    const int64_t c = (i / HW) % C;
+    const float is = invstd[c];
+    const float mdy = static_cast<float>(acc[c] / static_cast<double>(M));
+    const float mdyx = static_cast<float>(acc[C + c] / static_cast<double>(M));
+    const float xm = convert<float>(x[i]) - mean[c];
+    dx[i] = convert<T>(gamma[c] * is * (convert<float>(dy[i]) - mdy - xm * is * is * mdyx));
+  }
+}
+
+}  // namespace
+
+cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, const float* gamma,
+                             const float* beta, float* mean, float* invstd, double eps, double* acc,
+                             cudaStream_t s) {
+  return dispatch_compute(t, [&](auto tag) {
+    using T = decltype(tag);
+    const BnGrid bg = bn_grid(N, C, HW);
+    bn_sums_kernel<T, false><<<bg.grid, kThreads, 0, s>>>(static_cast<const T*>(x), nullptr, nullptr, acc, C, HW,
+                                                          N * HW, bg.chunk);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, mean, invstd);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    const int64_t n = N * C * HW;
+    bn_apply_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW, n,
+                                                           mean, invstd, 0, 0.f, gamma, beta);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, const float* gamma,
+                             const float* beta, const float* mean, const float* var, double eps, cudaStream_t s) {
+  return dispatch_compute(t, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = N * C * HW;
+    bn_apply_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW, n,
+                                                           mean, var, 1, static_cast<float>(eps), gamma, beta);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N, int64_t C, int64_t HW,
+                        const float* gamma, const float* mean, const float* invstd, float* dgamma, float* dbeta,
+                        double* acc, cudaStream_t s) {
+  return dispatch_compute(t, [&](auto tag) {
+    using T = decltype(tag);
+    const BnGrid bg = bn_grid(N, C, HW);
+    bn_sums_kernel<T, true><<<bg.grid, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(dy), mean,
+                                                         acc, C, HW, N * HW, bg.chunk);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    bn_param_grads_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, invstd, C, dgamma, dbeta);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    const int64_t n = N * C * HW;
+    bn_dx_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(dy),
+                                                        static_cast<T*>(dx), C, HW, n, N * HW, mean, invstd, gamma,
+                                                        acc);
     return cudaGetLastError();
   });
 }

@@ -84,7 +84,12 @@ TEST_F(CudaBackendTest, RegisteredAndHonestAboutDtypes) {
     EXPECT_TRUE(gpu().supports(static_cast<OpKind>(op), DType::f64));
   }
   EXPECT_TRUE(gpu().supports(OpKind::copy, DType::bf16));
-  EXPECT_FALSE(gpu().supports(OpKind::conv2d, DType::bf16));
+  // bfloat16 where autocast keeps activations in it; float32 for the rest.
+  for (OpKind k : {OpKind::unary, OpKind::binary, OpKind::reduce, OpKind::matmul, OpKind::conv2d, OpKind::pool2d,
+                   OpKind::batchnorm})
+    EXPECT_TRUE(gpu().supports(k, DType::bf16)) << static_cast<int>(k);
+  for (OpKind k : {OpKind::layernorm, OpKind::softmax, OpKind::gather, OpKind::optimizer})
+    EXPECT_FALSE(gpu().supports(k, DType::bf16)) << static_cast<int>(k);
   Tensor xi = Tensor::zeros({4}, DType::i64, kGPU);
   EXPECT_THROW(gpu().unary(UnaryOp::exp, xi, xi, 0), Error);
 }
@@ -527,6 +532,114 @@ TEST_F(CudaBackendTest, OptimizerUpdatesSgdAndAdamw) {
       expect_close(dm, hm, fmt::format("optimizer update {} buf1 {}", i, dtype_name(t)));
       expect_close(dv, hv, fmt::format("optimizer update {} buf2 {}", i, dtype_name(t)));
     }
+  }
+}
+
+// ---------------------------------------------------------------- bfloat16 (autocast)
+// The reference computes in float32 on inputs already rounded to bfloat16, so the only
+// differences left are the GPU's bfloat16 output rounding (2^-9 relative) and summation order.
+
+Tensor bf16_rounded(const Tensor& t) { return t.to(DType::bf16).to(DType::f32); }
+Tensor up_bf16(const Tensor& t) { return up(t.to(DType::bf16)); }
+Tensor widened_down(const Tensor& d) { return down(d).to(DType::f32); }
+constexpr double kBfRtol = 1.2e-2, kBfAtol = 2e-2;
+
+TEST_F(CudaBackendTest, Bf16ElementwiseReduceAndMatmul) {
+  Tensor a = bf16_rounded(randt({6, 5, 7}, 61)), b = bf16_rounded(randt({1, 5, 1}, 62));
+  for (BinaryOp op : {BinaryOp::add, BinaryOp::mul, BinaryOp::relu_grad}) {
+    Tensor want = host_out(a.shape()), got = poisoned(a.shape(), DType::bf16);
+    ref().binary(op, a, b, want, 0);
+    gpu().binary(op, up_bf16(a), up_bf16(b), got, 0);
+    expect_close(widened_down(got), want, std::string("bf16 ") + binary_name(op), kBfRtol, 1e-6);
+  }
+  for (UnaryOp op : {UnaryOp::relu, UnaryOp::exp, UnaryOp::mul_scalar}) {
+    Tensor want = host_out(a.shape()), got = poisoned(a.shape(), DType::bf16);
+    ref().unary(op, a, want, 0.5);
+    gpu().unary(op, up_bf16(a), got, 0.5);
+    expect_close(widened_down(got), want, std::string("bf16 ") + unary_name(op), kBfRtol, 1e-6);
+  }
+  {
+    Tensor want = host_out(a.shape()), got = poisoned(a.shape(), DType::bf16);
+    ref().axpby(0.9, a, -0.3, bf16_rounded(randt(a.shape(), 63)), want);
+    gpu().axpby(0.9, up_bf16(a), -0.3, up_bf16(randt(a.shape(), 63)), got);
+    expect_close(widened_down(got), want, "bf16 axpby", kBfRtol, 1e-2);
+  }
+  for (std::vector<int> axes : {std::vector<int>{0, 2}, std::vector<int>{1}}) {
+    Shape os = a.shape();
+    for (int ax : axes) os[ax] = 1;
+    Tensor want = host_out(os), got = poisoned(os, DType::bf16);
+    ref().reduce(ReduceOp::sum, a, axes, want);
+    gpu().reduce(ReduceOp::sum, up_bf16(a), axes, got);
+    expect_close(widened_down(got), want, "bf16 sum", kBfRtol, 1e-2);
+  }
+  Tensor m1 = bf16_rounded(randt({2, 33, 70}, 64)), m2 = bf16_rounded(randt({2, 70, 19}, 65));
+  Tensor want = host_out({2, 33, 19}), got = poisoned({2, 33, 19}, DType::bf16);
+  ref().matmul(m1, m2, want, false, false, 1.0, 0.0);
+  gpu().matmul(up_bf16(m1), up_bf16(m2), got, false, false, 1.0, 0.0);
+  expect_close(widened_down(got), want, "bf16 matmul", kBfRtol, kBfAtol);
+}
+
+TEST_F(CudaBackendTest, Bf16ConvolutionPoolingAndBatchnorm) {
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 1, p.stride_h = 2;
+  Tensor x = bf16_rounded(randt({4, 8, 10, 9}, 71)), w = bf16_rounded(randt({16, 8, 3, 3}, 72));
+  Tensor bias = bf16_rounded(randt({16}, 73));
+  const int64_t P = Conv2dParams::out_size(10, 3, 2, 1, 1), Q = Conv2dParams::out_size(9, 3, 1, 1, 1);
+  Tensor dy = bf16_rounded(randt({4, 16, P, Q}, 74));
+  Tensor want = host_out({4, 16, P, Q}), got = poisoned({4, 16, P, Q}, DType::bf16);
+  ref().conv2d_forward(x, w, bias, want, p);
+  gpu().conv2d_forward(up_bf16(x), up_bf16(w), up_bf16(bias), got, p);
+  expect_close(widened_down(got), want, "bf16 conv forward (with bias)", kBfRtol, kBfAtol);
+  Tensor wdx = host_out(x.shape()), gdx = poisoned(x.shape(), DType::bf16);
+  ref().conv2d_backward_data(dy, w, wdx, p);
+  gpu().conv2d_backward_data(up_bf16(dy), up_bf16(w), gdx, p);
+  expect_close(widened_down(gdx), wdx, "bf16 conv backward data", kBfRtol, kBfAtol);
+  Tensor wdw = host_out(w.shape()), gdw = poisoned(w.shape(), DType::bf16);
+  Tensor wdb = host_out({16}), gdb = poisoned({16}, DType::bf16);
+  ref().conv2d_backward_weights(x, dy, wdw, wdb, p);
+  gpu().conv2d_backward_weights(up_bf16(x), up_bf16(dy), gdw, gdb, p);
+  expect_close(widened_down(gdw), wdw, "bf16 conv backward weights", kBfRtol, 0.1);  // sums of 4*5*9 products
+  expect_close(widened_down(gdb), wdb, "bf16 conv backward bias", kBfRtol, 0.1);
+
+  for (PoolKind kind : {PoolKind::max, PoolKind::avg}) {
+    Pool2dParams pp;
+    pp.kernel_h = pp.kernel_w = 3, pp.stride_h = pp.stride_w = 2, pp.pad_h = pp.pad_w = 1;
+    const int64_t PP = (10 + 2 - 3) / 2 + 1, PQ = (9 + 2 - 3) / 2 + 1;
+    Tensor py = host_out({4, 8, PP, PQ}), gpy = poisoned({4, 8, PP, PQ}, DType::bf16);
+    ref().pool2d_forward(kind, x, py, pp);
+    gpu().pool2d_forward(kind, up_bf16(x), gpy, pp);
+    expect_close(widened_down(gpy), py, "bf16 pool forward", kBfRtol, 1e-6);
+    Tensor pdy = bf16_rounded(randt(py.shape(), 75)), pdx = host_out(x.shape()), gpdx = poisoned(x.shape(), DType::bf16);
+    ref().pool2d_backward(kind, x, py, pdy, pdx, pp);
+    gpu().pool2d_backward(kind, up_bf16(x), gpy, up_bf16(pdy), gpdx, pp);
+    expect_close(widened_down(gpdx), pdx, "bf16 pool backward", kBfRtol, 1e-2);
+  }
+
+  // Batch norm: bfloat16 data, float32 parameters and statistics (summed in double on the GPU).
+  for (Shape s : {Shape{4, 3, 5, 6}, Shape{64, 5, 7, 7}}) {
+    const int64_t C = s[1];
+    std::string name = fmt::format("bf16 batchnorm {}", shape_str(s));
+    Tensor bx = bf16_rounded(randt(s, 76, DType::f32, -2, 3)), bdy = bf16_rounded(randt(s, 77));
+    Tensor gamma = randt({C}, 78, DType::f32, 0.5, 1.5), beta = randt({C}, 79);
+    Tensor wy = host_out(s), wm = host_out({C}), wi = host_out({C});
+    Tensor gy = poisoned(s, DType::bf16), gm = poisoned({C}), gi = poisoned({C});
+    ref().batchnorm_forward_train(bx, gamma, beta, wy, wm, wi, 1e-5);
+    gpu().batchnorm_forward_train(up_bf16(bx), up(gamma), up(beta), gy, gm, gi, 1e-5);
+    expect_close(widened_down(gy), wy, name + " train y", kBfRtol, kBfAtol);
+    expect_close(gm, wm, name + " mean", 1e-5, 1e-6);
+    expect_close(gi, wi, name + " invstd", 1e-5, 1e-6);
+    Tensor mean = randt({C}, 80), var = randt({C}, 81, DType::f32, 0.5, 2);
+    Tensor wyi = host_out(s), gyi = poisoned(s, DType::bf16);
+    ref().batchnorm_forward_infer(bx, gamma, beta, mean, var, wyi, 1e-5);
+    gpu().batchnorm_forward_infer(up_bf16(bx), up(gamma), up(beta), up(mean), up(var), gyi, 1e-5);
+    expect_close(widened_down(gyi), wyi, name + " infer", kBfRtol, kBfAtol);
+    Tensor wdx = host_out(s), wdg = host_out({C}), wdb = host_out({C});
+    Tensor gdx = poisoned(s, DType::bf16), gdg = poisoned({C}), gdb = poisoned({C});
+    ref().batchnorm_backward(bx, bdy, gamma, wm, wi, wdx, wdg, wdb);
+    gpu().batchnorm_backward(up_bf16(bx), up_bf16(bdy), up(gamma), up(wm), up(wi), gdx, gdg, gdb);
+    expect_close(widened_down(gdx), wdx, name + " backward dx", kBfRtol, kBfAtol);
+    expect_close(gdg, wdg, name + " backward dgamma", 1e-4, 1e-4);
+    expect_close(gdb, wdb, name + " backward dbeta", 1e-4, 1e-4);
   }
 }
 

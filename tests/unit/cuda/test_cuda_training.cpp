@@ -17,6 +17,7 @@
 #include "hpdl/core/random.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/ops/autocast.h"
 #include "hpdl/ops/conv.h"
 #include "hpdl/ops/linalg.h"
 #include "hpdl/ops/loss.h"
@@ -287,6 +288,66 @@ TEST(CudaTrainingTest, Bf16ComputeTracksFloat32) {
   auto l16 = train(*m_bf16, data, 6);
   for (const auto& [n, t] : m_bf16->state_dict())
     if (t.dtype() != DType::i64) EXPECT_TRUE(t.dtype() == DType::f32) << n << ": master weights stay float32";
+  expect_trajectory(l32, l16, 0.05);
+}
+
+// Autocast (hpdl/ops/autocast.h): activations in bfloat16, master weights and
+// their gradients float32, no host copies, and a resnet20 loss trajectory that
+// tracks float32.
+TEST(CudaTrainingTest, AutocastBf16TracksFloat32) {
+  SKIP_WITHOUT_GPU();
+  auto data = to_device(synthetic(2, 16, 1, 28, 28, 9), kGPU);
+  auto m_fp32 = nn::models::resnet20(1, 10);
+  m_fp32->to(kGPU);
+  auto l32 = train(*m_fp32, data, 6);
+
+  auto model = nn::models::resnet20(1, 10);
+  model->to(kGPU);
+  {
+    AutocastScope ac(DType::bf16);
+    Tensor logits = model->forward(data[0].x);
+    EXPECT_TRUE(logits.dtype() == DType::bf16) << "the last linear layer runs in bfloat16";
+    Tensor loss = cross_entropy(logits, data[0].y);
+    EXPECT_TRUE(loss.dtype() == DType::f32) << "losses compute in float32";
+    loss.backward();
+  }
+  for (const auto& [n, p] : model->named_parameters()) {
+    EXPECT_TRUE(p.dtype() == DType::f32) << n;
+    ASSERT_TRUE(p.grad().defined()) << n;
+    EXPECT_TRUE(p.grad().dtype() == DType::f32) << n << ": master gradients are float32";
+  }
+  // CPU tensors are left alone.
+  {
+    AutocastScope ac(DType::bf16);
+    EXPECT_TRUE(matmul(Tensor::ones({2, 3}), Tensor::ones({3, 2})).dtype() == DType::f32);
+  }
+
+  auto m_bf16 = nn::models::resnet20(1, 10);
+  m_bf16->to(kGPU);
+  optim::SGDOptions o;
+  o.lr = 0.05, o.momentum = 0.9, o.weight_decay = 1e-4;
+  optim::SGD opt(optim::param_specs(*m_bf16), o);
+  m_bf16->train();
+  std::vector<double> l16;
+  auto before = cuda::transfer_stats();
+  std::vector<Tensor> losses;
+  for (int s = 0; s < 6; ++s) {
+    const auto& b = data[s % data.size()];
+    opt.zero_grad();
+    Tensor loss;
+    {
+      AutocastScope ac(DType::bf16);
+      loss = cross_entropy(m_bf16->forward(b.x), b.y);
+    }
+    loss.backward();
+    opt.step();
+    losses.push_back(loss.detach());
+  }
+  cuda::synchronize();
+  auto after = cuda::transfer_stats();
+  EXPECT_EQ(after.downloads - before.downloads, 0) << "an autocast step copied to the host";
+  EXPECT_EQ(after.uploads - before.uploads, 0);
+  for (const auto& l : losses) l16.push_back(l.item());
   expect_trajectory(l32, l16, 0.05);
 }
 

@@ -1,0 +1,42 @@
+// Mixed precision for a region of code, in the manner of torch.autocast.
+// Inside an AutocastScope(DType::bf16), conv2d, linear and matmul on float32
+// tensors of a device whose backend computes in bfloat16 (CUDA) cast their
+// operands to bfloat16 with differentiable casts and return bfloat16. The ops
+// that follow then stay in bfloat16 (relu, add, pooling, batch norm with
+// float32 statistics and parameters), so activations and their gradients move
+// half the bytes; losses compute in float32 (cross_entropy, log_softmax and
+// mse_loss widen a bfloat16 input). The float32 parameters stay the master
+// weights: the cast's backward returns their gradients in float32.
+//
+// The scope is per thread and only changes what ops do when they are called;
+// backward closures keep the casted tensors they saw, so backward needs no
+// scope. CPU tensors are left alone (the CPU backends compute in float32).
+#pragma once
+
+#include "hpdl/core/tensor.h"
+
+namespace hpdl {
+
+class AutocastScope {
+ public:
+  // dtype: DType::bf16, or DType::f32 for a scope that turns autocast off.
+  explicit AutocastScope(DType dtype, bool enabled = true);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  DType previous_;
+};
+
+// The reduced dtype in effect on this thread (DType::f32 when autocast is off).
+DType autocast_dtype();
+
+// True when `t` is a float32 tensor that autocast ops should cast: autocast is
+// on and t lives on a device that computes in the autocast dtype.
+bool autocast_applies(const Tensor& t);
+// t cast to the autocast dtype when autocast_applies(t), else t itself
+// (undefined stays undefined).
+Tensor autocast_cast(const Tensor& t);
+
+}  // namespace hpdl
