@@ -1,4 +1,6 @@
-// DataParallel: flat gradient buckets all-reduced during backward.
+// DataParallel: flat gradient buckets all-reduced during backward (MPI on
+// the communication thread for CPU ranks, NCCL on the communication stream
+// for GPU ranks).
 #include "hpdl/dist/data_parallel.h"
 
 #include <mutex>
@@ -13,6 +15,11 @@ int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+Device params_device(nn::Module& m) {
+  auto params = m.parameters();
+  return params.empty() ? kCPU : params.front().device();
+}
 }  // namespace
 
 struct DataParallel::Bucket {
@@ -23,13 +30,32 @@ struct DataParallel::Bucket {
   int pending = 0;
   bool launched = false;
   bool launched_by_hook = false;
-  std::shared_ptr<Work> work;
+  std::shared_ptr<Work> work;         // CPU ranks: the job on the communication thread
+  std::shared_ptr<NcclWork> gpu_work;  // GPU ranks: the collective on the communication stream
   BucketSpan span;
   std::mutex mu;
 };
 
 DataParallel::DataParallel(nn::Module& model, Communicator& comm, DataParallelOptions options)
-    : model_(model), comm_(comm), options_(options) {
+    : model_(model), comm_(comm), options_(options), device_(params_device(model)) {
+  if (device_.is_cuda()) {
+    owned_nccl_ = std::make_unique<NcclCommunicator>(comm_, device_.index);
+    nccl_ = owned_nccl_.get();
+  }
+  setup();
+}
+
+DataParallel::DataParallel(nn::Module& model, Communicator& comm, NcclCommunicator& nccl, DataParallelOptions options)
+    : model_(model), comm_(comm), options_(options), nccl_(&nccl), device_(params_device(model)) {
+  HPDL_CHECK(device_ == nccl.device(), "DataParallel: the parameters are on {} but the NCCL communicator on {}",
+             device_.str(), nccl.device().str());
+  HPDL_CHECK(nccl.size() == comm.size() && nccl.rank() == comm.rank(),
+             "DataParallel: the NCCL communicator (rank {} of {}) does not match the MPI one (rank {} of {})",
+             nccl.rank(), nccl.size(), comm.rank(), comm.size());
+  setup();
+}
+
+void DataParallel::setup() {
   HPDL_CHECK(options_.bucket_bytes > 0, "DataParallel: bucket size must be positive, got {} bytes",
              options_.bucket_bytes);
   broadcast_state(0);
@@ -43,8 +69,8 @@ DataParallel::DataParallel(nn::Module& model, Communicator& comm, DataParallelOp
   std::vector<std::vector<Tensor>> groups(1);
   int64_t bytes = 0;
   for (const Tensor& p : order) {
-    HPDL_CHECK(p.dtype() == DType::f32 && p.device().is_cpu(), "DataParallel: parameters must be float32 on the CPU "
-               "(got {}); GPU ranks use the NCCL communicator", p.str());
+    HPDL_CHECK(p.dtype() == DType::f32 && p.device() == device_, "DataParallel: parameters must be float32, all on "
+               "one device ({}), got {}", device_.str(), p.str());
     int64_t b = static_cast<int64_t>(p.nbytes());
     if (!groups.back().empty() && bytes + b > limit) {
       groups.emplace_back();
@@ -58,8 +84,8 @@ DataParallel::DataParallel(nn::Module& model, Communicator& comm, DataParallelOp
     auto bucket = std::make_unique<Bucket>();
     int64_t numel = 0;
     for (auto& p : g) numel += p.numel();
-    bucket->flat = Tensor::zeros({numel});
-    if (options_.bf16_wire) bucket->wire = Tensor::empty({numel}, DType::bf16);
+    bucket->flat = Tensor::zeros({numel}, DType::f32, device_);
+    if (options_.bf16_wire) bucket->wire = Tensor::empty({numel}, DType::bf16, device_);
     bucket->span.bytes = numel * (options_.bf16_wire ? 2 : 4);
     int64_t off = 0;
     const int index = static_cast<int>(buckets_.size());
@@ -79,8 +105,14 @@ DataParallel::DataParallel(nn::Module& model, Communicator& comm, DataParallelOp
 }
 
 DataParallel::~DataParallel() {
-  for (auto& b : buckets_)
-    if (b->work) b->work->wait();
+  for (auto& b : buckets_) {
+    try {
+      if (b->work) b->work->wait();
+      if (b->gpu_work) b->gpu_work->wait();
+    } catch (...) {  // the step's error was reported where it happened
+    }
+    b->gpu_work.reset();
+  }
   // Detach the hooks and the bucket views so the model can live on alone.
   for (auto& b : buckets_)
     for (auto& p : b->params) {
@@ -91,14 +123,31 @@ DataParallel::~DataParallel() {
 
 void DataParallel::broadcast_state(int root) {
   NoGradGuard ng;
-  for (auto& [name, t] : model_.named_parameters()) comm_.broadcast(t, root);
-  for (auto& [name, t] : model_.named_buffers()) comm_.broadcast(t, root);
+  auto one = [&](Tensor t) {
+    if (!t.device().is_cuda()) {
+      comm_.broadcast(t, root);
+    } else {
+      HPDL_CHECK(nccl_ && t.device() == nccl_->device(), "DataParallel: state tensor on {} but the GPU "
+                 "communicator is {}", t.device().str(), nccl_ ? nccl_->device().str() : "missing");
+      if (t.is_contiguous()) {
+        nccl_->broadcast(t, root);
+      } else {
+        Tensor c = t.contiguous();
+        nccl_->broadcast(c, root);
+        t.copy_(c);
+      }
+    }
+  };
+  for (auto& [name, t] : model_.named_parameters()) one(t);
+  for (auto& [name, t] : model_.named_buffers()) one(t);
 }
 
 void DataParallel::zero_grad() {
   for (auto& b : buckets_) {
     if (b->work) b->work->wait();
     b->work.reset();
+    if (b->gpu_work) b->gpu_work->wait();  // stream order: the zeroing comes after the collective
+    b->gpu_work.reset();
     b->flat.zero_();
     std::fill(b->ready.begin(), b->ready.end(), false);
     b->pending = static_cast<int>(b->params.size());
@@ -146,6 +195,17 @@ void DataParallel::launch(int index) {
   Bucket* bp = &b;
   const bool bf16 = options_.bf16_wire;
   bp->span.bucket = index;
+  if (nccl_) {
+    // Stream-ordered: the collective follows the gradient kernels queued so far; NCCL's avg divides.
+    bp->span.begin_us = bp->span.end_us = now_us();
+    if (bf16) {
+      bp->wire.copy_(bp->flat);
+      bp->gpu_work = nccl_->allreduce_async(bp->wire, NcclReduce::avg);
+    } else {
+      bp->gpu_work = nccl_->allreduce_async(bp->flat, NcclReduce::avg);
+    }
+    return;
+  }
   b.work = comm_.enqueue([this, bp, scale, bf16] {
     bp->span.begin_us = now_us();
     if (bf16) {
@@ -162,7 +222,14 @@ void DataParallel::launch(int index) {
 
 void DataParallel::finish() {
   for (size_t i = 0; i < buckets_.size(); ++i) launch(static_cast<int>(i));
-  for (auto& b : buckets_) b->work->wait();
+  for (auto& b : buckets_) {
+    if (b->gpu_work) {
+      b->gpu_work->wait();  // the compute stream waits; the host does not
+      if (options_.bf16_wire) b->flat.copy_(b->wire);
+    } else {
+      b->work->wait();
+    }
+  }
   if (options_.broadcast_buffers) broadcast_buffers(0);
 }
 
@@ -172,16 +239,19 @@ void DataParallel::broadcast_buffers(int root) {
   std::vector<Tensor> bufs;
   int64_t numel = 0;
   for (auto& [name, t] : model_.named_buffers())
-    if (t.dtype() == DType::f32 && t.device().is_cpu() && t.is_contiguous()) bufs.push_back(t), numel += t.numel();
+    if (t.dtype() == DType::f32 && t.device() == device_ && t.is_contiguous()) bufs.push_back(t), numel += t.numel();
   if (numel == 0) return;
   // One message for all of them: a ResNet has dozens of small buffers.
-  Tensor flat = Tensor::empty({numel});
+  Tensor flat = Tensor::empty({numel}, DType::f32, device_);
   int64_t off = 0;
   for (auto& t : bufs) {
     flat.narrow(0, off, t.numel()).copy_(t.reshape({t.numel()}));
     off += t.numel();
   }
-  comm_.broadcast(flat, root);
+  if (nccl_)
+    nccl_->broadcast(flat, root);
+  else
+    comm_.broadcast(flat, root);
   off = 0;
   for (auto& t : bufs) {
     t.copy_(flat.narrow(0, off, t.numel()));

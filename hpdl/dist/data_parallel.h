@@ -6,6 +6,13 @@
 // gradient has been accumulated, while backward still runs on the compute
 // threads; finish() waits for all buckets and divides by the world size.
 // No per-parameter messages. Optional bfloat16 on the wire halves the bytes.
+//
+// GPU ranks (parameters on a cuda device): the buckets live on the device and
+// are all-reduced by an NcclCommunicator (given, or created from `comm`) on
+// its communication stream, launched from the same hook, ordered after the
+// gradient kernels already queued and overlapped with the rest of backward;
+// finish() makes the compute stream wait for them without blocking the host
+// (NCCL's avg divides by the world size). MPI carries nothing per step then.
 #pragma once
 
 #include <chrono>
@@ -14,6 +21,7 @@
 #include <vector>
 
 #include "hpdl/dist/communicator.h"
+#include "hpdl/dist/nccl.h"
 #include "hpdl/nn/module.h"
 
 namespace hpdl::dist {
@@ -33,6 +41,8 @@ struct DataParallelOptions {
 };
 
 // One timed span of an allreduce, for the trace (steady-clock microseconds).
+// On GPU ranks it marks the host-side launch only (begin == end): the
+// collective itself runs later on the communication stream.
 struct BucketSpan {
   int bucket = 0;
   int64_t begin_us = 0, end_us = 0;
@@ -41,7 +51,10 @@ struct BucketSpan {
 
 class DataParallel {
  public:
+  // Parameters on a cuda device: creates an NcclCommunicator over `comm` (collective).
   DataParallel(nn::Module& model, Communicator& comm, DataParallelOptions options = {});
+  // GPU ranks with a communicator of the caller's (it must outlive this object).
+  DataParallel(nn::Module& model, Communicator& comm, NcclCommunicator& nccl, DataParallelOptions options = {});
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
@@ -66,15 +79,22 @@ class DataParallel {
   // Spans of the allreduces of the last step (for the Chrome trace).
   std::vector<BucketSpan> last_spans() const;
   Communicator& comm() { return comm_; }
+  // The GPU communicator, or nullptr on CPU ranks.
+  NcclCommunicator* nccl() { return nccl_; }
+  Device device() const { return device_; }
 
  private:
   struct Bucket;
   void on_grad_ready(int bucket, int slot);
   void launch(int bucket);
+  void setup();
 
   nn::Module& model_;
   Communicator& comm_;
   DataParallelOptions options_;
+  std::unique_ptr<NcclCommunicator> owned_nccl_;
+  NcclCommunicator* nccl_ = nullptr;
+  Device device_ = kCPU;
   std::vector<std::unique_ptr<Bucket>> buckets_;
 };
 

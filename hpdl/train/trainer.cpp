@@ -251,10 +251,20 @@ TrainSummary Trainer::run(bool resume) {
   const int rank = comm.rank(), world = comm.size();
   const bool root = rank == 0;
   if (cfg.train.threads > 0) set_num_threads(static_cast<int>(cfg.train.threads));
-  const Device device = Device::parse(cfg.train.device);
-  HPDL_CHECK(!(device.is_cuda() && world > 1), "train.device = \"{}\" with {} ranks: multi-rank GPU training needs "
-             "the NCCL communicator, which hpdl does not have yet; run one rank per job or train on the CPU",
-             cfg.train.device, world);
+  Device device = Device::parse(cfg.train.device);
+  // GPU ranks: one GPU each, picked from the rank within the node; gradients go over NCCL.
+  std::unique_ptr<dist::NcclCommunicator> nccl;
+  if (device.is_cuda() && world > 1) {
+    HPDL_CHECK(cfg.train.device == "cuda", "train.device = \"{}\" with {} ranks: give \"cuda\" without an index; "
+               "each rank takes the GPU of its rank within the node", cfg.train.device, world);
+    HPDL_CHECK(!cfg.train.sync_batchnorm, "train.sync_batchnorm = true is not supported on GPU ranks yet (its "
+               "statistics go over MPI on the CPU); use per-rank batch norm with train.device = \"cuda\"");
+    device = Device{DeviceType::cuda, dist::select_device(comm)};
+#ifdef HPDL_HAVE_CUDA
+    cuda::set_device(device.index);
+#endif
+    nccl = std::make_unique<dist::NcclCommunicator>(comm, device.index);
+  }
   HPDL_CHECK(cfg.train.precision == "fp32" || device.is_cuda(), "train.precision = \"{}\" needs train.device = "
              "\"cuda\" (bf16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
   // bf16: autocast (hpdl/ops/autocast.h) around forward and loss: convolutions
@@ -306,7 +316,8 @@ TrainSummary Trainer::run(bool resume) {
     dpo.broadcast_buffers = !cfg.train.sync_batchnorm;  // per-rank BN: every rank keeps rank 0's running stats
     dpo.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
     dpo.bf16_wire = cfg.train.bf16_wire;
-    dp = std::make_unique<dist::DataParallel>(*model, comm, dpo);
+    dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
+              : std::make_unique<dist::DataParallel>(*model, comm, dpo);
   }
   if (cfg.train.sync_batchnorm && world > 1) {
     int layers = dist::convert_sync_batchnorm(*model, comm);
@@ -487,7 +498,7 @@ TrainSummary Trainer::run(bool resume) {
     // Replica check: every rank must end with bitwise identical weights.
     uint64_t h = 0;
     for (auto& [name, t] : model->state_dict()) {
-      Tensor c = t.contiguous();
+      Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(kCPU);
       h = io::xxh64(c.raw_data(), c.nbytes(), h);
     }
     Tensor mine = Tensor::from_vector<int64_t>({static_cast<int64_t>(h)}, {1});

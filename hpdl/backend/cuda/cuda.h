@@ -26,6 +26,12 @@ bool allow_tf32();
 void set_compute_bf16(bool on);
 bool compute_bf16();
 
+// Makes GPU `index` current for the calling thread (cudaSetDevice); throws
+// naming the count when it is not visible. A rank of a multi-GPU job calls it
+// with its device (dist::select_device) before allocating anything.
+void set_device(int index);
+int current_device();
+
 // Waits for all work queued on the current device's compute stream.
 void synchronize();
 
