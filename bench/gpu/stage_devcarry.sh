@@ -18,10 +18,15 @@ wait
 rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/py/gpu" "$dest/py/e2e"
 cp "$build/hpdl/libhpdl.so" "$build/bench_cuda_backend" "$build/gpu_e2e" "$build/hpdl_cuda_tests" "$dest/bin/"
 cp "$src/bench/gpu/torch_gpu_peer.py" "$dest/py/gpu/" && cp "$src/bench/e2e/torch_peer.py" "$dest/py/e2e/"
+# The CLI, the examples and Fashion-MNIST, when built/installed here, for training runs there.
+if [ -x "$build/bin/hpdl" ]; then
+  cp "$build/bin/hpdl" "$dest/bin/" && cp -r "$src/examples" "$dest/"
+  mkdir -p "$dest/data" && cp /usr/share/datasets/fashion-mnist/*.gz "$dest/data/" 2>/dev/null || true
+fi
 strip "$dest"/bin/*
 tmp=$(mktemp -d)
 # Everything ldd resolves outside the CUDA toolkit and the C runtime (fmt, oneDNN, OpenMP, MPI, ...).
-ldd "$build/hpdl_cuda_tests" "$build/hpdl/libhpdl.so" | awk '/=> \//{print $3}' | sort -u \
+ldd "$build/hpdl_cuda_tests" "$build/hpdl/libhpdl.so" $([ -x "$build/bin/hpdl" ] && echo "$build/bin/hpdl") | awk '/=> \//{print $3}' | sort -u \
   | grep -vE '/usr/local/cuda|libcudnn|libc\.so|libm\.so|libstdc\+\+|libgcc_s|ld-linux|libdl|libpthread|librt|libhpdl' \
   | xargs -r -I{} cp -L {} "$tmp/"
 tar cJf "$dest/deps.tar.xz" -C "$tmp" . && rm -rf "$tmp"

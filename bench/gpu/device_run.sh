@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole GPU check in one call on the lent machine (see docs/gpu.md): unpacks
+# the carried libraries, runs the CUDA tests, then the end-to-end training
+# benchmark of hpdl and of the PyTorch peer, each under `nvidia-smi dmon`
+# (utilization samples, one per second). Everything lands in $OUT.
+# Usage, from the checkout root on the device, after bench/gpu/stage_devcarry.sh here:
+#   bench/gpu/device_run.sh CASES MATHS [GTEST_FILTER]
+#   e.g. bench/gpu/device_run.sh resnet20:512,resnet50:128 fp32,bf16 '*'
+set -uo pipefail
+cases=${1:-resnet20:512,resnet50:128}; maths=${2:-fp32,bf16}; filter=${3:-*}
+OUT=${OUT:-/tmp/hpdl_out}; mkdir -p "$OUT"
+cd .devcarry || exit 1
+mkdir -p /tmp/d && tar xJf deps.tar.xz -C /tmp/d
+export LD_LIBRARY_PATH=$PWD/bin:/tmp/d:/usr/local/cuda/lib64:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ "$filter" != "none" ]; then
+  OMP_NUM_THREADS=8 timeout 300 bin/hpdl_cuda_tests --gtest_filter="$filter" > "$OUT/tests.log" 2>&1
+  echo "tests exit $?"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|differ" "$OUT/tests.log" | head -60
+fi
+# Training from the CLI (when staged): LeNet-5 on Fashion-MNIST in bf16, the README's job on the GPU.
+if [ -x bin/hpdl ] && [ -d data ] && [ -n "${CLI_PRECISION:-}" ]; then
+  for prec in ${CLI_PRECISION//,/ }; do
+    bin/hpdl train examples/fashion_mnist/lenet5.toml --set train.device=cuda --set train.precision=$prec \
+      --set data.path=$PWD/data --set train.run_dir="$OUT/lenet5_$prec" > "$OUT/lenet5_$prec.log" 2>&1
+    echo "lenet5 $prec exit $?: $(grep -o 'test accuracy [0-9.]*%' "$OUT/lenet5_$prec.log" | tail -1)"
+  done
+fi
+[ "$cases" = "none" ] && exit 0
+dmon() { nvidia-smi dmon -s u -d 1 > "$OUT/dmon_$1.txt" 2>&1 & echo $!; }
+p=$(dmon hpdl); bin/gpu_e2e "$cases" "$maths" | tee "$OUT/hpdl.jsonl"; kill "$p"
+p=$(dmon pytorch); python3 py/gpu/torch_gpu_peer.py "$cases" "$maths" --hpdl "$OUT/hpdl.jsonl" | tee "$OUT/peer.txt"
+kill "$p"
+for f in hpdl pytorch; do
+  awk -v f=$f '$1 !~ /^#/ && $2+0 > 0 {n++; s += $2} END {if (n) printf "%s: %d busy samples, mean sm %.0f%%\n", f, n, s/n}' \
+    "$OUT/dmon_$f.txt"
+done
