@@ -8,7 +8,8 @@
 // fp32 (strict), tf32 (cuda::set_allow_tf32), bf16 (AutocastScope: conv and
 // matmul on bfloat16 tensor cores, activations and their gradients bfloat16,
 // batch norm statistics, loss and master weights float32; as the peer's
-// torch.autocast), e.g. "fp32,bf16".
+// torch.autocast; activations channels-last, as the peer's channels_last),
+// bf16nchw (the same with row-major NCHW activations), e.g. "fp32,bf16".
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -49,7 +50,7 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
     opt.zero_grad();
     Tensor loss;
     {
-      AutocastScope ac(DType::bf16, math == "bf16");
+      AutocastScope ac(DType::bf16, math == "bf16" || math == "bf16nchw");
       loss = cross_entropy(model->forward(x), y);
     }
     loss.backward();
@@ -91,6 +92,7 @@ int main(int argc, char** argv) {
   std::string math;
   while (std::getline(ms, math, ',')) {
     cuda::set_allow_tf32(math == "tf32");
+    set_autocast_channels_last(math != "bf16nchw");
     std::stringstream ss(cases);
     std::string item;
     while (std::getline(ss, item, ',')) {

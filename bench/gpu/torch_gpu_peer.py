@@ -4,7 +4,8 @@ from bench/e2e/torch_peer.py) and torchvision's resnet50 (3x224x224, the same
 Bottleneck v1.5 as hpdl's), SGD momentum 0.9, random data on the GPU, warm-up,
 then whole steps between two torch.cuda.synchronize() calls.
 math: fp32 (TF32 off everywhere), tf32 (TF32 on for conv and matmul),
-bf16 (channels_last + torch.autocast(bfloat16), fp32 master weights).
+bf16 (channels_last + torch.autocast(bfloat16), fp32 master weights),
+bf16nchw (autocast without channels_last).
 With --hpdl FILE, prints hpdl/PyTorch ratios for the matching hpdl lines.
 Usage: torch_gpu_peer.py CASES MATHS [--hpdl FILE]   e.g. resnet20:128,resnet50:64 fp32,bf16
 """
@@ -45,7 +46,7 @@ def bench(name, batch, math):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=math == "bf16"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=math in ("bf16", "bf16nchw")):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()

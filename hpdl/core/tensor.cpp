@@ -60,6 +60,29 @@ bool Tensor::is_contiguous() const {
   return true;
 }
 
+namespace {
+Strides channels_last_strides(const Shape& s) {
+  // [N, C, H, W] stored as [N, H, W, C]
+  return {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
+}
+}  // namespace
+
+Tensor Tensor::empty_channels_last(const Shape& shape, DType dtype, Device device) {
+  HPDL_CHECK(shape.size() == 4, "empty_channels_last: shape {} is not 4-D [N, C, H, W]", shape_str(shape));
+  Tensor flat = empty({numel_of(shape)}, dtype, device);
+  return make_view(flat, shape, channels_last_strides(shape), 0);
+}
+
+bool Tensor::is_channels_last() const {
+  const auto& s = shape();
+  if (s.size() != 4) return false;
+  const Strides want = channels_last_strides(s);
+  const auto& st = strides();
+  for (size_t i = 0; i < 4; ++i)
+    if (s[i] != 1 && st[i] != want[i]) return false;
+  return true;
+}
+
 std::string Tensor::str() const {
   if (!defined()) return "Tensor(undefined)";
   return fmt::format("Tensor({}, {}, {})", dtype_name(dtype()), shape_str(shape()), device().str());

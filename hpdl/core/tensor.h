@@ -53,6 +53,9 @@ class Tensor {
 
   // ---- creation (contiguous, row-major) ----
   static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = kCPU);
+  // A 4-D [N, C, H, W] tensor laid out as N, H, W, C in memory ("channels last",
+  // NHWC), the layout cuDNN's tensor-core convolutions read; logically still NCHW.
+  static Tensor empty_channels_last(const Shape& shape, DType dtype = DType::f32, Device device = kCPU);
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = kCPU);
   static Tensor ones(const Shape& shape, DType dtype = DType::f32, Device device = kCPU);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = kCPU);
@@ -79,6 +82,7 @@ class Tensor {
   Device device() const { return impl().storage ? impl().storage->device() : kCPU; }
   int64_t offset() const { return impl().offset; }
   bool is_contiguous() const;
+  bool is_channels_last() const;  // 4-D with NHWC strides (size-1 dims ignored)
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype()); }
   std::string str() const;  // "Tensor(float32, [2, 3], cpu)"
 

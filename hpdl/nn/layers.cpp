@@ -92,7 +92,9 @@ Tensor BatchNorm::forward(const Tensor& x) {
                shape_str(x.shape()));
   }
   // weight/bias follow the input when the module was not moved (non-affine constants).
-  if (weight.device() != x.device() || weight.dtype() != x.dtype()) {
+  // A bfloat16 input (autocast) normalizes with float32 parameters and statistics.
+  const bool mixed = x.dtype() == DType::bf16 && weight.dtype() == DType::f32;
+  if (weight.device() != x.device() || (weight.dtype() != x.dtype() && !mixed)) {
     HPDL_CHECK(!weight.requires_grad(), "{}: parameters are {} on {} but input is {} on {} (call module.to() first)",
                name_, dtype_name(weight.dtype()), weight.device().str(), dtype_name(x.dtype()), x.device().str());
     weight = weight.to(x.dtype()).to(x.device());

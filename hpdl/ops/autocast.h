@@ -36,7 +36,13 @@ DType autocast_dtype();
 // on and t lives on a device that computes in the autocast dtype.
 bool autocast_applies(const Tensor& t);
 // t cast to the autocast dtype when autocast_applies(t), else t itself
-// (undefined stays undefined).
+// (undefined stays undefined). 4-D tensors (convolution inputs and filters)
+// come out channels-last (NHWC), the layout cuDNN's tensor-core kernels read;
+// the ops that follow keep it, so activations stay NHWC through the network.
 Tensor autocast_cast(const Tensor& t);
+
+// Whether autocast lays 4-D tensors out channels-last (default true; process-wide).
+void set_autocast_channels_last(bool on);
+bool autocast_channels_last();
 
 }  // namespace hpdl

@@ -47,18 +47,22 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   const int64_t W_used = std::min(W, (Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w);
   if (H_used < H || W_used < W) return conv2d(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p);
 
-  Tensor xc = x.contiguous().detach(), wc = w.contiguous().detach();
+  // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
+  const bool cl = x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w));
+  Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
+  Tensor wc = (cl ? detail::channels_last(w) : w.contiguous()).detach();
   Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
-  Tensor y = Tensor::empty({N, K, P, Q}, x.dtype(), x.device());
+  Tensor y = cl ? Tensor::empty_channels_last({N, K, P, Q}, x.dtype(), x.device())
+                : Tensor::empty({N, K, P, Q}, x.dtype(), x.device());
   if (y.numel() > 0) detail::pick(x, OpKind::conv2d).conv2d_forward(xc, wc, bc, y, p);
 
   if (needs_grad({&x, &w, &bias})) {
     const bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.defined() && bias.requires_grad();
     record(
         "conv2d", {x, w, bias}, {&y},
-        [xc, wc, gx, gw, gb, has_bias = bias.defined(), p](const std::vector<Tensor>& g) {
-          // dy [N, K, P, Q] -> dx [N, C, H, W], dw [K, C/groups, R, S], db [K]
-          Tensor dy = g[0].contiguous();
+        [xc, wc, gx, gw, gb, has_bias = bias.defined(), p, cl](const std::vector<Tensor>& g) {
+          // dy [N, K, P, Q] -> dx [N, C, H, W], dw [K, C/groups, R, S], db [K], in the forward's layout
+          Tensor dy = cl ? detail::channels_last(g[0]) : g[0].contiguous();
           Backend& be = detail::pick(dy, OpKind::conv2d);
           Tensor dx, dw, db;
           if (gx) {

@@ -30,7 +30,9 @@ Tensor run_binary(BinaryOp op, const Tensor& a, const Tensor& b, double alpha = 
   check_same(a, b, name);
   detail::check_float(a, name);
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
-  Tensor out = Tensor::empty(s, a.dtype(), a.device());
+  // Channels-last operands of the output's shape give a channels-last output (elementwise, any layout works).
+  const Tensor& like = a.shape() == s ? a : b;
+  Tensor out = like.shape() == s ? detail::empty_like_layout(s, a.dtype(), like) : Tensor::empty(s, a.dtype(), a.device());
   if (out.numel() > 0) detail::pick(a, OpKind::binary).binary(op, a, b, out, alpha);
   return out;
 }

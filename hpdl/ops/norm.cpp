@@ -55,7 +55,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   HPDL_CHECK(!use_batch_stats || M > 1, "batch_norm: training needs more than one value per channel, input {}",
              shape_str(x.shape()));
 
-  Tensor xc = x.contiguous().detach();
+  // Channels-last input (autocast on CUDA) stays channels-last for the mixed-precision kernels.
+  Tensor xc = (x.dtype() == DType::bf16 ? detail::dense(x) : x.contiguous()).detach();
   Tensor g = param_or(gamma, C, 1.0, x), b = param_or(beta, C, 0.0, x);
   Tensor y = detail::empty_like(xc);
   Backend& be = detail::pick(x, OpKind::batchnorm);
@@ -112,7 +113,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
         "batch_norm", {x, gamma, beta}, {&y},
         [xc, g, save_mean, save_invstd, gx, gg, gb](const std::vector<Tensor>& gr) {
           // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C]
-          Tensor dy = gr[0].contiguous();
+          Tensor dy = detail::dense_as(gr[0], xc);
           const int64_t C = xc.dim(1);
           Tensor dx = detail::empty_like(xc);
           Tensor dgamma = Tensor::empty({C}, stat_dtype(xc), xc.device());

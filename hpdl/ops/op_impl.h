@@ -47,6 +47,38 @@ inline Backend& pick(const Tensor& t, OpKind kind) {
             dtype_name(t.dtype()));
 }
 
-inline Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
+// Channels-last (NHWC) activations are kept as they are on devices whose
+// backend reads them (CUDA, under autocast); the CPU backends get row-major.
+inline bool keeps_channels_last(const Tensor& t) { return t.device().is_cuda() && !t.is_contiguous() && t.is_channels_last(); }
+
+// A new tensor shaped like t, channels-last when t is (on CUDA), else row-major.
+inline Tensor empty_like(const Tensor& t) {
+  return keeps_channels_last(t) ? Tensor::empty_channels_last(t.shape(), t.dtype(), t.device())
+                                : Tensor::empty(t.shape(), t.dtype(), t.device());
+}
+inline Tensor empty_like_layout(const Shape& shape, DType dtype, const Tensor& layout_of) {
+  return keeps_channels_last(layout_of) && shape.size() == 4 ? Tensor::empty_channels_last(shape, dtype, layout_of.device())
+                                                              : Tensor::empty(shape, dtype, layout_of.device());
+}
+
+// t dense for a backend: itself when row-major or kept channels-last, else a row-major copy.
+inline Tensor dense(const Tensor& t) { return keeps_channels_last(t) ? t : t.contiguous(); }
+
+// t dense in the layout of `like` (a gradient arriving in another layout than its forward output).
+inline Tensor dense_as(const Tensor& t, const Tensor& like) {
+  if (!keeps_channels_last(like)) return t.contiguous();
+  if (keeps_channels_last(t)) return t;
+  Tensor c = Tensor::empty_channels_last(t.shape(), t.dtype(), t.device());
+  c.copy_(t);
+  return c;
+}
+
+// t in channels-last layout (a copy unless it already is).
+inline Tensor channels_last(const Tensor& t) {
+  if (t.is_channels_last()) return t;
+  Tensor c = Tensor::empty_channels_last(t.shape(), t.dtype(), t.device());
+  c.copy_(t);
+  return c;
+}
 
 }  // namespace hpdl::detail

@@ -27,8 +27,8 @@ Tensor pool2d(PoolKind kind, const Tensor& x, const Pool2dParams& p) {
   HPDL_CHECK(x.dim(2) + 2 * p.pad_h >= p.kernel_h && x.dim(3) + 2 * p.pad_w >= p.kernel_w,
              "{}: input {} is smaller than the kernel ({}, {}) with padding ({}, {})", op, shape_str(x.shape()),
              p.kernel_h, p.kernel_w, p.pad_h, p.pad_w);
-  Tensor xc = x.contiguous().detach();
-  Tensor y = Tensor::empty({x.dim(0), x.dim(1), P, Q}, x.dtype(), x.device());
+  Tensor xc = detail::dense(x).detach();
+  Tensor y = detail::empty_like_layout({x.dim(0), x.dim(1), P, Q}, x.dtype(), xc);
   if (y.numel() > 0) detail::pick(x, OpKind::pool2d).pool2d_forward(kind, xc, y, p);
   if (needs_grad({&x})) {
     Tensor yd = y.detach();
@@ -36,7 +36,7 @@ Tensor pool2d(PoolKind kind, const Tensor& x, const Pool2dParams& p) {
         op, {x}, {&y},
         [kind, xc, yd, p](const std::vector<Tensor>& g) {
           // dy [N, C, P, Q] -> dx [N, C, H, W]: max routes to the first maximum, avg spreads evenly.
-          Tensor dy = g[0].contiguous();
+          Tensor dy = detail::dense_as(g[0], yd);
           Tensor dx = detail::empty_like(xc);
           detail::pick(xc, OpKind::pool2d).pool2d_backward(kind, xc, yd, dy, dx, p);
           return std::vector<Tensor>{dx};

@@ -47,10 +47,11 @@ int to_int(int64_t v, const char* what) {
 class TensorDesc {
  public:
   // A fully packed NCHW descriptor.
-  TensorDesc(DType t, int64_t n, int64_t c, int64_t h, int64_t w) {
+  TensorDesc(DType t, int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last = false) {
     HPDL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d_));
-    HPDL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, CUDNN_TENSOR_NCHW, cudnn_type(t), to_int(n, "N"), to_int(c, "C"),
-                                                to_int(h, "H"), to_int(w, "W")));
+    HPDL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW,
+                                                cudnn_type(t), to_int(n, "N"), to_int(c, "C"), to_int(h, "H"),
+                                                to_int(w, "W")));
   }
   TensorDesc() { HPDL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d_)); }
   ~TensorDesc() { cudnnDestroyTensorDescriptor(d_); }
@@ -62,9 +63,16 @@ class TensorDesc {
   cudnnTensorDescriptor_t d_ = nullptr;
 };
 
+// Channels-last (NHWC in memory) when the tensor is and not also row-major.
+bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
+
+// Dense in either layout: itself when row-major or channels-last, else a row-major copy.
+Tensor dense_any(const Tensor& t) { return nhwc(t) ? t : dense(t); }
+
+// A packed 4-D descriptor in the tensor's layout (NCHW, or NHWC for channels-last).
 TensorDesc nchw(const Tensor& t) {
   const Shape& s = t.shape();
-  return TensorDesc(t.dtype(), s[0], s[1], s[2], s[3]);
+  return TensorDesc(t.dtype(), s[0], s[1], s[2], s[3], nhwc(t));
 }
 
 class FilterDesc {
@@ -72,7 +80,7 @@ class FilterDesc {
   explicit FilterDesc(const Tensor& w) {
     const Shape& s = w.shape();
     HPDL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d_));
-    HPDL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, cudnn_type(w.dtype()), CUDNN_TENSOR_NCHW, to_int(s[0], "K"),
+    HPDL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, cudnn_type(w.dtype()), nhwc(w) ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, to_int(s[0], "K"),
                                                 to_int(s[1], "C/groups"), to_int(s[2], "R"), to_int(s[3], "S")));
   }
   ~FilterDesc() { cudnnDestroyFilterDescriptor(d_); }
@@ -110,9 +118,9 @@ std::mutex g_algo_mu;
 std::map<std::string, int> g_algo_cache;
 
 std::string conv_key(const char* dir, const Tensor& x, const Tensor& w, const Tensor& y, const Conv2dParams& p) {
-  return fmt::format("{}|{}|{}|{}|{},{},{},{},{},{},{}|{}|{}", dir, shape_str(x.shape()), shape_str(w.shape()),
+  return fmt::format("{}|{}|{}|{}|{},{},{},{},{},{},{}|{}|{}|{}{}{}", dir, shape_str(x.shape()), shape_str(w.shape()),
                      shape_str(y.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w,
-                     p.groups, dtype_name(x.dtype()), allow_tf32() ? "tf32" : "fma");
+                     p.groups, dtype_name(x.dtype()), allow_tf32() ? "tf32" : "fma", nhwc(x), nhwc(w), nhwc(y));
 }
 
 // The first heuristic result that succeeded and, for float32 with TF32 off, uses FMA math; else `fallback`.
@@ -217,7 +225,8 @@ void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw
 bool use_bf16(DType t) { return t == DType::f32 && compute_bf16(); }
 
 Tensor to_bf16(const Tensor& t) {
-  Tensor b = Tensor::empty(t.shape(), DType::bf16, t.device());
+  Tensor b = nhwc(t) ? Tensor::empty_channels_last(t.shape(), DType::bf16, t.device())
+                     : Tensor::empty(t.shape(), DType::bf16, t.device());
   backend_for(t.device()).copy(t, b);
   return b;
 }
@@ -226,7 +235,8 @@ Tensor to_bf16(const Tensor& t) {
 template <typename Conv>
 void into(const Tensor& out, bool bf16, Conv&& conv) {
   if (!bf16) return conv(out);
-  Tensor ob = Tensor::empty(out.shape(), DType::bf16, out.device());
+  Tensor ob = nhwc(out) ? Tensor::empty_channels_last(out.shape(), DType::bf16, out.device())
+                        : Tensor::empty(out.shape(), DType::bf16, out.device());
   conv(ob);
   backend_for(out.device()).copy(ob, out);
 }
@@ -237,7 +247,7 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
                                  const Conv2dParams& p) {
   require_compute("conv2d", x.dtype());
   const bool bf = use_bf16(x.dtype());
-  Tensor xc = bf ? to_bf16(x) : dense(x), wc = bf ? to_bf16(w) : dense(w);
+  Tensor xc = bf ? to_bf16(x) : dense_any(x), wc = bf ? to_bf16(w) : dense_any(w);
   into(y, bf, [&](const Tensor& out) { conv_forward(xc, wc, out, p); });
   if (bias.defined() && y.dtype() == DType::bf16) {  // autocast: a broadcast add in float, rounded once
     binary(BinaryOp::add, y, make_view(bias, {1, bias.numel(), 1, 1}, {bias.strides()[0], bias.strides()[0], 0, 0},
@@ -254,7 +264,7 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
 void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
   require_compute("conv2d_backward_data", dy.dtype());
   const bool bf = use_bf16(dy.dtype());
-  Tensor dyc = bf ? to_bf16(dy) : dense(dy), wc = bf ? to_bf16(w) : dense(w);
+  Tensor dyc = bf ? to_bf16(dy) : dense_any(dy), wc = bf ? to_bf16(w) : dense_any(w);
   into(dx, bf, [&](const Tensor& out) { conv_backward_data(dyc, wc, out, p); });
 }
 
@@ -262,7 +272,7 @@ void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, con
                                           const Conv2dParams& p) {
   require_compute("conv2d_backward_weights", x.dtype());
   const bool bf = use_bf16(x.dtype());
-  Tensor xc = bf ? to_bf16(x) : dense(x), dyc = bf ? to_bf16(dy) : dense(dy);
+  Tensor xc = bf ? to_bf16(x) : dense_any(x), dyc = bf ? to_bf16(dy) : dense_any(dy);
   into(dw, bf, [&](const Tensor& out) { conv_backward_weights(xc, dyc, out, p); });
   if (db.defined() && db.dtype() == DType::bf16) {  // autocast: summed in double by the reduction kernel
     reduce(ReduceOp::sum, dy, {0, 2, 3}, make_view(db, {1, db.numel(), 1, 1}, contiguous_strides({1, db.numel(), 1, 1}),
@@ -309,7 +319,8 @@ std::atomic<bool> g_pool_bf16_unsupported{false};
 bool pool_in_float(const Tensor& x) { return x.dtype() == DType::bf16 && g_pool_bf16_unsupported; }
 
 Tensor widened(const Tensor& t) {
-  Tensor f = Tensor::empty(t.shape(), DType::f32, t.device());
+  Tensor f = nhwc(t) ? Tensor::empty_channels_last(t.shape(), DType::f32, t.device())
+                     : Tensor::empty(t.shape(), DType::f32, t.device());
   backend_for(t.device()).copy(t, f);
   return f;
 }
@@ -328,12 +339,12 @@ bool bf16_ran(cudnnStatus_t st, const char* call) {
 void CudaBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) {
   require_compute("pool2d", x.dtype());
   if (pool_in_float(x)) {
-    Tensor yf = Tensor::empty(y.shape(), DType::f32, y.device());
+    Tensor yf = widened(y);
     pool2d_forward(kind, widened(x), yf, p);
     copy(yf, y);
     return;
   }
-  Tensor xc = dense(x);
+  Tensor xc = dense_any(x);
   PoolDesc pd(kind, p);
   TensorDesc xd = nchw(xc), yd = nchw(y);
   Scalars sc(x.dtype());
@@ -350,12 +361,12 @@ void CudaBackend::pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& 
                                   const Pool2dParams& p) {
   require_compute("pool2d_backward", x.dtype());
   if (pool_in_float(x)) {
-    Tensor dxf = Tensor::empty(dx.shape(), DType::f32, dx.device());
+    Tensor dxf = widened(dx);
     pool2d_backward(kind, widened(x), widened(y), widened(dy), dxf, p);
     copy(dxf, dx);
     return;
   }
-  Tensor xc = dense(x), yc = dense(y), dyc = dense(dy);
+  Tensor xc = dense_any(x), yc = dense_any(y), dyc = dense_any(dy);
   PoolDesc pd(kind, p);
   TensorDesc xd = nchw(xc), yd = nchw(yc), dyd = nchw(dyc), dxd = nchw(dx);
   Scalars sc(x.dtype());
@@ -385,8 +396,25 @@ namespace {
 // hand-written kernels: one pass for the per-channel sums, one for the output.
 struct BnShape {
   int64_t N, C, HW;
-  explicit BnShape(const Tensor& x) : N(x.shape()[0]), C(x.shape()[1]), HW(x.numel() / std::max<int64_t>(1, N * C)) {}
+  bool nhwc;
+  explicit BnShape(const Tensor& x)
+      : N(x.shape()[0]), C(x.shape()[1]), HW(x.numel() / std::max<int64_t>(1, N * C)), nhwc(cuda::nhwc(x)) {}
 };
+
+// t copied into the layout of `like` (channels-last or row-major) unless it already has it.
+Tensor in_layout_of(const Tensor& like, const Tensor& t) {
+  if (t.strides() == like.strides()) return t;
+  Tensor c = nhwc(like) ? Tensor::empty_channels_last(t.shape(), t.dtype(), t.device())
+                        : Tensor::empty(t.shape(), t.dtype(), t.device());
+  backend_for(t.device()).copy(t, c);
+  return c;
+}
+
+// Output written in the input's layout.
+void check_layout(const Tensor& x, const Tensor& out, const char* op) {
+  HPDL_CHECK(out.strides() == x.strides() || (out.is_contiguous() && x.is_contiguous()),
+             "{}: output {} must have the input's layout", op, out.str());
+}
 
 Tensor bn_acc(int64_t C, Device d) {
   Tensor acc = Tensor::empty({2 * C}, DType::f64, d);
@@ -406,11 +434,12 @@ void CudaBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
                                           const Tensor& save_mean, const Tensor& save_invstd, double eps) {
   require_compute("batchnorm", x.dtype());
   if (x.dtype() == DType::bf16) {
-    Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta);
+    Tensor xc = dense_any(x), gc = dense(gamma), bc = dense(beta);
     BnShape b(xc);
+    check_layout(xc, y, "batchnorm");
     Tensor acc = bn_acc(b.C, x.device());
     HPDL_KERNEL_CHECK("batchnorm_forward_train",
-                      kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, fptr(gc),
+                      kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, b.nhwc, fptr(gc),
                                              fptr(bc), fptr_mut(save_mean), fptr_mut(save_invstd), eps,
                                              static_cast<double*>(acc.raw_data()), stream_for(x.device())));
     return;
@@ -430,10 +459,11 @@ void CudaBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, 
                                           const Tensor& var, const Tensor& y, double eps) {
   require_compute("batchnorm", x.dtype());
   if (x.dtype() == DType::bf16) {
-    Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta), mc = dense(mean), vc = dense(var);
+    Tensor xc = dense_any(x), gc = dense(gamma), bc = dense(beta), mc = dense(mean), vc = dense(var);
     BnShape b(xc);
+    check_layout(xc, y, "batchnorm");
     HPDL_KERNEL_CHECK("batchnorm_forward_infer",
-                      kern::bn_forward_infer(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, fptr(gc),
+                      kern::bn_forward_infer(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, b.nhwc, fptr(gc),
                                              fptr(bc), fptr(mc), fptr(vc), eps, stream_for(x.device())));
     return;
   }
@@ -451,13 +481,15 @@ void CudaBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Te
                                      const Tensor& dbeta) {
   require_compute("batchnorm_backward", x.dtype());
   if (x.dtype() == DType::bf16) {
-    Tensor xc = dense(x), dyc = dense(dy), gc = dense(gamma);
+    Tensor xc = dense_any(x), gc = dense(gamma);
     BnShape b(xc);
+    Tensor dyc = dy.strides() == xc.strides() ? dy : in_layout_of(xc, dy);
+    check_layout(xc, dx, "batchnorm_backward");
     Tensor dg = dgamma.defined() ? dgamma : Tensor::empty({b.C}, DType::f32, x.device());
     Tensor db = dbeta.defined() ? dbeta : Tensor::empty({b.C}, DType::f32, x.device());
     Tensor acc = bn_acc(b.C, x.device());
     HPDL_KERNEL_CHECK("batchnorm_backward",
-                      kern::bn_backward(kern::Dt::bf16, xc.raw_data(), dyc.raw_data(), dx.raw_data(), b.N, b.C, b.HW,
+                      kern::bn_backward(kern::Dt::bf16, xc.raw_data(), dyc.raw_data(), dx.raw_data(), b.N, b.C, b.HW, b.nhwc,
                                         fptr(gc), fptr(save_mean), fptr(save_invstd), fptr_mut(dg), fptr_mut(db),
                                         static_cast<double*>(acc.raw_data()), stream_for(x.device())));
     return;

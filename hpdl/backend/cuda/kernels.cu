@@ -768,6 +768,39 @@ __global__ void bn_sums_kernel(const T* x, const T* dy, const float* mean, doubl
   }
 }
 
+// Channels-last x [N*HW, C]: a (32 channels x 8 rows) block walks its share of the rows,
+// coalesced along the channels; the 8 row-partials are combined in shared memory.
+template <typename T, bool Grad>
+__global__ void bn_sums_nhwc_kernel(const T* x, const T* dy, const float* mean, double* acc, int64_t C, int64_t M,
+                                    int64_t chunk) {
+  __shared__ double sh1[8][33], sh2[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  const int64_t begin = blockIdx.y * chunk, end = begin + chunk < M ? begin + chunk : M;
+  double s1 = 0, s2 = 0;
+  if (c < C) {
+    const double mu = Grad ? static_cast<double>(mean[c]) : 0.0;
+    for (int64_t r = begin + threadIdx.y; r < end; r += 8) {
+      const double v = convert<double>(x[r * C + c]);
+      if (Grad) {
+        const double g = convert<double>(dy[r * C + c]);
+        s1 += g;
+        s2 += g * (v - mu);
+      } else {
+        s1 += v;
+        s2 += v * v;
+      }
+    }
+  }
+  sh1[threadIdx.y][threadIdx.x] = s1;
+  sh2[threadIdx.y][threadIdx.x] = s2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int k = 1; k < 8; ++k) s1 += sh1[k][threadIdx.x], s2 += sh2[k][threadIdx.x];
+    atomicAdd(&acc[c], s1);
+    atomicAdd(&acc[C + c], s2);
+  }
+}
+
 __global__ void bn_finalize_stats_kernel(const double* acc, int64_t C, int64_t M, double eps, float* mean,
                                          float* invstd) {
   GRID_STRIDE(c, C) {
@@ -780,12 +813,12 @@ __global__ void bn_finalize_stats_kernel(const double* acc, int64_t C, int64_t M
 }
 
 // y = (x - mean) * scale + beta with scale = gamma * invstd (training) or gamma / sqrt(var + eps) (inference).
-template <typename T>
+template <typename T, bool Nhwc>
 __global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t n, const float* mean,
                                 const float* invstd_or_var, int from_var, float eps, const float* gamma,
                                 const float* beta) {
   GRID_STRIDE(i, n) {
-    const int64_t c = (i / HW) % C;
+    const int64_t c = Nhwc ? i % C : (i / HW) % C;
     const float is = from_var ? rsqrtf(invstd_or_var[c] + eps) : invstd_or_var[c];
     y[i] = convert<T>((convert<float>(x[i]) - mean[c]) * (gamma[c] * is) + beta[c]);
   }
@@ -801,11 +834,11 @@ __global__ void bn_param_grads_kernel(const double* acc, const float* invstd, in
 }
 
 // dx = gamma invstd (dy - sum dy / M - (x - mean) invstd^2 sum dy (x - mean) / M)
-template <typename T>
+template <typename T, bool Nhwc>
 __global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t HW, int64_t n, int64_t M,
                              const float* mean, const float* invstd, const float* gamma, const double* acc) {
   GRID_STRIDE(i, n) {
-    const int64_t c = (i / HW) % C;
+    const int64_t c = Nhwc ? i % C : (i / HW) % C;
     const float is = invstd[c];
     const float mdy = static_cast<float>(acc[c] / static_cast<double>(M));
     const float mdyx = static_cast<float>(acc[C + c] / static_cast<double>(M));
@@ -816,52 +849,83 @@ __global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t 
 
 }  // namespace
 
-cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, const float* gamma,
-                             const float* beta, float* mean, float* invstd, double eps, double* acc,
-                             cudaStream_t s) {
+namespace {
+// The per-channel sums of x (Grad = false) or of dy and dy * (x - mean) (Grad = true) into acc.
+template <typename T, bool Grad>
+cudaError_t bn_sums(const T* x, const T* dy, const float* mean, double* acc, int64_t N, int64_t C, int64_t HW,
+                    bool nhwc, cudaStream_t s) {
+  const int64_t M = N * HW;
+  if (nhwc) {
+    const int64_t tiles = (C + 31) / 32;
+    int64_t splits = (8 * 132 + tiles - 1) / tiles;
+    const int64_t max_splits = (M + 63) / 64;  // at least 8 rows per thread row
+    splits = splits > max_splits ? max_splits : splits;
+    splits = splits < 1 ? 1 : (splits > 65535 ? 65535 : splits);
+    const int64_t chunk = (M + splits - 1) / splits;
+    bn_sums_nhwc_kernel<T, Grad><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)), dim3(32, 8), 0,
+                                   s>>>(x, dy, mean, acc, C, M, chunk);
+  } else {
+    const BnGrid bg = bn_grid(N, C, HW);
+    bn_sums_kernel<T, Grad><<<bg.grid, kThreads, 0, s>>>(x, dy, mean, acc, C, HW, M, bg.chunk);
+  }
+  return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
+                             const float* gamma, const float* beta, float* mean, float* invstd, double eps,
+                             double* acc, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
-    const BnGrid bg = bn_grid(N, C, HW);
-    bn_sums_kernel<T, false><<<bg.grid, kThreads, 0, s>>>(static_cast<const T*>(x), nullptr, nullptr, acc, C, HW,
-                                                          N * HW, bg.chunk);
-    cudaError_t e = cudaGetLastError();
+    cudaError_t e = bn_sums<T, false>(static_cast<const T*>(x), nullptr, nullptr, acc, N, C, HW, nhwc, s);
     if (e != cudaSuccess) return e;
     bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, mean, invstd);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     const int64_t n = N * C * HW;
-    bn_apply_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW, n,
-                                                           mean, invstd, 0, 0.f, gamma, beta);
+    if (nhwc)
+      bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW,
+                                                                   n, mean, invstd, 0, 0.f, gamma, beta);
+    else
+      bn_apply_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C,
+                                                                    HW, n, mean, invstd, 0, 0.f, gamma, beta);
     return cudaGetLastError();
   });
 }
 
-cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, const float* gamma,
-                             const float* beta, const float* mean, const float* var, double eps, cudaStream_t s) {
+cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
+                             const float* gamma, const float* beta, const float* mean, const float* var, double eps,
+                             cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = N * C * HW;
-    bn_apply_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW, n,
-                                                           mean, var, 1, static_cast<float>(eps), gamma, beta);
+    const float fe = static_cast<float>(eps);
+    if (nhwc)
+      bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW,
+                                                                   n, mean, var, 1, fe, gamma, beta);
+    else
+      bn_apply_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C,
+                                                                    HW, n, mean, var, 1, fe, gamma, beta);
     return cudaGetLastError();
   });
 }
 
-cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N, int64_t C, int64_t HW,
+cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N, int64_t C, int64_t HW, bool nhwc,
                         const float* gamma, const float* mean, const float* invstd, float* dgamma, float* dbeta,
                         double* acc, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
-    const BnGrid bg = bn_grid(N, C, HW);
-    bn_sums_kernel<T, true><<<bg.grid, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(dy), mean,
-                                                         acc, C, HW, N * HW, bg.chunk);
-    cudaError_t e = cudaGetLastError();
+    const T *xp = static_cast<const T*>(x), *dyp = static_cast<const T*>(dy);
+    cudaError_t e = bn_sums<T, true>(xp, dyp, mean, acc, N, C, HW, nhwc, s);
     if (e != cudaSuccess) return e;
     bn_param_grads_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, invstd, C, dgamma, dbeta);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     const int64_t n = N * C * HW;
-    bn_dx_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(dy),
-                                                        static_cast<T*>(dx), C, HW, n, N * HW, mean, invstd, gamma,
-                                                        acc);
+    if (nhwc)
+      bn_dx_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, N * HW, mean,
+                                                                invstd, gamma, acc);
+    else
+      bn_dx_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, N * HW, mean,
+                                                                 invstd, gamma, acc);
     return cudaGetLastError();
   });
 }

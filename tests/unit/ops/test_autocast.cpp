@@ -64,5 +64,24 @@ TEST(Autocast, Bfloat16ComputeOnTheCpuIsAnErrorNamingTheOp) {
   }
 }
 
+// Channels-last: logically NCHW, NHWC in memory; size-1 dims do not decide.
+TEST(ChannelsLast, LayoutAndValuesSurviveACopy) {
+  Tensor x = Tensor::arange(2 * 3 * 4 * 5).reshape({2, 3, 4, 5});
+  Tensor c = Tensor::empty_channels_last({2, 3, 4, 5});
+  EXPECT_EQ(c.strides(), (Strides{60, 1, 15, 3}));
+  EXPECT_TRUE(c.is_channels_last());
+  EXPECT_FALSE(c.is_contiguous());
+  EXPECT_FALSE(x.is_channels_last());
+  c.copy_(x);
+  EXPECT_EQ(c.to_vector<double>(), x.to_vector<double>());  // same logical values
+  EXPECT_TRUE(Tensor::empty_channels_last({4, 1, 3, 3}).is_contiguous());  // one channel: both layouts
+  EXPECT_TRUE(Tensor::empty({4, 7, 1, 1}).is_channels_last());
+  EXPECT_THROW(Tensor::empty_channels_last({2, 3, 4}), Error);
+  // On the CPU ops give row-major outputs for channels-last inputs (the CPU backends read row-major).
+  Tensor y = relu(c);
+  EXPECT_TRUE(y.is_contiguous());
+  EXPECT_EQ(y.to_vector<double>(), x.to_vector<double>());
+}
+
 }  // namespace
 }  // namespace hpdl
