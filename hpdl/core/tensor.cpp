@@ -103,6 +103,7 @@ T* Tensor::data() const {
 template float* Tensor::data() const;
 template double* Tensor::data() const;
 template bf16* Tensor::data() const;
+template f16* Tensor::data() const;
 template int64_t* Tensor::data() const;
 template int32_t* Tensor::data() const;
 template uint8_t* Tensor::data() const;

@@ -35,8 +35,17 @@ void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   for (int i = 0; i < *len; ++i) b[i] = bf16(static_cast<float>(a[i]) + static_cast<float>(b[i]));
 }
 
+// float16 sum likewise (summed in float32, rounded back to nearest even).
+void f16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const f16*>(in);
+  auto* b = static_cast<f16*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = f16(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
 MPI_Op g_bf16_sum = MPI_OP_NULL;
 MPI_Datatype g_bf16_type = MPI_DATATYPE_NULL;
+MPI_Op g_f16_sum = MPI_OP_NULL;
+MPI_Datatype g_f16_type = MPI_DATATYPE_NULL;
 
 MPI_Datatype mpi_type(DType t) {
   switch (t) {
@@ -46,6 +55,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::i32: return MPI_INT32_T;
     case DType::u8: return MPI_UINT8_T;
     case DType::bf16: return g_bf16_type;
+    case DType::f16: return g_f16_type;
   }
   return MPI_BYTE;
 }
@@ -54,6 +64,10 @@ MPI_Op mpi_op(ReduceKind op, DType t) {
   if (t == DType::bf16) {
     HPDL_CHECK(op == ReduceKind::sum, "allreduce: bfloat16 supports only sum");
     return g_bf16_sum;
+  }
+  if (t == DType::f16) {
+    HPDL_CHECK(op == ReduceKind::sum, "allreduce: float16 supports only sum");
+    return g_f16_sum;
   }
   switch (op) {
     case ReduceKind::sum: return MPI_SUM;
@@ -84,6 +98,11 @@ void init(int* argc, char*** argv) {
     MPI_Type_contiguous(2, MPI_BYTE, &g_bf16_type);
     MPI_Type_commit(&g_bf16_type);
     MPI_Op_create(bf16_sum, 1, &g_bf16_sum);
+  }
+  if (g_f16_type == MPI_DATATYPE_NULL) {
+    MPI_Type_contiguous(2, MPI_BYTE, &g_f16_type);
+    MPI_Type_commit(&g_f16_type);
+    MPI_Op_create(f16_sum, 1, &g_f16_sum);
   }
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

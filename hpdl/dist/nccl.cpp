@@ -39,6 +39,7 @@ ncclDataType_t nccl_type(DType t) {
     case DType::f32: return ncclFloat32;
     case DType::f64: return ncclFloat64;
     case DType::bf16: return ncclBfloat16;
+    case DType::f16: return ncclFloat16;
     case DType::i64: return ncclInt64;
     case DType::i32: return ncclInt32;
     case DType::u8: return ncclUint8;
@@ -50,7 +51,7 @@ ncclRedOp_t nccl_op(NcclReduce op, DType t) {
   switch (op) {
     case NcclReduce::sum: return ncclSum;
     case NcclReduce::avg:
-      HPDL_CHECK(t == DType::f32 || t == DType::f64 || t == DType::bf16,
+      HPDL_CHECK(dtype_is_float(t),
                  "NCCL allreduce: avg needs a floating-point tensor, got {}", dtype_name(t));
       return ncclAvg;
     case NcclReduce::max: return ncclMax;

@@ -119,6 +119,7 @@ const char* safetensors_dtype_name(DType t) {
     case DType::i64: return "I64";
     case DType::i32: return "I32";
     case DType::u8: return "U8";
+    case DType::f16: return "F16";
   }
   return "?";
 }
@@ -127,10 +128,11 @@ DType safetensors_dtype_from_name(const std::string& name, const std::string& co
   if (name == "F32") return DType::f32;
   if (name == "F64") return DType::f64;
   if (name == "BF16") return DType::bf16;
+  if (name == "F16") return DType::f16;
   if (name == "I64") return DType::i64;
   if (name == "I32") return DType::i32;
   if (name == "U8") return DType::u8;
-  HPDL_FAIL("{}: dtype '{}' is not supported (hpdl reads F32, F64, BF16, I64, I32, U8)", context, name);
+  HPDL_FAIL("{}: dtype '{}' is not supported (hpdl reads F32, F64, BF16, F16, I64, I32, U8)", context, name);
 }
 
 SafetensorsWriteInfo save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,

@@ -7,6 +7,8 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <sstream>
 #include <variant>
 
@@ -46,7 +48,7 @@ std::vector<Key> bind(Config& c) {
       {"schedule.milestones", &s.milestones}, {"schedule.gamma", &s.gamma}, {"schedule.power", &s.power},
       {"schedule.final_lr", &s.final_lr},
       {"train.epochs", &t.epochs}, {"train.seed", &t.seed}, {"train.threads", &t.threads},
-      {"train.device", &t.device}, {"train.precision", &t.precision}, {"train.run_dir", &t.run_dir},
+      {"train.device", &t.device}, {"train.precision", &t.precision}, {"train.loss_scale", &t.loss_scale}, {"train.run_dir", &t.run_dir},
       {"train.checkpoint_every_steps", &t.checkpoint_every_steps},
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
@@ -178,6 +180,10 @@ void assign(const Key& key, const toml::node& n, const std::string& src) {
           HPDL_CHECK(n.is_boolean(), "{}: key '{}' must be a boolean (true/false), got {}", src, path, type_name(n));
           *f = *n.value<bool>();
         } else if constexpr (std::is_same_v<T, std::string>) {
+          if (path == "train.loss_scale" && (n.is_integer() || n.is_floating_point())) {  // a number or a word
+            *f = fmt::format("{}", get_float(n, src, path));
+            return;
+          }
           HPDL_CHECK(n.is_string(), "{}: key '{}' must be a string, got {}", src, path, type_name(n));
           *f = *n.value<std::string>();
         } else if constexpr (std::is_same_v<T, std::vector<LayerSpec>>) {
@@ -234,6 +240,16 @@ void check_one_of(const std::string& src, const char* key, const std::string& v,
 }
 
 }  // namespace
+
+std::optional<double> loss_scale_value(const std::string& v) {
+  if (v == "auto" || v == "dynamic") return 0.0;
+  if (v == "none") return 1.0;
+  if (v.empty()) return std::nullopt;
+  char* end = nullptr;
+  const double d = std::strtod(v.c_str(), &end);
+  if (end != v.c_str() + v.size() || !std::isfinite(d) || d <= 0) return std::nullopt;
+  return d;
+}
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);
@@ -344,7 +360,12 @@ void validate(const Config& c, const std::string& src) {
   non_negative("train.threads", static_cast<double>(t.threads));
   HPDL_CHECK(t.device == "cpu" || t.device == "cuda" || t.device.rfind("cuda:", 0) == 0,
              "{}: train.device = '{}' is not cpu, cuda or cuda:N", src, t.device);
-  check_one_of(src, "train.precision", t.precision, {"fp32", "bf16"});
+  check_one_of(src, "train.precision", t.precision, {"fp32", "bf16", "fp16"});
+  if (!loss_scale_value(t.loss_scale).has_value()) {
+    std::string s = suggest(t.loss_scale, {"auto", "dynamic", "none"});
+    HPDL_FAIL("{}: train.loss_scale = '{}' is not one of auto, dynamic, none or a positive number{}", src,
+              t.loss_scale, s.empty() ? "" : fmt::format(" (did you mean '{}'?)", s));
+  }
   HPDL_CHECK(!t.run_dir.empty(), "{}: train.run_dir must not be empty", src);
   non_negative("train.checkpoint_every_steps", static_cast<double>(t.checkpoint_every_steps));
   non_negative("train.checkpoint_every_epochs", static_cast<double>(t.checkpoint_every_epochs));

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -79,7 +80,12 @@ struct TrainConfig {
   uint64_t seed = 0;
   int64_t threads = 0;  // 0: all cores (OMP_NUM_THREADS)
   std::string device = "cpu";
-  std::string precision = "fp32";  // fp32 | bf16
+  // fp32 | bf16 | fp16 (bf16 and fp16: conv/matmul on CUDA tensor cores, float32 master weights)
+  std::string precision = "fp32";
+  // Loss scaling (optim::GradScaler): "auto" (dynamic for fp16, none otherwise),
+  // "dynamic", "none", or a fixed positive number ("1024"; 1 is none). A TOML
+  // number is accepted too and kept as its text.
+  std::string loss_scale = "auto";
   std::string run_dir = "runs/default";
   int64_t checkpoint_every_steps = 0;  // 0: off
   int64_t checkpoint_every_epochs = 1;  // 0: off
@@ -123,6 +129,11 @@ void save_config(const Config& config, const std::filesystem::path& path);
 
 // Every settable key path ("data.batch_size", ...), for help texts.
 std::vector<std::string> config_keys();
+
+// train.loss_scale as a number: 0 for "auto" and "dynamic" (the caller decides
+// what auto means), 1 for "none", the value for a positive finite number;
+// nullopt for anything else.
+std::optional<double> loss_scale_value(const std::string& loss_scale);
 
 // Levenshtein distance, for did-you-mean suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);

@@ -243,6 +243,19 @@ void load_model_weights(nn::Module& model, const fs::path& path) {
   model.load_state_dict(weights);
 }
 
+std::unique_ptr<optim::GradScaler> make_grad_scaler(const TrainConfig& t) {
+  const auto v = loss_scale_value(t.loss_scale);
+  HPDL_CHECK(v.has_value(), "train.loss_scale = '{}' is not one of auto, dynamic, none or a positive number",
+             t.loss_scale);
+  const bool dynamic = t.loss_scale == "dynamic" || (t.loss_scale == "auto" && t.precision == "fp16");
+  if (dynamic) return std::make_unique<optim::GradScaler>();
+  if (t.loss_scale == "auto" || *v == 1.0) return nullptr;
+  optim::GradScalerOptions o;
+  o.init_scale = *v;
+  o.dynamic = false;
+  return std::make_unique<optim::GradScaler>(o);
+}
+
 Trainer::Trainer(Config config) : config_(std::move(config)) {}
 
 TrainSummary Trainer::run(bool resume) {
@@ -266,11 +279,22 @@ TrainSummary Trainer::run(bool resume) {
     nccl = std::make_unique<dist::NcclCommunicator>(comm, device.index);
   }
   HPDL_CHECK(cfg.train.precision == "fp32" || device.is_cuda(), "train.precision = \"{}\" needs train.device = "
-             "\"cuda\" (bf16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
+             "\"cuda\" (bf16/fp16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
   // bf16: autocast (hpdl/ops/autocast.h) around forward and loss: convolutions
-  // and matmuls on tensor cores, activations and their gradients in bfloat16;
-  // master weights, their gradients and optimizer state stay float32.
+  // and matmuls on tensor cores, activations (channels-last) and their
+  // gradients in bfloat16; master weights, their gradients and optimizer state
+  // stay float32. fp16: float32 convolutions and matmuls convert their
+  // operands to float16 for the tensor cores (float32 accumulation and
+  // activations), with loss scaling.
   const bool autocast_bf16 = device.is_cuda() && cfg.train.precision == "bf16";
+#ifdef HPDL_HAVE_CUDA
+  if (device.is_cuda()) cuda::set_compute_precision(cfg.train.precision == "fp16" ? DType::f16 : DType::f32);
+#endif
+  // Loss scaling (fp16 by default; allowed with any precision). Skipped steps
+  // (inf/NaN gradients) leave weights and optimizer state untouched but still
+  // count as steps of the data order and the lr schedule (as PyTorch's
+  // scheduler does), so a resumed run sees the same batches and rates.
+  std::unique_ptr<optim::GradScaler> scaler = make_grad_scaler(cfg.train);
 
   const fs::path run_dir = cfg.train.run_dir;
   if (root) {
@@ -337,6 +361,13 @@ TrainSummary Trainer::run(bool resume) {
     auto tensors = ckpt.load(*info);
     model->load_state_dict(with_prefix(tensors, "model."));
     opt->load_state_dict(with_prefix(tensors, "optim."));
+    if (scaler) {
+      auto st = with_prefix(tensors, "scaler.");
+      if (!st.empty()) scaler->load_state_dict(st);
+      else if (root)
+        std::fprintf(stderr, "hpdl: the checkpoint has no loss scaler state; starting the loss scale at %g\n",
+                     scaler->get_scale());
+    }
     step = info->meta.step;
     epoch = info->meta.epoch;
     // The position counts samples of this rank's epoch order; with another
@@ -364,6 +395,8 @@ TrainSummary Trainer::run(bool resume) {
     for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
     std::map<std::string, Tensor> tensors = prefixed(model->state_dict(), "model.");
     for (auto& [k, v] : opt->state_dict()) tensors["optim." + k] = v;
+    if (scaler)
+      for (auto& [k, v] : scaler->state_dict()) tensors["scaler." + k] = v;
     ckpt.save(meta, tensors);
   };
 
@@ -410,7 +443,7 @@ TrainSummary Trainer::run(bool resume) {
       }
       {
         TraceRecorder::Scope s(trace, "backward", "compute");
-        loss.backward();
+        (scaler ? scaler->scale(loss) : loss).backward();
       }
       if (dp) {
         TraceRecorder::Scope s(trace, "allreduce_wait", "compute");
@@ -421,7 +454,14 @@ TrainSummary Trainer::run(bool resume) {
           trace.span(fmt::format("allreduce bucket {}", sp.bucket), "allreduce", sp.begin_us, sp.end_us, 1);
       {
         TraceRecorder::Scope s(trace, "optimizer", "compute");
-        opt->step();
+        // With a scaler: unscale, and step only when the (all-reduced, hence
+        // identical on every rank) gradients are finite.
+        if (!scaler) {
+          opt->step();
+        } else {
+          if (scaler->unscale_and_check(*opt)) opt->step();
+          scaler->update();
+        }
       }
       ++step;
       StepStats st;
@@ -444,10 +484,14 @@ TrainSummary Trainer::run(bool resume) {
       pu.samples = static_cast<int64_t>(st.count);
       pu.data_wait_s = loader.last_wait_seconds();
       if (root) progress.update(pu);
-      if (root && (step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1))
-        metrics->write({{"type", "step"}, {"epoch", epoch + 1}, {"step", step}, {"loss", last_loss},
-                        {"accuracy", st.correct / st.count}, {"lr", opt->lr()},
-                        {"samples_per_s", progress.samples_per_second()}, {"data_wait_s", loader.last_wait_seconds()}});
+      if (root && (step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1)) {
+        nlohmann::json rec = {{"type", "step"}, {"epoch", epoch + 1}, {"step", step}, {"loss", last_loss},
+                              {"accuracy", st.correct / st.count}, {"lr", opt->lr()},
+                              {"samples_per_s", progress.samples_per_second()},
+                              {"data_wait_s", loader.last_wait_seconds()}};
+        if (scaler) rec["loss_scale"] = scaler->get_scale(), rec["skipped_steps"] = scaler->skipped_steps();
+        metrics->write(rec);
+      }
       const bool periodic = cfg.train.checkpoint_every_steps > 0 && step % cfg.train.checkpoint_every_steps == 0;
       if (periodic || st.ckpt > 0 || st.stop > 0) save_checkpoint(epoch, loader.position());
       if (st.stop > 0) {

@@ -16,6 +16,7 @@
 #include "hpdl/data/dataset.h"
 #include "hpdl/data/transforms.h"
 #include "hpdl/nn/module.h"
+#include "hpdl/optim/grad_scaler.h"
 #include "hpdl/train/config.h"
 
 namespace hpdl::train {
@@ -53,6 +54,11 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
 // Loads a checkpoint's model weights ("model." tensors) into `model`. `path` is
 // a run directory (newest valid checkpoint) or a .safetensors file.
 void load_model_weights(nn::Module& model, const std::filesystem::path& path);
+
+// The loss scaler train.precision and train.loss_scale ask for: "auto" is
+// dynamic for fp16 and none otherwise; "dynamic" a GradScaler with the default
+// options; a number a fixed scale (1 and "none": no scaler, nullptr).
+std::unique_ptr<optim::GradScaler> make_grad_scaler(const TrainConfig& config);
 
 class Trainer {
  public:

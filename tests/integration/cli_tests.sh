@@ -42,6 +42,22 @@ kill9_resume_bitwise)
   cmp straight/checkpoints/step-0000000150.safetensors interrupted/checkpoints/step-0000000150.safetensors \
     || fail "weights after kill -9 + resume differ from the uninterrupted run"
   ;;
+kill9_resume_loss_scale)
+  # Dynamic loss scaling on the CPU (fp32): the scaler state (scale, growth
+  # tracker, skipped steps) is checkpointed and restored; the whole file,
+  # scaler tensors included, must match the uninterrupted run bitwise.
+  args=("$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=60 --set train.checkpoint_every_steps=10
+        --set train.loss_scale=dynamic)
+  "$hpdl" train "${args[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed: $(tail -3 straight.log)"
+  grep -q '"loss_scale":65536' straight/metrics.jsonl || fail "metrics.jsonl has no loss_scale"
+  grep -q 'scaler.growth_tracker' straight/checkpoints/step-0000000060.safetensors || fail "no scaler state in the checkpoint"
+  run_until_checkpoint_then_kill interrupted 20 "${args[@]}" --set train.run_dir=interrupted
+  [[ ! -f interrupted/checkpoints/step-0000000060.json ]] || fail "the run finished before kill -9: nothing tested"
+  "$hpdl" train --resume interrupted >resumed.log 2>&1 || fail "resume failed: $(tail -3 resumed.log)"
+  grep -q "resumed from" resumed.log || fail "resume did not report its checkpoint"
+  cmp straight/checkpoints/step-0000000060.safetensors interrupted/checkpoints/step-0000000060.safetensors \
+    || fail "weights or scaler state after kill -9 + resume differ from the uninterrupted run"
+  ;;
 corrupt_checkpoint_skipped)
   args=("$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.max_steps=20 --set train.checkpoint_every_steps=10 --set train.run_dir=run)
   "$hpdl" train "${args[@]}" >log 2>&1 || fail "run failed"

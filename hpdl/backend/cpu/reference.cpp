@@ -32,14 +32,19 @@ void dispatch_all(DType t, F&& f) {
     case DType::i64: f(int64_t{}); return;
     case DType::i32: f(int32_t{}); return;
     case DType::u8: f(uint8_t{}); return;
+    case DType::f16: f(f16{}); return;
   }
 }
 
 template <typename To, typename From>
 inline To convert(From v) {
-  if constexpr (std::is_same_v<To, bf16>) {
-    return bf16(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<From, bf16>) {
+  if constexpr (std::is_same_v<To, From>) {
+    return v;
+  } else if constexpr (std::is_same_v<To, bf16> || std::is_same_v<To, f16>) {
+    // via float: exact for every type except float64 (double rounding is a
+    // negligible difference for a storage conversion)
+    return To(static_cast<float>(convert<float>(v)));
+  } else if constexpr (std::is_same_v<From, bf16> || std::is_same_v<From, f16>) {
     return static_cast<To>(static_cast<float>(v));
   } else {
     return static_cast<To>(v);

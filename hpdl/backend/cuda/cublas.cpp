@@ -2,8 +2,9 @@
 // column-major; a row-major [M, N] matrix is the column-major [N, M] matrix of
 // its transpose, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: the
 // operands swap places and M and N swap roles, with no data moved. Under
-// cuda::set_compute_bf16, float32 A and B are converted to bfloat16 and
-// multiplied by cublasGemmStridedBatchedEx into float32 C (float32 compute).
+// cuda::set_compute_precision(bf16 or f16), float32 A and B are converted to
+// bfloat16 / float16 and multiplied by cublasGemmStridedBatchedEx into float32
+// C (float32 compute).
 #include <algorithm>
 #include <climits>
 
@@ -28,10 +29,13 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool
              "cuBLAS's 32-bit limits", M, N, K, B);
   if (M == 0 || N == 0 || B == 0) return;
   const bool native_bf16 = c.dtype() == DType::bf16;  // autocast: bfloat16 in and out, float32 accumulation
-  const bool bf16 = native_bf16 || (c.dtype() == DType::f32 && compute_bf16());
+  const std::optional<DType> reduced = native_bf16 ? std::optional<DType>(DType::bf16)
+                                                   : reduced_compute_type(c.dtype());  // bfloat16 or float16 operands
+  const bool bf16 = reduced.has_value();
+  const cudaDataType_t ab_type = reduced == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
   auto operand = [&](const Tensor& t) {
-    if (!bf16 || t.dtype() == DType::bf16) return dense(t);
-    Tensor o = Tensor::empty(t.shape(), DType::bf16, t.device());
+    if (!bf16 || t.dtype() == *reduced) return dense(t);
+    Tensor o = Tensor::empty(t.shape(), *reduced, t.device());
     copy(t, o);
     return o;
   };
@@ -48,8 +52,8 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool
     HPDL_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
     HPDL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        h, op_b, op_a, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &al, bc.raw_data(), CUDA_R_16BF,
-        ldb, sb, ac.raw_data(), CUDA_R_16BF, lda, sa, &be, c.raw_data(), native_bf16 ? CUDA_R_16BF : CUDA_R_32F,
+        h, op_b, op_a, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &al, bc.raw_data(), ab_type,
+        ldb, sb, ac.raw_data(), ab_type, lda, sa, &be, c.raw_data(), native_bf16 ? CUDA_R_16BF : CUDA_R_32F,
         static_cast<int>(N), M * N,
         static_cast<int>(B), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else if (c.dtype() == DType::f32) {

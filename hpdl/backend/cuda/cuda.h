@@ -1,11 +1,14 @@
 // Public entry points of the CUDA backend that need no CUDA headers: whether a
-// GPU is there, the TF32 switch, and allocator statistics. The backend itself
+// GPU is there, the TF32 switch, the compute precision, and allocator statistics. The backend itself
 // registers for DeviceType::cuda when libhpdl loads and a GPU is present; with
 // no GPU it stays unregistered, so using a cuda tensor says "no device".
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+
+#include "hpdl/core/dtype.h"
 
 namespace hpdl::cuda {
 
@@ -18,13 +21,22 @@ inline bool available() { return device_count() > 0; }
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 
-// Mixed precision, first step: float32 convolutions and matmuls convert their
-// operands to bfloat16 on the device and run on tensor cores with float32
-// accumulation (cuDNN CUDNN_DATA_BFLOAT16 with float compute, cublasGemmEx
-// with CUBLAS_COMPUTE_32F); results, activations, BN, gradients and the
-// (master) weights stay float32. Off by default.
-void set_compute_bf16(bool on);
-bool compute_bf16();
+// Mixed precision: with a compute precision of bfloat16 or float16, float32
+// convolutions and matmuls convert their operands to that type on the device
+// and run on tensor cores with float32 accumulation (cuDNN
+// CUDNN_DATA_BFLOAT16 / CUDNN_DATA_HALF with float compute, cublasGemmEx with
+// CUBLAS_COMPUTE_32F); results, activations, BN, gradients and the (master)
+// weights stay float32. float32 (the default) is off. float16 has a narrow
+// range (max 65504, subnormals below 6.1e-5): train with a loss scaler
+// (optim::GradScaler) so small gradients do not flush to zero.
+void set_compute_precision(DType t);  // DType::f32 (off), DType::bf16 or DType::f16; throws otherwise
+DType compute_precision();
+// The reduced type an operand of dtype t is converted to for conv/matmul:
+// the compute precision when t is float32 and the precision is not float32.
+std::optional<DType> reduced_compute_type(DType t);
+// bfloat16 on/off (set_compute_precision(on ? bf16 : f32)); true only for bfloat16.
+inline void set_compute_bf16(bool on) { set_compute_precision(on ? DType::bf16 : DType::f32); }
+inline bool compute_bf16() { return compute_precision() == DType::bf16; }
 
 // Makes GPU `index` current for the calling thread (cudaSetDevice); throws
 // naming the count when it is not visible. A rank of a multi-GPU job calls it

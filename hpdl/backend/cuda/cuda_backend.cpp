@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <optional>
 
 #include "hpdl/backend/cpu/strided.h"
 #include "hpdl/backend/cuda/common.h"
@@ -18,6 +19,7 @@
 namespace hpdl::cuda {
 
 static_assert(static_cast<int>(DType::u8) == static_cast<int>(kern::Dt::u8));
+static_assert(static_cast<int>(DType::f16) == static_cast<int>(kern::Dt::f16));
 static_assert(static_cast<int>(UnaryOp::erf) + 1 == static_cast<int>(kern::Unary::count_));
 static_assert(static_cast<int>(UnaryOp::gelu) == static_cast<int>(kern::Unary::gelu));
 static_assert(static_cast<int>(BinaryOp::leaky_relu_grad) + 1 == static_cast<int>(kern::Binary::count_));
@@ -32,7 +34,7 @@ cudaStream_t g_streams[kMaxDevices] = {};
 cublasHandle_t g_cublas[kMaxDevices] = {};
 cudnnHandle_t g_cudnn[kMaxDevices] = {};
 std::atomic<bool> g_allow_tf32{false};
-std::atomic<bool> g_compute_bf16{false};
+std::atomic<DType> g_compute_precision{DType::f32};
 std::atomic<int64_t> g_uploads{0}, g_downloads{0};
 
 int set_device(Device d) {
@@ -134,8 +136,17 @@ cudnnHandle_t cudnn_for(Device d) {
 
 void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
 bool allow_tf32() { return g_allow_tf32; }
-void set_compute_bf16(bool on) { g_compute_bf16 = on; }
-bool compute_bf16() { return g_compute_bf16; }
+void set_compute_precision(DType t) {
+  HPDL_CHECK(t == DType::f32 || t == DType::bf16 || t == DType::f16,
+             "cuda::set_compute_precision: {} is not a compute precision (float32, bfloat16 or float16)", dtype_name(t));
+  g_compute_precision = t;
+}
+DType compute_precision() { return g_compute_precision; }
+std::optional<DType> reduced_compute_type(DType t) {
+  const DType p = g_compute_precision;
+  if (t != DType::f32 || p == DType::f32) return std::nullopt;
+  return p;
+}
 TransferStats transfer_stats() { return {g_uploads.load(), g_downloads.load()}; }
 
 void synchronize() {

@@ -3,8 +3,9 @@
 // cuDNN's heuristics (cudnnGet*Algorithm_v7), chosen once per shape and cached;
 // workspaces come from the caching allocator. With TF32 off (the default) only
 // FMA-math algorithms are taken, so float32 results match the reference.
-// With cuda::set_compute_bf16(true), float32 convolutions run on bfloat16
-// copies of their operands on tensor cores, accumulating in float32.
+// With cuda::set_compute_precision(bf16 or f16), float32 convolutions run on
+// bfloat16 / float16 copies of their operands on tensor cores, accumulating in
+// float32.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -24,10 +25,15 @@ namespace hpdl::cuda {
 namespace {
 
 cudnnDataType_t cudnn_type(DType t) {
-  return t == DType::f64 ? CUDNN_DATA_DOUBLE : t == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+  return t == DType::f64    ? CUDNN_DATA_DOUBLE
+         : t == DType::bf16 ? CUDNN_DATA_BFLOAT16
+         : t == DType::f16  ? CUDNN_DATA_HALF
+                            : CUDNN_DATA_FLOAT;
 }
-// The type cuDNN accumulates in: float for bfloat16 data.
-cudnnDataType_t compute_type(DType t) { return t == DType::bf16 ? CUDNN_DATA_FLOAT : cudnn_type(t); }
+// The type cuDNN accumulates in: float for bfloat16 and float16 data.
+cudnnDataType_t compute_type(DType t) {
+  return t == DType::bf16 || t == DType::f16 ? CUDNN_DATA_FLOAT : cudnn_type(t);
+}
 
 // Scaling factors must have the compute type: float for float32 data, double for float64.
 struct Scalars {
@@ -101,7 +107,7 @@ class ConvDesc {
         to_int(p.stride_w, "stride_w"), to_int(p.dilation_h, "dilation_h"), to_int(p.dilation_w, "dilation_w"),
         CUDNN_CROSS_CORRELATION, compute_type(t)));
     HPDL_CUDNN_CHECK(cudnnSetConvolutionGroupCount(d_, to_int(p.groups, "groups")));
-    HPDL_CUDNN_CHECK(cudnnSetConvolutionMathType(d_, t == DType::bf16 ? CUDNN_TENSOR_OP_MATH : math()));
+    HPDL_CUDNN_CHECK(cudnnSetConvolutionMathType(d_, t == DType::bf16 || t == DType::f16 ? CUDNN_TENSOR_OP_MATH : math()));
   }
   ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d_); }
   ConvDesc(const ConvDesc&) = delete;
@@ -128,7 +134,7 @@ template <typename Perf>
 int pick(const Perf* perf, int count, int fallback, DType t) {
   for (int i = 0; i < count; ++i)
     if (perf[i].status == CUDNN_STATUS_SUCCESS &&
-        (t == DType::bf16 || allow_tf32() || perf[i].mathType == CUDNN_FMA_MATH))
+        (t == DType::bf16 || t == DType::f16 || allow_tf32() || perf[i].mathType == CUDNN_FMA_MATH))
       return static_cast<int>(perf[i].algo);
   return fallback;
 }
@@ -221,22 +227,25 @@ void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw
                                                   ws_ptr(ws), bytes, sc.zero(), wd, dw.raw_data()));
 }
 
-// bfloat16 compute for a float32 convolution (cuda::set_compute_bf16).
-bool use_bf16(DType t) { return t == DType::f32 && compute_bf16(); }
+// Reduced (bfloat16 or float16) compute for a float32 convolution
+// (cuda::set_compute_precision); the names predate float16.
+bool use_bf16(DType t) { return reduced_compute_type(t).has_value(); }
 
 Tensor to_bf16(const Tensor& t) {
-  Tensor b = nhwc(t) ? Tensor::empty_channels_last(t.shape(), DType::bf16, t.device())
-                     : Tensor::empty(t.shape(), DType::bf16, t.device());
+  const DType r = reduced_compute_type(t.dtype()).value();
+  Tensor b = nhwc(t) ? Tensor::empty_channels_last(t.shape(), r, t.device()) : Tensor::empty(t.shape(), r, t.device());
   backend_for(t.device()).copy(t, b);
   return b;
 }
 
-// Runs `conv(out')` into a bfloat16 temporary when out is float32 under bf16 compute, then widens it into out.
+// Runs `conv(out')` into a reduced-precision temporary when out is float32 under bf16/f16 compute, then widens
+// it into out.
 template <typename Conv>
 void into(const Tensor& out, bool bf16, Conv&& conv) {
   if (!bf16) return conv(out);
-  Tensor ob = nhwc(out) ? Tensor::empty_channels_last(out.shape(), DType::bf16, out.device())
-                        : Tensor::empty(out.shape(), DType::bf16, out.device());
+  const DType r = reduced_compute_type(out.dtype()).value();
+  Tensor ob = nhwc(out) ? Tensor::empty_channels_last(out.shape(), r, out.device())
+                        : Tensor::empty(out.shape(), r, out.device());
   conv(ob);
   backend_for(out.device()).copy(ob, out);
 }

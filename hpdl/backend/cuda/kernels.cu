@@ -5,6 +5,8 @@
 // double where the reference does) so the two agree to float32 rounding.
 #include "hpdl/backend/cuda/kernels.h"
 
+#include <cuda_fp16.h>
+
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -40,6 +42,9 @@ __host__ __device__ inline Bf16 float_to_bf16(float f) {
   return Bf16{static_cast<uint16_t>(u >> 16)};
 }
 
+// float16 is cuda_fp16.h's __half: round to nearest even (__float2half_rn, host
+// and device), through float32 like hpdl::f16 on the host (NaN payloads are not
+// kept: any NaN stays a NaN).
 template <typename To, typename From>
 __host__ __device__ inline To convert(From v) {
   if constexpr (std::is_same_v<To, From>) {
@@ -47,7 +52,11 @@ __host__ __device__ inline To convert(From v) {
   } else if constexpr (std::is_same_v<From, Bf16>) {
     return convert<To>(bf16_to_float(v));
   } else if constexpr (std::is_same_v<To, Bf16>) {
-    return float_to_bf16(static_cast<float>(v));
+    return float_to_bf16(convert<float>(v));
+  } else if constexpr (std::is_same_v<From, __half>) {
+    return convert<To>(__half2float(v));
+  } else if constexpr (std::is_same_v<To, __half>) {
+    return __float2half_rn(static_cast<float>(v));
   } else {
     return static_cast<To>(v);
   }
@@ -62,6 +71,7 @@ cudaError_t dispatch_all(Dt t, F&& f) {
     case Dt::i64: return f(int64_t{});
     case Dt::i32: return f(int32_t{});
     case Dt::u8: return f(uint8_t{});
+    case Dt::f16: return f(__half{});
   }
   return cudaErrorInvalidValue;
 }

@@ -15,7 +15,7 @@ namespace hpdl::cuda::kern {
 constexpr int kMaxDims = 6;
 
 // Same order as hpdl::DType, UnaryOp, BinaryOp, ReduceOp (backend.cpp static_asserts it).
-enum class Dt : int { f32, f64, bf16, i64, i32, u8 };
+enum class Dt : int { f32, f64, bf16, i64, i32, u8, f16 };
 enum class Unary : int {
   neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, leaky_relu, gelu, abs, square, pow_scalar, reciprocal,
   add_scalar, mul_scalar, sign, sin, cos, erf, count_

@@ -8,11 +8,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "hpdl/autograd/node.h"
+#include "hpdl/backend/backend.h"
 #include "hpdl/backend/cuda/cuda.h"
 #include "hpdl/core/random.h"
 #include "hpdl/nn/models/models.h"
@@ -21,6 +23,7 @@
 #include "hpdl/ops/conv.h"
 #include "hpdl/ops/linalg.h"
 #include "hpdl/ops/loss.h"
+#include "hpdl/optim/grad_scaler.h"
 #include "hpdl/optim/optimizers.h"
 
 namespace hpdl {
@@ -349,6 +352,120 @@ TEST(CudaTrainingTest, AutocastBf16TracksFloat32) {
   EXPECT_EQ(after.uploads - before.uploads, 0);
   for (const auto& l : losses) l16.push_back(l.item());
   expect_trajectory(l32, l16, 0.05);
+}
+
+// float16 compute (cuda::set_compute_precision(DType::f16)) with dynamic loss
+// scaling: conv and matmul within float16 rounding of float32 (forward and
+// both conv backward passes), float16 copies on the device, the scaler's
+// check costing one download, and lenet5 steps whose losses track float32's.
+TEST(CudaTrainingTest, Fp16ComputeWithLossScalingTracksFloat32) {
+  SKIP_WITHOUT_GPU();
+  struct Reset {
+    ~Reset() { cuda::set_compute_precision(DType::f32); }
+  } reset;
+  EXPECT_THROW(cuda::set_compute_precision(DType::i64), Error);
+  // Device copies convert like the host's hpdl::f16 (round to nearest even, inf past 65504).
+  Tensor v = Tensor::from_vector<float>({1.0f, -0.1f, 65504.0f, 1e5f, 3e-8f, 2049.0f}, {6});
+  Tensor vh = v.to(kGPU).to(DType::f16);
+  EXPECT_TRUE(vh.dtype() == DType::f16 && vh.device() == kGPU);
+  Tensor vh_host = vh.to(kCPU);
+  Tensor vh_ref = v.to(DType::f16);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(vh_host.data<f16>()[i].bits, vh_ref.data<f16>()[i].bits) << i;
+  EXPECT_EQ(vh.to(DType::f32).to(kCPU).to_vector<float>(), vh_ref.to_vector<float>());
+  Tensor filled = Tensor::full({3}, 0.1, DType::f16, kGPU).to(kCPU);
+  EXPECT_EQ(filled.data<f16>()[0].bits, 0x2e66);
+
+  Generator gen(12);
+  Tensor x = Tensor::randn({4, 8, 12, 12}, gen), w = Tensor::randn({16, 8, 3, 3}, gen);
+  Tensor dy = Tensor::randn({4, 16, 12, 12}, gen);
+  Tensor a = Tensor::randn({64, 96}, gen), b = Tensor::randn({96, 32}, gen);
+  Conv2dParams cp;
+  cp.pad_h = cp.pad_w = 1;
+  // Reference: the CPU backend in float32.
+  Tensor y_ref = conv2d(x, w, Tensor(), cp), m_ref = matmul(a, b);
+  Tensor dx_ref = Tensor::empty(x.shape()), dw_ref = Tensor::empty(w.shape());
+  backend_for(kCPU).conv2d_backward_data(dy, w, dx_ref, cp);
+  backend_for(kCPU).conv2d_backward_weights(x, dy, dw_ref, Tensor(), cp);
+  cuda::set_compute_precision(DType::f16);
+  EXPECT_EQ(cuda::compute_precision(), DType::f16);
+  EXPECT_FALSE(cuda::compute_bf16());
+  Tensor xg = x.to(kGPU), wg = w.to(kGPU), dyg = dy.to(kGPU);
+  Tensor y16 = conv2d(xg, wg, Tensor(), cp).to(kCPU), m16 = matmul(a.to(kGPU), b.to(kGPU)).to(kCPU);
+  Tensor dx16 = Tensor::empty(x.shape(), DType::f32, kGPU), dw16 = Tensor::empty(w.shape(), DType::f32, kGPU);
+  backend_for(kGPU).conv2d_backward_data(dyg, wg, dx16, cp);
+  backend_for(kGPU).conv2d_backward_weights(xg, dyg, dw16, Tensor(), cp);
+  // Sums of 72 to 576 products of N(0,1) values whose operands are rounded to
+  // 11 bits, the result rounded to float16: errors of a few 1e-3 to 1e-2
+  // (bfloat16's are ~8x larger).
+  EXPECT_TRUE(y16.dtype() == DType::f32 && m16.dtype() == DType::f32);
+  EXPECT_GT(max_abs_diff(y_ref, y16), 0.0) << "fp16 mode did not change the convolution";
+  EXPECT_LT(max_abs_diff(y_ref, y16), 0.08);
+  EXPECT_LT(max_abs_diff(m_ref, m16), 0.08);
+  EXPECT_LT(max_abs_diff(dx_ref, dx16.to(kCPU)), 0.08);
+  EXPECT_LT(max_abs_diff(dw_ref, dw16.to(kCPU)), 0.25);
+
+  // The scaler's inf check: one download for all gradients.
+  {
+    auto m = nn::models::lenet5(1, 10);
+    m->to(kGPU);
+    auto data = to_device(synthetic(1, 8, 1, 28, 28, 3), kGPU);
+    optim::SGD opt(optim::param_specs(*m), {.lr = 0.01});
+    optim::GradScaler scaler;
+    opt.zero_grad();
+    scaler.scale(cross_entropy(m->forward(data[0].x), data[0].y)).backward();
+    auto before = cuda::transfer_stats();
+    EXPECT_TRUE(scaler.unscale_and_check(opt));
+    auto after = cuda::transfer_stats();
+    EXPECT_EQ(after.downloads - before.downloads, 1);
+    EXPECT_EQ(after.uploads - before.uploads, 0);
+    // An inf gradient on the GPU is caught and the step skipped.
+    Tensor p0 = opt.params()[0].param;
+    Tensor before_w = p0.to(kCPU);
+    Tensor g = p0.grad();
+    g.copy_(Tensor::full(p0.shape(), std::numeric_limits<double>::infinity(), DType::f32, kGPU));
+    scaler.update();
+    EXPECT_FALSE(scaler.step(opt));
+    EXPECT_EQ(max_abs_diff(before_w, p0.to(kCPU)), 0.0);
+    EXPECT_EQ(scaler.get_scale(), 32768.0);
+  }
+
+  // lenet5: float32 vs float16 compute with dynamic loss scaling, same data and init.
+  auto data = to_device(synthetic(4, 32, 1, 28, 28, 1), kGPU);
+  auto run = [&](DType precision, bool scaled) {
+    cuda::set_compute_precision(precision);
+    auto m = nn::models::lenet5(1, 10);
+    m->to(kGPU);
+    m->train();
+    optim::SGDOptions o;
+    o.lr = 0.01;
+    o.momentum = 0.9;
+    optim::SGD opt(optim::param_specs(*m), o);
+    optim::GradScaler scaler;
+    std::vector<double> losses;
+    for (int s = 0; s < 20; ++s) {
+      const Batch& bt = data[s % data.size()];
+      opt.zero_grad();
+      Tensor loss = cross_entropy(m->forward(bt.x), bt.y);
+      if (scaled) {
+        scaler.scale(loss).backward();
+        EXPECT_TRUE(scaler.step(opt)) << "step " << s << ": lenet5's gradients overflowed at scale 2^16";
+      } else {
+        loss.backward();
+        opt.step();
+      }
+      losses.push_back(loss.item());
+    }
+    for (const auto& [n, t] : m->state_dict()) {
+      if (t.dtype() != DType::i64) {
+        EXPECT_TRUE(t.dtype() == DType::f32) << n << ": master weights stay float32";
+      }
+    }
+    return losses;
+  };
+  auto l32 = run(DType::f32, false);
+  auto l16 = run(DType::f16, true);
+  EXPECT_LT(l16.back(), l16.front()) << "fp16 training did not reduce the loss";
+  expect_trajectory(l32, l16, 0.03);
 }
 
 // An op without a CUDA path fails naming the op and dtype instead of copying to

@@ -11,7 +11,7 @@ try:
 except ImportError:
     sys.exit(77)
 
-DTYPES = {"F32": torch.float32, "F64": torch.float64, "BF16": torch.bfloat16,
+DTYPES = {"F32": torch.float32, "F64": torch.float64, "BF16": torch.bfloat16, "F16": torch.float16,
           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
 
 with open(sys.argv[1], "rb") as f:

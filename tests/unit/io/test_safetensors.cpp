@@ -26,6 +26,7 @@ std::map<std::string, Tensor> sample_tensors() {
   m["step"] = Tensor::from_vector<int64_t>({42}, {1});
   m["bytes"] = Tensor::from_vector<uint8_t>({1, 2, 3}, {3});
   m["half"] = Tensor::from_vector<float>({1.0f, -3.0f}, {2}).to(DType::bf16);
+  m["fp16"] = Tensor::from_vector<float>({0.5f, -65504.0f, 1e-7f, 3.14159f}, {2, 2}).to(DType::f16);
   m["empty"] = Tensor::zeros({0, 4});
   return m;
 }
@@ -51,6 +52,23 @@ TEST(Safetensors, RoundTripAllDtypes) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[static_cast<size_t>(i)]);
   EXPECT_EQ(n % 8, 0u);
+  fs::remove_all(d);
+}
+
+// float16 is written as "F16" with the IEEE binary16 bits, little-endian.
+TEST(Safetensors, Float16IsF16OnDisk) {
+  fs::path d = temp_dir("f16");
+  std::map<std::string, Tensor> m;
+  m["h"] = Tensor::from_vector<float>({1.0f, -2.0f, 65504.0f}, {3}).to(DType::f16);
+  io::save_safetensors(d / "h.safetensors", m);
+  std::string bytes = read_text(d / "h.safetensors");
+  EXPECT_NE(bytes.find("\"dtype\":\"F16\""), std::string::npos);
+  // The data section ends with the three halves 0x3c00, 0xc000, 0x7bff.
+  const std::string tail = bytes.substr(bytes.size() - 6);
+  EXPECT_EQ(tail, std::string("\x00\x3c\x00\xc0\xff\x7b", 6));
+  auto out = io::load_safetensors(d / "h.safetensors");
+  EXPECT_EQ(out.tensors.at("h").dtype(), DType::f16);
+  EXPECT_EQ(out.tensors.at("h").to_vector<float>(), (std::vector<float>{1.0f, -2.0f, 65504.0f}));
   fs::remove_all(d);
 }
 
@@ -152,6 +170,7 @@ TEST(Safetensors, LoadsInPyTorch) {
   std::map<std::string, Tensor> t;
   t["w"] = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
   t["i"] = Tensor::from_vector<int64_t>({7, -8}, {2});
+  t["h"] = Tensor::from_vector<float>({1.5f, 2.5f, -1.0f}, {3}).to(DType::f16);
   io::save_safetensors(p, t);
   fs::path script = fs::path(__FILE__).parent_path() / "read_safetensors.py";
   std::string cmd = "/usr/bin/python3 " + script.string() + " " + p.string() + " > " + (d / "out.txt").string();
@@ -159,6 +178,6 @@ TEST(Safetensors, LoadsInPyTorch) {
   if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77)
     GTEST_SKIP() << "/usr/bin/python3 cannot import torch (install python3-torch to run this interop check)";
   ASSERT_EQ(rc, 0) << cmd;
-  EXPECT_EQ(read_text(d / "out.txt"), "i int64 [2] -1\nw float32 [2, 3] 21\n");
+  EXPECT_EQ(read_text(d / "out.txt"), "h float16 [3] 3\ni int64 [2] -1\nw float32 [2, 3] 21\n");
   fs::remove_all(d);
 }

@@ -8,6 +8,7 @@
 
 #include "hpdl/core/error.h"
 #include "hpdl/train/config.h"
+#include "hpdl/train/trainer.h"
 
 using namespace hpdl;
 using namespace hpdl::train;
@@ -170,4 +171,52 @@ TEST(Config, EveryExampleConfigParses) {
         ++n;
       }
   RecordProperty("example_configs", n);
+}
+
+// train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
+// or string, also through --set), did-you-mean for a misspelt word, and which
+// scaler each combination makes.
+TEST(Config, PrecisionAndLossScale) {
+  Config c = parse_config("[train]\nprecision = \"fp16\"\n", "c.toml");
+  EXPECT_EQ(c.train.precision, "fp16");
+  EXPECT_EQ(c.train.loss_scale, "auto");
+  auto s = make_grad_scaler(c.train);
+  ASSERT_TRUE(s);
+  EXPECT_TRUE(s->options().dynamic);
+  EXPECT_EQ(s->get_scale(), 65536.0);
+  // auto: no scaler for fp32 and bf16.
+  EXPECT_FALSE(make_grad_scaler(parse_config("", "c.toml").train));
+  EXPECT_FALSE(make_grad_scaler(parse_config("[train]\nprecision = \"bf16\"\n", "c.toml").train));
+  // dynamic is allowed with any precision (also on the CPU).
+  EXPECT_TRUE(make_grad_scaler(parse_config("[train]\nloss_scale = \"dynamic\"\n", "c.toml").train));
+  // none and 1: off, even for fp16.
+  EXPECT_FALSE(make_grad_scaler(parse_config("[train]\nprecision = \"fp16\"\nloss_scale = \"none\"\n", "c.toml").train));
+  EXPECT_FALSE(make_grad_scaler(parse_config("[train]\nprecision = \"fp16\"\nloss_scale = 1\n", "c.toml").train));
+  // a fixed number, as a TOML integer, float, string, or --set override
+  for (const char* v : {"1024", "1024.0", "\"1024\""}) {
+    Config f = parse_config(fmt::format("[train]\nprecision = \"fp16\"\nloss_scale = {}\n", v), "c.toml");
+    EXPECT_EQ(f.train.loss_scale, "1024") << v;
+    auto fs = make_grad_scaler(f.train);
+    ASSERT_TRUE(fs) << v;
+    EXPECT_FALSE(fs->options().dynamic);
+    EXPECT_EQ(fs->get_scale(), 1024.0);
+  }
+  Config o = parse_config("", "c.toml", {"train.precision=fp16", "train.loss_scale=256"});
+  EXPECT_EQ(o.train.loss_scale, "256");
+  o = parse_config("", "c.toml", {"train.loss_scale=dynamic"});
+  EXPECT_EQ(o.train.loss_scale, "dynamic");
+  // The resolved config round-trips.
+  Config f = parse_config("[train]\nprecision = \"fp16\"\nloss_scale = 512\n", "c.toml");
+  EXPECT_EQ(to_json(parse_config(to_toml(f), "config.toml")), to_json(f));
+
+  std::string err = error_of([] { parse_config("[train]\nloss_scale = \"dynamc\"\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml"), std::string::npos) << err;
+  EXPECT_NE(err.find("train.loss_scale"), std::string::npos) << err;
+  EXPECT_NE(err.find("did you mean 'dynamic'"), std::string::npos) << err;
+  for (const char* bad : {"0", "-4", "\"inf\"", "\"12abc\"", "\"\"", "true"}) {
+    err = error_of([&] { parse_config(fmt::format("[train]\nloss_scale = {}\n", bad), "c.toml"); });
+    EXPECT_NE(err.find("train.loss_scale"), std::string::npos) << bad << ": " << err;
+  }
+  err = error_of([] { parse_config("[train]\nprecision = \"fp17\"\n", "c.toml"); });
+  EXPECT_NE(err.find("did you mean 'fp16'"), std::string::npos) << err;
 }
