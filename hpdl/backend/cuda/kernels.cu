@@ -8,6 +8,8 @@
 #include <cuda_fp16.h>
 
 #include <cfloat>
+#include <cstdint>
+#include <initializer_list>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -249,6 +251,59 @@ __global__ void binary_kernel(Binary op, T* out, const T* a, const T* b, Strided
 template <typename T, typename C = Compute<T>>
 __global__ void axpby_kernel(int64_t n, C a, const T* x, C b, const T* y, T* out) {
   GRID_STRIDE(i, n) out[i] = convert<T>(a * convert<C>(x[i]) + b * convert<C>(y[i]));
+}
+
+// Dense operands (one coalesced dim, unit strides, 16-byte aligned, n a multiple of the width):
+// 16 bytes per load and store (8 bfloat16, 4 float, 2 double), the rest as above.
+template <typename T>
+struct alignas(16) Vec16 {
+  static constexpr int kWidth = 16 / sizeof(T);
+  T v[kWidth];
+};
+
+template <typename T, typename C = Compute<T>>
+__global__ void unary_vec_kernel(Unary op, T* out, const T* x, int64_t nvec, C alpha) {
+  using V = Vec16<T>;
+  GRID_STRIDE(i, nvec) {
+    V a = reinterpret_cast<const V*>(x)[i], r;
+#pragma unroll
+    for (int k = 0; k < V::kWidth; ++k) r.v[k] = convert<T>(unary_value<C>(op, convert<C>(a.v[k]), alpha));
+    reinterpret_cast<V*>(out)[i] = r;
+  }
+}
+
+template <typename T, typename C = Compute<T>>
+__global__ void binary_vec_kernel(Binary op, T* out, const T* a, const T* b, int64_t nvec, C alpha) {
+  using V = Vec16<T>;
+  GRID_STRIDE(i, nvec) {
+    V va = reinterpret_cast<const V*>(a)[i], vb = reinterpret_cast<const V*>(b)[i], r;
+#pragma unroll
+    for (int k = 0; k < V::kWidth; ++k)
+      r.v[k] = convert<T>(binary_value<C>(op, convert<C>(va.v[k]), convert<C>(vb.v[k]), alpha));
+    reinterpret_cast<V*>(out)[i] = r;
+  }
+}
+
+template <typename T, typename C = Compute<T>>
+__global__ void axpby_vec_kernel(int64_t nvec, C a, const T* x, C b, const T* y, T* out) {
+  using V = Vec16<T>;
+  GRID_STRIDE(i, nvec) {
+    V vx = reinterpret_cast<const V*>(x)[i], vy = reinterpret_cast<const V*>(y)[i], r;
+#pragma unroll
+    for (int k = 0; k < V::kWidth; ++k) r.v[k] = convert<T>(a * convert<C>(vx.v[k]) + b * convert<C>(vy.v[k]));
+    reinterpret_cast<V*>(out)[i] = r;
+  }
+}
+
+// Whether K operands of g can take the 16-byte path.
+template <typename T, int K>
+bool vectorizable(const Strided<K>& g, int64_t n, std::initializer_list<const void*> ptrs) {
+  if (g.ndim != 1 || n % Vec16<T>::kWidth != 0) return false;
+  for (int k = 0; k < K; ++k)
+    if (g.stride[k][0] != 1) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 // ---------------------------------------------------------------- reductions
@@ -574,6 +629,12 @@ cudaError_t unary(Dt t, Unary op, void* out, const void* x, const Strided<2>& g,
                   cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
+    if (vectorizable<T, 2>(g, n, {out, x})) {
+      const int64_t nvec = n / Vec16<T>::kWidth;
+      unary_vec_kernel<T><<<blocks_for(nvec), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(x),
+                                                                 nvec, static_cast<Compute<T>>(alpha));
+      return cudaGetLastError();
+    }
     unary_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(x), g, n,
                                                         static_cast<Compute<T>>(alpha));
     return cudaGetLastError();
@@ -584,6 +645,13 @@ cudaError_t binary(Dt t, Binary op, void* out, const void* a, const void* b, con
                    double alpha, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
+    if (vectorizable<T, 3>(g, n, {out, a, b})) {
+      const int64_t nvec = n / Vec16<T>::kWidth;
+      binary_vec_kernel<T><<<blocks_for(nvec), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(a),
+                                                                  static_cast<const T*>(b), nvec,
+                                                                  static_cast<Compute<T>>(alpha));
+      return cudaGetLastError();
+    }
     binary_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(op, static_cast<T*>(out), static_cast<const T*>(a),
                                                          static_cast<const T*>(b), g, n,
                                                          static_cast<Compute<T>>(alpha));
@@ -595,6 +663,15 @@ cudaError_t axpby(Dt t, int64_t n, double a, const void* x, double b, const void
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     using C = Compute<T>;
+    Strided<3> dense1;
+    dense1.stride[0][0] = dense1.stride[1][0] = dense1.stride[2][0] = 1;
+    if (vectorizable<T, 3>(dense1, n, {out, x, y})) {
+      const int64_t nvec = n / Vec16<T>::kWidth;
+      axpby_vec_kernel<T><<<blocks_for(nvec), kThreads, 0, s>>>(nvec, static_cast<C>(a), static_cast<const T*>(x),
+                                                                 static_cast<C>(b), static_cast<const T*>(y),
+                                                                 static_cast<T*>(out));
+      return cudaGetLastError();
+    }
     axpby_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(n, static_cast<C>(a), static_cast<const T*>(x),
                                                         static_cast<C>(b), static_cast<const T*>(y), static_cast<T*>(out));
     return cudaGetLastError();
@@ -834,6 +911,52 @@ __global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t
   }
 }
 
+// Channels-last with C a multiple of the vector width: 16-byte loads of consecutive channels.
+template <typename T>
+__global__ void bn_apply_nhwc_vec_kernel(const T* x, T* y, int64_t C, int64_t nvec, const float* mean,
+                                         const float* invstd_or_var, int from_var, float eps, const float* gamma,
+                                         const float* beta) {
+  using V = Vec16<T>;
+  GRID_STRIDE(i, nvec) {
+    const int64_t c0 = (i * V::kWidth) % C;
+    V a = reinterpret_cast<const V*>(x)[i], r;
+#pragma unroll
+    for (int k = 0; k < V::kWidth; ++k) {
+      const int64_t c = c0 + k;
+      const float is = from_var ? rsqrtf(invstd_or_var[c] + eps) : invstd_or_var[c];
+      r.v[k] = convert<T>((convert<float>(a.v[k]) - mean[c]) * (gamma[c] * is) + beta[c]);
+    }
+    reinterpret_cast<V*>(y)[i] = r;
+  }
+}
+
+template <typename T>
+__global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t nvec, int64_t M,
+                                      const float* mean, const float* invstd, const float* gamma, const double* acc) {
+  using V = Vec16<T>;
+  GRID_STRIDE(i, nvec) {
+    const int64_t c0 = (i * V::kWidth) % C;
+    V vx = reinterpret_cast<const V*>(x)[i], vdy = reinterpret_cast<const V*>(dy)[i], r;
+#pragma unroll
+    for (int k = 0; k < V::kWidth; ++k) {
+      const int64_t c = c0 + k;
+      const float is = invstd[c];
+      const float mdy = static_cast<float>(acc[c] / static_cast<double>(M));
+      const float mdyx = static_cast<float>(acc[C + c] / static_cast<double>(M));
+      const float xm = convert<float>(vx.v[k]) - mean[c];
+      r.v[k] = convert<T>(gamma[c] * is * (convert<float>(vdy.v[k]) - mdy - xm * is * is * mdyx));
+    }
+    reinterpret_cast<V*>(dx)[i] = r;
+  }
+}
+
+bool bn_vec(bool nhwc, int64_t C, int width, std::initializer_list<const void*> ptrs) {
+  if (!nhwc || C % width != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
 // dgamma = invstd * sum dy (x - mean), dbeta = sum dy.
 __global__ void bn_param_grads_kernel(const double* acc, const float* invstd, int64_t C, float* dgamma,
                                       float* dbeta) {
@@ -892,7 +1015,10 @@ cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C,
     bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, mean, invstd);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     const int64_t n = N * C * HW;
-    if (nhwc)
+    if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
+      bn_apply_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
+          static_cast<const T*>(x), static_cast<T*>(y), C, n / Vec16<T>::kWidth, mean, invstd, 0, 0.f, gamma, beta);
+    else if (nhwc)
       bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW,
                                                                    n, mean, invstd, 0, 0.f, gamma, beta);
     else
@@ -909,7 +1035,10 @@ cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C,
     using T = decltype(tag);
     const int64_t n = N * C * HW;
     const float fe = static_cast<float>(eps);
-    if (nhwc)
+    if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
+      bn_apply_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
+          static_cast<const T*>(x), static_cast<T*>(y), C, n / Vec16<T>::kWidth, mean, var, 1, fe, gamma, beta);
+    else if (nhwc)
       bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW,
                                                                    n, mean, var, 1, fe, gamma, beta);
     else
@@ -930,7 +1059,10 @@ cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N
     bn_param_grads_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, invstd, C, dgamma, dbeta);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     const int64_t n = N * C * HW;
-    if (nhwc)
+    if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, dy, dx}))
+      bn_dx_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
+          xp, dyp, static_cast<T*>(dx), C, n / Vec16<T>::kWidth, N * HW, mean, invstd, gamma, acc);
+    else if (nhwc)
       bn_dx_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, N * HW, mean,
                                                                 invstd, gamma, acc);
     else

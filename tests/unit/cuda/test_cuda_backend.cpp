@@ -220,6 +220,39 @@ TEST_F(CudaBackendTest, BinaryEveryOpWithBroadcasting) {
   }
 }
 
+// Dense operands whose size is a multiple of the vector width take the 16-byte path (vectorizable()
+// in kernels.cu); the cases above take the strided one. Both must agree with the reference.
+TEST_F(CudaBackendTest, DenseOperandsTakeTheVectorPath) {
+  for (DType t : {DType::f32, DType::f64, DType::bf16}) {
+    const DType ht = t == DType::bf16 ? DType::f32 : t;  // host reference dtype
+    auto host = [&](const Shape& s, uint64_t seed, double lo, double hi) {
+      Tensor h = randt(s, seed, ht, lo, hi);
+      return t == DType::bf16 ? h.to(DType::bf16).to(DType::f32) : h;
+    };
+    auto dev = [&](const Tensor& h) { return up(h.to(t)); };
+    const double rtol = t == DType::bf16 ? 1.2e-2 : rtol_for(t), atol = t == DType::bf16 ? 1e-6 : atol_for(t);
+    for (int o = 0; o <= static_cast<int>(UnaryOp::erf); ++o) {
+      UnaryOp op = static_cast<UnaryOp>(o);
+      bool positive = op == UnaryOp::log || op == UnaryOp::sqrt || op == UnaryOp::rsqrt ||
+                      op == UnaryOp::pow_scalar || op == UnaryOp::reciprocal;
+      Tensor x = host({8, 64}, 90 + o, positive ? 0.1 : -3, 3);
+      Tensor want = host_out({8, 64}, ht), got = poisoned({8, 64}, t);
+      ref().unary(op, x, want, 0.3);
+      gpu().unary(op, dev(x), got, 0.3);
+      expect_close(down(got).to(ht), want, std::string("dense ") + unary_name(op) + " " + dtype_name(t), rtol, atol);
+    }
+    for (int o = 0; o <= static_cast<int>(BinaryOp::leaky_relu_grad); ++o) {
+      BinaryOp op = static_cast<BinaryOp>(o);
+      Tensor a = host({8, 64}, 120 + o, op == BinaryOp::pow ? 0.1 : -2, 2), b = host({8, 64}, 150 + o, -2, 2);
+      Tensor want = host_out({8, 64}, ht), got = poisoned({8, 64}, t);
+      ref().binary(op, a, b, want, 0.1);
+      gpu().binary(op, dev(a), dev(b), got, 0.1);
+      expect_close(down(got).to(ht), want, std::string("dense ") + binary_name(op) + " " + dtype_name(t), rtol,
+                   t == DType::bf16 ? 1e-2 : atol);
+    }
+  }
+}
+
 TEST_F(CudaBackendTest, Axpby) {
   Tensor x = randt({1000}, 5), y = randt({1000}, 6);
   Tensor want = host_out({1000}), got = poisoned({1000});
@@ -616,7 +649,7 @@ TEST_F(CudaBackendTest, Bf16ConvolutionPoolingAndBatchnorm) {
   }
 
   // Batch norm: bfloat16 data, float32 parameters and statistics (summed in double on the GPU).
-  for (Shape s : {Shape{4, 3, 5, 6}, Shape{64, 5, 7, 7}}) {
+  for (Shape s : {Shape{4, 3, 5, 6}, Shape{64, 5, 7, 7}, Shape{8, 16, 5, 5}}) {  // C = 16: 16-byte path (NHWC)
     const int64_t C = s[1];
     std::string name = fmt::format("bf16 batchnorm {}", shape_str(s));
     Tensor bx = bf16_rounded(randt(s, 76, DType::f32, -2, 3)), bdy = bf16_rounded(randt(s, 77));
