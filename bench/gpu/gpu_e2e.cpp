@@ -10,7 +10,17 @@
 // batch norm statistics, loss and master weights float32; as the peer's
 // torch.autocast; activations channels-last, as the peer's channels_last),
 // bf16nchw (the same with row-major NCHW activations), e.g. "fp32,bf16".
+#include <cxxabi.h>
+#include <execinfo.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
+#include <map>
+#include <set>
+#include <vector>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -26,6 +36,66 @@
 
 using namespace hpdl;
 using Clock = std::chrono::steady_clock;
+
+// Host sampling profiler (HPDL_E2E_SAMPLE=1): SIGPROF every millisecond of
+// process CPU time records the call stack; at exit the frames are symbolized
+// (dynamic symbols: libhpdl's exported functions) and counted, self and
+// inclusive. Shows where the launching thread spends its time.
+namespace sampler {
+constexpr int kDepth = 24, kMax = 200000;
+void* g_frames[kMax][kDepth];
+int g_depth[kMax];
+std::atomic<int> g_n{0};
+void on_prof(int) {
+  int i = g_n.fetch_add(1);
+  if (i < kMax) g_depth[i] = backtrace(g_frames[i], kDepth);
+}
+void start() {
+  void* warm[2];
+  backtrace(warm, 2);  // loads the unwinder now: backtrace in the handler then does not allocate
+  std::signal(SIGPROF, on_prof);
+  itimerval t{{0, 1000}, {0, 1000}};
+  setitimer(ITIMER_PROF, &t, nullptr);
+}
+std::string clean(const char* sym) {
+  std::string s = sym;  // "lib.so(mangled+0x12) [0x...]"
+  auto a = s.find('('), b = s.find('+', a == std::string::npos ? 0 : a);
+  if (a == std::string::npos || b == std::string::npos || b == a + 1) return s.substr(0, s.find(' '));
+  std::string m = s.substr(a + 1, b - a - 1);
+  int st = 0;
+  char* d = abi::__cxa_demangle(m.c_str(), nullptr, nullptr, &st);
+  std::string out = st == 0 && d ? d : m;
+  std::free(d);
+  return out.substr(0, 110);
+}
+void report(const char* label) {
+  itimerval off{};
+  setitimer(ITIMER_PROF, &off, nullptr);
+  const int n = std::min(g_n.load(), kMax);
+  std::map<std::string, int> self, incl;
+  for (int i = 0; i < n; ++i) {
+    char** syms = backtrace_symbols(g_frames[i], g_depth[i]);
+    std::set<std::string> seen;
+    for (int k = 2; k < g_depth[i]; ++k) {  // 0-1: the handler and the signal trampoline
+      std::string f = clean(syms[k]);
+      if (k == 2) ++self[f];
+      if (seen.insert(f).second) ++incl[f];
+    }
+    std::free(syms);
+  }
+  auto top = [&](const std::map<std::string, int>& m, const char* what) {
+    std::vector<std::pair<int, std::string>> v;
+    for (auto& [k, c] : m) v.push_back({c, k});
+    std::sort(v.rbegin(), v.rend());
+    std::fprintf(stderr, "# host samples (%s), %s, %d samples of 1 ms CPU time\n", label, what, n);
+    for (size_t i = 0; i < v.size() && i < 40; ++i)
+      std::fprintf(stderr, "%6.1f%%  %s\n", 100.0 * v[i].first / std::max(1, n), v[i].second.c_str());
+  };
+  top(self, "self");
+  top(incl, "inclusive");
+  g_n = 0;
+}
+}  // namespace sampler
 
 static double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
@@ -45,7 +115,13 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
   o.momentum = 0.9;
   optim::SGD opt(optim::param_specs(*model), o);
   model->train();
-  const int warmup = 5, steps = big ? 20 : 50;
+  // HPDL_E2E_WARMUP / HPDL_E2E_STEPS override the counts (a profiler run times one step); the
+  // timed steps are bracketed by cuda::profiler_start/stop for ncu --profile-from-start off.
+  auto env_int = [](const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v ? std::atoi(v) : fallback;
+  };
+  const int warmup = env_int("HPDL_E2E_WARMUP", 5), steps = env_int("HPDL_E2E_STEPS", big ? 20 : 50);
   auto step = [&] {
     opt.zero_grad();
     Tensor loss;
@@ -61,21 +137,27 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
   for (int i = 0; i < warmup; ++i) loss = step();
   cuda::synchronize();
   const double first_loss = loss.item();
+  const bool sample = std::getenv("HPDL_E2E_SAMPLE") != nullptr;
+  if (sample) sampler::start();
+  cuda::profiler_start();
   auto t0 = Clock::now();
   for (int i = 0; i < steps; ++i) loss = step();
   auto t_launched = Clock::now();
   cuda::synchronize();
   auto t1 = Clock::now();
+  cuda::profiler_stop();
+  if (sample) sampler::report((name + " " + math).c_str());
   const double wall = secs(t0, t1);
   auto st = cuda::allocator_stats();
   std::printf(
       "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, "
-      "\"math\": \"%s\", "
+      "\"math\": \"%s\", \"conv_search\": %s, "
       "\"train_images_per_s\": %.1f, \"step_ms\": %.3f, "
       "\"host_fraction\": %.3f, \"loss\": %.4f, "
       "\"first_loss\": %.4f, \"gpu_mem_allocated_mb\": %.0f, "
       "\"gpu_mem_cached_mb\": %.0f}\n",
-      name.c_str(), static_cast<long long>(batch), math.c_str(), batch * steps / wall, 1e3 * wall / steps,
+      name.c_str(), static_cast<long long>(batch), math.c_str(), cuda::conv_search() ? "true" : "false",
+      batch * steps / wall, 1e3 * wall / steps,
       secs(t0, t_launched) / wall, loss.item(), first_loss, st.allocated_bytes / 1048576.0,
       st.cached_bytes / 1048576.0);
   std::fflush(stdout);

@@ -17,7 +17,7 @@ g++ "${flags[@]}" "$src"/tests/unit/cuda/*.cpp -o "$build/hpdl_cuda_tests" -lhpd
 wait
 rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/py/gpu" "$dest/py/e2e"
 cp "$build/hpdl/libhpdl.so" "$build/bench_cuda_backend" "$build/gpu_e2e" "$build/hpdl_cuda_tests" "$dest/bin/"
-cp "$src/bench/gpu/torch_gpu_peer.py" "$dest/py/gpu/" && cp "$src/bench/e2e/torch_peer.py" "$dest/py/e2e/"
+cp "$src/bench/gpu/torch_gpu_peer.py" "$src/bench/gpu/ncu_summary.py" "$dest/py/gpu/" && cp "$src/bench/e2e/torch_peer.py" "$dest/py/e2e/"
 # The CLI, the examples and Fashion-MNIST, when built/installed here, for training runs there.
 if [ -x "$build/bin/hpdl" ]; then
   cp "$build/bin/hpdl" "$dest/bin/" && cp -r "$src/examples" "$dest/"

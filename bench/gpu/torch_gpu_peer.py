@@ -22,7 +22,8 @@ from torch_peer import resnet20  # noqa: E402
 
 
 def bench(name, batch, math):
-    torch.backends.cudnn.benchmark = False  # hpdl uses cuDNN's heuristics, not a search
+    # cuDNN heuristics by default, as hpdl; TORCH_CUDNN_BENCHMARK=1 searches, as hpdl with HPDL_CUDNN_FIND=1
+    torch.backends.cudnn.benchmark = os.environ.get("TORCH_CUDNN_BENCHMARK") == "1"
     tf32 = math == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -63,6 +64,7 @@ def bench(name, batch, math):
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     return {"framework": "pytorch", "torch": torch.__version__, "model": name, "batch": batch, "math": math,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "train_images_per_s": round(batch * steps / wall, 1), "step_ms": round(1e3 * wall / steps, 3),
             "host_fraction": round((t_launched - t0) / wall, 3), "loss": round(loss.item(), 4),
             "gpu_mem_max_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20)}

@@ -44,6 +44,18 @@ inline bool compute_bf16() { return compute_precision() == DType::bf16; }
 void set_device(int index);
 int current_device();
 
+// Convolution algorithms: cuDNN's heuristics (the default, reproducible from run
+// to run) or a timed search of every algorithm on the first call of each shape
+// (cudnnFind*AlgorithmEx, as PyTorch's cudnn.benchmark). The environment
+// variable HPDL_CUDNN_FIND=1 sets the default.
+void set_conv_search(bool on);
+bool conv_search();
+
+// Brackets a region for profilers started with collection off (ncu
+// --profile-from-start off): cudaProfilerStart / cudaProfilerStop.
+void profiler_start();
+void profiler_stop();
+
 // Waits for all work queued on the current device's compute stream.
 void synchronize();
 

@@ -4,10 +4,14 @@
 // worked out here on the host with the CPU backend's plan; kernels.cu walks it.
 #include "hpdl/backend/cuda/cuda_backend.h"
 
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <mutex>
 #include <optional>
 
@@ -133,6 +137,17 @@ cudnnHandle_t cudnn_for(Device d) {
   }
   return g_cudnn[d.index];
 }
+
+namespace {
+std::atomic<bool> g_conv_search{[] {
+  const char* e = std::getenv("HPDL_CUDNN_FIND");
+  return e && std::string(e) == "1";
+}()};
+}  // namespace
+void profiler_start() { HPDL_CUDA_CHECK(cudaProfilerStart()); }
+void profiler_stop() { HPDL_CUDA_CHECK(cudaProfilerStop()); }
+void set_conv_search(bool on) { g_conv_search = on; }
+bool conv_search() { return g_conv_search; }
 
 void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
 bool allow_tf32() { return g_allow_tf32; }

@@ -124,19 +124,26 @@ std::mutex g_algo_mu;
 std::map<std::string, int> g_algo_cache;
 
 std::string conv_key(const char* dir, const Tensor& x, const Tensor& w, const Tensor& y, const Conv2dParams& p) {
-  return fmt::format("{}|{}|{}|{}|{},{},{},{},{},{},{}|{}|{}|{}{}{}", dir, shape_str(x.shape()), shape_str(w.shape()),
-                     shape_str(y.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w,
-                     p.groups, dtype_name(x.dtype()), allow_tf32() ? "tf32" : "fma", nhwc(x), nhwc(w), nhwc(y));
+  return fmt::format("{}|{}|{}|{}|{},{},{},{},{},{},{}|{}|{}|{}{}{}|{}", dir, shape_str(x.shape()),
+                     shape_str(w.shape()), shape_str(y.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w,
+                     p.dilation_h, p.dilation_w, p.groups, dtype_name(x.dtype()), allow_tf32() ? "tf32" : "fma",
+                     nhwc(x), nhwc(w), nhwc(y), conv_search() ? "find" : "heuristic");
 }
 
-// The first heuristic result that succeeded and, for float32 with TF32 off, uses FMA math; else `fallback`.
+// Whether an algorithm result may be taken: it ran (or is predicted to), and for float32 with
+// TF32 off it uses FMA math, so float32 results match the reference to float32 rounding.
 template <typename Perf>
-int pick(const Perf* perf, int count, int fallback, DType t) {
+bool acceptable(const Perf& perf, DType t) {
+  return perf.status == CUDNN_STATUS_SUCCESS && (t != DType::f32 || allow_tf32() || perf.mathType == CUDNN_FMA_MATH);
+}
+
+// The first acceptable result whose workspace query also succeeds (cuDNN's channels-last bf16
+// heuristics can name algorithms that the workspace query then refuses); -1 when none.
+template <typename Perf, typename WsOk>
+int first_usable(const Perf* perf, int count, DType t, WsOk&& ws_ok) {
   for (int i = 0; i < count; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS &&
-        (t == DType::bf16 || t == DType::f16 || allow_tf32() || perf[i].mathType == CUDNN_FMA_MATH))
-      return static_cast<int>(perf[i].algo);
-  return fallback;
+    if (acceptable(perf[i], t) && ws_ok(static_cast<int>(perf[i].algo))) return static_cast<int>(perf[i].algo);
+  return -1;
 }
 
 template <typename Find>
@@ -157,6 +164,22 @@ Tensor workspace(size_t bytes, Device d) {
 }
 void* ws_ptr(const Tensor& ws) { return ws.defined() ? ws.raw_data() : nullptr; }
 
+// Workspace offered to cudnnFind*Ex: algorithms that need more are not timed.
+constexpr size_t kFindWorkspace = size_t{512} << 20;
+
+// Search (cudnnFind*Ex) or heuristics, then every algorithm in turn; fails naming the convolution.
+template <typename Heur, typename Search, typename WsOk>
+int choose_algo(const std::string& key, int count, Heur&& heur, Search&& search, WsOk&& ws_ok) {
+  return cached_algo(key, [&] {
+    int algo = conv_search() ? search() : -1;
+    if (algo < 0) algo = heur();
+    for (int a = 0; algo < 0 && a < count; ++a)
+      if (ws_ok(a)) algo = a;
+    HPDL_CHECK(algo >= 0, "cuDNN: no algorithm supports the convolution {}", key);
+    return algo;
+  });
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- convolution
@@ -165,64 +188,111 @@ namespace {
 
 // The three convolutions on dense operands of one dtype (float32, float64 or bfloat16).
 void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Conv2dParams& p) {
-  const Tensor &x = xc, &w = wc;
   cudnnHandle_t h = cudnn_for(y.device());
   TensorDesc xd = nchw(xc), yd = nchw(y);
   FilterDesc wd(wc);
-  ConvDesc cd(p, x.dtype());
-  auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(cached_algo(conv_key("fwd", x, w, y, p), [&] {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int n = 0;
-    HPDL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
-                                                            perf));
-    return pick(perf, n, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, xc.dtype());
-  }));
+  ConvDesc cd(p, xc.dtype());
   size_t bytes = 0;
+  auto ws_ok = [&](int a) {
+    return cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, static_cast<cudnnConvolutionFwdAlgo_t>(a),
+                                                   &bytes) == CUDNN_STATUS_SUCCESS;
+  };
+  constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+  auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choose_algo(
+      conv_key("fwd", xc, wc, y, p), kCount,
+      [&] {
+        cudnnConvolutionFwdAlgoPerf_t perf[kCount];
+        int n = 0;
+        HPDL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, kCount, &n, perf));
+        return first_usable(perf, n, xc.dtype(), ws_ok);
+      },
+      [&] {
+        cudnnConvolutionFwdAlgoPerf_t perf[kCount];
+        int n = 0;
+        Tensor ws = workspace(kFindWorkspace, y.device());
+        HPDL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, xd, xc.raw_data(), wd, wc.raw_data(), cd, yd,
+                                                                y.raw_data(), kCount, &n, perf, ws.raw_data(),
+                                                                kFindWorkspace));
+        return first_usable(perf, n, xc.dtype(), ws_ok);
+      },
+      ws_ok));
   HPDL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, algo, &bytes));
   Tensor ws = workspace(bytes, y.device());
-  Scalars sc(x.dtype());
+  Scalars sc(xc.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionForward(h, sc.one(), xd, xc.raw_data(), wd, wc.raw_data(), cd, algo, ws_ptr(ws),
                                            bytes, sc.zero(), yd, y.raw_data()));
 }
 
 void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, const Conv2dParams& p) {
-  const Tensor &dy = dyc, &w = wc;
   cudnnHandle_t h = cudnn_for(dx.device());
   TensorDesc dyd = nchw(dyc), dxd = nchw(dx);
   FilterDesc wd(wc);
-  ConvDesc cd(p, dy.dtype());
-  auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(cached_algo(conv_key("bwd_data", dx, w, dy, p), [&] {
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int n = 0;
-    HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd,
-                                                                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
-    return pick(perf, n, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, dyc.dtype());
-  }));
+  ConvDesc cd(p, dyc.dtype());
   size_t bytes = 0;
+  auto ws_ok = [&](int a) {
+    return cudnnGetConvolutionBackwardDataWorkspaceSize(h, wd, dyd, cd, dxd,
+                                                        static_cast<cudnnConvolutionBwdDataAlgo_t>(a),
+                                                        &bytes) == CUDNN_STATUS_SUCCESS;
+  };
+  constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+  auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(choose_algo(
+      conv_key("bwd_data", dx, wc, dyc, p), kCount,
+      [&] {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[kCount];
+        int n = 0;
+        HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd, kCount, &n, perf));
+        return first_usable(perf, n, dyc.dtype(), ws_ok);
+      },
+      [&] {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[kCount];
+        int n = 0;
+        Tensor ws = workspace(kFindWorkspace, dx.device());
+        HPDL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, wc.raw_data(), dyd, dyc.raw_data(), cd,
+                                                                     dxd, dx.raw_data(), kCount, &n, perf,
+                                                                     ws.raw_data(), kFindWorkspace));
+        return first_usable(perf, n, dyc.dtype(), ws_ok);
+      },
+      ws_ok));
   HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, wd, dyd, cd, dxd, algo, &bytes));
   Tensor ws = workspace(bytes, dx.device());
-  Scalars sc(dy.dtype());
+  Scalars sc(dyc.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, sc.one(), wd, wc.raw_data(), dyd, dyc.raw_data(), cd, algo,
                                                 ws_ptr(ws), bytes, sc.zero(), dxd, dx.raw_data()));
 }
 
 void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw, const Conv2dParams& p) {
-  const Tensor &x = xc, &dy = dyc;
   cudnnHandle_t h = cudnn_for(dw.device());
   TensorDesc xd = nchw(xc), dyd = nchw(dyc);
   FilterDesc wd(dw);
-  ConvDesc cd(p, x.dtype());
-  auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(cached_algo(conv_key("bwd_filter", x, dw, dy, p), [&] {
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    int n = 0;
-    HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, wd,
-                                                                   CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf));
-    return pick(perf, n, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, xc.dtype());
-  }));
+  ConvDesc cd(p, xc.dtype());
   size_t bytes = 0;
+  auto ws_ok = [&](int a) {
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, dyd, cd, wd,
+                                                          static_cast<cudnnConvolutionBwdFilterAlgo_t>(a),
+                                                          &bytes) == CUDNN_STATUS_SUCCESS;
+  };
+  constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+  auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(choose_algo(
+      conv_key("bwd_filter", xc, dw, dyc, p), kCount,
+      [&] {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[kCount];
+        int n = 0;
+        HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, wd, kCount, &n, perf));
+        return first_usable(perf, n, xc.dtype(), ws_ok);
+      },
+      [&] {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[kCount];
+        int n = 0;
+        Tensor ws = workspace(kFindWorkspace, dw.device());
+        HPDL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, xc.raw_data(), dyd, dyc.raw_data(), cd,
+                                                                       wd, dw.raw_data(), kCount, &n, perf,
+                                                                       ws.raw_data(), kFindWorkspace));
+        return first_usable(perf, n, xc.dtype(), ws_ok);
+      },
+      ws_ok));
   HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, dyd, cd, wd, algo, &bytes));
   Tensor ws = workspace(bytes, dw.device());
-  Scalars sc(x.dtype());
+  Scalars sc(xc.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, sc.one(), xd, xc.raw_data(), dyd, dyc.raw_data(), cd, algo,
                                                   ws_ptr(ws), bytes, sc.zero(), wd, dw.raw_data()));
 }
