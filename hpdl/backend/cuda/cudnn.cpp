@@ -75,19 +75,23 @@ bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); 
 // Dense in either layout: itself when row-major or channels-last, else a row-major copy.
 Tensor dense_any(const Tensor& t) { return nhwc(t) ? t : dense(t); }
 
-// A packed 4-D descriptor in the tensor's layout (NCHW, or NHWC for channels-last).
-TensorDesc nchw(const Tensor& t) {
+// A packed 4-D descriptor in the tensor's layout (NCHW, or NHWC for channels-last). A tensor whose
+// layouts coincide (one channel, or 1x1 spatial) is described as NHWC when `cl` says its partners are:
+// cuDNN wants one format for the operands of a call.
+TensorDesc nchw(const Tensor& t, bool cl = false) {
   const Shape& s = t.shape();
-  return TensorDesc(t.dtype(), s[0], s[1], s[2], s[3], nhwc(t));
+  return TensorDesc(t.dtype(), s[0], s[1], s[2], s[3], nhwc(t) || (cl && t.is_channels_last()));
 }
 
 class FilterDesc {
  public:
-  explicit FilterDesc(const Tensor& w) {
+  explicit FilterDesc(const Tensor& w, bool cl = false) {
     const Shape& s = w.shape();
+    const bool khwc = nhwc(w) || (cl && w.is_channels_last());  // 1x1 filters are both
     HPDL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d_));
-    HPDL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, cudnn_type(w.dtype()), nhwc(w) ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, to_int(s[0], "K"),
-                                                to_int(s[1], "C/groups"), to_int(s[2], "R"), to_int(s[3], "S")));
+    HPDL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, cudnn_type(w.dtype()), khwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW,
+                                                to_int(s[0], "K"), to_int(s[1], "C/groups"), to_int(s[2], "R"),
+                                                to_int(s[3], "S")));
   }
   ~FilterDesc() { cudnnDestroyFilterDescriptor(d_); }
   FilterDesc(const FilterDesc&) = delete;
@@ -119,15 +123,24 @@ class ConvDesc {
   cudnnConvolutionDescriptor_t d_ = nullptr;
 };
 
-// Chosen algorithm per (direction, shapes, params, dtype, math), shared by all devices of one kind.
+// Chosen algorithm and its workspace bytes per (direction, shapes, params, dtype, math, layout,
+// search), shared by all devices of one kind. The workspace is cached too: in cuDNN 9 every
+// cudnnGet*WorkspaceSize call builds an execution plan (measured: half the host time of a step).
+struct AlgoChoice {
+  int algo = -1;
+  size_t bytes = 0;
+};
 std::mutex g_algo_mu;
-std::map<std::string, int> g_algo_cache;
+std::map<std::string, AlgoChoice> g_algo_cache;
+
+// Whether any operand of a convolution is channels-last (then all are described as NHWC).
+bool conv_cl(const Tensor& a, const Tensor& b, const Tensor& c) { return nhwc(a) || nhwc(b) || nhwc(c); }
 
 std::string conv_key(const char* dir, const Tensor& x, const Tensor& w, const Tensor& y, const Conv2dParams& p) {
   return fmt::format("{}|{}|{}|{}|{},{},{},{},{},{},{}|{}|{}|{}{}{}|{}", dir, shape_str(x.shape()),
                      shape_str(w.shape()), shape_str(y.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w,
                      p.dilation_h, p.dilation_w, p.groups, dtype_name(x.dtype()), allow_tf32() ? "tf32" : "fma",
-                     nhwc(x), nhwc(w), nhwc(y), conv_search() ? "find" : "heuristic");
+                     conv_cl(x, w, y), "", "", conv_search() ? "find" : "heuristic");
 }
 
 // Whether an algorithm result may be taken: it ran (or is predicted to), and for float32 with
@@ -147,16 +160,16 @@ int first_usable(const Perf* perf, int count, DType t, WsOk&& ws_ok) {
 }
 
 template <typename Find>
-int cached_algo(const std::string& key, Find&& find) {
+AlgoChoice cached_algo(const std::string& key, Find&& find) {
   {
     std::lock_guard<std::mutex> lock(g_algo_mu);
     auto it = g_algo_cache.find(key);
     if (it != g_algo_cache.end()) return it->second;
   }
-  int algo = find();
+  AlgoChoice c = find();
   std::lock_guard<std::mutex> lock(g_algo_mu);
-  g_algo_cache[key] = algo;
-  return algo;
+  g_algo_cache[key] = c;
+  return c;
 }
 
 Tensor workspace(size_t bytes, Device d) {
@@ -168,15 +181,18 @@ void* ws_ptr(const Tensor& ws) { return ws.defined() ? ws.raw_data() : nullptr; 
 constexpr size_t kFindWorkspace = size_t{512} << 20;
 
 // Search (cudnnFind*Ex) or heuristics, then every algorithm in turn; fails naming the convolution.
+// ws_ok(algo) queries the workspace of algo into `bytes` and says whether cuDNN accepted it.
 template <typename Heur, typename Search, typename WsOk>
-int choose_algo(const std::string& key, int count, Heur&& heur, Search&& search, WsOk&& ws_ok) {
+AlgoChoice choose_algo(const std::string& key, int count, Heur&& heur, Search&& search, WsOk&& ws_ok,
+                       const size_t& bytes) {
   return cached_algo(key, [&] {
     int algo = conv_search() ? search() : -1;
     if (algo < 0) algo = heur();
     for (int a = 0; algo < 0 && a < count; ++a)
       if (ws_ok(a)) algo = a;
     HPDL_CHECK(algo >= 0, "cuDNN: no algorithm supports the convolution {}", key);
-    return algo;
+    HPDL_CHECK(ws_ok(algo), "cuDNN: workspace query failed for algorithm {} of {}", algo, key);
+    return AlgoChoice{algo, bytes};
   });
 }
 
@@ -189,8 +205,9 @@ namespace {
 // The three convolutions on dense operands of one dtype (float32, float64 or bfloat16).
 void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Conv2dParams& p) {
   cudnnHandle_t h = cudnn_for(y.device());
-  TensorDesc xd = nchw(xc), yd = nchw(y);
-  FilterDesc wd(wc);
+  const bool cl = conv_cl(xc, wc, y);
+  TensorDesc xd = nchw(xc, cl), yd = nchw(y, cl);
+  FilterDesc wd(wc, cl);
   ConvDesc cd(p, xc.dtype());
   size_t bytes = 0;
   auto ws_ok = [&](int a) {
@@ -198,7 +215,7 @@ void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Con
                                                    &bytes) == CUDNN_STATUS_SUCCESS;
   };
   constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-  auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choose_algo(
+  const AlgoChoice choice = choose_algo(
       conv_key("fwd", xc, wc, y, p), kCount,
       [&] {
         cudnnConvolutionFwdAlgoPerf_t perf[kCount];
@@ -215,8 +232,9 @@ void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Con
                                                                 kFindWorkspace));
         return first_usable(perf, n, xc.dtype(), ws_ok);
       },
-      ws_ok));
-  HPDL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, algo, &bytes));
+      ws_ok, bytes);
+  const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo);
+  bytes = choice.bytes;
   Tensor ws = workspace(bytes, y.device());
   Scalars sc(xc.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionForward(h, sc.one(), xd, xc.raw_data(), wd, wc.raw_data(), cd, algo, ws_ptr(ws),
@@ -225,8 +243,9 @@ void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Con
 
 void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, const Conv2dParams& p) {
   cudnnHandle_t h = cudnn_for(dx.device());
-  TensorDesc dyd = nchw(dyc), dxd = nchw(dx);
-  FilterDesc wd(wc);
+  const bool cl = conv_cl(dyc, wc, dx);
+  TensorDesc dyd = nchw(dyc, cl), dxd = nchw(dx, cl);
+  FilterDesc wd(wc, cl);
   ConvDesc cd(p, dyc.dtype());
   size_t bytes = 0;
   auto ws_ok = [&](int a) {
@@ -235,7 +254,7 @@ void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, c
                                                         &bytes) == CUDNN_STATUS_SUCCESS;
   };
   constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
-  auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(choose_algo(
+  const AlgoChoice choice = choose_algo(
       conv_key("bwd_data", dx, wc, dyc, p), kCount,
       [&] {
         cudnnConvolutionBwdDataAlgoPerf_t perf[kCount];
@@ -252,8 +271,9 @@ void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, c
                                                                      ws.raw_data(), kFindWorkspace));
         return first_usable(perf, n, dyc.dtype(), ws_ok);
       },
-      ws_ok));
-  HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, wd, dyd, cd, dxd, algo, &bytes));
+      ws_ok, bytes);
+  const auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo);
+  bytes = choice.bytes;
   Tensor ws = workspace(bytes, dx.device());
   Scalars sc(dyc.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, sc.one(), wd, wc.raw_data(), dyd, dyc.raw_data(), cd, algo,
@@ -262,8 +282,9 @@ void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, c
 
 void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw, const Conv2dParams& p) {
   cudnnHandle_t h = cudnn_for(dw.device());
-  TensorDesc xd = nchw(xc), dyd = nchw(dyc);
-  FilterDesc wd(dw);
+  const bool cl = conv_cl(xc, dyc, dw);
+  TensorDesc xd = nchw(xc, cl), dyd = nchw(dyc, cl);
+  FilterDesc wd(dw, cl);
   ConvDesc cd(p, xc.dtype());
   size_t bytes = 0;
   auto ws_ok = [&](int a) {
@@ -272,7 +293,7 @@ void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw
                                                           &bytes) == CUDNN_STATUS_SUCCESS;
   };
   constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
-  auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(choose_algo(
+  const AlgoChoice choice = choose_algo(
       conv_key("bwd_filter", xc, dw, dyc, p), kCount,
       [&] {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[kCount];
@@ -289,8 +310,9 @@ void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw
                                                                        ws.raw_data(), kFindWorkspace));
         return first_usable(perf, n, xc.dtype(), ws_ok);
       },
-      ws_ok));
-  HPDL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, dyd, cd, wd, algo, &bytes));
+      ws_ok, bytes);
+  const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(choice.algo);
+  bytes = choice.bytes;
   Tensor ws = workspace(bytes, dw.device());
   Scalars sc(xc.dtype());
   HPDL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, sc.one(), xd, xc.raw_data(), dyd, dyc.raw_data(), cd, algo,
@@ -425,7 +447,8 @@ void CudaBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y
   }
   Tensor xc = dense_any(x);
   PoolDesc pd(kind, p);
-  TensorDesc xd = nchw(xc), yd = nchw(y);
+  const bool cl = nhwc(xc) || nhwc(y);
+  TensorDesc xd = nchw(xc, cl), yd = nchw(y, cl);
   Scalars sc(x.dtype());
   cudnnStatus_t st = cudnnPoolingForward(cudnn_for(y.device()), pd, sc.one(), xd, xc.raw_data(), sc.zero(), yd,
                                          y.raw_data());
@@ -447,7 +470,8 @@ void CudaBackend::pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& 
   }
   Tensor xc = dense_any(x), yc = dense_any(y), dyc = dense_any(dy);
   PoolDesc pd(kind, p);
-  TensorDesc xd = nchw(xc), yd = nchw(yc), dyd = nchw(dyc), dxd = nchw(dx);
+  const bool cl = nhwc(xc) || nhwc(yc) || nhwc(dyc) || nhwc(dx);
+  TensorDesc xd = nchw(xc, cl), yd = nchw(yc, cl), dyd = nchw(dyc, cl), dxd = nchw(dx, cl);
   Scalars sc(x.dtype());
   cudnnStatus_t st = cudnnPoolingBackward(cudnn_for(dx.device()), pd, sc.one(), yd, yc.raw_data(), dyd,
                                           dyc.raw_data(), xd, xc.raw_data(), sc.zero(), dxd, dx.raw_data());
