@@ -45,7 +45,9 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   // fall back to the reference kernel, 10-100x slower (ResNet's 1x1 stride-2 shortcuts).
   const int64_t H_used = std::min(H, (P - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h);
   const int64_t W_used = std::min(W, (Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w);
-  if (H_used < H || W_used < W) return conv2d(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p);
+  // cuDNN takes them as they are (and a cropped view would cost a channels-last copy there).
+  if ((H_used < H || W_used < W) && x.device().is_cpu())
+    return conv2d(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p);
 
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
   const bool cl = x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w));

@@ -58,7 +58,22 @@ Device gpu_of(const Tensor& a, const Tensor& b) { return a.device().is_cuda() ? 
 // Walks `shape` (coalesced) with K operands; calls launch(geometry, n, base_offsets) once per
 // slice of at most kern::kMaxDims dims (one call unless the coalesced view has more dims).
 template <int K, typename Launch>
-void for_each_slice(const Shape& shape, const std::array<Strides, K>& strides, Launch&& launch) {
+void for_each_slice(const Shape& shape_in, const std::array<Strides, K>& strides_in, Launch&& launch) {
+  // Walk the dims in the output's memory order (operand 0, largest stride first; stable, so
+  // row-major stays as it is): a channels-last output and operands then coalesce to one dense
+  // dim, like row-major ones, instead of four strided dims with a division per element.
+  const size_t nd0 = shape_in.size();
+  std::vector<size_t> order(nd0);
+  for (size_t d = 0; d < nd0; ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return strides_in[0][a] > strides_in[0][b]; });
+  Shape shape(nd0);
+  std::array<Strides, K> strides;
+  for (int k = 0; k < K; ++k) strides[k].resize(nd0);
+  for (size_t d = 0; d < nd0; ++d) {
+    shape[d] = shape_in[order[d]];
+    for (int k = 0; k < K; ++k) strides[k][d] = strides_in[k][order[d]];
+  }
   auto plan = cpu::make_plan<K>(shape, strides);
   const int nd = static_cast<int>(plan.shape.size());
   const int lead = std::max(0, nd - kern::kMaxDims);
@@ -239,6 +254,11 @@ void CudaBackend::copy_device(const Tensor& src, const Tensor& dst) {
     return;
   }
   for_each_slice<2>(dst.shape(), {dst.strides(), sv.strides()}, [&](const kern::Strided<2>& g, int64_t n, auto base) {
+    if (sv.dtype() == dst.dtype() && g.ndim == 1 && g.stride[0][0] == 1 && g.stride[1][0] == 1) {  // same layout
+      HPDL_CUDA_CHECK(cudaMemcpyAsync(at(dst, base[0]), at(sv, base[1]), n * dtype_size(dst.dtype()),
+                                      cudaMemcpyDeviceToDevice, s));
+      return;
+    }
     HPDL_KERNEL_CHECK("copy", kern::copy(dt(dst.dtype()), at(dst, base[0]), dt(sv.dtype()), at(sv, base[1]), g, n, s));
   });
 }

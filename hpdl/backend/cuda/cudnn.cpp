@@ -519,9 +519,10 @@ void check_layout(const Tensor& x, const Tensor& out, const char* op) {
              "{}: output {} must have the input's layout", op, out.str());
 }
 
+// 2C double sums (zeroed) and room for the kernels' per-channel coefficients (kernels.h).
 Tensor bn_acc(int64_t C, Device d) {
-  Tensor acc = Tensor::empty({2 * C}, DType::f64, d);
-  HPDL_CUDA_CHECK(cudaMemsetAsync(acc.raw_data(), 0, acc.nbytes(), stream_for(d)));
+  Tensor acc = Tensor::empty({4 * C}, DType::f64, d);
+  HPDL_CUDA_CHECK(cudaMemsetAsync(acc.raw_data(), 0, 2 * C * sizeof(double), stream_for(d)));
   return acc;
 }
 
@@ -565,9 +566,11 @@ void CudaBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, 
     Tensor xc = dense_any(x), gc = dense(gamma), bc = dense(beta), mc = dense(mean), vc = dense(var);
     BnShape b(xc);
     check_layout(xc, y, "batchnorm");
+    Tensor acc = bn_acc(b.C, x.device());
     HPDL_KERNEL_CHECK("batchnorm_forward_infer",
                       kern::bn_forward_infer(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, b.nhwc, fptr(gc),
-                                             fptr(bc), fptr(mc), fptr(vc), eps, stream_for(x.device())));
+                                             fptr(bc), fptr(mc), fptr(vc), eps, static_cast<double*>(acc.raw_data()),
+                                             stream_for(x.device())));
     return;
   }
   Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta), mc = dense(mean), vc = dense(var);

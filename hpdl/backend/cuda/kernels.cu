@@ -888,51 +888,88 @@ __global__ void bn_sums_nhwc_kernel(const T* x, const T* dy, const float* mean, 
   }
 }
 
-__global__ void bn_finalize_stats_kernel(const double* acc, int64_t C, int64_t M, double eps, float* mean,
-                                         float* invstd) {
+// Per channel: mean, invstd, and the affine map the output pass applies, y = x * k0 + k1
+// (k0 = gamma invstd, k1 = beta - mean k0), so that pass reads two floats per channel.
+__global__ void bn_finalize_stats_kernel(const double* acc, int64_t C, int64_t M, double eps, const float* gamma,
+                                         const float* beta, float* mean, float* invstd, float* coef) {
   GRID_STRIDE(c, C) {
     const double mu = acc[c] / static_cast<double>(M);
     double var = acc[C + c] / static_cast<double>(M) - mu * mu;
     if (var < 0) var = 0;
+    const double is = 1.0 / sqrt(var + eps);
     mean[c] = static_cast<float>(mu);
-    invstd[c] = static_cast<float>(1.0 / sqrt(var + eps));
+    invstd[c] = static_cast<float>(is);
+    const double k0 = static_cast<double>(gamma[c]) * is;
+    coef[c] = static_cast<float>(k0);
+    coef[C + c] = static_cast<float>(static_cast<double>(beta[c]) - mu * k0);
   }
 }
 
-// y = (x - mean) * scale + beta with scale = gamma * invstd (training) or gamma / sqrt(var + eps) (inference).
+// Inference: the same map from the running statistics.
+__global__ void bn_infer_coef_kernel(int64_t C, double eps, const float* gamma, const float* beta, const float* mean,
+                                     const float* var, float* coef) {
+  GRID_STRIDE(c, C) {
+    const double k0 = static_cast<double>(gamma[c]) / sqrt(static_cast<double>(var[c]) + eps);
+    coef[c] = static_cast<float>(k0);
+    coef[C + c] = static_cast<float>(static_cast<double>(beta[c]) - static_cast<double>(mean[c]) * k0);
+  }
+}
+
+// Backward per channel: dgamma = invstd sum dy (x - mean), dbeta = sum dy, and
+// dx = k0 dy + k1 x + k2 with k0 = gamma invstd, k1 = -k0 invstd^2 sum(dy (x - mean)) / M,
+// k2 = -k0 sum(dy) / M - k1 mean.
+__global__ void bn_backward_coef_kernel(const double* acc, const float* gamma, const float* mean, const float* invstd,
+                                        int64_t C, int64_t M, float* dgamma, float* dbeta, float* coef) {
+  GRID_STRIDE(c, C) {
+    const double is = invstd[c], sdy = acc[c], sdyx = acc[C + c];
+    dbeta[c] = static_cast<float>(sdy);
+    dgamma[c] = static_cast<float>(sdyx * is);
+    const double k0 = static_cast<double>(gamma[c]) * is;
+    const double k1 = -k0 * is * is * sdyx / static_cast<double>(M);
+    coef[c] = static_cast<float>(k0);
+    coef[C + c] = static_cast<float>(k1);
+    coef[2 * C + c] = static_cast<float>(-k0 * sdy / static_cast<double>(M) - k1 * static_cast<double>(mean[c]));
+  }
+}
+
 template <typename T, bool Nhwc>
-__global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t n, const float* mean,
-                                const float* invstd_or_var, int from_var, float eps, const float* gamma,
-                                const float* beta) {
+__device__ inline int64_t bn_channel(int64_t i, int64_t C, int64_t HW) {
+  return Nhwc ? i % C : (i / HW) % C;
+}
+
+// y = x * k0[c] + k1[c]
+template <typename T, bool Nhwc>
+__global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t n, const float* coef) {
   GRID_STRIDE(i, n) {
-    const int64_t c = Nhwc ? i % C : (i / HW) % C;
-    const float is = from_var ? rsqrtf(invstd_or_var[c] + eps) : invstd_or_var[c];
-    y[i] = convert<T>((convert<float>(x[i]) - mean[c]) * (gamma[c] * is) + beta[c]);
+    const int64_t c = bn_channel<T, Nhwc>(i, C, HW);
+    y[i] = convert<T>(fmaf(convert<float>(x[i]), coef[c], coef[C + c]));
+  }
+}
+
+// dx = k0[c] dy + k1[c] x + k2[c]
+template <typename T, bool Nhwc>
+__global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t HW, int64_t n, const float* coef) {
+  GRID_STRIDE(i, n) {
+    const int64_t c = bn_channel<T, Nhwc>(i, C, HW);
+    dx[i] = convert<T>(coef[c] * convert<float>(dy[i]) + coef[C + c] * convert<float>(x[i]) + coef[2 * C + c]);
   }
 }
 
 // Channels-last with C a multiple of the vector width: 16-byte loads of consecutive channels.
 template <typename T>
-__global__ void bn_apply_nhwc_vec_kernel(const T* x, T* y, int64_t C, int64_t nvec, const float* mean,
-                                         const float* invstd_or_var, int from_var, float eps, const float* gamma,
-                                         const float* beta) {
+__global__ void bn_apply_nhwc_vec_kernel(const T* x, T* y, int64_t C, int64_t nvec, const float* coef) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
     const int64_t c0 = (i * V::kWidth) % C;
     V a = reinterpret_cast<const V*>(x)[i], r;
 #pragma unroll
-    for (int k = 0; k < V::kWidth; ++k) {
-      const int64_t c = c0 + k;
-      const float is = from_var ? rsqrtf(invstd_or_var[c] + eps) : invstd_or_var[c];
-      r.v[k] = convert<T>((convert<float>(a.v[k]) - mean[c]) * (gamma[c] * is) + beta[c]);
-    }
+    for (int k = 0; k < V::kWidth; ++k) r.v[k] = convert<T>(fmaf(convert<float>(a.v[k]), coef[c0 + k], coef[C + c0 + k]));
     reinterpret_cast<V*>(y)[i] = r;
   }
 }
 
 template <typename T>
-__global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t nvec, int64_t M,
-                                      const float* mean, const float* invstd, const float* gamma, const double* acc) {
+__global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t nvec, const float* coef) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
     const int64_t c0 = (i * V::kWidth) % C;
@@ -940,11 +977,7 @@ __global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C,
 #pragma unroll
     for (int k = 0; k < V::kWidth; ++k) {
       const int64_t c = c0 + k;
-      const float is = invstd[c];
-      const float mdy = static_cast<float>(acc[c] / static_cast<double>(M));
-      const float mdyx = static_cast<float>(acc[C + c] / static_cast<double>(M));
-      const float xm = convert<float>(vx.v[k]) - mean[c];
-      r.v[k] = convert<T>(gamma[c] * is * (convert<float>(vdy.v[k]) - mdy - xm * is * is * mdyx));
+      r.v[k] = convert<T>(coef[c] * convert<float>(vdy.v[k]) + coef[C + c] * convert<float>(vx.v[k]) + coef[2 * C + c]);
     }
     reinterpret_cast<V*>(dx)[i] = r;
   }
@@ -957,32 +990,6 @@ bool bn_vec(bool nhwc, int64_t C, int width, std::initializer_list<const void*> 
   return true;
 }
 
-// dgamma = invstd * sum dy (x - mean), dbeta = sum dy.
-__global__ void bn_param_grads_kernel(const double* acc, const float* invstd, int64_t C, float* dgamma,
-                                      float* dbeta) {
-  GRID_STRIDE(c, C) {
-    dbeta[c] = static_cast<float>(acc[c]);
-    dgamma[c] = static_cast<float>(acc[C + c] * static_cast<double>(invstd[c]));
-  }
-}
-
-// dx = gamma invstd (dy - sum dy / M - (x - mean) invstd^2 sum dy (x - mean) / M)
-template <typename T, bool Nhwc>
-__global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t HW, int64_t n, int64_t M,
-                             const float* mean, const float* invstd, const float* gamma, const double* acc) {
-  GRID_STRIDE(i, n) {
-    const int64_t c = Nhwc ? i % C : (i / HW) % C;
-    const float is = invstd[c];
-    const float mdy = static_cast<float>(acc[c] / static_cast<double>(M));
-    const float mdyx = static_cast<float>(acc[C + c] / static_cast<double>(M));
-    const float xm = convert<float>(x[i]) - mean[c];
-    dx[i] = convert<T>(gamma[c] * is * (convert<float>(dy[i]) - mdy - xm * is * is * mdyx));
-  }
-}
-
-}  // namespace
-
-namespace {
 // The per-channel sums of x (Grad = false) or of dy and dy * (x - mean) (Grad = true) into acc.
 template <typename T, bool Grad>
 cudaError_t bn_sums(const T* x, const T* dy, const float* mean, double* acc, int64_t N, int64_t C, int64_t HW,
@@ -1003,6 +1010,24 @@ cudaError_t bn_sums(const T* x, const T* dy, const float* mean, double* acc, int
   }
   return cudaGetLastError();
 }
+
+// The output pass y = x k0 + k1 in the layout's kernel.
+template <typename T>
+cudaError_t bn_apply(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, const float* coef,
+                     cudaStream_t s) {
+  const int64_t n = N * C * HW;
+  if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
+    bn_apply_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(x, y, C, n / Vec16<T>::kWidth,
+                                                                                      coef);
+  else if (nhwc)
+    bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
+  else
+    bn_apply_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
+  return cudaGetLastError();
+}
+
+float* bn_coef(double* acc, int64_t C) { return reinterpret_cast<float*>(acc + 2 * C); }
+
 }  // namespace
 
 cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
@@ -1012,39 +1037,22 @@ cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C,
     using T = decltype(tag);
     cudaError_t e = bn_sums<T, false>(static_cast<const T*>(x), nullptr, nullptr, acc, N, C, HW, nhwc, s);
     if (e != cudaSuccess) return e;
-    bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, mean, invstd);
+    bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, gamma, beta, mean, invstd,
+                                                                bn_coef(acc, C));
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
-    const int64_t n = N * C * HW;
-    if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
-      bn_apply_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
-          static_cast<const T*>(x), static_cast<T*>(y), C, n / Vec16<T>::kWidth, mean, invstd, 0, 0.f, gamma, beta);
-    else if (nhwc)
-      bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW,
-                                                                   n, mean, invstd, 0, 0.f, gamma, beta);
-    else
-      bn_apply_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C,
-                                                                    HW, n, mean, invstd, 0, 0.f, gamma, beta);
-    return cudaGetLastError();
+    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, bn_coef(acc, C), s);
   });
 }
 
 cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
                              const float* gamma, const float* beta, const float* mean, const float* var, double eps,
-                             cudaStream_t s) {
+                             double* acc, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n = N * C * HW;
-    const float fe = static_cast<float>(eps);
-    if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
-      bn_apply_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
-          static_cast<const T*>(x), static_cast<T*>(y), C, n / Vec16<T>::kWidth, mean, var, 1, fe, gamma, beta);
-    else if (nhwc)
-      bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C, HW,
-                                                                   n, mean, var, 1, fe, gamma, beta);
-    else
-      bn_apply_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), C,
-                                                                    HW, n, mean, var, 1, fe, gamma, beta);
-    return cudaGetLastError();
+    bn_infer_coef_kernel<<<blocks_for(C), kThreads, 0, s>>>(C, eps, gamma, beta, mean, var, bn_coef(acc, C));
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, bn_coef(acc, C), s);
   });
 }
 
@@ -1056,18 +1064,18 @@ cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N
     const T *xp = static_cast<const T*>(x), *dyp = static_cast<const T*>(dy);
     cudaError_t e = bn_sums<T, true>(xp, dyp, mean, acc, N, C, HW, nhwc, s);
     if (e != cudaSuccess) return e;
-    bn_param_grads_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, invstd, C, dgamma, dbeta);
+    float* coef = bn_coef(acc, C);
+    bn_backward_coef_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, gamma, mean, invstd, C, N * HW, dgamma, dbeta,
+                                                               coef);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     const int64_t n = N * C * HW;
     if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, dy, dx}))
       bn_dx_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
-          xp, dyp, static_cast<T*>(dx), C, n / Vec16<T>::kWidth, N * HW, mean, invstd, gamma, acc);
+          xp, dyp, static_cast<T*>(dx), C, n / Vec16<T>::kWidth, coef);
     else if (nhwc)
-      bn_dx_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, N * HW, mean,
-                                                                invstd, gamma, acc);
+      bn_dx_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, coef);
     else
-      bn_dx_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, N * HW, mean,
-                                                                 invstd, gamma, acc);
+      bn_dx_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, coef);
     return cudaGetLastError();
   });
 }
