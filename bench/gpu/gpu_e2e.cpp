@@ -135,6 +135,32 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
   };
   Tensor loss;
   for (int i = 0; i < warmup; ++i) loss = step();
+  if (std::getenv("HPDL_E2E_PHASES")) {  // forward, backward, update timed apart (a synchronize after each)
+    double tf = 0, tb = 0, tu = 0;
+    for (int i = 0; i < steps; ++i) {
+      auto a = Clock::now();
+      opt.zero_grad();
+      Tensor l;
+      {
+        AutocastScope ac(DType::bf16, math == "bf16" || math == "bf16nchw");
+        l = cross_entropy(model->forward(x), y);
+      }
+      cuda::synchronize();
+      auto b = Clock::now();
+      l.backward();
+      cuda::synchronize();
+      auto c2 = Clock::now();
+      opt.step();
+      cuda::synchronize();
+      auto d = Clock::now();
+      tf += secs(a, b), tb += secs(b, c2), tu += secs(c2, d);
+    }
+    std::printf("{\"model\": \"%s\", \"batch\": %lld, \"math\": \"%s\", \"phase_ms\": {\"forward\": %.2f, "
+                "\"backward\": %.2f, \"update\": %.2f}}\n",
+                name.c_str(), static_cast<long long>(batch), math.c_str(), 1e3 * tf / steps, 1e3 * tb / steps,
+                1e3 * tu / steps);
+    return;
+  }
   cuda::synchronize();
   const double first_loss = loss.item();
   const bool sample = std::getenv("HPDL_E2E_SAMPLE") != nullptr;
