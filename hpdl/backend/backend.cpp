@@ -29,6 +29,20 @@ const char* reduce_name(ReduceOp op) {
   return names[static_cast<int>(op)];
 }
 
+void Backend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                           const Tensor& save_mean, const Tensor& save_invstd, double eps) {
+  batchnorm_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
+  unary(UnaryOp::relu, y, y, 0);
+}
+
+void Backend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
+                                      const Tensor& /*beta*/, const Tensor& save_mean, const Tensor& save_invstd,
+                                      const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) {
+  Tensor masked = make_view(Tensor::empty({dy.numel()}, dy.dtype(), dy.device()), dy.shape(), dy.strides(), 0);
+  binary(BinaryOp::relu_grad, dy, y, masked, 0);
+  batchnorm_backward(x, masked, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
+}
+
 Backend& reference_backend() {
   static cpu::ReferenceBackend b;
   return b;

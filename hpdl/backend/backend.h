@@ -135,6 +135,15 @@ class Backend {
                                   const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
                                   const Tensor& dbeta) = 0;
 
+  // Batch norm followed by ReLU, y = max(0, bn(x)) (training statistics), and its backward, which
+  // masks dy by y > 0 before the batch-norm backward. The defaults compose the methods above (a
+  // separate ReLU pass and a masked copy of dy); a backend may fuse them into its batch-norm passes.
+  virtual void batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                            const Tensor& save_mean, const Tensor& save_invstd, double eps);
+  virtual void batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
+                                       const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
+                                       const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta);
+
   // ---- layer normalization over the last axis: x [M, D], gamma/beta [D] ----
   virtual void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                  const Tensor& save_mean, const Tensor& save_invstd, double eps) = 0;

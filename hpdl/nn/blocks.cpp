@@ -24,7 +24,7 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Generator& gen) 
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor h = relu(bn1->forward(conv1->forward(x)));
+  Tensor h = bn1->forward_relu(conv1->forward(x));
   h = bn2->forward(conv2->forward(h));
   Tensor shortcut = downsample ? downsample->forward(x) : x;
   return relu(add(h, shortcut));

@@ -81,7 +81,10 @@ BatchNorm::BatchNorm(int64_t c, double eps, double momentum, bool affine, int mi
   num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::i64));
 }
 
-Tensor BatchNorm::forward(const Tensor& x) {
+Tensor BatchNorm::forward(const Tensor& x) { return forward_impl(x, false); }
+Tensor BatchNorm::forward_relu(const Tensor& x) { return forward_impl(x, true); }
+
+Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu) {
   HPDL_CHECK(x.ndim() >= min_ndim_ && x.ndim() <= max_ndim_ && x.dim(1) == num_features,
              "{}({}): input must have {} to {} dims with {} channels at axis 1, got {}", name_, num_features,
              min_ndim_, max_ndim_, num_features, shape_str(x.shape()));
@@ -102,7 +105,9 @@ Tensor BatchNorm::forward(const Tensor& x) {
   }
   Tensor y = synced ? batch_norm_cross_replica(x, weight, bias, running_mean, running_var, cross_replica_sum, momentum,
                                                eps)
-                    : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+             : fuse_relu ? batch_norm_relu(x, weight, bias, running_mean, running_var, is_training(), momentum, eps)
+                         : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  if (synced && fuse_relu) y = relu(y);
   if (is_training()) {
     if (num_batches_tracked.device().is_cpu()) {
       num_batches_tracked.fill_(num_batches_tracked.item() + 1);

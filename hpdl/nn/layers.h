@@ -76,6 +76,9 @@ class BatchNorm : public Module {
   BatchNorm(int64_t num_features, double eps, double momentum, bool affine, int min_ndim, int max_ndim,
             std::string name);
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x)), with the ReLU fused into the batch-norm passes where the backend can
+  // (batch_norm_relu); residual blocks use it for their inner conv-BN-ReLU.
+  Tensor forward_relu(const Tensor& x);
   std::string type_name() const override { return name_; }
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
@@ -84,6 +87,7 @@ class BatchNorm : public Module {
   CrossReplicaSum cross_replica_sum;
 
  private:
+  Tensor forward_impl(const Tensor& x, bool relu);
   int min_ndim_, max_ndim_;
   std::string name_;
 };

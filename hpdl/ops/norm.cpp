@@ -7,6 +7,7 @@
 // per-channel sums, in float64, through a caller-given reducer.
 #include "hpdl/ops/norm.h"
 
+#include "hpdl/ops/activation.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 #include "hpdl/ops/reduce.h"
@@ -37,9 +38,12 @@ void check_vector(const Tensor& t, int64_t n, const Tensor& x, const char* op, c
 
 }  // namespace
 
-Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
-                  const Tensor& running_var, bool training, double momentum, double eps) {
-  const char* op = "batch_norm";
+namespace {
+
+// batch_norm, and with relu = true max(0, batch_norm(x)) fused into the backend's passes in training.
+Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                       const Tensor& running_var, bool training, double momentum, double eps, bool relu) {
+  const char* op = relu ? "batch_norm_relu" : "batch_norm";
   detail::check_defined(x, op, "input");
   detail::check_float(x, op);
   HPDL_CHECK(x.ndim() >= 2, "batch_norm: input must be [N, C, ...], got {}", shape_str(x.shape()));
@@ -61,6 +65,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   Tensor y = detail::empty_like(xc);
   Backend& be = detail::pick(x, OpKind::batchnorm);
 
+  if (!use_batch_stats && relu) return hpdl::relu(batch_norm_impl(x, gamma, beta, running_mean, running_var,
+                                                                   training, momentum, eps, false));
   if (!use_batch_stats) {
     be.batchnorm_forward_infer(xc, g, b, running_mean.contiguous(), running_var.contiguous(), y, eps);
     if (needs_grad({&x, &gamma, &beta})) {
@@ -93,7 +99,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 
   Tensor save_mean = Tensor::empty({C}, stat_dtype(x), x.device());
   Tensor save_invstd = Tensor::empty({C}, stat_dtype(x), x.device());
-  be.batchnorm_forward_train(xc, g, b, y, save_mean, save_invstd, eps);
+  if (relu)
+    be.batchnorm_relu_forward_train(xc, g, b, y, save_mean, save_invstd, eps);
+  else
+    be.batchnorm_forward_train(xc, g, b, y, save_mean, save_invstd, eps);
 
   if (training && running_mean.defined()) {
     // running = (1 - momentum) * running + momentum * batch, with the unbiased
@@ -109,22 +118,38 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   if (needs_grad({&x, &gamma, &beta})) {
     const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
                gb = beta.defined() && beta.requires_grad();
+    Tensor yd = relu ? y.detach() : Tensor();  // the ReLU mask (detached: no cycle through y's own node)
     record(
-        "batch_norm", {x, gamma, beta}, {&y},
-        [xc, g, save_mean, save_invstd, gx, gg, gb](const std::vector<Tensor>& gr) {
+        op, {x, gamma, beta}, {&y},
+        [xc, g, b, yd, save_mean, save_invstd, gx, gg, gb, relu](const std::vector<Tensor>& gr) {
           // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C]
           Tensor dy = detail::dense_as(gr[0], xc);
           const int64_t C = xc.dim(1);
           Tensor dx = detail::empty_like(xc);
           Tensor dgamma = Tensor::empty({C}, stat_dtype(xc), xc.device());
           Tensor dbeta = Tensor::empty({C}, stat_dtype(xc), xc.device());
-          detail::pick(xc, OpKind::batchnorm)
-              .batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
+          Backend& be = detail::pick(xc, OpKind::batchnorm);
+          if (relu)
+            be.batchnorm_relu_backward(xc, yd, dy, g, b, save_mean, save_invstd, dx, dgamma, dbeta);
+          else
+            be.batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
           return std::vector<Tensor>{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
         },
         /*first_order_only=*/true);
   }
   return y;
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                  const Tensor& running_var, bool training, double momentum, double eps) {
+  return batch_norm_impl(x, gamma, beta, running_mean, running_var, training, momentum, eps, false);
+}
+
+Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                       const Tensor& running_var, bool training, double momentum, double eps) {
+  return batch_norm_impl(x, gamma, beta, running_mean, running_var, training, momentum, eps, true);
 }
 
 namespace {

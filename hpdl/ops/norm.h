@@ -15,6 +15,10 @@ namespace hpdl {
 
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                   const Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+// max(0, batch_norm(...)) with the ReLU fused into the backend's batch-norm passes in training (one
+// pass over the activations less each way on CUDA); equal to relu(batch_norm(...)) everywhere.
+Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                       const Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
 
 // Sums a contiguous float64 CPU tensor in place over every replica (an
 // allreduce). Every replica must call it the same number of times in the same

@@ -41,6 +41,11 @@ class CudaBackend : public Backend {
   void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
                           const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
                           const Tensor& dbeta) override;
+  void batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                    const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
+  void batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
+                               const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
+                               const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) override;
   void softmax_forward(const Tensor& x, const Tensor& y, int axis, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int axis, bool log) override;
 
@@ -59,6 +64,12 @@ class CudaBackend : public Backend {
                         const Tensor& buf2) override;
 
  private:
+  // The mixed-precision (bfloat16) batch-norm kernels, with or without a fused ReLU.
+  void bn_train_bf16(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                     const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu);
+  void bn_backward_bf16(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& relu_beta,
+                        const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
+                        const Tensor& dbeta);
   void copy_device(const Tensor& src, const Tensor& dst);
   void copy_upload(const Tensor& src, const Tensor& dst);
   void copy_download(const Tensor& src, const Tensor& dst);

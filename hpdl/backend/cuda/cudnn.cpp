@@ -521,7 +521,7 @@ void check_layout(const Tensor& x, const Tensor& out, const char* op) {
 
 // 2C double sums (zeroed) and room for the kernels' per-channel coefficients (kernels.h).
 Tensor bn_acc(int64_t C, Device d) {
-  Tensor acc = Tensor::empty({4 * C}, DType::f64, d);
+  Tensor acc = Tensor::empty({5 * C}, DType::f64, d);
   HPDL_CUDA_CHECK(cudaMemsetAsync(acc.raw_data(), 0, 2 * C * sizeof(double), stream_for(d)));
   return acc;
 }
@@ -537,17 +537,7 @@ float* fptr_mut(const Tensor& t) { return const_cast<float*>(fptr(t)); }
 void CudaBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                           const Tensor& save_mean, const Tensor& save_invstd, double eps) {
   require_compute("batchnorm", x.dtype());
-  if (x.dtype() == DType::bf16) {
-    Tensor xc = dense_any(x), gc = dense(gamma), bc = dense(beta);
-    BnShape b(xc);
-    check_layout(xc, y, "batchnorm");
-    Tensor acc = bn_acc(b.C, x.device());
-    HPDL_KERNEL_CHECK("batchnorm_forward_train",
-                      kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, b.nhwc, fptr(gc),
-                                             fptr(bc), fptr_mut(save_mean), fptr_mut(save_invstd), eps,
-                                             static_cast<double*>(acc.raw_data()), stream_for(x.device())));
-    return;
-  }
+  if (x.dtype() == DType::bf16) return bn_train_bf16(x, gamma, beta, y, save_mean, save_invstd, eps, false);
   Tensor xc = dense(x), gc = dense(gamma), bc = dense(beta);
   TensorDesc xd = bn_view(xc), pd;
   HPDL_CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd, xd, CUDNN_BATCHNORM_SPATIAL));
@@ -586,20 +576,8 @@ void CudaBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Te
                                      const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
                                      const Tensor& dbeta) {
   require_compute("batchnorm_backward", x.dtype());
-  if (x.dtype() == DType::bf16) {
-    Tensor xc = dense_any(x), gc = dense(gamma);
-    BnShape b(xc);
-    Tensor dyc = dy.strides() == xc.strides() ? dy : in_layout_of(xc, dy);
-    check_layout(xc, dx, "batchnorm_backward");
-    Tensor dg = dgamma.defined() ? dgamma : Tensor::empty({b.C}, DType::f32, x.device());
-    Tensor db = dbeta.defined() ? dbeta : Tensor::empty({b.C}, DType::f32, x.device());
-    Tensor acc = bn_acc(b.C, x.device());
-    HPDL_KERNEL_CHECK("batchnorm_backward",
-                      kern::bn_backward(kern::Dt::bf16, xc.raw_data(), dyc.raw_data(), dx.raw_data(), b.N, b.C, b.HW, b.nhwc,
-                                        fptr(gc), fptr(save_mean), fptr(save_invstd), fptr_mut(dg), fptr_mut(db),
-                                        static_cast<double*>(acc.raw_data()), stream_for(x.device())));
-    return;
-  }
+  if (x.dtype() == DType::bf16)
+    return bn_backward_bf16(x, dy, gamma, Tensor(), save_mean, save_invstd, dx, dgamma, dbeta);
   Tensor xc = dense(x), dyc = dense(dy), gc = dense(gamma);
   const int64_t C = x.shape()[1];
   // cuDNN always writes both parameter gradients; scratch buffers stand in for undefined ones.
@@ -613,6 +591,52 @@ void CudaBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Te
       cudnn_for(dx.device()), CUDNN_BATCHNORM_SPATIAL, sc.one(), sc.zero(), sc.one(), sc.zero(), xd, xc.raw_data(), xd,
       dyc.raw_data(), xd, dx.raw_data(), pd, gc.raw_data(), dg.raw_data(), db.raw_data(), 1e-5,
       save_mean.raw_data(), save_invstd.raw_data()));
+}
+
+void CudaBackend::bn_train_bf16(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu) {
+  Tensor xc = dense_any(x), gc = dense(gamma), bc = dense(beta);
+  BnShape b(xc);
+  check_layout(xc, y, "batchnorm");
+  Tensor acc = bn_acc(b.C, x.device());
+  HPDL_KERNEL_CHECK("batchnorm_forward_train",
+                    kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, b.nhwc, relu,
+                                           fptr(gc), fptr(bc), fptr_mut(save_mean), fptr_mut(save_invstd), eps,
+                                           static_cast<double*>(acc.raw_data()), stream_for(x.device())));
+}
+
+void CudaBackend::bn_backward_bf16(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& relu_beta,
+                                   const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx,
+                                   const Tensor& dgamma, const Tensor& dbeta) {
+  Tensor xc = dense_any(x), gc = dense(gamma);
+  Tensor bc = relu_beta.defined() ? dense(relu_beta) : Tensor();
+  BnShape b(xc);
+  Tensor dyc = dy.strides() == xc.strides() ? dy : in_layout_of(xc, dy);
+  check_layout(xc, dx, "batchnorm_backward");
+  Tensor dg = dgamma.defined() ? dgamma : Tensor::empty({b.C}, DType::f32, x.device());
+  Tensor db = dbeta.defined() ? dbeta : Tensor::empty({b.C}, DType::f32, x.device());
+  Tensor acc = bn_acc(b.C, x.device());
+  HPDL_KERNEL_CHECK("batchnorm_backward",
+                    kern::bn_backward(kern::Dt::bf16, xc.raw_data(), dyc.raw_data(), dx.raw_data(), b.N, b.C, b.HW,
+                                      b.nhwc, fptr(gc), bc.defined() ? fptr(bc) : nullptr, fptr(save_mean),
+                                      fptr(save_invstd), fptr_mut(dg), fptr_mut(db),
+                                      static_cast<double*>(acc.raw_data()), stream_for(x.device())));
+}
+
+// Fused ReLU: only the bfloat16 kernels fuse it; other dtypes take the composed default.
+void CudaBackend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                               const Tensor& y, const Tensor& save_mean, const Tensor& save_invstd,
+                                               double eps) {
+  if (x.dtype() != DType::bf16) return Backend::batchnorm_relu_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
+  bn_train_bf16(x, gamma, beta, y, save_mean, save_invstd, eps, true);
+}
+
+void CudaBackend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
+                                          const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
+                                          const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) {
+  if (x.dtype() != DType::bf16)
+    return Backend::batchnorm_relu_backward(x, y, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta);
+  bn_backward_bf16(x, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta);  // mask recomputed from x
 }
 
 // ---------------------------------------------------------------- softmax

@@ -826,20 +826,23 @@ BnGrid bn_grid(int64_t N, int64_t C, int64_t HW) {
 
 // Two sums over this block's slice of channel blockIdx.x, each added to acc[c] and acc[C + c].
 // With Grad = false: sum x and sum x^2. With Grad = true: sum dy and sum dy * (x - mean).
+// With a ReLU after the batch norm (mask != null: the forward's k0, k1 per channel), dy counts only
+// where the forward output x * k0 + k1 was positive.
 template <typename T, bool Grad>
-__global__ void bn_sums_kernel(const T* x, const T* dy, const float* mean, double* acc, int64_t C, int64_t HW,
-                               int64_t M, int64_t chunk) {
+__global__ void bn_sums_kernel(const T* x, const T* dy, const float* mean, const float* mask, double* acc, int64_t C,
+                               int64_t HW, int64_t M, int64_t chunk) {
   __shared__ double sh[kThreads];
   const int64_t c = blockIdx.x;
   const int64_t begin = blockIdx.y * chunk, end = begin + chunk < M ? begin + chunk : M;
   const double mu = Grad ? static_cast<double>(mean[c]) : 0.0;
+  const float m0 = mask ? mask[c] : 0.f, m1 = mask ? mask[C + c] : 0.f;
   double s1 = 0, s2 = 0;
   for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
     const int64_t n = e / HW, r = e - n * HW;
     const int64_t at = (n * C + c) * HW + r;
     const double v = convert<double>(x[at]);
     if (Grad) {
-      const double g = convert<double>(dy[at]);
+      const double g = (mask && !(fmaf(static_cast<float>(v), m0, m1) > 0.f)) ? 0.0 : convert<double>(dy[at]);
       s1 += g;
       s2 += g * (v - mu);
     } else {
@@ -858,18 +861,20 @@ __global__ void bn_sums_kernel(const T* x, const T* dy, const float* mean, doubl
 // Channels-last x [N*HW, C]: a (32 channels x 8 rows) block walks its share of the rows,
 // coalesced along the channels; the 8 row-partials are combined in shared memory.
 template <typename T, bool Grad>
-__global__ void bn_sums_nhwc_kernel(const T* x, const T* dy, const float* mean, double* acc, int64_t C, int64_t M,
-                                    int64_t chunk) {
+__global__ void bn_sums_nhwc_kernel(const T* x, const T* dy, const float* mean, const float* mask, double* acc,
+                                    int64_t C, int64_t M, int64_t chunk) {
   __shared__ double sh1[8][33], sh2[8][33];
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
   const int64_t begin = blockIdx.y * chunk, end = begin + chunk < M ? begin + chunk : M;
   double s1 = 0, s2 = 0;
   if (c < C) {
     const double mu = Grad ? static_cast<double>(mean[c]) : 0.0;
+    const float m0 = mask ? mask[c] : 0.f, m1 = mask ? mask[C + c] : 0.f;
     for (int64_t r = begin + threadIdx.y; r < end; r += 8) {
       const double v = convert<double>(x[r * C + c]);
       if (Grad) {
-        const double g = convert<double>(dy[r * C + c]);
+        const double g =
+            (mask && !(fmaf(static_cast<float>(v), m0, m1) > 0.f)) ? 0.0 : convert<double>(dy[r * C + c]);
         s1 += g;
         s2 += g * (v - mu);
       } else {
@@ -888,21 +893,31 @@ __global__ void bn_sums_nhwc_kernel(const T* x, const T* dy, const float* mean, 
   }
 }
 
-// Per channel: mean, invstd, and the affine map the output pass applies, y = x * k0 + k1
-// (k0 = gamma invstd, k1 = beta - mean k0), so that pass reads two floats per channel.
+// The affine map of the output pass, y = x * k0 + k1 (k0 = gamma invstd, k1 = beta - mean k0), from
+// the saved float32 statistics: the backward recomputes the same floats for its ReLU mask.
+__device__ inline void bn_affine(float gamma, float beta, float mean, float invstd, float& k0, float& k1) {
+  const double d0 = static_cast<double>(gamma) * static_cast<double>(invstd);
+  k0 = static_cast<float>(d0);
+  k1 = static_cast<float>(static_cast<double>(beta) - static_cast<double>(mean) * static_cast<double>(k0));
+}
+
+// Per channel: mean, invstd, and the output pass's k0, k1, so that pass reads two floats per channel.
 __global__ void bn_finalize_stats_kernel(const double* acc, int64_t C, int64_t M, double eps, const float* gamma,
                                          const float* beta, float* mean, float* invstd, float* coef) {
   GRID_STRIDE(c, C) {
     const double mu = acc[c] / static_cast<double>(M);
     double var = acc[C + c] / static_cast<double>(M) - mu * mu;
     if (var < 0) var = 0;
-    const double is = 1.0 / sqrt(var + eps);
     mean[c] = static_cast<float>(mu);
-    invstd[c] = static_cast<float>(is);
-    const double k0 = static_cast<double>(gamma[c]) * is;
-    coef[c] = static_cast<float>(k0);
-    coef[C + c] = static_cast<float>(static_cast<double>(beta[c]) - mu * k0);
+    invstd[c] = static_cast<float>(1.0 / sqrt(var + eps));
+    bn_affine(gamma[c], beta[c], mean[c], invstd[c], coef[c], coef[C + c]);
   }
+}
+
+// The forward's k0, k1 again (for the backward's ReLU mask).
+__global__ void bn_mask_coef_kernel(int64_t C, const float* gamma, const float* beta, const float* mean,
+                                    const float* invstd, float* mask) {
+  GRID_STRIDE(c, C) bn_affine(gamma[c], beta[c], mean[c], invstd[c], mask[c], mask[C + c]);
 }
 
 // Inference: the same map from the running statistics.
@@ -937,39 +952,47 @@ __device__ inline int64_t bn_channel(int64_t i, int64_t C, int64_t HW) {
   return Nhwc ? i % C : (i / HW) % C;
 }
 
-// y = x * k0[c] + k1[c]
-template <typename T, bool Nhwc>
+// y = x * k0[c] + k1[c], then max(0, y) with Relu
+template <typename T, bool Nhwc, bool Relu>
 __global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t n, const float* coef) {
   GRID_STRIDE(i, n) {
     const int64_t c = bn_channel<T, Nhwc>(i, C, HW);
-    y[i] = convert<T>(fmaf(convert<float>(x[i]), coef[c], coef[C + c]));
+    const float v = fmaf(convert<float>(x[i]), coef[c], coef[C + c]);
+    y[i] = convert<T>(Relu ? (v > 0.f ? v : 0.f) : v);
   }
 }
 
-// dx = k0[c] dy + k1[c] x + k2[c]
+// dx = k0[c] dy + k1[c] x + k2[c], with dy masked by the forward ReLU (mask: its k0, k1) when given
 template <typename T, bool Nhwc>
-__global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t HW, int64_t n, const float* coef) {
+__global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t HW, int64_t n, const float* coef,
+                             const float* mask) {
   GRID_STRIDE(i, n) {
     const int64_t c = bn_channel<T, Nhwc>(i, C, HW);
-    dx[i] = convert<T>(coef[c] * convert<float>(dy[i]) + coef[C + c] * convert<float>(x[i]) + coef[2 * C + c]);
+    const float xv = convert<float>(x[i]);
+    const float g = (mask && !(fmaf(xv, mask[c], mask[C + c]) > 0.f)) ? 0.f : convert<float>(dy[i]);
+    dx[i] = convert<T>(coef[c] * g + coef[C + c] * xv + coef[2 * C + c]);
   }
 }
 
 // Channels-last with C a multiple of the vector width: 16-byte loads of consecutive channels.
-template <typename T>
+template <typename T, bool Relu>
 __global__ void bn_apply_nhwc_vec_kernel(const T* x, T* y, int64_t C, int64_t nvec, const float* coef) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
     const int64_t c0 = (i * V::kWidth) % C;
     V a = reinterpret_cast<const V*>(x)[i], r;
 #pragma unroll
-    for (int k = 0; k < V::kWidth; ++k) r.v[k] = convert<T>(fmaf(convert<float>(a.v[k]), coef[c0 + k], coef[C + c0 + k]));
+    for (int k = 0; k < V::kWidth; ++k) {
+      const float v = fmaf(convert<float>(a.v[k]), coef[c0 + k], coef[C + c0 + k]);
+      r.v[k] = convert<T>(Relu ? (v > 0.f ? v : 0.f) : v);
+    }
     reinterpret_cast<V*>(y)[i] = r;
   }
 }
 
 template <typename T>
-__global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t nvec, const float* coef) {
+__global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t nvec, const float* coef,
+                                      const float* mask) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
     const int64_t c0 = (i * V::kWidth) % C;
@@ -977,7 +1000,9 @@ __global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C,
 #pragma unroll
     for (int k = 0; k < V::kWidth; ++k) {
       const int64_t c = c0 + k;
-      r.v[k] = convert<T>(coef[c] * convert<float>(vdy.v[k]) + coef[C + c] * convert<float>(vx.v[k]) + coef[2 * C + c]);
+      const float xv = convert<float>(vx.v[k]);
+      const float g = (mask && !(fmaf(xv, mask[c], mask[C + c]) > 0.f)) ? 0.f : convert<float>(vdy.v[k]);
+      r.v[k] = convert<T>(coef[c] * g + coef[C + c] * xv + coef[2 * C + c]);
     }
     reinterpret_cast<V*>(dx)[i] = r;
   }
@@ -992,8 +1017,8 @@ bool bn_vec(bool nhwc, int64_t C, int width, std::initializer_list<const void*> 
 
 // The per-channel sums of x (Grad = false) or of dy and dy * (x - mean) (Grad = true) into acc.
 template <typename T, bool Grad>
-cudaError_t bn_sums(const T* x, const T* dy, const float* mean, double* acc, int64_t N, int64_t C, int64_t HW,
-                    bool nhwc, cudaStream_t s) {
+cudaError_t bn_sums(const T* x, const T* dy, const float* mean, const float* mask, double* acc, int64_t N, int64_t C,
+                    int64_t HW, bool nhwc, cudaStream_t s) {
   const int64_t M = N * HW;
   if (nhwc) {
     const int64_t tiles = (C + 31) / 32;
@@ -1003,44 +1028,55 @@ cudaError_t bn_sums(const T* x, const T* dy, const float* mean, double* acc, int
     splits = splits < 1 ? 1 : (splits > 65535 ? 65535 : splits);
     const int64_t chunk = (M + splits - 1) / splits;
     bn_sums_nhwc_kernel<T, Grad><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)), dim3(32, 8), 0,
-                                   s>>>(x, dy, mean, acc, C, M, chunk);
+                                   s>>>(x, dy, mean, mask, acc, C, M, chunk);
   } else {
     const BnGrid bg = bn_grid(N, C, HW);
-    bn_sums_kernel<T, Grad><<<bg.grid, kThreads, 0, s>>>(x, dy, mean, acc, C, HW, M, bg.chunk);
+    bn_sums_kernel<T, Grad><<<bg.grid, kThreads, 0, s>>>(x, dy, mean, mask, acc, C, HW, M, bg.chunk);
   }
   return cudaGetLastError();
 }
 
-// The output pass y = x k0 + k1 in the layout's kernel.
-template <typename T>
-cudaError_t bn_apply(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, const float* coef,
+// The output pass y = x k0 + k1 (then max(0, y) with Relu) in the layout's kernel.
+template <typename T, bool Relu>
+void bn_apply_layout(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, const float* coef,
                      cudaStream_t s) {
   const int64_t n = N * C * HW;
   if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
-    bn_apply_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(x, y, C, n / Vec16<T>::kWidth,
-                                                                                      coef);
+    bn_apply_nhwc_vec_kernel<T, Relu><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
+        x, y, C, n / Vec16<T>::kWidth, coef);
   else if (nhwc)
-    bn_apply_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
+    bn_apply_kernel<T, true, Relu><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
   else
-    bn_apply_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
+    bn_apply_kernel<T, false, Relu><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
+}
+
+template <typename T>
+cudaError_t bn_apply(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu, const float* coef,
+                     cudaStream_t s) {
+  if (relu)
+    bn_apply_layout<T, true>(x, y, N, C, HW, nhwc, coef, s);
+  else
+    bn_apply_layout<T, false>(x, y, N, C, HW, nhwc, coef, s);
   return cudaGetLastError();
 }
 
+// acc (5C doubles): 2C double sums, then floats: the backward's k0, k1, k2 (3C), the mask's k0, k1 (2C).
 float* bn_coef(double* acc, int64_t C) { return reinterpret_cast<float*>(acc + 2 * C); }
+float* bn_mask(double* acc, int64_t C) { return bn_coef(acc, C) + 3 * C; }
 
 }  // namespace
 
-cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
+cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu,
                              const float* gamma, const float* beta, float* mean, float* invstd, double eps,
                              double* acc, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
-    cudaError_t e = bn_sums<T, false>(static_cast<const T*>(x), nullptr, nullptr, acc, N, C, HW, nhwc, s);
+    cudaError_t e = bn_sums<T, false>(static_cast<const T*>(x), nullptr, nullptr, nullptr, acc, N, C, HW, nhwc, s);
     if (e != cudaSuccess) return e;
     bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, gamma, beta, mean, invstd,
                                                                 bn_coef(acc, C));
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
-    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, bn_coef(acc, C), s);
+    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, relu, bn_coef(acc, C), s);
   });
 }
 
@@ -1052,17 +1088,24 @@ cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C,
     bn_infer_coef_kernel<<<blocks_for(C), kThreads, 0, s>>>(C, eps, gamma, beta, mean, var, bn_coef(acc, C));
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, bn_coef(acc, C), s);
+    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, false, bn_coef(acc, C), s);
   });
 }
 
 cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N, int64_t C, int64_t HW, bool nhwc,
-                        const float* gamma, const float* mean, const float* invstd, float* dgamma, float* dbeta,
-                        double* acc, cudaStream_t s) {
+                        const float* gamma, const float* relu_beta, const float* mean, const float* invstd,
+                        float* dgamma, float* dbeta, double* acc, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     const T *xp = static_cast<const T*>(x), *dyp = static_cast<const T*>(dy);
-    cudaError_t e = bn_sums<T, true>(xp, dyp, mean, acc, N, C, HW, nhwc, s);
+    const float* mask = nullptr;
+    if (relu_beta) {  // the forward's k0, k1 recomputed: dy counts where x * k0 + k1 > 0
+      bn_mask_coef_kernel<<<blocks_for(C), kThreads, 0, s>>>(C, gamma, relu_beta, mean, invstd, bn_mask(acc, C));
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+      mask = bn_mask(acc, C);
+    }
+    cudaError_t e = bn_sums<T, true>(xp, dyp, mean, mask, acc, N, C, HW, nhwc, s);
     if (e != cudaSuccess) return e;
     float* coef = bn_coef(acc, C);
     bn_backward_coef_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, gamma, mean, invstd, C, N * HW, dgamma, dbeta,
@@ -1071,11 +1114,11 @@ cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N
     const int64_t n = N * C * HW;
     if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, dy, dx}))
       bn_dx_nhwc_vec_kernel<T><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
-          xp, dyp, static_cast<T*>(dx), C, n / Vec16<T>::kWidth, coef);
+          xp, dyp, static_cast<T*>(dx), C, n / Vec16<T>::kWidth, coef, mask);
     else if (nhwc)
-      bn_dx_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, coef);
+      bn_dx_kernel<T, true><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, coef, mask);
     else
-      bn_dx_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, coef);
+      bn_dx_kernel<T, false><<<blocks_for(n), kThreads, 0, s>>>(xp, dyp, static_cast<T*>(dx), C, HW, n, coef, mask);
     return cudaGetLastError();
   });
 }

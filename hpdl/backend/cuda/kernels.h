@@ -74,19 +74,21 @@ cudaError_t scatter_rows(Dt t, const void* src, const int64_t* index, void* out,
                          cudaStream_t s);
 
 // Batch norm over x [N, C, HW] (or [N, HW, C] in memory when nhwc) of dtype t (float32 or bfloat16) with float32 gamma, beta and
-// statistics; accumulates per-channel sums in double through acc (4C doubles: 2C sums, zeroed by the
-// caller, then room for the per-channel coefficients of the output pass).
+// statistics; accumulates per-channel sums in double through acc (5C doubles: 2C sums, zeroed by the
+// caller, then room for the per-channel coefficients of the output passes). relu: max(0, y) fused.
 // Training forward writes y, the batch mean and 1/sqrt(var + eps) (var biased); inference uses the
 // given mean and var; backward writes dx, dgamma and dbeta from the saved mean and invstd.
-cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
+cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu,
                              const float* gamma, const float* beta, float* mean, float* invstd, double eps,
                              double* acc, cudaStream_t s);
 cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
                              const float* gamma, const float* beta, const float* mean, const float* var, double eps,
                              double* acc, cudaStream_t s);
+// relu_beta: null, or the forward's beta when a ReLU followed (dy is then masked where x * gamma invstd +
+// beta - mean gamma invstd <= 0, recomputed from the saved statistics).
 cudaError_t bn_backward(Dt t, const void* x, const void* dy, void* dx, int64_t N, int64_t C, int64_t HW, bool nhwc,
-                        const float* gamma, const float* mean, const float* invstd, float* dgamma, float* dbeta,
-                        double* acc, cudaStream_t s);
+                        const float* gamma, const float* relu_beta, const float* mean, const float* invstd,
+                        float* dgamma, float* dbeta, double* acc, cudaStream_t s);
 
 struct Optim {
   int adamw = 0;

@@ -35,8 +35,8 @@ Bottleneck::Bottleneck(int64_t in, int64_t planes, int64_t stride, Generator& ge
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor h = relu(bn1->forward(conv1->forward(x)));
-  h = relu(bn2->forward(conv2->forward(h)));
+  Tensor h = bn1->forward_relu(conv1->forward(x));
+  h = bn2->forward_relu(conv2->forward(h));
   h = bn3->forward(conv3->forward(h));
   return relu(add(h, downsample ? downsample->forward(x) : x));
 }

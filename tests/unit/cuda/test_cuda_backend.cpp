@@ -673,6 +673,21 @@ TEST_F(CudaBackendTest, Bf16ConvolutionPoolingAndBatchnorm) {
     expect_close(widened_down(gdx), wdx, name + " backward dx", kBfRtol, kBfAtol);
     expect_close(gdg, wdg, name + " backward dgamma", 1e-4, 1e-4);
     expect_close(gdb, wdb, name + " backward dbeta", 1e-4, 1e-4);
+
+    // Fused ReLU (batch_norm_relu): against the reference's composition (batch norm, then ReLU;
+    // dy masked by y > 0, then the batch-norm backward); the GPU recomputes the mask from x.
+    Tensor ry = host_out(s), rm2 = host_out({C}), ri2 = host_out({C});
+    Tensor fy = poisoned(s, DType::bf16), fm = poisoned({C}), fi = poisoned({C});
+    ref().batchnorm_relu_forward_train(bx, gamma, beta, ry, rm2, ri2, 1e-5);
+    gpu().batchnorm_relu_forward_train(up_bf16(bx), up(gamma), up(beta), fy, fm, fi, 1e-5);
+    expect_close(widened_down(fy), ry, name + " relu forward", kBfRtol, kBfAtol);
+    Tensor rdx = host_out(s), rdg = host_out({C}), rdb = host_out({C});
+    Tensor fdx = poisoned(s, DType::bf16), fdg = poisoned({C}), fdb = poisoned({C});
+    ref().batchnorm_relu_backward(bx, ry, bdy, gamma, beta, rm2, ri2, rdx, rdg, rdb);
+    gpu().batchnorm_relu_backward(up_bf16(bx), fy, up_bf16(bdy), up(gamma), up(beta), fm, fi, fdx, fdg, fdb);
+    expect_close(widened_down(fdx), rdx, name + " relu backward dx", kBfRtol, kBfAtol);
+    expect_close(fdg, rdg, name + " relu backward dgamma", 1e-4, 1e-4);
+    expect_close(fdb, rdb, name + " relu backward dbeta", 1e-4, 1e-4);
   }
 }
 

@@ -196,6 +196,12 @@ std::vector<OpCase> cases() {
   add({"batch_norm_train_2d", {{5, 3}, {3}, {3}},
        [](T x) { return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,
        {{64, 32}, {32}, {32}}, 1e-4});
+  add({"batch_norm_relu_train", {{3, 2, 3, 3}, {2}, {2}},
+       [](T x) {
+         auto [rm, rv] = running_stats(x[0]);
+         return batch_norm_relu(x[0], x[1], x[2], rm, rv, true);
+       },
+       -1, 1, {}, 1e-6, 1e-6, 1e-4, {{8, 16, 10, 10}, {16}, {16}}, 1e-4});
   add({"batch_norm_eval", {{2, 3, 2, 2}, {3}, {3}},
        [](T x) {
          auto [rm, rv] = running_stats(x[0]);
@@ -295,6 +301,26 @@ TEST(Ops, BatchNormUpdatesRunningStatisticsWithUnbiasedVariance) {
   EXPECT_NEAR(v[0], 0.9 + 0.1 * 5.0 / 3.0, 1e-6);
   EXPECT_NEAR(v[1], 0.9 + 0.1 * 500.0 / 3.0, 1e-4);
   EXPECT_FALSE(rm.requires_grad());
+}
+
+// The fused op is relu(batch_norm(...)) bitwise on the CPU, values and gradients (the default
+// Backend methods compose the same kernels), in training and eval mode.
+TEST(Ops, BatchNormReluEqualsReluOfBatchNorm) {
+  for (bool training : {true, false}) {
+    Generator gen(5);
+    Tensor x = Tensor::randn({4, 3, 5, 5}, gen), gm = Tensor::rand({3}, gen, 0.5, 1.5), bt = Tensor::randn({3}, gen);
+    Tensor dy = Tensor::randn({4, 3, 5, 5}, gen);
+    std::vector<std::vector<double>> out[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      Tensor xv = x.clone().set_requires_grad(), g = gm.clone().set_requires_grad(), b = bt.clone().set_requires_grad();
+      Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+      Tensor y = fused ? batch_norm_relu(xv, g, b, rm, rv, training) : relu(batch_norm(xv, g, b, rm, rv, training));
+      sum(mul(y, dy)).backward();
+      out[fused] = {y.to_vector<double>(), xv.grad().to_vector<double>(), g.grad().to_vector<double>(),
+                    b.grad().to_vector<double>(), rm.to_vector<double>(), rv.to_vector<double>()};
+    }
+    for (size_t k = 0; k < out[0].size(); ++k) EXPECT_EQ(out[0][k], out[1][k]) << "output " << k << " training " << training;
+  }
 }
 
 TEST(Ops, CrossEntropyMatchesHandComputedValue) {
