@@ -289,8 +289,11 @@ TEST(CudaTrainingTest, Bf16ComputeTracksFloat32) {
   auto m_bf16 = nn::models::resnet20(1, 10);
   m_bf16->to(kGPU);
   auto l16 = train(*m_bf16, data, 6);
-  for (const auto& [n, t] : m_bf16->state_dict())
-    if (t.dtype() != DType::i64) EXPECT_TRUE(t.dtype() == DType::f32) << n << ": master weights stay float32";
+  for (const auto& [n, t] : m_bf16->state_dict()) {
+    if (t.dtype() != DType::i64) {
+      EXPECT_TRUE(t.dtype() == DType::f32) << n << ": master weights stay float32";
+    }
+  }
   expect_trajectory(l32, l16, 0.05);
 }
 

@@ -51,7 +51,9 @@ TEST(Nccl, SelectsTheLocalRanksGpu) {
   EXPECT_EQ(nccl().rank(), W().rank());
   EXPECT_TRUE(nccl().device().is_cuda());
   EXPECT_NE(nccl().stream_handle(), nullptr);
-  if (W().size() == 1) EXPECT_EQ(nccl().device().index, 0);
+  if (W().size() == 1) {
+    EXPECT_EQ(nccl().device().index, 0);
+  }
 }
 
 // Rank r holds (r + 1) * base: the sum over n ranks is n(n+1)/2 * base, the
