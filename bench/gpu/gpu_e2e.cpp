@@ -122,13 +122,13 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
     return v ? std::atoi(v) : fallback;
   };
   const int warmup = env_int("HPDL_E2E_WARMUP", 5), steps = env_int("HPDL_E2E_STEPS", big ? 20 : 50);
-  auto step = [&] {
+  auto forward_loss = [&] {  // zero_grad, then forward and loss under the case's autocast
     opt.zero_grad();
-    Tensor loss;
-    {
-      AutocastScope ac(DType::bf16, math == "bf16" || math == "bf16nchw");
-      loss = cross_entropy(model->forward(x), y);
-    }
+    AutocastScope ac(DType::bf16, math == "bf16" || math == "bf16nchw");
+    return cross_entropy(model->forward(x), y);
+  };
+  auto step = [&] {
+    Tensor loss = forward_loss();
     loss.backward();
     opt.step();
     return loss;
@@ -139,12 +139,7 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
     double tf = 0, tb = 0, tu = 0;
     for (int i = 0; i < steps; ++i) {
       auto a = Clock::now();
-      opt.zero_grad();
-      Tensor l;
-      {
-        AutocastScope ac(DType::bf16, math == "bf16" || math == "bf16nchw");
-        l = cross_entropy(model->forward(x), y);
-      }
+      Tensor l = forward_loss();
       cuda::synchronize();
       auto b = Clock::now();
       l.backward();

@@ -72,6 +72,12 @@ class TensorDesc {
 // Channels-last (NHWC in memory) when the tensor is and not also row-major.
 bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
 
+// A new tensor shaped like `like`, of dtype t, in like's layout (channels-last or row-major).
+Tensor empty_in_layout(const Tensor& like, DType t) {
+  return nhwc(like) ? Tensor::empty_channels_last(like.shape(), t, like.device())
+                    : Tensor::empty(like.shape(), t, like.device());
+}
+
 // Dense in either layout: itself when row-major or channels-last, else a row-major copy.
 Tensor dense_any(const Tensor& t) { return nhwc(t) ? t : dense(t); }
 
@@ -325,7 +331,7 @@ bool use_bf16(DType t) { return reduced_compute_type(t).has_value(); }
 
 Tensor to_bf16(const Tensor& t) {
   const DType r = reduced_compute_type(t.dtype()).value();
-  Tensor b = nhwc(t) ? Tensor::empty_channels_last(t.shape(), r, t.device()) : Tensor::empty(t.shape(), r, t.device());
+  Tensor b = empty_in_layout(t, r);
   backend_for(t.device()).copy(t, b);
   return b;
 }
@@ -336,8 +342,7 @@ template <typename Conv>
 void into(const Tensor& out, bool bf16, Conv&& conv) {
   if (!bf16) return conv(out);
   const DType r = reduced_compute_type(out.dtype()).value();
-  Tensor ob = nhwc(out) ? Tensor::empty_channels_last(out.shape(), r, out.device())
-                        : Tensor::empty(out.shape(), r, out.device());
+  Tensor ob = empty_in_layout(out, r);
   conv(ob);
   backend_for(out.device()).copy(ob, out);
 }
@@ -420,8 +425,7 @@ std::atomic<bool> g_pool_bf16_unsupported{false};
 bool pool_in_float(const Tensor& x) { return x.dtype() == DType::bf16 && g_pool_bf16_unsupported; }
 
 Tensor widened(const Tensor& t) {
-  Tensor f = nhwc(t) ? Tensor::empty_channels_last(t.shape(), DType::f32, t.device())
-                     : Tensor::empty(t.shape(), DType::f32, t.device());
+  Tensor f = empty_in_layout(t, DType::f32);
   backend_for(t.device()).copy(t, f);
   return f;
 }
@@ -507,8 +511,7 @@ struct BnShape {
 // t copied into the layout of `like` (channels-last or row-major) unless it already has it.
 Tensor in_layout_of(const Tensor& like, const Tensor& t) {
   if (t.strides() == like.strides()) return t;
-  Tensor c = nhwc(like) ? Tensor::empty_channels_last(t.shape(), t.dtype(), t.device())
-                        : Tensor::empty(t.shape(), t.dtype(), t.device());
+  Tensor c = empty_in_layout(like, t.dtype());  // same shape as t
   backend_for(t.device()).copy(t, c);
   return c;
 }
