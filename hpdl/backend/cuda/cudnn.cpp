@@ -1,5 +1,6 @@
 // CudaBackend, part two: convolution, pooling, batch norm and softmax through
-// cuDNN 9's legacy (descriptor) API, NCHW. Convolution algorithms come from
+// cuDNN 9's legacy (descriptor) API, NCHW (with cuda::set_conv_graph, convolutions
+// go through cached graph-API plans first: cudnn_graph.cpp). Convolution algorithms come from
 // cuDNN's heuristics (cudnnGet*Algorithm_v7), chosen once per shape and cached;
 // workspaces come from the caching allocator. With TF32 off (the default) only
 // FMA-math algorithms are taken, so float32 results match the reference.
@@ -19,6 +20,7 @@
 #include "hpdl/backend/cuda/common.h"
 #include "hpdl/backend/cuda/cuda.h"
 #include "hpdl/backend/cuda/cuda_backend.h"
+#include "hpdl/backend/cuda/cudnn_graph.h"
 #include "hpdl/backend/cuda/kernels.h"
 
 namespace hpdl::cuda {
@@ -210,6 +212,7 @@ namespace {
 
 // The three convolutions on dense operands of one dtype (float32, float64 or bfloat16).
 void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Conv2dParams& p) {
+  if (!conv_search() && run_graph_conv(ConvDir::fwd, xc, wc, y, p)) return;
   cudnnHandle_t h = cudnn_for(y.device());
   const bool cl = conv_cl(xc, wc, y);
   TensorDesc xd = nchw(xc, cl), yd = nchw(y, cl);
@@ -248,6 +251,7 @@ void conv_forward(const Tensor& xc, const Tensor& wc, const Tensor& y, const Con
 }
 
 void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, const Conv2dParams& p) {
+  if (!conv_search() && run_graph_conv(ConvDir::bwd_data, dx, wc, dyc, p)) return;
   cudnnHandle_t h = cudnn_for(dx.device());
   const bool cl = conv_cl(dyc, wc, dx);
   TensorDesc dyd = nchw(dyc, cl), dxd = nchw(dx, cl);
@@ -287,6 +291,7 @@ void conv_backward_data(const Tensor& dyc, const Tensor& wc, const Tensor& dx, c
 }
 
 void conv_backward_weights(const Tensor& xc, const Tensor& dyc, const Tensor& dw, const Conv2dParams& p) {
+  if (!conv_search() && run_graph_conv(ConvDir::bwd_filter, xc, dw, dyc, p)) return;
   cudnnHandle_t h = cudnn_for(dw.device());
   const bool cl = conv_cl(xc, dyc, dw);
   TensorDesc xd = nchw(xc, cl), dyd = nchw(dyc, cl);

@@ -343,7 +343,8 @@ struct ConvCase {
   Conv2dParams p;
 };
 
-TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
+// Every case in float32 and float64, the three directions against the reference.
+void conv_cases_against_reference(const std::string& tag) {
   Conv2dParams strided;
   strided.stride_h = 2, strided.stride_w = 1, strided.pad_h = 0, strided.pad_w = 2;
   strided.dilation_h = 2, strided.dilation_w = 1, strided.groups = 2;
@@ -356,8 +357,8 @@ TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
       const auto& p = c.p;
       int64_t P = Conv2dParams::out_size(c.H, c.R, p.stride_h, p.pad_h, p.dilation_h);
       int64_t Q = Conv2dParams::out_size(c.W, c.S, p.stride_w, p.pad_w, p.dilation_w);
-      std::string name = fmt::format("conv x[{},{},{},{}] w[{},{},{},{}] groups {} {}", c.N, c.C, c.H, c.W, c.K,
-                                     c.C / p.groups, c.R, c.S, p.groups, dtype_name(t));
+      std::string name = fmt::format("{} conv x[{},{},{},{}] w[{},{},{},{}] groups {} {}", tag, c.N, c.C, c.H, c.W,
+                                     c.K, c.C / p.groups, c.R, c.S, p.groups, dtype_name(t));
       Tensor x = randt({c.N, c.C, c.H, c.W}, 11, t), w = randt({c.K, c.C / p.groups, c.R, c.S}, 12, t);
       Tensor bias = randt({c.K}, 13, t), dy = randt({c.N, c.K, P, Q}, 14, t);
       double rtol = t == DType::f64 ? 1e-11 : 1e-4, atol = t == DType::f64 ? 1e-12 : 1e-5;
@@ -380,6 +381,39 @@ TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
       expect_close(gdb, wdb, name + " backward bias", rtol, atol);
     }
   }
+}
+
+// Sets the cuDNN graph-plan switch for a scope.
+class ConvGraphScope {
+ public:
+  explicit ConvGraphScope(bool on) : prev_(cuda::conv_graph()) { cuda::set_conv_graph(on); }
+  ~ConvGraphScope() { cuda::set_conv_graph(prev_); }
+
+ private:
+  bool prev_;
+};
+
+TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
+  ConvGraphScope legacy(false);
+  conv_cases_against_reference("legacy");
+}
+
+// The same cases through cached graph-API execution plans: they must run there (not fall back to the
+// legacy API), agree with the reference, and a second pass must reuse the plans.
+TEST_F(CudaBackendTest, Conv2dThroughCachedGraphPlans) {
+  ConvGraphScope graph(true);
+  const cuda::GraphConvStats before = cuda::graph_conv_stats();
+  conv_cases_against_reference("graph");
+  const cuda::GraphConvStats first = cuda::graph_conv_stats();
+  std::printf("graph convolutions: %lld plans built, %lld shapes left to the legacy API, %lld runs\n",
+              static_cast<long long>(first.plans_built - before.plans_built),
+              static_cast<long long>(first.unsupported - before.unsupported),
+              static_cast<long long>(first.runs - before.runs));
+  EXPECT_GE(first.runs - before.runs, 3 * 3 * 2 / 2) << "most convolutions should run through graph plans";
+  conv_cases_against_reference("graph again");
+  const cuda::GraphConvStats second = cuda::graph_conv_stats();
+  EXPECT_EQ(second.plans_built, first.plans_built) << "the second pass must reuse the cached plans";
+  EXPECT_EQ(second.runs - first.runs, first.runs - before.runs);
 }
 
 // ---------------------------------------------------------------- pooling
@@ -688,6 +722,69 @@ TEST_F(CudaBackendTest, Bf16ConvolutionPoolingAndBatchnorm) {
     expect_close(widened_down(fdx), rdx, name + " relu backward dx", kBfRtol, kBfAtol);
     expect_close(fdg, rdg, name + " relu backward dgamma", 1e-4, 1e-4);
     expect_close(fdb, rdb, name + " relu backward dbeta", 1e-4, 1e-4);
+  }
+}
+
+// Channels-last (NHWC strides) operands, as autocast makes them: convolution (legacy and graph API) and
+// batch norm with fused ReLU, in float32 and bfloat16, against the reference on row-major copies.
+Tensor up_channels_last(const Tensor& host, DType t) {
+  Tensor dense = up(host.to(t)), cl = Tensor::empty_channels_last(host.shape(), t, kGPU);
+  gpu().copy(dense, cl);
+  return cl;
+}
+Tensor poisoned_channels_last(const Shape& s, DType t) {
+  Tensor o = Tensor::empty_channels_last(s, t, kGPU);
+  gpu().fill(o, NAN);
+  return o;
+}
+
+TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 1;
+  const int64_t N = 4, C = 16, H = 7, W = 6, K = 32;
+  for (DType t : {DType::f32, DType::bf16}) {
+    const bool bf = t == DType::bf16;
+    const double rtol = bf ? kBfRtol : 1e-4, atol = bf ? kBfAtol : 1e-5;
+    Tensor x = bf16_rounded(randt({N, C, H, W}, 91)), w3 = bf16_rounded(randt({K, C, 3, 3}, 92));
+    Tensor w1 = bf16_rounded(randt({K, C, 1, 1}, 93));
+    for (bool graph : {false, true}) {
+      ConvGraphScope scope(graph);
+      for (const Tensor& w : {w3, w1}) {
+        const std::string name = fmt::format("channels-last {} conv {}x{} ({})", dtype_name(t), w.shape()[2],
+                                             w.shape()[3], graph ? "graph" : "legacy");
+        Conv2dParams q = w.shape()[2] == 3 ? p : Conv2dParams{};
+        Tensor dy = bf16_rounded(randt({N, K, H, W}, 94));
+        Tensor want = host_out({N, K, H, W}), got = poisoned_channels_last({N, K, H, W}, t);
+        ref().conv2d_forward(x, w, undefined(), want, q);
+        gpu().conv2d_forward(up_channels_last(x, t), up_channels_last(w, t), undefined(), got, q);
+        expect_close(down(got.contiguous()).to(DType::f32), want, name + " forward", rtol, atol);
+        Tensor wdx = host_out(x.shape()), gdx = poisoned_channels_last(x.shape(), t);
+        ref().conv2d_backward_data(dy, w, wdx, q);
+        gpu().conv2d_backward_data(up_channels_last(dy, t), up_channels_last(w, t), gdx, q);
+        expect_close(down(gdx.contiguous()).to(DType::f32), wdx, name + " backward data", rtol, atol);
+        Tensor wdw = host_out(w.shape()), gdw = poisoned_channels_last(w.shape(), t);
+        ref().conv2d_backward_weights(x, dy, wdw, undefined(), q);
+        gpu().conv2d_backward_weights(up_channels_last(x, t), up_channels_last(dy, t), gdw, undefined(), q);
+        expect_close(down(gdw.contiguous()).to(DType::f32), wdw, name + " backward weights", rtol, bf ? 0.2 : 1e-4);
+      }
+    }
+    if (!bf) continue;  // batch norm on the GPU takes channels-last bfloat16 (autocast's layout)
+    Tensor gamma = randt({C}, 95, DType::f32, 0.5, 1.5), beta = randt({C}, 96), bdy = bf16_rounded(randt(x.shape(), 97));
+    Tensor ry = host_out(x.shape()), rm = host_out({C}), ri = host_out({C});
+    Tensor fy = poisoned_channels_last(x.shape(), t), fm = poisoned({C}), fi = poisoned({C});
+    ref().batchnorm_relu_forward_train(x, gamma, beta, ry, rm, ri, 1e-5);
+    gpu().batchnorm_relu_forward_train(up_channels_last(x, t), up(gamma), up(beta), fy, fm, fi, 1e-5);
+    expect_close(down(fy.contiguous()).to(DType::f32), ry, "channels-last bf16 batchnorm relu forward", rtol, atol);
+    expect_close(fm, rm, "channels-last bf16 batchnorm mean", 1e-5, 1e-6);
+    Tensor rdx = host_out(x.shape()), rdg = host_out({C}), rdb = host_out({C});
+    Tensor fdx = poisoned_channels_last(x.shape(), t), fdg = poisoned({C}), fdb = poisoned({C});
+    ref().batchnorm_relu_backward(x, ry, bdy, gamma, beta, rm, ri, rdx, rdg, rdb);
+    gpu().batchnorm_relu_backward(up_channels_last(x, t), fy, up_channels_last(bdy, t), up(gamma), up(beta), fm, fi,
+                                  fdx, fdg, fdb);
+    expect_close(down(fdx.contiguous()).to(DType::f32), rdx, "channels-last bf16 batchnorm relu backward dx", rtol,
+                 atol);
+    expect_close(fdg, rdg, "channels-last bf16 batchnorm relu dgamma", 1e-4, 1e-4);
+    expect_close(fdb, rdb, "channels-last bf16 batchnorm relu dbeta", 1e-4, 1e-4);
   }
 }
 
