@@ -893,6 +893,77 @@ __global__ void bn_sums_nhwc_kernel(const T* x, const T* dy, const float* mean, 
   }
 }
 
+// Channels-last with C a multiple of the vector width: 16-byte loads of W consecutive channels. A block's
+// threads take `tpr` vectors of a row side by side (coalesced) and blockDim.x / tpr rows at a time, two rows
+// in flight per thread; the row-partials of each channel are combined in shared memory, then one atomicAdd
+// per channel and block. (The one-channel-per-thread kernel above kept a single 2-byte load in flight.)
+template <typename T, bool Grad>
+__global__ void bn_sums_nhwc_vec_kernel(const T* x, const T* dy, const float* mean, const float* mask, double* acc,
+                                        int64_t C, int64_t M, int64_t chunk, int tpr) {
+  using V = Vec16<T>;
+  constexpr int W = V::kWidth;
+  __shared__ double sh1[kThreads * W], sh2[kThreads * W];
+  const int64_t nv = C / W;
+  const int lane = threadIdx.x % tpr, r0 = threadIdx.x / tpr, rstep = blockDim.x / tpr;
+  const int64_t v = blockIdx.x * static_cast<int64_t>(tpr) + lane;
+  const int64_t begin = blockIdx.y * chunk, end = begin + chunk < M ? begin + chunk : M;
+  double s1[W], s2[W];
+  float mu[W], m0[W], m1[W];
+#pragma unroll
+  for (int k = 0; k < W; ++k) s1[k] = s2[k] = 0, mu[k] = m0[k] = 0, m1[k] = 0;
+  const bool active = v < nv && r0 < rstep;
+  if (active) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const int64_t c = v * W + k;
+      if (Grad) mu[k] = mean[c];
+      if (mask) m0[k] = mask[c], m1[k] = mask[C + c];
+    }
+    const V* xv = reinterpret_cast<const V*>(x);
+    const V* gv = reinterpret_cast<const V*>(dy);
+    auto add = [&](const V& a, const V& g) {
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const double val = convert<double>(a.v[k]);
+        if (Grad) {
+          const double d = (mask && !(fmaf(static_cast<float>(val), m0[k], m1[k]) > 0.f)) ? 0.0 : convert<double>(g.v[k]);
+          s1[k] += d;
+          s2[k] += d * (val - static_cast<double>(mu[k]));
+        } else {
+          s1[k] += val;
+          s2[k] += val * val;
+        }
+      }
+    };
+    int64_t r = begin + r0;
+    for (; r + rstep < end; r += 2 * static_cast<int64_t>(rstep)) {
+      const V a0 = xv[r * nv + v], a1 = xv[(r + rstep) * nv + v];
+      V g0 = a0, g1 = a1;
+      if (Grad) g0 = gv[r * nv + v], g1 = gv[(r + rstep) * nv + v];
+      add(a0, g0);
+      add(a1, g1);
+    }
+    if (r < end) {
+      const V a0 = xv[r * nv + v];
+      V g0 = a0;
+      if (Grad) g0 = gv[r * nv + v];
+      add(a0, g0);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < W; ++k) sh1[threadIdx.x * W + k] = s1[k], sh2[threadIdx.x * W + k] = s2[k];
+  __syncthreads();
+  if (active && r0 == 0) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      double t1 = s1[k], t2 = s2[k];
+      for (int j = 1; j < rstep; ++j) t1 += sh1[(j * tpr + lane) * W + k], t2 += sh2[(j * tpr + lane) * W + k];
+      atomicAdd(&acc[v * W + k], t1);
+      atomicAdd(&acc[C + v * W + k], t2);
+    }
+  }
+}
+
 // The affine map of the output pass, y = x * k0 + k1 (k0 = gamma invstd, k1 = beta - mean k0), from
 // the saved float32 statistics: the backward recomputes the same floats for its ReLU mask.
 __device__ inline void bn_affine(float gamma, float beta, float mean, float invstd, float& k0, float& k1) {
@@ -974,12 +1045,21 @@ __global__ void bn_dx_kernel(const T* x, const T* dy, T* dx, int64_t C, int64_t 
   }
 }
 
+// First channel of 16-byte vector i of a channels-last tensor with nv vectors per row: (i * W) % C with
+// C = nv * W, by a 32-bit division when the operands fit (a 64-bit one costs dozens of instructions).
+__device__ inline int64_t vec_channel0(int64_t i, int64_t nv, int W) {
+  const int64_t v = (i <= 0xffffffffLL && nv <= 0xffffffffLL)
+                        ? static_cast<int64_t>(static_cast<uint32_t>(i) % static_cast<uint32_t>(nv))
+                        : i % nv;
+  return v * W;
+}
+
 // Channels-last with C a multiple of the vector width: 16-byte loads of consecutive channels.
 template <typename T, bool Relu>
 __global__ void bn_apply_nhwc_vec_kernel(const T* x, T* y, int64_t C, int64_t nvec, const float* coef) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
-    const int64_t c0 = (i * V::kWidth) % C;
+    const int64_t c0 = vec_channel0(i, C / V::kWidth, V::kWidth);
     V a = reinterpret_cast<const V*>(x)[i], r;
 #pragma unroll
     for (int k = 0; k < V::kWidth; ++k) {
@@ -995,7 +1075,7 @@ __global__ void bn_dx_nhwc_vec_kernel(const T* x, const T* dy, T* dx, int64_t C,
                                       const float* mask) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
-    const int64_t c0 = (i * V::kWidth) % C;
+    const int64_t c0 = vec_channel0(i, C / V::kWidth, V::kWidth);
     V vx = reinterpret_cast<const V*>(x)[i], vdy = reinterpret_cast<const V*>(dy)[i], r;
 #pragma unroll
     for (int k = 0; k < V::kWidth; ++k) {
@@ -1020,7 +1100,20 @@ template <typename T, bool Grad>
 cudaError_t bn_sums(const T* x, const T* dy, const float* mean, const float* mask, double* acc, int64_t N, int64_t C,
                     int64_t HW, bool nhwc, cudaStream_t s) {
   const int64_t M = N * HW;
-  if (nhwc) {
+  constexpr int W = Vec16<T>::kWidth;
+  if (nhwc && C % W == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+      (dy == nullptr || reinterpret_cast<uintptr_t>(dy) % 16 == 0)) {
+    const int64_t nv = C / W;
+    const int tpr = static_cast<int>(nv < kThreads ? nv : kThreads);
+    const int64_t rstep = kThreads / tpr, tiles = (nv + tpr - 1) / tpr;
+    int64_t splits = (4 * 132 + tiles - 1) / tiles;          // about four blocks per SM
+    const int64_t max_splits = (M + 8 * rstep - 1) / (8 * rstep);  // at least ~8 rows per thread
+    splits = splits > max_splits ? max_splits : splits;
+    splits = splits < 1 ? 1 : (splits > 65535 ? 65535 : splits);
+    const int64_t chunk = (M + splits - 1) / splits;
+    bn_sums_nhwc_vec_kernel<T, Grad><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)), kThreads,
+                                       0, s>>>(x, dy, mean, mask, acc, C, M, chunk, tpr);
+  } else if (nhwc) {
     const int64_t tiles = (C + 31) / 32;
     int64_t splits = (8 * 132 + tiles - 1) / tiles;
     const int64_t max_splits = (M + 63) / 64;  // at least 8 rows per thread row

@@ -769,22 +769,42 @@ TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
       }
     }
     if (!bf) continue;  // batch norm on the GPU takes channels-last bfloat16 (autocast's layout)
-    Tensor gamma = randt({C}, 95, DType::f32, 0.5, 1.5), beta = randt({C}, 96), bdy = bf16_rounded(randt(x.shape(), 97));
-    Tensor ry = host_out(x.shape()), rm = host_out({C}), ri = host_out({C});
-    Tensor fy = poisoned_channels_last(x.shape(), t), fm = poisoned({C}), fi = poisoned({C});
-    ref().batchnorm_relu_forward_train(x, gamma, beta, ry, rm, ri, 1e-5);
-    gpu().batchnorm_relu_forward_train(up_channels_last(x, t), up(gamma), up(beta), fy, fm, fi, 1e-5);
-    expect_close(down(fy.contiguous()).to(DType::f32), ry, "channels-last bf16 batchnorm relu forward", rtol, atol);
-    expect_close(fm, rm, "channels-last bf16 batchnorm mean", 1e-5, 1e-6);
-    Tensor rdx = host_out(x.shape()), rdg = host_out({C}), rdb = host_out({C});
-    Tensor fdx = poisoned_channels_last(x.shape(), t), fdg = poisoned({C}), fdb = poisoned({C});
-    ref().batchnorm_relu_backward(x, ry, bdy, gamma, beta, rm, ri, rdx, rdg, rdb);
-    gpu().batchnorm_relu_backward(up_channels_last(x, t), fy, up_channels_last(bdy, t), up(gamma), up(beta), fm, fi,
-                                  fdx, fdg, fdb);
-    expect_close(down(fdx.contiguous()).to(DType::f32), rdx, "channels-last bf16 batchnorm relu backward dx", rtol,
-                 atol);
-    expect_close(fdg, rdg, "channels-last bf16 batchnorm relu dgamma", 1e-4, 1e-4);
-    expect_close(fdb, rdb, "channels-last bf16 batchnorm relu dbeta", 1e-4, 1e-4);
+    // C = 16, 24, 64: 16-byte paths (2, 3 and 8 vectors per row; 64x64x9x9 splits rows over blocks);
+    // C = 12: the scalar channels-last kernels.
+    for (Shape s : {Shape{4, 16, 7, 6}, Shape{3, 24, 5, 7}, Shape{2, 12, 3, 3}, Shape{64, 64, 9, 9}}) {
+      const int64_t Cb = s[1];
+      const std::string name = fmt::format("channels-last bf16 batchnorm relu {}", shape_str(s));
+      Tensor bx = bf16_rounded(randt(s, 98, DType::f32, -2, 3));
+      Tensor gamma = randt({Cb}, 95, DType::f32, 0.5, 1.5), beta = randt({Cb}, 96);
+      Tensor bdy = bf16_rounded(randt(s, 97));
+      Tensor ry = host_out(s), rm = host_out({Cb}), ri = host_out({Cb});
+      Tensor fy = poisoned_channels_last(s, t), fm = poisoned({Cb}), fi = poisoned({Cb});
+      ref().batchnorm_relu_forward_train(bx, gamma, beta, ry, rm, ri, 1e-5);
+      gpu().batchnorm_relu_forward_train(up_channels_last(bx, t), up(gamma), up(beta), fy, fm, fi, 1e-5);
+      expect_close(down(fy.contiguous()).to(DType::f32), ry, name + " forward", rtol, atol);
+      expect_close(fm, rm, name + " mean", 1e-5, 1e-6);
+      expect_close(fi, ri, name + " invstd", 1e-5, 1e-6);
+      Tensor rdx = host_out(s), rdg = host_out({Cb}), rdb = host_out({Cb});
+      Tensor fdx = poisoned_channels_last(s, t), fdg = poisoned({Cb}), fdb = poisoned({Cb});
+      ref().batchnorm_relu_backward(bx, ry, bdy, gamma, beta, rm, ri, rdx, rdg, rdb);
+      gpu().batchnorm_relu_backward(up_channels_last(bx, t), fy, up_channels_last(bdy, t), up(gamma), up(beta), fm,
+                                    fi, fdx, fdg, fdb);
+      expect_close(down(fdx.contiguous()).to(DType::f32), rdx, name + " backward dx", rtol, atol);
+      expect_close(fdg, rdg, name + " dgamma", 1e-4, 1e-4);
+      expect_close(fdb, rdb, name + " dbeta", 1e-4, 1e-4);
+      // Plain batch norm (no ReLU) through the same sums.
+      Tensor py = host_out(s), pm = host_out({Cb}), pi = host_out({Cb});
+      Tensor gy = poisoned_channels_last(s, t), gm = poisoned({Cb}), gi = poisoned({Cb});
+      ref().batchnorm_forward_train(bx, gamma, beta, py, pm, pi, 1e-5);
+      gpu().batchnorm_forward_train(up_channels_last(bx, t), up(gamma), up(beta), gy, gm, gi, 1e-5);
+      expect_close(down(gy.contiguous()).to(DType::f32), py, name + " (no relu) forward", rtol, atol);
+      Tensor pdx = host_out(s), pdg = host_out({Cb}), pdb = host_out({Cb});
+      Tensor gdx = poisoned_channels_last(s, t), gdg = poisoned({Cb}), gdb = poisoned({Cb});
+      ref().batchnorm_backward(bx, bdy, gamma, pm, pi, pdx, pdg, pdb);
+      gpu().batchnorm_backward(up_channels_last(bx, t), up_channels_last(bdy, t), up(gamma), gm, gi, gdx, gdg, gdb);
+      expect_close(down(gdx.contiguous()).to(DType::f32), pdx, name + " (no relu) backward dx", rtol, atol);
+      expect_close(gdg, pdg, name + " (no relu) dgamma", 1e-4, 1e-4);
+    }
   }
 }
 
