@@ -648,9 +648,16 @@ void CudaBackend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, cons
 }
 
 // ---------------------------------------------------------------- softmax
-// x viewed as [outer, n, inner, 1]; cuDNN's channel mode normalizes over n at each (outer, inner).
+// Over the last axis (inner = 1): the backend's row kernels. Otherwise x viewed as [outer, n, inner, 1];
+// cuDNN's channel mode normalizes over n at each (outer, inner).
 
 namespace {
+int64_t inner_of(const Tensor& t, int axis) {
+  int64_t inner = 1;
+  for (int i = axis + 1; i < t.ndim(); ++i) inner *= t.shape()[i];
+  return inner;
+}
+
 TensorDesc softmax_view(const Tensor& t, int axis) {
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < axis; ++i) outer *= t.shape()[i];
@@ -663,6 +670,14 @@ void CudaBackend::softmax_forward(const Tensor& x, const Tensor& y, int axis, bo
   require_float(log ? "log_softmax" : "softmax", x.dtype());
   if (x.numel() == 0) return;
   Tensor xc = dense(x);
+  if (inner_of(x, axis) == 1 && y.is_contiguous()) {  // rows: one block per row
+    const int64_t D = x.shape()[axis];
+    HPDL_KERNEL_CHECK(log ? "log_softmax" : "softmax",
+                      kern::softmax_rows_forward(x.dtype() == DType::f64 ? kern::Dt::f64 : kern::Dt::f32,
+                                                 xc.raw_data(), y.raw_data(), x.numel() / D, D, log,
+                                                 stream_for(y.device())));
+    return;
+  }
   TensorDesc d = softmax_view(xc, axis);
   Scalars sc(x.dtype());
   HPDL_CUDNN_CHECK(cudnnSoftmaxForward(cudnn_for(y.device()), log ? CUDNN_SOFTMAX_LOG : CUDNN_SOFTMAX_ACCURATE,
@@ -674,6 +689,14 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tens
   require_float(log ? "log_softmax_backward" : "softmax_backward", y.dtype());
   if (y.numel() == 0) return;
   Tensor yc = dense(y), dyc = dense(dy);
+  if (inner_of(y, axis) == 1 && dx.is_contiguous()) {
+    const int64_t D = y.shape()[axis];
+    HPDL_KERNEL_CHECK(log ? "log_softmax_backward" : "softmax_backward",
+                      kern::softmax_rows_backward(y.dtype() == DType::f64 ? kern::Dt::f64 : kern::Dt::f32,
+                                                  yc.raw_data(), dyc.raw_data(), dx.raw_data(), y.numel() / D, D, log,
+                                                  stream_for(dx.device())));
+    return;
+  }
   TensorDesc d = softmax_view(yc, axis);
   Scalars sc(y.dtype());
   HPDL_CUDNN_CHECK(cudnnSoftmaxBackward(cudnn_for(dx.device()), log ? CUDNN_SOFTMAX_LOG : CUDNN_SOFTMAX_ACCURATE,

@@ -494,6 +494,59 @@ __global__ void layernorm_backward_params_kernel(const T* x, const T* dy, const 
   }
 }
 
+// ---------------------------------------------------------------- softmax over rows
+// The reference's math per row of D (max, sum of exp in double): softmax y = exp(x - max) / sum,
+// log_softmax y = x - max - log(sum); backward dx = y (dy - sum(dy y)) or dx = dy - exp(y) sum(dy).
+// One block per row: cuDNN's channel-mode softmax on [M, D, 1, 1] ran one thread per row (0.5 ms for
+// the [128, 1000] classifier of ResNet-50 on an H200).
+
+__device__ inline double block_max(double v, double* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] = fmax(sh[threadIdx.x], sh[threadIdx.x + s]);
+    __syncthreads();
+  }
+  double r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+template <typename T>
+__global__ void softmax_rows_forward_kernel(const T* x, T* y, int64_t M, int64_t D, bool log) {
+  __shared__ double sh[kThreads];
+  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    const T* row = x + m * D;
+    double mx = -INFINITY;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) mx = fmax(mx, static_cast<double>(row[d]));
+    mx = block_max(mx, sh);
+    double sum = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) sum += exp(static_cast<double>(row[d]) - mx);
+    sum = block_sum(sum, sh);
+    const double lse = ::log(sum);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      const double v = static_cast<double>(row[d]) - mx;
+      y[m * D + d] = static_cast<T>(log ? v - lse : exp(v) / sum);
+    }
+  }
+}
+
+template <typename T>
+__global__ void softmax_rows_backward_kernel(const T* y, const T* dy, T* dx, int64_t M, int64_t D, bool log) {
+  __shared__ double sh[kThreads];
+  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    const T *yr = y + m * D, *gr = dy + m * D;
+    double s = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      s += log ? static_cast<double>(gr[d]) : static_cast<double>(gr[d]) * static_cast<double>(yr[d]);
+    s = block_sum(s, sh);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      const double g = gr[d], yv = yr[d];
+      dx[m * D + d] = static_cast<T>(log ? g - exp(yv) * s : yv * (g - s));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- indexing
 
 template <typename T>
@@ -722,6 +775,26 @@ cudaError_t layernorm_forward(Dt t, const void* x, const void* gamma, const void
     layernorm_forward_kernel<T><<<grid, kThreads, 0, s>>>(
         static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y),
         static_cast<T*>(mean), static_cast<T*>(invstd), M, D, eps);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t softmax_rows_forward(Dt t, const void* x, void* y, int64_t M, int64_t D, bool log, cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    const int grid = static_cast<int>(M < (1 << 20) ? M : (1 << 20));
+    softmax_rows_forward_kernel<T><<<grid, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y), M, D, log);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t softmax_rows_backward(Dt t, const void* y, const void* dy, void* dx, int64_t M, int64_t D, bool log,
+                                  cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    const int grid = static_cast<int>(M < (1 << 20) ? M : (1 << 20));
+    softmax_rows_backward_kernel<T><<<grid, kThreads, 0, s>>>(static_cast<const T*>(y), static_cast<const T*>(dy),
+                                                              static_cast<T*>(dx), M, D, log);
     return cudaGetLastError();
   });
 }

@@ -61,6 +61,11 @@ cudaError_t layernorm_backward(Dt t, const void* x, const void* dy, const void* 
                                const void* invstd, void* dx, void* dgamma, void* dbeta, int64_t M, int64_t D,
                                cudaStream_t s);
 
+// Softmax or log_softmax over the rows of contiguous [M, D] (float32 or float64; sums in double).
+cudaError_t softmax_rows_forward(Dt t, const void* x, void* y, int64_t M, int64_t D, bool log, cudaStream_t s);
+cudaError_t softmax_rows_backward(Dt t, const void* y, const void* dy, void* dx, int64_t M, int64_t D, bool log,
+                                  cudaStream_t s);
+
 // Indexing over x viewed as [outer, n, inner]. `bad` (device int64, preset to -1 by the caller) receives
 // the position of an out-of-range index, if any.
 cudaError_t index_select(Dt t, const void* x, const int64_t* index, void* out, int64_t outer, int64_t nx,
