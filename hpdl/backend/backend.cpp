@@ -20,7 +20,7 @@ const char* unary_name(UnaryOp op) {
 
 const char* binary_name(BinaryOp op) {
   static const char* names[] = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "gt",
-                                "ge",  "lt",  "le",  "eq",  "relu_backward", "leaky_relu_backward"};
+                                "ge",  "lt",  "le",  "eq",  "relu_backward", "leaky_relu_backward", "add_relu"};
   return names[static_cast<int>(op)];
 }
 

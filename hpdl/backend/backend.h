@@ -37,6 +37,7 @@ enum class BinaryOp : uint8_t {
   add, sub, mul, div, pow, maximum, minimum, gt, ge, lt, le, eq,
   relu_grad,        // a * (b > 0): relu backward with a = dy, b = x
   leaky_relu_grad,  // a * (b > 0 ? 1 : alpha)
+  add_relu,         // max(a + b, 0): a residual sum and the ReLU after it in one pass
 };
 enum class ReduceOp : uint8_t { sum, mean, max, min, argmax, sum_square };
 enum class PoolKind : uint8_t { max, avg };

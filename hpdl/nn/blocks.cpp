@@ -27,7 +27,7 @@ Tensor BasicBlock::forward(const Tensor& x) {
   Tensor h = bn1->forward_relu(conv1->forward(x));
   h = bn2->forward(conv2->forward(h));
   Tensor shortcut = downsample ? downsample->forward(x) : x;
-  return relu(add(h, shortcut));
+  return add_relu(h, shortcut);
 }
 
 }  // namespace hpdl::nn

@@ -252,6 +252,20 @@ Tensor relu(const Tensor& x) {
   return out;
 }
 
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  HPDL_PROMOTE_BINARY(add_relu, a, b)
+  Tensor out = run_binary(BinaryOp::add_relu, a, b);
+  if (needs_grad({&a, &b})) {
+    Shape sa = a.shape(), sb = b.shape();
+    Tensor y = out.detach();  // y > 0 exactly where a + b > 0
+    record("add_relu", {a, b}, {&out}, [sa, sb, y](const std::vector<Tensor>& g) {
+      Tensor d = relu_backward(g[0], y, 0);
+      return std::vector<Tensor>{sum_to(d, sa), sum_to(d, sb)};
+    });
+  }
+  return out;
+}
+
 Tensor leaky_relu(const Tensor& x, double slope) {
   Tensor out = run_unary(UnaryOp::leaky_relu, x, slope);
   if (needs_grad({&x}))

@@ -27,6 +27,9 @@ Tensor rsqrt(const Tensor& x);
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
+// relu(add(a, b)) in one pass (a residual block's sum and ReLU): one kernel and one output instead of two.
+// Values and gradients equal the composition's; the backward masks by the saved output.
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
 Tensor gelu(const Tensor& x);  // exact form: x * Phi(x)
 Tensor abs(const Tensor& x);

@@ -110,6 +110,7 @@ T binary_value(BinaryOp op, T a, T b, T alpha) {
     case BinaryOp::eq: return T(a == b);
     case BinaryOp::relu_grad: return b > T(0) ? a : T(0);
     case BinaryOp::leaky_relu_grad: return b > T(0) ? a : alpha * a;
+    case BinaryOp::add_relu: return a + b > T(0) ? a + b : T(0);
   }
   return a;
 }
@@ -233,6 +234,9 @@ void ReferenceBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, con
           case BinaryOp::sub: for (int64_t i = 0; i < n; ++i) o[i] = pa[i] - pb[i]; return;
           case BinaryOp::mul: for (int64_t i = 0; i < n; ++i) o[i] = pa[i] * pb[i]; return;
           case BinaryOp::relu_grad: for (int64_t i = 0; i < n; ++i) o[i] = pb[i] > T(0) ? pa[i] : T(0); return;
+          case BinaryOp::add_relu:
+            for (int64_t i = 0; i < n; ++i) o[i] = pa[i] + pb[i] > T(0) ? pa[i] + pb[i] : T(0);
+            return;
           default: break;
         }
       }

@@ -26,7 +26,7 @@ static_assert(static_cast<int>(DType::u8) == static_cast<int>(kern::Dt::u8));
 static_assert(static_cast<int>(DType::f16) == static_cast<int>(kern::Dt::f16));
 static_assert(static_cast<int>(UnaryOp::erf) + 1 == static_cast<int>(kern::Unary::count_));
 static_assert(static_cast<int>(UnaryOp::gelu) == static_cast<int>(kern::Unary::gelu));
-static_assert(static_cast<int>(BinaryOp::leaky_relu_grad) + 1 == static_cast<int>(kern::Binary::count_));
+static_assert(static_cast<int>(BinaryOp::add_relu) + 1 == static_cast<int>(kern::Binary::count_));
 static_assert(static_cast<int>(BinaryOp::eq) == static_cast<int>(kern::Binary::eq));
 static_assert(static_cast<int>(ReduceOp::sum_square) + 1 == static_cast<int>(kern::Reduce::count_));
 

@@ -226,6 +226,7 @@ __device__ inline T binary_value(Binary op, T a, T b, T alpha) {
     case Binary::eq: return T(a == b);
     case Binary::relu_grad: return b > T(0) ? a : T(0);
     case Binary::leaky_relu_grad: return b > T(0) ? a : alpha * a;
+    case Binary::add_relu: return a + b > T(0) ? a + b : T(0);
     default: return a;
   }
 }

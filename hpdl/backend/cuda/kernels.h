@@ -20,7 +20,8 @@ enum class Unary : int {
   neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, leaky_relu, gelu, abs, square, pow_scalar, reciprocal,
   add_scalar, mul_scalar, sign, sin, cos, erf, count_
 };
-enum class Binary : int { add, sub, mul, div, pow, maximum, minimum, gt, ge, lt, le, eq, relu_grad, leaky_relu_grad, count_ };
+enum class Binary : int { add, sub, mul, div, pow, maximum, minimum, gt, ge, lt, le, eq, relu_grad, leaky_relu_grad, add_relu,
+                         count_ };
 enum class Reduce : int { sum, mean, max, min, argmax, sum_square, count_ };
 
 // K operands walked over one (coalesced) shape of at most kMaxDims dims; strides in elements.

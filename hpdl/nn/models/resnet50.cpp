@@ -38,7 +38,7 @@ Tensor Bottleneck::forward(const Tensor& x) {
   Tensor h = bn1->forward_relu(conv1->forward(x));
   h = bn2->forward_relu(conv2->forward(h));
   h = bn3->forward(conv3->forward(h));
-  return relu(add(h, downsample ? downsample->forward(x) : x));
+  return add_relu(h, downsample ? downsample->forward(x) : x);
 }
 
 namespace models {

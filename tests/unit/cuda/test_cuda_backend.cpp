@@ -203,7 +203,7 @@ TEST_F(CudaBackendTest, UnaryEveryOpContiguousAndStrided) {
 
 TEST_F(CudaBackendTest, BinaryEveryOpWithBroadcasting) {
   for (DType t : {DType::f32, DType::f64}) {
-    for (int o = 0; o <= static_cast<int>(BinaryOp::leaky_relu_grad); ++o) {
+    for (int o = 0; o <= static_cast<int>(BinaryOp::add_relu); ++o) {
       BinaryOp op = static_cast<BinaryOp>(o);
       bool positive = op == BinaryOp::pow;
       Tensor a = randt({4, 1, 5}, 30 + o, t, positive ? 0.1 : -2, 2);
@@ -241,7 +241,7 @@ TEST_F(CudaBackendTest, DenseOperandsTakeTheVectorPath) {
       gpu().unary(op, dev(x), got, 0.3);
       expect_close(down(got).to(ht), want, std::string("dense ") + unary_name(op) + " " + dtype_name(t), rtol, atol);
     }
-    for (int o = 0; o <= static_cast<int>(BinaryOp::leaky_relu_grad); ++o) {
+    for (int o = 0; o <= static_cast<int>(BinaryOp::add_relu); ++o) {
       BinaryOp op = static_cast<BinaryOp>(o);
       Tensor a = host({8, 64}, 120 + o, op == BinaryOp::pow ? 0.1 : -2, 2), b = host({8, 64}, 150 + o, -2, 2);
       Tensor want = host_out({8, 64}, ht), got = poisoned({8, 64}, t);
@@ -615,7 +615,7 @@ constexpr double kBfRtol = 1.2e-2, kBfAtol = 2e-2;
 
 TEST_F(CudaBackendTest, Bf16ElementwiseReduceAndMatmul) {
   Tensor a = bf16_rounded(randt({6, 5, 7}, 61)), b = bf16_rounded(randt({1, 5, 1}, 62));
-  for (BinaryOp op : {BinaryOp::add, BinaryOp::mul, BinaryOp::relu_grad}) {
+  for (BinaryOp op : {BinaryOp::add, BinaryOp::mul, BinaryOp::relu_grad, BinaryOp::add_relu}) {
     Tensor want = host_out(a.shape()), got = poisoned(a.shape(), DType::bf16);
     ref().binary(op, a, b, want, 0);
     gpu().binary(op, up_bf16(a), up_bf16(b), got, 0);

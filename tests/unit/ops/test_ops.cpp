@@ -12,6 +12,7 @@
 // drawn from [low, high]; `away_from` pushes them at least 0.1 from a kink.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -113,6 +114,9 @@ std::vector<OpCase> cases() {
   add({"tanh", {{2, 3}}, [](T x) { return tanh(x[0]); }, -2, 2, {}, 1e-6, 1e-6, 1e-4, {big}});
   add({"sigmoid", {{2, 3}}, [](T x) { return sigmoid(x[0]); }, -3, 3, {}, 1e-6, 1e-6, 1e-4, {big}});
   add({"relu", {{2, 3}}, [](T x) { return relu(x[0]); }, -1, 1, 0.0, 1e-6, 1e-6, 1e-4, {big}});
+  // The second operand is scaled so that the sums stay >= 0.09 away from the kink.
+  add({"add_relu", {{2, 3}, {2, 3}}, [](T x) { return add_relu(x[0], mul(x[1], 0.01)); }, -1, 1, 0.0});
+  add({"add_relu_broadcast", {{2, 3}, {3}}, [](T x) { return add_relu(x[0], mul(x[1], 0.01)); }, -1, 1, 0.0});
   add({"leaky_relu", {{2, 3}}, [](T x) { return leaky_relu(x[0], 0.1); }, -1, 1, 0.0, 1e-6, 1e-6, 1e-4, {big}});
   add({"gelu", {{2, 3}}, [](T x) { return gelu(x[0]); }, -3, 3, {}, 1e-6, 1e-6, 1e-4, {big}});
   add({"erf", {{2, 3}}, [](T x) { return erf(x[0]); }, -2, 2});
@@ -321,6 +325,21 @@ TEST(Ops, BatchNormReluEqualsReluOfBatchNorm) {
     }
     for (size_t k = 0; k < out[0].size(); ++k) EXPECT_EQ(out[0][k], out[1][k]) << "output " << k << " training " << training;
   }
+}
+
+// add_relu is relu(add(...)) bitwise, values and gradients of both operands (the residual blocks use it).
+TEST(Ops, AddReluEqualsReluOfAdd) {
+  Generator gen(6);
+  Tensor a = Tensor::randn({4, 3, 5, 5}, gen), b = Tensor::randn({4, 3, 5, 5}, gen), dy = Tensor::randn({4, 3, 5, 5}, gen);
+  std::vector<std::vector<double>> out[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    Tensor av = a.clone().set_requires_grad(), bv = b.clone().set_requires_grad();
+    Tensor y = fused ? add_relu(av, bv) : relu(hpdl::add(av, bv));
+    sum(mul(y, dy)).backward();
+    out[fused] = {y.to_vector<double>(), av.grad().to_vector<double>(), bv.grad().to_vector<double>()};
+  }
+  for (size_t k = 0; k < out[0].size(); ++k) EXPECT_EQ(out[0][k], out[1][k]) << "output " << k;
+  EXPECT_GT(std::count(out[1][0].begin(), out[1][0].end(), 0.0), 0) << "some sums must be clipped";
 }
 
 TEST(Ops, CrossEntropyMatchesHandComputedValue) {
