@@ -43,6 +43,31 @@ void Backend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Te
   batchnorm_backward(x, masked, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
 }
 
+void Backend::batchnorm_update_running(const Tensor& running_mean, const Tensor& running_var,
+                                       const Tensor& save_mean, const Tensor& save_invstd, double momentum,
+                                       double eps, int64_t M) {
+  Tensor v = Tensor::empty(save_invstd.shape(), save_invstd.dtype(), save_invstd.device());
+  unary(UnaryOp::square, save_invstd, v, 0);
+  unary(UnaryOp::reciprocal, v, v, 0);
+  unary(UnaryOp::add_scalar, v, v, -eps);
+  unary(UnaryOp::mul_scalar, v, v, static_cast<double>(M) / static_cast<double>(M - 1));
+  axpby(1.0 - momentum, running_mean, momentum, save_mean, running_mean);
+  axpby(1.0 - momentum, running_var, momentum, v, running_var);
+}
+
+void Backend::increment(const Tensor& counter) {
+  HPDL_CHECK(counter.dtype() == DType::i64 && counter.numel() == 1, "increment: the counter must be one int64, got {} {}",
+             dtype_name(counter.dtype()), shape_str(counter.shape()));
+  if (counter.device().is_cpu()) {
+    counter.data<int64_t>()[0] += 1;
+    return;
+  }
+  Tensor f = Tensor::empty(counter.shape(), DType::f64, counter.device());
+  copy(counter, f);
+  unary(UnaryOp::add_scalar, f, f, 1.0);
+  copy(f, counter);
+}
+
 Backend& reference_backend() {
   static cpu::ReferenceBackend b;
   return b;

@@ -145,6 +145,17 @@ class Backend {
                                        const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                        const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta);
 
+  // The running statistics after a training batch of M values per channel (all [C], contiguous):
+  // running_mean = (1 - momentum) running_mean + momentum save_mean, and running_var likewise with the
+  // unbiased batch variance (1 / save_invstd^2 - eps) M / (M - 1). The default composes unary and
+  // axpby (six kernels); a backend may do it in one.
+  virtual void batchnorm_update_running(const Tensor& running_mean, const Tensor& running_var,
+                                        const Tensor& save_mean, const Tensor& save_invstd, double momentum,
+                                        double eps, int64_t M);
+  // counter += 1 for an int64 scalar (a module's num_batches_tracked), without a host round trip
+  // for a device tensor.
+  virtual void increment(const Tensor& counter);
+
   // ---- layer normalization over the last axis: x [M, D], gamma/beta [D] ----
   virtual void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                  const Tensor& save_mean, const Tensor& save_invstd, double eps) = 0;

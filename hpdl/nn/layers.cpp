@@ -108,15 +108,8 @@ Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu) {
              : fuse_relu ? batch_norm_relu(x, weight, bias, running_mean, running_var, is_training(), momentum, eps)
                          : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
   if (synced && fuse_relu) y = relu(y);
-  if (is_training()) {
-    if (num_batches_tracked.device().is_cpu()) {
-      num_batches_tracked.fill_(num_batches_tracked.item() + 1);
-    } else {
-      // On a GPU, count on the device: item() would copy to the host and stall the stream every layer.
-      NoGradGuard ng;
-      num_batches_tracked.copy_(add(num_batches_tracked.to(DType::f64), 1.0));
-    }
-  }
+  // On a GPU the count stays on the device: item() would copy to the host and stall the stream every layer.
+  if (is_training()) backend_for(num_batches_tracked.device()).increment(num_batches_tracked);
   return y;
 }
 

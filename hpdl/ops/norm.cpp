@@ -107,12 +107,9 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   if (training && running_mean.defined()) {
     // running = (1 - momentum) * running + momentum * batch, with the unbiased
     // batch variance var * M / (M - 1), where var = 1/invstd^2 - eps.
-    NoGradGuard ng;
-    Tensor var_unbiased = mul(add(reciprocal(square(save_invstd)), -eps), static_cast<double>(M) / (M - 1));
     HPDL_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(),
                "batch_norm: running statistics must be contiguous");
-    be.axpby(1.0 - momentum, running_mean, momentum, save_mean, running_mean);
-    be.axpby(1.0 - momentum, running_var, momentum, var_unbiased, running_var);
+    be.batchnorm_update_running(running_mean, running_var, save_mean, save_invstd, momentum, eps, M);
   }
 
   if (needs_grad({&x, &gamma, &beta})) {

@@ -46,6 +46,9 @@ class CudaBackend : public Backend {
   void batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
                                const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) override;
+  void batchnorm_update_running(const Tensor& running_mean, const Tensor& running_var, const Tensor& save_mean,
+                                const Tensor& save_invstd, double momentum, double eps, int64_t M) override;
+  void increment(const Tensor& counter) override;
   void softmax_forward(const Tensor& x, const Tensor& y, int axis, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int axis, bool log) override;
 

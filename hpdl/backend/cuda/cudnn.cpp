@@ -468,9 +468,35 @@ void CudaBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y
   HPDL_CUDNN_CHECK(st);
 }
 
+namespace {
+// Max pooling backward of channels-last operands through the backend's two-pass gather (cuDNN's NHWC
+// max-pool backward took 1.0 ms of a ResNet-50 step at batch 128 on an H200); false when it does not apply.
+bool maxpool_backward_channels_last(PoolKind kind, const Tensor& x, const Tensor& dy, const Tensor& dx,
+                                    const Pool2dParams& p) {
+  if (kind != PoolKind::max || !nhwc(x) || !nhwc(dy) || !nhwc(dx) || p.kernel_h * p.kernel_w > 255) return false;
+  const Shape &xs = x.shape(), &ys = dy.shape();
+  const int64_t limit = INT32_MAX;
+  if (x.numel() >= limit || dy.numel() >= limit || p.stride_h >= limit || p.stride_w >= limit || p.pad_h >= limit ||
+      p.pad_w >= limit)
+    return false;
+  Tensor scratch = Tensor::empty({dy.numel()}, DType::u8, dx.device());
+  const kern::PoolGeom g{static_cast<int>(p.kernel_h), static_cast<int>(p.kernel_w), static_cast<int>(p.stride_h),
+                         static_cast<int>(p.stride_w), static_cast<int>(p.pad_h),    static_cast<int>(p.pad_w)};
+  const kern::Dt t = x.dtype() == DType::bf16 ? kern::Dt::bf16 : x.dtype() == DType::f64 ? kern::Dt::f64 : kern::Dt::f32;
+  HPDL_KERNEL_CHECK("max_pool2d_backward",
+                    kern::maxpool_backward_nhwc(t, x.raw_data(), dy.raw_data(), dx.raw_data(),
+                                                static_cast<uint8_t*>(scratch.raw_data()), static_cast<int>(xs[0]),
+                                                static_cast<int>(xs[2]), static_cast<int>(xs[3]),
+                                                static_cast<int>(xs[1]), static_cast<int>(ys[2]),
+                                                static_cast<int>(ys[3]), g, stream_for(dx.device())));
+  return true;
+}
+}  // namespace
+
 void CudaBackend::pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
                                   const Pool2dParams& p) {
   require_compute("pool2d_backward", x.dtype());
+  if (maxpool_backward_channels_last(kind, x, dy, dx, p)) return;
   if (pool_in_float(x)) {
     Tensor dxf = widened(dx);
     pool2d_backward(kind, widened(x), widened(y), widened(dy), dxf, p);
@@ -645,6 +671,28 @@ void CudaBackend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, cons
   if (x.dtype() != DType::bf16)
     return Backend::batchnorm_relu_backward(x, y, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta);
   bn_backward_bf16(x, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta);  // mask recomputed from x
+}
+
+void CudaBackend::batchnorm_update_running(const Tensor& running_mean, const Tensor& running_var,
+                                           const Tensor& save_mean, const Tensor& save_invstd, double momentum,
+                                           double eps, int64_t M) {
+  const DType t = running_mean.dtype();
+  const bool one_pass = (t == DType::f32 || t == DType::f64) && running_var.dtype() == t && save_mean.dtype() == t &&
+                        save_invstd.dtype() == t && running_mean.is_contiguous() && running_var.is_contiguous() &&
+                        save_mean.is_contiguous() && save_invstd.is_contiguous();
+  if (!one_pass)
+    return Backend::batchnorm_update_running(running_mean, running_var, save_mean, save_invstd, momentum, eps, M);
+  HPDL_KERNEL_CHECK("batchnorm running statistics",
+                    kern::bn_update_running(t == DType::f64 ? kern::Dt::f64 : kern::Dt::f32, running_mean.raw_data(),
+                                            running_var.raw_data(), save_mean.raw_data(), save_invstd.raw_data(),
+                                            running_mean.numel(), momentum, eps, M,
+                                            stream_for(running_mean.device())));
+}
+
+void CudaBackend::increment(const Tensor& counter) {
+  if (counter.dtype() != DType::i64 || counter.numel() != 1) return Backend::increment(counter);  // names the error
+  HPDL_KERNEL_CHECK("increment", kern::increment(static_cast<int64_t*>(counter.raw_data()),
+                                                 stream_for(counter.device())));
 }
 
 // ---------------------------------------------------------------- softmax

@@ -1247,6 +1247,115 @@ cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C,
   });
 }
 
+namespace {
+template <typename T>
+__global__ void bn_update_running_kernel(T* rm, T* rv, const T* mean, const T* invstd, int64_t C, double momentum,
+                                         double eps, double unbias) {
+  GRID_STRIDE(c, C) {
+    const double is = static_cast<double>(invstd[c]);
+    const double var = (1.0 / (is * is) - eps) * unbias;
+    rm[c] = static_cast<T>((1.0 - momentum) * static_cast<double>(rm[c]) + momentum * static_cast<double>(mean[c]));
+    rv[c] = static_cast<T>((1.0 - momentum) * static_cast<double>(rv[c]) + momentum * var);
+  }
+}
+
+__global__ void increment_kernel(int64_t* counter) { *counter += 1; }
+}  // namespace
+
+// ---------------------------------------------------------------- max pooling backward, channels-last
+// The reference's rule: each output's gradient goes to the first strict maximum of its window in
+// row-major window order. Pass 1 stores that position (0 .. KH*KW-1, or 255 for an empty window) per
+// output; pass 2 gathers, for each input, the gradients of the outputs whose window covers it and
+// chose it, in output order: no atomics, no zero fill, deterministic. x, dx [N, H, W, C] and
+// dy [N, P, Q, C] in memory; 32-bit indices (the caller checks the sizes).
+namespace {
+template <typename T>
+__global__ void maxpool_argmax_nhwc_kernel(const T* x, uint8_t* arg, int N, int H, int W, int C, int P, int Q,
+                                           PoolGeom g) {
+  const int64_t total = static_cast<int64_t>(N) * P * Q * C;
+  GRID_STRIDE(o, total) {
+    const int c = static_cast<int>(o % C);
+    int64_t r = o / C;
+    const int q = static_cast<int>(r % Q);
+    r /= Q;
+    const int pp = static_cast<int>(r % P), n = static_cast<int>(r / P);
+    const int h0 = pp * g.sh - g.ph, w0 = q * g.sw - g.pw;
+    int best = 255;
+    Compute<T> bv = 0;
+    for (int kh = 0; kh < g.kh; ++kh) {
+      const int h = h0 + kh;
+      if (h < 0 || h >= H) continue;
+      for (int kw = 0; kw < g.kw; ++kw) {
+        const int w = w0 + kw;
+        if (w < 0 || w >= W) continue;
+        const Compute<T> v = convert<Compute<T>>(x[((static_cast<int64_t>(n) * H + h) * W + w) * C + c]);
+        if (best == 255 || v > bv) bv = v, best = kh * g.kw + kw;
+      }
+    }
+    arg[o] = static_cast<uint8_t>(best);
+  }
+}
+
+template <typename T>
+__global__ void maxpool_gather_nhwc_kernel(const T* dy, const uint8_t* arg, T* dx, int N, int H, int W, int C, int P,
+                                           int Q, PoolGeom g) {
+  const int64_t total = static_cast<int64_t>(N) * H * W * C;
+  GRID_STRIDE(i, total) {
+    const int c = static_cast<int>(i % C);
+    int64_t r = i / C;
+    const int w = static_cast<int>(r % W);
+    r /= W;
+    const int h = static_cast<int>(r % H), n = static_cast<int>(r / H);
+    // Outputs pp with pp*sh - ph <= h < pp*sh - ph + kh, likewise q.
+    const int hp = h + g.ph, wp = w + g.pw;
+    const int p_lo = hp >= g.kh ? (hp - g.kh) / g.sh + 1 : 0, p_hi = min(P - 1, hp / g.sh);
+    const int q_lo = wp >= g.kw ? (wp - g.kw) / g.sw + 1 : 0, q_hi = min(Q - 1, wp / g.sw);
+    Compute<T> acc = 0;
+    for (int pp = p_lo; pp <= p_hi; ++pp)
+      for (int q = q_lo; q <= q_hi; ++q) {
+        const int64_t o = ((static_cast<int64_t>(n) * P + pp) * Q + q) * C + c;
+        const int a = arg[o];
+        if (a != 255 && pp * g.sh - g.ph + a / g.kw == h && q * g.sw - g.pw + a % g.kw == w)
+          acc += convert<Compute<T>>(dy[o]);
+      }
+    dx[i] = convert<T>(acc);
+  }
+}
+}  // namespace
+
+cudaError_t maxpool_backward_nhwc(Dt t, const void* x, const void* dy, void* dx, uint8_t* scratch, int N, int H,
+                                  int W, int C, int P, int Q, PoolGeom g, cudaStream_t s) {
+  if (g.kh * g.kw > 255) return cudaErrorInvalidValue;
+  return dispatch_compute(t, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t nout = static_cast<int64_t>(N) * P * Q * C, nin = static_cast<int64_t>(N) * H * W * C;
+    maxpool_argmax_nhwc_kernel<T><<<blocks_for(nout), kThreads, 0, s>>>(static_cast<const T*>(x), scratch, N, H, W,
+                                                                          C, P, Q, g);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    maxpool_gather_nhwc_kernel<T><<<blocks_for(nin), kThreads, 0, s>>>(static_cast<const T*>(dy), scratch,
+                                                                         static_cast<T*>(dx), N, H, W, C, P, Q, g);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t bn_update_running(Dt t, void* running_mean, void* running_var, const void* save_mean,
+                              const void* save_invstd, int64_t C, double momentum, double eps, int64_t M,
+                              cudaStream_t s) {
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    bn_update_running_kernel<T><<<blocks_for(C), kThreads, 0, s>>>(
+        static_cast<T*>(running_mean), static_cast<T*>(running_var), static_cast<const T*>(save_mean),
+        static_cast<const T*>(save_invstd), C, momentum, eps, static_cast<double>(M) / static_cast<double>(M - 1));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t increment(int64_t* counter, cudaStream_t s) {
+  increment_kernel<<<1, 1, 0, s>>>(counter);
+  return cudaGetLastError();
+}
+
 cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
                              const float* gamma, const float* beta, const float* mean, const float* var, double eps,
                              double* acc, cudaStream_t s) {

@@ -87,6 +87,22 @@ cudaError_t scatter_rows(Dt t, const void* src, const int64_t* index, void* out,
 cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu,
                              const float* gamma, const float* beta, float* mean, float* invstd, double eps,
                              double* acc, cudaStream_t s);
+// Max pooling backward for channels-last x, dx [N, H, W, C] and dy [N, P, Q, C] (float32, float64 or
+// bfloat16; sums in float32 for bfloat16): the reference's first-maximum rule, deterministic.
+// scratch: N*P*Q*C bytes of device memory. Every size and index must fit in 32 bits; kh*kw <= 255.
+struct PoolGeom {
+  int kh, kw, sh, sw, ph, pw;
+};
+cudaError_t maxpool_backward_nhwc(Dt t, const void* x, const void* dy, void* dx, uint8_t* scratch, int N, int H,
+                                  int W, int C, int P, int Q, PoolGeom g, cudaStream_t s);
+
+// Running statistics after a batch of M per channel, in double, rounded once (see
+// Backend::batchnorm_update_running): float32 or float64, all four [C].
+cudaError_t bn_update_running(Dt t, void* running_mean, void* running_var, const void* save_mean,
+                              const void* save_invstd, int64_t C, double momentum, double eps, int64_t M,
+                              cudaStream_t s);
+// *counter += 1 (one int64 on the device).
+cudaError_t increment(int64_t* counter, cudaStream_t s);
 cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc,
                              const float* gamma, const float* beta, const float* mean, const float* var, double eps,
                              double* acc, cudaStream_t s);

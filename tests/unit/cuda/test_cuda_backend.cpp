@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "hpdl/backend/backend.h"
 #include "hpdl/backend/cuda/cuda.h"
@@ -484,6 +485,25 @@ TEST_F(CudaBackendTest, BatchnormTrainInferBackward) {
   }
 }
 
+// The one-pass running-statistics update (double inside, rounded once) against the reference's six
+// kernels, and the device-side counter of num_batches_tracked.
+TEST_F(CudaBackendTest, BatchnormRunningStatisticsAndCounter) {
+  for (DType t : {DType::f32, DType::f64}) {
+    Tensor rm = randt({7}, 101, t), rv = randt({7}, 102, t, 0.5, 2);
+    Tensor mean = randt({7}, 103, t), invstd = randt({7}, 104, t, 0.5, 2);
+    Tensor grm = up(rm), grv = up(rv);
+    ref().batchnorm_update_running(rm, rv, mean, invstd, 0.1, 1e-5, 50);
+    gpu().batchnorm_update_running(grm, grv, up(mean), up(invstd), 0.1, 1e-5, 50);
+    expect_close(grm, rm, std::string("running mean ") + dtype_name(t));
+    expect_close(grv, rv, std::string("running var ") + dtype_name(t));
+  }
+  Tensor counter = up(Tensor::full({}, 41, DType::i64));
+  gpu().increment(counter);
+  gpu().increment(counter);
+  EXPECT_EQ(down(counter).item(), 43);
+  EXPECT_THROW(gpu().increment(up(Tensor::zeros({2}, DType::i64))), Error);
+}
+
 TEST_F(CudaBackendTest, LayernormForwardBackward) {
   for (DType t : {DType::f32, DType::f64}) {
     for (Shape s : {Shape{37, 300}, Shape{5, 8}, Shape{2, 3, 1000}}) {
@@ -738,6 +758,37 @@ Tensor poisoned_channels_last(const Shape& s, DType t) {
   Tensor o = Tensor::empty_channels_last(s, t, kGPU);
   gpu().fill(o, NAN);
   return o;
+}
+
+// Channels-last max pooling backward (the backend's gather kernels): the gradient goes to the first
+// maximum of each window, as the reference; values quantized to quarters so that windows hold ties.
+TEST_F(CudaBackendTest, ChannelsLastMaxPoolBackwardFirstMaximum) {
+  for (DType t : {DType::f32, DType::bf16, DType::f64}) {
+    for (auto [k, st, pad] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{3, 2, 1}, {2, 2, 0}, {3, 1, 1}}) {
+      Pool2dParams pp;
+      pp.kernel_h = pp.kernel_w = k, pp.stride_h = pp.stride_w = st, pp.pad_h = pp.pad_w = pad;
+      const int64_t N = 3, C = 16, H = 9, W = 8;
+      const int64_t P = (H + 2 * pad - k) / st + 1, Q = (W + 2 * pad - k) / st + 1;
+      const std::string name = fmt::format("channels-last max pool {}x{} stride {} pad {} {}", k, k, st, pad,
+                                           dtype_name(t));
+      Tensor x = randt({N, C, H, W}, 111, DType::f64, -2, 2);
+      std::vector<double> xv = x.to_vector<double>();
+      for (double& v : xv) v = std::round(v * 4) / 4;  // many ties
+      x = Tensor::from_vector(xv, {N, C, H, W}).to(DType::f32);
+      Tensor dy = bf16_rounded(randt({N, C, P, Q}, 112));
+      const DType rt = t == DType::f64 ? DType::f64 : DType::f32;
+      Tensor xr = x.to(rt), dyr = dy.to(rt);
+      Tensor y = host_out({N, C, P, Q}, rt), want = host_out(x.shape(), rt);
+      ref().pool2d_forward(PoolKind::max, xr, y, pp);
+      ref().pool2d_backward(PoolKind::max, xr, y, dyr, want, pp);
+      Tensor gx = up_channels_last(x, t), gy = poisoned_channels_last({N, C, P, Q}, t);
+      gpu().pool2d_forward(PoolKind::max, gx, gy, pp);
+      Tensor got = poisoned_channels_last(x.shape(), t);
+      gpu().pool2d_backward(PoolKind::max, gx, gy, up_channels_last(dy, t), got, pp);
+      const double tol = t == DType::bf16 ? kBfRtol : 1e-6;
+      expect_close(down(got.contiguous()).to(rt), want, name, tol, tol);
+    }
+  }
 }
 
 TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
