@@ -199,10 +199,10 @@ const char* dir_name(ConvDir dir) {
   return dir == ConvDir::fwd ? "fwd" : dir == ConvDir::bwd_data ? "bwd_data" : "bwd_filter";
 }
 
-// Whether the engine of `cfg` may run this convolution: for float32 with TF32 off, no tensor-core
-// or down-converting engine (their results differ from the reference beyond float32 rounding).
+// Whether the engine of `cfg` may run this convolution: not one compiled at run time (NVRTC: seconds per
+// shape on first use; the legacy API does not take them either), and for float32 with TF32 off no
+// tensor-core or down-converting engine (their results differ from the reference beyond float32 rounding).
 bool engine_allowed(cudnnBackendDescriptor_t cfg, DType t) {
-  if (t != DType::f32 || allow_tf32()) return true;
   Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
   if (!engine.ok()) return false;
   cudnnBackendDescriptor_t raw = engine.get();
@@ -211,8 +211,16 @@ bool engine_allowed(cudnnBackendDescriptor_t cfg, DType t) {
           CUDNN_STATUS_SUCCESS ||
       n != 1)
     return false;
-  std::array<cudnnBackendNumericalNote_t, CUDNN_NUMERICAL_NOTE_TYPE_COUNT> notes{};
+  std::array<cudnnBackendBehaviorNote_t, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT> behavior{};
   int64_t count = 0;
+  if (cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                               static_cast<int64_t>(behavior.size()), &count, behavior.data()) != CUDNN_STATUS_SUCCESS)
+    return false;
+  for (int64_t i = 0; i < count; ++i)
+    if (behavior[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) return false;
+  if (t != DType::f32 || allow_tf32()) return true;
+  std::array<cudnnBackendNumericalNote_t, CUDNN_NUMERICAL_NOTE_TYPE_COUNT> notes{};
+  count = 0;
   if (cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
                                static_cast<int64_t>(notes.size()), &count, notes.data()) != CUDNN_STATUS_SUCCESS)
     return false;
@@ -223,7 +231,7 @@ bool engine_allowed(cudnnBackendDescriptor_t cfg, DType t) {
 }
 
 struct Plan {
-  cudnnBackendDescriptor_t plan = nullptr;  // null: no engine could run it (use the legacy API)
+  cudnnBackendDescriptor_t plan = nullptr;  // null: no engine could run it (use the legacy API); never freed
   int64_t workspace = 0;
 };
 
@@ -286,6 +294,9 @@ Plan build_plan(cudnnHandle_t h, ConvDir dir, const std::array<Operand, 3>& ops,
             CUDNN_STATUS_SUCCESS ||
         ws < 0 || ws > kMaxWorkspace)
       continue;
+    // The plan and everything it was built from stay alive with the process: the backend API does not
+    // say whether a finalized plan still refers to its engine configuration or graph.
+    for (Desc* d : {&xd, &wd, &yd, &cd, &op, &graph, &heur, &cfgs[i]}) d->release();
     return Plan{plan.release(), ws};
   }
   return {};
