@@ -68,6 +68,15 @@ void Backend::increment(const Tensor& counter) {
   copy(f, counter);
 }
 
+void Backend::optimizer_update_many(const OptimizerUpdate& u, const std::vector<UpdateSlot>& slots) {
+  for (const UpdateSlot& s : slots) {
+    OptimizerUpdate one = u;
+    one.weight_decay = s.weight_decay;
+    one.step = s.step;
+    optimizer_update(one, s.param, s.grad, s.buf1, s.buf2);
+  }
+}
+
 Backend& reference_backend() {
   static cpu::ReferenceBackend b;
   return b;

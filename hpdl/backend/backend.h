@@ -75,6 +75,14 @@ struct OptimizerUpdate {
   bool decoupled_decay = false;  // AdamW-style decay: p -= lr * wd * p
 };
 
+// One parameter's share of a grouped optimizer update (Backend::optimizer_update_many): its tensors
+// (as optimizer_update takes them) and what differs from parameter to parameter.
+struct UpdateSlot {
+  Tensor param, grad, buf1, buf2;
+  double weight_decay = 0;
+  int64_t step = 1;
+};
+
 enum class OpKind : uint8_t {
   fill, copy, random, unary, binary, reduce, matmul, conv2d, pool2d, adaptive_avg_pool2d, batchnorm,
   layernorm, softmax, gather, optimizer
@@ -180,6 +188,9 @@ class Backend {
   // sgd: buf1 = momentum buffer (may be undefined when momentum == 0); adamw: buf1 = m, buf2 = v.
   virtual void optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad,
                                 const Tensor& buf1, const Tensor& buf2) = 0;
+  // The update u over many parameters, slot i with its own weight_decay and step: one optimizer step.
+  // The default calls optimizer_update per slot; a backend may launch one kernel for many of them.
+  virtual void optimizer_update_many(const OptimizerUpdate& u, const std::vector<UpdateSlot>& slots);
 };
 
 // The reference backend (always available, CPU).

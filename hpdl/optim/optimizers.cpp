@@ -1,5 +1,6 @@
-// SGD, AdamW, LARS and LAMB steps. SGD and AdamW are a single fused
-// Backend::optimizer_update per parameter. LARS computes its layer-wise rate
+// SGD, AdamW, LARS and LAMB steps. SGD and AdamW are one fused
+// Backend::optimizer_update_many over all parameters of a backend (on a GPU a
+// kernel per 32 parameters). LARS computes its layer-wise rate
 // from two norms, then reuses the fused SGD-momentum update. LAMB needs the
 // norm of the full update before applying it, so it is written with ops.
 #include "hpdl/optim/optimizers.h"
@@ -21,6 +22,24 @@ Backend& update_backend(const Tensor& p) {
              dtype_name(p.dtype()));
   return reference_backend();
 }
+
+// Slots gathered per backend, then one optimizer_update_many each (one or a few kernels on a GPU
+// instead of one per parameter).
+class SlotGroups {
+ public:
+  void add(const Tensor& param, UpdateSlot slot) {
+    Backend* b = &update_backend(param);
+    for (auto& [backend, slots] : groups_)
+      if (backend == b) return slots.push_back(std::move(slot));
+    groups_.push_back({b, {std::move(slot)}});
+  }
+  void run(const OptimizerUpdate& u) {
+    for (auto& [backend, slots] : groups_) backend->optimizer_update_many(u, slots);
+  }
+
+ private:
+  std::vector<std::pair<Backend*, std::vector<UpdateSlot>>> groups_;
+};
 
 void check_range(bool ok, const char* opt, const char* what, double v) {
   HPDL_CHECK(ok, "{}: invalid option {} = {}", opt, what, v);
@@ -48,20 +67,22 @@ SGD::SGD(std::vector<ParamSpec> params, const SGDOptions& o) : Optimizer(std::mo
 void SGD::step() {
   NoGradGuard no_grad;
   count_step();
+  OptimizerUpdate u;
+  u.kind = OptimizerUpdate::Kind::sgd;
+  u.lr = lr_;
+  u.momentum = options.momentum;
+  u.dampening = options.dampening;
+  u.nesterov = options.nesterov;
+  SlotGroups groups;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor g = grad_of(i);
     if (!g.defined()) continue;
-    OptimizerUpdate u;
-    u.kind = OptimizerUpdate::Kind::sgd;
-    u.lr = lr_;
-    u.momentum = options.momentum;
-    u.dampening = options.dampening;
-    u.nesterov = options.nesterov;
-    u.weight_decay = params_[i].no_weight_decay ? 0.0 : options.weight_decay;
-    u.step = ++state_[i].step;
     Tensor buf = options.momentum != 0 ? buffer(i, "momentum_buffer") : Tensor();
-    update_backend(params_[i].param).optimizer_update(u, params_[i].param, g, buf, Tensor());
+    groups.add(params_[i].param, UpdateSlot{params_[i].param, g, buf, Tensor(),
+                                            params_[i].no_weight_decay ? 0.0 : options.weight_decay,
+                                            ++state_[i].step});
   }
+  groups.run(u);
 }
 
 // ---------------------------------------------------------------- AdamW
@@ -76,22 +97,23 @@ AdamW::AdamW(std::vector<ParamSpec> params, const AdamWOptions& o) : Optimizer(s
 void AdamW::step() {
   NoGradGuard no_grad;
   count_step();
+  OptimizerUpdate u;
+  u.kind = OptimizerUpdate::Kind::adamw;
+  u.lr = lr_;
+  u.beta1 = options.beta1;
+  u.beta2 = options.beta2;
+  u.eps = options.eps;
+  u.decoupled_decay = true;
+  SlotGroups groups;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor g = grad_of(i);
     if (!g.defined()) continue;
-    OptimizerUpdate u;
-    u.kind = OptimizerUpdate::Kind::adamw;
-    u.lr = lr_;
-    u.beta1 = options.beta1;
-    u.beta2 = options.beta2;
-    u.eps = options.eps;
-    u.weight_decay = params_[i].no_weight_decay ? 0.0 : options.weight_decay;
-    u.decoupled_decay = true;
-    u.step = ++state_[i].step;
-    Tensor& m = buffer(i, "exp_avg");
-    Tensor& v = buffer(i, "exp_avg_sq");
-    update_backend(params_[i].param).optimizer_update(u, params_[i].param, g, m, v);
+    Tensor m = buffer(i, "exp_avg"), v = buffer(i, "exp_avg_sq");
+    groups.add(params_[i].param, UpdateSlot{params_[i].param, g, m, v,
+                                            params_[i].no_weight_decay ? 0.0 : options.weight_decay,
+                                            ++state_[i].step});
   }
+  groups.run(u);
 }
 
 // ---------------------------------------------------------------- LARS

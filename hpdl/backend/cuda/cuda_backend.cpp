@@ -505,20 +505,62 @@ void CudaBackend::scatter_rows(const Tensor& src, const Tensor& index, const Ten
 
 // ---------------------------------------------------------------- optimizers
 
-void CudaBackend::optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad,
-                                   const Tensor& buf1, const Tensor& buf2) {
+namespace {
+kern::Optim optim_of(const OptimizerUpdate& u) {
+  kern::Optim k;
+  k.adamw = u.kind == OptimizerUpdate::Kind::adamw;
+  k.lr = u.lr, k.momentum = u.momentum, k.dampening = u.dampening, k.weight_decay = u.weight_decay;
+  k.nesterov = u.nesterov, k.beta1 = u.beta1, k.beta2 = u.beta2, k.eps = u.eps, k.step = u.step;
+  k.scale = u.scale, k.decoupled_decay = u.decoupled_decay;
+  return k;
+}
+
+void check_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad, const Tensor& buf1,
+                  const Tensor& buf2) {
   require_float("optimizer_update", param.dtype());
   HPDL_CHECK(param.is_contiguous() && grad.is_contiguous(), "optimizer_update: param and grad must be contiguous");
   const bool adamw = u.kind == OptimizerUpdate::Kind::adamw;
   HPDL_CHECK(!adamw || (buf1.defined() && buf2.defined()), "optimizer_update: adamw needs both moment buffers");
+}
+}  // namespace
+
+// Slots of one dtype and device, 32 per launch (the kernel's argument limit); anything mixed goes
+// through the per-parameter default.
+void CudaBackend::optimizer_update_many(const OptimizerUpdate& u, const std::vector<UpdateSlot>& slots) {
+  if (slots.empty()) return;
+  const DType t = slots[0].param.dtype();
+  const Device d = slots[0].param.device();
+  for (const UpdateSlot& s : slots) {
+    check_update(u, s.param, s.grad, s.buf1, s.buf2);
+    if (s.param.dtype() != t || s.param.device() != d) return Backend::optimizer_update_many(u, slots);
+  }
+  const kern::Optim k = optim_of(u);
+  kern::OptimSlots batch;
+  auto flush = [&] {
+    HPDL_KERNEL_CHECK("optimizer_update_many", kern::optimizer_update_many(dt(t), k, batch, stream_for(d)));
+    batch.count = 0;
+  };
+  for (const UpdateSlot& s : slots) {
+    if (s.param.numel() == 0) continue;
+    kern::OptimSlot& o = batch.s[batch.count++];
+    o.p = s.param.raw_data();
+    o.g = s.grad.raw_data();
+    o.buf1 = s.buf1.defined() ? s.buf1.raw_data() : nullptr;
+    o.buf2 = s.buf2.defined() ? s.buf2.raw_data() : nullptr;
+    o.n = s.param.numel();
+    o.weight_decay = s.weight_decay;
+    o.step = s.step;
+    if (batch.count == kern::kMaxSlots) flush();
+  }
+  if (batch.count > 0) flush();
+}
+
+void CudaBackend::optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad,
+                                   const Tensor& buf1, const Tensor& buf2) {
+  check_update(u, param, grad, buf1, buf2);
   if (param.numel() == 0) return;
-  kern::Optim k;
-  k.adamw = adamw;
-  k.lr = u.lr, k.momentum = u.momentum, k.dampening = u.dampening, k.weight_decay = u.weight_decay;
-  k.nesterov = u.nesterov, k.beta1 = u.beta1, k.beta2 = u.beta2, k.eps = u.eps, k.step = u.step;
-  k.scale = u.scale, k.decoupled_decay = u.decoupled_decay;
   HPDL_KERNEL_CHECK("optimizer_update",
-                    kern::optimizer_update(dt(param.dtype()), k, param.raw_data(), grad.raw_data(),
+                    kern::optimizer_update(dt(param.dtype()), optim_of(u), param.raw_data(), grad.raw_data(),
                                            buf1.defined() ? buf1.raw_data() : nullptr,
                                            buf2.defined() ? buf2.raw_data() : nullptr, param.numel(),
                                            stream_for(param.device())));

@@ -65,6 +65,7 @@ class CudaBackend : public Backend {
 
   void optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad, const Tensor& buf1,
                         const Tensor& buf2) override;
+  void optimizer_update_many(const OptimizerUpdate& u, const std::vector<UpdateSlot>& slots) override;
 
  private:
   // The mixed-precision (bfloat16) batch-norm kernels, with or without a fused ReLU.

@@ -603,38 +603,67 @@ __global__ void scatter_rows_kernel(const T* src, const int64_t* index, T* out, 
 // ---------------------------------------------------------------- optimizers
 // The formulas of ReferenceBackend::optimizer_update, in double per element.
 
+// One element of each update; weight_decay and step come in separately (they differ between the
+// parameters of a grouped update).
+template <typename T>
+__device__ inline void sgd_element(const Optim& u, double weight_decay, int64_t step_no, T* p, const T* g, T* buf,
+                                   int64_t i) {
+  const double lr = u.lr * u.scale;
+  double gi = g[i];
+  if (u.decoupled_decay) {
+    p[i] = static_cast<T>(p[i] - u.lr * weight_decay * p[i]);
+  } else {
+    gi += weight_decay * p[i];
+  }
+  double step = gi;
+  if (buf && u.momentum != 0) {
+    double b = step_no <= 1 ? gi : u.momentum * buf[i] + (1 - u.dampening) * gi;
+    buf[i] = static_cast<T>(b);
+    step = u.nesterov ? gi + u.momentum * b : b;
+  }
+  p[i] = static_cast<T>(p[i] - lr * step);
+}
+
+template <typename T>
+__device__ inline void adamw_element(const Optim& u, double weight_decay, T* p, const T* g, T* m, T* v, int64_t i,
+                                     double bc1, double bc2) {
+  const double lr = u.lr * u.scale;
+  double gi = g[i];
+  double pi = p[i] * (1 - u.lr * weight_decay);
+  double mi = u.beta1 * m[i] + (1 - u.beta1) * gi;
+  double vi = u.beta2 * v[i] + (1 - u.beta2) * gi * gi;
+  m[i] = static_cast<T>(mi);
+  v[i] = static_cast<T>(vi);
+  p[i] = static_cast<T>(pi - lr * (mi / bc1) / (sqrt(vi / bc2) + u.eps));
+}
+
 template <typename T>
 __global__ void sgd_kernel(Optim u, T* p, const T* g, T* buf, int64_t n) {
-  const double lr = u.lr * u.scale;
-  const bool first = u.step <= 1;
-  GRID_STRIDE(i, n) {
-    double gi = g[i];
-    if (u.decoupled_decay) {
-      p[i] = static_cast<T>(p[i] - u.lr * u.weight_decay * p[i]);
-    } else {
-      gi += u.weight_decay * p[i];
-    }
-    double step = gi;
-    if (buf && u.momentum != 0) {
-      double b = first ? gi : u.momentum * buf[i] + (1 - u.dampening) * gi;
-      buf[i] = static_cast<T>(b);
-      step = u.nesterov ? gi + u.momentum * b : b;
-    }
-    p[i] = static_cast<T>(p[i] - lr * step);
-  }
+  GRID_STRIDE(i, n) sgd_element(u, u.weight_decay, u.step, p, g, buf, i);
 }
 
 template <typename T>
 __global__ void adamw_kernel(Optim u, T* p, const T* g, T* m, T* v, int64_t n, double bc1, double bc2) {
-  const double lr = u.lr * u.scale;
-  GRID_STRIDE(i, n) {
-    double gi = g[i];
-    double pi = p[i] * (1 - u.lr * u.weight_decay);
-    double mi = u.beta1 * m[i] + (1 - u.beta1) * gi;
-    double vi = u.beta2 * v[i] + (1 - u.beta2) * gi * gi;
-    m[i] = static_cast<T>(mi);
-    v[i] = static_cast<T>(vi);
-    p[i] = static_cast<T>(pi - lr * (mi / bc1) / (sqrt(vi / bc2) + u.eps));
+  GRID_STRIDE(i, n) adamw_element(u, u.weight_decay, p, g, m, v, i, bc1, bc2);
+}
+
+// Up to kMaxSlots parameters in one launch (their pointers travel as a kernel argument): every
+// thread walks each slot's elements with the grid's stride.
+template <typename T>
+__global__ void optimizer_many_kernel(Optim u, OptimSlots slots) {
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int k = 0; k < slots.count; ++k) {
+    const OptimSlot& s = slots.s[k];
+    T* p = static_cast<T*>(s.p);
+    const T* g = static_cast<const T*>(s.g);
+    T *b1 = static_cast<T*>(s.buf1), *b2 = static_cast<T*>(s.buf2);
+    for (int64_t i = first; i < s.n; i += stride) {
+      if (u.adamw)
+        adamw_element(u, s.weight_decay, p, g, b1, b2, i, s.bc1, s.bc2);
+      else
+        sgd_element(u, s.weight_decay, s.step, p, g, b1, i);
+    }
   }
 }
 
@@ -871,6 +900,22 @@ cudaError_t optimizer_update(Dt t, const Optim& u, void* p, const void* g, void*
       adamw_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(u, static_cast<T*>(p), static_cast<const T*>(g),
                                                           static_cast<T*>(buf1), static_cast<T*>(buf2), n, bc1, bc2);
     }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t optimizer_update_many(Dt t, const Optim& u, OptimSlots& slots, cudaStream_t s) {
+  if (slots.count <= 0) return cudaSuccess;
+  int64_t largest = 0;
+  for (int k = 0; k < slots.count; ++k) {
+    OptimSlot& o = slots.s[k];
+    largest = o.n > largest ? o.n : largest;
+    o.bc1 = 1 - std::pow(u.beta1, static_cast<double>(o.step));
+    o.bc2 = 1 - std::pow(u.beta2, static_cast<double>(o.step));
+  }
+  return dispatch_float(t, [&](auto tag) {
+    using T = decltype(tag);
+    optimizer_many_kernel<T><<<blocks_for(largest), kThreads, 0, s>>>(u, slots);
     return cudaGetLastError();
   });
 }

@@ -124,5 +124,23 @@ struct Optim {
 // p, g, buf1, buf2 contiguous of n elements; buf1 may be null for SGD without momentum.
 cudaError_t optimizer_update(Dt t, const Optim& u, void* p, const void* g, void* buf1, void* buf2, int64_t n,
                              cudaStream_t s);
+// Many parameters of one dtype in one launch, each with its own weight decay and step (u's are
+// ignored); bc1/bc2 are filled in by the launcher. 32 slots of 72 bytes stay well inside the 4 KB
+// of kernel arguments.
+struct OptimSlot {
+  void* p = nullptr;
+  const void* g = nullptr;
+  void *buf1 = nullptr, *buf2 = nullptr;
+  int64_t n = 0;
+  double weight_decay = 0;
+  int64_t step = 1;
+  double bc1 = 0, bc2 = 0;
+};
+constexpr int kMaxSlots = 32;
+struct OptimSlots {
+  OptimSlot s[kMaxSlots];
+  int count = 0;
+};
+cudaError_t optimizer_update_many(Dt t, const Optim& u, OptimSlots& slots, cudaStream_t s);
 
 }  // namespace hpdl::cuda::kern

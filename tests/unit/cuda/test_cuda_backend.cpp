@@ -624,6 +624,37 @@ TEST_F(CudaBackendTest, OptimizerUpdatesSgdAndAdamw) {
   }
 }
 
+// The grouped update (32 parameters per launch): 41 parameters of sizes 0 to 5000, each with its own
+// weight decay and step, against the reference's per-parameter update.
+TEST_F(CudaBackendTest, OptimizerUpdateManyMatchesPerParameterUpdates) {
+  for (DType t : {DType::f32, DType::f64}) {
+    OptimizerUpdate sgd;
+    sgd.lr = 0.1, sgd.momentum = 0.9, sgd.nesterov = true;
+    OptimizerUpdate adamw;
+    adamw.kind = OptimizerUpdate::Kind::adamw, adamw.lr = 1e-3, adamw.decoupled_decay = true;
+    for (const OptimizerUpdate& u : {sgd, adamw}) {
+      std::vector<UpdateSlot> host, dev;
+      for (int i = 0; i < 41; ++i) {
+        const int64_t n = (i * 977) % 5001;  // includes 0
+        Tensor p = randt({n}, 200 + i, t), g = randt({n}, 300 + i, t), m = randt({n}, 400 + i, t);
+        Tensor v = randt({n}, 500 + i, t, 0, 1);
+        const double wd = i % 3 == 0 ? 0.0 : 1e-2 * i;
+        const int64_t step = 1 + i % 4;  // the first step of SGD momentum copies the gradient
+        host.push_back(UpdateSlot{p.clone(), g, m.clone(), v.clone(), wd, step});
+        dev.push_back(UpdateSlot{up(p), up(g), up(m), up(v), wd, step});
+      }
+      ref().optimizer_update_many(u, host);
+      gpu().optimizer_update_many(u, dev);
+      const char* kind = u.kind == OptimizerUpdate::Kind::adamw ? "adamw" : "sgd";
+      for (size_t i = 0; i < host.size(); ++i) {
+        expect_close(dev[i].param, host[i].param, fmt::format("{} many: param {} {}", kind, i, dtype_name(t)));
+        expect_close(dev[i].buf1, host[i].buf1, fmt::format("{} many: buf1 {} {}", kind, i, dtype_name(t)));
+        expect_close(dev[i].buf2, host[i].buf2, fmt::format("{} many: buf2 {} {}", kind, i, dtype_name(t)));
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- bfloat16 (autocast)
 // The reference computes in float32 on inputs already rounded to bfloat16, so the only
 // differences left are the GPU's bfloat16 output rounding (2^-9 relative) and summation order.
