@@ -30,52 +30,59 @@ cudnnDataType_t rnn_type(DType t) { return t == DType::f64 ? CUDNN_DATA_DOUBLE :
 class RnnDescs {
  public:
   RnnDescs(const RnnParams& p, DType dtype, Device dev) : p_(p), dtype_(dtype), dev_(dev) {
-    HPDL_CHECK(dtype == DType::f32 || dtype == DType::f64, "cuda backend: rnn supports float32 and float64, got {}",
-               dtype_name(dtype));
-    handle = cudnn_for(dev);
-    const cudnnDataType_t dt = rnn_type(dtype);
-    // No dropout: cuDNN draws nothing, so the descriptor needs no state buffer.
-    HPDL_CUDNN_CHECK(cudnnCreateDropoutDescriptor(&dropout));
-    HPDL_CUDNN_CHECK(cudnnSetDropoutDescriptor(dropout, handle, 0.0f, nullptr, 0, 0));
-    const cudnnMathType_t math = dtype == DType::f32 && !allow_tf32() ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
-    HPDL_CUDNN_CHECK(cudnnCreateRNNDescriptor(&rnn));
-    HPDL_CUDNN_CHECK(cudnnSetRNNDescriptor_v8(
-        rnn, CUDNN_RNN_ALGO_STANDARD, p.mode == RnnMode::lstm ? CUDNN_LSTM : CUDNN_GRU, CUDNN_RNN_DOUBLE_BIAS,
-        p.bidirectional ? CUDNN_BIDIRECTIONAL : CUDNN_UNIDIRECTIONAL, CUDNN_LINEAR_INPUT, dt, dt, math,
-        rnn_int(p.input_size, "input_size"), rnn_int(p.hidden_size, "hidden_size"),
-        rnn_int(p.hidden_size, "projection size"), rnn_int(p.num_layers, "num_layers"), dropout,
-        CUDNN_RNN_PADDED_IO_DISABLED));
+    // A failed call leaves the descriptors made so far to destroy().
+    try {
+      HPDL_CHECK(dtype == DType::f32 || dtype == DType::f64, "cuda backend: rnn supports float32 and float64, got {}",
+                 dtype_name(dtype));
+      handle = cudnn_for(dev);
+      const cudnnDataType_t dt = rnn_type(dtype);
+      // No dropout: cuDNN draws nothing, so the descriptor needs no state buffer.
+      HPDL_CUDNN_CHECK(cudnnCreateDropoutDescriptor(&dropout));
+      HPDL_CUDNN_CHECK(cudnnSetDropoutDescriptor(dropout, handle, 0.0f, nullptr, 0, 0));
+      const cudnnMathType_t math = dtype == DType::f32 && !allow_tf32() ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+      HPDL_CUDNN_CHECK(cudnnCreateRNNDescriptor(&rnn));
+      HPDL_CUDNN_CHECK(cudnnSetRNNDescriptor_v8(
+          rnn, CUDNN_RNN_ALGO_STANDARD, p.mode == RnnMode::lstm ? CUDNN_LSTM : CUDNN_GRU, CUDNN_RNN_DOUBLE_BIAS,
+          p.bidirectional ? CUDNN_BIDIRECTIONAL : CUDNN_UNIDIRECTIONAL, CUDNN_LINEAR_INPUT, dt, dt, math,
+          rnn_int(p.input_size, "input_size"), rnn_int(p.hidden_size, "hidden_size"),
+          rnn_int(p.hidden_size, "projection size"), rnn_int(p.num_layers, "num_layers"), dropout,
+          CUDNN_RNN_PADDED_IO_DISABLED));
 
-    const int T = rnn_int(p.seq_len, "sequence length"), N = rnn_int(p.batch, "batch");
-    std::vector<int> lengths(N, T);
-    HPDL_CUDNN_CHECK(cudnnCreateRNNDataDescriptor(&x));
-    HPDL_CUDNN_CHECK(cudnnSetRNNDataDescriptor(x, dt, CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, T, N,
-                                               rnn_int(p.input_size, "input_size"), lengths.data(), nullptr));
-    HPDL_CUDNN_CHECK(cudnnCreateRNNDataDescriptor(&y));
-    HPDL_CUDNN_CHECK(cudnnSetRNNDataDescriptor(y, dt, CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, T, N,
-                                               rnn_int(p.hidden_size * p.dirs(), "output size"), lengths.data(),
-                                               nullptr));
-    const int dims[3] = {rnn_int(p.num_layers * p.dirs(), "layers * directions"), N,
-                         rnn_int(p.hidden_size, "hidden_size")};
-    const int strides[3] = {dims[1] * dims[2], dims[2], 1};
-    HPDL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&state));
-    HPDL_CUDNN_CHECK(cudnnSetTensorNdDescriptor(state, dt, 3, dims, strides));
+      const int T = rnn_int(p.seq_len, "sequence length"), N = rnn_int(p.batch, "batch");
+      std::vector<int> lengths(N, T);
+      HPDL_CUDNN_CHECK(cudnnCreateRNNDataDescriptor(&x));
+      HPDL_CUDNN_CHECK(cudnnSetRNNDataDescriptor(x, dt, CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, T, N,
+                                                 rnn_int(p.input_size, "input_size"), lengths.data(), nullptr));
+      HPDL_CUDNN_CHECK(cudnnCreateRNNDataDescriptor(&y));
+      HPDL_CUDNN_CHECK(cudnnSetRNNDataDescriptor(y, dt, CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, T, N,
+                                                 rnn_int(p.hidden_size * p.dirs(), "output size"), lengths.data(),
+                                                 nullptr));
+      const int dims[3] = {rnn_int(p.num_layers * p.dirs(), "layers * directions"), N,
+                           rnn_int(p.hidden_size, "hidden_size")};
+      const int strides[3] = {dims[1] * dims[2], dims[2], 1};
+      HPDL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&state));
+      HPDL_CUDNN_CHECK(cudnnSetTensorNdDescriptor(state, dt, 3, dims, strides));
 
-    HPDL_CUDNN_CHECK(cudnnGetRNNWeightSpaceSize(handle, rnn, &weight_bytes));
-    HPDL_CUDNN_CHECK(
-        cudnnGetRNNTempSpaceSizes(handle, rnn, CUDNN_FWD_MODE_TRAINING, x, &work_bytes, &reserve_bytes));
-    // The kernels read the sequence lengths from device memory.
-    Tensor host_lengths = Tensor::empty({p.batch}, DType::i32);
-    std::fill_n(host_lengths.data<int32_t>(), N, T);
-    seq_lengths = Tensor::empty({p.batch}, DType::i32, dev);
-    seq_lengths.copy_(host_lengths);
+      HPDL_CUDNN_CHECK(cudnnGetRNNWeightSpaceSize(handle, rnn, &weight_bytes));
+      HPDL_CUDNN_CHECK(
+          cudnnGetRNNTempSpaceSizes(handle, rnn, CUDNN_FWD_MODE_TRAINING, x, &work_bytes, &reserve_bytes));
+      // The kernels read the sequence lengths from device memory.
+      Tensor host_lengths = Tensor::empty({p.batch}, DType::i32);
+      std::fill_n(host_lengths.data<int32_t>(), N, T);
+      seq_lengths = Tensor::empty({p.batch}, DType::i32, dev);
+      seq_lengths.copy_(host_lengths);
+    } catch (...) {
+      destroy();
+      throw;
+    }
   }
-  ~RnnDescs() {
-    if (state) cudnnDestroyTensorDescriptor(state);
-    if (y) cudnnDestroyRNNDataDescriptor(y);
-    if (x) cudnnDestroyRNNDataDescriptor(x);
-    if (rnn) cudnnDestroyRNNDescriptor(rnn);
-    if (dropout) cudnnDestroyDropoutDescriptor(dropout);
+  ~RnnDescs() { destroy(); }
+  void destroy() {
+    if (state) cudnnDestroyTensorDescriptor(state), state = nullptr;
+    if (y) cudnnDestroyRNNDataDescriptor(y), y = nullptr;
+    if (x) cudnnDestroyRNNDataDescriptor(x), x = nullptr;
+    if (rnn) cudnnDestroyRNNDescriptor(rnn), rnn = nullptr;
+    if (dropout) cudnnDestroyDropoutDescriptor(dropout), dropout = nullptr;
   }
   RnnDescs(const RnnDescs&) = delete;
   RnnDescs& operator=(const RnnDescs&) = delete;
