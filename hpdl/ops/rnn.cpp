@@ -36,6 +36,12 @@ RnnResult rnn_impl(RnnMode mode, const Tensor& x_in, const std::vector<Tensor>& 
   const bool lstm = mode == RnnMode::lstm;
   const char* op = lstm ? "lstm" : "gru";
   detail::check_defined(x_in, op, "input");
+  if (x_in.dtype() == DType::bf16) {
+    // bfloat16 activations (autocast): the recurrence runs in float32, the weights' dtype
+    // (converted copies are differentiable, so gradients still reach x, h0 and c0).
+    auto widen = [](const Tensor& t) { return t.defined() && t.dtype() == DType::bf16 ? t.to(DType::f32) : t; };
+    return rnn_impl(mode, widen(x_in), weights, widen(h0), widen(c0), o);
+  }
   HPDL_CHECK(x_in.dtype() == DType::f32 || x_in.dtype() == DType::f64,
              "{}: unsupported dtype {} (expected float32 or float64; convert with .to(DType::f32))", op,
              dtype_name(x_in.dtype()));

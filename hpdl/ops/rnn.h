@@ -27,7 +27,8 @@ struct RnnResult {
   Tensor c_n;     // [L * dirs, N, H]: the final cell state (LSTM; undefined for GRU)
 };
 
-// x [T, N, I] (or [N, T, I] with batch_first), float32 or float64.
+// x [T, N, I] (or [N, T, I] with batch_first), float32 or float64; bfloat16 input (autocast
+// activations) and states are widened to float32 and the result is float32.
 // weights: 4 per (layer, direction) in the order l0, l0_reverse, l1, ...:
 //   w_ih [4H, I or H*dirs], w_hh [4H, H], b_ih [4H], b_hh [4H]   (rows: i, f, g, o)
 // H is read from w_hh. h0, c0: [L * dirs, N, H] or undefined (zeros); never batch-first.

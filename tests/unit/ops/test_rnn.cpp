@@ -297,6 +297,22 @@ TEST(Rnn, BackwardIsFirstOrderOnlyAndSaysSo) {
   }
 }
 
+// bfloat16 activations (what autocast produces) run in float32: the same as widening first,
+// and the gradient reaches the bfloat16 input.
+TEST(Rnn, BFloat16InputRunsInFloat32) {
+  Config c{"gru", false, 4, 3, 5, 6, 2, true};
+  auto in = make_inputs(c, DType::f32, 3);
+  std::vector<Tensor> w(in.begin() + 2, in.end());
+  Tensor xb = in[0].detach().to(DType::bf16).set_requires_grad();
+  RnnResult r = gru(xb, w, Tensor(), {2, true});
+  EXPECT_EQ(r.output.dtype(), DType::f32);
+  RnnResult ref = gru(xb.detach().to(DType::f32), w, Tensor(), {2, true});
+  EXPECT_EQ(r.output.to_vector<float>(), ref.output.to_vector<float>());
+  sum(r.output).backward();
+  ASSERT_TRUE(xb.grad().defined());
+  EXPECT_EQ(xb.grad().dtype(), DType::bf16);
+}
+
 // ---- errors name what is wrong ----
 
 std::string error_of(const std::function<void()>& f) {
