@@ -96,3 +96,33 @@ ScopedCpuBackend::ScopedCpuBackend(Backend& b) : previous_(t_cpu_override) { t_c
 ScopedCpuBackend::~ScopedCpuBackend() { t_cpu_override = previous_; }
 
 }  // namespace hpdl
+
+// ---- recurrent networks: a backend without them says so ----
+
+namespace hpdl {
+namespace {
+[[noreturn]] void rnn_unsupported(const Backend& b, const char* method) {
+  HPDL_FAIL("backend {} does not implement {} (LSTM/GRU); run the model on another device", b.name(), method);
+}
+}  // namespace
+
+int64_t Backend::rnn_reserve_size(const RnnParams&, const Tensor&) { rnn_unsupported(*this, "rnn_reserve_size"); }
+
+void Backend::rnn_forward_train(const RnnParams&, const Tensor&, const Tensor&, const Tensor&,
+                                const std::vector<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&) {
+  rnn_unsupported(*this, "rnn_forward_train");
+}
+
+void Backend::rnn_backward_data(const RnnParams&, const Tensor&, const Tensor&, const Tensor&,
+                                const std::vector<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  rnn_unsupported(*this, "rnn_backward_data");
+}
+
+void Backend::rnn_backward_weights(const RnnParams&, const Tensor&, const Tensor&, const std::vector<Tensor>&,
+                                   const Tensor&, const Tensor&, const std::vector<Tensor>&) {
+  rnn_unsupported(*this, "rnn_backward_weights");
+}
+
+}  // namespace hpdl

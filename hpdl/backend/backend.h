@@ -85,7 +85,39 @@ struct UpdateSlot {
 
 enum class OpKind : uint8_t {
   fill, copy, random, unary, binary, reduce, matmul, conv2d, pool2d, adaptive_avg_pool2d, batchnorm,
-  layernorm, softmax, gather, optimizer
+  layernorm, softmax, gather, optimizer, rnn
+};
+
+// ---- recurrent networks (rnn_* methods of Backend) ----
+// A stack of LSTM or GRU layers run over a whole, time-major sequence. Gate
+// order and weight layout follow PyTorch (and match cuDNN's linear-layer ids):
+// per (layer l, direction d) four tensors, in the order l0, l0_reverse, l1, ...
+//   w_ih [G*H, in_l]  w_hh [G*H, H]  b_ih [G*H]  b_hh [G*H]
+// with G = 4 gates i, f, g, o (LSTM) or G = 3 gates r, z, n (GRU), in_0 = I and
+// in_l = H * dirs above. Equations (sigma the logistic function, * elementwise):
+//   LSTM  i = sigma(W_ii x + b_ii + W_hi h + b_hi)   f = sigma(W_if x + b_if + W_hf h + b_hf)
+//         g = tanh(W_ig x + b_ig + W_hg h + b_hg)    o = sigma(W_io x + b_io + W_ho h + b_ho)
+//         c' = f * c + i * g                         h' = o * tanh(c')
+//   GRU   r = sigma(W_ir x + b_ir + W_hr h + b_hr)   z = sigma(W_iz x + b_iz + W_hz h + b_hz)
+//         n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+//         h' = (1 - z) * n + z * h
+// The reverse direction runs the same cell from t = T-1 down to 0. Layer l > 0
+// reads layer l-1's output [T, N, H * dirs] (forward half first).
+enum class RnnMode : uint8_t { lstm, gru };
+
+struct RnnParams {
+  RnnMode mode = RnnMode::lstm;
+  int64_t seq_len = 0;      // T
+  int64_t batch = 0;        // N
+  int64_t input_size = 0;   // I
+  int64_t hidden_size = 0;  // H
+  int64_t num_layers = 1;   // L
+  bool bidirectional = false;
+  int64_t dirs() const { return bidirectional ? 2 : 1; }
+  int64_t gates() const { return mode == RnnMode::lstm ? 4 : 3; }
+  int64_t layer_input(int64_t layer) const { return layer == 0 ? input_size : hidden_size * dirs(); }
+  // Number of weight tensors: 4 per (layer, direction).
+  int64_t num_weights() const { return 4 * num_layers * dirs(); }
 };
 
 class Backend {
@@ -191,6 +223,29 @@ class Backend {
   // The update u over many parameters, slot i with its own weight_decay and step: one optimizer step.
   // The default calls optimizer_update per slot; a backend may launch one kernel for many of them.
   virtual void optimizer_update_many(const OptimizerUpdate& u, const std::vector<UpdateSlot>& slots);
+
+  // ---- recurrent networks: LSTM / GRU stacks over a sequence (see RnnParams above) ----
+  // Shapes (all contiguous, one dtype): x [T, N, I], hx and cx [L*dirs, N, H] (cx: LSTM only,
+  // undefined for GRU), y [T, N, H*dirs], hy and cy like hx and cx, weights and dweights as
+  // described at RnnParams (p.num_weights() tensors). `reserve` is a 1-D tensor of
+  // rnn_reserve_size(p, x) elements of x's dtype that holds what backward needs; its
+  // contents are the backend's own. The three calls of one step share the reserve and run in
+  // order: forward, backward_data (which may update the reserve), backward_weights.
+  // The defaults throw "not supported" naming the backend; ops check supports(OpKind::rnn).
+  virtual int64_t rnn_reserve_size(const RnnParams& p, const Tensor& x);
+  virtual void rnn_forward_train(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                                 const std::vector<Tensor>& weights, const Tensor& y, const Tensor& hy,
+                                 const Tensor& cy, const Tensor& reserve);
+  // dy [T, N, H*dirs], dhy and dcy like hy and cy (zeros when no gradient reached them) ->
+  // dx, dhx, dcx (written).
+  virtual void rnn_backward_data(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                                 const std::vector<Tensor>& weights, const Tensor& y, const Tensor& dy,
+                                 const Tensor& dhy, const Tensor& dcy, const Tensor& reserve, const Tensor& dx,
+                                 const Tensor& dhx, const Tensor& dcx);
+  // dweights (written, not accumulated): the gradients of the weights, same shapes and order.
+  virtual void rnn_backward_weights(const RnnParams& p, const Tensor& x, const Tensor& hx,
+                                    const std::vector<Tensor>& weights, const Tensor& y, const Tensor& reserve,
+                                    const std::vector<Tensor>& dweights);
 };
 
 // The reference backend (always available, CPU).

@@ -5,3 +5,4 @@
 #include "hpdl/nn/init.h"
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/module.h"
+#include "hpdl/nn/rnn.h"

@@ -11,4 +11,5 @@
 #include "hpdl/ops/norm.h"
 #include "hpdl/ops/pool.h"
 #include "hpdl/ops/reduce.h"
+#include "hpdl/ops/rnn.h"
 #include "hpdl/ops/shape.h"

@@ -312,7 +312,7 @@ void validate(const Config& c, const std::string& src) {
   HPDL_CHECK(d.dataset != "store" || !d.store.empty(), "{}: data.dataset = 'store' needs data.store (a packed store path)", src);
 
   const auto& m = c.model;
-  check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "alexnet_bn", "custom"});
+  check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "alexnet_bn", "lstm", "gru", "custom"});
   positive("model.num_classes", static_cast<double>(m.num_classes));
   positive("model.in_channels", static_cast<double>(m.in_channels));
   for (auto h : m.hidden) positive("model.hidden", static_cast<double>(h));

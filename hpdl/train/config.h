@@ -46,10 +46,10 @@ struct DataConfig {
 };
 
 struct ModelConfig {
-  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | alexnet_bn | custom
+  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | alexnet_bn | lstm | gru | custom
   int64_t num_classes = 10;
   int64_t in_channels = 1;
-  std::vector<int64_t> hidden{256, 128};  // mlp hidden widths
+  std::vector<int64_t> hidden{256, 128};  // mlp hidden widths; lstm/gru: one size per layer
   std::vector<LayerSpec> layers;          // custom
 };
 

@@ -161,6 +161,22 @@ train_custom_model)
   "$hpdl" train bad.toml --set train.max_steps=1 >out 2>err && fail "a last layer of 7 outputs for 10 classes was accepted"
   grep -q "num_classes" err || fail "error does not explain the class count: $(cat err)"
   ;;
+lstm_np2_resume)
+  # The zoo's LSTM (a recurrent layer, parameters registered like any layer's) trains data
+  # parallel with identical replicas, resumes from its checkpoint on one rank, and evaluates.
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/lstm.toml" \
+    --set 'model.hidden=[32]' --set data.workers=1 --set data.batch_size=32 --set train.seed=7 --set train.log_every=5 \
+    --set train.checkpoint_every_steps=5 --set train.max_steps=10 --set train.run_dir=run >log 2>&1 \
+    || fail "mpirun failed: $(tail -5 log)"
+  grep -q "training lstm" log || fail "not the lstm model: $(head -2 log)"
+  grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
+  "$hpdl" train --resume run --set train.max_steps=15 --set train.threads=1 >resume.log 2>&1 \
+    || fail "resume failed: $(tail -3 resume.log)"
+  grep -q "resumed from" resume.log || fail "resume did not report its checkpoint"
+  ls run/checkpoints/step-0000000015.safetensors >/dev/null || fail "no checkpoint after the resumed steps"
+  "$hpdl" eval --checkpoint run >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  grep -q "test accuracy" eval.txt || fail "eval printed no accuracy: $(cat eval.txt)"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"

@@ -49,6 +49,19 @@ class OneDnnBackend : public ReferenceBackend {
   void softmax_forward(const Tensor& x, const Tensor& y, int axis, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx, int axis, bool log) override;
 
+  // rnn.cpp: LSTM / GRU stacks in float32 as GEMMs (dnnl_sgemm): one for the input projection
+  // of all timesteps, one per step for the recurrent part; float64 from the reference
+  int64_t rnn_reserve_size(const RnnParams& p, const Tensor& x) override;
+  void rnn_forward_train(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                         const std::vector<Tensor>& weights, const Tensor& y, const Tensor& hy, const Tensor& cy,
+                         const Tensor& reserve) override;
+  void rnn_backward_data(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                         const std::vector<Tensor>& weights, const Tensor& y, const Tensor& dy, const Tensor& dhy,
+                         const Tensor& dcy, const Tensor& reserve, const Tensor& dx, const Tensor& dhx,
+                         const Tensor& dcx) override;
+  void rnn_backward_weights(const RnnParams& p, const Tensor& x, const Tensor& hx, const std::vector<Tensor>& weights,
+                            const Tensor& y, const Tensor& reserve, const std::vector<Tensor>& dweights) override;
+
   struct Impl;  // primitive cache (onednn.cpp)
 
  private:

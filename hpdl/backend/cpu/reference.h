@@ -57,6 +57,18 @@ class ReferenceBackend : public Backend {
 
   void optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad, const Tensor& buf1,
                         const Tensor& buf2) override;
+
+  // rnn.cpp: LSTM / GRU stacks, one (n, unit) at a time, sums in double
+  int64_t rnn_reserve_size(const RnnParams& p, const Tensor& x) override;
+  void rnn_forward_train(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                         const std::vector<Tensor>& weights, const Tensor& y, const Tensor& hy, const Tensor& cy,
+                         const Tensor& reserve) override;
+  void rnn_backward_data(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                         const std::vector<Tensor>& weights, const Tensor& y, const Tensor& dy, const Tensor& dhy,
+                         const Tensor& dcy, const Tensor& reserve, const Tensor& dx, const Tensor& dhx,
+                         const Tensor& dcx) override;
+  void rnn_backward_weights(const RnnParams& p, const Tensor& x, const Tensor& hx, const std::vector<Tensor>& weights,
+                            const Tensor& y, const Tensor& reserve, const std::vector<Tensor>& dweights) override;
 };
 
 }  // namespace hpdl::cpu

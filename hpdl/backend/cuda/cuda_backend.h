@@ -67,6 +67,19 @@ class CudaBackend : public Backend {
                         const Tensor& buf2) override;
   void optimizer_update_many(const OptimizerUpdate& u, const std::vector<UpdateSlot>& slots) override;
 
+  // rnn.cpp: LSTM / GRU stacks through cuDNN 9's RNN API (cudnnRNNForward, cudnnRNNBackwardData_v8,
+  // cudnnRNNBackwardWeights_v8); the weights are packed into cuDNN's weight space every call.
+  int64_t rnn_reserve_size(const RnnParams& p, const Tensor& x) override;
+  void rnn_forward_train(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                         const std::vector<Tensor>& weights, const Tensor& y, const Tensor& hy, const Tensor& cy,
+                         const Tensor& reserve) override;
+  void rnn_backward_data(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
+                         const std::vector<Tensor>& weights, const Tensor& y, const Tensor& dy, const Tensor& dhy,
+                         const Tensor& dcy, const Tensor& reserve, const Tensor& dx, const Tensor& dhx,
+                         const Tensor& dcx) override;
+  void rnn_backward_weights(const RnnParams& p, const Tensor& x, const Tensor& hx, const std::vector<Tensor>& weights,
+                            const Tensor& y, const Tensor& reserve, const std::vector<Tensor>& dweights) override;
+
  private:
   // The mixed-precision (bfloat16) batch-norm kernels, with or without a fused ReLU.
   void bn_train_bf16(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,

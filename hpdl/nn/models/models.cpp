@@ -9,6 +9,7 @@
 #include "hpdl/nn/blocks.h"
 #include "hpdl/nn/init.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/nn/rnn.h"
 
 namespace hpdl::nn::models {
 
@@ -157,7 +158,56 @@ ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height, i
   return net;
 }
 
-std::vector<std::string> model_names() { return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn"}; }
+namespace {
+
+// Rows of an image (or a given sequence) -> RNN -> last layer's final hidden state -> Linear.
+class RnnClassifier : public Module {
+ public:
+  RnnClassifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers, int64_t classes,
+                Generator& gen)
+      : in_features_(in_features), num_layers_(num_layers) {
+    RnnOptions o;
+    o.num_layers = num_layers;
+    o.batch_first = true;
+    if (cell == "lstm")
+      rnn_ = register_module("rnn", std::make_shared<LSTM>(in_features, hidden, o, gen));
+    else
+      rnn_ = register_module("rnn", std::make_shared<GRU>(in_features, hidden, o, gen));
+    fc_ = register_module("fc", std::make_shared<Linear>(hidden, classes, true, gen));
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor seq = x;
+    if (x.ndim() == 4)  // [N, C, H, W] -> [N, H, C*W]: one row per timestep
+      seq = x.permute({0, 2, 1, 3}).reshape({x.dim(0), x.dim(2), x.dim(1) * x.dim(3)});
+    HPDL_CHECK(seq.ndim() == 3 && seq.dim(2) == in_features_,
+               "{}_classifier: input {} must be [N, C, H, W] with C*W = {} or [N, T, {}]", rnn_->type_name(),
+               shape_str(x.shape()), in_features_, in_features_);
+    Tensor h_n = rnn_->forward_state(seq).h_n;  // [L, N, H]
+    return fc_->forward(h_n.select(0, num_layers_ - 1));
+  }
+  std::string type_name() const override { return "RnnClassifier"; }
+
+ private:
+  int64_t in_features_, num_layers_;
+  std::shared_ptr<RNNBase> rnn_;
+  std::shared_ptr<Linear> fc_;
+};
+
+}  // namespace
+
+ModulePtr rnn_classifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers,
+                         int64_t num_classes, uint64_t seed) {
+  check_common(cell.c_str(), in_features, num_classes);
+  HPDL_CHECK(cell == "lstm" || cell == "gru", "rnn_classifier: cell must be \"lstm\" or \"gru\", got \"{}\"", cell);
+  HPDL_CHECK(hidden > 0 && num_layers > 0, "{}: hidden size ({}) and number of layers ({}) must be > 0", cell, hidden,
+             num_layers);
+  Generator gen(seed);
+  return std::make_shared<RnnClassifier>(cell, in_features, hidden, num_layers, num_classes, gen);
+}
+
+std::vector<std::string> model_names() {
+  return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "lstm", "gru"};
+}
 
 ModulePtr make_model(const std::string& name, const ModelConfig& c) {
   HPDL_CHECK(c.height > 0 && c.width > 0, "make_model({}): height and width must be > 0, got {}x{}", name, c.height,
@@ -171,6 +221,13 @@ ModulePtr make_model(const std::string& name, const ModelConfig& c) {
   if (name == "resnet50") return resnet50(c.in_channels, c.num_classes, c.height, c.width, c.seed);
   if (name == "alexnet_bn")
     return alexnet_bn(c.in_channels, c.num_classes, c.height, c.width, c.dropout >= 0 ? c.dropout : 0.5, c.seed);
+  if (name == "lstm" || name == "gru") {
+    HPDL_CHECK(!c.hidden.empty() && std::all_of(c.hidden.begin(), c.hidden.end(), [&](int64_t h) { return h == c.hidden[0]; }),
+               "make_model({}): model.hidden must list one size per layer, all equal (e.g. [128]), got {} sizes", name,
+               c.hidden.size());
+    return rnn_classifier(name, c.in_channels * c.width, c.hidden[0], static_cast<int64_t>(c.hidden.size()),
+                          c.num_classes, c.seed);
+  }
   std::string known;
   for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
   HPDL_FAIL("unknown model '{}' (known: {})", name, known);

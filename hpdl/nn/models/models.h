@@ -58,10 +58,19 @@ ModulePtr resnet18(int64_t in_channels, int64_t num_classes, int64_t height = 22
 ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height = 32, int64_t width = 32,
                      double dropout = 0.5, uint64_t seed = 0);
 
+// A recurrent sequence classifier for images read row by row: x [N, C, H, W]
+// becomes H timesteps of C*W features (or x [N, T, F] is used as it is), a
+// stack of LSTM (cell = "lstm") or GRU ("gru") layers of `hidden` units runs
+// over them, and the last layer's final hidden state goes through a Linear to
+// the classes. Fashion-MNIST rows: T = 28, 28 features. Submodules "rnn" and "fc".
+ModulePtr rnn_classifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers,
+                         int64_t num_classes, uint64_t seed = 0);
+
 // The names make_model knows, in order.
 std::vector<std::string> model_names();
 // Builds a model by name ("mlp", "lenet5", "resnet20", "resnet18",
-// "resnet50" (nn/models/resnet50.h), "alexnet_bn"); throws for an unknown name listing the known ones, and for a
+// "resnet50" (nn/models/resnet50.h), "alexnet_bn", "lstm", "gru"; for the
+// recurrent ones `hidden` gives one size per layer, all equal, e.g. [128]); throws for an unknown name listing the known ones, and for a
 // config the model cannot take (naming the field).
 ModulePtr make_model(const std::string& name, const ModelConfig& config);
 
