@@ -121,6 +121,10 @@ const T* c_before(const Layout& L, const T* c_ld, const T* cx0, int64_t d, int64
 
 // ------------------------------------------------------------------ reference
 
+// Reference loops fork threads only for enough multiply-adds: a parallel region per time step on a
+// tiny sequence costs more than its work (gradchecks ran 100x slower on a loaded 2-core machine).
+constexpr int64_t kRefParallelWork = 1 << 15;
+
 template <typename T>
 void ref_forward(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
                  const std::vector<Tensor>& w, const Tensor& y, const Tensor& hy, const Tensor& cy,
@@ -143,7 +147,7 @@ void ref_forward(const RnnParams& p, const Tensor& x, const Tensor& hx, const Te
         int64_t hs;
         const T* hp = h_before(Lo, yl, h0, d, t, hs);
         const T* cp = Lo.lstm ? c_before(Lo, cs, c0, d, t) : nullptr;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * H * (in + H) >= kRefParallelWork)
         for (int64_t n = 0; n < N; ++n) {
           for (int64_t j = 0; j < H; ++j) {
             const T* xv = xin + (t * N + n) * in;
@@ -304,7 +308,7 @@ void ref_backward_weights(const RnnParams& p, const Tensor& x, const Tensor& hx,
       const T* h0 = ptr<T>(hx) + (l * D + d) * N * H;
       const T* dgx = Lo.dgx(r, l, d);
       const T* dgh = Lo.dgh(r, l, d);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (G * H * T_ * N * (in + H) >= kRefParallelWork)
       for (int64_t row = 0; row < G * H; ++row) {
         std::vector<double> si(in, 0.0), sh(H, 0.0);
         double bi = 0, bh = 0;
