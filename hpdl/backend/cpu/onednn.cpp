@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -662,9 +663,17 @@ void bn_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, 
 
 // With xhat = (x - mean) invstd, g = dy (masked by y > 0 when kRelu):
 // dbeta = sum g, dgamma = sum g xhat, dx = gamma invstd / M (M g - dbeta - xhat dgamma),
-// applied as dx = a g + b x + c0 per channel. The sums run in kLanes fixed
-// float lanes (a vector register's worth, summed in a fixed order) and every
-// product-sum is a madd, so the fused and the unfused backward are bitwise equal.
+// applied as dx = a g + b x + c0 per channel. The sums run in explicit 8-float
+// vectors (the mask a blend, never an if-converted conditional sum), the tail
+// and the lanes in a fixed order, and dx is written with madd, so the fused and
+// the unfused backward round alike: bitwise equal results.
+using V8 = float __attribute__((vector_size(32)));  // GCC/Clang vector extension: one AVX register
+inline V8 load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 template <bool kRelu>
 void bn_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& gamma, const Tensor& save_mean,
                  const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) {
@@ -682,19 +691,21 @@ void bn_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const Tenso
       for (int64_t o = 0; o < sp.outer; ++o) {
         const float *xp = sp.plane(X, o, c), *gp = sp.plane(DY, o, c);
         const float* yp = kRelu ? sp.plane(RY, o, c) : nullptr;
-        auto grad = [&](int64_t i) { return kRelu ? (yp[i] > 0.0f ? gp[i] : 0.0f) : gp[i]; };
         for (int64_t b = 0; b < sp.inner; b += 4096) {  // float partials over at most 4096 values
           const int64_t e = std::min(sp.inner, b + 4096);
-          float a1[kLanes] = {}, a2[kLanes] = {};
+          V8 v1 = {}, v2 = {};
+          const V8 vmean = V8{} + mean;
           int64_t i = b;
-          for (; i + kLanes <= e; i += kLanes)
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const float g = grad(i + l);
-              a1[l] += g;
-              a2[l] = madd(g, xp[i + l] - mean, a2[l]);
-            }
+          for (; i + kLanes <= e; i += kLanes) {
+            V8 g = load8(gp + i);
+            if constexpr (kRelu) g = load8(yp + i) > 0.0f ? g : V8{};
+            v1 += g;
+            v2 += g * (load8(xp + i) - vmean);
+          }
+          float a1[kLanes], a2[kLanes];
+          std::memcpy(a1, &v1, sizeof a1), std::memcpy(a2, &v2, sizeof a2);
           for (int64_t l = 0; i < e; ++i, ++l) {
-            const float g = grad(i);
+            const float g = kRelu ? (yp[i] > 0.0f ? gp[i] : 0.0f) : gp[i];
             a1[l] += g;
             a2[l] = madd(g, xp[i] - mean, a2[l]);
           }
@@ -712,7 +723,8 @@ void bn_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const Tenso
         float* dp = sp.plane(DX, o, c);
 #pragma omp simd
         for (int64_t i = 0; i < sp.inner; ++i) {
-          const float g = kRelu ? (yp[i] > 0.0f ? gp[i] : 0.0f) : gp[i];
+          const float gv = gp[i];
+          const float g = kRelu ? (yp[i] > 0.0f ? gv : 0.0f) : gv;
           dp[i] = madd(a, g, madd(bx, xp[i], c0));
         }
       }
