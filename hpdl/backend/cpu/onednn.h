@@ -1,7 +1,9 @@
 // OneDnnBackend: the fast CPU backend. oneDNN primitives (convolution,
 // pooling, batch/layer normalization, matmul, eltwise, softmax) for float32,
-// cached per shape; everything else (float64, non-contiguous operands, shapes
-// oneDNN cannot express) from the inherited reference kernels.
+// cached per shape; hand-written vector loops where oneDNN has only scalar
+// kernels for plain layouts (tiled pooling, NCHW batch norm); everything else
+// (float64, non-contiguous operands, shapes oneDNN cannot express) from the
+// inherited reference kernels.
 #pragma once
 
 #include "hpdl/backend/cpu/reference.h"
@@ -40,6 +42,12 @@ class OneDnnBackend : public ReferenceBackend {
   void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
                           const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
                           const Tensor& dbeta) override;
+  // ReLU fused into the batch-norm passes: y is clamped as it is written; backward masks dy by y > 0 as it reads it.
+  void batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                                    const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
+  void batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
+                               const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx,
+                               const Tensor& dgamma, const Tensor& dbeta) override;
   void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                          const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
   void layernorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& save_mean,
