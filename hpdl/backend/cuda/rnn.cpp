@@ -10,6 +10,10 @@
 // on the input, 4-7 on the recurrent state; GRU 0-2 = r, z, n, 3-5 recurrent;
 // each matrix is [H, in] row-major, as a gate's block of rows of w_ih / w_hh.
 #include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "hpdl/backend/cuda/common.h"
@@ -163,6 +167,21 @@ class RnnDescs {
   Device dev_;
 };
 
+// The descriptors of one shape, built on first use and kept for the process (a training loop calls the
+// same shapes every step: no descriptor setup, weight-space queries or synchronous upload of the sequence
+// lengths per call). Never destroyed: at exit the cuDNN handles and the allocator may already be gone.
+const RnnDescs& descs_for(const RnnParams& p, DType t, Device dev) {
+  static std::mutex mu;
+  static auto* cache = new std::map<std::string, std::unique_ptr<RnnDescs>>();
+  const std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", static_cast<int>(p.mode), p.seq_len, p.batch,
+                                      p.input_size, p.hidden_size, p.num_layers, p.bidirectional, dtype_name(t),
+                                      dev.index, allow_tf32());
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(key);
+  if (it == cache->end()) it = cache->emplace(key, std::make_unique<RnnDescs>(p, t, dev)).first;
+  return *it->second;
+}
+
 void* mut(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
 
 void check_reserve(const RnnDescs& d, const Tensor& reserve) {
@@ -174,7 +193,7 @@ void check_reserve(const RnnDescs& d, const Tensor& reserve) {
 }  // namespace
 
 int64_t CudaBackend::rnn_reserve_size(const RnnParams& p, const Tensor& x) {
-  RnnDescs d(p, x.dtype(), x.device());
+  const RnnDescs& d = descs_for(p, x.dtype(), x.device());
   const size_t es = dtype_size(x.dtype());
   return static_cast<int64_t>((d.reserve_bytes + es - 1) / es);
 }
@@ -182,7 +201,7 @@ int64_t CudaBackend::rnn_reserve_size(const RnnParams& p, const Tensor& x) {
 void CudaBackend::rnn_forward_train(const RnnParams& p, const Tensor& x, const Tensor& hx, const Tensor& cx,
                                     const std::vector<Tensor>& weights, const Tensor& y, const Tensor& hy,
                                     const Tensor& cy, const Tensor& reserve) {
-  RnnDescs d(p, x.dtype(), x.device());
+  const RnnDescs& d = descs_for(p, x.dtype(), x.device());
   check_reserve(d, reserve);
   Tensor wspace = d.buffer(d.weight_bytes), work = d.buffer(d.work_bytes);
   d.transfer(wspace, weights, true);
@@ -196,7 +215,7 @@ void CudaBackend::rnn_backward_data(const RnnParams& p, const Tensor& x, const T
                                     const std::vector<Tensor>& weights, const Tensor& y, const Tensor& dy,
                                     const Tensor& dhy, const Tensor& dcy, const Tensor& reserve, const Tensor& dx,
                                     const Tensor& dhx, const Tensor& dcx) {
-  RnnDescs d(p, x.dtype(), x.device());
+  const RnnDescs& d = descs_for(p, x.dtype(), x.device());
   check_reserve(d, reserve);
   Tensor wspace = d.buffer(d.weight_bytes), work = d.buffer(d.work_bytes);
   d.transfer(wspace, weights, true);
@@ -210,7 +229,7 @@ void CudaBackend::rnn_backward_data(const RnnParams& p, const Tensor& x, const T
 void CudaBackend::rnn_backward_weights(const RnnParams& p, const Tensor& x, const Tensor& hx,
                                        const std::vector<Tensor>&, const Tensor& y, const Tensor& reserve,
                                        const std::vector<Tensor>& dweights) {
-  RnnDescs d(p, x.dtype(), x.device());
+  const RnnDescs& d = descs_for(p, x.dtype(), x.device());
   check_reserve(d, reserve);
   Tensor dspace = d.buffer(d.weight_bytes), work = d.buffer(d.work_bytes);
   // cuDNN 9 only adds into the gradient buffer (CUDNN_WGRAD_MODE_ADD): start from zeros.
