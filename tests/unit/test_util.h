@@ -1,9 +1,11 @@
-// Helpers shared by the unit tests that touch files: a fresh per-process
-// scratch directory, whole-file text I/O, and the text of an hpdl::Error.
+// Helpers shared by the unit tests: a fresh per-process scratch directory,
+// whole-file text I/O, the text of an hpdl::Error, and the names of an RNN op's inputs.
 #pragma once
 
 #include <unistd.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -40,6 +42,18 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "";
+}
+
+// The name of input i of ops::lstm / ops::gru in the op's order (x, h0, c0 for an LSTM, then four
+// weights per layer and direction), as PyTorch names the parameters: "weight_hh_l1_reverse".
+inline std::string rnn_input_name(bool lstm, int64_t dirs, size_t i) {
+  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  const size_t w0 = lstm ? 3 : 2;
+  if (i == 0) return "x";
+  if (i == 1) return "h0";
+  if (i == 2 && lstm) return "c0";
+  const size_t k = i - w0, cell = k / 4;
+  return std::string(kinds[k % 4]) + "_l" + std::to_string(cell / dirs) + (cell % dirs ? "_reverse" : "");
 }
 
 }  // namespace hpdl::test

@@ -20,6 +20,7 @@
 #include "hpdl/core/random.h"
 #include "hpdl/nn/rnn.h"
 #include "hpdl/ops/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace hpdl {
 namespace {
@@ -37,15 +38,7 @@ struct Config {
 };
 void PrintTo(const Config& c, std::ostream* os) { *os << c.name; }
 
-std::string input_name(const Config& c, size_t i) {
-  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  const size_t w0 = c.lstm ? 3 : 2;
-  if (i == 0) return "x";
-  if (i == 1) return "h0";
-  if (i == 2 && c.lstm) return "c0";
-  const size_t k = i - w0, cell = k / 4;
-  return std::string(kinds[k % 4]) + "_l" + std::to_string(cell / c.D()) + (cell % c.D() ? "_reverse" : "");
-}
+std::string input_name(const Config& c, size_t i) { return test::rnn_input_name(c.lstm, c.D(), i); }
 
 // Host inputs in the op's order: x [T, N, I], h0, (c0), then 4 weights per (layer, direction).
 std::vector<Tensor> host_inputs(const Config& c, uint64_t seed) {

@@ -16,6 +16,7 @@
 #include "hpdl/backend/backend.h"
 #include "hpdl/core/random.h"
 #include "hpdl/ops/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace hpdl {
 namespace {
@@ -122,15 +123,7 @@ void expect_close(const Tensor& a, const Tensor& b, double tol, const std::strin
   EXPECT_LE(worst / scale, tol) << what << ": element " << at << " got " << va[at] << " vs expected " << vb[at];
 }
 
-std::string input_name(const Config& c, size_t i) {
-  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  const size_t w0 = c.lstm ? 3 : 2;
-  if (i == 0) return "x";
-  if (i == 1) return "h0";
-  if (i == 2 && c.lstm) return "c0";
-  const size_t k = i - w0, cell = k / 4;
-  return std::string(kinds[k % 4]) + "_l" + std::to_string(cell / c.D()) + (cell % c.D() ? "_reverse" : "");
-}
+std::string input_name(const Config& c, size_t i) { return test::rnn_input_name(c.lstm, c.D(), i); }
 
 // Forward outputs and gradients of sum(out * w) for a fixed random w.
 struct Outcome {
