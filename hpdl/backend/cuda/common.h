@@ -49,4 +49,7 @@ cudnnHandle_t cudnn_for(Device d);    // bound to stream_for(d)
 // `t` itself when contiguous, else a contiguous copy on t's device.
 Tensor dense(const Tensor& t);
 
+// Channels-last (NHWC in memory) when the tensor is and not also row-major.
+inline bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
+
 }  // namespace hpdl::cuda

@@ -71,9 +71,6 @@ class TensorDesc {
   cudnnTensorDescriptor_t d_ = nullptr;
 };
 
-// Channels-last (NHWC in memory) when the tensor is and not also row-major.
-bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
-
 // A new tensor shaped like `like`, of dtype t, in like's layout (channels-last or row-major).
 Tensor empty_in_layout(const Tensor& like, DType t) {
   return nhwc(like) ? Tensor::empty_channels_last(like.shape(), t, like.device())

@@ -124,8 +124,6 @@ std::array<int64_t, 4> descriptor_strides(const Tensor& t, bool prefer_cl) {
   return {t.strides()[0], t.strides()[1], t.strides()[2], t.strides()[3]};
 }
 
-bool is_cl(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
-
 struct Operand {
   int64_t uid;
   std::array<int64_t, 4> dims, strides;
@@ -313,7 +311,7 @@ bool run_graph_conv(ConvDir dir, const Tensor& x, const Tensor& w, const Tensor&
   if (!g_enabled) return false;
   const DType t = x.dtype();
   if (w.dtype() != t || y.dtype() != t || x.ndim() != 4 || w.ndim() != 4 || y.ndim() != 4) return false;
-  const bool cl = is_cl(x) || is_cl(w) || is_cl(y);
+  const bool cl = nhwc(x) || nhwc(w) || nhwc(y);
   std::array<Operand, 3> ops;
   const Tensor* ts[3] = {&x, &w, &y};
   for (int i = 0; i < 3; ++i) {
