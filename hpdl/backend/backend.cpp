@@ -43,6 +43,13 @@ void Backend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Te
   batchnorm_backward(x, masked, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
 }
 
+void Backend::batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                               const Tensor& beta, const Tensor& y, const Tensor& save_mean,
+                                               const Tensor& save_invstd, double eps) {
+  batchnorm_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
+  binary(BinaryOp::add_relu, y, residual, y, 0);
+}
+
 void Backend::batchnorm_update_running(const Tensor& running_mean, const Tensor& running_var,
                                        const Tensor& save_mean, const Tensor& save_invstd, double momentum,
                                        double eps, int64_t M) {

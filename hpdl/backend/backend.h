@@ -185,6 +185,14 @@ class Backend {
                                        const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                        const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta);
 
+  // Batch norm, residual add and ReLU, y = max(0, bn(x) + residual) (training statistics): the last
+  // layer of a residual block in one output pass. residual has x's shape and strides. The default
+  // composes batchnorm_forward_train and the add_relu binary op; the backward needs no method of its
+  // own (mask dy by y > 0 once: that is the residual's gradient and batchnorm_backward's dy).
+  virtual void batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                                const Tensor& beta, const Tensor& y, const Tensor& save_mean,
+                                                const Tensor& save_invstd, double eps);
+
   // The running statistics after a training batch of M values per channel (all [C], contiguous):
   // running_mean = (1 - momentum) running_mean + momentum save_mean, and running_var likewise with the
   // unbiased batch variance (1 / save_invstd^2 - eps) M / (M - 1). The default composes unary and

@@ -25,9 +25,8 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Generator& gen) 
 
 Tensor BasicBlock::forward(const Tensor& x) {
   Tensor h = bn1->forward_relu(conv1->forward(x));
-  h = bn2->forward(conv2->forward(h));
   Tensor shortcut = downsample ? downsample->forward(x) : x;
-  return add_relu(h, shortcut);
+  return bn2->forward_add_relu(conv2->forward(h), shortcut);
 }
 
 }  // namespace hpdl::nn

@@ -83,8 +83,12 @@ BatchNorm::BatchNorm(int64_t c, double eps, double momentum, bool affine, int mi
 
 Tensor BatchNorm::forward(const Tensor& x) { return forward_impl(x, false); }
 Tensor BatchNorm::forward_relu(const Tensor& x) { return forward_impl(x, true); }
+Tensor BatchNorm::forward_add_relu(const Tensor& x, const Tensor& residual) {
+  HPDL_CHECK(residual.defined(), "{}({}): forward_add_relu needs a residual", name_, num_features);
+  return forward_impl(x, true, residual);
+}
 
-Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu) {
+Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu, const Tensor& residual) {
   HPDL_CHECK(x.ndim() >= min_ndim_ && x.ndim() <= max_ndim_ && x.dim(1) == num_features,
              "{}({}): input must have {} to {} dims with {} channels at axis 1, got {}", name_, num_features,
              min_ndim_, max_ndim_, num_features, shape_str(x.shape()));
@@ -103,11 +107,21 @@ Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu) {
     weight = weight.to(x.dtype()).to(x.device());
     bias = bias.to(x.dtype()).to(x.device());
   }
+  // The residual fuses only where its shape, dtype and device match the input; elsewhere add_relu
+  // broadcasts and promotes it as for any binary op.
+  const bool fuse_res = residual.defined() && residual.shape() == x.shape() && residual.dtype() == x.dtype() &&
+                        residual.device() == x.device();
   Tensor y = synced ? batch_norm_cross_replica(x, weight, bias, running_mean, running_var, cross_replica_sum, momentum,
                                                eps)
-             : fuse_relu ? batch_norm_relu(x, weight, bias, running_mean, running_var, is_training(), momentum, eps)
-                         : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
-  if (synced && fuse_relu) y = relu(y);
+             : fuse_res ? batch_norm_add_relu(x, residual, weight, bias, running_mean, running_var, is_training(),
+                                              momentum, eps)
+             : fuse_relu && !residual.defined()
+                 ? batch_norm_relu(x, weight, bias, running_mean, running_var, is_training(), momentum, eps)
+                 : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  if ((synced || !fuse_res) && residual.defined())
+    y = add_relu(y, residual);
+  else if (synced && fuse_relu)
+    y = relu(y);
   // On a GPU the count stays on the device: item() would copy to the host and stall the stream every layer.
   if (is_training()) backend_for(num_batches_tracked.device()).increment(num_batches_tracked);
   return y;

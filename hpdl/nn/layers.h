@@ -79,6 +79,9 @@ class BatchNorm : public Module {
   // relu(forward(x)), with the ReLU fused into the batch-norm passes where the backend can
   // (batch_norm_relu); residual blocks use it for their inner conv-BN-ReLU.
   Tensor forward_relu(const Tensor& x);
+  // add_relu(forward(x), residual), fused into the batch norm's output pass where the backend can
+  // (batch_norm_add_relu); residual blocks use it for their last batch norm.
+  Tensor forward_add_relu(const Tensor& x, const Tensor& residual);
   std::string type_name() const override { return name_; }
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
@@ -87,7 +90,7 @@ class BatchNorm : public Module {
   CrossReplicaSum cross_replica_sum;
 
  private:
-  Tensor forward_impl(const Tensor& x, bool relu);
+  Tensor forward_impl(const Tensor& x, bool relu, const Tensor& residual = Tensor());
   int min_ndim_, max_ndim_;
   std::string name_;
 };

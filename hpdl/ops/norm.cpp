@@ -40,10 +40,13 @@ void check_vector(const Tensor& t, int64_t n, const Tensor& x, const char* op, c
 
 namespace {
 
-// batch_norm, and with relu = true max(0, batch_norm(x)) fused into the backend's passes in training.
+// batch_norm, and with relu = true max(0, batch_norm(x)) fused into the backend's passes in training;
+// with a residual (relu = true), max(0, batch_norm(x) + residual).
 Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
-                       const Tensor& running_var, bool training, double momentum, double eps, bool relu) {
-  const char* op = relu ? "batch_norm_relu" : "batch_norm";
+                       const Tensor& running_var, bool training, double momentum, double eps, bool relu,
+                       const Tensor& residual = Tensor()) {
+  const bool res = residual.defined();
+  const char* op = res ? "batch_norm_add_relu" : relu ? "batch_norm_relu" : "batch_norm";
   detail::check_defined(x, op, "input");
   detail::check_float(x, op);
   HPDL_CHECK(x.ndim() >= 2, "batch_norm: input must be [N, C, ...], got {}", shape_str(x.shape()));
@@ -65,6 +68,14 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   Tensor y = detail::empty_like(xc);
   Backend& be = detail::pick(x, OpKind::batchnorm);
 
+  if (res) {
+    HPDL_CHECK(residual.shape() == x.shape(), "batch_norm_add_relu: residual has shape {}, the input {}",
+               shape_str(residual.shape()), shape_str(x.shape()));
+    detail::check_same(x, residual, op);
+  }
+  if (!use_batch_stats && res)
+    return add_relu(batch_norm_impl(x, gamma, beta, running_mean, running_var, training, momentum, eps, false),
+                    residual);
   if (!use_batch_stats && relu) return hpdl::relu(batch_norm_impl(x, gamma, beta, running_mean, running_var,
                                                                    training, momentum, eps, false));
   if (!use_batch_stats) {
@@ -99,7 +110,10 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 
   Tensor save_mean = Tensor::empty({C}, stat_dtype(x), x.device());
   Tensor save_invstd = Tensor::empty({C}, stat_dtype(x), x.device());
-  if (relu)
+  if (res)
+    be.batchnorm_add_relu_forward_train(xc, detail::dense_as(residual, xc).detach(), g, b, y, save_mean, save_invstd,
+                                        eps);
+  else if (relu)
     be.batchnorm_relu_forward_train(xc, g, b, y, save_mean, save_invstd, eps);
   else
     be.batchnorm_forward_train(xc, g, b, y, save_mean, save_invstd, eps);
@@ -112,25 +126,36 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
     be.batchnorm_update_running(running_mean, running_var, save_mean, save_invstd, momentum, eps, M);
   }
 
-  if (needs_grad({&x, &gamma, &beta})) {
+  if (res ? needs_grad({&x, &gamma, &beta, &residual}) : needs_grad({&x, &gamma, &beta})) {
     const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
-               gb = beta.defined() && beta.requires_grad();
+               gb = beta.defined() && beta.requires_grad(), gr_res = res && residual.requires_grad();
     Tensor yd = relu ? y.detach() : Tensor();  // the ReLU mask (detached: no cycle through y's own node)
+    std::vector<Tensor> inputs{x, gamma, beta};
+    if (res) inputs.push_back(residual);
     record(
-        op, {x, gamma, beta}, {&y},
-        [xc, g, b, yd, save_mean, save_invstd, gx, gg, gb, relu](const std::vector<Tensor>& gr) {
-          // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C]
+        op, inputs, {&y},
+        [xc, g, b, yd, save_mean, save_invstd, gx, gg, gb, gr_res, relu, res](const std::vector<Tensor>& gr) {
+          // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C] (and dresidual [N, C, ...])
           Tensor dy = detail::dense_as(gr[0], xc);
           const int64_t C = xc.dim(1);
           Tensor dx = detail::empty_like(xc);
           Tensor dgamma = Tensor::empty({C}, stat_dtype(xc), xc.device());
           Tensor dbeta = Tensor::empty({C}, stat_dtype(xc), xc.device());
           Backend& be = detail::pick(xc, OpKind::batchnorm);
-          if (relu)
+          Tensor masked;
+          if (res) {
+            // One masked dy serves both: it is the residual's gradient and the batch norm's dy.
+            masked = detail::empty_like(xc);
+            be.binary(BinaryOp::relu_grad, dy, yd, masked, 0);
+            be.batchnorm_backward(xc, masked, g, save_mean, save_invstd, dx, dgamma, dbeta);
+          } else if (relu) {
             be.batchnorm_relu_backward(xc, yd, dy, g, b, save_mean, save_invstd, dx, dgamma, dbeta);
-          else
+          } else {
             be.batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
-          return std::vector<Tensor>{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
+          }
+          std::vector<Tensor> out{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
+          if (res) out.push_back(gr_res ? masked : Tensor());
+          return out;
         },
         /*first_order_only=*/true);
   }
@@ -147,6 +172,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                        const Tensor& running_var, bool training, double momentum, double eps) {
   return batch_norm_impl(x, gamma, beta, running_mean, running_var, training, momentum, eps, true);
+}
+
+Tensor batch_norm_add_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
+                           const Tensor& running_mean, const Tensor& running_var, bool training, double momentum,
+                           double eps) {
+  detail::check_defined(residual, "batch_norm_add_relu", "residual");
+  return batch_norm_impl(x, gamma, beta, running_mean, running_var, training, momentum, eps, true, residual);
 }
 
 namespace {

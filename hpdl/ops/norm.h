@@ -19,6 +19,12 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 // pass over the activations less each way on CUDA); equal to relu(batch_norm(...)) everywhere.
 Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                        const Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+// max(0, batch_norm(x) + residual): the last batch norm of a residual block, its residual add and
+// ReLU in one output pass in training; equal to add_relu(batch_norm(...), residual) everywhere.
+// residual has x's shape, dtype and device.
+Tensor batch_norm_add_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
+                           const Tensor& running_mean, const Tensor& running_var, bool training,
+                           double momentum = 0.1, double eps = 1e-5);
 
 // Sums a contiguous float64 CPU tensor in place over every replica (an
 // allreduce). Every replica must call it the same number of times in the same

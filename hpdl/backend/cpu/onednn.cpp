@@ -629,12 +629,21 @@ inline float madd(float a, float b, float c) {
 #endif
 }
 
-// y = x * scale + shift per channel, then max(0, y) when `relu`.
-void bn_apply(const BnPlanes& sp, const float* X, float* Y, int64_t c, float scale, float shift, bool relu) {
+// y = x * scale + shift per channel, then max(0, y) when `relu`; with a residual R,
+// max(0, y + r) rounded as the add_relu binary op rounds it (a NaN sum gives 0 there).
+void bn_apply(const BnPlanes& sp, const float* X, float* Y, int64_t c, float scale, float shift, bool relu,
+              const float* R = nullptr) {
   for (int64_t o = 0; o < sp.outer; ++o) {
     const float* xp = sp.plane(X, o, c);
     float* yp = sp.plane(Y, o, c);
-    if (relu) {
+    if (R) {
+      const float* rp = sp.plane(R, o, c);
+#pragma omp simd
+      for (int64_t i = 0; i < sp.inner; ++i) {
+        const float v = madd(xp[i], scale, shift) + rp[i];
+        yp[i] = v > 0.0f ? v : 0.0f;
+      }
+    } else if (relu) {
 #pragma omp simd
       for (int64_t i = 0; i < sp.inner; ++i) yp[i] = std::max(madd(xp[i], scale, shift), 0.0f);
     } else {
@@ -645,9 +654,11 @@ void bn_apply(const BnPlanes& sp, const float* X, float* Y, int64_t c, float sca
 }
 
 void bn_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
-                      const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu) {
+                      const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu,
+                      const Tensor& residual = Tensor()) {
   const BnPlanes sp(x);
   const float *X = x.data<float>(), *G = gamma.data<float>(), *B = beta.data<float>();
+  const float* R = residual.defined() ? residual.data<float>() : nullptr;
   float *Y = y.data<float>(), *SM = save_mean.data<float>(), *SI = save_invstd.data<float>();
   parallel_for(sp.C, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
@@ -656,7 +667,7 @@ void bn_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, 
       const double invstd = 1.0 / std::sqrt(var + eps), scale = G[c] * invstd;
       SM[c] = static_cast<float>(mean);
       SI[c] = static_cast<float>(invstd);
-      bn_apply(sp, X, Y, c, static_cast<float>(scale), static_cast<float>(B[c] - mean * scale), relu);
+      bn_apply(sp, X, Y, c, static_cast<float>(scale), static_cast<float>(B[c] - mean * scale), relu, R);
     }
   });
 }
@@ -868,6 +879,17 @@ void OneDnnBackend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& 
     return;
   }
   Backend::batchnorm_relu_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
+}
+
+void OneDnnBackend::batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                                     const Tensor& beta, const Tensor& y, const Tensor& save_mean,
+                                                     const Tensor& save_invstd, double eps) {
+  if (f32_dense({&x, &residual, &gamma, &beta, &y, &save_mean, &save_invstd}) && residual.shape() == x.shape() &&
+      bn_shape_ok(x) && BnPlanes(x).ok()) {
+    bn_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps, true, residual);
+    return;
+  }
+  Backend::batchnorm_add_relu_forward_train(x, residual, gamma, beta, y, save_mean, save_invstd, eps);
 }
 
 void OneDnnBackend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,

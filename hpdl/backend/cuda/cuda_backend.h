@@ -43,6 +43,9 @@ class CudaBackend : public Backend {
                           const Tensor& dbeta) override;
   void batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                     const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
+  void batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                        const Tensor& beta, const Tensor& y, const Tensor& save_mean,
+                                        const Tensor& save_invstd, double eps) override;
   void batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
                                const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) override;
@@ -83,7 +86,8 @@ class CudaBackend : public Backend {
  private:
   // The mixed-precision (bfloat16) batch-norm kernels, with or without a fused ReLU.
   void bn_train_bf16(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
-                     const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu);
+                     const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu,
+                     const Tensor& residual = Tensor());
   void bn_backward_bf16(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& relu_beta,
                         const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
                         const Tensor& dbeta);

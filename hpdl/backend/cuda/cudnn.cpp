@@ -625,14 +625,23 @@ void CudaBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Te
 }
 
 void CudaBackend::bn_train_bf16(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
-                                const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu) {
+                                const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu,
+                                const Tensor& residual) {
   Tensor xc = dense_any(x), gc = dense(gamma), bc = dense(beta);
   BnShape b(xc);
   check_layout(xc, y, "batchnorm");
+  Tensor rc;
+  if (residual.defined()) {
+    HPDL_CHECK(residual.dtype() == DType::bf16 && residual.shape() == xc.shape(),
+               "batchnorm_add_relu: residual {} must be bfloat16 of the input's shape {}", residual.str(),
+               shape_str(xc.shape()));
+    rc = residual.strides() == xc.strides() ? residual : in_layout_of(xc, residual);
+  }
   Tensor acc = bn_acc(b.C, x.device());
   HPDL_KERNEL_CHECK("batchnorm_forward_train",
-                    kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), y.raw_data(), b.N, b.C, b.HW, b.nhwc, relu,
-                                           fptr(gc), fptr(bc), fptr_mut(save_mean), fptr_mut(save_invstd), eps,
+                    kern::bn_forward_train(kern::Dt::bf16, xc.raw_data(), rc.defined() ? rc.raw_data() : nullptr,
+                                           y.raw_data(), b.N, b.C, b.HW, b.nhwc, relu, fptr(gc), fptr(bc),
+                                           fptr_mut(save_mean), fptr_mut(save_invstd), eps,
                                            static_cast<double*>(acc.raw_data()), stream_for(x.device())));
 }
 
@@ -660,6 +669,14 @@ void CudaBackend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
                                                double eps) {
   if (x.dtype() != DType::bf16) return Backend::batchnorm_relu_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
   bn_train_bf16(x, gamma, beta, y, save_mean, save_invstd, eps, true);
+}
+
+void CudaBackend::batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                                   const Tensor& beta, const Tensor& y, const Tensor& save_mean,
+                                                   const Tensor& save_invstd, double eps) {
+  if (x.dtype() != DType::bf16 || residual.dtype() != DType::bf16)
+    return Backend::batchnorm_add_relu_forward_train(x, residual, gamma, beta, y, save_mean, save_invstd, eps);
+  bn_train_bf16(x, gamma, beta, y, save_mean, save_invstd, eps, true, residual);
 }
 
 void CudaBackend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,

@@ -1142,13 +1142,22 @@ __device__ inline int64_t bn_channel(int64_t i, int64_t C, int64_t HW) {
   return Nhwc ? i % C : (i / HW) % C;
 }
 
-// y = x * k0[c] + k1[c], then max(0, y) with Relu
+// y = x * k0[c] + k1[c], then max(0, y) with Relu; with a residual r (Relu), max(0, y + r), a NaN sum
+// giving 0 as in the add_relu binary op.
+template <typename T, bool Relu>
+__device__ inline T bn_out(float v, const T* r, int64_t i) {
+  if (r) {
+    v += convert<float>(r[i]);
+    return convert<T>(v > 0.f ? v : 0.f);
+  }
+  return convert<T>(Relu ? (v > 0.f ? v : 0.f) : v);
+}
+
 template <typename T, bool Nhwc, bool Relu>
-__global__ void bn_apply_kernel(const T* x, T* y, int64_t C, int64_t HW, int64_t n, const float* coef) {
+__global__ void bn_apply_kernel(const T* x, const T* r, T* y, int64_t C, int64_t HW, int64_t n, const float* coef) {
   GRID_STRIDE(i, n) {
     const int64_t c = bn_channel<T, Nhwc>(i, C, HW);
-    const float v = fmaf(convert<float>(x[i]), coef[c], coef[C + c]);
-    y[i] = convert<T>(Relu ? (v > 0.f ? v : 0.f) : v);
+    y[i] = bn_out<T, Relu>(fmaf(convert<float>(x[i]), coef[c], coef[C + c]), r, i);
   }
 }
 
@@ -1174,16 +1183,18 @@ __device__ inline int64_t vec_channel0(int64_t i, int64_t nv, int W) {
 }
 
 // Channels-last with C a multiple of the vector width: 16-byte loads of consecutive channels.
-template <typename T, bool Relu>
-__global__ void bn_apply_nhwc_vec_kernel(const T* x, T* y, int64_t C, int64_t nvec, const float* coef) {
+template <typename T, bool Relu, bool Res>
+__global__ void bn_apply_nhwc_vec_kernel(const T* x, const T* res, T* y, int64_t C, int64_t nvec, const float* coef) {
   using V = Vec16<T>;
   GRID_STRIDE(i, nvec) {
     const int64_t c0 = vec_channel0(i, C / V::kWidth, V::kWidth);
-    V a = reinterpret_cast<const V*>(x)[i], r;
+    V a = reinterpret_cast<const V*>(x)[i], r, b;
+    if (Res) b = reinterpret_cast<const V*>(res)[i];
 #pragma unroll
     for (int k = 0; k < V::kWidth; ++k) {
-      const float v = fmaf(convert<float>(a.v[k]), coef[c0 + k], coef[C + c0 + k]);
-      r.v[k] = convert<T>(Relu ? (v > 0.f ? v : 0.f) : v);
+      float v = fmaf(convert<float>(a.v[k]), coef[c0 + k], coef[C + c0 + k]);
+      if (Res) v += convert<float>(b.v[k]);
+      r.v[k] = convert<T>((Relu || Res) ? (v > 0.f ? v : 0.f) : v);
     }
     reinterpret_cast<V*>(y)[i] = r;
   }
@@ -1248,27 +1259,32 @@ cudaError_t bn_sums(const T* x, const T* dy, const float* mean, const float* mas
   return cudaGetLastError();
 }
 
-// The output pass y = x k0 + k1 (then max(0, y) with Relu) in the layout's kernel.
+// The output pass y = x k0 + k1 (then max(0, y) with Relu, max(0, y + r) with a residual r) in the
+// layout's kernel.
 template <typename T, bool Relu>
-void bn_apply_layout(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, const float* coef,
+void bn_apply_layout(const T* x, const T* r, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, const float* coef,
                      cudaStream_t s) {
   const int64_t n = N * C * HW;
-  if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y}))
-    bn_apply_nhwc_vec_kernel<T, Relu><<<blocks_for(n / Vec16<T>::kWidth), kThreads, 0, s>>>(
-        x, y, C, n / Vec16<T>::kWidth, coef);
-  else if (nhwc)
-    bn_apply_kernel<T, true, Relu><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
-  else
-    bn_apply_kernel<T, false, Relu><<<blocks_for(n), kThreads, 0, s>>>(x, y, C, HW, n, coef);
+  const int64_t nv = n / Vec16<T>::kWidth;
+  if (bn_vec(nhwc, C, Vec16<T>::kWidth, {x, y, r ? r : x})) {
+    if (r)
+      bn_apply_nhwc_vec_kernel<T, Relu, true><<<blocks_for(nv), kThreads, 0, s>>>(x, r, y, C, nv, coef);
+    else
+      bn_apply_nhwc_vec_kernel<T, Relu, false><<<blocks_for(nv), kThreads, 0, s>>>(x, r, y, C, nv, coef);
+  } else if (nhwc) {
+    bn_apply_kernel<T, true, Relu><<<blocks_for(n), kThreads, 0, s>>>(x, r, y, C, HW, n, coef);
+  } else {
+    bn_apply_kernel<T, false, Relu><<<blocks_for(n), kThreads, 0, s>>>(x, r, y, C, HW, n, coef);
+  }
 }
 
 template <typename T>
-cudaError_t bn_apply(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu, const float* coef,
-                     cudaStream_t s) {
-  if (relu)
-    bn_apply_layout<T, true>(x, y, N, C, HW, nhwc, coef, s);
+cudaError_t bn_apply(const T* x, const T* r, T* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu,
+                     const float* coef, cudaStream_t s) {
+  if (relu || r)
+    bn_apply_layout<T, true>(x, r, y, N, C, HW, nhwc, coef, s);
   else
-    bn_apply_layout<T, false>(x, y, N, C, HW, nhwc, coef, s);
+    bn_apply_layout<T, false>(x, r, y, N, C, HW, nhwc, coef, s);
   return cudaGetLastError();
 }
 
@@ -1278,9 +1294,9 @@ float* bn_mask(double* acc, int64_t C) { return bn_coef(acc, C) + 3 * C; }
 
 }  // namespace
 
-cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu,
-                             const float* gamma, const float* beta, float* mean, float* invstd, double eps,
-                             double* acc, cudaStream_t s) {
+cudaError_t bn_forward_train(Dt t, const void* x, const void* residual, void* y, int64_t N, int64_t C, int64_t HW,
+                             bool nhwc, bool relu, const float* gamma, const float* beta, float* mean, float* invstd,
+                             double eps, double* acc, cudaStream_t s) {
   return dispatch_compute(t, [&](auto tag) {
     using T = decltype(tag);
     cudaError_t e = bn_sums<T, false>(static_cast<const T*>(x), nullptr, nullptr, nullptr, acc, N, C, HW, nhwc, s);
@@ -1288,7 +1304,8 @@ cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C,
     bn_finalize_stats_kernel<<<blocks_for(C), kThreads, 0, s>>>(acc, C, N * HW, eps, gamma, beta, mean, invstd,
                                                                 bn_coef(acc, C));
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
-    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, relu, bn_coef(acc, C), s);
+    return bn_apply<T>(static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<T*>(y), N, C, HW, nhwc,
+                       relu, bn_coef(acc, C), s);
   });
 }
 
@@ -1409,7 +1426,8 @@ cudaError_t bn_forward_infer(Dt t, const void* x, void* y, int64_t N, int64_t C,
     bn_infer_coef_kernel<<<blocks_for(C), kThreads, 0, s>>>(C, eps, gamma, beta, mean, var, bn_coef(acc, C));
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    return bn_apply<T>(static_cast<const T*>(x), static_cast<T*>(y), N, C, HW, nhwc, false, bn_coef(acc, C), s);
+    return bn_apply<T>(static_cast<const T*>(x), nullptr, static_cast<T*>(y), N, C, HW, nhwc, false, bn_coef(acc, C),
+                       s);
   });
 }
 

@@ -82,11 +82,12 @@ cudaError_t scatter_rows(Dt t, const void* src, const int64_t* index, void* out,
 // Batch norm over x [N, C, HW] (or [N, HW, C] in memory when nhwc) of dtype t (float32 or bfloat16) with float32 gamma, beta and
 // statistics; accumulates per-channel sums in double through acc (5C doubles: 2C sums, zeroed by the
 // caller, then room for the per-channel coefficients of the output passes). relu: max(0, y) fused.
-// Training forward writes y, the batch mean and 1/sqrt(var + eps) (var biased); inference uses the
-// given mean and var; backward writes dx, dgamma and dbeta from the saved mean and invstd.
-cudaError_t bn_forward_train(Dt t, const void* x, void* y, int64_t N, int64_t C, int64_t HW, bool nhwc, bool relu,
-                             const float* gamma, const float* beta, float* mean, float* invstd, double eps,
-                             double* acc, cudaStream_t s);
+// Training forward writes y, the batch mean and 1/sqrt(var + eps) (var biased), with a residual
+// (x's layout, or null) y = max(0, bn(x) + residual); inference uses the given mean and var;
+// backward writes dx, dgamma and dbeta from the saved mean and invstd.
+cudaError_t bn_forward_train(Dt t, const void* x, const void* residual, void* y, int64_t N, int64_t C, int64_t HW,
+                             bool nhwc, bool relu, const float* gamma, const float* beta, float* mean, float* invstd,
+                             double eps, double* acc, cudaStream_t s);
 // Max pooling backward for channels-last x, dx [N, H, W, C] and dy [N, P, Q, C] (float32, float64 or
 // bfloat16; sums in float32 for bfloat16): the reference's first-maximum rule, deterministic.
 // scratch: N*P*Q*C bytes of device memory. Every size and index must fit in 32 bits; kh*kw <= 255.

@@ -37,8 +37,8 @@ Bottleneck::Bottleneck(int64_t in, int64_t planes, int64_t stride, Generator& ge
 Tensor Bottleneck::forward(const Tensor& x) {
   Tensor h = bn1->forward_relu(conv1->forward(x));
   h = bn2->forward_relu(conv2->forward(h));
-  h = bn3->forward(conv3->forward(h));
-  return add_relu(h, downsample ? downsample->forward(x) : x);
+  Tensor shortcut = downsample ? downsample->forward(x) : x;
+  return bn3->forward_add_relu(conv3->forward(h), shortcut);
 }
 
 namespace models {

@@ -888,6 +888,27 @@ TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
       gpu().batchnorm_backward(up_channels_last(bx, t), up_channels_last(bdy, t), up(gamma), gm, gi, gdx, gdg, gdb);
       expect_close(down(gdx.contiguous()).to(DType::f32), pdx, name + " (no relu) backward dx", rtol, atol);
       expect_close(gdg, pdg, name + " (no relu) dgamma", 1e-4, 1e-4);
+      // Residual add fused into the output pass (batch_norm_add_relu), channels-last and NCHW: the GPU
+      // adds in float32 before its one rounding, the reference after rounding bn(x) to bfloat16's input
+      // values here (float32), so the same tolerance as the forward above.
+      Tensor bres = bf16_rounded(randt(s, 99, DType::f32, -1, 1));
+      Tensor ay = host_out(s), am = host_out({Cb}), ai = host_out({Cb});
+      ref().batchnorm_add_relu_forward_train(bx, bres, gamma, beta, ay, am, ai, 1e-5);
+      for (bool cl : {true, false}) {
+        Tensor hy = cl ? poisoned_channels_last(s, t) : up_bf16(host_out(s)), hm = poisoned({Cb}), hi = poisoned({Cb});
+        gpu().batchnorm_add_relu_forward_train(cl ? up_channels_last(bx, t) : up_bf16(bx),
+                                               cl ? up_channels_last(bres, t) : up_bf16(bres), up(gamma), up(beta), hy,
+                                               hm, hi, 1e-5);
+        const std::string an = name + (cl ? " add_relu channels-last" : " add_relu NCHW");
+        expect_close(down(hy.contiguous()).to(DType::f32), ay, an + " forward", rtol, atol);
+        expect_close(hm, am, an + " mean", 1e-5, 1e-6);
+        expect_close(hi, ai, an + " invstd", 1e-5, 1e-6);
+      }
+      // A residual in the other layout is brought into the input's first.
+      Tensor oy = poisoned_channels_last(s, t), om = poisoned({Cb}), oi = poisoned({Cb});
+      gpu().batchnorm_add_relu_forward_train(up_channels_last(bx, t), up_bf16(bres), up(gamma), up(beta), oy, om, oi,
+                                             1e-5);
+      expect_close(down(oy.contiguous()).to(DType::f32), ay, name + " add_relu mixed layouts forward", rtol, atol);
     }
   }
 }

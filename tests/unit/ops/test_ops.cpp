@@ -206,6 +206,18 @@ std::vector<OpCase> cases() {
          return batch_norm_relu(x[0], x[1], x[2], rm, rv, true);
        },
        -1, 1, {}, 1e-6, 1e-6, 1e-4, {{8, 16, 10, 10}, {16}, {16}}, 1e-4});
+  add({"batch_norm_add_relu_train", {{3, 2, 3, 3}, {3, 2, 3, 3}, {2}, {2}},
+       [](T x) {
+         auto [rm, rv] = running_stats(x[0]);
+         return batch_norm_add_relu(x[0], x[1], x[2], x[3], rm, rv, true);
+       },
+       -1, 1, {}, 1e-6, 1e-6, 1e-4, {{8, 16, 10, 10}, {8, 16, 10, 10}, {16}, {16}}, 1e-4});
+  add({"batch_norm_add_relu_eval", {{2, 3, 2, 2}, {2, 3, 2, 2}, {3}, {3}},
+       [](T x) {
+         auto [rm, rv] = running_stats(x[0]);
+         return batch_norm_add_relu(x[0], x[1], x[2], x[3], rm, rv, false);
+       },
+       -1, 1, {}, 1e-6, 1e-6, 1e-4, {{8, 16, 6, 6}, {8, 16, 6, 6}, {16}, {16}}});
   add({"batch_norm_eval", {{2, 3, 2, 2}, {3}, {3}},
        [](T x) {
          auto [rm, rv] = running_stats(x[0]);
@@ -327,6 +339,34 @@ TEST(Ops, BatchNormReluEqualsReluOfBatchNorm) {
   }
 }
 
+// The residual blocks' last batch norm: batch_norm_add_relu is add_relu(batch_norm(...), residual)
+// bitwise on the CPU, values, running statistics and the gradients of all four inputs, with planes
+// large enough for the hand-written loops (8x8) and too small for them (2x2, oneDNN and the default).
+TEST(Ops, BatchNormAddReluEqualsAddReluOfBatchNorm) {
+  for (int64_t hw : {8, 2})
+    for (bool training : {true, false}) {
+      Generator gen(7);
+      const Shape xs{4, 3, hw, hw};
+      Tensor x = Tensor::randn(xs, gen), r = Tensor::randn(xs, gen), dy = Tensor::randn(xs, gen);
+      Tensor gm = Tensor::rand({3}, gen, 0.5, 1.5), bt = Tensor::randn({3}, gen);
+      std::vector<std::vector<double>> out[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        Tensor xv = x.clone().set_requires_grad(), rv_ = r.clone().set_requires_grad();
+        Tensor g = gm.clone().set_requires_grad(), b = bt.clone().set_requires_grad();
+        Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+        Tensor y = fused ? batch_norm_add_relu(xv, rv_, g, b, rm, rv, training)
+                         : add_relu(batch_norm(xv, g, b, rm, rv, training), rv_);
+        sum(mul(y, dy)).backward();
+        out[fused] = {y.to_vector<double>(),         xv.grad().to_vector<double>(), rv_.grad().to_vector<double>(),
+                      g.grad().to_vector<double>(),  b.grad().to_vector<double>(),  rm.to_vector<double>(),
+                      rv.to_vector<double>()};
+      }
+      for (size_t k = 0; k < out[0].size(); ++k)
+        EXPECT_EQ(out[0][k], out[1][k]) << "output " << k << " training " << training << " hw " << hw;
+      EXPECT_GT(std::count(out[1][0].begin(), out[1][0].end(), 0.0), 0) << "some sums must be clipped";
+    }
+}
+
 // add_relu is relu(add(...)) bitwise, values and gradients of both operands (the residual blocks use it).
 TEST(Ops, AddReluEqualsReluOfAdd) {
   Generator gen(6);
@@ -397,6 +437,20 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+TEST(OpErrors, BatchNormAddReluNamesAMismatchedResidual) {
+  Tensor x = Tensor::zeros({2, 3, 4, 4}), g = Tensor::ones({3}), b = Tensor::zeros({3});
+  EXPECT_NE(error_of([&] { batch_norm_add_relu(x, Tensor::zeros({2, 3, 4, 5}), g, b, Tensor(), Tensor(), true); })
+                .find("batch_norm_add_relu: residual has shape [2, 3, 4, 5], the input [2, 3, 4, 4]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              batch_norm_add_relu(x, Tensor::zeros({2, 3, 4, 4}, DType::f64), g, b, Tensor(), Tensor(), true);
+            }).find("batch_norm_add_relu: dtype mismatch"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { batch_norm_add_relu(x, Tensor(), g, b, Tensor(), Tensor(), true); })
+                .find("residual is an undefined tensor"),
+            std::string::npos);
 }
 
 TEST(OpErrors, ShapeMismatchNamesOpAndBothShapes) {
