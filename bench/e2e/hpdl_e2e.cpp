@@ -2,7 +2,9 @@
 // timed exactly as bench/e2e/torch_peer.py times PyTorch: the same models, SGD
 // with momentum, cross-entropy, random Fashion-MNIST-shaped batches, warm-up
 // steps first, then whole steps (zero_grad, forward, loss, backward, update).
-// Prints one JSON line per model. Run: build/bench/hpdl_e2e [threads] [models]
+// resnet50 takes ImageNet-shaped batches instead: 3x224x224, 1000 classes,
+// batch 8. Prints one JSON line per model.
+// Run: build/bench/hpdl_e2e [threads] [models]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,11 +25,12 @@ using Clock = std::chrono::steady_clock;
 static std::string bench_model(const std::string& name, int64_t batch, int steps, int warmup) {
   nn::models::ModelConfig cfg;
   cfg.hidden = {512, 256};  // the mlp of examples/fashion_mnist/mlp.toml and torch_peer.py
+  if (name == "resnet50") cfg.in_channels = 3, cfg.height = cfg.width = 224, cfg.num_classes = 1000;
   auto model = nn::models::make_model(name, cfg);
   Generator gen(0);
-  Tensor x = Tensor::randn({batch, 1, 28, 28}, gen);
+  Tensor x = Tensor::randn({batch, cfg.in_channels, cfg.height, cfg.width}, gen);
   std::vector<int64_t> labels(batch);
-  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int64_t>(gen.next_u64() % 10);
+  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int64_t>(gen.next_u64() % cfg.num_classes);
   Tensor y = Tensor::from_vector(labels, {batch});
   optim::SGDOptions o;
   o.lr = 0.01;
@@ -66,9 +69,10 @@ int main(int argc, char** argv) {
   std::stringstream ss(models);
   std::string name;
   while (std::getline(ss, name, ',')) {
-    int steps = name == "resnet20" ? 10 : (name == "lenet5" ? 100 : 200);
-    int warmup = name == "resnet20" ? 3 : 10;
-    std::puts(bench_model(name, 128, steps, warmup).c_str());
+    const bool big = name == "resnet50";
+    int steps = big ? 2 : name == "resnet20" ? 10 : (name == "lenet5" ? 100 : 200);
+    int warmup = big ? 1 : name == "resnet20" ? 3 : 10;
+    std::puts(bench_model(name, big ? 8 : 128, steps, warmup).c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""The PyTorch peer for bench/e2e: the same mlp, lenet5 and resnet20 as hpdl's
-model zoo, trained and evaluated on random Fashion-MNIST-shaped batches, timed
-the same way (warm-up, then whole steps). Prints one JSON line per model.
+"""The PyTorch peer for bench/e2e: the same mlp, lenet5, resnet20 and resnet50 as
+hpdl's model zoo, trained and evaluated on random Fashion-MNIST-shaped batches
+(resnet50: 3x224x224, 1000 classes, batch 8), timed the same way (warm-up,
+then whole steps). Prints one JSON line per model.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The tuned peer removes
 PyTorch's two slowdowns on this machine: OpenBLAS's own threads fighting
@@ -57,10 +58,46 @@ def resnet20(in_channels=1, classes=10):
     return nn.Sequential(*layers)
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50 v1.5 block (stride on the 3x3), as hpdl's nn::Bottleneck."""
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        cout = 4 * planes
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def resnet50(in_channels=3, classes=1000):
+    layers = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for s, n in enumerate((3, 4, 6, 3)):
+        planes = 64 << s
+        for b in range(n):
+            layers.append(Bottleneck(cin, planes, 2 if (b == 0 and s > 0) else 1))
+            cin = 4 * planes
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
+    return nn.Sequential(*layers)
+
+
 def bench(name, model, batch, steps, warmup):
     torch.manual_seed(0)
-    x = torch.randn(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
+    shape, classes = ((3, 224, 224), 1000) if name == "resnet50" else ((1, 28, 28), 10)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, classes, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     for i in range(warmup + steps):
@@ -86,10 +123,11 @@ def main():
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     models = sys.argv[2].split(",") if len(sys.argv) > 2 else ["mlp", "lenet5", "resnet20"]
     torch.set_num_threads(threads)
-    plan = {"mlp": (mlp, 200, 20), "lenet5": (lenet5, 100, 10), "resnet20": (resnet20, 10, 3)}
+    plan = {"mlp": (mlp, 200, 20, 128), "lenet5": (lenet5, 100, 10, 128), "resnet20": (resnet20, 10, 3, 128),
+            "resnet50": (resnet50, 2, 1, 8)}
     for name in models:
-        make, steps, warmup = plan[name]
-        print(json.dumps(bench(name, make(), 128, steps, warmup)), flush=True)
+        make, steps, warmup, batch = plan[name]
+        print(json.dumps(bench(name, make(), batch, steps, warmup)), flush=True)
 
 
 if __name__ == "__main__":
