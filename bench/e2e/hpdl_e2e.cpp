@@ -14,6 +14,7 @@
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/random.h"
+#include "hpdl/core/storage.h"
 #include "hpdl/core/threading.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/loss.h"
@@ -39,13 +40,14 @@ static std::string bench_model(const std::string& name, int64_t batch, int steps
   model->train();
   Clock::time_point t0;
   for (int i = 0; i < warmup + steps; ++i) {
-    if (i == warmup) t0 = Clock::now();
+    if (i == warmup) t0 = Clock::now(), reset_cpu_memory_peak();
     opt.zero_grad();
     Tensor loss = cross_entropy(model->forward(x), y);
     loss.backward();
     opt.step();
   }
   double train = batch * steps / std::chrono::duration<double>(Clock::now() - t0).count();
+  const double peak_mb = static_cast<double>(cpu_memory_stats().peak_live_bytes) / (1 << 20);
   model->eval();
   {
     NoGradGuard ng;
@@ -58,8 +60,8 @@ static std::string bench_model(const std::string& name, int64_t batch, int steps
   char line[512];
   std::snprintf(line, sizeof line,
                 "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, \"threads\": %d, "
-                "\"train_samples_per_s\": %.1f, \"infer_samples_per_s\": %.1f}",
-                name.c_str(), static_cast<long long>(batch), num_threads(), train, infer);
+                "\"train_samples_per_s\": %.1f, \"infer_samples_per_s\": %.1f, \"train_peak_tensor_mb\": %.0f}",
+                name.c_str(), static_cast<long long>(batch), num_threads(), train, infer, peak_mb);
   return line;
 }
 

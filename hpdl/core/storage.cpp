@@ -1,6 +1,7 @@
 // CPU allocator and Storage.
 #include "hpdl/core/storage.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -33,6 +34,10 @@ class CpuAllocator final : public Allocator {
 
   void* allocate(size_t nbytes) override {
     if (nbytes == 0) return nullptr;
+    const size_t live = live_.fetch_add(nbytes, std::memory_order_relaxed) + nbytes;
+    size_t peak = peak_.load(std::memory_order_relaxed);
+    while (live > peak && !peak_.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
+    }
     const size_t rounded = round(nbytes);
     if (rounded >= kLarge) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -45,12 +50,20 @@ class CpuAllocator final : public Allocator {
       }
     }
     void* p = std::aligned_alloc(64, rounded);
+    if (p == nullptr) live_.fetch_sub(nbytes, std::memory_order_relaxed);
     HPDL_CHECK(p != nullptr, "out of host memory allocating {} bytes", nbytes);
     return p;
   }
 
+  CpuMemoryStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {live_.load(), peak_.load(), cached_};
+  }
+  void reset_peak() { peak_.store(live_.load()); }
+
   void deallocate(void* p, size_t nbytes) override {
     if (!p) return;
+    live_.fetch_sub(nbytes, std::memory_order_relaxed);
     const size_t rounded = round(nbytes);
     if (rounded >= kLarge) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -71,16 +84,21 @@ class CpuAllocator final : public Allocator {
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0, limit_;
+  std::atomic<size_t> live_{0}, peak_{0};
 };
+
+CpuAllocator& the_cpu_allocator() {
+  static CpuAllocator a;
+  return a;
+}
 
 Allocator* g_allocators[2] = {nullptr, nullptr};
 
 }  // namespace
 
-Allocator& cpu_allocator() {
-  static CpuAllocator a;
-  return a;
-}
+Allocator& cpu_allocator() { return the_cpu_allocator(); }
+CpuMemoryStats cpu_memory_stats() { return the_cpu_allocator().stats(); }
+void reset_cpu_memory_peak() { the_cpu_allocator().reset_peak(); }
 
 void register_allocator(DeviceType type, Allocator* a) { g_allocators[static_cast<int>(type)] = a; }
 

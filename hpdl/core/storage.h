@@ -19,6 +19,15 @@ class Allocator {
 };
 
 Allocator& cpu_allocator();
+
+// Host memory held by tensors (bytes as requested, live Storages only) and by
+// the CPU allocator's cache of freed large blocks. peak_live_bytes is the
+// largest live_bytes since libhpdl loaded or since reset_cpu_memory_peak().
+struct CpuMemoryStats {
+  size_t live_bytes = 0, peak_live_bytes = 0, cached_bytes = 0;
+};
+CpuMemoryStats cpu_memory_stats();
+void reset_cpu_memory_peak();
 // The allocator for a device; CUDA's is registered by the CUDA backend at load
 // time. Throws naming the device when none is registered (hpdl built without CUDA).
 Allocator& allocator_for(Device d);
