@@ -5,6 +5,8 @@
 // resnet50 takes ImageNet-shaped batches instead: 3x224x224, 1000 classes,
 // batch 8. Prints one JSON line per model.
 // Run: build/bench/hpdl_e2e [threads] [models]
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +24,13 @@
 
 using namespace hpdl;
 using Clock = std::chrono::steady_clock;
+
+// The process's peak resident set so far (Linux reports kilobytes).
+static double max_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
 
 static std::string bench_model(const std::string& name, int64_t batch, int steps, int warmup) {
   nn::models::ModelConfig cfg;
@@ -60,8 +69,9 @@ static std::string bench_model(const std::string& name, int64_t batch, int steps
   char line[512];
   std::snprintf(line, sizeof line,
                 "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, \"threads\": %d, "
-                "\"train_samples_per_s\": %.1f, \"infer_samples_per_s\": %.1f, \"train_peak_tensor_mb\": %.0f}",
-                name.c_str(), static_cast<long long>(batch), num_threads(), train, infer, peak_mb);
+                "\"train_samples_per_s\": %.1f, \"infer_samples_per_s\": %.1f, \"train_peak_tensor_mb\": %.0f, "
+                "\"max_rss_mb\": %.0f}",
+                name.c_str(), static_cast<long long>(batch), num_threads(), train, infer, peak_mb, max_rss_mb());
   return line;
 }
 

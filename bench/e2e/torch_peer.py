@@ -10,6 +10,7 @@ OpenMP's (OPENBLAS_NUM_THREADS=1) and page faults from glibc returning large
 blocks to the OS (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_); run.sh sets both.
 """
 import json
+import resource
 import sys
 import time
 
@@ -115,8 +116,10 @@ def bench(name, model, batch, steps, warmup):
                 t0 = time.perf_counter()
             model(x)
     infer = batch * steps / (time.perf_counter() - t0)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
     return {"framework": "pytorch", "torch": torch.__version__, "model": name, "batch": batch,
-            "threads": torch.get_num_threads(), "train_samples_per_s": train, "infer_samples_per_s": infer}
+            "threads": torch.get_num_threads(), "train_samples_per_s": train, "infer_samples_per_s": infer,
+            "max_rss_mb": rss_mb}
 
 
 def main():
