@@ -40,7 +40,8 @@ void expect_equal(const Tensor& fast, const Tensor& ref, double tol, const std::
 void check_pool(PoolKind kind, const Shape& xs, const Pool2dParams& p, bool ties) {
   const std::string what = fmt::format("{} pool {} kernel {}x{}{}", kind == PoolKind::max ? "max" : "avg",
                                        shape_str(xs), p.kernel_h, p.kernel_w, ties ? " with ties" : "");
-  const int64_t P = (xs[2] - p.kernel_h) / p.stride_h + 1, Q = (xs[3] - p.kernel_w) / p.stride_w + 1;
+  const int64_t P = (xs[2] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1;
+  const int64_t Q = (xs[3] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1;
   const Shape ys = {xs[0], xs[1], P, Q};
   Tensor x = pool_input(xs, ties, 7);
   Tensor yf = Tensor::empty(ys), yr = Tensor::empty(ys);
@@ -68,6 +69,37 @@ TEST(CpuFastPaths, TiledPoolingMatchesReference) {
       check_pool(kind, {2, 4, 8, 8}, tile(8, 8), ties);     // a global pool (ResNet's head)
       check_pool(kind, {1, 1, 1, 1}, tile(1, 1), ties);     // identity
     }
+}
+
+Pool2dParams window(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Pool2dParams p;
+  p.kernel_h = kh, p.kernel_w = kw, p.stride_h = sh, p.stride_w = sw, p.pad_h = ph, p.pad_w = pw;
+  return p;
+}
+
+// Overlapping and padded max-pool windows: dx adds every window's dy at its first maximum, so with
+// ties (ReLU zeros) an element that is the first maximum of two windows gets both.
+TEST(CpuFastPaths, OverlappingMaxPoolMatchesReference) {
+  for (bool ties : {false, true}) {
+    check_pool(PoolKind::max, {2, 8, 112, 112}, window(3, 3, 2, 2, 1, 1), ties);  // ResNet's stem pool
+    check_pool(PoolKind::max, {2, 3, 15, 14}, window(3, 3, 2, 2, 1, 1), ties);    // odd and even sides
+    check_pool(PoolKind::max, {3, 2, 9, 10}, window(3, 3, 1, 1, 1, 1), ties);     // stride 1: 9 windows overlap
+    check_pool(PoolKind::max, {2, 2, 11, 7}, window(5, 2, 3, 1, 2, 0), ties);     // non-square, mixed strides
+    check_pool(PoolKind::max, {1, 1, 3, 3}, window(3, 3, 2, 2, 2, 2), ties);      // corner windows only pad and one element
+    check_pool(PoolKind::max, {2, 3, 8, 8}, window(3, 3, 2, 2, 0, 0), ties);      // no padding, leftover rows
+  }
+}
+
+TEST(CpuFastPaths, OverlappingMaxPoolIgnoresNaNInForwardAsTheReferenceDoes) {
+  Tensor x = Tensor::from_vector<float>({NAN, 1, 2, 3, NAN, NAN, NAN, NAN, 5}, {1, 1, 3, 3});
+  const Pool2dParams p = window(2, 2, 1, 1, 0, 0);
+  Tensor yf = Tensor::empty({1, 1, 2, 2}), yr = Tensor::empty({1, 1, 2, 2});
+  cpu_backend().pool2d_forward(PoolKind::max, x, yf, p);
+  reference_backend().pool2d_forward(PoolKind::max, x, yr, p);
+  auto f = yf.to_vector<float>(), r = yr.to_vector<float>();
+  EXPECT_EQ(f[0], 3.0f);
+  for (int i = 0; i < 4; ++i)
+    EXPECT_TRUE(f[i] == r[i] || (std::isnan(f[i]) && std::isnan(r[i]))) << i << ": " << f[i] << " vs " << r[i];
 }
 
 TEST(CpuFastPaths, TiledMaxPoolIgnoresNaNInForwardAsTheReferenceDoes) {
