@@ -69,7 +69,7 @@ static std::string bench_model(const std::string& name, int64_t batch, int steps
   char line[512];
   std::snprintf(line, sizeof line,
                 "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, \"threads\": %d, "
-                "\"train_samples_per_s\": %.1f, \"infer_samples_per_s\": %.1f, \"train_peak_tensor_mb\": %.0f, "
+                "\"train_samples_per_s\": %.2f, \"infer_samples_per_s\": %.2f, \"train_peak_tensor_mb\": %.0f, "
                 "\"max_rss_mb\": %.0f}",
                 name.c_str(), static_cast<long long>(batch), num_threads(), train, infer, peak_mb, max_rss_mb());
   return line;

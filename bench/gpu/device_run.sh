@@ -6,8 +6,10 @@
 # Usage, from the checkout root on the device, after bench/gpu/stage_devcarry.sh here:
 #   bench/gpu/device_run.sh CASES MATHS [GTEST_FILTER]
 #   e.g. bench/gpu/device_run.sh resnet20:512,resnet50:128 fp32,bf16 '*'
-# Environment: CLI_PRECISION=bf16,fp16 also trains LeNet-5 from the CLI; GRAPH_AB=1 also runs hpdl with
-# cached cuDNN graph plans (HPDL_CUDNN_GRAPH=1).
+# Environment: CLI_PRECISION=bf16,fp16 also trains LeNet-5 from the CLI. AB="name=VAR=1 VAR2=1;..." also
+# runs hpdl once per variant with those environment settings (the paths still off by default), as ratios to
+# the same peer run; GRAPH_AB=1 is AB="graph=HPDL_CUDNN_GRAPH=1".
+#   e.g. AB="graph=HPDL_CUDNN_GRAPH=1;fused=HPDL_CUDA_FUSED_RESIDUAL=1;both=HPDL_CUDNN_GRAPH=1 HPDL_CUDA_FUSED_RESIDUAL=1"
 set -uo pipefail
 cases=${1:-resnet20:512,resnet50:128}; maths=${2:-fp32,bf16}; filter=${3:-*}
 OUT=${OUT:-/tmp/hpdl_out}; mkdir -p "$OUT"
@@ -33,26 +35,28 @@ dmon() { nvidia-smi dmon -s u -d 1 > "$OUT/dmon_$1.txt" 2>&1 & echo $!; }
 p=$(dmon hpdl); bin/gpu_e2e "$cases" "$maths" | tee "$OUT/hpdl.jsonl"; kill "$p"
 p=$(dmon pytorch); python3 py/gpu/torch_gpu_peer.py "$cases" "$maths" --hpdl "$OUT/hpdl.jsonl" | tee "$OUT/peer.txt"
 kill "$p"
-# GRAPH_AB=1: hpdl again with convolutions through cached cuDNN graph plans (HPDL_CUDNN_GRAPH=1), as ratios
-# to the same peer run.
-if [ -n "${GRAPH_AB:-}" ]; then
-  p=$(dmon hpdl_graph); HPDL_CUDNN_GRAPH=1 bin/gpu_e2e "$cases" "$maths" | tee "$OUT/hpdl_graph.jsonl"; kill "$p"
-  python3 - "$OUT/hpdl.jsonl" "$OUT/hpdl_graph.jsonl" "$OUT/peer.txt" <<'PY'
+# A/B variants: hpdl again with each variant's environment, as ratios to the same peer run.
+[ -n "${GRAPH_AB:-}" ] && AB="graph=HPDL_CUDNN_GRAPH=1${AB:+;$AB}"
+IFS=';' read -ra variants <<< "${AB:-}"
+for v in "${variants[@]}"; do
+  name=${v%%=*}; settings=${v#*=}
+  p=$(dmon "hpdl_$name"); env $settings bin/gpu_e2e "$cases" "$maths" | tee "$OUT/hpdl_$name.jsonl"; kill "$p"
+  python3 - "$OUT/hpdl.jsonl" "$OUT/hpdl_$name.jsonl" "$OUT/peer.txt" "$name ($settings)" <<'PY'
 import json, sys
 def rows(f):
     return [json.loads(l) for l in open(f) if l.startswith("{")]
 peer = {(r["model"], r["batch"], r["math"]): r["train_images_per_s"] for r in rows(sys.argv[3])}
-legacy = {(r["model"], r["batch"], r["math"]): r["train_images_per_s"] for r in rows(sys.argv[1])}
+base = {(r["model"], r["batch"], r["math"]): r["train_images_per_s"] for r in rows(sys.argv[1])}
 for r in rows(sys.argv[2]):
     k = (r["model"], r["batch"], r["math"])
     if k in peer:
-        print(f"graph plans: {k[0]} b{k[1]} {k[2]}: {r['train_images_per_s']:.0f} img/s = "
-              f"{r['train_images_per_s'] / peer[k]:.2f}x torch (legacy API {legacy.get(k, 0) / peer[k]:.2f}x), "
-              f"{r.get('graph_plans')} plans, {r.get('graph_unsupported')} left to legacy")
+        print(f"{sys.argv[4]}: {k[0]} b{k[1]} {k[2]}: {r['train_images_per_s']:.0f} img/s = "
+              f"{r['train_images_per_s'] / peer[k]:.2f}x torch (default paths {base.get(k, 0) / peer[k]:.2f}x), "
+              f"{r.get('graph_plans')} graph plans, {r.get('graph_unsupported')} left to legacy")
 PY
-fi
-for f in hpdl pytorch hpdl_graph; do
-  [ -f "$OUT/dmon_$f.txt" ] || continue
+done
+for d in "$OUT"/dmon_*.txt; do
+  f=$(basename "$d" .txt); f=${f#dmon_}
   awk -v f=$f '$1 !~ /^#/ && $2+0 > 0 {n++; s += $2} END {if (n) printf "%s: %d busy samples, mean sm %.0f%%\n", f, n, s/n}' \
-    "$OUT/dmon_$f.txt"
+    "$d"
 done

@@ -173,14 +173,15 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
   const cuda::GraphConvStats gs = cuda::graph_conv_stats();
   std::printf(
       "{\"framework\": \"hpdl\", \"model\": \"%s\", \"batch\": %lld, "
-      "\"math\": \"%s\", \"conv_search\": %s, \"conv_graph\": %s, "
+      "\"math\": \"%s\", \"conv_search\": %s, \"conv_graph\": %s, \"fused_residual\": %s, "
       "\"graph_plans\": %lld, \"graph_unsupported\": %lld, "
       "\"train_images_per_s\": %.1f, \"step_ms\": %.3f, "
       "\"host_fraction\": %.3f, \"loss\": %.4f, "
       "\"first_loss\": %.4f, \"gpu_mem_allocated_mb\": %.0f, "
       "\"gpu_mem_cached_mb\": %.0f}\n",
       name.c_str(), static_cast<long long>(batch), math.c_str(), cuda::conv_search() ? "true" : "false",
-      cuda::conv_graph() ? "true" : "false", static_cast<long long>(gs.plans_built),
+      cuda::conv_graph() ? "true" : "false", cuda::fused_residual() ? "true" : "false",
+      static_cast<long long>(gs.plans_built),
       static_cast<long long>(gs.unsupported),
       batch * steps / wall, 1e3 * wall / steps,
       secs(t0, t_launched) / wall, loss.item(), first_loss, st.allocated_bytes / 1048576.0,

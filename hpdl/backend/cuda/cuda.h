@@ -60,6 +60,13 @@ bool conv_search();
 // to the legacy API, and convolutions run through a plan.
 void set_conv_graph(bool on);
 bool conv_graph();
+// Batch norm, residual add and ReLU of a residual block's last layer in one
+// bfloat16 kernel pass (Backend::batchnorm_add_relu_forward_train) instead of
+// the batch norm's output pass and a separate add_relu pass. Off by default
+// until measured on a GPU; HPDL_CUDA_FUSED_RESIDUAL=1 sets the default.
+void set_fused_residual(bool on);
+bool fused_residual();
+
 struct GraphConvStats {
   int64_t plans_built = 0;
   int64_t unsupported = 0;

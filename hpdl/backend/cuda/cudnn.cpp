@@ -13,6 +13,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -671,10 +672,20 @@ void CudaBackend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
   bn_train_bf16(x, gamma, beta, y, save_mean, save_invstd, eps, true);
 }
 
+namespace {
+std::atomic<bool> g_fused_residual{[] {
+  const char* e = std::getenv("HPDL_CUDA_FUSED_RESIDUAL");
+  return e && std::string(e) == "1";
+}()};
+}  // namespace
+
+void set_fused_residual(bool on) { g_fused_residual = on; }
+bool fused_residual() { return g_fused_residual; }
+
 void CudaBackend::batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
                                                    const Tensor& beta, const Tensor& y, const Tensor& save_mean,
                                                    const Tensor& save_invstd, double eps) {
-  if (x.dtype() != DType::bf16 || residual.dtype() != DType::bf16)
+  if (!g_fused_residual || x.dtype() != DType::bf16 || residual.dtype() != DType::bf16)
     return Backend::batchnorm_add_relu_forward_train(x, residual, gamma, beta, y, save_mean, save_invstd, eps);
   bn_train_bf16(x, gamma, beta, y, save_mean, save_invstd, eps, true, residual);
 }

@@ -394,6 +394,15 @@ class ConvGraphScope {
   bool prev_;
 };
 
+class FusedResidualScope {
+ public:
+  explicit FusedResidualScope(bool on) : prev_(cuda::fused_residual()) { cuda::set_fused_residual(on); }
+  ~FusedResidualScope() { cuda::set_fused_residual(prev_); }
+
+ private:
+  bool prev_;
+};
+
 TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
   ConvGraphScope legacy(false);
   conv_cases_against_reference("legacy");
@@ -894,6 +903,7 @@ TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
       Tensor bres = bf16_rounded(randt(s, 99, DType::f32, -1, 1));
       Tensor ay = host_out(s), am = host_out({Cb}), ai = host_out({Cb});
       ref().batchnorm_add_relu_forward_train(bx, bres, gamma, beta, ay, am, ai, 1e-5);
+      FusedResidualScope fused(true);
       for (bool cl : {true, false}) {
         Tensor hy = cl ? poisoned_channels_last(s, t) : up_bf16(host_out(s)), hm = poisoned({Cb}), hi = poisoned({Cb});
         gpu().batchnorm_add_relu_forward_train(cl ? up_channels_last(bx, t) : up_bf16(bx),
@@ -909,6 +919,12 @@ TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
       gpu().batchnorm_add_relu_forward_train(up_channels_last(bx, t), up_bf16(bres), up(gamma), up(beta), oy, om, oi,
                                              1e-5);
       expect_close(down(oy.contiguous()).to(DType::f32), ay, name + " add_relu mixed layouts forward", rtol, atol);
+      // Switched off (the default until measured): the composed batch norm and add_relu.
+      FusedResidualScope composed(false);
+      Tensor cy = poisoned_channels_last(s, t), cm = poisoned({Cb}), ci = poisoned({Cb});
+      gpu().batchnorm_add_relu_forward_train(up_channels_last(bx, t), up_channels_last(bres, t), up(gamma), up(beta),
+                                             cy, cm, ci, 1e-5);
+      expect_close(down(cy.contiguous()).to(DType::f32), ay, name + " add_relu composed forward", rtol, atol);
     }
   }
 }
