@@ -50,6 +50,16 @@ void Backend::batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& re
   binary(BinaryOp::add_relu, y, residual, y, 0);
 }
 
+void Backend::batchnorm_forward_infer_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                           const Tensor& beta, const Tensor& mean, const Tensor& var, const Tensor& y,
+                                           double eps) {
+  batchnorm_forward_infer(x, gamma, beta, mean, var, y, eps);
+  if (residual.defined())
+    binary(BinaryOp::add_relu, y, residual, y, 0);
+  else
+    unary(UnaryOp::relu, y, y, 0);
+}
+
 void Backend::batchnorm_update_running(const Tensor& running_mean, const Tensor& running_var,
                                        const Tensor& save_mean, const Tensor& save_invstd, double momentum,
                                        double eps, int64_t M) {

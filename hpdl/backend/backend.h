@@ -193,6 +193,13 @@ class Backend {
                                                 const Tensor& beta, const Tensor& y, const Tensor& save_mean,
                                                 const Tensor& save_invstd, double eps);
 
+  // Inference batch norm followed by ReLU, y = max(0, bn(x)), or with a residual (x's shape and
+  // strides; may be undefined) y = max(0, bn(x) + residual), rounded as the add_relu binary op. The
+  // default composes batchnorm_forward_infer with the ReLU or add_relu pass; a backend may fuse them.
+  virtual void batchnorm_forward_infer_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                            const Tensor& beta, const Tensor& mean, const Tensor& var,
+                                            const Tensor& y, double eps);
+
   // The running statistics after a training batch of M values per channel (all [C], contiguous):
   // running_mean = (1 - momentum) running_mean + momentum save_mean, and running_var likewise with the
   // unbiased batch variance (1 / save_invstd^2 - eps) M / (M - 1). The default composes unary and

@@ -73,6 +73,13 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                shape_str(residual.shape()), shape_str(x.shape()));
     detail::check_same(x, residual, op);
   }
+  const bool graph = res ? needs_grad({&x, &gamma, &beta, &residual}) : needs_grad({&x, &gamma, &beta});
+  if (!use_batch_stats && relu && !graph) {
+    // Inference without a graph: the ReLU (and the residual) in the batch norm's output pass.
+    be.batchnorm_forward_infer_relu(xc, res ? detail::dense_as(residual, xc).detach() : Tensor(), g, b,
+                                    running_mean.contiguous(), running_var.contiguous(), y, eps);
+    return y;
+  }
   if (!use_batch_stats && res)
     return add_relu(batch_norm_impl(x, gamma, beta, running_mean, running_var, training, momentum, eps, false),
                     residual);

@@ -898,22 +898,44 @@ void OneDnnBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma
   invstd_from_var(e.var.data(), save_invstd.data<float>(), C, eps);
 }
 
+namespace {
+// Inference over plain planes: y = x * scale + shift with the running statistics, then the ReLU or
+// the residual's add_relu when asked (bn_apply).
+void bn_infer(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+              const Tensor& var, const Tensor& y, double eps, bool relu) {
+  const BnPlanes sp(x);
+  const float *X = x.data<float>(), *G = gamma.data<float>(), *B = beta.data<float>();
+  const float *MU = mean.data<float>(), *V = var.data<float>();
+  const float* R = residual.defined() ? residual.data<float>() : nullptr;
+  float* Y = y.data<float>();
+  parallel_for(sp.C, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const double scale = G[c] / std::sqrt(static_cast<double>(V[c]) + eps);
+      bn_apply(sp, X, Y, c, static_cast<float>(scale), static_cast<float>(B[c] - MU[c] * scale), relu, R);
+    }
+  });
+}
+}  // namespace
+
+void OneDnnBackend::batchnorm_forward_infer_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                                 const Tensor& beta, const Tensor& mean, const Tensor& var,
+                                                 const Tensor& y, double eps) {
+  if (f32_dense({&x, &residual, &gamma, &beta, &mean, &var, &y}) && bn_shape_ok(x) && BnPlanes(x).ok() &&
+      (!residual.defined() || residual.shape() == x.shape())) {
+    bn_infer(x, residual, gamma, beta, mean, var, y, eps, true);
+    return;
+  }
+  Backend::batchnorm_forward_infer_relu(x, residual, gamma, beta, mean, var, y, eps);
+}
+
 void OneDnnBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                             const Tensor& mean, const Tensor& var, const Tensor& y, double eps) {
   if (!f32_dense({&x, &gamma, &beta, &mean, &var, &y}) || !bn_shape_ok(x)) {
     ReferenceBackend::batchnorm_forward_infer(x, gamma, beta, mean, var, y, eps);
     return;
   }
-  if (const BnPlanes sp(x); sp.ok()) {
-    const float *X = x.data<float>(), *G = gamma.data<float>(), *B = beta.data<float>();
-    const float *MU = mean.data<float>(), *V = var.data<float>();
-    float* Y = y.data<float>();
-    parallel_for(sp.C, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t c = lo; c < hi; ++c) {
-        const double scale = G[c] / std::sqrt(static_cast<double>(V[c]) + eps);
-        bn_apply(sp, X, Y, c, static_cast<float>(scale), static_cast<float>(B[c] - MU[c] * scale), false);
-      }
-    });
+  if (BnPlanes(x).ok()) {
+    bn_infer(x, Tensor(), gamma, beta, mean, var, y, eps, false);
     return;
   }
   struct E {

@@ -45,6 +45,9 @@ class OneDnnBackend : public ReferenceBackend {
   // ReLU fused into the batch-norm passes: y is clamped as it is written; backward masks dy by y > 0 as it reads it.
   void batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                     const Tensor& save_mean, const Tensor& save_invstd, double eps) override;
+  void batchnorm_forward_infer_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma,
+                                    const Tensor& beta, const Tensor& mean, const Tensor& var, const Tensor& y,
+                                    double eps) override;
   void batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
                                         const Tensor& beta, const Tensor& y, const Tensor& save_mean,
                                         const Tensor& save_invstd, double eps) override;

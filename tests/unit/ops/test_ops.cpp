@@ -439,6 +439,25 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
+// Inference without a graph takes the fused output pass (batchnorm_forward_infer_relu); it must
+// equal the composition, which the eval tests above differentiate through.
+TEST(Ops, EvalBatchNormReluWithoutGradEqualsComposition) {
+  for (int64_t hw : {8, 2}) {
+    Generator gen(8);
+    const Shape xs{4, 3, hw, hw};
+    Tensor x = Tensor::randn(xs, gen), r = Tensor::randn(xs, gen);
+    Tensor g = Tensor::rand({3}, gen, 0.5, 1.5), b = Tensor::randn({3}, gen);
+    Tensor rm = Tensor::randn({3}, gen), rv = Tensor::rand({3}, gen, 0.5, 2.0);
+    NoGradGuard ng;
+    Tensor bn = batch_norm(x, g, b, rm, rv, false);
+    EXPECT_EQ(batch_norm_relu(x, g, b, rm, rv, false).to_vector<double>(), relu(bn).to_vector<double>()) << hw;
+    Tensor fused = batch_norm_add_relu(x, r, g, b, rm, rv, false);
+    EXPECT_EQ(fused.to_vector<double>(), add_relu(bn, r).to_vector<double>()) << hw;
+    auto v = fused.to_vector<double>();
+    EXPECT_GT(std::count(v.begin(), v.end(), 0.0), 0) << "some sums must be clipped";
+  }
+}
+
 TEST(OpErrors, BatchNormAddReluNamesAMismatchedResidual) {
   Tensor x = Tensor::zeros({2, 3, 4, 4}), g = Tensor::ones({3}), b = Tensor::zeros({3});
   EXPECT_NE(error_of([&] { batch_norm_add_relu(x, Tensor::zeros({2, 3, 4, 5}), g, b, Tensor(), Tensor(), true); })
