@@ -117,8 +117,13 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
 Storage::Storage(void* external, size_t nbytes, Device device)
     : data_(external), nbytes_(nbytes), device_(device), owned_(false) {}
 
+Storage::Storage(size_t nbytes, Device device, Allocator& allocator)
+    : nbytes_(nbytes), device_(device), allocator_(&allocator) {
+  data_ = allocator.allocate(nbytes);
+}
+
 Storage::~Storage() {
-  if (owned_ && data_) allocator_for(device_).deallocate(data_, nbytes_);
+  if (owned_ && data_) (allocator_ ? *allocator_ : allocator_for(device_)).deallocate(data_, nbytes_);
 }
 
 }  // namespace hpdl

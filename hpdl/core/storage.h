@@ -36,6 +36,9 @@ void register_allocator(DeviceType type, Allocator* a);
 class Storage {
  public:
   Storage(size_t nbytes, Device device);
+  // nbytes from `allocator` (which must outlive the Storage), given back to it on destruction:
+  // memory of a special kind on `device`, as the CUDA backend's page-locked host blocks.
+  Storage(size_t nbytes, Device device, Allocator& allocator);
   // Wraps external memory that the Storage does not own (must outlive it).
   Storage(void* external, size_t nbytes, Device device);
   ~Storage();
@@ -51,6 +54,7 @@ class Storage {
   size_t nbytes_ = 0;
   Device device_;
   bool owned_ = true;
+  Allocator* allocator_ = nullptr;  // null: the device's allocator
 };
 
 }  // namespace hpdl

@@ -35,6 +35,7 @@ std::vector<Key> bind(Config& c) {
   return {
       {"data.dataset", &d.dataset}, {"data.path", &d.path}, {"data.store", &d.store},
       {"data.batch_size", &d.batch_size}, {"data.workers", &d.workers}, {"data.prefetch", &d.prefetch},
+      {"data.pin_memory", &d.pin_memory},
       {"data.shuffle", &d.shuffle}, {"data.drop_last", &d.drop_last}, {"data.random_crop", &d.random_crop},
       {"data.crop_padding", &d.crop_padding}, {"data.random_flip", &d.random_flip},
       {"data.normalize", &d.normalize}, {"data.mean", &d.mean}, {"data.std", &d.std},
@@ -361,6 +362,9 @@ void validate(const Config& c, const std::string& src) {
   HPDL_CHECK(t.device == "cpu" || t.device == "cuda" || t.device.rfind("cuda:", 0) == 0,
              "{}: train.device = '{}' is not cpu, cuda or cuda:N", src, t.device);
   check_one_of(src, "train.precision", t.precision, {"fp32", "bf16", "fp16"});
+  HPDL_CHECK(!c.data.pin_memory || t.device != "cpu",
+             "{}: data.pin_memory = true needs train.device = 'cuda' (page-locked batches only speed up copies to a "
+             "GPU)", src);
   if (!loss_scale_value(t.loss_scale).has_value()) {
     std::string s = suggest(t.loss_scale, {"auto", "dynamic", "none"});
     HPDL_FAIL("{}: train.loss_scale = '{}' is not one of auto, dynamic, none or a positive number{}", src,

@@ -35,6 +35,7 @@ struct DataConfig {
   int64_t batch_size = 64;                // per rank
   int64_t workers = 2;                    // DataLoader threads
   int64_t prefetch = 2;                   // batches prepared ahead
+  bool pin_memory = false;                // train.device = "cuda": batches in page-locked memory, async uploads
   bool shuffle = true;
   bool drop_last = false;
   bool random_crop = false;               // augmentation: random crop with zero padding

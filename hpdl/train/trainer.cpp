@@ -317,6 +317,10 @@ TrainSummary Trainer::run(bool resume) {
   lo.workers = static_cast<int>(cfg.data.workers);
   lo.prefetch = static_cast<int>(cfg.data.prefetch);
   lo.seed = cfg.train.seed;
+#ifdef HPDL_HAVE_CUDA
+  if (cfg.data.pin_memory && device.is_cuda())  // page-locked batches: uploads overlap the step
+    lo.allocate = [](const Shape& s, DType t) { return cuda::pinned_empty(s, t); };
+#endif
   data::DataLoader loader(ds.train, sampler, lo, make_pipeline(cfg.data, true));
   const int64_t per_rank = sampler->epoch_length();
   const int64_t steps_per_epoch =

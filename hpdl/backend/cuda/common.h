@@ -8,7 +8,10 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <memory>
+
 #include "hpdl/backend/backend.h"
+#include "hpdl/core/storage.h"
 #include "hpdl/core/error.h"
 
 #define HPDL_CUDA_CHECK(call)                                                                            \
@@ -51,5 +54,10 @@ Tensor dense(const Tensor& t);
 
 // Channels-last (NHWC in memory) when the tensor is and not also row-major.
 inline bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
+
+// pinned.cpp: keeps `source` (the pinned block an upload queued on stream s reads) alive until
+// that upload has completed, without waiting for it; and drops the holds of completed uploads.
+void hold_until_done(const std::shared_ptr<Storage>& source, cudaStream_t s);
+void release_finished_uploads();
 
 }  // namespace hpdl::cuda

@@ -9,6 +9,8 @@
 #include <optional>
 
 #include "hpdl/core/dtype.h"
+#include "hpdl/core/shape.h"
+#include "hpdl/core/tensor.h"
 
 namespace hpdl::cuda {
 
@@ -100,5 +102,22 @@ struct TransferStats {
 TransferStats transfer_stats();
 // Returns every cached (free) block to the driver with cudaFree.
 void empty_cache();
+
+// A CPU tensor in page-locked (pinned) host memory, from a cache of
+// cudaHostAlloc blocks kept by size (a freed block is handed out again). A copy
+// from it to a GPU does not synchronize the stream: the upload keeps the block
+// alive until the copy has completed (an event per upload), so the caller may
+// drop or reuse its tensor at once. The DataLoader takes it as its allocate
+// hook with data.pin_memory = true. Throws when CUDA has no device.
+Tensor pinned_empty(const Shape& shape, DType dtype);
+// Whether t's memory comes from pinned_empty.
+bool is_pinned(const Tensor& t);
+struct PinnedStats {
+  int64_t host_allocs = 0;     // cudaHostAlloc calls made so far
+  int64_t cache_hits = 0;      // pinned_empty calls served from the cache
+  int64_t async_uploads = 0;   // uploads that did not synchronize the stream
+  int64_t in_flight = 0;       // uploads whose source block is still held
+};
+PinnedStats pinned_stats();
 
 }  // namespace hpdl::cuda

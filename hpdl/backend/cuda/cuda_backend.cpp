@@ -184,6 +184,7 @@ void synchronize() {
   int dev = 0;
   HPDL_CUDA_CHECK(cudaGetDevice(&dev));
   HPDL_CUDA_CHECK(cudaStreamSynchronize(stream_for(Device{DeviceType::cuda, dev})));
+  release_finished_uploads();
 }
 
 Tensor dense(const Tensor& t) {
@@ -264,7 +265,9 @@ void CudaBackend::copy_device(const Tensor& src, const Tensor& dst) {
 }
 
 // Host -> device: the host side made contiguous (a CPU copy), one cudaMemcpy, and a device-side
-// strided/converting copy when the destination is a view or has another dtype.
+// strided/converting copy when the destination is a view or has another dtype. From pageable
+// memory the stream is synchronized (the caller may free or rewrite its buffer on return); from a
+// pinned block (pinned_empty) the copy stays queued and the block is held until it completes.
 void CudaBackend::copy_upload(const Tensor& src, const Tensor& dst) {
   ++g_uploads;
   cudaStream_t s = stream_for(dst.device());
@@ -280,7 +283,10 @@ void CudaBackend::copy_upload(const Tensor& src, const Tensor& dst) {
     HPDL_CUDA_CHECK(cudaMemcpyAsync(stage.raw_data(), h.raw_data(), stage.nbytes(), cudaMemcpyHostToDevice, s));
     copy_device(stage, dst);
   }
-  HPDL_CUDA_CHECK(cudaStreamSynchronize(s));
+  if (is_pinned(h))
+    hold_until_done(h.storage(), s);
+  else
+    HPDL_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 // Device -> host: converted and made contiguous on the device, one cudaMemcpy, and a CPU copy

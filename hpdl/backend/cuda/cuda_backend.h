@@ -1,7 +1,8 @@
 // CudaBackend: the Backend interface on NVIDIA GPUs. cuBLAS for matmul, cuDNN
 // for convolution, pooling, batch norm and softmax, hand-written kernels
 // (kernels.cu) for the rest. All work of a device goes on its one compute
-// stream; copies to and from the host synchronize it. Private to backend/cuda.
+// stream; copies to and from the host synchronize it, except uploads from
+// pinned host memory (pinned.cpp). Private to backend/cuda.
 #pragma once
 
 #include "hpdl/backend/backend.h"

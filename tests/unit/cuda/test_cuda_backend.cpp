@@ -105,6 +105,51 @@ TEST_F(CudaBackendTest, CachingAllocatorReusesFreedBlocks) {
   EXPECT_GT(after.cached_bytes, 0u);
 }
 
+// Pinned host memory: an upload from it is queued without a stream synchronization and holds its
+// source block until done, so the caller may drop the tensor at once and a new pinned tensor of the
+// same size never gets a block that a queued copy still reads.
+TEST_F(CudaBackendTest, PinnedUploadsAreAsynchronousAndHoldTheirSource) {
+  const int64_t n = 4 << 20;  // 16 MiB: long enough a copy to be in flight when the host moves on
+  Tensor h = cuda::pinned_empty({n}, DType::f32);
+  EXPECT_TRUE(cuda::is_pinned(h));
+  EXPECT_TRUE(h.device().is_cpu());
+  EXPECT_FALSE(cuda::is_pinned(Tensor::empty({n})));
+  float* p = h.data<float>();
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(i % 1000);
+  const cuda::PinnedStats before = cuda::pinned_stats();
+  Tensor d = h.to(kGPU);
+  EXPECT_EQ(cuda::pinned_stats().async_uploads, before.async_uploads + 1);
+  h = Tensor();  // dropped while the copy may still run
+  Tensor h2 = cuda::pinned_empty({n}, DType::f32);
+  float* p2 = h2.data<float>();
+  for (int64_t i = 0; i < n; ++i) p2[i] = -1.0f;  // would corrupt d if it were the held block
+  Tensor back = d.to(kCPU);
+  const float* b = back.data<float>();
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(b[i], static_cast<float>(i % 1000)) << "element " << i;
+  cuda::synchronize();
+  EXPECT_EQ(cuda::pinned_stats().in_flight, 0);
+  // A view of a pinned block (a DataLoader batch) and a converting upload are asynchronous too.
+  Tensor v = h2.slice(0, 8, 16);
+  const int64_t async = cuda::pinned_stats().async_uploads;
+  Tensor dv = v.to(kGPU), dc = Tensor::empty({8}, DType::f64, kGPU);
+  gpu().copy(v, dc);
+  EXPECT_EQ(cuda::pinned_stats().async_uploads, async + 2);
+  EXPECT_EQ(dv.to(kCPU).to_vector<float>(), std::vector<float>(8, -1.0f));
+  EXPECT_EQ(dc.to(kCPU).to_vector<double>(), std::vector<double>(8, -1.0));
+  // Freed blocks come back from the cache once no upload holds them.
+  h2 = v = Tensor();
+  cuda::synchronize();
+  const cuda::PinnedStats s0 = cuda::pinned_stats();
+  Tensor h3 = cuda::pinned_empty({n}, DType::f32);
+  EXPECT_EQ(cuda::pinned_stats().host_allocs, s0.host_allocs);
+  EXPECT_EQ(cuda::pinned_stats().cache_hits, s0.cache_hits + 1);
+  // Pageable memory keeps the synchronous path.
+  Tensor plain = Tensor::ones({16});
+  plain.to(kGPU);
+  EXPECT_EQ(cuda::pinned_stats().async_uploads, s0.async_uploads);
+}
+
 // ---------------------------------------------------------------- memory
 
 TEST_F(CudaBackendTest, CopyRoundTripsEveryDtype) {

@@ -173,6 +173,20 @@ TEST(Config, EveryExampleConfigParses) {
   RecordProperty("example_configs", n);
 }
 
+// data.pin_memory only means something for a GPU run; on the CPU it is a mistake worth naming.
+TEST(Config, PinMemoryNeedsACudaDevice) {
+  EXPECT_FALSE(parse_config("", "c.toml").data.pin_memory);
+  EXPECT_TRUE(parse_config("[data]\npin_memory = true\n[train]\ndevice = \"cuda\"\n", "c.toml").data.pin_memory);
+  try {
+    parse_config("[data]\npin_memory = true\n", "c.toml");
+    FAIL() << "pin_memory on the CPU was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("c.toml: data.pin_memory = true needs train.device = 'cuda'"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
 // or string, also through --set), did-you-mean for a misspelt word, and which
 // scaler each combination makes.
