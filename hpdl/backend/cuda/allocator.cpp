@@ -19,13 +19,7 @@ namespace hpdl::cuda {
 namespace {
 
 // Size classes: powers of two from 512 bytes to 1 MiB, then multiples of 2 MiB.
-size_t size_class(size_t n) {
-  constexpr size_t kSmall = size_t{1} << 20, kLargeStep = size_t{2} << 20;
-  if (n > kSmall) return (n + kLargeStep - 1) / kLargeStep * kLargeStep;
-  size_t c = 512;
-  while (c < n) c <<= 1;
-  return c;
-}
+size_t size_class(size_t n) { return block_class(n, 512); }
 
 class CachingAllocator final : public Allocator {
  public:

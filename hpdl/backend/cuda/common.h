@@ -55,6 +55,16 @@ Tensor dense(const Tensor& t);
 // Channels-last (NHWC in memory) when the tensor is and not also row-major.
 inline bool nhwc(const Tensor& t) { return !t.is_contiguous() && t.is_channels_last(); }
 
+// The caching allocators' size classes (allocator.cpp, pinned.cpp): powers of two from `smallest`
+// to 1 MiB, then multiples of 2 MiB.
+inline size_t block_class(size_t n, size_t smallest) {
+  constexpr size_t kSmall = size_t{1} << 20, kLargeStep = size_t{2} << 20;
+  if (n > kSmall) return (n + kLargeStep - 1) / kLargeStep * kLargeStep;
+  size_t c = smallest;
+  while (c < n) c <<= 1;
+  return c;
+}
+
 // pinned.cpp: keeps `source` (the pinned block an upload queued on stream s reads) alive until
 // that upload has completed, without waiting for it; and drops the holds of completed uploads.
 void hold_until_done(const std::shared_ptr<Storage>& source, cudaStream_t s);

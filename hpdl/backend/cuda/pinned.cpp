@@ -26,14 +26,8 @@
 namespace hpdl::cuda {
 namespace {
 
-// Size classes: powers of two from 4 KiB to 1 MiB, then multiples of 2 MiB.
-size_t pinned_class(size_t n) {
-  constexpr size_t kSmall = size_t{1} << 20, kStep = size_t{2} << 20;
-  if (n > kSmall) return (n + kStep - 1) / kStep * kStep;
-  size_t c = 4096;
-  while (c < n) c <<= 1;
-  return c;
-}
+// Size classes: powers of two from 4 KiB (a page) to 1 MiB, then multiples of 2 MiB.
+size_t pinned_class(size_t n) { return block_class(n, 4096); }
 
 class PinnedAllocator final : public Allocator {
  public:

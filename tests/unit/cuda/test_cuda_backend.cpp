@@ -429,24 +429,20 @@ void conv_cases_against_reference(const std::string& tag) {
   }
 }
 
-// Sets the cuDNN graph-plan switch for a scope.
-class ConvGraphScope {
+// Sets one of the backend's switches for a scope and restores it after.
+template <bool (*Get)(), void (*Set)(bool)>
+class SwitchScope {
  public:
-  explicit ConvGraphScope(bool on) : prev_(cuda::conv_graph()) { cuda::set_conv_graph(on); }
-  ~ConvGraphScope() { cuda::set_conv_graph(prev_); }
+  explicit SwitchScope(bool on) : prev_(Get()) { Set(on); }
+  ~SwitchScope() { Set(prev_); }
+  SwitchScope(const SwitchScope&) = delete;
+  SwitchScope& operator=(const SwitchScope&) = delete;
 
  private:
   bool prev_;
 };
-
-class FusedResidualScope {
- public:
-  explicit FusedResidualScope(bool on) : prev_(cuda::fused_residual()) { cuda::set_fused_residual(on); }
-  ~FusedResidualScope() { cuda::set_fused_residual(prev_); }
-
- private:
-  bool prev_;
-};
+using ConvGraphScope = SwitchScope<cuda::conv_graph, cuda::set_conv_graph>;            // cuDNN graph plans
+using FusedResidualScope = SwitchScope<cuda::fused_residual, cuda::set_fused_residual>;  // BN + add + ReLU
 
 TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
   ConvGraphScope legacy(false);
