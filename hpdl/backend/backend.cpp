@@ -29,6 +29,12 @@ const char* reduce_name(ReduceOp op) {
   return names[static_cast<int>(op)];
 }
 
+void Backend::conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                              const Tensor& db, const Conv2dParams& p) {
+  if (dx.defined()) conv2d_backward_data(dy, w, dx, p);
+  if (dw.defined()) conv2d_backward_weights(x, dy, dw, db, p);
+}
+
 void Backend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
                                            const Tensor& save_mean, const Tensor& save_invstd, double eps) {
   batchnorm_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);

@@ -160,6 +160,12 @@ class Backend {
   virtual void conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                        const Conv2dParams& p) = 0;
 
+  // Both backward convolutions of one dy: dx (skipped when undefined) and dw with db (dw undefined:
+  // skipped; db may be undefined). The default calls the two methods above; a backend may share
+  // work between them (oneDNN: dy reordered into the primitives' layout once).
+  virtual void conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                               const Tensor& db, const Conv2dParams& p);
+
   // ---- pooling: x [N, C, H, W], y [N, C, P, Q] ----
   virtual void pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) = 0;
   // Max pooling backward routes dy to the first maximum of each window of x.

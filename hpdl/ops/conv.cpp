@@ -67,15 +67,12 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
           Tensor dy = cl ? detail::channels_last(g[0]) : g[0].contiguous();
           Backend& be = detail::pick(dy, OpKind::conv2d);
           Tensor dx, dw, db;
-          if (gx) {
-            dx = detail::empty_like(xc);
-            be.conv2d_backward_data(dy, wc, dx, p);
-          }
+          if (gx) dx = detail::empty_like(xc);
           if (gw || gb) {
             dw = detail::empty_like(wc);
             if (has_bias) db = Tensor::empty({wc.dim(0)}, wc.dtype(), wc.device());
-            be.conv2d_backward_weights(xc, dy, dw, db, p);
           }
+          be.conv2d_backward(xc, wc, dy, dx, dw, db, p);
           return std::vector<Tensor>{dx, gw ? dw : Tensor(), gb ? db : Tensor()};
         },
         /*first_order_only=*/true);

@@ -311,8 +311,46 @@ void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tenso
   s.wait();
 }
 
+// dy in the backward primitives' layout, reordered once when both backward convolutions run
+// (conv2d_backward): the buffer lives here until both have used it.
+struct OneDnnBackend::SharedDy {
+  memory::desc desc;
+  memory mem;  // empty until the first primitive has reordered dy
+  Impl::Scratch scratch;
+};
+
 void OneDnnBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx,
                                          const Conv2dParams& p) {
+  conv_backward_data(dy, w, dx, p, nullptr);
+}
+
+void OneDnnBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                                            const Conv2dParams& p) {
+  conv_backward_weights(x, dy, dw, db, p, nullptr);
+}
+
+void OneDnnBackend::conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
+                                    const Tensor& dw, const Tensor& db, const Conv2dParams& p) {
+  SharedDy shared;
+  if (dx.defined()) conv_backward_data(dy, w, dx, p, &shared);
+  if (dw.defined()) conv_backward_weights(x, dy, dw, db, p, &shared);
+}
+
+namespace {
+// dy in layout `want`: the shared reorder when it has that layout, else a new one (kept in `shared`
+// for the other backward convolution when there is one).
+template <typename Impl, typename Shared>
+memory dy_in_layout(const Impl& impl, const memory& dyu, const memory::desc& want, typename Impl::Scratch& scratch,
+                    Shared* shared, dnnl::stream& s) {
+  if (shared && shared->mem && shared->desc == want) return shared->mem;
+  memory m = impl.in_layout(dyu, want, shared ? shared->scratch : scratch, s);
+  if (shared && m.get_data_handle() != dyu.get_data_handle()) shared->desc = want, shared->mem = m;
+  return m;
+}
+}  // namespace
+
+void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p,
+                                       SharedDy* shared) {
   ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p);
   if (!f32_dense({&dy, &w, &dx}) || !geom.ok) {
     ReferenceBackend::conv2d_backward_data(dy, w, dx, p);
@@ -334,7 +372,7 @@ void OneDnnBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, cons
   dnnl::stream s(impl_->engine);
   Impl::Scratch scratch;
   memory dyu = impl_->wrap(geom.dst, dy), wu = impl_->wrap(geom.wei, w), dxu = impl_->wrap(geom.src, dx);
-  memory dym = impl_->in_layout(dyu, e.pd.diff_dst_desc(), scratch, s);
+  memory dym = dy_in_layout(*impl_, dyu, e.pd.diff_dst_desc(), scratch, shared, s);
   memory wm = impl_->in_layout(wu, e.pd.weights_desc(), scratch, s);
   memory dxm = impl_->out_layout(dxu, e.pd.diff_src_desc(), scratch);
   e.prim.execute(s, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm}});
@@ -342,8 +380,8 @@ void OneDnnBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, cons
   s.wait();
 }
 
-void OneDnnBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
-                                            const Conv2dParams& p) {
+void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                                          const Conv2dParams& p, SharedDy* shared) {
   ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p);
   if (!f32_dense({&x, &dy, &dw, &db}) || !geom.ok) {
     ReferenceBackend::conv2d_backward_weights(x, dy, dw, db, p);
@@ -372,7 +410,7 @@ void OneDnnBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, c
   Impl::Scratch scratch;
   memory xu = impl_->wrap(geom.src, x), dyu = impl_->wrap(geom.dst, dy), dwu = impl_->wrap(geom.wei, dw);
   memory xm = impl_->in_layout(xu, e.pd.src_desc(), scratch, s);
-  memory dym = impl_->in_layout(dyu, e.pd.diff_dst_desc(), scratch, s);
+  memory dym = dy_in_layout(*impl_, dyu, e.pd.diff_dst_desc(), scratch, shared, s);
   memory dwm = impl_->out_layout(dwu, e.pd.diff_weights_desc(), scratch);
   Args args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm}};
   if (has_bias) args[DNNL_ARG_DIFF_BIAS] = impl_->wrap(geom.bias, db);

@@ -29,6 +29,8 @@ class OneDnnBackend : public ReferenceBackend {
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                       const Conv2dParams& p) override;
   void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) override;
+  void conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                       const Tensor& db, const Conv2dParams& p) override;
   void conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                const Conv2dParams& p) override;
   void pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) override;
@@ -77,8 +79,13 @@ class OneDnnBackend : public ReferenceBackend {
                             const Tensor& y, const Tensor& reserve, const std::vector<Tensor>& dweights) override;
 
   struct Impl;  // primitive cache (onednn.cpp)
+  struct SharedDy;  // dy reordered once for both backward convolutions (onednn.cpp)
 
  private:
+  void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p,
+                          SharedDy* shared);
+  void conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                             const Conv2dParams& p, SharedDy* shared);
   Impl* impl_;
 };
 

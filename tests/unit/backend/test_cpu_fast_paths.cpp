@@ -164,5 +164,47 @@ TEST(CpuFastPaths, BatchNormMatchesReference) {
   }
 }
 
+// conv2d_backward reorders dy once for both backward convolutions; the results must be those of
+// the two separate calls, bit for bit, and agree with the reference.
+TEST(CpuFastPaths, SharedDyConvolutionBackwardEqualsSeparateCalls) {
+  struct Case {
+    Shape x, w;
+    int64_t stride, pad;
+    bool bias;
+  };
+  for (const Case& c : {Case{{4, 16, 14, 14}, {32, 16, 3, 3}, 1, 1, false},   // a ResNet 3x3
+                        Case{{4, 32, 14, 14}, {64, 32, 1, 1}, 2, 0, false},   // a 1x1 stride-2 shortcut
+                        Case{{8, 1, 28, 28}, {6, 1, 5, 5}, 1, 2, true}}) {   // LeNet's conv1 with bias
+    Conv2dParams p;
+    p.stride_h = p.stride_w = c.stride;
+    p.pad_h = p.pad_w = c.pad;
+    const int64_t P = Conv2dParams::out_size(c.x[2], c.w[2], c.stride, c.pad, 1);
+    const int64_t Q = Conv2dParams::out_size(c.x[3], c.w[3], c.stride, c.pad, 1);
+    Generator g(31);
+    Tensor x = Tensor::randn(c.x, g), w = Tensor::randn(c.w, g, 0, 0.1), dy = Tensor::randn({c.x[0], c.w[0], P, Q}, g);
+    auto run = [&](Backend& be, bool shared) {
+      std::vector<Tensor> out{Tensor::full(c.x, 7.0), Tensor::full(c.w, 7.0),
+                              c.bias ? Tensor::full({c.w[0]}, 7.0) : Tensor()};
+      if (shared) {
+        be.conv2d_backward(x, w, dy, out[0], out[1], out[2], p);
+      } else {
+        be.conv2d_backward_data(dy, w, out[0], p);
+        be.conv2d_backward_weights(x, dy, out[1], out[2], p);
+      }
+      return out;
+    };
+    auto a = run(cpu_backend(), true), b = run(cpu_backend(), false), r = run(reference_backend(), false);
+    const std::string what = fmt::format("conv backward x {} w {}", shape_str(c.x), shape_str(c.w));
+    for (size_t k = 0; k < a.size(); ++k) {
+      if (!a[k].defined()) continue;
+      EXPECT_EQ(a[k].to_vector<float>(), b[k].to_vector<float>()) << what << " output " << k;
+      auto av = a[k].to_vector<float>();
+      float scale = 0;
+      for (float v : av) scale = std::max(scale, std::abs(v));
+      expect_equal(a[k], r[k], 1e-4 * scale, what + " vs reference, output " + std::to_string(k));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace hpdl
