@@ -43,7 +43,8 @@ class PinnedAllocator final : public Allocator {
       return p;
     }
     void* p = nullptr;
-    const cudaError_t e = cudaHostAlloc(&p, cls, cudaHostAllocDefault);
+    // Portable: page-locked for every device's context, not only the one current here.
+    const cudaError_t e = cudaHostAlloc(&p, cls, cudaHostAllocPortable);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
       HPDL_FAIL("cudaHostAlloc of {} bytes of page-locked host memory failed: {}; set data.pin_memory = false or "
