@@ -2,7 +2,7 @@
 """The PyTorch peer for bench/gpu/gpu_e2e.cpp: the same resnet20 (1x28x28,
 from bench/e2e/torch_peer.py) and torchvision's resnet50 (3x224x224, the same
 Bottleneck v1.5 as hpdl's), SGD momentum 0.9, random data on the GPU, warm-up,
-then whole steps between two torch.cuda.synchronize() calls.
+then whole steps between two torch.cuda.synchronize() calls (median of repeated windows).
 math: fp32 (TF32 off everywhere), tf32 (TF32 on for conv and matmul),
 bf16 (channels_last + torch.autocast(bfloat16), fp32 master weights),
 bf16nchw (autocast without channels_last).
@@ -53,20 +53,37 @@ def bench(name, batch, math):
         opt.step()
         return loss
 
-    warmup, steps = 5, (20 if big else 50)
-    for _ in range(warmup):
+    # As gpu_e2e: warm-up of at least 5 steps and 2 s (the GPU's clocks ramp up from idle), then
+    # REPEATS timed windows; the rate is their median, with min and max beside it.
+    warmup = int(os.environ.get("HPDL_E2E_WARMUP", 5))
+    warmup_s = float(os.environ.get("HPDL_E2E_WARMUP_S", 2.0))
+    steps = int(os.environ.get("HPDL_E2E_STEPS", 20 if big else 50))
+    repeats = max(1, int(os.environ.get("HPDL_E2E_REPEATS", 3)))
+    warmed, w0 = 0, time.perf_counter()
+    while warmed < warmup or time.perf_counter() - w0 < warmup_s:
         step()
+        warmed += 1
+        if warmed >= warmup:
+            torch.cuda.synchronize()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    t_launched = time.perf_counter()
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    windows = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        t_launched = time.perf_counter()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        windows.append((wall, (t_launched - t0) / wall))
+    wall, host_fraction = sorted(windows)[len(windows) // 2]
+    wall_min, wall_max = min(w for w, _ in windows), max(w for w, _ in windows)
     return {"framework": "pytorch", "torch": torch.__version__, "model": name, "batch": batch, "math": math,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "train_images_per_s": round(batch * steps / wall, 1), "step_ms": round(1e3 * wall / steps, 3),
-            "host_fraction": round((t_launched - t0) / wall, 3), "loss": round(loss.item(), 4),
+            "train_images_per_s": round(batch * steps / wall, 1),
+            "train_images_per_s_min": round(batch * steps / wall_max, 1),
+            "train_images_per_s_max": round(batch * steps / wall_min, 1),
+            "repeats": repeats, "warmup_steps": warmed, "step_ms": round(1e3 * wall / steps, 3),
+            "host_fraction": round(host_fraction, 3), "loss": round(loss.item(), 4),
             "gpu_mem_max_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
 
 
