@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <tuple>
 
 #include "hpdl/autograd/node.h"
 #ifdef HPDL_HAVE_CUDA
@@ -99,20 +100,51 @@ struct StepStats {
   double loss_sum = 0, correct = 0, count = 0, stop = 0, ckpt = 0;
 };
 
-StepStats allreduce_stats(dist::Communicator& comm, StepStats s) {
-  Tensor t = Tensor::from_vector<double>({s.loss_sum, s.correct, s.count, s.stop, s.ckpt}, {5});
+std::vector<double> allreduce_sums(dist::Communicator& comm, const std::vector<double>& v) {
+  Tensor t = Tensor::from_vector<double>(v, {static_cast<int64_t>(v.size())});
   comm.allreduce(t);
-  auto v = t.to_vector<double>();
+  return t.to_vector<double>();
+}
+
+StepStats allreduce_stats(dist::Communicator& comm, StepStats s) {
+  auto v = allreduce_sums(comm, {s.loss_sum, s.correct, s.count, s.stop, s.ckpt});
   return {v[0], v[1], v[2], v[3], v[4]};
 }
 
-int64_t count_correct(const Tensor& logits, const Tensor& labels) {
-  auto pred = argmax(logits.detach(), 1).to_vector<int64_t>();
-  auto lab = labels.to_vector<int64_t>();
-  int64_t c = 0;
-  for (size_t i = 0; i < pred.size(); ++i) c += pred[i] == lab[i];
-  return c;
-}
+// Sums of (loss x samples) and of correct predictions, kept as float64 scalars on the compute
+// device. Adding a batch queues a few small kernels and does not wait for them: a training step on a
+// GPU then never synchronizes for its metrics. read() copies the sums to the host (one
+// synchronization) when a log line or a summary needs them.
+class MetricSums {
+ public:
+  MetricSums() = default;
+  // One batch: `loss` (a scalar) times `weight` (the batch size for a mean loss, 1 for a summed
+  // one), and the number of rows of `logits` [n, classes] whose argmax is `labels` [n] (int64).
+  static MetricSums of_batch(const Tensor& loss, double weight, const Tensor& logits, const Tensor& labels) {
+    NoGradGuard ng;
+    MetricSums m;
+    m.loss_ = loss.detach().to(DType::f64);
+    if (weight != 1.0) m.loss_ = m.loss_ * weight;
+    m.correct_ = sum(eq(argmax(logits.detach(), 1).to(DType::f64), labels.to(DType::f64)));
+    return m;
+  }
+  void add(const MetricSums& b) {
+    if (!loss_.defined()) {
+      *this = b;
+    } else if (b.loss_.defined()) {
+      NoGradGuard ng;
+      loss_ = loss_ + b.loss_, correct_ = correct_ + b.correct_;
+    }
+  }
+  // (loss sum, correct) on the host; zeros when nothing was added.
+  std::pair<double, double> read() const {
+    if (!loss_.defined()) return {0.0, 0.0};
+    return {loss_.to(kCPU).item(), correct_.to(kCPU).item()};
+  }
+
+ private:
+  Tensor loss_, correct_;
+};
 
 optim::OptimizerConfig optimizer_config(const OptimizerConfig& o, int64_t global_batch) {
   optim::OptimizerConfig c;
@@ -207,6 +239,7 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   model.eval();
   NoGradGuard ng;
   StepStats s;
+  MetricSums sums;
   data::Batch b;
   // The distributed sampler pads the last shard by wrapping; count each sample once.
   int64_t seen = 0, mine = (dataset->size() - comm.rank() + comm.size() - 1) / comm.size();
@@ -218,11 +251,11 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
     Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
     x = x.to(device), y = y.to(device);
     Tensor logits = model.forward(x);
-    s.loss_sum += cross_entropy(logits, y, 0.0, Reduction::sum).item();
-    s.correct += static_cast<double>(count_correct(logits, y));
+    sums.add(MetricSums::of_batch(cross_entropy(logits, y, 0.0, Reduction::sum), 1.0, logits, y));
     s.count += static_cast<double>(keep);
   }
   model.train(was_training);
+  std::tie(s.loss_sum, s.correct) = sums.read();
   s = allreduce_stats(comm, s);
   return {s.loss_sum / std::max(1.0, s.count), s.correct / std::max(1.0, s.count), static_cast<int64_t>(s.count)};
 }
@@ -305,7 +338,8 @@ TrainSummary Trainer::run(bool resume) {
 
   std::signal(SIGTERM, on_signal);
   std::signal(SIGUSR1, on_signal);
-  g_stop_signal = g_ckpt_signal = 0;
+  g_stop_signal = 0;
+  g_ckpt_signal = 0;
 
   // ---- data ----
   Datasets ds = load_datasets(cfg.data);
@@ -421,12 +455,14 @@ TrainSummary Trainer::run(bool resume) {
   summary.run_dir = run_dir;
   const auto t_start = std::chrono::steady_clock::now();
   int64_t samples_done = 0;
-  double last_loss = 0;
+  double last_loss = 0, last_accuracy = 0;
   bool stop = false;
   for (; epoch < cfg.train.epochs && !stop; ++epoch, position = 0) {
     loader.start_epoch(static_cast<uint64_t>(epoch), position);
     data::Batch batch;
     StepStats epoch_stats;
+    MetricSums epoch_sums, last_sums;  // on the device; last_sums: the last step, when it did not log
+    double last_count = 0;
     const auto t_epoch = std::chrono::steady_clock::now();
     for (;;) {
       if (cfg.train.max_steps > 0 && step >= cfg.train.max_steps) {
@@ -438,12 +474,12 @@ TrainSummary Trainer::run(bool resume) {
       trace.span("data_wait", "data", t0, trace_now_us(), 2);
       opt->set_lr(schedule->lr(step));
       if (dp) dp->zero_grad(); else opt->zero_grad();
-      Tensor logits, loss;
+      Tensor logits, loss, labels = batch.labels.to(device);
       {
         TraceRecorder::Scope s(trace, "forward", "compute");
         AutocastScope ac(DType::bf16, autocast_bf16);
         logits = model->forward(batch.images.to(device));
-        loss = cross_entropy(logits, batch.labels.to(device));
+        loss = cross_entropy(logits, labels);
       }
       {
         TraceRecorder::Scope s(trace, "backward", "compute");
@@ -468,29 +504,38 @@ TrainSummary Trainer::run(bool resume) {
         }
       }
       ++step;
+      // The step's loss and accuracy stay on the device, added to the epoch's sums. They are read
+      // (a synchronization on a GPU) only on the steps that log: every train.log_every and the first.
+      const MetricSums step_sums = MetricSums::of_batch(loss, static_cast<double>(batch.size()), logits, labels);
+      epoch_sums.add(step_sums);
+      const bool log_step = step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1;
       StepStats st;
       st.count = static_cast<double>(batch.size());
-      st.loss_sum = loss.item() * st.count;
-      st.correct = static_cast<double>(count_correct(logits, batch.labels));
+      if (log_step) std::tie(st.loss_sum, st.correct) = step_sums.read();
       st.stop = g_stop_signal ? 1 : 0;
       st.ckpt = g_ckpt_signal ? 1 : 0;
       st = allreduce_stats(comm, st);  // metrics and signals agree on every rank
       g_ckpt_signal = 0;
-      epoch_stats.loss_sum += st.loss_sum, epoch_stats.correct += st.correct, epoch_stats.count += st.count;
+      epoch_stats.count += st.count;
       samples_done += static_cast<int64_t>(st.count);
-      last_loss = st.loss_sum / st.count;
+      if (log_step) {
+        last_loss = st.loss_sum / st.count, last_accuracy = st.correct / st.count;
+        last_sums = MetricSums(), last_count = 0;
+      } else {
+        last_sums = step_sums, last_count = st.count;
+      }
       ProgressUpdate pu;
       pu.epoch = epoch, pu.epochs = cfg.train.epochs;
       // Batches are numbered from the epoch's start position (non-zero after a resume).
       pu.step_in_epoch = position / cfg.data.batch_size + batch.index + 1, pu.steps_per_epoch = steps_per_epoch;
       pu.global_step = step, pu.total_steps = total_steps;
-      pu.loss = last_loss, pu.accuracy = st.correct / st.count;
+      pu.loss = last_loss, pu.accuracy = last_accuracy;
       pu.samples = static_cast<int64_t>(st.count);
       pu.data_wait_s = loader.last_wait_seconds();
       if (root) progress.update(pu);
-      if (root && (step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1)) {
+      if (root && log_step) {
         nlohmann::json rec = {{"type", "step"}, {"epoch", epoch + 1}, {"step", step}, {"loss", last_loss},
-                              {"accuracy", st.correct / st.count}, {"lr", opt->lr()},
+                              {"accuracy", last_accuracy}, {"lr", opt->lr()},
                               {"samples_per_s", progress.samples_per_second()},
                               {"data_wait_s", loader.last_wait_seconds()}};
         if (scaler) rec["loss_scale"] = scaler->get_scale(), rec["skipped_steps"] = scaler->skipped_steps();
@@ -504,6 +549,15 @@ TrainSummary Trainer::run(bool resume) {
         if (root) progress.message("hpdl: stopped by signal after a checkpoint; continue with --resume " + run_dir.string());
         break;
       }
+    }
+    {
+      // The epoch's sums, and the last step's loss when that step did not log: one read, one
+      // allreduce (every rank gets here once per epoch, after the same number of steps).
+      const auto [epoch_loss, epoch_correct] = epoch_sums.read();
+      const auto [step_loss, step_correct] = last_sums.read();
+      const auto v = allreduce_sums(comm, {epoch_loss, epoch_correct, step_loss, step_correct});
+      epoch_stats.loss_sum = v[0], epoch_stats.correct = v[1];
+      if (last_count > 0) last_loss = v[2] / last_count, last_accuracy = v[3] / last_count;
     }
     if (summary.interrupted ||
         (stop && cfg.train.max_steps > 0 && position / cfg.data.batch_size + batch.index + 1 < steps_per_epoch)) {

@@ -130,6 +130,29 @@ elastic_resume_np2_to_np1)
   grep -q "resumed from" resume.log || fail "no resume"
   grep -q '"steps": 15' run/summary.json || fail "did not continue to step 15"
   ;;
+metrics_independent_of_log_every)
+  # Loss and accuracy stay on the device between log steps (read every train.log_every steps, and
+  # at the epoch's end). What is logged must not depend on how often: the epoch's sums, the step
+  # records both runs share, and the final loss of a run whose last step did not log (20 % 7 != 0).
+  for le in 1 7; do
+    for n in full capped; do
+      extra=(); [[ $n == capped ]] && extra=(--set train.max_steps=20)
+      "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+        --set 'model.hidden=[32]' --set train.epochs=1 --set train.threads=1 --set data.workers=1 --set train.seed=7 \
+        --set train.log_every=$le --set train.run_dir=${n}_$le "${extra[@]}" >${n}_$le.log 2>&1 \
+        || fail "run $n log_every=$le failed: $(tail -3 ${n}_$le.log)"
+    done
+  done
+  strip() { sed -E 's/"(data_wait_s|samples_per_s|seconds)":[^,}]*,?//g' "$1"; }
+  strip full_1/metrics.jsonl | grep '"type":"epoch"' >e1; strip full_7/metrics.jsonl | grep '"type":"epoch"' >e7
+  [[ -s e1 ]] && cmp -s e1 e7 || fail "epoch records differ: $(cat e1) vs $(cat e7)"
+  grep -q '"train_loss"' e1 || fail "no train_loss in the epoch record"
+  strip full_1/metrics.jsonl | grep -E '"step":(1|7|14|21|231),' >s1; strip full_7/metrics.jsonl | grep -E '"step":(1|7|14|21|231),' >s7
+  [[ $(wc -l <s1) == 5 ]] && cmp -s s1 s7 || fail "step records differ: $(diff s1 s7 | head -4)"
+  a=$(grep final_train_loss capped_1/summary.json); b=$(grep final_train_loss capped_7/summary.json)
+  [[ -n $a && $a == "$b" ]] || fail "final train loss of a run ending on an unlogged step: $a vs $b"
+  [[ $(grep -c '"type":"step"' capped_7/metrics.jsonl) == 3 ]] || fail "expected step records 1, 7 and 14 only"
+  ;;
 trace_overlap)
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/lenet5.toml" \
     --set train.max_steps=5 --set train.run_dir=run --set train.trace=true --set data.workers=1 >log 2>&1 || fail "run failed"
