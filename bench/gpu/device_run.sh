@@ -6,7 +6,8 @@
 # Usage, from the checkout root on the device, after bench/gpu/stage_devcarry.sh here:
 #   bench/gpu/device_run.sh CASES MATHS [GTEST_FILTER]
 #   e.g. bench/gpu/device_run.sh resnet20:512,resnet50:128 fp32,bf16 '*'
-# Environment: CLI_PRECISION=bf16,fp16 also trains LeNet-5 from the CLI (CLI_EXTRA: more --set options). AB="name=VAR=1 VAR2=1;..." also
+# Environment: CLI_PRECISION=bf16,fp16 also trains LeNet-5 from the CLI (CLI_EXTRA: more --set options,
+# CLI_ENV: environment settings for it, e.g. "HPDL_CUDA_DEFERRED_CHECKS=1"). AB="name=VAR=1 VAR2=1;..." also
 # runs hpdl once per variant with those environment settings (the paths still off by default), as ratios to
 # the same peer run; GRAPH_AB=1 is AB="graph=HPDL_CUDNN_GRAPH=1".
 #   e.g. AB="graph=HPDL_CUDNN_GRAPH=1;fused=HPDL_CUDA_FUSED_RESIDUAL=1;both=HPDL_CUDNN_GRAPH=1 HPDL_CUDA_FUSED_RESIDUAL=1"
@@ -23,11 +24,18 @@ if [ "$filter" != "none" ]; then
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|differ" "$OUT/tests.log" | head -60
 fi
 # Training from the CLI (when staged): LeNet-5 on Fashion-MNIST in bf16, the README's job on the GPU.
+# With CLI_EXTRA or CLI_ENV, each precision trains twice: as is, then with those settings.
 if [ -x bin/hpdl ] && [ -d data ] && [ -n "${CLI_PRECISION:-}" ]; then
   for prec in ${CLI_PRECISION//,/ }; do
-    bin/hpdl train examples/fashion_mnist/lenet5.toml --set train.device=cuda --set train.precision=$prec \
-      --set data.path=$PWD/data --set train.run_dir="$OUT/lenet5_$prec" ${CLI_EXTRA:-} > "$OUT/lenet5_$prec.log" 2>&1
-    echo "lenet5 $prec exit $?: $(grep -o 'test accuracy [0-9.]*%' "$OUT/lenet5_$prec.log" | tail -1)"
+    for variant in plain tuned; do
+      [ $variant = tuned ] && [ -z "${CLI_EXTRA:-}${CLI_ENV:-}" ] && continue
+      name=lenet5_${prec}_$variant; venv=(); vextra=()
+      [ $variant = tuned ] && venv=(${CLI_ENV:-}) && vextra=(${CLI_EXTRA:-})
+      env "${venv[@]}" bin/hpdl train examples/fashion_mnist/lenet5.toml --set train.device=cuda \
+        --set train.precision=$prec --set data.path=$PWD/data --set train.run_dir="$OUT/$name" "${vextra[@]}" \
+        > "$OUT/$name.log" 2>&1
+      echo "$name exit $?: $(grep -o 'test accuracy [0-9.]*%.*samples/s' "$OUT/$name.log" | tail -1)"
+    done
   done
 fi
 [ "$cases" = "none" ] && exit 0

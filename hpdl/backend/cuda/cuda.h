@@ -81,8 +81,19 @@ GraphConvStats graph_conv_stats();
 void profiler_start();
 void profiler_stop();
 
-// Waits for all work queued on the current device's compute stream.
+// Waits for all work queued on the current device's compute stream (and reports a bad index that a
+// deferred check recorded).
 void synchronize();
+
+// Index checks of index_select, index_add and cross-entropy's gather/scatter without a
+// synchronization per op: a bad index is recorded on the device (the kernels never read or write
+// out of range) and thrown, naming the op, at the next synchronization the program makes: a copy to
+// the host (loss.item(), the trainer's log steps), synchronize(), or after 256 unread checks. Off,
+// each op reads its check back at once (two synchronizations per training step from the loss).
+// Off by default until measured on a GPU; HPDL_CUDA_DEFERRED_CHECKS=1 sets the default. Turning
+// it off first synchronizes, so that nothing deferred goes unreported.
+void set_deferred_index_checks(bool on);
+bool deferred_index_checks();
 
 struct AllocatorStats {
   size_t allocated_bytes = 0;  // handed out to live Storages (rounded to size classes)

@@ -11,9 +11,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
-#include <string>
+#include <functional>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "hpdl/backend/cpu/strided.h"
 #include "hpdl/backend/cuda/common.h"
@@ -103,23 +105,94 @@ char* at(const Tensor& t, int64_t elements) {
   return static_cast<char*>(t.raw_data()) + elements * static_cast<int64_t>(dtype_size(t.dtype()));
 }
 
-// A device int64 slot preset to -1 that kernels set to the position of a bad index; check() reads it back.
+std::atomic<bool> g_deferred_checks{[] {
+  const char* e = std::getenv("HPDL_CUDA_DEFERRED_CHECKS");
+  return e && std::string(e) == "1";
+}()};
+
+// Deferred index checks: a bank of int64 slots per device, preset to -1, one per checked kernel
+// since the last synchronization, with the message each slot's op would throw. Kernels write the
+// position of a bad index into their slot (and never touch memory out of range); the bank is read
+// (one copy) at the next synchronization the program makes anyway: a download, synchronize(), or
+// a full bank.
+struct CheckBank {
+  static constexpr int kSlots = 256;
+  Tensor slots;  // [kSlots] int64 on the device
+  int used = 0;
+  std::vector<std::function<std::string(int64_t)>> messages;
+};
+std::mutex g_checks_mu;
+CheckBank* g_checks[kMaxDevices] = {};  // never freed: device memory outlives static destructors
+
+// Reads and rearms device d's bank; the stream must have been synchronized. Throws the first bad
+// index's message.
+void flush_index_checks(int d, cudaStream_t s) {
+  std::unique_lock<std::mutex> lock(g_checks_mu);
+  CheckBank* b = g_checks[d];
+  if (!b || b->used == 0) return;
+  std::vector<int64_t> host(static_cast<size_t>(b->used));
+  HPDL_CUDA_CHECK(cudaMemcpyAsync(host.data(), b->slots.raw_data(), host.size() * sizeof(int64_t),
+                                  cudaMemcpyDeviceToHost, s));
+  HPDL_CUDA_CHECK(cudaMemsetAsync(b->slots.raw_data(), 0xff, host.size() * sizeof(int64_t), s));
+  HPDL_CUDA_CHECK(cudaStreamSynchronize(s));
+  auto messages = std::move(b->messages);
+  b->messages.clear();
+  b->used = 0;
+  lock.unlock();
+  for (size_t i = 0; i < host.size(); ++i)
+    if (host[i] >= 0)
+      throw Error(__FILE__, __LINE__, messages[i](host[i]) + " (index checks are deferred, HPDL_CUDA_DEFERRED_CHECKS: the op ran "
+                  "earlier and this is the first synchronization after it)");
+}
+
+// A device int64 slot preset to -1 that kernels set to the position of a bad index. check() throws
+// message(position) when one was: at once (reading the slot back, a synchronization), or, with
+// deferred checks, at the next synchronization.
 class IndexGuard {
  public:
-  explicit IndexGuard(Device d) : slot_(Tensor::empty({1}, DType::i64, d)), stream_(stream_for(d)) {
-    HPDL_CUDA_CHECK(cudaMemsetAsync(slot_.raw_data(), 0xff, sizeof(int64_t), stream_));
+  explicit IndexGuard(Device d) : stream_(stream_for(d)), device_(d.index) {
+    if (g_deferred_checks) {
+      std::unique_lock<std::mutex> lock(g_checks_mu);
+      CheckBank*& b = g_checks[device_];
+      if (!b) {
+        b = new CheckBank;
+        b->slots = Tensor::empty({CheckBank::kSlots}, DType::i64, d);
+        HPDL_CUDA_CHECK(cudaMemsetAsync(b->slots.raw_data(), 0xff, CheckBank::kSlots * sizeof(int64_t), stream_));
+      }
+      if (b->used == CheckBank::kSlots) {  // full: synchronize now and read the bank
+        lock.unlock();
+        HPDL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        flush_index_checks(device_, stream_);
+        lock.lock();
+      }
+      ptr_ = static_cast<int64_t*>(b->slots.raw_data()) + b->used++;
+      deferred_ = true;
+      return;
+    }
+    slot_ = Tensor::empty({1}, DType::i64, d);
+    ptr_ = static_cast<int64_t*>(slot_.raw_data());
+    HPDL_CUDA_CHECK(cudaMemsetAsync(ptr_, 0xff, sizeof(int64_t), stream_));
   }
-  int64_t* ptr() const { return static_cast<int64_t*>(slot_.raw_data()); }
-  int64_t bad_position() const {
+  int64_t* ptr() const { return ptr_; }
+  // After the kernel was queued.
+  void check(std::function<std::string(int64_t)> message) {
+    if (deferred_) {
+      std::lock_guard<std::mutex> lock(g_checks_mu);
+      g_checks[device_]->messages.push_back(std::move(message));
+      return;
+    }
     int64_t v = -1;
-    HPDL_CUDA_CHECK(cudaMemcpyAsync(&v, ptr(), sizeof v, cudaMemcpyDeviceToHost, stream_));
+    HPDL_CUDA_CHECK(cudaMemcpyAsync(&v, ptr_, sizeof v, cudaMemcpyDeviceToHost, stream_));
     HPDL_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return v;
+    if (v >= 0) throw Error(__FILE__, __LINE__, message(v));
   }
 
  private:
   Tensor slot_;
+  int64_t* ptr_ = nullptr;
   cudaStream_t stream_;
+  int device_;
+  bool deferred_ = false;
 };
 
 }  // namespace
@@ -183,9 +256,17 @@ void synchronize() {
   if (device_count() == 0) return;
   int dev = 0;
   HPDL_CUDA_CHECK(cudaGetDevice(&dev));
-  HPDL_CUDA_CHECK(cudaStreamSynchronize(stream_for(Device{DeviceType::cuda, dev})));
+  cudaStream_t s = stream_for(Device{DeviceType::cuda, dev});
+  HPDL_CUDA_CHECK(cudaStreamSynchronize(s));
   release_finished_uploads();
+  flush_index_checks(dev, s);
 }
+
+void set_deferred_index_checks(bool on) {
+  if (!on && device_count() > 0) synchronize();  // what was deferred is reported now
+  g_deferred_checks = on;
+}
+bool deferred_index_checks() { return g_deferred_checks; }
 
 Tensor dense(const Tensor& t) {
   if (t.is_contiguous()) return t;
@@ -308,6 +389,7 @@ void CudaBackend::copy_download(const Tensor& src, const Tensor& dst) {
     HPDL_CUDA_CHECK(cudaStreamSynchronize(s));
     backend_for(kCPU).copy(h, dst);
   }
+  flush_index_checks(src.device().index, s);  // the values just read may come from a bad index
 }
 
 void CudaBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offset, double low, double high) {
@@ -459,8 +541,9 @@ void CudaBackend::index_select(const Tensor& x, int axis, const Tensor& index, c
                                                        static_cast<const int64_t*>(ic.raw_data()), out.raw_data(),
                                                        so.outer, sx.n, so.n, so.inner, guard.ptr(),
                                                        stream_for(x.device())));
-  int64_t bad = guard.bad_position();
-  HPDL_CHECK(bad < 0, "index_select: index at position {} out of range [0, {})", bad, sx.n);
+  guard.check([n = sx.n](int64_t bad) {
+    return fmt::format("index_select: index at position {} out of range [0, {})", bad, n);
+  });
 }
 
 void CudaBackend::index_add(const Tensor& out, int axis, const Tensor& index, const Tensor& src) {
@@ -474,8 +557,9 @@ void CudaBackend::index_add(const Tensor& out, int axis, const Tensor& index, co
   HPDL_KERNEL_CHECK("index_add", kern::index_add(dt(out.dtype()), out.raw_data(),
                                                  static_cast<const int64_t*>(ic.raw_data()), sc.raw_data(), so.outer,
                                                  so.n, ss.n, ss.inner, guard.ptr(), stream_for(out.device())));
-  int64_t bad = guard.bad_position();
-  HPDL_CHECK(bad < 0, "index_add: index at position {} out of range [0, {})", bad, so.n);
+  guard.check([n = so.n](int64_t bad) {
+    return fmt::format("index_add: index at position {} out of range [0, {})", bad, n);
+  });
 }
 
 void CudaBackend::gather_rows(const Tensor& x, const Tensor& index, const Tensor& out) {
@@ -488,8 +572,9 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& index, const Tensor
   HPDL_KERNEL_CHECK("gather_rows", kern::gather_rows(dt(x.dtype()), xc.raw_data(),
                                                      static_cast<const int64_t*>(ic.raw_data()), out.raw_data(), M, C,
                                                      guard.ptr(), stream_for(x.device())));
-  int64_t bad = guard.bad_position();
-  HPDL_CHECK(bad < 0, "gather_rows: class index >= number of classes {} in row {}", C, bad);
+  guard.check([C](int64_t bad) {
+    return fmt::format("gather_rows: class index >= number of classes {} in row {}", C, bad);
+  });
 }
 
 void CudaBackend::scatter_rows(const Tensor& src, const Tensor& index, const Tensor& out) {
@@ -505,8 +590,9 @@ void CudaBackend::scatter_rows(const Tensor& src, const Tensor& index, const Ten
   HPDL_KERNEL_CHECK("scatter_rows", kern::scatter_rows(dt(out.dtype()), sc.raw_data(),
                                                        static_cast<const int64_t*>(ic.raw_data()), out.raw_data(), M,
                                                        C, guard.ptr(), s));
-  int64_t bad = guard.bad_position();
-  HPDL_CHECK(bad < 0, "scatter_rows: class index >= number of classes {} in row {}", C, bad);
+  guard.check([C](int64_t bad) {
+    return fmt::format("scatter_rows: class index >= number of classes {} in row {}", C, bad);
+  });
 }
 
 // ---------------------------------------------------------------- optimizers

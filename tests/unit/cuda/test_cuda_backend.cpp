@@ -443,6 +443,7 @@ class SwitchScope {
 };
 using ConvGraphScope = SwitchScope<cuda::conv_graph, cuda::set_conv_graph>;            // cuDNN graph plans
 using FusedResidualScope = SwitchScope<cuda::fused_residual, cuda::set_fused_residual>;  // BN + add + ReLU
+using DeferredChecksScope = SwitchScope<cuda::deferred_index_checks, cuda::set_deferred_index_checks>;
 
 TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
   ConvGraphScope legacy(false);
@@ -619,6 +620,7 @@ TEST_F(CudaBackendTest, IndexSelectAndIndexAdd) {
     expect_close(gadd, wadd, "index_add");
 
     Tensor bad = Tensor::from_vector<int64_t>({1, 5}, {2});
+    DeferredChecksScope immediate(false);  // the op itself throws
     EXPECT_THROW(gpu().index_select(up(x), 1, up(bad), poisoned({3, 2, 4}, t)), Error);
   }
 }
@@ -637,8 +639,54 @@ TEST_F(CudaBackendTest, GatherAndScatterRows) {
     gpu().scatter_rows(up(src), up(idx), gsc);
     expect_close(gsc, wsc, "scatter_rows", 0, 0);
     Tensor bad = Tensor::from_vector<int64_t>({0, 5, 0, 0, 0, 0}, {6});
+    DeferredChecksScope immediate(false);  // the op itself throws
     EXPECT_THROW(gpu().gather_rows(up(x), up(bad), poisoned({6}, t)), Error);
   }
+}
+
+// Deferred index checks: a bad index does not throw at its op, nor synchronize; the next
+// synchronization (a download, cuda::synchronize(), a full bank of checks) throws the op's message
+// once, and good ops queued around it compute their results.
+TEST_F(CudaBackendTest, DeferredIndexChecksReportAtTheNextSynchronization) {
+  cuda::synchronize();
+  DeferredChecksScope deferred(true);
+  Tensor hx = randt({6, 5}, 71), hgood = Tensor::from_vector<int64_t>({0, 4, -1, 2, 2, 3}, {6});
+  Tensor x = up(hx), good = up(hgood), bad = up(Tensor::from_vector<int64_t>({0, 5, 0, 0, 0, 0}, {6}));
+  Tensor out = poisoned({6}), want = host_out({6});
+  ref().gather_rows(hx, hgood, want);
+  const int64_t downloads = cuda::transfer_stats().downloads;
+  EXPECT_NO_THROW(gpu().gather_rows(x, bad, out));
+  EXPECT_EQ(cuda::transfer_stats().downloads, downloads) << "the check read its result back";
+  gpu().gather_rows(x, good, out);
+  try {
+    (void)out.to(kCPU);
+    ADD_FAILURE() << "the download after a bad index did not throw";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("gather_rows: class index >= number of classes 5 in row 1"), std::string::npos) << what;
+    EXPECT_NE(what.find("deferred"), std::string::npos) << what;
+  }
+  EXPECT_NO_THROW(cuda::synchronize()) << "reported twice";
+  expect_close(out, want, "gather_rows after a deferred error", 0, 0);
+
+  Tensor grad = poisoned({6, 5});
+  gpu().scatter_rows(up(randt({6}, 72)), bad, grad);
+  EXPECT_THROW(cuda::synchronize(), Error);
+
+  // More checks than the bank holds (256): taking a slot in a full bank reads it, and throws.
+  gpu().gather_rows(x, bad, out);
+  int thrown_at = -1;
+  for (int i = 0; i < 300 && thrown_at < 0; ++i) {
+    try {
+      gpu().gather_rows(x, good, out);
+    } catch (const Error&) {
+      thrown_at = i;
+    }
+  }
+  EXPECT_EQ(thrown_at, 255);
+  for (int i = 0; i < 600; ++i) gpu().gather_rows(x, good, out);  // two bank reads, nothing bad
+  EXPECT_NO_THROW(cuda::synchronize());
+  expect_close(out, want, "gather_rows after 600 deferred checks", 0, 0);
 }
 
 // ---------------------------------------------------------------- optimizers
