@@ -303,8 +303,6 @@ TrainSummary Trainer::run(bool resume) {
   if (device.is_cuda() && world > 1) {
     HPDL_CHECK(cfg.train.device == "cuda", "train.device = \"{}\" with {} ranks: give \"cuda\" without an index; "
                "each rank takes the GPU of its rank within the node", cfg.train.device, world);
-    HPDL_CHECK(!cfg.train.sync_batchnorm, "train.sync_batchnorm = true is not supported on GPU ranks yet (its "
-               "statistics go over MPI on the CPU); use per-rank batch norm with train.device = \"cuda\"");
     device = Device{DeviceType::cuda, dist::select_device(comm)};
 #ifdef HPDL_HAVE_CUDA
     cuda::set_device(device.index);
@@ -382,6 +380,8 @@ TrainSummary Trainer::run(bool resume) {
               : std::make_unique<dist::DataParallel>(*model, comm, dpo);
   }
   if (cfg.train.sync_batchnorm && world > 1) {
+    // On GPU ranks too the per-channel sums (2C + 1 doubles per layer) go over MPI as host vectors,
+    // while gradient buckets go over NCCL: the two never share a communicator.
     int layers = dist::convert_sync_batchnorm(*model, comm);
     if (root && layers == 0)
       std::fprintf(stderr, "hpdl: warning: train.sync_batchnorm = true but the model has no batch norm layer\n");

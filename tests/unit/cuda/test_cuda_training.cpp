@@ -17,10 +17,13 @@
 #include "hpdl/backend/backend.h"
 #include "hpdl/backend/cuda/cuda.h"
 #include "hpdl/core/random.h"
+#include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
 #include "hpdl/ops/autocast.h"
 #include "hpdl/ops/conv.h"
+#include "hpdl/ops/elementwise.h"
+#include "hpdl/ops/reduce.h"
 #include "hpdl/ops/linalg.h"
 #include "hpdl/ops/loss.h"
 #include "hpdl/optim/grad_scaler.h"
@@ -469,6 +472,53 @@ TEST(CudaTrainingTest, Fp16ComputeWithLossScalingTracksFloat32) {
   auto l16 = run(DType::f16, true);
   EXPECT_LT(l16.back(), l16.front()) << "fp16 training did not reduce the loss";
   expect_trajectory(l32, l16, 0.03);
+}
+
+// Synchronized batch norm on a GPU rank (train.sync_batchnorm with train.device = "cuda"): the
+// per-channel sums cross replicas as host vectors, the passes over the activations run on the GPU.
+// A reducer that doubles every sum stands for a second replica with the same batch; the GPU layer
+// must match the CPU layer with the same reducer (itself tested against plain batch norm) in
+// output, input gradient, parameter gradients and running statistics: float32 NCHW, and bfloat16
+// channels-last activations under autocast.
+TEST(CudaTrainingTest, SyncBatchNormOnTheGpuMatchesTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (bool bf16 : {false, true}) {
+    Generator g(11);
+    Tensor x0 = add(Tensor::randn({4, 6, 5, 5}, g), -0.4);
+    Tensor w = Tensor::randn({4, 6, 5, 5}, g);
+    nn::BatchNorm2d cpu_bn(6), gpu_bn(6);
+    Tensor gamma = Tensor::randn({6}, g);
+    cpu_bn.weight.copy_(gamma);
+    gpu_bn.weight.copy_(gamma);
+    gpu_bn.to(kGPU);
+    int calls = 0;
+    auto twice = [&calls](Tensor& t) {
+      ++calls;
+      ASSERT_TRUE(t.device() == kCPU) << "the reducer got a " << t.device().str() << " tensor";
+      t.copy_(mul(t, 2.0));
+    };
+    cpu_bn.cross_replica_sum = twice;
+    gpu_bn.cross_replica_sum = twice;
+    Tensor xc = x0.detach(), xg = x0.to(kGPU);
+    if (bf16) xg = xg.to(DType::bf16).to(DType::f32), xc = xg.to(kCPU);  // same bf16-rounded values
+    xc.set_requires_grad(true);
+    xg.set_requires_grad(true);
+    Tensor yc = cpu_bn.forward(xc), yg;
+    {
+      AutocastScope ac(DType::bf16, bf16);
+      yg = gpu_bn.forward(bf16 ? xg.to(DType::bf16) : xg);
+    }
+    const double tol = bf16 ? 2e-2 : 1e-4;
+    EXPECT_LT(max_abs_diff(yc, yg.to(DType::f32).to(kCPU)), tol * 4) << (bf16 ? "bf16" : "f32") << " output";
+    sum(mul(yc, w)).backward();
+    sum(mul(yg.to(DType::f32), w.to(kGPU))).backward();
+    EXPECT_EQ(calls, 4) << "forward and backward, each layer";
+    EXPECT_LT(max_abs_diff(xc.grad(), xg.grad().to(kCPU)), tol * 4) << "dx";
+    EXPECT_LT(max_abs_diff(cpu_bn.weight.grad(), gpu_bn.weight.grad().to(kCPU)), tol * 20) << "dgamma";
+    EXPECT_LT(max_abs_diff(cpu_bn.bias.grad(), gpu_bn.bias.grad().to(kCPU)), tol * 20) << "dbeta";
+    EXPECT_LT(max_abs_diff(cpu_bn.running_mean, gpu_bn.running_mean.to(kCPU)), 1e-5) << "running mean";
+    EXPECT_LT(max_abs_diff(cpu_bn.running_var, gpu_bn.running_var.to(kCPU)), 1e-4) << "running var";
+  }
 }
 
 // An op without a CUDA path fails naming the op and dtype instead of copying to
