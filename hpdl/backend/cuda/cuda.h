@@ -118,8 +118,10 @@ void empty_cache();
 // cudaHostAlloc blocks kept by size (a freed block is handed out again). A copy
 // from it to a GPU does not synchronize the stream: the upload keeps the block
 // alive until the copy has completed (an event per upload), so the caller may
-// drop or reuse its tensor at once. The DataLoader takes it as its allocate
-// hook with data.pin_memory = true. Throws when CUDA has no device.
+// drop its tensor at once. Writing into it before the copy completed races the
+// copy: a writer checks that it holds the only reference (the DataLoader
+// refills a slot only then) or takes a new block. The DataLoader takes it as
+// its allocate hook with data.pin_memory = true. Throws when CUDA has no device.
 Tensor pinned_empty(const Shape& shape, DType dtype);
 // Whether t's memory comes from pinned_empty.
 bool is_pinned(const Tensor& t);

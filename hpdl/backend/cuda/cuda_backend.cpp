@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -119,7 +120,7 @@ struct CheckBank {
   static constexpr int kSlots = 256;
   Tensor slots;  // [kSlots] int64 on the device
   int used = 0;
-  std::vector<std::function<std::string(int64_t)>> messages;
+  std::vector<std::function<std::string(int64_t)>> messages;  // by slot; empty: the op never got queued
 };
 std::mutex g_checks_mu;
 CheckBank* g_checks[kMaxDevices] = {};  // never freed: device memory outlives static destructors
@@ -140,9 +141,9 @@ void flush_index_checks(int d, cudaStream_t s) {
   b->used = 0;
   lock.unlock();
   for (size_t i = 0; i < host.size(); ++i)
-    if (host[i] >= 0)
-      throw Error(__FILE__, __LINE__, messages[i](host[i]) + " (index checks are deferred, HPDL_CUDA_DEFERRED_CHECKS: the op ran "
-                  "earlier and this is the first synchronization after it)");
+    if (host[i] >= 0 && i < messages.size() && messages[i])
+      throw Error(__FILE__, __LINE__, messages[i](host[i]) + " (index checks are deferred, "
+                  "HPDL_CUDA_DEFERRED_CHECKS: the op ran earlier and this is the first synchronization after it)");
 }
 
 // A device int64 slot preset to -1 that kernels set to the position of a bad index. check() throws
@@ -153,20 +154,21 @@ class IndexGuard {
   explicit IndexGuard(Device d) : stream_(stream_for(d)), device_(d.index) {
     if (g_deferred_checks) {
       std::unique_lock<std::mutex> lock(g_checks_mu);
-      CheckBank*& b = g_checks[device_];
-      if (!b) {
-        b = new CheckBank;
-        b->slots = Tensor::empty({CheckBank::kSlots}, DType::i64, d);
-        HPDL_CUDA_CHECK(cudaMemsetAsync(b->slots.raw_data(), 0xff, CheckBank::kSlots * sizeof(int64_t), stream_));
+      if (!g_checks[device_]) {  // published only once its slots are preset
+        auto bank = std::make_unique<CheckBank>();
+        bank->slots = Tensor::empty({CheckBank::kSlots}, DType::i64, d);
+        HPDL_CUDA_CHECK(cudaMemsetAsync(bank->slots.raw_data(), 0xff, CheckBank::kSlots * sizeof(int64_t), stream_));
+        g_checks[device_] = bank.release();
       }
-      if (b->used == CheckBank::kSlots) {  // full: synchronize now and read the bank
+      while (g_checks[device_]->used == CheckBank::kSlots) {  // full: synchronize now and read the bank
         lock.unlock();
         HPDL_CUDA_CHECK(cudaStreamSynchronize(stream_));
         flush_index_checks(device_, stream_);
         lock.lock();
       }
-      ptr_ = static_cast<int64_t*>(b->slots.raw_data()) + b->used++;
-      deferred_ = true;
+      CheckBank* b = g_checks[device_];
+      slot_index_ = b->used++;
+      ptr_ = static_cast<int64_t*>(b->slots.raw_data()) + slot_index_;
       return;
     }
     slot_ = Tensor::empty({1}, DType::i64, d);
@@ -176,9 +178,11 @@ class IndexGuard {
   int64_t* ptr() const { return ptr_; }
   // After the kernel was queued.
   void check(std::function<std::string(int64_t)> message) {
-    if (deferred_) {
+    if (slot_index_ >= 0) {
       std::lock_guard<std::mutex> lock(g_checks_mu);
-      g_checks[device_]->messages.push_back(std::move(message));
+      auto& messages = g_checks[device_]->messages;
+      if (messages.size() <= static_cast<size_t>(slot_index_)) messages.resize(static_cast<size_t>(slot_index_) + 1);
+      messages[static_cast<size_t>(slot_index_)] = std::move(message);
       return;
     }
     int64_t v = -1;
@@ -192,7 +196,7 @@ class IndexGuard {
   int64_t* ptr_ = nullptr;
   cudaStream_t stream_;
   int device_;
-  bool deferred_ = false;
+  int slot_index_ = -1;  // in the device's bank, with deferred checks
 };
 
 }  // namespace

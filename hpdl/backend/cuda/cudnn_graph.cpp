@@ -260,44 +260,52 @@ Plan build_plan(cudnnHandle_t h, ConvDir dir, const std::array<Operand, 3>& ops,
   if (!op.finalize()) return {};
   Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
   if (!graph.set_desc(CUDNN_ATTR_OPERATIONGRAPH_OPS, op).set(kGraphHandle, CUDNN_TYPE_HANDLE, h).finalize()) return {};
-  Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-  const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-  if (!heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
-           .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, mode)
-           .finalize())
+  // The first engine of heuristics mode A that is allowed and finalizes; failing that, of the
+  // fallback mode (which lists engines for graphs mode A has nothing for).
+  auto first_plan = [&](cudnnBackendHeurMode_t mode) -> Plan {
+    Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    if (!heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
+             .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, mode)
+             .finalize())
+      return {};
+    int64_t count = 0;
+    if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
+                                 nullptr) != CUDNN_STATUS_SUCCESS ||
+        count <= 0)
+      return {};
+    std::vector<Desc> cfgs;
+    std::vector<cudnnBackendDescriptor_t> raw;
+    for (int64_t i = 0; i < count; ++i) {
+      cfgs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+      if (!cfgs.back().ok()) return {};
+      raw.push_back(cfgs.back().get());
+    }
+    int64_t got = 0;
+    if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                                 &got, raw.data()) != CUDNN_STATUS_SUCCESS)
+      return {};
+    for (int64_t i = 0; i < got && i < count; ++i) {
+      if (!engine_allowed(raw[i], t)) continue;
+      Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+      if (!plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, h)
+               .set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[i])
+               .finalize())
+        continue;
+      int64_t ws = 0, n = 0;
+      if (cudnnBackendGetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
+                                   &ws) != CUDNN_STATUS_SUCCESS ||
+          ws < 0 || ws > kMaxWorkspace)
+        continue;
+      // The plan and everything it was built from stay alive with the process: the backend API does
+      // not say whether a finalized plan still refers to its engine configuration or graph.
+      for (Desc* d : {&xd, &wd, &yd, &cd, &op, &graph, &heur, &cfgs[i]}) d->release();
+      return Plan{plan.release(), ws};
+    }
     return {};
-  int64_t count = 0;
-  if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
-                               nullptr) != CUDNN_STATUS_SUCCESS ||
-      count <= 0)
-    return {};
-  std::vector<Desc> cfgs;
-  std::vector<cudnnBackendDescriptor_t> raw;
-  for (int64_t i = 0; i < count; ++i) {
-    cfgs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-    if (!cfgs.back().ok()) return {};
-    raw.push_back(cfgs.back().get());
-  }
-  int64_t got = 0;
-  if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
-                               raw.data()) != CUDNN_STATUS_SUCCESS)
-    return {};
-  for (int64_t i = 0; i < got && i < count; ++i) {
-    if (!engine_allowed(raw[i], t)) continue;
-    Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-    if (!plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, h).set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[i]).finalize())
-      continue;
-    int64_t ws = 0, n = 0;
-    if (cudnnBackendGetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws) !=
-            CUDNN_STATUS_SUCCESS ||
-        ws < 0 || ws > kMaxWorkspace)
-      continue;
-    // The plan and everything it was built from stay alive with the process: the backend API does not
-    // say whether a finalized plan still refers to its engine configuration or graph.
-    for (Desc* d : {&xd, &wd, &yd, &cd, &op, &graph, &heur, &cfgs[i]}) d->release();
-    return Plan{plan.release(), ws};
-  }
-  return {};
+  };
+  Plan found = first_plan(CUDNN_HEUR_MODE_A);
+  if (!found.plan) found = first_plan(CUDNN_HEUR_MODE_FALLBACK);
+  return found;
 }
 
 }  // namespace

@@ -85,23 +85,28 @@ class PinnedAllocator final : public Allocator {
 // Never destroyed: Storages released during static destruction still give their blocks back.
 PinnedAllocator* const g_pinned = new PinnedAllocator();
 
-// Uploads whose source block is still held, in the order they were queued.
+// Uploads whose source block is still held, in the order they were queued. An event belongs to
+// the device (context) it was created on, so spare events are kept per device.
 struct InFlight {
   cudaEvent_t done;
+  int device;
   std::shared_ptr<Storage> keep;
 };
 std::mutex g_flight_mu;
 std::vector<InFlight>* const g_flight = new std::vector<InFlight>();
-std::vector<cudaEvent_t>* const g_spare_events = new std::vector<cudaEvent_t>();
+std::map<int, std::vector<cudaEvent_t>>* const g_spare_events = new std::map<int, std::vector<cudaEvent_t>>();
 std::atomic<int64_t> g_async_uploads{0};
 
 // Drops the hold of every upload whose event has completed (never blocks).
 void reap_locked() {
   auto done = [](const InFlight& f) {
     const cudaError_t e = cudaEventQuery(f.done);
-    if (e == cudaErrorNotReady) return false;
+    if (e == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // not an error: keep it from being reported by the next launch check
+      return false;
+    }
     if (e != cudaSuccess) (void)cudaGetLastError();  // a failed stream reports itself at its next call
-    g_spare_events->push_back(f.done);
+    (*g_spare_events)[f.device].push_back(f.done);
     return true;
   };
   g_flight->erase(std::remove_if(g_flight->begin(), g_flight->end(), done), g_flight->end());
@@ -136,22 +141,25 @@ PinnedStats pinned_stats() {
 }
 
 void hold_until_done(const std::shared_ptr<Storage>& source, cudaStream_t s) {
+  int device = 0;
+  HPDL_CUDA_CHECK(cudaGetDevice(&device));  // the stream's device: stream_for made it current
   std::lock_guard<std::mutex> lock(g_flight_mu);
   reap_locked();
   cudaEvent_t ev;
-  if (!g_spare_events->empty()) {
-    ev = g_spare_events->back();
-    g_spare_events->pop_back();
+  std::vector<cudaEvent_t>& spare = (*g_spare_events)[device];
+  if (!spare.empty()) {
+    ev = spare.back();
+    spare.pop_back();
   } else {
     HPDL_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
   }
-  const cudaError_t e = cudaEventRecord(ev, s);
-  if (e != cudaSuccess) {
-    g_spare_events->push_back(ev);
-    HPDL_CUDA_CHECK(cudaStreamSynchronize(s));  // cannot track the copy: wait for it instead
-    HPDL_FAIL("CUDA call cudaEventRecord failed after an upload: {}", cudaGetErrorString(e));
+  if (cudaEventRecord(ev, s) != cudaSuccess) {
+    (void)cudaGetLastError();
+    (void)cudaEventDestroy(ev);
+    HPDL_CUDA_CHECK(cudaStreamSynchronize(s));  // cannot track the copy: wait for it instead (then nothing to hold)
+    return;
   }
-  g_flight->push_back({ev, source});
+  g_flight->push_back({ev, device, source});
   ++g_async_uploads;
 }
 

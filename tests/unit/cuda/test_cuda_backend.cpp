@@ -443,7 +443,25 @@ class SwitchScope {
 };
 using ConvGraphScope = SwitchScope<cuda::conv_graph, cuda::set_conv_graph>;            // cuDNN graph plans
 using FusedResidualScope = SwitchScope<cuda::fused_residual, cuda::set_fused_residual>;  // BN + add + ReLU
-using DeferredChecksScope = SwitchScope<cuda::deferred_index_checks, cuda::set_deferred_index_checks>;
+// Deferred index checks for a scope; restoring them reports (as a test failure, never by throwing
+// from the destructor) a bad index still pending.
+class DeferredChecksScope {
+ public:
+  explicit DeferredChecksScope(bool on) : prev_(cuda::deferred_index_checks()) { cuda::set_deferred_index_checks(on); }
+  ~DeferredChecksScope() {
+    try {
+      cuda::set_deferred_index_checks(prev_);
+    } catch (const Error& e) {
+      ADD_FAILURE() << "a deferred index error was still pending at the end of the scope: " << e.what();
+      cuda::set_deferred_index_checks(prev_);
+    }
+  }
+  DeferredChecksScope(const DeferredChecksScope&) = delete;
+  DeferredChecksScope& operator=(const DeferredChecksScope&) = delete;
+
+ private:
+  bool prev_;
+};
 
 TEST_F(CudaBackendTest, Conv2dForwardAndBothBackwards) {
   ConvGraphScope legacy(false);
@@ -931,6 +949,7 @@ TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
     Tensor w1 = bf16_rounded(randt({K, C, 1, 1}, 93));
     for (bool graph : {false, true}) {
       ConvGraphScope scope(graph);
+      const int64_t runs_before = cuda::graph_conv_stats().runs;
       for (const Tensor& w : {w3, w1}) {
         const std::string name = fmt::format("channels-last {} conv {}x{} ({})", dtype_name(t), w.shape()[2],
                                              w.shape()[3], graph ? "graph" : "legacy");
@@ -948,6 +967,10 @@ TEST_F(CudaBackendTest, ChannelsLastConvolutionAndBatchnorm) {
         ref().conv2d_backward_weights(x, dy, wdw, undefined(), q);
         gpu().conv2d_backward_weights(up_channels_last(x, t), up_channels_last(dy, t), gdw, undefined(), q);
         expect_close(down(gdw.contiguous()).to(DType::f32), wdw, name + " backward weights", rtol, bf ? 0.2 : 1e-4);
+      }
+      // The graph pass must have run (some of) its six convolutions through plans, not all on the legacy API.
+      if (graph) {
+        EXPECT_GT(cuda::graph_conv_stats().runs, runs_before) << dtype_name(t) << " channels-last: no graph plan ran";
       }
     }
     if (!bf) continue;  // batch norm on the GPU takes channels-last bfloat16 (autocast's layout)
