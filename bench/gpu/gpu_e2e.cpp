@@ -101,6 +101,7 @@ static double secs(Clock::time_point a, Clock::time_point b) { return std::chron
 
 static void bench(const std::string& name, int64_t batch, const std::string& math) {
   const Device gpu{DeviceType::cuda, 0};
+  cuda::reset_peak_memory();  // the peer resets torch's peak per case too
   const bool big = name == "resnet50";
   const int64_t c = big ? 3 : 1, hw = big ? 224 : 28, classes = big ? 1000 : 10;
   nn::ModulePtr model = big ? nn::models::resnet50(c, classes, hw, hw) : nn::models::resnet20(c, classes);
@@ -201,14 +202,14 @@ static void bench(const std::string& name, int64_t batch, const std::string& mat
       "\"repeats\": %d, \"warmup_steps\": %d, \"timed_cuda_mallocs\": %lld, \"step_ms\": %.3f, "
       "\"host_fraction\": %.3f, \"loss\": %.4f, "
       "\"first_loss\": %.4f, \"gpu_mem_allocated_mb\": %.0f, "
-      "\"gpu_mem_cached_mb\": %.0f}\n",
+      "\"gpu_mem_cached_mb\": %.0f, \"gpu_mem_max_allocated_mb\": %.0f}\n",
       name.c_str(), static_cast<long long>(batch), math.c_str(), cuda::conv_search() ? "true" : "false",
       cuda::conv_graph() ? "true" : "false", cuda::fused_residual() ? "true" : "false",
       static_cast<long long>(gs.plans_built),
       static_cast<long long>(gs.unsupported),
       batch * steps / wall, batch * steps / wall_max, batch * steps / wall_min, repeats, warmed,
       static_cast<long long>(timed_mallocs), 1e3 * wall / steps, host_fraction, loss.item(), first_loss, st.allocated_bytes / 1048576.0,
-      st.cached_bytes / 1048576.0);
+      st.cached_bytes / 1048576.0, st.peak_allocated_bytes / 1048576.0);
   std::fflush(stdout);
 }
 

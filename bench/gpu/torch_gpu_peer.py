@@ -115,10 +115,15 @@ def main():
             if "train_images_per_s" not in h:
                 continue
             for p in results:
-                if p["model"] == h["model"] and p["batch"] == h["batch"] and "train_images_per_s" in p:
+                if (p["model"], p["batch"], p["math"]) == (h["model"], h["batch"], h["math"]) and "train_images_per_s" in p:
+                    mem = ""
+                    if h.get("gpu_mem_max_allocated_mb") and p.get("gpu_mem_max_allocated_mb"):
+                        mem = (f"; peak GPU memory {h['gpu_mem_max_allocated_mb']:.0f} vs "
+                               f"{p['gpu_mem_max_allocated_mb']:.0f} MB = "
+                               f"{h['gpu_mem_max_allocated_mb'] / p['gpu_mem_max_allocated_mb']:.2f}x")
                     print(f"  {h['model']} b{h['batch']}: hpdl {h['math']} {h['train_images_per_s']:.0f} vs "
                           f"torch {p['math']} {p['train_images_per_s']:.0f} = "
-                          f"{h['train_images_per_s'] / p['train_images_per_s']:.2f}x")
+                          f"{h['train_images_per_s'] / p['train_images_per_s']:.2f}x{mem}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,24 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Tensor memory on the training device (the caching allocator's count: model, optimizer state,
+// activations, gradients; not libraries' own buffers): reset() starts a new peak, peak_mb() reads it.
+struct DevicePeakMemory {
+  Device device;
+  void reset() const {
+#ifdef HPDL_HAVE_CUDA
+    if (device.is_cuda()) return cuda::reset_peak_memory();
+#endif
+    if (device.is_cpu()) reset_cpu_memory_peak();
+  }
+  double peak_mb() const {
+#ifdef HPDL_HAVE_CUDA
+    if (device.is_cuda()) return static_cast<double>(cuda::allocator_stats().peak_allocated_bytes) / (1 << 20);
+#endif
+    return device.is_cpu() ? static_cast<double>(cpu_memory_stats().peak_live_bytes) / (1 << 20) : -1.0;
+  }
+};
+
 volatile std::sig_atomic_t g_stop_signal = 0;   // SIGTERM: checkpoint and stop
 volatile std::sig_atomic_t g_ckpt_signal = 0;   // SIGUSR1: checkpoint and go on
 
@@ -453,6 +471,8 @@ TrainSummary Trainer::run(bool resume) {
 
   TrainSummary summary;
   summary.run_dir = run_dir;
+  const DevicePeakMemory memory{device};
+  memory.reset();
   const auto t_start = std::chrono::steady_clock::now();
   int64_t samples_done = 0;
   double last_loss = 0, last_accuracy = 0;
@@ -596,6 +616,7 @@ TrainSummary Trainer::run(bool resume) {
   summary.final_train_loss = last_loss;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
+  summary.peak_tensor_memory_mb = memory.peak_mb();
   if (world > 1) {
     // Replica check: every rank must end with bitwise identical weights.
     uint64_t h = 0;
@@ -627,6 +648,8 @@ TrainSummary Trainer::run(bool resume) {
                         {"ranks", world}, {"threads", num_threads()}, {"interrupted", summary.interrupted}};
     if (summary.test_accuracy >= 0) s["test_accuracy"] = summary.test_accuracy, s["test_loss"] = summary.test_loss;
     if (summary.allreduce_hidden_fraction >= 0) s["allreduce_hidden_fraction"] = summary.allreduce_hidden_fraction;
+    s["device"] = device.str();
+    if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;
     const std::string text = s.dump(2) + "\n";
     io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());
     metrics->write({{"type", "summary"}, {"summary", s}});

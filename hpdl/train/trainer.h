@@ -35,6 +35,9 @@ struct TrainSummary {
   // With train.trace and several ranks: the fraction of allreduce time that
   // overlapped backward on the same rank (from trace.json); -1 otherwise.
   double allreduce_hidden_fraction = -1;
+  // Rank 0's peak tensor memory on its training device during the run (model, optimizer state,
+  // activations, gradients, as its caching allocator counts them), MiB; -1 if unknown.
+  double peak_tensor_memory_mb = -1;
   std::filesystem::path run_dir;
 };
 

@@ -29,6 +29,8 @@ train_short)
     || fail "train failed: $(cat err.txt)"
   for f in run/config.toml run/metrics.jsonl run/summary.json; do [[ -s $f ]] || fail "missing $f"; done
   grep -q '"steps": 20' run/summary.json || fail "summary does not say 20 steps"
+  grep -Eq '"peak_tensor_memory_mb": ([1-9]|0\.[0-9]*[1-9])' run/summary.json || fail "summary has no peak tensor memory: $(cat run/summary.json)"
+  grep -q '"device": "cpu"' run/summary.json || fail "summary does not name the device"
   grep -q '"type":"step"' run/metrics.jsonl || fail "no step records in metrics.jsonl"
   ls run/checkpoints/step-0000000020.safetensors >/dev/null || fail "no final checkpoint"
   ;;

@@ -5,6 +5,7 @@
 // every earlier use. Plain cudaMalloc only, never managed memory.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -36,6 +37,7 @@ class CachingAllocator final : public Allocator {
       live_[p] = {dev, cls};
       stats_.cached_bytes -= cls;
       stats_.allocated_bytes += cls;
+      stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
       ++stats_.cache_hits;
       return p;
     }
@@ -54,6 +56,7 @@ class CachingAllocator final : public Allocator {
     }
     ++stats_.device_mallocs;
     stats_.allocated_bytes += cls;
+    stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
     live_[p] = {dev, cls};
     return p;
   }
@@ -78,6 +81,11 @@ class CachingAllocator final : public Allocator {
   void release() {
     std::lock_guard<std::mutex> lock(mu_);
     release_locked();
+  }
+
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.peak_allocated_bytes = stats_.allocated_bytes;
   }
 
  private:
@@ -133,6 +141,10 @@ int device_count() {
 }
 
 AllocatorStats allocator_stats() { return g_allocator ? g_allocator->stats() : AllocatorStats{}; }
+
+void reset_peak_memory() {
+  if (g_allocator) g_allocator->reset_peak();
+}
 
 void empty_cache() {
   if (g_allocator) g_allocator->release();

@@ -100,8 +100,11 @@ struct AllocatorStats {
   size_t cached_bytes = 0;     // held in the free lists for reuse
   int64_t device_mallocs = 0;  // cudaMalloc calls made so far
   int64_t cache_hits = 0;      // allocations served from a free list
+  size_t peak_allocated_bytes = 0;  // the most allocated_bytes reached since the last reset_peak_memory()
 };
 AllocatorStats allocator_stats();
+// Starts a new peak: peak_allocated_bytes = allocated_bytes now (torch.cuda.reset_peak_memory_stats).
+void reset_peak_memory();
 
 // Host <-> device copies made by the backend since libhpdl loaded (each one
 // synchronizes the stream). Tests use the counts to prove that a training

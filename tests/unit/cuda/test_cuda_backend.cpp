@@ -105,6 +105,20 @@ TEST_F(CudaBackendTest, CachingAllocatorReusesFreedBlocks) {
   EXPECT_GT(after.cached_bytes, 0u);
 }
 
+// The peak of allocated bytes (torch.cuda.max_memory_allocated's counterpart): it keeps the high
+// mark after the tensor is freed, and reset_peak_memory() lowers it to what is allocated now.
+TEST_F(CudaBackendTest, PeakAllocatedBytesAndItsReset) {
+  cuda::reset_peak_memory();
+  const size_t base = cuda::allocator_stats().allocated_bytes;
+  EXPECT_EQ(cuda::allocator_stats().peak_allocated_bytes, base);
+  { Tensor t = Tensor::empty({16 << 20}, DType::f32, kGPU); }  // 64 MiB
+  const cuda::AllocatorStats after = cuda::allocator_stats();
+  EXPECT_EQ(after.allocated_bytes, base);
+  EXPECT_GE(after.peak_allocated_bytes, base + (size_t{64} << 20));
+  cuda::reset_peak_memory();
+  EXPECT_EQ(cuda::allocator_stats().peak_allocated_bytes, base);
+}
+
 // Pinned host memory: an upload from it is queued without a stream synchronization and holds its
 // source block until done, so the caller may drop the tensor at once and a new pinned tensor of the
 // same size never gets a block that a queued copy still reads.
