@@ -12,6 +12,8 @@
 // never run its primitive at once.
 #include "hpdl/backend/cpu/onednn.h"
 
+#include "hpdl/backend/cpu/direct_conv.h"
+
 #include "hpdl/core/threading.h"
 
 #include <algorithm>
@@ -280,8 +282,20 @@ std::string conv_key(const char* name, const Shape& xs, const Shape& ws, const C
 
 }  // namespace
 
+namespace {
+// HPDL_DIRECT_CONV=0 sends the few-input-channel convolutions to oneDNN too (for A/B timing).
+const bool g_direct_conv = [] {
+  const char* e = std::getenv("HPDL_DIRECT_CONV");
+  return !(e && std::string(e) == "0");
+}();
+}  // namespace
+
 void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                                    const Conv2dParams& p) {
+  if (g_direct_conv && f32_dense({&x, &w, &bias, &y}) && cpu::direct_conv_forward_preferred(x.shape(), w.shape(), p)) {
+    cpu::direct_conv_forward(x, w, bias, y, p);
+    return;
+  }
   ConvGeom geom(x.shape(), w.shape(), y.shape(), p);
   if (!f32_dense({&x, &w, &bias, &y}) || !geom.ok) {
     ReferenceBackend::conv2d_forward(x, w, bias, y, p);
@@ -382,6 +396,10 @@ void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const 
 
 void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                           const Conv2dParams& p, SharedDy* shared) {
+  if (g_direct_conv && f32_dense({&x, &dy, &dw, &db}) && cpu::direct_conv_backward_weights_preferred(x.shape(), dw.shape(), p)) {
+    cpu::direct_conv_backward_weights(x, dy, dw, db, p);
+    return;
+  }
   ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p);
   if (!f32_dense({&x, &dy, &dw, &db}) || !geom.ok) {
     ReferenceBackend::conv2d_backward_weights(x, dy, dw, db, p);

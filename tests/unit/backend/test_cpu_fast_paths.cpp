@@ -7,7 +7,9 @@
 #include <cmath>
 
 #include "hpdl/backend/backend.h"
+#include "hpdl/backend/cpu/direct_conv.h"
 #include "hpdl/core/random.h"
+#include "hpdl/core/threading.h"
 
 namespace hpdl {
 namespace {
@@ -204,6 +206,86 @@ TEST(CpuFastPaths, SharedDyConvolutionBackwardEqualsSeparateCalls) {
       expect_equal(a[k], r[k], 1e-4 * scale, what + " vs reference, output " + std::to_string(k));
     }
   }
+}
+
+// Direct convolution for few input channels (backend/cpu/direct_conv.h): forward, weight and bias
+// gradients against the reference over the shapes it special-cases: 1 to 4 input channels, filter
+// widths 1 to 7 and non-square filters, output widths that are not a multiple of 8 (and below 8),
+// output channel counts around its blocks of 8, padding from 0 to kernel - 1.
+TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
+  struct Case {
+    Shape x, w;
+    int64_t pad_h, pad_w;
+  };
+  for (const Case& c : {Case{{5, 1, 28, 28}, {6, 1, 5, 5}, 2, 2},      // LeNet-5 conv1
+                        Case{{3, 1, 28, 28}, {16, 1, 3, 3}, 1, 1},     // ResNet-20's stem on Fashion-MNIST
+                        Case{{2, 3, 13, 11}, {17, 3, 3, 3}, 1, 1},     // RGB, 17 = 2 blocks of 8 + 1
+                        Case{{2, 2, 9, 30}, {9, 2, 5, 3}, 0, 2},       // non-square filter, no row padding
+                        Case{{2, 4, 6, 5}, {3, 4, 7, 7}, 6, 6},        // output 12x11 from 6x5, pad = kernel - 1
+                        Case{{1, 1, 4, 4}, {2, 1, 1, 1}, 0, 0},        // 1x1 filter, 4-wide output
+                        Case{{4, 1, 8, 8}, {8, 1, 4, 2}, 1, 0}}) {     // even filter sizes
+    Conv2dParams p;
+    p.pad_h = c.pad_h, p.pad_w = c.pad_w;
+    const int64_t P = Conv2dParams::out_size(c.x[2], c.w[2], 1, c.pad_h, 1);
+    const int64_t Q = Conv2dParams::out_size(c.x[3], c.w[3], 1, c.pad_w, 1);
+    const Shape ys = {c.x[0], c.w[0], P, Q};
+    const std::string what = fmt::format("direct conv x {} w {} pad {},{}", shape_str(c.x), shape_str(c.w), c.pad_h,
+                                         c.pad_w);
+    Generator g(41);
+    Tensor x = Tensor::randn(c.x, g), w = Tensor::randn(c.w, g, 0, 0.3), b = Tensor::randn({c.w[0]}, g);
+    Tensor dy = Tensor::randn(ys, g);
+    ASSERT_TRUE(cpu::direct_conv_applies(c.x, c.w, p)) << what;
+    Tensor yf = Tensor::full(ys, 7.0), yr = Tensor::empty(ys);
+    cpu::direct_conv_forward(x, w, b, yf, p);
+    reference_backend().conv2d_forward(x, w, b, yr, p);
+    // Relative to the largest value, as for the oneDNN convolutions above.
+    auto scaled = [](const Tensor& t) {
+      float m = 0;
+      for (float v : t.to_vector<float>()) m = std::max(m, std::abs(v));
+      return 1e-5 * m;
+    };
+    expect_equal(yf, yr, scaled(yr), what + " forward");
+    Tensor dwf = Tensor::full(c.w, 7.0), dbf = Tensor::full({c.w[0]}, 7.0);
+    Tensor dwr = Tensor::empty(c.w), dbr = Tensor::empty({c.w[0]});
+    cpu::direct_conv_backward_weights(x, dy, dwf, dbf, p);
+    reference_backend().conv2d_backward_weights(x, dy, dwr, dbr, p);
+    expect_equal(dwf, dwr, scaled(dwr), what + " backward weights");
+    expect_equal(dbf, dbr, scaled(dbr), what + " backward bias");
+    Tensor dwn = Tensor::full(c.w, 7.0);  // without the bias gradient
+    cpu::direct_conv_backward_weights(x, dy, dwn, Tensor(), p);
+    EXPECT_EQ(dwn.to_vector<float>(), dwf.to_vector<float>()) << what;
+    // Through the backend, whichever kernel it prefers for the shape.
+    Tensor yb = Tensor::empty(ys), dwb = Tensor::empty(c.w);
+    cpu_backend().conv2d_forward(x, w, b, yb, p);
+    cpu_backend().conv2d_backward_weights(x, dy, dwb, Tensor(), p);
+    expect_equal(yb, yr, scaled(yr), what + " forward through the backend");
+    expect_equal(dwb, dwr, scaled(dwr), what + " backward weights through the backend");
+  }
+  // Shapes it does not take.
+  Conv2dParams strided;
+  strided.stride_h = strided.stride_w = 2;
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, strided));
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 5, 8, 8}, {4, 5, 3, 3}, {}));     // 5 input channels
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 16, 16}, {4, 1, 9, 9}, {}));   // 9x9 filter
+}
+
+// Its weight gradient sums the batch in fixed chunks combined in a fixed order: bit for bit the
+// same with 1 and 2 threads (the kill -9 resume tests rely on reproducible steps).
+TEST(CpuFastPaths, DirectConvolutionWeightGradientDoesNotDependOnThreads) {
+  Generator g(43);
+  Tensor x = Tensor::randn({37, 1, 28, 28}, g), dy = Tensor::randn({37, 6, 28, 28}, g);
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 2;
+  const int before = num_threads();
+  std::vector<std::vector<float>> dws;
+  for (int t : {1, 2}) {
+    set_num_threads(t);
+    Tensor dw = Tensor::empty({6, 1, 5, 5}), db = Tensor::empty({6});
+    cpu_backend().conv2d_backward_weights(x, dy, dw, db, p);
+    dws.push_back(dw.to_vector<float>());
+  }
+  set_num_threads(before);
+  EXPECT_EQ(dws[0], dws[1]);
 }
 
 }  // namespace

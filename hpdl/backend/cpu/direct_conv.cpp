@@ -1,0 +1,225 @@
+// Direct convolution for few input channels: see direct_conv.h.
+#include "hpdl/backend/cpu/direct_conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "hpdl/core/threading.h"
+
+namespace hpdl::cpu {
+namespace {
+
+using V8 = float __attribute__((vector_size(32)));  // GCC/Clang vector extension: one AVX register
+constexpr int64_t kLanes = 8;
+
+inline V8 load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Output rows are computed 8 columns at a time over Qv = Q rounded up to 8; the input planes are
+// copied into zero-padded planes of Hp = P + R - 1 rows and Wp = Qv + S - 1 columns, so every
+// vector load is in bounds and padding needs no branches.
+struct Geometry {
+  int64_t N, C, H, W, K, R, S, P, Q, pad_h, pad_w, Qv, Hp, Wp;
+  Geometry(const Shape& x, const Shape& w, const Conv2dParams& p)
+      : N(x[0]), C(x[1]), H(x[2]), W(x[3]), K(w[0]), R(w[2]), S(w[3]),
+        P(Conv2dParams::out_size(x[2], w[2], 1, p.pad_h, 1)), Q(Conv2dParams::out_size(x[3], w[3], 1, p.pad_w, 1)),
+        pad_h(p.pad_h), pad_w(p.pad_w), Qv((Q + kLanes - 1) / kLanes * kLanes), Hp(P + R - 1), Wp(Qv + S - 1) {}
+  int64_t plane() const { return Hp * Wp; }
+};
+
+// Image n's C channels into `xp` (C zero-padded planes).
+void pad_image(const Geometry& g, const float* x, int64_t n, float* xp) {
+  std::fill(xp, xp + g.C * g.plane(), 0.0f);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t i = 0; i < g.H; ++i) {
+      const int64_t row = i + g.pad_h;
+      if (row < 0 || row >= g.Hp) continue;
+      const float* src = x + ((n * g.C + c) * g.H + i) * g.W;
+      float* dst = xp + c * g.plane() + row * g.Wp;
+      for (int64_t j = 0; j < g.W; ++j) {
+        const int64_t col = j + g.pad_w;
+        if (col >= 0 && col < g.Wp) dst[col] = src[j];
+      }
+    }
+}
+
+// Forward, output channels k0 .. k0 + KB - 1 of one image: each loaded input vector feeds KB
+// accumulators. wv[(c R + r) S + s][k]: the weights, broadcast to vectors.
+template <int KB>
+void forward_block(const Geometry& g, const float* xp, const V8* wv, const float* bias, int64_t k0, float* y) {
+  for (int64_t p = 0; p < g.P; ++p)
+    for (int64_t q = 0; q < g.Qv; q += kLanes) {
+      V8 acc[KB];
+      for (int j = 0; j < KB; ++j) acc[j] = V8{} + (bias ? bias[k0 + j] : 0.0f);
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t r = 0; r < g.R; ++r) {
+          const float* row = xp + c * g.plane() + (p + r) * g.Wp + q;
+          const V8* wr = wv + ((c * g.R + r) * g.S) * g.K + k0;
+          for (int64_t s = 0; s < g.S; ++s) {
+            const V8 xv = load8(row + s);
+            for (int j = 0; j < KB; ++j) acc[j] += wr[s * g.K + j] * xv;
+          }
+        }
+      if (q + kLanes <= g.Q) {
+        for (int j = 0; j < KB; ++j) std::memcpy(y + ((k0 + j) * g.P + p) * g.Q + q, &acc[j], sizeof(V8));
+      } else {  // the row's tail
+        for (int j = 0; j < KB; ++j) {
+          float* dst = y + ((k0 + j) * g.P + p) * g.Q + q;
+          for (int64_t l = 0; l < g.Q - q; ++l) dst[l] = acc[j][l];
+        }
+      }
+    }
+}
+
+using ForwardBlock = void (*)(const Geometry&, const float*, const V8*, const float*, int64_t, float*);
+constexpr ForwardBlock kForwardBlocks[9] = {nullptr,
+                                            forward_block<1>,
+                                            forward_block<2>,
+                                            forward_block<3>,
+                                            forward_block<4>,
+                                            forward_block<5>,
+                                            forward_block<6>,
+                                            forward_block<7>,
+                                            forward_block<8>};
+
+// Backward weights of one image, filter width SW: for each (k, c, r) the SW sums over the output
+// plane share each loaded dy vector. acc[((k C + c) R + r) SW + s] and accb[k] (db) are vector
+// partial sums, added to by each image of a chunk in turn.
+template <int SW>
+void backward_image(const Geometry& g, const float* xp, const float* dyp, V8* acc, V8* accb) {
+  for (int64_t k = 0; k < g.K; ++k) {
+    const float* dk = dyp + k * g.P * g.Qv;
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t r = 0; r < g.R; ++r) {
+        V8 a[SW];
+        for (int s = 0; s < SW; ++s) a[s] = V8{};
+        for (int64_t p = 0; p < g.P; ++p) {
+          const float* drow = dk + p * g.Qv;
+          const float* xrow = xp + c * g.plane() + (p + r) * g.Wp;
+          for (int64_t q = 0; q < g.Qv; q += kLanes) {
+            const V8 d = load8(drow + q);
+            for (int s = 0; s < SW; ++s) a[s] += d * load8(xrow + q + s);
+          }
+        }
+        V8* out = acc + ((k * g.C + c) * g.R + r) * SW;
+        for (int s = 0; s < SW; ++s) out[s] += a[s];
+      }
+    if (accb) {
+      V8 b = {};
+      for (int64_t i = 0; i < g.P * g.Qv; i += kLanes) b += load8(dk + i);
+      accb[k] += b;
+    }
+  }
+}
+
+using BackwardImage = void (*)(const Geometry&, const float*, const float*, V8*, V8*);
+constexpr int kMaxFilter = 7;
+constexpr BackwardImage kBackwardImages[kMaxFilter + 1] = {nullptr,
+                                                           backward_image<1>,
+                                                           backward_image<2>,
+                                                           backward_image<3>,
+                                                           backward_image<4>,
+                                                           backward_image<5>,
+                                                           backward_image<6>,
+                                                           backward_image<7>};
+
+float lane_sum(const V8& v) {
+  float l[kLanes];
+  std::memcpy(l, &v, sizeof l);
+  float s = 0;
+  for (int64_t i = 0; i < kLanes; ++i) s += l[i];
+  return s;
+}
+
+}  // namespace
+
+bool direct_conv_applies(const Shape& x, const Shape& w, const Conv2dParams& p) {
+  if (x.size() != 4 || w.size() != 4) return false;
+  return p.groups == 1 && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 && p.dilation_w == 1 &&
+         x[1] >= 1 && x[1] <= 4 && w[1] == x[1] && w[2] >= 1 && w[2] <= kMaxFilter && w[3] >= 1 &&
+         w[3] <= kMaxFilter && p.pad_h >= 0 && p.pad_h < w[2] && p.pad_w >= 0 && p.pad_w < w[3] &&
+         Conv2dParams::out_size(x[2], w[2], 1, p.pad_h, 1) >= 1 && Conv2dParams::out_size(x[3], w[3], 1, p.pad_w, 1) >= 1;
+}
+
+bool direct_conv_forward_preferred(const Shape& x, const Shape& w, const Conv2dParams& p) {
+  return direct_conv_applies(x, w, p) && x[1] == 1;
+}
+
+bool direct_conv_backward_weights_preferred(const Shape& x, const Shape& w, const Conv2dParams& p) {
+  return direct_conv_applies(x, w, p) && (x[1] == 1 || w[0] <= 16);
+}
+
+void direct_conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                         const Conv2dParams& p) {
+  const Geometry g(x.shape(), w.shape(), p);
+  const float* X = x.data<float>();
+  const float* Wt = w.data<float>();
+  const float* B = bias.defined() ? bias.data<float>() : nullptr;
+  float* Y = y.data<float>();
+  const int64_t CRS = g.C * g.R * g.S;
+  std::vector<V8> wv(static_cast<size_t>(CRS * g.K));
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t i = 0; i < CRS; ++i) wv[static_cast<size_t>(i * g.K + k)] = V8{} + Wt[k * CRS + i];
+  parallel_for(g.N, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> xp(static_cast<size_t>(g.C * g.plane()));
+    for (int64_t n = lo; n < hi; ++n) {
+      pad_image(g, X, n, xp.data());
+      float* yn = Y + n * g.K * g.P * g.Q;
+      for (int64_t k0 = 0; k0 < g.K; k0 += 8)
+        kForwardBlocks[std::min<int64_t>(8, g.K - k0)](g, xp.data(), wv.data(), B, k0, yn);
+    }
+  });
+}
+
+void direct_conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
+                                  const Conv2dParams& p) {
+  const Geometry g(x.shape(), dw.shape(), p);
+  const float* X = x.data<float>();
+  const float* DY = dy.data<float>();
+  const int64_t KCRS = g.K * g.C * g.R * g.S;
+  // Fixed chunks of images, whatever the thread count; each has its own vector partial sums.
+  const int64_t chunks = std::min<int64_t>(g.N, 16);
+  std::vector<V8> acc(static_cast<size_t>(chunks * KCRS)), accb(static_cast<size_t>(chunks * g.K));
+  const bool with_bias = db.defined();
+  parallel_for(chunks, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> xp(static_cast<size_t>(g.C * g.plane()));
+    std::vector<float> dyp(static_cast<size_t>(g.K * g.P * g.Qv), 0.0f);  // the tail columns stay 0
+    for (int64_t ch = lo; ch < hi; ++ch) {
+      V8* a = acc.data() + ch * KCRS;
+      V8* b = with_bias ? accb.data() + ch * g.K : nullptr;
+      std::fill(a, a + KCRS, V8{});
+      if (b) std::fill(b, b + g.K, V8{});
+      for (int64_t n = ch * g.N / chunks; n < (ch + 1) * g.N / chunks; ++n) {
+        pad_image(g, X, n, xp.data());
+        for (int64_t k = 0; k < g.K; ++k)
+          for (int64_t i = 0; i < g.P; ++i) {
+            const float* src = DY + ((n * g.K + k) * g.P + i) * g.Q;
+            float* dst = dyp.data() + (k * g.P + i) * g.Qv;
+            for (int64_t j = 0; j < g.Q; ++j) dst[j] = src[j];
+          }
+        kBackwardImages[g.S](g, xp.data(), dyp.data(), a, b);
+      }
+    }
+  });
+  // Chunks, then lanes, in a fixed order.
+  float* DW = dw.data<float>();
+  for (int64_t i = 0; i < KCRS; ++i) {
+    float s = 0;
+    for (int64_t ch = 0; ch < chunks; ++ch) s += lane_sum(acc[static_cast<size_t>(ch * KCRS + i)]);
+    DW[i] = s;
+  }
+  if (with_bias) {
+    float* DB = db.data<float>();
+    for (int64_t k = 0; k < g.K; ++k) {
+      float s = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) s += lane_sum(accb[static_cast<size_t>(ch * g.K + k)]);
+      DB[k] = s;
+    }
+  }
+}
+
+}  // namespace hpdl::cpu
