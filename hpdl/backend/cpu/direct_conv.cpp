@@ -47,44 +47,66 @@ void pad_image(const Geometry& g, const float* x, int64_t n, float* xp) {
     }
 }
 
-// Forward, output channels k0 .. k0 + KB - 1 of one image: each loaded input vector feeds KB
-// accumulators. wv[(c R + r) S + s][k]: the weights, broadcast to vectors.
-template <int KB>
-void forward_block(const Geometry& g, const float* xp, const V8* wv, const float* bias, int64_t k0, float* y) {
+// Forward, output channels k0 .. k0 + KB - 1 of one image, QB vectors of an output row at a time:
+// each loaded input vector feeds KB accumulators and each loaded weight QB (KB * QB <= 12 of the 16
+// AVX registers). Columns [q_begin, q_end) of the padded row, q_end - q_begin a multiple of 8 QB.
+// wv[(c R + r) S + s][k]: the weights, broadcast to vectors.
+template <int KB, int QB>
+void forward_block(const Geometry& g, const float* xp, const V8* wv, const float* bias, int64_t k0, float* y,
+                   int64_t q_begin, int64_t q_end) {
   for (int64_t p = 0; p < g.P; ++p)
-    for (int64_t q = 0; q < g.Qv; q += kLanes) {
-      V8 acc[KB];
-      for (int j = 0; j < KB; ++j) acc[j] = V8{} + (bias ? bias[k0 + j] : 0.0f);
+    for (int64_t q = q_begin; q < q_end; q += QB * kLanes) {
+      V8 acc[QB][KB];
+      for (int j = 0; j < KB; ++j) {
+        const V8 b0 = V8{} + (bias ? bias[k0 + j] : 0.0f);
+        for (int u = 0; u < QB; ++u) acc[u][j] = b0;
+      }
       for (int64_t c = 0; c < g.C; ++c)
         for (int64_t r = 0; r < g.R; ++r) {
           const float* row = xp + c * g.plane() + (p + r) * g.Wp + q;
           const V8* wr = wv + ((c * g.R + r) * g.S) * g.K + k0;
           for (int64_t s = 0; s < g.S; ++s) {
-            const V8 xv = load8(row + s);
-            for (int j = 0; j < KB; ++j) acc[j] += wr[s * g.K + j] * xv;
+            V8 xv[QB];
+            for (int u = 0; u < QB; ++u) xv[u] = load8(row + s + u * kLanes);
+            for (int j = 0; j < KB; ++j) {
+              const V8 wj = wr[s * g.K + j];
+              for (int u = 0; u < QB; ++u) acc[u][j] += wj * xv[u];
+            }
           }
         }
-      if (q + kLanes <= g.Q) {
-        for (int j = 0; j < KB; ++j) std::memcpy(y + ((k0 + j) * g.P + p) * g.Q + q, &acc[j], sizeof(V8));
-      } else {  // the row's tail
-        for (int j = 0; j < KB; ++j) {
-          float* dst = y + ((k0 + j) * g.P + p) * g.Q + q;
-          for (int64_t l = 0; l < g.Q - q; ++l) dst[l] = acc[j][l];
+      for (int u = 0; u < QB; ++u) {
+        const int64_t qu = q + u * kLanes;
+        if (qu + kLanes <= g.Q) {
+          for (int j = 0; j < KB; ++j) std::memcpy(y + ((k0 + j) * g.P + p) * g.Q + qu, &acc[u][j], sizeof(V8));
+        } else {  // the row's tail (or padding past it)
+          for (int j = 0; j < KB; ++j) {
+            float* dst = y + ((k0 + j) * g.P + p) * g.Q + qu;
+            for (int64_t l = 0; l < g.Q - qu; ++l) dst[l] = acc[u][j][l];
+          }
         }
       }
     }
 }
 
+// KB output channels over a whole row: QB vectors at a time as far as they fit, then one.
+template <int KB>
+void forward_channels(const Geometry& g, const float* xp, const V8* wv, const float* bias, int64_t k0, float* y) {
+  constexpr int QB = KB <= 3 ? 4 : KB <= 6 ? 2 : 1;
+  const int64_t wide = g.Qv / (QB * kLanes) * (QB * kLanes);
+  forward_block<KB, QB>(g, xp, wv, bias, k0, y, 0, wide);
+  if constexpr (QB > 1) forward_block<KB, 1>(g, xp, wv, bias, k0, y, wide, g.Qv);
+}
+
 using ForwardBlock = void (*)(const Geometry&, const float*, const V8*, const float*, int64_t, float*);
 constexpr ForwardBlock kForwardBlocks[9] = {nullptr,
-                                            forward_block<1>,
-                                            forward_block<2>,
-                                            forward_block<3>,
-                                            forward_block<4>,
-                                            forward_block<5>,
-                                            forward_block<6>,
-                                            forward_block<7>,
-                                            forward_block<8>};
+                                            forward_channels<1>,
+                                            forward_channels<2>,
+                                            forward_channels<3>,
+                                            forward_channels<4>,
+                                            forward_channels<5>,
+                                            forward_channels<6>,
+                                            forward_channels<7>,
+                                            forward_channels<8>};
 
 // Backward weights of one image, filter width SW: for each (k, c, r) the SW sums over the output
 // plane share each loaded dy vector. acc[((k C + c) R + r) SW + s] and accb[k] (db) are vector
@@ -153,8 +175,14 @@ bool direct_conv_backward_weights_preferred(const Shape& x, const Shape& w, cons
   return direct_conv_applies(x, w, p) && (x[1] == 1 || w[0] <= 16);
 }
 
-void direct_conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                         const Conv2dParams& p) {
+bool direct_conv_backward_data_preferred(const Shape& x, const Shape& w, const Conv2dParams& p) {
+  return direct_conv_applies(x, w, p) && x[1] == 1;
+}
+
+namespace {
+// The forward loops for any number of input channels (direct_conv_applies limits what the backend
+// sends them, the backward data sends K).
+void forward_loops(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const Conv2dParams& p) {
   const Geometry g(x.shape(), w.shape(), p);
   const float* X = x.data<float>();
   const float* Wt = w.data<float>();
@@ -173,6 +201,30 @@ void direct_conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
         kForwardBlocks[std::min<int64_t>(8, g.K - k0)](g, xp.data(), wv.data(), B, k0, yn);
     }
   });
+}
+}  // namespace
+
+void direct_conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                         const Conv2dParams& p) {
+  forward_loops(x, w, bias, y, p);
+}
+
+void direct_conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
+  // dx[n, c, i, j] = sum_{k, r, s} dy[n, k, i + pad_h - r, j + pad_w - s] w[k, c, r, s]
+  //               = conv(dy, wt)[n, c, i, j] with wt[c, k, r', s'] = w[k, c, R-1-r', S-1-s'] and
+  //                 padding R-1-pad_h, S-1-pad_w.
+  const int64_t K = w.dim(0), C = w.dim(1), R = w.dim(2), S = w.dim(3);
+  Tensor wt = Tensor::empty({C, K, R, S});
+  const float* W = w.data<float>();
+  float* WT = wt.data<float>();
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          WT[((c * K + k) * R + (R - 1 - r)) * S + (S - 1 - s)] = W[((k * C + c) * R + r) * S + s];
+  Conv2dParams pt;
+  pt.pad_h = R - 1 - p.pad_h, pt.pad_w = S - 1 - p.pad_w;
+  forward_loops(dy, wt, Tensor(), dx, pt);
 }
 
 void direct_conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,

@@ -24,6 +24,9 @@ bool direct_conv_applies(const Shape& x, const Shape& w, const Conv2dParams& p);
 // filters they tie).
 bool direct_conv_forward_preferred(const Shape& x, const Shape& w, const Conv2dParams& p);
 bool direct_conv_backward_weights_preferred(const Shape& x, const Shape& w, const Conv2dParams& p);
+// The input gradient for one input channel (the gradient of a network's input, as saliency maps and
+// physics-informed losses take it; oneDNN pads that one channel to 8 here too).
+bool direct_conv_backward_data_preferred(const Shape& x, const Shape& w, const Conv2dParams& p);
 // y = conv(x, w) + bias (bias may be undefined); all contiguous float32.
 void direct_conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                          const Conv2dParams& p);
@@ -31,5 +34,8 @@ void direct_conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
 // combined in a fixed order: the result does not depend on the number of threads.
 void direct_conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                   const Conv2dParams& p);
+// dx from dy and w: the forward loops on dy with the filters transposed (C <-> K) and flipped, and
+// padding kernel - 1 - pad.
+void direct_conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p);
 
 }  // namespace hpdl::cpu

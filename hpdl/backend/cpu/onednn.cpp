@@ -365,6 +365,10 @@ memory dy_in_layout(const Impl& impl, const memory& dyu, const memory::desc& wan
 
 void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p,
                                        SharedDy* shared) {
+  if (g_direct_conv && f32_dense({&dy, &w, &dx}) && cpu::direct_conv_backward_data_preferred(dx.shape(), w.shape(), p)) {
+    cpu::direct_conv_backward_data(dy, w, dx, p);
+    return;
+  }
   ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p);
   if (!f32_dense({&dy, &w, &dx}) || !geom.ok) {
     ReferenceBackend::conv2d_backward_data(dy, w, dx, p);

@@ -208,8 +208,8 @@ TEST(CpuFastPaths, SharedDyConvolutionBackwardEqualsSeparateCalls) {
   }
 }
 
-// Direct convolution for few input channels (backend/cpu/direct_conv.h): forward, weight and bias
-// gradients against the reference over the shapes it special-cases: 1 to 4 input channels, filter
+// Direct convolution for few input channels (backend/cpu/direct_conv.h): forward, weight, bias and
+// input gradients against the reference over the shapes it special-cases: 1 to 4 input channels, filter
 // widths 1 to 7 and non-square filters, output widths that are not a multiple of 8 (and below 8),
 // output channel counts around its blocks of 8, padding from 0 to kernel - 1.
 TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
@@ -254,10 +254,17 @@ TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
     Tensor dwn = Tensor::full(c.w, 7.0);  // without the bias gradient
     cpu::direct_conv_backward_weights(x, dy, dwn, Tensor(), p);
     EXPECT_EQ(dwn.to_vector<float>(), dwf.to_vector<float>()) << what;
+    Tensor dxf = Tensor::full(c.x, 7.0), dxr = Tensor::empty(c.x);
+    cpu::direct_conv_backward_data(dy, w, dxf, p);
+    reference_backend().conv2d_backward_data(dy, w, dxr, p);
+    expect_equal(dxf, dxr, scaled(dxr), what + " backward data");
     // Through the backend, whichever kernel it prefers for the shape.
     Tensor yb = Tensor::empty(ys), dwb = Tensor::empty(c.w);
     cpu_backend().conv2d_forward(x, w, b, yb, p);
     cpu_backend().conv2d_backward_weights(x, dy, dwb, Tensor(), p);
+    Tensor dxb = Tensor::empty(c.x);
+    cpu_backend().conv2d_backward_data(dy, w, dxb, p);
+    expect_equal(dxb, dxr, scaled(dxr), what + " backward data through the backend");
     expect_equal(yb, yr, scaled(yr), what + " forward through the backend");
     expect_equal(dwb, dwr, scaled(dwr), what + " backward weights through the backend");
   }
