@@ -36,14 +36,10 @@ void pad_image(const Geometry& g, const float* x, int64_t n, float* xp) {
   std::fill(xp, xp + g.C * g.plane(), 0.0f);
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.H; ++i) {
-      const int64_t row = i + g.pad_h;
-      if (row < 0 || row >= g.Hp) continue;
-      const float* src = x + ((n * g.C + c) * g.H + i) * g.W;
-      float* dst = xp + c * g.plane() + row * g.Wp;
-      for (int64_t j = 0; j < g.W; ++j) {
-        const int64_t col = j + g.pad_w;
-        if (col >= 0 && col < g.Wp) dst[col] = src[j];
-      }
+      const int64_t row = i + g.pad_h;  // < Hp = H + 2 pad_h
+      // Columns pad_w .. pad_w + W - 1 of the padded row (Wp >= W + 2 pad_w: all in bounds).
+      std::memcpy(xp + c * g.plane() + row * g.Wp + g.pad_w, x + ((n * g.C + c) * g.H + i) * g.W,
+                  static_cast<size_t>(g.W) * sizeof(float));
     }
 }
 
