@@ -8,6 +8,7 @@
 #include "hpdl/autograd/node.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/reduce.h"
+#include "hpdl/ops/shape.h"
 
 namespace hpdl::optim {
 
@@ -152,12 +153,36 @@ double l2_norm(const Tensor& t) {
   return std::sqrt(sum_square(t.detach()).item());
 }
 
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
+  NoGradGuard no_grad;
+  std::vector<double> out(ts.size());
+  // Per device: the scalars stacked (float64: exact for float32 sums, as item() reads them) and one
+  // copy to the host.
+  std::vector<bool> done(ts.size(), false);
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (done[i]) continue;
+    std::vector<size_t> idx;
+    std::vector<Tensor> sums;
+    for (size_t j = i; j < ts.size(); ++j)
+      if (!done[j] && ts[j].device() == ts[i].device()) {
+        idx.push_back(j);
+        sums.push_back(sum_square(ts[j].detach()).to(DType::f64));
+        done[j] = true;
+      }
+    const std::vector<double> host = stack(sums).to(kCPU).to_vector<double>();
+    for (size_t k = 0; k < idx.size(); ++k) out[idx[k]] = host[k];
+  }
+  return out;
+}
+
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   HPDL_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be > 0, got {}", max_norm);
   NoGradGuard no_grad;
-  double total_sq = 0;
+  std::vector<Tensor> grads;
   for (const auto& p : params)
-    if (p.grad().defined()) total_sq += sum_square(p.grad()).item();
+    if (p.grad().defined()) grads.push_back(p.grad());
+  double total_sq = 0;
+  for (double v : sums_of_squares(grads)) total_sq += v;
   const double total = std::sqrt(total_sq);
   HPDL_CHECK(std::isfinite(total), "clip_grad_norm: the gradient norm is not finite ({}); the loss has diverged "
              "(lower the learning rate or check the inputs)", total);

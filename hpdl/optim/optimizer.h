@@ -89,5 +89,9 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 
 // The L2 norm of one tensor (no autograd), as a double.
 double l2_norm(const Tensor& t);
+// The sums of squares of many tensors (no autograd), in order, computed on their devices and read
+// back together: one synchronization per device on a GPU instead of one per tensor (LARS and LAMB
+// need two norms per layer every step).
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts);
 
 }  // namespace hpdl::optim

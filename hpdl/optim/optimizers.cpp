@@ -130,21 +130,35 @@ LARS::LARS(std::vector<ParamSpec> params, const LARSOptions& o) : Optimizer(std:
 void LARS::step() {
   NoGradGuard no_grad;
   count_step();
+  // Every adapted layer's weight and gradient norms are computed first and read back together (one
+  // synchronization per step on a GPU, not two per layer); then the updates.
+  std::vector<Tensor> grads(params_.size()), norm_inputs;
+  std::vector<size_t> adapted;
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor g = grad_of(i);
+    grads[i] = grad_of(i);
+    if (!grads[i].defined() || params_[i].no_adaptation) continue;
+    adapted.push_back(i);
+    norm_inputs.push_back(params_[i].param);
+    norm_inputs.push_back(grads[i]);
+  }
+  const std::vector<double> sq = sums_of_squares(norm_inputs);
+  std::vector<double> local(params_.size(), 1.0);
+  for (size_t j = 0; j < adapted.size(); ++j) {
+    const size_t i = adapted[j];
+    const double wd = params_[i].no_weight_decay ? 0.0 : options.weight_decay;
+    const double wn = std::sqrt(sq[2 * j]), gn = std::sqrt(sq[2 * j + 1]);
+    if (wn > 0 && gn > 0) local[i] = options.eta * wn / (gn + wd * wn + options.eps);
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& g = grads[i];
     if (!g.defined()) continue;
     const ParamSpec& s = params_[i];
     const double wd = s.no_weight_decay ? 0.0 : options.weight_decay;
-    double local = 1.0;
-    if (!s.no_adaptation) {
-      const double wn = l2_norm(s.param), gn = l2_norm(g);
-      if (wn > 0 && gn > 0) local = options.eta * wn / (gn + wd * wn + options.eps);
-    }
-    ratios_[i] = local;
+    ratios_[i] = local[i];
     // d = lr * local * (g + wd * w); then the fused momentum update with lr 1:
     // buf = momentum * buf + d (buf = d on the first step), w -= buf.
     Tensor d = wd != 0 ? add(g, mul(s.param, wd)) : g;
-    d = mul(d, lr_ * local);
+    d = mul(d, lr_ * local[i]);
     OptimizerUpdate u;
     u.kind = OptimizerUpdate::Kind::sgd;
     u.lr = 1.0;
@@ -169,6 +183,10 @@ LAMB::LAMB(std::vector<ParamSpec> params, const LAMBOptions& o) : Optimizer(std:
 void LAMB::step() {
   NoGradGuard no_grad;
   count_step();
+  // Moments and update directions of every layer first, then all the norms read back together (one
+  // synchronization per step on a GPU, not two per layer), then the weight updates.
+  std::vector<Tensor> rs(params_.size()), norm_inputs;
+  std::vector<size_t> adapted;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor g = grad_of(i);
     if (!g.defined()) continue;
@@ -185,13 +203,24 @@ void LAMB::step() {
     Tensor v_hat = mul(v, 1 / (1 - std::pow(b2, t)));
     Tensor r = div(m_hat, add(sqrt(v_hat), options.eps));
     if (wd != 0) r = add(r, mul(w, wd));
-    double ratio = 1.0;
+    rs[i] = r;
     if (!s.no_adaptation) {
-      const double wn = l2_norm(w), rn = l2_norm(r);
-      if (wn > 0 && rn > 0) ratio = wn / rn;
+      adapted.push_back(i);
+      norm_inputs.push_back(w);
+      norm_inputs.push_back(r);
     }
-    ratios_[i] = ratio;
-    w.copy_(sub(w, mul(r, lr_ * ratio)));
+  }
+  const std::vector<double> sq = sums_of_squares(norm_inputs);
+  std::vector<double> ratio(params_.size(), 1.0);
+  for (size_t j = 0; j < adapted.size(); ++j) {
+    const double wn = std::sqrt(sq[2 * j]), rn = std::sqrt(sq[2 * j + 1]);
+    if (wn > 0 && rn > 0) ratio[adapted[j]] = wn / rn;
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!rs[i].defined()) continue;
+    ratios_[i] = ratio[i];
+    Tensor w = params_[i].param;
+    w.copy_(sub(w, mul(rs[i], lr_ * ratio[i])));
   }
 }
 

@@ -226,6 +226,41 @@ TEST(CudaTrainingTest, StepMakesNoHostCopies) {
   EXPECT_EQ(nbt.item(), 3.0);
 }
 
+// LARS and LAMB need every layer's weight and update norms each step: they read them back in one
+// download per step (not two per layer), and step the same as on the CPU.
+TEST(CudaTrainingTest, LarsAndLambReadTheirNormsInOneDownload) {
+  SKIP_WITHOUT_GPU();
+  for (bool lamb : {false, true}) {
+    auto cpu_model = build("lenet5", 1, 28, 28), gpu_model = build("lenet5", 1, 28, 28);
+    gpu_model->to(kGPU);
+    auto data = synthetic(1, 16, 1, 28, 28, 5);
+    auto make = [&](nn::Module& m) -> std::unique_ptr<optim::Optimizer> {
+      if (lamb) {
+        optim::LAMBOptions o;
+        o.lr = 0.01;
+        return std::make_unique<optim::LAMB>(optim::param_specs(m), o);
+      }
+      optim::LARSOptions o;
+      o.lr = 0.5;
+      o.weight_decay = 1e-4;
+      return std::make_unique<optim::LARS>(optim::param_specs(m), o);
+    };
+    auto cpu_opt = make(*cpu_model), gpu_opt = make(*gpu_model);
+    for (int s = 0; s < 2; ++s) {
+      cpu_opt->zero_grad();
+      cross_entropy(cpu_model->forward(data[0].x), data[0].y).backward();
+      cpu_opt->step();
+      gpu_opt->zero_grad();
+      cross_entropy(gpu_model->forward(data[0].x.to(kGPU)), data[0].y.to(kGPU)).backward();
+      const auto before = cuda::transfer_stats();
+      gpu_opt->step();
+      EXPECT_EQ(cuda::transfer_stats().downloads - before.downloads, 1) << (lamb ? "LAMB" : "LARS") << " step " << s;
+    }
+    auto cs = cpu_model->state_dict(), gs = gpu_model->state_dict();
+    for (const auto& [n, t] : cs) EXPECT_LT(max_abs_diff(t, gs.at(n)), 1e-3) << (lamb ? "LAMB " : "LARS ") << n;
+  }
+}
+
 // A checkpoint trained on the CPU, loaded into a GPU model, read back to a
 // third CPU model: the CPU outputs are bitwise equal, the GPU's within float32.
 TEST(CudaTrainingTest, CheckpointCpuGpuCpuRoundTrip) {
