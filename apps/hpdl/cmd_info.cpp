@@ -4,6 +4,9 @@
 #include <cstdio>
 
 #include "apps/hpdl/commands.h"
+#ifdef HPDL_HAVE_CUDA
+#include "hpdl/backend/cuda/cuda.h"
+#endif
 #include "hpdl/backend/cpu/onednn.h"
 #include "hpdl/core/threading.h"
 
@@ -28,7 +31,7 @@ void register_info(CLI::App& app) {
     std::printf("OpenMP threads %d\n", num_threads());
     std::printf("MPI %s\n", mpi.c_str());
 #ifdef HPDL_HAVE_CUDA
-    std::printf("CUDA backend: built in\n");
+    std::printf("CUDA backend: built in\n%s\n", cuda::describe().c_str());
 #else
     std::printf("CUDA backend: not built (no CUDA toolkit at configure time)\n");
 #endif

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "hpdl/core/dtype.h"
 #include "hpdl/core/shape.h"
@@ -17,6 +18,9 @@ namespace hpdl::cuda {
 // Number of visible CUDA devices; 0 when there is no GPU or no driver (never throws).
 int device_count();
 inline bool available() { return device_count() > 0; }
+// The CUDA runtime, driver, cuDNN and NCCL versions, then one line per visible GPU (name, memory,
+// compute capability, SMs), or "no GPU visible" (hpdl info). Never throws.
+std::string describe();
 
 // TF32 tensor-core math for float32 matmul and convolution (cuBLAS, cuDNN).
 // Off by default: float32 results then match the reference to float32 rounding.
