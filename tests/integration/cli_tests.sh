@@ -155,6 +155,18 @@ metrics_independent_of_log_every)
   [[ -n $a && $a == "$b" ]] || fail "final train loss of a run ending on an unlogged step: $a vs $b"
   [[ $(grep -c '"type":"step"' capped_7/metrics.jsonl) == 3 ]] || fail "expected step records 1, 7 and 14 only"
   ;;
+info)
+  "$hpdl" info >out.txt 2>&1 || fail "hpdl info failed: $(cat out.txt)"
+  for want in "^hpdl " "^oneDNN .*, ISA " "^OpenMP threads [1-9]" "^MPI " "^CUDA backend: "; do
+    grep -Eq "$want" out.txt || fail "hpdl info has no line matching '$want': $(cat out.txt)"
+  done
+  # Built with CUDA: the library versions, then the GPUs or that none is visible.
+  if grep -q "^CUDA backend: built in" out.txt; then
+    grep -Eq "^CUDA runtime [0-9]+\.[0-9]+, driver .*, cuDNN [0-9]+\.[0-9]+\.[0-9]+, NCCL [0-9]" out.txt \
+      || fail "no CUDA version line: $(cat out.txt)"
+    grep -Eq "^(cuda:0: .*compute capability|no GPU visible)" out.txt || fail "no GPU line: $(cat out.txt)"
+  fi
+  ;;
 trace_overlap)
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/lenet5.toml" \
     --set train.max_steps=5 --set train.run_dir=run --set train.trace=true --set data.workers=1 >log 2>&1 || fail "run failed"
