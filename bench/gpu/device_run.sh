@@ -18,6 +18,7 @@ cd .devcarry || exit 1
 mkdir -p /tmp/d && tar xJf deps.tar.xz -C /tmp/d
 export LD_LIBRARY_PATH=$PWD/bin:/tmp/d:/usr/local/cuda/lib64:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+[ -x bin/hpdl ] && bin/hpdl info | tee "$OUT/info.txt"
 if [ "$filter" != "none" ]; then
   OMP_NUM_THREADS=8 timeout 300 bin/hpdl_cuda_tests --gtest_filter="$filter" > "$OUT/tests.log" 2>&1
   echo "tests exit $?"
