@@ -155,6 +155,42 @@ metrics_independent_of_log_every)
   [[ -n $a && $a == "$b" ]] || fail "final train loss of a run ending on an unlogged step: $a vs $b"
   [[ $(grep -c '"type":"step"' capped_7/metrics.jsonl) == 3 ]] || fail "expected step records 1, 7 and 14 only"
   ;;
+explain_heatmaps)
+  "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=150 --set train.run_dir=run >log 2>&1 \
+    || fail "train failed: $(tail -3 log)"
+  t10k=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+  "$hpdl" explain --checkpoint run --first 5 --limit 3 --out ex "$t10k" >out.txt 2>err.txt || fail "explain failed: $(cat err.txt)"
+  for i in 5 6 7; do
+    for m in saliency ig gradcam occlusion; do
+      f=ex/t10k-images-idx3-ubyte-$i-$m.png
+      [[ -s $f ]] || fail "missing $f: $(ls ex)"
+      # PNG IHDR: width and height, big-endian, at bytes 16-23: 2 x 28 x 8 wide, 28 x 8 high.
+      [[ $(od -An -tu1 -j16 -N8 "$f" | tr -s ' ') == " 0 0 1 192 0 0 0 224" ]] || fail "$f is not 448x224"
+    done
+  done
+  for m in saliency ig gradcam occlusion; do
+    head -c 128 ex/t10k-images-idx3-ubyte-$m.npy | grep -aq "'shape': (3, 28, 28)" || fail "ex/...-$m.npy is not [3, 28, 28]"
+  done
+  [[ $(grep -c "target" out.txt) -eq 3 ]] || fail "expected 3 explained samples: $(cat out.txt)"
+  # Integrated gradients add up to the score difference (completeness), within 5%.
+  awk -F'\t' '{ split($6, s, "="); split($7, g, "="); d = s[2] - g[2]; if (d < 0) d = -d; a = g[2] < 0 ? -g[2] : g[2];
+                 if (d > 0.05 * a + 1e-3) { print "sample " $2 ": " $6 " vs " $7; bad = 1 } } END { exit bad }' out.txt \
+    || fail "integrated gradients are not complete: $(cat out.txt)"
+  # The explained class is the class predict gives.
+  "$hpdl" predict --checkpoint run --limit 8 "$t10k" >pred.txt 2>&1 || fail "predict failed: $(cat pred.txt)"
+  for i in 5 6 7; do
+    want=$(awk -F'\t' -v i=$i '$2 == i { print $3 }' pred.txt); got=$(awk -F'\t' -v i=$i '$2 == i { print $3 }' out.txt)
+    [[ -n $want && $want == "$got" ]] || fail "sample $i: explain says '$got', predict says '$want'"
+    grep -q "	$i	$want	p=[0-9.]*	target ${want#class }" out.txt || fail "sample $i: the predicted class was not the one explained"
+  done
+  "$hpdl" explain --checkpoint run --limit 1 --method gradcam --target 3 --out ex2 "$t10k" >out2.txt 2>&1 || fail "explain --target failed: $(cat out2.txt)"
+  grep -q "target 3" out2.txt || fail "--target 3 was not explained: $(cat out2.txt)"
+  [[ $(ls ex2/*.png | wc -l) -eq 1 ]] || fail "--method gradcam --limit 1 should write one PNG: $(ls ex2)"
+  "$hpdl" explain --checkpoint run --method bogus --out ex3 "$t10k" >out3 2>err3 && fail "an unknown method was accepted"
+  grep -q "unknown method 'bogus'" err3 || fail "the error does not name the method: $(cat err3)"
+  "$hpdl" explain --checkpoint run --method gradcam --layer 9 --out ex3 "$t10k" >out3 2>err3 && fail "a flat layer was accepted for Grad-CAM"
+  grep -q "layer '9' (Linear)" err3 || fail "the error does not name the layer: $(cat err3)"
+  ;;
 info)
   "$hpdl" info >out.txt 2>&1 || fail "hpdl info failed: $(cat out.txt)"
   for want in "^hpdl " "^oneDNN .*, ISA " "^OpenMP threads [1-9]" "^MPI " "^CUDA backend: "; do
