@@ -56,7 +56,7 @@ void register_explain(CLI::App& app) {
   struct Opts {
     std::string checkpoint, config, methods = "all", out = "explain", layer;
     std::vector<std::string> inputs;
-    int64_t first = 0, limit = 8, target = -1, steps = 32, window = 4, stride = 2, scale = 0;
+    int64_t first = 0, limit = 8, target = -1, steps = 32, window = 4, stride = 2, scale = 0, deletion = 0;
     double fill = 0.0;
   };
   auto o = std::make_shared<Opts>();
@@ -77,6 +77,9 @@ void register_explain(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--layer", o->layer, "Grad-CAM: top-level layer name (default: the last with a spatial output)");
   cmd->add_option("--scale", o->scale, "Heatmap pixel size (default: images at least 224 pixels high)");
+  cmd->add_option("--deletion", o->deletion,
+                  "Score each method by its deletion curve with this many points (0: off): the mean probability of "
+                  "the explained class as the top-ranked pixels are set to --fill, against a random ranking");
   cmd->add_option("inputs", o->inputs, "idx, .npy or .png files")->required();
   cmd->callback([o] {
     const auto methods = parse_methods(o->methods);
@@ -111,6 +114,11 @@ void register_explain(CLI::App& app) {
 
       const std::string stem = stem_of(file);
       std::vector<double> ig_sum, ig_gap;
+      std::string deletion;
+      auto score_map = [&](const std::string& name, const Tensor& maps) {
+        auto curve = explain::deletion_curve(model, x, maps, targets, o->deletion, o->fill);
+        deletion += fmt::format("{}{} {:.4f}", deletion.empty() ? "" : ", ", name, curve.area);
+      };
       for (const auto& method : methods) {
         Tensor maps;
         bool signed_map = false;
@@ -136,6 +144,7 @@ void register_explain(CLI::App& app) {
           signed_map = true;
         }
         write_maps(fs::path(o->out) / fmt::format("{}-{}.npy", stem, method), maps);
+        if (o->deletion > 0) score_map(method, maps);
         for (int64_t i = 0; i < n; ++i) {
           auto img = explain::render_heatmap(x.select(0, i), maps.select(0, i), signed_map, scale);
           data::write_png(fs::path(o->out) / fmt::format("{}-{}-{}.png", stem, o->first + i, method), img);
@@ -149,6 +158,11 @@ void register_explain(CLI::App& app) {
         if (!ig_sum.empty())
           line += fmt::format("\tig_sum={:.4f}\tscore_gap={:.4f}", ig_sum[i], ig_gap[i]);
         std::printf("%s\n", line.c_str());
+      }
+      if (o->deletion > 0) {
+        score_map("random", explain::random_map(n, x.dim(2), x.dim(3), 0x5eed));
+        std::printf("%s: deletion area over %lld samples (lower: the map ranks what the model uses first): %s\n",
+                    file.c_str(), static_cast<long long>(n), deletion.c_str());
       }
     }
     std::printf("wrote %s\n", o->out.c_str());

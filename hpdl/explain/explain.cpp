@@ -309,6 +309,66 @@ Tensor occlusion(const Model& model, const Tensor& x, const std::vector<int64_t>
   return Tensor::from_vector(out, {n, h, w});
 }
 
+DeletionCurve deletion_curve(const Model& model, const Tensor& x, const Tensor& maps,
+                             const std::vector<int64_t>& targets, int64_t points, double fill, int64_t max_batch) {
+  check_batch(x, "deletion curve");
+  const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3), hw = h * w, per = c * hw;
+  HPDL_CHECK(maps.defined() && maps.shape() == Shape({n, h, w}), "explain deletion curve: the maps are {}; the input needs [{}, {}, {}]",
+             maps.defined() ? shape_str(maps.shape()) : std::string("undefined"), n, h, w);
+  HPDL_CHECK(points >= 1, "explain deletion curve: points must be at least 1; got {}", points);
+  HPDL_CHECK(max_batch >= 1, "explain deletion curve: max_batch must be at least 1; got {}", max_batch);
+  Tensor xf = x.detach().to(DType::f32).contiguous();
+  std::vector<int64_t> t;
+  {
+    NoGradGuard ng;
+    t = resolve_targets(model(xf), targets);
+  }
+  auto xv = host_values(xf), mv = host_values(maps);
+  // Each sample's pixels, most important first (ties: lower index first).
+  std::vector<std::vector<int64_t>> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    order[i].resize(static_cast<size_t>(hw));
+    for (int64_t p = 0; p < hw; ++p) order[i][p] = p;
+    const float* m = mv.data() + i * hw;
+    std::stable_sort(order[i].begin(), order[i].end(), [m](int64_t a, int64_t b) { return m[a] > m[b]; });
+  }
+  DeletionCurve curve;
+  curve.probability.assign(static_cast<size_t>(points + 1), 0.0);
+  for (int64_t s = 0; s <= points; ++s) curve.fractions.push_back(static_cast<double>(s) / static_cast<double>(points));
+  const int64_t total = n * (points + 1);
+  for (int64_t first = 0; first < total; first += max_batch) {
+    const int64_t count = std::min(max_batch, total - first);
+    std::vector<float> batch(static_cast<size_t>(count * per));
+    std::vector<int64_t> bt(static_cast<size_t>(count));
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t i = (first + q) / (points + 1), s = (first + q) % (points + 1);
+      std::copy(xv.begin() + i * per, xv.begin() + (i + 1) * per, batch.begin() + q * per);
+      const int64_t removed = (s * hw + points / 2) / points;
+      for (int64_t r = 0; r < removed; ++r)
+        for (int64_t ch = 0; ch < c; ++ch) batch[q * per + ch * hw + order[i][r]] = static_cast<float>(fill);
+      bt[q] = t[i];
+    }
+    Shape bs = x.shape();
+    bs[0] = count;
+    NoGradGuard ng;
+    Tensor logits = model(Tensor::from_vector(batch, bs));
+    auto pv = host_values(softmax(logits, 1));
+    const int64_t k = logits.dim(1);
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t s = (first + q) % (points + 1);
+      curve.probability[s] += pv[q * k + bt[q]] / static_cast<double>(n);
+    }
+  }
+  for (int64_t s = 0; s < points; ++s)
+    curve.area += 0.5 * (curve.probability[s] + curve.probability[s + 1]) / static_cast<double>(points);
+  return curve;
+}
+
+Tensor random_map(int64_t n, int64_t height, int64_t width, uint64_t seed) {
+  Generator g(seed);
+  return Tensor::rand({n, height, width}, g, 0.0, 1.0);
+}
+
 Tensor resize_bilinear(const Tensor& maps, int64_t height, int64_t width) {
   HPDL_CHECK(maps.defined() && maps.ndim() == 3, "resize_bilinear: maps must be [N, h, w]; got {}",
              maps.defined() ? shape_str(maps.shape()) : std::string("undefined"));

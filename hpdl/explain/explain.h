@@ -84,6 +84,24 @@ Tensor grad_cam(const Split& split, const Tensor& x, const std::vector<int64_t>&
 Tensor occlusion(const Model& model, const Tensor& x, const std::vector<int64_t>& targets, int64_t window = 4,
                  int64_t stride = 2, double fill = 0.0, int64_t max_batch = 256);
 
+// Deletion curve (Petsiuk et al. 2018), a check of how faithful a map is:
+// each sample's pixels are set to `fill` (all channels) in the map's order,
+// largest value first, and the target class's softmax probability is taken
+// after removing fractions 0, 1/points, ..., 1 of them. A map that finds what
+// the model uses makes the probability fall fast; the area under the curve
+// (trapezoids, mean over samples) is one number to compare methods by, and
+// with a random map (`random_map`) as the baseline.
+struct DeletionCurve {
+  std::vector<double> fractions;    // 0 ... 1
+  std::vector<double> probability;  // mean over samples, one per fraction
+  double area = 0;                  // under the curve, in [0, 1]
+};
+DeletionCurve deletion_curve(const Model& model, const Tensor& x, const Tensor& maps,
+                             const std::vector<int64_t>& targets, int64_t points = 10, double fill = 0.0,
+                             int64_t max_batch = 256);
+// Uniform random maps [N, H, W] from a seed: the order a faithful method must beat.
+Tensor random_map(int64_t n, int64_t height, int64_t width, uint64_t seed);
+
 // Bilinear resize of maps [N, h, w] -> [N, H, W] with half-pixel centres (the
 // convention of align_corners = false).
 Tensor resize_bilinear(const Tensor& maps, int64_t height, int64_t width);

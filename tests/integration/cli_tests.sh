@@ -186,6 +186,13 @@ explain_heatmaps)
   "$hpdl" explain --checkpoint run --limit 1 --method gradcam --target 3 --out ex2 "$t10k" >out2.txt 2>&1 || fail "explain --target failed: $(cat out2.txt)"
   grep -q "target 3" out2.txt || fail "--target 3 was not explained: $(cat out2.txt)"
   [[ $(ls ex2/*.png | wc -l) -eq 1 ]] || fail "--method gradcam --limit 1 should write one PNG: $(ls ex2)"
+  # Deletion curves: integrated gradients and occlusion rank the pixels the model uses far better than chance.
+  "$hpdl" explain --checkpoint run --limit 20 --method ig,occlusion --deletion 5 --out ex4 "$t10k" >out4.txt 2>&1 \
+    || fail "explain --deletion failed: $(cat out4.txt)"
+  line=$(grep "deletion area over 20 samples" out4.txt) || fail "no deletion line: $(cat out4.txt)"
+  awk -v l="$line" 'BEGIN { n = split(l, f, /[ ,]+/); for (i = 1; i < n; ++i) a[f[i]] = f[i + 1];
+                            exit !(a["ig"] + 0.1 < a["random"] && a["occlusion"] + 0.1 < a["random"]) }' \
+    || fail "the maps rank pixels no better than chance: $line"
   "$hpdl" explain --checkpoint run --method bogus --out ex3 "$t10k" >out3 2>err3 && fail "an unknown method was accepted"
   grep -q "unknown method 'bogus'" err3 || fail "the error does not name the method: $(cat err3)"
   "$hpdl" explain --checkpoint run --method gradcam --layer 9 --out ex3 "$t10k" >out3 2>err3 && fail "a flat layer was accepted for Grad-CAM"

@@ -260,6 +260,34 @@ TEST(ExplainTest, OcclusionFindsTheOnlyPixelThatMatters) {
   EXPECT_EQ(m, m7);
 }
 
+// The one-pixel model again: a map that ranks the pixel first loses the
+// evidence at the first deletion step; one that ranks it last keeps it to the end.
+TEST(ExplainTest, DeletionCurveRewardsTheMapThatFindsThePixel) {
+  const int64_t h = 4, w = 5, pixel = 2 * w + 3, points = 4;
+  std::vector<float> wv(static_cast<size_t>(2 * h * w), 0.0f);
+  wv[h * w + pixel] = 2.0f;
+  Tensor weight = Tensor::from_vector(wv, {2, h * w});
+  Model model = [weight](const Tensor& x) { return linear(x.flatten(1), weight); };
+  Tensor x = Tensor::full({1, 1, h, w}, 0.75);
+  std::vector<float> good(static_cast<size_t>(h * w), 0.0f), bad(static_cast<size_t>(h * w), 1.0f);
+  good[pixel] = 1.0f;
+  bad[pixel] = 0.0f;
+  const double kept = 1.0 / (1.0 + std::exp(-1.5));  // softmax of logits (0, 2 * 0.75)
+  auto g = explain::deletion_curve(model, x, Tensor::from_vector(good, {1, h, w}), {1}, points);
+  auto b = explain::deletion_curve(model, x, Tensor::from_vector(bad, {1, h, w}), {1}, points);
+  ASSERT_EQ(g.probability.size(), 5u);
+  EXPECT_EQ(g.fractions.front(), 0.0);
+  EXPECT_EQ(g.fractions.back(), 1.0);
+  EXPECT_NEAR(g.probability[0], kept, 1e-6);
+  for (int s = 1; s <= points; ++s) EXPECT_NEAR(g.probability[s], 0.5, 1e-6) << "step " << s;
+  for (int s = 0; s < points; ++s) EXPECT_NEAR(b.probability[s], kept, 1e-6) << "step " << s;
+  EXPECT_NEAR(b.probability[points], 0.5, 1e-6);
+  EXPECT_NEAR(g.area, (0.5 * (kept + 0.5) + 3 * 0.5) / points, 1e-6);
+  EXPECT_LT(g.area, b.area);
+  std::string e = test::error_of([&] { explain::deletion_curve(model, x, Tensor::zeros({1, w, h}), {1}); });
+  EXPECT_NE(e.find("maps are [1, 5, 4]"), std::string::npos) << e;
+}
+
 TEST(ExplainTest, BilinearResizeUsesHalfPixelCentres) {
   Tensor m = Tensor::from_vector(std::vector<float>{0, 4, 8, 12}, {1, 2, 2});
   auto r = explain::resize_bilinear(m, 4, 4).to_vector<float>();
