@@ -10,6 +10,7 @@ void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_predict(CLI::App& app);
 void register_explain(CLI::App& app);
+void register_tune(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_pack(CLI::App& app);
 void register_stage(CLI::App& app);

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   hpdl::cli::register_eval(app);
   hpdl::cli::register_predict(app);
   hpdl::cli::register_explain(app);
+  hpdl::cli::register_tune(app);
   hpdl::cli::register_bench(app);
   hpdl::cli::register_pack(app);
   hpdl::cli::register_stage(app);

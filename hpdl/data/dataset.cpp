@@ -23,6 +23,18 @@ InMemoryDataset::InMemoryDataset(Shape sample_shape, std::vector<float> images, 
              shape_str(sample_shape_));
 }
 
+SubsetDataset::SubsetDataset(std::shared_ptr<const Dataset> base, int64_t first, int64_t count)
+    : base_(std::move(base)), first_(first), count_(count) {
+  HPDL_CHECK(base_ != nullptr, "SubsetDataset: no base dataset");
+  HPDL_CHECK(first >= 0 && count >= 0 && first + count <= base_->size(),
+             "SubsetDataset: samples [{}, {}) are not within the base dataset's {}", first, first + count, base_->size());
+}
+
+int64_t SubsetDataset::get(int64_t i, float* out) const {
+  HPDL_CHECK(i >= 0 && i < count_, "SubsetDataset: index {} out of range [0, {})", i, count_);
+  return base_->get(first_ + i, out);
+}
+
 int64_t InMemoryDataset::get(int64_t i, float* out) const {
   HPDL_CHECK(i >= 0 && i < size(), "InMemoryDataset: index {} out of range [0, {})", i, size());
   const int64_t n = numel_of(sample_shape_);

@@ -27,6 +27,20 @@ class Dataset {
   virtual int64_t get(int64_t i, float* out) const = 0;
 };
 
+// Samples [first, first + count) of another dataset, without a copy.
+class SubsetDataset : public Dataset {
+ public:
+  // Throws unless 0 <= first and first + count <= base->size().
+  SubsetDataset(std::shared_ptr<const Dataset> base, int64_t first, int64_t count);
+  int64_t size() const override { return count_; }
+  Shape sample_shape() const override { return base_->sample_shape(); }
+  int64_t get(int64_t i, float* out) const override;
+
+ private:
+  std::shared_ptr<const Dataset> base_;
+  int64_t first_, count_;
+};
+
 // All samples in memory: uint8 pixels (scaled to [0, 1] on get, like
 // torchvision's ToTensor) or float32 values (returned as they are).
 class InMemoryDataset : public Dataset {

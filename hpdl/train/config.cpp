@@ -39,6 +39,7 @@ std::vector<Key> bind(Config& c) {
       {"data.shuffle", &d.shuffle}, {"data.drop_last", &d.drop_last}, {"data.random_crop", &d.random_crop},
       {"data.crop_padding", &d.crop_padding}, {"data.random_flip", &d.random_flip},
       {"data.normalize", &d.normalize}, {"data.mean", &d.mean}, {"data.std", &d.std},
+      {"data.validation", &d.validation},
       {"model.name", &m.name}, {"model.num_classes", &m.num_classes}, {"model.in_channels", &m.in_channels},
       {"model.hidden", &m.hidden}, {"model.layers", &m.layers},
       {"optimizer.name", &o.name}, {"optimizer.lr", &o.lr}, {"optimizer.momentum", &o.momentum},
@@ -306,6 +307,7 @@ void validate(const Config& c, const std::string& src) {
   positive("data.batch_size", static_cast<double>(d.batch_size));
   non_negative("data.workers", static_cast<double>(d.workers));
   positive("data.prefetch", static_cast<double>(d.prefetch));
+  non_negative("data.validation", static_cast<double>(d.validation));
   non_negative("data.crop_padding", static_cast<double>(d.crop_padding));
   HPDL_CHECK(!d.mean.empty() && d.mean.size() == d.std.size(), "{}: data.mean has {} values but data.std has {}",
              src, d.mean.size(), d.std.size());

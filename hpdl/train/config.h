@@ -44,6 +44,10 @@ struct DataConfig {
   bool normalize = true;
   std::vector<double> mean{0.2860};       // per channel (or one for all); Fashion-MNIST's
   std::vector<double> std{0.3530};
+  // Training samples held out for validation (the last N of the training set;
+  // 0: none). The trainer then also reports val_loss/val_accuracy each epoch,
+  // and `hpdl tune` selects on them instead of the test set.
+  int64_t validation = 0;
 };
 
 struct ModelConfig {

@@ -213,7 +213,16 @@ Datasets load_datasets(const DataConfig& config) {
   }
   HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
              "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
-  return {data::open_dataset(config.dataset, config.path, true), data::open_dataset(config.dataset, config.path, false)};
+  Datasets ds{data::open_dataset(config.dataset, config.path, true), data::open_dataset(config.dataset, config.path, false),
+              nullptr};
+  if (config.validation > 0) {
+    const int64_t n = ds.train->size();
+    HPDL_CHECK(config.validation < n, "data.validation = {} leaves no training samples: the training set has {}",
+               config.validation, n);
+    ds.validation = std::make_shared<data::SubsetDataset>(ds.train, n - config.validation, config.validation);
+    ds.train = std::make_shared<data::SubsetDataset>(ds.train, 0, n - config.validation);
+  }
+  return ds;
 }
 
 nn::ModulePtr build_model(const Config& config, const Shape& sample) {
@@ -242,8 +251,9 @@ data::Pipeline make_pipeline(const DataConfig& config, bool train) {
   return data::make_pipeline(a, train);
 }
 
-EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config) {
-  auto& comm = dist::Communicator::world();
+EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
+                    dist::Communicator* comm_or_world) {
+  auto& comm = comm_or_world ? *comm_or_world : dist::Communicator::world();
   auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), comm.size(), comm.rank(), false, 0, false);
   data::DataLoaderOptions lo;
   lo.batch_size = std::max<int64_t>(config.batch_size, 256);
@@ -307,11 +317,12 @@ std::unique_ptr<optim::GradScaler> make_grad_scaler(const TrainConfig& t) {
   return std::make_unique<optim::GradScaler>(o);
 }
 
-Trainer::Trainer(Config config) : config_(std::move(config)) {}
+Trainer::Trainer(Config config, TrainerOptions options) : config_(std::move(config)), options_(options) {}
 
 TrainSummary Trainer::run(bool resume) {
   const Config& cfg = config_;
-  auto& comm = dist::Communicator::world();
+  auto& comm = options_.comm ? *options_.comm : dist::Communicator::world();
+  std::FILE* log = options_.log ? options_.log : stderr;
   const int rank = comm.rank(), world = comm.size();
   const bool root = rank == 0;
   if (cfg.train.threads > 0) set_num_threads(static_cast<int>(cfg.train.threads));
@@ -402,7 +413,7 @@ TrainSummary Trainer::run(bool resume) {
     // while gradient buckets go over NCCL: the two never share a communicator.
     int layers = dist::convert_sync_batchnorm(*model, comm);
     if (root && layers == 0)
-      std::fprintf(stderr, "hpdl: warning: train.sync_batchnorm = true but the model has no batch norm layer\n");
+      std::fprintf(log, "hpdl: warning: train.sync_batchnorm = true but the model has no batch norm layer\n");
   }
 
   // ---- resume ----
@@ -412,7 +423,7 @@ TrainSummary Trainer::run(bool resume) {
     std::vector<std::string> problems;
     auto info = ckpt.latest_valid(&problems);
     if (root)
-      for (auto& p : problems) std::fprintf(stderr, "hpdl: skipping bad checkpoint: %s\n", p.c_str());
+      for (auto& p : problems) std::fprintf(log, "hpdl: skipping bad checkpoint: %s\n", p.c_str());
     HPDL_CHECK(info.has_value(), "--resume: no valid checkpoint in {}/checkpoints", run_dir.string());
     auto tensors = ckpt.load(*info);
     model->load_state_dict(with_prefix(tensors, "model."));
@@ -421,7 +432,7 @@ TrainSummary Trainer::run(bool resume) {
       auto st = with_prefix(tensors, "scaler.");
       if (!st.empty()) scaler->load_state_dict(st);
       else if (root)
-        std::fprintf(stderr, "hpdl: the checkpoint has no loss scaler state; starting the loss scale at %g\n",
+        std::fprintf(log, "hpdl: the checkpoint has no loss scaler state; starting the loss scale at %g\n",
                      scaler->get_scale());
     }
     step = info->meta.step;
@@ -436,7 +447,7 @@ TrainSummary Trainer::run(bool resume) {
         if (name == g.name) gen->set_state(g.seed, g.offset);
     if (dp) dp->broadcast_state(0);
     if (root)
-      std::fprintf(stderr, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
+      std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
                    static_cast<long long>(epoch + 1), static_cast<long long>(step));
   }
 
@@ -458,12 +469,12 @@ TrainSummary Trainer::run(bool resume) {
 
   std::unique_ptr<MetricsWriter> metrics;
   if (root) metrics = std::make_unique<MetricsWriter>(run_dir / "metrics.jsonl");
-  Progress progress(stderr, cfg.train.log_every);
+  Progress progress(log, cfg.train.log_every);
   TraceRecorder trace(rank, cfg.train.trace);
   const int64_t total_steps = cfg.train.max_steps > 0 ? std::min(cfg.train.max_steps, steps_per_epoch * cfg.train.epochs)
                                                       : steps_per_epoch * cfg.train.epochs;
   if (root)
-    std::fprintf(stderr, "hpdl: training %s (%lld parameters) on %s, %lld samples, %d rank(s) x %d thread(s), "
+    std::fprintf(log, "hpdl: training %s (%lld parameters) on %s, %lld samples, %d rank(s) x %d thread(s), "
                  "batch %lld per rank, %lld steps per epoch\n",
                  cfg.model.name.c_str(), static_cast<long long>(model->num_parameters()), cfg.data.dataset.c_str(),
                  static_cast<long long>(ds.train->size()), world, num_threads(),
@@ -593,7 +604,13 @@ TrainSummary Trainer::run(bool resume) {
     const bool last = epoch + 1 == cfg.train.epochs;
     if (cfg.train.eval_every_epochs > 0 && ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last)) {
       AutocastScope ac(DType::bf16, autocast_bf16);
-      EvalResult ev = evaluate(*model, ds.test, cfg.data);
+      if (ds.validation) {
+        EvalResult val = evaluate(*model, ds.validation, cfg.data, &comm);
+        rec["val_loss"] = val.loss;
+        rec["val_accuracy"] = val.accuracy;
+        summary.val_accuracy = val.accuracy, summary.val_loss = val.loss;
+      }
+      EvalResult ev = evaluate(*model, ds.test, cfg.data, &comm);
       rec["test_loss"] = ev.loss;
       rec["test_accuracy"] = ev.accuracy;
       summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss;
@@ -629,7 +646,7 @@ TrainSummary Trainer::run(bool resume) {
     for (int r = 1; r < world; ++r)
       HPDL_CHECK(all[r] == all[0], "replica check: rank {} ended with different weights than rank 0 "
                  "(weights hash {:016x} vs {:016x})", r, static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
-    if (root) std::fprintf(stderr, "hpdl: replica check: weights identical on all %d ranks\n", world);
+    if (root) std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
   if (trace.enabled()) {
     trace.write(run_dir / fmt::format("trace.rank{}.json", rank));
@@ -647,6 +664,7 @@ TrainSummary Trainer::run(bool resume) {
                         {"train_samples_per_s", summary.train_samples_per_s}, {"final_train_loss", last_loss},
                         {"ranks", world}, {"threads", num_threads()}, {"interrupted", summary.interrupted}};
     if (summary.test_accuracy >= 0) s["test_accuracy"] = summary.test_accuracy, s["test_loss"] = summary.test_loss;
+    if (summary.val_accuracy >= 0) s["val_accuracy"] = summary.val_accuracy, s["val_loss"] = summary.val_loss;
     if (summary.allreduce_hidden_fraction >= 0) s["allreduce_hidden_fraction"] = summary.allreduce_hidden_fraction;
     s["device"] = device.str();
     if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;

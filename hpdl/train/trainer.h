@@ -8,6 +8,7 @@
 // an uninterrupted run's (bitwise with one thread and a fixed seed).
 #pragma once
 
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -18,6 +19,10 @@
 #include "hpdl/nn/module.h"
 #include "hpdl/optim/grad_scaler.h"
 #include "hpdl/train/config.h"
+
+namespace hpdl::dist {
+class Communicator;
+}
 
 namespace hpdl::train {
 
@@ -30,6 +35,7 @@ struct TrainSummary {
   int64_t steps = 0, epochs_done = 0;
   double final_train_loss = 0;
   double test_accuracy = -1, test_loss = -1;
+  double val_accuracy = -1, val_loss = -1;  // with data.validation: the last evaluation's
   double seconds = 0, train_samples_per_s = 0;
   bool interrupted = false;  // stopped by a signal after checkpointing
   // With train.trace and several ranks: the fraction of allreduce time that
@@ -43,17 +49,22 @@ struct TrainSummary {
 
 struct Datasets {
   std::shared_ptr<const data::Dataset> train, test;
+  std::shared_ptr<const data::Dataset> validation;  // null unless data.validation > 0
 };
 
 // The datasets a config names (fashion-mnist and mnist from idx files; store
 // when built with the data store). Errors name the file and the package.
+// With data.validation = N the last N training samples become the validation
+// set and the training set keeps the rest.
 Datasets load_datasets(const DataConfig& config);
 // The model a config names, for samples of `sample_shape` [C, H, W].
 nn::ModulePtr build_model(const Config& config, const Shape& sample_shape);
 // Normalization (and augmentation when `train`) as the config says.
 data::Pipeline make_pipeline(const DataConfig& config, bool train);
-// Loss and accuracy over a dataset, sharded over the world's ranks and all-reduced.
-EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config);
+// Loss and accuracy over a dataset, sharded over the ranks of `comm` (null:
+// the world) and all-reduced.
+EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
+                    dist::Communicator* comm = nullptr);
 // Loads a checkpoint's model weights ("model." tensors) into `model`. `path` is
 // a run directory (newest valid checkpoint) or a .safetensors file.
 void load_model_weights(nn::Module& model, const std::filesystem::path& path);
@@ -63,14 +74,23 @@ void load_model_weights(nn::Module& model, const std::filesystem::path& path);
 // options; a number a fixed scale (1 and "none": no scaler, nullptr).
 std::unique_ptr<optim::GradScaler> make_grad_scaler(const TrainConfig& config);
 
+struct TrainerOptions {
+  // The ranks that train this model together (null: the world). `hpdl tune`
+  // gives each trial a communicator split from the world.
+  dist::Communicator* comm = nullptr;
+  // Where the first rank writes progress and messages.
+  std::FILE* log = stderr;
+};
+
 class Trainer {
  public:
-  explicit Trainer(Config config);
+  explicit Trainer(Config config, TrainerOptions options = {});
   // Trains; with `resume`, continues from the newest valid checkpoint in the run directory.
   TrainSummary run(bool resume = false);
 
  private:
   Config config_;
+  TrainerOptions options_;
 };
 
 }  // namespace hpdl::train

@@ -1,0 +1,102 @@
+// hpdl tune SEARCH.toml: hyperparameter search over the job's MPI ranks (see
+// hpdl/tune/tune.h). Rank 0 prints each trial's result as its rung ends and
+// appends it to RUN_DIR/results.jsonl; at the end it names the best trial and
+// writes its resolved training config to RUN_DIR/best.toml.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/hpdl/commands.h"
+#include "hpdl/core/error.h"
+#include "hpdl/dist/communicator.h"
+#include "hpdl/io/file.h"
+#include "hpdl/train/config.h"
+#include "hpdl/tune/tune.h"
+
+namespace hpdl::cli {
+namespace {
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : " ") + x;
+  return s;
+}
+
+std::string percent(double v) { return v >= 0 ? fmt::format("{:.2f}%", 100 * v) : std::string("-"); }
+
+}  // namespace
+
+void register_tune(CLI::App& app) {
+  auto* cmd = app.add_subcommand("tune", "Hyperparameter search (random, grid, successive halving) over MPI ranks");
+  struct Opts {
+    std::string search;
+    std::vector<std::string> overrides;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("search", o->search, "Search file (TOML; see examples/tune/)")->required();
+  cmd->add_option("--set", o->overrides, "KEY=VALUE: a search key (trials, method, ...) or a training config key");
+  cmd->callback([o] {
+    auto& world = dist::Communicator::world();
+    const auto search = tune::load_search(o->search, o->overrides);
+    namespace fs = std::filesystem;
+    const fs::path results = search.run_dir / "results.jsonl";
+    int exists = 0;
+    if (world.rank() == 0) exists = fs::exists(results) ? 1 : 0;
+    world.broadcast_bytes(&exists, sizeof(exists));
+    HPDL_CHECK(!exists, "hpdl tune: {} already holds a search ({}); choose another run_dir or remove it",
+               search.run_dir.string(), results.string());
+    const auto trials = tune::trial_overrides(search);
+    const auto plan = tune::rungs(search, static_cast<int64_t>(trials.size()));
+    std::FILE* out = nullptr;
+    if (world.rank() == 0) {
+      fs::create_directories(search.run_dir);
+      out = std::fopen(results.c_str(), "w");
+      HPDL_CHECK(out, "hpdl tune: cannot write {}", results.string());
+      std::string rung_text;
+      for (const auto& r : plan) rung_text += fmt::format("{}{} x {} {}", rung_text.empty() ? "" : ", ", r.trials, r.budget,
+                                                          search.resource);
+      std::printf("hpdl tune: %s search, %zu trials (%s), %d rank(s) in groups of %lld, metric %s, runs in %s\n",
+                  search.method.c_str(), trials.size(), rung_text.c_str(), world.size(),
+                  static_cast<long long>(search.ranks_per_trial), search.metric.c_str(), search.run_dir.c_str());
+      std::fflush(stdout);
+    }
+    auto on_record = [&](const tune::Record& r) {
+      nlohmann::json j = {{"trial", r.trial}, {"rung", r.rung}, {"budget", r.budget}, {"resource", search.resource},
+                          {"overrides", r.overrides}, {"ok", r.outcome.ok}, {"seconds", r.outcome.seconds}};
+      if (r.outcome.ok) {
+        j["metric"] = r.metric;
+        if (r.outcome.val_accuracy >= 0) j["val_accuracy"] = r.outcome.val_accuracy, j["val_loss"] = r.outcome.val_loss;
+        j["test_accuracy"] = r.outcome.test_accuracy;
+        j["test_loss"] = r.outcome.test_loss;
+      } else {
+        j["error"] = r.outcome.error;
+      }
+      std::fprintf(out, "%s\n", j.dump().c_str());
+      std::fflush(out);
+      std::string what = r.outcome.ok ? fmt::format("{} {:.4f}", search.metric, r.metric) : "FAILED: " + r.outcome.error;
+      std::printf("rung %lld (%lld %s) trial %03lld  %s  (%.1f s)  %s\n", static_cast<long long>(r.rung),
+                  static_cast<long long>(r.budget), search.resource.c_str(), static_cast<long long>(r.trial),
+                  what.c_str(), r.outcome.seconds, join(r.overrides).c_str());
+      std::fflush(stdout);
+    };
+    auto result = tune::run_search(search, tune::training_runner(search), world, on_record);
+    if (world.rank() == 0) {
+      std::fclose(out);
+      const auto& b = result.best;
+      HPDL_CHECK(b.outcome.ok, "hpdl tune: every trial of the last rung failed; see {}", results.string());
+      std::vector<std::string> all = search.set;
+      all.insert(all.end(), b.overrides.begin(), b.overrides.end());
+      train::Config best = train::load_config(search.config, all);
+      train::save_config(best, search.run_dir / "best.toml");
+      std::printf("best: trial %03lld (%s): %s %.4f, test accuracy %s after %lld %s; its config: %s\n",
+                  static_cast<long long>(b.trial), join(b.overrides).c_str(), search.metric.c_str(), b.metric,
+                  percent(b.outcome.test_accuracy).c_str(), static_cast<long long>(b.budget), search.resource.c_str(),
+                  (search.run_dir / "best.toml").c_str());
+    }
+  });
+}
+
+}  // namespace hpdl::cli

@@ -1,0 +1,421 @@
+#include "hpdl/tune/tune.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "hpdl/core/error.h"
+#include "hpdl/io/file.h"
+#include "hpdl/train/config.h"
+#include "hpdl/train/trainer.h"
+
+namespace hpdl::tune {
+namespace {
+
+const std::vector<std::string> kSearchKeys = {"config", "set",           "method",         "trials",
+                                              "seed",   "metric",        "resource",       "min_resource",
+                                              "max_resource", "eta",     "ranks_per_trial", "run_dir",
+                                              "space"};
+
+std::string value_text(const toml::node& v, const std::string& where) {
+  if (auto i = v.as_integer()) return std::to_string(i->get());
+  if (auto f = v.as_floating_point()) return fmt::format("{:.17g}", f->get());
+  if (auto b = v.as_boolean()) return b->get() ? "true" : "false";
+  if (auto s = v.as_string()) return "\"" + s->get() + "\"";
+  HPDL_FAIL("{}: choices must be numbers, strings or booleans", where);
+}
+
+Param parse_param(const std::string& key, const toml::node& node, const std::string& src) {
+  const std::string where = fmt::format("{}: space.\"{}\"", src, key);
+  const toml::table* t = node.as_table();
+  HPDL_CHECK(t && t->size() == 1,
+             "{}: write one of {{ uniform = [lo, hi] }}, {{ log_uniform = [lo, hi] }}, {{ int_uniform = [lo, hi] }} or "
+             "{{ choice = [a, b, ...] }}",
+             where);
+  // Keep the iterator alive: toml++ iterators hand out references into themselves.
+  const auto it = t->begin();
+  const std::string kind(it->first.str());
+  const toml::node& value = it->second;
+  const toml::array* a = value.as_array();
+  HPDL_CHECK(a && !a->empty(), "{}.{}: expected a non-empty array", where, kind);
+  Param p;
+  p.key = key;
+  if (kind == "choice") {
+    p.kind = Param::Kind::choice;
+    for (const auto& v : *a) p.choices.push_back(value_text(v, where));
+    return p;
+  }
+  HPDL_CHECK(a->size() == 2, "{}.{}: expected [low, high]", where, kind);
+  auto num = [&](const toml::node& v) {
+    if (auto i = v.as_integer()) return static_cast<double>(i->get());
+    if (auto f = v.as_floating_point()) return f->get();
+    HPDL_FAIL("{}.{}: bounds must be numbers", where, kind);
+  };
+  p.low = num(*a->get(0));
+  p.high = num(*a->get(1));
+  if (kind == "uniform") {
+    p.kind = Param::Kind::uniform;
+  } else if (kind == "log_uniform") {
+    p.kind = Param::Kind::log_uniform;
+    HPDL_CHECK(p.low > 0, "{}.log_uniform: the low bound must be > 0, got {}", where, p.low);
+  } else if (kind == "int_uniform") {
+    p.kind = Param::Kind::int_uniform;
+    HPDL_CHECK(p.low == std::floor(p.low) && p.high == std::floor(p.high), "{}.int_uniform: bounds must be integers",
+               where);
+  } else {
+    HPDL_FAIL("{}: unknown distribution '{}' (uniform, log_uniform, int_uniform, choice)", where, kind);
+  }
+  HPDL_CHECK(p.low < p.high, "{}.{}: low ({}) must be below high ({})", where, kind, p.low, p.high);
+  return p;
+}
+
+// Uniform doubles in [0, 1) from a fixed generator: the same trials everywhere.
+struct Sampler {
+  std::mt19937_64 gen;
+  explicit Sampler(uint64_t seed) : gen(seed) {}
+  double next() { return static_cast<double>(gen() >> 11) * 0x1.0p-53; }
+};
+
+std::string sample_value(const Param& p, Sampler& s) {
+  const double u = s.next();
+  switch (p.kind) {
+    case Param::Kind::uniform:
+      return fmt::format("{:.6g}", p.low + u * (p.high - p.low));
+    case Param::Kind::log_uniform:
+      return fmt::format("{:.6g}", std::exp(std::log(p.low) + u * (std::log(p.high) - std::log(p.low))));
+    case Param::Kind::int_uniform:
+      return std::to_string(static_cast<int64_t>(p.low) +
+                            std::min(static_cast<int64_t>(u * (p.high - p.low + 1)), static_cast<int64_t>(p.high - p.low)));
+    case Param::Kind::choice:
+      return p.choices[std::min(static_cast<size_t>(u * static_cast<double>(p.choices.size())), p.choices.size() - 1)];
+  }
+  return {};
+}
+
+// Where a trial's training runs and logs.
+std::filesystem::path trial_dir(const SearchConfig& s, int64_t trial) {
+  return s.run_dir / fmt::format("trial-{:03d}", trial);
+}
+
+}  // namespace
+
+bool metric_is_loss(const std::string& metric) { return metric == "val_loss" || metric == "test_loss"; }
+
+SearchConfig parse_search(const std::string& text, const std::filesystem::path& source,
+                          const std::vector<std::string>& overrides) {
+  const std::string src = source.string();
+  toml::table root;
+  try {
+    root = toml::parse(text, src);
+  } catch (const toml::parse_error& e) {
+    HPDL_FAIL("{}:{}:{}: {}", src, e.source().begin.line, e.source().begin.column, e.description());
+  }
+  SearchConfig s;
+  for (const auto& [k, v] : root) {
+    const std::string key(k.str());
+    if (std::find(kSearchKeys.begin(), kSearchKeys.end(), key) == kSearchKeys.end()) {
+      std::string best;
+      size_t best_d = 99;
+      for (const auto& c : kSearchKeys)
+        if (size_t d = train::edit_distance(key, c); d < best_d) best_d = d, best = c;
+      HPDL_FAIL("{}: unknown key '{}'{}", src, key, best_d <= 2 ? fmt::format(" (did you mean '{}'?)", best) : "");
+    }
+  }
+  auto str = [&](const char* key, std::string& out) {
+    if (auto n = root.get(key)) {
+      HPDL_CHECK(n->is_string(), "{}: {} must be a string", src, key);
+      out = n->as_string()->get();
+    }
+  };
+  auto integer = [&](const char* key, int64_t& out) {
+    if (auto n = root.get(key)) {
+      HPDL_CHECK(n->is_integer(), "{}: {} must be an integer", src, key);
+      out = n->as_integer()->get();
+    }
+  };
+  std::string config, run_dir = s.run_dir.string();
+  str("config", config);
+  str("method", s.method);
+  str("metric", s.metric);
+  str("resource", s.resource);
+  str("run_dir", run_dir);
+  integer("trials", s.trials);
+  int64_t seed = 0;
+  integer("seed", seed);
+  s.seed = static_cast<uint64_t>(seed);
+  integer("min_resource", s.min_resource);
+  integer("max_resource", s.max_resource);
+  integer("eta", s.eta);
+  integer("ranks_per_trial", s.ranks_per_trial);
+  if (auto n = root.get("set")) {
+    const toml::array* a = n->as_array();
+    HPDL_CHECK(a, "{}: set must be an array of \"key=value\" strings", src);
+    for (const auto& v : *a) {
+      HPDL_CHECK(v.is_string(), "{}: set must be an array of \"key=value\" strings", src);
+      s.set.push_back(v.as_string()->get());
+    }
+  }
+  if (auto n = root.get("space")) {
+    const toml::table* t = n->as_table();
+    HPDL_CHECK(t, "{}: [space] must be a table of key = {{ distribution = [...] }}", src);
+    for (const auto& [k, v] : *t) s.space.push_back(parse_param(std::string(k.str()), v, src));
+  }
+  for (const auto& o : overrides) {
+    const size_t eq = o.find('=');
+    HPDL_CHECK(eq != std::string::npos, "--set {}: expected KEY=VALUE", o);
+    const std::string key = o.substr(0, eq), value = o.substr(eq + 1);
+    try {
+      if (key == "method") s.method = value;
+      else if (key == "metric") s.metric = value;
+      else if (key == "resource") s.resource = value;
+      else if (key == "run_dir") run_dir = value;
+      else if (key == "trials") s.trials = std::stoll(value);
+      else if (key == "seed") s.seed = std::stoull(value);
+      else if (key == "min_resource") s.min_resource = std::stoll(value);
+      else if (key == "max_resource") s.max_resource = std::stoll(value);
+      else if (key == "eta") s.eta = std::stoll(value);
+      else if (key == "ranks_per_trial") s.ranks_per_trial = std::stoll(value);
+      else s.set.push_back(o);  // a training config key, for every trial
+    } catch (const std::logic_error&) {
+      HPDL_FAIL("--set {}: '{}' is not a number", o, value);
+    }
+  }
+  s.run_dir = run_dir;
+  HPDL_CHECK(!config.empty(), "{}: config (the training config file) is missing", src);
+  s.config = std::filesystem::path(config).is_absolute() ? std::filesystem::path(config)
+                                                         : source.parent_path() / config;
+
+  auto one_of = [&](const char* key, const std::string& v, std::initializer_list<const char*> allowed) {
+    std::string list;
+    for (const char* a : allowed) {
+      if (v == a) return;
+      list += fmt::format("{}{}", list.empty() ? "" : ", ", a);
+    }
+    HPDL_FAIL("{}: {} = \"{}\" is not one of {}", src, key, v, list);
+  };
+  one_of("method", s.method, {"random", "grid", "sha"});
+  one_of("metric", s.metric, {"val_accuracy", "val_loss", "test_accuracy", "test_loss"});
+  one_of("resource", s.resource, {"epochs", "steps"});
+  HPDL_CHECK(s.trials >= 1, "{}: trials must be at least 1, got {}", src, s.trials);
+  HPDL_CHECK(s.eta >= 2, "{}: eta must be at least 2, got {}", src, s.eta);
+  HPDL_CHECK(s.ranks_per_trial >= 1, "{}: ranks_per_trial must be at least 1, got {}", src, s.ranks_per_trial);
+  HPDL_CHECK(!s.space.empty(), "{}: [space] names no key to search", src);
+
+  // The training config with every override and each parameter's values: an
+  // unknown key or a bad value is reported now, not in the middle of the search.
+  train::Config base = train::load_config(s.config, s.set);
+  if (s.max_resource <= 0) {
+    HPDL_CHECK(s.resource == "epochs", "{}: max_resource is required with resource = \"steps\"", src);
+    s.max_resource = base.train.epochs;
+  }
+  HPDL_CHECK(s.min_resource >= 1 && s.min_resource <= s.max_resource,
+             "{}: min_resource ({}) must be between 1 and max_resource ({})", src, s.min_resource, s.max_resource);
+  for (const auto& p : s.space) {
+    std::vector<std::string> values = p.choices;
+    if (p.kind != Param::Kind::choice)
+      values = {p.kind == Param::Kind::int_uniform ? std::to_string(static_cast<int64_t>(p.low))
+                                                   : fmt::format("{:.17g}", p.low)};
+    for (const auto& v : values) {
+      train::Config c = base;
+      try {
+        train::apply_override(c, p.key + "=" + v);
+        train::validate(c, src);
+      } catch (const Error& e) {
+        HPDL_FAIL("{}: space.\"{}\": {}", src, p.key, e.what());
+      }
+    }
+  }
+  if (s.method == "grid")
+    for (const auto& p : s.space)
+      HPDL_CHECK(p.kind == Param::Kind::choice, "{}: method = \"grid\" needs a choice list for every key; space.\"{}\" is a "
+                 "distribution",
+                 src, p.key);
+  return s;
+}
+
+SearchConfig load_search(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  HPDL_CHECK(std::filesystem::is_regular_file(path, ec), "{}: search file not found (see examples/tune/)",
+             path.string());
+  auto bytes = io::read_file(path);
+  return parse_search(std::string(bytes.begin(), bytes.end()), path, overrides);
+}
+
+std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& s) {
+  std::vector<std::vector<std::string>> out;
+  if (s.method == "grid") {
+    out.push_back({});
+    for (const auto& p : s.space) {
+      std::vector<std::vector<std::string>> next;
+      for (const auto& prefix : out)
+        for (const auto& c : p.choices) {
+          auto o = prefix;
+          o.push_back(p.key + "=" + c);
+          next.push_back(std::move(o));
+        }
+      out = std::move(next);
+    }
+    return out;
+  }
+  Sampler sampler(s.seed);
+  for (int64_t t = 0; t < s.trials; ++t) {
+    std::vector<std::string> o;
+    for (const auto& p : s.space) o.push_back(p.key + "=" + sample_value(p, sampler));
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+std::vector<Rung> rungs(const SearchConfig& s, int64_t trials) {
+  if (s.method != "sha") return {{s.max_resource, trials}};
+  std::vector<Rung> out;
+  int64_t budget = s.min_resource, n = trials;
+  while (true) {
+    out.push_back({std::min(budget, s.max_resource), n});
+    if (budget >= s.max_resource) break;
+    budget *= s.eta;
+    n = std::max<int64_t>(1, n / s.eta);
+  }
+  return out;
+}
+
+SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::Communicator& world,
+                        const std::function<void(const Record&)>& on_record) {
+  HPDL_CHECK(world.size() % s.ranks_per_trial == 0, "hpdl tune: {} ranks do not split into groups of ranks_per_trial = {}",
+             world.size(), s.ranks_per_trial);
+  const int groups = world.size() / static_cast<int>(s.ranks_per_trial);
+  const int group = world.rank() / static_cast<int>(s.ranks_per_trial);
+  std::unique_ptr<dist::Communicator> group_comm = world.split(group, world.rank());
+  const bool group_root = group_comm->rank() == 0;
+
+  const auto all = trial_overrides(s);
+  const auto plan = rungs(s, static_cast<int64_t>(all.size()));
+  const bool lower_better = metric_is_loss(s.metric);
+  auto metric_of = [&](const Outcome& o) {
+    if (!o.ok) return std::numeric_limits<double>::quiet_NaN();
+    if (s.metric == "val_accuracy") return o.val_accuracy;
+    if (s.metric == "val_loss") return o.val_loss;
+    if (s.metric == "test_accuracy") return o.test_accuracy;
+    return o.test_loss;
+  };
+  // a ranks before b: better metric first, a failed (NaN) trial last, ties by id.
+  auto better = [&](const Record& a, const Record& b) {
+    const bool an = std::isnan(a.metric), bn = std::isnan(b.metric);
+    if (an != bn) return bn;
+    if (!an && a.metric != b.metric) return lower_better ? a.metric < b.metric : a.metric > b.metric;
+    return a.trial < b.trial;
+  };
+
+  SearchResult result;
+  std::vector<int64_t> alive(all.size());
+  for (size_t i = 0; i < all.size(); ++i) alive[i] = static_cast<int64_t>(i);
+  for (size_t r = 0; r < plan.size(); ++r) {
+    // This group's share of the rung: trials i, i + groups, ... of the alive list.
+    constexpr int kFields = 6;  // ok, seconds, val accuracy, val loss, test accuracy, test loss
+    std::vector<double> table(alive.size() * kFields, 0.0);
+    std::vector<std::string> errors(alive.size());
+    for (size_t i = static_cast<size_t>(group); i < alive.size(); i += static_cast<size_t>(groups)) {
+      const int64_t id = alive[i];
+      Outcome o = runner(id, all[id], plan[r].budget, r > 0, *group_comm);
+      if (group_root) {
+        double* row = table.data() + i * kFields;
+        row[0] = o.ok ? 1 : 0;
+        row[1] = o.seconds;
+        row[2] = o.val_accuracy, row[3] = o.val_loss, row[4] = o.test_accuracy, row[5] = o.test_loss;
+        errors[i] = o.error;
+      }
+    }
+    // Each row is filled by exactly one rank (its group's first): a sum gathers them.
+    world.allreduce(table.data(), static_cast<int64_t>(table.size()), DType::f64);
+    std::vector<Record> rung_records;
+    for (size_t i = 0; i < alive.size(); ++i) {
+      const double* row = table.data() + i * kFields;
+      Record rec;
+      rec.trial = alive[i];
+      rec.rung = static_cast<int64_t>(r);
+      rec.budget = plan[r].budget;
+      rec.overrides = all[alive[i]];
+      rec.outcome.ok = row[0] > 0.5;
+      rec.outcome.seconds = row[1];
+      rec.outcome.val_accuracy = row[2], rec.outcome.val_loss = row[3];
+      rec.outcome.test_accuracy = row[4], rec.outcome.test_loss = row[5];
+      if (!rec.outcome.ok) rec.outcome.error = errors[i].empty() ? "failed (see its train.log)" : errors[i];
+      rec.metric = metric_of(rec.outcome);
+      rung_records.push_back(rec);
+    }
+    std::sort(rung_records.begin(), rung_records.end(), better);
+    for (const auto& rec : rung_records) {
+      if (world.rank() == 0 && on_record) on_record(rec);
+      result.records.push_back(rec);
+    }
+    if (r + 1 < plan.size()) {
+      alive.clear();
+      for (int64_t k = 0; k < plan[r + 1].trials && k < static_cast<int64_t>(rung_records.size()); ++k)
+        alive.push_back(rung_records[k].trial);
+      std::sort(alive.begin(), alive.end());
+    } else {
+      result.best = rung_records.front();
+      result.best_trial = result.best.trial;
+    }
+  }
+  return result;
+}
+
+TrialRunner training_runner(const SearchConfig& search) {
+  return [search](int64_t trial, const std::vector<std::string>& overrides, int64_t budget, bool resume,
+                  dist::Communicator& group) {
+    Outcome o;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto dir = trial_dir(search, trial);
+    std::FILE* log = nullptr;
+    try {
+      std::vector<std::string> all = search.set;
+      all.insert(all.end(), overrides.begin(), overrides.end());
+      all.push_back("train.run_dir=" + dir.string());
+      all.push_back("train.eval_every_epochs=0");
+      all.push_back(search.resource == "epochs" ? fmt::format("train.epochs={}", budget)
+                                                : fmt::format("train.max_steps={}", budget));
+      train::Config cfg = train::load_config(search.config, all);
+      if (group.rank() == 0) {
+        std::filesystem::create_directories(dir);
+        log = std::fopen((dir / "train.log").c_str(), "a");
+      }
+      train::TrainerOptions opts;
+      opts.comm = &group;
+      opts.log = log ? log : stderr;
+      train::Trainer trainer(cfg, opts);
+      auto summary = trainer.run(resume);
+      // Judge the final weights (the checkpoint the run just wrote).
+      auto ds = train::load_datasets(cfg.data);
+      auto model = train::build_model(cfg, train::make_pipeline(cfg.data, false).output_shape(ds.test->sample_shape()));
+      train::load_model_weights(*model, dir);
+      if (ds.validation) {
+        auto v = train::evaluate(*model, ds.validation, cfg.data, &group);
+        o.val_accuracy = v.accuracy, o.val_loss = v.loss;
+      }
+      auto t = train::evaluate(*model, ds.test, cfg.data, &group);
+      o.test_accuracy = t.accuracy, o.test_loss = t.loss;
+      if (!std::isfinite(summary.final_train_loss) || !std::isfinite(t.loss)) {
+        o.ok = false;
+        o.error = fmt::format("diverged (final training loss {})", summary.final_train_loss);
+      }
+    } catch (const std::exception& e) {
+      o.ok = false;
+      o.error = e.what();
+      if (log) std::fprintf(log, "hpdl tune: trial %lld failed: %s\n", static_cast<long long>(trial), e.what());
+    }
+    if (log) std::fclose(log);
+    o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return o;
+  };
+}
+
+}  // namespace hpdl::tune

@@ -1,0 +1,116 @@
+// Hyperparameter search over MPI ranks: `hpdl tune SEARCH.toml`.
+//
+// A search file names a training config, the keys to vary and how (a search
+// space), and a method:
+//   random  `trials` configurations sampled from the space, each trained with
+//           the full budget;
+//   grid    every combination of the `choice` lists, each with the full budget;
+//   sha     successive halving (Jamieson and Talwalkar 2016; the synchronous
+//           form of ASHA, Li et al. 2020): `trials` sampled configurations are
+//           trained for `min_resource`, the best 1/eta go on for eta times as
+//           long (resuming from their checkpoints), and so on up to
+//           `max_resource`.
+// The resource is epochs or optimizer steps. The world's ranks are cut into
+// groups of `ranks_per_trial` (a communicator each); a group trains its
+// trials one after another, data-parallel within the group, and the groups
+// run side by side. After each rung every group's results are all-reduced,
+// so every rank ranks the trials identically and the next rung needs no
+// coordinator.
+//
+// A trial is judged by `metric` on the validation set (data.validation
+// training samples held out) when there is one, so the test set stays unseen
+// until the best trial's final test accuracy is reported.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "hpdl/dist/communicator.h"
+
+namespace hpdl::tune {
+
+struct Param {
+  enum class Kind { uniform, log_uniform, int_uniform, choice };
+  std::string key;  // a config key path, e.g. "optimizer.lr"
+  Kind kind = Kind::uniform;
+  double low = 0, high = 0;          // uniform, log_uniform, int_uniform (inclusive)
+  std::vector<std::string> choices;  // choice: TOML value texts
+};
+
+struct SearchConfig {
+  std::filesystem::path config;    // the training config (relative paths: to the search file)
+  std::vector<std::string> set;    // overrides for every trial ("train.threads=1")
+  std::string method = "random";   // random | grid | sha
+  int64_t trials = 8;              // random, sha
+  uint64_t seed = 0;               // sampling
+  std::string metric = "val_accuracy";  // val_accuracy | val_loss | test_accuracy | test_loss
+  std::string resource = "epochs";      // epochs | steps
+  int64_t min_resource = 1, max_resource = 0;  // sha: first rung's budget; every method: the full budget
+  int64_t eta = 3;
+  int64_t ranks_per_trial = 1;
+  std::filesystem::path run_dir = "runs/tune";
+  std::vector<Param> space;
+};
+
+// Reads and checks a search file; every key of [space] and `set` must be a
+// config key (tried on the training config). Errors name the file and the key.
+SearchConfig load_search(const std::filesystem::path& path, const std::vector<std::string>& overrides = {});
+SearchConfig parse_search(const std::string& toml_text, const std::filesystem::path& source,
+                          const std::vector<std::string>& overrides = {});
+
+// The configurations to try, as override lists ("optimizer.lr=0.0123"):
+// `trials` samples (deterministic in the seed) or, for grid, the product of
+// the choice lists in the order given.
+std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& search);
+
+struct Rung {
+  int64_t budget;  // epochs or steps to have trained by the rung's end
+  int64_t trials;  // how many trials train to it
+};
+// Successive halving's rungs: budgets min, min*eta, ... capped at max (the
+// last rung is max); trials n, n/eta, ... (at least 1). random and grid: one
+// rung of every trial at max.
+std::vector<Rung> rungs(const SearchConfig& search, int64_t trials);
+
+struct Outcome {
+  bool ok = true;
+  std::string error;           // when !ok
+  double val_accuracy = -1, val_loss = -1, test_accuracy = -1, test_loss = -1;
+  double seconds = 0;
+};
+struct Record {
+  int64_t trial = 0, rung = 0, budget = 0;
+  std::vector<std::string> overrides;
+  Outcome outcome;
+  double metric = 0;  // the search's metric (NaN when failed)
+};
+struct SearchResult {
+  std::vector<Record> records;  // every trial at every rung it reached, in rung order
+  int64_t best_trial = -1;      // by the metric at the last rung
+  Record best;
+};
+
+// Trains `trial` (its overrides) up to `budget` on the ranks of `group`
+// (resuming when `resume`), and evaluates it. Must not throw for a failure of
+// the trial itself (a diverging loss): return !ok instead.
+using TrialRunner = std::function<Outcome(int64_t trial, const std::vector<std::string>& overrides, int64_t budget,
+                                          bool resume, dist::Communicator& group)>;
+
+// Runs the search on every rank of `world`. `on_record` (rank 0 only) sees
+// each record as its rung completes. Every rank returns the same result.
+SearchResult run_search(const SearchConfig& search, const TrialRunner& runner, dist::Communicator& world,
+                        const std::function<void(const Record&)>& on_record = {});
+
+// The real runner: the training config plus `set`, the trial's overrides, the
+// budget, train.run_dir = RUN_DIR/trial-NNN and no per-epoch evaluation; then
+// the final weights evaluated on the validation (if any) and test sets. The
+// group's first rank writes the trial's progress to RUN_DIR/trial-NNN/train.log.
+TrialRunner training_runner(const SearchConfig& search);
+
+// Lower is better for the loss metrics, higher for the accuracies.
+bool metric_is_loss(const std::string& metric);
+
+}  // namespace hpdl::tune
