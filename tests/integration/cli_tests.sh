@@ -198,6 +198,45 @@ explain_heatmaps)
   "$hpdl" explain --checkpoint run --method gradcam --layer 9 --out ex3 "$t10k" >out3 2>err3 && fail "a flat layer was accepted for Grad-CAM"
   grep -q "layer '9' (Linear)" err3 || fail "the error does not name the layer: $(cat err3)"
   ;;
+tune_sha_np2)
+  # Successive halving over 2 ranks: 4 trials x 20 steps, 2 x 40, 1 x 60, selected on 5,000 held-out images.
+  cat >search.toml <<EOS
+config = "$ex/fashion_mnist/mlp.toml"
+method = "sha"
+trials = 4
+seed = 3
+resource = "steps"
+min_resource = 20
+max_resource = 60
+eta = 2
+run_dir = "tune"
+set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_every=10"]
+[space]
+"optimizer.lr" = { log_uniform = [0.001, 0.5] }
+"data.batch_size" = { choice = [32, 64] }
+EOS
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" tune search.toml >out.txt 2>err.txt \
+    || fail "tune failed: $(tail -5 err.txt)"
+  grep -q "sha search, 4 trials (4 x 20 steps, 2 x 40 steps, 1 x 60 steps), 2 rank(s)" out.txt || fail "no plan line: $(head -3 out.txt)"
+  [[ $(wc -l <tune/results.jsonl) -eq 7 ]] || fail "expected 7 results: $(cat tune/results.jsonl)"
+  [[ $(grep -c '"rung":2' tune/results.jsonl) -eq 1 ]] || fail "the last rung should hold one trial"
+  best=$(sed -n 's/^best: trial \([0-9]*\) .*/\1/p' out.txt)
+  [[ -n $best ]] || fail "no best line: $(cat out.txt)"
+  grep -q "^rung 2 (60 steps) trial $best " out.txt || fail "the best trial is not the one of the last rung"
+  # Promoted trials resumed from their checkpoints; every trial held out 5,000 images.
+  grep -q "resumed from .*step-0000000040" "tune/trial-$best/train.log" || fail "trial $best did not resume: $(cat tune/trial-$best/train.log)"
+  grep -q "55000 samples" tune/trial-000/train.log || fail "data.validation did not hold out 5,000 images"
+  lr=$(grep '^lr = ' "tune/trial-$best/config.toml") || fail "no lr in the trial's config"
+  grep -qx "$lr" tune/best.toml || fail "best.toml is not the best trial's config ($lr)"
+  ! grep -q "run_dir = \"tune/trial" tune/best.toml || fail "best.toml keeps the trial's run_dir"
+  acc=$(sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p' out.txt)
+  awk -v a="$acc" 'BEGIN { exit !(a > 60) }' || fail "best test accuracy $acc% after 60 steps is too low"
+  "$hpdl" tune search.toml >again.txt 2>&1 && fail "a second search into the same run_dir was accepted"
+  grep -q "already holds a search" again.txt || fail "no clear refusal: $(cat again.txt)"
+  sed -i 's/trials = 4/trails = 4/' search.toml
+  "$hpdl" tune search.toml --set run_dir=tune2 >bad.txt 2>&1 && fail "a misspelt key was accepted"
+  grep -q "unknown key 'trails' (did you mean 'trials'?)" bad.txt || fail "the error does not name the key: $(cat bad.txt)"
+  ;;
 info)
   "$hpdl" info >out.txt 2>&1 || fail "hpdl info failed: $(cat out.txt)"
   for want in "^hpdl " "^oneDNN .*, ISA " "^OpenMP threads [1-9]" "^MPI " "^CUDA backend: "; do

@@ -1,0 +1,69 @@
+// Successive halving across rank groups: every trial of a rung runs on exactly
+// one group, every rank of that group takes part, and every rank ends with the
+// same ranking. Runs with 2 and 4 ranks (groups of 1 and of 2).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "hpdl/dist/communicator.h"
+#include "hpdl/tune/tune.h"
+
+namespace hpdl {
+namespace {
+
+void check_groups(int64_t ranks_per_trial) {
+  auto& world = dist::Communicator::world();
+  if (world.size() % ranks_per_trial != 0) GTEST_SKIP() << world.size() << " ranks, groups of " << ranks_per_trial;
+  tune::SearchConfig s;
+  s.method = "sha";
+  s.trials = 7;
+  s.seed = 4;
+  s.min_resource = 1;
+  s.max_resource = 4;
+  s.eta = 2;
+  s.ranks_per_trial = ranks_per_trial;
+  tune::Param p;
+  p.key = "optimizer.lr";
+  p.kind = tune::Param::Kind::log_uniform;
+  p.low = 1e-3, p.high = 1.0;
+  s.space = {p};
+  // runs[rung budget][trial]: how many ranks ran it (summed over the world below).
+  std::vector<double> runs(3 * 7, 0.0);
+  tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>& o, int64_t budget, bool,
+                                 dist::Communicator& group) {
+    EXPECT_EQ(group.size(), ranks_per_trial);
+    const int rung = budget == 1 ? 0 : budget == 2 ? 1 : 2;
+    runs[rung * 7 + trial] += 1;
+    const double lr = std::stod(o[0].substr(o[0].find('=') + 1));
+    tune::Outcome out;
+    // Only the group's first rank reports; the others' values must not count.
+    out.val_accuracy = group.rank() == 0 ? 1.0 - std::abs(std::log(lr / 0.05)) / 10 : -100.0;
+    return out;
+  };
+  auto result = tune::run_search(s, runner, world);
+  world.allreduce(runs.data(), static_cast<int64_t>(runs.size()), DType::f64);
+  const int expected_per_rung[3] = {7, 3, 1};
+  for (int r = 0; r < 3; ++r) {
+    int ran = 0;
+    for (int t = 0; t < 7; ++t) {
+      const double n = runs[r * 7 + t];
+      EXPECT_TRUE(n == 0 || n == static_cast<double>(ranks_per_trial)) << "rung " << r << " trial " << t << ": " << n;
+      ran += n > 0;
+    }
+    EXPECT_EQ(ran, expected_per_rung[r]) << "rung " << r;
+  }
+  // The best trial and every metric agree on all ranks.
+  std::vector<double> mine = {static_cast<double>(result.best_trial), result.best.metric};
+  auto all = world.allgather(Tensor::from_vector(mine, {2})).to_vector<double>();
+  for (int r = 1; r < world.size(); ++r) {
+    EXPECT_EQ(all[2 * r], all[0]);
+    EXPECT_EQ(all[2 * r + 1], all[1]);
+  }
+  EXPECT_GT(result.best.metric, 0.0);
+}
+
+TEST(Tune, SuccessiveHalvingOnSingleRankGroups) { check_groups(1); }
+TEST(Tune, SuccessiveHalvingOnTwoRankGroups) { check_groups(2); }
+
+}  // namespace
+}  // namespace hpdl
