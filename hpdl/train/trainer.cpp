@@ -617,9 +617,12 @@ TrainSummary Trainer::run(bool resume) {
     }
     if (root) {
       metrics->write(rec);
-      progress.message(fmt::format("epoch {}/{}: train loss {:.4f}, train accuracy {:.2f}%{} ({:.1f} s, {:.0f} samples/s)",
+      progress.message(fmt::format("epoch {}/{}: train loss {:.4f}, train accuracy {:.2f}%{}{} ({:.1f} s, {:.0f} samples/s)",
                                    epoch + 1, cfg.train.epochs, rec["train_loss"].get<double>(),
                                    100 * rec["train_accuracy"].get<double>(),
+                                   rec.contains("val_accuracy") ? fmt::format(", validation accuracy {:.2f}%",
+                                                                              100 * rec["val_accuracy"].get<double>())
+                                                                : std::string(),
                                    rec.contains("test_accuracy") ? fmt::format(", test accuracy {:.2f}%",
                                                                                100 * rec["test_accuracy"].get<double>())
                                                                  : std::string(),

@@ -9,6 +9,7 @@
 #include "hpdl/core/error.h"
 #include "hpdl/train/config.h"
 #include "hpdl/train/trainer.h"
+#include "tests/unit/test_util.h"
 
 using namespace hpdl;
 using namespace hpdl::train;
@@ -234,3 +235,38 @@ TEST(Config, PrecisionAndLossScale) {
   err = error_of([] { parse_config("[train]\nprecision = \"fp17\"\n", "c.toml"); });
   EXPECT_NE(err.find("did you mean 'fp16'"), std::string::npos) << err;
 }
+
+namespace hpdl::train {
+namespace {
+
+// data.validation = N: the last N training samples become the validation set,
+// exactly (same values and labels), and the training set keeps the rest.
+TEST(Config, ValidationHoldsOutTheLastTrainingSamples) {
+  ASSERT_TRUE(std::filesystem::exists(data::kFashionMnistDir)) << "install dataset-fashion-mnist (scripts/setup.sh does)";
+  DataConfig d;
+  auto whole = load_datasets(d);
+  EXPECT_EQ(whole.validation, nullptr);
+  d.validation = 5000;
+  auto split = load_datasets(d);
+  ASSERT_NE(split.validation, nullptr);
+  EXPECT_EQ(split.train->size(), whole.train->size() - 5000);
+  EXPECT_EQ(split.validation->size(), 5000);
+  EXPECT_EQ(split.test->size(), whole.test->size());
+  std::vector<float> a(784), b(784);
+  for (int64_t i : {int64_t{0}, int64_t{1234}, int64_t{4999}}) {
+    EXPECT_EQ(split.validation->get(i, a.data()), whole.train->get(whole.train->size() - 5000 + i, b.data()));
+    EXPECT_EQ(a, b) << "validation sample " << i;
+  }
+  EXPECT_EQ(split.train->get(7, a.data()), whole.train->get(7, b.data()));
+  EXPECT_EQ(a, b);
+  EXPECT_NE(test::error_of([&] { split.validation->get(5000, a.data()); }).find("index 5000 out of range"),
+            std::string::npos);
+  d.validation = whole.train->size();
+  std::string e = test::error_of([&] { load_datasets(d); });
+  EXPECT_NE(e.find("data.validation = 60000 leaves no training samples"), std::string::npos) << e;
+  e = test::error_of([&] { parse_config("[data]\nvalidation = -1\n", "v.toml"); });
+  EXPECT_NE(e.find("data.validation must be >= 0"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace hpdl::train
