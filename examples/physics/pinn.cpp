@@ -40,7 +40,8 @@ Setup setup_for(const std::string& name) {
     s.hidden = {32, 32};
     s.options.interior_points = 512;
     s.options.boundary_points = 128;
-    s.options.steps = 3000;
+    s.options.steps = 1000;
+    s.options.lbfgs_iterations = 3000;
     s.options.lr = 3e-3;
     s.test_grid = {101, 101};
   } else if (name == "heat_1d") {
@@ -48,7 +49,8 @@ Setup setup_for(const std::string& name) {
     s.hidden = {32, 32};
     s.options.interior_points = 512;
     s.options.boundary_points = 128;
-    s.options.steps = 3000;
+    s.options.steps = 1000;
+    s.options.lbfgs_iterations = 1000;
     s.options.lr = 3e-3;
     s.test_grid = {101, 101};
   } else {
