@@ -138,6 +138,7 @@ PinnResult train_pinn(nn::Module& model, const Problem& problem, const PinnOptio
   int64_t done = options.steps;
   if (options.lbfgs_iterations > 0) {
     // Quasi-Newton refinement on fixed points (the objective must not change under L-BFGS).
+    if (options.log_every > 0) log(options.steps, pinn_loss(model, problem, xi, xb, options.boundary_weight));
     LbfgsOptions lo;
     lo.max_iterations = options.lbfgs_iterations;
     auto objective = [&] { return pinn_loss(model, problem, xi, xb, options.boundary_weight).total; };
