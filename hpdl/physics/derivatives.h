@@ -31,8 +31,10 @@ Tensor partial(const Tensor& u, const Tensor& x, int64_t axis, bool create_graph
 Tensor partial2(const Tensor& u, const Tensor& x, int64_t a, int64_t b, bool create_graph = true);
 
 // The Laplacian sum_d d2u/dx_d^2 in u's shape: one first-order pass and D
-// second-order passes. Pass `dx` (gradient(u, x)) to reuse a first derivative
-// already computed for another term of the residual.
+// second-order passes. Pass `dx` (gradient(u, x) with create_graph, the
+// default) to reuse a first derivative already computed for another term of
+// the residual; a dx taken without create_graph has no graph to differentiate
+// and gives a zero Laplacian.
 Tensor laplacian(const Tensor& u, const Tensor& x, const Tensor& dx = Tensor(), bool create_graph = true);
 
 }  // namespace hpdl::physics

@@ -133,7 +133,7 @@ LbfgsResult lbfgs_minimize(const std::vector<Tensor>& params, const std::functio
     double t = 1.0, f_new = fx;
     Vec x_new, g_new;
     bool found = false;
-    for (int halvings = 0; halvings < 30 && !found; ++halvings, t *= 0.5) {
+    for (int halvings = 0; halvings < 30; ++halvings, t *= 0.5) {
       x_new = x;
       axpy(x_new, t, d);
       flat.set(x_new);

@@ -120,8 +120,11 @@ TEST(PhysicsDerivatives, SmoothActivationsHaveSecondDerivatives) {
     for (size_t i = 0; i < 3; ++i) {
       double fd = (u_at(xv[i] + h) - 2 * u_at(xv[i]) + u_at(xv[i] - h)) / (h * h);
       EXPECT_NEAR(uxx[i], fd, 1e-5) << name << " row " << i;
-      if (name == "relu") EXPECT_EQ(uxx[i], 0.0) << "row " << i;
-      else EXPECT_GT(std::abs(uxx[i]), 1e-6) << name << " row " << i;
+      if (name == "relu") {
+        EXPECT_EQ(uxx[i], 0.0) << "row " << i;
+      } else {
+        EXPECT_GT(std::abs(uxx[i]), 1e-6) << name << " row " << i;
+      }
     }
   }
 }
@@ -286,7 +289,9 @@ TEST(PhysicsProblems, ExactSolutionsZeroTheResiduals) {
     // 10% off is not a solution: the Poisson forcing does not scale; the heat
     // equation is homogeneous, so there only the initial condition tells.
     EXPECT_GT(w.residual_mse + w.boundary_mse, 1e-4) << p.name;
-    if (p.name != "heat_1d") EXPECT_GT(w.residual_mse, 1e-4) << p.name;
+    if (p.name != "heat_1d") {
+      EXPECT_GT(w.residual_mse, 1e-4) << p.name;
+    }
     Tensor test = physics::grid(p.domain, std::vector<int64_t>(static_cast<size_t>(p.domain.dims()), 11), DType::f64);
     EXPECT_NEAR(physics::relative_l2_error(exact, test, p.exact), 0.0, 1e-15) << p.name;
     EXPECT_NEAR(physics::relative_l2_error(off, test, p.exact), 0.1, 1e-12) << p.name;
@@ -320,6 +325,7 @@ TEST(PhysicsPinn, BadProblemsAreNamed) {
   EXPECT_NE(error_of([&] { physics::train_pinn(*net, p, o); }).find("interior_points (0)"), std::string::npos);
   EXPECT_NE(error_of([&] { physics::relative_l2_error(*net, xi, nullptr); }).find("no exact solution"),
             std::string::npos);
+  EXPECT_NE(error_of([&] { physics::heat_1d(0.0, 1.0); }).find("nu (0)"), std::string::npos);
 }
 
 // Measured 1.09e-3 after 1000 steps (1.2 s on one core); the bound leaves a 9x margin.
