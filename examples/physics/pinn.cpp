@@ -74,10 +74,12 @@ double run(const std::string& name, int64_t steps, uint64_t seed, double lr, int
               s.problem.domain.str().c_str(), static_cast<long long>(s.options.interior_points),
               static_cast<long long>(s.options.boundary_points), static_cast<long long>(s.options.steps),
               s.options.lr, static_cast<long long>(s.options.lbfgs_iterations), dtype_name(dtype));
+  std::fflush(stdout);
   auto t0 = std::chrono::steady_clock::now();
   auto result = physics::train_pinn(*model, s.problem, s.options, [](const physics::PinnLog& l) {
     std::printf("  step %5lld  loss %.3e  (pde %.3e, boundary %.3e)\n", static_cast<long long>(l.step), l.loss,
                 l.residual_mse, l.boundary_mse);
+    std::fflush(stdout);  // progress shows when stdout is a pipe or a log file
   });
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Tensor x_test = physics::grid(s.problem.domain, s.test_grid, dtype);
