@@ -54,6 +54,24 @@ std::vector<float> gradient_of(const Model& model, const std::vector<float>& val
   return host_values(grad({target_score_sum(logits, targets)}, {leaf})[0]);
 }
 
+// Runs `total` model inputs of x's sample shape through `use`, at most
+// `max_batch` at a time: build(k, row) writes input k into `row` (one sample's
+// values) and returns its target class; use(first, values, shape, targets)
+// gets each chunk, inputs first .. first + shape[0] - 1.
+template <typename Build, typename Use>
+void for_each_batch(int64_t total, int64_t max_batch, const Shape& x_shape, Build build, Use use) {
+  const int64_t per = numel_of(x_shape) / x_shape[0];
+  for (int64_t first = 0; first < total; first += max_batch) {
+    const int64_t count = std::min(max_batch, total - first);
+    std::vector<float> batch(static_cast<size_t>(count * per));
+    std::vector<int64_t> targets(static_cast<size_t>(count));
+    for (int64_t q = 0; q < count; ++q) targets[q] = build(first + q, batch.data() + q * per);
+    Shape shape = x_shape;
+    shape[0] = count;
+    use(first, batch, shape, targets);
+  }
+}
+
 }  // namespace
 
 std::vector<int64_t> resolve_targets(const Tensor& logits, const std::vector<int64_t>& targets) {
@@ -123,28 +141,24 @@ IntegratedGradients integrated_gradients(const Model& model, const Tensor& x, co
   }
   // Every (sample, step) path point, max_batch of them per model call.
   std::vector<double> grad_sum(static_cast<size_t>(n * per), 0.0);
-  const int64_t points = n * steps;
-  for (int64_t first = 0; first < points; first += max_batch) {
-    const int64_t count = std::min(max_batch, points - first);
-    std::vector<float> batch(static_cast<size_t>(count * per));
-    std::vector<int64_t> bt(static_cast<size_t>(count));
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t i = (first + q) / steps, k = (first + q) % steps;
-      const double alpha = (static_cast<double>(k) + 0.5) / static_cast<double>(steps);
-      bt[q] = t[i];
-      for (int64_t j = 0; j < per; ++j) {
-        const double b = b_at(i, j);
-        batch[q * per + j] = static_cast<float>(b + alpha * (xv[i * per + j] - b));
-      }
-    }
-    Shape bs = x.shape();
-    bs[0] = count;
-    auto g = gradient_of(model, batch, bs, bt);
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t i = (first + q) / steps;
-      for (int64_t j = 0; j < per; ++j) grad_sum[i * per + j] += g[q * per + j];
-    }
-  }
+  for_each_batch(
+      n * steps, max_batch, x.shape(),
+      [&](int64_t k, float* row) {
+        const int64_t i = k / steps;
+        const double alpha = (static_cast<double>(k % steps) + 0.5) / static_cast<double>(steps);
+        for (int64_t j = 0; j < per; ++j) {
+          const double b = b_at(i, j);
+          row[j] = static_cast<float>(b + alpha * (xv[i * per + j] - b));
+        }
+        return t[i];
+      },
+      [&](int64_t first, const std::vector<float>& batch, const Shape& shape, const std::vector<int64_t>& bt) {
+        auto g = gradient_of(model, batch, shape, bt);
+        for (int64_t q = 0; q < shape[0]; ++q) {
+          const int64_t i = (first + q) / steps;
+          for (int64_t j = 0; j < per; ++j) grad_sum[i * per + j] += g[q * per + j];
+        }
+      });
   IntegratedGradients r;
   std::vector<float> attr(static_cast<size_t>(n * per));
   r.sum.assign(static_cast<size_t>(n), 0.0);
@@ -276,34 +290,34 @@ Tensor occlusion(const Model& model, const Tensor& x, const std::vector<int64_t>
   const auto base = target_scores(model, xf, t);
   auto xv = host_values(xf);
   std::vector<double> drop(static_cast<size_t>(n * hw), 0.0), cover(static_cast<size_t>(n * hw), 0.0);
-  const int64_t total = n * per_sample;
-  for (int64_t first = 0; first < total; first += max_batch) {
-    const int64_t count = std::min(max_batch, total - first);
-    std::vector<float> batch(static_cast<size_t>(count * per));
-    std::vector<int64_t> bt(static_cast<size_t>(count));
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t i = (first + q) / per_sample, pos = (first + q) % per_sample;
-      const int64_t y0 = ys[pos / xs.size()], x0 = xs[pos % xs.size()];
-      std::copy(xv.begin() + i * per, xv.begin() + (i + 1) * per, batch.begin() + q * per);
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t y = y0; y < y0 + window; ++y)
-          std::fill_n(batch.begin() + q * per + ch * hw + y * w + x0, window, static_cast<float>(fill));
-      bt[q] = t[i];
-    }
-    Shape bs = x.shape();
-    bs[0] = count;
-    auto scores = target_scores(model, Tensor::from_vector(batch, bs), bt);
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t i = (first + q) / per_sample, pos = (first + q) % per_sample;
-      const int64_t y0 = ys[pos / xs.size()], x0 = xs[pos % xs.size()];
-      const double d = base[i] - scores[q];
-      for (int64_t y = y0; y < y0 + window; ++y)
-        for (int64_t xx = x0; xx < x0 + window; ++xx) {
-          drop[i * hw + y * w + xx] += d;
-          cover[i * hw + y * w + xx] += 1.0;
+  auto window_at = [&](int64_t k) {
+    const int64_t pos = k % per_sample;
+    return std::pair<int64_t, int64_t>{ys[pos / xs.size()], xs[pos % xs.size()]};
+  };
+  for_each_batch(
+      n * per_sample, max_batch, x.shape(),
+      [&](int64_t k, float* row) {
+        const int64_t i = k / per_sample;
+        const auto [y0, x0] = window_at(k);
+        std::copy(xv.begin() + i * per, xv.begin() + (i + 1) * per, row);
+        for (int64_t ch = 0; ch < c; ++ch)
+          for (int64_t y = y0; y < y0 + window; ++y)
+            std::fill_n(row + ch * hw + y * w + x0, window, static_cast<float>(fill));
+        return t[i];
+      },
+      [&](int64_t first, const std::vector<float>& batch, const Shape& shape, const std::vector<int64_t>& bt) {
+        auto scores = target_scores(model, Tensor::from_vector(batch, shape), bt);
+        for (int64_t q = 0; q < shape[0]; ++q) {
+          const int64_t i = (first + q) / per_sample;
+          const auto [y0, x0] = window_at(first + q);
+          const double d = base[i] - scores[q];
+          for (int64_t y = y0; y < y0 + window; ++y)
+            for (int64_t xx = x0; xx < x0 + window; ++xx) {
+              drop[i * hw + y * w + xx] += d;
+              cover[i * hw + y * w + xx] += 1.0;
+            }
         }
-    }
-  }
+      });
   std::vector<float> out(static_cast<size_t>(n * hw));
   for (size_t p = 0; p < out.size(); ++p) out[p] = static_cast<float>(drop[p] / cover[p]);
   return Tensor::from_vector(out, {n, h, w});
@@ -335,30 +349,24 @@ DeletionCurve deletion_curve(const Model& model, const Tensor& x, const Tensor& 
   DeletionCurve curve;
   curve.probability.assign(static_cast<size_t>(points + 1), 0.0);
   for (int64_t s = 0; s <= points; ++s) curve.fractions.push_back(static_cast<double>(s) / static_cast<double>(points));
-  const int64_t total = n * (points + 1);
-  for (int64_t first = 0; first < total; first += max_batch) {
-    const int64_t count = std::min(max_batch, total - first);
-    std::vector<float> batch(static_cast<size_t>(count * per));
-    std::vector<int64_t> bt(static_cast<size_t>(count));
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t i = (first + q) / (points + 1), s = (first + q) % (points + 1);
-      std::copy(xv.begin() + i * per, xv.begin() + (i + 1) * per, batch.begin() + q * per);
-      const int64_t removed = (s * hw + points / 2) / points;
-      for (int64_t r = 0; r < removed; ++r)
-        for (int64_t ch = 0; ch < c; ++ch) batch[q * per + ch * hw + order[i][r]] = static_cast<float>(fill);
-      bt[q] = t[i];
-    }
-    Shape bs = x.shape();
-    bs[0] = count;
-    NoGradGuard ng;
-    Tensor logits = model(Tensor::from_vector(batch, bs));
-    auto pv = host_values(softmax(logits, 1));
-    const int64_t k = logits.dim(1);
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t s = (first + q) % (points + 1);
-      curve.probability[s] += pv[q * k + bt[q]] / static_cast<double>(n);
-    }
-  }
+  for_each_batch(
+      n * (points + 1), max_batch, x.shape(),
+      [&](int64_t k, float* row) {
+        const int64_t i = k / (points + 1), s = k % (points + 1);
+        std::copy(xv.begin() + i * per, xv.begin() + (i + 1) * per, row);
+        const int64_t removed = (s * hw + points / 2) / points;
+        for (int64_t r = 0; r < removed; ++r)
+          for (int64_t ch = 0; ch < c; ++ch) row[ch * hw + order[i][r]] = static_cast<float>(fill);
+        return t[i];
+      },
+      [&](int64_t first, const std::vector<float>& batch, const Shape& shape, const std::vector<int64_t>& bt) {
+        NoGradGuard ng;
+        Tensor logits = model(Tensor::from_vector(batch, shape));
+        auto pv = host_values(softmax(logits, 1));
+        const int64_t k = logits.dim(1);
+        for (int64_t q = 0; q < shape[0]; ++q)
+          curve.probability[(first + q) % (points + 1)] += pv[q * k + bt[q]] / static_cast<double>(n);
+      });
   for (int64_t s = 0; s < points; ++s)
     curve.area += 0.5 * (curve.probability[s] + curve.probability[s + 1]) / static_cast<double>(points);
   return curve;
