@@ -84,7 +84,7 @@ double run(const std::string& name, int64_t steps, uint64_t seed, double lr, int
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Tensor x_test = physics::grid(s.problem.domain, s.test_grid, dtype);
   double err = physics::relative_l2_error(*model, x_test, s.problem.exact);
-  std::printf("%s: relative L2 error %.3e on %lld test points, final loss %.3e, %.1f s\n", s.problem.name.c_str(),
+  std::printf("%s: relative L2 error %.3e on %lld test points, final loss %.3e, %.2f s\n", s.problem.name.c_str(),
               err, static_cast<long long>(x_test.dim(0)), result.last.loss, seconds);
   return err;
 }
