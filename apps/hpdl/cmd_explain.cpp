@@ -16,6 +16,7 @@
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/error.h"
 #include "hpdl/data/readers.h"
+#include "hpdl/dist/communicator.h"
 #include "hpdl/explain/explain.h"
 #include "hpdl/ops/ops.h"
 
@@ -92,32 +93,48 @@ void register_explain(CLI::App& app) {
     fs::create_directories(o->out);
     const int64_t scale = o->scale > 0 ? o->scale : std::max<int64_t>(1, (224 + m.sample[1] - 1) / m.sample[1]);
 
+    auto& world = dist::Communicator::world();
+    const bool root = world.rank() == 0;
     for (const auto& file : o->inputs) {
       Tensor all = read_inputs(file, m.sample);
       HPDL_CHECK(o->first < all.dim(0), "explain: {} has {} samples; --first {} is past the end", file, all.dim(0),
                  o->first);
       const int64_t n = o->limit > 0 ? std::min(o->limit, all.dim(0) - o->first) : all.dim(0) - o->first;
-      Tensor x = all.narrow(0, o->first, n).contiguous();
+      // Under mpirun each rank explains a contiguous share of the samples.
+      const int64_t size = world.size(), rank = world.rank();
+      const int64_t lo = n * rank / size, cnt = n * (rank + 1) / size - lo, most = (n + size - 1) / size;
+      const int64_t h = m.sample[1], w = m.sample[2];
+      Tensor x = all.narrow(0, o->first + lo, std::max<int64_t>(cnt, 1)).contiguous();  // one dummy row if idle
       Tensor probs;
       {
         NoGradGuard ng;
         probs = softmax(model(x), 1);
       }
       const int64_t classes = probs.dim(1);
-      std::vector<int64_t> targets;
-      if (o->target >= 0) {
-        HPDL_CHECK(o->target < classes, "explain --target {}: the model has {} classes", o->target, classes);
-        targets.assign(static_cast<size_t>(n), o->target);
-      }
-      targets = explain::resolve_targets(probs, targets);
+      HPDL_CHECK(o->target < classes, "explain --target {}: the model has {} classes", o->target, classes);
+      std::vector<int64_t> targets(static_cast<size_t>(x.dim(0)), o->target);
+      targets = explain::resolve_targets(probs, o->target >= 0 ? targets : std::vector<int64_t>{});
       auto pv = probs.to_vector<float>();
 
       const std::string stem = stem_of(file);
-      std::vector<double> ig_sum, ig_gap;
+      // Per sample: predicted class, its probability, the explained class, IG sum and score gap.
+      constexpr int64_t kCols = 5;
+      std::vector<double> table(static_cast<size_t>(most * kCols), 0.0);
+      for (int64_t i = 0; i < cnt; ++i) {
+        const auto* row = pv.data() + i * classes;
+        const int64_t pred = std::max_element(row, row + classes) - row;
+        table[i * kCols] = static_cast<double>(pred);
+        table[i * kCols + 1] = row[pred];
+        table[i * kCols + 2] = static_cast<double>(targets[i]);
+      }
+      bool have_ig = false;
       std::string deletion;
+      // The deletion area over all n samples: each rank's mean, weighted by its count.
       auto score_map = [&](const std::string& name, const Tensor& maps) {
-        auto curve = explain::deletion_curve(model, x, maps, targets, o->deletion, o->fill);
-        deletion += fmt::format("{}{} {:.4f}", deletion.empty() ? "" : ", ", name, curve.area);
+        std::vector<double> sums = {0.0, static_cast<double>(cnt)};
+        if (cnt > 0) sums[0] = cnt * explain::deletion_curve(model, x, maps, targets, o->deletion, o->fill).area;
+        world.allreduce(sums.data(), 2, DType::f64);
+        deletion += fmt::format("{}{} {:.4f}", deletion.empty() ? "" : ", ", name, sums[0] / sums[1]);
       };
       for (const auto& method : methods) {
         Tensor maps;
@@ -127,8 +144,8 @@ void register_explain(CLI::App& app) {
         } else if (method == "ig") {
           auto r = explain::integrated_gradients(model, x, targets, o->steps, Tensor::full(x.shape(), o->fill));
           maps = r.map();
-          ig_sum = r.sum;
-          ig_gap = r.score_gap;
+          for (int64_t i = 0; i < cnt; ++i) table[i * kCols + 3] = r.sum[i], table[i * kCols + 4] = r.score_gap[i];
+          have_ig = true;
           signed_map = true;
         } else if (method == "gradcam") {
           auto seq = std::dynamic_pointer_cast<nn::Sequential>(net);
@@ -143,28 +160,46 @@ void register_explain(CLI::App& app) {
           maps = explain::occlusion(model, x, targets, o->window, o->stride, o->fill);
           signed_map = true;
         }
-        write_maps(fs::path(o->out) / fmt::format("{}-{}.npy", stem, method), maps);
-        if (o->deletion > 0) score_map(method, maps);
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = 0; i < cnt; ++i) {
           auto img = explain::render_heatmap(x.select(0, i), maps.select(0, i), signed_map, scale);
-          data::write_png(fs::path(o->out) / fmt::format("{}-{}-{}.png", stem, o->first + i, method), img);
+          data::write_png(fs::path(o->out) / fmt::format("{}-{}-{}.png", stem, o->first + lo + i, method), img);
+        }
+        // Every rank's maps to the first rank, which writes the .npy of all n.
+        Tensor padded = Tensor::zeros({most, h, w});
+        if (cnt > 0) padded.narrow(0, 0, cnt).copy_(maps.narrow(0, 0, cnt));
+        Tensor gathered = world.allgather(padded);
+        if (o->deletion > 0) score_map(method, maps);
+        if (root) {
+          std::vector<Tensor> parts;
+          for (int64_t r = 0; r < size; ++r) {
+            const int64_t c = n * (r + 1) / size - n * r / size;
+            if (c > 0) parts.push_back(gathered.select(0, r).narrow(0, 0, c));
+          }
+          write_maps(fs::path(o->out) / fmt::format("{}-{}.npy", stem, method), cat(parts, 0));
         }
       }
-      for (int64_t i = 0; i < n; ++i) {
-        const auto* row = pv.data() + i * classes;
-        const int64_t pred = std::max_element(row, row + classes) - row;
-        std::string line = fmt::format("{}\t{}\tclass {}\tp={:.4f}\ttarget {}", file, o->first + i, pred, row[pred],
-                                       targets[i]);
-        if (!ig_sum.empty())
-          line += fmt::format("\tig_sum={:.4f}\tscore_gap={:.4f}", ig_sum[i], ig_gap[i]);
-        std::printf("%s\n", line.c_str());
+      auto rows = world.allgather(Tensor::from_vector(table, {most, kCols})).to_vector<double>();
+      for (int64_t r = 0; root && r < size; ++r) {
+        const int64_t first = n * r / size, c = n * (r + 1) / size - first;
+        for (int64_t i = 0; i < c; ++i) {
+          const double* v = rows.data() + (r * most + i) * kCols;
+          std::string line = fmt::format("{}\t{}\tclass {}\tp={:.4f}\ttarget {}", file, o->first + first + i,
+                                         static_cast<int64_t>(v[0]), v[1], static_cast<int64_t>(v[2]));
+          if (have_ig) line += fmt::format("\tig_sum={:.4f}\tscore_gap={:.4f}", v[3], v[4]);
+          std::printf("%s\n", line.c_str());
+        }
       }
       if (o->deletion > 0) {
-        score_map("random", explain::random_map(n, x.dim(2), x.dim(3), 0x5eed));
-        std::printf("%s: deletion area over %lld samples (lower: the map ranks what the model uses first): %s\n",
-                    file.c_str(), static_cast<long long>(n), deletion.c_str());
+        // One random order for all n samples, whatever the number of ranks.
+        Tensor random = explain::random_map(n, h, w, 0x5eed).narrow(0, lo, std::max<int64_t>(cnt, 1));
+        if (cnt == 0) random = Tensor::zeros({1, h, w});
+        score_map("random", random.contiguous());
+        if (root)
+          std::printf("%s: deletion area over %lld samples (lower: the map ranks what the model uses first): %s\n",
+                      file.c_str(), static_cast<long long>(n), deletion.c_str());
       }
     }
+    if (!root) return;
     std::printf("wrote %s\n", o->out.c_str());
   });
 }

@@ -193,6 +193,15 @@ explain_heatmaps)
   awk -v l="$line" 'BEGIN { n = split(l, f, /[ ,]+/); for (i = 1; i < n; ++i) a[f[i]] = f[i + 1];
                             exit !(a["ig"] + 0.1 < a["random"] && a["occlusion"] + 0.1 < a["random"]) }' \
     || fail "the maps rank pixels no better than chance: $line"
+  # Under mpirun the samples are shared out (3 ranks, 4 samples: one rank explains one); the output is the same.
+  "$mpirun" --oversubscribe --bind-to none -np 3 -x OMP_NUM_THREADS=1 "$hpdl" explain --checkpoint run --first 5 --limit 4 \
+    --deletion 4 --out exmpi "$t10k" >mpi.txt 2>&1 || fail "explain under mpirun failed: $(tail -5 mpi.txt)"
+  "$hpdl" explain --checkpoint run --first 5 --limit 4 --deletion 4 --out exone "$t10k" >one.txt 2>&1 || fail "explain failed"
+  [[ $(ls exmpi/*.png | wc -l) -eq 16 ]] || fail "expected 16 PNGs from 3 ranks: $(ls exmpi)"
+  head -c 128 exmpi/t10k-images-idx3-ubyte-ig.npy | grep -aq "'shape': (4, 28, 28)" || fail "the gathered .npy is not [4, 28, 28]"
+  diff <(grep target mpi.txt | cut -f1-5) <(grep target one.txt | cut -f1-5) >/dev/null \
+    || fail "3 ranks explain differently: $(cat mpi.txt) vs $(cat one.txt)"
+  [[ $(grep -c "deletion area over 4 samples" mpi.txt) -eq 1 ]] || fail "expected one deletion line from rank 0: $(cat mpi.txt)"
   "$hpdl" explain --checkpoint run --method bogus --out ex3 "$t10k" >out3 2>err3 && fail "an unknown method was accepted"
   grep -q "unknown method 'bogus'" err3 || fail "the error does not name the method: $(cat err3)"
   "$hpdl" explain --checkpoint run --method gradcam --layer 9 --out ex3 "$t10k" >out3 2>err3 && fail "a flat layer was accepted for Grad-CAM"
