@@ -1,0 +1,133 @@
+// Converged workflows: a simulation and a trainer in one MPI job.
+//
+// The world's ranks are cut in two: simulation ranks run a simulation code for
+// parameters they sample, trainer ranks train a surrogate network (parameters
+// -> simulation output) on those results while the simulations go on
+// ("transformation": training on live simulation output, no files between
+// them). The exchange is bulk-synchronous: each round every simulation rank
+// runs `sims_per_round` simulations, one allgather over the world hands the
+// round's samples to the trainers, and the trainers train on everything
+// received so far while the simulation ranks compute the next round. The
+// trainers then decide together whether to stop (validation error below the
+// target or the round budget spent), and one broadcast tells every rank.
+//
+// After training, the surrogate stands in for the simulation
+// ("augmentation": `surrogate_speedup` measures it) and steers a parameter
+// sweep ("modulation": `steer_sweep` ranks many candidate parameters with the
+// surrogate and checks the best few with the real simulation).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hpdl/core/tensor.h"
+#include "hpdl/dist/communicator.h"
+#include "hpdl/nn/layers.h"
+
+namespace hpdl::workflow {
+
+// A simulation code: parameters in, a fixed-size output out. run() must be
+// deterministic and safe to call from any rank.
+class Simulation {
+ public:
+  virtual ~Simulation() = default;
+  virtual std::string name() const = 0;
+  virtual int64_t num_params() const = 0;
+  virtual int64_t output_size() const = 0;
+  // The box parameters are sampled from: low[i] <= p[i] <= high[i].
+  virtual std::vector<double> low() const = 0;
+  virtual std::vector<double> high() const = 0;
+  // Writes output_size() values for `params` (num_params() values).
+  virtual void run(const double* params, float* out) const = 0;
+};
+
+// 1-D heat equation u_t = nu u_xx on x in [0, 1] with u(0, t) = u(1, t) = 0 and
+// u(x, 0) = a sin(pi x) + b sin(2 pi x), solved by explicit finite differences
+// (forward Euler in time, central differences in space, a time step inside the
+// stability limit dt <= dx^2 / (2 nu)) up to t_end; the output is u(x, t_end)
+// at the `points` interior grid points. Parameters (nu, a, b) in
+// [0.01, 0.1] x [0, 1] x [-1, 1]. The exact solution is
+// a e^{-nu pi^2 t} sin(pi x) + b e^{-4 nu pi^2 t} sin(2 pi x).
+class HeatEquation1d : public Simulation {
+ public:
+  explicit HeatEquation1d(int64_t points = 32, double t_end = 1.0, int64_t refine = 4);
+  std::string name() const override { return "heat1d"; }
+  int64_t num_params() const override { return 3; }
+  int64_t output_size() const override { return points_; }
+  std::vector<double> low() const override { return {0.01, 0.0, -1.0}; }
+  std::vector<double> high() const override { return {0.1, 1.0, 1.0}; }
+  void run(const double* params, float* out) const override;
+  // The closed-form solution at the output points (for tests).
+  std::vector<double> exact(const double* params) const;
+
+ private:
+  int64_t points_, refine_;
+  double t_end_;
+};
+
+struct OnlineOptions {
+  int64_t sim_ranks = 1;          // the first sim_ranks ranks simulate; the rest train
+  int64_t sims_per_round = 16;    // per simulation rank
+  int64_t max_rounds = 50;
+  int64_t steps_per_round = 50;   // optimizer steps per trainer round, batches from the buffer
+  int64_t batch_size = 64;        // per trainer rank
+  double lr = 3e-3;
+  std::vector<int64_t> hidden = {64, 64};
+  int64_t validation = 64;        // simulations held out to judge the surrogate (run by the trainers at start)
+  double target_error = 0.0;      // stop when the validation relative L2 error falls below (0: never early)
+  uint64_t seed = 0;
+};
+
+struct RoundLog {
+  int64_t round = 0;
+  int64_t samples = 0;            // received by the trainers so far
+  double train_loss = 0;          // mean over the round's steps
+  double validation_error = 0;    // relative L2 over the held-out simulations
+  double seconds = 0;             // since the start
+};
+
+struct OnlineResult {
+  std::vector<RoundLog> rounds;   // every rank has them
+  int64_t simulations = 0;        // run by all simulation ranks together (validation excluded)
+  double validation_error = 0;    // at the end
+  // Trainer ranks: the trained surrogate (inputs: parameters scaled to [0, 1]);
+  // simulation ranks: null.
+  std::shared_ptr<nn::Sequential> surrogate;
+  bool trainer = false;
+};
+
+// Runs the online training on every rank of `world` (at least 2 ranks, and
+// 1 <= sim_ranks < world.size()). `on_round` (world rank 0 only) sees each
+// round's log. The trainer ranks end with identical surrogates.
+OnlineResult train_online(const Simulation& sim, const OnlineOptions& options, dist::Communicator& world,
+                          const std::function<void(const RoundLog&)>& on_round = {});
+
+// The surrogate's prediction for parameter rows [N, num_params] (unscaled).
+Tensor predict(nn::Module& surrogate, const Simulation& sim, const std::vector<double>& params);
+
+// Relative L2 error of the surrogate against the simulation over `n` fresh
+// parameter draws (from `seed`), and the time per evaluation of each.
+struct Speedup {
+  double error = 0, simulation_s = 0, surrogate_s = 0;
+};
+Speedup surrogate_speedup(nn::Module& surrogate, const Simulation& sim, int64_t n, uint64_t seed);
+
+// Modulation: scores `candidates` random parameter draws with the surrogate
+// by `objective` (of an output, higher is better), runs the real simulation
+// for the `verify` best, and returns them best first with both scores.
+struct Steered {
+  std::vector<double> params;
+  double predicted = 0, simulated = 0;
+};
+std::vector<Steered> steer_sweep(nn::Module& surrogate, const Simulation& sim,
+                                 const std::function<double(const float* output)>& objective, int64_t candidates,
+                                 int64_t verify, uint64_t seed);
+
+// Uniform parameter draws in the simulation's box, deterministic in `seed`
+// and `stream` (a rank, say): [n * num_params] values.
+std::vector<double> sample_params(const Simulation& sim, int64_t n, uint64_t seed, uint64_t stream);
+
+}  // namespace hpdl::workflow
