@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -401,6 +402,38 @@ TEST(RlDqn, TrainingIsReproducibleFromTheSeed) {
   EXPECT_EQ(a.first, b.first);
   EXPECT_EQ(a.second, b.second);
   EXPECT_NE(a.second, c.second);
+}
+
+TEST(RlDqn, CartPoleGreedyPolicyBeatsRandom) {
+  // 8000 env steps with the example's settings (about 3 s on one core; epsilon
+  // is still 0.24 at the end). A uniformly random policy holds the pole for
+  // about 22 steps. The greedy policy after this run measured 84.4 over these
+  // 10 seeds (seeds 1-5 of the agent: 125 to 458), so 50 leaves a margin for
+  // a different rounding order without passing a policy that learned nothing.
+  rl::CartPole env;
+  rl::DqnOptions o;
+  o.seed = 0;
+  rl::Dqn agent(env.observation_size(), env.num_actions(), o);
+  double random_return = 0;
+  for (uint64_t k = 0; k < 10; ++k) {
+    env.reset(1000 + k);
+    for (bool done = false; !done;) {
+      auto r = env.step(agent.act(env.state(), 1.0));
+      random_return += r.reward / 10;
+      done = r.done();
+    }
+  }
+  rl::DqnTrainOptions t;
+  t.max_steps = 8000;
+  t.stop_when_solved = false;
+  rl::train_dqn(agent, env, t);
+  auto greedy = rl::evaluate_greedy(agent, env, 10, 1000);
+  double greedy_return = 0;
+  for (double r : greedy) greedy_return += r / 10;
+  std::printf("CartPole mean return over 10 episodes: random %.1f, greedy after 8000 steps %.1f\n", random_return,
+              greedy_return);
+  EXPECT_LT(random_return, 40);
+  EXPECT_GT(greedy_return, 50);
 }
 
 // ---------------------------------------------------------------- errors
