@@ -1,0 +1,143 @@
+// Environments for reinforcement learning: a small episodic interface
+// (reset(seed) -> observation; step(action) -> observation, reward,
+// terminated, truncated) and two built-in tasks: CartPole, the classic
+// pole-balancing control problem, and Corridor, a 1-D chain small enough that
+// its optimal policy is known exactly (for tests). Observations are plain
+// vectors of doubles; actions are indices 0 .. num_actions()-1.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "hpdl/core/random.h"
+
+namespace hpdl::rl {
+
+using Observation = std::vector<double>;
+
+// What one step returns. `terminated`: the task reached a terminal state (the
+// value of what follows is zero). `truncated`: the episode was cut at the time
+// limit (max_episode_steps) without reaching one; the state still has a value,
+// so learners should bootstrap through it. Both can be true on the same step.
+struct StepResult {
+  Observation observation;
+  double reward = 0;
+  bool terminated = false;
+  bool truncated = false;
+  bool done() const { return terminated || truncated; }
+};
+
+// The episodic interface. Subclasses implement reset_state and step_state;
+// the base keeps the bookkeeping that is the same for every task (the time
+// limit, the step count, and the checks):
+//   - step() before the first reset(), or after an episode ended (terminated
+//     or truncated) without a new reset(), throws hpdl::Error;
+//   - an action outside [0, num_actions()) throws hpdl::Error naming it.
+// reset(seed) is deterministic: the same seed gives the same initial state,
+// and with the same actions the same episode.
+class Env {
+ public:
+  virtual ~Env() = default;
+  virtual std::string name() const = 0;
+  virtual int64_t observation_size() const = 0;
+  virtual int64_t num_actions() const = 0;
+  // Steps after which an episode is truncated.
+  virtual int64_t max_episode_steps() const = 0;
+
+  Observation reset(uint64_t seed);
+  StepResult step(int64_t action);
+
+  int64_t elapsed_steps() const { return elapsed_; }  // steps since the last reset
+  bool needs_reset() const { return needs_reset_; }   // before the first reset and after an episode ends
+
+ protected:
+  // Sets the initial state (drawing from `gen` as needed) and returns its observation.
+  virtual Observation reset_state(Generator& gen) = 0;
+  // Applies a valid action; fills observation, reward and terminated (not truncated).
+  virtual StepResult step_state(int64_t action) = 0;
+
+ private:
+  int64_t elapsed_ = 0;
+  bool needs_reset_ = true;
+};
+
+// CartPole (Barto, Sutton & Anderson 1983, "Neuronlike adaptive elements that
+// can solve difficult learning control problems", IEEE SMC 13(5)): a pole
+// hinged on a cart that moves on a frictionless track; a force of +-10 N is
+// applied to the cart every tau = 0.02 s.
+//   observation: [x, x_dot, theta, theta_dot] (m, m/s, rad, rad/s; theta = 0 upright)
+//   actions: 0 pushes left (-force), 1 pushes right (+force)
+//   reward: +1 for every step, the failing one included
+//   terminated: |theta| > 12 degrees or |x| > 2.4 m after the step
+//   truncated: after 500 steps (so the best return is 500)
+//   initial state: each component uniform in [-0.05, 0.05], from the reset seed
+// Dynamics (frictionless form of the paper's equations), with total mass
+// M = m_cart + m_pole, half pole length l, F the applied force:
+//   a = (F + m_pole l theta_dot^2 sin theta) / M
+//   theta_acc = (g sin theta - cos theta * a) / (l (4/3 - m_pole cos^2 theta / M))
+//   x_acc = a - m_pole l theta_acc cos theta / M
+// integrated with explicit Euler: positions advance with the old velocities,
+// then velocities with the accelerations.
+struct CartPoleConfig {
+  double gravity = 9.8;
+  double cart_mass = 1.0;
+  double pole_mass = 0.1;
+  double half_length = 0.5;  // l: half the pole's length (m)
+  double force = 10.0;
+  double tau = 0.02;         // seconds per step
+  double theta_limit = 12.0 * 3.14159265358979323846 / 180.0;  // rad
+  double x_limit = 2.4;      // m
+  int64_t max_steps = 500;
+  double init_range = 0.05;  // initial state uniform in [-init_range, init_range]
+};
+
+class CartPole : public Env {
+ public:
+  // Throws hpdl::Error when a mass, length, force, tau, limit or max_steps is not positive.
+  explicit CartPole(const CartPoleConfig& config = {});
+  std::string name() const override { return "CartPole"; }
+  int64_t observation_size() const override { return 4; }
+  int64_t num_actions() const override { return 2; }
+  int64_t max_episode_steps() const override { return config_.max_steps; }
+  const CartPoleConfig& config() const { return config_; }
+  // The current state [x, x_dot, theta, theta_dot].
+  const Observation& state() const { return state_; }
+  // Replaces the state (tests, demonstrations) after a reset; the episode goes on from it.
+  void set_state(const Observation& state);
+
+ protected:
+  Observation reset_state(Generator& gen) override;
+  StepResult step_state(int64_t action) override;
+
+ private:
+  CartPoleConfig config_;
+  Observation state_ = Observation(4, 0.0);
+};
+
+// Corridor: cells 0 .. length-1, the agent starts in cell 0 and the goal is
+// the last cell. Action 0 moves left (staying put at cell 0), 1 moves right.
+// Every step costs -1; reaching the goal terminates. Truncated after
+// max_steps. The observation is the one-hot code of the cell (length values).
+// The optimal policy always moves right, with return -(length - 1).
+class Corridor : public Env {
+ public:
+  // Throws hpdl::Error unless length >= 2 and max_steps >= 1.
+  explicit Corridor(int64_t length = 8, int64_t max_steps = 50);
+  std::string name() const override { return "Corridor"; }
+  int64_t observation_size() const override { return length_; }
+  int64_t num_actions() const override { return 2; }
+  int64_t max_episode_steps() const override { return max_steps_; }
+  int64_t position() const { return position_; }
+
+ protected:
+  Observation reset_state(Generator& gen) override;
+  StepResult step_state(int64_t action) override;
+
+ private:
+  Observation one_hot() const;
+  int64_t length_, max_steps_;
+  int64_t position_ = 0;
+};
+
+}  // namespace hpdl::rl
