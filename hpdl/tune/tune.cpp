@@ -212,6 +212,10 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
   // The training config with every override and each parameter's values: an
   // unknown key or a bad value is reported now, not in the middle of the search.
   train::Config base = train::load_config(s.config, s.set);
+  HPDL_CHECK(s.metric.rfind("val_", 0) != 0 || base.data.validation > 0,
+             "{}: metric = \"{}\" needs a validation set: add \"data.validation=N\" to set (N training samples "
+             "held out), or select on test_accuracy knowingly",
+             src, s.metric);
   if (s.max_resource <= 0) {
     HPDL_CHECK(s.resource == "epochs", "{}: max_resource is required with resource = \"steps\"", src);
     s.max_resource = base.train.epochs;

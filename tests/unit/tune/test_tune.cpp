@@ -17,7 +17,7 @@ namespace {
 struct SearchDir {
   std::filesystem::path dir;
   explicit SearchDir(const std::string& name) : dir(test::temp_dir(name)) {
-    test::write_text(dir / "train.toml", "[model]\nname = \"mlp\"\n[train]\nepochs = 4\n");
+    test::write_text(dir / "train.toml", "[model]\nname = \"mlp\"\n[train]\nepochs = 4\n[data]\nvalidation = 100\n");
   }
   tune::SearchConfig parse(const std::string& body, const std::vector<std::string>& overrides = {}) const {
     return tune::parse_search("config = \"train.toml\"\n" + body, dir / "search.toml", overrides);
@@ -195,6 +195,9 @@ TEST(TuneTest, BadSearchFilesAreNamed) {
   EXPECT_NE(e.find("'many' is not a number"), std::string::npos) << e;
   e = err("");
   EXPECT_NE(e.find("[space] names no key"), std::string::npos) << e;
+  e = err(std::string(kSpace), {"data.validation=0"});
+  EXPECT_NE(e.find("metric = \"val_accuracy\" needs a validation set"), std::string::npos) << e;
+  EXPECT_NO_THROW(d.parse(std::string(kSpace), {"data.validation=0", "metric=test_accuracy"}));
   // A training key given with --set reaches every trial.
   auto s = d.parse(std::string(kSpace), {"trials=3", "train.threads=1"});
   EXPECT_EQ(s.trials, 3);
