@@ -207,14 +207,16 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m
 }  // namespace
 
 Datasets load_datasets(const DataConfig& config) {
+  Datasets ds;
   if (!config.store.empty()) {
     auto [train, test] = store::open_store_datasets(config.store);
-    return {train, test};
+    ds.train = train, ds.test = test;
+  } else {
+    HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
+               "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
+    ds.train = data::open_dataset(config.dataset, config.path, true);
+    ds.test = data::open_dataset(config.dataset, config.path, false);
   }
-  HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
-             "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
-  Datasets ds{data::open_dataset(config.dataset, config.path, true), data::open_dataset(config.dataset, config.path, false),
-              nullptr};
   if (config.validation > 0) {
     const int64_t n = ds.train->size();
     HPDL_CHECK(config.validation < n, "data.validation = {} leaves no training samples: the training set has {}",
