@@ -59,6 +59,47 @@ Tensor Conv2d::forward(const Tensor& x) {
   return conv2d(x, weight, bias, params());
 }
 
+// ---------------------------------------------------------------- ConvTranspose2d
+
+ConvTranspose2d::ConvTranspose2d(int64_t in, int64_t out, const ConvTranspose2dOptions& o, Generator& gen)
+    : in_channels(in), out_channels(out), options(o) {
+  HPDL_CHECK(in > 0 && out > 0, "ConvTranspose2d: in_channels ({}) and out_channels ({}) must be positive", in, out);
+  HPDL_CHECK(o.groups > 0 && in % o.groups == 0 && out % o.groups == 0,
+             "ConvTranspose2d({}, {}): groups = {} must divide both channel counts", in, out, o.groups);
+  HPDL_CHECK(o.kernel_h > 0 && o.kernel_w > 0 && o.stride > 0 && o.dilation > 0 && o.padding >= 0,
+             "ConvTranspose2d({}, {}): invalid kernel {}x{}, stride {}, dilation {} or padding {}", in, out,
+             o.kernel_h, o.kernel_w, o.stride, o.dilation, o.padding);
+  HPDL_CHECK(o.output_padding >= 0 && o.output_padding < o.stride,
+             "ConvTranspose2d({}, {}): output_padding {} must be in [0, stride) = [0, {})", in, out,
+             o.output_padding, o.stride);
+  weight = register_parameter("weight", Tensor::empty({in, out / o.groups, o.kernel_h, o.kernel_w}));
+  if (o.bias) bias = register_parameter("bias", Tensor::empty({out}));
+  // PyTorch's ConvTranspose2d init is its Conv2d init applied to this layout (fan_in from dim 1).
+  init::default_linear_init_(weight, bias, gen);
+}
+
+ConvTranspose2dParams ConvTranspose2d::params() const {
+  ConvTranspose2dParams p;
+  p.stride_h = p.stride_w = options.stride;
+  p.pad_h = p.pad_w = options.padding;
+  p.output_pad_h = p.output_pad_w = options.output_padding;
+  p.dilation_h = p.dilation_w = options.dilation;
+  p.groups = options.groups;
+  return p;
+}
+
+std::pair<int64_t, int64_t> ConvTranspose2d::output_size(int64_t h, int64_t w) const {
+  const auto& o = options;
+  return {ConvTranspose2dParams::out_size(h, o.kernel_h, o.stride, o.padding, o.dilation, o.output_padding),
+          ConvTranspose2dParams::out_size(w, o.kernel_w, o.stride, o.padding, o.dilation, o.output_padding)};
+}
+
+Tensor ConvTranspose2d::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == in_channels, "ConvTranspose2d({}, {}): input must be [N, {}, H, W], got {}",
+             in_channels, out_channels, in_channels, shape_str(x.shape()));
+  return conv_transpose2d(x, weight, bias, params());
+}
+
 // ---------------------------------------------------------------- normalization
 
 BatchNorm::BatchNorm(int64_t c, double eps, double momentum, bool affine, int min_ndim, int max_ndim,

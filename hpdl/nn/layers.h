@@ -15,6 +15,7 @@
 
 #include "hpdl/backend/backend.h"
 #include "hpdl/nn/module.h"
+#include "hpdl/ops/conv.h"
 #include "hpdl/ops/norm.h"
 
 namespace hpdl::nn {
@@ -61,6 +62,44 @@ class Conv2d : public Module {
   Tensor weight, bias;
   int64_t in_channels, out_channels;
   Conv2dOptions options;
+};
+
+struct ConvTranspose2dOptions {
+  int64_t kernel_h = 3, kernel_w = 3;
+  int64_t stride = 1, padding = 0, output_padding = 0, dilation = 1, groups = 1;
+  bool bias = true;
+  // Square kernel helper: ConvTranspose2dOptions::k(4).s(2).p(1)
+  static ConvTranspose2dOptions k(int64_t kernel) {
+    ConvTranspose2dOptions o;
+    o.kernel_h = o.kernel_w = kernel;
+    return o;
+  }
+  ConvTranspose2dOptions& s(int64_t v) { stride = v; return *this; }
+  ConvTranspose2dOptions& p(int64_t v) { padding = v; return *this; }
+  ConvTranspose2dOptions& op(int64_t v) { output_padding = v; return *this; }
+  ConvTranspose2dOptions& d(int64_t v) { dilation = v; return *this; }
+  ConvTranspose2dOptions& g(int64_t v) { groups = v; return *this; }
+  ConvTranspose2dOptions& no_bias() { bias = false; return *this; }
+};
+
+// Transposed 2-D convolution (conv_transpose2d): x [N, in, H, W] -> [N, out, P, Q]
+// with P = (H-1)*stride - 2*padding + dilation*(kh-1) + output_padding + 1;
+// weight [in, out/groups, kh, kw] (PyTorch's layout), bias [out]. Init:
+// PyTorch's default, which takes fan_in = weight.dim(1) * kh * kw. Throws at
+// construction for non-positive sizes, groups not dividing both channel counts,
+// or output_padding outside [0, stride).
+class ConvTranspose2d : public Module {
+ public:
+  ConvTranspose2d(int64_t in_channels, int64_t out_channels, const ConvTranspose2dOptions& options = {},
+                  Generator& gen = default_generator());
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "ConvTranspose2d"; }
+  ConvTranspose2dParams params() const;
+  // Output spatial size for an input of size h x w.
+  std::pair<int64_t, int64_t> output_size(int64_t h, int64_t w) const;
+  Tensor weight, bias;
+  int64_t in_channels, out_channels;
+  ConvTranspose2dOptions options;
 };
 
 // Batch normalization (Ioffe & Szegedy 2015) over x [N, C, ...] per channel.

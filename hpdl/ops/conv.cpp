@@ -3,9 +3,12 @@
 // backward-weights kernels (oneDNN on CPU). The gradient of a convolution is
 // itself a convolution, but expressing it with differentiable ops would cost a
 // second kernel family for no user that needs it today (PINNs use MLPs).
+// conv_transpose2d reuses the same three kernels with the roles swapped, and
+// keeps its scatter-loop reference here as the oracle for the tests.
 #include "hpdl/ops/conv.h"
 
 #include "hpdl/ops/autocast.h"
+#include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 
 namespace hpdl {
@@ -78,6 +81,162 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
         /*first_order_only=*/true);
   }
   return y;
+}
+
+}  // namespace hpdl
+
+// ---------------------------------------------------------------- transposed convolution
+//
+// A transposed convolution is the adjoint of conv2d with the same weight and
+// parameters: conv2d maps a [N, K, P, Q] image to [N, C, H, W] through w
+// [C, K/groups, R, S] (w read as conv2d's [filters, channels/groups, R, S]),
+// and conv_transpose2d maps [N, C, H, W] back to [N, K, P, Q]. So its forward
+// is conv2d's data gradient and its own gradients are conv2d's forward and
+// weight gradient, all existing backend kernels.
+
+namespace hpdl {
+
+Conv2dParams ConvTranspose2dParams::as_conv() const {
+  Conv2dParams c;
+  c.stride_h = stride_h, c.stride_w = stride_w;
+  c.pad_h = pad_h, c.pad_w = pad_w;
+  c.dilation_h = dilation_h, c.dilation_w = dilation_w;
+  c.groups = groups;
+  return c;
+}
+
+namespace {
+
+// Checks the arguments of conv_transpose2d (and its reference) and returns the output shape [N, K, P, Q].
+Shape conv_transpose2d_checked_shape(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                     const ConvTranspose2dParams& p, const char* op) {
+  detail::check_defined(x, op, "input");
+  detail::check_defined(w, op, "weight");
+  detail::check_same(x, w, op);
+  detail::check_float(x, op);
+  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
+  detail::check_ndim(w, 4, op, "weight [C, K/groups, R, S]");
+  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
+                 p.pad_w >= 0 && p.groups >= 1,
+             "{}: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", op, p.stride_h,
+             p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+  // With output_pad >= stride the output would have rows no input pixel reaches
+  // and the gradient (a strided conv2d of it) would not come back to x's size.
+  HPDL_CHECK(p.output_pad_h >= 0 && p.output_pad_h < p.stride_h && p.output_pad_w >= 0 && p.output_pad_w < p.stride_w,
+             "{}: output padding ({}, {}) must be non-negative and smaller than the stride ({}, {})", op,
+             p.output_pad_h, p.output_pad_w, p.stride_h, p.stride_w);
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const int64_t Kg = w.dim(1), R = w.dim(2), S = w.dim(3);
+  HPDL_CHECK(w.dim(0) == C && C % p.groups == 0,
+             "{}: input {} has {} channels but weight {} [C, K/groups, R, S] expects {} (groups {} must divide it)",
+             op, shape_str(x.shape()), C, shape_str(w.shape()), w.dim(0), p.groups);
+  const int64_t K = Kg * p.groups;
+  if (bias.defined()) {
+    detail::check_same(x, bias, op);
+    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "{}: bias {} does not match weight {} ({} output channels)", op,
+               shape_str(bias.shape()), shape_str(w.shape()), K);
+  }
+  const int64_t P = ConvTranspose2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h, p.output_pad_h);
+  const int64_t Q = ConvTranspose2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w, p.output_pad_w);
+  HPDL_CHECK(P >= 1 && Q >= 1,
+             "{}: input {} with weight {}, stride ({}, {}) and padding ({}, {}) gives an empty output {}x{}", op,
+             shape_str(x.shape()), shape_str(w.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, P, Q);
+  return {N, K, P, Q};
+}
+
+}  // namespace
+
+Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvTranspose2dParams& p) {
+  const char* op = "conv_transpose2d";
+  detail::check_defined(x, op, "input");
+  detail::check_defined(w, op, "weight");
+  if (autocast_applies(x) || autocast_applies(w))
+    return conv_transpose2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
+  const Shape ys = conv_transpose2d_checked_shape(x, w, bias, p, op);
+  const Conv2dParams cp = p.as_conv();
+
+  Tensor xc = x.contiguous().detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
+  Tensor wc = w.contiguous().detach();  // [C, K/groups, R, S]: that conv2d's filters
+  Tensor y = Tensor::empty(ys, x.dtype(), x.device());  // [N, K, P, Q]: its "dx"
+  if (y.numel() > 0) {
+    if (xc.numel() > 0)
+      detail::pick(x, OpKind::conv2d).conv2d_backward_data(xc, wc, y, cp);
+    else
+      y.fill_(0.0);
+  }
+
+  if (needs_grad({&x, &w})) {
+    const bool gx = x.requires_grad(), gw = w.requires_grad();
+    record(
+        op, {x, w}, {&y},
+        [xc, wc, gx, gw, cp](const std::vector<Tensor>& g) {
+          Tensor dy = g[0].contiguous();  // [N, K, P, Q]
+          Backend& be = detail::pick(dy, OpKind::conv2d);
+          Tensor dx, dw;
+          if (gx) {
+            // dx [N, C, H, W] = conv2d(dy, w): the forward of the adjoint's adjoint.
+            // P = (H-1)*stride - 2*pad + dil*(R-1) + output_pad + 1 maps back to
+            // (P + 2*pad - dil*(R-1) - 1)/stride + 1 = H because output_pad < stride.
+            dx = detail::empty_like(xc);
+            be.conv2d_forward(dy, wc, Tensor(), dx, cp);
+          }
+          if (gw) {
+            // dw [C, K/groups, R, S]: conv2d's weight gradient with input dy and output gradient x.
+            dw = detail::empty_like(wc);
+            be.conv2d_backward_weights(dy, xc, dw, Tensor(), cp);
+          }
+          return std::vector<Tensor>{dx, dw};
+        },
+        /*first_order_only=*/true);
+  }
+  // The bias through the differentiable broadcast add: its gradient is dy summed over N, P, Q.
+  if (bias.defined()) return add(y, bias.reshape({1, ys[1], 1, 1}));
+  return y;
+}
+
+Tensor conv_transpose2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                  const ConvTranspose2dParams& p) {
+  const Shape ys = conv_transpose2d_checked_shape(x, w, bias, p, "conv_transpose2d_reference");
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const int64_t K = ys[1], P = ys[2], Q = ys[3];
+  const int64_t Kg = w.dim(1), R = w.dim(2), S = w.dim(3);
+  const int64_t Cg = C / p.groups;  // input channels per group
+  Tensor xd = x.detach().to(kCPU).to(DType::f64).contiguous();
+  Tensor wd = w.detach().to(kCPU).to(DType::f64).contiguous();
+  Tensor yd = Tensor::zeros(ys, DType::f64);
+  const double* xp = xd.data<double>();
+  const double* wp = wd.data<double>();
+  double* yp = yd.data<double>();
+  // Scatter: every input pixel spreads itself, weighted by the kernel, over the
+  // output window it would have been computed from in the adjoint conv2d.
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t group = c / Cg;
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j) {
+          const double v = xp[((n * C + c) * H + i) * W + j];
+          for (int64_t kk = 0; kk < Kg; ++kk) {
+            const int64_t k = group * Kg + kk;
+            for (int64_t r = 0; r < R; ++r) {
+              const int64_t oh = i * p.stride_h - p.pad_h + r * p.dilation_h;
+              if (oh < 0 || oh >= P) continue;
+              for (int64_t s = 0; s < S; ++s) {
+                const int64_t ow = j * p.stride_w - p.pad_w + s * p.dilation_w;
+                if (ow < 0 || ow >= Q) continue;
+                yp[((n * K + k) * P + oh) * Q + ow] += v * wp[((c * Kg + kk) * R + r) * S + s];
+              }
+            }
+          }
+        }
+    }
+  if (bias.defined()) {
+    Tensor bd = bias.detach().to(kCPU).to(DType::f64).contiguous();
+    const double* bp = bd.data<double>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t o = 0; o < P * Q; ++o) yp[(n * K + k) * P * Q + o] += bp[k];
+  }
+  return yd.to(x.dtype()).to(x.device());
 }
 
 }  // namespace hpdl

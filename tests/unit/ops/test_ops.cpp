@@ -80,6 +80,16 @@ Conv2dParams conv(int64_t stride, int64_t pad, int64_t dil = 1, int64_t groups =
   return p;
 }
 
+ConvTranspose2dParams convt(int64_t stride, int64_t pad, int64_t out_pad, int64_t dil = 1, int64_t groups = 1) {
+  ConvTranspose2dParams p;
+  p.stride_h = p.stride_w = stride;
+  p.pad_h = p.pad_w = pad;
+  p.output_pad_h = p.output_pad_w = out_pad;
+  p.dilation_h = p.dilation_w = dil;
+  p.groups = groups;
+  return p;
+}
+
 Pool2dParams pool(int64_t k, int64_t s, int64_t pad = 0, bool include_pad = false) {
   Pool2dParams p;
   p.kernel_h = p.kernel_w = k;
@@ -174,6 +184,15 @@ std::vector<OpCase> cases() {
   add({"conv2d_5x5_lenet", {{2, 1, 8, 8}, {3, 1, 5, 5}, {3}}, [](T x) { return conv2d(x[0], x[1], x[2], conv(1, 2)); },
        -1, 1, {}, 1e-6, 1e-6, 1e-4, {{8, 1, 28, 28}, {6, 1, 5, 5}, {6}}});
   add({"conv2d_1x1", {{2, 3, 3, 3}, {2, 3, 1, 1}}, [](T x) { return conv2d(x[0], x[1]); }});
+  // Transposed convolution: the DCGAN up-sampling (k4 s2 p1), output padding, dilation with groups.
+  add({"conv_transpose2d_k4s2p1", {{2, 3, 3, 4}, {3, 2, 4, 4}, {2}},
+       [](T x) { return conv_transpose2d(x[0], x[1], x[2], convt(2, 1, 0)); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,
+       {{4, 16, 7, 7}, {16, 8, 4, 4}, {8}}});
+  add({"conv_transpose2d_output_padding", {{1, 2, 3, 2}, {2, 3, 3, 2}},
+       [](T x) { return conv_transpose2d(x[0], x[1], {}, convt(2, 1, 1)); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,
+       {{2, 4, 5, 6}, {4, 3, 3, 3}}});
+  add({"conv_transpose2d_dilation_groups", {{1, 4, 3, 3}, {4, 1, 2, 3}, {2}},
+       [](T x) { return conv_transpose2d(x[0], x[1], x[2], convt(1, 1, 0, 2, 2)); }});
 
   // ---- pooling ----
   add({"max_pool_2x2", {{2, 2, 4, 4}}, [](T x) { return max_pool2d(x[0], pool(2, 2)); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,

@@ -1,0 +1,324 @@
+// DCGAN: the two networks, the alternating Adam steps of the non-saturating
+// GAN loss, a minibatch loop over an image tensor, Fashion-MNIST in [-1, 1],
+// PNG sample grids and the classifier-based quality numbers.
+#include "hpdl/gan/dcgan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/data/dataset.h"
+#include "hpdl/data/readers.h"
+#include "hpdl/nn/init.h"
+#include "hpdl/ops/ops.h"
+
+namespace hpdl::gan {
+
+void check_dcgan_options(const DcganOptions& o) {
+  HPDL_CHECK(o.image_size >= 4 && o.image_size % 4 == 0,
+             "gan::DcganOptions: image_size {} must be a positive multiple of 4 (two stride-2 layers)", o.image_size);
+  HPDL_CHECK(o.channels >= 1, "gan::DcganOptions: channels must be >= 1, got {}", o.channels);
+  HPDL_CHECK(o.latent_dim >= 1, "gan::DcganOptions: latent_dim must be >= 1, got {}", o.latent_dim);
+  HPDL_CHECK(o.g_features >= 1, "gan::DcganOptions: g_features must be >= 1, got {}", o.g_features);
+  HPDL_CHECK(o.d_features >= 1, "gan::DcganOptions: d_features must be >= 1, got {}", o.d_features);
+  HPDL_CHECK(o.lr > 0 && std::isfinite(o.lr), "gan::DcganOptions: lr must be positive, got {}", o.lr);
+  HPDL_CHECK(o.beta1 >= 0 && o.beta1 < 1, "gan::DcganOptions: beta1 must be in [0, 1), got {}", o.beta1);
+  HPDL_CHECK(o.beta2 >= 0 && o.beta2 < 1, "gan::DcganOptions: beta2 must be in [0, 1), got {}", o.beta2);
+  // Batch norm needs more than one value per channel; D's last one sees B * s * s.
+  HPDL_CHECK(o.batch_size >= 2, "gan::DcganOptions: batch_size must be >= 2 (batch norm), got {}", o.batch_size);
+}
+
+namespace {
+
+// The paper's initialisation: weights N(0, 0.02), biases 0.
+template <typename Layer>
+void dcgan_init(Layer& layer, Generator& gen) {
+  nn::init::normal_(layer.weight, gen, 0.0, 0.02);
+  if (layer.bias.defined()) nn::init::zeros_(layer.bias);
+}
+void dcgan_init_bn(nn::BatchNorm2d& bn, Generator& gen) {
+  nn::init::normal_(bn.weight, gen, 1.0, 0.02);
+  nn::init::zeros_(bn.bias);
+}
+
+const nn::ConvTranspose2dOptions kUp = nn::ConvTranspose2dOptions::k(4).s(2).p(1);  // doubles H and W
+const nn::Conv2dOptions kDown = nn::Conv2dOptions::k(4).s(2).p(1);                  // halves H and W
+
+}  // namespace
+
+// ---------------------------------------------------------------- networks
+
+DcganGenerator::DcganGenerator(const DcganOptions& o, Generator& gen)
+    : features_(2 * o.g_features), side_(o.image_size / 4) {
+  check_dcgan_options(o);
+  project = register_module("project", std::make_shared<nn::Linear>(o.latent_dim, features_ * side_ * side_, true, gen));
+  bn0 = register_module("bn0", std::make_shared<nn::BatchNorm2d>(features_));
+  up1 = register_module("up1", std::make_shared<nn::ConvTranspose2d>(features_, o.g_features, kUp, gen));
+  bn1 = register_module("bn1", std::make_shared<nn::BatchNorm2d>(o.g_features));
+  up2 = register_module("up2", std::make_shared<nn::ConvTranspose2d>(o.g_features, o.channels, kUp, gen));
+  dcgan_init(*project, gen);
+  dcgan_init_bn(*bn0, gen);
+  dcgan_init(*up1, gen);
+  dcgan_init_bn(*bn1, gen);
+  dcgan_init(*up2, gen);
+}
+
+Tensor DcganGenerator::forward(const Tensor& z) {
+  HPDL_CHECK(z.ndim() == 2 && z.dim(1) == project->in_features,
+             "gan::DcganGenerator: latents must be [N, {}], got {}", project->in_features, shape_str(z.shape()));
+  Tensor h = (*project)(z).reshape({z.dim(0), features_, side_, side_});  // [N, 2g, s, s]
+  h = bn0->forward_relu(h);
+  h = bn1->forward_relu((*up1)(h));  // [N, g, 2s, 2s]
+  return tanh((*up2)(h));            // [N, C, 4s, 4s]
+}
+
+DcganDiscriminator::DcganDiscriminator(const DcganOptions& o, Generator& gen)
+    : channels_(o.channels), side_(o.image_size) {
+  check_dcgan_options(o);
+  const int64_t s = o.image_size / 4;
+  conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(o.channels, o.d_features, kDown, gen));
+  conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(o.d_features, 2 * o.d_features, kDown, gen));
+  bn2 = register_module("bn2", std::make_shared<nn::BatchNorm2d>(2 * o.d_features));
+  classify = register_module("classify", std::make_shared<nn::Linear>(2 * o.d_features * s * s, 1, true, gen));
+  dcgan_init(*conv1, gen);
+  dcgan_init(*conv2, gen);
+  dcgan_init_bn(*bn2, gen);
+  dcgan_init(*classify, gen);
+}
+
+Tensor DcganDiscriminator::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == channels_ && x.dim(2) == side_ && x.dim(3) == side_,
+             "gan::DcganDiscriminator: images must be [N, {}, {}, {}], got {}", channels_, side_, side_,
+             shape_str(x.shape()));
+  Tensor h = leaky_relu((*conv1)(x), 0.2);             // [N, d, 2s, 2s]
+  h = leaky_relu((*bn2)((*conv2)(h)), 0.2);            // [N, 2d, s, s]
+  return (*classify)(h.flatten(1)).reshape({x.dim(0)});  // [N]
+}
+
+// ---------------------------------------------------------------- training
+
+Dcgan::Dcgan(const DcganOptions& options) : options_(options), rng_(options.seed) {
+  check_dcgan_options(options_);
+  Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
+  g_ = std::make_shared<DcganGenerator>(options_, init_gen);
+  d_ = std::make_shared<DcganDiscriminator>(options_, init_gen);
+  optim::AdamWOptions adam;
+  adam.lr = options_.lr;
+  adam.beta1 = options_.beta1;
+  adam.beta2 = options_.beta2;
+  adam.weight_decay = 0;  // plain Adam, as in the paper
+  g_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*g_), adam);
+  d_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*d_), adam);
+}
+
+Tensor Dcgan::sample_latent(int64_t n) {
+  HPDL_CHECK(n >= 1, "gan::Dcgan::sample_latent: need n >= 1, got {}", n);
+  return Tensor::randn({n, options_.latent_dim}, rng_);
+}
+
+Tensor Dcgan::generate(const Tensor& z) {
+  NoGradGuard no_grad;
+  return (*g_)(z);
+}
+
+void Dcgan::check_images(const Tensor& images, const char* what) const {
+  const int64_t c = options_.channels, s = options_.image_size;
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
+                 images.dim(3) == s && images.dim(0) >= 1,
+             "gan::Dcgan: {} images must be [N, {}, {}, {}] with N >= 1, got {}", what, c, s, s,
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+}
+
+Tensor Dcgan::discriminator_loss(const Tensor& real, const Tensor& fake) {
+  check_images(real, "real");
+  check_images(fake, "fake");
+  Tensor real_logits = (*d_)(real), fake_logits = (*d_)(fake);
+  return add(bce_with_logits(real_logits, Tensor::ones(real_logits.shape())),
+             bce_with_logits(fake_logits, Tensor::zeros(fake_logits.shape())));
+}
+
+Tensor Dcgan::generator_loss(const Tensor& fake) {
+  check_images(fake, "fake");
+  Tensor logits = (*d_)(fake);
+  // Non-saturating: maximise log D(G(z)) instead of minimising log(1 - D(G(z))),
+  // which has a vanishing gradient while D rejects the fakes confidently.
+  return bce_with_logits(logits, Tensor::ones(logits.shape()));
+}
+
+double Dcgan::discriminator_step(const Tensor& real, const Tensor& fake) {
+  d_opt_->zero_grad();
+  Tensor loss = discriminator_loss(real, fake.detach());
+  const double value = loss.item();
+  HPDL_CHECK(std::isfinite(value), "gan::Dcgan: the discriminator loss is {} after {} steps; lower lr ({})", value,
+             steps_, options_.lr);
+  loss.backward();
+  d_opt_->step();
+  return value;
+}
+
+DcganStepStats Dcgan::train_step(const Tensor& real) {
+  check_images(real, "real");
+  DcganStepStats st;
+  const int64_t b = real.dim(0);
+  Tensor fake = (*g_)(sample_latent(b));  // [B, C, S, S], with G's graph
+
+  // D step. The logits for the statistics come from the same forward as the loss.
+  d_opt_->zero_grad();
+  Tensor real_logits = (*d_)(real), fake_logits = (*d_)(fake.detach());
+  Tensor d_loss = add(bce_with_logits(real_logits, Tensor::ones({b})), bce_with_logits(fake_logits, Tensor::zeros({b})));
+  st.d_loss = d_loss.item();
+  HPDL_CHECK(std::isfinite(st.d_loss), "gan::Dcgan: the discriminator loss is {} after {} steps; lower lr ({})",
+             st.d_loss, steps_, options_.lr);
+  {
+    NoGradGuard no_grad;
+    std::vector<float> pr = sigmoid(real_logits).to_vector<float>(), pf = sigmoid(fake_logits).to_vector<float>();
+    double correct = 0;
+    for (int64_t i = 0; i < b; ++i) {
+      st.d_real += pr[i] / b, st.d_fake += pf[i] / b;
+      correct += (pr[i] > 0.5f) + (pf[i] < 0.5f);
+    }
+    st.d_accuracy = correct / (2.0 * b);
+  }
+  d_loss.backward();
+  d_opt_->step();
+
+  // G step through the updated D. D's parameters collect gradients too; the
+  // next D step zeroes them before use.
+  g_opt_->zero_grad();
+  Tensor g_loss = generator_loss(fake);
+  st.g_loss = g_loss.item();
+  HPDL_CHECK(std::isfinite(st.g_loss), "gan::Dcgan: the generator loss is {} after {} steps; lower lr ({})",
+             st.g_loss, steps_, options_.lr);
+  g_loss.backward();
+  g_opt_->step();
+  ++steps_;
+  return st;
+}
+
+double Dcgan::discriminator_accuracy(const Tensor& real, const Tensor& fake) {
+  check_images(real, "real");
+  check_images(fake, "fake");
+  NoGradGuard no_grad;
+  std::vector<float> lr = (*d_)(real).to_vector<float>(), lf = (*d_)(fake).to_vector<float>();
+  double correct = 0;
+  for (float v : lr) correct += v > 0;
+  for (float v : lf) correct += v < 0;
+  return correct / static_cast<double>(lr.size() + lf.size());
+}
+
+DcganStepStats train_dcgan(Dcgan& gan, const Tensor& images, int64_t steps,
+                           const std::function<void(int64_t, const DcganStepStats&)>& on_step) {
+  const DcganOptions& o = gan.options();
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == o.channels && images.dim(2) == o.image_size &&
+                 images.dim(3) == o.image_size,
+             "gan::train_dcgan: images must be [M, {}, {}, {}], got {}", o.channels, o.image_size, o.image_size,
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+  const int64_t m = images.dim(0);
+  HPDL_CHECK(m >= o.batch_size, "gan::train_dcgan: {} images are fewer than one batch of {}", m, o.batch_size);
+  HPDL_CHECK(steps >= 0, "gan::train_dcgan: steps must be >= 0, got {}", steps);
+  // The shuffle draws from its own stream, seeded from the options, so the
+  // latents of a step do not depend on how many epochs came before.
+  Generator order_gen(o.seed + 0x5851F42D4C957F2Dull);
+  std::vector<int64_t> order(m);
+  int64_t next = m;  // position in the current epoch; m: reshuffle first
+  DcganStepStats last;
+  for (int64_t step = 1; step <= steps; ++step) {
+    if (next + o.batch_size > m) {
+      std::iota(order.begin(), order.end(), 0);
+      for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
+        std::swap(order[i], order[static_cast<int64_t>(order_gen.next_uniform() * (i + 1))]);
+      next = 0;
+    }
+    std::vector<int64_t> idx(order.begin() + next, order.begin() + next + o.batch_size);
+    next += o.batch_size;
+    Tensor batch = index_select(images, 0, Tensor::from_vector(idx, {o.batch_size}).to(images.device()));
+    last = gan.train_step(batch);
+    if (on_step) on_step(step, last);
+  }
+  return last;
+}
+
+// ---------------------------------------------------------------- data and output
+
+Tensor load_fashion_mnist_images(const std::filesystem::path& dir, bool train, int64_t limit, Tensor* labels) {
+  HPDL_CHECK(limit >= 0, "gan::load_fashion_mnist_images: limit must be >= 0, got {}", limit);
+  auto ds = data::load_mnist_idx(dir, train);
+  const int64_t m = limit > 0 ? std::min(limit, ds->size()) : ds->size();
+  const int64_t per = ds->sample_numel();
+  Tensor images = Tensor::empty({m, 1, 28, 28});
+  HPDL_CHECK(per == 28 * 28, "gan::load_fashion_mnist_images: {} holds samples of {} values, expected 1x28x28",
+             dir.string(), per);
+  float* p = images.data<float>();
+  std::vector<int64_t> y(m);
+  for (int64_t i = 0; i < m; ++i) {
+    y[i] = ds->get(i, p + i * per);  // [0, 1]
+    for (int64_t j = 0; j < per; ++j) p[i * per + j] = p[i * per + j] * 2.0f - 1.0f;  // -> [-1, 1]
+  }
+  if (labels) *labels = Tensor::from_vector(y, {m});
+  return images;
+}
+
+void write_image_grid(const std::filesystem::path& path, const Tensor& images, int64_t columns) {
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && (images.dim(1) == 1 || images.dim(1) == 3) &&
+                 images.dim(0) >= 1,
+             "gan::write_image_grid: images must be [N, 1 or 3, H, W] with N >= 1, got {}",
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+  HPDL_CHECK(columns >= 1, "gan::write_image_grid: columns must be >= 1, got {}", columns);
+  const int64_t n = images.dim(0), c = images.dim(1), h = images.dim(2), w = images.dim(3);
+  const int64_t cols = std::min(columns, n), rows = (n + cols - 1) / cols, border = 2;
+  data::Image img;
+  img.channels = c;
+  img.height = rows * (h + border) + border;
+  img.width = cols * (w + border) + border;
+  img.pixels.assign(static_cast<size_t>(c * img.height * img.width), 0);
+  std::vector<float> v = images.detach().to_vector<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t top = border + (i / cols) * (h + border), left = border + (i % cols) * (w + border);
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const float t = std::clamp(v[((i * c + ch) * h + y) * w + x], -1.0f, 1.0f);
+          img.pixels[(ch * img.height + top + y) * img.width + left + x] =
+              static_cast<uint8_t>(std::lround((t + 1.0f) * 127.5f));
+        }
+  }
+  data::write_png(path, img);
+}
+
+ClassifierScore classifier_score(const Tensor& logits) {
+  HPDL_CHECK(logits.defined() && logits.ndim() == 2 && logits.dim(0) >= 1 && logits.dim(1) >= 1,
+             "gan::classifier_score: logits must be [M, classes] with M, classes >= 1, got {}",
+             logits.defined() ? shape_str(logits.shape()) : std::string("an undefined tensor"));
+  const int64_t m = logits.dim(0), k = logits.dim(1);
+  std::vector<double> z = logits.detach().to_vector<double>();
+  std::vector<double> prob(m * k), marginal(k, 0.0), hist(k, 0.0);
+  ClassifierScore s;
+  for (int64_t i = 0; i < m; ++i) {
+    const double* zi = &z[i * k];
+    const double zmax = *std::max_element(zi, zi + k);
+    double total = 0;
+    for (int64_t j = 0; j < k; ++j) total += prob[i * k + j] = std::exp(zi[j] - zmax);
+    int64_t best = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      prob[i * k + j] /= total;
+      marginal[j] += prob[i * k + j] / m;
+      if (prob[i * k + j] > prob[i * k + best]) best = j;
+    }
+    s.confidence += prob[i * k + best] / m;
+    hist[best] += 1.0 / m;
+  }
+  for (double f : hist)
+    if (f > 0) s.class_entropy -= f * std::log(f);
+  double mean_kl = 0;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const double p = prob[i * k + j];
+      if (p > 0) mean_kl += p * (std::log(p) - std::log(marginal[j])) / m;
+    }
+  s.inception_score = std::exp(mean_kl);
+  return s;
+}
+
+}  // namespace hpdl::gan

@@ -1,0 +1,160 @@
+// Deep convolutional GANs (Radford, Metz & Chintala 2016, "Unsupervised
+// representation learning with deep convolutional generative adversarial
+// networks", ICLR) for small square images, trained with the non-saturating
+// GAN loss of Goodfellow et al. 2014 ("Generative adversarial nets", NeurIPS):
+//
+//   D step:  minimise  bce(D(x), 1) + bce(D(G(z)), 0)     (G(z) detached)
+//   G step:  minimise  bce(D(G(z)), 1)                     (= -log sigmoid(D(G(z))))
+//
+// with D returning logits (bce_with_logits) and Adam(lr 2e-4, betas 0.5, 0.999)
+// for both networks, as in the paper. Images live in [-1, 1] (G ends in tanh).
+// For S x S images (S divisible by 4), s = S/4:
+//   G: z [N, latent] -> Linear -> [N, 2g, s, s] -> BN -> ReLU
+//        -> ConvT(4, 2, 1) g -> BN -> ReLU -> ConvT(4, 2, 1) C -> tanh   [N, C, S, S]
+//   D: x [N, C, S, S] -> conv(4, 2, 1) d -> LeakyReLU(0.2)
+//        -> conv(4, 2, 1) 2d -> BN -> LeakyReLU(0.2) -> flatten -> Linear -> logit [N]
+// Weights start as in the paper: N(0, 0.02) for conv, transposed-conv and
+// linear weights, N(1, 0.02) for batch-norm scales, zero biases. Everything
+// random (weights, latents, minibatches) comes from the options' seed, so a
+// run is reproducible on a given build and thread count.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "hpdl/core/random.h"
+#include "hpdl/core/tensor.h"
+#include "hpdl/nn/layers.h"
+#include "hpdl/optim/optimizers.h"
+
+namespace hpdl::gan {
+
+struct DcganOptions {
+  int64_t image_size = 28;   // S: height = width, divisible by 4
+  int64_t channels = 1;      // C
+  int64_t latent_dim = 64;   // z size
+  int64_t g_features = 64;   // g: G has 2g channels at s x s and g at 2s x 2s
+  int64_t d_features = 64;   // d: D has d channels at 2s x 2s and 2d at s x s
+  double lr = 2e-4;          // Adam, both networks
+  double beta1 = 0.5, beta2 = 0.999;
+  int64_t batch_size = 64;   // minibatch of real images (and of latents) per step
+  uint64_t seed = 0;
+};
+
+// Throws hpdl::Error naming the first bad option: image_size not a positive
+// multiple of 4, a non-positive channel count, latent size, feature count, lr or
+// batch size, betas outside [0, 1).
+void check_dcgan_options(const DcganOptions& options);
+
+// The generator network G: z [N, latent] -> images [N, C, S, S] in [-1, 1].
+class DcganGenerator : public nn::Module {
+ public:
+  DcganGenerator(const DcganOptions& options, Generator& gen);
+  Tensor forward(const Tensor& z) override;
+  std::string type_name() const override { return "DcganGenerator"; }
+  std::shared_ptr<nn::Linear> project;
+  std::shared_ptr<nn::BatchNorm2d> bn0, bn1;
+  std::shared_ptr<nn::ConvTranspose2d> up1, up2;
+
+ private:
+  int64_t features_, side_;
+};
+
+// The discriminator network D: images [N, C, S, S] -> logits [N] (> 0: "real").
+class DcganDiscriminator : public nn::Module {
+ public:
+  DcganDiscriminator(const DcganOptions& options, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "DcganDiscriminator"; }
+  std::shared_ptr<nn::Conv2d> conv1, conv2;
+  std::shared_ptr<nn::BatchNorm2d> bn2;
+  std::shared_ptr<nn::Linear> classify;
+
+ private:
+  int64_t channels_, side_;
+};
+
+// What one training step saw (losses before the step's updates).
+struct DcganStepStats {
+  double d_loss = 0;      // bce(D(x), 1) + bce(D(G(z)), 0)
+  double g_loss = 0;      // bce(D(G(z)), 1)
+  double d_real = 0;      // mean sigmoid(D(x)): D's probability that real images are real
+  double d_fake = 0;      // mean sigmoid(D(G(z))) before the D update
+  double d_accuracy = 0;  // fraction of real with logit > 0 and fake with logit < 0, before the D update
+};
+
+// Both networks, their Adam optimizers and the random stream for latents and minibatches.
+class Dcgan {
+ public:
+  // Throws as check_dcgan_options.
+  explicit Dcgan(const DcganOptions& options);
+
+  const DcganOptions& options() const { return options_; }
+  DcganGenerator& generator() { return *g_; }
+  DcganDiscriminator& discriminator() { return *d_; }
+
+  // n latent vectors z ~ N(0, 1) [n, latent] from the GAN's random stream.
+  Tensor sample_latent(int64_t n);
+  // G(z) without autograd, in G's current mode (train: batch statistics). [n, C, S, S].
+  Tensor generate(const Tensor& z);
+
+  // bce(D(real), 1) + bce(D(fake), 0) (a scalar with autograd into D, and into
+  // G when fake has a history). Throws unless both are [N, C, S, S] of this GAN.
+  Tensor discriminator_loss(const Tensor& real, const Tensor& fake);
+  // bce(D(fake), 1), the non-saturating generator loss.
+  Tensor generator_loss(const Tensor& fake);
+  // One Adam step of D on (real, fake) with fake detached; returns the loss before the step.
+  double discriminator_step(const Tensor& real, const Tensor& fake);
+  // One alternating step on a batch of real images [B, C, S, S] in [-1, 1]:
+  // z ~ N(0, 1) [B, latent], fake = G(z); a D step on (real, fake) and a G step
+  // on D(fake) with D's updated weights. Throws naming a non-finite loss.
+  DcganStepStats train_step(const Tensor& real);
+  // Fraction of real images D calls real plus fake images it calls fake, over
+  // both sets (no autograd; D in its current mode).
+  double discriminator_accuracy(const Tensor& real, const Tensor& fake);
+
+  int64_t steps() const { return steps_; }
+
+ private:
+  void check_images(const Tensor& images, const char* what) const;
+
+  DcganOptions options_;
+  Generator rng_;
+  std::shared_ptr<DcganGenerator> g_;
+  std::shared_ptr<DcganDiscriminator> d_;
+  std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
+  int64_t steps_ = 0;
+};
+
+// Trains `gan` for `steps` alternating steps on images [M, C, S, S] in [-1, 1]
+// (M >= batch_size), drawing minibatches without replacement from shuffled
+// epochs (order from the GAN's random stream). `on_step(step, stats)` (1-based
+// step) is called after every step when set. Returns the last step's stats.
+DcganStepStats train_dcgan(Dcgan& gan, const Tensor& images, int64_t steps,
+                           const std::function<void(int64_t, const DcganStepStats&)>& on_step = {});
+
+// Fashion-MNIST images of one split as a [M, 1, 28, 28] float32 tensor scaled
+// to [-1, 1] (pixel / 127.5 - 1), the first `limit` of them (0: all), with
+// their labels [M] (int64) when `labels` is given. Throws as data::load_mnist_idx.
+Tensor load_fashion_mnist_images(const std::filesystem::path& dir, bool train, int64_t limit = 0,
+                                 Tensor* labels = nullptr);
+
+// Writes images [N, C, S, S] (C = 1 or 3) in [-1, 1] as one PNG grid of
+// `columns` columns with a 2-pixel black border, values clamped to [-1, 1].
+void write_image_grid(const std::filesystem::path& path, const Tensor& images, int64_t columns);
+
+// A classifier's view of a set of images, from its logits [M, classes]:
+// confidence = mean over images of max_y p(y|x); class_entropy = entropy (nats)
+// of the histogram of argmax classes (log(classes) when every class is equally
+// frequent, 0 when all images get one class); inception_score = exp(mean KL(p(y|x) || p(y)))
+// with p(y) the mean of p(y|x) (Salimans et al. 2016, computed with this classifier
+// instead of Inception). Throws unless logits is [M, classes] with M, classes >= 1.
+struct ClassifierScore {
+  double confidence = 0, class_entropy = 0, inception_score = 0;
+};
+ClassifierScore classifier_score(const Tensor& logits);
+
+}  // namespace hpdl::gan
