@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   hpdl::cli::register_bench(app);
   hpdl::cli::register_pack(app);
   hpdl::cli::register_stage(app);
+  hpdl::cli::register_report(app);
   hpdl::dist::init(&argc, &argv);
   auto& world = hpdl::dist::Communicator::world();
   // Under MPI a failing rank ends the whole job (MPI_Abort) instead of leaving

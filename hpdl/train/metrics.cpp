@@ -29,21 +29,28 @@ void MetricsWriter::write(const nlohmann::json& record) {
   HPDL_CHECK(ok, "{}: writing metrics failed: {} (disk full?)", path_.string(), std::strerror(errno));
 }
 
-std::vector<nlohmann::json> read_metrics(const std::filesystem::path& path) {
+std::vector<MetricsRecord> read_metrics_records(const std::filesystem::path& path) {
   std::ifstream in(path);
   HPDL_CHECK(in.good(), "{}: cannot open the metrics file", path.string());
-  std::vector<std::string> lines;
+  std::vector<std::pair<size_t, std::string>> lines;  // (line number, text) of the non-blank lines
+  size_t number = 0;
   for (std::string l; std::getline(in, l);)
-    if (!l.empty()) lines.push_back(l);
-  std::vector<nlohmann::json> out;
+    if (++number, !l.empty()) lines.emplace_back(number, std::move(l));
+  std::vector<MetricsRecord> out;
   for (size_t i = 0; i < lines.size(); ++i) {
     try {
-      out.push_back(nlohmann::json::parse(lines[i]));
+      out.push_back({lines[i].first, nlohmann::json::parse(lines[i].second)});
     } catch (const nlohmann::json::exception& e) {
       if (i + 1 == lines.size()) break;  // torn last line of a killed run
-      HPDL_FAIL("{}:{}: not a JSON record: {}", path.string(), i + 1, e.what());
+      HPDL_FAIL("{}:{}: not a JSON record: {}", path.string(), lines[i].first, e.what());
     }
   }
+  return out;
+}
+
+std::vector<nlohmann::json> read_metrics(const std::filesystem::path& path) {
+  std::vector<nlohmann::json> out;
+  for (auto& r : read_metrics_records(path)) out.push_back(std::move(r.record));
   return out;
 }
 

@@ -35,4 +35,11 @@ class MetricsWriter {
 // write) is skipped, an unparsable earlier line throws naming file and line.
 std::vector<nlohmann::json> read_metrics(const std::filesystem::path& path);
 
+// The same, each record with its 1-based line number in the file (blank lines counted).
+struct MetricsRecord {
+  size_t line = 0;
+  nlohmann::json record;
+};
+std::vector<MetricsRecord> read_metrics_records(const std::filesystem::path& path);
+
 }  // namespace hpdl::train

@@ -27,6 +27,7 @@
 #include "hpdl/train/checkpoint.h"
 #include "hpdl/train/metrics.h"
 #include "hpdl/train/progress.h"
+#include "hpdl/train/report.h"
 #include "hpdl/train/trace.h"
 
 namespace hpdl::train {
@@ -676,6 +677,13 @@ TrainSummary Trainer::run(bool resume) {
     const std::string text = s.dump(2) + "\n";
     io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());
     metrics->write({{"type", "summary"}, {"summary", s}});
+    // The report is a view of the files above: failing to draw it loses nothing, so it only warns.
+    try {
+      write_report(run_dir);
+    } catch (const std::exception& e) {
+      std::fprintf(log, "hpdl: warning: could not write %s: %s (retry with: hpdl report %s)\n",
+                   (run_dir / "report.html").string().c_str(), e.what(), run_dir.string().c_str());
+    }
   }
   return summary;
 }

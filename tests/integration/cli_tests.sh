@@ -155,6 +155,41 @@ metrics_independent_of_log_every)
   [[ -n $a && $a == "$b" ]] || fail "final train loss of a run ending on an unlogged step: $a vs $b"
   [[ $(grep -c '"type":"step"' capped_7/metrics.jsonl) == 3 ]] || fail "expected step records 1, 7 and 14 only"
   ;;
+report_html)
+  # One real epoch (small MLP, 5,000 validation images, traced): the run directory gets report.html with
+  # the four plots, the time bar, the checkpoints and the config; `hpdl report` redraws it byte for byte.
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" --set 'model.hidden=[32]' --set train.epochs=1 --set train.threads=1 \
+    --set data.workers=1 --set train.seed=7 --set train.log_every=50 --set data.validation=5000 --set train.trace=true \
+    --set train.run_dir=run >log 2>&1 || fail "train failed: $(tail -3 log)"
+  h=run/report.html
+  [[ -s $h ]] || fail "the run wrote no report.html: $(tail -3 log)"
+  [[ $(grep -c '<svg xmlns="http://www.w3.org/2000/svg" class="plot"' $h) == 4 ]] || fail "expected 4 plots in $h"
+  for want in 'loss vs step' 'accuracy vs epoch' 'learning rate vs step' 'samples/s vs step' \
+              'data-series="train"' 'data-series="validation"' 'data-series="lr"' 'data-phase="forward"' \
+              'data-phase="backward"' 'data-phase="optimizer"' 'step-0000000430.safetensors' \
+              '<th>model.name</th><td>mlp</td>' '<th>test_accuracy</th>'; do
+    grep -qF "$want" $h || fail "report.html lacks: $want"
+  done
+  ! grep -q '<script' $h || fail "report.html has a script"
+  "$hpdl" report run --output again.html >out 2>err || fail "hpdl report failed: $(cat err)"
+  grep -q "wrote again.html" out || fail "hpdl report did not say what it wrote: $(cat out)"
+  cmp -s $h again.html || fail "hpdl report does not reproduce the run's report.html"
+  # A malformed line in the middle of metrics.jsonl: the error names the file and the line.
+  n=$(( $(wc -l <run/metrics.jsonl) + 1 ))
+  echo '{"type":"step","step":' >>run/metrics.jsonl
+  echo '{"type":"step","step":999,"loss":1}' >>run/metrics.jsonl
+  "$hpdl" report run >out 2>err && fail "a malformed metrics line was accepted"
+  grep -q "run/metrics.jsonl:$n:" err || fail "the error does not name metrics.jsonl:$n: $(cat err)"
+  [[ $(wc -l <err) -le 2 ]] || fail "error is not one clear line: $(cat err)"
+  "$hpdl" report nowhere >out 2>err && fail "a missing run directory was accepted"
+  grep -q "nowhere" err || fail "the error does not name the directory: $(cat err)"
+  # A report that cannot be written (report.html is a directory) warns; the training run still succeeds.
+  mkdir -p blocked/report.html
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" --set 'model.hidden=[32]' --set train.threads=1 --set data.workers=1 \
+    --set train.max_steps=5 --set train.run_dir=blocked >blocked.log 2>&1 || fail "a failed report failed the run: $(tail -3 blocked.log)"
+  grep -q "warning: could not write blocked/report.html" blocked.log || fail "no warning about the report: $(tail -3 blocked.log)"
+  [[ -s blocked/summary.json ]] || fail "the blocked run wrote no summary"
+  ;;
 explain_heatmaps)
   "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=150 --set train.run_dir=run >log 2>&1 \
     || fail "train failed: $(tail -3 log)"
