@@ -11,6 +11,7 @@
 #include "hpdl/core/error.h"
 #include "hpdl/nn/blocks.h"
 #include "hpdl/nn/layers.h"
+#include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
 
 namespace hpdl::train {
@@ -57,12 +58,13 @@ class Exporter {
     if (exactly<nn::GELU>(m)) return gelu(path, x);
     if (auto* b = exactly<nn::BasicBlock>(m)) return basic_block(*b, path, x, shape);
     if (auto* b = exactly<nn::Bottleneck>(m)) return bottleneck(*b, path, x, shape);
+    if (auto* r = exactly<nn::models::RnnClassifier>(m)) return rnn_classifier(*r, path, x, shape);
     std::string inside;
     for (auto& [name, child] : m.named_modules())
       if (!name.empty()) inside += fmt::format("{}{} '{}'", inside.empty() ? "" : ", ", child->type_name(), name);
     HPDL_FAIL("ONNX export: module '{}' of type {}{} cannot be exported (supported: Sequential, Linear, Conv2d, "
               "BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, ReLU, LeakyReLU, "
-              "Tanh, Sigmoid, GELU, BasicBlock, Bottleneck)",
+              "Tanh, Sigmoid, GELU, BasicBlock, Bottleneck, RnnClassifier)",
               path.empty() ? "(model)" : path, m.type_name(), inside.empty() ? "" : " (containing " + inside + ")");
   }
 
@@ -184,9 +186,7 @@ class Exporter {
     // Keep the leading axes (0 copies the input's size), join the rest (-1).
     std::vector<int64_t> target(static_cast<size_t>(start), 0);
     target.push_back(-1);
-    const std::string name = fresh(join(path, "shape"));
-    graph.initializers.push_back(Initializer::of_int64s(name, {static_cast<int64_t>(target.size())}, target));
-    return node("Reshape", path, {x, name});
+    return node("Reshape", path, {x, int64s(join(path, "shape"), target)});
   }
 
   // Exact GELU: 0.5 * x * (1 + erf(x / sqrt(2))).
@@ -215,6 +215,70 @@ class Exporter {
     h = unary("Relu", join(path, "bn2"), emit(*b.bn2, join(path, "bn2"), h, s));
     h = emit(*b.bn3, join(path, "bn3"), emit(*b.conv3, join(path, "conv3"), h, s), s);
     return residual(b.downsample.get(), path, x, shape, h, s);
+  }
+
+  // The lstm/gru zoo models: rows of the image as timesteps, a stack of ONNX LSTM or GRU nodes, the
+  // last layer's final hidden state into the Linear. ONNX's gate order differs from PyTorch's (which
+  // hpdl uses): LSTM rows i, f, g, o become i, o, f, c; GRU r, z, n become z, r, h, and PyTorch's GRU
+  // applies the reset gate after the recurrent matmul, which is ONNX's linear_before_reset = 1.
+  std::string rnn_classifier(nn::models::RnnClassifier& r, const std::string& path, const std::string& x,
+                             Shape& shape) {
+    nn::RNNBase& rnn = *r.rnn;
+    const std::string rpath = join(path, "rnn");
+    HPDL_CHECK(!rnn.options.bidirectional, "ONNX export: bidirectional {} '{}' is not supported", rnn.type_name(),
+               rpath);
+    std::string seq;  // [T, N, F]
+    if (shape.size() == 3) {  // [N, C, H, W] -> [H, N, C, W] -> [H, N, C*W]
+      HPDL_CHECK(shape[0] * shape[2] == r.in_features, "ONNX export: '{}' reads rows of {} features, input is [N, {}]",
+                 path.empty() ? "(model)" : path, r.in_features, shape_str(shape));
+      seq = node("Transpose", path, {x}, {Attribute::of_ints("perm", {2, 0, 1, 3})});
+      seq = node("Reshape", path, {seq, int64s(join(path, "seq_shape"), {0, 0, -1})});
+    } else {
+      HPDL_CHECK(shape.size() == 2 && shape[1] == r.in_features,
+                 "ONNX export: '{}' takes [N, C, H, W] or [N, T, {}], input is [N, {}]", path.empty() ? "(model)" : path,
+                 r.in_features, shape_str(shape));
+      seq = node("Transpose", path, {x}, {Attribute::of_ints("perm", {1, 0, 2})});
+    }
+    const bool lstm = rnn.mode == RnnMode::lstm;
+    const std::vector<int64_t> order = lstm ? std::vector<int64_t>{0, 3, 1, 2} : std::vector<int64_t>{1, 0, 2};
+    const int64_t H = rnn.hidden_size, G = static_cast<int64_t>(order.size());
+    // Rows regrouped gate by gate into ONNX's order; `cols` values per row.
+    auto gates = [&](const Tensor& t, int64_t cols) {
+      const auto v = t.to_vector<float>();
+      std::vector<float> out;
+      out.reserve(v.size());
+      for (int64_t g : order) out.insert(out.end(), v.begin() + g * H * cols, v.begin() + (g + 1) * H * cols);
+      return out;
+    };
+    const std::string sq0 = int64s(join(rpath, "axes0"), {0});
+    const std::string sq1 = rnn.options.num_layers > 1 ? int64s(join(rpath, "axes1"), {1}) : "";
+    std::string y_h;
+    for (int64_t l = 0; l < rnn.options.num_layers; ++l) {
+      const std::string lp = join(rpath, "l" + std::to_string(l));
+      const Tensor& w_ih = rnn.weights[4 * l];
+      const Tensor& w_hh = rnn.weights[4 * l + 1];
+      std::vector<float> b = gates(rnn.weights[4 * l + 2], 1), b_hh = gates(rnn.weights[4 * l + 3], 1);
+      b.insert(b.end(), b_hh.begin(), b_hh.end());  // ONNX B = [Wb, Rb]
+      Node n;
+      n.op_type = lstm ? "LSTM" : "GRU";
+      n.name = fresh(join(lp, n.op_type));
+      n.inputs = {seq, constant(join(lp, "W"), {1, G * H, w_ih.dim(1)}, gates(w_ih, w_ih.dim(1))),
+                  constant(join(lp, "R"), {1, G * H, H}, gates(w_hh, H)), constant(join(lp, "B"), {1, 2 * G * H}, b)};
+      n.outputs = {n.name + ".Y", n.name + ".Y_h"};
+      n.attributes = {Attribute::of_int("hidden_size", H)};
+      if (!lstm) n.attributes.push_back(Attribute::of_int("linear_before_reset", 1));
+      graph.nodes.push_back(n);
+      y_h = n.outputs[1];  // [1, N, H]
+      if (l + 1 < rnn.options.num_layers) seq = node("Squeeze", lp, {n.outputs[0], sq1});  // Y [T, 1, N, H] -> [T, N, H]
+    }
+    shape = {H};
+    return emit(*r.fc, join(path, "fc"), node("Squeeze", rpath, {y_h, sq0}), shape);
+  }
+
+  std::string int64s(const std::string& base, const std::vector<int64_t>& v) {
+    const std::string name = fresh(base);
+    graph.initializers.push_back(Initializer::of_int64s(name, {static_cast<int64_t>(v.size())}, v));
+    return name;
   }
 
   // relu(h + shortcut(x)); `shape` is x's shape on entry and the block's output shape on return.
@@ -260,6 +324,8 @@ io::onnx::Model export_onnx(nn::Module& model, const OnnxExportOptions& o) {
   Shape shape = o.sample;
   const std::string y = ex.emit(model, "", x, shape);
   if (y == o.input_name) ex.node("Identity", "", {y});
+  HPDL_CHECK(ex.graph.nodes.back().outputs[0] == y, "ONNX export: internal error, the output '{}' is not the last "
+             "node's", y);
   // Rename the last value to the output name (no node reads it).
   ex.graph.nodes.back().outputs[0] = o.output_name;
   io::onnx::ValueInfo output{o.output_name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};

@@ -32,8 +32,10 @@ struct OnnxExportOptions {
 // Exportable modules: Sequential, Linear, Conv2d, BatchNorm1d/2d, MaxPool2d,
 // AvgPool2d, AdaptiveAvgPool2d (1x1, or output sizes that divide the input),
 // Flatten, Identity, Dropout (dropped), ReLU, LeakyReLU, Tanh, Sigmoid, GELU,
-// BasicBlock and Bottleneck. Anything else (LSTM, GRU, ConvTranspose2d, a
-// user-defined module) throws hpdl::Error naming the module's path and type.
+// BasicBlock, Bottleneck, and the zoo's RnnClassifier (lstm/gru models: ONNX
+// LSTM/GRU nodes, gates reordered). Anything else (an LSTM or GRU outside
+// RnnClassifier, ConvTranspose2d, a user-defined module) throws hpdl::Error
+// naming the module's path and type.
 // The model's mode is not changed: the graph always has eval semantics.
 io::onnx::Model export_onnx(nn::Module& model, const OnnxExportOptions& options);
 

@@ -78,6 +78,42 @@ def pool(x, a, kind):
     return s / windows(ones, kh, kw, sh, sw, 1, 1).sum(axis=(4, 5))
 
 
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def recurrent(op, x, w, r, b, a):
+    """ONNX LSTM (gates i, o, f, c) or GRU (z, r, h), forward direction, default
+    activations, from the operator spec. x [T, N, I], w [1, G*H, I], r [1, G*H, H],
+    b [1, 2*G*H] = [Wb, Rb]. Returns Y [T, 1, N, H] and Y_h [1, N, H]."""
+    assert a.get("direction", "forward") in ("forward", b"forward") and a.get("layout", 0) == 0
+    hs = a["hidden_size"]
+    n_gates = 4 if op == "LSTM" else 3
+    w, r = w[0], r[0]
+    wb, rb = np.split(b[0], 2) if b is not None else (np.zeros(n_gates * hs),) * 2
+    h = np.zeros((x.shape[1], hs))
+    c = np.zeros_like(h)
+    ys = []
+    for xt in x:
+        gx = xt @ w.T + wb  # [N, G*H]
+        gh = h @ r.T + rb
+        if op == "LSTM":
+            i_, o_, f_, c_ = np.split(gx + gh, 4, axis=1)
+            c = sigmoid(f_) * c + sigmoid(i_) * np.tanh(c_)
+            h = sigmoid(o_) * np.tanh(c)
+        else:
+            xz, xr, xh = np.split(gx, 3, axis=1)
+            hz, hr, hh = np.split(gh, 3, axis=1)
+            z, rr = sigmoid(xz + hz), sigmoid(xr + hr)
+            if a.get("linear_before_reset", 0):
+                n = np.tanh(xh + rr * hh)
+            else:  # (r * h) @ Rh^T + Rbh
+                n = np.tanh(xh + (rr * h) @ r[2 * hs:].T + rb[2 * hs:])
+            h = (1 - z) * n + z * h
+        ys.append(h)
+    return np.stack(ys)[:, None], h[None]
+
+
 def run(model, x):
     g = model.graph
     env = {t.name: numpy_helper.to_array(t).astype(np.float64 if t.data_type == 1 else np.int64)
@@ -128,9 +164,17 @@ def run(model, x):
             y = i[0].reshape(shape)
         elif op == "Identity":
             y = i[0]
+        elif op == "Transpose":
+            y = i[0].transpose(a["perm"])
+        elif op == "Squeeze":
+            y = np.squeeze(i[0], axis=tuple(int(k) for k in i[1]))
+        elif op in ("LSTM", "GRU"):
+            assert len(i) <= 4 or all(v is None for v in i[4:]), f"{node.name}: sequence_lens/initial states unsupported"
+            y = recurrent(op, i[0], i[1], i[2], i[3] if len(i) > 3 else None, a)
         else:
             raise SystemExit(f"onnx_check.py: no interpreter rule for op {op} (node {node.name})")
-        env[node.output[0]] = y
+        for name, value in zip(node.output, y if isinstance(y, tuple) else (y,)):
+            env[name] = value
     return env[g.output[0].name]
 
 

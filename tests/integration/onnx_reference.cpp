@@ -76,6 +76,8 @@ std::vector<Case> cases() {
   out.push_back({"alexnet_bn", nn::models::alexnet_bn(3, 10, 32, 32, 0.5, 5), {3, 32, 32}, rgb_mean, rgb_std});
   out.push_back({"resnet18", nn::models::resnet18(3, 7, 32, 32, 6), {3, 32, 32}, rgb_mean, rgb_std});
   out.push_back({"resnet50", nn::models::resnet50(3, 10, 32, 32, 7), {3, 32, 32}, rgb_mean, rgb_std});
+  out.push_back({"lstm", nn::models::rnn_classifier("lstm", 28, 16, 2, 10, 9), {1, 28, 28}, gray_mean, gray_std});
+  out.push_back({"gru", nn::models::rnn_classifier("gru", 2 * 5, 12, 2, 4, 10), {2, 9, 5}, {0.5, 0.4}, {0.2, 0.3}});
   // Average pooling with padding that excludes the pad, adaptive pooling to 2x2, a grouped strided conv.
   Generator gen(8);
   auto pools = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{

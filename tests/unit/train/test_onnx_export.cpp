@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -90,20 +91,42 @@ TEST(OnnxExport, ResidualBlocksAddTheShortcut) {
   EXPECT_EQ(ops[ops.size() - 3], "GlobalAveragePool");
 }
 
-TEST(OnnxExport, UnsupportedLayersAreRefusedByName) {
-  auto lstm = nn::models::make_model("lstm", [] {
-    nn::models::ModelConfig c;
-    c.hidden = {16};
-    return c;
-  }());
+TEST(OnnxExport, RecurrentClassifierBecomesOnnxLstmWithGatesReordered) {
+  nn::models::ModelConfig c;
+  c.hidden = {8, 8};
+  auto model = nn::models::make_model("lstm", c);
   OnnxExportOptions o;
   o.sample = {1, 28, 28};
+  auto m = export_onnx(*model, o);
+  const std::vector<std::string> expected{"Transpose", "Reshape", "LSTM", "Squeeze", "LSTM", "Squeeze", "Gemm"};
+  EXPECT_EQ(op_types(m), expected);
+  // W of layer 0: rows i, f, g, o (PyTorch) become i, o, f, c (ONNX); H = 8, 28 inputs.
+  auto* rnn = dynamic_cast<nn::models::RnnClassifier*>(model.get());
+  ASSERT_NE(rnn, nullptr);
+  const auto w = rnn->rnn->weights[0].to_vector<float>();
+  const io::onnx::Initializer* W = nullptr;
+  for (const auto& t : m.graph.initializers)
+    if (t.name == "rnn.l0.W") W = &t;
+  ASSERT_NE(W, nullptr);
+  EXPECT_EQ(W->dims, (std::vector<int64_t>{1, 32, 28}));
+  std::vector<float> onnx_w(32 * 28);
+  std::memcpy(onnx_w.data(), W->raw.data(), W->raw.size());
+  const int64_t block = 8 * 28;
+  const int64_t from[4] = {0, 3, 1, 2};  // ONNX gate k holds PyTorch gate from[k]
+  for (int64_t k = 0; k < 4; ++k)
+    for (int64_t j = 0; j < block; ++j) ASSERT_EQ(onnx_w[k * block + j], w[from[k] * block + j]) << k << " " << j;
+}
+
+TEST(OnnxExport, UnsupportedLayersAreRefusedByName) {
+  OnnxExportOptions o;
+  o.sample = {1, 28, 28};
+  auto bare = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Flatten>(2), std::make_shared<nn::GRU>(28, 4)});
   try {
-    export_onnx(*lstm, o);
-    FAIL() << "LSTM exported";
+    export_onnx(*bare, o);
+    FAIL() << "a bare GRU exported";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("RnnClassifier"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("LSTM 'rnn'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("module '1' of type GRU"), std::string::npos) << e.what();
   }
   auto seq = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
       std::make_shared<nn::Conv2d>(1, 2, nn::Conv2dOptions::k(3)),
