@@ -2,7 +2,8 @@
 """Checks hpdl's ONNX exports: onnx.checker (full_check, with shape inference),
 the input/output contract (input [N, C, H, W] float32 with a dynamic N, output
 [N, classes]), and the logits of a small numpy interpreter of the graph,
-written here independently of hpdl (convolution by im2col, in float64),
+written here independently of hpdl (convolution by im2col, LSTM and GRU from
+the ONNX operator equations, in float64),
 against hpdl's own forward.
 
   onnx_check.py zoo REFERENCE_BIN WORKDIR
