@@ -12,13 +12,13 @@ pkgs=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   liblz4-dev libzstd-dev libxxhash-dev libpng-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  strace python3
+  strace python3 python3-numpy python3-onnx
   dataset-fashion-mnist
 )
 if [[ "${HPDL_SETUP_PEER:-0}" == 1 ]]; then
   # OpenBLAS on OpenMP: without it python3-torch falls back to the reference BLAS,
   # and the OpenMP build shares the one thread pool instead of fighting it.
-  pkgs+=(python3-torch python3-numpy libopenblas0-openmp clang libclang-rt-14-dev)
+  pkgs+=(python3-torch libopenblas0-openmp clang libclang-rt-14-dev)
 fi
 
 missing=()

@@ -15,6 +15,7 @@ void register_bench(CLI::App& app);
 void register_pack(CLI::App& app);
 void register_stage(CLI::App& app);
 void register_report(CLI::App& app);
+void register_export(CLI::App& app);
 
 // The exit code a subcommand's callback left (0 unless it failed softly).
 int exit_code();

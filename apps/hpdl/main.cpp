@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   hpdl::cli::register_train(app);
   hpdl::cli::register_eval(app);
   hpdl::cli::register_predict(app);
+  hpdl::cli::register_export(app);
   hpdl::cli::register_explain(app);
   hpdl::cli::register_tune(app);
   hpdl::cli::register_bench(app);

@@ -340,6 +340,22 @@ lstm_np2_resume)
   "$hpdl" eval --checkpoint run >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
   grep -q "test accuracy" eval.txt || fail "eval printed no accuracy: $(cat eval.txt)"
   ;;
+export_onnx)
+  # hpdl export: the ONNX graph of a trained run, fed the raw pixels `hpdl predict` reads,
+  # must give predict's classes and probabilities (normalization inside the graph).
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.max_steps=30 --set train.run_dir=run >log 2>&1 \
+    || fail "train failed: $(tail -3 log)"
+  "$hpdl" export --checkpoint run --output model.onnx >export.txt 2>&1 || fail "export failed: $(cat export.txt)"
+  grep -q "wrote model.onnx" export.txt || fail "export did not report the file: $(cat export.txt)"
+  t10k=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+  "$hpdl" predict --checkpoint run --limit 16 "$t10k" >pred.txt 2>&1 || fail "predict failed: $(cat pred.txt)"
+  "${PYTHON:-/usr/bin/python3}" "$(dirname "$ex")/tests/integration/onnx_check.py" predict model.onnx "$t10k" pred.txt >check.txt 2>&1 \
+    || fail "the ONNX graph disagrees with hpdl predict: $(tail -5 check.txt)"
+  grep -q "16 predictions match" check.txt || fail "nothing compared: $(cat check.txt)"
+  "$hpdl" export --checkpoint run --output missing/dir/model.onnx >out 2>err && fail "export into a missing directory succeeded"
+  grep -q "missing/dir/model.onnx" err || fail "the error does not name the file: $(cat err)"
+  [[ $(wc -l <err) -le 2 ]] || fail "error is not one clear line: $(cat err)"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"

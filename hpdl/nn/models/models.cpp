@@ -158,42 +158,29 @@ ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height, i
   return net;
 }
 
-namespace {
+RnnClassifier::RnnClassifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers,
+                             int64_t classes, Generator& gen)
+    : in_features(in_features), num_layers(num_layers) {
+  RnnOptions o;
+  o.num_layers = num_layers;
+  o.batch_first = true;
+  if (cell == "lstm")
+    rnn = register_module("rnn", std::make_shared<LSTM>(in_features, hidden, o, gen));
+  else
+    rnn = register_module("rnn", std::make_shared<GRU>(in_features, hidden, o, gen));
+  fc = register_module("fc", std::make_shared<Linear>(hidden, classes, true, gen));
+}
 
-// Rows of an image (or a given sequence) -> RNN -> last layer's final hidden state -> Linear.
-class RnnClassifier : public Module {
- public:
-  RnnClassifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers, int64_t classes,
-                Generator& gen)
-      : in_features_(in_features), num_layers_(num_layers) {
-    RnnOptions o;
-    o.num_layers = num_layers;
-    o.batch_first = true;
-    if (cell == "lstm")
-      rnn_ = register_module("rnn", std::make_shared<LSTM>(in_features, hidden, o, gen));
-    else
-      rnn_ = register_module("rnn", std::make_shared<GRU>(in_features, hidden, o, gen));
-    fc_ = register_module("fc", std::make_shared<Linear>(hidden, classes, true, gen));
-  }
-  Tensor forward(const Tensor& x) override {
-    Tensor seq = x;
-    if (x.ndim() == 4)  // [N, C, H, W] -> [N, H, C*W]: one row per timestep
-      seq = x.permute({0, 2, 1, 3}).reshape({x.dim(0), x.dim(2), x.dim(1) * x.dim(3)});
-    HPDL_CHECK(seq.ndim() == 3 && seq.dim(2) == in_features_,
-               "{}_classifier: input {} must be [N, C, H, W] with C*W = {} or [N, T, {}]", rnn_->type_name(),
-               shape_str(x.shape()), in_features_, in_features_);
-    Tensor h_n = rnn_->forward_state(seq).h_n;  // [L, N, H]
-    return fc_->forward(h_n.select(0, num_layers_ - 1));
-  }
-  std::string type_name() const override { return "RnnClassifier"; }
-
- private:
-  int64_t in_features_, num_layers_;
-  std::shared_ptr<RNNBase> rnn_;
-  std::shared_ptr<Linear> fc_;
-};
-
-}  // namespace
+Tensor RnnClassifier::forward(const Tensor& x) {
+  Tensor seq = x;
+  if (x.ndim() == 4)  // [N, C, H, W] -> [N, H, C*W]: one row per timestep
+    seq = x.permute({0, 2, 1, 3}).reshape({x.dim(0), x.dim(2), x.dim(1) * x.dim(3)});
+  HPDL_CHECK(seq.ndim() == 3 && seq.dim(2) == in_features,
+             "{}_classifier: input {} must be [N, C, H, W] with C*W = {} or [N, T, {}]", rnn->type_name(),
+             shape_str(x.shape()), in_features, in_features);
+  Tensor h_n = rnn->forward_state(seq).h_n;  // [L, N, H]
+  return fc->forward(h_n.select(0, num_layers - 1));
+}
 
 ModulePtr rnn_classifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers,
                          int64_t num_classes, uint64_t seed) {

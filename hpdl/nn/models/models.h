@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "hpdl/nn/layers.h"
+#include "hpdl/nn/rnn.h"
 
 namespace hpdl::nn::models {
 
@@ -65,6 +66,18 @@ ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height = 
 // the classes. Fashion-MNIST rows: T = 28, 28 features. Submodules "rnn" and "fc".
 ModulePtr rnn_classifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers,
                          int64_t num_classes, uint64_t seed = 0);
+
+// The module rnn_classifier builds (public so the ONNX exporter can read its parts).
+class RnnClassifier : public Module {
+ public:
+  RnnClassifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers, int64_t classes,
+                Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "RnnClassifier"; }
+  std::shared_ptr<RNNBase> rnn;  // batch_first, unidirectional
+  std::shared_ptr<Linear> fc;
+  int64_t in_features, num_layers;
+};
 
 // The names make_model knows, in order.
 std::vector<std::string> model_names();

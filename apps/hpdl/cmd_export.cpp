@@ -1,0 +1,43 @@
+// hpdl export --checkpoint RUN_DIR --output model.onnx: the run's model as an
+// ONNX graph (hpdl/train/onnx_export.h) that takes what `hpdl predict` reads,
+// float32 pixels in [0, 1], with the run's input normalization inside the graph.
+#include <fmt/ranges.h>
+
+#include <cstdio>
+
+#include "apps/hpdl/commands.h"
+#include "apps/hpdl/inputs.h"
+#include "hpdl/train/onnx_export.h"
+
+namespace hpdl::cli {
+
+void register_export(CLI::App& app) {
+  auto* cmd = app.add_subcommand("export", "Export a run's model as ONNX (opset 13) for inference elsewhere");
+  struct Opts {
+    std::string checkpoint, config, output;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--checkpoint", o->checkpoint, "A run directory (newest valid checkpoint) or a .safetensors file")
+      ->required();
+  cmd->add_option("--config", o->config, "TOML config (default: RUN_DIR/config.toml)");
+  cmd->add_option("--output,-o", o->output, "The .onnx file to write (atomically)")->required();
+  cmd->callback([o] {
+    auto m = load_inference_model(o->checkpoint, o->config);
+    train::OnnxExportOptions opt;
+    opt.sample = m.sample;
+    if (m.cfg.data.normalize) opt.mean = m.cfg.data.mean, opt.std = m.cfg.data.std;
+    const std::string dims = fmt::format("{}", fmt::join(m.sample, ", "));
+    opt.doc = fmt::format("hpdl {} model '{}' from {}; input 'input': float32 [N, {}] pixels in [0, 1]{}; output "
+                          "'logits'", HPDL_VERSION, m.cfg.model.name, o->checkpoint, dims,
+                          m.cfg.data.normalize ? ", normalized inside the graph" : "");
+    auto model = train::export_onnx(*m.model, opt);
+    io::onnx::write_model(o->output, model);
+    std::printf("wrote %s: %s, input [N, %s] float32, output [N, %lld] logits, %zu nodes, %zu initializers\n",
+                o->output.c_str(), m.cfg.model.name.c_str(),
+                dims.c_str(),
+                static_cast<long long>(model.graph.outputs[0].dims.back().value), model.graph.nodes.size(),
+                model.graph.initializers.size());
+  });
+}
+
+}  // namespace hpdl::cli

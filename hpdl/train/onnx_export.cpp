@@ -1,0 +1,347 @@
+// Module tree -> ONNX graph. Each supported module emits the ONNX nodes of its
+// eval-mode forward; the per-sample shape (without the batch) is tracked along
+// the way to size pooling and to write the output's shape. Modules are matched
+// by exact type (typeid), so a subclass with its own forward is refused rather
+// than exported as its base.
+#include "hpdl/train/onnx_export.h"
+
+#include <cmath>
+#include <typeinfo>
+
+#include "hpdl/core/error.h"
+#include "hpdl/nn/blocks.h"
+#include "hpdl/nn/layers.h"
+#include "hpdl/nn/models/models.h"
+#include "hpdl/nn/models/resnet50.h"
+
+namespace hpdl::train {
+
+namespace {
+
+using io::onnx::Attribute;
+using io::onnx::Initializer;
+using io::onnx::Node;
+
+template <typename T>
+T* exactly(nn::Module& m) {
+  return typeid(m) == typeid(T) ? static_cast<T*>(&m) : nullptr;
+}
+
+std::string join(const std::string& path, const std::string& name) { return path.empty() ? name : path + "." + name; }
+
+class Exporter {
+ public:
+  io::onnx::Graph graph;
+
+  // Emits `m` applied to value `x` whose per-sample shape is `shape` (updated
+  // in place); returns the output value's name.
+  std::string emit(nn::Module& m, const std::string& path, const std::string& x, Shape& shape) {
+    if (auto* seq = exactly<nn::Sequential>(m)) {
+      std::string v = x;
+      for (const auto& [name, child] : seq->children()) v = emit(*child, join(path, name), v, shape);
+      return v;
+    }
+    if (auto* l = exactly<nn::Linear>(m)) return linear(*l, path, x, shape);
+    if (auto* c = exactly<nn::Conv2d>(m)) return conv(*c, path, x, shape);
+    if (exactly<nn::BatchNorm2d>(m) || exactly<nn::BatchNorm1d>(m))
+      return batch_norm(static_cast<nn::BatchNorm&>(m), path, x, shape);
+    if (auto* p = exactly<nn::MaxPool2d>(m)) return pool("MaxPool", p->params, path, x, shape, false);
+    if (auto* p = exactly<nn::AvgPool2d>(m)) return pool("AveragePool", p->params, path, x, shape, true);
+    if (auto* p = exactly<nn::AdaptiveAvgPool2d>(m)) return adaptive_pool(*p, path, x, shape);
+    if (auto* f = exactly<nn::Flatten>(m)) return flatten(*f, path, x, shape);
+    if (exactly<nn::Identity>(m) || exactly<nn::Dropout>(m)) return x;  // eval: dropout is the identity
+    if (exactly<nn::ReLU>(m)) return unary("Relu", path, x);
+    if (exactly<nn::Tanh>(m)) return unary("Tanh", path, x);
+    if (exactly<nn::Sigmoid>(m)) return unary("Sigmoid", path, x);
+    if (auto* a = exactly<nn::LeakyReLU>(m))
+      return node("LeakyRelu", path, {x}, {Attribute::of_float("alpha", static_cast<float>(a->negative_slope))});
+    if (exactly<nn::GELU>(m)) return gelu(path, x);
+    if (auto* b = exactly<nn::BasicBlock>(m)) return basic_block(*b, path, x, shape);
+    if (auto* b = exactly<nn::Bottleneck>(m)) return bottleneck(*b, path, x, shape);
+    if (auto* r = exactly<nn::models::RnnClassifier>(m)) return rnn_classifier(*r, path, x, shape);
+    std::string inside;
+    for (auto& [name, child] : m.named_modules())
+      if (!name.empty()) inside += fmt::format("{}{} '{}'", inside.empty() ? "" : ", ", child->type_name(), name);
+    HPDL_FAIL("ONNX export: module '{}' of type {}{} cannot be exported (supported: Sequential, Linear, Conv2d, "
+              "BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, ReLU, LeakyReLU, "
+              "Tanh, Sigmoid, GELU, BasicBlock, Bottleneck, RnnClassifier)",
+              path.empty() ? "(model)" : path, m.type_name(), inside.empty() ? "" : " (containing " + inside + ")");
+  }
+
+  // Adds a float32 initializer named `name` holding `t`.
+  std::string weight(const std::string& name, const Tensor& t) {
+    Shape s = t.shape();
+    graph.initializers.push_back(Initializer::of_floats(name, s, t.to_vector<float>()));
+    return name;
+  }
+  std::string constant(const std::string& name, Shape dims, const std::vector<float>& v) {
+    graph.initializers.push_back(Initializer::of_floats(name, std::move(dims), v));
+    return name;
+  }
+
+  std::string node(const std::string& op, const std::string& path, std::vector<std::string> inputs,
+                   std::vector<Attribute> attrs = {}) {
+    Node n;
+    n.op_type = op;
+    n.name = fresh(join(path, op));
+    n.inputs = std::move(inputs);
+    n.outputs = {n.name};
+    n.attributes = std::move(attrs);
+    graph.nodes.push_back(std::move(n));
+    return graph.nodes.back().outputs[0];
+  }
+
+ private:
+  int64_t counter_ = 0;
+  std::string fresh(const std::string& base) { return fmt::format("{}_{}", base, counter_++); }
+
+  std::string unary(const char* op, const std::string& path, const std::string& x) { return node(op, path, {x}); }
+
+  std::string linear(nn::Linear& l, const std::string& path, const std::string& x, Shape& shape) {
+    HPDL_CHECK(!shape.empty() && shape.back() == l.in_features,
+               "ONNX export: Linear '{}' takes {} features, its input is [N, {}]", path, l.in_features,
+               shape_str(shape));
+    std::string y;
+    if (shape.size() == 1) {  // [N, in] x [out, in]^T + [out]
+      std::vector<std::string> in{x, weight(join(path, "weight"), l.weight)};
+      if (l.bias.defined()) in.push_back(weight(join(path, "bias"), l.bias));
+      y = node("Gemm", path, in, {Attribute::of_int("transB", 1)});
+    } else {  // [N, ..., in] @ [in, out] (+ [out])
+      y = node("MatMul", path, {x, weight(join(path, "weight_t"), l.weight.transpose(0, 1).contiguous())});
+      if (l.bias.defined()) y = node("Add", path, {y, weight(join(path, "bias"), l.bias)});
+    }
+    shape.back() = l.out_features;
+    return y;
+  }
+
+  std::string conv(nn::Conv2d& c, const std::string& path, const std::string& x, Shape& shape) {
+    HPDL_CHECK(shape.size() == 3 && shape[0] == c.in_channels,
+               "ONNX export: Conv2d '{}' takes [N, {}, H, W], its input is [N, {}]", path, c.in_channels,
+               shape_str(shape));
+    const Conv2dParams p = c.params();
+    std::vector<std::string> in{x, weight(join(path, "weight"), c.weight)};
+    if (c.bias.defined()) in.push_back(weight(join(path, "bias"), c.bias));
+    auto [oh, ow] = c.output_size(shape[1], shape[2]);
+    shape = {c.out_channels, oh, ow};
+    return node("Conv", path, in,
+                {Attribute::of_ints("kernel_shape", {c.options.kernel_h, c.options.kernel_w}),
+                 Attribute::of_ints("strides", {p.stride_h, p.stride_w}),
+                 Attribute::of_ints("pads", {p.pad_h, p.pad_w, p.pad_h, p.pad_w}),
+                 Attribute::of_ints("dilations", {p.dilation_h, p.dilation_w}), Attribute::of_int("group", p.groups)});
+  }
+
+  // y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel (axis 1).
+  std::string batch_norm(nn::BatchNorm& b, const std::string& path, const std::string& x, const Shape& shape) {
+    HPDL_CHECK(!shape.empty() && shape[0] == b.num_features,
+               "ONNX export: {} '{}' has {} channels, its input is [N, {}]", b.type_name(), path, b.num_features,
+               shape_str(shape));
+    return node("BatchNormalization", path,
+                {x, weight(join(path, "weight"), b.weight), weight(join(path, "bias"), b.bias),
+                 weight(join(path, "running_mean"), b.running_mean), weight(join(path, "running_var"), b.running_var)},
+                {Attribute::of_float("epsilon", static_cast<float>(b.eps))});
+  }
+
+  std::string pool(const char* op, const Pool2dParams& p, const std::string& path, const std::string& x,
+                   Shape& shape, bool average) {
+    HPDL_CHECK(shape.size() == 3, "ONNX export: {} '{}' takes [N, C, H, W], its input is [N, {}]", op, path,
+               shape_str(shape));
+    std::vector<Attribute> attrs{Attribute::of_ints("kernel_shape", {p.kernel_h, p.kernel_w}),
+                                 Attribute::of_ints("strides", {p.stride_h, p.stride_w}),
+                                 Attribute::of_ints("pads", {p.pad_h, p.pad_w, p.pad_h, p.pad_w})};
+    if (average) attrs.push_back(Attribute::of_int("count_include_pad", p.count_include_pad ? 1 : 0));
+    shape[1] = (shape[1] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1;  // floor mode, as hpdl and ONNX's default
+    shape[2] = (shape[2] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1;
+    return node(op, path, {x}, std::move(attrs));
+  }
+
+  std::string adaptive_pool(nn::AdaptiveAvgPool2d& a, const std::string& path, const std::string& x, Shape& shape) {
+    HPDL_CHECK(shape.size() == 3, "ONNX export: AdaptiveAvgPool2d '{}' takes [N, C, H, W], its input is [N, {}]", path,
+               shape_str(shape));
+    if (a.out_h == 1 && a.out_w == 1) {
+      shape = {shape[0], 1, 1};
+      return node("GlobalAveragePool", path, {x});
+    }
+    // Adaptive bins are equal, non-overlapping windows exactly when the output size divides the input.
+    HPDL_CHECK(shape[1] % a.out_h == 0 && shape[2] % a.out_w == 0,
+               "ONNX export: AdaptiveAvgPool2d '{}' to {}x{} from {}x{} has unequal bins, which ONNX's AveragePool "
+               "cannot express (export needs an output size that divides the input size)",
+               path, a.out_h, a.out_w, shape[1], shape[2]);
+    Pool2dParams p;
+    p.kernel_h = p.stride_h = shape[1] / a.out_h;
+    p.kernel_w = p.stride_w = shape[2] / a.out_w;
+    p.pad_h = p.pad_w = 0;
+    return pool("AveragePool", p, path, x, shape, true);
+  }
+
+  std::string flatten(nn::Flatten& f, const std::string& path, const std::string& x, Shape& shape) {
+    const int64_t rank = static_cast<int64_t>(shape.size()) + 1;
+    const int64_t start = f.start_axis < 0 ? f.start_axis + rank : f.start_axis;
+    HPDL_CHECK(start >= 1 && start < rank, "ONNX export: Flatten '{}' from axis {} of an input [N, {}] (the batch "
+               "axis cannot be flattened)", path, f.start_axis, shape_str(shape));
+    int64_t joined = 1;
+    for (int64_t i = start - 1; i < rank - 1; ++i) joined *= shape[static_cast<size_t>(i)];
+    shape.resize(static_cast<size_t>(start - 1));
+    shape.push_back(joined);
+    if (start == 1) return node("Flatten", path, {x}, {Attribute::of_int("axis", 1)});
+    // Keep the leading axes (0 copies the input's size), join the rest (-1).
+    std::vector<int64_t> target(static_cast<size_t>(start), 0);
+    target.push_back(-1);
+    return node("Reshape", path, {x, int64s(join(path, "shape"), target)});
+  }
+
+  // Exact GELU: 0.5 * x * (1 + erf(x / sqrt(2))).
+  std::string gelu(const std::string& path, const std::string& x) {
+    const std::string base = fresh(join(path, "gelu"));
+    std::string t = node("Div", path, {x, constant(base + ".sqrt2", {}, {static_cast<float>(std::sqrt(2.0))})});
+    t = node("Erf", path, {t});
+    t = node("Add", path, {t, constant(base + ".one", {}, {1.0f})});
+    t = node("Mul", path, {x, t});
+    return node("Mul", path, {t, constant(base + ".half", {}, {0.5f})});
+  }
+
+  std::string basic_block(nn::BasicBlock& b, const std::string& path, const std::string& x, Shape& shape) {
+    Shape s = shape;
+    std::string h = emit(*b.conv1, join(path, "conv1"), x, s);
+    h = unary("Relu", join(path, "bn1"), emit(*b.bn1, join(path, "bn1"), h, s));
+    h = emit(*b.bn2, join(path, "bn2"), emit(*b.conv2, join(path, "conv2"), h, s), s);
+    return residual(b.downsample.get(), path, x, shape, h, s);
+  }
+
+  std::string bottleneck(nn::Bottleneck& b, const std::string& path, const std::string& x, Shape& shape) {
+    Shape s = shape;
+    std::string h = emit(*b.conv1, join(path, "conv1"), x, s);
+    h = unary("Relu", join(path, "bn1"), emit(*b.bn1, join(path, "bn1"), h, s));
+    h = emit(*b.conv2, join(path, "conv2"), h, s);
+    h = unary("Relu", join(path, "bn2"), emit(*b.bn2, join(path, "bn2"), h, s));
+    h = emit(*b.bn3, join(path, "bn3"), emit(*b.conv3, join(path, "conv3"), h, s), s);
+    return residual(b.downsample.get(), path, x, shape, h, s);
+  }
+
+  // The lstm/gru zoo models: rows of the image as timesteps, a stack of ONNX LSTM or GRU nodes, the
+  // last layer's final hidden state into the Linear. ONNX's gate order differs from PyTorch's (which
+  // hpdl uses): LSTM rows i, f, g, o become i, o, f, c; GRU r, z, n become z, r, h, and PyTorch's GRU
+  // applies the reset gate after the recurrent matmul, which is ONNX's linear_before_reset = 1.
+  std::string rnn_classifier(nn::models::RnnClassifier& r, const std::string& path, const std::string& x,
+                             Shape& shape) {
+    nn::RNNBase& rnn = *r.rnn;
+    const std::string rpath = join(path, "rnn");
+    HPDL_CHECK(!rnn.options.bidirectional, "ONNX export: bidirectional {} '{}' is not supported", rnn.type_name(),
+               rpath);
+    std::string seq;  // [T, N, F]
+    if (shape.size() == 3) {  // [N, C, H, W] -> [H, N, C, W] -> [H, N, C*W]
+      HPDL_CHECK(shape[0] * shape[2] == r.in_features, "ONNX export: '{}' reads rows of {} features, input is [N, {}]",
+                 path.empty() ? "(model)" : path, r.in_features, shape_str(shape));
+      seq = node("Transpose", path, {x}, {Attribute::of_ints("perm", {2, 0, 1, 3})});
+      seq = node("Reshape", path, {seq, int64s(join(path, "seq_shape"), {0, 0, -1})});
+    } else {
+      HPDL_CHECK(shape.size() == 2 && shape[1] == r.in_features,
+                 "ONNX export: '{}' takes [N, C, H, W] or [N, T, {}], input is [N, {}]", path.empty() ? "(model)" : path,
+                 r.in_features, shape_str(shape));
+      seq = node("Transpose", path, {x}, {Attribute::of_ints("perm", {1, 0, 2})});
+    }
+    const bool lstm = rnn.mode == RnnMode::lstm;
+    const std::vector<int64_t> order = lstm ? std::vector<int64_t>{0, 3, 1, 2} : std::vector<int64_t>{1, 0, 2};
+    const int64_t H = rnn.hidden_size, G = static_cast<int64_t>(order.size());
+    // Rows regrouped gate by gate into ONNX's order; `cols` values per row.
+    auto gates = [&](const Tensor& t, int64_t cols) {
+      const auto v = t.to_vector<float>();
+      std::vector<float> out;
+      out.reserve(v.size());
+      for (int64_t g : order) out.insert(out.end(), v.begin() + g * H * cols, v.begin() + (g + 1) * H * cols);
+      return out;
+    };
+    const std::string sq0 = int64s(join(rpath, "axes0"), {0});
+    const std::string sq1 = rnn.options.num_layers > 1 ? int64s(join(rpath, "axes1"), {1}) : "";
+    std::string y_h;
+    for (int64_t l = 0; l < rnn.options.num_layers; ++l) {
+      const std::string lp = join(rpath, "l" + std::to_string(l));
+      const Tensor& w_ih = rnn.weights[4 * l];
+      const Tensor& w_hh = rnn.weights[4 * l + 1];
+      std::vector<float> b = gates(rnn.weights[4 * l + 2], 1), b_hh = gates(rnn.weights[4 * l + 3], 1);
+      b.insert(b.end(), b_hh.begin(), b_hh.end());  // ONNX B = [Wb, Rb]
+      Node n;
+      n.op_type = lstm ? "LSTM" : "GRU";
+      n.name = fresh(join(lp, n.op_type));
+      n.inputs = {seq, constant(join(lp, "W"), {1, G * H, w_ih.dim(1)}, gates(w_ih, w_ih.dim(1))),
+                  constant(join(lp, "R"), {1, G * H, H}, gates(w_hh, H)), constant(join(lp, "B"), {1, 2 * G * H}, b)};
+      n.outputs = {n.name + ".Y", n.name + ".Y_h"};
+      n.attributes = {Attribute::of_int("hidden_size", H)};
+      if (!lstm) n.attributes.push_back(Attribute::of_int("linear_before_reset", 1));
+      graph.nodes.push_back(n);
+      y_h = n.outputs[1];  // [1, N, H]
+      if (l + 1 < rnn.options.num_layers) seq = node("Squeeze", lp, {n.outputs[0], sq1});  // Y [T, 1, N, H] -> [T, N, H]
+    }
+    shape = {H};
+    return emit(*r.fc, join(path, "fc"), node("Squeeze", rpath, {y_h, sq0}), shape);
+  }
+
+  std::string int64s(const std::string& base, const std::vector<int64_t>& v) {
+    const std::string name = fresh(base);
+    graph.initializers.push_back(Initializer::of_int64s(name, {static_cast<int64_t>(v.size())}, v));
+    return name;
+  }
+
+  // relu(h + shortcut(x)); `shape` is x's shape on entry and the block's output shape on return.
+  std::string residual(nn::Sequential* downsample, const std::string& path, const std::string& x, Shape& shape,
+                       const std::string& h, const Shape& h_shape) {
+    std::string sc = x;
+    if (downsample) sc = emit(*downsample, join(path, "downsample"), x, shape);
+    HPDL_CHECK(shape == h_shape, "ONNX export: block '{}': shortcut [N, {}] and residual branch [N, {}] differ", path,
+               shape_str(shape), shape_str(h_shape));
+    return unary("Relu", path, node("Add", path, {h, sc}));
+  }
+};
+
+}  // namespace
+
+io::onnx::Model export_onnx(nn::Module& model, const OnnxExportOptions& o) {
+  HPDL_CHECK(!o.sample.empty(), "ONNX export: the sample shape is empty (need [C, H, W] or [D])");
+  for (int64_t d : o.sample) HPDL_CHECK(d > 0, "ONNX export: sample shape {} has a non-positive size", shape_str(o.sample));
+  HPDL_CHECK(o.mean.size() == o.std.size(), "ONNX export: normalization has {} means and {} stds", o.mean.size(),
+             o.std.size());
+  Exporter ex;
+  io::onnx::ValueInfo input{o.input_name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};
+  for (int64_t d : o.sample) input.dims.push_back({d, ""});
+  ex.graph.inputs.push_back(input);
+
+  std::string x = o.input_name;
+  if (!o.mean.empty()) {
+    // (x - mean) / std with per-channel constants broadcast as [1, C, 1, ...].
+    const int64_t c = o.sample[0];
+    HPDL_CHECK(o.mean.size() == 1 || static_cast<int64_t>(o.mean.size()) == c,
+               "ONNX export: normalization has {} values for {} channels (need 1 or {})", o.mean.size(), c, c);
+    std::vector<float> mean(static_cast<size_t>(c)), stdev(static_cast<size_t>(c));
+    for (int64_t i = 0; i < c; ++i) {
+      mean[i] = static_cast<float>(o.mean.size() == 1 ? o.mean[0] : o.mean[i]);
+      stdev[i] = static_cast<float>(o.std.size() == 1 ? o.std[0] : o.std[i]);
+      HPDL_CHECK(stdev[i] != 0.0f, "ONNX export: normalization std of channel {} is 0", i);
+    }
+    Shape dims(o.sample.size() + 1, 1);
+    dims[1] = c;
+    x = ex.node("Sub", "normalize", {x, ex.constant("normalize.mean", dims, mean)});
+    x = ex.node("Div", "normalize", {x, ex.constant("normalize.std", dims, stdev)});
+  }
+  Shape shape = o.sample;
+  const std::string y = ex.emit(model, "", x, shape);
+  if (y == o.input_name) ex.node("Identity", "", {y});
+  HPDL_CHECK(ex.graph.nodes.back().outputs[0] == y, "ONNX export: internal error, the output '{}' is not the last "
+             "node's", y);
+  // Rename the last value to the output name (no node reads it).
+  ex.graph.nodes.back().outputs[0] = o.output_name;
+  io::onnx::ValueInfo output{o.output_name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};
+  for (int64_t d : shape) output.dims.push_back({d, ""});
+  ex.graph.outputs.push_back(output);
+  ex.graph.name = "hpdl";
+  ex.graph.doc = o.doc;
+
+  io::onnx::Model m;
+  m.producer_version = HPDL_VERSION;
+  m.graph = std::move(ex.graph);
+  return m;
+}
+
+void save_onnx(const std::filesystem::path& path, nn::Module& model, const OnnxExportOptions& options) {
+  io::onnx::write_model(path, export_onnx(model, options));
+}
+
+}  // namespace hpdl::train

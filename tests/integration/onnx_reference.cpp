@@ -1,0 +1,133 @@
+// Writes, for each test model, OUTDIR/NAME/{model.onnx, input.npy, logits.npy}:
+// the ONNX export, a batch of raw inputs in [0, 1] and hpdl's own eval-mode
+// logits for them (normalization applied first, as `hpdl predict` does).
+// tests/integration/onnx_check.py runs each graph in its own numpy interpreter
+// and compares. Batch-norm layers get non-trivial running statistics (one
+// training pass with momentum 1) and random affine parameters, so an export
+// that used the wrong statistics or dropped the affine part would not match.
+#include <cstdio>
+#include <filesystem>
+
+#include "hpdl/autograd/node.h"
+#include "hpdl/core/error.h"
+#include "hpdl/data/readers.h"
+#include "hpdl/nn/models/models.h"
+#include "hpdl/nn/models/resnet50.h"
+#include "hpdl/ops/ops.h"
+#include "hpdl/train/onnx_export.h"
+
+using namespace hpdl;
+
+namespace {
+
+struct Case {
+  std::string name;
+  nn::ModulePtr model;
+  Shape sample;
+  std::vector<double> mean, std;
+};
+
+Tensor uniform(const Shape& shape, Generator& gen, double lo = 0, double hi = 1) {
+  std::vector<float> v(static_cast<size_t>(numel_of(shape)));
+  for (auto& x : v) x = static_cast<float>(lo + (hi - lo) * gen.next_uniform());
+  return Tensor::from_vector(v, shape);
+}
+
+Tensor normalize(const Tensor& x, const std::vector<double>& mean, const std::vector<double>& stdev) {
+  if (mean.empty()) return x;
+  const int64_t c = x.dim(1);
+  std::vector<float> m(static_cast<size_t>(c)), s(static_cast<size_t>(c));
+  for (int64_t i = 0; i < c; ++i) {
+    m[i] = static_cast<float>(mean.size() == 1 ? mean[0] : mean[i]);
+    s[i] = static_cast<float>(stdev.size() == 1 ? stdev[0] : stdev[i]);
+  }
+  return div(sub(x, Tensor::from_vector(m, {1, c, 1, 1})), Tensor::from_vector(s, {1, c, 1, 1}));
+}
+
+// Running statistics from one training-mode batch, then random gamma and beta.
+void randomize_batch_norm(Case& c, Generator& gen) {
+  bool any = false;
+  for (auto& [name, m] : c.model->named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm*>(m.get())) bn->momentum = 1.0, any = true;
+  if (!any) return;
+  Shape batch{8};
+  batch.insert(batch.end(), c.sample.begin(), c.sample.end());
+  c.model->train();
+  {
+    NoGradGuard ng;
+    c.model->forward(normalize(uniform(batch, gen), c.mean, c.std));
+  }
+  for (auto& [name, m] : c.model->named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm*>(m.get())) {
+      bn->momentum = 0.1;
+      bn->weight.copy_(uniform({bn->num_features}, gen, 0.5, 1.5));
+      bn->bias.copy_(uniform({bn->num_features}, gen, -0.2, 0.2));
+    }
+}
+
+std::vector<Case> cases() {
+  const std::vector<double> gray_mean{0.2860}, gray_std{0.3530};
+  const std::vector<double> rgb_mean{0.4914, 0.4822, 0.4465}, rgb_std{0.2470, 0.2435, 0.2616};
+  std::vector<Case> out;
+  out.push_back({"mlp", nn::models::mlp(28 * 28, {64, 32}, 10, "relu", 0.3, 1), {1, 28, 28}, gray_mean, gray_std});
+  out.push_back({"mlp_gelu", nn::models::mlp(3 * 8 * 8, {16}, 5, "gelu", 0.0, 2), {3, 8, 8}, {}, {}});
+  out.push_back({"lenet5", nn::models::lenet5(1, 10, 28, 28, 3), {1, 28, 28}, gray_mean, gray_std});
+  out.push_back({"resnet20", nn::models::resnet20(3, 10, 4), {3, 32, 32}, rgb_mean, rgb_std});
+  out.push_back({"alexnet_bn", nn::models::alexnet_bn(3, 10, 32, 32, 0.5, 5), {3, 32, 32}, rgb_mean, rgb_std});
+  out.push_back({"resnet18", nn::models::resnet18(3, 7, 32, 32, 6), {3, 32, 32}, rgb_mean, rgb_std});
+  out.push_back({"resnet50", nn::models::resnet50(3, 10, 32, 32, 7), {3, 32, 32}, rgb_mean, rgb_std});
+  out.push_back({"lstm", nn::models::rnn_classifier("lstm", 28, 16, 2, 10, 9), {1, 28, 28}, gray_mean, gray_std});
+  out.push_back({"gru", nn::models::rnn_classifier("gru", 2 * 5, 12, 2, 4, 10), {2, 9, 5}, {0.5, 0.4}, {0.2, 0.3}});
+  // Average pooling with padding that excludes the pad, adaptive pooling to 2x2, a grouped strided conv.
+  Generator gen(8);
+  auto pools = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Conv2d>(2, 4, nn::Conv2dOptions::k(3).s(2).p(1).g(2), gen),
+      std::make_shared<nn::Tanh>(),
+      std::make_shared<nn::AvgPool2d>(3, 2, 1, false),
+      std::make_shared<nn::LeakyReLU>(0.1),
+      std::make_shared<nn::AdaptiveAvgPool2d>(2, 2),
+      std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(16, 3, true, gen),
+      std::make_shared<nn::Sigmoid>(),
+  });
+  out.push_back({"pools", pools, {2, 15, 15}, {0.5}, {0.25}});
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
+    return 2;
+  }
+  try {
+    const std::filesystem::path out = argv[1];
+    Generator gen(2024);
+    for (Case& c : cases()) {
+      randomize_batch_norm(c, gen);
+      c.model->eval();
+      Shape batch{3};
+      batch.insert(batch.end(), c.sample.begin(), c.sample.end());
+      Tensor x = uniform(batch, gen);
+      Tensor logits;
+      {
+        NoGradGuard ng;
+        logits = c.model->forward(normalize(x, c.mean, c.std)).contiguous();
+      }
+      const auto dir = out / c.name;
+      std::filesystem::create_directories(dir);
+      train::OnnxExportOptions o;
+      o.sample = c.sample, o.mean = c.mean, o.std = c.std, o.doc = "hpdl ONNX export test: " + c.name;
+      train::save_onnx(dir / "model.onnx", *c.model, o);
+      auto xv = x.to_vector<float>(), yv = logits.to_vector<float>();
+      data::write_npy(dir / "input.npy", DType::f32, x.shape(), xv.data());
+      data::write_npy(dir / "logits.npy", DType::f32, logits.shape(), yv.data());
+      std::printf("%s: logits %s\n", c.name.c_str(), shape_str(logits.shape()).c_str());
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "onnx_reference: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
