@@ -4,7 +4,7 @@
 // over 20 evaluation episodes.
 //
 //   build/bin/hpdl_ppo [--env cartpole|pendulum] [--iterations N] [--seed S] [--envs K]
-//                      [--shared] [--lr X] [--threads T] [--quiet]
+//                      [--shared] [--lr X] [--anneal-lr] [--threads T] [--quiet]
 //
 // CartPole here is the v1 length (500 steps), "solved" at a mean return of
 // 475 over the 20 evaluation episodes. The networks are tiny (64x64 tanh),
@@ -32,6 +32,7 @@ struct Setup {
   bool shared = false;
   double lr = -1;           // -1: the task's default
   bool quiet = false;
+  bool anneal = false;
 };
 
 std::unique_ptr<rl::Env> make_env(const std::string& name) {
@@ -71,6 +72,7 @@ void run(const Setup& s) {
   o.value_coef = 0.5;
   o.max_grad_norm = 0.5;
   o.shared_network = s.shared;
+  o.anneal_lr = s.anneal;
   o.seed = s.seed;
   if (s.lr > 0) o.lr = s.lr;
   if (s.iterations > 0) iterations = s.iterations;
@@ -82,11 +84,11 @@ void run(const Setup& s) {
   t.iterations = iterations;
   t.env_seed = s.seed * 1000003ull;
   std::printf("hpdl_ppo: PPO on %s, seed %llu, %lld envs x %lld steps, %lld epochs, minibatch %lld, hidden 64x64 "
-              "tanh (%s), lr %g, gamma %g, lambda %g, clip %g, %lld iterations\n",
+              "tanh (%s), lr %g%s, gamma %g, lambda %g, clip %g, %lld iterations\n",
               envs[0]->name().c_str(), static_cast<unsigned long long>(s.seed), static_cast<long long>(s.envs),
               static_cast<long long>(o.rollout_steps), static_cast<long long>(o.epochs),
               static_cast<long long>(o.minibatch_size), s.shared ? "shared trunk" : "separate actor and critic",
-              o.lr, o.gamma, o.gae_lambda, o.clip, static_cast<long long>(iterations));
+              o.lr, s.anneal ? " annealed to 0" : "", o.gamma, o.gae_lambda, o.clip, static_cast<long long>(iterations));
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   auto result = rl::train_ppo(agent, envs, t, [&](const rl::PpoIterationLog& log) {
@@ -117,7 +119,7 @@ int main(int argc, char** argv) {
   Setup s;
   int threads = 1;
   const char* usage = "usage: %s [--env cartpole|pendulum] [--iterations N] [--seed S] [--envs K] [--shared] "
-                      "[--lr X] [--threads T] [--quiet]\n";
+                      "[--lr X] [--anneal-lr] [--threads T] [--quiet]\n";
   try {
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
@@ -139,6 +141,8 @@ int main(int argc, char** argv) {
         HPDL_CHECK(s.lr > 0, "hpdl_ppo: --lr {} must be positive", s.lr);
       } else if (a == "--threads") {
         threads = std::stoi(value());
+      } else if (a == "--anneal-lr") {
+        s.anneal = true;
       } else if (a == "--shared") {
         s.shared = true;
       } else if (a == "--quiet") {
