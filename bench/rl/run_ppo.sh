@@ -11,7 +11,8 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 ratios=()
 for r in $(seq "$repeats"); do
   h=$("$build/bin/hpdl_ppo" --env "$env" --iterations "$iterations" --quiet | grep "^trained:")
-  t=$(/usr/bin/python3 "$here/ppo_torch_peer.py" "$env" "$iterations")
+  t=$(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456 \
+      /usr/bin/python3 "$here/ppo_torch_peer.py" "$env" "$iterations")
   hs=$(sed -n 's/.*, \([0-9.]*\) s$/\1/p' <<<"$h")
   ts=$(sed -n 's/.* in \([0-9.]*\) s .*/\1/p' <<<"$t")
   ratio=$(awk -v a="$ts" -v b="$hs" 'BEGIN { printf "%.2f", a / b }')
