@@ -53,6 +53,16 @@ TEST(RlPpoGae, HandWorkedExampleWithTerminationAndTruncation) {
   EXPECT_NEAR(a[1], 1.0, 1e-12);
   EXPECT_NEAR(a[2], 6.684, 1e-12);
   EXPECT_NEAR(a[3], 4.7, 1e-12);
+
+  // A truncation in the middle: step 0 is cut by the time limit (bootstrap V(final) = 2.0), steps 1-2
+  // belong to the next episode, so A_0 must not take A_1 in.
+  //   delta: 1 + 0.9*2.0 - 0.5 = 2.3;  1 + 0.9*0.3 - 0.4 = 0.87;  1 + 0.9*0.5 - 0.3 = 1.15
+  //   A_2 = 1.15;  A_1 = 0.87 + 0.72*1.15 = 1.698;  A_0 = 2.3
+  auto b = rl::gae_advantages({1, 1, 1}, {0.5, 0.4, 0.3}, {2.0, 0.3, 0.5}, {false, false, false},
+                              {true, false, false}, 0.9, 0.8);
+  EXPECT_NEAR(b[0], 2.3, 1e-12);
+  EXPECT_NEAR(b[1], 1.698, 1e-12);
+  EXPECT_NEAR(b[2], 1.15, 1e-12);
 }
 
 TEST(RlPpoGae, LimitsAreTdErrorAndMonteCarlo) {
