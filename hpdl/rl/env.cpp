@@ -1,4 +1,4 @@
-// The Env bookkeeping (time limit, checks) and the CartPole and Corridor tasks.
+// The Env bookkeeping (time limit, checks) and the CartPole, Corridor and Pendulum tasks.
 #include "hpdl/rl/env.h"
 
 #include <algorithm>
@@ -16,16 +16,41 @@ Observation Env::reset(uint64_t seed) {
   return obs;
 }
 
-StepResult Env::step(int64_t action) {
+void Env::check_can_step() const {
   HPDL_CHECK(!needs_reset_, "rl::{}::step: the episode {}; call reset(seed) before step()", name(),
              elapsed_ == 0 ? "has not started" : "has ended (terminated or truncated)");
-  HPDL_CHECK(action >= 0 && action < num_actions(), "rl::{}::step: action {} is out of range; valid actions are "
-             "0 .. {}", name(), action, num_actions() - 1);
-  StepResult r = step_state(action);
+}
+
+StepResult Env::finish_step(StepResult r) {
   ++elapsed_;
   r.truncated = elapsed_ >= max_episode_steps();
   needs_reset_ = r.done();
   return r;
+}
+
+StepResult Env::step(int64_t action) {
+  HPDL_CHECK(!continuous_actions(), "rl::{}::step: the task has continuous actions ({} values); pass them as a "
+             "std::vector<double>, not the index {}", name(), action_size(), action);
+  check_can_step();
+  HPDL_CHECK(action >= 0 && action < num_actions(), "rl::{}::step: action {} is out of range; valid actions are "
+             "0 .. {}", name(), action, num_actions() - 1);
+  return finish_step(step_state(action));
+}
+
+StepResult Env::step(const std::vector<double>& action) {
+  HPDL_CHECK(continuous_actions(), "rl::{}::step: the task has {} discrete actions; pass an index, not a vector of "
+             "{} values", name(), num_actions(), action.size());
+  check_can_step();
+  HPDL_CHECK(static_cast<int64_t>(action.size()) == action_size(), "rl::{}::step: the action has {} values; the "
+             "task takes {}", name(), action.size(), action_size());
+  for (size_t i = 0; i < action.size(); ++i)
+    HPDL_CHECK(std::isfinite(action[i]), "rl::{}::step: action value {} is {}; it must be finite", name(), i,
+               action[i]);
+  return finish_step(step_continuous_state(action));
+}
+
+StepResult Env::step_continuous_state(const std::vector<double>&) {
+  HPDL_FAIL("rl::{}: continuous_actions() is true but step_continuous_state is not implemented", name());
 }
 
 CartPole::CartPole(const CartPoleConfig& config) : config_(config) {
@@ -92,6 +117,56 @@ StepResult Corridor::step_state(int64_t action) {
   r.observation = one_hot();
   r.reward = -1.0;
   r.terminated = position_ == length_ - 1;
+  return r;
+}
+
+Pendulum::Pendulum(const PendulumConfig& config) : config_(config) {
+  const auto& c = config_;
+  HPDL_CHECK(c.gravity > 0 && c.mass > 0 && c.length > 0 && c.dt > 0 && c.max_torque > 0 && c.max_speed > 0 &&
+                 c.max_steps > 0,
+             "rl::Pendulum: gravity ({}), mass ({}), length ({}), dt ({}), max_torque ({}), max_speed ({}) and "
+             "max_steps ({}) must be positive", c.gravity, c.mass, c.length, c.dt, c.max_torque, c.max_speed,
+             c.max_steps);
+}
+
+double Pendulum::normalize_angle(double theta) {
+  constexpr double kPi = 3.14159265358979323846;
+  double t = std::fmod(theta + kPi, 2 * kPi);
+  if (t < 0) t += 2 * kPi;
+  return t - kPi;
+}
+
+void Pendulum::set_state(const std::vector<double>& state) {
+  HPDL_CHECK(state.size() == 2, "rl::Pendulum::set_state: the state has {} values; it needs 2 [theta, theta_dot]",
+             state.size());
+  state_ = state;
+}
+
+Observation Pendulum::observe() const { return {std::cos(state_[0]), std::sin(state_[0]), state_[1]}; }
+
+Observation Pendulum::reset_state(Generator& gen) {
+  constexpr double kPi = 3.14159265358979323846;
+  state_[0] = -kPi + 2 * kPi * gen.next_uniform();
+  state_[1] = -1.0 + 2.0 * gen.next_uniform();
+  return observe();
+}
+
+StepResult Pendulum::step_state(int64_t) {
+  HPDL_FAIL("rl::Pendulum: discrete step_state called; the task has continuous actions");
+}
+
+StepResult Pendulum::step_continuous_state(const std::vector<double>& action) {
+  const auto& c = config_;
+  const double theta = state_[0], theta_dot = state_[1];
+  const double u = std::clamp(action[0], -c.max_torque, c.max_torque);
+  const double angle = normalize_angle(theta);
+  StepResult r;
+  r.reward = -(angle * angle + 0.1 * theta_dot * theta_dot + 0.001 * u * u);
+  const double acc = 3.0 * c.gravity / (2.0 * c.length) * std::sin(theta) + 3.0 / (c.mass * c.length * c.length) * u;
+  const double new_dot = std::clamp(theta_dot + acc * c.dt, -c.max_speed, c.max_speed);
+  state_ = {theta + new_dot * c.dt, new_dot};
+  r.observation = observe();
+  r.terminated = false;
   return r;
 }
 

@@ -1,9 +1,11 @@
 // Environments for reinforcement learning: a small episodic interface
 // (reset(seed) -> observation; step(action) -> observation, reward,
-// terminated, truncated) and two built-in tasks: CartPole, the classic
-// pole-balancing control problem, and Corridor, a 1-D chain small enough that
-// its optimal policy is known exactly (for tests). Observations are plain
-// vectors of doubles; actions are indices 0 .. num_actions()-1.
+// terminated, truncated) and three built-in tasks: CartPole, the classic
+// pole-balancing control problem, Corridor, a 1-D chain small enough that
+// its optimal policy is known exactly (for tests), and Pendulum, the classic
+// swing-up with a continuous torque. Observations are plain vectors of
+// doubles; discrete actions are indices 0 .. num_actions()-1, continuous ones
+// vectors of action_size() doubles.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +35,10 @@ struct StepResult {
 // limit, the step count, and the checks):
 //   - step() before the first reset(), or after an episode ended (terminated
 //     or truncated) without a new reset(), throws hpdl::Error;
-//   - an action outside [0, num_actions()) throws hpdl::Error naming it.
+//   - an action outside [0, num_actions()) throws hpdl::Error naming it;
+//   - step(int64_t) on a task with continuous actions, step(vector) on one
+//     with discrete actions, a continuous action of the wrong size or with a
+//     non-finite value throw hpdl::Error saying which.
 // reset(seed) is deterministic: the same seed gives the same initial state,
 // and with the same actions the same episode.
 class Env {
@@ -41,12 +46,17 @@ class Env {
   virtual ~Env() = default;
   virtual std::string name() const = 0;
   virtual int64_t observation_size() const = 0;
+  // Discrete tasks: the number of actions. Continuous tasks: 0.
   virtual int64_t num_actions() const = 0;
   // Steps after which an episode is truncated.
   virtual int64_t max_episode_steps() const = 0;
+  // Continuous tasks override these: true, and the length of an action vector.
+  virtual bool continuous_actions() const { return false; }
+  virtual int64_t action_size() const { return 1; }
 
   Observation reset(uint64_t seed);
-  StepResult step(int64_t action);
+  StepResult step(int64_t action);                      // discrete tasks
+  StepResult step(const std::vector<double>& action);   // continuous tasks
 
   int64_t elapsed_steps() const { return elapsed_; }  // steps since the last reset
   bool needs_reset() const { return needs_reset_; }   // before the first reset and after an episode ends
@@ -55,9 +65,13 @@ class Env {
   // Sets the initial state (drawing from `gen` as needed) and returns its observation.
   virtual Observation reset_state(Generator& gen) = 0;
   // Applies a valid action; fills observation, reward and terminated (not truncated).
+  // Continuous tasks implement step_continuous_state instead (step_state is then never called).
   virtual StepResult step_state(int64_t action) = 0;
+  virtual StepResult step_continuous_state(const std::vector<double>& action);
 
  private:
+  void check_can_step() const;
+  StepResult finish_step(StepResult r);
   int64_t elapsed_ = 0;
   bool needs_reset_ = true;
 };
@@ -138,6 +152,57 @@ class Corridor : public Env {
   Observation one_hot() const;
   int64_t length_, max_steps_;
   int64_t position_ = 0;
+};
+
+// Pendulum: the classic swing-up (as in OpenAI Gym's Pendulum-v1): a rod of
+// mass m and length l hinged at one end, theta = 0 upright, driven by a
+// torque u clipped to [-max_torque, max_torque].
+//   observation: [cos theta, sin theta, theta_dot]
+//   action: [u] (continuous, one value)
+//   reward: -(normalize(theta)^2 + 0.1 theta_dot^2 + 0.001 u^2), from the
+//           state before the step, normalize(theta) in [-pi, pi); at most 0
+//   terminated: never; truncated: after 200 steps
+//   initial state: theta uniform in [-pi, pi], theta_dot uniform in [-1, 1]
+// Dynamics, semi-implicit Euler (velocity first, then the angle with the new velocity):
+//   theta_dot' = clip(theta_dot + (3 g / (2 l) sin theta + 3 / (m l^2) u) dt, -max_speed, max_speed)
+//   theta'     = theta + theta_dot' dt
+struct PendulumConfig {
+  double gravity = 10.0;
+  double mass = 1.0;
+  double length = 1.0;
+  double dt = 0.05;
+  double max_torque = 2.0;
+  double max_speed = 8.0;
+  int64_t max_steps = 200;
+};
+
+class Pendulum : public Env {
+ public:
+  // Throws hpdl::Error when a physical constant or max_steps is not positive.
+  explicit Pendulum(const PendulumConfig& config = {});
+  std::string name() const override { return "Pendulum"; }
+  int64_t observation_size() const override { return 3; }
+  int64_t num_actions() const override { return 0; }
+  bool continuous_actions() const override { return true; }
+  int64_t action_size() const override { return 1; }
+  int64_t max_episode_steps() const override { return config_.max_steps; }
+  const PendulumConfig& config() const { return config_; }
+  // The current state [theta, theta_dot] (theta not normalised).
+  const std::vector<double>& state() const { return state_; }
+  // Replaces the state after a reset (tests); the episode goes on from it.
+  void set_state(const std::vector<double>& state);
+  // theta wrapped into [-pi, pi).
+  static double normalize_angle(double theta);
+
+ protected:
+  Observation reset_state(Generator& gen) override;
+  StepResult step_state(int64_t action) override;
+  StepResult step_continuous_state(const std::vector<double>& action) override;
+
+ private:
+  Observation observe() const;
+  PendulumConfig config_;
+  std::vector<double> state_ = std::vector<double>(2, 0.0);
 };
 
 }  // namespace hpdl::rl
