@@ -30,7 +30,7 @@ std::string percent(double v) { return v >= 0 ? fmt::format("{:.2f}%", 100 * v) 
 }  // namespace
 
 void register_tune(CLI::App& app) {
-  auto* cmd = app.add_subcommand("tune", "Hyperparameter search (random, grid, successive halving) over MPI ranks");
+  auto* cmd = app.add_subcommand("tune", "Hyperparameter search (random, grid, successive halving, Hyperband, PBT) over MPI ranks");
   struct Opts {
     std::string search;
     std::vector<std::string> overrides;
@@ -49,15 +49,19 @@ void register_tune(CLI::App& app) {
     HPDL_CHECK(!exists, "hpdl tune: {} already holds a search ({}); choose another run_dir or remove it",
                search.run_dir.string(), results.string());
     const auto trials = tune::trial_overrides(search);
-    const auto plan = tune::rungs(search, static_cast<int64_t>(trials.size()));
+    const auto plan = tune::brackets(search);
     std::FILE* out = nullptr;
     if (world.rank() == 0) {
       fs::create_directories(search.run_dir);
       out = std::fopen(results.c_str(), "w");
       HPDL_CHECK(out, "hpdl tune: cannot write {}", results.string());
-      std::string rung_text;
-      for (const auto& r : plan) rung_text += fmt::format("{}{} x {} {}", rung_text.empty() ? "" : ", ", r.trials, r.budget,
-                                                          search.resource);
+      std::string rung_text;  // "4 x 20 steps, 2 x 40 steps"; hyperband: "bracket 0: ...; bracket 1: ..."
+      for (size_t b = 0; b < plan.size(); ++b) {
+        if (plan.size() > 1) rung_text += fmt::format("{}bracket {}: ", b ? "; " : "", b);
+        for (size_t r = 0; r < plan[b].rungs.size(); ++r)
+          rung_text += fmt::format("{}{} x {} {}", r ? ", " : "", plan[b].rungs[r].trials, plan[b].rungs[r].budget,
+                                   search.resource);
+      }
       std::printf("hpdl tune: %s search, %zu trials (%s), %d rank(s) in groups of %lld, metric %s, runs in %s\n",
                   search.method.c_str(), trials.size(), rung_text.c_str(), world.size(),
                   static_cast<long long>(search.ranks_per_trial), search.metric.c_str(), search.run_dir.c_str());
@@ -66,6 +70,8 @@ void register_tune(CLI::App& app) {
     auto on_record = [&](const tune::Record& r) {
       nlohmann::json j = {{"trial", r.trial}, {"rung", r.rung}, {"budget", r.budget}, {"resource", search.resource},
                           {"overrides", r.overrides}, {"ok", r.outcome.ok}, {"seconds", r.outcome.seconds}};
+      if (search.method == "hyperband") j["bracket"] = r.bracket;
+      if (r.parent >= 0) j["parent"] = r.parent;
       if (r.outcome.ok) {
         j["metric"] = r.metric;
         if (r.outcome.val_accuracy >= 0) j["val_accuracy"] = r.outcome.val_accuracy, j["val_loss"] = r.outcome.val_loss;
@@ -77,12 +83,17 @@ void register_tune(CLI::App& app) {
       std::fprintf(out, "%s\n", j.dump().c_str());
       std::fflush(out);
       std::string what = r.outcome.ok ? fmt::format("{} {:.4f}", search.metric, r.metric) : "FAILED: " + r.outcome.error;
-      std::printf("rung %lld (%lld %s) trial %03lld  %s  (%.1f s)  %s\n", static_cast<long long>(r.rung),
-                  static_cast<long long>(r.budget), search.resource.c_str(), static_cast<long long>(r.trial),
-                  what.c_str(), r.outcome.seconds, join(r.overrides).c_str());
+      const std::string where = search.method == "hyperband" ? fmt::format("bracket {} rung {}", r.bracket, r.rung)
+                                : search.method == "pbt"     ? fmt::format("generation {}", r.rung)
+                                                             : fmt::format("rung {}", r.rung);
+      const std::string from = r.parent >= 0 ? fmt::format("  (from trial {:03d})", r.parent) : std::string();
+      std::printf("%s (%lld %s) trial %03lld  %s  (%.1f s)  %s%s\n", where.c_str(), static_cast<long long>(r.budget),
+                  search.resource.c_str(), static_cast<long long>(r.trial), what.c_str(), r.outcome.seconds,
+                  join(r.overrides).c_str(), from.c_str());
       std::fflush(stdout);
     };
-    auto result = tune::run_search(search, tune::training_runner(search), world, on_record);
+    auto result = tune::run_search(search, tune::training_runner(search), world, on_record,
+                                   tune::checkpoint_cloner(search));
     if (world.rank() == 0) {
       std::fclose(out);
       const auto& b = result.best;

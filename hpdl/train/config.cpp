@@ -55,6 +55,7 @@ std::vector<Key> bind(Config& c) {
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
+      {"train.stop_after_epoch", &t.stop_after_epoch},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
   };
 }
@@ -315,7 +316,7 @@ void validate(const Config& c, const std::string& src) {
   HPDL_CHECK(d.dataset != "store" || !d.store.empty(), "{}: data.dataset = 'store' needs data.store (a packed store path)", src);
 
   const auto& m = c.model;
-  check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "alexnet_bn", "lstm", "gru", "custom"});
+  check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru", "custom"});
   positive("model.num_classes", static_cast<double>(m.num_classes));
   positive("model.in_channels", static_cast<double>(m.in_channels));
   for (auto h : m.hidden) positive("model.hidden", static_cast<double>(h));
@@ -379,6 +380,7 @@ void validate(const Config& c, const std::string& src) {
   positive("train.log_every", static_cast<double>(t.log_every));
   non_negative("train.eval_every_epochs", static_cast<double>(t.eval_every_epochs));
   non_negative("train.max_steps", static_cast<double>(t.max_steps));
+  non_negative("train.stop_after_epoch", static_cast<double>(t.stop_after_epoch));
   positive("train.bucket_mb", t.bucket_mb);
 }
 

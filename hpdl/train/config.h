@@ -51,7 +51,7 @@ struct DataConfig {
 };
 
 struct ModelConfig {
-  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | alexnet_bn | lstm | gru | custom
+  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | resnet50 | alexnet_bn | vgg11_bn | vgg16_bn | lstm | gru | custom
   int64_t num_classes = 10;
   int64_t in_channels = 1;
   std::vector<int64_t> hidden{256, 128};  // mlp hidden widths; lstm/gru: one size per layer
@@ -99,6 +99,11 @@ struct TrainConfig {
   int64_t log_every = 50;
   int64_t eval_every_epochs = 1;
   int64_t max_steps = 0;  // 0: no limit
+  // End the run (with a checkpoint) after this epoch, counted from 1 across
+  // resumes, while the lr schedule still spans train.epochs: a long run cut
+  // into chunks (one per batch job), and how `hpdl tune` trains a trial part
+  // of the way. 0: off.
+  int64_t stop_after_epoch = 0;
   // Synchronized batch norm under MPI: statistics over the global batch
   // (dist::convert_sync_batchnorm); false: each rank normalizes its own batch.
   bool sync_batchnorm = false;

@@ -448,6 +448,9 @@ TrainSummary Trainer::run(bool resume) {
     for (auto& g : info->meta.rng)
       for (auto& [name, gen] : model->named_generators())
         if (name == g.name) gen->set_state(g.seed, g.offset);
+    HPDL_CHECK(cfg.train.stop_after_epoch == 0 || epoch < cfg.train.stop_after_epoch,
+               "--resume: train.stop_after_epoch = {} but the checkpoint {} is already past epoch {}; raise it or "
+               "set it to 0", cfg.train.stop_after_epoch, info->sidecar_path.string(), epoch);
     if (dp) dp->broadcast_state(0);
     if (root)
       std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
@@ -605,7 +608,8 @@ TrainSummary Trainer::run(bool resume) {
                           {"train_accuracy", epoch_stats.correct / std::max(1.0, epoch_stats.count)},
                           {"seconds", epoch_s}, {"samples_per_s", epoch_stats.count / epoch_s}};
     const bool last = epoch + 1 == cfg.train.epochs;
-    if (cfg.train.eval_every_epochs > 0 && ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last)) {
+    if (cfg.train.eval_every_epochs > 0 &&
+        ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last || epoch + 1 == cfg.train.stop_after_epoch)) {
       AutocastScope ac(DType::bf16, autocast_bf16);
       if (ds.validation) {
         EvalResult val = evaluate(*model, ds.validation, cfg.data, &comm);
@@ -631,8 +635,17 @@ TrainSummary Trainer::run(bool resume) {
                                                                  : std::string(),
                                    epoch_s, epoch_stats.count / epoch_s));
     }
-    if (cfg.train.checkpoint_every_epochs > 0 && ((epoch + 1) % cfg.train.checkpoint_every_epochs == 0 || last))
+    // train.stop_after_epoch: this chunk of the run ends here, always with a checkpoint to resume from.
+    const bool chunk_end = cfg.train.stop_after_epoch > 0 && epoch + 1 == cfg.train.stop_after_epoch && !last;
+    if (chunk_end ||
+        (cfg.train.checkpoint_every_epochs > 0 && ((epoch + 1) % cfg.train.checkpoint_every_epochs == 0 || last)))
       save_checkpoint(epoch + 1, 0);
+    if (chunk_end) {
+      if (root)
+        progress.message(fmt::format("hpdl: stopped after epoch {} (train.stop_after_epoch); continue with --resume {}",
+                                     epoch + 1, run_dir.string()));
+      break;
+    }
   }
   if (root) progress.finish();
   summary.steps = step;

@@ -14,6 +14,7 @@
 
 #include "hpdl/core/error.h"
 #include "hpdl/io/file.h"
+#include "hpdl/train/checkpoint.h"
 #include "hpdl/train/config.h"
 #include "hpdl/train/trainer.h"
 
@@ -23,7 +24,7 @@ namespace {
 const std::vector<std::string> kSearchKeys = {"config", "set",           "method",         "trials",
                                               "seed",   "metric",        "resource",       "min_resource",
                                               "max_resource", "eta",     "ranks_per_trial", "run_dir",
-                                              "space"};
+                                              "space",  "interval",      "quantile",       "perturb"};
 
 std::string value_text(const toml::node& v, const std::string& where) {
   if (auto i = v.as_integer()) return std::to_string(i->get());
@@ -100,6 +101,12 @@ std::string sample_value(const Param& p, Sampler& s) {
   return {};
 }
 
+int64_t grid_size(const SearchConfig& s) {
+  int64_t n = 1;
+  for (const auto& p : s.space) n *= static_cast<int64_t>(p.choices.size());
+  return n;
+}
+
 // Where a trial's training runs and logs.
 std::filesystem::path trial_dir(const SearchConfig& s, int64_t trial) {
   return s.run_dir / fmt::format("trial-{:03d}", trial);
@@ -141,6 +148,12 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
       out = n->as_integer()->get();
     }
   };
+  auto number = [&](const char* key, double& out) {
+    if (auto n = root.get(key)) {
+      HPDL_CHECK(n->is_number(), "{}: {} must be a number", src, key);
+      out = n->is_integer() ? static_cast<double>(n->as_integer()->get()) : n->as_floating_point()->get();
+    }
+  };
   std::string config, run_dir = s.run_dir.string();
   str("config", config);
   str("method", s.method);
@@ -155,6 +168,9 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
   integer("max_resource", s.max_resource);
   integer("eta", s.eta);
   integer("ranks_per_trial", s.ranks_per_trial);
+  integer("interval", s.interval);
+  number("quantile", s.quantile);
+  number("perturb", s.perturb);
   if (auto n = root.get("set")) {
     const toml::array* a = n->as_array();
     HPDL_CHECK(a, "{}: set must be an array of \"key=value\" strings", src);
@@ -183,6 +199,9 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
       else if (key == "max_resource") s.max_resource = std::stoll(value);
       else if (key == "eta") s.eta = std::stoll(value);
       else if (key == "ranks_per_trial") s.ranks_per_trial = std::stoll(value);
+      else if (key == "interval") s.interval = std::stoll(value);
+      else if (key == "quantile") s.quantile = std::stod(value);
+      else if (key == "perturb") s.perturb = std::stod(value);
       else s.set.push_back(o);  // a training config key, for every trial
     } catch (const std::logic_error&) {
       HPDL_FAIL("--set {}: '{}' is not a number", o, value);
@@ -201,7 +220,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
     }
     HPDL_FAIL("{}: {} = \"{}\" is not one of {}", src, key, v, list);
   };
-  one_of("method", s.method, {"random", "grid", "sha"});
+  one_of("method", s.method, {"random", "grid", "sha", "hyperband", "pbt"});
   one_of("metric", s.metric, {"val_accuracy", "val_loss", "test_accuracy", "test_loss"});
   one_of("resource", s.resource, {"epochs", "steps"});
   HPDL_CHECK(s.trials >= 1, "{}: trials must be at least 1, got {}", src, s.trials);
@@ -222,6 +241,14 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
   }
   HPDL_CHECK(s.min_resource >= 1 && s.min_resource <= s.max_resource,
              "{}: min_resource ({}) must be between 1 and max_resource ({})", src, s.min_resource, s.max_resource);
+  if (s.method == "pbt") {
+    HPDL_CHECK(s.trials >= 2, "{}: method = \"pbt\" needs a population of trials >= 2, got {}", src, s.trials);
+    HPDL_CHECK(s.interval >= 1 && s.interval <= s.max_resource,
+               "{}: interval ({}) must be between 1 and max_resource ({})", src, s.interval, s.max_resource);
+    HPDL_CHECK(s.quantile > 0 && s.quantile <= 0.5, "{}: quantile must be in (0, 0.5], got {}", src, s.quantile);
+    HPDL_CHECK(s.perturb > 1, "{}: perturb must be > 1 (a value is multiplied by it or by its inverse), got {}", src,
+               s.perturb);
+  }
   for (const auto& p : s.space) {
     std::vector<std::string> values = p.choices;
     if (p.kind != Param::Kind::choice)
@@ -269,8 +296,10 @@ std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& s) {
     }
     return out;
   }
+  int64_t total = 0;
+  for (const auto& b : brackets(s)) total += b.trials;
   Sampler sampler(s.seed);
-  for (int64_t t = 0; t < s.trials; ++t) {
+  for (int64_t t = 0; t < total; ++t) {
     std::vector<std::string> o;
     for (const auto& p : s.space) o.push_back(p.key + "=" + sample_value(p, sampler));
     out.push_back(std::move(o));
@@ -279,6 +308,14 @@ std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& s) {
 }
 
 std::vector<Rung> rungs(const SearchConfig& s, int64_t trials) {
+  if (s.method == "pbt") {
+    std::vector<Rung> out;
+    for (int64_t b = s.interval;; b += s.interval) {
+      out.push_back({std::min(b, s.max_resource), trials});
+      if (b >= s.max_resource) break;
+    }
+    return out;
+  }
   if (s.method != "sha") return {{s.max_resource, trials}};
   std::vector<Rung> out;
   int64_t budget = s.min_resource, n = trials;
@@ -291,17 +328,85 @@ std::vector<Rung> rungs(const SearchConfig& s, int64_t trials) {
   return out;
 }
 
+std::vector<Bracket> brackets(const SearchConfig& s) {
+  if (s.method != "hyperband") {
+    const int64_t n = s.method == "grid" ? grid_size(s) : s.trials;
+    return {{0, n, rungs(s, n)}};
+  }
+  int64_t s_max = 0;
+  for (int64_t r = s.min_resource; r * s.eta <= s.max_resource; r *= s.eta) ++s_max;
+  std::vector<Bracket> out;
+  int64_t first = 0;
+  for (int64_t k = s_max; k >= 0; --k) {
+    int64_t eta_k = 1;
+    for (int64_t i = 0; i < k; ++i) eta_k *= s.eta;
+    const int64_t n = ((s_max + 1) * eta_k + k) / (k + 1);  // ceil((s_max + 1) * eta^k / (k + 1))
+    SearchConfig sha = s;
+    sha.method = "sha";
+    sha.min_resource = std::max(s.min_resource, s.max_resource / eta_k);
+    out.push_back({first, n, rungs(sha, n)});
+    first += n;
+  }
+  return out;
+}
+
+std::vector<std::string> perturb_overrides(const SearchConfig& s, const std::vector<std::string>& overrides,
+                                           uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::vector<std::string> out = overrides;
+  for (auto& o : out) {
+    const size_t eq = o.find('=');
+    const std::string key = o.substr(0, eq), value = o.substr(eq + 1);
+    const auto p = std::find_if(s.space.begin(), s.space.end(), [&](const Param& q) { return q.key == key; });
+    if (eq == std::string::npos || p == s.space.end()) continue;
+    const bool up = (gen() & 1) != 0;
+    std::string next;
+    try {
+      switch (p->kind) {
+        case Param::Kind::uniform:
+        case Param::Kind::log_uniform: {
+          const double v = std::stod(value);
+          next = fmt::format("{:.6g}", std::clamp(up ? v * s.perturb : v / s.perturb, p->low, p->high));
+          break;
+        }
+        case Param::Kind::int_uniform: {
+          const int64_t v = std::stoll(value);
+          int64_t w = std::llround(up ? static_cast<double>(v) * s.perturb : static_cast<double>(v) / s.perturb);
+          if (w == v) w = up ? v + 1 : v - 1;  // small integers: still move
+          next = std::to_string(std::clamp(w, static_cast<int64_t>(p->low), static_cast<int64_t>(p->high)));
+          break;
+        }
+        case Param::Kind::choice: {
+          const auto it = std::find(p->choices.begin(), p->choices.end(), value);
+          const int64_t n = static_cast<int64_t>(p->choices.size());
+          int64_t i = it == p->choices.end() ? 0 : it - p->choices.begin();
+          int64_t j = i + (up ? 1 : -1);
+          if (j < 0 || j >= n) j = i - (up ? 1 : -1);  // at an end: the only neighbour
+          next = p->choices[static_cast<size_t>(std::clamp<int64_t>(j, 0, n - 1))];
+          break;
+        }
+      }
+    } catch (const std::logic_error&) {
+      HPDL_FAIL("hpdl tune: pbt: cannot perturb {} (not a number for space.\"{}\")", o, key);
+    }
+    o = key + "=" + next;
+  }
+  return out;
+}
+
 SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::Communicator& world,
-                        const std::function<void(const Record&)>& on_record) {
+                        const std::function<void(const Record&)>& on_record, const TrialCloner& clone) {
   HPDL_CHECK(world.size() % s.ranks_per_trial == 0, "hpdl tune: {} ranks do not split into groups of ranks_per_trial = {}",
              world.size(), s.ranks_per_trial);
+  HPDL_CHECK(s.method != "pbt" || clone, "hpdl tune: method = \"pbt\" needs a TrialCloner");
   const int groups = world.size() / static_cast<int>(s.ranks_per_trial);
   const int group = world.rank() / static_cast<int>(s.ranks_per_trial);
   std::unique_ptr<dist::Communicator> group_comm = world.split(group, world.rank());
   const bool group_root = group_comm->rank() == 0;
 
-  const auto all = trial_overrides(s);
-  const auto plan = rungs(s, static_cast<int64_t>(all.size()));
+  std::vector<std::vector<std::string>> all = trial_overrides(s);  // pbt rewrites them between generations
+  std::vector<int64_t> parent(all.size(), -1);
+  const auto plan = brackets(s);
   const bool lower_better = metric_is_loss(s.metric);
   auto metric_of = [&](const Outcome& o) {
     if (!o.ok) return std::numeric_limits<double>::quiet_NaN();
@@ -319,57 +424,81 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
   };
 
   SearchResult result;
-  std::vector<int64_t> alive(all.size());
-  for (size_t i = 0; i < all.size(); ++i) alive[i] = static_cast<int64_t>(i);
-  for (size_t r = 0; r < plan.size(); ++r) {
-    // This group's share of the rung: trials i, i + groups, ... of the alive list.
-    constexpr int kFields = 6;  // ok, seconds, val accuracy, val loss, test accuracy, test loss
-    std::vector<double> table(alive.size() * kFields, 0.0);
-    std::vector<std::string> errors(alive.size());
-    for (size_t i = static_cast<size_t>(group); i < alive.size(); i += static_cast<size_t>(groups)) {
-      const int64_t id = alive[i];
-      Outcome o = runner(id, all[id], plan[r].budget, r > 0, *group_comm);
-      if (group_root) {
-        double* row = table.data() + i * kFields;
-        row[0] = o.ok ? 1 : 0;
-        row[1] = o.seconds;
-        row[2] = o.val_accuracy, row[3] = o.val_loss, row[4] = o.test_accuracy, row[5] = o.test_loss;
-        errors[i] = o.error;
+  bool have_best = false;
+  for (size_t b = 0; b < plan.size(); ++b) {
+    const Bracket& bracket = plan[b];
+    std::vector<int64_t> alive(static_cast<size_t>(bracket.trials));
+    for (size_t i = 0; i < alive.size(); ++i) alive[i] = bracket.first_trial + static_cast<int64_t>(i);
+    for (size_t r = 0; r < bracket.rungs.size(); ++r) {
+      // This group's share of the rung: trials i, i + groups, ... of the alive list.
+      constexpr int kFields = 6;  // ok, seconds, val accuracy, val loss, test accuracy, test loss
+      std::vector<double> table(alive.size() * kFields, 0.0);
+      std::vector<std::string> errors(alive.size());
+      for (size_t i = static_cast<size_t>(group); i < alive.size(); i += static_cast<size_t>(groups)) {
+        const int64_t id = alive[i];
+        Outcome o = runner(id, all[id], bracket.rungs[r].budget, r > 0, *group_comm);
+        if (group_root) {
+          double* row = table.data() + i * kFields;
+          row[0] = o.ok ? 1 : 0;
+          row[1] = o.seconds;
+          row[2] = o.val_accuracy, row[3] = o.val_loss, row[4] = o.test_accuracy, row[5] = o.test_loss;
+          errors[i] = o.error;
+        }
+      }
+      // Each row is filled by exactly one rank (its group's first): a sum gathers them.
+      world.allreduce(table.data(), static_cast<int64_t>(table.size()), DType::f64);
+      std::vector<Record> rung_records;
+      for (size_t i = 0; i < alive.size(); ++i) {
+        const double* row = table.data() + i * kFields;
+        Record rec;
+        rec.trial = alive[i];
+        rec.rung = static_cast<int64_t>(r);
+        rec.bracket = static_cast<int64_t>(b);
+        rec.parent = parent[alive[i]];
+        rec.budget = bracket.rungs[r].budget;
+        rec.overrides = all[alive[i]];
+        rec.outcome.ok = row[0] > 0.5;
+        rec.outcome.seconds = row[1];
+        rec.outcome.val_accuracy = row[2], rec.outcome.val_loss = row[3];
+        rec.outcome.test_accuracy = row[4], rec.outcome.test_loss = row[5];
+        if (!rec.outcome.ok) rec.outcome.error = errors[i].empty() ? "failed (see its train.log)" : errors[i];
+        rec.metric = metric_of(rec.outcome);
+        rung_records.push_back(rec);
+        parent[alive[i]] = -1;
+      }
+      std::sort(rung_records.begin(), rung_records.end(), better);
+      for (const auto& rec : rung_records) {
+        if (world.rank() == 0 && on_record) on_record(rec);
+        result.records.push_back(rec);
+      }
+      if (r + 1 == bracket.rungs.size()) {
+        if (!have_best || better(rung_records.front(), result.best)) result.best = rung_records.front();
+        have_best = true;
+      } else if (s.method == "pbt") {
+        // Exploit and explore: the worst k take over a random one of the best k and perturb its
+        // hyperparameters. The generator is seeded alike everywhere, so every rank decides the same.
+        const int64_t n = static_cast<int64_t>(rung_records.size());
+        const int64_t k = std::min(n / 2, std::max<int64_t>(1, static_cast<int64_t>(s.quantile * static_cast<double>(n))));
+        std::mt19937_64 gen(s.seed * 0x9E3779B97F4A7C15ULL + r + 1);
+        for (int64_t i = n - k; i < n; ++i) {
+          const Record& donor = rung_records[static_cast<size_t>(gen() % static_cast<uint64_t>(k))];
+          const int64_t loser = rung_records[static_cast<size_t>(i)].trial;
+          const uint64_t explore_seed = gen();
+          if (!donor.outcome.ok) continue;  // nothing good to copy
+          all[loser] = perturb_overrides(s, all[donor.trial], explore_seed);
+          parent[loser] = donor.trial;
+          if (world.rank() == 0) clone(donor.trial, loser, all[loser]);
+        }
+        world.barrier();  // the copies are in place before any group resumes from them
+      } else {
+        alive.clear();
+        for (int64_t k = 0; k < bracket.rungs[r + 1].trials && k < static_cast<int64_t>(rung_records.size()); ++k)
+          alive.push_back(rung_records[k].trial);
+        std::sort(alive.begin(), alive.end());
       }
     }
-    // Each row is filled by exactly one rank (its group's first): a sum gathers them.
-    world.allreduce(table.data(), static_cast<int64_t>(table.size()), DType::f64);
-    std::vector<Record> rung_records;
-    for (size_t i = 0; i < alive.size(); ++i) {
-      const double* row = table.data() + i * kFields;
-      Record rec;
-      rec.trial = alive[i];
-      rec.rung = static_cast<int64_t>(r);
-      rec.budget = plan[r].budget;
-      rec.overrides = all[alive[i]];
-      rec.outcome.ok = row[0] > 0.5;
-      rec.outcome.seconds = row[1];
-      rec.outcome.val_accuracy = row[2], rec.outcome.val_loss = row[3];
-      rec.outcome.test_accuracy = row[4], rec.outcome.test_loss = row[5];
-      if (!rec.outcome.ok) rec.outcome.error = errors[i].empty() ? "failed (see its train.log)" : errors[i];
-      rec.metric = metric_of(rec.outcome);
-      rung_records.push_back(rec);
-    }
-    std::sort(rung_records.begin(), rung_records.end(), better);
-    for (const auto& rec : rung_records) {
-      if (world.rank() == 0 && on_record) on_record(rec);
-      result.records.push_back(rec);
-    }
-    if (r + 1 < plan.size()) {
-      alive.clear();
-      for (int64_t k = 0; k < plan[r + 1].trials && k < static_cast<int64_t>(rung_records.size()); ++k)
-        alive.push_back(rung_records[k].trial);
-      std::sort(alive.begin(), alive.end());
-    } else {
-      result.best = rung_records.front();
-      result.best_trial = result.best.trial;
-    }
   }
+  result.best_trial = result.best.trial;
   return result;
 }
 
@@ -385,8 +514,13 @@ TrialRunner training_runner(const SearchConfig& search) {
       all.insert(all.end(), overrides.begin(), overrides.end());
       all.push_back("train.run_dir=" + dir.string());
       all.push_back("train.eval_every_epochs=0");
-      all.push_back(search.resource == "epochs" ? fmt::format("train.epochs={}", budget)
-                                                : fmt::format("train.max_steps={}", budget));
+      // The whole budget's schedule, stopped early: a resumed trial continues the run it began.
+      if (search.resource == "epochs") {
+        all.push_back(fmt::format("train.epochs={}", search.max_resource));
+        all.push_back(fmt::format("train.stop_after_epoch={}", budget < search.max_resource ? budget : 0));
+      } else {
+        all.push_back(fmt::format("train.max_steps={}", budget));
+      }
       train::Config cfg = train::load_config(search.config, all);
       if (group.rank() == 0) {
         std::filesystem::create_directories(dir);
@@ -419,6 +553,40 @@ TrialRunner training_runner(const SearchConfig& search) {
     if (log) std::fclose(log);
     o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return o;
+  };
+}
+
+}  // namespace hpdl::tune
+
+namespace hpdl::tune {
+
+TrialCloner checkpoint_cloner(const SearchConfig& search) {
+  return [search](int64_t from, int64_t to, const std::vector<std::string>& new_overrides) {
+    namespace fs = std::filesystem;
+    const fs::path src_dir = trial_dir(search, from), dst_dir = trial_dir(search, to);
+    train::CheckpointManager src(src_dir);
+    const auto info = src.latest_valid();
+    HPDL_CHECK(info.has_value(), "hpdl tune: pbt: trial {} has no valid checkpoint in {} for trial {} to take over",
+               from, (src_dir / "checkpoints").string(), to);
+    const fs::path dst = dst_dir / "checkpoints";
+    fs::create_directories(dst);
+    // Sidecars first: a tensors file without its sidecar is no checkpoint, so
+    // an interruption here leaves trial `to` with fewer checkpoints, never a mixed one.
+    std::vector<fs::path> sidecars, others;
+    for (const auto& e : fs::directory_iterator(dst)) (e.path().extension() == ".json" ? sidecars : others).push_back(e.path());
+    for (const auto& p : sidecars) fs::remove(p);
+    for (const auto& p : others) fs::remove(p);
+    for (const fs::path& p : {info->tensors_path, info->sidecar_path}) {
+      const auto bytes = io::read_file(p);
+      io::write_file_atomic(dst / p.filename(), bytes.data(), bytes.size());
+    }
+    if (std::FILE* log = std::fopen((dst_dir / "train.log").c_str(), "a")) {
+      std::string o;
+      for (const auto& x : new_overrides) o += " " + x;
+      std::fprintf(log, "hpdl tune: pbt: took over trial %lld's checkpoint %s; continuing with%s\n",
+                   static_cast<long long>(from), info->sidecar_path.filename().c_str(), o.c_str());
+      std::fclose(log);
+    }
   };
 }
 

@@ -10,7 +10,23 @@
 //           trained for `min_resource`, the best 1/eta go on for eta times as
 //           long (resuming from their checkpoints), and so on up to
 //           `max_resource`.
-// The resource is epochs or optimizer steps. The world's ranks are cut into
+//   hyperband  Hyperband (Li et al. 2018): several successive-halving
+//           brackets, from many trials started at `min_resource` to a few
+//           trained at `max_resource` from the start, so a search that halves
+//           too early in one bracket is hedged by the others. The brackets'
+//           sizes follow from min_resource, max_resource and eta (`trials` is
+//           not used).
+//   pbt     population-based training (Jaderberg et al. 2017): `trials`
+//           members train side by side in generations of `interval`; after
+//           each, the worst `quantile` of the population take over the
+//           weights (checkpoint) of a member of the best `quantile`
+//           (exploit) and that member's hyperparameters, each multiplied by
+//           `perturb` or 1/perturb, or moved to a neighbouring choice
+//           (explore). The hyperparameters thus become a schedule over the run.
+// The resource is epochs or optimizer steps. A trial trained part of the way
+// keeps the learning-rate schedule of the whole budget (max_resource) and
+// stops early (train.stop_after_epoch or train.max_steps), so a resumed trial
+// is the run it would have been if trained straight through. The world's ranks are cut into
 // groups of `ranks_per_trial` (a communicator each); a group trains its
 // trials one after another, data-parallel within the group, and the groups
 // run side by side. After each rung every group's results are all-reduced,
@@ -43,13 +59,16 @@ struct Param {
 struct SearchConfig {
   std::filesystem::path config;    // the training config (relative paths: to the search file)
   std::vector<std::string> set;    // overrides for every trial ("train.threads=1")
-  std::string method = "random";   // random | grid | sha
+  std::string method = "random";   // random | grid | sha | hyperband | pbt
   int64_t trials = 8;              // random, sha
   uint64_t seed = 0;               // sampling
   std::string metric = "val_accuracy";  // val_accuracy | val_loss | test_accuracy | test_loss
   std::string resource = "epochs";      // epochs | steps
   int64_t min_resource = 1, max_resource = 0;  // sha: first rung's budget; every method: the full budget
   int64_t eta = 3;
+  int64_t interval = 1;     // pbt: the budget of one generation
+  double quantile = 0.25;   // pbt: the fraction of the population replaced (and copied from) each generation
+  double perturb = 1.2;     // pbt: explore multiplies a value by perturb or 1/perturb
   int64_t ranks_per_trial = 1;
   std::filesystem::path run_dir = "runs/tune";
   std::vector<Param> space;
@@ -61,19 +80,36 @@ SearchConfig load_search(const std::filesystem::path& path, const std::vector<st
 SearchConfig parse_search(const std::string& toml_text, const std::filesystem::path& source,
                           const std::vector<std::string>& overrides = {});
 
-// The configurations to try, as override lists ("optimizer.lr=0.0123"):
-// `trials` samples (deterministic in the seed) or, for grid, the product of
-// the choice lists in the order given.
-std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& search);
-
 struct Rung {
   int64_t budget;  // epochs or steps to have trained by the rung's end
   int64_t trials;  // how many trials train to it
 };
 // Successive halving's rungs: budgets min, min*eta, ... capped at max (the
-// last rung is max); trials n, n/eta, ... (at least 1). random and grid: one
-// rung of every trial at max.
+// last rung is max); trials n, n/eta, ... (at least 1). pbt: every member at
+// interval, 2*interval, ... max (the generations). random and grid: one rung
+// of every trial at max. hyperband: see brackets().
 std::vector<Rung> rungs(const SearchConfig& search, int64_t trials);
+
+// A search is one or more brackets run one after another; a bracket's trials
+// are trial ids first_trial ... first_trial + trials - 1. Hyperband's bracket
+// s (s_max down to 0, s_max = floor(log_eta(max/min))) starts
+// ceil((s_max+1)/(s+1) * eta^s) trials at max/eta^s; every other method is one bracket.
+struct Bracket {
+  int64_t first_trial = 0, trials = 0;
+  std::vector<Rung> rungs;
+};
+std::vector<Bracket> brackets(const SearchConfig& search);
+
+// The configurations to try, as override lists ("optimizer.lr=0.0123"): as
+// many samples as the brackets hold trials (deterministic in the seed) or,
+// for grid, the product of the choice lists in the order given.
+std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& search);
+
+// pbt's explore step: each [space] key of `overrides` multiplied by perturb
+// or 1/perturb (int_uniform: rounded, and moved by at least 1; choice: the
+// neighbouring choice), kept within the space's bounds. Deterministic in `seed`.
+std::vector<std::string> perturb_overrides(const SearchConfig& search, const std::vector<std::string>& overrides,
+                                           uint64_t seed);
 
 struct Outcome {
   bool ok = true;
@@ -83,13 +119,15 @@ struct Outcome {
 };
 struct Record {
   int64_t trial = 0, rung = 0, budget = 0;
+  int64_t bracket = 0;  // hyperband's bracket (0 for other methods)
+  int64_t parent = -1;  // pbt: the member whose weights this trial took over before this generation; -1: none
   std::vector<std::string> overrides;
   Outcome outcome;
   double metric = 0;  // the search's metric (NaN when failed)
 };
 struct SearchResult {
   std::vector<Record> records;  // every trial at every rung it reached, in rung order
-  int64_t best_trial = -1;      // by the metric at the last rung
+  int64_t best_trial = -1;      // by the metric at the last rung (of any bracket)
   Record best;
 };
 
@@ -99,16 +137,28 @@ struct SearchResult {
 using TrialRunner = std::function<Outcome(int64_t trial, const std::vector<std::string>& overrides, int64_t budget,
                                           bool resume, dist::Communicator& group)>;
 
+// pbt's exploit step: trial `to` continues from trial `from`'s state (its
+// newest checkpoint) with new overrides. Called on world rank 0 only, between
+// generations; the other ranks wait at a barrier.
+using TrialCloner = std::function<void(int64_t from, int64_t to, const std::vector<std::string>& new_overrides)>;
+
 // Runs the search on every rank of `world`. `on_record` (rank 0 only) sees
 // each record as its rung completes. Every rank returns the same result.
+// pbt needs `clone`.
 SearchResult run_search(const SearchConfig& search, const TrialRunner& runner, dist::Communicator& world,
-                        const std::function<void(const Record&)>& on_record = {});
+                        const std::function<void(const Record&)>& on_record = {}, const TrialCloner& clone = {});
 
 // The real runner: the training config plus `set`, the trial's overrides, the
 // budget, train.run_dir = RUN_DIR/trial-NNN and no per-epoch evaluation; then
 // the final weights evaluated on the validation (if any) and test sets. The
 // group's first rank writes the trial's progress to RUN_DIR/trial-NNN/train.log.
 TrialRunner training_runner(const SearchConfig& search);
+
+// The real cloner: replaces RUN_DIR/trial-TO/checkpoints by a copy of the
+// newest valid checkpoint of trial-FROM (tensors first, then the sidecar that
+// commits it, each written under a temporary name and renamed) and notes the
+// takeover in trial-TO's train.log.
+TrialCloner checkpoint_cloner(const SearchConfig& search);
 
 // Lower is better for the loss metrics, higher for the accuracies.
 bool metric_is_loss(const std::string& metric);

@@ -242,6 +242,59 @@ explain_heatmaps)
   "$hpdl" explain --checkpoint run --method gradcam --layer 9 --out ex3 "$t10k" >out3 2>err3 && fail "a flat layer was accepted for Grad-CAM"
   grep -q "layer '9' (Linear)" err3 || fail "the error does not name the layer: $(cat err3)"
   ;;
+tune_pbt_np2)
+  # Population-based training over 2 ranks: 4 members, 3 generations of 20 steps; after each of the
+  # first two the worst member takes over the best's checkpoint with a perturbed lr.
+  cat >search.toml <<EOS
+config = "$ex/fashion_mnist/mlp.toml"
+method = "pbt"
+trials = 4
+seed = 5
+resource = "steps"
+interval = 20
+max_resource = 60
+quantile = 0.25
+run_dir = "pbt"
+set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_every=10"]
+[space]
+"optimizer.lr" = { log_uniform = [0.001, 0.5] }
+EOS
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" tune search.toml >out.txt 2>err.txt \
+    || fail "tune failed: $(tail -5 err.txt)"
+  grep -q "pbt search, 4 trials (4 x 20 steps, 4 x 40 steps, 4 x 60 steps), 2 rank(s)" out.txt || fail "no plan line: $(head -3 out.txt)"
+  [[ $(wc -l <pbt/results.jsonl) -eq 12 ]] || fail "expected 12 results: $(cat pbt/results.jsonl)"
+  [[ $(grep -c '"parent"' pbt/results.jsonl) -eq 2 ]] || fail "expected one takeover in each of generations 1 and 2: $(cat pbt/results.jsonl)"
+  # The member that took over in generation 1 resumed from the copied step-20 checkpoint, with its new lr.
+  rec=$(grep '"rung":1' pbt/results.jsonl | grep '"parent"')
+  t=$(sed -n 's/.*"trial":\([0-9]*\).*/\1/p' <<<"$rec"); p=$(sed -n 's/.*"parent":\([0-9]*\).*/\1/p' <<<"$rec")
+  dir=$(printf 'pbt/trial-%03d' "$t")
+  grep -q "took over trial $p's checkpoint step-0000000020.json" "$dir/train.log" || fail "no takeover in $dir/train.log: $(cat $dir/train.log)"
+  grep -q "resumed from .*$dir/checkpoints/step-0000000020" "$dir/train.log" || fail "$dir did not resume from the copy: $(cat $dir/train.log)"
+  lr=$(sed -n 's/.*"optimizer.lr=\([0-9.e-]*\)".*/\1/p' <<<"$rec")
+  cfg_lr=$(sed -n 's/^lr = //p' "$dir/config.toml")
+  awk -v a="$lr" -v b="$cfg_lr" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d <= 1e-6 * a) }' \
+    || fail "$dir did not train with its perturbed lr $lr (config.toml: $cfg_lr)"
+  grep -q "^best: trial" out.txt || fail "no best line: $(tail -3 out.txt)"
+  [[ -s pbt/best.toml ]] || fail "no best.toml"
+  ;;
+stop_after_epoch_chunks)
+  # A run cut into three chunks with train.stop_after_epoch (one per batch job)
+  # ends bitwise where the straight run ends: the lr schedule spans all of
+  # train.epochs in every chunk, and each chunk resumes from the last one's checkpoint.
+  args=("$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.epochs=3 --set data.validation=59000
+        --set train.eval_every_epochs=0)
+  "$hpdl" train "${args[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed: $(tail -3 straight.log)"
+  "$hpdl" train "${args[@]}" --set train.run_dir=chunked --set train.stop_after_epoch=1 >c1.log 2>&1 \
+    || fail "chunk 1 failed: $(tail -3 c1.log)"
+  grep -q "stopped after epoch 1" c1.log || fail "chunk 1 did not say where it stopped: $(tail -3 c1.log)"
+  [[ $(ls chunked/checkpoints/*.json | wc -l) -eq 1 ]] || fail "chunk 1 should leave one checkpoint: $(ls chunked/checkpoints)"
+  "$hpdl" train --resume chunked --set train.stop_after_epoch=2 >c2.log 2>&1 || fail "chunk 2 failed: $(tail -3 c2.log)"
+  "$hpdl" train --resume chunked --set train.stop_after_epoch=1 >c3.log 2>&1 && fail "resuming past stop_after_epoch was accepted"
+  grep -q "already past epoch 2" c3.log || fail "no clear error for a stop before the checkpoint: $(tail -3 c3.log)"
+  "$hpdl" train --resume chunked --set train.stop_after_epoch=0 >c4.log 2>&1 || fail "last chunk failed: $(tail -3 c4.log)"
+  last=$(ls straight/checkpoints/*.safetensors | tail -1)
+  cmp "$last" "chunked/checkpoints/$(basename "$last")" || fail "the chunked run's final weights differ from the straight run's"
+  ;;
 tune_sha_np2)
   # Successive halving over 2 ranks: 4 trials x 20 steps, 2 x 40, 1 x 60, selected on 5,000 held-out images.
   cat >search.toml <<EOS

@@ -62,7 +62,62 @@ void check_groups(int64_t ranks_per_trial) {
   EXPECT_GT(result.best.metric, 0.0);
 }
 
+// PBT across rank groups: every member trains on exactly one group each
+// generation, only world rank 0 copies checkpoints (k per generation), and
+// every rank sees the same members with the same perturbed overrides.
+void check_pbt(int64_t ranks_per_trial) {
+  auto& world = dist::Communicator::world();
+  if (world.size() % ranks_per_trial != 0) GTEST_SKIP() << world.size() << " ranks, groups of " << ranks_per_trial;
+  tune::SearchConfig s;
+  s.method = "pbt";
+  s.trials = 8;
+  s.seed = 9;
+  s.resource = "steps";
+  s.interval = 10;
+  s.max_resource = 40;
+  s.quantile = 0.25;
+  s.ranks_per_trial = ranks_per_trial;
+  tune::Param p;
+  p.key = "optimizer.lr";
+  p.kind = tune::Param::Kind::log_uniform;
+  p.low = 1e-3, p.high = 1.0;
+  s.space = {p};
+  std::vector<double> runs(4 * 8, 0.0);  // [generation][trial]: ranks that ran it
+  tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>& o, int64_t budget, bool resume,
+                                 dist::Communicator& group) {
+    EXPECT_EQ(group.size(), ranks_per_trial);
+    EXPECT_EQ(resume, budget > 10);
+    runs[static_cast<size_t>((budget / 10 - 1) * 8 + trial)] += 1;
+    const double lr = std::stod(o[0].substr(o[0].find('=') + 1));
+    tune::Outcome out;
+    out.val_accuracy = group.rank() == 0 ? 1.0 - std::abs(std::log(lr / 0.05)) / 10 : -100.0;
+    return out;
+  };
+  double clones = 0;
+  tune::TrialCloner cloner = [&](int64_t, int64_t, const std::vector<std::string>&) { clones += 1; };
+  auto result = tune::run_search(s, runner, world, {}, cloner);
+  EXPECT_TRUE(world.rank() == 0 || clones == 0) << "only rank 0 copies";
+  world.allreduce(&clones, 1, DType::f64);
+  EXPECT_EQ(clones, 2 * 3) << "the worst 2 of 8 after each of the first 3 generations";
+  world.allreduce(runs.data(), static_cast<int64_t>(runs.size()), DType::f64);
+  for (double n : runs) EXPECT_EQ(n, static_cast<double>(ranks_per_trial));
+  // Every rank holds the same records: trial, parent, overrides and metric.
+  ASSERT_EQ(result.records.size(), 32u);
+  std::vector<double> mine;
+  for (const auto& r : result.records) {
+    mine.push_back(static_cast<double>(r.trial));
+    mine.push_back(static_cast<double>(r.parent));
+    mine.push_back(std::stod(r.overrides[0].substr(r.overrides[0].find('=') + 1)));
+    mine.push_back(r.metric);
+  }
+  auto all = world.allgather(Tensor::from_vector(mine, {static_cast<int64_t>(mine.size())})).to_vector<double>();
+  for (int r = 1; r < world.size(); ++r)
+    for (size_t i = 0; i < mine.size(); ++i) EXPECT_EQ(all[r * mine.size() + i], mine[i]) << "rank " << r << " entry " << i;
+}
+
 TEST(Tune, SuccessiveHalvingOnSingleRankGroups) { check_groups(1); }
+TEST(Tune, PopulationBasedTrainingOnSingleRankGroups) { check_pbt(1); }
+TEST(Tune, PopulationBasedTrainingOnTwoRankGroups) { check_pbt(2); }
 TEST(Tune, SuccessiveHalvingOnTwoRankGroups) { check_groups(2); }
 
 }  // namespace

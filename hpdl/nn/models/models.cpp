@@ -4,6 +4,8 @@
 // reject inputs that would shrink to nothing.
 #include "hpdl/nn/models/models.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 #include "hpdl/nn/blocks.h"
@@ -158,6 +160,54 @@ ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height, i
   return net;
 }
 
+ModulePtr vgg_bn(int64_t depth, int64_t in_channels, int64_t num_classes, int64_t height, int64_t width, double dropout,
+                 uint64_t seed) {
+  const std::string name = fmt::format("vgg{}_bn", depth);
+  check_common(name.c_str(), in_channels, num_classes);
+  // Simonyan and Zisserman 2015, table 1, configurations A, B, D, E: conv3x3 widths, 0 = max pooling.
+  std::vector<int64_t> plan;
+  if (depth == 11) plan = {64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0};
+  else if (depth == 13) plan = {64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0};
+  else if (depth == 16) plan = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
+  else if (depth == 19) plan = {64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0};
+  else HPDL_FAIL("vgg_bn: depth must be 11, 13, 16 or 19, got {}", depth);
+  HPDL_CHECK(height >= 8 && width >= 8, "{}: input {}x{} is too small (need at least 8x8)", name, height, width);
+  Generator gen(seed);
+  auto net = std::make_shared<Sequential>();
+  int64_t c = in_channels, h = height, w = width;
+  for (int64_t v : plan) {
+    if (v == 0) {
+      if (h < 2 || w < 2) continue;  // small inputs: no pooling below 1x1 (28x28 pools four times)
+      net->push_back(std::make_shared<MaxPool2d>(2));
+      h = pooled(h, 2, 2), w = pooled(w, 2, 2);
+      continue;
+    }
+    net->push_back(std::make_shared<Conv2d>(c, v, Conv2dOptions::k(3).p(1), gen));
+    net->push_back(std::make_shared<BatchNorm2d>(v));
+    net->push_back(std::make_shared<ReLU>());
+    c = v;
+  }
+  if (height > 64 || width > 64) {
+    // The ImageNet classifier: 7x7x512 -> 4096 -> 4096 -> classes, dropout after each hidden layer.
+    net->push_back(std::make_shared<AdaptiveAvgPool2d>(7, 7));
+    net->push_back(std::make_shared<Flatten>());
+    int64_t in = 512 * 7 * 7;
+    for (int i = 0; i < 2; ++i) {
+      net->push_back(std::make_shared<Linear>(in, 4096, true, gen));
+      net->push_back(std::make_shared<ReLU>());
+      if (dropout > 0) net->push_back(std::make_shared<Dropout>(dropout, seed + 1 + static_cast<uint64_t>(i)));
+      in = 4096;
+    }
+    net->push_back(std::make_shared<Linear>(4096, num_classes, true, gen));
+  } else {
+    // Small inputs (CIFAR, Fashion-MNIST): global average pooling and one fc, the usual adaptation.
+    net->push_back(std::make_shared<AdaptiveAvgPool2d>(1, 1));
+    net->push_back(std::make_shared<Flatten>());
+    net->push_back(std::make_shared<Linear>(512, num_classes, true, gen));
+  }
+  return net;
+}
+
 RnnClassifier::RnnClassifier(const std::string& cell, int64_t in_features, int64_t hidden, int64_t num_layers,
                              int64_t classes, Generator& gen)
     : in_features(in_features), num_layers(num_layers) {
@@ -193,7 +243,7 @@ ModulePtr rnn_classifier(const std::string& cell, int64_t in_features, int64_t h
 }
 
 std::vector<std::string> model_names() {
-  return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "lstm", "gru"};
+  return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru"};
 }
 
 ModulePtr make_model(const std::string& name, const ModelConfig& c) {
@@ -208,6 +258,9 @@ ModulePtr make_model(const std::string& name, const ModelConfig& c) {
   if (name == "resnet50") return resnet50(c.in_channels, c.num_classes, c.height, c.width, c.seed);
   if (name == "alexnet_bn")
     return alexnet_bn(c.in_channels, c.num_classes, c.height, c.width, c.dropout >= 0 ? c.dropout : 0.5, c.seed);
+  if (name == "vgg11_bn" || name == "vgg16_bn")
+    return vgg_bn(name == "vgg11_bn" ? 11 : 16, c.in_channels, c.num_classes, c.height, c.width,
+                  c.dropout >= 0 ? c.dropout : 0.5, c.seed);
   if (name == "lstm" || name == "gru") {
     HPDL_CHECK(!c.hidden.empty() && std::all_of(c.hidden.begin(), c.hidden.end(), [&](int64_t h) { return h == c.hidden[0]; }),
                "make_model({}): model.hidden must list one size per layer, all equal (e.g. [128]), got {} sizes", name,

@@ -20,7 +20,7 @@ struct ModelConfig {
   std::vector<int64_t> hidden = {256, 128};  // mlp only
   std::string activation = "relu";           // mlp only (see make_activation)
   // Dropout probability; < 0 means the model's default (mlp: none, after each
-  // hidden activation; alexnet_bn: 0.5 in the classifier).
+  // hidden activation; alexnet_bn, vgg*_bn: 0.5 in the classifier).
   double dropout = -1.0;
   uint64_t seed = 0;                          // weight init (and dropout masks)
 };
@@ -59,6 +59,16 @@ ModulePtr resnet18(int64_t in_channels, int64_t num_classes, int64_t height = 22
 ModulePtr alexnet_bn(int64_t in_channels, int64_t num_classes, int64_t height = 32, int64_t width = 32,
                      double dropout = 0.5, uint64_t seed = 0);
 
+// VGG with batch normalization (Simonyan and Zisserman 2015, configurations
+// A, B, D, E for depth 11, 13, 16, 19): conv3x3+BN+ReLU stacks of 64 to 512
+// channels with max pooling between them. Inputs larger than 64x64 get the
+// ImageNet classifier (7x7x512 -> fc4096 -> fc4096 -> classes, with dropout;
+// vgg16_bn at 3x224x224, 1000 classes: 138,365,992 parameters, as
+// torchvision); small inputs (CIFAR, Fashion-MNIST) skip the poolings that
+// would go below 1x1 and end with global average pooling and one fc.
+ModulePtr vgg_bn(int64_t depth, int64_t in_channels, int64_t num_classes, int64_t height = 224, int64_t width = 224,
+                 double dropout = 0.5, uint64_t seed = 0);
+
 // A recurrent sequence classifier for images read row by row: x [N, C, H, W]
 // becomes H timesteps of C*W features (or x [N, T, F] is used as it is), a
 // stack of LSTM (cell = "lstm") or GRU ("gru") layers of `hidden` units runs
@@ -82,7 +92,7 @@ class RnnClassifier : public Module {
 // The names make_model knows, in order.
 std::vector<std::string> model_names();
 // Builds a model by name ("mlp", "lenet5", "resnet20", "resnet18",
-// "resnet50" (nn/models/resnet50.h), "alexnet_bn", "lstm", "gru"; for the
+// "resnet50" (nn/models/resnet50.h), "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru"; for the
 // recurrent ones `hidden` gives one size per layer, all equal, e.g. [128]); throws for an unknown name listing the known ones, and for a
 // config the model cannot take (naming the field).
 ModulePtr make_model(const std::string& name, const ModelConfig& config);

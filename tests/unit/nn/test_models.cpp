@@ -27,6 +27,13 @@ TEST(Models, ParameterCounts) {
   // alexnet_bn 1x28x28: convs 576 + 73728 + 294912 + 589824 + 294912, BN2d 2*(64+128+256+256+128),
   //   fc 1152*512 + 512*512 (no bias, BN1d 2*512 each), fc 512*10+10
   EXPECT_EQ(alexnet_bn(1, 10, 28, 28)->num_parameters(), 2114762);
+  // vgg11_bn 1x28x28 (pools 28 -> 14 -> 7 -> 3 -> 1; the fifth is skipped): convs with bias
+  //   1*64*9+64 = 640, 64*128*9+128 = 73856, 128*256*9+256 = 295168, 256*256*9+256 = 590080,
+  //   256*512*9+512 = 1180160, 3 x (512*512*9+512) = 3 x 2359808; BN 2*(64+128+256+256+4*512) = 5504; fc 5130
+  EXPECT_EQ(vgg_bn(11, 1, 10, 28, 28)->num_parameters(),
+            640 + 73856 + 295168 + 590080 + 1180160 + 3 * 2359808 + 5504 + 5130);
+  // vgg16_bn at 3x224x224 with 1000 classes has torchvision's count.
+  EXPECT_EQ(vgg_bn(16, 3, 1000)->num_parameters(), 138365992);
 }
 
 TEST(Models, FactoryAndErrors) {
@@ -43,6 +50,8 @@ TEST(Models, FactoryAndErrors) {
   c.height = 4;
   c.width = 4;
   EXPECT_THROW(make_model("lenet5", c), Error);
+  EXPECT_THROW(make_model("vgg16_bn", c), Error);
+  EXPECT_THROW(vgg_bn(12, 3, 10), Error);
   // Same seed, same weights.
   auto a = make_model("resnet20", ModelConfig{}), b = make_model("resnet20", ModelConfig{});
   EXPECT_EQ(a->state_dict().at("3.0.conv1.weight").to_vector<float>(),
@@ -53,13 +62,13 @@ TEST(Models, OutputShapes) {
   Generator gen(5);
   Tensor mnist = Tensor::randn({2, 1, 28, 28}, gen);
   Tensor cifar = Tensor::randn({2, 3, 32, 32}, gen);
-  for (const char* name : {"mlp", "lenet5", "resnet20", "alexnet_bn"}) {
+  for (const char* name : {"mlp", "lenet5", "resnet20", "alexnet_bn", "vgg11_bn"}) {
     ModelConfig c;
     auto m = make_model(name, c);
     EXPECT_EQ(m->forward(mnist).shape(), (Shape{2, 10})) << name;
   }
   ModelConfig c3{.in_channels = 3, .height = 32, .width = 32, .num_classes = 100};
-  for (const char* name : {"resnet20", "resnet18", "alexnet_bn", "lenet5"}) {
+  for (const char* name : {"resnet20", "resnet18", "alexnet_bn", "lenet5", "vgg11_bn"}) {
     auto m = make_model(name, c3);
     m->eval();
     NoGradGuard ng;

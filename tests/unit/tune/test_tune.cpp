@@ -164,6 +164,185 @@ TEST(TuneTest, FailedTrialsRankLastAndAreNotPromoted) {
   EXPECT_EQ(result.best_trial, 1);
 }
 
+
+// Hyperband's brackets for max/min = 9, eta = 3 (Li et al.'s table for R = 9):
+// 9 trials from 1 epoch, 5 from 3, 3 at 9.
+TEST(TuneTest, HyperbandBracketsFollowThePaper) {
+  SearchDir d("tune_hyperband_plan");
+  auto s = d.parse("method = \"hyperband\"\nmin_resource = 1\nmax_resource = 9\neta = 3\n" + std::string(kSpace),
+                   {"train.epochs=9"});
+  const auto b = tune::brackets(s);
+  ASSERT_EQ(b.size(), 3u);
+  EXPECT_EQ(b[0].first_trial, 0);
+  EXPECT_EQ(b[0].trials, 9);
+  ASSERT_EQ(b[0].rungs.size(), 3u);
+  EXPECT_EQ(b[0].rungs[0].budget, 1);
+  EXPECT_EQ(b[0].rungs[1].budget, 3);
+  EXPECT_EQ(b[0].rungs[1].trials, 3);
+  EXPECT_EQ(b[0].rungs[2].budget, 9);
+  EXPECT_EQ(b[0].rungs[2].trials, 1);
+  EXPECT_EQ(b[1].first_trial, 9);
+  EXPECT_EQ(b[1].trials, 5);
+  ASSERT_EQ(b[1].rungs.size(), 2u);
+  EXPECT_EQ(b[1].rungs[0].budget, 3);
+  EXPECT_EQ(b[1].rungs[1].budget, 9);
+  EXPECT_EQ(b[1].rungs[1].trials, 1);
+  EXPECT_EQ(b[2].first_trial, 14);
+  EXPECT_EQ(b[2].trials, 3);
+  ASSERT_EQ(b[2].rungs.size(), 1u);
+  EXPECT_EQ(b[2].rungs[0].budget, 9);
+  EXPECT_EQ(tune::trial_overrides(s).size(), 17u) << "distinct samples for every bracket's trials";
+  // A ratio that is no power of eta: s_max = floor(log_3(10)) = 2, the last rung of each is max.
+  auto s2 = d.parse("method = \"hyperband\"\nmin_resource = 1\nmax_resource = 10\neta = 3\n" + std::string(kSpace),
+                    {"train.epochs=10"});
+  const auto b2 = tune::brackets(s2);
+  ASSERT_EQ(b2.size(), 3u);
+  for (const auto& br : b2) EXPECT_EQ(br.rungs.back().budget, 10);
+  EXPECT_EQ(b2[1].rungs[0].budget, 3) << "10 / 3 epochs, rounded down";
+}
+
+// Every bracket runs its own trials from scratch, halving within the bracket;
+// the best is taken over the brackets' last rungs.
+TEST(TuneTest, HyperbandRunsEveryBracket) {
+  SearchDir d("tune_hyperband_run");
+  auto s = d.parse("method = \"hyperband\"\nseed = 3\nmin_resource = 1\nmax_resource = 9\neta = 3\n" +
+                   std::string(kSpace), {"train.epochs=9"});
+  const auto trials = tune::trial_overrides(s);
+  auto distance = [&](int64_t t) { return std::abs(std::log(value_of(trials[t], "optimizer.lr") / 0.03)); };
+  std::map<int64_t, std::vector<std::pair<int64_t, bool>>> calls;
+  tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>&, int64_t budget, bool resume,
+                                 dist::Communicator&) {
+    calls[trial].push_back({budget, resume});
+    tune::Outcome out;
+    out.val_accuracy = 1.0 - 0.1 * distance(trial) - 0.5 / static_cast<double>(budget);
+    return out;
+  };
+  auto result = tune::run_search(s, runner, dist::Communicator::world());
+  EXPECT_EQ(result.records.size(), (9u + 3u + 1u) + (5u + 1u) + 3u);
+  EXPECT_EQ(calls.size(), 17u) << "every trial of every bracket trained";
+  for (const auto& [t, c] : calls) {
+    EXPECT_FALSE(c.front().second) << "trial " << t << " starts from scratch";
+    const int64_t first_budget = t < 9 ? 1 : t < 14 ? 3 : 9;
+    EXPECT_EQ(c.front().first, first_budget) << "trial " << t;
+    for (size_t i = 1; i < c.size(); ++i) EXPECT_TRUE(c[i].second) << "promotions resume";
+  }
+  for (const auto& r : result.records) EXPECT_EQ(r.bracket, r.trial < 9 ? 0 : r.trial < 14 ? 1 : 2);
+  // The best: the finalist (at 9 epochs) nearest lr = 0.03 among the brackets' winners.
+  std::vector<int64_t> finalists;
+  for (const auto& r : result.records)
+    if (r.budget == 9) finalists.push_back(r.trial);
+  ASSERT_EQ(finalists.size(), 1u + 1u + 3u);
+  int64_t best = finalists[0];
+  for (int64_t t : finalists)
+    if (distance(t) < distance(best)) best = t;
+  EXPECT_EQ(result.best_trial, best);
+}
+
+TEST(TuneTest, PerturbMovesEachKindWithinItsBounds) {
+  SearchDir d("tune_perturb");
+  auto s = d.parse("method = \"pbt\"\ntrials = 4\nperturb = 1.25\n" + std::string(kSpace));
+  const std::vector<std::string> o = {"optimizer.lr=0.1", "optimizer.momentum=0.8", "data.batch_size=17",
+                                      "optimizer.name=\"sgd\"", "train.seed=5"};
+  int lr_up = 0, lr_down = 0;
+  for (uint64_t seed = 0; seed < 64; ++seed) {
+    const auto p = tune::perturb_overrides(s, o, seed);
+    ASSERT_EQ(p.size(), o.size());
+    EXPECT_EQ(p, tune::perturb_overrides(s, o, seed)) << "deterministic in the seed";
+    const double lr = value_of(p, "optimizer.lr");
+    EXPECT_TRUE(std::abs(lr - 0.125) < 1e-12 || std::abs(lr - 0.08) < 1e-12) << lr;
+    lr_up += lr > 0.1, lr_down += lr < 0.1;
+    const double m = value_of(p, "optimizer.momentum");
+    EXPECT_TRUE(std::abs(m - 0.9) < 1e-12 || std::abs(m - 0.64) < 1e-12) << "0.8 x 1.25 = 1.0 is capped at 0.9: " << m;
+    const double b = value_of(p, "data.batch_size");
+    EXPECT_TRUE(b == 19 || b == 16) << "17 x 1.25 = 21 capped at 19, or 17 / 1.25 = 14 raised to 16: " << b;
+    EXPECT_EQ(p[3], "optimizer.name=\"adamw\"") << "the only neighbour of the first choice";
+    EXPECT_EQ(p[4], "train.seed=5") << "a key outside [space] is left alone";
+  }
+  EXPECT_GT(lr_up, 10);
+  EXPECT_GT(lr_down, 10);
+  // A factor too small to change an integer still moves it by one.
+  auto fine = d.parse("method = \"pbt\"\ntrials = 4\nperturb = 1.01\n" + std::string(kSpace));
+  for (uint64_t seed = 0; seed < 8; ++seed) {
+    const double b = value_of(tune::perturb_overrides(fine, o, seed), "data.batch_size");
+    EXPECT_TRUE(b == 18 || b == 16) << b;
+  }
+}
+
+// PBT with a made-up, stateful objective: each generation a member gains more
+// the nearer its lr is to 0.03, and its score accumulates (its "weights").
+// The worst quarter must take over the state of one of the best quarter
+// (the cloner is called with exactly those) and continue with a perturbed lr;
+// the population must end better than the same members left alone.
+TEST(TuneTest, PopulationBasedTrainingExploitsAndExplores) {
+  SearchDir d("tune_pbt");
+  auto s = d.parse("method = \"pbt\"\ntrials = 8\nseed = 4\ninterval = 1\nmax_resource = 6\nquantile = 0.25\n"
+                   "resource = \"steps\"\n[space]\n\"optimizer.lr\" = { log_uniform = [0.001, 1.0] }\n");
+  const auto initial = tune::trial_overrides(s);
+  ASSERT_EQ(initial.size(), 8u);
+  auto gain = [](const std::vector<std::string>& o) { return 1.0 - 0.2 * std::abs(std::log(value_of(o, "optimizer.lr") / 0.03)); };
+  std::map<int64_t, double> score;  // the members' state
+  std::map<int64_t, std::vector<std::string>> current;
+  std::vector<std::pair<int64_t, int64_t>> clones;  // (from, to) per generation, in order
+  std::vector<size_t> clones_after_generation;
+  int generation_calls = 0;
+  tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>& o, int64_t budget, bool resume,
+                                 dist::Communicator&) {
+    EXPECT_EQ(resume, budget > 1) << "every generation after the first resumes";
+    current[trial] = o;
+    score[trial] += gain(o);
+    ++generation_calls;
+    tune::Outcome out;
+    out.val_accuracy = score[trial];
+    return out;
+  };
+  std::vector<tune::Record> records;
+  tune::TrialCloner cloner = [&](int64_t from, int64_t to, const std::vector<std::string>& o) {
+    clones.push_back({from, to});
+    score[to] = score[from];
+    const double ratio = value_of(o, "optimizer.lr") / value_of(current[from], "optimizer.lr");
+    EXPECT_TRUE(std::abs(ratio - 1.2) < 1e-4 || std::abs(ratio - 1 / 1.2) < 1e-4 || value_of(o, "optimizer.lr") == 1.0 ||
+                value_of(o, "optimizer.lr") == 0.001)
+        << "explore multiplies the donor's lr by 1.2 or 1/1.2: " << ratio;
+  };
+  auto result = tune::run_search(s, runner, dist::Communicator::world(),
+                                 [&](const tune::Record& r) { records.push_back(r); }, cloner);
+  EXPECT_EQ(generation_calls, 8 * 6);
+  ASSERT_EQ(records.size(), 48u);
+  EXPECT_EQ(clones.size(), 2u * 5u) << "the worst 2 of 8 after each of the first 5 generations";
+  // Each generation's clones go from its best two to its worst two, and the next generation's
+  // records name the donor as parent.
+  for (int g = 0; g < 5; ++g) {
+    std::vector<tune::Record> gen(records.begin() + 8 * g, records.begin() + 8 * (g + 1));
+    for (int c = 0; c < 2; ++c) {
+      const auto [from, to] = clones[static_cast<size_t>(2 * g + c)];
+      EXPECT_TRUE(from == gen[0].trial || from == gen[1].trial) << "generation " << g;
+      EXPECT_TRUE(to == gen[6].trial || to == gen[7].trial) << "generation " << g;
+      int parents = 0;
+      for (int i = 0; i < 8; ++i) {
+        const auto& r = records[static_cast<size_t>(8 * (g + 1) + i)];
+        if (r.trial == to) {
+          EXPECT_EQ(r.parent, from);
+          ++parents;
+        }
+      }
+      EXPECT_EQ(parents, 1);
+    }
+  }
+  // Left alone, each member would have 6 x its initial gain.
+  double alone_best = -1e9, alone_mean = 0, pbt_mean = 0;
+  for (int64_t t = 0; t < 8; ++t) {
+    alone_best = std::max(alone_best, 6 * gain(initial[t]));
+    alone_mean += 6 * gain(initial[t]) / 8;
+    pbt_mean += score[t] / 8;
+  }
+  EXPECT_GT(pbt_mean, alone_mean + 0.1) << "exploiting the best members lifts the population";
+  EXPECT_GE(result.best.metric, alone_best - 1e-9);
+  EXPECT_EQ(result.best.rung, 5);
+  // Without a cloner PBT is refused.
+  EXPECT_NE(test::error_of([&] { tune::run_search(s, runner, dist::Communicator::world()); }).find("needs a TrialCloner"),
+            std::string::npos);
+}
+
 TEST(TuneTest, BadSearchFilesAreNamed) {
   SearchDir d("tune_bad");
   auto err = [&](const std::string& body, const std::vector<std::string>& o = {}) {
@@ -191,6 +370,16 @@ TEST(TuneTest, BadSearchFilesAreNamed) {
   EXPECT_NE(e.find("max_resource is required"), std::string::npos) << e;
   e = err("method = \"bayes\"\n" + std::string(kSpace));
   EXPECT_NE(e.find("method = \"bayes\" is not one of random, grid, sha"), std::string::npos) << e;
+  e = err("method = \"pbt\"\ntrials = 1\n" + std::string(kSpace));
+  EXPECT_NE(e.find("population of trials >= 2"), std::string::npos) << e;
+  e = err("method = \"pbt\"\nquantile = 0.7\n" + std::string(kSpace));
+  EXPECT_NE(e.find("quantile must be in (0, 0.5]"), std::string::npos) << e;
+  e = err("method = \"pbt\"\nperturb = 1\n" + std::string(kSpace));
+  EXPECT_NE(e.find("perturb must be > 1"), std::string::npos) << e;
+  e = err("method = \"pbt\"\ninterval = 9\n" + std::string(kSpace));
+  EXPECT_NE(e.find("interval (9) must be between 1 and max_resource (4)"), std::string::npos) << e;
+  e = err("quantile = \"low\"\n" + std::string(kSpace));
+  EXPECT_NE(e.find("quantile must be a number"), std::string::npos) << e;
   e = err(std::string(kSpace), {"trials=many"});
   EXPECT_NE(e.find("'many' is not a number"), std::string::npos) << e;
   e = err("");
