@@ -10,7 +10,7 @@ pkgs=(
   libdnnl-dev
   openmpi-bin libopenmpi-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev
-  liblz4-dev libzstd-dev libxxhash-dev libpng-dev zlib1g-dev
+  liblz4-dev libzstd-dev libxxhash-dev libpng-dev zlib1g-dev libhdf5-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   strace python3 python3-numpy python3-onnx
   dataset-fashion-mnist

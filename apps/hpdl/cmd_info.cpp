@@ -1,4 +1,4 @@
-// hpdl info: versions, the ISA oneDNN runs on, threads, MPI and CUDA.
+// hpdl info: versions, the ISA oneDNN runs on, threads, MPI, HDF5 and CUDA.
 #include <mpi.h>
 
 #include <cstdio>
@@ -9,6 +9,7 @@
 #endif
 #include "hpdl/backend/cpu/onednn.h"
 #include "hpdl/core/threading.h"
+#include "hpdl/data/readers.h"
 
 namespace hpdl::cli {
 
@@ -30,6 +31,7 @@ void register_info(CLI::App& app) {
     std::printf("oneDNN %s, ISA %s\n", cpu::onednn_version().c_str(), cpu::onednn_isa().c_str());
     std::printf("OpenMP threads %d\n", num_threads());
     std::printf("MPI %s\n", mpi.c_str());
+    std::printf("HDF5 %s (serial; data.dataset = \"hdf5\")\n", data::hdf5_version().c_str());
 #ifdef HPDL_HAVE_CUDA
     std::printf("CUDA backend: built in\n%s\n", cuda::describe().c_str());
 #else

@@ -1,4 +1,5 @@
-// InMemoryDataset and the MNIST-family loader built on the idx reader.
+// InMemoryDataset, the MNIST-family loader built on the idx reader, and the
+// npy, csv and hdf5 dataset loaders.
 #include "hpdl/data/dataset.h"
 
 #include <algorithm>
@@ -113,11 +114,50 @@ std::shared_ptr<InMemoryDataset> open_npy(const std::filesystem::path& dir, bool
 
 }  // namespace
 
-std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std::filesystem::path& path, bool train) {
+std::shared_ptr<InMemoryDataset> load_hdf5(const std::filesystem::path& file, const std::string& x_name,
+                                           const std::string& y_name) {
+  const std::string f = file.string();
+  const Hdf5DatasetInfo xi = hdf5_dataset_info(file, x_name);
+  const Hdf5DatasetInfo yi = hdf5_dataset_info(file, y_name);
+  HPDL_CHECK(xi.shape.size() >= 2 && xi.shape.size() <= 4, "{}: dataset '{}' has shape {}; expected samples of dims "
+             "[N, C, H, W], [N, H, W] or [N, F]", f, x_name, shape_str(xi.shape));
+  const int64_t n = xi.shape[0];
+  HPDL_CHECK(yi.shape == Shape{n}, "{}: dataset '{}' has shape {}; expected {} labels of shape [{}] for the samples "
+             "of '{}'", f, y_name, shape_str(yi.shape), n, n, x_name);
+  HPDL_CHECK(yi.dtype == DType::u8 || yi.dtype == DType::i32 || yi.dtype == DType::i64, "{}: dataset '{}' holds {} "
+             "labels; class labels must be integers (uint8, int32, int64)", f, y_name, dtype_name(yi.dtype));
+  HPDL_CHECK(xi.dtype == DType::u8 || xi.dtype == DType::f32 || xi.dtype == DType::f64, "{}: dataset '{}' holds {} "
+             "samples; hpdl trains on uint8 (scaled to [0, 1]), float32 or float64", f, x_name, dtype_name(xi.dtype));
+  Shape sample(xi.shape.begin() + 1, xi.shape.end());
+  if (sample.size() == 1) sample.insert(sample.begin(), {1, 1});
+  if (sample.size() == 2) sample.insert(sample.begin(), 1);
+
+  std::vector<int64_t> labels(static_cast<size_t>(n));
+  read_hdf5_into(file, y_name, DType::i64, labels.data(), labels.size() * sizeof(int64_t));
+  for (int64_t i = 0; i < n; ++i)
+    HPDL_CHECK(labels[static_cast<size_t>(i)] >= 0, "{}: dataset '{}': label {} of sample {} is negative", f, y_name,
+               labels[static_cast<size_t>(i)], i);
+  const size_t count = static_cast<size_t>(numel_of(xi.shape));
+  if (xi.dtype == DType::u8) {
+    std::vector<uint8_t> x(count);
+    read_hdf5_into(file, x_name, DType::u8, x.data(), x.size());
+    return std::make_shared<InMemoryDataset>(sample, std::move(x), std::move(labels));
+  }
+  std::vector<float> x(count);
+  read_hdf5_into(file, x_name, DType::f32, x.data(), x.size() * sizeof(float));
+  return std::make_shared<InMemoryDataset>(sample, std::move(x), std::move(labels));
+}
+
+std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std::filesystem::path& path, bool train,
+                                              const Hdf5Names& hdf5) {
   if (kind == "fashion-mnist") return load_mnist_idx(path.empty() ? std::filesystem::path(kFashionMnistDir) : path, train);
   if (kind == "mnist") {
     HPDL_CHECK(!path.empty(), "dataset 'mnist' needs data.path: the directory of the four MNIST idx files");
     return load_mnist_idx(path, train);
+  }
+  if (kind == "hdf5") {
+    HPDL_CHECK(!path.empty(), "dataset 'hdf5' needs data.path: the HDF5 file (e.g. data.path = \"data.h5\")");
+    return train ? load_hdf5(path, hdf5.train_x, hdf5.train_y) : load_hdf5(path, hdf5.test_x, hdf5.test_y);
   }
   HPDL_CHECK(!path.empty(), "dataset '{}' needs data.path (a directory)", kind);
   if (kind == "npy") return open_npy(path, train);
@@ -127,7 +167,7 @@ std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std
     HPDL_CHECK(t.rows > 0, "{}: no data rows", p.string());
     return std::make_shared<InMemoryDataset>(Shape{t.cols}, std::move(t.features), std::move(t.labels));
   }
-  HPDL_FAIL("unknown dataset '{}' (known: fashion-mnist, mnist, npy, csv; packed stores open through hpdl/store)", kind);
+  HPDL_FAIL("unknown dataset '{}' (known: fashion-mnist, mnist, npy, csv, hdf5; packed stores open through hpdl/store)", kind);
 }
 
 }  // namespace hpdl::data

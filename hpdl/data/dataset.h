@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "hpdl/core/dtype.h"
@@ -68,12 +69,30 @@ class InMemoryDataset : public Dataset {
 // Debian package dataset-fashion-mnist.
 std::shared_ptr<InMemoryDataset> load_mnist_idx(const std::filesystem::path& dir, bool train);
 
+// The datasets inside an HDF5 file that hold the samples (x) and labels (y) of
+// each split (the config's data.hdf5_x, data.hdf5_y, data.hdf5_test_x, data.hdf5_test_y).
+struct Hdf5Names {
+  std::string train_x = "train/images", train_y = "train/labels";
+  std::string test_x = "test/images", test_y = "test/labels";
+};
+
+// Samples and labels from two datasets of one HDF5 file. x: [N, C, H, W],
+// [N, H, W] (C = 1) or features [N, F] (samples [1, 1, F], so that every model
+// and the per-channel normalization take them); uint8 is kept as bytes and
+// scaled to [0, 1] on get, float32 and float64 become float32 values as they
+// are (HDF5 converts float64 block by block: no second full copy). y: [N],
+// uint8, int32 or int64, each >= 0. Throws naming the file and the dataset.
+std::shared_ptr<InMemoryDataset> load_hdf5(const std::filesystem::path& file, const std::string& x_name,
+                                           const std::string& y_name);
+
 // Opens the train or test split of a dataset by kind (the config's data.dataset):
 //   "fashion-mnist", "mnist": the idx files in `path` ("" = kFashionMnistDir for fashion-mnist);
 //   "npy": path/{train,test}_x.npy ([N, C, H, W], [N, H, W] -> C = 1, or [N, D];
 //          u8 scaled to [0, 1], f4/f8 as they are) and path/{train,test}_y.npy ([N], integer);
-//   "csv": path/{train,test}.csv, numeric, label in the last column, samples [D].
+//   "csv": path/{train,test}.csv, numeric, label in the last column, samples [D];
+//   "hdf5": the file `path`, datasets hdf5.{train,test}_{x,y} (load_hdf5).
 // Throws naming the file, or the kind with the list of known kinds.
-std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std::filesystem::path& path, bool train);
+std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std::filesystem::path& path, bool train,
+                                              const Hdf5Names& hdf5 = {});
 
 }  // namespace hpdl::data

@@ -1,9 +1,10 @@
 // File readers for datasets and prediction inputs: idx (MNIST, Fashion-MNIST;
-// gzipped or plain), NumPy .npy, numeric CSV, and PNG images. Each checks the
+// gzipped or plain), NumPy .npy, HDF5 datasets, numeric CSV, and PNG images. Each checks the
 // format's own header (magic, dims, dtype) against the file size and throws
 // hpdl::Error naming the file, with a hint when the fix is known.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -38,6 +39,38 @@ inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mni
 RawArray read_npy(const std::filesystem::path& path);
 // Writes a C-ordered .npy (version 1.0) atomically. dtype: f32, f64, u8, i64, i32.
 void write_npy(const std::filesystem::path& path, DType dtype, const Shape& shape, const void* data);
+
+// ---- hdf5 ----
+// Datasets of an HDF5 file (the serial HDF5 C library). `dataset` is the path
+// inside the file, "train/images" or "/train/images". Supported datatypes:
+// float32, float64, uint8, int32, int64 (either byte order; HDF5 converts to
+// little-endian native); any rank, a scalar has shape []. Chunked and
+// compressed datasets read like contiguous ones (deflate is built into
+// Debian's libhdf5). Every function throws hpdl::Error naming the file and the
+// dataset for: a missing file, a file that is not HDF5, a truncated or corrupt
+// file (with HDF5's innermost message; HDF5's own printout is silenced), a
+// missing dataset (the message lists the datasets the file holds), a group
+// given as a dataset, and an unsupported datatype. Calls are serialized (the
+// serial library is not thread-safe).
+struct Hdf5DatasetInfo {
+  DType dtype = DType::u8;
+  Shape shape;
+};
+// The dtype and shape of a dataset, without reading its values.
+Hdf5DatasetInfo hdf5_dataset_info(const std::filesystem::path& path, const std::string& dataset);
+// Reads a whole dataset in its own dtype.
+RawArray read_hdf5(const std::filesystem::path& path, const std::string& dataset);
+// Reads a whole dataset converted to `as` (f32, f64, u8, i32, i64; numeric
+// conversion by HDF5, no scaling) into dst, which must hold exactly
+// numel * dtype_size(as) bytes. Reads blocks of whole rows of axis 0, about
+// block_bytes each (at least one row), straight into dst, so no second copy of
+// the dataset is made.
+void read_hdf5_into(const std::filesystem::path& path, const std::string& dataset, DType as, void* dst,
+                    size_t dst_bytes, size_t block_bytes = size_t{64} << 20);
+// The paths of all datasets in the file (hard links only), sorted, without a leading "/".
+std::vector<std::string> list_hdf5_datasets(const std::filesystem::path& path);
+// The version of the HDF5 library hpdl runs with, e.g. "1.10.8" (for `hpdl info`).
+std::string hdf5_version();
 
 // ---- csv ----
 struct CsvOptions {

@@ -34,6 +34,8 @@ std::vector<Key> bind(Config& c) {
   auto& t = c.train;
   return {
       {"data.dataset", &d.dataset}, {"data.path", &d.path}, {"data.store", &d.store},
+      {"data.hdf5_x", &d.hdf5_x}, {"data.hdf5_y", &d.hdf5_y}, {"data.hdf5_test_x", &d.hdf5_test_x},
+      {"data.hdf5_test_y", &d.hdf5_test_y},
       {"data.batch_size", &d.batch_size}, {"data.workers", &d.workers}, {"data.prefetch", &d.prefetch},
       {"data.pin_memory", &d.pin_memory},
       {"data.shuffle", &d.shuffle}, {"data.drop_last", &d.drop_last}, {"data.random_crop", &d.random_crop},
@@ -304,7 +306,7 @@ void validate(const Config& c, const std::string& src) {
   auto positive = [&](const char* key, double v) { HPDL_CHECK(v > 0, "{}: {} must be > 0, got {}", src, key, v); };
   auto non_negative = [&](const char* key, double v) { HPDL_CHECK(v >= 0, "{}: {} must be >= 0, got {}", src, key, v); };
   const auto& d = c.data;
-  check_one_of(src, "data.dataset", d.dataset, {"fashion-mnist", "mnist", "npy", "csv", "store"});
+  check_one_of(src, "data.dataset", d.dataset, {"fashion-mnist", "mnist", "npy", "csv", "hdf5", "store"});
   positive("data.batch_size", static_cast<double>(d.batch_size));
   non_negative("data.workers", static_cast<double>(d.workers));
   positive("data.prefetch", static_cast<double>(d.prefetch));
@@ -314,6 +316,13 @@ void validate(const Config& c, const std::string& src) {
              src, d.mean.size(), d.std.size());
   for (double s : d.std) positive("data.std", s);
   HPDL_CHECK(d.dataset != "store" || !d.store.empty(), "{}: data.dataset = 'store' needs data.store (a packed store path)", src);
+  if (d.dataset == "hdf5") {
+    HPDL_CHECK(!d.path.empty(), "{}: data.dataset = 'hdf5' needs data.path (the HDF5 file, e.g. \"data.h5\")", src);
+    for (auto [key, name] : {std::pair{"data.hdf5_x", &d.hdf5_x}, std::pair{"data.hdf5_y", &d.hdf5_y},
+                             std::pair{"data.hdf5_test_x", &d.hdf5_test_x}, std::pair{"data.hdf5_test_y", &d.hdf5_test_y}})
+      HPDL_CHECK(!name->empty() && name->find_first_not_of('/') != std::string::npos,
+                 "{}: {} must name a dataset inside data.path, e.g. \"train/images\"", src, key);
+  }
 
   const auto& m = c.model;
   check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru", "custom"});

@@ -29,8 +29,15 @@ struct LayerSpec {
 };
 
 struct DataConfig {
-  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | npy | csv | store
-  std::string path;                       // dataset directory or file; "" = the dataset's default
+  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | npy | csv | hdf5 | store
+  std::string path;                       // dataset directory or file (hdf5: the .h5 file); "" = the dataset's default
+  // dataset = "hdf5": the datasets inside data.path holding the training samples
+  // ([N, C, H, W], [N, H, W] or [N, F]; uint8, float32, float64) and their integer
+  // labels [N], and the same for the test split (docs/files.md).
+  std::string hdf5_x = "train/images";
+  std::string hdf5_y = "train/labels";
+  std::string hdf5_test_x = "test/images";
+  std::string hdf5_test_y = "test/labels";
   std::string store;                      // packed data store to read instead of files; "" = none
   int64_t batch_size = 64;                // per rank
   int64_t workers = 2;                    // DataLoader threads

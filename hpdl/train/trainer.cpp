@@ -215,8 +215,9 @@ Datasets load_datasets(const DataConfig& config) {
   } else {
     HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
                "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
-    ds.train = data::open_dataset(config.dataset, config.path, true);
-    ds.test = data::open_dataset(config.dataset, config.path, false);
+    const data::Hdf5Names h5{config.hdf5_x, config.hdf5_y, config.hdf5_test_x, config.hdf5_test_y};
+    ds.train = data::open_dataset(config.dataset, config.path, true, h5);
+    ds.test = data::open_dataset(config.dataset, config.path, false, h5);
   }
   if (config.validation > 0) {
     const int64_t n = ds.train->size();

@@ -52,8 +52,8 @@ struct Datasets {
   std::shared_ptr<const data::Dataset> validation;  // null unless data.validation > 0
 };
 
-// The datasets a config names (fashion-mnist and mnist from idx files; store
-// when built with the data store). Errors name the file and the package.
+// The datasets a config names (fashion-mnist and mnist from idx files, npy,
+// csv, hdf5; store when built with the data store). Errors name the file and the package.
 // With data.validation = N the last N training samples become the validation
 // set and the training set keeps the rest.
 Datasets load_datasets(const DataConfig& config);
