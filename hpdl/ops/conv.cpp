@@ -11,7 +11,74 @@
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 
+#include <type_traits>
+
 namespace hpdl {
+
+// ---------------------------------------------------------------- argument checks
+//
+// conv2d and conv_transpose2d (and its reference) take the same arguments up to
+// the weight layout and output_padding: one check for both, in one order, so a
+// new rule lands in both ops. Returns the output shape [N, K, P, Q].
+
+namespace {
+
+template <typename Params>
+Shape check_geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const Params& p, const char* op) {
+  constexpr bool transposed = std::is_same_v<Params, ConvTranspose2dParams>;
+  static_assert(transposed || std::is_same_v<Params, Conv2dParams>);
+  detail::check_defined(x, op, "input");
+  detail::check_defined(w, op, "weight");
+  detail::check_same(x, w, op);
+  detail::check_float(x, op);
+  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
+  detail::check_ndim(w, 4, op, transposed ? "weight [C, K/groups, R, S]" : "weight [K, C/groups, R, S]");
+  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
+                 p.pad_w >= 0 && p.groups >= 1,
+             "{}: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", op, p.stride_h,
+             p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+  if constexpr (transposed) {
+    // With output_pad >= stride the output would have rows no input pixel reaches
+    // and the gradient (a strided conv2d of it) would not come back to x's size.
+    HPDL_CHECK(p.output_pad_h >= 0 && p.output_pad_h < p.stride_h && p.output_pad_w >= 0 &&
+                   p.output_pad_w < p.stride_w,
+               "{}: output padding ({}, {}) must be non-negative and smaller than the stride ({}, {})", op,
+               p.output_pad_h, p.output_pad_w, p.stride_h, p.stride_w);
+  }
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), R = w.dim(2), S = w.dim(3);
+  int64_t K = 0, P = 0, Q = 0;
+  if constexpr (transposed) {
+    HPDL_CHECK(w.dim(0) == C && C % p.groups == 0,
+               "{}: input {} has {} channels but weight {} [C, K/groups, R, S] expects {} (groups {} must divide it)",
+               op, shape_str(x.shape()), C, shape_str(w.shape()), w.dim(0), p.groups);
+    K = w.dim(1) * p.groups;
+  } else {
+    K = w.dim(0);
+    HPDL_CHECK(w.dim(1) * p.groups == C && K % p.groups == 0,
+               "{}: input {} has {} channels but weight {} with groups {} expects {} (and K divisible by groups)", op,
+               shape_str(x.shape()), C, shape_str(w.shape()), p.groups, w.dim(1) * p.groups);
+  }
+  if (bias.defined()) {
+    detail::check_same(x, bias, op);
+    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "{}: bias {} does not match weight {} ({} {})", op,
+               shape_str(bias.shape()), shape_str(w.shape()), K, transposed ? "output channels" : "filters");
+  }
+  if constexpr (transposed) {
+    P = ConvTranspose2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h, p.output_pad_h);
+    Q = ConvTranspose2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w, p.output_pad_w);
+    HPDL_CHECK(P >= 1 && Q >= 1,
+               "{}: input {} with weight {}, stride ({}, {}) and padding ({}, {}) gives an empty output {}x{}", op,
+               shape_str(x.shape()), shape_str(w.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, P, Q);
+  } else {
+    P = Conv2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h);
+    Q = Conv2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w);
+    HPDL_CHECK(P >= 1 && Q >= 1, "{}: input {} is smaller than the dilated kernel of weight {} (padding ({}, {}))",
+               op, shape_str(x.shape()), shape_str(w.shape()), p.pad_h, p.pad_w);
+  }
+  return {N, K, P, Q};
+}
+
+}  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
   const char* op = "conv2d";
@@ -19,28 +86,9 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   detail::check_defined(w, op, "weight");
   if (autocast_applies(x) || autocast_applies(w))
     return conv2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
-  detail::check_same(x, w, op);
-  detail::check_float(x, op);
-  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
-  detail::check_ndim(w, 4, op, "weight [K, C/groups, R, S]");
-  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
-                 p.pad_w >= 0 && p.groups >= 1,
-             "conv2d: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", p.stride_h,
-             p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
-  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const int64_t K = w.dim(0), Cg = w.dim(1), R = w.dim(2), S = w.dim(3);
-  HPDL_CHECK(Cg * p.groups == C && K % p.groups == 0,
-             "conv2d: input {} has {} channels but weight {} with groups {} expects {} (and K divisible by groups)",
-             shape_str(x.shape()), C, shape_str(w.shape()), p.groups, Cg * p.groups);
-  if (bias.defined()) {
-    detail::check_same(x, bias, op);
-    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "conv2d: bias {} does not match weight {} ({} filters)",
-               shape_str(bias.shape()), shape_str(w.shape()), K);
-  }
-  const int64_t P = Conv2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h);
-  const int64_t Q = Conv2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w);
-  HPDL_CHECK(P >= 1 && Q >= 1, "conv2d: input {} is smaller than the dilated kernel of weight {} (padding ({}, {}))",
-             shape_str(x.shape()), shape_str(w.shape()), p.pad_h, p.pad_w);
+  const Shape ys = check_geometry(x, w, bias, p, op);  // [N, K, P, Q]
+  const int64_t N = ys[0], K = ys[1], P = ys[2], Q = ys[3];
+  const int64_t H = x.dim(2), W = x.dim(3), R = w.dim(2), S = w.dim(3);
 
   // Rows and columns past the last window (a strided conv whose stride does not
   // divide the input) are never read. Crop them with a differentiable view:
@@ -105,54 +153,13 @@ Conv2dParams ConvTranspose2dParams::as_conv() const {
   return c;
 }
 
-namespace {
-
-// Checks the arguments of conv_transpose2d (and its reference) and returns the output shape [N, K, P, Q].
-Shape conv_transpose2d_checked_shape(const Tensor& x, const Tensor& w, const Tensor& bias,
-                                     const ConvTranspose2dParams& p, const char* op) {
-  detail::check_defined(x, op, "input");
-  detail::check_defined(w, op, "weight");
-  detail::check_same(x, w, op);
-  detail::check_float(x, op);
-  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
-  detail::check_ndim(w, 4, op, "weight [C, K/groups, R, S]");
-  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
-                 p.pad_w >= 0 && p.groups >= 1,
-             "{}: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", op, p.stride_h,
-             p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
-  // With output_pad >= stride the output would have rows no input pixel reaches
-  // and the gradient (a strided conv2d of it) would not come back to x's size.
-  HPDL_CHECK(p.output_pad_h >= 0 && p.output_pad_h < p.stride_h && p.output_pad_w >= 0 && p.output_pad_w < p.stride_w,
-             "{}: output padding ({}, {}) must be non-negative and smaller than the stride ({}, {})", op,
-             p.output_pad_h, p.output_pad_w, p.stride_h, p.stride_w);
-  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const int64_t Kg = w.dim(1), R = w.dim(2), S = w.dim(3);
-  HPDL_CHECK(w.dim(0) == C && C % p.groups == 0,
-             "{}: input {} has {} channels but weight {} [C, K/groups, R, S] expects {} (groups {} must divide it)",
-             op, shape_str(x.shape()), C, shape_str(w.shape()), w.dim(0), p.groups);
-  const int64_t K = Kg * p.groups;
-  if (bias.defined()) {
-    detail::check_same(x, bias, op);
-    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "{}: bias {} does not match weight {} ({} output channels)", op,
-               shape_str(bias.shape()), shape_str(w.shape()), K);
-  }
-  const int64_t P = ConvTranspose2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h, p.output_pad_h);
-  const int64_t Q = ConvTranspose2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w, p.output_pad_w);
-  HPDL_CHECK(P >= 1 && Q >= 1,
-             "{}: input {} with weight {}, stride ({}, {}) and padding ({}, {}) gives an empty output {}x{}", op,
-             shape_str(x.shape()), shape_str(w.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, P, Q);
-  return {N, K, P, Q};
-}
-
-}  // namespace
-
 Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvTranspose2dParams& p) {
   const char* op = "conv_transpose2d";
   detail::check_defined(x, op, "input");
   detail::check_defined(w, op, "weight");
   if (autocast_applies(x) || autocast_applies(w))
     return conv_transpose2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
-  const Shape ys = conv_transpose2d_checked_shape(x, w, bias, p, op);
+  const Shape ys = check_geometry(x, w, bias, p, op);
   const Conv2dParams cp = p.as_conv();
 
   Tensor xc = x.contiguous().detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
@@ -196,7 +203,7 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
 
 Tensor conv_transpose2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias,
                                   const ConvTranspose2dParams& p) {
-  const Shape ys = conv_transpose2d_checked_shape(x, w, bias, p, "conv_transpose2d_reference");
+  const Shape ys = check_geometry(x, w, bias, p, "conv_transpose2d_reference");
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   const int64_t K = ys[1], P = ys[2], Q = ys[3];
   const int64_t Kg = w.dim(1), R = w.dim(2), S = w.dim(3);
