@@ -80,26 +80,12 @@ Shape check_geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
-  const char* op = "conv2d";
-  detail::check_defined(x, op, "input");
-  detail::check_defined(w, op, "weight");
-  if (autocast_applies(x) || autocast_applies(w))
-    return conv2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
-  const Shape ys = check_geometry(x, w, bias, p, op);  // [N, K, P, Q]
+namespace {
+
+// conv2d on checked arguments: the kernel call and the backward node. x is the
+// input as the backend gets it (conv2d may have cropped it); y [N, K, P, Q] = ys.
+Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Shape& ys) {
   const int64_t N = ys[0], K = ys[1], P = ys[2], Q = ys[3];
-  const int64_t H = x.dim(2), W = x.dim(3), R = w.dim(2), S = w.dim(3);
-
-  // Rows and columns past the last window (a strided conv whose stride does not
-  // divide the input) are never read. Crop them with a differentiable view:
-  // oneDNN cannot describe them (negative right padding) and would otherwise
-  // fall back to the reference kernel, 10-100x slower (ResNet's 1x1 stride-2 shortcuts).
-  const int64_t H_used = std::min(H, (P - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h);
-  const int64_t W_used = std::min(W, (Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w);
-  // cuDNN takes them as they are (and a cropped view would cost a channels-last copy there).
-  if ((H_used < H || W_used < W) && x.device().is_cpu())
-    return conv2d(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p);
-
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
   const bool cl = x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
@@ -129,6 +115,35 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
         /*first_order_only=*/true);
   }
   return y;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  const char* op = "conv2d";
+  detail::check_defined(x, op, "input");
+  detail::check_defined(w, op, "weight");
+  if (autocast_applies(x) || autocast_applies(w))
+    return conv2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
+  const Shape ys = check_geometry(x, w, bias, p, op);  // [N, K, P, Q]
+  // cuDNN takes the input as it is (a cropped view would cost a channels-last copy there).
+  if (!x.device().is_cpu()) return conv2d_run(x, w, bias, p, ys);
+
+  // Rows and columns past the last window (a strided conv whose stride does not
+  // divide the input) are never read. Crop them with a differentiable view:
+  // oneDNN cannot describe them (negative right padding) and would otherwise
+  // fall back to the reference kernel, 10-100x slower (ResNet's 1x1 stride-2 shortcuts).
+  // The last window ends before input row (P-1)*stride + (R-1)*dilation + 1 - pad. That
+  // end is 0 or negative when every window lies in the top padding (a 1x1 kernel with
+  // stride 8 and padding 2 on a 1-row input): no row is read and the crop keeps none.
+  // The cropped input gives the same P and Q, so it is run, not checked and cropped again
+  // (conv2d calling itself here recursed without end on such shapes: slice(2, 0, -1)
+  // of a 0-row input is that input again).
+  const int64_t H = x.dim(2), W = x.dim(3), R = w.dim(2), S = w.dim(3), P = ys[2], Q = ys[3];
+  const int64_t H_used = std::clamp<int64_t>((P - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h, 0, H);
+  const int64_t W_used = std::clamp<int64_t>((Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w, 0, W);
+  if (H_used < H || W_used < W) return conv2d_run(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p, ys);
+  return conv2d_run(x, w, bias, p, ys);
 }
 
 }  // namespace hpdl
