@@ -29,6 +29,26 @@ const char* reduce_name(ReduceOp op) {
   return names[static_cast<int>(op)];
 }
 
+void check_conv2d_kernel_shapes(const Shape& x, const Shape& w, const Shape& y, const Shape* bias,
+                                const Conv2dParams& p, const char* kernel) {
+  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
+                 p.pad_w >= 0 && p.groups >= 1,
+             "{}: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", kernel,
+             p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+  bool ok = x.size() == 4 && w.size() == 4 && y.size() == 4;
+  for (const Shape* s : {&x, &w, &y})
+    for (int64_t d : *s) ok = ok && d >= 0;
+  ok = ok && w[1] * p.groups == x[1] && w[0] % p.groups == 0 && y[0] == x[0] && y[1] == w[0] &&
+       y[2] == Conv2dParams::out_size(x[2], w[2], p.stride_h, p.pad_h, p.dilation_h) &&
+       y[3] == Conv2dParams::out_size(x[3], w[3], p.stride_w, p.pad_w, p.dilation_w);
+  if (bias) ok = ok && bias->size() == 1 && (*bias)[0] == w[0];
+  HPDL_CHECK(ok,
+             "{}: inconsistent shapes: input {}, weight {}, output {}{} with groups {}, stride ({}, {}), padding "
+             "({}, {}), dilation ({}, {}) (conv2d checks its arguments; call it rather than the kernel)",
+             kernel, shape_str(x), shape_str(w), shape_str(y), bias ? ", bias " + shape_str(*bias) : std::string(),
+             p.groups, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w);
+}
+
 void Backend::conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
                               const Tensor& db, const Conv2dParams& p) {
   if (dx.defined()) conv2d_backward_data(dy, w, dx, p);

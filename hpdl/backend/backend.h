@@ -51,11 +51,21 @@ struct Conv2dParams {
   int64_t pad_h = 0, pad_w = 0;
   int64_t dilation_h = 1, dilation_w = 1;
   int64_t groups = 1;
-  // Output size along one spatial dim.
+  // Output size along one spatial dim: floor((in + 2*pad - dil*(k-1) - 1) / stride) + 1 (stride >= 1).
+  // Rounded down, not toward zero: an input smaller than the dilated kernel gives 0 or less,
+  // never 1 (truncation turned (2 - 3) / 2 + 1 into 1, a window that reads only padding).
   static int64_t out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
-    return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+    const int64_t span = in + 2 * pad - dil * (k - 1) - 1;
+    return (span >= 0 ? span / stride : -((-span + stride - 1) / stride)) + 1;
   }
 };
+
+// Throws hpdl::Error naming `kernel` and the shapes unless x [N, C, H, W], w [K, C/groups, R, S],
+// y [N, K, P, Q] (P, Q from Conv2dParams::out_size) and bias [K] (when defined) agree with p. The
+// CPU convolution kernels call it first, so a caller that skipped conv2d's checks gets an error,
+// not reads past the end of x or a division by a zero group count.
+void check_conv2d_kernel_shapes(const Shape& x, const Shape& w, const Shape& y, const Shape* bias,
+                                const Conv2dParams& p, const char* kernel);
 
 struct Pool2dParams {
   int64_t kernel_h = 2, kernel_w = 2;

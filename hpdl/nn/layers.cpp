@@ -6,6 +6,8 @@
 #include "hpdl/nn/init.h"
 #include "hpdl/ops/ops.h"
 
+#include <type_traits>
+
 namespace hpdl::nn {
 
 // ---------------------------------------------------------------- Linear
@@ -25,14 +27,36 @@ Tensor Linear::forward(const Tensor& x) {
 
 // ---------------------------------------------------------------- Conv2d
 
+namespace {
+
+// The constructor checks Conv2d and ConvTranspose2d share (ConvTranspose2d adds
+// output_padding), so both layers reject the same bad options with the same words.
+template <typename Options>
+void check_conv_layer(const char* layer, int64_t in, int64_t out, const Options& o) {
+  HPDL_CHECK(in > 0 && out > 0, "{}: in_channels ({}) and out_channels ({}) must be positive", layer, in, out);
+  HPDL_CHECK(o.groups > 0 && in % o.groups == 0 && out % o.groups == 0,
+             "{}({}, {}): groups = {} must divide both channel counts", layer, in, out, o.groups);
+  HPDL_CHECK(o.kernel_h > 0 && o.kernel_w > 0 && o.stride > 0 && o.dilation > 0 && o.padding >= 0,
+             "{}({}, {}): invalid kernel {}x{}, stride {}, dilation {} or padding {}", layer, in, out, o.kernel_h,
+             o.kernel_w, o.stride, o.dilation, o.padding);
+  if constexpr (std::is_same_v<Options, ConvTranspose2dOptions>) {
+    HPDL_CHECK(o.output_padding >= 0 && o.output_padding < o.stride,
+               "{}({}, {}): output_padding {} must be in [0, stride) = [0, {})", layer, in, out, o.output_padding,
+               o.stride);
+  }
+}
+
+// The input of either layer's forward: [N, in_channels, H, W].
+void check_conv_input(const char* layer, int64_t in, int64_t out, const Tensor& x) {
+  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == in, "{}({}, {}): input must be [N, {}, H, W], got {}", layer, in, out, in,
+             shape_str(x.shape()));
+}
+
+}  // namespace
+
 Conv2d::Conv2d(int64_t in, int64_t out, const Conv2dOptions& o, Generator& gen)
     : in_channels(in), out_channels(out), options(o) {
-  HPDL_CHECK(in > 0 && out > 0, "Conv2d: in_channels ({}) and out_channels ({}) must be positive", in, out);
-  HPDL_CHECK(o.groups > 0 && in % o.groups == 0 && out % o.groups == 0,
-             "Conv2d({}, {}): groups = {} must divide both channel counts", in, out, o.groups);
-  HPDL_CHECK(o.kernel_h > 0 && o.kernel_w > 0 && o.stride > 0 && o.dilation > 0 && o.padding >= 0,
-             "Conv2d({}, {}): invalid kernel {}x{}, stride {}, dilation {} or padding {}", in, out, o.kernel_h,
-             o.kernel_w, o.stride, o.dilation, o.padding);
+  check_conv_layer("Conv2d", in, out, o);
   weight = register_parameter("weight", Tensor::empty({out, in / o.groups, o.kernel_h, o.kernel_w}));
   if (o.bias) bias = register_parameter("bias", Tensor::empty({out}));
   init::default_linear_init_(weight, bias, gen);
@@ -54,8 +78,7 @@ std::pair<int64_t, int64_t> Conv2d::output_size(int64_t h, int64_t w) const {
 }
 
 Tensor Conv2d::forward(const Tensor& x) {
-  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == in_channels, "Conv2d({}, {}): input must be [N, {}, H, W], got {}",
-             in_channels, out_channels, in_channels, shape_str(x.shape()));
+  check_conv_input("Conv2d", in_channels, out_channels, x);
   return conv2d(x, weight, bias, params());
 }
 
@@ -63,15 +86,7 @@ Tensor Conv2d::forward(const Tensor& x) {
 
 ConvTranspose2d::ConvTranspose2d(int64_t in, int64_t out, const ConvTranspose2dOptions& o, Generator& gen)
     : in_channels(in), out_channels(out), options(o) {
-  HPDL_CHECK(in > 0 && out > 0, "ConvTranspose2d: in_channels ({}) and out_channels ({}) must be positive", in, out);
-  HPDL_CHECK(o.groups > 0 && in % o.groups == 0 && out % o.groups == 0,
-             "ConvTranspose2d({}, {}): groups = {} must divide both channel counts", in, out, o.groups);
-  HPDL_CHECK(o.kernel_h > 0 && o.kernel_w > 0 && o.stride > 0 && o.dilation > 0 && o.padding >= 0,
-             "ConvTranspose2d({}, {}): invalid kernel {}x{}, stride {}, dilation {} or padding {}", in, out,
-             o.kernel_h, o.kernel_w, o.stride, o.dilation, o.padding);
-  HPDL_CHECK(o.output_padding >= 0 && o.output_padding < o.stride,
-             "ConvTranspose2d({}, {}): output_padding {} must be in [0, stride) = [0, {})", in, out,
-             o.output_padding, o.stride);
+  check_conv_layer("ConvTranspose2d", in, out, o);
   weight = register_parameter("weight", Tensor::empty({in, out / o.groups, o.kernel_h, o.kernel_w}));
   if (o.bias) bias = register_parameter("bias", Tensor::empty({out}));
   // PyTorch's ConvTranspose2d init is its Conv2d init applied to this layout (fan_in from dim 1).
@@ -95,8 +110,7 @@ std::pair<int64_t, int64_t> ConvTranspose2d::output_size(int64_t h, int64_t w) c
 }
 
 Tensor ConvTranspose2d::forward(const Tensor& x) {
-  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == in_channels, "ConvTranspose2d({}, {}): input must be [N, {}, H, W], got {}",
-             in_channels, out_channels, in_channels, shape_str(x.shape()));
+  check_conv_input("ConvTranspose2d", in_channels, out_channels, x);
   return conv_transpose2d(x, weight, bias, params());
 }
 

@@ -11,47 +11,81 @@
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 
+#include <type_traits>
+
 namespace hpdl {
 
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
-  const char* op = "conv2d";
+// ---------------------------------------------------------------- argument checks
+//
+// conv2d and conv_transpose2d (and its reference) take the same arguments up to
+// the weight layout and output_padding: one check for both, in one order, so a
+// new rule lands in both ops. Returns the output shape [N, K, P, Q].
+
+namespace {
+
+template <typename Params>
+Shape check_geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const Params& p, const char* op) {
+  constexpr bool transposed = std::is_same_v<Params, ConvTranspose2dParams>;
+  static_assert(transposed || std::is_same_v<Params, Conv2dParams>);
   detail::check_defined(x, op, "input");
   detail::check_defined(w, op, "weight");
-  if (autocast_applies(x) || autocast_applies(w))
-    return conv2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
   detail::check_same(x, w, op);
   detail::check_float(x, op);
   detail::check_ndim(x, 4, op, "input [N, C, H, W]");
-  detail::check_ndim(w, 4, op, "weight [K, C/groups, R, S]");
+  detail::check_ndim(w, 4, op, transposed ? "weight [C, K/groups, R, S]" : "weight [K, C/groups, R, S]");
   HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
                  p.pad_w >= 0 && p.groups >= 1,
-             "conv2d: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", p.stride_h,
+             "{}: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", op, p.stride_h,
              p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
-  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const int64_t K = w.dim(0), Cg = w.dim(1), R = w.dim(2), S = w.dim(3);
-  HPDL_CHECK(Cg * p.groups == C && K % p.groups == 0,
-             "conv2d: input {} has {} channels but weight {} with groups {} expects {} (and K divisible by groups)",
-             shape_str(x.shape()), C, shape_str(w.shape()), p.groups, Cg * p.groups);
+  if constexpr (transposed) {
+    // With output_pad >= stride the output would have rows no input pixel reaches
+    // and the gradient (a strided conv2d of it) would not come back to x's size.
+    HPDL_CHECK(p.output_pad_h >= 0 && p.output_pad_h < p.stride_h && p.output_pad_w >= 0 &&
+                   p.output_pad_w < p.stride_w,
+               "{}: output padding ({}, {}) must be non-negative and smaller than the stride ({}, {})", op,
+               p.output_pad_h, p.output_pad_w, p.stride_h, p.stride_w);
+  }
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), R = w.dim(2), S = w.dim(3);
+  int64_t K = 0, P = 0, Q = 0;
+  if constexpr (transposed) {
+    HPDL_CHECK(w.dim(0) == C && C % p.groups == 0,
+               "{}: input {} has {} channels but weight {} [C, K/groups, R, S] expects {} (groups {} must divide it)",
+               op, shape_str(x.shape()), C, shape_str(w.shape()), w.dim(0), p.groups);
+    K = w.dim(1) * p.groups;
+  } else {
+    K = w.dim(0);
+    HPDL_CHECK(w.dim(1) * p.groups == C && K % p.groups == 0,
+               "{}: input {} has {} channels but weight {} with groups {} expects {} (and K divisible by groups)", op,
+               shape_str(x.shape()), C, shape_str(w.shape()), p.groups, w.dim(1) * p.groups);
+  }
   if (bias.defined()) {
     detail::check_same(x, bias, op);
-    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "conv2d: bias {} does not match weight {} ({} filters)",
-               shape_str(bias.shape()), shape_str(w.shape()), K);
+    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "{}: bias {} does not match weight {} ({} {})", op,
+               shape_str(bias.shape()), shape_str(w.shape()), K, transposed ? "output channels" : "filters");
   }
-  const int64_t P = Conv2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h);
-  const int64_t Q = Conv2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w);
-  HPDL_CHECK(P >= 1 && Q >= 1, "conv2d: input {} is smaller than the dilated kernel of weight {} (padding ({}, {}))",
-             shape_str(x.shape()), shape_str(w.shape()), p.pad_h, p.pad_w);
+  if constexpr (transposed) {
+    P = ConvTranspose2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h, p.output_pad_h);
+    Q = ConvTranspose2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w, p.output_pad_w);
+    HPDL_CHECK(P >= 1 && Q >= 1,
+               "{}: input {} with weight {}, stride ({}, {}) and padding ({}, {}) gives an empty output {}x{}", op,
+               shape_str(x.shape()), shape_str(w.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, P, Q);
+  } else {
+    P = Conv2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h);
+    Q = Conv2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w);
+    HPDL_CHECK(P >= 1 && Q >= 1, "{}: input {} is smaller than the dilated kernel of weight {} (padding ({}, {}))",
+               op, shape_str(x.shape()), shape_str(w.shape()), p.pad_h, p.pad_w);
+  }
+  return {N, K, P, Q};
+}
 
-  // Rows and columns past the last window (a strided conv whose stride does not
-  // divide the input) are never read. Crop them with a differentiable view:
-  // oneDNN cannot describe them (negative right padding) and would otherwise
-  // fall back to the reference kernel, 10-100x slower (ResNet's 1x1 stride-2 shortcuts).
-  const int64_t H_used = std::min(H, (P - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h);
-  const int64_t W_used = std::min(W, (Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w);
-  // cuDNN takes them as they are (and a cropped view would cost a channels-last copy there).
-  if ((H_used < H || W_used < W) && x.device().is_cpu())
-    return conv2d(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p);
+}  // namespace
 
+namespace {
+
+// conv2d on checked arguments: the kernel call and the backward node. x is the
+// input as the backend gets it (conv2d may have cropped it); y [N, K, P, Q] = ys.
+Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Shape& ys) {
+  const int64_t N = ys[0], K = ys[1], P = ys[2], Q = ys[3];
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
   const bool cl = x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
@@ -83,6 +117,35 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   return y;
 }
 
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  const char* op = "conv2d";
+  detail::check_defined(x, op, "input");
+  detail::check_defined(w, op, "weight");
+  if (autocast_applies(x) || autocast_applies(w))
+    return conv2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
+  const Shape ys = check_geometry(x, w, bias, p, op);  // [N, K, P, Q]
+  // cuDNN takes the input as it is (a cropped view would cost a channels-last copy there).
+  if (!x.device().is_cpu()) return conv2d_run(x, w, bias, p, ys);
+
+  // Rows and columns past the last window (a strided conv whose stride does not
+  // divide the input) are never read. Crop them with a differentiable view:
+  // oneDNN cannot describe them (negative right padding) and would otherwise
+  // fall back to the reference kernel, 10-100x slower (ResNet's 1x1 stride-2 shortcuts).
+  // The last window ends before input row (P-1)*stride + (R-1)*dilation + 1 - pad. That
+  // end is 0 or negative when every window lies in the top padding (a 1x1 kernel with
+  // stride 8 and padding 2 on a 1-row input): no row is read and the crop keeps none.
+  // The cropped input gives the same P and Q, so it is run, not checked and cropped again
+  // (conv2d calling itself here recursed without end on such shapes: slice(2, 0, -1)
+  // of a 0-row input is that input again).
+  const int64_t H = x.dim(2), W = x.dim(3), R = w.dim(2), S = w.dim(3), P = ys[2], Q = ys[3];
+  const int64_t H_used = std::clamp<int64_t>((P - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h, 0, H);
+  const int64_t W_used = std::clamp<int64_t>((Q - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w, 0, W);
+  if (H_used < H || W_used < W) return conv2d_run(x.slice(2, 0, H_used).slice(3, 0, W_used), w, bias, p, ys);
+  return conv2d_run(x, w, bias, p, ys);
+}
+
 }  // namespace hpdl
 
 // ---------------------------------------------------------------- transposed convolution
@@ -105,54 +168,13 @@ Conv2dParams ConvTranspose2dParams::as_conv() const {
   return c;
 }
 
-namespace {
-
-// Checks the arguments of conv_transpose2d (and its reference) and returns the output shape [N, K, P, Q].
-Shape conv_transpose2d_checked_shape(const Tensor& x, const Tensor& w, const Tensor& bias,
-                                     const ConvTranspose2dParams& p, const char* op) {
-  detail::check_defined(x, op, "input");
-  detail::check_defined(w, op, "weight");
-  detail::check_same(x, w, op);
-  detail::check_float(x, op);
-  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
-  detail::check_ndim(w, 4, op, "weight [C, K/groups, R, S]");
-  HPDL_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 && p.pad_h >= 0 &&
-                 p.pad_w >= 0 && p.groups >= 1,
-             "{}: invalid parameters stride ({}, {}), padding ({}, {}), dilation ({}, {}), groups {}", op, p.stride_h,
-             p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
-  // With output_pad >= stride the output would have rows no input pixel reaches
-  // and the gradient (a strided conv2d of it) would not come back to x's size.
-  HPDL_CHECK(p.output_pad_h >= 0 && p.output_pad_h < p.stride_h && p.output_pad_w >= 0 && p.output_pad_w < p.stride_w,
-             "{}: output padding ({}, {}) must be non-negative and smaller than the stride ({}, {})", op,
-             p.output_pad_h, p.output_pad_w, p.stride_h, p.stride_w);
-  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const int64_t Kg = w.dim(1), R = w.dim(2), S = w.dim(3);
-  HPDL_CHECK(w.dim(0) == C && C % p.groups == 0,
-             "{}: input {} has {} channels but weight {} [C, K/groups, R, S] expects {} (groups {} must divide it)",
-             op, shape_str(x.shape()), C, shape_str(w.shape()), w.dim(0), p.groups);
-  const int64_t K = Kg * p.groups;
-  if (bias.defined()) {
-    detail::check_same(x, bias, op);
-    HPDL_CHECK(bias.ndim() == 1 && bias.dim(0) == K, "{}: bias {} does not match weight {} ({} output channels)", op,
-               shape_str(bias.shape()), shape_str(w.shape()), K);
-  }
-  const int64_t P = ConvTranspose2dParams::out_size(H, R, p.stride_h, p.pad_h, p.dilation_h, p.output_pad_h);
-  const int64_t Q = ConvTranspose2dParams::out_size(W, S, p.stride_w, p.pad_w, p.dilation_w, p.output_pad_w);
-  HPDL_CHECK(P >= 1 && Q >= 1,
-             "{}: input {} with weight {}, stride ({}, {}) and padding ({}, {}) gives an empty output {}x{}", op,
-             shape_str(x.shape()), shape_str(w.shape()), p.stride_h, p.stride_w, p.pad_h, p.pad_w, P, Q);
-  return {N, K, P, Q};
-}
-
-}  // namespace
-
 Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvTranspose2dParams& p) {
   const char* op = "conv_transpose2d";
   detail::check_defined(x, op, "input");
   detail::check_defined(w, op, "weight");
   if (autocast_applies(x) || autocast_applies(w))
     return conv_transpose2d(autocast_cast(x), autocast_cast(w), autocast_cast(bias), p);
-  const Shape ys = conv_transpose2d_checked_shape(x, w, bias, p, op);
+  const Shape ys = check_geometry(x, w, bias, p, op);
   const Conv2dParams cp = p.as_conv();
 
   Tensor xc = x.contiguous().detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
@@ -196,7 +218,7 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
 
 Tensor conv_transpose2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias,
                                   const ConvTranspose2dParams& p) {
-  const Shape ys = conv_transpose2d_checked_shape(x, w, bias, p, "conv_transpose2d_reference");
+  const Shape ys = check_geometry(x, w, bias, p, "conv_transpose2d_reference");
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   const int64_t K = ys[1], P = ys[2], Q = ys[3];
   const int64_t Kg = w.dim(1), R = w.dim(2), S = w.dim(3);

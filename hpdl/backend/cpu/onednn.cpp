@@ -292,6 +292,8 @@ const bool g_direct_conv = [] {
 
 void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                                    const Conv2dParams& p) {
+  const Shape bs = bias.defined() ? bias.shape() : Shape();
+  check_conv2d_kernel_shapes(x.shape(), w.shape(), y.shape(), bias.defined() ? &bs : nullptr, p, "conv2d_forward");
   if (g_direct_conv && f32_dense({&x, &w, &bias, &y}) && cpu::direct_conv_forward_preferred(x.shape(), w.shape(), p)) {
     cpu::direct_conv_forward(x, w, bias, y, p);
     return;
@@ -365,6 +367,7 @@ memory dy_in_layout(const Impl& impl, const memory& dyu, const memory::desc& wan
 
 void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p,
                                        SharedDy* shared) {
+  check_conv2d_kernel_shapes(dx.shape(), w.shape(), dy.shape(), nullptr, p, "conv2d_backward_data");
   if (g_direct_conv && f32_dense({&dy, &w, &dx}) && cpu::direct_conv_backward_data_preferred(dx.shape(), w.shape(), p)) {
     cpu::direct_conv_backward_data(dy, w, dx, p);
     return;
@@ -400,6 +403,9 @@ void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const 
 
 void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                           const Conv2dParams& p, SharedDy* shared) {
+  const Shape bs = db.defined() ? db.shape() : Shape();
+  check_conv2d_kernel_shapes(x.shape(), dw.shape(), dy.shape(), db.defined() ? &bs : nullptr, p,
+                             "conv2d_backward_weights");
   if (g_direct_conv && f32_dense({&x, &dy, &dw, &db}) && cpu::direct_conv_backward_weights_preferred(x.shape(), dw.shape(), p)) {
     cpu::direct_conv_backward_weights(x, dy, dw, db, p);
     return;

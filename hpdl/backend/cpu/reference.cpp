@@ -395,6 +395,8 @@ void ReferenceBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c,
 
 void ReferenceBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                                       const Conv2dParams& p) {
+  const Shape bs = bias.defined() ? bias.shape() : Shape();
+  check_conv2d_kernel_shapes(x.shape(), w.shape(), y.shape(), bias.defined() ? &bs : nullptr, p, "conv2d_forward");
   dispatch_float(x.dtype(), "conv2d", [&](auto tag) {
     using T = decltype(tag);
     Tensor xc = x.contiguous(), wc = w.contiguous();
@@ -431,6 +433,7 @@ void ReferenceBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Te
 
 void ReferenceBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx,
                                             const Conv2dParams& p) {
+  check_conv2d_kernel_shapes(dx.shape(), w.shape(), dy.shape(), nullptr, p, "conv2d_backward_data");
   dispatch_float(dy.dtype(), "conv2d_backward_data", [&](auto tag) {
     using T = decltype(tag);
     Tensor dyc = dy.contiguous(), wc = w.contiguous();
@@ -470,6 +473,9 @@ void ReferenceBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, c
 
 void ReferenceBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw,
                                                const Tensor& db, const Conv2dParams& p) {
+  const Shape bs = db.defined() ? db.shape() : Shape();
+  check_conv2d_kernel_shapes(x.shape(), dw.shape(), dy.shape(), db.defined() ? &bs : nullptr, p,
+                             "conv2d_backward_weights");
   dispatch_float(x.dtype(), "conv2d_backward_weights", [&](auto tag) {
     using T = decltype(tag);
     Tensor xc = x.contiguous(), dyc = dy.contiguous();

@@ -10,6 +10,7 @@
 #include "hpdl/backend/cpu/direct_conv.h"
 #include "hpdl/core/random.h"
 #include "hpdl/core/threading.h"
+#include "tests/unit/test_util.h"
 
 namespace hpdl {
 namespace {
@@ -293,6 +294,38 @@ TEST(CpuFastPaths, DirectConvolutionWeightGradientDoesNotDependOnThreads) {
   }
   set_num_threads(before);
   EXPECT_EQ(dws[0], dws[1]);
+}
+
+// The convolution kernels check their shapes themselves: called directly with shapes conv2d
+// refuses (3 input channels for weights of 2 groups of 2; a zero group count), they throw an
+// hpdl::Error naming the kernel and the shapes instead of reading past the end of x (reference),
+// failing inside oneDNN, or dividing by zero.
+TEST(CpuConvKernels, RefuseInconsistentShapesWithAnError) {
+  Generator g(7);
+  Conv2dParams p;
+  p.stride_h = p.stride_w = 2, p.pad_h = p.pad_w = 1, p.groups = 2;
+  Conv2dParams zero_groups = p;
+  zero_groups.groups = 0;
+  Tensor x = Tensor::randn({2, 3, 9, 9}, g), w = Tensor::randn({8, 2, 3, 3}, g), y = Tensor::empty({2, 8, 5, 5});
+  Tensor x4 = Tensor::randn({2, 4, 9, 9}, g), dw = Tensor::empty({8, 2, 3, 3}), db = Tensor::empty({8});
+  for (Backend* be : {&reference_backend(), &cpu_backend()}) {
+    const std::string name = be->name();
+    std::string m = test::error_of([&] { be->conv2d_forward(x, w, Tensor(), y, p); });
+    EXPECT_NE(m.find("conv2d_forward"), std::string::npos) << name << ": " << m;
+    EXPECT_NE(m.find("[2, 3, 9, 9]"), std::string::npos) << name << ": " << m;
+    EXPECT_NE(m.find("[8, 2, 3, 3]"), std::string::npos) << name << ": " << m;
+    m = test::error_of([&] { be->conv2d_backward_data(y, w, x, p); });
+    EXPECT_NE(m.find("conv2d_backward_data"), std::string::npos) << name << ": " << m;
+    m = test::error_of([&] { be->conv2d_backward_weights(x, y, dw, db, p); });
+    EXPECT_NE(m.find("conv2d_backward_weights"), std::string::npos) << name << ": " << m;
+    m = test::error_of([&] { be->conv2d_forward(x4, w, Tensor(), y, zero_groups); });
+    EXPECT_NE(m.find("groups 0"), std::string::npos) << name << ": " << m;
+    m = test::error_of([&] { be->conv2d_forward(x4, w, Tensor::empty({7}), y, p); });  // bias of 7 for 8 filters
+    EXPECT_NE(m.find("bias [7]"), std::string::npos) << name << ": " << m;
+    // The same kernels with consistent shapes still run.
+    be->conv2d_forward(x4, w, db.fill_(0.0), y, p);
+    EXPECT_TRUE(std::isfinite(y.to_vector<float>()[0])) << name;
+  }
 }
 
 }  // namespace

@@ -184,6 +184,15 @@ std::vector<OpCase> cases() {
   add({"conv2d_5x5_lenet", {{2, 1, 8, 8}, {3, 1, 5, 5}, {3}}, [](T x) { return conv2d(x[0], x[1], x[2], conv(1, 2)); },
        -1, 1, {}, 1e-6, 1e-6, 1e-4, {{8, 1, 28, 28}, {6, 1, 5, 5}, {6}}});
   add({"conv2d_1x1", {{2, 3, 3, 3}, {2, 3, 1, 1}}, [](T x) { return conv2d(x[0], x[1]); }});
+  // Every window in the padding (1-pixel input, stride 8, padding 2): the output is the bias alone.
+  // conv2d's crop of unread rows once recursed without end here (a stack overflow).
+  add({"conv2d_windows_in_padding", {{2, 2, 1, 1}, {3, 2, 1, 1}, {3}},
+       [](T x) { return conv2d(x[0], x[1], x[2], conv(8, 2)); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,
+       {{4, 8, 1, 1}, {16, 8, 1, 1}, {16}}});
+  // Windows past the first in the padding too (rows -2 and 6 of a 3-row input, row 2 read).
+  add({"conv2d_some_windows_in_padding", {{1, 2, 3, 3}, {2, 2, 1, 1}, {2}},
+       [](T x) { return conv2d(x[0], x[1], x[2], conv(4, 2)); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,
+       {{2, 8, 3, 3}, {8, 8, 1, 1}, {8}}});
   // Transposed convolution: the DCGAN up-sampling (k4 s2 p1), output padding, dilation with groups.
   add({"conv_transpose2d_k4s2p1", {{2, 3, 3, 4}, {3, 2, 4, 4}, {2}},
        [](T x) { return conv_transpose2d(x[0], x[1], x[2], convt(2, 1, 0)); }, -1, 1, {}, 1e-6, 1e-6, 1e-4,
@@ -411,6 +420,21 @@ TEST(Ops, CrossEntropyMatchesHandComputedValue) {
   EXPECT_NEAR(cross_entropy(logits, t, 0.2).item(), 0.8 * nll + 0.2 * smooth, 1e-12);
 }
 
+TEST(Ops, Conv2dWindowsAllInPaddingGiveTheBias) {
+  // x [2, 2, 1, 1], 1x1 kernel, stride 8, padding 2: one output pixel per filter, centred on row -2.
+  Generator gen(3);
+  Tensor x = Tensor::randn({2, 2, 1, 1}, gen).set_requires_grad();
+  Tensor w = Tensor::randn({3, 2, 1, 1}, gen).set_requires_grad();
+  Tensor b = Tensor::from_vector<float>({0.5f, -1.0f, 2.0f}, {3}).set_requires_grad();
+  Tensor y = conv2d(x, w, b, conv(8, 2));
+  ASSERT_EQ(y.shape(), (Shape{2, 3, 1, 1}));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{0.5f, -1.0f, 2.0f, 0.5f, -1.0f, 2.0f}));
+  auto g = grad({sum(y)}, {x, w, b});
+  EXPECT_EQ(g[0].to_vector<float>(), std::vector<float>(4, 0.0f));
+  EXPECT_EQ(g[1].to_vector<float>(), std::vector<float>(6, 0.0f));
+  EXPECT_EQ(g[2].to_vector<float>(), std::vector<float>(3, 2.0f));  // N * P * Q = 2
+}
+
 TEST(Ops, DropoutKeepsExpectationAndIsIdentityInEval) {
   Generator gen(3);
   Tensor x = Tensor::ones({100000});
@@ -507,6 +531,13 @@ TEST(OpErrors, ShapeMismatchNamesOpAndBothShapes) {
   EXPECT_NE(m.find("conv2d"), std::string::npos) << m;
   EXPECT_NE(m.find("[1, 3, 8, 8]"), std::string::npos) << m;
   EXPECT_NE(m.find("[4, 2, 3, 3]"), std::string::npos) << m;
+  // An input smaller than the kernel with a stride: (2 - 3) / 2 + 1 truncated to 1 output row
+  // (a window reading only padding); rounded down it is 0 and the input is refused.
+  m = error_of([&] { conv2d(Tensor::ones({1, 1, 2, 2}), Tensor::ones({1, 1, 3, 3}), {}, conv(2, 0)); });
+  EXPECT_NE(m.find("smaller than the dilated kernel"), std::string::npos) << m;
+  EXPECT_EQ(Conv2dParams::out_size(2, 3, 2, 0, 1), 0);
+  EXPECT_EQ(Conv2dParams::out_size(1, 3, 3, 0, 2), -1);  // span -4: floor(-4 / 3) = -2
+  EXPECT_EQ(Conv2dParams::out_size(9, 3, 2, 1, 1), 5);
 
   m = error_of([&] { cross_entropy(Tensor::ones({4, 10}), i64({1, 2, 3})); });
   EXPECT_NE(m.find("cross_entropy"), std::string::npos) << m;
