@@ -84,6 +84,7 @@ std::shared_ptr<InMemoryDataset> open_npy(const std::filesystem::path& dir, bool
   HPDL_CHECK(y.shape == Shape{n}, "{}: expected {} labels of shape [{}], got {}", yp.string(), n, n, shape_str(y.shape));
   Shape sample(x.shape.begin() + 1, x.shape.end());
   if (sample.size() == 2) sample.insert(sample.begin(), 1);
+  if (sample.size() == 1) sample.insert(sample.begin(), {1, 1});  // features [D] -> [1, 1, D], as for HDF5 and CSV
   std::vector<int64_t> labels(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     int64_t v = 0;
@@ -165,7 +166,8 @@ std::shared_ptr<InMemoryDataset> open_dataset(const std::string& kind, const std
     const std::filesystem::path p = path / (train ? "train.csv" : "test.csv");
     CsvTable t = read_csv(p);
     HPDL_CHECK(t.rows > 0, "{}: no data rows", p.string());
-    return std::make_shared<InMemoryDataset>(Shape{t.cols}, std::move(t.features), std::move(t.labels));
+    // Feature rows are samples [1, 1, D]: one channel, so mlp and the normalization take them.
+    return std::make_shared<InMemoryDataset>(Shape{1, 1, t.cols}, std::move(t.features), std::move(t.labels));
   }
   HPDL_FAIL("unknown dataset '{}' (known: fashion-mnist, mnist, npy, csv, hdf5; packed stores open through hpdl/store)", kind);
 }

@@ -277,6 +277,18 @@ EOS
   grep -q "^best: trial" out.txt || fail "no best line: $(tail -3 out.txt)"
   [[ -s pbt/best.toml ]] || fail "no best.toml"
   ;;
+train_csv_features)
+  # Tabular data: a CSV of feature rows (two well-separated classes in 4-D) trains an mlp to high accuracy.
+  awk 'BEGIN { srand(3); print "f0,f1,f2,f3,label";
+               for (i = 0; i < 600; ++i) { c = i % 2; s = c ? 1 : -1;
+                 printf "%.4f,%.4f,%.4f,%.4f,%d\n", s + 0.5 * (rand() - 0.5), -s + 0.5 * (rand() - 0.5), rand(), rand(), c } }' >train.csv
+  head -201 train.csv >test.csv
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${small[@]}" --set data.dataset=csv --set data.path=. --set data.normalize=false \
+    --set model.num_classes=2 --set model.hidden=[16] --set train.epochs=3 --set data.batch_size=32 --set train.run_dir=run \
+    >out.txt 2>err.txt || fail "training on CSV features failed: $(tail -3 err.txt)"
+  acc=$(sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p' err.txt out.txt | tail -1)
+  awk -v a="$acc" 'BEGIN { exit !(a >= 95) }' || fail "test accuracy $acc% on separable CSV features"
+  ;;
 stop_after_epoch_chunks)
   # A run cut into three chunks with train.stop_after_epoch (one per batch job)
   # ends bitwise where the straight run ends: the lr schedule spans all of

@@ -184,9 +184,16 @@ TEST(OpenDataset, NpyAndCsvDirectories) {
   EXPECT_FLOAT_EQ(s[0], 160.0f / 255.0f);
   write_text(d / "test.csv", "a,b,label\n1,2,1\n3,4,0\n");
   auto cs = open_dataset("csv", d, false);
-  EXPECT_EQ(cs->sample_shape(), Shape{2});
+  EXPECT_EQ(cs->sample_shape(), (Shape{1, 1, 2})) << "feature rows are one-channel samples, as for npy and HDF5";
   EXPECT_EQ(cs->get(1, s), 0);
   EXPECT_EQ(s[1], 4.0f);
+  std::vector<float> feats{0.5f, 1.5f, 2.5f, 3.5f, 4.5f, 5.5f};
+  write_npy(d / "train_x.npy", DType::f32, {2, 3}, feats.data());
+  write_npy(d / "train_y.npy", DType::i64, {2}, y.data());
+  auto fs_ = open_dataset("npy", d, true);
+  EXPECT_EQ(fs_->sample_shape(), (Shape{1, 1, 3}));
+  EXPECT_EQ(fs_->get(1, s), 0);
+  EXPECT_EQ(s[2], 5.5f);
   std::string err = error_of([&] { open_dataset("npy", d, false); });
   EXPECT_NE(err.find("test_x.npy"), std::string::npos) << err;
   EXPECT_NE(error_of([&] { open_dataset("cifar", d, true); }).find("known: fashion-mnist"), std::string::npos);
