@@ -354,6 +354,8 @@ void into(const Tensor& out, bool bf16, Conv&& conv) {
 
 void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                                  const Conv2dParams& p) {
+  const Shape bs = bias.defined() ? bias.shape() : Shape();
+  check_conv2d_kernel_shapes(x.shape(), w.shape(), y.shape(), bias.defined() ? &bs : nullptr, p, "conv2d_forward");
   require_compute("conv2d", x.dtype());
   const bool bf = use_bf16(x.dtype());
   Tensor xc = bf ? to_bf16(x) : dense_any(x), wc = bf ? to_bf16(w) : dense_any(w);
@@ -371,6 +373,7 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor&
 }
 
 void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p) {
+  check_conv2d_kernel_shapes(dx.shape(), w.shape(), dy.shape(), nullptr, p, "conv2d_backward_data");
   require_compute("conv2d_backward_data", dy.dtype());
   const bool bf = use_bf16(dy.dtype());
   Tensor dyc = bf ? to_bf16(dy) : dense_any(dy), wc = bf ? to_bf16(w) : dense_any(w);
@@ -379,6 +382,9 @@ void CudaBackend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const 
 
 void CudaBackend::conv2d_backward_weights(const Tensor& x, const Tensor& dy, const Tensor& dw, const Tensor& db,
                                           const Conv2dParams& p) {
+  const Shape bs = db.defined() ? db.shape() : Shape();
+  check_conv2d_kernel_shapes(x.shape(), dw.shape(), dy.shape(), db.defined() ? &bs : nullptr, p,
+                             "conv2d_backward_weights");
   require_compute("conv2d_backward_weights", x.dtype());
   const bool bf = use_bf16(x.dtype());
   Tensor xc = bf ? to_bf16(x) : dense_any(x), dyc = bf ? to_bf16(dy) : dense_any(dy);
