@@ -211,11 +211,15 @@ TEST(CpuFastPaths, SharedDyConvolutionBackwardEqualsSeparateCalls) {
 // Direct convolution for few input channels (backend/cpu/direct_conv.h): forward, weight, bias and
 // input gradients against the reference over the shapes it special-cases: 1 to 4 input channels, filter
 // widths 1 to 7 and non-square filters, output widths that are not a multiple of 8 (and below 8),
-// output channel counts around its blocks of 8, padding from 0 to kernel - 1.
+// output channel counts around its blocks of 8, padding from 0 to kernel - 1; and strided ones, which
+// it computes on the space-to-depth input (input channels x strides <= 4): DCGAN's 4x4 stride-2 layer,
+// odd sizes whose last rows and columns no window reaches, filters not divisible by the stride,
+// different strides per axis.
 TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
   struct Case {
     Shape x, w;
     int64_t pad_h, pad_w;
+    int64_t stride_h = 1, stride_w = 1;
   };
   for (const Case& c : {Case{{5, 1, 28, 28}, {6, 1, 5, 5}, 2, 2},      // LeNet-5 conv1
                         Case{{3, 1, 28, 28}, {16, 1, 3, 3}, 1, 1},     // ResNet-20's stem on Fashion-MNIST
@@ -223,14 +227,20 @@ TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
                         Case{{2, 2, 9, 30}, {9, 2, 5, 3}, 0, 2},       // non-square filter, no row padding
                         Case{{2, 4, 6, 5}, {3, 4, 7, 7}, 6, 6},        // output 12x11 from 6x5, pad = kernel - 1
                         Case{{1, 1, 4, 4}, {2, 1, 1, 1}, 0, 0},        // 1x1 filter, 4-wide output
-                        Case{{4, 1, 8, 8}, {8, 1, 4, 2}, 1, 0}}) {     // even filter sizes
+                        Case{{4, 1, 8, 8}, {8, 1, 4, 2}, 1, 0},        // even filter sizes
+                        Case{{3, 1, 28, 28}, {64, 1, 4, 4}, 1, 1, 2, 2},  // DCGAN's D conv1: 28 -> 14
+                        Case{{2, 1, 13, 12}, {9, 1, 3, 5}, 1, 2, 2, 2},   // odd filters, row 12 unread
+                        Case{{2, 1, 10, 9}, {3, 1, 2, 2}, 0, 0, 2, 2},    // 2x2 stride 2: one tap per phase
+                        Case{{2, 2, 9, 10}, {5, 2, 3, 3}, 1, 0, 2, 1},    // stride 2 x 1 on 2 channels
+                        Case{{3, 1, 10, 17}, {4, 1, 2, 7}, 0, 3, 1, 3}}) {  // stride 1 x 3, 7 -> 3 wide
     Conv2dParams p;
     p.pad_h = c.pad_h, p.pad_w = c.pad_w;
-    const int64_t P = Conv2dParams::out_size(c.x[2], c.w[2], 1, c.pad_h, 1);
-    const int64_t Q = Conv2dParams::out_size(c.x[3], c.w[3], 1, c.pad_w, 1);
+    p.stride_h = c.stride_h, p.stride_w = c.stride_w;
+    const int64_t P = Conv2dParams::out_size(c.x[2], c.w[2], c.stride_h, c.pad_h, 1);
+    const int64_t Q = Conv2dParams::out_size(c.x[3], c.w[3], c.stride_w, c.pad_w, 1);
     const Shape ys = {c.x[0], c.w[0], P, Q};
-    const std::string what = fmt::format("direct conv x {} w {} pad {},{}", shape_str(c.x), shape_str(c.w), c.pad_h,
-                                         c.pad_w);
+    const std::string what = fmt::format("direct conv x {} w {} pad {},{} stride {},{}", shape_str(c.x),
+                                         shape_str(c.w), c.pad_h, c.pad_w, c.stride_h, c.stride_w);
     Generator g(41);
     Tensor x = Tensor::randn(c.x, g), w = Tensor::randn(c.w, g, 0, 0.3), b = Tensor::randn({c.w[0]}, g);
     Tensor dy = Tensor::randn(ys, g);
@@ -271,7 +281,13 @@ TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
   // Shapes it does not take.
   Conv2dParams strided;
   strided.stride_h = strided.stride_w = 2;
-  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, strided));
+  EXPECT_TRUE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, strided));
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 2, 8, 8}, {4, 2, 3, 3}, strided));   // 2 channels x 4 phases
+  strided.stride_h = strided.stride_w = 3;
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 9, 9}, {4, 1, 3, 3}, strided));   // 9 phases
+  Conv2dParams dilated;
+  dilated.dilation_h = 2;
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, dilated));
   EXPECT_FALSE(cpu::direct_conv_applies({1, 5, 8, 8}, {4, 5, 3, 3}, {}));     // 5 input channels
   EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 16, 16}, {4, 1, 9, 9}, {}));   // 9x9 filter
 }
