@@ -228,8 +228,15 @@ bool binary_row_fast(BinaryOp op, T* o, const T* pa, const T* pb, int64_t n, T a
     case BinaryOp::relu_grad:
       for (int64_t i = 0; i < n; ++i) o[i] = pb[i * SB] > T(0) ? pa[i * SA] : T(0);
       return true;
-    case BinaryOp::leaky_relu_grad:  // D's LeakyReLU backward
-      for (int64_t i = 0; i < n; ++i) o[i] = pb[i * SB] > T(0) ? pa[i * SA] : al * pa[i * SA];
+    case BinaryOp::leaky_relu_grad:
+      // Written so that GCC 12 vectorizes it: as `b > 0 ? a : alpha * a` (or with the select
+      // of 1 and alpha inside the product) it keeps a branch per element ("control flow in
+      // loop"), 25x slower on a LeakyReLU's random signs.
+      for (int64_t i = 0; i < n; ++i) {
+        T factor = al;
+        if (pb[i * SB] > T(0)) factor = T(1);
+        o[i] = pa[i * SA] * factor;
+      }
       return true;
     case BinaryOp::add_relu:
       for (int64_t i = 0; i < n; ++i) o[i] = pa[i * SA] + pb[i * SB] > T(0) ? pa[i * SA] + pb[i * SB] : T(0);

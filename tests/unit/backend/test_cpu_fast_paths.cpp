@@ -208,6 +208,46 @@ TEST(CpuFastPaths, SharedDyConvolutionBackwardEqualsSeparateCalls) {
   }
 }
 
+// Binary ops' vectorized rows (dense, and against a value broadcast along the row, as a conv bias
+// [1, K, 1, 1] is) against the definitions in backend.h, element by element, with a strided
+// operand too (the generic loop): signs mixed so every select takes both sides.
+TEST(CpuFastPaths, BinaryRowsMatchTheirDefinitions) {
+  const double alpha = 0.2;
+  auto expected = [&](BinaryOp op, double a, double b) {
+    switch (op) {
+      case BinaryOp::add: return a + b;
+      case BinaryOp::sub: return a - b;
+      case BinaryOp::mul: return a * b;
+      case BinaryOp::div: return a / b;
+      case BinaryOp::relu_grad: return b > 0 ? a : 0.0;
+      case BinaryOp::leaky_relu_grad: return b > 0 ? a : alpha * a;
+      case BinaryOp::add_relu: return std::max(a + b, 0.0);
+      default: return 0.0;
+    }
+  };
+  Generator g(47);
+  const Shape full = {3, 4, 5, 6}, bias = {1, 4, 1, 1};
+  Tensor dense_a = Tensor::randn(full, g), dense_b = Tensor::randn(full, g), bias_v = Tensor::randn(bias, g);
+  Tensor strided_b = Tensor::randn({3, 4, 6, 5}, g).transpose(2, 3);  // inner stride 5
+  struct Operands {
+    const char* what;
+    Tensor a, b;
+  };
+  for (const Operands& c : {Operands{"dense", dense_a, dense_b}, Operands{"row against a bias", dense_a, bias_v},
+                            Operands{"bias against a row", bias_v, dense_b},
+                            Operands{"strided", dense_a, strided_b}})
+    for (BinaryOp op : {BinaryOp::add, BinaryOp::sub, BinaryOp::mul, BinaryOp::div, BinaryOp::relu_grad,
+                        BinaryOp::leaky_relu_grad, BinaryOp::add_relu}) {
+      Tensor out = Tensor::full(full, 7.0);
+      cpu_backend().binary(op, c.a, c.b, out, alpha);
+      Tensor a = c.a.expand(full).contiguous(), b = c.b.expand(full).contiguous();
+      std::vector<float> av = a.to_vector<float>(), bv = b.to_vector<float>(), ov = out.to_vector<float>();
+      for (size_t i = 0; i < ov.size(); ++i)
+        ASSERT_NEAR(ov[i], expected(op, av[i], bv[i]), 1e-6 * (1 + std::abs(expected(op, av[i], bv[i]))))
+            << binary_name(op) << ", " << c.what << ", element " << i;
+    }
+}
+
 // Direct convolution for few input channels (backend/cpu/direct_conv.h): forward, weight, bias and
 // input gradients against the reference over the shapes it special-cases: 1 to 4 input channels, filter
 // widths 1 to 7 and non-square filters, output widths that are not a multiple of 8 (and below 8),
