@@ -8,6 +8,11 @@
 //   build/bin/hpdl_dcgan [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
 //                        [--log-every N] [--grid-every N] [--threads T]
+//   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]
+//
+// --bench-steps times N training steps (G and D updates, minibatch gather
+// included) after W untimed ones (default 10) and prints only that: no
+// classifier, no grids, no files (bench/gan/run.sh against PyTorch).
 //
 // The classifier is trained first on the same [-1, 1] images (and saved to
 // DIR/classifier.safetensors) unless --classifier names such a file. See
@@ -38,6 +43,7 @@ namespace fs = std::filesystem;
 struct Args {
   int64_t steps = 600, batch = 64, train_images = 0, classifier_steps = 600, score_samples = 2000;
   int64_t features = 64, log_every = 100, grid_every = 200;
+  int64_t bench_steps = 0, warmup = 10;  // bench_steps > 0: only time the training steps
   uint64_t seed = 0;
   int threads = 0;  // 0: OpenMP's default
   fs::path out = "dcgan_out";
@@ -113,6 +119,25 @@ Tensor samples(gan::Dcgan& gan, int64_t k) {
 void report(const char* what, const gan::ClassifierScore& s) {
   std::printf("%s: confidence %.3f, class entropy %.3f (uniform 2.303), score %.2f\n", what, s.confidence,
               s.class_entropy, s.inception_score);
+}
+
+// --bench-steps: W warm-up steps, then N timed ones, in one train_dcgan loop.
+void bench(const Args& a) {
+  Tensor train_x = gan::load_fashion_mnist_images(data::kFashionMnistDir, true, a.train_images);
+  gan::DcganOptions o;
+  o.batch_size = a.batch;
+  o.g_features = o.d_features = a.features;
+  o.seed = a.seed;
+  gan::Dcgan gan(o);
+  Clock::time_point t = Clock::now();
+  const gan::DcganStepStats last =
+      gan::train_dcgan(gan, train_x, a.warmup + a.bench_steps, [&](int64_t step, const gan::DcganStepStats&) {
+        if (step == a.warmup) t = Clock::now();
+      });
+  const double s = since(t);
+  std::printf("hpdl dcgan: %lld steps in %.3f s (%.1f ms/step), %d threads, after %lld warm-up; last D loss %.4f G loss %.4f\n",
+              static_cast<long long>(a.bench_steps), s, 1e3 * s / static_cast<double>(a.bench_steps), num_threads(),
+              static_cast<long long>(a.warmup), last.d_loss, last.g_loss);
 }
 
 void run(const Args& a) {
@@ -199,10 +224,14 @@ int main(int argc, char** argv) {
       else if (s == "--log-every") a.log_every = std::stoll(value());
       else if (s == "--grid-every") a.grid_every = std::stoll(value());
       else if (s == "--threads") a.threads = std::stoi(value());
+      else if (s == "--bench-steps") a.bench_steps = std::stoll(value());
+      else if (s == "--warmup") a.warmup = std::stoll(value());
       else if (s == "-h" || s == "--help") {
         std::printf("usage: %s [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
-                    "          [--log-every N] [--grid-every N] [--threads T]\n", argv[0]);
+                    "          [--log-every N] [--grid-every N] [--threads T]\n"
+                    "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]\n",
+                    argv[0], argv[0]);
         return 0;
       } else {
         HPDL_FAIL("hpdl_dcgan: unknown option '{}' (see --help)", s);
@@ -215,8 +244,13 @@ int main(int argc, char** argv) {
     HPDL_CHECK(a.score_samples >= 1, "hpdl_dcgan: --score-samples {} must be >= 1", a.score_samples);
     HPDL_CHECK(a.log_every >= 1 && a.grid_every >= 1, "hpdl_dcgan: --log-every and --grid-every must be >= 1");
     HPDL_CHECK(a.threads >= 0, "hpdl_dcgan: --threads {} must be >= 0", a.threads);
+    HPDL_CHECK(a.bench_steps >= 0 && a.warmup >= 0, "hpdl_dcgan: --bench-steps {} and --warmup {} must be >= 0",
+               a.bench_steps, a.warmup);
     if (a.threads > 0) set_num_threads(a.threads);
-    run(a);
+    if (a.bench_steps > 0)
+      bench(a);
+    else
+      run(a);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

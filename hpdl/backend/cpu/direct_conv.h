@@ -15,13 +15,18 @@
 
 namespace hpdl::cpu {
 
-// Whether the direct loops can compute this convolution (x [N, C, H, W], w [K, C, R, S]): C <= 4,
-// filters up to 7x7, stride 1, no dilation, no groups, padding below the filter size.
+// Whether the direct loops can compute this convolution (x [N, C, H, W], w [K, C, R, S]): no
+// dilation, no groups, padding below the filter size, and either stride 1 with C <= 4 and filters
+// up to 7x7, or a stride with C * stride_h * stride_w <= 4 and ceil(R / stride_h) x ceil(S / stride_w)
+// up to 7x7: a strided convolution runs as the stride-1 one of the space-to-depth input (C * stride_h
+// * stride_w channels, one per phase of the stride; see direct_conv.cpp), the same multiply-adds.
 bool direct_conv_applies(const Shape& x, const Shape& w, const Conv2dParams& p);
 // Whether they are the faster choice on the CPU (2 AVX2 threads, [128, C, 28-32, 28-32], 3x3 and
 // 5x5): the forward for one input channel (1.5x oneDNN; for C = 3 oneDNN is 1.8x faster), the
 // backward weights for one input channel or up to 16 filters (1.3-6x; for C = 3 and 32 or more
-// filters they tie).
+// filters they tie). Strided (one thread, DCGAN's [64, 1, 28, 28], 64 filters 4x4, stride 2): only
+// the backward weights (1.9x oneDNN, which pads the channel to 8); forward and backward data stay
+// on oneDNN (2-4x faster there).
 bool direct_conv_forward_preferred(const Shape& x, const Shape& w, const Conv2dParams& p);
 bool direct_conv_backward_weights_preferred(const Shape& x, const Shape& w, const Conv2dParams& p);
 // The input gradient for one input channel (the gradient of a network's input, as saliency maps and

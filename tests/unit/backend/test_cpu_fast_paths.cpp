@@ -209,14 +209,58 @@ TEST(CpuFastPaths, SharedDyConvolutionBackwardEqualsSeparateCalls) {
   }
 }
 
+// Binary ops' vectorized rows (dense, and against a value broadcast along the row, as a conv bias
+// [1, K, 1, 1] is) against the definitions in backend.h, element by element, with a strided
+// operand too (the generic loop): signs mixed so every select takes both sides.
+TEST(CpuFastPaths, BinaryRowsMatchTheirDefinitions) {
+  const double alpha = 0.2;
+  auto expected = [&](BinaryOp op, double a, double b) {
+    switch (op) {
+      case BinaryOp::add: return a + b;
+      case BinaryOp::sub: return a - b;
+      case BinaryOp::mul: return a * b;
+      case BinaryOp::div: return a / b;
+      case BinaryOp::relu_grad: return b > 0 ? a : 0.0;
+      case BinaryOp::leaky_relu_grad: return b > 0 ? a : alpha * a;
+      case BinaryOp::add_relu: return std::max(a + b, 0.0);
+      default: return 0.0;
+    }
+  };
+  Generator g(47);
+  const Shape full = {3, 4, 5, 6}, bias = {1, 4, 1, 1};
+  Tensor dense_a = Tensor::randn(full, g), dense_b = Tensor::randn(full, g), bias_v = Tensor::randn(bias, g);
+  Tensor strided_b = Tensor::randn({3, 4, 6, 5}, g).transpose(2, 3);  // inner stride 5
+  struct Operands {
+    const char* what;
+    Tensor a, b;
+  };
+  for (const Operands& c : {Operands{"dense", dense_a, dense_b}, Operands{"row against a bias", dense_a, bias_v},
+                            Operands{"bias against a row", bias_v, dense_b},
+                            Operands{"strided", dense_a, strided_b}})
+    for (BinaryOp op : {BinaryOp::add, BinaryOp::sub, BinaryOp::mul, BinaryOp::div, BinaryOp::relu_grad,
+                        BinaryOp::leaky_relu_grad, BinaryOp::add_relu}) {
+      Tensor out = Tensor::full(full, 7.0);
+      cpu_backend().binary(op, c.a, c.b, out, alpha);
+      Tensor a = c.a.expand(full).contiguous(), b = c.b.expand(full).contiguous();
+      std::vector<float> av = a.to_vector<float>(), bv = b.to_vector<float>(), ov = out.to_vector<float>();
+      for (size_t i = 0; i < ov.size(); ++i)
+        ASSERT_NEAR(ov[i], expected(op, av[i], bv[i]), 1e-6 * (1 + std::abs(expected(op, av[i], bv[i]))))
+            << binary_name(op) << ", " << c.what << ", element " << i;
+    }
+}
+
 // Direct convolution for few input channels (backend/cpu/direct_conv.h): forward, weight, bias and
 // input gradients against the reference over the shapes it special-cases: 1 to 4 input channels, filter
 // widths 1 to 7 and non-square filters, output widths that are not a multiple of 8 (and below 8),
-// output channel counts around its blocks of 8, padding from 0 to kernel - 1.
+// output channel counts around its blocks of 8, padding from 0 to kernel - 1; and strided ones, which
+// it computes on the space-to-depth input (input channels x strides <= 4): DCGAN's 4x4 stride-2 layer,
+// odd sizes whose last rows and columns no window reaches, filters not divisible by the stride,
+// different strides per axis.
 TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
   struct Case {
     Shape x, w;
     int64_t pad_h, pad_w;
+    int64_t stride_h = 1, stride_w = 1;
   };
   for (const Case& c : {Case{{5, 1, 28, 28}, {6, 1, 5, 5}, 2, 2},      // LeNet-5 conv1
                         Case{{3, 1, 28, 28}, {16, 1, 3, 3}, 1, 1},     // ResNet-20's stem on Fashion-MNIST
@@ -224,14 +268,20 @@ TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
                         Case{{2, 2, 9, 30}, {9, 2, 5, 3}, 0, 2},       // non-square filter, no row padding
                         Case{{2, 4, 6, 5}, {3, 4, 7, 7}, 6, 6},        // output 12x11 from 6x5, pad = kernel - 1
                         Case{{1, 1, 4, 4}, {2, 1, 1, 1}, 0, 0},        // 1x1 filter, 4-wide output
-                        Case{{4, 1, 8, 8}, {8, 1, 4, 2}, 1, 0}}) {     // even filter sizes
+                        Case{{4, 1, 8, 8}, {8, 1, 4, 2}, 1, 0},        // even filter sizes
+                        Case{{3, 1, 28, 28}, {64, 1, 4, 4}, 1, 1, 2, 2},  // DCGAN's D conv1: 28 -> 14
+                        Case{{2, 1, 13, 12}, {9, 1, 3, 5}, 1, 2, 2, 2},   // odd filters, row 12 unread
+                        Case{{2, 1, 10, 9}, {3, 1, 2, 2}, 0, 0, 2, 2},    // 2x2 stride 2: one tap per phase
+                        Case{{2, 2, 9, 10}, {5, 2, 3, 3}, 1, 0, 2, 1},    // stride 2 x 1 on 2 channels
+                        Case{{3, 1, 10, 17}, {4, 1, 2, 7}, 0, 3, 1, 3}}) {  // stride 1 x 3, 7 -> 3 wide
     Conv2dParams p;
     p.pad_h = c.pad_h, p.pad_w = c.pad_w;
-    const int64_t P = Conv2dParams::out_size(c.x[2], c.w[2], 1, c.pad_h, 1);
-    const int64_t Q = Conv2dParams::out_size(c.x[3], c.w[3], 1, c.pad_w, 1);
+    p.stride_h = c.stride_h, p.stride_w = c.stride_w;
+    const int64_t P = Conv2dParams::out_size(c.x[2], c.w[2], c.stride_h, c.pad_h, 1);
+    const int64_t Q = Conv2dParams::out_size(c.x[3], c.w[3], c.stride_w, c.pad_w, 1);
     const Shape ys = {c.x[0], c.w[0], P, Q};
-    const std::string what = fmt::format("direct conv x {} w {} pad {},{}", shape_str(c.x), shape_str(c.w), c.pad_h,
-                                         c.pad_w);
+    const std::string what = fmt::format("direct conv x {} w {} pad {},{} stride {},{}", shape_str(c.x),
+                                         shape_str(c.w), c.pad_h, c.pad_w, c.stride_h, c.stride_w);
     Generator g(41);
     Tensor x = Tensor::randn(c.x, g), w = Tensor::randn(c.w, g, 0, 0.3), b = Tensor::randn({c.w[0]}, g);
     Tensor dy = Tensor::randn(ys, g);
@@ -272,7 +322,13 @@ TEST(CpuFastPaths, DirectConvolutionMatchesReference) {
   // Shapes it does not take.
   Conv2dParams strided;
   strided.stride_h = strided.stride_w = 2;
-  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, strided));
+  EXPECT_TRUE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, strided));
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 2, 8, 8}, {4, 2, 3, 3}, strided));   // 2 channels x 4 phases
+  strided.stride_h = strided.stride_w = 3;
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 9, 9}, {4, 1, 3, 3}, strided));   // 9 phases
+  Conv2dParams dilated;
+  dilated.dilation_h = 2;
+  EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 8, 8}, {4, 1, 3, 3}, dilated));
   EXPECT_FALSE(cpu::direct_conv_applies({1, 5, 8, 8}, {4, 5, 3, 3}, {}));     // 5 input channels
   EXPECT_FALSE(cpu::direct_conv_applies({1, 1, 16, 16}, {4, 1, 9, 9}, {}));   // 9x9 filter
 }

@@ -6,6 +6,7 @@
 // bad options get.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -141,34 +142,45 @@ TEST(GanDcgan, DiscriminatorStepLowersItsLossOnAFixedBatch) {
   EXPECT_EQ(max(abs(sub(gan.generator().up1->weight, g_weight))).item(), 0.0);
 }
 
-// 1200 steps of 32 images (about 5 s on one core). The untrained G outputs
-// tanh of small values, near 0 everywhere; the data are -1 with +1 strokes. The
-// per-pixel mean and standard deviation of 256 samples (fixed latents) must
-// come close to the data's. Measured with this seed: mean gap 0.69 -> 0.10,
-// std gap 0.46 -> 0.07 (OMP_NUM_THREADS 1 and 2 alike); seeds 2 and 3 in the
-// same setup (a scratch run) reached mean gaps 0.10 and 0.10, std gaps 0.08 and 0.10.
+// 1200 steps of 32 images (about 4 s a run on one core), three seeds. The
+// untrained G outputs tanh of small values, near 0 everywhere; the data are -1
+// with +1 strokes. The per-pixel mean and standard deviation of 256 samples
+// (fixed latents) must come close to the data's. One run is chaotic: a change
+// in the rounding of one kernel (the strided weight gradient moving from oneDNN
+// to the direct loops) moved seed 1 from mean gap 0.10 to 0.23, while over
+// seeds 1-8 the two kernels reached 0.03-0.23 and 0.03-0.20. So every run must
+// at least halve its mean gap, and the median of the three must come close:
+// measured 0.69 -> 0.23, 0.11, 0.17 (std gaps 0.46 -> 0.24, 0.10, 0.18).
 TEST(GanTraining, GeneratorMovesTowardsFourPatterns) {
   OneThread one_thread;
-  gan::Dcgan gan(tiny_options());
   Tensor data = four_patterns();
-  Tensor z = gan.sample_latent(256);  // fixed latents for before/after
-  auto [mean_gap0, sd_gap0] = stats_gap(gan.generate(z), data);
-  int64_t calls = 0;
-  double first_acc = -1;
-  gan::DcganStepStats last = gan::train_dcgan(gan, data, 1200, [&](int64_t step, const gan::DcganStepStats& st) {
-    ++calls;
-    EXPECT_EQ(step, calls);
-    if (step == 1) first_acc = st.d_accuracy;
-  });
-  EXPECT_EQ(calls, 1200);
-  EXPECT_EQ(gan.steps(), 1200);
-  auto [mean_gap1, sd_gap1] = stats_gap(gan.generate(z), data);
-  std::printf("mean gap %.4f -> %.4f, std gap %.4f -> %.4f, D accuracy %.3f -> %.3f, losses D %.3f G %.3f\n",
-              mean_gap0, mean_gap1, sd_gap0, sd_gap1, first_acc, last.d_accuracy, last.d_loss, last.g_loss);
-  EXPECT_GT(mean_gap0, 0.5);
-  EXPECT_LT(mean_gap1, 0.2);
-  EXPECT_LT(sd_gap1, 0.25);
-  EXPECT_TRUE(std::isfinite(last.d_loss) && std::isfinite(last.g_loss));
+  std::vector<double> mean_gaps, sd_gaps;
+  for (uint64_t seed : {1, 2, 3}) {
+    gan::Dcgan gan(tiny_options(seed));
+    Tensor z = gan.sample_latent(256);  // fixed latents for before/after
+    auto [mean_gap0, sd_gap0] = stats_gap(gan.generate(z), data);
+    int64_t calls = 0;
+    double first_acc = -1;
+    gan::DcganStepStats last = gan::train_dcgan(gan, data, 1200, [&](int64_t step, const gan::DcganStepStats& st) {
+      ++calls;
+      EXPECT_EQ(step, calls);
+      if (step == 1) first_acc = st.d_accuracy;
+    });
+    EXPECT_EQ(calls, 1200);
+    EXPECT_EQ(gan.steps(), 1200);
+    auto [mean_gap1, sd_gap1] = stats_gap(gan.generate(z), data);
+    std::printf("seed %d: mean gap %.4f -> %.4f, std gap %.4f -> %.4f, D accuracy %.3f -> %.3f, losses D %.3f G %.3f\n",
+                static_cast<int>(seed), mean_gap0, mean_gap1, sd_gap0, sd_gap1, first_acc, last.d_accuracy,
+                last.d_loss, last.g_loss);
+    EXPECT_GT(mean_gap0, 0.5) << "seed " << seed;
+    EXPECT_LT(mean_gap1, 0.5 * mean_gap0) << "seed " << seed;
+    EXPECT_TRUE(std::isfinite(last.d_loss) && std::isfinite(last.g_loss)) << "seed " << seed;
+    mean_gaps.push_back(mean_gap1), sd_gaps.push_back(sd_gap1);
+  }
+  std::sort(mean_gaps.begin(), mean_gaps.end());
+  std::sort(sd_gaps.begin(), sd_gaps.end());
+  EXPECT_LT(mean_gaps[1], 0.2);
+  EXPECT_LT(sd_gaps[1], 0.25);
 }
 
 TEST(GanTraining, ASeedGivesTheSameRun) {
