@@ -24,7 +24,8 @@ namespace {
 const std::vector<std::string> kSearchKeys = {"config", "set",           "method",         "trials",
                                               "seed",   "metric",        "resource",       "min_resource",
                                               "max_resource", "eta",     "ranks_per_trial", "run_dir",
-                                              "space",  "interval",      "quantile",       "perturb"};
+                                              "space",  "interval",      "quantile",       "perturb",
+                                              "resample"};
 
 std::string value_text(const toml::node& v, const std::string& where) {
   if (auto i = v.as_integer()) return std::to_string(i->get());
@@ -171,6 +172,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
   integer("interval", s.interval);
   number("quantile", s.quantile);
   number("perturb", s.perturb);
+  number("resample", s.resample);
   if (auto n = root.get("set")) {
     const toml::array* a = n->as_array();
     HPDL_CHECK(a, "{}: set must be an array of \"key=value\" strings", src);
@@ -202,6 +204,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
       else if (key == "interval") s.interval = std::stoll(value);
       else if (key == "quantile") s.quantile = std::stod(value);
       else if (key == "perturb") s.perturb = std::stod(value);
+      else if (key == "resample") s.resample = std::stod(value);
       else s.set.push_back(o);  // a training config key, for every trial
     } catch (const std::logic_error&) {
       HPDL_FAIL("--set {}: '{}' is not a number", o, value);
@@ -248,6 +251,8 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
     HPDL_CHECK(s.quantile > 0 && s.quantile <= 0.5, "{}: quantile must be in (0, 0.5], got {}", src, s.quantile);
     HPDL_CHECK(s.perturb > 1, "{}: perturb must be > 1 (a value is multiplied by it or by its inverse), got {}", src,
                s.perturb);
+    HPDL_CHECK(s.resample >= 0 && s.resample <= 1, "{}: resample must be a probability in [0, 1], got {}", src,
+               s.resample);
   }
   for (const auto& p : s.space) {
     std::vector<std::string> values = p.choices;
@@ -352,14 +357,18 @@ std::vector<Bracket> brackets(const SearchConfig& s) {
 
 std::vector<std::string> perturb_overrides(const SearchConfig& s, const std::vector<std::string>& overrides,
                                            uint64_t seed) {
-  std::mt19937_64 gen(seed);
+  Sampler gen(seed);
   std::vector<std::string> out = overrides;
   for (auto& o : out) {
     const size_t eq = o.find('=');
     const std::string key = o.substr(0, eq), value = o.substr(eq + 1);
     const auto p = std::find_if(s.space.begin(), s.space.end(), [&](const Param& q) { return q.key == key; });
     if (eq == std::string::npos || p == s.space.end()) continue;
-    const bool up = (gen() & 1) != 0;
+    if (gen.next() < s.resample) {  // a fresh draw from the space keeps the population diverse
+      o = key + "=" + sample_value(*p, gen);
+      continue;
+    }
+    const bool up = gen.next() < 0.5;
     std::string next;
     try {
       switch (p->kind) {
@@ -480,12 +489,27 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
         const int64_t n = static_cast<int64_t>(rung_records.size());
         const int64_t k = std::min(n / 2, std::max<int64_t>(1, static_cast<int64_t>(s.quantile * static_cast<double>(n))));
         std::mt19937_64 gen(s.seed * 0x9E3779B97F4A7C15ULL + r + 1);
+        auto taken = [&](const std::vector<std::string>& o) {  // another member already trains with exactly these
+          for (const auto& rec : rung_records)
+            if (all[rec.trial] == o) return true;
+          return false;
+        };
         for (int64_t i = n - k; i < n; ++i) {
           const Record& donor = rung_records[static_cast<size_t>(gen() % static_cast<uint64_t>(k))];
           const int64_t loser = rung_records[static_cast<size_t>(i)].trial;
           const uint64_t explore_seed = gen();
           if (!donor.outcome.ok) continue;  // nothing good to copy
-          all[loser] = perturb_overrides(s, all[donor.trial], explore_seed);
+          // Two members continuing one donor with the same values would waste one: draw again (a few times).
+          std::vector<std::string> next = perturb_overrides(s, all[donor.trial], explore_seed);
+          for (uint64_t attempt = 1; attempt < 16 && taken(next); ++attempt)
+            next = perturb_overrides(s, all[donor.trial], explore_seed + attempt);
+          if (taken(next)) {  // every nearby value is in use (a small space): draw afresh instead
+            SearchConfig fresh = s;
+            fresh.resample = 1;
+            for (uint64_t attempt = 16; attempt < 64 && taken(next); ++attempt)
+              next = perturb_overrides(fresh, all[donor.trial], explore_seed + attempt);
+          }
+          all[loser] = std::move(next);
           parent[loser] = donor.trial;
           if (world.rank() == 0) clone(donor.trial, loser, all[loser]);
         }

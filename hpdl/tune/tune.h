@@ -21,8 +21,8 @@
 //           each, the worst `quantile` of the population take over the
 //           weights (checkpoint) of a member of the best `quantile`
 //           (exploit) and that member's hyperparameters, each multiplied by
-//           `perturb` or 1/perturb, or moved to a neighbouring choice
-//           (explore). The hyperparameters thus become a schedule over the run.
+//           `perturb` or 1/perturb, or moved to a neighbouring choice, or
+//           with probability `resample` drawn afresh (explore). The hyperparameters thus become a schedule over the run.
 // The resource is epochs or optimizer steps. A trial trained part of the way
 // keeps the learning-rate schedule of the whole budget (max_resource) and
 // stops early (train.stop_after_epoch or train.max_steps), so a resumed trial
@@ -69,6 +69,7 @@ struct SearchConfig {
   int64_t interval = 1;     // pbt: the budget of one generation
   double quantile = 0.25;   // pbt: the fraction of the population replaced (and copied from) each generation
   double perturb = 1.2;     // pbt: explore multiplies a value by perturb or 1/perturb
+  double resample = 0.25;   // pbt: the probability that explore draws a value afresh from the space instead
   int64_t ranks_per_trial = 1;
   std::filesystem::path run_dir = "runs/tune";
   std::vector<Param> space;
@@ -105,9 +106,10 @@ std::vector<Bracket> brackets(const SearchConfig& search);
 // for grid, the product of the choice lists in the order given.
 std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& search);
 
-// pbt's explore step: each [space] key of `overrides` multiplied by perturb
-// or 1/perturb (int_uniform: rounded, and moved by at least 1; choice: the
-// neighbouring choice), kept within the space's bounds. Deterministic in `seed`.
+// pbt's explore step: each [space] key of `overrides` drawn afresh from the
+// space with probability `resample`, else multiplied by perturb or 1/perturb
+// (int_uniform: rounded, and moved by at least 1; choice: the neighbouring
+// choice), kept within the space's bounds. Deterministic in `seed`.
 std::vector<std::string> perturb_overrides(const SearchConfig& search, const std::vector<std::string>& overrides,
                                            uint64_t seed);
 

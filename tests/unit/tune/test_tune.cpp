@@ -3,6 +3,9 @@
 // trains for real).
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -240,7 +243,7 @@ TEST(TuneTest, HyperbandRunsEveryBracket) {
 
 TEST(TuneTest, PerturbMovesEachKindWithinItsBounds) {
   SearchDir d("tune_perturb");
-  auto s = d.parse("method = \"pbt\"\ntrials = 4\nperturb = 1.25\n" + std::string(kSpace));
+  auto s = d.parse("method = \"pbt\"\ntrials = 4\nperturb = 1.25\nresample = 0\n" + std::string(kSpace));
   const std::vector<std::string> o = {"optimizer.lr=0.1", "optimizer.momentum=0.8", "data.batch_size=17",
                                       "optimizer.name=\"sgd\"", "train.seed=5"};
   int lr_up = 0, lr_down = 0;
@@ -261,11 +264,22 @@ TEST(TuneTest, PerturbMovesEachKindWithinItsBounds) {
   EXPECT_GT(lr_up, 10);
   EXPECT_GT(lr_down, 10);
   // A factor too small to change an integer still moves it by one.
-  auto fine = d.parse("method = \"pbt\"\ntrials = 4\nperturb = 1.01\n" + std::string(kSpace));
+  auto fine = d.parse("method = \"pbt\"\ntrials = 4\nperturb = 1.01\nresample = 0\n" + std::string(kSpace));
   for (uint64_t seed = 0; seed < 8; ++seed) {
     const double b = value_of(tune::perturb_overrides(fine, o, seed), "data.batch_size");
     EXPECT_TRUE(b == 18 || b == 16) << b;
   }
+  // resample = 1: every value is a fresh draw from its range, not a multiple of the old one.
+  auto fresh = d.parse("method = \"pbt\"\ntrials = 4\nresample = 1\n" + std::string(kSpace));
+  std::set<std::string> lrs;
+  for (uint64_t seed = 0; seed < 32; ++seed) {
+    const auto p = tune::perturb_overrides(fresh, o, seed);
+    const double lr = value_of(p, "optimizer.lr");
+    EXPECT_TRUE(lr >= 0.001 && lr <= 1.0) << lr;
+    lrs.insert(p[0]);
+    EXPECT_EQ(p[4], "train.seed=5");
+  }
+  EXPECT_GT(lrs.size(), 25u) << "fresh draws, not two multiples of 0.1";
 }
 
 // PBT with a made-up, stateful objective: each generation a member gains more
@@ -275,7 +289,7 @@ TEST(TuneTest, PerturbMovesEachKindWithinItsBounds) {
 // the population must end better than the same members left alone.
 TEST(TuneTest, PopulationBasedTrainingExploitsAndExplores) {
   SearchDir d("tune_pbt");
-  auto s = d.parse("method = \"pbt\"\ntrials = 8\nseed = 4\ninterval = 1\nmax_resource = 6\nquantile = 0.25\n"
+  auto s = d.parse("method = \"pbt\"\ntrials = 8\nseed = 4\ninterval = 1\nmax_resource = 6\nquantile = 0.25\nresample = 0\n"
                    "resource = \"steps\"\n[space]\n\"optimizer.lr\" = { log_uniform = [0.001, 1.0] }\n");
   const auto initial = tune::trial_overrides(s);
   ASSERT_EQ(initial.size(), 8u);
@@ -296,19 +310,35 @@ TEST(TuneTest, PopulationBasedTrainingExploitsAndExplores) {
     return out;
   };
   std::vector<tune::Record> records;
+  int fallbacks = 0;
   tune::TrialCloner cloner = [&](int64_t from, int64_t to, const std::vector<std::string>& o) {
     clones.push_back({from, to});
     score[to] = score[from];
-    const double ratio = value_of(o, "optimizer.lr") / value_of(current[from], "optimizer.lr");
-    EXPECT_TRUE(std::abs(ratio - 1.2) < 1e-4 || std::abs(ratio - 1 / 1.2) < 1e-4 || value_of(o, "optimizer.lr") == 1.0 ||
-                value_of(o, "optimizer.lr") == 0.001)
-        << "explore multiplies the donor's lr by 1.2 or 1/1.2: " << ratio;
+    const double x = value_of(current[from], "optimizer.lr"), ratio = value_of(o, "optimizer.lr") / x;
+    const bool multiplied = std::abs(ratio - 1.2) < 1e-4 || std::abs(ratio - 1 / 1.2) < 1e-4;
+    // Otherwise both neighbours must be in use by members (then a fresh draw keeps the values distinct).
+    auto in_use = [&](double v) {
+      const std::string text = fmt::format("optimizer.lr={:.6g}", std::clamp(v, 0.001, 1.0));
+      for (const auto& [t, ov] : current)
+        if (ov[0] == text) return true;
+      return false;
+    };
+    EXPECT_TRUE(multiplied || (in_use(x * 1.2) && in_use(x / 1.2)))
+        << "explore multiplies the donor's lr by 1.2 or 1/1.2 while one of them is free: " << ratio;
+    fallbacks += !multiplied;
+    current[to] = o;  // what `to` trains with from now on
   };
   auto result = tune::run_search(s, runner, dist::Communicator::world(),
                                  [&](const tune::Record& r) { records.push_back(r); }, cloner);
   EXPECT_EQ(generation_calls, 8 * 6);
   ASSERT_EQ(records.size(), 48u);
   EXPECT_EQ(clones.size(), 2u * 5u) << "the worst 2 of 8 after each of the first 5 generations";
+  EXPECT_LE(fallbacks, 5) << "most takeovers continue with a multiplied value";
+  for (int g = 0; g < 6; ++g) {
+    std::set<std::vector<std::string>> distinct;
+    for (int i = 0; i < 8; ++i) distinct.insert(records[static_cast<size_t>(8 * g + i)].overrides);
+    EXPECT_EQ(distinct.size(), 8u) << "generation " << g << ": two members train with the same values";
+  }
   // Each generation's clones go from its best two to its worst two, and the next generation's
   // records name the donor as parent.
   for (int g = 0; g < 5; ++g) {
@@ -378,6 +408,8 @@ TEST(TuneTest, BadSearchFilesAreNamed) {
   EXPECT_NE(e.find("perturb must be > 1"), std::string::npos) << e;
   e = err("method = \"pbt\"\ninterval = 9\n" + std::string(kSpace));
   EXPECT_NE(e.find("interval (9) must be between 1 and max_resource (4)"), std::string::npos) << e;
+  e = err("method = \"pbt\"\nresample = 1.5\n" + std::string(kSpace));
+  EXPECT_NE(e.find("resample must be a probability in [0, 1]"), std::string::npos) << e;
   e = err("quantile = \"low\"\n" + std::string(kSpace));
   EXPECT_NE(e.find("quantile must be a number"), std::string::npos) << e;
   e = err(std::string(kSpace), {"trials=many"});
