@@ -75,8 +75,7 @@ void register_tune(CLI::App& app) {
       if (r.outcome.ok) {
         j["metric"] = r.metric;
         if (r.outcome.val_accuracy >= 0) j["val_accuracy"] = r.outcome.val_accuracy, j["val_loss"] = r.outcome.val_loss;
-        j["test_accuracy"] = r.outcome.test_accuracy;
-        j["test_loss"] = r.outcome.test_loss;
+        if (r.outcome.test_accuracy >= 0) j["test_accuracy"] = r.outcome.test_accuracy, j["test_loss"] = r.outcome.test_loss;
       } else {
         j["error"] = r.outcome.error;
       }

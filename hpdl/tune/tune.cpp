@@ -563,9 +563,18 @@ TrialRunner training_runner(const SearchConfig& search) {
         auto v = train::evaluate(*model, ds.validation, cfg.data, &group);
         o.val_accuracy = v.accuracy, o.val_loss = v.loss;
       }
-      auto t = train::evaluate(*model, ds.test, cfg.data, &group);
-      o.test_accuracy = t.accuracy, o.test_loss = t.loss;
-      if (!std::isfinite(summary.final_train_loss) || !std::isfinite(t.loss)) {
+      // Selecting on validation, the test set is read only at the full budget: a partial
+      // trial's test score would inform nothing and costs an evaluation.
+      bool finite = std::isfinite(summary.final_train_loss);
+      const bool selects_on_validation = search.metric.rfind("val_", 0) == 0 && ds.validation;
+      if (!selects_on_validation || budget >= search.max_resource) {
+        auto t = train::evaluate(*model, ds.test, cfg.data, &group);
+        o.test_accuracy = t.accuracy, o.test_loss = t.loss;
+        finite = finite && std::isfinite(t.loss);
+      } else {
+        finite = finite && std::isfinite(o.val_loss);
+      }
+      if (!finite) {
         o.ok = false;
         o.error = fmt::format("diverged (final training loss {})", summary.final_train_loss);
       }

@@ -152,7 +152,8 @@ SearchResult run_search(const SearchConfig& search, const TrialRunner& runner, d
 
 // The real runner: the training config plus `set`, the trial's overrides, the
 // budget, train.run_dir = RUN_DIR/trial-NNN and no per-epoch evaluation; then
-// the final weights evaluated on the validation (if any) and test sets. The
+// the final weights evaluated on the validation set (if any) and, at the full
+// budget or when the metric is test_*, on the test set. The
 // group's first rank writes the trial's progress to RUN_DIR/trial-NNN/train.log.
 TrialRunner training_runner(const SearchConfig& search);
 

@@ -329,6 +329,8 @@ EOS
   grep -q "sha search, 4 trials (4 x 20 steps, 2 x 40 steps, 1 x 60 steps), 2 rank(s)" out.txt || fail "no plan line: $(head -3 out.txt)"
   [[ $(wc -l <tune/results.jsonl) -eq 7 ]] || fail "expected 7 results: $(cat tune/results.jsonl)"
   [[ $(grep -c '"rung":2' tune/results.jsonl) -eq 1 ]] || fail "the last rung should hold one trial"
+  ! grep '"rung":0' tune/results.jsonl | grep -q test_accuracy || fail "the test set was read before the full budget"
+  grep '"rung":2' tune/results.jsonl | grep -q test_accuracy || fail "no test accuracy at the full budget"
   best=$(sed -n 's/^best: trial \([0-9]*\) .*/\1/p' out.txt)
   [[ -n $best ]] || fail "no best line: $(cat out.txt)"
   grep -q "^rung 2 (60 steps) trial $best " out.txt || fail "the best trial is not the one of the last rung"
