@@ -9,38 +9,15 @@ CartPole follows the same published equations (Barto, Sutton & Anderson 1983)
 with Euler steps; the environment is plain Python, as a PyTorch user's would
 be. Usage: dqn_torch_peer.py STEPS
 """
-import math
 import random
 import sys
 import time
 
 import torch
 
+from peer_envs import CartPole
+
 torch.set_num_threads(1)
-
-
-class CartPole:
-    def __init__(self, rng):
-        self.rng = rng
-
-    def reset(self):
-        self.s = [self.rng.uniform(-0.05, 0.05) for _ in range(4)]
-        self.t = 0
-        return list(self.s)
-
-    def step(self, a):
-        x, xd, th, thd = self.s
-        force = 10.0 if a == 1 else -10.0
-        total, pm, hl = 1.1, 0.1, 0.5
-        c, s = math.cos(th), math.sin(th)
-        tmp = (force + pm * hl * thd * thd * s) / total
-        thacc = (9.8 * s - c * tmp) / (hl * (4.0 / 3.0 - pm * c * c / total))
-        xacc = tmp - pm * hl * thacc * c / total
-        x, xd, th, thd = x + 0.02 * xd, xd + 0.02 * xacc, th + 0.02 * thd, thd + 0.02 * thacc
-        self.s = [x, xd, th, thd]
-        self.t += 1
-        done = abs(x) > 2.4 or abs(th) > 12 * 2 * math.pi / 360
-        return list(self.s), 1.0, done, self.t >= 500
 
 
 def net():

@@ -22,32 +22,10 @@ import time
 
 import torch
 
+from peer_envs import CartPole
+
 torch.set_num_threads(1)
 
-
-class CartPole:
-    obs_size, max_steps = 4, 500
-
-    def __init__(self, rng):
-        self.rng = rng
-
-    def reset(self):
-        self.s = [self.rng.uniform(-0.05, 0.05) for _ in range(4)]
-        self.t = 0
-        return list(self.s)
-
-    def step(self, a):
-        x, xd, th, thd = self.s
-        force = 10.0 if a == 1 else -10.0
-        total, pm, hl = 1.1, 0.1, 0.5
-        c, s = math.cos(th), math.sin(th)
-        tmp = (force + pm * hl * thd * thd * s) / total
-        thacc = (9.8 * s - c * tmp) / (hl * (4.0 / 3.0 - pm * c * c / total))
-        xacc = tmp - pm * hl * thacc * c / total
-        self.s = [x + 0.02 * xd, xd + 0.02 * xacc, th + 0.02 * thd, thd + 0.02 * thacc]
-        self.t += 1
-        term = abs(self.s[0]) > 2.4 or abs(self.s[2]) > 12 * 2 * math.pi / 360
-        return list(self.s), 1.0, term, self.t >= self.max_steps
 
 
 class Pendulum:
