@@ -116,6 +116,30 @@ bool usable(const LinePlot& plot, double x, double y) {
   return std::isfinite(x) && std::isfinite(y) && (!plot.log_y || y > 0);
 }
 
+// A long series (a step record every few steps of a long run) drawn point by
+// point would make the page megabytes of coordinates no screen can show. Per
+// pixel column keep the first, lowest, highest and last point, in their
+// order: the line drawn is the same at the canvas's resolution.
+std::vector<std::pair<double, double>> thin_to_pixel_columns(const std::vector<std::pair<double, double>>& px) {
+  constexpr size_t kPerColumn = 4;
+  if (px.size() <= kPerColumn * static_cast<size_t>(PlotFrame::kRight - PlotFrame::kLeft + 1)) return px;
+  std::vector<std::pair<double, double>> out;
+  for (size_t begin = 0; begin < px.size();) {
+    const double column = std::floor(px[begin].first);
+    size_t end = begin, lo = begin, hi = begin;
+    for (; end < px.size() && std::floor(px[end].first) == column; ++end) {
+      if (px[end].second < px[lo].second) lo = end;
+      if (px[end].second > px[hi].second) hi = end;
+    }
+    std::vector<size_t> keep = {begin, lo, hi, end - 1};
+    std::sort(keep.begin(), keep.end());
+    keep.erase(std::unique(keep.begin(), keep.end()), keep.end());
+    for (size_t k : keep) out.push_back(px[k]);
+    begin = end;
+  }
+  return out;
+}
+
 }  // namespace
 
 double PlotFrame::px(double vx) const { return kLeft + axis_fraction(x, vx) * (kRight - kLeft); }
@@ -168,14 +192,16 @@ std::string svg_line_plot(const LinePlot& plot) {
   for (size_t i = 0; i < plot.series.size(); ++i) {
     const PlotSeries& s = plot.series[i];
     const char* color = kColors[i % std::size(kColors)];
-    std::string points;
-    size_t n = 0;
-    for (auto [x, y] : s.points) {
-      if (!usable(plot, x, y)) continue;
-      if (n++) points += ' ';
-      points += coord(f.px(x)) + "," + coord(f.py(y));
-    }
+    std::vector<std::pair<double, double>> px;  // the usable points, in pixels
+    for (auto [x, y] : s.points)
+      if (usable(plot, x, y)) px.emplace_back(f.px(x), f.py(y));
+    const size_t n = px.size();
     if (n == 0) continue;
+    std::string points;
+    for (auto [x, y] : thin_to_pixel_columns(px)) {
+      if (!points.empty()) points += ' ';
+      points += coord(x) + "," + coord(y);
+    }
     o += fmt::format("<polyline class=\"series\" data-series=\"{}\" stroke=\"{}\" points=\"{}\"/>\n",
                      html_escape(s.name), color, points);
     if (n <= 60)  // few points (epochs): mark each, so a single point shows too

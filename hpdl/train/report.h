@@ -70,8 +70,9 @@ struct PlotFrame {
 bool plot_frame(const LinePlot& plot, PlotFrame& frame);
 // An <svg> element: frame, grid, tick labels, axis labels, one
 // <polyline class="series" data-series="NAME" points="x,y x,y ..."> a series
-// (coordinates with two decimals), markers where a series has few points, a
-// legend. A plot without points becomes a short <p> saying so.
+// (coordinates with two decimals; a series of more points than 4 a pixel
+// column keeps each column's first, lowest, highest and last), markers where a
+// series has few points, a legend. A plot without points becomes a short <p> saying so.
 std::string svg_line_plot(const LinePlot& plot);
 
 // ---- trace summary ----

@@ -4,10 +4,11 @@
 // synthetic run directory (resumed steps, checkpoints, config), determinism.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <regex>
 #include <sstream>
-#include <algorithm>
 
 #include "hpdl/core/error.h"
 #include "hpdl/train/report.h"
@@ -34,11 +35,15 @@ void expect_ticks(const Axis& a, const std::vector<double>& want) {
 
 // The (x, y) pairs of the polyline whose data-series is `name` in `svg` (the first one).
 std::vector<std::pair<double, double>> polyline_points(const std::string& svg, const std::string& name) {
-  const std::regex re("<polyline class=\"series\" data-series=\"" + name + "\"[^>]*points=\"([^\"]*)\"");
-  std::smatch m;
-  if (!std::regex_search(svg, m, re)) return {};
+  // Plain finds, not std::regex: libstdc++'s regex recurses per character and overflows
+  // the stack on a long points list.
+  const size_t tag = svg.find("<polyline class=\"series\" data-series=\"" + name + "\"");
+  if (tag == std::string::npos) return {};
+  const size_t begin = svg.find("points=\"", tag), close = svg.find('>', tag);
+  if (begin == std::string::npos || begin > close) return {};
+  const size_t end = svg.find('"', begin + 8);
   std::vector<std::pair<double, double>> out;
-  std::istringstream in(m[1].str());
+  std::istringstream in(svg.substr(begin + 8, end - begin - 8));
   for (std::string pair; in >> pair;) {
     const auto comma = pair.find(',');
     out.emplace_back(std::stod(pair.substr(0, comma)), std::stod(pair.substr(comma + 1)));
@@ -109,6 +114,54 @@ TEST(ReportPlot, PolylinePointsMapBackToTheData) {
   for (const char* label : {">0<", ">20<", ">100<", ">0.5<", ">1.5<", ">2.5<", ">step<", ">loss<"})
     EXPECT_NE(svg.find(label), std::string::npos) << label;
   EXPECT_EQ(count(svg, "<circle"), 10u);  // few points: each marked
+}
+
+// 100,000 step records: the polyline keeps at most 4 points a pixel column,
+// and the same extremes, ends and envelope per column as the full series.
+TEST(ReportPlot, LongSeriesAreThinnedPerPixelColumn) {
+  LinePlot p{"loss", "step", "loss", {}, false};
+  PlotSeries s{"train", {}};
+  for (int i = 0; i < 100000; ++i)
+    s.points.emplace_back(i, 1.0 + std::sin(i * 0.001) + 0.3 * ((i * 7919) % 101) / 100.0);
+  p.series = {s};
+  const std::string svg = svg_line_plot(p);
+  const auto pts = polyline_points(svg, "train");
+  const size_t columns = static_cast<size_t>(PlotFrame::kRight - PlotFrame::kLeft) + 1;
+  EXPECT_LE(pts.size(), 4 * columns);
+  EXPECT_GE(pts.size(), 2 * (columns - 1)) << "every column keeps at least its lowest and highest point";
+  EXPECT_LT(svg.size(), 120000u) << "the plot is bounded by the canvas, not the run length";
+  // The full series in pixels, through the same frame.
+  PlotFrame f;
+  ASSERT_TRUE(plot_frame(p, f));
+  std::map<int, std::pair<double, double>> envelope;  // column -> (min y, max y) in pixels
+  for (auto [x, y] : s.points) {
+    const int c = static_cast<int>(std::floor(f.px(x)));
+    const double py = f.py(y);
+    auto it = envelope.find(c);
+    if (it == envelope.end()) envelope[c] = {py, py};
+    else it->second = {std::min(it->second.first, py), std::max(it->second.second, py)};
+  }
+  // Each column's lowest and highest pixel row is drawn (at that column, allowing for the
+  // two-decimal rounding of the coordinates).
+  auto drawn_at = [&](int c, double y) {
+    for (auto [px, py] : pts)
+      if (px >= c - 0.006 && px < c + 1.006 && std::abs(py - y) < 0.006) return true;
+    return false;
+  };
+  for (auto& [c, mm] : envelope) {
+    EXPECT_TRUE(drawn_at(c, mm.first)) << "column " << c << ": the highest point (lowest row) is missing";
+    EXPECT_TRUE(drawn_at(c, mm.second)) << "column " << c << ": the lowest point is missing";
+  }
+  for (auto [px, py] : pts) {  // and nothing outside the envelope
+    const auto it = envelope.find(static_cast<int>(std::floor(px + 0.006)));
+    const auto jt = envelope.find(static_cast<int>(std::floor(px - 0.006)));
+    const bool inside = (it != envelope.end() && py >= it->second.first - 0.006 && py <= it->second.second + 0.006) ||
+                        (jt != envelope.end() && py >= jt->second.first - 0.006 && py <= jt->second.second + 0.006);
+    EXPECT_TRUE(inside) << px << "," << py;
+  }
+  EXPECT_NEAR(pts.front().first, f.px(0), 0.006);
+  EXPECT_NEAR(pts.back().first, f.px(99999), 0.006);
+  EXPECT_EQ(count(svg, "<circle"), 0u);
 }
 
 TEST(ReportPlot, LogScaleAndEmptyPlots) {
