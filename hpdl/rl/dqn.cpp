@@ -250,20 +250,8 @@ DqnTrainResult train_dqn(Dqn& agent, Env& env, const DqnTrainOptions& options,
 }
 
 std::vector<double> evaluate_greedy(Dqn& agent, Env& env, int64_t episodes, uint64_t seed) {
-  HPDL_CHECK(episodes >= 1, "rl::evaluate_greedy: episodes {} must be >= 1", episodes);
-  std::vector<double> returns;
-  for (int64_t k = 0; k < episodes; ++k) {
-    Observation obs = env.reset(seed + static_cast<uint64_t>(k));
-    double total = 0;
-    for (bool done = false; !done;) {
-      StepResult r = env.step(agent.greedy_action(obs));
-      total += r.reward;
-      obs = std::move(r.observation);
-      done = r.done();
-    }
-    returns.push_back(total);
-  }
-  return returns;
+  return episode_returns(env, episodes, seed, [&](const Observation& obs) { return env.step(agent.greedy_action(obs)); },
+                         "rl::evaluate_greedy");
 }
 
 }  // namespace hpdl::rl

@@ -170,4 +170,22 @@ StepResult Pendulum::step_continuous_state(const std::vector<double>& action) {
   return r;
 }
 
+std::vector<double> episode_returns(Env& env, int64_t episodes, uint64_t seed,
+                                    const std::function<StepResult(const Observation&)>& act, const char* caller) {
+  HPDL_CHECK(episodes >= 1, "{}: episodes {} must be >= 1", caller, episodes);
+  std::vector<double> returns;
+  for (int64_t k = 0; k < episodes; ++k) {
+    Observation obs = env.reset(seed + static_cast<uint64_t>(k));
+    double total = 0;
+    for (bool done = false; !done;) {
+      StepResult r = act(obs);
+      total += r.reward;
+      obs = std::move(r.observation);
+      done = r.done();
+    }
+    returns.push_back(total);
+  }
+  return returns;
+}
+
 }  // namespace hpdl::rl

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,12 @@ class Env {
   int64_t elapsed_ = 0;
   bool needs_reset_ = true;
 };
+
+// The return of each of `episodes` episodes, episode k starting from
+// env.reset(seed + k), with `act` taking each step (it calls env.step with the
+// policy's action for the observation). `caller` names the evaluation in errors.
+std::vector<double> episode_returns(Env& env, int64_t episodes, uint64_t seed,
+                                    const std::function<StepResult(const Observation&)>& act, const char* caller);
 
 // CartPole (Barto, Sutton & Anderson 1983, "Neuronlike adaptive elements that
 // can solve difficult learning control problems", IEEE SMC 13(5)): a pole

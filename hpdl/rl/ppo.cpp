@@ -592,21 +592,13 @@ PpoTrainResult train_ppo(Ppo& agent, std::vector<std::unique_ptr<Env>>& envs, co
 }
 
 std::vector<double> evaluate_deterministic(Ppo& agent, Env& env, int64_t episodes, uint64_t seed) {
-  HPDL_CHECK(episodes >= 1, "rl::evaluate_deterministic: episodes {} must be >= 1", episodes);
-  std::vector<double> returns;
-  for (int64_t k = 0; k < episodes; ++k) {
-    Observation obs = env.reset(seed + static_cast<uint64_t>(k));
-    double total = 0;
-    for (bool done = false; !done;) {
-      PpoAction a = agent.deterministic_action(obs);
-      StepResult r = agent.continuous() ? env.step(a.vector) : env.step(a.index);
-      total += r.reward;
-      obs = std::move(r.observation);
-      done = r.done();
-    }
-    returns.push_back(total);
-  }
-  return returns;
+  return episode_returns(
+      env, episodes, seed,
+      [&](const Observation& obs) {
+        PpoAction a = agent.deterministic_action(obs);
+        return agent.continuous() ? env.step(a.vector) : env.step(a.index);
+      },
+      "rl::evaluate_deterministic");
 }
 
 }  // namespace hpdl::rl
