@@ -11,22 +11,37 @@
 namespace hpdl {
 namespace {
 
-void check_groups(int64_t ranks_per_trial) {
-  auto& world = dist::Communicator::world();
-  if (world.size() % ranks_per_trial != 0) GTEST_SKIP() << world.size() << " ranks, groups of " << ranks_per_trial;
+// A search over optimizer.lr alone (log-uniform in [1e-3, 1]) on groups of ranks_per_trial.
+tune::SearchConfig lr_search(const std::string& method, int64_t ranks_per_trial) {
   tune::SearchConfig s;
-  s.method = "sha";
-  s.trials = 7;
-  s.seed = 4;
-  s.min_resource = 1;
-  s.max_resource = 4;
-  s.eta = 2;
+  s.method = method;
   s.ranks_per_trial = ranks_per_trial;
   tune::Param p;
   p.key = "optimizer.lr";
   p.kind = tune::Param::Kind::log_uniform;
   p.low = 1e-3, p.high = 1.0;
   s.space = {p};
+  return s;
+}
+
+// The made-up objective: best at lr = 0.05. Only the group's first rank
+// reports; the others' values must not count.
+tune::Outcome lr_outcome(const std::vector<std::string>& o, const dist::Communicator& group) {
+  const double lr = std::stod(o[0].substr(o[0].find('=') + 1));
+  tune::Outcome out;
+  out.val_accuracy = group.rank() == 0 ? 1.0 - std::abs(std::log(lr / 0.05)) / 10 : -100.0;
+  return out;
+}
+
+void check_groups(int64_t ranks_per_trial) {
+  auto& world = dist::Communicator::world();
+  if (world.size() % ranks_per_trial != 0) GTEST_SKIP() << world.size() << " ranks, groups of " << ranks_per_trial;
+  tune::SearchConfig s = lr_search("sha", ranks_per_trial);
+  s.trials = 7;
+  s.seed = 4;
+  s.min_resource = 1;
+  s.max_resource = 4;
+  s.eta = 2;
   // runs[rung budget][trial]: how many ranks ran it (summed over the world below).
   std::vector<double> runs(3 * 7, 0.0);
   tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>& o, int64_t budget, bool,
@@ -34,11 +49,7 @@ void check_groups(int64_t ranks_per_trial) {
     EXPECT_EQ(group.size(), ranks_per_trial);
     const int rung = budget == 1 ? 0 : budget == 2 ? 1 : 2;
     runs[rung * 7 + trial] += 1;
-    const double lr = std::stod(o[0].substr(o[0].find('=') + 1));
-    tune::Outcome out;
-    // Only the group's first rank reports; the others' values must not count.
-    out.val_accuracy = group.rank() == 0 ? 1.0 - std::abs(std::log(lr / 0.05)) / 10 : -100.0;
-    return out;
+    return lr_outcome(o, group);
   };
   auto result = tune::run_search(s, runner, world);
   world.allreduce(runs.data(), static_cast<int64_t>(runs.size()), DType::f64);
@@ -68,30 +79,20 @@ void check_groups(int64_t ranks_per_trial) {
 void check_pbt(int64_t ranks_per_trial) {
   auto& world = dist::Communicator::world();
   if (world.size() % ranks_per_trial != 0) GTEST_SKIP() << world.size() << " ranks, groups of " << ranks_per_trial;
-  tune::SearchConfig s;
-  s.method = "pbt";
+  tune::SearchConfig s = lr_search("pbt", ranks_per_trial);
   s.trials = 8;
   s.seed = 9;
   s.resource = "steps";
   s.interval = 10;
   s.max_resource = 40;
   s.quantile = 0.25;
-  s.ranks_per_trial = ranks_per_trial;
-  tune::Param p;
-  p.key = "optimizer.lr";
-  p.kind = tune::Param::Kind::log_uniform;
-  p.low = 1e-3, p.high = 1.0;
-  s.space = {p};
   std::vector<double> runs(4 * 8, 0.0);  // [generation][trial]: ranks that ran it
   tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>& o, int64_t budget, bool resume,
                                  dist::Communicator& group) {
     EXPECT_EQ(group.size(), ranks_per_trial);
     EXPECT_EQ(resume, budget > 10);
     runs[static_cast<size_t>((budget / 10 - 1) * 8 + trial)] += 1;
-    const double lr = std::stod(o[0].substr(o[0].find('=') + 1));
-    tune::Outcome out;
-    out.val_accuracy = group.rank() == 0 ? 1.0 - std::abs(std::log(lr / 0.05)) / 10 : -100.0;
-    return out;
+    return lr_outcome(o, group);
   };
   double clones = 0;
   tune::TrialCloner cloner = [&](int64_t, int64_t, const std::vector<std::string>&) { clones += 1; };
