@@ -17,7 +17,16 @@ namespace hpdl::dist {
 // model's use. Returns the number of layers converted. Every rank must run
 // the same layers in the same order in training mode; eval mode is unchanged
 // (running statistics, which stay identical on every rank).
-int convert_sync_batchnorm(nn::Module& model, Communicator& comm);
+//
+// group_size > 0 syncs over consecutive groups of that many ranks instead
+// (ranks r with equal r / group_size: "BN groups", as large-batch ResNet-50
+// runs use to keep the normalization batch fixed while the world grows). It
+// must divide comm.size(); 0 means every rank. The group communicator is split
+// here (a collective over `comm`) and owned by the installed reducers; its
+// allreduces still run on `comm`'s communication thread, so they stay ordered
+// with the gradient buckets. The groups' running statistics differ, so keep
+// DataParallel's broadcast_buffers on when group_size < comm.size().
+int convert_sync_batchnorm(nn::Module& model, Communicator& comm, int group_size = 0);
 // Removes the reducers again (per-rank statistics). Returns the number of layers.
 int revert_sync_batchnorm(nn::Module& model);
 

@@ -58,7 +58,8 @@ std::vector<Key> bind(Config& c) {
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch},
-      {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
+      {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
+      {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
   };
 }
 
@@ -391,6 +392,10 @@ void validate(const Config& c, const std::string& src) {
   non_negative("train.max_steps", static_cast<double>(t.max_steps));
   non_negative("train.stop_after_epoch", static_cast<double>(t.stop_after_epoch));
   positive("train.bucket_mb", t.bucket_mb);
+  non_negative("train.sync_batchnorm_group", static_cast<double>(t.sync_batchnorm_group));
+  HPDL_CHECK(t.sync_batchnorm_group == 0 || t.sync_batchnorm, "{}: train.sync_batchnorm_group = {} needs "
+             "train.sync_batchnorm = true (groups of ranks share batch statistics only when they are synchronized)",
+             src, t.sync_batchnorm_group);
 }
 
 Config parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {

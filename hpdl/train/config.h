@@ -114,6 +114,9 @@ struct TrainConfig {
   // Synchronized batch norm under MPI: statistics over the global batch
   // (dist::convert_sync_batchnorm); false: each rank normalizes its own batch.
   bool sync_batchnorm = false;
+  // With sync_batchnorm: the statistics are shared by groups of this many
+  // consecutive ranks (must divide the world size); 0: all ranks.
+  int64_t sync_batchnorm_group = 0;
   double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
   bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
 };

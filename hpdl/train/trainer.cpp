@@ -406,16 +406,22 @@ TrainSummary Trainer::run(bool resume) {
   // ---- data parallelism and synchronized batch norm (train.sync_batchnorm) ----
   if (world > 1) {
     dist::DataParallelOptions dpo;
-    dpo.broadcast_buffers = !cfg.train.sync_batchnorm;  // per-rank BN: every rank keeps rank 0's running stats
+    // Per-rank BN, or BN groups smaller than the world: every rank keeps rank 0's running statistics.
+    dpo.broadcast_buffers = !cfg.train.sync_batchnorm ||
+                            (cfg.train.sync_batchnorm_group > 0 && cfg.train.sync_batchnorm_group < world);
     dpo.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
     dpo.bf16_wire = cfg.train.bf16_wire;
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
               : std::make_unique<dist::DataParallel>(*model, comm, dpo);
   }
+  const int64_t bn_group = cfg.train.sync_batchnorm_group;
+  HPDL_CHECK(bn_group == 0 || (bn_group <= world && world % bn_group == 0),
+             "train.sync_batchnorm_group = {} does not divide the {} rank(s) of this run: use a divisor of {}, "
+             "or 0 for all ranks", bn_group, world, world);
   if (cfg.train.sync_batchnorm && world > 1) {
     // On GPU ranks too the per-channel sums (2C + 1 doubles per layer) go over MPI as host vectors,
     // while gradient buckets go over NCCL: the two never share a communicator.
-    int layers = dist::convert_sync_batchnorm(*model, comm);
+    int layers = dist::convert_sync_batchnorm(*model, comm, static_cast<int>(cfg.train.sync_batchnorm_group));
     if (root && layers == 0)
       std::fprintf(log, "hpdl: warning: train.sync_batchnorm = true but the model has no batch norm layer\n");
   }

@@ -55,6 +55,22 @@ train_sync_bn_np2)
   grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
   grep -q "sync_batchnorm = true" run/config.toml || fail "resolved config lacks train.sync_batchnorm"
   ;;
+train_sync_bn_groups_np4)
+  # BN groups of 2 at 4 ranks: DataParallel broadcasts rank 0's running statistics, so the replicas agree.
+  "$mpirun" --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \
+    --set train.max_steps=2 --set data.batch_size=4 --set data.workers=1 --set train.sync_batchnorm=true \
+    --set train.sync_batchnorm_group=2 --set train.run_dir=run >log 2>&1 || fail "mpirun failed: $(tail -5 log)"
+  grep -q "weights identical on all 4 ranks" log || fail "replicas differ: $(tail -5 log)"
+  grep -q "sync_batchnorm_group = 2" run/config.toml || fail "resolved config lacks train.sync_batchnorm_group"
+  ;;
+train_sync_bn_bad_group_np2)
+  if "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train \
+      "$ex/fashion_mnist/resnet20.toml" --set train.max_steps=1 --set data.batch_size=4 --set data.workers=1 \
+      --set train.sync_batchnorm=true --set train.sync_batchnorm_group=3 --set train.run_dir=run >log 2>&1; then
+    fail "a BN group of 3 at 2 ranks was accepted"
+  fi
+  grep -q "train.sync_batchnorm_group = 3 does not divide the 2 rank" log || fail "unclear error: $(tail -5 log)"
+  ;;
 train_per_rank_bn_np2)
   # Per-rank BN: running statistics differ per rank unless DataParallel broadcasts rank 0's.
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \

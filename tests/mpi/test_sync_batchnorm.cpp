@@ -150,5 +150,51 @@ TEST(SyncBatchNorm, OneSamplePerRankIsEnoughGlobally) {
   EXPECT_THROW(bn->forward(x), Error);
 }
 
+// BN groups: with group_size g, rank r normalizes over ranks [r/g*g, r/g*g + g) only. Forward,
+// running statistics and the input gradient must equal plain BN on that group's batch; and
+// with groups smaller than the world they must differ from the global batch (else the check
+// proves nothing: the global batch's samples differ in mean along the index).
+TEST(SyncBatchNorm, GroupsNormalizeOverTheirOwnRanksOnly) {
+  const int n = W().size(), r = W().rank();
+  auto [x, y] = global_batch(kB * n, 0);
+  Generator gw(77);
+  Tensor wsum = Tensor::randn(x.shape(), gw);  // loss = sum(w * bn(x)): a non-uniform dy
+  std::vector<int> sizes = {1, n};
+  if (n % 2 == 0 && n > 2) sizes.push_back(2);
+  for (int g : sizes) {
+    auto bn = std::make_shared<nn::BatchNorm2d>(2);
+    EXPECT_EQ(convert_sync_batchnorm(*bn, W(), g), 1);
+    bn->train();
+    Tensor xs = x.slice(0, r * kB, (r + 1) * kB).contiguous();
+    xs.set_requires_grad(true);
+    Tensor out = bn->forward(xs);
+    sum(mul(out, wsum.slice(0, r * kB, (r + 1) * kB).contiguous())).backward();
+
+    const int first = r / g * g;
+    auto ref = std::make_shared<nn::BatchNorm2d>(2);
+    ref->train();
+    Tensor xg = x.slice(0, first * kB, (first + g) * kB).contiguous();
+    xg.set_requires_grad(true);
+    Tensor rout = ref->forward(xg);
+    sum(mul(rout, wsum.slice(0, first * kB, (first + g) * kB).contiguous())).backward();
+    const int64_t lo = (r - first) * kB, hi = lo + kB;
+    auto diff = [](const Tensor& a, const Tensor& b) {
+      return max_abs_diff(a.to_vector<double>(), b.contiguous().to_vector<double>());
+    };
+    EXPECT_LT(diff(out, rout.slice(0, lo, hi)), 1e-5) << "group " << g << " rank " << r;
+    EXPECT_LT(diff(xs.grad(), xg.grad().slice(0, lo, hi)), 1e-5) << "group " << g << " rank " << r;
+    EXPECT_LT(diff(bn->running_mean, ref->running_mean), 1e-6) << "group " << g;
+    EXPECT_LT(diff(bn->running_var, ref->running_var), 1e-6) << "group " << g;
+    if (g < n) {
+      auto all = std::make_shared<nn::BatchNorm2d>(2);
+      all->train();
+      Tensor global = all->forward(x).slice(0, r * kB, (r + 1) * kB);
+      EXPECT_GT(diff(out, global), 1e-2) << "group " << g << " should not see the global batch";
+    }
+  }
+  EXPECT_THROW(convert_sync_batchnorm(*std::make_shared<nn::BatchNorm1d>(3), W(), n + 1), Error);
+  if (n > 2) EXPECT_THROW(convert_sync_batchnorm(*std::make_shared<nn::BatchNorm1d>(3), W(), n - 1), Error);
+}
+
 }  // namespace
 }  // namespace hpdl::dist

@@ -193,6 +193,17 @@ TEST(Config, PinMemoryNeedsACudaDevice) {
   }
 }
 
+TEST(Config, BatchNormGroupNeedsSyncAndIsNonNegative) {
+  EXPECT_EQ(parse_config("", "c.toml").train.sync_batchnorm_group, 0);
+  EXPECT_EQ(parse_config("[train]\nsync_batchnorm = true\nsync_batchnorm_group = 2\n", "c.toml")
+                .train.sync_batchnorm_group, 2);
+  std::string err = error_of([] { parse_config("[train]\nsync_batchnorm_group = 2\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.sync_batchnorm_group = 2 needs train.sync_batchnorm = true"), std::string::npos)
+      << err;
+  err = error_of([] { parse_config("[train]\nsync_batchnorm = true\nsync_batchnorm_group = -2\n", "c.toml"); });
+  EXPECT_NE(err.find("train.sync_batchnorm_group"), std::string::npos) << err;
+}
+
 // train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
 // or string, also through --set), did-you-mean for a misspelt word, and which
 // scaler each combination makes.
