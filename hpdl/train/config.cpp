@@ -47,7 +47,7 @@ std::vector<Key> bind(Config& c) {
       {"optimizer.name", &o.name}, {"optimizer.lr", &o.lr}, {"optimizer.momentum", &o.momentum},
       {"optimizer.nesterov", &o.nesterov}, {"optimizer.weight_decay", &o.weight_decay}, {"optimizer.eta", &o.eta},
       {"optimizer.betas", &o.betas}, {"optimizer.eps", &o.eps}, {"optimizer.lr_scaling", &o.lr_scaling},
-      {"optimizer.base_batch", &o.base_batch},
+      {"optimizer.base_batch", &o.base_batch}, {"optimizer.clip_grad_norm", &o.clip_grad_norm},
       {"schedule.name", &s.name}, {"schedule.warmup_epochs", &s.warmup_epochs},
       {"schedule.milestones", &s.milestones}, {"schedule.gamma", &s.gamma}, {"schedule.power", &s.power},
       {"schedule.final_lr", &s.final_lr},
@@ -57,7 +57,7 @@ std::vector<Key> bind(Config& c) {
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
-      {"train.stop_after_epoch", &t.stop_after_epoch},
+      {"train.stop_after_epoch", &t.stop_after_epoch}, {"train.label_smoothing", &t.label_smoothing},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
   };
@@ -352,6 +352,7 @@ void validate(const Config& c, const std::string& src) {
   positive("optimizer.lr", o.lr);
   HPDL_CHECK(o.momentum >= 0 && o.momentum < 1, "{}: optimizer.momentum must be in [0, 1), got {}", src, o.momentum);
   non_negative("optimizer.weight_decay", o.weight_decay);
+  non_negative("optimizer.clip_grad_norm", o.clip_grad_norm);
   positive("optimizer.eta", o.eta);
   positive("optimizer.eps", o.eps);
   HPDL_CHECK(o.betas.size() == 2 && o.betas[0] >= 0 && o.betas[0] < 1 && o.betas[1] >= 0 && o.betas[1] < 1,
@@ -392,6 +393,8 @@ void validate(const Config& c, const std::string& src) {
   non_negative("train.max_steps", static_cast<double>(t.max_steps));
   non_negative("train.stop_after_epoch", static_cast<double>(t.stop_after_epoch));
   positive("train.bucket_mb", t.bucket_mb);
+  HPDL_CHECK(t.label_smoothing >= 0 && t.label_smoothing < 1, "{}: train.label_smoothing must be in [0, 1), got {}",
+             src, t.label_smoothing);
   non_negative("train.sync_batchnorm_group", static_cast<double>(t.sync_batchnorm_group));
   HPDL_CHECK(t.sync_batchnorm_group == 0 || t.sync_batchnorm, "{}: train.sync_batchnorm_group = {} needs "
              "train.sync_batchnorm = true (groups of ranks share batch statistics only when they are synchronized)",

@@ -76,6 +76,9 @@ struct OptimizerConfig {
   double eps = 1e-8;
   std::string lr_scaling = "none";  // none | linear: lr * global_batch / base_batch (Goyal et al. 2017)
   int64_t base_batch = 256;
+  // Clip the global gradient norm (after the allreduce, so every rank clips
+  // alike) to at most this before each step; 0: off.
+  double clip_grad_norm = 0;
 };
 
 struct ScheduleConfig {
@@ -111,6 +114,9 @@ struct TrainConfig {
   // into chunks (one per batch job), and how `hpdl tune` trains a trial part
   // of the way. 0: off.
   int64_t stop_after_epoch = 0;
+  // Label smoothing of the training loss (Szegedy et al. 2016): the target
+  // keeps 1 - eps + eps/C and every class gets eps/C. Evaluation stays plain.
+  double label_smoothing = 0;
   // Synchronized batch norm under MPI: statistics over the global batch
   // (dist::convert_sync_batchnorm); false: each rank normalizes its own batch.
   bool sync_batchnorm = false;

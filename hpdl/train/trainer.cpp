@@ -500,6 +500,7 @@ TrainSummary Trainer::run(bool resume) {
   const auto t_start = std::chrono::steady_clock::now();
   int64_t samples_done = 0;
   double last_loss = 0, last_accuracy = 0;
+  double grad_norm = 0;  // the last step's, before clipping (optimizer.clip_grad_norm)
   bool stop = false;
   for (; epoch < cfg.train.epochs && !stop; ++epoch, position = 0) {
     loader.start_epoch(static_cast<uint64_t>(epoch), position);
@@ -523,7 +524,7 @@ TrainSummary Trainer::run(bool resume) {
         TraceRecorder::Scope s(trace, "forward", "compute");
         AutocastScope ac(DType::bf16, autocast_bf16);
         logits = model->forward(batch.images.to(device));
-        loss = cross_entropy(logits, labels);
+        loss = cross_entropy(logits, labels, cfg.train.label_smoothing);
       }
       {
         TraceRecorder::Scope s(trace, "backward", "compute");
@@ -540,10 +541,16 @@ TrainSummary Trainer::run(bool resume) {
         TraceRecorder::Scope s(trace, "optimizer", "compute");
         // With a scaler: unscale, and step only when the (all-reduced, hence
         // identical on every rank) gradients are finite.
+        // optimizer.clip_grad_norm: on the global mean gradient, identical on every rank.
+        auto clip = [&] {
+          if (cfg.optimizer.clip_grad_norm > 0)
+            grad_norm = optim::clip_grad_norm(model->parameters(), cfg.optimizer.clip_grad_norm);
+        };
         if (!scaler) {
+          clip();
           opt->step();
         } else {
-          if (scaler->unscale_and_check(*opt)) opt->step();
+          if (scaler->unscale_and_check(*opt)) clip(), opt->step();
           scaler->update();
         }
       }
@@ -583,6 +590,7 @@ TrainSummary Trainer::run(bool resume) {
                               {"samples_per_s", progress.samples_per_second()},
                               {"data_wait_s", loader.last_wait_seconds()}};
         if (scaler) rec["loss_scale"] = scaler->get_scale(), rec["skipped_steps"] = scaler->skipped_steps();
+        if (cfg.optimizer.clip_grad_norm > 0) rec["grad_norm"] = grad_norm;  // before clipping
         metrics->write(rec);
       }
       const bool periodic = cfg.train.checkpoint_every_steps > 0 && step % cfg.train.checkpoint_every_steps == 0;
