@@ -149,10 +149,7 @@ void DataParallel::zero_grad() {
     if (b->gpu_work) b->gpu_work->wait();  // stream order: the zeroing comes after the collective
     b->gpu_work.reset();
     b->flat.zero_();
-    std::fill(b->ready.begin(), b->ready.end(), false);
-    b->pending = static_cast<int>(b->params.size());
-    b->launched = false;
-    b->launched_by_hook = false;
+    rearm(*b);
     // Restore the views if someone replaced a .grad (e.g. set_to_none).
     int64_t off = 0;
     for (auto& p : b->params) {
@@ -163,7 +160,24 @@ void DataParallel::zero_grad() {
   }
 }
 
+void DataParallel::rearm(Bucket& b) {
+  std::lock_guard<std::mutex> lock(b.mu);
+  std::fill(b.ready.begin(), b.ready.end(), false);
+  b.pending = static_cast<int>(b.params.size());
+  b.launched = false;
+  b.launched_by_hook = false;
+}
+
+void DataParallel::set_accumulating(bool on) {
+  if (on == accumulating_) return;
+  accumulating_ = on;
+  // Off: the accumulated micro-batches set ready flags that must not count for the last one.
+  if (!on)
+    for (auto& b : buckets_) rearm(*b);
+}
+
 void DataParallel::on_grad_ready(int index, int slot) {
+  if (accumulating_) return;  // the group's earlier micro-batches only add into the buckets
   Bucket& b = *buckets_[index];
   bool full = false;
   {
@@ -221,6 +235,8 @@ void DataParallel::launch(int index) {
 }
 
 void DataParallel::finish() {
+  HPDL_CHECK(!accumulating_, "DataParallel::finish: still accumulating gradients; call set_accumulating(false) "
+             "before the last micro-batch's backward");
   for (size_t i = 0; i < buckets_.size(); ++i) launch(static_cast<int>(i));
   for (auto& b : buckets_) {
     if (b->gpu_work) {

@@ -66,6 +66,14 @@ class DataParallel {
   // for every allreduce and averages. After it, .grad holds the global mean
   // (and, with broadcast_buffers, every rank holds rank 0's buffers).
   void finish();
+  // Gradient accumulation (several micro-batches per optimizer step, as
+  // PyTorch DDP's no_sync): while on, backward adds into the buckets and
+  // launches nothing; turning it off re-arms the hooks, so the next backward
+  // (the group's last micro-batch) all-reduces the accumulated sums as usual.
+  // Call zero_grad() once before the group's first micro-batch; finish() while
+  // accumulating is an error.
+  void set_accumulating(bool on);
+  bool accumulating() const { return accumulating_; }
   // Broadcasts the floating-point buffers from `root` in one message.
   void broadcast_buffers(int root = 0);
   // Broadcasts parameters and buffers from `root` (done once at construction).
@@ -86,6 +94,7 @@ class DataParallel {
  private:
   struct Bucket;
   void on_grad_ready(int bucket, int slot);
+  void rearm(Bucket& b);  // no gradient ready, nothing launched
   void launch(int bucket);
   void setup();
 
@@ -96,6 +105,7 @@ class DataParallel {
   NcclCommunicator* nccl_ = nullptr;
   Device device_ = kCPU;
   std::vector<std::unique_ptr<Bucket>> buckets_;
+  bool accumulating_ = false;
 };
 
 }  // namespace hpdl::dist

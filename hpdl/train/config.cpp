@@ -58,6 +58,7 @@ std::vector<Key> bind(Config& c) {
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch}, {"train.label_smoothing", &t.label_smoothing},
+      {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
   };
@@ -393,6 +394,7 @@ void validate(const Config& c, const std::string& src) {
   non_negative("train.max_steps", static_cast<double>(t.max_steps));
   non_negative("train.stop_after_epoch", static_cast<double>(t.stop_after_epoch));
   positive("train.bucket_mb", t.bucket_mb);
+  positive("train.accumulate_steps", static_cast<double>(t.accumulate_steps));
   HPDL_CHECK(t.label_smoothing >= 0 && t.label_smoothing < 1, "{}: train.label_smoothing must be in [0, 1), got {}",
              src, t.label_smoothing);
   non_negative("train.sync_batchnorm_group", static_cast<double>(t.sync_batchnorm_group));

@@ -117,6 +117,12 @@ struct TrainConfig {
   // Label smoothing of the training loss (Szegedy et al. 2016): the target
   // keeps 1 - eps + eps/C and every class gets eps/C. Evaluation stays plain.
   double label_smoothing = 0;
+  // Gradient accumulation: each optimizer step sums the gradients of this
+  // many consecutive batches (weighted by their sizes), so a step sees
+  // data.batch_size x ranks x accumulate_steps samples with one batch's
+  // activation memory; DataParallel all-reduces only on the last of them.
+  // Steps, the lr schedule, train.max_steps and checkpoints count optimizer steps.
+  int64_t accumulate_steps = 1;
   // Synchronized batch norm under MPI: statistics over the global batch
   // (dist::convert_sync_batchnorm); false: each rank normalizes its own batch.
   bool sync_batchnorm = false;

@@ -388,17 +388,21 @@ TrainSummary Trainer::run(bool resume) {
 #endif
   data::DataLoader loader(ds.train, sampler, lo, make_pipeline(cfg.data, true));
   const int64_t per_rank = sampler->epoch_length();
-  const int64_t steps_per_epoch =
+  const int64_t batches_per_epoch =
       cfg.data.drop_last ? per_rank / cfg.data.batch_size : (per_rank + cfg.data.batch_size - 1) / cfg.data.batch_size;
-  HPDL_CHECK(steps_per_epoch > 0, "data.batch_size = {} is larger than this rank's {} samples (drop_last on)",
+  HPDL_CHECK(batches_per_epoch > 0, "data.batch_size = {} is larger than this rank's {} samples (drop_last on)",
              cfg.data.batch_size, per_rank);
+  // train.accumulate_steps: one optimizer step per group of that many batches (the last group of an
+  // epoch may be shorter). Steps, the schedule and checkpoints count optimizer steps.
+  const int64_t accum = cfg.train.accumulate_steps;
+  const int64_t steps_per_epoch = (batches_per_epoch + accum - 1) / accum;
 
   // ---- model, optimizer, schedule ----
   Shape sample = make_pipeline(cfg.data, true).output_shape(ds.train->sample_shape());
   nn::ModulePtr model = build_model(cfg, sample);
   model->to(device);
   model->train();
-  const int64_t global_batch = cfg.data.batch_size * world;
+  const int64_t global_batch = cfg.data.batch_size * world * accum;
   auto ocfg = optimizer_config(cfg.optimizer, global_batch);
   auto opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
@@ -519,16 +523,36 @@ TrainSummary Trainer::run(bool resume) {
       trace.span("data_wait", "data", t0, trace_now_us(), 2);
       opt->set_lr(schedule->lr(step));
       if (dp) dp->zero_grad(); else opt->zero_grad();
-      Tensor logits, loss, labels = batch.labels.to(device);
-      {
-        TraceRecorder::Scope s(trace, "forward", "compute");
-        AutocastScope ac(DType::bf16, autocast_bf16);
-        logits = model->forward(batch.images.to(device));
-        loss = cross_entropy(logits, labels, cfg.train.label_smoothing);
-      }
-      {
-        TraceRecorder::Scope s(trace, "backward", "compute");
-        (scaler ? scaler->scale(loss) : loss).backward();
+      // This step's group of batches (train.accumulate_steps), and its samples: each batch's mean
+      // loss is weighted by its share, so the summed gradient is the mean over the whole group.
+      const int64_t first_batch = position / cfg.data.batch_size + batch.index;
+      const int64_t group = std::min(accum, batches_per_epoch - first_batch);
+      const int64_t group_samples = std::min(group * cfg.data.batch_size, per_rank - first_batch * cfg.data.batch_size);
+      MetricSums step_sums;
+      double step_count = 0;
+      for (int64_t micro = 0; micro < group; ++micro) {
+        if (micro > 0) {
+          t0 = trace_now_us();
+          HPDL_CHECK(loader.next(batch), "train.accumulate_steps: the data loader ended inside a group of {} batches "
+                     "(batch {} of {} in this epoch)", group, first_batch + micro + 1, batches_per_epoch);
+          trace.span("data_wait", "data", t0, trace_now_us(), 2);
+        }
+        if (dp) dp->set_accumulating(micro + 1 < group);
+        Tensor logits, loss, labels = batch.labels.to(device);
+        {
+          TraceRecorder::Scope s(trace, "forward", "compute");
+          AutocastScope ac(DType::bf16, autocast_bf16);
+          logits = model->forward(batch.images.to(device));
+          loss = cross_entropy(logits, labels, cfg.train.label_smoothing);
+        }
+        {
+          TraceRecorder::Scope s(trace, "backward", "compute");
+          Tensor weighted = group > 1 ? mul(loss, static_cast<double>(batch.size()) / static_cast<double>(group_samples))
+                                      : loss;
+          (scaler ? scaler->scale(weighted) : weighted).backward();
+        }
+        step_sums.add(MetricSums::of_batch(loss, static_cast<double>(batch.size()), logits, labels));
+        step_count += static_cast<double>(batch.size());
       }
       if (dp) {
         TraceRecorder::Scope s(trace, "allreduce_wait", "compute");
@@ -557,11 +581,10 @@ TrainSummary Trainer::run(bool resume) {
       ++step;
       // The step's loss and accuracy stay on the device, added to the epoch's sums. They are read
       // (a synchronization on a GPU) only on the steps that log: every train.log_every and the first.
-      const MetricSums step_sums = MetricSums::of_batch(loss, static_cast<double>(batch.size()), logits, labels);
       epoch_sums.add(step_sums);
       const bool log_step = step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1;
       StepStats st;
-      st.count = static_cast<double>(batch.size());
+      st.count = step_count;
       if (log_step) std::tie(st.loss_sum, st.correct) = step_sums.read();
       st.stop = g_stop_signal ? 1 : 0;
       st.ckpt = g_ckpt_signal ? 1 : 0;
@@ -578,7 +601,8 @@ TrainSummary Trainer::run(bool resume) {
       ProgressUpdate pu;
       pu.epoch = epoch, pu.epochs = cfg.train.epochs;
       // Batches are numbered from the epoch's start position (non-zero after a resume).
-      pu.step_in_epoch = position / cfg.data.batch_size + batch.index + 1, pu.steps_per_epoch = steps_per_epoch;
+      pu.step_in_epoch = (position / cfg.data.batch_size + batch.index + accum) / accum;
+      pu.steps_per_epoch = steps_per_epoch;
       pu.global_step = step, pu.total_steps = total_steps;
       pu.loss = last_loss, pu.accuracy = last_accuracy;
       pu.samples = static_cast<int64_t>(st.count);
@@ -612,7 +636,7 @@ TrainSummary Trainer::run(bool resume) {
       if (last_count > 0) last_loss = v[2] / last_count, last_accuracy = v[3] / last_count;
     }
     if (summary.interrupted ||
-        (stop && cfg.train.max_steps > 0 && position / cfg.data.batch_size + batch.index + 1 < steps_per_epoch)) {
+        (stop && cfg.train.max_steps > 0 && position / cfg.data.batch_size + batch.index + 1 < batches_per_epoch)) {
       if (!summary.interrupted) save_checkpoint(epoch, loader.position());
       break;
     }

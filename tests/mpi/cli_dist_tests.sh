@@ -71,6 +71,15 @@ train_sync_bn_bad_group_np2)
   fi
   grep -q "train.sync_batchnorm_group = 3 does not divide the 2 rank" log || fail "unclear error: $(tail -5 log)"
   ;;
+train_accumulate_np2)
+  # Gradient accumulation under DataParallel: 3 optimizer steps of 2 batches each; the replicas agree.
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+    --set train.max_steps=3 --set data.batch_size=8 --set data.workers=1 --set train.accumulate_steps=2 \
+    --set train.log_every=1 --set train.run_dir=run >log 2>&1 || fail "mpirun failed: $(tail -5 log)"
+  grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
+  grep -q '"steps": *3' run/summary.json || fail "expected 3 optimizer steps: $(cat run/summary.json)"
+  [[ $(grep -c '"type":"step"' run/metrics.jsonl) -eq 3 ]] || fail "expected 3 step records: $(head -3 run/metrics.jsonl)"
+  ;;
 train_per_rank_bn_np2)
   # Per-rank BN: running statistics differ per rank unless DataParallel broadcasts rank 0's.
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \

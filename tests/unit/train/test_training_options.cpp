@@ -164,11 +164,39 @@ TEST_F(TrainingOptions, LabelSmoothingEntersTheTrainingLossWithItsEps) {
   EXPECT_NEAR(first_loss[2] - first_loss[1], first_loss[1] - first_loss[0], 1e-5);
 }
 
+// Gradient accumulation is a larger batch in pieces: 2 x 16 (and 4 x 16) per step match
+// 32 (and 64) per step after a whole epoch of plain SGD. 480 samples: the last group of 4
+// batches has 2 (32 samples), which must be weighted like a batch of 32, not 64.
+TEST_F(TrainingOptions, AccumulatedStepsMatchTheLargerBatch) {
+  for (int64_t k : {2, 4}) {
+    const fs::path big = dir_ / fmt::format("run_big_{}", k), acc = dir_ / fmt::format("run_acc_{}", k);
+    const std::string ckpt = "train.checkpoint_every_epochs=1";
+    TrainSummary sb = train_quietly(small_run(dir_ / "data", big, "", {ckpt, fmt::format("data.batch_size={}", 16 * k)}));
+    TrainSummary sa =
+        train_quietly(small_run(dir_ / "data", acc, fmt::format("accumulate_steps = {}\n", k), {ckpt}));
+    EXPECT_EQ(sa.steps, sb.steps) << "k = " << k;
+    EXPECT_EQ(sa.steps, (480 / 16 + k - 1) / k) << "k = " << k;
+    const auto wb = final_weights(big), wa = final_weights(acc);
+    ASSERT_FALSE(wb.empty());
+    double scale = 0;
+    for (double v : wb) scale = std::max(scale, std::abs(v));
+    EXPECT_LT(distance(wa, wb), 1e-5 * scale * std::sqrt(static_cast<double>(wb.size()))) << "k = " << k;
+    // The same samples were seen, and the logged training loss is over all of them.
+    EXPECT_NEAR(step_records(acc).back()["loss"].get<double>(), step_records(big).back()["loss"].get<double>(), 1e-5);
+  }
+  // Without accumulation the smaller batch takes twice the steps and ends elsewhere (so the match means something).
+  const fs::path small = dir_ / "run_small";
+  train_quietly(small_run(dir_ / "data", small, "", {"train.checkpoint_every_epochs=1"}));
+  EXPECT_GT(distance(final_weights(small), final_weights(dir_ / "run_big_2")), 1e-3);
+}
+
 TEST(TrainingOptionsConfig, RangesAreChecked) {
   std::string err = error_of([] { parse_config("[train]\nlabel_smoothing = 1.0\n", "o.toml"); });
   EXPECT_NE(err.find("o.toml: train.label_smoothing must be in [0, 1), got 1"), std::string::npos) << err;
   err = error_of([] { parse_config("[optimizer]\nclip_grad_norm = -1.0\n", "o.toml"); });
   EXPECT_NE(err.find("o.toml: optimizer.clip_grad_norm must be >= 0, got -1"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\naccumulate_steps = 0\n", "o.toml"); });
+  EXPECT_NE(err.find("o.toml: train.accumulate_steps must be > 0, got 0"), std::string::npos) << err;
   EXPECT_EQ(parse_config("", "o.toml").optimizer.clip_grad_norm, 0.0);
   EXPECT_EQ(parse_config("[train]\nlabel_smoothing = 0.1\n", "o.toml").train.label_smoothing, 0.1);
 }
