@@ -39,10 +39,17 @@ std::vector<std::string> parse_methods(const std::string& list) {
 }
 
 // "t10k-images-idx3-ubyte.gz" -> "t10k-images-idx3-ubyte"; "shoe.png" -> "shoe".
-std::string stem_of(const std::string& file) {
-  std::filesystem::path p(file);
+// The output files' prefix: the input's stem; for an HDF5 dataset also the dataset ("d-test_images").
+std::string stem_of(const std::string& arg, const std::string& hdf5_dataset) {
+  const InputSpec spec = parse_input(arg);
+  std::filesystem::path p(spec.file);
   if (p.extension() == ".gz") p = p.stem();
-  return p.stem().string();
+  if (!spec.hdf5) return p.stem().string();
+  std::string ds = spec.dataset.empty() ? hdf5_dataset : spec.dataset;
+  if (!ds.empty() && ds[0] == '/') ds.erase(0, 1);
+  for (char& c : ds)
+    if (c == '/') c = '_';
+  return p.stem().string() + "-" + ds;
 }
 
 void write_maps(const std::filesystem::path& path, const Tensor& maps) {
@@ -81,7 +88,9 @@ void register_explain(CLI::App& app) {
   cmd->add_option("--deletion", o->deletion,
                   "Score each method by its deletion curve with this many points (0: off): the mean probability of "
                   "the explained class as the top-ranked pixels are set to --fill, against a random ranking");
-  cmd->add_option("inputs", o->inputs, "idx, .npy or .png files")->required();
+  cmd->add_option("inputs", o->inputs,
+                  "idx, .npy or .png files, or FILE.h5[:DATASET] (default dataset: the run's data.hdf5_test_x)")
+      ->required();
   cmd->callback([o] {
     const auto methods = parse_methods(o->methods);
     HPDL_CHECK(o->first >= 0 && o->limit >= 0, "explain: --first and --limit must not be negative");
@@ -96,7 +105,7 @@ void register_explain(CLI::App& app) {
     auto& world = dist::Communicator::world();
     const bool root = world.rank() == 0;
     for (const auto& file : o->inputs) {
-      Tensor all = read_inputs(file, m.sample);
+      Tensor all = read_inputs(file, m.sample, m.cfg.data.hdf5_test_x);
       HPDL_CHECK(o->first < all.dim(0), "explain: {} has {} samples; --first {} is past the end", file, all.dim(0),
                  o->first);
       const int64_t n = o->limit > 0 ? std::min(o->limit, all.dim(0) - o->first) : all.dim(0) - o->first;
@@ -116,7 +125,7 @@ void register_explain(CLI::App& app) {
       targets = explain::resolve_targets(probs, o->target >= 0 ? targets : std::vector<int64_t>{});
       auto pv = probs.to_vector<float>();
 
-      const std::string stem = stem_of(file);
+      const std::string stem = stem_of(file, cfg.data.hdf5_test_x);
       // Per sample: predicted class, its probability, the explained class, IG sum and score gap.
       constexpr int64_t kCols = 5;
       std::vector<double> table(static_cast<size_t>(most * kCols), 0.0);

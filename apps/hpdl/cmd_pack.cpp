@@ -1,5 +1,5 @@
-// `hpdl pack SRC -o STORE`: packs a directory tree, an idx file or a .npy file
-// into a store of a few partition files plus an index (see docs/store.md).
+// `hpdl pack SRC -o STORE`: packs a directory tree, an idx file, a .npy file or
+// an HDF5 file (its train and test splits) into a store of a few partition files plus an index (see docs/store.md).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -40,10 +40,11 @@ void register_pack(CLI::App& app) {
     uint32_t count = 0;
     int level = 3;
     bool append = false, quiet = false;
+    data::Hdf5Names hdf5;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* cmd = app.add_subcommand("pack", "Pack a folder, idx or .npy dataset into a store (partitions + index)");
-  cmd->add_option("src", args->src, "Folder tree, idx file (e.g. train-images-idx3-ubyte.gz) or .npy file")
+  CLI::App* cmd = app.add_subcommand("pack", "Pack a folder, idx, .npy or HDF5 dataset into a store (partitions + index)");
+  cmd->add_option("src", args->src, "Folder tree, idx file (e.g. train-images-idx3-ubyte.gz), .npy file or HDF5 file (.h5)")
       ->required();
   cmd->add_option("-o,--output", args->out, "Store folder to write (created if missing)")->required();
   cmd->add_option("--partition-size", args->size, "Largest partition, e.g. 256M or 1G (default 256M)");
@@ -54,6 +55,10 @@ void register_pack(CLI::App& app) {
   cmd->add_flag("--append", args->append, "Add to an existing store (new partitions, index rewritten atomically)");
   cmd->add_option("--prefix", args->prefix, "Store the packed paths under this folder of the store");
   cmd->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
+  cmd->add_option("--hdf5-x", args->hdf5.train_x, "HDF5: training samples dataset")->capture_default_str();
+  cmd->add_option("--hdf5-y", args->hdf5.train_y, "HDF5: training labels dataset")->capture_default_str();
+  cmd->add_option("--hdf5-test-x", args->hdf5.test_x, "HDF5: test samples dataset")->capture_default_str();
+  cmd->add_option("--hdf5-test-y", args->hdf5.test_y, "HDF5: test labels dataset")->capture_default_str();
   cmd->callback([args] {
     store::PackOptions o;
     o.partition_bytes = parse_size(args->size);
@@ -62,6 +67,7 @@ void register_pack(CLI::App& app) {
     o.level = args->level;
     o.append = args->append;
     o.prefix = args->prefix;
+    o.hdf5 = args->hdf5;
     store::PackStats st = store::pack(args->src, args->out, o);
     if (!args->quiet)
       std::printf("hpdl pack: %llu files (%llu bytes, %llu stored) into %u new partition(s) of %s\n",

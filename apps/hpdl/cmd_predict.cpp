@@ -1,6 +1,6 @@
 // hpdl predict --checkpoint RUN_DIR INPUT...: class predictions for images in
-// idx, .npy or PNG files (uint8 pixels scaled to [0, 1], then the config's
-// normalization, as in training). One line per sample: file, index, class, probability.
+// idx, .npy, PNG or HDF5 files (FILE.h5[:DATASET]; uint8 pixels scaled to
+// [0, 1], then the config's normalization, as in training). One line per sample: file, index, class, probability.
 #include <cstdio>
 
 #include "apps/hpdl/commands.h"
@@ -11,7 +11,7 @@
 namespace hpdl::cli {
 
 void register_predict(CLI::App& app) {
-  auto* cmd = app.add_subcommand("predict", "Predict classes for images in idx, .npy or PNG files");
+  auto* cmd = app.add_subcommand("predict", "Predict classes for images in idx, .npy, PNG or HDF5 files");
   struct Opts {
     std::string checkpoint, config;
     std::vector<std::string> inputs;
@@ -22,12 +22,14 @@ void register_predict(CLI::App& app) {
       ->required();
   cmd->add_option("--config", o->config, "TOML config (default: RUN_DIR/config.toml)");
   cmd->add_option("--limit", o->limit, "Print at most this many predictions per file (0: all)");
-  cmd->add_option("inputs", o->inputs, "idx, .npy or .png files")->required();
+  cmd->add_option("inputs", o->inputs,
+                  "idx, .npy or .png files, or FILE.h5[:DATASET] (default dataset: the run's data.hdf5_test_x)")
+      ->required();
   cmd->callback([o] {
     auto m = load_inference_model(o->checkpoint, o->config);
     NoGradGuard ng;
     for (const auto& file : o->inputs) {
-      Tensor x = normalize_inputs(m.cfg, read_inputs(file, m.sample));
+      Tensor x = normalize_inputs(m.cfg, read_inputs(file, m.sample, m.cfg.data.hdf5_test_x));
       Tensor probs = softmax(m.model->forward(x), 1);
       auto cls = argmax(probs, 1).to_vector<int64_t>();
       auto p = probs.to_vector<float>();

@@ -1,5 +1,7 @@
 #include "apps/hpdl/inputs.h"
 
+#include <fmt/ranges.h>
+
 #include <cstring>
 #include <filesystem>
 
@@ -13,7 +15,14 @@ InferenceModel load_inference_model(const std::string& checkpoint, const std::st
   InferenceModel m;
   m.cfg = train::load_config(config.empty() ? checkpoint + "/config.toml" : config);
   m.sample = {m.cfg.model.in_channels, 28, 28};
-  if (m.cfg.data.dataset != "fashion-mnist" && m.cfg.data.dataset != "mnist") {
+  if (m.cfg.data.dataset == "hdf5") {
+    // The sample shape from the test dataset's header, as data::load_hdf5 gives it, without reading it.
+    const auto info = data::hdf5_dataset_info(m.cfg.data.path, m.cfg.data.hdf5_test_x);
+    const Shape& d = info.shape;
+    HPDL_CHECK(d.size() >= 2 && d.size() <= 4, "{}: dataset '{}' is {}, expected [N, C, H, W], [N, H, W] or [N, F] "
+               "(data.hdf5_test_x)", m.cfg.data.path, m.cfg.data.hdf5_test_x, shape_str(d));
+    m.sample = d.size() == 4 ? Shape{d[1], d[2], d[3]} : d.size() == 3 ? Shape{1, d[1], d[2]} : Shape{1, 1, d[1]};
+  } else if (m.cfg.data.dataset != "fashion-mnist" && m.cfg.data.dataset != "mnist") {
     auto ds = train::load_datasets(m.cfg.data);
     m.sample = ds.test->sample_shape();
   }
@@ -23,8 +32,57 @@ InferenceModel load_inference_model(const std::string& checkpoint, const std::st
   return m;
 }
 
-Tensor read_inputs(const std::string& file, const Shape& sample) {
+namespace {
+
+bool is_hdf5_name(const std::filesystem::path& p) {
+  const std::string ext = p.extension().string();
+  return ext == ".h5" || ext == ".hdf5" || ext == ".he5";
+}
+
+// The HDF5 dataset `name` of `file` as float32 [N, sample...].
+Tensor read_hdf5_inputs(const std::string& file, const std::string& name, const Shape& sample) {
+  const data::Hdf5DatasetInfo info = data::hdf5_dataset_info(file, name);
+  const int64_t per = numel_of(sample);
+  Shape rest(info.shape.begin() + (info.shape.empty() ? 0 : 1), info.shape.end());
+  // The shapes the training reader (data::load_hdf5) accepts for the same samples.
+  const bool fits = info.shape.size() >= 2 &&
+                    (rest == sample || (rest.size() == 2 && sample.size() == 3 && sample[0] == 1 &&
+                                        rest[0] == sample[1] && rest[1] == sample[2]) ||
+                     (rest.size() == 1 && sample.size() == 3 && sample[0] == 1 && sample[1] == 1 &&
+                      rest[0] == sample[2]));
+  HPDL_CHECK(fits, "{}: dataset '{}' is {}, the model takes samples [N, {}] (or [N, H, W] for one channel, [N, F] "
+             "for feature vectors)", file, name, shape_str(info.shape), fmt::join(sample, ", "));
+  const int64_t n = info.shape[0];
+  Shape full{n};
+  full.insert(full.end(), sample.begin(), sample.end());
+  if (info.dtype == DType::u8) {  // pixels: scaled to [0, 1] as in training
+    Tensor raw = Tensor::empty(full, DType::u8);
+    data::read_hdf5_into(file, name, DType::u8, raw.raw_data(), static_cast<size_t>(n * per));
+    return mul(raw.to(DType::f32), 1.0 / 255.0);
+  }
+  Tensor f = Tensor::empty(full, DType::f32);
+  data::read_hdf5_into(file, name, DType::f32, f.raw_data(), static_cast<size_t>(n * per) * sizeof(float));
+  return f;
+}
+
+}  // namespace
+
+InputSpec parse_input(const std::string& arg) {
   namespace fs = std::filesystem;
+  InputSpec s{arg, "", is_hdf5_name(arg)};
+  // "FILE.h5:DATASET", unless a file of that whole name exists.
+  if (const size_t colon = arg.find(':'); colon != std::string::npos && !fs::exists(arg)) {
+    const std::string file = arg.substr(0, colon);
+    if (is_hdf5_name(file)) s = {file, arg.substr(colon + 1), true};
+  }
+  return s;
+}
+
+Tensor read_inputs(const std::string& arg, const Shape& sample, const std::string& hdf5_dataset) {
+  namespace fs = std::filesystem;
+  const InputSpec spec = parse_input(arg);
+  if (spec.hdf5) return read_hdf5_inputs(spec.file, spec.dataset.empty() ? hdf5_dataset : spec.dataset, sample);
+  const std::string& file = spec.file;
   std::string ext = fs::path(file).extension().string();
   const int64_t per = numel_of(sample);
   if (ext == ".png") {

@@ -19,9 +19,22 @@ struct InferenceModel {
 // .safetensors file; `config`: the TOML (default: CHECKPOINT/config.toml).
 InferenceModel load_inference_model(const std::string& checkpoint, const std::string& config);
 
-// Samples [N, C, H, W] as float32: PNG and uint8 idx/.npy pixels scaled to
-// [0, 1], float .npy as stored. Errors name the file and the expected shape.
-Tensor read_inputs(const std::string& file, const Shape& sample);
+// An input argument: a file, or a dataset inside an HDF5 file, written
+// FILE.h5:DATASET (also .hdf5, .he5). `dataset` is empty for other files and
+// for an HDF5 file named without one.
+struct InputSpec {
+  std::string file, dataset;
+  bool hdf5 = false;
+};
+InputSpec parse_input(const std::string& arg);
+
+// Samples [N, C, H, W] as float32: PNG and uint8 idx/.npy/HDF5 pixels scaled
+// to [0, 1], float .npy and HDF5 float32/float64/int datasets as stored (the
+// training readers' rules). An HDF5 argument without ":DATASET" reads
+// `hdf5_dataset` (the run's data.hdf5_test_x). An HDF5 dataset must be
+// [N, sample...] or, as in training, [N, H, W] for C = 1 or [N, F] for samples
+// [1, 1, F]. Errors name the file (and dataset) and the expected shape.
+Tensor read_inputs(const std::string& arg, const Shape& sample, const std::string& hdf5_dataset = "test/images");
 
 // The training pipeline's per-channel normalization (a no-op when the config
 // has none), with differentiable ops so gradients reach the pixels.

@@ -15,8 +15,9 @@
 // classifier, no grids, no files (bench/gan/run.sh against PyTorch).
 //
 // The classifier is trained first on the same [-1, 1] images (and saved to
-// DIR/classifier.safetensors) unless --classifier names such a file. See
-// docs/gan.md for measured numbers.
+// DIR/classifier.safetensors) unless --classifier names such a file. The
+// trained generator is written as DIR/generator.onnx (gan::save_generator_onnx,
+// docs/onnx.md). See docs/gan.md for measured numbers.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -198,6 +199,11 @@ void run(const Args& a) {
   std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(a.steps), train_s,
               a.steps * a.batch / std::max(train_s, 1e-9));
   report("trained generator", gan::classifier_score(logits_of(*classifier, samples(gan, k))));
+  gan::save_generator_onnx(a.out / "generator.onnx", gan.generator());
+  std::printf("generator as ONNX: %s (input z [N, %lld], output images [N, %lld, %lld, %lld]; eval-mode batch "
+              "norm)\n", (a.out / "generator.onnx").string().c_str(), static_cast<long long>(o.latent_dim),
+              static_cast<long long>(o.channels), static_cast<long long>(o.image_size),
+              static_cast<long long>(o.image_size));
   std::printf("sample grids in %s (real.png, samples_step*.png); total %.1f s\n", a.out.string().c_str(), since(start));
 }
 

@@ -3,6 +3,8 @@
 // PNG sample grids and the classifier-based quality numbers.
 #include "hpdl/gan/dcgan.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -13,6 +15,7 @@
 #include "hpdl/data/readers.h"
 #include "hpdl/nn/init.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/train/onnx_export.h"
 
 namespace hpdl::gan {
 
@@ -95,6 +98,29 @@ Tensor DcganDiscriminator::forward(const Tensor& x) {
   Tensor h = leaky_relu((*conv1)(x), 0.2);             // [N, d, 2s, 2s]
   h = leaky_relu((*bn2)((*conv2)(h)), 0.2);            // [N, 2d, s, s]
   return (*classify)(h.flatten(1)).reshape({x.dim(0)});  // [N]
+}
+
+// ---------------------------------------------------------------- ONNX export
+
+// The graph of forward() above, node for node; bn->forward_relu is batch norm then Relu.
+io::onnx::Model export_generator_onnx(DcganGenerator& g, const std::string& doc) {
+  const int64_t latent = g.project->in_features;
+  train::OnnxGraphBuilder b("z", {latent});
+  Shape shape{latent};
+  std::string h = b.emit(*g.project, "project", b.input(), shape);            // [N, 2g*s*s]
+  h = b.reshape("project", h, shape, {g.features(), g.side(), g.side()});     // [N, 2g, s, s]
+  h = b.node("Relu", "bn0", {b.emit(*g.bn0, "bn0", h, shape)});
+  h = b.node("Relu", "bn1", {b.emit(*g.bn1, "bn1", b.emit(*g.up1, "up1", h, shape), shape)});  // [N, g, 2s, 2s]
+  h = b.node("Tanh", "up2", {b.emit(*g.up2, "up2", h, shape)});                                // [N, C, 4s, 4s]
+  return b.finish(h, shape, "images",
+                  doc.empty() ? fmt::format("hpdl {} DCGAN generator: input 'z' float32 [N, {}] (N(0, 1) latents); "
+                                            "output 'images' float32 [N, {}] in [-1, 1]",
+                                            HPDL_VERSION, latent, fmt::join(shape, ", "))
+                              : doc);
+}
+
+void save_generator_onnx(const std::filesystem::path& path, DcganGenerator& g, const std::string& doc) {
+  io::onnx::write_model(path, export_generator_onnx(g, doc));
 }
 
 // ---------------------------------------------------------------- training

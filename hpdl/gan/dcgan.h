@@ -27,6 +27,7 @@
 
 #include "hpdl/core/random.h"
 #include "hpdl/core/tensor.h"
+#include "hpdl/io/onnx.h"
 #include "hpdl/nn/layers.h"
 #include "hpdl/optim/optimizers.h"
 
@@ -55,6 +56,8 @@ class DcganGenerator : public nn::Module {
   DcganGenerator(const DcganOptions& options, Generator& gen);
   Tensor forward(const Tensor& z) override;
   std::string type_name() const override { return "DcganGenerator"; }
+  int64_t features() const { return features_; }  // 2g, the channels of the projected [2g, s, s]
+  int64_t side() const { return side_; }          // s = S / 4
   std::shared_ptr<nn::Linear> project;
   std::shared_ptr<nn::BatchNorm2d> bn0, bn1;
   std::shared_ptr<nn::ConvTranspose2d> up1, up2;
@@ -85,6 +88,17 @@ struct DcganStepStats {
   double d_fake = 0;      // mean sigmoid(D(G(z))) before the D update
   double d_accuracy = 0;  // fraction of real with logit > 0 and fake with logit < 0, before the D update
 };
+
+// The generator as an ONNX graph (opset 13, hpdl/train/onnx_export.h) for
+// sampling elsewhere: input "z" float32 [N, latent], output "images" float32
+// [N, C, S, S] in [-1, 1], N dynamic. Gemm -> Reshape -> BatchNormalization ->
+// Relu -> ConvTranspose -> BatchNormalization -> Relu -> ConvTranspose -> Tanh,
+// weights named after G's state dict ("up1.weight"). Eval semantics (batch
+// norm with the running statistics) whatever G's mode, so the graph matches
+// G after G.eval(). `doc` becomes the model's doc_string.
+io::onnx::Model export_generator_onnx(DcganGenerator& generator, const std::string& doc = "");
+// export_generator_onnx() written atomically to `path`; throws naming the file.
+void save_generator_onnx(const std::filesystem::path& path, DcganGenerator& generator, const std::string& doc = "");
 
 // Both networks, their Adam optimizers and the random stream for latents and minibatches.
 class Dcgan {

@@ -64,6 +64,11 @@ Attribute Attribute::of_int(std::string name, int64_t v) {
   a.name = std::move(name), a.kind = Kind::i, a.i = v;
   return a;
 }
+Attribute Attribute::of_string(std::string name, std::string v) {
+  Attribute a;
+  a.name = std::move(name), a.kind = Kind::s, a.s = std::move(v);
+  return a;
+}
 Attribute Attribute::of_ints(std::string name, std::vector<int64_t> v) {
   Attribute a;
   a.name = std::move(name), a.kind = Kind::ints, a.ints = std::move(v);
@@ -90,6 +95,7 @@ ProtoWriter attribute_proto(const Attribute& a, const std::string& node) {
   switch (a.kind) {
     case Attribute::Kind::f: w.float_field(2, a.f); break;
     case Attribute::Kind::i: w.int64_field(3, a.i); break;
+    case Attribute::Kind::s: w.bytes_field(4, a.s); break;
     case Attribute::Kind::ints:
       for (int64_t v : a.ints) w.int64_field(8, v);
       break;

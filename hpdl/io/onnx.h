@@ -41,14 +41,16 @@ class ProtoWriter {
 enum class ElemType : int32_t { f32 = 1, i64 = 7 };  // TensorProto.DataType
 
 struct Attribute {
-  enum class Kind : int32_t { f = 1, i = 2, ints = 7 };  // AttributeProto.AttributeType
+  enum class Kind : int32_t { f = 1, i = 2, s = 3, ints = 7 };  // AttributeProto.AttributeType
   std::string name;
   Kind kind = Kind::i;
   float f = 0;
   int64_t i = 0;
+  std::string s;  // bytes (ONNX strings are UTF-8)
   std::vector<int64_t> ints;
   static Attribute of_float(std::string name, float v);
   static Attribute of_int(std::string name, int64_t v);
+  static Attribute of_string(std::string name, std::string v);
   static Attribute of_ints(std::string name, std::vector<int64_t> v);
 };
 

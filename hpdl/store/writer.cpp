@@ -12,10 +12,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 
 #include "hpdl/core/error.h"
+#include "hpdl/data/readers.h"
 #include "hpdl/io/file.h"
 
 namespace hpdl::store {
@@ -226,6 +228,87 @@ void collect_npy(const fs::path& src, const PackOptions& options, Dataset& ds, s
   add_item(items, std::move(m), options, src);
 }
 
+const char* hdf5_dtype_name(DType t) {
+  switch (t) {
+    case DType::u8: return "uint8";
+    case DType::i32: return "int32";
+    case DType::i64: return "int64";
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    default: return nullptr;
+  }
+}
+
+// One split of an HDF5 file: samples x (kept alive in ds) and optional labels y. Returns false when x is absent.
+bool collect_hdf5_split(const fs::path& src, const std::vector<std::string>& present, const std::string& split,
+                        const std::string& x_name, const std::string& y_name, const PackOptions& options,
+                        Dataset& ds, std::vector<Item>& items) {
+  auto has = [&](std::string name) {
+    if (!name.empty() && name[0] == '/') name.erase(0, 1);
+    return std::find(present.begin(), present.end(), name) != present.end();
+  };
+  if (!has(x_name)) return false;
+  data::RawArray x = data::read_hdf5(src, x_name);
+  const char* dtype = hdf5_dtype_name(x.dtype);
+  HPDL_CHECK(dtype != nullptr, "hpdl pack: {}: dataset '{}' has type {}, which a store split cannot hold",
+             src.string(), x_name, dtype_name(x.dtype));
+  HPDL_CHECK(x.shape.size() >= 2, "hpdl pack: {}: dataset '{}' is {}; samples need [N, ...] with at least 2 axes",
+             src.string(), x_name, shape_str(x.shape));
+  const uint64_t n = static_cast<uint64_t>(x.shape[0]);
+  const uint64_t sample = x.bytes.size() / std::max<uint64_t>(n, 1);
+  std::vector<int32_t> labels;
+  if (has(y_name)) {
+    const auto info = data::hdf5_dataset_info(src, y_name);
+    HPDL_CHECK(info.shape.size() == 1 && static_cast<uint64_t>(info.shape[0]) == n,
+               "hpdl pack: {}: labels '{}' are {}, the samples '{}' need [{}]", src.string(), y_name,
+               shape_str(info.shape), x_name, n);
+    std::vector<int64_t> y(static_cast<size_t>(n));
+    data::read_hdf5_into(src, y_name, DType::i64, y.data(), y.size() * sizeof(int64_t));
+    for (uint64_t i = 0; i < n; ++i) {
+      HPDL_CHECK(y[i] >= 0 && y[i] <= INT32_MAX, "hpdl pack: {}: label {} of '{}' is {}, outside [0, 2^31)",
+                 src.string(), i, y_name, y[i]);
+      labels.push_back(static_cast<int32_t>(y[i]));
+    }
+  }
+  ds.data.assign(reinterpret_cast<const std::byte*>(x.bytes.data()),
+                 reinterpret_cast<const std::byte*>(x.bytes.data() + x.bytes.size()));
+  x.bytes = {};
+  const int width = std::max<int>(5, static_cast<int>(std::to_string(n ? n - 1 : 0).size()));
+  for (uint64_t i = 0; i < n; ++i) {
+    Item item;
+    item.path = fmt::format("{}/{:0{}d}.bin", split, i, width);
+    item.mem = ds.data.data() + i * sample;
+    item.size = sample;
+    item.label = labels.empty() ? kNoLabel : labels[i];
+    add_item(items, std::move(item), options, src);
+  }
+  std::string shape;
+  for (size_t d = 1; d < x.shape.size(); ++d) shape += fmt::format("{}{}", d > 1 ? "," : "", x.shape[d]);
+  const std::string meta = fmt::format("{{\"count\":{},\"shape\":[{}],\"dtype\":\"{}\",\"labels\":{}}}\n", n,
+                                       shape, dtype, labels.empty() ? "false" : "true");
+  ds.meta.assign(reinterpret_cast<const std::byte*>(meta.data()),
+                 reinterpret_cast<const std::byte*>(meta.data() + meta.size()));
+  Item m;
+  m.path = split + "/meta.json";
+  m.mem = ds.meta.data();
+  m.size = ds.meta.size();
+  add_item(items, std::move(m), options, src);
+  return true;
+}
+
+void collect_hdf5(const fs::path& src, const PackOptions& options, Dataset& train, Dataset& test,
+                  std::vector<Item>& items) {
+  const std::vector<std::string> present = data::list_hdf5_datasets(src);
+  const data::Hdf5Names& h = options.hdf5;
+  const bool any_train = collect_hdf5_split(src, present, "train", h.train_x, h.train_y, options, train, items);
+  const bool any_test = collect_hdf5_split(src, present, "test", h.test_x, h.test_y, options, test, items);
+  if (any_train || any_test) return;
+  std::string list;
+  for (const auto& d : present) list += (list.empty() ? "" : ", ") + d;
+  HPDL_FAIL("hpdl pack: {} has neither '{}' nor '{}' (it holds: {}); name the samples with --hdf5-x / --hdf5-test-x",
+            src.string(), h.train_x, h.test_x, list.empty() ? "no datasets" : list);
+}
+
 // Writes one partition file under a temporary name; rename happens in finish().
 class PartitionWriter {
  public:
@@ -323,10 +406,13 @@ PackStats pack(const fs::path& src, const fs::path& store, const PackOptions& op
     collect_directory(src, options, items);
   } else if (src.extension() == ".npy") {
     collect_npy(src, options, ds, items);
+  } else if (src.extension() == ".h5" || src.extension() == ".hdf5" || src.extension() == ".he5") {
+    collect_hdf5(src, options, ds, labels_ds, items);
   } else if (name.find("idx") != std::string::npos) {
     collect_idx(src, options, ds, labels_ds, items);
   } else {
-    HPDL_FAIL("hpdl pack: do not know how to pack {}; give a directory, an idx file or a .npy file", src.string());
+    HPDL_FAIL("hpdl pack: do not know how to pack {}; give a directory, an idx file, a .npy file or an HDF5 file "
+              "(.h5)", src.string());
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.path < b.path; });
   for (size_t i = 1; i < items.size(); ++i)

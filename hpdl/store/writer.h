@@ -1,5 +1,5 @@
 // Packing: turns a directory tree (any file format) or a dataset hpdl reads
-// (idx, npy) into a store directory of a few partition files plus one index.
+// (idx, npy, HDF5) into a store directory of a few partition files plus one index.
 // Output is deterministic: entries sorted by path, no timestamps, so packing the
 // same input twice gives byte-identical stores.
 #pragma once
@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 
+#include "hpdl/data/dataset.h"
 #include "hpdl/store/format.h"
 
 namespace hpdl::store {
@@ -26,6 +27,9 @@ struct PackOptions {
   bool append = false;
   // Store every packed path under this folder (e.g. "extra" -> "extra/a.txt"); empty for none.
   std::string prefix;
+  // An HDF5 source: the datasets holding each split's samples and labels (the
+  // config's data.hdf5_* keys and their defaults).
+  data::Hdf5Names hdf5;
 };
 
 struct PackStats {
@@ -42,6 +46,13 @@ struct PackStats {
 //    plus "<split>/meta.json" ({"count","shape","dtype"}); split is "train" for train-*,
 //    "test" for t10k-*, else the file's stem;
 //  - a .npy file: one entry per index along axis 0, "<stem>/<i>.bin", raw C-order bytes, plus meta.json.
+//  - an HDF5 file (.h5, .hdf5, .he5): for each split ("train", "test") whose samples dataset
+//    (options.hdf5) exists, one entry per index along axis 0, "<split>/<i>.bin", raw C-order
+//    bytes in the dataset's own type (uint8, int32, int64, float32, float64; little-endian),
+//    labelled from the split's labels dataset when it exists ([N] integers in [0, 2^31)), plus
+//    "<split>/meta.json" ({"count","shape","dtype","labels"}). uint8 samples with labels are
+//    what StoreDataset (data.store) trains from. Throws when neither split's samples exist,
+//    naming the datasets the file holds, and for labels of the wrong count or range.
 // Throws hpdl::Error naming the offending file: unreadable input, a path that would
 // escape the store, an existing store without `append`, a duplicate path with `append`.
 PackStats pack(const std::filesystem::path& src, const std::filesystem::path& store, const PackOptions& options);

@@ -1,4 +1,4 @@
-// Module tree -> ONNX graph. Each supported module emits the ONNX nodes of its
+// Module tree -> ONNX graph (OnnxGraphBuilder::Impl). Each supported module emits the ONNX nodes of its
 // eval-mode forward; the per-sample shape (without the batch) is tracked along
 // the way to size pooling and to write the output's shape. Modules are matched
 // by exact type (typeid), so a subclass with its own forward is refused rather
@@ -13,6 +13,7 @@
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/nn/rnn.h"
 
 namespace hpdl::train {
 
@@ -29,7 +30,9 @@ T* exactly(nn::Module& m) {
 
 std::string join(const std::string& path, const std::string& name) { return path.empty() ? name : path + "." + name; }
 
-class Exporter {
+}  // namespace
+
+class OnnxGraphBuilder::Impl {
  public:
   io::onnx::Graph graph;
 
@@ -43,6 +46,7 @@ class Exporter {
     }
     if (auto* l = exactly<nn::Linear>(m)) return linear(*l, path, x, shape);
     if (auto* c = exactly<nn::Conv2d>(m)) return conv(*c, path, x, shape);
+    if (auto* c = exactly<nn::ConvTranspose2d>(m)) return conv_transpose(*c, path, x, shape);
     if (exactly<nn::BatchNorm2d>(m) || exactly<nn::BatchNorm1d>(m))
       return batch_norm(static_cast<nn::BatchNorm&>(m), path, x, shape);
     if (auto* p = exactly<nn::MaxPool2d>(m)) return pool("MaxPool", p->params, path, x, shape, false);
@@ -59,12 +63,13 @@ class Exporter {
     if (auto* b = exactly<nn::BasicBlock>(m)) return basic_block(*b, path, x, shape);
     if (auto* b = exactly<nn::Bottleneck>(m)) return bottleneck(*b, path, x, shape);
     if (auto* r = exactly<nn::models::RnnClassifier>(m)) return rnn_classifier(*r, path, x, shape);
+    if (exactly<nn::LSTM>(m) || exactly<nn::GRU>(m)) return rnn_module(static_cast<nn::RNNBase&>(m), path, x, shape);
     std::string inside;
     for (auto& [name, child] : m.named_modules())
       if (!name.empty()) inside += fmt::format("{}{} '{}'", inside.empty() ? "" : ", ", child->type_name(), name);
     HPDL_FAIL("ONNX export: module '{}' of type {}{} cannot be exported (supported: Sequential, Linear, Conv2d, "
-              "BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, ReLU, LeakyReLU, "
-              "Tanh, Sigmoid, GELU, BasicBlock, Bottleneck, RnnClassifier)",
+              "ConvTranspose2d, BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, "
+              "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, BasicBlock, Bottleneck, LSTM, GRU, RnnClassifier)",
               path.empty() ? "(model)" : path, m.type_name(), inside.empty() ? "" : " (containing " + inside + ")");
   }
 
@@ -81,6 +86,7 @@ class Exporter {
 
   std::string node(const std::string& op, const std::string& path, std::vector<std::string> inputs,
                    std::vector<Attribute> attrs = {}) {
+    HPDL_CHECK(!op.empty(), "ONNX export: a node at '{}' has no op type", path);
     Node n;
     n.op_type = op;
     n.name = fresh(join(path, op));
@@ -89,6 +95,12 @@ class Exporter {
     n.attributes = std::move(attrs);
     graph.nodes.push_back(std::move(n));
     return graph.nodes.back().outputs[0];
+  }
+
+  std::string int64s(const std::string& base, const std::vector<int64_t>& v) {
+    const std::string name = fresh(base);
+    graph.initializers.push_back(Initializer::of_int64s(name, {static_cast<int64_t>(v.size())}, v));
+    return name;
   }
 
  private:
@@ -128,6 +140,25 @@ class Exporter {
                  Attribute::of_ints("strides", {p.stride_h, p.stride_w}),
                  Attribute::of_ints("pads", {p.pad_h, p.pad_w, p.pad_h, p.pad_w}),
                  Attribute::of_ints("dilations", {p.dilation_h, p.dilation_w}), Attribute::of_int("group", p.groups)});
+  }
+
+  // ONNX's ConvTranspose has hpdl's (and PyTorch's) weight layout [in, out/groups, kh, kw] and output size
+  // stride*(H-1) + output_padding + dilation*(kh-1) + 1 - pads_begin - pads_end.
+  std::string conv_transpose(nn::ConvTranspose2d& c, const std::string& path, const std::string& x, Shape& shape) {
+    HPDL_CHECK(shape.size() == 3 && shape[0] == c.in_channels,
+               "ONNX export: ConvTranspose2d '{}' takes [N, {}, H, W], its input is [N, {}]", path, c.in_channels,
+               shape_str(shape));
+    const nn::ConvTranspose2dOptions& o = c.options;
+    std::vector<std::string> in{x, weight(join(path, "weight"), c.weight)};
+    if (c.bias.defined()) in.push_back(weight(join(path, "bias"), c.bias));
+    auto [oh, ow] = c.output_size(shape[1], shape[2]);
+    shape = {c.out_channels, oh, ow};
+    return node("ConvTranspose", path, in,
+                {Attribute::of_ints("kernel_shape", {o.kernel_h, o.kernel_w}),
+                 Attribute::of_ints("strides", {o.stride, o.stride}),
+                 Attribute::of_ints("pads", {o.padding, o.padding, o.padding, o.padding}),
+                 Attribute::of_ints("output_padding", {o.output_padding, o.output_padding}),
+                 Attribute::of_ints("dilations", {o.dilation, o.dilation}), Attribute::of_int("group", o.groups)});
   }
 
   // y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel (axis 1).
@@ -217,16 +248,15 @@ class Exporter {
     return residual(b.downsample.get(), path, x, shape, h, s);
   }
 
-  // The lstm/gru zoo models: rows of the image as timesteps, a stack of ONNX LSTM or GRU nodes, the
-  // last layer's final hidden state into the Linear. ONNX's gate order differs from PyTorch's (which
-  // hpdl uses): LSTM rows i, f, g, o become i, o, f, c; GRU r, z, n become z, r, h, and PyTorch's GRU
-  // applies the reset gate after the recurrent matmul, which is ONNX's linear_before_reset = 1.
+  // The lstm/gru zoo models: rows of the image as timesteps, the recurrent stack (rnn_stack), the
+  // last layer's final hidden state into the Linear.
   std::string rnn_classifier(nn::models::RnnClassifier& r, const std::string& path, const std::string& x,
                              Shape& shape) {
     nn::RNNBase& rnn = *r.rnn;
     const std::string rpath = join(path, "rnn");
-    HPDL_CHECK(!rnn.options.bidirectional, "ONNX export: bidirectional {} '{}' is not supported", rnn.type_name(),
-               rpath);
+    // hpdl's RnnClassifier reads h_n[num_layers - 1], which is the last layer's state only without directions.
+    HPDL_CHECK(!rnn.options.bidirectional, "ONNX export: RnnClassifier '{}' has a bidirectional {} '{}'; the "
+               "classifier is defined for a unidirectional one", path.empty() ? "(model)" : path, rnn.type_name(), rpath);
     std::string seq;  // [T, N, F]
     if (shape.size() == 3) {  // [N, C, H, W] -> [H, N, C, W] -> [H, N, C*W]
       HPDL_CHECK(shape[0] * shape[2] == r.in_features, "ONNX export: '{}' reads rows of {} features, input is [N, {}]",
@@ -239,46 +269,82 @@ class Exporter {
                  r.in_features, shape_str(shape));
       seq = node("Transpose", path, {x}, {Attribute::of_ints("perm", {1, 0, 2})});
     }
+    const std::string y_h = rnn_stack(rnn, rpath, seq, false).y_h;  // [1, N, H]
+    shape = {rnn.hidden_size};
+    return emit(*r.fc, join(path, "fc"), node("Squeeze", rpath, {y_h, int64s(join(rpath, "axes0"), {0})}), shape);
+  }
+
+  // A batch_first LSTM or GRU module on its own: [N, T, F] -> [N, T, H * directions], its forward's output.
+  std::string rnn_module(nn::RNNBase& rnn, const std::string& path, const std::string& x, Shape& shape) {
+    const std::string where = path.empty() ? "(model)" : path;
+    HPDL_CHECK(rnn.options.batch_first, "ONNX export: {} '{}' is not batch_first, so its input [T, N, F] has the "
+               "batch on axis 1; export needs the batch first (construct it with RnnOptions batch_first = true)",
+               rnn.type_name(), where);
+    HPDL_CHECK(shape.size() == 2 && shape[1] == rnn.input_size,
+               "ONNX export: {} '{}' takes [N, T, {}], its input is [N, {}]", rnn.type_name(), where, rnn.input_size,
+               shape_str(shape));
+    const std::string seq = node("Transpose", path, {x}, {Attribute::of_ints("perm", {1, 0, 2})});  // [T, N, F]
+    const std::string y = rnn_stack(rnn, path, seq, true).seq;                                       // [T, N, D*H]
+    shape = {shape[0], rnn.hidden_size * (rnn.options.bidirectional ? 2 : 1)};
+    return node("Transpose", path, {y}, {Attribute::of_ints("perm", {1, 0, 2})});
+  }
+
+  // The stack of `rnn` on seq [T, N, F]: one ONNX LSTM or GRU node per layer, direction "forward" or
+  // "bidirectional". ONNX's gate order differs from PyTorch's (which hpdl uses): LSTM rows i, f, g, o
+  // become i, o, f, c; GRU r, z, n become z, r, h, regrouped for each direction, whose weights ONNX
+  // stacks on a leading axis (W [D, G*H, F], R [D, G*H, H], B [D, 2*G*H] with B[d] = [Wb, Rb]).
+  // PyTorch's GRU applies the reset gate after the recurrent matmul: ONNX's linear_before_reset = 1.
+  // ONNX's Y is [T, D, N, H]; the next layer (and hpdl's output) wants [T, N, D*H], forward direction
+  // first. Returns that sequence (when `want_seq` or between layers) and the last layer's Y_h [D, N, H].
+  struct RnnValues {
+    std::string seq, y_h;
+  };
+  RnnValues rnn_stack(nn::RNNBase& rnn, const std::string& rpath, std::string seq, bool want_seq) {
     const bool lstm = rnn.mode == RnnMode::lstm;
+    const int64_t D = rnn.options.bidirectional ? 2 : 1, L = rnn.options.num_layers;
     const std::vector<int64_t> order = lstm ? std::vector<int64_t>{0, 3, 1, 2} : std::vector<int64_t>{1, 0, 2};
     const int64_t H = rnn.hidden_size, G = static_cast<int64_t>(order.size());
-    // Rows regrouped gate by gate into ONNX's order; `cols` values per row.
-    auto gates = [&](const Tensor& t, int64_t cols) {
+    HPDL_CHECK(static_cast<int64_t>(rnn.weights.size()) == 4 * L * D,
+               "ONNX export: {} '{}' holds {} weight tensors, expected {} (4 per layer and direction)", rnn.type_name(),
+               rpath, rnn.weights.size(), 4 * L * D);
+    // Rows of t regrouped gate by gate into ONNX's order, appended to out; `cols` values per row.
+    auto gates = [&](const Tensor& t, int64_t cols, std::vector<float>& out) {
       const auto v = t.to_vector<float>();
-      std::vector<float> out;
-      out.reserve(v.size());
       for (int64_t g : order) out.insert(out.end(), v.begin() + g * H * cols, v.begin() + (g + 1) * H * cols);
-      return out;
     };
-    const std::string sq0 = int64s(join(rpath, "axes0"), {0});
-    const std::string sq1 = rnn.options.num_layers > 1 ? int64s(join(rpath, "axes1"), {1}) : "";
-    std::string y_h;
-    for (int64_t l = 0; l < rnn.options.num_layers; ++l) {
+    RnnValues r;
+    for (int64_t l = 0; l < L; ++l) {
       const std::string lp = join(rpath, "l" + std::to_string(l));
-      const Tensor& w_ih = rnn.weights[4 * l];
-      const Tensor& w_hh = rnn.weights[4 * l + 1];
-      std::vector<float> b = gates(rnn.weights[4 * l + 2], 1), b_hh = gates(rnn.weights[4 * l + 3], 1);
-      b.insert(b.end(), b_hh.begin(), b_hh.end());  // ONNX B = [Wb, Rb]
+      const int64_t in = rnn.weights[4 * l * D].dim(1);
+      std::vector<float> w, rr, b;
+      for (int64_t d = 0; d < D; ++d) {
+        const Tensor* p = &rnn.weights[4 * (l * D + d)];  // w_ih, w_hh, b_ih, b_hh
+        gates(p[0], in, w);
+        gates(p[1], H, rr);
+        gates(p[2], 1, b);
+        gates(p[3], 1, b);
+      }
       Node n;
       n.op_type = lstm ? "LSTM" : "GRU";
       n.name = fresh(join(lp, n.op_type));
-      n.inputs = {seq, constant(join(lp, "W"), {1, G * H, w_ih.dim(1)}, gates(w_ih, w_ih.dim(1))),
-                  constant(join(lp, "R"), {1, G * H, H}, gates(w_hh, H)), constant(join(lp, "B"), {1, 2 * G * H}, b)};
+      n.inputs = {seq, constant(join(lp, "W"), {D, G * H, in}, w), constant(join(lp, "R"), {D, G * H, H}, rr),
+                  constant(join(lp, "B"), {D, 2 * G * H}, b)};
       n.outputs = {n.name + ".Y", n.name + ".Y_h"};
       n.attributes = {Attribute::of_int("hidden_size", H)};
+      if (D == 2) n.attributes.push_back(Attribute::of_string("direction", "bidirectional"));
       if (!lstm) n.attributes.push_back(Attribute::of_int("linear_before_reset", 1));
       graph.nodes.push_back(n);
-      y_h = n.outputs[1];  // [1, N, H]
-      if (l + 1 < rnn.options.num_layers) seq = node("Squeeze", lp, {n.outputs[0], sq1});  // Y [T, 1, N, H] -> [T, N, H]
+      r.y_h = n.outputs[1];
+      if (l + 1 == L && !want_seq) break;
+      if (D == 1) {  // Y [T, 1, N, H] -> [T, N, H]
+        seq = node("Squeeze", lp, {n.outputs[0], int64s(join(lp, "axes1"), {1})});
+      } else {  // Y [T, 2, N, H] -> [T, N, 2, H] -> [T, N, 2H]
+        seq = node("Transpose", lp, {n.outputs[0]}, {Attribute::of_ints("perm", {0, 2, 1, 3})});
+        seq = node("Reshape", lp, {seq, int64s(join(lp, "seq_shape"), {0, 0, -1})});
+      }
     }
-    shape = {H};
-    return emit(*r.fc, join(path, "fc"), node("Squeeze", rpath, {y_h, sq0}), shape);
-  }
-
-  std::string int64s(const std::string& base, const std::vector<int64_t>& v) {
-    const std::string name = fresh(base);
-    graph.initializers.push_back(Initializer::of_int64s(name, {static_cast<int64_t>(v.size())}, v));
-    return name;
+    r.seq = seq;
+    return r;
   }
 
   // relu(h + shortcut(x)); `shape` is x's shape on entry and the block's output shape on return.
@@ -290,20 +356,44 @@ class Exporter {
                shape_str(shape), shape_str(h_shape));
     return unary("Relu", path, node("Add", path, {h, sc}));
   }
+
+ public:
+  // The graph's one input: float32 [N, sample...], N dynamic.
+  void add_input(const std::string& name, const Shape& sample) {
+    HPDL_CHECK(!sample.empty(), "ONNX export: the sample shape is empty (need [C, H, W] or [D])");
+    for (int64_t d : sample)
+      HPDL_CHECK(d > 0, "ONNX export: sample shape {} has a non-positive size", shape_str(sample));
+    HPDL_CHECK(!name.empty(), "ONNX export: the input has no name");
+    io::onnx::ValueInfo input{name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};
+    for (int64_t d : sample) input.dims.push_back({d, ""});
+    graph.inputs.push_back(input);
+  }
+
+  io::onnx::Model finish(const std::string& y, const Shape& shape, const std::string& output_name,
+                         const std::string& doc) {
+    HPDL_CHECK(!output_name.empty(), "ONNX export: the output has no name");
+    if (y == graph.inputs.at(0).name) node("Identity", "", {y});
+    HPDL_CHECK(!graph.nodes.empty() && graph.nodes.back().outputs[0] == y,
+               "ONNX export: the output '{}' is not the last node's output", y);
+    // Rename the last value to the output name (no node reads it).
+    graph.nodes.back().outputs[0] = output_name;
+    io::onnx::ValueInfo output{output_name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};
+    for (int64_t d : shape) output.dims.push_back({d, ""});
+    graph.outputs.push_back(output);
+    graph.name = "hpdl";
+    graph.doc = doc;
+    io::onnx::Model m;
+    m.producer_version = HPDL_VERSION;
+    m.graph = std::move(graph);
+    return m;
+  }
 };
 
-}  // namespace
-
 io::onnx::Model export_onnx(nn::Module& model, const OnnxExportOptions& o) {
-  HPDL_CHECK(!o.sample.empty(), "ONNX export: the sample shape is empty (need [C, H, W] or [D])");
-  for (int64_t d : o.sample) HPDL_CHECK(d > 0, "ONNX export: sample shape {} has a non-positive size", shape_str(o.sample));
   HPDL_CHECK(o.mean.size() == o.std.size(), "ONNX export: normalization has {} means and {} stds", o.mean.size(),
              o.std.size());
-  Exporter ex;
-  io::onnx::ValueInfo input{o.input_name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};
-  for (int64_t d : o.sample) input.dims.push_back({d, ""});
-  ex.graph.inputs.push_back(input);
-
+  OnnxGraphBuilder::Impl ex;
+  ex.add_input(o.input_name, o.sample);
   std::string x = o.input_name;
   if (!o.mean.empty()) {
     // (x - mean) / std with per-channel constants broadcast as [1, C, 1, ...].
@@ -323,25 +413,49 @@ io::onnx::Model export_onnx(nn::Module& model, const OnnxExportOptions& o) {
   }
   Shape shape = o.sample;
   const std::string y = ex.emit(model, "", x, shape);
-  if (y == o.input_name) ex.node("Identity", "", {y});
-  HPDL_CHECK(ex.graph.nodes.back().outputs[0] == y, "ONNX export: internal error, the output '{}' is not the last "
-             "node's", y);
-  // Rename the last value to the output name (no node reads it).
-  ex.graph.nodes.back().outputs[0] = o.output_name;
-  io::onnx::ValueInfo output{o.output_name, io::onnx::ElemType::f32, {{-1, "N"}}, ""};
-  for (int64_t d : shape) output.dims.push_back({d, ""});
-  ex.graph.outputs.push_back(output);
-  ex.graph.name = "hpdl";
-  ex.graph.doc = o.doc;
-
-  io::onnx::Model m;
-  m.producer_version = HPDL_VERSION;
-  m.graph = std::move(ex.graph);
-  return m;
+  return ex.finish(y, shape, o.output_name, o.doc);
 }
 
 void save_onnx(const std::filesystem::path& path, nn::Module& model, const OnnxExportOptions& options) {
   io::onnx::write_model(path, export_onnx(model, options));
+}
+
+OnnxGraphBuilder::OnnxGraphBuilder(const std::string& input_name, const Shape& sample)
+    : impl_(std::make_unique<Impl>()), input_(input_name) {
+  impl_->add_input(input_name, sample);
+}
+
+OnnxGraphBuilder::~OnnxGraphBuilder() = default;
+
+std::string OnnxGraphBuilder::emit(nn::Module& m, const std::string& path, const std::string& x, Shape& shape) {
+  HPDL_CHECK(impl_, "OnnxGraphBuilder: used after finish()");
+  return impl_->emit(m, path, x, shape);
+}
+
+std::string OnnxGraphBuilder::node(const std::string& op, const std::string& path,
+                                   const std::vector<std::string>& inputs,
+                                   const std::vector<io::onnx::Attribute>& attrs) {
+  HPDL_CHECK(impl_, "OnnxGraphBuilder: used after finish()");
+  return impl_->node(op, path, inputs, attrs);
+}
+
+std::string OnnxGraphBuilder::reshape(const std::string& path, const std::string& x, Shape& shape, const Shape& to) {
+  HPDL_CHECK(impl_, "OnnxGraphBuilder: used after finish()");
+  HPDL_CHECK(!to.empty() && numel_of(to) == numel_of(shape),
+             "ONNX export: '{}' cannot reshape [N, {}] to [N, {}] (sizes differ)", path, shape_str(shape),
+             shape_str(to));
+  std::vector<int64_t> target{0};  // 0: keep the batch
+  target.insert(target.end(), to.begin(), to.end());
+  shape = to;
+  return impl_->node("Reshape", path, {x, impl_->int64s(join(path, "shape"), target)});
+}
+
+io::onnx::Model OnnxGraphBuilder::finish(const std::string& y, const Shape& shape, const std::string& output_name,
+                                         const std::string& doc) {
+  HPDL_CHECK(impl_, "OnnxGraphBuilder: finish() called twice");
+  io::onnx::Model m = impl_->finish(y, shape, output_name, doc);
+  impl_.reset();
+  return m;
 }
 
 }  // namespace hpdl::train

@@ -423,6 +423,69 @@ export_onnx)
   grep -q "missing/dir/model.onnx" err || fail "the error does not name the file: $(cat err)"
   [[ $(wc -l <err) -le 2 ]] || fail "error is not one clear line: $(cat err)"
   ;;
+hdf5_predict_explain_pack)
+  # An HDF5 file (made here with h5py): train on it, then predict, explain and pack from it.
+  # Four classes of 8x8 images, class k with quadrant k bright; train [N, 1, 8, 8] uint8 with int32
+  # labels, test [N, 8, 8] uint8 with int64 labels, the test images again as float64 in [0, 1].
+  "${PYTHON:-python3}" - <<'PY' || fail "could not write d.h5 (Debian: python3-h5py, python3-numpy)"
+import h5py
+import numpy as np
+rng = np.random.default_rng(5)
+def quadrants(n):
+    y = rng.integers(0, 4, n)
+    x = rng.integers(0, 60, (n, 8, 8))
+    for i, k in enumerate(y):
+        r, c = divmod(int(k), 2)
+        x[i, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 150
+    return x.astype(np.uint8), y
+xtr, ytr = quadrants(512)
+xte, yte = quadrants(64)
+with h5py.File("d.h5", "w") as f:
+    f["train/images"] = xtr[:, None]
+    f["train/labels"] = ytr.astype(np.int32)
+    f["test/images"] = xte
+    f["test/labels"] = yte.astype(np.int64)
+    f["extra/float"] = (xte / 255.0)[:, None]
+    f["extra/wrong"] = np.zeros((4, 7, 7), np.uint8)
+np.save("test.npy", xte[:, None])
+np.savetxt("labels.txt", yte, fmt="%d")
+PY
+  h5=(--set data.dataset=hdf5 --set data.path=d.h5 --set model.num_classes=4 --set model.hidden=[32] --set data.batch_size=32)
+  "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${small[@]}" "${h5[@]}" --set train.epochs=3 --set train.run_dir=run \
+    >train.log 2>&1 || fail "training on d.h5 failed: $(tail -3 train.log)"
+  # predict: the run's test dataset by default, the same answers as the same pixels in a .npy.
+  "$hpdl" predict --checkpoint run d.h5 >h5.txt 2>err.txt || fail "predict d.h5 failed: $(cat err.txt)"
+  [[ $(grep -c "	class " h5.txt) -eq 64 ]] || fail "expected 64 predictions: $(head -3 h5.txt)"
+  "$hpdl" predict --checkpoint run test.npy >npy.txt 2>&1 || fail "predict test.npy failed: $(cat npy.txt)"
+  diff <(cut -f2- h5.txt) <(cut -f2- npy.txt) >/dev/null || fail "d.h5 and test.npy predictions differ"
+  "$hpdl" predict --checkpoint run d.h5:extra/float >float.txt 2>&1 || fail "predict d.h5:extra/float failed: $(cat float.txt)"
+  diff <(cut -f2,3 float.txt) <(cut -f2,3 npy.txt) >/dev/null || fail "float64 pixels give other classes than uint8"
+  correct=$(paste <(cut -f3 h5.txt | sed 's/class //') labels.txt | awk '$1 == $2' | wc -l)
+  [[ $correct -ge 58 ]] || fail "only $correct of 64 test images classified right"
+  # Bad datasets are named.
+  "$hpdl" predict --checkpoint run d.h5:extra/absent >out.txt 2>&1 && fail "a missing dataset was accepted"
+  grep -q "d.h5" out.txt && grep -q "extra/absent" out.txt && grep -q "test/images" out.txt \
+    || fail "the missing-dataset error does not name the file, the dataset and what the file holds: $(cat out.txt)"
+  "$hpdl" predict --checkpoint run d.h5:extra/wrong >out.txt 2>&1 && fail "7x7 samples were accepted"
+  grep -q "extra/wrong' is \[4, 7, 7\]" out.txt || fail "the shape error does not name the dataset: $(cat out.txt)"
+  # explain: heatmaps named after the file and the dataset.
+  "$hpdl" explain --checkpoint run --limit 2 --method saliency,occlusion --window 2 --stride 2 --out ex d.h5:test/images \
+    >ex.txt 2>&1 || fail "explain d.h5 failed: $(cat ex.txt)"
+  for f in ex/d-test_images-0-saliency.png ex/d-test_images-1-occlusion.png; do [[ -s $f ]] || fail "missing $f: $(ls ex)"; done
+  head -c 128 ex/d-test_images-saliency.npy | grep -aq "'shape': (2, 8, 8)" || fail "saliency maps are not [2, 8, 8]"
+  diff <(grep target ex.txt | cut -f2,3) <(head -2 h5.txt | cut -f2,3) >/dev/null || fail "explain and predict disagree: $(cat ex.txt)"
+  # pack: both splits into a store, which trains to the same weights as the file.
+  "$hpdl" pack d.h5 -o st >pack.log 2>&1 || fail "pack d.h5 failed: $(cat pack.log)"
+  grep -q "578 files" pack.log || fail "expected 512 + 64 samples and 2 meta.json: $(cat pack.log)"
+  a=("$ex/fashion_mnist/mlp.toml" "${small[@]}" "${h5[@]}" --set train.max_steps=20)
+  "$hpdl" train "${a[@]}" --set train.run_dir=file >file.log 2>&1 || fail "run from d.h5 failed: $(tail -3 file.log)"
+  "$hpdl" train "${a[@]}" --set train.run_dir=store --set data.store=st >store.log 2>&1 \
+    || fail "run from the store failed: $(tail -3 store.log)"
+  cmp file/checkpoints/step-0000000020.safetensors store/checkpoints/step-0000000020.safetensors \
+    || fail "training from the packed store gave different weights than from d.h5"
+  "$hpdl" pack d.h5 -o st2 --hdf5-x nope --hdf5-test-x nope2 >out.txt 2>&1 && fail "pack without samples succeeded"
+  grep -q "neither 'nope' nor 'nope2'" out.txt || fail "pack does not name the missing datasets: $(cat out.txt)"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"

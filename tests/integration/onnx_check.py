@@ -2,8 +2,9 @@
 """Checks hpdl's ONNX exports: onnx.checker (full_check, with shape inference),
 the input/output contract (input [N, C, H, W] float32 with a dynamic N, output
 [N, classes]), and the logits of a small numpy interpreter of the graph,
-written here independently of hpdl (convolution by im2col, LSTM and GRU from
-the ONNX operator equations, in float64),
+written here independently of hpdl (convolution by im2col, transposed
+convolution by scattering each input pixel's kernel-sized contribution, LSTM
+and GRU in both directions from the ONNX operator equations, in float64),
 against hpdl's own forward.
 
   onnx_check.py zoo REFERENCE_BIN WORKDIR
@@ -65,6 +66,37 @@ def conv(x, w, b, a):
     return out
 
 
+def conv_transpose(x, w, b, a):
+    """ONNX ConvTranspose (no output_shape): x [N, C, H, W], w [C, O/g, kh, kw].
+    Input pixel (i, j) adds x[i, j] * w[:, :, p, q] at full-output position
+    (i*s + p*d, j*s + q*d); the output is the full size
+    s*(H-1) + output_padding + (k-1)*d + 1, less pads[begin] and pads[end]."""
+    assert "output_shape" not in a and a.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET")
+    c, og, kh, kw = w.shape
+    assert tuple(a.get("kernel_shape", (kh, kw))) == (kh, kw)
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    oph, opw = a.get("output_padding", [0, 0])
+    t, l, bt, r = a.get("pads", [0, 0, 0, 0])
+    g = a.get("group", 1)
+    n, _, h, wd = x.shape
+    cg = c // g
+    full_h = sh * (h - 1) + oph + (kh - 1) * dh + 1
+    full_w = sw * (wd - 1) + opw + (kw - 1) * dw + 1
+    full = np.zeros((n, og * g, full_h, full_w))
+    for gi in range(g):
+        xg = x[:, gi * cg:(gi + 1) * cg]
+        for p in range(kh):
+            for q in range(kw):
+                contrib = np.einsum("nchw,co->nohw", xg, w[gi * cg:(gi + 1) * cg, :, p, q])
+                full[:, gi * og:(gi + 1) * og, p * dh:p * dh + sh * (h - 1) + 1:sh,
+                     q * dw:q * dw + sw * (wd - 1) + 1:sw] += contrib
+    y = full[:, :, t:full_h - bt, l:full_w - r]
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    return y
+
+
 def pool(x, a, kind):
     kh, kw = a["kernel_shape"]
     sh, sw = a.get("strides", [1, 1])
@@ -83,15 +115,11 @@ def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
 
-def recurrent(op, x, w, r, b, a):
-    """ONNX LSTM (gates i, o, f, c) or GRU (z, r, h), forward direction, default
-    activations, from the operator spec. x [T, N, I], w [1, G*H, I], r [1, G*H, H],
-    b [1, 2*G*H] = [Wb, Rb]. Returns Y [T, 1, N, H] and Y_h [1, N, H]."""
-    assert a.get("direction", "forward") in ("forward", b"forward") and a.get("layout", 0) == 0
-    hs = a["hidden_size"]
-    n_gates = 4 if op == "LSTM" else 3
-    w, r = w[0], r[0]
-    wb, rb = np.split(b[0], 2) if b is not None else (np.zeros(n_gates * hs),) * 2
+def recurrent_direction(op, x, w, r, b, hs, linear_before_reset):
+    """One direction of an ONNX LSTM (gates i, o, f, c) or GRU (z, r, h) with the
+    default activations, from the operator spec, over x [T, N, I] in the order
+    given. w [G*H, I], r [G*H, H], b [2*G*H] = [Wb, Rb]. Returns the hidden states [T, N, H]."""
+    wb, rb = np.split(b, 2)
     h = np.zeros((x.shape[1], hs))
     c = np.zeros_like(h)
     ys = []
@@ -106,13 +134,35 @@ def recurrent(op, x, w, r, b, a):
             xz, xr, xh = np.split(gx, 3, axis=1)
             hz, hr, hh = np.split(gh, 3, axis=1)
             z, rr = sigmoid(xz + hz), sigmoid(xr + hr)
-            if a.get("linear_before_reset", 0):
+            if linear_before_reset:
                 n = np.tanh(xh + rr * hh)
             else:  # (r * h) @ Rh^T + Rbh
                 n = np.tanh(xh + (rr * h) @ r[2 * hs:].T + rb[2 * hs:])
             h = (1 - z) * n + z * h
         ys.append(h)
-    return np.stack(ys)[:, None], h[None]
+    return np.stack(ys)
+
+
+def recurrent(op, x, w, r, b, a):
+    """ONNX LSTM or GRU, direction forward, reverse or bidirectional. x [T, N, I],
+    w [D, G*H, I], r [D, G*H, H], b [D, 2*G*H]. The reverse direction reads the
+    sequence from its end; its output at step t is aligned with input step t.
+    Returns Y [T, D, N, H] and Y_h [D, N, H] (the last step each direction took)."""
+    direction = a.get("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    assert a.get("layout", 0) == 0
+    hs = a["hidden_size"]
+    n_gates = 4 if op == "LSTM" else 3
+    dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    assert w.shape[0] == len(dirs), f"W has {w.shape[0]} directions, direction is {direction}"
+    ys, hn = [], []
+    for d, backwards in enumerate(dirs):
+        bd = b[d] if b is not None else np.zeros(2 * n_gates * hs)
+        xs = x[::-1] if backwards else x
+        y = recurrent_direction(op, xs, w[d], r[d], bd, hs, a.get("linear_before_reset", 0))
+        hn.append(y[-1])
+        ys.append(y[::-1] if backwards else y)
+    return np.stack(ys, axis=1), np.stack(hn)
 
 
 def run(model, x):
@@ -126,6 +176,8 @@ def run(model, x):
         op = node.op_type
         if op == "Conv":
             y = conv(i[0], i[1], i[2] if len(i) > 2 else None, a)
+        elif op == "ConvTranspose":
+            y = conv_transpose(i[0], i[1], i[2] if len(i) > 2 else None, a)
         elif op == "Gemm":
             A = i[0].T if a.get("transA", 0) else i[0]
             B = i[1].T if a.get("transB", 0) else i[1]
@@ -184,7 +236,8 @@ def check_contract(model, path, sample=None):
     g = model.graph
     assert len(g.input) == 1 and len(g.output) == 1, f"{path}: expected one input and one output"
     ti, to = g.input[0].type.tensor_type, g.output[0].type.tensor_type
-    assert g.input[0].name == "input" and g.output[0].name == "logits", f"{path}: names {g.input[0].name}, {g.output[0].name}"
+    names = (g.input[0].name, g.output[0].name)
+    assert names in (("input", "logits"), ("z", "images")), f"{path}: input and output named {names}"
     assert ti.elem_type == onnx.TensorProto.FLOAT and to.elem_type == onnx.TensorProto.FLOAT
     assert ti.shape.dim[0].dim_param == "N" and to.shape.dim[0].dim_param == "N", f"{path}: batch is not dynamic"
     if sample is not None:
@@ -208,7 +261,7 @@ def compare(name, got, want):
 def zoo(reference_bin, work):
     subprocess.run([reference_bin, work], check=True)
     names = sorted(d for d in os.listdir(work) if os.path.isfile(os.path.join(work, d, "model.onnx")))
-    for required in ("mlp", "lenet5", "resnet20", "alexnet_bn"):
+    for required in ("mlp", "lenet5", "resnet20", "alexnet_bn", "conv_transpose", "bilstm", "bigru", "dcgan_generator"):
         assert required in names, f"no export for {required} in {work}"
     for name in names:
         d = os.path.join(work, name)

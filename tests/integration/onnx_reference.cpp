@@ -5,12 +5,16 @@
 // and compares. Batch-norm layers get non-trivial running statistics (one
 // training pass with momentum 1) and random affine parameters, so an export
 // that used the wrong statistics or dropped the affine part would not match.
+// Besides the zoo: transposed convolutions (stride, padding, output_padding,
+// dilation, groups), bidirectional LSTM/GRU stacks, and a DCGAN generator
+// (exported by gan::export_generator_onnx: input "z", output "images").
 #include <cstdio>
 #include <filesystem>
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/error.h"
 #include "hpdl/data/readers.h"
+#include "hpdl/gan/dcgan.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
 #include "hpdl/ops/ops.h"
@@ -91,6 +95,32 @@ std::vector<Case> cases() {
       std::make_shared<nn::Sigmoid>(),
   });
   out.push_back({"pools", pools, {2, 15, 15}, {0.5}, {0.25}});
+  out.push_back({"vgg11_bn", nn::models::vgg_bn(11, 3, 10, 32, 32, 0.5, 11), {3, 32, 32}, rgb_mean, rgb_std});
+  // Transposed convolutions: grouped, strided, padded, dilated, with output_padding; then one without bias.
+  // 5x5 -> (5-1)*3 - 2*1 + 2*(3-1) + 2 + 1 = 17 -> (17-1)*2 - 2*1 + (4-1) + 1 = 34.
+  auto convt = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::ConvTranspose2d>(4, 6, nn::ConvTranspose2dOptions::k(3).s(3).p(1).op(2).d(2).g(2), gen),
+      std::make_shared<nn::BatchNorm2d>(6),
+      std::make_shared<nn::LeakyReLU>(0.2),
+      std::make_shared<nn::ConvTranspose2d>(6, 2, nn::ConvTranspose2dOptions::k(4).s(2).p(1).no_bias(), gen),
+  });
+  out.push_back({"conv_transpose", convt, {4, 5, 5}, {0.5}, {0.5}});
+  // Bidirectional recurrent stacks on [N, T, F]: ONNX direction "bidirectional", two layers each.
+  RnnOptions bi;
+  bi.num_layers = 2, bi.bidirectional = true, bi.batch_first = true;
+  auto bilstm = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::LSTM>(5, 6, bi, gen), std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(7 * 12, 4, true, gen)});
+  out.push_back({"bilstm", bilstm, {7, 5}, {}, {}});
+  auto bigru = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::GRU>(6, 5, bi, gen), std::make_shared<nn::Linear>(10, 3, true, gen),
+      std::make_shared<nn::Flatten>()});
+  out.push_back({"bigru", bigru, {4, 6}, {}, {}});
+  // A DCGAN generator: z [N, 5] -> [N, 3, 8, 8].
+  gan::DcganOptions g;
+  g.image_size = 8, g.channels = 3, g.latent_dim = 5, g.g_features = 4;
+  auto generator = std::make_shared<gan::DcganGenerator>(g, gen);
+  out.push_back({"dcgan_generator", generator, {5}, {}, {}});
   return out;
 }
 
@@ -117,9 +147,13 @@ int main(int argc, char** argv) {
       }
       const auto dir = out / c.name;
       std::filesystem::create_directories(dir);
-      train::OnnxExportOptions o;
-      o.sample = c.sample, o.mean = c.mean, o.std = c.std, o.doc = "hpdl ONNX export test: " + c.name;
-      train::save_onnx(dir / "model.onnx", *c.model, o);
+      if (auto g = std::dynamic_pointer_cast<gan::DcganGenerator>(c.model)) {
+        gan::save_generator_onnx(dir / "model.onnx", *g);
+      } else {
+        train::OnnxExportOptions o;
+        o.sample = c.sample, o.mean = c.mean, o.std = c.std, o.doc = "hpdl ONNX export test: " + c.name;
+        train::save_onnx(dir / "model.onnx", *c.model, o);
+      }
       auto xv = x.to_vector<float>(), yv = logits.to_vector<float>();
       data::write_npy(dir / "input.npy", DType::f32, x.shape(), xv.data());
       data::write_npy(dir / "logits.npy", DType::f32, logits.shape(), yv.data());

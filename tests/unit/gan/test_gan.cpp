@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <set>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -115,6 +117,40 @@ TEST(GanDcgan, NetworkShapesFor28x28) {
   gan::Dcgan small(o);
   EXPECT_EQ(small.generate(small.sample_latent(2)).shape(), (Shape{2, 3, 8, 8}));
   EXPECT_EQ(small.discriminator()(Tensor::zeros({2, 3, 8, 8})).shape(), (Shape{2}));
+}
+
+// The values are checked against a numpy interpreter of the graph in
+// tests/integration/onnx_check.py (onnx.zoo_matches_hpdl, case dcgan_generator).
+TEST(GanDcgan, GeneratorExportsAsOnnx) {
+  gan::Dcgan gan(tiny_options());
+  const auto m = gan::export_generator_onnx(gan.generator());
+  std::vector<std::string> ops;
+  for (const auto& n : m.graph.nodes) ops.push_back(n.op_type);
+  const std::vector<std::string> expected{"Gemm", "Reshape", "BatchNormalization", "Relu", "ConvTranspose",
+                                          "BatchNormalization", "Relu", "ConvTranspose", "Tanh"};
+  EXPECT_EQ(ops, expected);
+  ASSERT_EQ(m.graph.inputs.size(), 1u);
+  EXPECT_EQ(m.graph.inputs[0].name, "z");
+  ASSERT_EQ(m.graph.inputs[0].dims.size(), 2u);
+  EXPECT_EQ(m.graph.inputs[0].dims[0].symbol, "N");
+  EXPECT_EQ(m.graph.inputs[0].dims[1].value, 16);
+  ASSERT_EQ(m.graph.outputs.size(), 1u);
+  EXPECT_EQ(m.graph.outputs[0].name, "images");
+  std::vector<int64_t> dims;
+  for (const auto& d : m.graph.outputs[0].dims) dims.push_back(d.value);
+  EXPECT_EQ(dims, (std::vector<int64_t>{-1, 1, 8, 8}));
+  // Every parameter and batch-norm buffer is an initializer under its state-dict name.
+  std::set<std::string> inits;
+  for (const auto& t : m.graph.initializers) inits.insert(t.name);
+  for (const auto& [name, t] : gan.generator().named_parameters()) EXPECT_TRUE(inits.count(name)) << name;
+  EXPECT_TRUE(inits.count("bn1.running_var"));
+  EXPECT_TRUE(contains(m.graph.doc, "'z' float32 [N, 16]")) << m.graph.doc;
+  // The file is written (atomically) where asked, and a bad path names itself.
+  const auto dir = test::temp_dir("gan_onnx");
+  gan::save_generator_onnx(dir / "g.onnx", gan.generator());
+  EXPECT_GT(std::filesystem::file_size(dir / "g.onnx"), 1000u);
+  EXPECT_TRUE(contains(error_of([&] { gan::save_generator_onnx(dir / "absent" / "g.onnx", gan.generator()); }),
+                       "absent"));
 }
 
 TEST(GanDcgan, InitialisationFollowsThePaper) {

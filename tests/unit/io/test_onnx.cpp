@@ -118,7 +118,7 @@ Model tiny_model() {
   n.inputs = {"x", "w"};
   n.outputs = {"y"};
   n.attributes = {Attribute::of_int("transB", 1), Attribute::of_float("alpha", 0.5f),
-                  Attribute::of_ints("pads", {1, -2})};
+                  Attribute::of_ints("pads", {1, -2}), Attribute::of_string("direction", "bidirectional")};
   m.graph.nodes.push_back(n);
   return m;
 }
@@ -144,7 +144,7 @@ TEST(OnnxWire, ModelRoundTripThroughAnIndependentReader) {
   EXPECT_EQ(std::next(inputs.first)->second.data, "w");
   EXPECT_EQ(one(nodes[0], 2).data, "y");
   auto attrs = all(nodes[0], 5);
-  ASSERT_EQ(attrs.size(), 3u);
+  ASSERT_EQ(attrs.size(), 4u);
   EXPECT_EQ(one(attrs[0], 1).data, "transB");
   EXPECT_EQ(one(attrs[0], 3).v, 1u);
   EXPECT_EQ(one(attrs[0], 20).v, 2u);  // AttributeType INT
@@ -158,6 +158,9 @@ TEST(OnnxWire, ModelRoundTripThroughAnIndependentReader) {
   EXPECT_EQ(ints.first->second.v, 1u);
   EXPECT_EQ(static_cast<int64_t>(std::next(ints.first)->second.v), -2);
   EXPECT_EQ(one(attrs[2], 20).v, 7u);  // INTS
+  EXPECT_EQ(one(attrs[3], 1).data, "direction");
+  EXPECT_EQ(one(attrs[3], 4).data, "bidirectional");
+  EXPECT_EQ(one(attrs[3], 20).v, 3u);  // STRING
 
   auto inits = all(graph, 5);
   ASSERT_EQ(inits.size(), 2u);

@@ -1,6 +1,7 @@
 // ONNX export of zoo models: graph structure (ops in order, weights named by
 // state-dict key, dynamic batch, normalization first, no dropout) and the
-// refusal of modules ONNX export does not cover. The numerical check against
+// refusal of modules ONNX export does not cover; transposed convolutions,
+// bidirectional LSTM gate regrouping, and the step-by-step graph builder. The numerical check against
 // hpdl's forward (and onnx.checker) is tests/integration/onnx_check.py.
 #include <gtest/gtest.h>
 
@@ -10,7 +11,9 @@
 #include <set>
 
 #include "hpdl/core/error.h"
+#include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
+#include "hpdl/nn/rnn.h"
 #include "hpdl/train/onnx_export.h"
 
 namespace hpdl::train {
@@ -117,31 +120,154 @@ TEST(OnnxExport, RecurrentClassifierBecomesOnnxLstmWithGatesReordered) {
     for (int64_t j = 0; j < block; ++j) ASSERT_EQ(onnx_w[k * block + j], w[from[k] * block + j]) << k << " " << j;
 }
 
+const io::onnx::Initializer* initializer(const io::onnx::Model& m, const std::string& name) {
+  for (const auto& t : m.graph.initializers)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+std::vector<float> floats(const io::onnx::Initializer& t) {
+  std::vector<float> v(t.raw.size() / 4);
+  std::memcpy(v.data(), t.raw.data(), t.raw.size());
+  return v;
+}
+
+const io::onnx::Attribute* attribute(const io::onnx::Node& n, const std::string& name) {
+  for (const auto& a : n.attributes)
+    if (a.name == name) return &a;
+  return nullptr;
+}
+
+TEST(OnnxExport, ConvTransposeCarriesEveryParameter) {
+  Generator gen(3);
+  auto seq = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::ConvTranspose2d>(4, 6, nn::ConvTranspose2dOptions::k(3).s(3).p(1).op(2).d(2).g(2), gen),
+      std::make_shared<nn::ConvTranspose2d>(6, 1, nn::ConvTranspose2dOptions::k(4).s(2).p(1).no_bias(), gen)});
+  OnnxExportOptions o;
+  o.sample = {4, 5, 5};
+  auto m = export_onnx(*seq, o);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"ConvTranspose", "ConvTranspose"}));
+  const auto& n = m.graph.nodes[0];
+  ASSERT_EQ(n.inputs.size(), 3u);  // x, weight, bias
+  EXPECT_EQ(attribute(n, "strides")->ints, (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(attribute(n, "pads")->ints, (std::vector<int64_t>{1, 1, 1, 1}));
+  EXPECT_EQ(attribute(n, "output_padding")->ints, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(attribute(n, "dilations")->ints, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(attribute(n, "group")->i, 2);
+  // The weight keeps its [in, out/groups, kh, kw] layout, which is ONNX's too.
+  EXPECT_EQ(initializer(m, "0.weight")->dims, (std::vector<int64_t>{4, 3, 3, 3}));
+  EXPECT_EQ(m.graph.nodes[1].inputs.size(), 2u);  // no bias
+  // 5 -> (5-1)*3 - 2 + 2*2 + 2 + 1 = 17 -> 16*2 - 2 + 3 + 1 = 34.
+  const auto& out = m.graph.outputs[0].dims;
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(out[1].value, 1);
+  EXPECT_EQ(out[2].value, 34);
+  EXPECT_EQ(out[3].value, 34);
+}
+
+TEST(OnnxExport, BidirectionalLstmRegroupsTheGatesOfBothDirections) {
+  Generator gen(4);
+  RnnOptions ro;
+  ro.num_layers = 2, ro.bidirectional = true, ro.batch_first = true;
+  auto lstm = std::make_shared<nn::LSTM>(5, 3, ro, gen);
+  auto seq = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{lstm});
+  OnnxExportOptions o;
+  o.sample = {7, 5};
+  auto m = export_onnx(*seq, o);
+  // [N, T, F] -> [T, N, F], layer 0, Y [T, 2, N, H] -> [T, N, 2H], layer 1, the same, back to [N, T, 2H].
+  const std::vector<std::string> expected{"Transpose", "LSTM", "Transpose", "Reshape", "LSTM",
+                                          "Transpose", "Reshape", "Transpose"};
+  EXPECT_EQ(op_types(m), expected);
+  const auto* dir = attribute(m.graph.nodes[1], "direction");
+  ASSERT_NE(dir, nullptr);
+  EXPECT_EQ(dir->s, "bidirectional");
+  const auto& out = m.graph.outputs[0].dims;
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].value, 7);
+  EXPECT_EQ(out[2].value, 6);
+  // Layer 1 reads 2H = 6 features; direction d of ONNX's W holds weight_ih_l1[_reverse] with rows
+  // i, f, g, o (PyTorch) as i, o, f, c.
+  const auto* W = initializer(m, "0.l1.W");
+  ASSERT_NE(W, nullptr);
+  EXPECT_EQ(W->dims, (std::vector<int64_t>{2, 12, 6}));
+  EXPECT_EQ(initializer(m, "0.l1.B")->dims, (std::vector<int64_t>{2, 24}));
+  const auto w = floats(*W);
+  const auto params = lstm->named_parameters();
+  auto param = [&](const std::string& name) {
+    for (const auto& [n, t] : params)
+      if (n == name) return t.to_vector<float>();
+    ADD_FAILURE() << "no parameter " << name;
+    return std::vector<float>{};
+  };
+  const int64_t block = 3 * 6, from[4] = {0, 3, 1, 2};
+  for (int64_t d = 0; d < 2; ++d) {
+    const auto src = param(d ? "weight_ih_l1_reverse" : "weight_ih_l1");
+    ASSERT_EQ(src.size(), static_cast<size_t>(4 * block));
+    for (int64_t k = 0; k < 4; ++k)
+      for (int64_t j = 0; j < block; ++j)
+        ASSERT_EQ(w[d * 4 * block + k * block + j], src[from[k] * block + j]) << d << " " << k << " " << j;
+  }
+  // B[d] = [bias_ih, bias_hh] of direction d, each regrouped.
+  const auto B = floats(*initializer(m, "0.l1.B"));
+  const auto b_hh_rev = param("bias_hh_l1_reverse");
+  for (int64_t k = 0; k < 4; ++k)
+    for (int64_t j = 0; j < 3; ++j) EXPECT_EQ(B[24 + 12 + k * 3 + j], b_hh_rev[from[k] * 3 + j]);
+}
+
 TEST(OnnxExport, UnsupportedLayersAreRefusedByName) {
   OnnxExportOptions o;
   o.sample = {1, 28, 28};
+  // A GRU without batch_first would take [T, N, F]: the batch is not on axis 0.
   auto bare = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
       std::make_shared<nn::Flatten>(2), std::make_shared<nn::GRU>(28, 4)});
   try {
     export_onnx(*bare, o);
-    FAIL() << "a bare GRU exported";
+    FAIL() << "a GRU without batch_first exported";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("module '1' of type GRU"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("GRU '1' is not batch_first"), std::string::npos) << e.what();
   }
   auto seq = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
-      std::make_shared<nn::Conv2d>(1, 2, nn::Conv2dOptions::k(3)),
-      std::make_shared<nn::ConvTranspose2d>(2, 1, nn::ConvTranspose2dOptions::k(3))});
+      std::make_shared<nn::Conv2d>(1, 2, nn::Conv2dOptions::k(3)), std::make_shared<nn::LayerNorm>(26)});
   try {
     export_onnx(*seq, o);
-    FAIL() << "ConvTranspose2d exported";
+    FAIL() << "LayerNorm exported";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("module '1' of type ConvTranspose2d"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("module '1' of type LayerNorm"), std::string::npos) << e.what();
+  }
+  // A ConvTranspose2d fed the wrong channel count names itself.
+  auto convt = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::ConvTranspose2d>(3, 1, nn::ConvTranspose2dOptions::k(3))});
+  try {
+    export_onnx(*convt, o);
+    FAIL() << "ConvTranspose2d on the wrong channels exported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ConvTranspose2d '0' takes [N, 3, H, W]"), std::string::npos) << e.what();
   }
   // Shape mismatches name the layer.
   o.sample = {3, 28, 28};
   EXPECT_THROW(export_onnx(*nn::models::lenet5(1, 10), o), Error);
   o.sample = {};
   EXPECT_THROW(export_onnx(*nn::models::lenet5(1, 10), o), Error);
+}
+
+TEST(OnnxExport, GraphBuilderChecksReshapesAndFinishesOnce) {
+  Generator gen(5);
+  nn::Linear fc(4, 12, true, gen);
+  OnnxGraphBuilder b("x", {4});
+  Shape shape{4};
+  std::string y = b.emit(fc, "fc", b.input(), shape);
+  EXPECT_EQ(shape, (Shape{12}));
+  Shape copy = shape;
+  EXPECT_THROW(b.reshape("fc", y, copy, {5, 2}), Error);
+  y = b.reshape("fc", y, shape, {3, 2, 2});
+  EXPECT_EQ(shape, (Shape{3, 2, 2}));
+  auto m = b.finish(y, shape, "out", "doc");
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Gemm", "Reshape"}));
+  EXPECT_EQ(m.graph.outputs[0].name, "out");
+  EXPECT_EQ(m.graph.outputs[0].dims.size(), 4u);
+  EXPECT_THROW(b.finish(y, shape, "out", "doc"), Error);
+  EXPECT_THROW(b.node("Relu", "r", {y}), Error);
+  EXPECT_THROW(OnnxGraphBuilder("x", {}), Error);
 }
 
 }  // namespace
