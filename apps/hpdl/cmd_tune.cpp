@@ -30,7 +30,7 @@ std::string percent(double v) { return v >= 0 ? fmt::format("{:.2f}%", 100 * v) 
 }  // namespace
 
 void register_tune(CLI::App& app) {
-  auto* cmd = app.add_subcommand("tune", "Hyperparameter search (random, grid, successive halving, Hyperband, PBT) over MPI ranks");
+  auto* cmd = app.add_subcommand("tune", "Hyperparameter search (random, grid, successive halving, ASHA, Hyperband, PBT) over MPI ranks");
   struct Opts {
     std::string search;
     std::vector<std::string> overrides;
@@ -56,7 +56,13 @@ void register_tune(CLI::App& app) {
       out = std::fopen(results.c_str(), "w");
       HPDL_CHECK(out, "hpdl tune: cannot write {}", results.string());
       std::string rung_text;  // "4 x 20 steps, 2 x 40 steps"; hyperband: "bracket 0: ...; bracket 1: ..."
-      for (size_t b = 0; b < plan.size(); ++b) {
+      if (search.method == "asha") {  // how many trials reach each rung depends on the order of completion
+        rung_text = "rungs at ";
+        for (size_t r = 0; r < plan[0].rungs.size(); ++r)
+          rung_text += fmt::format("{}{}", r ? ", " : "", plan[0].rungs[r].budget);
+        rung_text += " " + search.resource;
+      }
+      for (size_t b = 0; b < plan.size() && search.method != "asha"; ++b) {
         if (plan.size() > 1) rung_text += fmt::format("{}bracket {}: ", b ? "; " : "", b);
         for (size_t r = 0; r < plan[b].rungs.size(); ++r)
           rung_text += fmt::format("{}{} x {} {}", r ? ", " : "", plan[b].rungs[r].trials, plan[b].rungs[r].budget,
@@ -72,6 +78,7 @@ void register_tune(CLI::App& app) {
                           {"overrides", r.overrides}, {"ok", r.outcome.ok}, {"seconds", r.outcome.seconds}};
       if (search.method == "hyperband") j["bracket"] = r.bracket;
       if (r.parent >= 0) j["parent"] = r.parent;
+      if (r.group >= 0) j["group"] = r.group;
       if (r.outcome.ok) {
         j["metric"] = r.metric;
         if (r.outcome.val_accuracy >= 0) j["val_accuracy"] = r.outcome.val_accuracy, j["val_loss"] = r.outcome.val_loss;
@@ -85,7 +92,9 @@ void register_tune(CLI::App& app) {
       const std::string where = search.method == "hyperband" ? fmt::format("bracket {} rung {}", r.bracket, r.rung)
                                 : search.method == "pbt"     ? fmt::format("generation {}", r.rung)
                                                              : fmt::format("rung {}", r.rung);
-      const std::string from = r.parent >= 0 ? fmt::format("  (from trial {:03d})", r.parent) : std::string();
+      const std::string from = r.parent >= 0  ? fmt::format("  (from trial {:03d})", r.parent)
+                               : r.group >= 0 ? fmt::format("  (group {})", r.group)
+                                              : std::string();
       std::printf("%s (%lld %s) trial %03lld  %s  (%.1f s)  %s%s\n", where.c_str(), static_cast<long long>(r.budget),
                   search.resource.c_str(), static_cast<long long>(r.trial), what.c_str(), r.outcome.seconds,
                   join(r.overrides).c_str(), from.c_str());

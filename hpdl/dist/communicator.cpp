@@ -1,6 +1,8 @@
 // MPI-backed Communicator and its communication thread.
 #include "hpdl/dist/communicator.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -259,6 +261,62 @@ void Communicator::barrier() {
   if (size_ == 1) return;
   MpiLock lock;
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
+}
+
+namespace {
+
+// The pause between two polls of a waiting send or receive: short at first
+// (a reply usually comes at once), then up to 2 ms, which costs a waiting
+// rank almost no CPU and a scheduler's reply at most that much latency.
+struct Backoff {
+  std::chrono::microseconds pause{20};
+  void wait() {
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(2000));
+  }
+};
+
+}  // namespace
+
+void Communicator::send_bytes(const void* data, int64_t nbytes, int dest, int tag) {
+  HPDL_CHECK(dest >= 0 && dest < size_, "send_bytes: destination rank {} outside [0, {})", dest, size_);
+  HPDL_CHECK(nbytes >= 0 && nbytes < (int64_t{1} << 31), "send_bytes: {} bytes (a message is at most 2 GiB)", nbytes);
+  MPI_Request req;
+  {
+    MpiLock lock;
+    // MPI's send buffer is non-const only in old MPI headers.
+    check_mpi(MPI_Isend(const_cast<void*>(data), static_cast<int>(nbytes), MPI_BYTE, dest, tag, comm_, &req),
+              "MPI_Isend");
+  }
+  for (Backoff b;; b.wait()) {
+    int done = 0;
+    {
+      MpiLock lock;
+      check_mpi(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    }
+    if (done) return;
+  }
+}
+
+std::vector<uint8_t> Communicator::recv_bytes(int source, int tag, int* from) {
+  HPDL_CHECK(source == kAnySource || (source >= 0 && source < size_), "recv_bytes: source rank {} outside [0, {})",
+             source, size_);
+  for (Backoff b;; b.wait()) {
+    MpiLock lock;
+    // A matched probe removes the message from matching, so two threads
+    // receiving at once can never both take it (as MPI_Iprobe + MPI_Recv could).
+    int found = 0;
+    MPI_Message msg;
+    MPI_Status st;
+    check_mpi(MPI_Improbe(source, tag, comm_, &found, &msg, &st), "MPI_Improbe");
+    if (!found) continue;
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    std::vector<uint8_t> out(static_cast<size_t>(count));
+    check_mpi(MPI_Mrecv(out.data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    if (from) *from = st.MPI_SOURCE;
+    return out;
+  }
 }
 
 std::unique_ptr<Communicator> Communicator::split(int color, int key) const {

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "hpdl/core/tensor.h"
 
@@ -68,6 +69,20 @@ class Communicator {
   Tensor allgather(const Tensor& t);
   void barrier();
 
+  // Point-to-point bytes, for control messages (a scheduler's requests and
+  // replies), not bulk data. Both wait by polling (MPI_Test, MPI_Improbe)
+  // with short sleeps, holding no lock between polls: another thread of this
+  // rank may use MPI meanwhile at MPI_THREAD_SERIALIZED or above, and a rank
+  // that waits minutes for a message does not spin a core that its
+  // neighbours train on. A message is at most 2 GiB.
+  // send_bytes returns once the buffer may be reused (the message may still
+  // be in flight). recv_bytes takes the first message with `tag` from
+  // `source` (kAnySource: from any rank) and sets *from to its sender.
+  // Messages from one sender with one tag arrive in the order sent.
+  static constexpr int kAnySource = MPI_ANY_SOURCE;
+  void send_bytes(const void* data, int64_t nbytes, int dest, int tag);
+  std::vector<uint8_t> recv_bytes(int source, int tag, int* from = nullptr);
+
   // Ranks with equal color form one new communicator, ordered by key.
   std::unique_ptr<Communicator> split(int color, int key) const;
   // Ranks that share a node (MPI_COMM_TYPE_SHARED).
@@ -77,6 +92,8 @@ class Communicator {
   // MPI_Abort, so a failing rank never leaves the others hanging.
   [[noreturn]] void abort(const std::string& message, int code = 1) const;
 
+  // The MPI thread level granted (MPI_THREAD_SINGLE ... MPI_THREAD_MULTIPLE).
+  // Below MPI_THREAD_MULTIPLE every MPI call of this process takes one lock.
   int thread_level() const;
 
  private:

@@ -6,9 +6,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <deque>
 #include <limits>
 #include <memory>
 #include <random>
+#include <thread>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -111,6 +115,23 @@ int64_t grid_size(const SearchConfig& s) {
 // Where a trial's training runs and logs.
 std::filesystem::path trial_dir(const SearchConfig& s, int64_t trial) {
   return s.run_dir / fmt::format("trial-{:03d}", trial);
+}
+
+// The search's metric of an outcome; NaN when the trial failed.
+double metric_of(const SearchConfig& s, const Outcome& o) {
+  if (!o.ok) return std::numeric_limits<double>::quiet_NaN();
+  if (s.metric == "val_accuracy") return o.val_accuracy;
+  if (s.metric == "val_loss") return o.val_loss;
+  if (s.metric == "test_accuracy") return o.test_accuracy;
+  return o.test_loss;
+}
+
+// Whether a ranks before b: better metric first, a failed (NaN) trial last, ties by id.
+bool ranks_before(bool lower_better, double am, int64_t at, double bm, int64_t bt) {
+  const bool an = std::isnan(am), bn = std::isnan(bm);
+  if (an != bn) return bn;
+  if (!an && am != bm) return lower_better ? am < bm : am > bm;
+  return at < bt;
 }
 
 }  // namespace
@@ -223,7 +244,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
     }
     HPDL_FAIL("{}: {} = \"{}\" is not one of {}", src, key, v, list);
   };
-  one_of("method", s.method, {"random", "grid", "sha", "hyperband", "pbt"});
+  one_of("method", s.method, {"random", "grid", "sha", "asha", "hyperband", "pbt"});
   one_of("metric", s.metric, {"val_accuracy", "val_loss", "test_accuracy", "test_loss"});
   one_of("resource", s.resource, {"epochs", "steps"});
   HPDL_CHECK(s.trials >= 1, "{}: trials must be at least 1, got {}", src, s.trials);
@@ -321,7 +342,7 @@ std::vector<Rung> rungs(const SearchConfig& s, int64_t trials) {
     }
     return out;
   }
-  if (s.method != "sha") return {{s.max_resource, trials}};
+  if (s.method != "sha" && s.method != "asha") return {{s.max_resource, trials}};
   std::vector<Rung> out;
   int64_t budget = s.min_resource, n = trials;
   while (true) {
@@ -403,11 +424,309 @@ std::vector<std::string> perturb_overrides(const SearchConfig& s, const std::vec
   return out;
 }
 
+// ---- asha ----------------------------------------------------------------
+
+AshaScheduler::AshaScheduler(const SearchConfig& search) : search_(search) {
+  HPDL_CHECK(search.method == "asha", "AshaScheduler: the search's method is \"{}\", not \"asha\"", search.method);
+  overrides_ = trial_overrides(search);
+  for (const Rung& r : rungs(search, search.trials)) budgets_.push_back(r.budget);
+  results_.resize(budgets_.size());
+  promoted_.resize(budgets_.size());
+}
+
+std::vector<AshaScheduler::Result> AshaScheduler::ranked(size_t k) const {
+  std::vector<Result> out;
+  for (const Result& r : results_[k])
+    if (!std::isnan(r.metric)) out.push_back(r);
+  const bool lower_better = metric_is_loss(search_.metric);
+  std::sort(out.begin(), out.end(), [&](const Result& a, const Result& b) {
+    return ranks_before(lower_better, a.metric, a.trial, b.metric, b.trial);
+  });
+  return out;
+}
+
+AshaScheduler::Job AshaScheduler::run(int64_t trial, size_t rung) {
+  if (rung > 0) promoted_[rung - 1].insert(trial);
+  running_.insert({trial, static_cast<int64_t>(rung)});
+  Job j;
+  j.kind = Job::Kind::run;
+  j.trial = trial;
+  j.rung = static_cast<int64_t>(rung);
+  j.budget = budgets_[rung];
+  return j;
+}
+
+AshaScheduler::Job AshaScheduler::next() {
+  const size_t top = budgets_.size() - 1;
+  // 1. A promotion, looked for from the highest rung down: finishing a
+  //    promising trial is worth more than starting a new one.
+  for (size_t k = top; k-- > 0;) {
+    const auto best = ranked(k);
+    // floor(n_k / eta) counts every result at the rung, failed ones too: a
+    // failure is evidence, and the paper's |rung k| is every trial there.
+    const size_t quota = results_[k].size() / static_cast<size_t>(search_.eta);
+    for (size_t i = 0; i < quota && i < best.size(); ++i)
+      if (!promoted_[k].count(best[i].trial)) return run(best[i].trial, k + 1);
+  }
+  // 2. A new configuration at the bottom rung.
+  if (started_ < search_.trials) return run(started_++, 0);
+  // 3. Running jobs may still make a promotion.
+  if (!running_.empty()) return Job{Job::Kind::wait};
+  // 4. The drain's end: one successful trial must reach the top rung.
+  if (ranked(top).empty())
+    for (size_t k = top; k-- > 0;)
+      for (const Result& r : ranked(k))
+        if (!promoted_[k].count(r.trial)) return run(r.trial, k + 1);
+  return Job{Job::Kind::done};
+}
+
+Record AshaScheduler::report(const Job& job, const Outcome& outcome, int64_t group) {
+  HPDL_CHECK(job.kind == Job::Kind::run && running_.erase({job.trial, job.rung}) == 1,
+             "AshaScheduler::report: trial {} at rung {} is not running", job.trial, job.rung);
+  Record rec;
+  rec.trial = job.trial;
+  rec.rung = job.rung;
+  rec.budget = job.budget;
+  rec.group = group;
+  rec.overrides = overrides_[static_cast<size_t>(job.trial)];
+  rec.outcome = outcome;
+  if (!rec.outcome.ok && rec.outcome.error.empty()) rec.outcome.error = "failed (see its train.log)";
+  rec.metric = metric_of(search_, outcome);
+  results_[static_cast<size_t>(job.rung)].push_back({job.trial, rec.metric});
+  records_.push_back(rec);
+  return rec;
+}
+
+std::optional<Record> AshaScheduler::best() const {
+  std::optional<Record> out;
+  const bool lower_better = metric_is_loss(search_.metric);
+  for (const Record& r : records_) {
+    if (!out || r.rung > out->rung ||
+        (r.rung == out->rung && ranks_before(lower_better, r.metric, r.trial, out->metric, out->trial)))
+      out = r;
+  }
+  return out;
+}
+
+namespace {
+
+// The scheduler's messages: little-endian-agnostic, since every rank of a job
+// runs the same binary on the same kind of machine; sizes and strings are
+// length-prefixed, and a reader checks every length against what is left.
+struct ByteWriter {
+  std::vector<uint8_t> bytes;
+  template <typename T>
+  void put(T v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    bytes.insert(bytes.end(), p, p + sizeof(T));
+  }
+  void put(const std::string& s) {
+    put<int64_t>(static_cast<int64_t>(s.size()));
+    bytes.insert(bytes.end(), s.begin(), s.end());
+  }
+};
+
+struct ByteReader {
+  const std::vector<uint8_t>& bytes;
+  size_t at = 0;
+  template <typename T>
+  T get() {
+    HPDL_CHECK(at + sizeof(T) <= bytes.size(), "hpdl tune: asha: a scheduler message of {} bytes ends early", bytes.size());
+    T v;
+    std::memcpy(&v, bytes.data() + at, sizeof(T));
+    at += sizeof(T);
+    return v;
+  }
+  std::string get_string() {
+    const auto n = get<int64_t>();
+    HPDL_CHECK(n >= 0 && at + static_cast<size_t>(n) <= bytes.size(),
+               "hpdl tune: asha: a scheduler message of {} bytes ends early", bytes.size());
+    std::string s(bytes.begin() + static_cast<std::ptrdiff_t>(at), bytes.begin() + static_cast<std::ptrdiff_t>(at + n));
+    at += static_cast<size_t>(n);
+    return s;
+  }
+};
+
+void put_job(ByteWriter& w, const AshaScheduler::Job& j) {
+  w.put<int64_t>(static_cast<int64_t>(j.kind));
+  w.put(j.trial), w.put(j.rung), w.put(j.budget);
+}
+AshaScheduler::Job get_job(ByteReader& r) {
+  AshaScheduler::Job j;
+  j.kind = static_cast<AshaScheduler::Job::Kind>(r.get<int64_t>());
+  j.trial = r.get<int64_t>(), j.rung = r.get<int64_t>(), j.budget = r.get<int64_t>();
+  return j;
+}
+void put_outcome(ByteWriter& w, const Outcome& o) {
+  w.put<int64_t>(o.ok ? 1 : 0);
+  w.put(o.seconds), w.put(o.val_accuracy), w.put(o.val_loss), w.put(o.test_accuracy), w.put(o.test_loss);
+  w.put(o.error);
+}
+Outcome get_outcome(ByteReader& r) {
+  Outcome o;
+  o.ok = r.get<int64_t>() != 0;
+  o.seconds = r.get<double>(), o.val_accuracy = r.get<double>(), o.val_loss = r.get<double>();
+  o.test_accuracy = r.get<double>(), o.test_loss = r.get<double>();
+  o.error = r.get_string();
+  return o;
+}
+void put_record(ByteWriter& w, const Record& rec) {
+  w.put(rec.trial), w.put(rec.rung), w.put(rec.budget), w.put(rec.bracket), w.put(rec.parent), w.put(rec.group);
+  w.put(rec.metric);
+  put_outcome(w, rec.outcome);
+  w.put<int64_t>(static_cast<int64_t>(rec.overrides.size()));
+  for (const auto& o : rec.overrides) w.put(o);
+}
+Record get_record(ByteReader& r) {
+  Record rec;
+  rec.trial = r.get<int64_t>(), rec.rung = r.get<int64_t>(), rec.budget = r.get<int64_t>();
+  rec.bracket = r.get<int64_t>(), rec.parent = r.get<int64_t>(), rec.group = r.get<int64_t>();
+  rec.metric = r.get<double>();
+  rec.outcome = get_outcome(r);
+  const auto n = r.get<int64_t>();
+  for (int64_t i = 0; i < n; ++i) rec.overrides.push_back(r.get_string());
+  return rec;
+}
+
+// Tags on the scheduler's own communicator.
+constexpr int kTagRequest = 1;  // group root -> scheduler: the last job's outcome (if any), and a request for the next
+constexpr int kTagReply = 2;    // scheduler -> group root: the next job, or done
+constexpr int kTagJob = 3;      // group root -> the rest of its group (on the group's communicator)
+
+// World rank 0's scheduler thread: answers every group root's requests until
+// each has been told "done". A request that finds no job (only running
+// ones could still make a promotion) waits in `idle` and is answered, in
+// order of arrival, when a later completion makes one. It never blocks on
+// anything but the next request, and a request is all a waiting group sends,
+// so it cannot deadlock; "done" goes out only when nothing is running, so
+// every group is then waiting for it.
+void serve_asha(AshaScheduler& sched, dist::Communicator& comm, int groups, int64_t ranks_per_trial,
+                const std::function<void(const Record&)>& on_record) {
+  std::deque<int> idle;
+  int told_done = 0;
+  while (told_done < groups) {
+    int from = -1;
+    const auto msg = comm.recv_bytes(dist::Communicator::kAnySource, kTagRequest, &from);
+    ByteReader r{msg};
+    if (r.get<int64_t>() != 0) {
+      const auto job = get_job(r);
+      const auto rec = sched.report(job, get_outcome(r), from / ranks_per_trial);
+      if (on_record) on_record(rec);
+    }
+    idle.push_back(from);
+    while (!idle.empty()) {
+      const auto job = sched.next();
+      if (job.kind == AshaScheduler::Job::Kind::wait) break;
+      ByteWriter w;
+      put_job(w, job);
+      comm.send_bytes(w.bytes.data(), static_cast<int64_t>(w.bytes.size()), idle.front(), kTagReply);
+      idle.pop_front();
+      told_done += job.kind == AshaScheduler::Job::Kind::done;
+    }
+  }
+}
+
+SearchResult run_asha(const SearchConfig& s, const TrialRunner& runner, dist::Communicator& world,
+                      const std::function<void(const Record&)>& on_record) {
+  using Kind = AshaScheduler::Job::Kind;
+  const int groups = world.size() / static_cast<int>(s.ranks_per_trial);
+  const int group = world.rank() / static_cast<int>(s.ranks_per_trial);
+  std::unique_ptr<dist::Communicator> group_comm = world.split(group, world.rank());
+  // The scheduler talks on a copy of the world: its messages can never match another's receive.
+  std::unique_ptr<dist::Communicator> sched_comm = world.split(0, world.rank());
+  const bool group_root = group_comm->rank() == 0;
+  const auto overrides = trial_overrides(s);
+
+  AshaScheduler sched(s);  // consulted on world rank 0 only
+  std::thread server;
+  if (world.rank() == 0 && groups > 1) {
+    HPDL_CHECK(world.thread_level() >= MPI_THREAD_SERIALIZED,
+               "hpdl tune: method = \"asha\" with {} groups needs MPI_THREAD_SERIALIZED or above (world rank 0 trains "
+               "and schedules at once); this MPI granted level {}. Use another MPI build, or method = \"sha\"",
+               groups, world.thread_level());
+    server = std::thread([&] {
+      try {
+        serve_asha(sched, *sched_comm, groups, s.ranks_per_trial, on_record);
+      } catch (const std::exception& e) {
+        world.abort(fmt::format("hpdl tune: asha scheduler: {}", e.what()));
+      }
+    });
+  }
+  try {
+    // This group's loop: its root reports the last job and gets the next
+    // one (from the scheduler thread, or straight from the scheduler when
+    // there is one group), then hands it to the rest of the group.
+    std::optional<std::pair<AshaScheduler::Job, Outcome>> last;
+    for (;;) {
+      AshaScheduler::Job job;
+      if (group_root) {
+        if (groups == 1) {
+          if (last) {
+            const auto rec = sched.report(last->first, last->second, 0);
+            if (on_record) on_record(rec);
+          }
+          job = sched.next();  // never "wait": the one group's last job has been reported
+        } else {
+          ByteWriter w;
+          w.put<int64_t>(last ? 1 : 0);
+          if (last) put_job(w, last->first), put_outcome(w, last->second);
+          sched_comm->send_bytes(w.bytes.data(), static_cast<int64_t>(w.bytes.size()), 0, kTagRequest);
+          const auto reply = sched_comm->recv_bytes(0, kTagReply);
+          ByteReader r{reply};
+          job = get_job(r);
+        }
+        ByteWriter w;
+        put_job(w, job);
+        for (int m = 1; m < group_comm->size(); ++m)
+          group_comm->send_bytes(w.bytes.data(), static_cast<int64_t>(w.bytes.size()), m, kTagJob);
+      } else {
+        const auto msg = group_comm->recv_bytes(0, kTagJob);
+        ByteReader r{msg};
+        job = get_job(r);
+      }
+      HPDL_CHECK(job.kind != Kind::wait, "hpdl tune: asha: the scheduler answered 'wait' to a request");
+      if (job.kind == Kind::done) break;
+      Outcome o = runner(job.trial, overrides[static_cast<size_t>(job.trial)], job.budget, job.rung > 0, *group_comm);
+      last.emplace(job, std::move(o));
+    }
+  } catch (const std::exception& e) {
+    // The scheduler thread would wait for this group forever: end the job.
+    if (server.joinable()) world.abort(fmt::format("hpdl tune: asha: {}", e.what()));
+    throw;
+  }
+  if (server.joinable()) server.join();
+
+  // Rank 0 holds every record: every rank gets them, and the same best.
+  ByteWriter w;
+  if (world.rank() == 0) {
+    w.put<int64_t>(static_cast<int64_t>(sched.records().size()));
+    for (const auto& rec : sched.records()) put_record(w, rec);
+    const auto best = sched.best();
+    w.put<int64_t>(best ? 1 : 0);
+    if (best) put_record(w, *best);
+  }
+  int64_t nbytes = static_cast<int64_t>(w.bytes.size());
+  world.broadcast_bytes(&nbytes, sizeof(nbytes));
+  w.bytes.resize(static_cast<size_t>(nbytes));
+  world.broadcast_bytes(w.bytes.data(), nbytes);
+  ByteReader r{w.bytes};
+  SearchResult result;
+  const auto n = r.get<int64_t>();
+  for (int64_t i = 0; i < n; ++i) result.records.push_back(get_record(r));
+  if (r.get<int64_t>() != 0) result.best = get_record(r);
+  result.best_trial = result.best.trial;
+  return result;
+}
+
+}  // namespace
+
 SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::Communicator& world,
                         const std::function<void(const Record&)>& on_record, const TrialCloner& clone) {
   HPDL_CHECK(world.size() % s.ranks_per_trial == 0, "hpdl tune: {} ranks do not split into groups of ranks_per_trial = {}",
              world.size(), s.ranks_per_trial);
   HPDL_CHECK(s.method != "pbt" || clone, "hpdl tune: method = \"pbt\" needs a TrialCloner");
+  if (s.method == "asha") return run_asha(s, runner, world, on_record);
   const int groups = world.size() / static_cast<int>(s.ranks_per_trial);
   const int group = world.rank() / static_cast<int>(s.ranks_per_trial);
   std::unique_ptr<dist::Communicator> group_comm = world.split(group, world.rank());
@@ -417,19 +736,8 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
   std::vector<int64_t> parent(all.size(), -1);
   const auto plan = brackets(s);
   const bool lower_better = metric_is_loss(s.metric);
-  auto metric_of = [&](const Outcome& o) {
-    if (!o.ok) return std::numeric_limits<double>::quiet_NaN();
-    if (s.metric == "val_accuracy") return o.val_accuracy;
-    if (s.metric == "val_loss") return o.val_loss;
-    if (s.metric == "test_accuracy") return o.test_accuracy;
-    return o.test_loss;
-  };
-  // a ranks before b: better metric first, a failed (NaN) trial last, ties by id.
   auto better = [&](const Record& a, const Record& b) {
-    const bool an = std::isnan(a.metric), bn = std::isnan(b.metric);
-    if (an != bn) return bn;
-    if (!an && a.metric != b.metric) return lower_better ? a.metric < b.metric : a.metric > b.metric;
-    return a.trial < b.trial;
+    return ranks_before(lower_better, a.metric, a.trial, b.metric, b.trial);
   };
 
   SearchResult result;
@@ -471,7 +779,7 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
         rec.outcome.val_accuracy = row[2], rec.outcome.val_loss = row[3];
         rec.outcome.test_accuracy = row[4], rec.outcome.test_loss = row[5];
         if (!rec.outcome.ok) rec.outcome.error = errors[i].empty() ? "failed (see its train.log)" : errors[i];
-        rec.metric = metric_of(rec.outcome);
+        rec.metric = metric_of(s, rec.outcome);
         rung_records.push_back(rec);
         parent[alive[i]] = -1;
       }

@@ -10,6 +10,13 @@
 //           trained for `min_resource`, the best 1/eta go on for eta times as
 //           long (resuming from their checkpoints), and so on up to
 //           `max_resource`.
+//   asha    asynchronous successive halving (Li et al. 2020): the rungs of
+//           sha, but a trial is promoted as soon as it is in the top 1/eta
+//           of the results so far at its rung, and otherwise a new trial is
+//           started at the bottom rung, so no group waits for a rung to
+//           finish. World rank 0 hosts the scheduler (a thread) that the
+//           groups ask for their next job; `trials` configurations are
+//           started, then the search drains (see AshaScheduler).
 //   hyperband  Hyperband (Li et al. 2018): several successive-halving
 //           brackets, from many trials started at `min_resource` to a few
 //           trained at `max_resource` from the start, so a search that halves
@@ -31,7 +38,7 @@
 // trials one after another, data-parallel within the group, and the groups
 // run side by side. After each rung every group's results are all-reduced,
 // so every rank ranks the trials identically and the next rung needs no
-// coordinator.
+// coordinator (asha instead asks world rank 0's scheduler for each job).
 //
 // A trial is judged by `metric` on the validation set (data.validation
 // training samples held out) when there is one, so the test set stays unseen
@@ -41,6 +48,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,12 +68,12 @@ struct Param {
 struct SearchConfig {
   std::filesystem::path config;    // the training config (relative paths: to the search file)
   std::vector<std::string> set;    // overrides for every trial ("train.threads=1")
-  std::string method = "random";   // random | grid | sha | hyperband | pbt
-  int64_t trials = 8;              // random, sha
+  std::string method = "random";   // random | grid | sha | asha | hyperband | pbt
+  int64_t trials = 8;              // random, sha, asha (configurations started at the bottom rung)
   uint64_t seed = 0;               // sampling
   std::string metric = "val_accuracy";  // val_accuracy | val_loss | test_accuracy | test_loss
   std::string resource = "epochs";      // epochs | steps
-  int64_t min_resource = 1, max_resource = 0;  // sha: first rung's budget; every method: the full budget
+  int64_t min_resource = 1, max_resource = 0;  // sha, asha: first rung's budget; every method: the full budget
   int64_t eta = 3;
   int64_t interval = 1;     // pbt: the budget of one generation
   double quantile = 0.25;   // pbt: the fraction of the population replaced (and copied from) each generation
@@ -88,7 +97,8 @@ struct Rung {
 // Successive halving's rungs: budgets min, min*eta, ... capped at max (the
 // last rung is max); trials n, n/eta, ... (at least 1). pbt: every member at
 // interval, 2*interval, ... max (the generations). random and grid: one rung
-// of every trial at max. hyperband: see brackets().
+// of every trial at max. hyperband: see brackets(). asha: sha's rungs (its
+// trial counts are those sha would train; asha's depend on the order of completion).
 std::vector<Rung> rungs(const SearchConfig& search, int64_t trials);
 
 // A search is one or more brackets run one after another; a bracket's trials
@@ -123,12 +133,13 @@ struct Record {
   int64_t trial = 0, rung = 0, budget = 0;
   int64_t bracket = 0;  // hyperband's bracket (0 for other methods)
   int64_t parent = -1;  // pbt: the member whose weights this trial took over before this generation; -1: none
+  int64_t group = -1;   // asha: the rank group that trained this job
   std::vector<std::string> overrides;
   Outcome outcome;
   double metric = 0;  // the search's metric (NaN when failed)
 };
 struct SearchResult {
-  std::vector<Record> records;  // every trial at every rung it reached, in rung order
+  std::vector<Record> records;  // every trial at every rung it reached, in rung order (asha: in order of completion)
   int64_t best_trial = -1;      // by the metric at the last rung (of any bracket)
   Record best;
 };
@@ -144,9 +155,71 @@ using TrialRunner = std::function<Outcome(int64_t trial, const std::vector<std::
 // generations; the other ranks wait at a barrier.
 using TrialCloner = std::function<void(int64_t from, int64_t to, const std::vector<std::string>& new_overrides)>;
 
+// ASHA's decision rule (Li et al. 2020, Algorithm 2), apart from MPI and
+// time, so that it can be tested on any order of completions. Rungs are
+// sha's: budgets min_resource * eta^k, the last one max_resource.
+// next() gives a job to an idle worker:
+//   1. for rung k from the second highest down to 0: the best trial of the
+//      top floor(n_k / eta) of the n_k results so far at rung k (failed
+//      trials excluded) that has not been promoted yet goes on to rung k+1
+//      (resumed from its checkpoint);
+//   2. else, while fewer than `trials` configurations have started, the next
+//      one starts at rung 0 (trial ids 0, 1, ... in order: trial_overrides);
+//   3. else, while jobs are running, wait: a completion may make a promotion;
+//   4. else (the drain's end), if no successful result has reached the top
+//      rung, the best unpromoted successful trial of the highest rung that
+//      has one is promoted, so that one trial reaches max_resource, as in sha
+//      (the paper's ASHA never stops; this budget ends it);
+//   5. else done.
+// Given the same sequence of next() and report() calls, the decisions are
+// the same: only the order of completion, which depends on timing, varies.
+// Ranking ties go to the lower trial id. Not thread-safe.
+class AshaScheduler {
+ public:
+  struct Job {
+    enum class Kind { run, wait, done };
+    Kind kind = Kind::done;
+    int64_t trial = -1, rung = 0, budget = 0;  // run only; a job at rung > 0 resumes the trial
+  };
+  explicit AshaScheduler(const SearchConfig& search);
+
+  Job next();
+  // The outcome of a job next() gave (run): its record. Throws if `job` is
+  // not running.
+  Record report(const Job& job, const Outcome& outcome, int64_t group = -1);
+
+  const std::vector<Record>& records() const { return records_; }  // in order of report()
+  const std::vector<int64_t>& budgets() const { return budgets_; }
+  int64_t started() const { return started_; }
+  int64_t running() const { return static_cast<int64_t>(running_.size()); }
+  // The best record at the highest rung that has any (ties to the lower id,
+  // failed last); nullopt before the first report.
+  std::optional<Record> best() const;
+
+ private:
+  struct Result {
+    int64_t trial;
+    double metric;  // NaN: failed
+  };
+  // Rung k's results, best first; only successful ones.
+  std::vector<Result> ranked(size_t k) const;
+  Job run(int64_t trial, size_t rung);
+
+  SearchConfig search_;
+  std::vector<std::vector<std::string>> overrides_;
+  std::vector<int64_t> budgets_;
+  std::vector<std::vector<Result>> results_;  // per rung, in order of report
+  std::vector<std::set<int64_t>> promoted_;   // per rung: trials sent on to the next rung
+  std::set<std::pair<int64_t, int64_t>> running_;  // (trial, rung)
+  std::vector<Record> records_;
+  int64_t started_ = 0;
+};
+
 // Runs the search on every rank of `world`. `on_record` (rank 0 only) sees
-// each record as its rung completes. Every rank returns the same result.
-// pbt needs `clone`.
+// each record as its rung completes (asha: as each job completes, on rank
+// 0's scheduler thread when there are several groups). Every rank returns
+// the same result. pbt needs `clone`. asha with several groups needs MPI at
+// MPI_THREAD_SERIALIZED or above (rank 0 trains and schedules at once).
 SearchResult run_search(const SearchConfig& search, const TrialRunner& runner, dist::Communicator& world,
                         const std::function<void(const Record&)>& on_record = {}, const TrialCloner& clone = {});
 

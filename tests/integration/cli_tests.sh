@@ -348,6 +348,47 @@ EOS
   "$hpdl" tune search.toml --set run_dir=tune2 >bad.txt 2>&1 && fail "a misspelt key was accepted"
   grep -q "unknown key 'trails' (did you mean 'trials'?)" bad.txt || fail "the error does not name the key: $(cat bad.txt)"
   ;;
+tune_asha_np2)
+  # Asynchronous successive halving over 2 groups of 1 rank: 4 trials started at 20 steps,
+  # promoted (eta 2) to 40 and 60 steps as soon as they are in the top half of their rung so far.
+  cat >search.toml <<EOS
+config = "$ex/fashion_mnist/mlp.toml"
+method = "asha"
+trials = 4
+seed = 3
+resource = "steps"
+min_resource = 20
+max_resource = 60
+eta = 2
+run_dir = "asha"
+set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_every=10"]
+[space]
+"optimizer.lr" = { log_uniform = [0.001, 0.5] }
+"data.batch_size" = { choice = [32, 64] }
+EOS
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" tune search.toml >out.txt 2>err.txt \
+    || fail "tune failed: $(tail -5 err.txt)"
+  grep -q "asha search, 4 trials (rungs at 20, 40, 60 steps), 2 rank(s) in groups of 1" out.txt || fail "no plan line: $(head -3 out.txt)"
+  r=asha/results.jsonl
+  [[ $(grep -c '"rung":0' $r) -eq 4 ]] || fail "expected every trial once at rung 0: $(cat $r)"
+  [[ $(grep -c '"rung":2' $r) -ge 1 ]] || fail "no trial reached the full budget: $(cat $r)"
+  [[ $(grep -c '"group":' $r) -eq $(wc -l <$r) ]] || fail "a record does not name its group: $(cat $r)"
+  grep -q '"group":0' $r && grep -q '"group":1' $r || fail "both groups should have trained: $(cat $r)"
+  ! grep -v '"rung":2' $r | grep -q test_accuracy || fail "the test set was read before the full budget"
+  best=$(sed -n 's/^best: trial \([0-9]*\) .*/\1/p' out.txt)
+  [[ -n $best ]] || fail "no best line: $(cat out.txt)"
+  grep -q "^rung 2 (60 steps) trial $best " out.txt || fail "the best trial did not reach the last rung: $(cat out.txt)"
+  # Each rung-2 trial was promoted through rung 1 and resumed from its step-40 checkpoint.
+  for t in $(grep '"rung":2' $r | sed -n 's/.*"trial":\([0-9]*\).*/\1/p'); do
+    grep -q "\"rung\":1,.*\"trial\":$t[,}]" $r || fail "trial $t skipped rung 1: $(cat $r)"
+    d=$(printf 'asha/trial-%03d' "$t")
+    grep -q "resumed from .*step-0000000040" "$d/train.log" || fail "$d did not resume: $(cat $d/train.log)"
+  done
+  lr=$(grep '^lr = ' "asha/trial-$best/config.toml") || fail "no lr in the trial's config"
+  grep -qx "$lr" asha/best.toml || fail "best.toml is not the best trial's config ($lr)"
+  acc=$(sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p' out.txt)
+  awk -v a="$acc" 'BEGIN { exit !(a > 60) }' || fail "best test accuracy $acc% after 60 steps is too low"
+  ;;
 info)
   "$hpdl" info >out.txt 2>&1 || fail "hpdl info failed: $(cat out.txt)"
   for want in "^hpdl " "^oneDNN .*, ISA " "^OpenMP threads [1-9]" "^MPI " "^HDF5 [0-9]+\.[0-9]+\.[0-9]+ " "^CUDA backend: "; do

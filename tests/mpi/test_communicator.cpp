@@ -1,6 +1,11 @@
 // Communicator collectives across real ranks (run under mpirun -np 2 and -np 4).
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+
 #include "hpdl/dist/communicator.h"
 
 namespace hpdl::dist {
@@ -73,6 +78,68 @@ TEST(Communicator, SplitIntoSubCommunicators) {
 TEST(Communicator, ErrorsInAsyncWorkReachTheWaiter) {
   auto w = W().enqueue([] { HPDL_FAIL("boom on the communication thread"); });
   EXPECT_THROW(w->wait(), Error);
+}
+
+// Point-to-point bytes: every rank sends its right neighbour a message that
+// names both ends; then every rank but 0 sends two messages to rank 0, which
+// takes them from any source and must see each sender's two in order.
+TEST(Communicator, SendRecvBytesRingAndAnySource) {
+  const int n = W().size(), r = W().rank();
+  const std::string out = "from " + std::to_string(r) + " to " + std::to_string((r + 1) % n);
+  W().send_bytes(out.data(), static_cast<int64_t>(out.size()), (r + 1) % n, 5);
+  int from = -1;
+  const auto in = W().recv_bytes((r + n - 1) % n, 5, &from);
+  EXPECT_EQ(std::string(in.begin(), in.end()), "from " + std::to_string((r + n - 1) % n) + " to " + std::to_string(r));
+  EXPECT_EQ(from, (r + n - 1) % n);
+  if (r != 0) {
+    for (int64_t k = 0; k < 2; ++k) {
+      const int64_t msg[2] = {r, k};
+      W().send_bytes(msg, sizeof(msg), 0, 6);
+    }
+  } else {
+    std::vector<int64_t> next(static_cast<size_t>(n), 0);
+    for (int i = 0; i < 2 * (n - 1); ++i) {
+      const auto b = W().recv_bytes(Communicator::kAnySource, 6, &from);
+      ASSERT_EQ(b.size(), 2 * sizeof(int64_t));
+      int64_t msg[2];
+      std::memcpy(msg, b.data(), sizeof(msg));
+      EXPECT_EQ(msg[0], from);
+      EXPECT_EQ(msg[1], next[static_cast<size_t>(from)]++) << "messages from one sender arrive in order";
+    }
+  }
+  EXPECT_THROW(W().send_bytes(out.data(), 1, n, 5), Error) << "a destination outside the communicator";
+  W().barrier();
+}
+
+// A second thread of rank 0 receives while the main thread sends to it and
+// the other ranks: the waits hold no lock, whatever the thread level.
+TEST(Communicator, RecvBytesOnAThreadWhileTheMainThreadSends) {
+  const int n = W().size(), r = W().rank();
+  ASSERT_GE(W().thread_level(), MPI_THREAD_SERIALIZED);
+  if (r == 0) {
+    std::set<int> senders;
+    std::thread server([&] {
+      for (int i = 0; i < n; ++i) {
+        int from = -1;
+        W().recv_bytes(Communicator::kAnySource, 8, &from);
+        senders.insert(from);
+        W().send_bytes(&from, sizeof(from), from, 9);
+      }
+    });
+    const int me = 0;
+    W().send_bytes(&me, sizeof(me), 0, 8);
+    const auto echo = W().recv_bytes(0, 9);
+    server.join();
+    EXPECT_EQ(static_cast<int>(senders.size()), n);
+    EXPECT_EQ(echo.size(), sizeof(int));
+  } else {
+    W().send_bytes(&r, sizeof(r), 0, 8);
+    const auto echo = W().recv_bytes(0, 9);
+    int got = -1;
+    std::memcpy(&got, echo.data(), sizeof(got));
+    EXPECT_EQ(got, r);
+  }
+  W().barrier();
 }
 
 }  // namespace
