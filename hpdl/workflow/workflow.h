@@ -109,7 +109,7 @@ struct OnlineOptions {
   Acquire acquire = Acquire::random;
   int64_t ensemble = 1;           // K surrogates on bootstrap resamples (K = 1: one surrogate on all data); predicts their mean
   int64_t pool = 2048;            // candidates scored per round (variance)
-  double explore = 0.0;           // fraction of each round's picks drawn uniformly instead (variance)
+  double explore = 0.25;          // fraction of each round's picks drawn uniformly instead (variance)
   // Checkpoint/restart.
   std::string checkpoint_dir;     // empty: no checkpoints; else checkpoints go to DIR/checkpoints
   int64_t checkpoint_every = 0;   // rounds between checkpoints (0: none, except stop_after_round)
