@@ -5,11 +5,17 @@
 #include <cmath>
 #include <numeric>
 
+#include <filesystem>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/error.h"
 #include "hpdl/core/random.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
+#include "hpdl/train/checkpoint.h"
 
 namespace hpdl::workflow {
 namespace {
@@ -117,6 +123,134 @@ Tensor predict(nn::Module& surrogate, const Simulation& sim, const std::vector<d
   return surrogate.forward(scaled_inputs(sim, params));
 }
 
+const char* acquire_name(Acquire a) { return a == Acquire::variance ? "variance" : "random"; }
+
+Acquire parse_acquire(const std::string& s) {
+  if (s == "random") return Acquire::random;
+  if (s == "variance") return Acquire::variance;
+  HPDL_FAIL("workflow: unknown acquisition '{}'; choose random or variance", s);
+}
+
+void Ensemble::add(std::shared_ptr<nn::Module> member) {
+  HPDL_CHECK(member != nullptr, "workflow::Ensemble: null member");
+  register_module(std::to_string(members_.size()), member);
+  members_.push_back(std::move(member));
+}
+
+nn::Module& Ensemble::member(int64_t k) const {
+  HPDL_CHECK(k >= 0 && k < size(), "workflow::Ensemble: member {} of {}", k, size());
+  return *members_[static_cast<size_t>(k)];
+}
+
+Tensor Ensemble::forward(const Tensor& x) {
+  HPDL_CHECK(!members_.empty(), "workflow::Ensemble: forward of an empty ensemble");
+  Tensor sum = members_[0]->forward(x);
+  if (members_.size() == 1) return sum;
+  for (size_t k = 1; k < members_.size(); ++k) sum = hpdl::add(sum, members_[k]->forward(x));
+  return hpdl::mul(sum, 1.0 / static_cast<double>(members_.size()));
+}
+
+std::vector<double> ensemble_variance(const std::vector<Tensor>& preds) {
+  HPDL_CHECK(preds.size() >= 2, "workflow::ensemble_variance: needs at least 2 members, got {}", preds.size());
+  const Shape shape = preds[0].shape();
+  HPDL_CHECK(shape.size() == 2, "workflow::ensemble_variance: predictions must be [N, M], got {}", shape_str(shape));
+  std::vector<std::vector<float>> v;
+  for (size_t k = 0; k < preds.size(); ++k) {
+    HPDL_CHECK(preds[k].shape() == shape, "workflow::ensemble_variance: member {} predicts {}, member 0 {}", k,
+               shape_str(preds[k].shape()), shape_str(shape));
+    v.push_back(preds[k].to_vector<float>());
+  }
+  const int64_t n = shape[0], m = shape[1];
+  const double kk = static_cast<double>(preds.size());
+  std::vector<double> score(static_cast<size_t>(n), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    double acc = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      double mean = 0, sq = 0;
+      for (const auto& pk : v) mean += pk[i * m + j];
+      mean /= kk;
+      for (const auto& pk : v) sq += (pk[i * m + j] - mean) * (pk[i * m + j] - mean);
+      acc += sq / kk;
+    }
+    score[i] = acc / static_cast<double>(m);
+  }
+  return score;
+}
+
+std::vector<int64_t> select_in_chunks(const std::vector<double>& scores, int64_t n) {
+  const int64_t total = static_cast<int64_t>(scores.size());
+  HPDL_CHECK(n >= 1 && n <= total, "workflow::select_in_chunks: cannot pick {} of {} candidates", n, total);
+  std::vector<int64_t> picks;
+  for (int64_t c = 0; c < n; ++c) {
+    // Chunk c is [c N / n, (c + 1) N / n): sizes differ by at most one.
+    const int64_t begin = c * total / n, end = (c + 1) * total / n;
+    int64_t best = begin;
+    for (int64_t i = begin + 1; i < end; ++i)
+      if (scores[i] > scores[best]) best = i;
+    picks.push_back(best);
+  }
+  return picks;
+}
+
+std::vector<double> acquire_params(Ensemble& ensemble, const Simulation& sim, int64_t n, int64_t pool,
+                                   double explore, uint64_t seed, int64_t round) {
+  HPDL_CHECK(explore >= 0 && explore <= 1, "workflow::acquire_params: explore must be in [0, 1], got {}", explore);
+  const int64_t p = sim.num_params(), uniform = std::llround(explore * static_cast<double>(n));
+  HPDL_CHECK(n >= 1 && pool >= n - uniform, "workflow::acquire_params: a pool of {} cannot give {} picks", pool, n);
+  std::vector<double> out;
+  if (n > uniform) {
+    const auto cand = sample_params(sim, pool, seed, 5000000 + static_cast<uint64_t>(round));
+    std::vector<Tensor> preds;
+    {
+      NoGradGuard ng;
+      const Tensor x = scaled_inputs(sim, cand);
+      for (int64_t k = 0; k < ensemble.size(); ++k) preds.push_back(ensemble.member(k).forward(x));
+    }
+    for (int64_t i : select_in_chunks(ensemble_variance(preds), n - uniform))
+      out.insert(out.end(), cand.begin() + i * p, cand.begin() + (i + 1) * p);
+  }
+  if (uniform > 0) {
+    const auto extra = sample_params(sim, uniform, seed, 6000000 + static_cast<uint64_t>(round));
+    out.insert(out.end(), extra.begin(), extra.end());
+  }
+  return out;
+}
+
+namespace {
+
+// The settings a checkpoint must share with the run that resumes it.
+nlohmann::json online_config(const Simulation& sim, const OnlineOptions& o, int world_size) {
+  return {{"simulation", sim.name()},     {"num_params", sim.num_params()},   {"output_size", sim.output_size()},
+          {"world_size", world_size},     {"sim_ranks", o.sim_ranks},         {"sims_per_round", o.sims_per_round},
+          {"max_rounds", o.max_rounds},   {"steps_per_round", o.steps_per_round}, {"batch_size", o.batch_size},
+          {"lr", o.lr},                   {"hidden", o.hidden},               {"validation", o.validation},
+          {"seed", o.seed},               {"acquire", acquire_name(o.acquire)}, {"ensemble", o.ensemble},
+          {"pool", o.pool},               {"explore", o.explore}};
+}
+
+// Poisson(1) draw from a uniform u in [0, 1) by inversion: the online bootstrap
+// (Oza and Russell, "Online bagging and boosting", 2001) gives each new sample
+// this many copies in a member's resample.
+int poisson1(double u) {
+  double term = std::exp(-1.0), cdf = term;
+  int k = 0;
+  while (u >= cdf && k < 20) {
+    ++k;
+    term /= k;
+    cdf += term;
+  }
+  return k;
+}
+
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (const auto& [k, v] : all)
+    if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
+  return out;
+}
+
+}  // namespace
+
 OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::Communicator& world,
                           const std::function<void(const RoundLog&)>& on_round) {
   HPDL_CHECK(world.size() >= 2, "workflow: online training needs at least 2 ranks (simulation and trainer); got {}",
@@ -124,25 +258,120 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   HPDL_CHECK(o.sim_ranks >= 1 && o.sim_ranks < world.size(),
              "workflow: sim_ranks = {} must leave at least one of the {} ranks to train", o.sim_ranks, world.size());
   HPDL_CHECK(o.sims_per_round >= 1 && o.max_rounds >= 1 && o.steps_per_round >= 1 && o.batch_size >= 1 &&
-                 o.validation >= 1 && o.lr > 0,
-             "workflow: sims_per_round, max_rounds, steps_per_round, batch_size, validation and lr must be positive");
+                 o.validation >= 1 && o.lr > 0 && o.ensemble >= 1,
+             "workflow: sims_per_round, max_rounds, steps_per_round, batch_size, validation, ensemble and lr must be "
+             "positive");
+  const int64_t p = sim.num_params(), m = sim.output_size(), row = p + m;
+  const int64_t per_round = o.sim_ranks * o.sims_per_round;  // simulations a round, all simulation ranks
+  const bool active = o.acquire == Acquire::variance;
+  HPDL_CHECK(!active || o.ensemble >= 2,
+             "workflow: acquire = variance scores the disagreement of an ensemble; set ensemble >= 2 (got {})",
+             o.ensemble);
+  HPDL_CHECK(!active || (o.explore >= 0 && o.explore <= 1 &&
+                         o.pool >= per_round - std::llround(o.explore * static_cast<double>(per_round))),
+             "workflow: acquire = variance needs explore in [0, 1] (got {}) and pool ({}) >= the {} picks a round",
+             o.explore, o.pool, per_round);
+  HPDL_CHECK(o.checkpoint_every >= 0 && o.stop_after_round >= 0,
+             "workflow: checkpoint_every ({}) and stop_after_round ({}) must not be negative", o.checkpoint_every,
+             o.stop_after_round);
+  HPDL_CHECK(!o.checkpoint_dir.empty() || (o.checkpoint_every == 0 && o.stop_after_round == 0 && !o.resume),
+             "workflow: checkpoint_every, stop_after_round and resume need a checkpoint directory (--checkpoint-dir)");
   const auto t0 = std::chrono::steady_clock::now();
   const bool simulator = world.rank() < o.sim_ranks;
-  auto group = world.split(simulator ? 0 : 1, world.rank());
-  const int64_t p = sim.num_params(), m = sim.output_size(), row = p + m;
-  const int64_t per_rank = o.sims_per_round * row;  // values each rank contributes to a round's allgather
+  const int first_trainer = static_cast<int>(o.sim_ranks);
+  const nlohmann::json config = online_config(sim, o, world.size());
 
+  // Every rank reads the checkpoint itself, so a bad one fails every rank with the same error.
+  int64_t start = 0;
+  std::map<std::string, Tensor> saved;
+  train::CheckpointMeta saved_meta;
   OnlineResult result;
+  if (o.resume) {
+    const std::filesystem::path dir = std::filesystem::path(o.checkpoint_dir) / "checkpoints";
+    HPDL_CHECK(std::filesystem::is_directory(dir),
+               "workflow: --resume: no checkpoint directory {}; was the run started with --checkpoint-dir {}?",
+               dir.string(), o.checkpoint_dir);
+    train::CheckpointManager mgr(o.checkpoint_dir, 1 << 30);
+    std::vector<std::string> problems;
+    auto info = mgr.latest_valid(&problems);
+    HPDL_CHECK(info.has_value(), "workflow: --resume: no valid checkpoint in {}{}", dir.string(),
+               problems.empty() ? std::string() : " (" + problems.front() + ")");
+    for (const auto& [key, value] : config.items()) {
+      const auto it = info->meta.config.find(key);
+      HPDL_CHECK(it != info->meta.config.end() && *it == value,
+                 "workflow: --resume: checkpoint {} was written with {} = {}, this run has {} = {}; resume with the "
+                 "same settings and rank count",
+                 info->sidecar_path.string(), key, it == info->meta.config.end() ? std::string("nothing") : it->dump(), key,
+                 value.dump());
+    }
+    start = info->meta.step;
+    HPDL_CHECK(start < o.max_rounds, "workflow: --resume: checkpoint {} is at round {}: the run is already finished",
+               info->sidecar_path.string(), start);
+    HPDL_CHECK(o.stop_after_round == 0 || o.stop_after_round > start,
+               "workflow: --resume: stop_after_round = {} but checkpoint {} is already at round {}", o.stop_after_round,
+               info->sidecar_path.string(), start);
+    saved = mgr.load(*info);
+    saved_meta = info->meta;
+    for (const auto& l : saved_meta.extra.at("rounds")) {
+      RoundLog log;
+      log.round = l.at(0).get<int64_t>();
+      log.samples = l.at(1).get<int64_t>();
+      log.train_loss = l.at(2).get<double>();
+      log.validation_error = l.at(3).get<double>();
+      log.seconds = l.at(4).get<double>();
+      result.rounds.push_back(log);
+    }
+    result.simulations = start * per_round;
+  }
+
+  auto group = world.split(simulator ? 0 : 1, world.rank());
+  const int64_t per_rank = o.sims_per_round * row;  // values each rank contributes to a round's allgather
   result.trainer = !simulator;
+  result.first_round = start;
+
+  // The parameters of every round in flight, all simulation ranks' in rank order. Uniform rounds use each
+  // simulation rank's own stream (round * world size + rank); chosen rounds come from the first trainer.
+  std::map<int64_t, std::vector<double>> planned;
+  auto uniform_plan = [&](int64_t r) {
+    std::vector<double> v;
+    for (int64_t s = 0; s < o.sim_ranks; ++s) {
+      const auto part = sample_params(sim, o.sims_per_round, o.seed, static_cast<uint64_t>(r * world.size() + s));
+      v.insert(v.end(), part.begin(), part.end());
+    }
+    return v;
+  };
+  auto chosen_round = [&](int64_t r) { return active && r >= 2; };
+  if (o.resume) {
+    for (const auto& [k, v] : with_prefix(saved, "plan.")) planned[std::stoll(k)] = v.to_vector<double>();
+  } else {
+    for (int64_t r = 0; r < std::min<int64_t>(2, o.max_rounds); ++r) planned[r] = uniform_plan(r);
+  }
+  for (int64_t r = start; r < std::min(start + 2, o.max_rounds); ++r)
+    HPDL_CHECK(planned.count(r) && static_cast<int64_t>(planned[r].size()) == per_round * p,
+               "workflow: --resume: the checkpoint in {} lacks the parameters planned for round {}", o.checkpoint_dir,
+               r + 1);
+
   // Trainer state: identical initial weights on every trainer (same seed).
-  std::shared_ptr<nn::Sequential> net;
+  std::shared_ptr<Ensemble> net;
   std::unique_ptr<optim::AdamW> opt;
   std::vector<double> buffer_params;
   std::vector<float> buffer_out;
+  std::vector<std::vector<int64_t>> boot(static_cast<size_t>(o.ensemble));  // each member's resample (indices)
   Tensor val_x;
   std::vector<float> val_y;
+  Generator batch_gen(o.seed + 17);
+  auto add_to_resamples = [&](int64_t first, int64_t last) {
+    if (o.ensemble == 1) return;  // one surrogate trains on all the data
+    for (int64_t k = 0; k < o.ensemble; ++k)
+      for (int64_t i = first; i < last; ++i)
+        for (int c = poisson1(Generator::uniform(o.seed + 41 + static_cast<uint64_t>(k), static_cast<uint64_t>(i)));
+             c > 0; --c)
+          boot[k].push_back(i);
+  };
   if (!simulator) {
-    net = make_surrogate(sim, o.hidden, o.seed);
+    net = std::make_shared<Ensemble>();
+    for (int64_t k = 0; k < o.ensemble; ++k)
+      net->add(make_surrogate(sim, o.hidden, k == 0 ? o.seed : o.seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(k)));
     optim::AdamWOptions adam;
     adam.lr = o.lr;
     adam.weight_decay = 0;
@@ -150,34 +379,69 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
     const auto vp = sample_params(sim, o.validation, o.seed, 1000003);  // a stream no rank samples from
     val_x = scaled_inputs(sim, vp);
     val_y = simulate_all(sim, vp);
+    if (o.resume) {
+      net->load_state_dict(with_prefix(saved, "model."));
+      opt->load_state_dict(with_prefix(saved, "optim."));
+      buffer_params = saved.at("buffer.params").to_vector<double>();
+      buffer_out = saved.at("buffer.outputs").to_vector<float>();
+      add_to_resamples(0, static_cast<int64_t>(buffer_out.size()) / m);
+      for (const auto& g : saved_meta.rng)
+        if (g.name == "batch") batch_gen.set_state(g.seed, g.offset);
+    }
   }
   auto validation_error = [&] {
     NoGradGuard ng;
     return relative_l2(net->forward(val_x).to_vector<float>(), val_y);
   };
+  auto save_checkpoint = [&](int64_t rounds_done) {
+    if (world.rank() == first_trainer) {
+      train::CheckpointMeta meta;
+      meta.step = rounds_done;
+      meta.rng.push_back({"batch", batch_gen.seed(), batch_gen.offset()});
+      meta.config = config;
+      nlohmann::json logs = nlohmann::json::array();
+      for (const auto& l : result.rounds)
+        logs.push_back({l.round, l.samples, l.train_loss, l.validation_error, l.seconds});
+      meta.extra["rounds"] = logs;
+      std::map<std::string, Tensor> tensors;
+      for (auto& [k, v] : net->state_dict()) tensors["model." + k] = v;
+      for (auto& [k, v] : opt->state_dict()) tensors["optim." + k] = v;
+      const int64_t have = static_cast<int64_t>(buffer_out.size()) / m;
+      tensors["buffer.params"] = Tensor::from_vector(buffer_params, {have, p});
+      tensors["buffer.outputs"] = Tensor::from_vector(buffer_out, {have, m});
+      for (const auto& [r, v] : planned)
+        if (r >= rounds_done) tensors["plan." + std::to_string(r)] = Tensor::from_vector(v, {per_round * p});
+      train::CheckpointManager(o.checkpoint_dir, 3).save(meta, tensors);
+    }
+    world.barrier();  // the checkpoint is complete before any rank goes on (or reads it to resume)
+  };
 
   // Round r: simulators produce, everyone exchanges, trainers train on it.
   std::vector<double> mine(static_cast<size_t>(per_rank), 0.0);
   auto simulate_round = [&](int64_t r) {
-    const auto params = sample_params(sim, o.sims_per_round, o.seed, static_cast<uint64_t>(r * world.size() + world.rank()));
+    const auto& plan = planned.at(r);
+    const std::vector<double> params(plan.begin() + world.rank() * o.sims_per_round * p,
+                                     plan.begin() + (world.rank() + 1) * o.sims_per_round * p);
     const auto out = simulate_all(sim, params);
     for (int64_t i = 0; i < o.sims_per_round; ++i) {
       std::copy(params.begin() + i * p, params.begin() + (i + 1) * p, mine.begin() + i * row);
       std::copy(out.begin() + i * m, out.begin() + (i + 1) * m, mine.begin() + i * row + p);
     }
   };
-  if (simulator) simulate_round(0);
-  Generator batch_gen(o.seed + 17);
-  for (int64_t r = 0; r < o.max_rounds; ++r) {
+  if (simulator) simulate_round(start);
+  for (int64_t r = start; r < o.max_rounds; ++r) {
     Tensor all = world.allgather(Tensor::from_vector(mine, {per_rank}));
-    result.simulations += o.sim_ranks * o.sims_per_round;
+    result.simulations += per_round;
+    result.round_params.push_back(planned.at(r));
     RoundLog log;
     log.round = r + 1;
     int stop = 0;
+    std::vector<double> chosen;  // the parameters of round r + 2, when the first trainer picks them
     if (simulator) {
       if (r + 1 < o.max_rounds) simulate_round(r + 1);  // the next round's simulations run while trainers train
     } else {
       auto v = all.to_vector<double>();
+      const int64_t before = static_cast<int64_t>(buffer_out.size()) / m;
       for (int64_t s = 0; s < o.sim_ranks; ++s)
         for (int64_t i = 0; i < o.sims_per_round; ++i) {
           const double* rec = v.data() + s * per_rank + i * row;
@@ -185,19 +449,29 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
           for (int64_t k = 0; k < m; ++k) buffer_out.push_back(static_cast<float>(rec[p + k]));
         }
       const int64_t have = static_cast<int64_t>(buffer_out.size()) / m;
+      add_to_resamples(before, have);
       const Tensor inputs = scaled_inputs(sim, buffer_params);
       const Tensor targets = Tensor::from_vector(buffer_out, {have, m});
       double loss_sum = 0;
       for (int64_t step = 0; step < o.steps_per_round; ++step) {
-        // Each trainer draws its own batch (its rank in the stream), gradients are averaged.
-        std::vector<int64_t> idx(static_cast<size_t>(o.batch_size));
-        for (auto& k : idx)
-          k = std::min<int64_t>(have - 1, static_cast<int64_t>(Generator::uniform(
-                                             o.seed + 29 + static_cast<uint64_t>(group->rank()),
-                                             batch_gen.reserve(1)) * static_cast<double>(have)));
-        Tensor index = Tensor::from_vector(idx, {o.batch_size});
+        // Each trainer draws its own batches (its rank in the stream), gradients are averaged. Each member
+        // draws from its own resample; the members' losses are summed, so each gets its own gradient.
         opt->zero_grad();
-        Tensor loss = mse_loss(net->forward(index_select(inputs, 0, index)), index_select(targets, 0, index));
+        Tensor loss;
+        for (int64_t k = 0; k < o.ensemble; ++k) {
+          const auto& from = boot[k];
+          const int64_t size = o.ensemble == 1 || from.empty() ? have : static_cast<int64_t>(from.size());
+          std::vector<int64_t> idx(static_cast<size_t>(o.batch_size));
+          for (auto& i : idx) {
+            i = std::min<int64_t>(size - 1, static_cast<int64_t>(Generator::uniform(
+                                                o.seed + 29 + static_cast<uint64_t>(group->rank()),
+                                                batch_gen.reserve(1)) * static_cast<double>(size)));
+            if (size != have) i = from[i];
+          }
+          Tensor index = Tensor::from_vector(idx, {o.batch_size});
+          Tensor lk = mse_loss(net->member(k).forward(index_select(inputs, 0, index)), index_select(targets, 0, index));
+          loss = k == 0 ? lk : add(loss, lk);
+        }
         loss.backward();
         if (group->size() > 1)
           for (auto& param : net->parameters()) {
@@ -206,25 +480,40 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
             g.copy_(mul(g, 1.0 / group->size()));
           }
         opt->step();
-        loss_sum += loss.item();
+        loss_sum += loss.item() / static_cast<double>(o.ensemble);
       }
       log.samples = have;
       log.train_loss = loss_sum / static_cast<double>(o.steps_per_round);
       log.validation_error = validation_error();
       stop = (o.target_error > 0 && log.validation_error < o.target_error) ? 1 : 0;
+      if (world.rank() == first_trainer && chosen_round(r + 2) && r + 2 < o.max_rounds && !stop)
+        chosen = acquire_params(*net, sim, per_round, o.pool, o.explore, o.seed, r + 2);
     }
-    // The first trainer (world rank sim_ranks) tells everyone whether to go on, with its log.
+    // The first trainer tells everyone whether to go on, with its log and the parameters it chose.
     std::vector<double> msg = {static_cast<double>(stop), static_cast<double>(log.samples), log.train_loss,
                                log.validation_error};
-    world.broadcast_bytes(msg.data(), static_cast<int64_t>(msg.size() * sizeof(double)),
-                          static_cast<int>(o.sim_ranks));
+    world.broadcast_bytes(msg.data(), static_cast<int64_t>(msg.size() * sizeof(double)), first_trainer);
     log.samples = static_cast<int64_t>(msg[1]);
     log.train_loss = msg[2];
     log.validation_error = msg[3];
     log.seconds = seconds_since(t0);
     result.rounds.push_back(log);
     if (world.rank() == 0 && on_round) on_round(log);
-    if (msg[0] > 0.5) break;
+    const bool stopping = msg[0] > 0.5;
+    if (!stopping && r + 2 < o.max_rounds) {
+      if (chosen_round(r + 2)) {
+        chosen.resize(static_cast<size_t>(per_round * p));
+        world.broadcast_bytes(chosen.data(), static_cast<int64_t>(chosen.size() * sizeof(double)), first_trainer);
+        planned[r + 2] = std::move(chosen);
+      } else {
+        planned[r + 2] = uniform_plan(r + 2);
+      }
+    }
+    planned.erase(r);
+    const bool last_chunk = o.stop_after_round == r + 1;
+    if (!o.checkpoint_dir.empty() && (last_chunk || (o.checkpoint_every > 0 && (r + 1) % o.checkpoint_every == 0)))
+      save_checkpoint(r + 1);
+    if (stopping || last_chunk) break;
   }
   result.validation_error = result.rounds.back().validation_error;
   result.surrogate = net;

@@ -11,6 +11,23 @@
 // trainers then decide together whether to stop (validation error below the
 // target or the round budget spent), and one broadcast tells every rank.
 //
+// Active learning (`acquire = variance`): the trainers keep an ensemble of K
+// surrogates, each trained on its own bootstrap resample of the buffer, and
+// after each round score a pool of random candidate parameters by the
+// ensemble's disagreement (the variance of the members' predictions); the
+// highest-scoring candidate of each of n disjoint chunks of the pool (plus a
+// fraction of uniform draws for exploration) becomes the next parameters the
+// simulation ranks run. They ride on the round's closing broadcast, so the
+// overlap stays: the simulation ranks compute round r + 1 from parameters
+// chosen after round r - 1 (rounds 0 and 1 are uniform draws).
+//
+// Checkpoints (`checkpoint_dir`): every `checkpoint_every` rounds the first
+// trainer writes the surrogates, the optimizer state, the training buffer,
+// the planned parameters of the rounds in flight, the round logs and the
+// batch generator's state (train::CheckpointManager: safetensors + JSON
+// sidecar, atomic); `resume` continues from the newest valid one and ends
+// bitwise where the straight run would, at the same rank count.
+//
 // After training, the surrogate stands in for the simulation
 // ("augmentation": `surrogate_speedup` measures it) and steers a parameter
 // sweep ("modulation": `steer_sweep` ranks many candidate parameters with the
@@ -68,6 +85,15 @@ class HeatEquation1d : public Simulation {
   double t_end_;
 };
 
+// How the simulation parameters of each round are chosen.
+enum class Acquire {
+  random,    // uniform draws from each simulation rank's own stream
+  variance,  // the trainers pick where the ensemble disagrees most (needs ensemble >= 2)
+};
+// "random" / "variance"; parse_acquire throws naming the value and the choices.
+const char* acquire_name(Acquire a);
+Acquire parse_acquire(const std::string& s);
+
 struct OnlineOptions {
   int64_t sim_ranks = 1;          // the first sim_ranks ranks simulate; the rest train
   int64_t sims_per_round = 16;    // per simulation rank
@@ -79,6 +105,16 @@ struct OnlineOptions {
   int64_t validation = 64;        // simulations held out to judge the surrogate (run by the trainers at start)
   double target_error = 0.0;      // stop when the validation relative L2 error falls below (0: never early)
   uint64_t seed = 0;
+  // Active learning.
+  Acquire acquire = Acquire::random;
+  int64_t ensemble = 1;           // K surrogates on bootstrap resamples (K = 1: one surrogate on all data); predicts their mean
+  int64_t pool = 2048;            // candidates scored per round (variance)
+  double explore = 0.25;          // fraction of each round's picks drawn uniformly instead (variance)
+  // Checkpoint/restart.
+  std::string checkpoint_dir;     // empty: no checkpoints; else checkpoints go to DIR/checkpoints
+  int64_t checkpoint_every = 0;   // rounds between checkpoints (0: none, except stop_after_round)
+  int64_t stop_after_round = 0;   // end after this round with a checkpoint (0: run to max_rounds)
+  bool resume = false;            // continue from the newest valid checkpoint in checkpoint_dir
 };
 
 struct RoundLog {
@@ -90,14 +126,51 @@ struct RoundLog {
 };
 
 struct OnlineResult {
-  std::vector<RoundLog> rounds;   // every rank has them
+  std::vector<RoundLog> rounds;   // every rank has them (after a resume, the checkpoint's too)
   int64_t simulations = 0;        // run by all simulation ranks together (validation excluded)
   double validation_error = 0;    // at the end
-  // Trainer ranks: the trained surrogate (inputs: parameters scaled to [0, 1]);
-  // simulation ranks: null.
-  std::shared_ptr<nn::Sequential> surrogate;
+  // Trainer ranks: the trained surrogate (an Ensemble; inputs: parameters
+  // scaled to [0, 1]); simulation ranks: null.
+  std::shared_ptr<nn::Module> surrogate;
   bool trainer = false;
+  // The parameters simulated in each round this call ran, all simulation
+  // ranks' in rank order ([sim_ranks * sims_per_round * num_params]); every
+  // rank has them. round_params[i] belongs to round first_round + i (0-based).
+  std::vector<std::vector<double>> round_params;
+  int64_t first_round = 0;
 };
+
+// K surrogates whose forward is the mean of their predictions (K = 1: the
+// member's own output). Members are children "0", "1", ...
+class Ensemble : public nn::Module {
+ public:
+  void add(std::shared_ptr<nn::Module> member);
+  int64_t size() const { return static_cast<int64_t>(members_.size()); }
+  nn::Module& member(int64_t k) const;
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Ensemble"; }
+
+ private:
+  std::vector<std::shared_ptr<nn::Module>> members_;
+};
+
+// Ensemble disagreement of N candidates: member_predictions are K >= 2 tensors
+// [N, M]; returns for each row the variance over the members (population
+// variance, divided by K) averaged over the M outputs. Throws on K < 2 or
+// mismatched shapes.
+std::vector<double> ensemble_variance(const std::vector<Tensor>& member_predictions);
+
+// Batch selection with diversity: splits the N scores into n contiguous
+// chunks (sizes differ by at most one) and returns the index of the highest
+// score of each chunk (the first on ties), in chunk order. 1 <= n <= N.
+std::vector<int64_t> select_in_chunks(const std::vector<double>& scores, int64_t n);
+
+// The variance acquisition of one round: scores `pool` uniform candidates
+// (seed, stream 5000000 + round) by ensemble_variance, takes n - e of them by
+// select_in_chunks and adds e = round(explore * n) uniform draws (stream
+// 6000000 + round). Returns [n * num_params] unscaled parameters.
+std::vector<double> acquire_params(Ensemble& ensemble, const Simulation& sim, int64_t n, int64_t pool,
+                                   double explore, uint64_t seed, int64_t round);
 
 // Runs the online training on every rank of `world` (at least 2 ranks, and
 // 1 <= sim_ranks < world.size()). `on_round` (world rank 0 only) sees each

@@ -1,11 +1,18 @@
 // Online training of a surrogate on live simulation output, under mpirun with
 // 2 and 4 ranks: every rank agrees on the rounds, the trainers receive every
 // simulation exactly once and end with identical surrogates, the surrogate
-// learns, and an early stop reaches every rank.
+// learns, and an early stop reaches every rank. Active learning: every rank
+// agrees on the chosen parameters. Checkpoint/restart: a run interrupted and
+// resumed ends bitwise where the straight run does; a bad resume is named.
 #include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "hpdl/dist/communicator.h"
 #include "hpdl/workflow/workflow.h"
+#include "tests/unit/test_util.h"
 
 namespace hpdl {
 namespace {
@@ -69,6 +76,173 @@ TEST(Workflow, EarlyStopReachesEveryRank) {
   std::vector<double> mine = {static_cast<double>(rounds)};
   auto all = world.allgather(Tensor::from_vector(mine, {1})).to_vector<double>();
   for (double v : all) EXPECT_EQ(v, all[0]);
+}
+
+// Active learning: with 4 ranks, 2 simulate (each runs its slice of the chosen parameters) and 2 train.
+workflow::OnlineOptions active_options() {
+  auto o = small_options(dist::Communicator::world().size() >= 4 ? 2 : 1);
+  o.max_rounds = 7;
+  o.steps_per_round = 20;
+  o.acquire = workflow::Acquire::variance;
+  o.ensemble = 2;
+  o.pool = 64;
+  o.explore = 0.25;
+  return o;
+}
+
+// A directory every rank names the same (rank 0's pid), emptied first.
+std::filesystem::path shared_dir(const std::string& name) {
+  auto& world = dist::Communicator::world();
+  std::vector<double> pid = {static_cast<double>(::getpid())};
+  world.broadcast_bytes(pid.data(), sizeof(double), 0);
+  auto d = std::filesystem::temp_directory_path() /
+           ("hpdl_mpi_" + name + "_" + std::to_string(static_cast<int64_t>(pid[0])));
+  world.barrier();
+  if (world.rank() == 0) std::filesystem::remove_all(d);
+  world.barrier();
+  return d;
+}
+
+std::vector<float> weights(const workflow::OnlineResult& r) {
+  std::vector<float> w;
+  if (r.surrogate)
+    for (auto& p : r.surrogate->parameters())
+      for (float v : p.to_vector<float>()) w.push_back(v);
+  return w;
+}
+
+std::vector<double> flat(const std::vector<std::vector<double>>& rounds, size_t from = 0) {
+  std::vector<double> v;
+  for (size_t i = from; i < rounds.size(); ++i) v.insert(v.end(), rounds[i].begin(), rounds[i].end());
+  return v;
+}
+
+TEST(Workflow, ActiveLearningRanksAgreeOnTheChosenParameters) {
+  auto& world = dist::Communicator::world();
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  auto o = active_options();
+  auto r = workflow::train_online(sim, o, world);
+  ASSERT_EQ(static_cast<int64_t>(r.round_params.size()), o.max_rounds);
+  const int64_t per_round = o.sim_ranks * o.sims_per_round;
+  for (const auto& rp : r.round_params) ASSERT_EQ(static_cast<int64_t>(rp.size()), per_round * 3);
+  // Rounds 1 and 2 are uniform draws from each simulation rank's stream; later rounds were chosen.
+  for (int64_t s = 0; s < o.sim_ranks; ++s) {
+    const auto u = workflow::sample_params(sim, o.sims_per_round, o.seed, static_cast<uint64_t>(s));
+    EXPECT_TRUE(std::equal(u.begin(), u.end(), r.round_params[0].begin() + s * o.sims_per_round * 3));
+  }
+  const auto uniform2 = workflow::sample_params(sim, o.sims_per_round, o.seed, 2 * world.size());
+  EXPECT_FALSE(std::equal(uniform2.begin(), uniform2.end(), r.round_params[2].begin()));
+  // The last quarter of a chosen round is the exploration draws.
+  const auto explore = workflow::sample_params(sim, per_round / 4, o.seed, 6000000 + 2);
+  EXPECT_TRUE(std::equal(explore.begin(), explore.end(), r.round_params[2].end() - static_cast<long>(explore.size())));
+  const auto lo = sim.low(), hi = sim.high();
+  for (const auto& rp : r.round_params)
+    for (size_t i = 0; i < rp.size(); ++i) EXPECT_TRUE(rp[i] >= lo[i % 3] && rp[i] <= hi[i % 3]);
+  // Every rank holds the same parameters for every round.
+  const auto mine = flat(r.round_params);
+  const auto all = world.allgather(Tensor::from_vector(mine, {static_cast<int64_t>(mine.size())})).to_vector<double>();
+  for (int k = 1; k < world.size(); ++k)
+    EXPECT_TRUE(std::equal(mine.begin(), mine.end(), all.begin() + k * static_cast<long>(mine.size()))) << "rank " << k;
+  EXPECT_LT(r.rounds.back().validation_error, 0.5 * r.rounds.front().validation_error) << "the surrogate learns";
+}
+
+TEST(Workflow, ResumedRunEndsBitwiseLikeTheStraightRun) {
+  auto& world = dist::Communicator::world();
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  const auto dir = shared_dir("wf_resume");
+  auto o = active_options();
+  o.checkpoint_dir = (dir / "straight").string();
+  o.checkpoint_every = 3;  // periodic checkpoints must not change the run
+  auto straight = workflow::train_online(sim, o, world);
+  // Three chunks: rounds 1-2, 3-5 (a resume of a resume), 6-7.
+  auto c = active_options();
+  c.checkpoint_dir = (dir / "chunks").string();
+  c.stop_after_round = 2;
+  auto first = workflow::train_online(sim, c, world);
+  EXPECT_EQ(first.rounds.size(), 2u);
+  c.resume = true;
+  c.stop_after_round = 5;
+  workflow::train_online(sim, c, world);
+  c.stop_after_round = 0;
+  auto resumed = workflow::train_online(sim, c, world);
+  // And from the straight run's periodic checkpoint at round 6.
+  auto p = o;
+  p.resume = true;
+  auto from_periodic = workflow::train_online(sim, p, world);
+  for (const auto* r : {&resumed, &from_periodic}) {
+    ASSERT_EQ(r->rounds.size(), straight.rounds.size());
+    for (size_t i = 0; i < straight.rounds.size(); ++i) {
+      EXPECT_EQ(r->rounds[i].samples, straight.rounds[i].samples) << "round " << i;
+      EXPECT_EQ(r->rounds[i].train_loss, straight.rounds[i].train_loss) << "round " << i;
+      EXPECT_EQ(r->rounds[i].validation_error, straight.rounds[i].validation_error) << "round " << i;
+    }
+    EXPECT_EQ(r->simulations, straight.simulations);
+    EXPECT_EQ(weights(*r), weights(straight)) << "bitwise";
+    EXPECT_EQ(flat(r->round_params), flat(straight.round_params, static_cast<size_t>(r->first_round)));
+  }
+  EXPECT_EQ(resumed.first_round, 5);
+  EXPECT_EQ(from_periodic.first_round, 6);
+  EXPECT_EQ(resumed.trainer, !weights(resumed).empty());
+  world.barrier();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST(Workflow, BadResumeIsNamedOnEveryRank) {
+  auto& world = dist::Communicator::world();
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  const auto dir = shared_dir("wf_bad_resume");
+  auto o = active_options();
+  o.checkpoint_dir = (dir / "missing").string();
+  o.resume = true;
+  std::string e = test::error_of([&] { workflow::train_online(sim, o, world); });
+  EXPECT_NE(e.find("no checkpoint directory " + (dir / "missing" / "checkpoints").string()), std::string::npos) << e;
+  // A run that stops after round 2, resumed with other settings.
+  o.checkpoint_dir = (dir / "run").string();
+  o.resume = false;
+  o.stop_after_round = 2;
+  workflow::train_online(sim, o, world);
+  o.resume = true;
+  o.stop_after_round = 0;
+  auto other = o;
+  other.sims_per_round = 4;
+  e = test::error_of([&] { workflow::train_online(sim, other, world); });
+  EXPECT_NE(e.find("written with sims_per_round = 8, this run has sims_per_round = 4"), std::string::npos) << e;
+  other = o;
+  other.acquire = workflow::Acquire::random;
+  e = test::error_of([&] { workflow::train_online(sim, other, world); });
+  EXPECT_NE(e.find("acquire = \"variance\""), std::string::npos) << e;
+  other = o;
+  other.stop_after_round = 1;
+  e = test::error_of([&] { workflow::train_online(sim, other, world); });
+  EXPECT_NE(e.find("already at round 2"), std::string::npos) << e;
+  other = o;
+  other.checkpoint_dir.clear();
+  e = test::error_of([&] { workflow::train_online(sim, other, world); });
+  EXPECT_NE(e.find("need a checkpoint directory"), std::string::npos) << e;
+  // A corrupted checkpoint (a flipped byte in its tensors) is not resumed from.
+  world.barrier();
+  if (world.rank() == 0)
+    for (auto& f : std::filesystem::directory_iterator(dir / "run" / "checkpoints"))
+      if (f.path().extension() == ".safetensors") {
+        auto bytes = test::read_text(f.path());
+        bytes[bytes.size() - 5] ^= 0x5a;
+        test::write_text(f.path(), bytes);
+      }
+  world.barrier();
+  e = test::error_of([&] { workflow::train_online(sim, o, world); });
+  EXPECT_NE(e.find("no valid checkpoint in " + (dir / "run" / "checkpoints").string()), std::string::npos) << e;
+  // The settings are still good: the same resume works from an intact checkpoint (none left here), so
+  // a fresh chunk is rerun and resumed to the end.
+  o.resume = false;
+  o.stop_after_round = 2;
+  std::filesystem::path fresh = dir / "run2";
+  o.checkpoint_dir = fresh.string();
+  workflow::train_online(sim, o, world);
+  o.resume = true;
+  o.stop_after_round = 0;
+  EXPECT_EQ(workflow::train_online(sim, o, world).rounds.size(), static_cast<size_t>(o.max_rounds));
+  world.barrier();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
 }
 
 }  // namespace
