@@ -17,7 +17,9 @@
 #include <memory>
 
 #include "hpdl/core/error.h"
+#ifndef HPDL_STORE_LITE  // the light store library (cmake/store_targets.cmake) has no dataset readers
 #include "hpdl/data/readers.h"
+#endif
 #include "hpdl/io/file.h"
 
 namespace hpdl::store {
@@ -228,6 +230,7 @@ void collect_npy(const fs::path& src, const PackOptions& options, Dataset& ds, s
   add_item(items, std::move(m), options, src);
 }
 
+#ifndef HPDL_STORE_LITE
 const char* hdf5_dtype_name(DType t) {
   switch (t) {
     case DType::u8: return "uint8";
@@ -308,6 +311,7 @@ void collect_hdf5(const fs::path& src, const PackOptions& options, Dataset& trai
   HPDL_FAIL("hpdl pack: {} has neither '{}' nor '{}' (it holds: {}); name the samples with --hdf5-x / --hdf5-test-x",
             src.string(), h.train_x, h.test_x, list.empty() ? "no datasets" : list);
 }
+#endif  // HPDL_STORE_LITE
 
 // Writes one partition file under a temporary name; rename happens in finish().
 class PartitionWriter {
@@ -407,7 +411,12 @@ PackStats pack(const fs::path& src, const fs::path& store, const PackOptions& op
   } else if (src.extension() == ".npy") {
     collect_npy(src, options, ds, items);
   } else if (src.extension() == ".h5" || src.extension() == ".hdf5" || src.extension() == ".he5") {
+#ifdef HPDL_STORE_LITE
+    HPDL_FAIL("hpdl pack: {} is an HDF5 file, which this light build of the store tools cannot read; use `hpdl pack`",
+              src.string());
+#else
     collect_hdf5(src, options, ds, labels_ds, items);
+#endif
   } else if (name.find("idx") != std::string::npos) {
     collect_idx(src, options, ds, labels_ds, items);
   } else {
