@@ -224,7 +224,7 @@ struct PpoTrainResult {
   int64_t iterations = 0, steps = 0, episodes = 0;
   bool solved = false;
   int64_t solved_iteration = 0;
-  std::vector<double> returns;  // every finished episode, in the order they finished
+  std::vector<double> returns;  // every finished episode (of this rank), in the order they finished
 };
 
 // Runs PPO with envs.size() copies (K >= 1, all of the agent's sizes).

@@ -230,7 +230,6 @@ PpoIterationLog PpoRunner::iterate() {
       episode_end[i] = r.done();
       running_[e] += r.reward;
       if (r.done()) {
-        ++result_.episodes;
         ++iter_episodes;
         iter_return_sum += running_[e];
         result_.returns.push_back(running_[e]);
@@ -358,6 +357,7 @@ PpoIterationLog PpoRunner::iterate() {
   std::vector<double> ep = {iter_return_sum, static_cast<double>(iter_episodes), window_sum_,
                             static_cast<double>(window_.size())};
   if (ranks_ > 1) comm_->allreduce(ep.data(), 4, DType::f64, dist::ReduceKind::sum);
+  result_.episodes += static_cast<int64_t>(ep[1]);
   PpoIterationLog log;
   log.iteration = it;
   log.total_steps = result_.steps;
