@@ -18,6 +18,7 @@
 #include "hpdl/core/threading.h"
 #include "hpdl/rl/normalize.h"
 #include "hpdl/rl/ppo_runner.h"
+#include "hpdl/train/checkpoint.h"
 #include "tests/unit/test_util.h"
 
 namespace hpdl {
@@ -306,6 +307,16 @@ TEST(RlPpoCheckpoint, MismatchedOrCorruptFilesAreNamed) {
   no_norm.normalize_observations = false;
   PpoRun wrong_option(false, no_norm, t);
   EXPECT_TRUE(contains(error_of([&] { wrong_option.runner->resume(dir); }), "normalize_observations"));
+
+  // A trainer's checkpoint is not a PPO run's.
+  {
+    train::CheckpointManager other_kind(dir / "trainer");
+    train::CheckpointMeta meta;
+    meta.step = 1;
+    const auto trainer_sidecar = other_kind.save(meta, {{"w", Tensor::zeros({2})}}).sidecar_path;
+    PpoRun victim(false, o, t);
+    EXPECT_TRUE(contains(error_of([&] { victim.runner->load_checkpoint(trainer_sidecar); }), "not a PPO checkpoint"));
+  }
 
   // Flip one byte of the tensors: named as corrupt, and the agent is left untouched.
   auto tensors = sidecar;
