@@ -53,6 +53,35 @@ StepResult Env::step_continuous_state(const std::vector<double>&) {
   HPDL_FAIL("rl::{}: continuous_actions() is true but step_continuous_state is not implemented", name());
 }
 
+std::vector<double> Env::task_state() const {
+  HPDL_FAIL("rl::{}: the task does not save its state (override task_state and set_task_state to checkpoint it)",
+            name());
+}
+
+void Env::set_task_state(const std::vector<double>&) {
+  HPDL_FAIL("rl::{}: the task does not restore its state (override task_state and set_task_state to checkpoint it)",
+            name());
+}
+
+std::vector<double> Env::save_state() const {
+  std::vector<double> s = {static_cast<double>(elapsed_), needs_reset_ ? 1.0 : 0.0};
+  const auto t = task_state();
+  s.insert(s.end(), t.begin(), t.end());
+  return s;
+}
+
+void Env::load_state(const std::vector<double>& state) {
+  const size_t n = task_state().size();
+  HPDL_CHECK(state.size() == 2 + n, "rl::{}::load_state: {} values given; this task's state has {} (step count, "
+             "reset flag and {} variables)", name(), state.size(), 2 + n, n);
+  HPDL_CHECK(state[0] >= 0 && state[0] <= static_cast<double>(max_episode_steps()) && state[0] == std::floor(state[0])
+                 && (state[1] == 0.0 || state[1] == 1.0),
+             "rl::{}::load_state: step count {} or reset flag {} is invalid", name(), state[0], state[1]);
+  set_task_state(std::vector<double>(state.begin() + 2, state.end()));
+  elapsed_ = static_cast<int64_t>(state[0]);
+  needs_reset_ = state[1] == 1.0;
+}
+
 CartPole::CartPole(const CartPoleConfig& config) : config_(config) {
   const auto& c = config_;
   HPDL_CHECK(c.gravity > 0 && c.cart_mass > 0 && c.pole_mass > 0 && c.half_length > 0 && c.force > 0 && c.tau > 0,
@@ -104,6 +133,13 @@ Observation Corridor::one_hot() const {
   Observation obs(static_cast<size_t>(length_), 0.0);
   obs[static_cast<size_t>(position_)] = 1.0;
   return obs;
+}
+
+void Corridor::set_task_state(const std::vector<double>& values) {
+  HPDL_CHECK(values.size() == 1 && values[0] >= 0 && values[0] < static_cast<double>(length_) &&
+                 values[0] == std::floor(values[0]),
+             "rl::Corridor: a state is one cell index in [0, {}), got {} values", length_, values.size());
+  position_ = static_cast<int64_t>(values[0]);
 }
 
 Observation Corridor::reset_state(Generator&) {

@@ -62,6 +62,12 @@ class Env {
   int64_t elapsed_steps() const { return elapsed_; }  // steps since the last reset
   bool needs_reset() const { return needs_reset_; }   // before the first reset and after an episode ends
 
+  // The whole dynamic state, for checkpoints: [elapsed steps, needs_reset (0/1), the task's
+  // variables...]. Throws for a task that does not override task_state.
+  std::vector<double> save_state() const;
+  // Restores save_state() of the same task mid-episode; throws naming the task on a wrong length or value.
+  void load_state(const std::vector<double>& state);
+
  protected:
   // Sets the initial state (drawing from `gen` as needed) and returns its observation.
   virtual Observation reset_state(Generator& gen) = 0;
@@ -69,6 +75,10 @@ class Env {
   // Continuous tasks implement step_continuous_state instead (step_state is then never called).
   virtual StepResult step_state(int64_t action) = 0;
   virtual StepResult step_continuous_state(const std::vector<double>& action);
+  // The task's variables (CartPole: x, x_dot, theta, theta_dot) and their restoration. The defaults
+  // throw: a task without them cannot be checkpointed.
+  virtual std::vector<double> task_state() const;
+  virtual void set_task_state(const std::vector<double>& values);
 
  private:
   void check_can_step() const;
@@ -130,6 +140,8 @@ class CartPole : public Env {
  protected:
   Observation reset_state(Generator& gen) override;
   StepResult step_state(int64_t action) override;
+  std::vector<double> task_state() const override { return state_; }
+  void set_task_state(const std::vector<double>& values) override { set_state(values); }
 
  private:
   CartPoleConfig config_;
@@ -154,6 +166,8 @@ class Corridor : public Env {
  protected:
   Observation reset_state(Generator& gen) override;
   StepResult step_state(int64_t action) override;
+  std::vector<double> task_state() const override { return {static_cast<double>(position_)}; }
+  void set_task_state(const std::vector<double>& values) override;
 
  private:
   Observation one_hot() const;
@@ -205,6 +219,8 @@ class Pendulum : public Env {
   Observation reset_state(Generator& gen) override;
   StepResult step_state(int64_t action) override;
   StepResult step_continuous_state(const std::vector<double>& action) override;
+  std::vector<double> task_state() const override { return state_; }
+  void set_task_state(const std::vector<double>& values) override { set_state(values); }
 
  private:
   Observation observe() const;

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <deque>
 #include <limits>
 #include <numeric>
 
@@ -195,6 +194,8 @@ void check_ppo_options(const PpoOptions& o) {
   HPDL_CHECK(std::isfinite(o.init_log_std), "rl::PpoOptions: init_log_std {} must be finite", o.init_log_std);
   HPDL_CHECK(o.reward_scale > 0 && std::isfinite(o.reward_scale), "rl::PpoOptions: reward_scale {} must be positive",
              o.reward_scale);
+  HPDL_CHECK(o.observation_clip > 0, "rl::PpoOptions: observation_clip {} must be positive", o.observation_clip);
+  HPDL_CHECK(o.reward_clip > 0, "rl::PpoOptions: reward_clip {} must be positive", o.reward_clip);
 }
 
 Ppo::Ppo(const Env& env, const PpoOptions& options)
@@ -209,7 +210,9 @@ Ppo::Ppo(int64_t observation_size, int64_t num_actions, bool continuous, int64_t
       continuous_(continuous),
       init_gen_(stream_seed(options.seed, 0)),
       act_gen_(stream_seed(options.seed, 1)),
-      sample_gen_(stream_seed(options.seed, 2)) {
+      sample_gen_(stream_seed(options.seed, 2)),
+      obs_rms_(std::max<int64_t>(observation_size, 1)),
+      ret_rms_(1) {
   HPDL_CHECK(observation_size >= 1, "rl::Ppo: observation_size {} must be >= 1", observation_size);
   HPDL_CHECK(continuous ? action_size >= 1 : num_actions >= 1, "rl::Ppo: a {} policy needs {} >= 1, got {}",
              continuous ? "Gaussian" : "categorical", continuous ? "action_size" : "num_actions",
@@ -250,6 +253,23 @@ std::vector<Tensor> Ppo::parameters() const {
   return ps;
 }
 
+std::vector<std::pair<std::string, Tensor>> Ppo::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> ps;
+  for (const auto& spec : optimizer_->params()) ps.emplace_back(spec.name, spec.param);
+  return ps;
+}
+
+Observation Ppo::normalize_observation(const Observation& observation) const {
+  if (!options_.normalize_observations) return observation;
+  return obs_rms_.normalize(observation, options_.observation_clip);
+}
+
+double Ppo::normalize_reward(double reward) const {
+  const double r = reward * options_.reward_scale;
+  if (!options_.normalize_returns) return r;
+  return std::clamp(r / std::sqrt(ret_rms_.variance()[0] + 1e-8), -options_.reward_clip, options_.reward_clip);
+}
+
 Tensor Ppo::rows(const std::vector<Observation>& observations) const {
   HPDL_CHECK(!observations.empty(), "rl::Ppo: no observations given");
   std::vector<float> data;
@@ -257,7 +277,12 @@ Tensor Ppo::rows(const std::vector<Observation>& observations) const {
   for (size_t i = 0; i < observations.size(); ++i) {
     HPDL_CHECK(static_cast<int64_t>(observations[i].size()) == observation_size_, "rl::Ppo: observation {} has {} "
                "values but the networks take {}", i, observations[i].size(), observation_size_);
-    data.insert(data.end(), observations[i].begin(), observations[i].end());
+    if (options_.normalize_observations) {
+      const Observation z = normalize_observation(observations[i]);
+      data.insert(data.end(), z.begin(), z.end());
+    } else {
+      data.insert(data.end(), observations[i].begin(), observations[i].end());
+    }
   }
   return Tensor::from_vector<float>(data, {static_cast<int64_t>(observations.size()), observation_size_});
 }
@@ -357,7 +382,7 @@ Tensor Ppo::loss(const Minibatch& batch, PpoLossLog* log) {
     entropy = mean(categorical_entropy(out));
   }
   Tensor adv = batch.advantages;
-  if (options_.normalize_advantages && b > 1) {
+  if (options_.normalize_advantages && !batch.advantages_normalized && b > 1) {
     auto a = adv.to_vector<double>();
     const double m = std::accumulate(a.begin(), a.end(), 0.0) / static_cast<double>(b);
     double var = 0;
@@ -397,199 +422,14 @@ PpoLossLog Ppo::update(const Minibatch& batch) {
   HPDL_CHECK(std::isfinite(value), "rl::Ppo::update: the loss is {} after {} updates; lower lr ({}) or turn on "
              "max_grad_norm", value, updates_, options_.lr);
   total.backward();
+  if (gradient_hook_) gradient_hook_(parameters());
   if (options_.max_grad_norm > 0) optim::clip_grad_norm(parameters(), options_.max_grad_norm);
   optimizer_->step();
   ++updates_;
   return log;
 }
 
-// ---------------------------------------------------------------- the training loop
-
-PpoTrainResult train_ppo(Ppo& agent, std::vector<std::unique_ptr<Env>>& envs, const PpoTrainOptions& options,
-                         const std::function<void(const PpoIterationLog&)>& on_iteration) {
-  const auto& o = agent.options();
-  HPDL_CHECK(!envs.empty(), "rl::train_ppo: no environments; give at least one copy");
-  HPDL_CHECK(options.iterations >= 1 && options.window >= 1, "rl::train_ppo: iterations ({}) and window ({}) must "
-             "be >= 1", options.iterations, options.window);
-  for (size_t e = 0; e < envs.size(); ++e) {
-    const Env& env = *envs[e];
-    HPDL_CHECK(env.observation_size() == agent.observation_size() &&
-                   env.continuous_actions() == agent.continuous() &&
-                   (agent.continuous() ? env.action_size() == agent.action_size()
-                                       : env.num_actions() == agent.num_actions()),
-               "rl::train_ppo: environment {} ({}) has {} observation values and {} {} actions but the agent was "
-               "built for {} and {} {}", e, env.name(), env.observation_size(),
-               env.continuous_actions() ? env.action_size() : env.num_actions(),
-               env.continuous_actions() ? "continuous" : "discrete", agent.observation_size(),
-               agent.continuous() ? agent.action_size() : agent.num_actions(),
-               agent.continuous() ? "continuous" : "discrete");
-  }
-  const auto k = envs.size();
-  const auto n = static_cast<size_t>(o.rollout_steps);
-  const size_t total = n * k;
-  HPDL_CHECK(static_cast<size_t>(o.minibatch_size) <= total, "rl::train_ppo: minibatch_size {} exceeds the rollout "
-             "({} steps x {} environments = {} transitions)", o.minibatch_size, n, k, total);
-  const auto obs_size = static_cast<size_t>(agent.observation_size());
-  const auto act_size = static_cast<size_t>(agent.action_size());
-
-  PpoTrainResult result;
-  uint64_t resets = 0;
-  std::vector<Observation> obs(k);
-  std::vector<double> running(k, 0.0);
-  for (size_t e = 0; e < k; ++e) obs[e] = envs[e]->reset(options.env_seed + resets++);
-  std::deque<double> window;
-  double window_sum = 0;
-
-  // Rollout storage, time-major per environment: index e * n + t.
-  std::vector<float> ob(total * obs_size), act_vec(agent.continuous() ? total * act_size : 0);
-  std::vector<int64_t> act_idx(agent.continuous() ? 0 : total);
-  std::vector<double> logp(total), value(total), reward(total), next_value(total);
-  std::vector<bool> terminated(total), episode_end(total);
-
-  for (int64_t it = 1; it <= options.iterations; ++it) {
-    if (o.anneal_lr)
-      agent.optimizer().set_lr(o.lr * (1.0 - static_cast<double>(it - 1) / static_cast<double>(options.iterations)));
-    double iter_return_sum = 0;
-    int64_t iter_episodes = 0;
-    for (size_t t = 0; t < n; ++t) {
-      auto actions = agent.act(obs);
-      std::vector<Observation> truncated_final;  // final observations of episodes cut by the time limit
-      std::vector<size_t> truncated_at;
-      for (size_t e = 0; e < k; ++e) {
-        const size_t i = e * n + t;
-        std::copy(obs[e].begin(), obs[e].end(), ob.begin() + static_cast<std::ptrdiff_t>(i * obs_size));
-        const PpoAction& a = actions[e];
-        StepResult r = agent.continuous() ? envs[e]->step(a.vector) : envs[e]->step(a.index);
-        if (agent.continuous())
-          for (size_t j = 0; j < act_size; ++j) act_vec[i * act_size + j] = static_cast<float>(a.vector[j]);
-        else
-          act_idx[i] = a.index;
-        logp[i] = a.log_prob;
-        value[i] = a.value;
-        reward[i] = r.reward * o.reward_scale;
-        terminated[i] = r.terminated;
-        episode_end[i] = r.done();
-        running[e] += r.reward;
-        if (r.done()) {
-          ++result.episodes;
-          ++iter_episodes;
-          iter_return_sum += running[e];
-          result.returns.push_back(running[e]);
-          window.push_back(running[e]);
-          window_sum += running[e];
-          if (static_cast<int64_t>(window.size()) > options.window) {
-            window_sum -= window.front();
-            window.pop_front();
-          }
-          running[e] = 0;
-          if (!r.terminated) {
-            truncated_final.push_back(r.observation);
-            truncated_at.push_back(i);
-          }
-          obs[e] = envs[e]->reset(options.env_seed + resets++);
-        } else {
-          obs[e] = std::move(r.observation);
-        }
-      }
-      // next_value of step t: V(s_{t+1}) is the value the next act() computes; fill it in then.
-      if (t > 0)
-        for (size_t e = 0; e < k; ++e)
-          if (!episode_end[e * n + t - 1]) next_value[e * n + t - 1] = value[e * n + t];
-      if (!truncated_final.empty()) {
-        auto v = agent.values(truncated_final);
-        for (size_t j = 0; j < truncated_at.size(); ++j) next_value[truncated_at[j]] = v[j];
-      }
-    }
-    // Bootstrap the last step of every copy from the observation it is left in.
-    auto last_v = agent.values(obs);
-    for (size_t e = 0; e < k; ++e)
-      if (!episode_end[e * n + n - 1]) next_value[e * n + n - 1] = last_v[e];
-    result.steps += static_cast<int64_t>(total);
-
-    std::vector<double> adv(total), ret(total);
-    for (size_t e = 0; e < k; ++e) {
-      const auto b = static_cast<std::ptrdiff_t>(e * n), en = static_cast<std::ptrdiff_t>((e + 1) * n);
-      auto a = gae_advantages(std::vector<double>(reward.begin() + b, reward.begin() + en),
-                              std::vector<double>(value.begin() + b, value.begin() + en),
-                              std::vector<double>(next_value.begin() + b, next_value.begin() + en),
-                              std::vector<bool>(terminated.begin() + b, terminated.begin() + en),
-                              std::vector<bool>(episode_end.begin() + b, episode_end.begin() + en), o.gamma,
-                              o.gae_lambda);
-      for (size_t t = 0; t < n; ++t) {
-        adv[e * n + t] = a[t];
-        ret[e * n + t] = a[t] + value[e * n + t];
-      }
-    }
-
-    // Epochs of shuffled minibatches (a Fisher-Yates shuffle from the sampling stream; the tail that
-    // does not fill a minibatch is left out of that epoch).
-    PpoLossLog sum_log;
-    int64_t steps_logged = 0;
-    std::vector<size_t> order(total);
-    const auto mb = static_cast<size_t>(o.minibatch_size);
-    for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
-      std::iota(order.begin(), order.end(), size_t{0});
-      for (size_t i = total - 1; i > 0; --i) {
-        const auto j = std::min(static_cast<size_t>(agent.sample_generator().next_uniform() * static_cast<double>(i + 1)), i);
-        std::swap(order[i], order[j]);
-      }
-      for (size_t start = 0; start + mb <= total; start += mb) {
-        Ppo::Minibatch batch;
-        std::vector<float> bo(mb * obs_size), bav, blp(mb), bv(mb), badv(mb), bret(mb);
-        if (agent.continuous()) bav.resize(mb * act_size);
-        for (size_t r = 0; r < mb; ++r) {
-          const size_t i = order[start + r];
-          std::copy(ob.begin() + static_cast<std::ptrdiff_t>(i * obs_size),
-                    ob.begin() + static_cast<std::ptrdiff_t>((i + 1) * obs_size),
-                    bo.begin() + static_cast<std::ptrdiff_t>(r * obs_size));
-          if (agent.continuous())
-            for (size_t j = 0; j < act_size; ++j) bav[r * act_size + j] = act_vec[i * act_size + j];
-          else
-            batch.action_indices.push_back(act_idx[i]);
-          blp[r] = static_cast<float>(logp[i]);
-          bv[r] = static_cast<float>(value[i]);
-          badv[r] = static_cast<float>(adv[i]);
-          bret[r] = static_cast<float>(ret[i]);
-        }
-        const auto b = static_cast<int64_t>(mb);
-        batch.observations = Tensor::from_vector<float>(bo, {b, static_cast<int64_t>(obs_size)});
-        if (agent.continuous()) batch.action_vectors = Tensor::from_vector<float>(bav, {b, agent.action_size()});
-        batch.old_log_probs = Tensor::from_vector<float>(blp, {b});
-        batch.old_values = Tensor::from_vector<float>(bv, {b});
-        batch.advantages = Tensor::from_vector<float>(badv, {b});
-        batch.returns = Tensor::from_vector<float>(bret, {b});
-        PpoLossLog l = agent.update(batch);
-        sum_log.policy_loss += l.policy_loss;
-        sum_log.value_loss += l.value_loss;
-        sum_log.entropy += l.entropy;
-        sum_log.approx_kl += l.approx_kl;
-        sum_log.clip_fraction += l.clip_fraction;
-        ++steps_logged;
-      }
-    }
-    PpoIterationLog log;
-    log.iteration = it;
-    log.total_steps = result.steps;
-    log.episodes = iter_episodes;
-    log.mean_return = iter_episodes > 0 ? iter_return_sum / static_cast<double>(iter_episodes)
-                                        : std::numeric_limits<double>::quiet_NaN();
-    log.moving_average = window.empty() ? std::numeric_limits<double>::quiet_NaN()
-                                        : window_sum / static_cast<double>(window.size());
-    const double c = static_cast<double>(std::max<int64_t>(steps_logged, 1));
-    log.loss = {sum_log.policy_loss / c, sum_log.value_loss / c, sum_log.entropy / c, sum_log.approx_kl / c,
-                sum_log.clip_fraction / c};
-    log.lr = agent.optimizer().lr();
-    result.iterations = it;
-    if (on_iteration) on_iteration(log);
-    if (!result.solved && static_cast<int64_t>(window.size()) == options.window &&
-        log.moving_average >= options.solved_return) {
-      result.solved = true;
-      result.solved_iteration = it;
-      if (options.stop_when_solved) break;
-    }
-  }
-  return result;
-}
+// ---------------------------------------------------------------- evaluation (train_ppo is in ppo_runner.cpp)
 
 std::vector<double> evaluate_deterministic(Ppo& agent, Env& env, int64_t episodes, uint64_t seed) {
   return episode_returns(

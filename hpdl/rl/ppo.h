@@ -29,6 +29,7 @@
 #include "hpdl/nn/layers.h"
 #include "hpdl/optim/optimizers.h"
 #include "hpdl/rl/env.h"
+#include "hpdl/rl/normalize.h"
 
 namespace hpdl::rl {
 
@@ -87,6 +88,16 @@ struct PpoOptions {
   bool normalize_advantages = true;        // per minibatch, to mean 0 and std 1
   double init_log_std = 0.0;               // Gaussian policy: initial log standard deviation
   double reward_scale = 1.0;               // rewards are multiplied by this for learning (not for logs)
+  // Observation normalisation: the networks see (obs - mean) / sqrt(var + 1e-8) clipped to
+  // [-observation_clip, observation_clip], with the running mean and variance of every observation
+  // the rollouts met (the statistics are part of the agent and its checkpoint).
+  bool normalize_observations = false;
+  double observation_clip = 10.0;
+  // Return normalisation: each (scaled) reward is divided by sqrt(var + 1e-8) of a running discounted
+  // return G <- gamma G + r (per environment copy, reset at episode ends) and clipped to
+  // [-reward_clip, reward_clip]. Rewards are scaled, never shifted, so the optimum is unchanged.
+  bool normalize_returns = false;
+  double reward_clip = 10.0;
   uint64_t seed = 0;                       // weights, action sampling and minibatch order
 };
 
@@ -116,12 +127,24 @@ class Ppo {
   // The sizes of `env`'s observations and actions.
   Ppo(const Env& env, const PpoOptions& options);
 
+  // act, deterministic_action and values take raw observations from the environment and, with
+  // normalize_observations, normalise them with the current statistics (normalize_observation) first.
   // Samples actions for a batch of observations [K][observation_size] (no autograd).
   std::vector<PpoAction> act(const std::vector<Observation>& observations);
   // The most likely action (argmax or the Gaussian's mean) for one observation.
   PpoAction deterministic_action(const Observation& observation);
   // V(s) for a batch of observations (no autograd).
   std::vector<double> values(const std::vector<Observation>& observations);
+
+  // What the networks see for a raw observation: itself, or its normalised and clipped form.
+  // policy_output, value_output and loss take observations already in this form.
+  Observation normalize_observation(const Observation& observation) const;
+  // A reward as learnt from: times reward_scale, then, with normalize_returns, divided by the
+  // running return's standard deviation and clipped.
+  double normalize_reward(double reward) const;
+  // The running statistics (the trainer updates them; they are saved with the agent).
+  RunningMeanStd& observation_stats() { return obs_rms_; }
+  RunningMeanStd& return_stats() { return ret_rms_; }
 
   // The policy's output for observations [B, observation_size]: logits [B, A] or means [B, D].
   Tensor policy_output(const Tensor& observations);
@@ -138,6 +161,9 @@ class Ppo {
     std::vector<int64_t> action_indices;  // discrete
     Tensor action_vectors;                // continuous [B, D] f32
     Tensor old_log_probs, old_values, advantages, returns;  // [B] f32
+    // True when the advantages were already normalised over the whole rollout (all ranks);
+    // normalize_advantages then does nothing more per minibatch.
+    bool advantages_normalized = false;
   };
   // The total loss (a differentiable scalar) and its parts.
   Tensor loss(const Minibatch& batch, PpoLossLog* log = nullptr);
@@ -150,8 +176,16 @@ class Ppo {
   int64_t action_size() const { return action_size_; }
   optim::AdamW& optimizer() { return *optimizer_; }
   Generator& sample_generator() { return sample_gen_; }
+  Generator& action_generator() { return act_gen_; }
+  Generator& init_generator() { return init_gen_; }
   std::vector<Tensor> parameters() const;
+  // Parameters by name ("actor.0.weight", ..., "log_std"), as the optimizer knows them.
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
   int64_t updates() const { return updates_; }
+  void set_updates(int64_t n) { updates_ = n; }
+  // Called in update() after backward and before the gradient-norm clip with the parameters (whose
+  // .grad are set): data-parallel training averages the gradients over ranks here.
+  void set_gradient_hook(std::function<void(const std::vector<Tensor>&)> hook) { gradient_hook_ = std::move(hook); }
 
  private:
   Tensor rows(const std::vector<Observation>& observations) const;
@@ -164,6 +198,8 @@ class Ppo {
   Tensor log_std_;
   std::unique_ptr<optim::AdamW> optimizer_;
   int64_t updates_ = 0;
+  RunningMeanStd obs_rms_, ret_rms_;
+  std::function<void(const std::vector<Tensor>&)> gradient_hook_;
 };
 
 struct PpoIterationLog {
@@ -188,7 +224,7 @@ struct PpoTrainResult {
   int64_t iterations = 0, steps = 0, episodes = 0;
   bool solved = false;
   int64_t solved_iteration = 0;
-  std::vector<double> returns;  // every finished episode, in the order they finished
+  std::vector<double> returns;  // every finished episode (of this rank), in the order they finished
 };
 
 // Runs PPO with envs.size() copies (K >= 1, all of the agent's sizes).
