@@ -255,6 +255,32 @@ Tensor Communicator::allgather(const Tensor& t) {
   return out;
 }
 
+std::vector<std::vector<char>> Communicator::gather_bytes(const std::vector<char>& mine, int root) {
+  HPDL_CHECK(root >= 0 && root < size_, "gather_bytes: root {} outside [0, {})", root, size_);
+  if (size_ == 1) return {mine};
+  HPDL_CHECK(mine.size() < (1ull << 31), "gather_bytes: {} bytes on this rank exceed the 2 GiB MPI count limit",
+             mine.size());
+  MpiLock lock;
+  // First every rank's size, then the bytes into one buffer at the offsets those sizes give.
+  const int n = static_cast<int>(mine.size());
+  std::vector<int> counts(rank_ == root ? size_ : 0), offsets(counts.size());
+  check_mpi(MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, root, comm_), "MPI_Gather");
+  int64_t total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    HPDL_CHECK(total + counts[r] < (1ll << 31), "gather_bytes: {} bytes in all exceed the 2 GiB MPI count limit",
+               total + counts[r]);
+    offsets[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  std::vector<char> all(static_cast<size_t>(total));
+  check_mpi(MPI_Gatherv(mine.data(), n, MPI_BYTE, all.data(), counts.data(), offsets.data(), MPI_BYTE, root, comm_),
+            "MPI_Gatherv");
+  std::vector<std::vector<char>> out;
+  for (size_t r = 0; r < counts.size(); ++r)
+    out.emplace_back(all.begin() + offsets[r], all.begin() + offsets[r] + counts[r]);
+  return out;
+}
+
 void Communicator::barrier() {
   if (size_ == 1) return;
   MpiLock lock;

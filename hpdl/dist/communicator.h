@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "hpdl/core/tensor.h"
 
@@ -66,6 +67,10 @@ class Communicator {
   void broadcast_bytes(void* data, int64_t nbytes, int root = 0);
   // Returns [size, ...t.shape()]: every rank's tensor, stacked in rank order.
   Tensor allgather(const Tensor& t);
+  // Collects every rank's byte buffer on `root` (MPI_Gatherv): there the result
+  // holds one buffer per rank, in rank order (root's own included); elsewhere
+  // it is empty. Sizes may differ per rank; each must be under 2 GiB.
+  std::vector<std::vector<char>> gather_bytes(const std::vector<char>& mine, int root = 0);
   void barrier();
 
   // Ranks with equal color form one new communicator, ordered by key.
