@@ -59,6 +59,7 @@ std::vector<Key> bind(Config& c) {
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
+      {"train.shard_optimizer", &t.shard_optimizer},
   };
 }
 

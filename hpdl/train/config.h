@@ -116,6 +116,9 @@ struct TrainConfig {
   bool sync_batchnorm = false;
   double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
   bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
+  // ZeRO stage 1 under MPI: each rank keeps optimizer state only for the
+  // parameters it owns (dist::ShardedOptimizer); checkpoints are unchanged.
+  bool shard_optimizer = false;
 };
 
 struct Config {
