@@ -238,6 +238,31 @@ void Communicator::broadcast_bytes(void* data, int64_t nbytes, int root) {
   }
 }
 
+void Communicator::broadcast_regions(const std::vector<std::pair<void*, int64_t>>& regions, int root) {
+  if (size_ == 1 || regions.empty()) return;
+  HPDL_CHECK(root >= 0 && root < size_, "broadcast_regions: root {} outside [0, {})", root, size_);
+  std::vector<int> lengths;
+  std::vector<MPI_Aint> displacements;
+  for (const auto& [p, n] : regions) {
+    HPDL_CHECK(n >= 0 && n < (1ll << 31), "broadcast_regions: a region of {} bytes exceeds the 2 GiB MPI count limit", n);
+    if (n == 0) continue;
+    MPI_Aint a;
+    check_mpi(MPI_Get_address(p, &a), "MPI_Get_address");
+    lengths.push_back(static_cast<int>(n));
+    displacements.push_back(a);
+  }
+  if (lengths.empty()) return;
+  MpiLock lock;
+  // Built per call: cheap next to the bytes, and never stale if a tensor's storage moved.
+  MPI_Datatype type;
+  check_mpi(MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), displacements.data(), MPI_BYTE,
+                                     &type), "MPI_Type_create_hindexed");
+  check_mpi(MPI_Type_commit(&type), "MPI_Type_commit");
+  const int rc = MPI_Bcast(MPI_BOTTOM, 1, type, root, comm_);
+  MPI_Type_free(&type);
+  check_mpi(rc, "MPI_Bcast");
+}
+
 Tensor Communicator::allgather(const Tensor& t) {
   Tensor src = t.contiguous();
   Shape s = src.shape();

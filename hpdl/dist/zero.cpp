@@ -99,7 +99,6 @@ ShardedOptimizer::ShardedOptimizer(std::vector<optim::ParamSpec> params, const F
     owned_by_[static_cast<size_t>(owners_[i])].push_back(i);
     bytes_of_[static_cast<size_t>(owners_[i])] += static_cast<int64_t>(params_[i].param.nbytes());
   }
-  staging_.resize(static_cast<size_t>(*std::max_element(bytes_of_.begin(), bytes_of_.end())));
   std::vector<optim::ParamSpec> mine;
   for (size_t i : owned()) mine.push_back(params_[i]);
   if (!mine.empty()) {
@@ -124,32 +123,15 @@ void ShardedOptimizer::step() {
     local_->set_lr(lr_);
     local_->step();
   }
-  // Each owner's parameters, packed into one buffer, go to every rank: one broadcast per rank that
-  // owns something, not one per tensor. The copies are raw bytes, so every replica ends bitwise
-  // equal to the owner.
-  const int me = comm_.rank();
+  // Each owner's parameters go to every rank in one broadcast (an MPI datatype over the tensors'
+  // memory, so no staging copy and no buffer the size of a share): one message per rank that owns
+  // something, not one per tensor. Raw bytes, so every replica ends bitwise equal to the owner.
   for (int r = 0; r < comm_.size(); ++r) {
-    const auto& idx = owned_by_[static_cast<size_t>(r)];
-    const int64_t nbytes = bytes_of_[static_cast<size_t>(r)];
-    if (nbytes == 0) continue;
-    char* buf = staging_.data();
-    if (r == me) {
-      size_t at = 0;
-      for (size_t i : idx) {
-        const Tensor& p = params_[i].param;
-        std::memcpy(buf + at, p.raw_data(), p.nbytes());
-        at += p.nbytes();
-      }
-    }
-    comm_.broadcast_bytes(buf, nbytes, r);
-    if (r != me) {
-      size_t at = 0;
-      for (size_t i : idx) {
-        const Tensor& p = params_[i].param;
-        std::memcpy(p.raw_data(), buf + at, p.nbytes());
-        at += p.nbytes();
-      }
-    }
+    if (bytes_of_[static_cast<size_t>(r)] == 0) continue;
+    std::vector<std::pair<void*, int64_t>> regions;
+    for (size_t i : owned_by_[static_cast<size_t>(r)])
+      regions.emplace_back(params_[i].param.raw_data(), static_cast<int64_t>(params_[i].param.nbytes()));
+    comm_.broadcast_regions(regions, r);
   }
 }
 

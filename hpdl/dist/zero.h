@@ -30,8 +30,8 @@ std::vector<int> partition_params(const std::vector<int64_t>& numels, int ranks)
 //
 // Use: after DataParallel::finish() (gradients are then the global mean on
 // every rank), step() is collective: it steps the owned parameters and
-// broadcasts each owner's updated parameters, packed into one buffer, so every
-// replica ends the step identical. Gradient clipping by global norm before
+// broadcasts each owner's updated parameters as one message (an MPI datatype
+// over their memory, no staging copy), so every replica ends the step identical. Gradient clipping by global norm before
 // step() needs nothing special: every rank holds the full gradients.
 class ShardedOptimizer : public optim::Optimizer {
  public:
@@ -73,7 +73,6 @@ class ShardedOptimizer : public optim::Optimizer {
   std::vector<int> owners_;                   // per parameter
   std::vector<std::vector<size_t>> owned_by_;  // per rank: parameter indices, in order
   std::vector<int64_t> bytes_of_;             // per rank: bytes of its parameters
-  std::vector<char> staging_;                 // one owner's parameters, packed (the largest share)
 };
 
 }  // namespace hpdl::dist
