@@ -240,6 +240,31 @@ void Communicator::broadcast_bytes(void* data, int64_t nbytes, int root) {
   }
 }
 
+void Communicator::broadcast_regions(const std::vector<std::pair<void*, int64_t>>& regions, int root) {
+  if (size_ == 1 || regions.empty()) return;
+  HPDL_CHECK(root >= 0 && root < size_, "broadcast_regions: root {} outside [0, {})", root, size_);
+  std::vector<int> lengths;
+  std::vector<MPI_Aint> displacements;
+  for (const auto& [p, n] : regions) {
+    HPDL_CHECK(n >= 0 && n < (1ll << 31), "broadcast_regions: a region of {} bytes exceeds the 2 GiB MPI count limit", n);
+    if (n == 0) continue;
+    MPI_Aint a;
+    check_mpi(MPI_Get_address(p, &a), "MPI_Get_address");
+    lengths.push_back(static_cast<int>(n));
+    displacements.push_back(a);
+  }
+  if (lengths.empty()) return;
+  MpiLock lock;
+  // Built per call: cheap next to the bytes, and never stale if a tensor's storage moved.
+  MPI_Datatype type;
+  check_mpi(MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), displacements.data(), MPI_BYTE,
+                                     &type), "MPI_Type_create_hindexed");
+  check_mpi(MPI_Type_commit(&type), "MPI_Type_commit");
+  const int rc = MPI_Bcast(MPI_BOTTOM, 1, type, root, comm_);
+  MPI_Type_free(&type);
+  check_mpi(rc, "MPI_Bcast");
+}
+
 Tensor Communicator::allgather(const Tensor& t) {
   Tensor src = t.contiguous();
   Shape s = src.shape();
@@ -254,6 +279,32 @@ Tensor Communicator::allgather(const Tensor& t) {
   check_mpi(MPI_Allgather(src.raw_data(), static_cast<int>(src.nbytes()), MPI_BYTE, out.raw_data(),
                           static_cast<int>(src.nbytes()), MPI_BYTE, comm_),
             "MPI_Allgather");
+  return out;
+}
+
+std::vector<std::vector<char>> Communicator::gather_bytes(const std::vector<char>& mine, int root) {
+  HPDL_CHECK(root >= 0 && root < size_, "gather_bytes: root {} outside [0, {})", root, size_);
+  if (size_ == 1) return {mine};
+  HPDL_CHECK(mine.size() < (1ull << 31), "gather_bytes: {} bytes on this rank exceed the 2 GiB MPI count limit",
+             mine.size());
+  MpiLock lock;
+  // First every rank's size, then the bytes into one buffer at the offsets those sizes give.
+  const int n = static_cast<int>(mine.size());
+  std::vector<int> counts(rank_ == root ? size_ : 0), offsets(counts.size());
+  check_mpi(MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, root, comm_), "MPI_Gather");
+  int64_t total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    HPDL_CHECK(total + counts[r] < (1ll << 31), "gather_bytes: {} bytes in all exceed the 2 GiB MPI count limit",
+               total + counts[r]);
+    offsets[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  std::vector<char> all(static_cast<size_t>(total));
+  check_mpi(MPI_Gatherv(mine.data(), n, MPI_BYTE, all.data(), counts.data(), offsets.data(), MPI_BYTE, root, comm_),
+            "MPI_Gatherv");
+  std::vector<std::vector<char>> out;
+  for (size_t r = 0; r < counts.size(); ++r)
+    out.emplace_back(all.begin() + offsets[r], all.begin() + offsets[r] + counts[r]);
   return out;
 }
 

@@ -65,8 +65,17 @@ class Communicator {
 
   void broadcast(const Tensor& t, int root = 0);
   void broadcast_bytes(void* data, int64_t nbytes, int root = 0);
+  // Broadcasts many separate memory regions ({pointer, bytes}, each under
+  // 2 GiB) from `root` as ONE message, without packing them into a staging
+  // buffer: an MPI derived datatype (hindexed, absolute addresses) describes
+  // them. Every rank must give regions of the same sizes in the same order.
+  void broadcast_regions(const std::vector<std::pair<void*, int64_t>>& regions, int root = 0);
   // Returns [size, ...t.shape()]: every rank's tensor, stacked in rank order.
   Tensor allgather(const Tensor& t);
+  // Collects every rank's byte buffer on `root` (MPI_Gatherv): there the result
+  // holds one buffer per rank, in rank order (root's own included); elsewhere
+  // it is empty. Sizes may differ per rank; each must be under 2 GiB.
+  std::vector<std::vector<char>> gather_bytes(const std::vector<char>& mine, int root = 0);
   void barrier();
 
   // Point-to-point bytes, for control messages (a scheduler's requests and

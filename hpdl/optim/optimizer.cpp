@@ -96,6 +96,13 @@ std::map<std::string, Tensor> Optimizer::state_dict() const {
   return out;
 }
 
+int64_t Optimizer::state_bytes() const {
+  int64_t n = 0;
+  for (const auto& st : state_)
+    for (const auto& [b, t] : st.buffers) n += static_cast<int64_t>(t.nbytes());
+  return n;
+}
+
 void Optimizer::load_state_dict(const std::map<std::string, Tensor>& state) {
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < params_.size(); ++i) index.emplace(params_[i].name, i);

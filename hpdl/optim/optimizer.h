@@ -57,11 +57,15 @@ class Optimizer {
   // The state as named tensors (CPU copies): "<param>.<buffer>" for each buffer
   // (e.g. "fc.weight.exp_avg"), "<param>.step" (int64 scalar) for each
   // parameter that has been updated, and "step" (int64 scalar) for step_count().
-  std::map<std::string, Tensor> state_dict() const;
+  // Virtual so that a wrapper holding part of the state (dist::ShardedOptimizer)
+  // can gather the full dict under the same keys.
+  virtual std::map<std::string, Tensor> state_dict() const;
   // Restores a state_dict() into this optimizer (same parameter names and
   // shapes). Checks every entry before changing anything; throws naming the key
   // for an unknown parameter, unknown buffer, or a shape mismatch.
-  void load_state_dict(const std::map<std::string, Tensor>& state);
+  virtual void load_state_dict(const std::map<std::string, Tensor>& state);
+  // Bytes of optimizer state (the per-parameter buffers) this process holds.
+  virtual int64_t state_bytes() const;
 
  protected:
   struct State {

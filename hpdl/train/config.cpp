@@ -61,6 +61,7 @@ std::vector<Key> bind(Config& c) {
       {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
+      {"train.shard_optimizer", &t.shard_optimizer},
   };
 }
 

@@ -131,6 +131,9 @@ struct TrainConfig {
   int64_t sync_batchnorm_group = 0;
   double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
   bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
+  // ZeRO stage 1 under MPI: each rank keeps optimizer state only for the
+  // parameters it owns (dist::ShardedOptimizer); checkpoints are unchanged.
+  bool shard_optimizer = false;
 };
 
 struct Config {

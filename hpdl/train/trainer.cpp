@@ -1,10 +1,14 @@
 // The Trainer: one training run, on one rank or many.
 #include "hpdl/train/trainer.h"
 
+#include <sys/resource.h>
+
 #include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <tuple>
+
+#include <fmt/ranges.h>
 
 #include "hpdl/autograd/node.h"
 #ifdef HPDL_HAVE_CUDA
@@ -17,6 +21,7 @@
 #include "hpdl/dist/communicator.h"
 #include "hpdl/dist/data_parallel.h"
 #include "hpdl/dist/sync_batchnorm.h"
+#include "hpdl/dist/zero.h"
 #include "hpdl/io/file.h"
 #include "hpdl/io/safetensors.h"
 #include "hpdl/nn/layers.h"
@@ -202,6 +207,13 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m
   std::map<std::string, Tensor> out;
   for (auto& [k, v] : m)
     if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
+  return out;
+}
+
+// Sizes as MiB, from units of `unit` bytes.
+std::vector<double> mib(const std::vector<int64_t>& v, double unit) {
+  std::vector<double> out;
+  for (int64_t x : v) out.push_back(static_cast<double>(x) * unit / (1 << 20));
   return out;
 }
 
@@ -404,7 +416,20 @@ TrainSummary Trainer::run(bool resume) {
   model->train();
   const int64_t global_batch = cfg.data.batch_size * world * accum;
   auto ocfg = optimizer_config(cfg.optimizer, global_batch);
-  auto opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
+  // train.shard_optimizer (ZeRO-1): each rank keeps the optimizer state of the parameters it owns and
+  // broadcasts them after stepping; one rank is the plain optimizer.
+  const bool shard_optimizer = cfg.train.shard_optimizer && world > 1;
+  HPDL_CHECK(!shard_optimizer || device.is_cpu(), "train.shard_optimizer = true needs CPU ranks (train.device = "
+             "\"cpu\"), got train.device = \"{}\"; on GPU ranks set it to false", cfg.train.device);
+  std::unique_ptr<optim::Optimizer> opt;
+  if (shard_optimizer) {
+    opt = std::make_unique<dist::ShardedOptimizer>(
+        optim::param_specs(*model), [&](std::vector<optim::ParamSpec> specs) {
+          return optim::make_optimizer(std::move(specs), ocfg);
+        }, comm);
+  } else {
+    opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
+  }
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
   std::unique_ptr<dist::DataParallel> dp;
   // ---- data parallelism and synchronized batch norm (train.sync_batchnorm) ----
@@ -469,6 +494,9 @@ TrainSummary Trainer::run(bool resume) {
   }
 
   auto save_checkpoint = [&](int64_t ep, int64_t pos) {
+    // A sharded optimizer gathers its full state to rank 0: every rank takes part.
+    std::map<std::string, Tensor> opt_state;
+    if (root || shard_optimizer) opt_state = opt->state_dict();
     if (!root) return;
     CheckpointMeta meta;
     meta.step = step;
@@ -478,7 +506,7 @@ TrainSummary Trainer::run(bool resume) {
     meta.extra = {{"world", world}};
     for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
     std::map<std::string, Tensor> tensors = prefixed(model->state_dict(), "model.");
-    for (auto& [k, v] : opt->state_dict()) tensors["optim." + k] = v;
+    for (auto& [k, v] : opt_state) tensors["optim." + k] = v;
     if (scaler)
       for (auto& [k, v] : scaler->state_dict()) tensors["scaler." + k] = v;
     ckpt.save(meta, tensors);
@@ -706,6 +734,19 @@ TrainSummary Trainer::run(bool resume) {
                  "(weights hash {:016x} vs {:016x})", r, static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
     if (root) std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
+  // Optimizer state and peak resident memory of every rank (what sharding saves), in summary.json.
+  std::vector<int64_t> state_bytes, peak_rss_kb;
+  {
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    Tensor mine = Tensor::from_vector<int64_t>({opt->state_bytes(), static_cast<int64_t>(ru.ru_maxrss)}, {2});
+    auto all = comm.allgather(mine).to_vector<int64_t>();
+    for (int r = 0; r < world; ++r) state_bytes.push_back(all[2 * r]), peak_rss_kb.push_back(all[2 * r + 1]);
+    if (root && world > 1)
+      std::fprintf(log, "hpdl: optimizer state per rank: %s MiB%s; peak RSS per rank: %s MiB\n",
+                   fmt::format("{:.2f}", fmt::join(mib(state_bytes, 1), ", ")).c_str(),
+                   shard_optimizer ? " (sharded)" : "", fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
+  }
   if (trace.enabled()) {
     trace.write(run_dir / fmt::format("trace.rank{}.json", rank));
     comm.barrier();
@@ -725,6 +766,9 @@ TrainSummary Trainer::run(bool resume) {
     if (summary.val_accuracy >= 0) s["val_accuracy"] = summary.val_accuracy, s["val_loss"] = summary.val_loss;
     if (summary.allreduce_hidden_fraction >= 0) s["allreduce_hidden_fraction"] = summary.allreduce_hidden_fraction;
     s["device"] = device.str();
+    s["optimizer_state_bytes_per_rank"] = state_bytes;
+    s["peak_rss_mb_per_rank"] = mib(peak_rss_kb, 1024);
+    s["shard_optimizer"] = shard_optimizer;
     if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;
     const std::string text = s.dump(2) + "\n";
     io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());

@@ -5,6 +5,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "hpdl/dist/communicator.h"
 
@@ -64,6 +65,33 @@ TEST(Communicator, AllgatherStacksInRankOrder) {
   ASSERT_EQ(all.shape(), (Shape{W().size(), 2}));
   auto v = all.to_vector<float>();
   for (int r = 0; r < W().size(); ++r) EXPECT_EQ(v[2 * r], float(r));
+}
+
+TEST(Communicator, GatherBytesOfDifferentSizesOnRoot) {
+  // Rank r sends r + 1 bytes of value r; the last rank is the root.
+  const int root = W().size() - 1;
+  std::vector<char> mine(static_cast<size_t>(W().rank() + 1), static_cast<char>(W().rank()));
+  auto all = W().gather_bytes(mine, root);
+  if (W().rank() != root) {
+    EXPECT_TRUE(all.empty());
+    return;
+  }
+  ASSERT_EQ(all.size(), static_cast<size_t>(W().size()));
+  for (int r = 0; r < W().size(); ++r) EXPECT_EQ(all[r], std::vector<char>(static_cast<size_t>(r + 1), char(r)));
+}
+
+TEST(Communicator, BroadcastRegionsFillsSeparateTensorsInOneMessage) {
+  // Three tensors of different dtypes and sizes, and an empty region, from the last rank.
+  const int root = W().size() - 1;
+  const bool me = W().rank() == root;
+  Tensor a = Tensor::full({7}, me ? 1.5 : 0.0), b = Tensor::full({2, 3}, me ? -2.0 : 0.0, DType::f64);
+  Tensor c = Tensor::full({1}, me ? 9.0 : 0.0, DType::i64), untouched = Tensor::full({2}, W().rank());
+  W().broadcast_regions({{a.raw_data(), int64_t(a.nbytes())}, {untouched.raw_data(), 0},
+                         {b.raw_data(), int64_t(b.nbytes())}, {c.raw_data(), int64_t(c.nbytes())}}, root);
+  EXPECT_EQ(a.to_vector<float>(), std::vector<float>(7, 1.5f));
+  EXPECT_EQ(b.to_vector<double>(), std::vector<double>(6, -2.0));
+  EXPECT_EQ(c.item(), 9.0);
+  EXPECT_EQ(untouched.to_vector<float>()[0], float(W().rank()));
 }
 
 TEST(Communicator, SplitIntoSubCommunicators) {

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# ZeRO-1 (train.shard_optimizer): optimizer-state bytes and peak RSS per rank,
+# and time per step and in the optimizer, sharded vs not, with AdamW on
+# synthetic data (random 3x32x32 images written as .npy), at 2 and 4 ranks.
+# One epoch of exactly STEPS steps per run, no checkpoint and no evaluation, so
+# the peak RSS is that of training. Times come from the Chrome trace (rank 0):
+# a step is forward start to the next forward start; the first two steps are
+# warm-up. Prints a Markdown table (min / median over the repeats' steps).
+# Usage: bench/dist/zero_memory.sh [MODEL=resnet50] [REPEATS=3] [STEPS=8] [BATCH=8]
+set -euo pipefail
+model=${1:-resnet50}; repeats=${2:-3}; steps=${3:-8}; batch=${4:-8}
+hpdl=${HPDL:-$(pwd)/build/bin/hpdl}
+mpirun=${MPIEXEC:-mpirun}
+work=$(mktemp -d /tmp/hpdl_zero_bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+echo "# synthetic data; every key is set on the command line" >"$work/bench.toml"
+
+# Synthetic .npy data sets: N images [N, 3, 32, 32] uint8 and N int64 labels in 0..9.
+make_npy() {
+  python3 - "$1" "$2" <<'EOF'
+import os, random, struct, sys
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+def npy(path, descr, shape, data):
+    h = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (descr, ", ".join(map(str, shape)) + ("," if len(shape) == 1 else ""))
+    h += " " * (63 - (10 + len(h)) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + data)
+rng = random.Random(1)
+for split in ("train", "test"):
+    npy(f"{d}/{split}_x.npy", "|u1", (n, 3, 32, 32), bytes(rng.randrange(256) for _ in range(n * 3 * 32 * 32)))
+    npy(f"{d}/{split}_y.npy", "<i8", (n,), b"".join(struct.pack("<q", rng.randrange(10)) for _ in range(n)))
+EOF
+}
+
+# Per-step and optimizer milliseconds of rank 0 from a trace: prints "step_ms_list opt_ms_list".
+trace_times() {
+  python3 - "$1" <<'EOF'
+import json, sys
+ev = json.load(open(sys.argv[1]))
+ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+r0 = [e for e in ev if e.get("pid") == 0 and e.get("ph") == "X"]
+fwd = sorted(e["ts"] for e in r0 if e["name"] == "forward")
+opt = sorted((e["ts"], e["dur"]) for e in r0 if e["name"] == "optimizer")
+step = [(b - a) / 1e3 for a, b in zip(fwd[2:], fwd[3:])]
+print(",".join(f"{x:.1f}" for x in step), ",".join(f"{d / 1e3:.1f}" for _, d in opt[2:]))
+EOF
+}
+
+stats() {  # "min / median" of a comma-separated list
+  python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1].split(',') if x]; print(f'{min(v):.0f} / {statistics.median(v):.0f}')" "$1"
+}
+
+echo "| ranks | sharded | optimizer state MiB per rank | peak RSS MiB per rank | step ms (min / median) | optimizer ms (min / median) |"
+echo "|---|---|---|---|---|---|"
+for np in 2 4; do
+  make_npy "$work/data$np" $((np * batch * steps))
+  for shard in false true; do
+    all_step=""; all_opt=""; state=""; rss=""
+    for rep in $(seq 1 "$repeats"); do
+      run="$work/run_${np}_${shard}_$rep"
+      "$mpirun" --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS=1 "$hpdl" train "$work/bench.toml" \
+        --set data.dataset=npy --set data.path="$work/data$np" --set data.batch_size="$batch" --set data.workers=1 \
+        --set data.mean=[0.5] --set data.std=[0.25] --set model.name="$model" --set model.in_channels=3 \
+        --set model.num_classes=10 --set optimizer.name=adamw --set optimizer.lr=0.001 \
+        --set optimizer.weight_decay=0.01 --set train.epochs=1 --set train.threads=1 \
+        --set train.checkpoint_every_epochs=0 --set train.eval_every_epochs=0 --set train.trace=true \
+        --set train.shard_optimizer="$shard" --set train.run_dir="$run" >"$run.log" 2>&1 \
+        || { echo "run failed: $(tail -3 "$run.log")" >&2; exit 1; }
+      read -r s o <<<"$(trace_times "$run/trace.json")"
+      all_step+="$s,"; all_opt+="$o,"
+      state=$(python3 -c "import json,sys; print(', '.join(f'{b/2**20:.1f}' for b in json.load(open(sys.argv[1]))['optimizer_state_bytes_per_rank']))" "$run/summary.json")
+      rss=$(python3 -c "import json,sys; print(', '.join(f'{m:.0f}' for m in json.load(open(sys.argv[1]))['peak_rss_mb_per_rank']))" "$run/summary.json")
+    done
+    echo "| $np | $shard | $state | $rss | $(stats "$all_step") | $(stats "$all_opt") |"
+  done
+done
