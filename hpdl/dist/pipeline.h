@@ -1,0 +1,108 @@
+// dist::Pipeline: pipeline parallelism (GPipe, Huang et al. 2019) for a
+// sequential model too large for one rank. The layers are cut into S
+// contiguous stages, one per rank of a communicator; a batch is split into M
+// micro-batches that flow forward stage to stage (activations sent
+// point-to-point), then backward in reverse (activation gradients sent back).
+// Each stage accumulates its parameters' gradients over the micro-batches and
+// steps its own optimizer on its own parameters: nothing is all-reduced.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hpdl/dist/communicator.h"
+#include "hpdl/nn/layers.h"
+#include "hpdl/nn/module.h"
+
+namespace hpdl::dist {
+
+struct PipelineOptions {
+  // M: micro-batches per batch. The batch size must be a multiple of M.
+  int micro_batches = 1;
+  // Where stages 1..S-1 begin: S-1 strictly increasing layer indices in
+  // [1, layers). Empty: balance_stages() by parameter count.
+  std::vector<int64_t> split_points;
+  // Point-to-point tags: `tag` carries activations forward, `tag + 1`
+  // gradients backward. Change it only if something else on the same
+  // communicator uses these tags.
+  int tag = 7300;
+};
+
+// Stage bounds [0 = b_0, b_1, ..., b_S = L] for L layers with the given
+// parameter counts: contiguous, at least one layer per stage, minimizing the
+// largest stage's parameter count (exact, by dynamic programming); among equal
+// maxima the layer counts are kept as even as possible. Throws when
+// stages < 1 or stages > L.
+std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages);
+
+class Pipeline {
+ public:
+  // The loss of one micro-batch: output [m, ...] of the last stage and that
+  // micro-batch's targets; must return the scalar MEAN over the micro-batch
+  // (the pipeline weighs each micro-batch by 1/M, so the gradients are those
+  // of the mean over the whole batch).
+  using LossFn = std::function<Tensor(const Tensor& output, const Tensor& target)>;
+
+  // `model`, built identically on every rank of `comm` (same seed, so no
+  // broadcast is needed), is cut into comm.size() stages; rank s keeps layers
+  // [bounds()[s], bounds()[s+1]) and holds no reference to the others (drop
+  // `model` after this call to free them). The stage keeps the full model's
+  // parameter names ("3.weight"), so its state dict is a subset of the
+  // model's. CPU tensors only. Throws, on every rank alike, when there are
+  // more stages than layers or the split points are not valid.
+  Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
+
+  // One batch, forward and backward, GPipe schedule: all M forwards, then all
+  // M backwards (in reverse micro-batch order). `input` [N, ...] is read on
+  // the first stage only and `target` [N, ...] on the last stage only (other
+  // ranks may pass undefined tensors). Gradients are ACCUMULATED into the
+  // stage's .grad (zero them before, as for backward()); then step the
+  // stage's optimizer. Returns the batch's mean loss on every rank.
+  // Errors in forward (N not divisible by M, a shape one stage's layers
+  // cannot take from the previous stage, a failing loss) are raised on every
+  // rank with the same message naming the stage and its layers; no gradient
+  // is accumulated then and the pipeline stays usable. An error in backward
+  // aborts the job (Communicator::abort), since the other stages would wait.
+  // Batch norm in a stage normalizes each micro-batch with its own statistics
+  // and updates its running statistics M times per batch.
+  double train_step(const Tensor& input, const Tensor& target, const LossFn& loss);
+
+  // Forward only, without a graph (uses the modules' current train/eval mode),
+  // the whole batch at once (no micro-batches). Returns the last stage's output
+  // on the last stage and an undefined Tensor elsewhere. Errors as train_step.
+  Tensor forward(const Tensor& input);
+
+  // This rank's layers as one module (train/eval, zero_grad, parameters for
+  // the optimizer, state_dict with the model's names).
+  nn::Module& stage() { return *stage_; }
+  int stage_index() const { return stage_index_; }
+  int num_stages() const { return static_cast<int>(bounds_.size()) - 1; }
+  bool is_first() const { return stage_index_ == 0; }
+  bool is_last() const { return stage_index_ == num_stages() - 1; }
+  const std::vector<int64_t>& bounds() const { return bounds_; }
+  int micro_batches() const { return options_.micro_batches; }
+
+  // Bytes of activations this stage held for backward at the peak of the last
+  // train_step: the received inputs and the saved outputs of all micro-batches
+  // (the tensors between layers inside a stage are not counted; the CPU
+  // allocator's peak, cpu_memory_stats(), covers everything).
+  int64_t boundary_activation_bytes() const { return boundary_bytes_; }
+
+ private:
+  std::string describe_stage(int s) const;
+  double forward_phase(const Tensor& input, const Tensor& target, const LossFn* loss, int M,
+                       std::vector<Tensor>& inputs, std::vector<Tensor>& outputs);
+  [[noreturn]] void raise_everywhere(int failed_stage, const std::string& local_message);
+
+  Communicator& comm_;
+  PipelineOptions options_;
+  std::vector<int64_t> bounds_;
+  int stage_index_ = 0;
+  std::shared_ptr<nn::Module> stage_;
+  int64_t boundary_bytes_ = 0;
+};
+
+}  // namespace hpdl::dist
