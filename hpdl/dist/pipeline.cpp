@@ -53,11 +53,6 @@ Tensor decode(const std::vector<uint8_t>& msg, const char* what, int from) {
   return t;
 }
 
-void send_failed(Communicator& comm, int dest, int tag) {
-  const int64_t w = kFailed;
-  comm.send_bytes(&w, sizeof w, dest, tag);
-}
-
 // A stage: the model's layers [lo, hi), registered under their names in the
 // model so that parameter names (and state dicts) match the whole model's.
 class Stage : public nn::Module {
@@ -142,7 +137,12 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& c
   }
   stage->train(model->is_training());
   stage_ = stage;
+  // One communicator per direction, each with its own communication thread.
+  fwd_comm_ = comm.split(0, comm.rank());
+  bwd_comm_ = comm.split(0, comm.rank());
 }
+
+Pipeline::~Pipeline() = default;
 
 std::string Pipeline::describe_stage(int s) const {
   return fmt::format("stage {} of {} (layers {}..{}, rank {})", s, num_stages(), bounds_[s], bounds_[s + 1] - 1, s);
@@ -158,145 +158,209 @@ void Pipeline::raise_everywhere(int failed_stage, const std::string& local_messa
   HPDL_FAIL("Pipeline: {}: {}", describe_stage(failed_stage), msg);
 }
 
-// The forward phase shared by train_step (M micro-batches, graphs kept, loss
-// on the last stage) and forward (one micro-batch, no graph, no loss). Every
-// stage receives and sends exactly M messages whatever fails, then one
-// allreduce tells all stages whether any failed (and the summed loss); on
-// failure all raise the first failing stage's message.
-double Pipeline::forward_phase(const Tensor& input, const Tensor& target, const LossFn* loss, int M,
-                               std::vector<Tensor>& inputs, std::vector<Tensor>& outputs) {
-  const int s = stage_index_, S = num_stages();
-  const int act_tag = options_.tag;
-  inputs.assign(M, Tensor());
-  outputs.assign(M, Tensor());
+// The state of one batch on this stage.
+struct Pipeline::Step {
+  Tensor input, target;
+  const LossFn* loss = nullptr;  // null: forward only
+  int M = 1;
+  int64_t micro = 0, target_micro = 0;
+  std::vector<Tensor> inputs, outputs;  // per micro-batch: the received activation (a leaf) and this stage's output
+  std::vector<char> ok;                 // micro-batch m went through this stage's forward
+  bool failed = false;                  // this stage raised (its first message is kept)
   std::string error;
-  bool failed = false, upstream_failed = false;
   double loss_sum = 0;
-  auto fail = [&](const std::string& what) {
+  int64_t live_bytes = 0, peak_bytes = 0;
+  std::vector<std::shared_ptr<Work>> sends;
+  void fail(const std::string& what) {
     if (!failed) error = what;
     failed = true;
-  };
-  int64_t micro = 0, t_micro = 0;
+  }
+};
+
+void Pipeline::begin(Step& st) {
+  const int M = st.M;
+  st.inputs.assign(M, Tensor());
+  st.outputs.assign(M, Tensor());
+  st.ok.assign(M, 0);
   try {
     if (is_first()) {
-      HPDL_CHECK(input.impl_ptr() != nullptr && input.ndim() >= 1, "the input must be a tensor [N, ...]");
-      HPDL_CHECK(input.device() == kCPU, "the input is on {}; pipeline stages exchange CPU tensors only",
-                 input.device().str());
-      HPDL_CHECK(input.dim(0) % M == 0, "batch size {} is not divisible by micro_batches = {}", input.dim(0), M);
-      micro = input.dim(0) / M;
+      HPDL_CHECK(st.input.impl_ptr() != nullptr && st.input.ndim() >= 1, "the input must be a tensor [N, ...]");
+      HPDL_CHECK(st.input.device() == kCPU, "the input is on {}; pipeline stages exchange CPU tensors only",
+                 st.input.device().str());
+      HPDL_CHECK(st.input.dim(0) % M == 0, "batch size {} is not divisible by micro_batches = {}", st.input.dim(0),
+                 M);
+      st.micro = st.input.dim(0) / M;
     }
-    if (is_last() && loss) {
-      HPDL_CHECK(target.impl_ptr() != nullptr && target.ndim() >= 1, "the target must be a tensor [N, ...]");
-      HPDL_CHECK(target.dim(0) % M == 0, "target batch size {} is not divisible by micro_batches = {}",
-                 target.dim(0), M);
-      HPDL_CHECK(!is_first() || target.dim(0) == input.dim(0), "target batch size {} differs from the input's {}",
-                 target.dim(0), input.dim(0));
-      t_micro = target.dim(0) / M;
+    if (is_last() && st.loss) {
+      HPDL_CHECK(st.target.impl_ptr() != nullptr && st.target.ndim() >= 1, "the target must be a tensor [N, ...]");
+      HPDL_CHECK(st.target.dim(0) % M == 0, "target batch size {} is not divisible by micro_batches = {}",
+                 st.target.dim(0), M);
+      HPDL_CHECK(!is_first() || st.target.dim(0) == st.input.dim(0),
+                 "target batch size {} differs from the input's {}", st.target.dim(0), st.input.dim(0));
+      st.target_micro = st.target.dim(0) / M;
     }
   } catch (const Error& e) {
-    fail(e.message());
+    st.fail(e.message());
   }
+}
 
-  for (int m = 0; m < M; ++m) {
-    Tensor in;
-    if (is_first()) {
-      if (!failed) in = input.slice(0, m * micro, (m + 1) * micro);
+// Sends on the direction's own communicator, from its communication thread:
+// this stage goes on computing while the message is in flight, and activations
+// and gradients never queue behind each other (which could deadlock 1F1B).
+void Pipeline::send(Step& st, Communicator& c, const Tensor& t, int dest, int tag) {
+  auto buf = std::make_shared<std::vector<uint8_t>>(t.impl_ptr() ? encode(t) : std::vector<uint8_t>(sizeof(int64_t)));
+  if (!t.impl_ptr()) std::memcpy(buf->data(), &kFailed, sizeof kFailed);
+  st.sends.push_back(c.enqueue([&c, buf, dest, tag] {
+    c.send_bytes(buf->data(), static_cast<int64_t>(buf->size()), dest, tag);
+  }));
+}
+
+// Forward of micro-batch m: receive (or slice) the input, run the stage, send
+// the output on. A failed micro-batch is passed on as a failure marker.
+void Pipeline::forward_micro(Step& st, int m) {
+  const int s = stage_index_;
+  bool good = !st.failed;
+  Tensor in;
+  if (is_first()) {
+    if (good) in = st.input.slice(0, m * st.micro, (m + 1) * st.micro);
+  } else {
+    try {
+      in = decode(fwd_comm_->recv_bytes(s - 1, options_.tag), "activation", s - 1);
+    } catch (const Error& e) {
+      st.fail(e.message());
+    }
+    good = good && in.impl_ptr() != nullptr;
+    if (good && st.loss) in.set_requires_grad(true);  // a leaf: backward leaves dL/d(in) in its .grad
+  }
+  Tensor out;
+  if (good) {
+    try {
+      out = stage_->forward(in);
+      if (is_last() && st.loss) {
+        HPDL_CHECK(out.ndim() >= 1 && out.dim(0) == st.target_micro,
+                   "the output {} of micro-batch {} does not match its {} targets", out.str(), m, st.target_micro);
+        Tensor l = (*st.loss)(out, st.target.slice(0, m * st.target_micro, (m + 1) * st.target_micro));
+        HPDL_CHECK(l.numel() == 1, "the loss function returned {}; it must return a scalar (the micro-batch mean)",
+                   l.str());
+        st.loss_sum += l.item();
+        out = mul(l, 1.0 / st.M);  // the batch mean is the mean of the M micro-batch means
+      }
+      if (!is_first()) st.inputs[m] = in, st.live_bytes += static_cast<int64_t>(in.nbytes());
+      if (!is_last()) st.live_bytes += static_cast<int64_t>(out.nbytes());
+      st.peak_bytes = std::max(st.peak_bytes, st.live_bytes);
+      st.outputs[m] = out;
+      st.ok[m] = 1;
+    } catch (const Error& e) {
+      good = false;
+      st.fail(!is_first() ? fmt::format("on the input {} from the previous stage: {}", in.str(), e.message())
+                          : e.message());
+    }
+  }
+  if (!is_last()) send(st, *fwd_comm_, good ? out : Tensor(), s + 1, options_.tag);
+}
+
+// Backward of micro-batch m: receive dL/d(output) (the last stage starts from
+// its weighted loss), backpropagate into the stage's .grad and the input leaf,
+// send dL/d(input) back. Always exactly one receive and one send per micro-batch.
+void Pipeline::backward_micro(Step& st, int m) {
+  const int s = stage_index_;
+  bool good = st.ok[m] && !st.failed;
+  try {
+    if (is_last()) {
+      if (good && st.outputs[m].requires_grad()) st.outputs[m].backward();
     } else {
-      try {
-        in = decode(comm_.recv_bytes(s - 1, act_tag), "activation", s - 1);
-        if (in.impl_ptr() == nullptr) upstream_failed = true;
-        else if (loss) in.set_requires_grad(true);  // a leaf: backward leaves dL/d(in) in its .grad
-      } catch (const Error& e) {
-        fail(e.message());
+      Tensor dy = decode(bwd_comm_->recv_bytes(s + 1, options_.tag + 1), "gradient", s + 1);
+      good = good && dy.impl_ptr() != nullptr;
+      if (good) {
+        HPDL_CHECK(dy.shape() == st.outputs[m].shape() && dy.dtype() == st.outputs[m].dtype(),
+                   "the gradient {} from the next stage does not match this stage's output {}", dy.str(),
+                   st.outputs[m].str());
+        // A first stage of parameter-free layers (a lone Flatten) has no graph to run.
+        if (st.outputs[m].requires_grad()) st.outputs[m].backward(dy);
       }
     }
-    Tensor out;
-    if (!failed && !upstream_failed) {
-      try {
-        out = stage_->forward(in);
-        if (is_last() && loss) {
-          HPDL_CHECK(out.ndim() >= 1 && out.dim(0) == t_micro,
-                     "the output {} of micro-batch {} does not match its {} targets", out.str(), m, t_micro);
-          Tensor l = (*loss)(out, target.slice(0, m * t_micro, (m + 1) * t_micro));
-          HPDL_CHECK(l.numel() == 1, "the loss function returned {}; it must return a scalar (the micro-batch mean)",
-                     l.str());
-          loss_sum += l.item();
-          out = mul(l, 1.0 / M);  // the batch mean is the mean of the M micro-batch means
-        }
-        inputs[m] = in;
-        outputs[m] = out;
-      } catch (const Error& e) {
-        fail(in.impl_ptr() != nullptr && !is_first()
-                 ? fmt::format("on the input {} from the previous stage: {}", in.str(), e.message())
-                 : e.message());
-      }
-    }
-    if (!is_last()) {
-      if (failed || upstream_failed) {
-        send_failed(comm_, s + 1, act_tag);
-      } else {
-        const auto msg = encode(out);
-        comm_.send_bytes(msg.data(), static_cast<int64_t>(msg.size()), s + 1, act_tag);
-      }
+  } catch (const Error& e) {
+    good = false;
+    st.fail(fmt::format("in backward of micro-batch {}: {}", m, e.message()));
+  }
+  Tensor dx;
+  if (!is_first() && good) {
+    dx = st.inputs[m].grad();
+    // A stage whose output does not depend on its input sends zeros.
+    if (dx.impl_ptr() == nullptr) dx = Tensor::zeros(st.inputs[m].shape(), st.inputs[m].dtype());
+  }
+  if (st.inputs[m].impl_ptr()) st.live_bytes -= static_cast<int64_t>(st.inputs[m].nbytes());
+  if (st.outputs[m].impl_ptr() && !is_last()) st.live_bytes -= static_cast<int64_t>(st.outputs[m].nbytes());
+  st.inputs[m] = Tensor();
+  st.outputs[m] = Tensor();  // frees this micro-batch's graph
+  if (!is_first()) send(st, *bwd_comm_, dx, s - 1, options_.tag + 1);
+}
+
+// Waits for this stage's sends, then one allreduce tells every stage whether
+// any failed (the first failing stage's message is raised everywhere) and the
+// last stage's loss sum. With drop_grads, a failure drops the stage's
+// gradients (a backward may have accumulated part of the batch).
+double Pipeline::check(Step& st, bool drop_grads) {
+  for (auto& w : st.sends) {
+    try {
+      w->wait();
+    } catch (const Error& e) {
+      st.fail(e.message());
     }
   }
-
+  st.sends.clear();
+  const int S = num_stages(), s = stage_index_;
   // [S - first failing stage (0: none), the last stage's loss sum], max over ranks.
-  double status[2] = {failed ? double(S - s) : 0.0, is_last() ? loss_sum : std::numeric_limits<double>::lowest()};
+  double status[2] = {st.failed ? double(S - s) : 0.0,
+                      is_last() ? st.loss_sum : std::numeric_limits<double>::lowest()};
   comm_.allreduce(status, 2, DType::f64, ReduceKind::max);
   if (status[0] > 0) {
-    inputs.clear();
-    outputs.clear();
-    raise_everywhere(S - static_cast<int>(status[0]), error);
+    st.inputs.clear();
+    st.outputs.clear();
+    if (drop_grads) stage_->zero_grad();
+    raise_everywhere(S - static_cast<int>(status[0]), st.error);
   }
-  return status[1] / M;
+  return status[1] / st.M;
 }
 
 double Pipeline::train_step(const Tensor& input, const Tensor& target, const LossFn& loss) {
-  const int M = options_.micro_batches, s = stage_index_;
-  const int grad_tag = options_.tag + 1;
-  std::vector<Tensor> inputs, outputs;
-  const double mean_loss = forward_phase(input, target, &loss, M, inputs, outputs);
-  boundary_bytes_ = 0;
-  for (int m = 0; m < M; ++m) {
-    if (!is_first()) boundary_bytes_ += static_cast<int64_t>(inputs[m].nbytes());
-    if (!is_last()) boundary_bytes_ += static_cast<int64_t>(outputs[m].nbytes());
-  }
-  // Backward, last micro-batch first (the one whose activations are freshest
-  // on the last stage). The forward phase ended in an allreduce, so every
-  // stage is here; an error now would leave neighbours waiting: abort instead.
-  try {
-    for (int m = M - 1; m >= 0; --m) {
-      if (is_last()) {
-        outputs[m].backward();
-      } else {
-        Tensor dy = decode(comm_.recv_bytes(s + 1, grad_tag), "gradient", s + 1);
-        HPDL_CHECK(dy.impl_ptr() != nullptr && dy.shape() == outputs[m].shape() && dy.dtype() == outputs[m].dtype(),
-                   "the gradient {} from the next stage does not match this stage's output {}",
-                   dy.impl_ptr() ? dy.str() : std::string("(failure marker)"), outputs[m].str());
-        outputs[m].backward(dy);
-      }
-      outputs[m] = Tensor();  // frees this micro-batch's graph
-      if (!is_first()) {
-        Tensor dx = inputs[m].grad();
-        // A stage whose output does not depend on its input sends zeros.
-        if (dx.impl_ptr() == nullptr) dx = Tensor::zeros(inputs[m].shape(), inputs[m].dtype());
-        const auto msg = encode(dx);
-        comm_.send_bytes(msg.data(), static_cast<int64_t>(msg.size()), s - 1, grad_tag);
-      }
-      inputs[m] = Tensor();
+  Step st;
+  st.input = input, st.target = target, st.loss = &loss, st.M = options_.micro_batches;
+  const int M = st.M, S = num_stages(), s = stage_index_;
+  begin(st);
+  double mean_loss = 0;
+  if (options_.schedule == PipelineSchedule::gpipe) {
+    // GPipe: every forward, then every backward (last micro-batch first). The
+    // check in between keeps the gradients untouched when a forward fails.
+    for (int m = 0; m < M; ++m) forward_micro(st, m);
+    mean_loss = check(st, false);
+    for (int m = M - 1; m >= 0; --m) backward_micro(st, m);
+    check(st, true);
+  } else {
+    // 1F1B (PipeDream-Flush, Narayanan et al. 2021): S - s - 1 warm-up
+    // forwards, then one forward and one backward in turn, then the remaining
+    // backwards: at most S - s micro-batches are held at once instead of M.
+    const int warm = std::min(S - s - 1, M);
+    for (int m = 0; m < warm; ++m) forward_micro(st, m);
+    for (int i = 0; i < M - warm; ++i) {
+      forward_micro(st, warm + i);
+      backward_micro(st, i);
     }
-  } catch (const Error& e) {
-    comm_.abort(fmt::format("Pipeline: {} failed in backward: {}", describe_stage(s), e.message()));
+    for (int m = M - warm; m < M; ++m) backward_micro(st, m);
+    mean_loss = check(st, true);
   }
+  boundary_bytes_ = st.peak_bytes;
   return mean_loss;
 }
 
 Tensor Pipeline::forward(const Tensor& input) {
   NoGradGuard no_grad;
-  std::vector<Tensor> inputs, outputs;
-  forward_phase(input, Tensor(), nullptr, 1, inputs, outputs);
-  return is_last() ? outputs[0] : Tensor();
+  Step st;
+  st.input = input;
+  begin(st);
+  forward_micro(st, 0);
+  check(st, false);
+  return is_last() ? st.outputs[0] : Tensor();
 }
 
 }  // namespace hpdl::dist

@@ -19,9 +19,15 @@
 
 namespace hpdl::dist {
 
+enum class PipelineSchedule {
+  gpipe,        // all M forwards, then all M backwards: every stage holds M micro-batches' activations
+  one_f_one_b,  // 1F1B: forwards and backwards alternate; stage s holds at most S - s
+};
+
 struct PipelineOptions {
   // M: micro-batches per batch. The batch size must be a multiple of M.
   int micro_batches = 1;
+  PipelineSchedule schedule = PipelineSchedule::gpipe;
   // Where stages 1..S-1 begin: S-1 strictly increasing layer indices in
   // [1, layers). Empty: balance_stages() by parameter count.
   std::vector<int64_t> split_points;
@@ -54,18 +60,24 @@ class Pipeline {
   // model's. CPU tensors only. Throws, on every rank alike, when there are
   // more stages than layers or the split points are not valid.
   Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
 
-  // One batch, forward and backward, GPipe schedule: all M forwards, then all
-  // M backwards (in reverse micro-batch order). `input` [N, ...] is read on
-  // the first stage only and `target` [N, ...] on the last stage only (other
-  // ranks may pass undefined tensors). Gradients are ACCUMULATED into the
-  // stage's .grad (zero them before, as for backward()); then step the
-  // stage's optimizer. Returns the batch's mean loss on every rank.
-  // Errors in forward (N not divisible by M, a shape one stage's layers
-  // cannot take from the previous stage, a failing loss) are raised on every
-  // rank with the same message naming the stage and its layers; no gradient
-  // is accumulated then and the pipeline stays usable. An error in backward
-  // aborts the job (Communicator::abort), since the other stages would wait.
+  // One batch, forward and backward, in the options' schedule (GPipe: all M
+  // forwards, then all M backwards, last micro-batch first; 1F1B: see
+  // PipelineSchedule). `input` [N, ...] is read on the first stage only and
+  // `target` [N, ...] on the last stage only (other ranks may pass undefined
+  // tensors). Gradients are ACCUMULATED into the stage's .grad (zero them
+  // before, as for backward()); then step the stage's optimizer. Returns the
+  // batch's mean loss on every rank.
+  // Errors (N not divisible by M, a shape one stage's layers cannot take from
+  // the previous stage, a failing loss) are raised on every rank with the same
+  // message, naming the first failing stage and its layers; every stage still
+  // exchanges its M messages each way (failure markers), so none is left
+  // behind and the pipeline stays usable. GPipe: an error in forward leaves the
+  // gradients untouched. An error in 1F1B, or in GPipe's backward, drops the
+  // stage's gradients (zero_grad), since part of the batch may be in them.
   // Batch norm in a stage normalizes each micro-batch with its own statistics
   // and updates its running statistics M times per batch.
   double train_step(const Tensor& input, const Tensor& target, const LossFn& loss);
@@ -93,11 +105,16 @@ class Pipeline {
 
  private:
   std::string describe_stage(int s) const;
-  double forward_phase(const Tensor& input, const Tensor& target, const LossFn* loss, int M,
-                       std::vector<Tensor>& inputs, std::vector<Tensor>& outputs);
+  struct Step;
+  void begin(Step& st);
+  void send(Step& st, Communicator& c, const Tensor& t, int dest, int tag);
+  void forward_micro(Step& st, int m);
+  void backward_micro(Step& st, int m);
+  double check(Step& st, bool drop_grads);
   [[noreturn]] void raise_everywhere(int failed_stage, const std::string& local_message);
 
   Communicator& comm_;
+  std::unique_ptr<Communicator> fwd_comm_, bwd_comm_;  // activations forward, gradients backward
   PipelineOptions options_;
   std::vector<int64_t> bounds_;
   int stage_index_ = 0;
