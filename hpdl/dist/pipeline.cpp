@@ -6,6 +6,7 @@
 #include "hpdl/dist/pipeline.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -170,6 +171,7 @@ struct Pipeline::Step {
   std::string error;
   double loss_sum = 0;
   int64_t live_bytes = 0, peak_bytes = 0;
+  double compute_seconds = 0;  // in the stage's forward, loss and backward (not waiting, not sending)
   std::vector<std::shared_ptr<Work>> sends;
   void fail(const std::string& what) {
     if (!failed) error = what;
@@ -234,6 +236,7 @@ void Pipeline::forward_micro(Step& st, int m) {
   }
   Tensor out;
   if (good) {
+    const auto t0 = std::chrono::steady_clock::now();
     try {
       out = stage_->forward(in);
       if (is_last() && st.loss) {
@@ -255,6 +258,7 @@ void Pipeline::forward_micro(Step& st, int m) {
       st.fail(!is_first() ? fmt::format("on the input {} from the previous stage: {}", in.str(), e.message())
                           : e.message());
     }
+    st.compute_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   if (!is_last()) send(st, *fwd_comm_, good ? out : Tensor(), s + 1, options_.tag);
 }
@@ -267,7 +271,11 @@ void Pipeline::backward_micro(Step& st, int m) {
   bool good = st.ok[m] && !st.failed;
   try {
     if (is_last()) {
-      if (good && st.outputs[m].requires_grad()) st.outputs[m].backward();
+      if (good && st.outputs[m].requires_grad()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        st.outputs[m].backward();
+        st.compute_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
     } else {
       Tensor dy = decode(bwd_comm_->recv_bytes(s + 1, options_.tag + 1), "gradient", s + 1);
       good = good && dy.impl_ptr() != nullptr;
@@ -276,7 +284,11 @@ void Pipeline::backward_micro(Step& st, int m) {
                    "the gradient {} from the next stage does not match this stage's output {}", dy.str(),
                    st.outputs[m].str());
         // A first stage of parameter-free layers (a lone Flatten) has no graph to run.
-        if (st.outputs[m].requires_grad()) st.outputs[m].backward(dy);
+        if (st.outputs[m].requires_grad()) {
+          const auto t0 = std::chrono::steady_clock::now();
+          st.outputs[m].backward(dy);
+          st.compute_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
       }
     }
   } catch (const Error& e) {
@@ -350,6 +362,7 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
     mean_loss = check(st, true);
   }
   boundary_bytes_ = st.peak_bytes;
+  compute_seconds_ = st.compute_seconds;
   return mean_loss;
 }
 

@@ -102,6 +102,11 @@ class Pipeline {
   // (the tensors between layers inside a stage are not counted; the CPU
   // allocator's peak, cpu_memory_stats(), covers everything).
   int64_t boundary_activation_bytes() const { return boundary_bytes_; }
+  // Seconds the last train_step spent computing on this stage (forward, loss,
+  // backward; not waiting for or sending messages). Divided by the step's
+  // time it is the stage's busy fraction, M / (M + S - 1) for GPipe with
+  // balanced stages on dedicated cores.
+  double compute_seconds() const { return compute_seconds_; }
 
  private:
   std::string describe_stage(int s) const;
@@ -120,6 +125,7 @@ class Pipeline {
   int stage_index_ = 0;
   std::shared_ptr<nn::Module> stage_;
   int64_t boundary_bytes_ = 0;
+  double compute_seconds_ = 0;
 };
 
 }  // namespace hpdl::dist
