@@ -103,8 +103,29 @@ std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, in
   return bounds;
 }
 
+PipelineGrid make_pipeline_grid(Communicator& comm, int stages) {
+  HPDL_CHECK(stages >= 1 && comm.size() % stages == 0,
+             "Pipeline grid: {} ranks cannot form pipelines of {} stages (the rank count must be a multiple of the "
+             "stage count)",
+             comm.size(), stages);
+  PipelineGrid g;
+  g.all = &comm;
+  g.replicas = comm.size() / stages;
+  g.replica = comm.rank() / stages;
+  g.pipeline = comm.split(g.replica, comm.rank() % stages);  // consecutive ranks: one pipeline
+  g.data = comm.split(comm.rank() % stages, g.replica);      // one stage of every pipeline
+  return g;
+}
+
+Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& grid, PipelineOptions options)
+    : Pipeline(model, *grid.pipeline, std::move(options)) {
+  HPDL_CHECK(grid.all != nullptr && grid.data != nullptr, "Pipeline: the grid is empty (use make_pipeline_grid)");
+  status_comm_ = grid.all;
+  data_comm_ = grid.data.get();
+}
+
 Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options)
-    : comm_(comm), options_(std::move(options)) {
+    : comm_(comm), options_(std::move(options)), status_comm_(&comm) {
   HPDL_CHECK(model != nullptr, "Pipeline: the model is null");
   HPDL_CHECK(options_.micro_batches >= 1, "Pipeline: micro_batches is {}; need at least 1", options_.micro_batches);
   const int S = comm.size();
@@ -145,18 +166,28 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& c
 
 Pipeline::~Pipeline() = default;
 
-std::string Pipeline::describe_stage(int s) const {
-  return fmt::format("stage {} of {} (layers {}..{}, rank {})", s, num_stages(), bounds_[s], bounds_[s + 1] - 1, s);
+// "stage 1 of 4 (layers 3..5, rank 1)", with the rank in the whole grid.
+std::string Pipeline::describe_stage() const {
+  const int s = stage_index_;
+  return fmt::format("stage {} of {} (layers {}..{}, rank {})", s, num_stages(), bounds_[s], bounds_[s + 1] - 1,
+                     status_comm_->rank());
 }
 
-void Pipeline::raise_everywhere(int failed_stage, const std::string& local_message) {
-  // The first failing stage's message goes to every rank, so all raise the same error.
-  std::string msg = stage_index_ == failed_stage ? local_message : std::string();
+void Pipeline::raise_everywhere(int failed_rank, const std::string& local_message) {
+  // The first failing rank's message (of the status communicator: the whole
+  // grid) goes to every rank, so all raise the same error.
+  Communicator& c = *status_comm_;
+  std::string msg;
+  if (c.rank() == failed_rank) {
+    msg = fmt::format("Pipeline: {}", describe_stage());
+    if (data_comm_ && data_comm_->size() > 1) msg += fmt::format(" of replica {}", c.rank() / num_stages());
+    msg += ": " + local_message;
+  }
   int64_t n = static_cast<int64_t>(msg.size());
-  comm_.broadcast_bytes(&n, sizeof n, failed_stage);
+  c.broadcast_bytes(&n, sizeof n, failed_rank);
   msg.resize(static_cast<size_t>(n));
-  if (n > 0) comm_.broadcast_bytes(msg.data(), n, failed_stage);
-  HPDL_FAIL("Pipeline: {}: {}", describe_stage(failed_stage), msg);
+  if (n > 0) c.broadcast_bytes(msg.data(), n, failed_rank);
+  HPDL_FAIL("{}", msg);
 }
 
 // The state of one batch on this stage.
@@ -321,18 +352,37 @@ double Pipeline::check(Step& st, bool drop_grads) {
     }
   }
   st.sends.clear();
-  const int S = num_stages(), s = stage_index_;
-  // [S - first failing stage (0: none), the last stage's loss sum], max over ranks.
-  double status[2] = {st.failed ? double(S - s) : 0.0,
-                      is_last() ? st.loss_sum : std::numeric_limits<double>::lowest()};
-  comm_.allreduce(status, 2, DType::f64, ReduceKind::max);
-  if (status[0] > 0) {
+  // Max over all ranks (of every pipeline in a grid) of [size - first failing rank (0: none)].
+  Communicator& c = *status_comm_;
+  double status = st.failed ? double(c.size() - c.rank()) : 0.0;
+  c.allreduce(&status, 1, DType::f64, ReduceKind::max);
+  if (status > 0) {
     st.inputs.clear();
     st.outputs.clear();
     if (drop_grads) stage_->zero_grad();
-    raise_everywhere(S - static_cast<int>(status[0]), st.error);
+    raise_everywhere(c.size() - static_cast<int>(status), st.error);
   }
-  return status[1] / st.M;
+  if (!st.loss) return 0;
+  // The batch's mean loss: the last stage's, averaged over the replicas.
+  double loss = is_last() ? st.loss_sum / st.M : 0.0;
+  c.allreduce(&loss, 1, DType::f64, ReduceKind::sum);
+  return loss / (c.size() / num_stages());
+}
+
+// Data parallel over the replicas: the stage's gradients averaged over the
+// ranks that hold the same stage, one allreduce per parameter.
+void Pipeline::average_gradients() {
+  if (!data_comm_ || data_comm_->size() == 1) return;
+  NoGradGuard no_grad;
+  const double scale = 1.0 / data_comm_->size();
+  for (auto& p : stage_->parameters()) {
+    // Every replica's backward reaches the same parameters; an unused one still takes part.
+    if (p.grad().impl_ptr() == nullptr) p.set_grad(Tensor::zeros(p.shape(), p.dtype()));
+    Tensor g = p.grad().contiguous();
+    data_comm_->allreduce(g);
+    Tensor dst = p.grad();
+    dst.copy_(mul(g, scale));
+  }
 }
 
 double Pipeline::train_step(const Tensor& input, const Tensor& target, const LossFn& loss) {
@@ -347,6 +397,7 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
     for (int m = 0; m < M; ++m) forward_micro(st, m);
     mean_loss = check(st, false);
     for (int m = M - 1; m >= 0; --m) backward_micro(st, m);
+    st.loss = nullptr;  // the first check reported the loss: the second needs one allreduce only
     check(st, true);
   } else {
     // 1F1B (PipeDream-Flush, Narayanan et al. 2021): S - s - 1 warm-up
@@ -361,6 +412,7 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
     for (int m = M - warm; m < M; ++m) backward_micro(st, m);
     mean_loss = check(st, true);
   }
+  average_gradients();
   boundary_bytes_ = st.peak_bytes;
   compute_seconds_ = st.compute_seconds;
   return mean_loss;

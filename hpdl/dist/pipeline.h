@@ -44,6 +44,17 @@ struct PipelineOptions {
 // stages < 1 or stages > L.
 std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages);
 
+// A grid of pipelines x data-parallel replicas over `all`: ranks
+// [d S, (d+1) S) form pipeline (replica) d, its stage s on rank d S + s;
+// `data` joins the ranks holding the same stage in every replica.
+struct PipelineGrid {
+  Communicator* all = nullptr;
+  std::unique_ptr<Communicator> pipeline, data;
+  int replica = 0, replicas = 1;
+};
+// Collective over `comm`. Throws when comm.size() is not a multiple of `stages`.
+PipelineGrid make_pipeline_grid(Communicator& comm, int stages);
+
 class Pipeline {
  public:
   // The loss of one micro-batch: output [m, ...] of the last stage and that
@@ -60,6 +71,14 @@ class Pipeline {
   // model's. CPU tensors only. Throws, on every rank alike, when there are
   // more stages than layers or the split points are not valid.
   Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
+  // Pipeline x data parallelism: this rank's stage of its replica's pipeline
+  // (grid.pipeline); after each train_step the stage's gradients are averaged
+  // over the replicas (grid.data, one allreduce per parameter), so with each
+  // replica given its own shard of the global batch every replica steps like
+  // one pipeline on the global batch. train_step returns the global batch's
+  // mean loss; errors are raised on every rank of the grid. `grid` must
+  // outlive the Pipeline.
+  Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& grid, PipelineOptions options = {});
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -109,18 +128,21 @@ class Pipeline {
   double compute_seconds() const { return compute_seconds_; }
 
  private:
-  std::string describe_stage(int s) const;
+  std::string describe_stage() const;
   struct Step;
   void begin(Step& st);
   void send(Step& st, Communicator& c, const Tensor& t, int dest, int tag);
   void forward_micro(Step& st, int m);
   void backward_micro(Step& st, int m);
   double check(Step& st, bool drop_grads);
-  [[noreturn]] void raise_everywhere(int failed_stage, const std::string& local_message);
+  void average_gradients();
+  [[noreturn]] void raise_everywhere(int failed_rank, const std::string& local_message);
 
   Communicator& comm_;
   std::unique_ptr<Communicator> fwd_comm_, bwd_comm_;  // activations forward, gradients backward
   PipelineOptions options_;
+  Communicator* status_comm_;                          // failure checks and the loss: comm_, or the whole grid
+  Communicator* data_comm_ = nullptr;                  // the same stage in the other replicas (grid only)
   std::vector<int64_t> bounds_;
   int stage_index_ = 0;
   std::shared_ptr<nn::Module> stage_;

@@ -354,5 +354,67 @@ TEST(Pipeline, ForwardMatchesTheModel) {
   else EXPECT_TRUE(out.impl_ptr() == nullptr);
 }
 
+// Pipeline x data: S stages x D replicas, each replica given its shard of the global
+// batch, must train like one process on the whole batch.
+void expect_grid_matches(int stages, int micro, PipelineSchedule schedule, const Reference& ref) {
+  const Shape sample{1, 8, 8};
+  const int64_t n = 8;
+  auto grid = make_pipeline_grid(W(), stages);
+  ASSERT_EQ(grid.replicas * stages, W().size());
+  PipelineOptions po;
+  po.micro_batches = micro;
+  po.schedule = schedule;
+  Pipeline pipe(make_cnn(), grid, po);
+  ASSERT_EQ(pipe.num_stages(), stages);
+  std::unique_ptr<optim::SGD> opt;
+  if (pipe.stage().num_parameters() > 0) opt = std::make_unique<optim::SGD>(optim::param_specs(pipe.stage()), sgd());
+  const int64_t shard = n / grid.replicas;
+  const int steps = static_cast<int>(ref.losses.size());
+  for (int k = 0; k < steps; ++k) {
+    auto [x, y] = batch(sample, n, k);
+    pipe.stage().zero_grad();
+    const int64_t lo = grid.replica * shard;
+    const double loss = pipe.train_step(x.slice(0, lo, lo + shard), y.slice(0, lo, lo + shard), ce);
+    EXPECT_NEAR(loss, ref.losses[k], 1e-5 * std::max(1.0, std::abs(ref.losses[k]))) << "step " << k;
+    if (k == 0)
+      for (auto& [name, p] : pipe.stage().named_parameters())
+        EXPECT_LE(rel_diff(p.grad(), ref.first_grads.at(name)), kTol)
+            << "gradient of " << name << ": " << stages << " stages x " << grid.replicas << " replicas, M = " << micro;
+    if (opt) opt->step();
+  }
+  for (auto& [name, t] : pipe.stage().state_dict())
+    EXPECT_LE(rel_diff(t, ref.state.at(name)), kTol)
+        << name << ": " << stages << " stages x " << grid.replicas << " replicas, M = " << micro;
+}
+
+TEST(Pipeline, PipelineTimesDataGridMatchesOneProcess) {
+  const auto ref = train_reference(make_cnn, {1, 8, 8}, 8, 3, 1);
+  for (int stages = 1; stages <= W().size(); stages *= 2)
+    for (int micro : {1, 2})
+      for (auto schedule : {PipelineSchedule::gpipe, PipelineSchedule::one_f_one_b})
+        expect_grid_matches(stages, micro, schedule, ref);
+}
+
+TEST(Pipeline, GridErrorsAreRaisedOnEveryRankOfEveryReplica) {
+  EXPECT_THROW(make_pipeline_grid(W(), 3), Error);  // 2 or 4 ranks are no multiple of 3
+  const int stages = W().size() / 2;                 // 2 replicas
+  auto grid = make_pipeline_grid(W(), stages);
+  PipelineOptions po;
+  po.micro_batches = 2;
+  Pipeline pipe(make_cnn(), grid, po);
+  // Replica 1 gets 3 samples, which 2 micro-batches cannot split; replica 0 is fine.
+  auto [x, y] = batch({1, 8, 8}, grid.replica == 0 ? 4 : 3, 0);
+  try {
+    pipe.train_step(x, y, ce);
+    FAIL() << "expected an error on rank " << W().rank();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(fmt::format("stage 0 of {} (layers 0..", stages)), std::string::npos) << what;
+    EXPECT_NE(what.find(fmt::format("rank {}) of replica 1: batch size 3 is not divisible", stages)),
+              std::string::npos)
+        << what;
+  }
+}
+
 }  // namespace
 }  // namespace hpdl::dist
