@@ -1,4 +1,4 @@
-// GPipe pipeline parallelism over point-to-point messages (see pipeline.h).
+// GPipe and 1F1B pipeline parallelism over point-to-point messages (see pipeline.h).
 // Wire format of one message (activation or gradient): int64 words
 // [kMagic, dtype, ndim, dims...] followed by the tensor's bytes, or the single
 // word kFailed when the sending stage (or one before it) failed this batch,
@@ -21,7 +21,8 @@ constexpr int64_t kMagic = 0x48504950;   // "HPIP"
 constexpr int64_t kFailed = 0x48504646;  // "HPFF"
 
 std::vector<uint8_t> encode(const Tensor& t) {
-  Tensor c = t.contiguous();
+  // Messages travel through host memory: a device tensor is copied back first.
+  Tensor c = t.device() == kCPU ? t.contiguous() : t.to(kCPU).contiguous();
   std::vector<int64_t> head{kMagic, static_cast<int64_t>(c.dtype()), c.ndim()};
   for (int64_t d : c.shape()) head.push_back(d);
   std::vector<uint8_t> out(head.size() * sizeof(int64_t) + c.nbytes());
@@ -117,9 +118,16 @@ PipelineGrid make_pipeline_grid(Communicator& comm, int stages) {
   return g;
 }
 
+namespace {
+Communicator& grid_pipeline(PipelineGrid& grid) {
+  HPDL_CHECK(grid.all != nullptr && grid.pipeline != nullptr && grid.data != nullptr,
+             "Pipeline: the grid is empty (build it with make_pipeline_grid)");
+  return *grid.pipeline;
+}
+}  // namespace
+
 Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& grid, PipelineOptions options)
-    : Pipeline(model, *grid.pipeline, std::move(options)) {
-  HPDL_CHECK(grid.all != nullptr && grid.data != nullptr, "Pipeline: the grid is empty (use make_pipeline_grid)");
+    : Pipeline(model, grid_pipeline(grid), std::move(options)) {
   status_comm_ = grid.all;
   data_comm_ = grid.data.get();
 }
@@ -140,12 +148,12 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& c
     bounds_ = balance_stages(params, S);
   } else {
     const auto& sp = options_.split_points;
-    HPDL_CHECK(static_cast<int>(sp.size()) == S - 1, "Pipeline: {} split points for {} stages; need exactly {}",
+    HPDL_CHECK(static_cast<int>(sp.size()) == S - 1, "Pipeline: {} split_points for {} stages; need exactly {}",
                sp.size(), S, S - 1);
     bounds_ = {0};
     for (size_t i = 0; i < sp.size(); ++i) {
       HPDL_CHECK(sp[i] > bounds_.back() && sp[i] < L,
-                 "Pipeline: split point {} is {}; split points must increase strictly within [1, {}) (layers)", i,
+                 "Pipeline: split_points[{}] is {}; split points must increase strictly within [1, {}) (layers)", i,
                  sp[i], L);
       bounds_.push_back(sp[i]);
     }
