@@ -1,0 +1,153 @@
+// dist::Pipeline: pipeline parallelism (GPipe, Huang et al. 2019) for a
+// sequential model too large for one rank. The layers are cut into S
+// contiguous stages, one per rank of a communicator; a batch is split into M
+// micro-batches that flow forward stage to stage (activations sent
+// point-to-point), then backward in reverse (activation gradients sent back).
+// Each stage accumulates its parameters' gradients over the micro-batches and
+// steps its own optimizer on its own parameters: nothing is all-reduced.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hpdl/dist/communicator.h"
+#include "hpdl/nn/layers.h"
+#include "hpdl/nn/module.h"
+
+namespace hpdl::dist {
+
+enum class PipelineSchedule {
+  gpipe,        // all M forwards, then all M backwards: every stage holds M micro-batches' activations
+  one_f_one_b,  // 1F1B: forwards and backwards alternate; stage s holds at most S - s
+};
+
+struct PipelineOptions {
+  // M: micro-batches per batch. The batch size must be a multiple of M.
+  int micro_batches = 1;
+  PipelineSchedule schedule = PipelineSchedule::gpipe;
+  // Where stages 1..S-1 begin: S-1 strictly increasing layer indices in
+  // [1, layers). Empty: balance_stages() by parameter count.
+  std::vector<int64_t> split_points;
+  // Point-to-point tags: `tag` carries activations forward, `tag + 1`
+  // gradients backward. Change it only if something else on the same
+  // communicator uses these tags.
+  int tag = 7300;
+};
+
+// Stage bounds [0 = b_0, b_1, ..., b_S = L] for L layers with the given
+// parameter counts: contiguous, at least one layer per stage, minimizing the
+// largest stage's parameter count (exact, by dynamic programming); among equal
+// maxima the layer counts are kept as even as possible. Throws when
+// stages < 1 or stages > L.
+std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages);
+
+// A grid of pipelines x data-parallel replicas over `all`: ranks
+// [d S, (d+1) S) form pipeline (replica) d, its stage s on rank d S + s;
+// `data` joins the ranks holding the same stage in every replica.
+struct PipelineGrid {
+  Communicator* all = nullptr;
+  std::unique_ptr<Communicator> pipeline, data;
+  int replica = 0, replicas = 1;
+};
+// Collective over `comm`. Throws when comm.size() is not a multiple of `stages`.
+PipelineGrid make_pipeline_grid(Communicator& comm, int stages);
+
+class Pipeline {
+ public:
+  // The loss of one micro-batch: output [m, ...] of the last stage and that
+  // micro-batch's targets; must return the scalar MEAN over the micro-batch
+  // (the pipeline weighs each micro-batch by 1/M, so the gradients are those
+  // of the mean over the whole batch).
+  using LossFn = std::function<Tensor(const Tensor& output, const Tensor& target)>;
+
+  // `model`, built identically on every rank of `comm` (same seed, so no
+  // broadcast is needed), is cut into comm.size() stages; rank s keeps layers
+  // [bounds()[s], bounds()[s+1]) and holds no reference to the others (drop
+  // `model` after this call to free them). The stage keeps the full model's
+  // parameter names ("3.weight"), so its state dict is a subset of the
+  // model's. CPU tensors only. Throws, on every rank alike, when there are
+  // more stages than layers or the split points are not valid.
+  Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
+  // Pipeline x data parallelism: this rank's stage of its replica's pipeline
+  // (grid.pipeline); after each train_step the stage's gradients are averaged
+  // over the replicas (grid.data, one allreduce per parameter), so with each
+  // replica given its own shard of the global batch every replica steps like
+  // one pipeline on the global batch. train_step returns the global batch's
+  // mean loss; errors are raised on every rank of the grid. `grid` must
+  // outlive the Pipeline.
+  Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& grid, PipelineOptions options = {});
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // One batch, forward and backward, in the options' schedule (GPipe: all M
+  // forwards, then all M backwards, last micro-batch first; 1F1B: see
+  // PipelineSchedule). `input` [N, ...] is read on the first stage only and
+  // `target` [N, ...] on the last stage only (other ranks may pass undefined
+  // tensors). Gradients are ACCUMULATED into the stage's .grad (zero them
+  // before, as for backward()); then step the stage's optimizer. Returns the
+  // batch's mean loss on every rank.
+  // Errors (N not divisible by M, a shape one stage's layers cannot take from
+  // the previous stage, a failing loss) are raised on every rank with the same
+  // message, naming the first failing stage and its layers; every stage still
+  // exchanges its M messages each way (failure markers), so none is left
+  // behind and the pipeline stays usable. GPipe: an error in forward leaves the
+  // gradients untouched. An error in 1F1B, or in GPipe's backward, drops the
+  // stage's gradients (zero_grad), since part of the batch may be in them.
+  // Batch norm in a stage normalizes each micro-batch with its own statistics
+  // and updates its running statistics M times per batch.
+  double train_step(const Tensor& input, const Tensor& target, const LossFn& loss);
+
+  // Forward only, without a graph (uses the modules' current train/eval mode),
+  // the whole batch at once (no micro-batches). Returns the last stage's output
+  // on the last stage and an undefined Tensor elsewhere. Errors as train_step.
+  Tensor forward(const Tensor& input);
+
+  // This rank's layers as one module (train/eval, zero_grad, parameters for
+  // the optimizer, state_dict with the model's names).
+  nn::Module& stage() { return *stage_; }
+  int stage_index() const { return stage_index_; }
+  int num_stages() const { return static_cast<int>(bounds_.size()) - 1; }
+  bool is_first() const { return stage_index_ == 0; }
+  bool is_last() const { return stage_index_ == num_stages() - 1; }
+  const std::vector<int64_t>& bounds() const { return bounds_; }
+  int micro_batches() const { return options_.micro_batches; }
+
+  // Bytes of activations this stage held for backward at the peak of the last
+  // train_step: the received inputs and the saved outputs of all micro-batches
+  // (the tensors between layers inside a stage are not counted; the CPU
+  // allocator's peak, cpu_memory_stats(), covers everything).
+  int64_t boundary_activation_bytes() const { return boundary_bytes_; }
+  // Seconds the last train_step spent computing on this stage (forward, loss,
+  // backward; not waiting for or sending messages). Divided by the step's
+  // time it is the stage's busy fraction, M / (M + S - 1) for GPipe with
+  // balanced stages on dedicated cores.
+  double compute_seconds() const { return compute_seconds_; }
+
+ private:
+  std::string describe_stage() const;
+  struct Step;
+  void begin(Step& st);
+  void send(Step& st, Communicator& c, const Tensor& t, int dest, int tag);
+  void forward_micro(Step& st, int m);
+  void backward_micro(Step& st, int m);
+  double check(Step& st, bool drop_grads);
+  void average_gradients();
+  [[noreturn]] void raise_everywhere(int failed_rank, const std::string& local_message);
+
+  Communicator& comm_;
+  std::unique_ptr<Communicator> fwd_comm_, bwd_comm_;  // activations forward, gradients backward
+  PipelineOptions options_;
+  Communicator* status_comm_;                          // failure checks and the loss: comm_, or the whole grid
+  Communicator* data_comm_ = nullptr;                  // the same stage in the other replicas (grid only)
+  std::vector<int64_t> bounds_;
+  int stage_index_ = 0;
+  std::shared_ptr<nn::Module> stage_;
+  int64_t boundary_bytes_ = 0;
+  double compute_seconds_ = 0;
+};
+
+}  // namespace hpdl::dist
