@@ -63,11 +63,11 @@ int main(int argc, char** argv) {
     workflow::HeatEquation1d sim;
     if (world.rank() == 0)
       std::printf("hpdl_workflow: %s, %d rank(s): %lld simulating (%lld runs a round each), %lld training; "
-                  "%s acquisition, %lld surrogate(s), %s exchange\n",
+                  "%s exchange, %s acquisition, %lld surrogate(s)\n",
                   sim.name().c_str(), world.size(), static_cast<long long>(o.sim_ranks),
                   static_cast<long long>(o.sims_per_round), static_cast<long long>(world.size() - o.sim_ranks),
-                  workflow::acquire_name(o.acquire), static_cast<long long>(o.ensemble),
-                  workflow::exchange_name(o.exchange));
+                  workflow::exchange_name(o.exchange), workflow::acquire_name(o.acquire),
+                  static_cast<long long>(o.ensemble));
     auto result = workflow::train_online(sim, o, world, [](const workflow::RoundLog& l) {
       std::printf("round %3lld  samples %5lld  train loss %.3e  validation error %.4f  (%.1f s)\n",
                   static_cast<long long>(l.round), static_cast<long long>(l.samples), l.train_loss,
@@ -76,11 +76,14 @@ int main(int argc, char** argv) {
     });
     if (world.rank() == 0) {
       std::string by_rank;
-      for (size_t s = 0; s < result.simulations_by_rank.size(); ++s)
+      int64_t total = 0;  // this run's (a resumed sync run's result.simulations also counts the checkpoint's)
+      for (size_t s = 0; s < result.simulations_by_rank.size(); ++s) {
         by_rank += (s ? ", " : "") + std::to_string(result.simulations_by_rank[s]);
+        total += result.simulations_by_rank[s];
+      }
       std::printf("exchange %s: %lld simulations in %.2f s (%.1f/s), by simulation rank: %s\n",
-                  workflow::exchange_name(o.exchange), static_cast<long long>(result.simulations), result.seconds,
-                  static_cast<double>(result.simulations) / result.seconds, by_rank.c_str());
+                  workflow::exchange_name(o.exchange), static_cast<long long>(total), result.seconds,
+                  static_cast<double>(total) / result.seconds, by_rank.c_str());
       std::fflush(stdout);
     }
     const auto done = static_cast<int64_t>(result.rounds.size());

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <numeric>
 #include <thread>
 
@@ -27,6 +28,13 @@ constexpr double kPi = 3.14159265358979323846;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// CPU time of the calling thread (it does not grow while the thread waits for a core).
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 // Parameters scaled to [0, 1] per coordinate: the surrogate's input.
@@ -488,12 +496,14 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
     world.barrier();  // the checkpoint is complete before any rank goes on (or reads it to resume)
   };
 
-  // The slow rank's batches take slow_factor times as long: it sleeps the difference.
+  // The slow rank's batches take slow_factor times as long: it sleeps slow_factor - 1 times the batch's CPU
+  // time. CPU time, not wall time: on a shared, oversubscribed node the wall time of a solve grows with the
+  // load, and a sleep scaled by it would make the slowdown depend on the exchange being measured.
   auto simulate_batch = [&](const std::vector<double>& params) {
-    const auto t_batch = std::chrono::steady_clock::now();
+    const double cpu0 = thread_cpu_seconds();
     auto out = simulate_all(sim, params);
     if (world.rank() == o.slow_rank && o.slow_factor > 1)
-      std::this_thread::sleep_for(std::chrono::duration<double>((o.slow_factor - 1) * seconds_since(t_batch)));
+      std::this_thread::sleep_for(std::chrono::duration<double>((o.slow_factor - 1) * (thread_cpu_seconds() - cpu0)));
     return out;
   };
   // One round's (or batch's) training on the whole buffer; `between` runs after each step (async: the first

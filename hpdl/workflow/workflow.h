@@ -33,9 +33,11 @@
 // trainer point-to-point as soon as it is done and goes on at once; the first
 // trainer takes whatever has arrived before each round's steps (at least one
 // batch), broadcasts it over the trainer communicator, and the trainers train
-// on it. With active learning a simulation rank asks the first trainer for
-// its next parameters (request/reply, one batch ahead), so a fast rank runs
-// ahead of a slow one. At the end the first trainer sends each simulation
+// on it. A simulation rank asks the first trainer for its next parameters
+// (request/reply, one batch ahead; chosen then with active learning), and
+// batch b is granted once the trainers have started round b - 1, so a fast
+// rank keeps pace with training while a slow one falls behind without
+// holding anyone up. At the end the first trainer sends each simulation
 // rank a stop message and drains every result still in flight. Results then
 // depend on the arrival order, which is recorded (OnlineResult::arrivals).
 // No checkpoints in this mode.
@@ -139,7 +141,7 @@ struct OnlineOptions {
   // Exchange.
   Exchange exchange = Exchange::sync;
   // Uneven simulation cost, to show what async exchange is for: simulation rank `slow_rank` sleeps
-  // (slow_factor - 1) times the measured time of each batch after computing it, as a node slow_factor times
+  // (slow_factor - 1) times the CPU time of each batch after computing it, as a node slow_factor times
   // slower would take (sleeping, so it takes no core from the other ranks). slow_factor = 1: no effect.
   int64_t slow_rank = -1;
   double slow_factor = 1.0;
