@@ -350,23 +350,61 @@ void Communicator::send_bytes(const void* data, int64_t nbytes, int dest, int ta
 }
 
 std::vector<uint8_t> Communicator::recv_bytes(int source, int tag, int* from) {
+  for (Backoff b;; b.wait())
+    if (auto msg = try_recv_bytes(source, tag, from)) return std::move(*msg);
+}
+
+std::optional<std::vector<uint8_t>> Communicator::try_recv_bytes(int source, int tag, int* from) {
   HPDL_CHECK(source == kAnySource || (source >= 0 && source < size_), "recv_bytes: source rank {} outside [0, {})",
              source, size_);
-  for (Backoff b;; b.wait()) {
+  MpiLock lock;
+  // A matched probe removes the message from matching, so two threads
+  // receiving at once can never both take it (as MPI_Iprobe + MPI_Recv could).
+  int found = 0;
+  MPI_Message msg;
+  MPI_Status st;
+  check_mpi(MPI_Improbe(source, tag, comm_, &found, &msg, &st), "MPI_Improbe");
+  if (!found) return std::nullopt;
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  std::vector<uint8_t> out(static_cast<size_t>(count));
+  check_mpi(MPI_Mrecv(out.data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+  if (from) *from = st.MPI_SOURCE;
+  return out;
+}
+
+std::unique_ptr<PendingSend> Communicator::isend_bytes(std::vector<uint8_t> bytes, int dest, int tag) {
+  HPDL_CHECK(dest >= 0 && dest < size_, "isend_bytes: destination rank {} outside [0, {})", dest, size_);
+  HPDL_CHECK(bytes.size() < (size_t{1} << 31), "isend_bytes: {} bytes (a message is at most 2 GiB)", bytes.size());
+  std::unique_ptr<PendingSend> s(new PendingSend());
+  s->bytes_ = std::move(bytes);
+  MpiLock lock;
+  check_mpi(MPI_Isend(s->bytes_.data(), static_cast<int>(s->bytes_.size()), MPI_BYTE, dest, tag, comm_, &s->req_),
+            "MPI_Isend");
+  return s;
+}
+
+bool PendingSend::test() {
+  if (done_) return true;
+  int flag = 0;
+  {
     MpiLock lock;
-    // A matched probe removes the message from matching, so two threads
-    // receiving at once can never both take it (as MPI_Iprobe + MPI_Recv could).
-    int found = 0;
-    MPI_Message msg;
-    MPI_Status st;
-    check_mpi(MPI_Improbe(source, tag, comm_, &found, &msg, &st), "MPI_Improbe");
-    if (!found) continue;
-    int count = 0;
-    MPI_Get_count(&st, MPI_BYTE, &count);
-    std::vector<uint8_t> out(static_cast<size_t>(count));
-    check_mpi(MPI_Mrecv(out.data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
-    if (from) *from = st.MPI_SOURCE;
-    return out;
+    check_mpi(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+  }
+  done_ = flag != 0;
+  return done_;
+}
+
+void PendingSend::wait() {
+  for (Backoff b; !test(); b.wait()) {
+  }
+}
+
+PendingSend::~PendingSend() {
+  try {
+    wait();
+  } catch (...) {
+    // An MPI error while waiting has nowhere to go from a destructor; the job's MPI error handler reports it.
   }
 }
 

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +40,26 @@ class Work {
   bool done_ = false;
   std::exception_ptr error_;
   void finish(std::exception_ptr e);
+};
+
+// A point-to-point send in flight (Communicator::isend_bytes). It owns a copy
+// of the bytes. test() polls once (true once the message has left the buffer;
+// it may still be on its way), wait() polls with short sleeps until then, as
+// send_bytes does. The destructor waits, so a message is never cancelled.
+class PendingSend {
+ public:
+  ~PendingSend();
+  PendingSend(const PendingSend&) = delete;
+  PendingSend& operator=(const PendingSend&) = delete;
+  bool test();
+  void wait();
+
+ private:
+  friend class Communicator;
+  PendingSend() = default;
+  std::vector<uint8_t> bytes_;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  bool done_ = false;
 };
 
 class Communicator {
@@ -91,6 +112,12 @@ class Communicator {
   static constexpr int kAnySource = MPI_ANY_SOURCE;
   void send_bytes(const void* data, int64_t nbytes, int dest, int tag);
   std::vector<uint8_t> recv_bytes(int source, int tag, int* from = nullptr);
+  // The non-waiting halves. isend_bytes starts sending a copy of `bytes` and
+  // returns at once; the receiver need not be ready. try_recv_bytes returns
+  // the first message with `tag` from `source` if one has arrived, else
+  // nothing (one matched probe; same ordering as recv_bytes).
+  std::unique_ptr<PendingSend> isend_bytes(std::vector<uint8_t> bytes, int dest, int tag);
+  std::optional<std::vector<uint8_t>> try_recv_bytes(int source, int tag, int* from = nullptr);
 
   // Ranks with equal color form one new communicator, ordered by key.
   std::unique_ptr<Communicator> split(int color, int key) const;

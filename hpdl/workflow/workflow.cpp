@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <ctime>
 #include <numeric>
+#include <thread>
 
 #include <filesystem>
 #include <map>
@@ -13,6 +16,7 @@
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/error.h"
 #include "hpdl/core/random.h"
+#include "hpdl/io/file.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
 #include "hpdl/train/checkpoint.h"
@@ -24,6 +28,13 @@ constexpr double kPi = 3.14159265358979323846;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// CPU time of the calling thread (it does not grow while the thread waits for a core).
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 // Parameters scaled to [0, 1] per coordinate: the surrogate's input.
@@ -121,6 +132,19 @@ Tensor predict(nn::Module& surrogate, const Simulation& sim, const std::vector<d
              "workflow::predict: {} values is not a whole number of {}-parameter rows", params.size(), sim.num_params());
   NoGradGuard ng;
   return surrogate.forward(scaled_inputs(sim, params));
+}
+
+const char* exchange_name(Exchange e) { return e == Exchange::async ? "async" : "sync"; }
+
+Exchange parse_exchange(const std::string& s) {
+  if (s == "sync") return Exchange::sync;
+  if (s == "async") return Exchange::async;
+  HPDL_FAIL("workflow: unknown exchange '{}'; choose sync or async", s);
+}
+
+uint64_t record_checksum(const double* params, int64_t num_params, const float* output, int64_t output_size) {
+  return io::xxh64(output, static_cast<size_t>(output_size) * sizeof(float),
+                   io::xxh64(params, static_cast<size_t>(num_params) * sizeof(double)));
 }
 
 const char* acquire_name(Acquire a) { return a == Acquire::variance ? "variance" : "random"; }
@@ -242,6 +266,51 @@ int poisson1(double u) {
   return k;
 }
 
+// Async exchange messages (on a duplicate of the world communicator, so no other traffic can match them).
+// Simulation rank -> first trainer, tag kTagToTrainer: an int64 header {kind, batch, count, ticket, checksum},
+// then `count` records of num_params doubles and output_size floats (kResult only). First trainer ->
+// simulation rank, tag kTagToSim: {kind, ticket}, then the parameters (kParams only). One tag each way keeps
+// every sender's messages in order: a rank's kDone comes after all its results and requests.
+constexpr int kTagToTrainer = 7301, kTagToSim = 7302;
+enum MessageKind : int64_t { kResult = 1, kRequest = 2, kDone = 3, kParams = 4, kStop = 5 };
+
+template <class T>
+void put(std::vector<uint8_t>& out, const T* data, size_t n) {
+  const auto* b = reinterpret_cast<const uint8_t*>(data);
+  out.insert(out.end(), b, b + n * sizeof(T));
+}
+
+// Reads a message front to back; a short one is an error naming what was expected.
+struct MessageReader {
+  const std::vector<uint8_t>& bytes;
+  size_t at = 0;
+  template <class T>
+  void get(T* data, size_t n) {
+    HPDL_CHECK(at + n * sizeof(T) <= bytes.size(),
+               "workflow: async exchange: a {}-byte message ends before byte {} (corrupt or from another program "
+               "sharing the communicator)",
+               bytes.size(), at + n * sizeof(T));
+    std::memcpy(data, bytes.data() + at, n * sizeof(T));
+    at += n * sizeof(T);
+  }
+};
+
+// Sleeps between two polls: short at first, then up to 2 ms (as Communicator's point-to-point waits do).
+struct PollPause {
+  std::chrono::microseconds pause{20};
+  void wait() {
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(2000));
+  }
+};
+
+// Records and their arrival order, as the first trainer takes them in and shares them with the other trainers.
+struct Intake {
+  std::vector<Arrival> arrivals;
+  std::vector<double> params;
+  std::vector<float> outputs;
+};
+
 std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
   std::map<std::string, Tensor> out;
   for (const auto& [k, v] : all)
@@ -276,6 +345,15 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
              o.stop_after_round);
   HPDL_CHECK(!o.checkpoint_dir.empty() || (o.checkpoint_every == 0 && o.stop_after_round == 0 && !o.resume),
              "workflow: checkpoint_every, stop_after_round and resume need a checkpoint directory (--checkpoint-dir)");
+  const bool async = o.exchange == Exchange::async;
+  HPDL_CHECK(!async || (o.checkpoint_dir.empty() && o.checkpoint_every == 0 && o.stop_after_round == 0 && !o.resume),
+             "workflow: exchange = async does not support checkpoint/restart (--checkpoint-dir, --checkpoint-every, "
+             "--stop-after, --resume): the simulations in flight and the arrival order are not saved; use --exchange "
+             "sync to checkpoint");
+  HPDL_CHECK(o.slow_factor >= 1 && (o.slow_factor == 1 || (o.slow_rank >= 0 && o.slow_rank < o.sim_ranks)),
+             "workflow: slow_factor = {} must be >= 1, and above 1 slow_rank = {} must be one of the {} simulation "
+             "ranks (--slow-rank, --slow-factor)",
+             o.slow_factor, o.slow_rank, o.sim_ranks);
   const auto t0 = std::chrono::steady_clock::now();
   const bool simulator = world.rank() < o.sim_ranks;
   const int first_trainer = static_cast<int>(o.sim_ranks);
@@ -325,6 +403,8 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   }
 
   auto group = world.split(simulator ? 0 : 1, world.rank());
+  // Async exchange: point-to-point messages on their own copy of the world (same ranks).
+  std::unique_ptr<dist::Communicator> p2p = async ? world.split(0, world.rank()) : nullptr;
   const int64_t per_rank = o.sims_per_round * row;  // values each rank contributes to a round's allgather
   result.trainer = !simulator;
   result.first_round = start;
@@ -416,13 +496,308 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
     world.barrier();  // the checkpoint is complete before any rank goes on (or reads it to resume)
   };
 
+  // The slow rank's batches take slow_factor times as long: it sleeps slow_factor - 1 times the batch's CPU
+  // time. CPU time, not wall time: on a shared, oversubscribed node the wall time of a solve grows with the
+  // load, and a sleep scaled by it would make the slowdown depend on the exchange being measured.
+  auto simulate_batch = [&](const std::vector<double>& params) {
+    const double cpu0 = thread_cpu_seconds();
+    auto out = simulate_all(sim, params);
+    if (world.rank() == o.slow_rank && o.slow_factor > 1)
+      std::this_thread::sleep_for(std::chrono::duration<double>((o.slow_factor - 1) * (thread_cpu_seconds() - cpu0)));
+    return out;
+  };
+  // One round's (or batch's) training on the whole buffer; `between` runs after each step (async: the first
+  // trainer's polls). Returns the sum of the steps' mean member losses.
+  auto train_steps = [&](const std::function<void()>& between) {
+    const int64_t have = static_cast<int64_t>(buffer_out.size()) / m;
+    const Tensor inputs = scaled_inputs(sim, buffer_params);
+    const Tensor targets = Tensor::from_vector(buffer_out, {have, m});
+    double loss_sum = 0;
+    for (int64_t step = 0; step < o.steps_per_round; ++step) {
+      // Each trainer draws its own batches (its rank in the stream), gradients are averaged. Each member
+      // draws from its own resample; the members' losses are summed, so each gets its own gradient.
+      opt->zero_grad();
+      Tensor loss;
+      for (int64_t k = 0; k < o.ensemble; ++k) {
+        const auto& from = boot[k];
+        const int64_t size = o.ensemble == 1 || from.empty() ? have : static_cast<int64_t>(from.size());
+        std::vector<int64_t> idx(static_cast<size_t>(o.batch_size));
+        for (auto& i : idx) {
+          i = std::min<int64_t>(size - 1, static_cast<int64_t>(Generator::uniform(
+                                              o.seed + 29 + static_cast<uint64_t>(group->rank()),
+                                              batch_gen.reserve(1)) * static_cast<double>(size)));
+          if (size != have) i = from[i];
+        }
+        Tensor index = Tensor::from_vector(idx, {o.batch_size});
+        Tensor lk = mse_loss(net->member(k).forward(index_select(inputs, 0, index)), index_select(targets, 0, index));
+        loss = k == 0 ? lk : add(loss, lk);
+      }
+      loss.backward();
+      if (group->size() > 1)
+        for (auto& param : net->parameters()) {
+          Tensor g = param.grad();
+          group->allreduce(g);
+          g.copy_(mul(g, 1.0 / group->size()));
+        }
+      opt->step();
+      loss_sum += loss.item() / static_cast<double>(o.ensemble);
+      if (between) between();
+    }
+    return loss_sum;
+  };
+  auto buffer_checksum = [&] {
+    uint64_t sum = 0;
+    for (size_t i = 0; i < buffer_out.size() / static_cast<size_t>(m); ++i)
+      sum += record_checksum(buffer_params.data() + i * p, p, buffer_out.data() + i * m, m);
+    return sum;
+  };
+  // Async exchange (see the header). Simulation ranks: produce batches until told to stop. First trainer:
+  // takes in results and parameter requests whenever it polls (before each round, between steps, in the
+  // drain), shares the results with the other trainers in one broadcast a round, and decides when to stop.
+  auto run_async = [&] {
+    if (simulator) {
+      std::vector<std::unique_ptr<dist::PendingSend>> inflight;
+      auto send = [&](const int64_t (&header)[5], const std::vector<double>& params, const std::vector<float>& out) {
+        std::vector<uint8_t> bytes;
+        put(bytes, header, 5);
+        for (size_t i = 0; i < out.size() / static_cast<size_t>(m); ++i) {  // the records, if any
+          put(bytes, params.data() + i * p, static_cast<size_t>(p));
+          put(bytes, out.data() + i * m, static_cast<size_t>(m));
+        }
+        std::erase_if(inflight, [](auto& s) { return s->test(); });
+        inflight.push_back(p2p->isend_bytes(std::move(bytes), first_trainer, kTagToTrainer));
+      };
+      // Always one request ahead: batch b + 1's parameters are asked for before batch b is simulated, so
+      // the reply is usually there when it is done.
+      send({kRequest, 0, 0, -1, 0}, {}, {});
+      int64_t batch = 0, sent = 0;
+      for (;; ++batch) {
+        const auto msg = p2p->recv_bytes(first_trainer, kTagToSim);
+        MessageReader rd{msg};
+        int64_t head[2];  // {kind, ticket}
+        rd.get(head, 2);
+        if (head[0] == kStop) break;
+        HPDL_CHECK(head[0] == kParams, "workflow: async exchange: simulation rank {} expected parameters, got a "
+                   "message of kind {}", world.rank(), head[0]);
+        std::vector<double> params(static_cast<size_t>(o.sims_per_round * p));
+        rd.get(params.data(), params.size());
+        send({kRequest, batch + 1, 0, -1, 0}, {}, {});
+        const auto out = simulate_batch(params);
+        for (int64_t i = 0; i < o.sims_per_round; ++i)
+          result.checksum += record_checksum(params.data() + i * p, p, out.data() + i * m, m);
+        sent += o.sims_per_round;
+        send({kResult, batch, o.sims_per_round, head[1], 0}, params, out);
+      }
+      // The last message: how many results this rank sent and their checksum, which the first trainer checks.
+      send({kDone, batch, sent, -1, static_cast<int64_t>(result.checksum)}, {}, {});
+      result.sent = sent;
+      for (auto& s : inflight) s->wait();
+    } else {
+      const bool first = world.rank() == first_trainer;
+      Intake pending;  // first trainer: taken in, not yet shared
+      std::vector<int64_t> got(static_cast<size_t>(o.sim_ranks), 0);
+      std::vector<uint64_t> got_sum(static_cast<size_t>(o.sim_ranks), 0);
+      std::vector<bool> finished(static_cast<size_t>(o.sim_ranks), false);
+      int64_t finished_count = 0, ticket = 0;
+      // Flow control: batch b's parameters are granted once b < allowed, and allowed is r + 2 from round r's
+      // intake on (as in sync mode, a rank runs batch r + 1 while the trainers train on round r). A fast rank
+      // thus keeps pace with the trainers whatever a slow one does; requests beyond wait in `deferred`.
+      int64_t allowed = 1;
+      std::vector<std::pair<int, int64_t>> deferred;  // (rank, batch)
+      bool stopping = false;
+      std::vector<std::unique_ptr<dist::PendingSend>> replies;
+      // Each request scores pool / sim_ranks candidates, so a round's acquisitions cost what sync mode's one does.
+      const int64_t request_pool = std::max(o.sims_per_round, o.pool / o.sim_ranks);
+      auto grant = [&](int from, int64_t b) {
+        const auto params = active && b >= 2 ? acquire_params(*net, sim, o.sims_per_round, request_pool, o.explore,
+                                                              o.seed, 1000000 + ticket)
+                                             : sample_params(sim, o.sims_per_round, o.seed,
+                                                             static_cast<uint64_t>(b * world.size() + from));
+        const int64_t head[2] = {kParams, ticket++};
+        std::vector<uint8_t> bytes;
+        put(bytes, head, 2);
+        put(bytes, params.data(), params.size());
+        std::erase_if(replies, [](auto& s) { return s->test(); });
+        replies.push_back(p2p->isend_bytes(std::move(bytes), from, kTagToSim));
+      };
+      auto handle = [&](const std::vector<uint8_t>& msg, int from) {
+        HPDL_CHECK(from >= 0 && from < o.sim_ranks && !finished[from],
+                   "workflow: async exchange: the first trainer got a message from rank {}, which is not a running "
+                   "simulation rank", from);
+        MessageReader rd{msg};
+        int64_t h[5];
+        rd.get(h, 5);
+        if (h[0] == kResult) {
+          for (int64_t i = 0; i < h[2]; ++i) {
+            const size_t at_p = pending.params.size(), at_o = pending.outputs.size();
+            pending.params.resize(at_p + static_cast<size_t>(p));
+            pending.outputs.resize(at_o + static_cast<size_t>(m));
+            rd.get(pending.params.data() + at_p, static_cast<size_t>(p));
+            rd.get(pending.outputs.data() + at_o, static_cast<size_t>(m));
+            got_sum[from] += record_checksum(pending.params.data() + at_p, p, pending.outputs.data() + at_o, m);
+          }
+          got[from] += h[2];
+          pending.arrivals.push_back({0, from, h[1], h[2], h[3]});
+        } else if (h[0] == kRequest) {
+          if (stopping) return;  // the stop message already sent answers it
+          if (h[1] < allowed) grant(from, h[1]);
+          else deferred.emplace_back(from, h[1]);
+        } else {
+          HPDL_CHECK(h[0] == kDone, "workflow: async exchange: unknown message kind {} from rank {}", h[0], from);
+          HPDL_CHECK(h[2] == got[from] && static_cast<uint64_t>(h[4]) == got_sum[from],
+                     "workflow: async exchange: simulation rank {} sent {} results (checksum {}), the first trainer "
+                     "received {} (checksum {})",
+                     from, h[2], io::hex64(static_cast<uint64_t>(h[4])), got[from], io::hex64(got_sum[from]));
+          finished[from] = true;
+          ++finished_count;
+        }
+      };
+      auto poll = [&] {
+        int from = -1;
+        while (auto msg = p2p->try_recv_bytes(dist::Communicator::kAnySource, kTagToTrainer, &from)) handle(*msg, from);
+      };
+      // The first trainer's intake goes to every trainer (group rank 0 is the first trainer); all append it.
+      auto share = [&](int64_t round) {
+        std::vector<uint8_t> bytes;
+        int64_t sizes[2] = {static_cast<int64_t>(pending.arrivals.size()),
+                            static_cast<int64_t>(pending.outputs.size()) / m};
+        if (first) {
+          put(bytes, sizes, 2);
+          for (const auto& a : pending.arrivals) {
+            const int64_t v[4] = {a.source, a.batch, a.count, a.ticket};
+            put(bytes, v, 4);
+          }
+          put(bytes, pending.params.data(), pending.params.size());
+          put(bytes, pending.outputs.data(), pending.outputs.size());
+          pending = Intake{};
+        }
+        int64_t nbytes = static_cast<int64_t>(bytes.size());
+        group->broadcast_bytes(&nbytes, sizeof(nbytes), 0);
+        bytes.resize(static_cast<size_t>(nbytes));
+        group->broadcast_bytes(bytes.data(), nbytes, 0);
+        MessageReader rd{bytes};
+        rd.get(sizes, 2);
+        for (int64_t i = 0; i < sizes[0]; ++i) {
+          int64_t v[4];
+          rd.get(v, 4);
+          result.arrivals.push_back({round, v[0], v[1], v[2], v[3]});
+          result.simulations_by_rank[v[0]] += v[2];
+        }
+        const int64_t before = static_cast<int64_t>(buffer_out.size()) / m;
+        buffer_params.resize(buffer_params.size() + static_cast<size_t>(sizes[1] * p));
+        rd.get(buffer_params.data() + before * p, static_cast<size_t>(sizes[1] * p));
+        buffer_out.resize(buffer_out.size() + static_cast<size_t>(sizes[1] * m));
+        rd.get(buffer_out.data() + before * m, static_cast<size_t>(sizes[1] * m));
+        add_to_resamples(before, before + sizes[1]);
+      };
+      for (int64_t r = 0; r < o.max_rounds; ++r) {
+        if (first) {
+          // Whatever has arrived; at least one batch, so that no round trains on exactly the data of the last.
+          poll();
+          for (PollPause pause; pending.arrivals.empty(); pause.wait()) poll();
+          allowed = r + 2;
+          std::vector<std::pair<int, int64_t>> waiting;
+          std::swap(waiting, deferred);
+          for (const auto& [from, b] : waiting) {
+            if (b < allowed) grant(from, b);
+            else deferred.emplace_back(from, b);
+          }
+        }
+        share(r + 1);
+        RoundLog log;
+        log.round = r + 1;
+        log.samples = static_cast<int64_t>(buffer_out.size()) / m;
+        log.train_loss = train_steps(first ? std::function<void()>(poll) : std::function<void()>()) /
+                         static_cast<double>(o.steps_per_round);
+        log.validation_error = validation_error();
+        const int stop = (o.target_error > 0 && log.validation_error < o.target_error) || r + 1 == o.max_rounds;
+        // The first trainer's log and decision reach the other trainers.
+        double msg[4] = {static_cast<double>(stop), log.train_loss, log.validation_error, seconds_since(t0)};
+        group->broadcast_bytes(msg, sizeof(msg), 0);
+        log.train_loss = msg[1];
+        log.validation_error = msg[2];
+        log.seconds = msg[3];
+        result.rounds.push_back(log);
+        if (first && on_round) on_round(log);
+        if (msg[0] > 0.5) break;
+      }
+      // Drain: a stop to each simulation rank, then everything until each one's last message. The drained
+      // results join the buffer (they count as used) but no step trains on them.
+      if (first) {
+        stopping = true;
+        const int64_t head[2] = {kStop, -1};
+        for (int s = 0; s < o.sim_ranks; ++s) {
+          std::vector<uint8_t> bytes;
+          put(bytes, head, 2);
+          replies.push_back(p2p->isend_bytes(std::move(bytes), s, kTagToSim));
+        }
+        for (PollPause pause; finished_count < o.sim_ranks; pause.wait()) poll();
+        for (auto& s : replies) s->wait();
+      }
+      share(static_cast<int64_t>(result.rounds.size()) + 1);
+      result.checksum = buffer_checksum();
+    }
+    // Every rank gets the logs, the arrival order and the counts from the first trainer.
+    std::vector<uint8_t> bytes;
+    if (world.rank() == first_trainer) {
+      const int64_t sizes[2] = {static_cast<int64_t>(result.rounds.size()), static_cast<int64_t>(result.arrivals.size())};
+      put(bytes, sizes, 2);
+      for (const auto& l : result.rounds) {
+        const double v[5] = {static_cast<double>(l.round), static_cast<double>(l.samples), l.train_loss,
+                             l.validation_error, l.seconds};
+        put(bytes, v, 5);
+      }
+      for (const auto& a : result.arrivals) {
+        const int64_t v[5] = {a.round, a.source, a.batch, a.count, a.ticket};
+        put(bytes, v, 5);
+      }
+      put(bytes, result.simulations_by_rank.data(), result.simulations_by_rank.size());
+      const double secs = seconds_since(t0);
+      put(bytes, &secs, 1);
+    }
+    int64_t nbytes = static_cast<int64_t>(bytes.size());
+    world.broadcast_bytes(&nbytes, sizeof(nbytes), first_trainer);
+    bytes.resize(static_cast<size_t>(nbytes));
+    world.broadcast_bytes(bytes.data(), nbytes, first_trainer);
+    if (world.rank() != first_trainer) {
+      MessageReader rd{bytes};
+      int64_t sizes[2];
+      rd.get(sizes, 2);
+      result.rounds.clear();
+      for (int64_t i = 0; i < sizes[0]; ++i) {
+        double v[5];
+        rd.get(v, 5);
+        result.rounds.push_back({static_cast<int64_t>(v[0]), static_cast<int64_t>(v[1]), v[2], v[3], v[4]});
+      }
+      result.arrivals.clear();
+      for (int64_t i = 0; i < sizes[1]; ++i) {
+        int64_t v[5];
+        rd.get(v, 5);
+        result.arrivals.push_back({v[0], v[1], v[2], v[3], v[4]});
+      }
+      rd.get(result.simulations_by_rank.data(), result.simulations_by_rank.size());
+      rd.get(&result.seconds, 1);
+    } else {
+      result.seconds = seconds_since(t0);
+    }
+    result.simulations = std::accumulate(result.simulations_by_rank.begin(), result.simulations_by_rank.end(),
+                                         int64_t{0});
+    result.validation_error = result.rounds.back().validation_error;
+    result.surrogate = net;
+  };
+  result.simulations_by_rank.assign(static_cast<size_t>(o.sim_ranks), 0);
+  if (async) {
+    run_async();
+    return result;
+  }
+
   // Round r: simulators produce, everyone exchanges, trainers train on it.
   std::vector<double> mine(static_cast<size_t>(per_rank), 0.0);
   auto simulate_round = [&](int64_t r) {
     const auto& plan = planned.at(r);
     const std::vector<double> params(plan.begin() + world.rank() * o.sims_per_round * p,
                                      plan.begin() + (world.rank() + 1) * o.sims_per_round * p);
-    const auto out = simulate_all(sim, params);
+    const auto out = simulate_batch(params);
     for (int64_t i = 0; i < o.sims_per_round; ++i) {
       std::copy(params.begin() + i * p, params.begin() + (i + 1) * p, mine.begin() + i * row);
       std::copy(out.begin() + i * m, out.begin() + (i + 1) * m, mine.begin() + i * row + p);
@@ -432,6 +807,13 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   for (int64_t r = start; r < o.max_rounds; ++r) {
     Tensor all = world.allgather(Tensor::from_vector(mine, {per_rank}));
     result.simulations += per_round;
+    for (auto& n : result.simulations_by_rank) n += o.sims_per_round;
+    if (simulator) result.sent += o.sims_per_round;
+    if (simulator)
+      for (int64_t i = 0; i < o.sims_per_round; ++i) {
+        std::vector<float> out(mine.begin() + i * row + p, mine.begin() + (i + 1) * row);
+        result.checksum += record_checksum(mine.data() + i * row, p, out.data(), m);
+      }
     result.round_params.push_back(planned.at(r));
     RoundLog log;
     log.round = r + 1;
@@ -450,38 +832,7 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
         }
       const int64_t have = static_cast<int64_t>(buffer_out.size()) / m;
       add_to_resamples(before, have);
-      const Tensor inputs = scaled_inputs(sim, buffer_params);
-      const Tensor targets = Tensor::from_vector(buffer_out, {have, m});
-      double loss_sum = 0;
-      for (int64_t step = 0; step < o.steps_per_round; ++step) {
-        // Each trainer draws its own batches (its rank in the stream), gradients are averaged. Each member
-        // draws from its own resample; the members' losses are summed, so each gets its own gradient.
-        opt->zero_grad();
-        Tensor loss;
-        for (int64_t k = 0; k < o.ensemble; ++k) {
-          const auto& from = boot[k];
-          const int64_t size = o.ensemble == 1 || from.empty() ? have : static_cast<int64_t>(from.size());
-          std::vector<int64_t> idx(static_cast<size_t>(o.batch_size));
-          for (auto& i : idx) {
-            i = std::min<int64_t>(size - 1, static_cast<int64_t>(Generator::uniform(
-                                                o.seed + 29 + static_cast<uint64_t>(group->rank()),
-                                                batch_gen.reserve(1)) * static_cast<double>(size)));
-            if (size != have) i = from[i];
-          }
-          Tensor index = Tensor::from_vector(idx, {o.batch_size});
-          Tensor lk = mse_loss(net->member(k).forward(index_select(inputs, 0, index)), index_select(targets, 0, index));
-          loss = k == 0 ? lk : add(loss, lk);
-        }
-        loss.backward();
-        if (group->size() > 1)
-          for (auto& param : net->parameters()) {
-            Tensor g = param.grad();
-            group->allreduce(g);
-            g.copy_(mul(g, 1.0 / group->size()));
-          }
-        opt->step();
-        loss_sum += loss.item() / static_cast<double>(o.ensemble);
-      }
+      const double loss_sum = train_steps({});
       log.samples = have;
       log.train_loss = loss_sum / static_cast<double>(o.steps_per_round);
       log.validation_error = validation_error();
@@ -517,6 +868,8 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   }
   result.validation_error = result.rounds.back().validation_error;
   result.surrogate = net;
+  if (!simulator) result.checksum = buffer_checksum();
+  result.seconds = seconds_since(t0);
   return result;
 }
 

@@ -28,6 +28,20 @@
 // sidecar, atomic); `resume` continues from the newest valid one and ends
 // bitwise where the straight run would, at the same rank count.
 //
+// Asynchronous exchange (`exchange = async`): no round-wide collective. Each
+// simulation rank sends every batch of `sims_per_round` results to the first
+// trainer point-to-point as soon as it is done and goes on at once; the first
+// trainer takes whatever has arrived before each round's steps (at least one
+// batch), broadcasts it over the trainer communicator, and the trainers train
+// on it. A simulation rank asks the first trainer for its next parameters
+// (request/reply, one batch ahead; chosen then with active learning), and
+// batch b is granted once the trainers have started round b - 1, so a fast
+// rank keeps pace with training while a slow one falls behind without
+// holding anyone up. At the end the first trainer sends each simulation
+// rank a stop message and drains every result still in flight. Results then
+// depend on the arrival order, which is recorded (OnlineResult::arrivals).
+// No checkpoints in this mode.
+//
 // After training, the surrogate stands in for the simulation
 // ("augmentation": `surrogate_speedup` measures it) and steers a parameter
 // sweep ("modulation": `steer_sweep` ranks many candidate parameters with the
@@ -94,6 +108,15 @@ enum class Acquire {
 const char* acquire_name(Acquire a);
 Acquire parse_acquire(const std::string& s);
 
+// How simulation results reach the trainers.
+enum class Exchange {
+  sync,   // one world allgather a round: every round waits for the slowest simulation rank; deterministic
+  async,  // point-to-point as each batch is done; trainers take what has arrived; order-dependent
+};
+// "sync" / "async"; parse_exchange throws naming the value and the choices.
+const char* exchange_name(Exchange e);
+Exchange parse_exchange(const std::string& s);
+
 struct OnlineOptions {
   int64_t sim_ranks = 1;          // the first sim_ranks ranks simulate; the rest train
   int64_t sims_per_round = 16;    // per simulation rank
@@ -115,6 +138,22 @@ struct OnlineOptions {
   int64_t checkpoint_every = 0;   // rounds between checkpoints (0: none, except stop_after_round)
   int64_t stop_after_round = 0;   // end after this round with a checkpoint (0: run to max_rounds)
   bool resume = false;            // continue from the newest valid checkpoint in checkpoint_dir
+  // Exchange.
+  Exchange exchange = Exchange::sync;
+  // Uneven simulation cost, to show what async exchange is for: simulation rank `slow_rank` sleeps
+  // (slow_factor - 1) times the CPU time of each batch after computing it, as a node slow_factor times
+  // slower would take (sleeping, so it takes no core from the other ranks). slow_factor = 1: no effect.
+  int64_t slow_rank = -1;
+  double slow_factor = 1.0;
+};
+
+// One batch of results as the first trainer received it (async exchange).
+struct Arrival {
+  int64_t round = 0;   // the round (1-based) whose steps first used it; rounds + 1: arrived in the final drain
+  int64_t source = 0;  // the simulation rank
+  int64_t batch = 0;   // that rank's batch number (0-based)
+  int64_t count = 0;   // simulations in it
+  int64_t ticket = 0;  // the order in which the first trainer granted its parameters (0, 1, ...)
 };
 
 struct RoundLog {
@@ -136,9 +175,23 @@ struct OnlineResult {
   // The parameters simulated in each round this call ran, all simulation
   // ranks' in rank order ([sim_ranks * sims_per_round * num_params]); every
   // rank has them. round_params[i] belongs to round first_round + i (0-based).
+  // (Sync exchange only; empty with async, where `arrivals` records the order.)
   std::vector<std::vector<double>> round_params;
   int64_t first_round = 0;
+  // Async exchange: every batch of results in the order the first trainer received it (every rank has it).
+  std::vector<Arrival> arrivals;
+  // Simulations run by each simulation rank ([sim_ranks]; every rank has them; with sync, this call's only).
+  std::vector<int64_t> simulations_by_rank;
+  // Order-independent checksum of simulation results (sum of record_checksum): a simulation rank's of the
+  // results it produced, a trainer's of its whole training buffer. Async: sum over the simulation ranks
+  // equals every trainer's; sync, from round 0: likewise.
+  uint64_t checksum = 0;
+  int64_t sent = 0;               // simulation ranks: results this rank sent to the trainers (this call)
+  double seconds = 0;             // wall time of train_online (async: the first trainer's, on every rank)
 };
+
+// The checksum of one simulation record: xxHash64 of its num_params doubles, then of its output floats.
+uint64_t record_checksum(const double* params, int64_t num_params, const float* output, int64_t output_size);
 
 // K surrogates whose forward is the mean of their predictions (K = 1: the
 // member's own output). Members are children "0", "1", ...
@@ -173,8 +226,9 @@ std::vector<double> acquire_params(Ensemble& ensemble, const Simulation& sim, in
                                    double explore, uint64_t seed, int64_t round);
 
 // Runs the online training on every rank of `world` (at least 2 ranks, and
-// 1 <= sim_ranks < world.size()). `on_round` (world rank 0 only) sees each
-// round's log. The trainer ranks end with identical surrogates.
+// 1 <= sim_ranks < world.size()). `on_round` (world rank 0 with sync exchange,
+// the first trainer with async) sees each round's log. The trainer ranks end
+// with identical surrogates. Async exchange refuses checkpoint options.
 OnlineResult train_online(const Simulation& sim, const OnlineOptions& options, dist::Communicator& world,
                           const std::function<void(const RoundLog&)>& on_round = {});
 

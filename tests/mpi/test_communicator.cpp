@@ -1,7 +1,9 @@
 // Communicator collectives across real ranks (run under mpirun -np 2 and -np 4).
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -167,6 +169,40 @@ TEST(Communicator, RecvBytesOnAThreadWhileTheMainThreadSends) {
     std::memcpy(&got, echo.data(), sizeof(got));
     EXPECT_EQ(got, r);
   }
+  W().barrier();
+}
+
+// isend_bytes returns before anyone receives; try_recv_bytes finds nothing
+// until a message is there, then takes each exactly once, in send order.
+TEST(Communicator, IsendAndTryRecvBytes) {
+  const int n = W().size(), r = W().rank();
+  EXPECT_FALSE(W().try_recv_bytes(Communicator::kAnySource, 11).has_value()) << "nothing was sent yet";
+  W().barrier();
+  std::vector<std::unique_ptr<PendingSend>> sends;
+  if (r != 0)
+    for (int64_t k = 0; k < 3; ++k) {
+      std::vector<uint8_t> big(100000 + static_cast<size_t>(k), static_cast<uint8_t>(r + k));  // past eager limits
+      sends.push_back(W().isend_bytes(std::move(big), 0, 11));
+    }
+  if (r == 0) {
+    std::vector<int> next(static_cast<size_t>(n), 0);
+    for (int got = 0; got < 3 * (n - 1);) {
+      int from = -1;
+      auto m = W().try_recv_bytes(Communicator::kAnySource, 11, &from);
+      if (!m) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        continue;
+      }
+      const int k = next[static_cast<size_t>(from)]++;
+      ASSERT_EQ(m->size(), 100000u + static_cast<size_t>(k)) << "from " << from;
+      EXPECT_EQ((*m)[0], static_cast<uint8_t>(from + k));
+      ++got;
+    }
+    EXPECT_FALSE(W().try_recv_bytes(Communicator::kAnySource, 11).has_value()) << "each message taken once";
+  }
+  for (auto& s : sends) s->wait();
+  for (auto& s : sends) EXPECT_TRUE(s->test());
+  EXPECT_THROW(W().isend_bytes({1}, n, 11), Error) << "a destination outside the communicator";
   W().barrier();
 }
 

@@ -4,13 +4,20 @@
 // learns, and an early stop reaches every rank. Active learning: every rank
 // agrees on the chosen parameters. Checkpoint/restart: a run interrupted and
 // resumed ends bitwise where the straight run does; a bad resume is named.
+// Async exchange (WorkflowAsync.*, also registered at 3 ranks): every result
+// is used exactly once (counts and checksums), the trainers keep identical
+// weights, a slow rank contributes fewer simulations than the fast ones, an
+// early stop drains, and checkpoint options are refused.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
 
 #include <filesystem>
+#include <set>
+#include <utility>
 
 #include "hpdl/dist/communicator.h"
+#include "hpdl/io/file.h"
 #include "hpdl/workflow/workflow.h"
 #include "tests/unit/test_util.h"
 
@@ -243,6 +250,152 @@ TEST(Workflow, BadResumeIsNamedOnEveryRank) {
   EXPECT_EQ(workflow::train_online(sim, o, world).rounds.size(), static_cast<size_t>(o.max_rounds));
   world.barrier();
   if (world.rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// ---- Async exchange ----
+
+workflow::OnlineOptions async_options(int64_t sim_ranks, workflow::Acquire acquire) {
+  auto o = small_options(sim_ranks);
+  o.exchange = workflow::Exchange::async;
+  o.acquire = acquire;
+  o.ensemble = acquire == workflow::Acquire::variance ? 2 : 1;
+  o.pool = 256;
+  return o;
+}
+
+// xxHash64 of every parameter of the surrogate (0 on simulation ranks).
+uint64_t weights_hash(const workflow::OnlineResult& r) {
+  if (!r.surrogate) return 0;
+  std::vector<float> all;
+  for (auto& p : r.surrogate->parameters()) {
+    auto v = p.to_vector<float>();
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return io::xxh64(all.data(), all.size() * sizeof(float));
+}
+
+// Checks the bookkeeping of an async run on every rank: what the simulation ranks sent is what every trainer
+// holds (count and checksum), each batch of each rank arrived exactly once, every rank has the same record,
+// and the trainers hold identical weights.
+void check_async_run(const workflow::OnlineResult& r, int64_t sim_ranks) {
+  auto& world = dist::Communicator::world();
+  const bool simulator = world.rank() < sim_ranks;
+  int64_t in_arrivals = 0;
+  std::set<std::pair<int64_t, int64_t>> batches;
+  std::vector<int64_t> per_rank(static_cast<size_t>(sim_ranks), 0);
+  for (const auto& a : r.arrivals) {
+    ASSERT_TRUE(a.source >= 0 && a.source < sim_ranks) << a.source;
+    EXPECT_TRUE(batches.insert({a.source, a.batch}).second) << "rank " << a.source << " batch " << a.batch << " twice";
+    EXPECT_GE(a.round, 1);
+    EXPECT_LE(a.round, static_cast<int64_t>(r.rounds.size()) + 1);
+    in_arrivals += a.count;
+    per_rank[a.source] += a.count;
+  }
+  EXPECT_EQ(per_rank, r.simulations_by_rank);
+  EXPECT_EQ(in_arrivals, r.simulations);
+  for (int64_t s = 0; s < sim_ranks; ++s)  // batches 0 .. n - 1 of each rank, none missing
+    for (int64_t b = 0; b < r.simulations_by_rank[s] / 8; ++b) EXPECT_TRUE(batches.count({s, b})) << s << " " << b;
+  // The logs grow with the data, and the last round trained on at most everything.
+  for (size_t i = 1; i < r.rounds.size(); ++i) EXPECT_GT(r.rounds[i].samples, r.rounds[i - 1].samples);
+  EXPECT_LE(r.rounds.back().samples, r.simulations);
+  // Sent vs received: each simulation rank's checksum and count, against each trainer's buffer.
+  EXPECT_EQ(r.sent > 0, simulator);
+  std::vector<double> mine = {static_cast<double>(r.sent),
+                              static_cast<double>(r.checksum >> 32), static_cast<double>(r.checksum & 0xffffffffu),
+                              static_cast<double>(r.simulations), static_cast<double>(r.arrivals.size()),
+                              static_cast<double>(weights_hash(r) >> 32), static_cast<double>(weights_hash(r) & 0xffffffffu)};
+  auto all = world.allgather(Tensor::from_vector(mine, {7})).to_vector<double>();
+  uint64_t sent_sum = 0;
+  for (int64_t s = 0; s < sim_ranks; ++s)
+    sent_sum += (static_cast<uint64_t>(all[7 * s + 1]) << 32) | static_cast<uint64_t>(all[7 * s + 2]);
+  for (int k = 0; k < world.size(); ++k) {
+    EXPECT_EQ(all[7 * k + 3], all[3]) << "rank " << k << " disagrees on the simulation count";
+    EXPECT_EQ(all[7 * k + 4], all[4]) << "rank " << k << " disagrees on the arrivals";
+    if (k >= sim_ranks) {
+      const uint64_t held = (static_cast<uint64_t>(all[7 * k + 1]) << 32) | static_cast<uint64_t>(all[7 * k + 2]);
+      EXPECT_EQ(held, sent_sum) << "trainer " << k << " holds other results than were sent";
+      EXPECT_EQ(all[7 * k + 5], all[7 * sim_ranks + 5]) << "trainer " << k << " has other weights";
+      EXPECT_EQ(all[7 * k + 6], all[7 * sim_ranks + 6]) << "trainer " << k << " has other weights";
+    } else {
+      EXPECT_EQ(static_cast<int64_t>(all[7 * k]), r.simulations_by_rank[k]) << "simulation rank " << k << " sent";
+    }
+  }
+}
+
+// Two trainers where the world allows it, so that identical weights mean something.
+int64_t async_sim_ranks() { return dist::Communicator::world().size() >= 3 ? dist::Communicator::world().size() - 2 : 1; }
+
+TEST(WorkflowAsync, EveryResultIsUsedExactlyOnce) {
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  for (auto acquire : {workflow::Acquire::random, workflow::Acquire::variance}) {
+    SCOPED_TRACE(workflow::acquire_name(acquire));
+    const int64_t sim_ranks = async_sim_ranks();
+    auto o = async_options(sim_ranks, acquire);
+    auto r = workflow::train_online(sim, o, dist::Communicator::world());
+    EXPECT_EQ(static_cast<int64_t>(r.rounds.size()), o.max_rounds);
+    EXPECT_TRUE(r.round_params.empty());
+    check_async_run(r, sim_ranks);
+    // Flow control: a rank runs at most one batch beyond the trainers' last round, plus the one the stop meets.
+    for (int64_t n : r.simulations_by_rank) EXPECT_LE(n, (o.max_rounds + 1) * o.sims_per_round);
+    EXPECT_LT(r.rounds.back().validation_error, 0.5 * r.rounds.front().validation_error) << "the surrogate learns";
+  }
+}
+
+TEST(WorkflowAsync, SlowRankFallsBehindTheFastOnes) {
+  auto& world = dist::Communicator::world();
+  if (world.size() < 3) GTEST_SKIP() << "needs 2 simulation ranks and a trainer";
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  const int64_t sim_ranks = world.size() - 1;
+  auto o = async_options(sim_ranks, workflow::Acquire::random);
+  // A batch of 8 small solves takes well under a millisecond; 20000 times that is longer than the trainers'
+  // whole 12 rounds, during which the fast ranks deliver about a batch a round each.
+  o.slow_rank = 0;
+  o.slow_factor = 20000;
+  auto r = workflow::train_online(sim, o, world);
+  check_async_run(r, sim_ranks);
+  for (int64_t s = 1; s < sim_ranks; ++s)
+    EXPECT_GT(r.simulations_by_rank[s], r.simulations_by_rank[0]) << "fast rank " << s << " vs the slow rank 0";
+  EXPECT_GE(r.simulations_by_rank[0], o.sims_per_round) << "the slow rank's batch in flight is drained, not lost";
+}
+
+TEST(WorkflowAsync, EarlyStopDrainsEveryRank) {
+  auto& world = dist::Communicator::world();
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  const int64_t sim_ranks = async_sim_ranks();
+  auto o = async_options(sim_ranks, workflow::Acquire::variance);
+  o.max_rounds = 100;
+  o.target_error = 0.2;
+  auto r = workflow::train_online(sim, o, world);  // a hang here is caught by the test's timeout
+  const int64_t rounds = static_cast<int64_t>(r.rounds.size());
+  EXPECT_LT(rounds, 100);
+  EXPECT_LT(r.validation_error, 0.2);
+  for (int64_t i = 0; i + 1 < rounds; ++i) EXPECT_GE(r.rounds[i].validation_error, 0.2) << "stopped late, round " << i;
+  check_async_run(r, sim_ranks);
+  // Nothing is left over: a second run on the same world starts clean and ends alike.
+  o.max_rounds = 3;
+  o.target_error = 0;
+  auto again = workflow::train_online(sim, o, world);
+  EXPECT_EQ(static_cast<int64_t>(again.rounds.size()), 3);
+  check_async_run(again, sim_ranks);
+}
+
+TEST(WorkflowAsync, CheckpointOptionsAreRefused) {
+  auto& world = dist::Communicator::world();
+  workflow::HeatEquation1d sim(16, 1.0, 2);
+  auto o = async_options(1, workflow::Acquire::random);
+  o.checkpoint_dir = shared_dir("wf_async_ckpt").string();
+  o.checkpoint_every = 2;
+  std::string e = test::error_of([&] { workflow::train_online(sim, o, world); });
+  EXPECT_NE(e.find("exchange = async does not support checkpoint/restart (--checkpoint-dir"), std::string::npos) << e;
+  o.checkpoint_every = 0;
+  o.resume = true;
+  e = test::error_of([&] { workflow::train_online(sim, o, world); });
+  EXPECT_NE(e.find("use --exchange sync to checkpoint"), std::string::npos) << e;
+  o = async_options(1, workflow::Acquire::random);
+  o.slow_factor = 3;
+  o.slow_rank = 1;  // a trainer
+  e = test::error_of([&] { workflow::train_online(sim, o, world); });
+  EXPECT_NE(e.find("slow_rank = 1 must be one of the 1 simulation ranks"), std::string::npos) << e;
 }
 
 }  // namespace

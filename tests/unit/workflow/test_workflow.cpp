@@ -172,5 +172,27 @@ TEST(WorkflowActiveTest, AcquireNamesParse) {
   EXPECT_NE(e.find("unknown acquisition 'ucb'"), std::string::npos) << e;
 }
 
+TEST(WorkflowAsyncTest, ExchangeNamesParse) {
+  EXPECT_EQ(workflow::parse_exchange("sync"), workflow::Exchange::sync);
+  EXPECT_EQ(workflow::parse_exchange("async"), workflow::Exchange::async);
+  EXPECT_STREQ(workflow::exchange_name(workflow::Exchange::async), "async");
+  std::string e = test::error_of([] { workflow::parse_exchange("eager"); });
+  EXPECT_NE(e.find("unknown exchange 'eager'; choose sync or async"), std::string::npos) << e;
+}
+
+TEST(WorkflowAsyncTest, RecordChecksumSeesEveryValue) {
+  const double p[3] = {0.05, 0.5, -0.25};
+  const float y[4] = {1, 2, 3, 4};
+  const uint64_t base = workflow::record_checksum(p, 3, y, 4);
+  EXPECT_EQ(workflow::record_checksum(p, 3, y, 4), base) << "deterministic";
+  double q[3] = {0.05, 0.5, -0.25};
+  q[2] = std::nextafter(q[2], 0.0);
+  EXPECT_NE(workflow::record_checksum(q, 3, y, 4), base) << "one ulp of a parameter";
+  float z[4] = {1, 2, 3, 4};
+  z[3] = std::nextafter(z[3], 5.0f);
+  EXPECT_NE(workflow::record_checksum(p, 3, z, 4), base) << "one ulp of an output";
+  EXPECT_NE(workflow::record_checksum(p, 2, y, 4), base) << "a shorter record";
+}
+
 }  // namespace
 }  // namespace hpdl
