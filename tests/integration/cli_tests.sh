@@ -12,6 +12,26 @@ fail() { echo "FAIL [$case_name]: $*"; exit 1; }
 # A small, fast, single-threaded LeNet run: bitwise reproducible.
 small=(--set train.threads=1 --set data.workers=1 --set train.log_every=10 --set train.seed=7)
 
+# A search over the mlp's lr and batch size: 4 trials, budgets of 20 to 60 steps, eta 2,
+# selected on 5,000 held-out images. $1 method, $2 run_dir.
+steps_search() {
+  cat <<EOS
+config = "$ex/fashion_mnist/mlp.toml"
+method = "$1"
+trials = 4
+seed = 3
+resource = "steps"
+min_resource = 20
+max_resource = 60
+eta = 2
+run_dir = "$2"
+set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_every=10"]
+[space]
+"optimizer.lr" = { log_uniform = [0.001, 0.5] }
+"data.batch_size" = { choice = [32, 64] }
+EOS
+}
+
 run_until_checkpoint_then_kill() {  # $1 run dir, $2 step to wait for, rest: args
   local dir=$1 step=$2; shift 2
   "$hpdl" train "$@" >"$dir.log" 2>&1 &
@@ -309,21 +329,7 @@ stop_after_epoch_chunks)
   ;;
 tune_sha_np2)
   # Successive halving over 2 ranks: 4 trials x 20 steps, 2 x 40, 1 x 60, selected on 5,000 held-out images.
-  cat >search.toml <<EOS
-config = "$ex/fashion_mnist/mlp.toml"
-method = "sha"
-trials = 4
-seed = 3
-resource = "steps"
-min_resource = 20
-max_resource = 60
-eta = 2
-run_dir = "tune"
-set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_every=10"]
-[space]
-"optimizer.lr" = { log_uniform = [0.001, 0.5] }
-"data.batch_size" = { choice = [32, 64] }
-EOS
+  steps_search sha tune >search.toml
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" tune search.toml >out.txt 2>err.txt \
     || fail "tune failed: $(tail -5 err.txt)"
   grep -q "sha search, 4 trials (4 x 20 steps, 2 x 40 steps, 1 x 60 steps), 2 rank(s)" out.txt || fail "no plan line: $(head -3 out.txt)"
@@ -351,21 +357,7 @@ EOS
 tune_asha_np2)
   # Asynchronous successive halving over 2 groups of 1 rank: 4 trials started at 20 steps,
   # promoted (eta 2) to 40 and 60 steps as soon as they are in the top half of their rung so far.
-  cat >search.toml <<EOS
-config = "$ex/fashion_mnist/mlp.toml"
-method = "asha"
-trials = 4
-seed = 3
-resource = "steps"
-min_resource = 20
-max_resource = 60
-eta = 2
-run_dir = "asha"
-set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_every=10"]
-[space]
-"optimizer.lr" = { log_uniform = [0.001, 0.5] }
-"data.batch_size" = { choice = [32, 64] }
-EOS
+  steps_search asha asha >search.toml
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" tune search.toml >out.txt 2>err.txt \
     || fail "tune failed: $(tail -5 err.txt)"
   grep -q "asha search, 4 trials (rungs at 20, 40, 60 steps), 2 rank(s) in groups of 1" out.txt || fail "no plan line: $(head -3 out.txt)"

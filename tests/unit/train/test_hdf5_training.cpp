@@ -15,11 +15,13 @@
 #include "hpdl/train/trainer.h"
 #include "tests/unit/hdf5_util.h"
 #include "tests/unit/test_util.h"
+#include "tests/unit/train/train_util.h"
 
 namespace fs = std::filesystem;
 using namespace hpdl;
 using namespace hpdl::train;
 using hpdl::test::error_of;
+using hpdl::test::train_quietly;
 
 namespace {
 
@@ -52,25 +54,6 @@ void write_features(hpdl::test::H5Writer& w, const std::string& x, const std::st
   }
   w.write(x, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, {n, 6}, feat);
   w.write(y, H5T_STD_I64LE, H5T_NATIVE_INT64, {n}, labels);
-}
-
-std::vector<nlohmann::json> epoch_records(const fs::path& run_dir) {
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::vector<nlohmann::json> out;
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.value("type", "") == "epoch") out.push_back(j);
-  }
-  return out;
-}
-
-TrainSummary train_quietly(const Config& cfg) {
-  std::FILE* log = std::tmpfile();
-  TrainerOptions o;
-  o.log = log;
-  TrainSummary s = Trainer(cfg, o).run();
-  std::fclose(log);
-  return s;
 }
 
 }  // namespace
@@ -140,7 +123,7 @@ log_every = 1000
   TrainSummary s = train_quietly(cfg);
   EXPECT_EQ(s.steps, 3 * 512 / 32);
   EXPECT_GT(s.test_accuracy, 0.9);  // chance is 0.25
-  auto epochs = epoch_records(d / "run");
+  auto epochs = test::metrics_records(d / "run", "epoch");
   ASSERT_EQ(epochs.size(), 3u);
   EXPECT_LT(epochs.back()["train_loss"].get<double>(), epochs.front()["train_loss"].get<double>());
 }
@@ -169,7 +152,7 @@ TEST(Hdf5Training, MlpLearnsFloat64FeaturesFromHdf5) {
   validate(cfg, "features config");
   TrainSummary s = train_quietly(cfg);
   EXPECT_GT(s.test_accuracy, 0.85);  // chance is about 0.5
-  auto epochs = epoch_records(d / "run");
+  auto epochs = test::metrics_records(d / "run", "epoch");
   ASSERT_EQ(epochs.size(), 4u);
   EXPECT_LT(epochs.back()["train_loss"].get<double>(), epochs.front()["train_loss"].get<double>());
 }

@@ -16,11 +16,13 @@
 #include "hpdl/train/config.h"
 #include "hpdl/train/trainer.h"
 #include "tests/unit/test_util.h"
+#include "tests/unit/train/train_util.h"
 
 namespace fs = std::filesystem;
 using namespace hpdl;
 using namespace hpdl::train;
 using hpdl::test::error_of;
+using hpdl::test::train_quietly;
 
 namespace {
 
@@ -66,25 +68,6 @@ checkpoint_every_epochs = 0
 log_every = 1
 {}
 )", data.string(), run_dir.string(), extra), "options.toml", overrides);
-}
-
-TrainSummary train_quietly(const Config& cfg) {
-  std::FILE* log = std::tmpfile();
-  TrainerOptions o;
-  o.log = log;
-  TrainSummary s = Trainer(cfg, o).run();
-  std::fclose(log);
-  return s;
-}
-
-std::vector<nlohmann::json> step_records(const fs::path& run_dir) {
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::vector<nlohmann::json> out;
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.value("type", "") == "step") out.push_back(j);
-  }
-  return out;
 }
 
 // The model's weights in the newest checkpoint, flattened in name order.
@@ -134,7 +117,7 @@ TEST_F(TrainingOptions, ClipGradNormBoundsTheUpdateAndLogsTheNorm) {
       train_quietly(small_run(dir_ / "data", run, fmt::format("max_steps = {}\n", steps), overrides));
       w.push_back(final_weights(run));
       if (steps == 2) {
-        auto recs = step_records(run);
+        auto recs = test::metrics_records(run, "step");
         ASSERT_EQ(recs.size(), 2u);
         EXPECT_EQ(recs[1].contains("grad_norm"), !clip.empty());
         if (!clip.empty()) {
@@ -156,7 +139,7 @@ TEST_F(TrainingOptions, LabelSmoothingEntersTheTrainingLossWithItsEps) {
   for (double eps : {0.0, 0.3, 0.6}) {
     const fs::path run = dir_ / fmt::format("run_ls_{}", eps);
     train_quietly(small_run(dir_ / "data", run, fmt::format("max_steps = 1\nlabel_smoothing = {}\n", eps)));
-    auto recs = step_records(run);
+    auto recs = test::metrics_records(run, "step");
     ASSERT_EQ(recs.size(), 1u);
     first_loss.push_back(recs[0]["loss"].get<double>());
   }
@@ -171,7 +154,8 @@ TEST_F(TrainingOptions, AccumulatedStepsMatchTheLargerBatch) {
   for (int64_t k : {2, 4}) {
     const fs::path big = dir_ / fmt::format("run_big_{}", k), acc = dir_ / fmt::format("run_acc_{}", k);
     const std::string ckpt = "train.checkpoint_every_epochs=1";
-    TrainSummary sb = train_quietly(small_run(dir_ / "data", big, "", {ckpt, fmt::format("data.batch_size={}", 16 * k)}));
+    TrainSummary sb =
+        train_quietly(small_run(dir_ / "data", big, "", {ckpt, fmt::format("data.batch_size={}", 16 * k)}));
     TrainSummary sa =
         train_quietly(small_run(dir_ / "data", acc, fmt::format("accumulate_steps = {}\n", k), {ckpt}));
     EXPECT_EQ(sa.steps, sb.steps) << "k = " << k;
@@ -182,7 +166,8 @@ TEST_F(TrainingOptions, AccumulatedStepsMatchTheLargerBatch) {
     for (double v : wb) scale = std::max(scale, std::abs(v));
     EXPECT_LT(distance(wa, wb), 1e-5 * scale * std::sqrt(static_cast<double>(wb.size()))) << "k = " << k;
     // The same samples were seen, and the logged training loss is over all of them.
-    EXPECT_NEAR(step_records(acc).back()["loss"].get<double>(), step_records(big).back()["loss"].get<double>(), 1e-5);
+    EXPECT_NEAR(test::metrics_records(acc, "step").back()["loss"].get<double>(),
+                test::metrics_records(big, "step").back()["loss"].get<double>(), 1e-5);
   }
   // Without accumulation the smaller batch takes twice the steps and ends elsewhere (so the match means something).
   const fs::path small = dir_ / "run_small";
