@@ -19,6 +19,7 @@
 #include "hpdl/nn/nn.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/train/config.h"
+#include "hpdl/train/trainer.h"
 
 namespace hpdl::nn {
 namespace {
@@ -249,6 +250,17 @@ TEST(Vit, BadSettingsNameTheKey) {
   EXPECT_EQ(cfg.model.patch_size, 7);
   EXPECT_EQ(cfg.model.mlp_ratio, 3.0);
   EXPECT_EQ(train::parse_config(train::to_toml(cfg), "round trip").model.dim, 32);
+}
+
+// The shipped example, through the trainer's model builder, gives the model its comment describes.
+TEST(Vit, ExampleConfigBuildsTheDocumentedModel) {
+  auto cfg = train::load_config(std::filesystem::path(HPDL_TEST_SOURCE_DIR) / "../../../examples/fashion_mnist/vit.toml");
+  ASSERT_EQ(cfg.model.name, "vit");
+  auto m = train::build_model(cfg, {1, 28, 28});
+  EXPECT_EQ(m->num_parameters(), 139018);
+  EXPECT_EQ(m->state_dict().at("blocks.3.linear1.weight").shape(), (Shape{128, 64}));
+  cfg.model.patch_size = 7;  // the keys reach the model
+  EXPECT_EQ(train::build_model(cfg, {1, 28, 28})->state_dict().at("pos_embed").shape(), (Shape{1, 17, 64}));
 }
 
 }  // namespace
