@@ -1,7 +1,8 @@
 // End to end: a tiny Vision Transformer (patch 7, dim 32, 2 layers, 2 heads)
-// learns Fashion-MNIST: one pass over 12,000 training images with AdamW takes
-// it from chance (10%) to above 65% (0.73 measured) on 2,000 test images. Fixed seeds, so
-// the run is deterministic; about 20-35 s on 2 cores. Needs the Debian package
+// learns Fashion-MNIST: one pass over 8,000 training images with AdamW takes
+// it from chance (10%) to above 60% (0.69 measured) on 1,000 test images.
+// Fixed seeds, so the run is deterministic; about 15-20 s of CPU (under 40 s
+// wall on the shared 2-core VM). Needs the Debian package
 // dataset-fashion-mnist (scripts/setup.sh installs it).
 #include <gtest/gtest.h>
 
@@ -31,8 +32,8 @@ double accuracy(nn::Module& m, const Tensor& x, const Tensor& y) {
 TEST(VitFashionMnist, TinyVitLearnsInOnePass) {
   ASSERT_TRUE(std::filesystem::exists(data::kFashionMnistDir)) << "install dataset-fashion-mnist (scripts/setup.sh does)";
   Tensor ytr, yte;
-  Tensor xtr = gan::load_fashion_mnist_images(data::kFashionMnistDir, true, 12000, &ytr);  // [-1, 1]
-  Tensor xte = gan::load_fashion_mnist_images(data::kFashionMnistDir, false, 2000, &yte);
+  Tensor xtr = gan::load_fashion_mnist_images(data::kFashionMnistDir, true, 8000, &ytr);  // [-1, 1]
+  Tensor xte = gan::load_fashion_mnist_images(data::kFashionMnistDir, false, 1000, &yte);
   nn::models::VitOptions o;
   o.patch_size = 7, o.dim = 32, o.depth = 2, o.heads = 2, o.mlp_ratio = 2.0, o.seed = 3;
   nn::models::VisionTransformer vit(o);
@@ -49,9 +50,10 @@ TEST(VitFashionMnist, TinyVitLearnsInOnePass) {
     opt.step();
   }
   const double after = accuracy(vit, xte, yte);
-  std::printf("tiny ViT test accuracy: %.4f before, %.4f after one pass over 12000 images\n", before, after);
+  std::printf("tiny ViT test accuracy: %.4f before, %.4f after one pass over %lld images\n", before, after,
+              static_cast<long long>(xtr.dim(0)));
   EXPECT_LT(before, 0.3);
-  EXPECT_GT(after, 0.65);  // 0.73 measured (seeds fixed)
+  EXPECT_GT(after, 0.60);  // 0.688 measured (seeds fixed)
 }
 
 }  // namespace
