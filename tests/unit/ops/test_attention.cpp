@@ -23,7 +23,7 @@ Tensor rand64(const Shape& s, uint64_t seed) {
   return Tensor::rand(s, gen, -1.0, 1.0, DType::f64).set_requires_grad();
 }
 
-// c[b, i, j] = sum_k a[b, i, k] c[b, k, j] on row-major copies, batch dims already equal.
+// c[z, i, j] = sum_k a[z, i, k] b[z, k, j] on row-major copies, batch dims already equal.
 std::vector<double> naive_bmm(const Tensor& a, const Tensor& b) {
   const int64_t M = a.dim(-2), K = a.dim(-1), N = b.dim(-1), B = a.numel() / (M * K);
   auto av = a.contiguous().to_vector<double>(), bv = b.contiguous().to_vector<double>();
