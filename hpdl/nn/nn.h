@@ -6,3 +6,4 @@
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/module.h"
 #include "hpdl/nn/rnn.h"
+#include "hpdl/nn/transformer.h"

@@ -43,6 +43,41 @@ Tensor gemm(const Tensor& a, const Tensor& b) {
   return c;
 }
 
+// t [..batch, R, C] as a rank-3 GEMM operand [prod(batch_to), R, C] for the
+// broadcast batch shape `batch_to`. A batch of one element becomes rank 2 (the
+// GEMM broadcasts it); a row-major tensor or the transpose of one is viewed,
+// not copied; only a batch that must be broadcast (some dims 1) is materialized.
+Tensor batch_operand(const Tensor& t, const Shape& batch_to) {
+  const int64_t R = t.dim(-2), C = t.dim(-1);
+  int64_t own = 1, total = 1;
+  for (int i = 0; i + 2 < t.ndim(); ++i) own *= t.dim(i);
+  for (int64_t d : batch_to) total *= d;
+  if (own == 1) return t.ndim() == 2 ? t : t.reshape({R, C});
+  Tensor full = t;
+  if (own != total || t.ndim() - 2 != static_cast<int>(batch_to.size())) {
+    Shape s = batch_to;
+    s.push_back(R);
+    s.push_back(C);
+    full = t.expand(s).contiguous();
+  }
+  Tensor tt = full.transpose(-2, -1);
+  if (!full.is_contiguous() && tt.is_contiguous()) return tt.reshape({total, C, R}).transpose(-2, -1);
+  return full.reshape({total, R, C});
+}
+
+// c [..batch, M, N] = a [..batch_a, M, K] @ b [..batch_b, K, N] with the batch
+// dims broadcast NumPy-style; no graph.
+Tensor gemm_batched(const Tensor& a, const Tensor& b) {
+  NoGradGuard no_graph;
+  const Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  const Shape batch = broadcast_shapes(ba, bb, "matmul");
+  Tensor c = gemm(batch_operand(a.detach(), batch), batch_operand(b.detach(), batch));
+  Shape cs = batch;
+  cs.push_back(a.dim(-2));
+  cs.push_back(b.dim(-1));
+  return c.reshape(cs);
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -51,14 +86,14 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (autocast_applies(a) || autocast_applies(b)) return matmul(autocast_cast(a), autocast_cast(b));
   detail::check_same(a, b, "matmul");
   detail::check_float(a, "matmul");
-  HPDL_CHECK((a.ndim() == 2 || a.ndim() == 3) && (b.ndim() == 2 || b.ndim() == 3),
-             "matmul: operands must be 2-D or 3-D, got {} and {}", shape_str(a.shape()), shape_str(b.shape()));
+  HPDL_CHECK(a.ndim() >= 2 && b.ndim() >= 2, "matmul: operands must have at least 2 dims, got {} and {}",
+             shape_str(a.shape()), shape_str(b.shape()));
   HPDL_CHECK(a.dim(-1) == b.dim(-2), "matmul: inner dimensions differ, {} @ {}", shape_str(a.shape()),
              shape_str(b.shape()));
-  if (a.ndim() == 3 && b.ndim() == 3)
-    HPDL_CHECK(a.dim(0) == b.dim(0) || a.dim(0) == 1 || b.dim(0) == 1, "matmul: batch sizes differ, {} @ {}",
-               shape_str(a.shape()), shape_str(b.shape()));
-  Tensor out = gemm(a, b);
+  const bool rank3 = a.ndim() <= 3 && b.ndim() <= 3 &&
+                     (a.ndim() < 3 || b.ndim() < 3 || a.dim(0) == b.dim(0) || a.dim(0) == 1 || b.dim(0) == 1);
+  // The batch dims must broadcast; broadcast_shapes names both shapes when they do not.
+  Tensor out = rank3 ? gemm(a, b) : gemm_batched(a, b);
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
     record("matmul", {a, b}, {&out}, [a, b, ga, gb](const std::vector<Tensor>& g) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "hpdl/ops/activation.h"
+#include "hpdl/ops/attention.h"
 #include "hpdl/ops/autocast.h"
 #include "hpdl/ops/conv.h"
 #include "hpdl/ops/elementwise.h"

@@ -44,6 +44,8 @@ std::vector<Key> bind(Config& c) {
       {"data.validation", &d.validation},
       {"model.name", &m.name}, {"model.num_classes", &m.num_classes}, {"model.in_channels", &m.in_channels},
       {"model.hidden", &m.hidden}, {"model.layers", &m.layers},
+      {"model.patch_size", &m.patch_size}, {"model.dim", &m.dim}, {"model.depth", &m.depth}, {"model.heads", &m.heads},
+      {"model.mlp_ratio", &m.mlp_ratio},
       {"optimizer.name", &o.name}, {"optimizer.lr", &o.lr}, {"optimizer.momentum", &o.momentum},
       {"optimizer.nesterov", &o.nesterov}, {"optimizer.weight_decay", &o.weight_decay}, {"optimizer.eta", &o.eta},
       {"optimizer.betas", &o.betas}, {"optimizer.eps", &o.eps}, {"optimizer.lr_scaling", &o.lr_scaling},
@@ -328,10 +330,16 @@ void validate(const Config& c, const std::string& src) {
   }
 
   const auto& m = c.model;
-  check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru", "custom"});
+  check_one_of(src, "model.name", m.name, {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru", "vit", "custom"});
   positive("model.num_classes", static_cast<double>(m.num_classes));
   positive("model.in_channels", static_cast<double>(m.in_channels));
   for (auto h : m.hidden) positive("model.hidden", static_cast<double>(h));
+  positive("model.patch_size", static_cast<double>(m.patch_size));
+  positive("model.dim", static_cast<double>(m.dim));
+  positive("model.depth", static_cast<double>(m.depth));
+  positive("model.heads", static_cast<double>(m.heads));
+  positive("model.mlp_ratio", m.mlp_ratio);
+  HPDL_CHECK(m.name != "vit" || m.dim % m.heads == 0, "{}: model.dim = {} is not divisible by model.heads = {}", src, m.dim, m.heads);
   HPDL_CHECK(m.name != "custom" || !m.layers.empty(), "{}: model.name = 'custom' needs [[model.layers]] tables", src);
   HPDL_CHECK(m.name == "custom" || m.layers.empty(), "{}: [[model.layers]] is only used with model.name = 'custom' "
              "(got '{}')", src, m.name);

@@ -58,11 +58,15 @@ struct DataConfig {
 };
 
 struct ModelConfig {
-  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | resnet50 | alexnet_bn | vgg11_bn | vgg16_bn | lstm | gru | custom
+  std::string name = "mlp";  // mlp | lenet5 | resnet20 | resnet18 | resnet50 | alexnet_bn | vgg11_bn | vgg16_bn | lstm | gru | vit | custom
   int64_t num_classes = 10;
   int64_t in_channels = 1;
   std::vector<int64_t> hidden{256, 128};  // mlp hidden widths; lstm/gru: one size per layer
   std::vector<LayerSpec> layers;          // custom
+  // vit (nn/models/vit.h): patch side, embedding width, encoder layers,
+  // attention heads (dividing dim), feed-forward width / dim.
+  int64_t patch_size = 4, dim = 64, depth = 4, heads = 4;
+  double mlp_ratio = 2.0;
 };
 
 struct OptimizerConfig {

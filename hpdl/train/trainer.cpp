@@ -252,6 +252,8 @@ nn::ModulePtr build_model(const Config& config, const Shape& sample) {
   mc.width = sample[2];
   mc.num_classes = config.model.num_classes;
   mc.hidden = config.model.hidden;
+  mc.patch_size = config.model.patch_size, mc.dim = config.model.dim, mc.depth = config.model.depth;
+  mc.heads = config.model.heads, mc.mlp_ratio = config.model.mlp_ratio;
   mc.seed = config.train.seed;
   return nn::models::make_model(config.model.name, mc);
 }

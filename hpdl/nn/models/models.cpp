@@ -11,6 +11,7 @@
 #include "hpdl/nn/blocks.h"
 #include "hpdl/nn/init.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/nn/models/vit.h"
 #include "hpdl/nn/rnn.h"
 
 namespace hpdl::nn::models {
@@ -243,7 +244,7 @@ ModulePtr rnn_classifier(const std::string& cell, int64_t in_features, int64_t h
 }
 
 std::vector<std::string> model_names() {
-  return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru"};
+  return {"mlp", "lenet5", "resnet20", "resnet18", "resnet50", "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru", "vit"};
 }
 
 ModulePtr make_model(const std::string& name, const ModelConfig& c) {
@@ -267,6 +268,14 @@ ModulePtr make_model(const std::string& name, const ModelConfig& c) {
                c.hidden.size());
     return rnn_classifier(name, c.in_channels * c.width, c.hidden[0], static_cast<int64_t>(c.hidden.size()),
                           c.num_classes, c.seed);
+  }
+  if (name == "vit") {
+    VitOptions o;
+    o.in_channels = c.in_channels, o.height = c.height, o.width = c.width, o.num_classes = c.num_classes;
+    o.patch_size = c.patch_size, o.dim = c.dim, o.depth = c.depth, o.heads = c.heads, o.mlp_ratio = c.mlp_ratio;
+    o.dropout = std::max(c.dropout, 0.0);
+    o.seed = c.seed;
+    return vit(o);
   }
   std::string known;
   for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;

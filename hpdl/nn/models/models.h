@@ -23,6 +23,10 @@ struct ModelConfig {
   // hidden activation; alexnet_bn, vgg*_bn: 0.5 in the classifier).
   double dropout = -1.0;
   uint64_t seed = 0;                          // weight init (and dropout masks)
+  // vit only (see nn/models/vit.h): patch size, embedding width, encoder
+  // layers, attention heads, feed-forward width / dim.
+  int64_t patch_size = 4, dim = 64, depth = 4, heads = 4;
+  double mlp_ratio = 2.0;
 };
 
 // Flatten -> [Linear -> act (-> Dropout)] per hidden size -> Linear(classes).
@@ -92,7 +96,8 @@ class RnnClassifier : public Module {
 // The names make_model knows, in order.
 std::vector<std::string> model_names();
 // Builds a model by name ("mlp", "lenet5", "resnet20", "resnet18",
-// "resnet50" (nn/models/resnet50.h), "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru"; for the
+// "resnet50" (nn/models/resnet50.h), "alexnet_bn", "vgg11_bn", "vgg16_bn", "lstm", "gru", "vit"
+// (nn/models/vit.h); for the
 // recurrent ones `hidden` gives one size per layer, all equal, e.g. [128]); throws for an unknown name listing the known ones, and for a
 // config the model cannot take (naming the field).
 ModulePtr make_model(const std::string& name, const ModelConfig& config);

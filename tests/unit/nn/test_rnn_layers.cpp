@@ -178,7 +178,7 @@ void matches_pytorch(bool use_lstm, const RnnOptions& o) {
                        {{"cell", use_lstm ? "lstm" : "gru"}, {"input_size", "3"}, {"hidden_size", "4"},
                         {"num_layers", std::to_string(o.num_layers)}, {"bidirectional", o.bidirectional ? "1" : "0"},
                         {"batch_first", o.batch_first ? "1" : "0"}});
-  std::filesystem::path script = std::filesystem::path(__FILE__).parent_path() / "rnn_torch_check.py";
+  std::filesystem::path script = std::filesystem::path(HPDL_TEST_SOURCE_DIR) / "rnn_torch_check.py";
   std::string cmd = "/usr/bin/python3 " + script.string() + " " + (dir / "rnn.safetensors").string() + " > " +
                     (dir / "out.txt").string() + " 2>&1";
   const int rc = std::system(cmd.c_str());
