@@ -1,8 +1,9 @@
 // Local SGD (periodic model averaging, train.local_sgd_steps) across real
-// ranks: with one local step and plain SGD it is synchronous data parallel up
-// to float rounding; with more, the replicas drift apart between averaging
-// points and DataParallel::average_state makes them bitwise equal again, to
-// the mean of what the ranks held (batch norm running statistics included).
+// ranks: with one local step and SGD (with or without momentum) it is
+// synchronous data parallel up to float rounding; with more, the replicas
+// drift apart between averaging points and DataParallel::average_state makes
+// them bitwise equal again, to the mean of what the ranks held (batch norm
+// running statistics included).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -70,44 +71,47 @@ void local_step(nn::Module& model, DataParallel& dp, optim::Optimizer& opt, int 
   opt.step();
 }
 
-// Local SGD with H = 1 and plain SGD (no momentum): w - lr * mean_r(g_r) either way; the
-// only difference is where the rounding happens (mean of gradients vs mean of updated
-// weights). Batch norm running statistics: the mean over ranks vs rank 0's (broadcast),
-// so only the parameters are compared. Tolerance 1e-5 over 6 steps at lr 0.1.
-TEST(LocalSgd, OneLocalStepWithPlainSgdIsSynchronousDataParallel) {
-  auto sync_model = make_net(), local_model = make_net();
-  optim::SGDOptions o;
-  o.lr = 0.1;
-  o.momentum = 0.0;
-  {
-    DataParallel dp_sync(*sync_model, W()), dp_local(*local_model, W());
-    optim::SGD opt_sync(optim::param_specs(*sync_model), o), opt_local(optim::param_specs(*local_model), o);
-    const int64_t sync_calls_before = dp_sync.sync_allreduces();
-    for (int k = 0; k < 6; ++k) {
-      auto [x, y] = rank_batch(6, k, W().rank(), W().size());
-      dp_sync.zero_grad();
-      cross_entropy(sync_model->forward(x), y).backward();
-      dp_sync.finish();
-      opt_sync.step();
-      local_step(*local_model, dp_local, opt_local, k);
-      dp_local.average_state();
+// Local SGD with H = 1 and plain SGD: w - lr * mean_r(g_r) either way; the only difference
+// is where the rounding happens (mean of gradients vs mean of updated weights). With heavy-ball
+// momentum too: the update is linear in the gradient, so the mean of the per-rank momentum
+// buffers follows the synchronous one. Batch norm running statistics: the mean over ranks vs
+// rank 0's (broadcast), so only the parameters are compared. Tolerance 1e-5 over 6 steps at lr 0.1.
+TEST(LocalSgd, OneLocalStepWithSgdIsSynchronousDataParallel) {
+  for (double momentum : {0.0, 0.9}) {
+    auto sync_model = make_net(), local_model = make_net();
+    optim::SGDOptions o;
+    o.lr = 0.1;
+    o.momentum = momentum;
+    {
+      DataParallel dp_sync(*sync_model, W()), dp_local(*local_model, W());
+      optim::SGD opt_sync(optim::param_specs(*sync_model), o), opt_local(optim::param_specs(*local_model), o);
+      const int64_t sync_calls_before = dp_sync.sync_allreduces();
+      for (int k = 0; k < 6; ++k) {
+        auto [x, y] = rank_batch(6, k, W().rank(), W().size());
+        dp_sync.zero_grad();
+        cross_entropy(sync_model->forward(x), y).backward();
+        dp_sync.finish();
+        opt_sync.step();
+        local_step(*local_model, dp_local, opt_local, k);
+        dp_local.average_state();
+      }
+      EXPECT_EQ(dp_local.sync_allreduces(), 6) << "one averaging allreduce per step";
+      EXPECT_EQ(dp_sync.sync_allreduces() - sync_calls_before, 6 * dp_sync.num_buckets());
     }
-    EXPECT_EQ(dp_local.sync_allreduces(), 6) << "one averaging allreduce per step";
-    EXPECT_EQ(dp_sync.sync_allreduces() - sync_calls_before, 6 * dp_sync.num_buckets());
-  }
-  double max_diff = 0, max_moved = 0;
-  auto init = make_net();
-  auto p0 = init->parameters(), ps = sync_model->parameters(), pl = local_model->parameters();
-  ASSERT_EQ(ps.size(), pl.size());
-  for (size_t i = 0; i < ps.size(); ++i) {
-    auto a = ps[i].to_vector<float>(), b = pl[i].to_vector<float>(), c = p0[i].to_vector<float>();
-    for (size_t j = 0; j < a.size(); ++j) {
-      max_diff = std::max(max_diff, double(std::abs(a[j] - b[j])));
-      max_moved = std::max(max_moved, double(std::abs(a[j] - c[j])));
+    double max_diff = 0, max_moved = 0;
+    auto init = make_net();
+    auto p0 = init->parameters(), ps = sync_model->parameters(), pl = local_model->parameters();
+    ASSERT_EQ(ps.size(), pl.size());
+    for (size_t i = 0; i < ps.size(); ++i) {
+      auto a = ps[i].to_vector<float>(), b = pl[i].to_vector<float>(), c = p0[i].to_vector<float>();
+      for (size_t j = 0; j < a.size(); ++j) {
+        max_diff = std::max(max_diff, double(std::abs(a[j] - b[j])));
+        max_moved = std::max(max_moved, double(std::abs(a[j] - c[j])));
+      }
     }
+    EXPECT_LT(max_diff, 1e-5) << "rank " << W().rank() << ", momentum " << momentum;
+    EXPECT_GT(max_moved, 1e-2) << "training did not move the weights: the comparison would be empty";
   }
-  EXPECT_LT(max_diff, 1e-5) << "rank " << W().rank();
-  EXPECT_GT(max_moved, 1e-2) << "training did not move the weights: the comparison would be empty";
 }
 
 TEST(LocalSgd, ReplicasDriftBetweenAveragingPointsAndAgreeBitwiseAfter) {
