@@ -207,6 +207,8 @@ void DataParallel::launch(int index) {
   }
   const double scale = 1.0 / comm_.size();
   Bucket* bp = &b;
+  sync_allreduces_ += 1;
+  sync_allreduce_bytes_ += b.span.bytes;
   const bool bf16 = options_.bf16_wire;
   bp->span.bucket = index;
   if (nccl_) {
@@ -271,6 +273,45 @@ void DataParallel::broadcast_buffers(int root) {
   off = 0;
   for (auto& t : bufs) {
     t.copy_(flat.narrow(0, off, t.numel()));
+    off += t.numel();
+  }
+}
+
+void DataParallel::average_state(const std::vector<Tensor>& extra) {
+  if (comm_.size() == 1) return;
+  NoGradGuard ng;
+  std::vector<Tensor> parts;
+  for (auto& [name, p] : model_.named_parameters()) parts.push_back(p);
+  for (auto& [name, t] : model_.named_buffers())
+    if (t.dtype() == DType::f32 && t.device() == device_ && t.is_contiguous()) parts.push_back(t);
+  for (size_t i = 0; i < extra.size(); ++i) {
+    const Tensor& t = extra[i];
+    HPDL_CHECK(t.defined() && t.dtype() == DType::f32 && t.device() == device_ && t.is_contiguous(),
+               "DataParallel::average_state: extra tensor {} must be contiguous float32 on {}, got {}", i,
+               device_.str(), t.defined() ? t.str() : std::string("an undefined tensor"));
+    parts.push_back(t);
+  }
+  int64_t numel = 0;
+  for (auto& t : parts) numel += t.numel();
+  if (numel == 0) return;
+  // Pack, sum over the ranks, scale by 1/world (the same operations on every rank: bitwise equal results), unpack.
+  Tensor flat = Tensor::empty({numel}, DType::f32, device_);
+  int64_t off = 0;
+  for (auto& t : parts) {
+    flat.narrow(0, off, t.numel()).copy_(t.reshape({t.numel()}));
+    off += t.numel();
+  }
+  if (nccl_) {
+    nccl_->allreduce(flat, NcclReduce::avg);  // stream-ordered: later kernels see the mean
+  } else {
+    comm_.allreduce(flat);
+    reference_backend().unary(UnaryOp::mul_scalar, flat, flat, 1.0 / comm_.size());
+  }
+  sync_allreduces_ += 1;
+  sync_allreduce_bytes_ += numel * 4;
+  off = 0;
+  for (auto& t : parts) {
+    t.copy_(flat.narrow(0, off, t.numel()).reshape(t.shape()));
     off += t.numel();
   }
 }

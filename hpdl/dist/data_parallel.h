@@ -15,6 +15,7 @@
 // (NCCL's avg divides by the world size). MPI carries nothing per step then.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -74,6 +75,20 @@ class DataParallel {
   // accumulating is an error.
   void set_accumulating(bool on);
   bool accumulating() const { return accumulating_; }
+  // Local SGD's averaging point (train.local_sgd_steps): replaces every
+  // parameter, every float32 buffer (batch norm running statistics) and each
+  // tensor of `extra` (float32, contiguous, on this device: e.g. optimizer
+  // momentum) by its mean over the ranks, packed into one flat float32 buffer
+  // and all-reduced in one message. Afterwards every rank holds bitwise the
+  // same values (one reduction result, scaled the same way everywhere).
+  // Collective: every rank calls it with the same tensor shapes, in order.
+  // Throws naming the tensor when one of `extra` is not float32 on this device.
+  void average_state(const std::vector<Tensor>& extra = {});
+  // Model-synchronization traffic of this process so far: gradient bucket
+  // allreduces plus average_state() calls, and their bytes on the wire (the
+  // bucket or flat buffer sent; not the small metric/stat reductions).
+  int64_t sync_allreduces() const { return sync_allreduces_.load(); }
+  int64_t sync_allreduce_bytes() const { return sync_allreduce_bytes_.load(); }
   // Broadcasts the floating-point buffers from `root` in one message.
   void broadcast_buffers(int root = 0);
   // Broadcasts parameters and buffers from `root` (done once at construction).
@@ -106,6 +121,7 @@ class DataParallel {
   Device device_ = kCPU;
   std::vector<std::unique_ptr<Bucket>> buckets_;
   bool accumulating_ = false;
+  std::atomic<int64_t> sync_allreduces_{0}, sync_allreduce_bytes_{0};
 };
 
 }  // namespace hpdl::dist

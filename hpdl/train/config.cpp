@@ -64,6 +64,8 @@ std::vector<Key> bind(Config& c) {
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
       {"train.shard_optimizer", &t.shard_optimizer},
+      {"train.local_sgd_steps", &t.local_sgd_steps},
+      {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
   };
 }
 
@@ -410,6 +412,27 @@ void validate(const Config& c, const std::string& src) {
   HPDL_CHECK(t.sync_batchnorm_group == 0 || t.sync_batchnorm, "{}: train.sync_batchnorm_group = {} needs "
              "train.sync_batchnorm = true (groups of ranks share batch statistics only when they are synchronized)",
              src, t.sync_batchnorm_group);
+  non_negative("train.local_sgd_steps", static_cast<double>(t.local_sgd_steps));
+  HPDL_CHECK(!t.local_sgd_average_optimizer || t.local_sgd_steps > 0, "{}: train.local_sgd_average_optimizer = true "
+             "needs train.local_sgd_steps > 0 (without local SGD the optimizer state is identical on every rank)", src);
+  if (t.local_sgd_steps > 0) {
+    // Each of these assumes the gradients (or batch statistics) are shared by every rank at every step.
+    auto refuse = [&](bool on, const char* key, const char* why) {
+      HPDL_CHECK(!on, "{}: train.local_sgd_steps = {} cannot be combined with {}: {}; set one of them off", src,
+                 t.local_sgd_steps, key, why);
+    };
+    refuse(t.shard_optimizer, "train.shard_optimizer = true",
+           "each rank would update only its shard, from gradients that are no longer all-reduced");
+    refuse(t.sync_batchnorm, "train.sync_batchnorm = true",
+           "it communicates at every forward pass, which local SGD is meant to avoid");
+    refuse(t.bf16_wire, "train.bf16_wire = true",
+           "no gradients go over the wire, and parameters are averaged in float32");
+    refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
+           fmt::format("train.loss_scale = '{}'", t.loss_scale).c_str(),
+           "each rank would skip steps on its own non-finite gradients");
+    refuse(t.precision == "fp16", "train.precision = \"fp16\"",
+           "it uses dynamic loss scaling, and each rank would skip steps on its own non-finite gradients");
+  }
 }
 
 Config parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {

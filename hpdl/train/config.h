@@ -138,6 +138,18 @@ struct TrainConfig {
   // ZeRO stage 1 under MPI: each rank keeps optimizer state only for the
   // parameters it owns (dist::ShardedOptimizer); checkpoints are unchanged.
   bool shard_optimizer = false;
+  // Local SGD (periodic model averaging; Stich 2019, Lin et al. 2020) under
+  // MPI: each rank takes this many optimizer steps on its own gradients, with
+  // no gradient allreduce, then the parameters and floating-point buffers are
+  // averaged over the ranks in one allreduce. Also averaged: at the end of
+  // every epoch and before every checkpoint, so evaluation, checkpoints and
+  // the replica check see one model. Optimizer state stays per rank (saved
+  // per rank in checkpoints). 0: off (synchronous data parallel). Refused
+  // with shard_optimizer, sync_batchnorm, bf16_wire and loss scaling.
+  int64_t local_sgd_steps = 0;
+  // With local_sgd_steps: also average the optimizer's floating-point state
+  // (momentum, Adam moments) at every averaging point.
+  bool local_sgd_average_optimizer = false;
 };
 
 struct Config {

@@ -445,6 +445,35 @@ TrainSummary Trainer::run(bool resume) {
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
               : std::make_unique<dist::DataParallel>(*model, comm, dpo);
   }
+  // ---- local SGD (train.local_sgd_steps; Stich 2019, Lin et al. 2020) ----
+  // The gradient hooks stay held back (DataParallel::set_accumulating), so each rank steps on its
+  // own gradients; every local_sgd steps, at the end of every epoch and before every checkpoint the
+  // parameters and float buffers (with train.local_sgd_average_optimizer also the optimizer's float
+  // state) are replaced by their mean over the ranks, in one allreduce.
+  const int64_t local_sgd = world > 1 ? cfg.train.local_sgd_steps : 0;
+  int64_t local_steps = 0;  // optimizer steps since the last averaging point (equal on every rank)
+  auto average_replicas = [&] {
+    if (local_sgd == 0 || local_steps == 0) return;
+    std::vector<Tensor> extra;
+    std::map<std::string, Tensor> ostate;
+    if (cfg.train.local_sgd_average_optimizer) {
+      ostate = opt->state_dict();  // CPU copies; the same keys on every rank (every parameter steps)
+      for (auto& [k, v] : ostate)
+        if (v.dtype() == DType::f32) extra.push_back(v.to(device).contiguous());
+    }
+    dp->average_state(extra);
+    if (cfg.train.local_sgd_average_optimizer) {
+      size_t i = 0;
+      for (auto& [k, v] : ostate)
+        if (v.dtype() == DType::f32) v = extra[i++].to(kCPU);
+      opt->load_state_dict(ostate);
+    }
+    local_steps = 0;
+  };
+  if (root && local_sgd > 0)
+    std::fprintf(log, "hpdl: local SGD: no gradient allreduce; parameters averaged every %lld steps%s\n",
+                 static_cast<long long>(local_sgd),
+                 cfg.train.local_sgd_average_optimizer ? " (with the optimizer state)" : "");
   const int64_t bn_group = cfg.train.sync_batchnorm_group;
   HPDL_CHECK(bn_group == 0 || (bn_group <= world && world % bn_group == 0),
              "train.sync_batchnorm_group = {} does not divide the {} rank(s) of this run: use a divisor of {}, "
@@ -469,6 +498,17 @@ TrainSummary Trainer::run(bool resume) {
     auto tensors = ckpt.load(*info);
     model->load_state_dict(with_prefix(tensors, "model."));
     opt->load_state_dict(with_prefix(tensors, "optim."));
+    const int saved_world = info->meta.extra.value("world", world);
+    // Local SGD: each rank resumes its own optimizer state when the rank count is unchanged
+    // (an exact resume); otherwise every rank starts from rank 0's.
+    if (local_sgd > 0 && rank > 0 && saved_world == world) {
+      auto own = with_prefix(tensors, fmt::format("local_sgd.rank{}.", rank));
+      if (!own.empty()) {
+        auto state = with_prefix(tensors, "optim.");
+        for (auto& [k, v] : own) state[k] = v;
+        opt->load_state_dict(state);
+      }
+    }
     if (scaler) {
       auto st = with_prefix(tensors, "scaler.");
       if (!st.empty()) scaler->load_state_dict(st);
@@ -480,7 +520,6 @@ TrainSummary Trainer::run(bool resume) {
     epoch = info->meta.epoch;
     // The position counts samples of this rank's epoch order; with another
     // rank count, re-shard from the same global sample count (elastic restart).
-    const int saved_world = info->meta.extra.value("world", world);
     const int64_t global_pos = info->meta.sampler_position * saved_world;
     position = std::min<int64_t>(per_rank, global_pos / world);
     for (auto& g : info->meta.rng)
@@ -497,8 +536,19 @@ TrainSummary Trainer::run(bool resume) {
 
   auto save_checkpoint = [&](int64_t ep, int64_t pos) {
     // A sharded optimizer gathers its full state to rank 0: every rank takes part.
+    // Local SGD: a checkpoint is an averaging point, so every rank agrees on the weights saved.
+    average_replicas();
     std::map<std::string, Tensor> opt_state;
-    if (root || shard_optimizer) opt_state = opt->state_dict();
+    if (root || shard_optimizer || local_sgd > 0) opt_state = opt->state_dict();
+    // Local SGD keeps optimizer state per rank: rank r > 0's float state goes in as local_sgd.rank<r>.<key>.
+    std::map<std::string, Tensor> rank_state;
+    if (local_sgd > 0 && !cfg.train.local_sgd_average_optimizer)
+      for (auto& [k, v] : opt_state) {
+        if (v.dtype() != DType::f32) continue;
+        Tensor all = comm.allgather(v.contiguous());  // [world, ...]
+        if (root)
+          for (int r = 1; r < world; ++r) rank_state[fmt::format("local_sgd.rank{}.{}", r, k)] = all.select(0, r).contiguous();
+      }
     if (!root) return;
     CheckpointMeta meta;
     meta.step = step;
@@ -509,6 +559,7 @@ TrainSummary Trainer::run(bool resume) {
     for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
     std::map<std::string, Tensor> tensors = prefixed(model->state_dict(), "model.");
     for (auto& [k, v] : opt_state) tensors["optim." + k] = v;
+    for (auto& [k, v] : rank_state) tensors[k] = v;
     if (scaler)
       for (auto& [k, v] : scaler->state_dict()) tensors["scaler." + k] = v;
     ckpt.save(meta, tensors);
@@ -543,6 +594,7 @@ TrainSummary Trainer::run(bool resume) {
     MetricSums epoch_sums, last_sums;  // on the device; last_sums: the last step, when it did not log
     double last_count = 0;
     const auto t_epoch = std::chrono::steady_clock::now();
+    const int64_t sync_calls0 = dp ? dp->sync_allreduces() : 0, sync_bytes0 = dp ? dp->sync_allreduce_bytes() : 0;
     for (;;) {
       if (cfg.train.max_steps > 0 && step >= cfg.train.max_steps) {
         stop = true;
@@ -567,7 +619,7 @@ TrainSummary Trainer::run(bool resume) {
                      "(batch {} of {} in this epoch)", group, first_batch + micro + 1, batches_per_epoch);
           trace.span("data_wait", "data", t0, trace_now_us(), 2);
         }
-        if (dp) dp->set_accumulating(micro + 1 < group);
+        if (dp) dp->set_accumulating(local_sgd > 0 || micro + 1 < group);
         Tensor logits, loss, labels = batch.labels.to(device);
         {
           TraceRecorder::Scope s(trace, "forward", "compute");
@@ -584,7 +636,7 @@ TrainSummary Trainer::run(bool resume) {
         step_sums.add(MetricSums::of_batch(loss, static_cast<double>(batch.size()), logits, labels));
         step_count += static_cast<double>(batch.size());
       }
-      if (dp) {
+      if (dp && local_sgd == 0) {
         TraceRecorder::Scope s(trace, "allreduce_wait", "compute");
         dp->finish();
       }
@@ -595,7 +647,8 @@ TrainSummary Trainer::run(bool resume) {
         TraceRecorder::Scope s(trace, "optimizer", "compute");
         // With a scaler: unscale, and step only when the (all-reduced, hence
         // identical on every rank) gradients are finite.
-        // optimizer.clip_grad_norm: on the global mean gradient, identical on every rank.
+        // optimizer.clip_grad_norm: on the global mean gradient, identical on every rank
+        // (with local SGD: on this rank's own gradient).
         auto clip = [&] {
           if (cfg.optimizer.clip_grad_norm > 0)
             grad_norm = optim::clip_grad_norm(model->parameters(), cfg.optimizer.clip_grad_norm);
@@ -609,6 +662,7 @@ TrainSummary Trainer::run(bool resume) {
         }
       }
       ++step;
+      if (local_sgd > 0 && ++local_steps == local_sgd) average_replicas();
       // The step's loss and accuracy stay on the device, added to the epoch's sums. They are read
       // (a synchronization on a GPU) only on the steps that log: every train.log_every and the first.
       epoch_sums.add(step_sums);
@@ -656,6 +710,7 @@ TrainSummary Trainer::run(bool resume) {
         break;
       }
     }
+    average_replicas();  // local SGD: the epoch ends at an averaging point (evaluation, checkpoint, replica check)
     {
       // The epoch's sums, and the last step's loss when that step did not log: one read, one
       // allreduce (every rank gets here once per epoch, after the same number of steps).
@@ -676,6 +731,10 @@ TrainSummary Trainer::run(bool resume) {
                           {"train_loss", epoch_stats.loss_sum / std::max(1.0, epoch_stats.count)},
                           {"train_accuracy", epoch_stats.correct / std::max(1.0, epoch_stats.count)},
                           {"seconds", epoch_s}, {"samples_per_s", epoch_stats.count / epoch_s}};
+    if (dp) {  // model-synchronization traffic of this epoch, per rank (gradient buckets, averaging points)
+      rec["sync_allreduces"] = dp->sync_allreduces() - sync_calls0;
+      rec["sync_allreduce_mb"] = static_cast<double>(dp->sync_allreduce_bytes() - sync_bytes0) / (1 << 20);
+    }
     const bool last = epoch + 1 == cfg.train.epochs;
     if (cfg.train.eval_every_epochs > 0 &&
         ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last || epoch + 1 == cfg.train.stop_after_epoch)) {
@@ -771,6 +830,9 @@ TrainSummary Trainer::run(bool resume) {
     s["optimizer_state_bytes_per_rank"] = state_bytes;
     s["peak_rss_mb_per_rank"] = mib(peak_rss_kb, 1024);
     s["shard_optimizer"] = shard_optimizer;
+    s["local_sgd_steps"] = local_sgd;
+    if (dp) s["sync_allreduces"] = dp->sync_allreduces(), s["sync_allreduce_mb"] =
+        static_cast<double>(dp->sync_allreduce_bytes()) / (1 << 20);
     if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;
     const std::string text = s.dump(2) + "\n";
     io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());

@@ -6,6 +6,7 @@
 # `hpdl train` with train.sync_batchnorm under mpirun must pass the replica check;
 # with train.shard_optimizer (ZeRO-1) it must write the same checkpoint bytes as
 # without, and checkpoints must resume across sharded/unsharded and rank counts.
+# With train.local_sgd_steps (local SGD) it must train, end with identical replicas, and resume exactly.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -123,6 +124,38 @@ train_zero_resume_np2)
   run 1 --resume chunked --set train.max_steps=8 --set train.shard_optimizer=false >log_d 2>&1 \
     || fail "np 2 sharded -> np 1 resume failed: $(tail -5 log_d)"
   [[ -f chunked/checkpoints/step-0000000008.safetensors ]] || fail "no checkpoint after the elastic resume"
+  ;;
+train_local_sgd_np2)
+  # Local SGD, 4 steps between averaging points, one epoch of the MLP: a reasonable test accuracy,
+  # identical replicas at the end, and one averaging allreduce per 4 steps (the epoch's last point
+  # included) instead of the gradient buckets of every step.
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+    --set train.epochs=1 --set data.workers=1 --set train.local_sgd_steps=4 --set train.run_dir=run >log 2>&1 \
+    || fail "mpirun failed: $(tail -5 log)"
+  grep -q "weights identical on all 2 ranks" log || fail "replicas differ: $(tail -5 log)"
+  grep -q "local SGD: no gradient allreduce; parameters averaged every 4 steps" log || fail "no local SGD line"
+  python3 - run/summary.json <<'PY' || fail "bad summary: $(cat run/summary.json)"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["local_sgd_steps"] == 4, s
+assert s["sync_allreduces"] == (s["steps"] + 3) // 4, (s["steps"], s["sync_allreduces"])
+assert s["test_accuracy"] > 0.80, s["test_accuracy"]
+PY
+  ;;
+train_local_sgd_resume_np2)
+  # Exact resume: 6 straight steps (averaging after 3 and 6) against 3 steps, a checkpoint, and a
+  # resume to 6. Nesterov momentum stays per rank, so each rank must get its own back.
+  run() { "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$@" \
+            --set data.batch_size=32 --set data.workers=1; }
+  run "$ex/fashion_mnist/mlp.toml" --set train.local_sgd_steps=3 --set train.max_steps=6 --set train.run_dir=straight \
+    >log_a 2>&1 || fail "straight run failed: $(tail -5 log_a)"
+  run "$ex/fashion_mnist/mlp.toml" --set train.local_sgd_steps=3 --set train.max_steps=3 --set train.run_dir=chunked \
+    >log_b 2>&1 || fail "first chunk failed: $(tail -5 log_b)"
+  run --resume chunked --set train.max_steps=6 >log_c 2>&1 || fail "resume failed: $(tail -5 log_c)"
+  grep -q "resumed from" log_c || fail "did not resume: $(tail -5 log_c)"
+  grep -q "weights identical on all 2 ranks" log_c || fail "replicas differ after the resume: $(tail -5 log_c)"
+  cmp straight/checkpoints/step-0000000006.safetensors chunked/checkpoints/step-0000000006.safetensors \
+    || fail "the resumed local SGD run differs from the straight one"
   ;;
 *) fail "unknown case" ;;
 esac

@@ -205,6 +205,34 @@ TEST(Config, BatchNormGroupNeedsSyncAndIsNonNegative) {
   EXPECT_NE(err.find("train.sync_batchnorm_group"), std::string::npos) << err;
 }
 
+// train.local_sgd_steps: off by default, non-negative, and refused (naming both keys) with the
+// options that assume gradients or batch statistics are shared at every step.
+TEST(Config, LocalSgdRangesAndIncompatibleOptions) {
+  EXPECT_EQ(parse_config("", "c.toml").train.local_sgd_steps, 0);
+  Config c = parse_config("[train]\nlocal_sgd_steps = 8\nlocal_sgd_average_optimizer = true\n", "c.toml");
+  EXPECT_EQ(c.train.local_sgd_steps, 8);
+  EXPECT_TRUE(c.train.local_sgd_average_optimizer);
+  std::string err = error_of([] { parse_config("[train]\nlocal_sgd_steps = -1\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.local_sgd_steps must be >= 0, got -1"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\nlocal_sgd_average_optimizer = true\n", "c.toml"); });
+  EXPECT_NE(err.find("train.local_sgd_average_optimizer = true needs train.local_sgd_steps > 0"), std::string::npos)
+      << err;
+  const std::pair<std::string, std::string> refused[] = {
+      {"shard_optimizer = true", "train.shard_optimizer = true"},
+      {"sync_batchnorm = true", "train.sync_batchnorm = true"},
+      {"bf16_wire = true", "train.bf16_wire = true"},
+      {"loss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
+      {"loss_scale = 1024", "train.loss_scale = '1024'"},
+      {"precision = \"fp16\"\ndevice = \"cuda\"", "train.precision = \"fp16\""},
+  };
+  for (auto& [line, key] : refused) {
+    err = error_of([&] { parse_config("[train]\nlocal_sgd_steps = 4\n" + line + "\n", "c.toml"); });
+    EXPECT_NE(err.find("c.toml: train.local_sgd_steps = 4 cannot be combined with " + key), std::string::npos)
+        << line << ": " << err;
+    EXPECT_NO_THROW(parse_config("[train]\n" + line + "\n", "c.toml")) << line << " alone is fine";
+  }
+}
+
 // train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
 // or string, also through --set), did-you-mean for a misspelt word, and which
 // scaler each combination makes.

@@ -175,6 +175,27 @@ TEST_F(TrainingOptions, AccumulatedStepsMatchTheLargerBatch) {
   EXPECT_GT(distance(final_weights(small), final_weights(dir_ / "run_big_2")), 1e-3);
 }
 
+// train.local_sgd_steps on one process: there is nothing to average, so the run is plain
+// training bit for bit (the option must not change the loop, e.g. drop the optimizer step),
+// and summary.json records it as off.
+TEST_F(TrainingOptions, LocalSgdOnOneProcessIsPlainTraining) {
+  const fs::path plain = dir_ / "run_plain_sgd", local = dir_ / "run_local_sgd";
+  const std::vector<std::string> o = {"train.checkpoint_every_epochs=1", "optimizer.momentum=0.9"};
+  train_quietly(small_run(dir_ / "data", plain, "", o));
+  train_quietly(small_run(dir_ / "data", local, "local_sgd_steps = 4\n", o));
+  const auto wp = final_weights(plain), wl = final_weights(local);
+  ASSERT_FALSE(wp.empty());
+  EXPECT_EQ(wp, wl);
+  std::ifstream in(local / "summary.json");
+  const auto summary = nlohmann::json::parse(in);
+  EXPECT_EQ(summary["local_sgd_steps"].get<int64_t>(), 0);
+  EXPECT_FALSE(summary.contains("sync_allreduces")) << "no DataParallel on one process";
+  // Training moved the weights away from the initial ones (so equality is not trivial).
+  const fs::path none = dir_ / "run_no_steps";
+  train_quietly(small_run(dir_ / "data", none, "max_steps = 1\n", o));
+  EXPECT_GT(distance(final_weights(none), wp), 1e-3);
+}
+
 TEST(TrainingOptionsConfig, RangesAreChecked) {
   std::string err = error_of([] { parse_config("[train]\nlabel_smoothing = 1.0\n", "o.toml"); });
   EXPECT_NE(err.find("o.toml: train.label_smoothing must be in [0, 1), got 1"), std::string::npos) << err;
