@@ -241,6 +241,15 @@ explain_heatmaps)
   "$hpdl" explain --checkpoint run --limit 1 --method gradcam --target 3 --out ex2 "$t10k" >out2.txt 2>&1 || fail "explain --target failed: $(cat out2.txt)"
   grep -q "target 3" out2.txt || fail "--target 3 was not explained: $(cat out2.txt)"
   [[ $(ls ex2/*.png | wc -l) -eq 1 ]] || fail "--method gradcam --limit 1 should write one PNG: $(ls ex2)"
+  # --time prints one time line per method; its warm-up call changes neither the maps nor the per-sample lines.
+  "$hpdl" explain --checkpoint run --first 5 --limit 3 --time --out ex5 "$t10k" >out5.txt 2>&1 || fail "explain --time failed: $(cat out5.txt)"
+  for m in saliency ig gradcam occlusion; do
+    [[ $(grep -c "^explain time: $m 3 samples [0-9.]* s [0-9.]* ms/sample$" out5.txt) -eq 1 ]] \
+      || fail "no time line for $m: $(cat out5.txt)"
+    cmp -s ex/t10k-images-idx3-ubyte-$m.npy ex5/t10k-images-idx3-ubyte-$m.npy || fail "--time changed the $m maps"
+  done
+  diff <(grep target out.txt) <(grep target out5.txt) >/dev/null || fail "--time changed the output: $(cat out5.txt)"
+  grep -q "explain time" out.txt && fail "a time line without --time: $(cat out.txt)"
   # Deletion curves: integrated gradients and occlusion rank the pixels the model uses far better than chance.
   "$hpdl" explain --checkpoint run --limit 20 --method ig,occlusion --deletion 5 --out ex4 "$t10k" >out4.txt 2>&1 \
     || fail "explain --deletion failed: $(cat out4.txt)"
