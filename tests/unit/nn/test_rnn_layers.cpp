@@ -5,13 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "hpdl/autograd/engine.h"
@@ -20,6 +18,7 @@
 #include "hpdl/nn/nn.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
+#include "tests/unit/nn/torch_check.h"
 
 namespace hpdl::nn {
 namespace {
@@ -172,22 +171,14 @@ void matches_pytorch(bool use_lstm, const RnnOptions& o) {
     file["param." + name] = p;
     file["hpdl.grad." + name] = p.grad();
   }
-  auto dir = std::filesystem::temp_directory_path() / ("hpdl_rnn_torch_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  io::save_safetensors(dir / "rnn.safetensors", file,
-                       {{"cell", use_lstm ? "lstm" : "gru"}, {"input_size", "3"}, {"hidden_size", "4"},
-                        {"num_layers", std::to_string(o.num_layers)}, {"bidirectional", o.bidirectional ? "1" : "0"},
-                        {"batch_first", o.batch_first ? "1" : "0"}});
-  std::filesystem::path script = std::filesystem::path(HPDL_TEST_SOURCE_DIR) / "rnn_torch_check.py";
-  std::string cmd = "/usr/bin/python3 " + script.string() + " " + (dir / "rnn.safetensors").string() + " > " +
-                    (dir / "out.txt").string() + " 2>&1";
-  const int rc = std::system(cmd.c_str());
-  std::ifstream in(dir / "out.txt");
-  std::string report((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::filesystem::remove_all(dir);
-  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77)
+  const test::TorchCheck c = test::run_torch_check(
+      "rnn_torch_check.py", file,
+      {{"cell", use_lstm ? "lstm" : "gru"}, {"input_size", "3"}, {"hidden_size", "4"},
+       {"num_layers", std::to_string(o.num_layers)}, {"bidirectional", o.bidirectional ? "1" : "0"},
+       {"batch_first", o.batch_first ? "1" : "0"}});
+  if (c.torch_missing())
     GTEST_SKIP() << "/usr/bin/python3 cannot import torch (install python3-torch to run this interop check)";
-  EXPECT_EQ(rc, 0) << cmd << "\n" << report;
+  EXPECT_EQ(c.rc, 0) << c.command << "\n" << c.report;
 }
 
 TEST(RnnLayers, LstmMatchesPyTorch) { matches_pytorch(true, {2, true, false}); }

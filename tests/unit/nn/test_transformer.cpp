@@ -3,13 +3,9 @@
 // outputs and gradients equal to torch.nn's for the same state dict (skipped,
 // visibly, without python3-torch), masks, dropout, and the named errors.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "hpdl/autograd/gradcheck.h"
@@ -20,6 +16,7 @@
 #include "hpdl/ops/ops.h"
 #include "hpdl/train/config.h"
 #include "hpdl/train/trainer.h"
+#include "tests/unit/nn/torch_check.h"
 
 namespace hpdl::nn {
 namespace {
@@ -160,19 +157,10 @@ void matches_pytorch(Module& m, const std::map<std::string, std::string>& meta, 
     file["param." + name] = p;
     file["hpdl.grad." + name] = p.grad();
   }
-  auto dir = std::filesystem::temp_directory_path() / ("hpdl_transformer_torch_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  io::save_safetensors(dir / "m.safetensors", file, meta);
-  std::filesystem::path script = std::filesystem::path(HPDL_TEST_SOURCE_DIR) / "transformer_torch_check.py";
-  std::string cmd = "/usr/bin/python3 " + script.string() + " " + (dir / "m.safetensors").string() + " > " +
-                    (dir / "out.txt").string() + " 2>&1";
-  const int rc = std::system(cmd.c_str());
-  std::ifstream in(dir / "out.txt");
-  std::string report((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::filesystem::remove_all(dir);
-  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77)
+  const test::TorchCheck c = test::run_torch_check("transformer_torch_check.py", file, meta);
+  if (c.torch_missing())
     GTEST_SKIP() << "/usr/bin/python3 cannot import torch (install python3-torch to run this interop check)";
-  EXPECT_EQ(rc, 0) << cmd << "\n" << report;
+  EXPECT_EQ(c.rc, 0) << c.command << "\n" << c.report;
 }
 
 TEST(MultiheadAttention, MatchesPyTorch) {

@@ -6,26 +6,11 @@
 # torch.nn.TransformerEncoderLayer (batch_first=True, no dropout) with the
 # same state dict and compares every tensor. Prints one line per tensor with
 # the max abs difference; exits 1 on any above 1e-10, 77 when torch is missing.
-import json
-import struct
 import sys
 
-try:
-    import torch
-except ImportError:
-    sys.exit(77)
+from torch_check_io import load, torch  # exits 77 when torch is missing
 
-DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
-with open(sys.argv[1], "rb") as f:
-    blob = f.read()
-(n,) = struct.unpack("<Q", blob[:8])
-header = json.loads(blob[8:8 + n])
-meta = header.pop("__metadata__")
-data = bytearray(blob[8 + n:])
-T = {}
-for name, e in header.items():
-    b, end = e["data_offsets"]
-    T[name] = torch.frombuffer(data[b:end], dtype=DTYPES[e["dtype"]]).reshape(e["shape"]).clone()
+T, meta = load(sys.argv[1])
 
 E, H = int(meta["embed_dim"]), int(meta["num_heads"])
 mask = T.get("mask")
