@@ -584,6 +584,7 @@ TrainSummary Trainer::run(bool resume) {
   memory.reset();
   const auto t_start = std::chrono::steady_clock::now();
   int64_t samples_done = 0;
+  int64_t step_meetings = 0;  // steps whose metrics and signals were all-reduced
   double last_loss = 0, last_accuracy = 0;
   double grad_norm = 0;  // the last step's, before clipping (optimizer.clip_grad_norm)
   bool stop = false;
@@ -592,7 +593,8 @@ TrainSummary Trainer::run(bool resume) {
     data::Batch batch;
     StepStats epoch_stats;
     MetricSums epoch_sums, last_sums;  // on the device; last_sums: the last step, when it did not log
-    double last_count = 0;
+    double last_count = 0;             // this rank's samples in that step
+    double unmet_count = 0;            // local SGD: this rank's samples since ranks last met
     const auto t_epoch = std::chrono::steady_clock::now();
     const int64_t sync_calls0 = dp ? dp->sync_allreduces() : 0, sync_bytes0 = dp ? dp->sync_allreduce_bytes() : 0;
     for (;;) {
@@ -667,20 +669,31 @@ TrainSummary Trainer::run(bool resume) {
       // (a synchronization on a GPU) only on the steps that log: every train.log_every and the first.
       epoch_sums.add(step_sums);
       const bool log_step = step % std::max<int64_t>(1, cfg.train.log_every) == 0 || step == 1;
+      // Metrics and signals agree on every rank through one small allreduce per step. Local SGD
+      // keeps the ranks apart between averaging points: it meets only there and on logging steps,
+      // and each rank counts its own samples in between (signals act at the next meeting).
+      const bool meet = local_sgd == 0 || log_step || local_steps == 0;
       StepStats st;
-      st.count = step_count;
+      st.count = step_count + unmet_count;
       if (log_step) std::tie(st.loss_sum, st.correct) = step_sums.read();
-      st.stop = g_stop_signal ? 1 : 0;
-      st.ckpt = g_ckpt_signal ? 1 : 0;
-      st = allreduce_stats(comm, st);  // metrics and signals agree on every rank
-      g_ckpt_signal = 0;
-      epoch_stats.count += st.count;
-      samples_done += static_cast<int64_t>(st.count);
+      if (meet) {
+        st.stop = g_stop_signal ? 1 : 0;
+        st.ckpt = g_ckpt_signal ? 1 : 0;
+        st = allreduce_stats(comm, st);
+        ++step_meetings;
+        g_ckpt_signal = 0;
+        unmet_count = 0;
+        epoch_stats.count += st.count;
+        samples_done += static_cast<int64_t>(st.count);
+      } else {
+        unmet_count = st.count;
+        st.count = step_count * world;  // for the progress line only (exact but for a short batch)
+      }
       if (log_step) {
         last_loss = st.loss_sum / st.count, last_accuracy = st.correct / st.count;
         last_sums = MetricSums(), last_count = 0;
       } else {
-        last_sums = step_sums, last_count = st.count;
+        last_sums = step_sums, last_count = step_count;
       }
       ProgressUpdate pu;
       pu.epoch = epoch, pu.epochs = cfg.train.epochs;
@@ -714,11 +727,15 @@ TrainSummary Trainer::run(bool resume) {
     {
       // The epoch's sums, and the last step's loss when that step did not log: one read, one
       // allreduce (every rank gets here once per epoch, after the same number of steps).
+      // With local SGD, also the samples counted since the last meeting.
       const auto [epoch_loss, epoch_correct] = epoch_sums.read();
       const auto [step_loss, step_correct] = last_sums.read();
-      const auto v = allreduce_sums(comm, {epoch_loss, epoch_correct, step_loss, step_correct});
+      const auto v = allreduce_sums(comm, {epoch_loss, epoch_correct, step_loss, step_correct, last_count, unmet_count});
       epoch_stats.loss_sum = v[0], epoch_stats.correct = v[1];
-      if (last_count > 0) last_loss = v[2] / last_count, last_accuracy = v[3] / last_count;
+      if (v[4] > 0) last_loss = v[2] / v[4], last_accuracy = v[3] / v[4];
+      epoch_stats.count += v[5];
+      samples_done += static_cast<int64_t>(v[5]);
+      unmet_count = 0;
     }
     if (summary.interrupted ||
         (stop && cfg.train.max_steps > 0 && position / cfg.data.batch_size + batch.index + 1 < batches_per_epoch)) {
@@ -730,7 +747,8 @@ TrainSummary Trainer::run(bool resume) {
     nlohmann::json rec = {{"type", "epoch"}, {"epoch", epoch + 1}, {"step", step},
                           {"train_loss", epoch_stats.loss_sum / std::max(1.0, epoch_stats.count)},
                           {"train_accuracy", epoch_stats.correct / std::max(1.0, epoch_stats.count)},
-                          {"seconds", epoch_s}, {"samples_per_s", epoch_stats.count / epoch_s}};
+                          {"seconds", epoch_s}, {"samples", epoch_stats.count},
+                          {"samples_per_s", epoch_stats.count / epoch_s}};
     if (dp) {  // model-synchronization traffic of this epoch, per rank (gradient buckets, averaging points)
       rec["sync_allreduces"] = dp->sync_allreduces() - sync_calls0;
       rec["sync_allreduce_mb"] = static_cast<double>(dp->sync_allreduce_bytes() - sync_bytes0) / (1 << 20);
@@ -831,6 +849,7 @@ TrainSummary Trainer::run(bool resume) {
     s["peak_rss_mb_per_rank"] = mib(peak_rss_kb, 1024);
     s["shard_optimizer"] = shard_optimizer;
     s["local_sgd_steps"] = local_sgd;
+    s["step_meetings"] = step_meetings;
     if (dp) s["sync_allreduces"] = dp->sync_allreduces(), s["sync_allreduce_mb"] =
         static_cast<double>(dp->sync_allreduce_bytes()) / (1 << 20);
     if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;

@@ -140,6 +140,14 @@ s = json.load(open(sys.argv[1]))
 assert s["local_sgd_steps"] == 4, s
 assert s["sync_allreduces"] == (s["steps"] + 3) // 4, (s["steps"], s["sync_allreduces"])
 assert s["test_accuracy"] > 0.80, s["test_accuracy"]
+# Ranks meet for metrics and signals only at averaging points and logging steps (train.log_every 50, and step 1).
+meet = sum(1 for k in range(1, s["steps"] + 1) if k % 4 == 0 or k % 50 == 0 or k == 1)
+assert s["step_meetings"] == meet, (s["step_meetings"], meet)
+PY
+  python3 - run/metrics.jsonl <<'PY' || fail "the epoch did not count every sample: $(grep epoch run/metrics.jsonl)"
+import json, sys
+epochs = [r for r in map(json.loads, open(sys.argv[1])) if r["type"] == "epoch"]
+assert len(epochs) == 1 and epochs[0]["samples"] == 60000, epochs
 PY
   ;;
 train_local_sgd_resume_np2)
