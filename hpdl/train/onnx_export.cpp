@@ -6,6 +6,7 @@
 #include "hpdl/train/onnx_export.h"
 
 #include <cmath>
+#include <limits>
 #include <typeinfo>
 
 #include "hpdl/core/error.h"
@@ -13,7 +14,9 @@
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/nn/models/vit.h"
 #include "hpdl/nn/rnn.h"
+#include "hpdl/nn/transformer.h"
 
 namespace hpdl::train {
 
@@ -60,6 +63,10 @@ class OnnxGraphBuilder::Impl {
     if (auto* a = exactly<nn::LeakyReLU>(m))
       return node("LeakyRelu", path, {x}, {Attribute::of_float("alpha", static_cast<float>(a->negative_slope))});
     if (exactly<nn::GELU>(m)) return gelu(path, x);
+    if (auto* l = exactly<nn::LayerNorm>(m)) return layer_norm(*l, path, x, shape);
+    if (auto* a = exactly<nn::MultiheadAttention>(m)) return attention(*a, path, x, shape);
+    if (auto* e = exactly<nn::TransformerEncoderLayer>(m)) return encoder_layer(*e, path, x, shape);
+    if (auto* v = exactly<nn::models::VisionTransformer>(m)) return vit(*v, path, x, shape);
     if (auto* b = exactly<nn::BasicBlock>(m)) return basic_block(*b, path, x, shape);
     if (auto* b = exactly<nn::Bottleneck>(m)) return bottleneck(*b, path, x, shape);
     if (auto* r = exactly<nn::models::RnnClassifier>(m)) return rnn_classifier(*r, path, x, shape);
@@ -69,7 +76,8 @@ class OnnxGraphBuilder::Impl {
       if (!name.empty()) inside += fmt::format("{}{} '{}'", inside.empty() ? "" : ", ", child->type_name(), name);
     HPDL_FAIL("ONNX export: module '{}' of type {}{} cannot be exported (supported: Sequential, Linear, Conv2d, "
               "ConvTranspose2d, BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, "
-              "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, BasicBlock, Bottleneck, LSTM, GRU, RnnClassifier)",
+              "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, LayerNorm, MultiheadAttention, TransformerEncoderLayer, "
+              "VisionTransformer, BasicBlock, Bottleneck, LSTM, GRU, RnnClassifier)",
               path.empty() ? "(model)" : path, m.type_name(), inside.empty() ? "" : " (containing " + inside + ")");
   }
 
@@ -100,6 +108,12 @@ class OnnxGraphBuilder::Impl {
   std::string int64s(const std::string& base, const std::vector<int64_t>& v) {
     const std::string name = fresh(base);
     graph.initializers.push_back(Initializer::of_int64s(name, {static_cast<int64_t>(v.size())}, v));
+    return name;
+  }
+  // A rank-0 int64 (a Gather index that drops the axis).
+  std::string int64_scalar(const std::string& base, int64_t v) {
+    const std::string name = fresh(base);
+    graph.initializers.push_back(Initializer::of_int64s(name, {}, {v}));
     return name;
   }
 
@@ -228,6 +242,113 @@ class OnnxGraphBuilder::Impl {
     t = node("Add", path, {t, constant(base + ".one", {}, {1.0f})});
     t = node("Mul", path, {x, t});
     return node("Mul", path, {t, constant(base + ".half", {}, {0.5f})});
+  }
+
+  // LayerNorm over the last axis, decomposed for opset 13 (LayerNormalization is opset 17):
+  // d = x - mean(x); y = d / sqrt(mean(d * d) + eps) * weight + bias (biased variance, as hpdl).
+  std::string layer_norm(nn::LayerNorm& l, const std::string& path, const std::string& x, const Shape& shape) {
+    HPDL_CHECK(!shape.empty() && shape.back() == l.normalized_size,
+               "ONNX export: LayerNorm '{}' normalizes {} features, its input is [N, {}]",
+               path.empty() ? "(model)" : path, l.normalized_size, shape_str(shape));
+    const std::vector<Attribute> last{Attribute::of_ints("axes", {-1}), Attribute::of_int("keepdims", 1)};
+    const std::string d = node("Sub", path, {x, node("ReduceMean", path, {x}, last)});
+    const std::string var = node("ReduceMean", path, {node("Mul", path, {d, d})}, last);
+    const std::string eps = constant(fresh(join(path, "eps")), {}, {static_cast<float>(l.eps)});
+    std::string y = node("Div", path, {d, node("Sqrt", path, {node("Add", path, {var, eps})})});
+    y = node("Mul", path, {y, weight(join(path, "weight"), l.weight)});
+    return node("Add", path, {y, weight(join(path, "bias"), l.bias)});
+  }
+
+  // Self-attention over x [N, T, E], as MultiheadAttention::forward without a mask argument:
+  // qkv = x @ in_proj_weight^T + in_proj_bias [N, T, 3E] -> [N, T, 3, H, D] -> [3, N, H, T, D];
+  // q, k, v by Gather on axis 0; softmax((q / sqrt(D)) @ k^T (+ causal mask)) over the keys (last
+  // axis) @ v [N, H, T, D] -> [N, T, H, D] -> [N, T, E] -> out_proj. T is static; N stays dynamic
+  // (Reshape's 0 copies it).
+  std::string attention(nn::MultiheadAttention& a, const std::string& path, const std::string& x, Shape& shape) {
+    const std::string where = path.empty() ? "(model)" : path;
+    HPDL_CHECK(shape.size() == 2 && shape[1] == a.embed_dim,
+               "ONNX export: MultiheadAttention '{}' takes [N, T, {}], its input is [N, {}]", where, a.embed_dim,
+               shape_str(shape));
+    const int64_t T = shape[0], E = a.embed_dim, H = a.num_heads, D = a.head_dim;
+    std::string qkv = node("MatMul", path, {x, weight(join(path, "in_proj_weight_t"),
+                                                      a.in_proj_weight.transpose(0, 1).contiguous())});
+    if (a.in_proj_bias.defined()) qkv = node("Add", path, {qkv, weight(join(path, "in_proj_bias"), a.in_proj_bias)});
+    qkv = node("Reshape", path, {qkv, int64s(join(path, "qkv_shape"), {0, T, 3, H, D})});
+    qkv = node("Transpose", path, {qkv}, {Attribute::of_ints("perm", {2, 0, 3, 1, 4})});
+    auto part = [&](int64_t i) {
+      return node("Gather", path, {qkv, int64_scalar(join(path, "qkv_index"), i)}, {Attribute::of_int("axis", 0)});
+    };
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+    const std::string q = node("Mul", path, {part(0), constant(fresh(join(path, "scale")), {}, {scale})});
+    const std::string kt = node("Transpose", path, {part(1)}, {Attribute::of_ints("perm", {0, 1, 3, 2})});
+    std::string scores = node("MatMul", path, {q, kt});  // [N, H, T, T]
+    if (a.causal) {  // query t sees keys s <= t: -inf above the diagonal, as hpdl's causal_mask
+      std::vector<float> mask(static_cast<size_t>(T * T), 0.0f);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t s = t + 1; s < T; ++s) mask[static_cast<size_t>(t * T + s)] = -std::numeric_limits<float>::infinity();
+      scores = node("Add", path, {scores, constant(join(path, "causal_mask"), {T, T}, mask)});
+    }
+    const std::string w = node("Softmax", path, {scores}, {Attribute::of_int("axis", -1)});
+    std::string ctx = node("MatMul", path, {w, part(2)});  // [N, H, T, D]
+    ctx = node("Transpose", path, {ctx}, {Attribute::of_ints("perm", {0, 2, 1, 3})});
+    ctx = node("Reshape", path, {ctx, int64s(join(path, "ctx_shape"), {0, T, E})});
+    return linear(*a.out_proj, join(path, "out_proj"), ctx, shape);
+  }
+
+  // TransformerEncoderLayer in eval mode (dropouts are the identity): pre-norm x + f(norm(x)) or
+  // post-norm norm(x + f(x)), for the attention branch (norm1) and the feed-forward branch
+  // linear1 -> activation -> linear2 (norm2).
+  std::string encoder_layer(nn::TransformerEncoderLayer& e, const std::string& path, const std::string& x,
+                            Shape& shape) {
+    auto attend = [&](const std::string& h) {
+      Shape s = shape;
+      return attention(*e.self_attn, join(path, "self_attn"), h, s);
+    };
+    auto feed_forward = [&](const std::string& h) {
+      Shape s = shape;
+      std::string y = emit(*e.linear1, join(path, "linear1"), h, s);
+      y = emit(*e.activation, join(path, "activation"), y, s);
+      return emit(*e.linear2, join(path, "linear2"), y, s);
+    };
+    auto norm = [&](nn::LayerNorm& l, const char* name, const std::string& h) {
+      return layer_norm(l, join(path, name), h, shape);
+    };
+    HPDL_CHECK(shape.size() == 2, "ONNX export: TransformerEncoderLayer '{}' takes [N, T, E], its input is [N, {}]",
+               path.empty() ? "(model)" : path, shape_str(shape));
+    if (e.options.norm_first) {
+      const std::string h = node("Add", path, {x, attend(norm(*e.norm1, "norm1", x))});
+      return node("Add", path, {h, feed_forward(norm(*e.norm2, "norm2", h))});
+    }
+    const std::string h = norm(*e.norm1, "norm1", node("Add", path, {x, attend(x)}));
+    return norm(*e.norm2, "norm2", node("Add", path, {h, feed_forward(h)}));
+  }
+
+  // The ViT: patch embedding [N, E, h, w] -> tokens [N, L, E]; the class token [1, 1, E] expanded
+  // to [N, 1, E] (the batch taken from the input's Shape) and concatenated in front; + pos_embed;
+  // the encoder blocks; the class token's state [N, E] through norm and head.
+  std::string vit(nn::models::VisionTransformer& v, const std::string& path, const std::string& x, Shape& shape) {
+    const auto& o = v.options;
+    HPDL_CHECK(shape == (Shape{o.in_channels, o.height, o.width}),
+               "ONNX export: VisionTransformer '{}' takes [N, {}, {}, {}], its input is [N, {}]",
+               path.empty() ? "(model)" : path, o.in_channels, o.height, o.width, shape_str(shape));
+    Shape s = shape;
+    std::string t = emit(*v.patch_embed, join(path, "patch_embed"), x, s);  // [N, E, h, w]
+    const int64_t E = o.dim, L = v.num_patches;
+    t = node("Reshape", path, {t, int64s(join(path, "tokens_shape"), {0, E, L})});
+    t = node("Transpose", path, {t}, {Attribute::of_ints("perm", {0, 2, 1})});  // [N, L, E]
+    std::string n = node("Shape", path, {x});
+    n = node("Slice", path, {n, int64s(join(path, "batch_start"), {0}), int64s(join(path, "batch_end"), {1})});
+    const std::string target = node("Concat", path, {n, int64s(join(path, "ones"), {1, 1})},
+                                    {Attribute::of_int("axis", 0)});  // [N, 1, 1]
+    const std::string cls = node("Expand", path, {weight(join(path, "cls_token"), v.cls_token), target});
+    std::string h = node("Concat", path, {cls, t}, {Attribute::of_int("axis", 1)});  // [N, 1 + L, E]
+    h = node("Add", path, {h, weight(join(path, "pos_embed"), v.pos_embed)});
+    shape = {1 + L, E};
+    h = emit(*v.blocks, join(path, "blocks"), h, shape);
+    h = node("Gather", path, {h, int64_scalar(join(path, "cls_index"), 0)}, {Attribute::of_int("axis", 1)});
+    shape = {E};
+    h = layer_norm(*v.norm, join(path, "norm"), h, shape);
+    return emit(*v.head, join(path, "head"), h, shape);
   }
 
   std::string basic_block(nn::BasicBlock& b, const std::string& path, const std::string& x, Shape& shape) {

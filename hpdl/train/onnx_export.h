@@ -33,7 +33,10 @@ struct OnnxExportOptions {
 // Exportable modules: Sequential, Linear, Conv2d, ConvTranspose2d,
 // BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (1x1, or output
 // sizes that divide the input), Flatten, Identity, Dropout (dropped), ReLU,
-// LeakyReLU, Tanh, Sigmoid, GELU, BasicBlock, Bottleneck, LSTM and GRU with
+// LeakyReLU, Tanh, Sigmoid, GELU, LayerNorm (decomposed: opset 13 has no
+// LayerNormalization), MultiheadAttention (self-attention, causal or not),
+// TransformerEncoderLayer (pre- or post-norm), the zoo's VisionTransformer,
+// BasicBlock, Bottleneck, LSTM and GRU with
 // batch_first (any number of layers, uni- or bidirectional: [N, T, F] ->
 // [N, T, H*dirs], as their forward), and the zoo's RnnClassifier (lstm/gru
 // models). Recurrent weights are regrouped into ONNX's gate order. Anything

@@ -461,6 +461,15 @@ export_onnx)
   "${PYTHON:-/usr/bin/python3}" "$(dirname "$ex")/tests/integration/onnx_check.py" predict model.onnx "$t10k" pred.txt >check.txt 2>&1 \
     || fail "the ONNX graph disagrees with hpdl predict: $(tail -5 check.txt)"
   grep -q "16 predictions match" check.txt || fail "nothing compared: $(cat check.txt)"
+  # The same for a tiny ViT (2 heads, one block): attention, LayerNorm and the class token in ONNX.
+  "$hpdl" train "$ex/fashion_mnist/vit.toml" "${small[@]}" --set model.dim=8 --set model.depth=1 --set model.heads=2 \
+    --set model.patch_size=7 --set train.max_steps=5 --set train.run_dir=vitrun >vitlog 2>&1 \
+    || fail "vit train failed: $(tail -3 vitlog)"
+  "$hpdl" export --checkpoint vitrun --output vit.onnx >vitexport.txt 2>&1 || fail "vit export failed: $(cat vitexport.txt)"
+  "$hpdl" predict --checkpoint vitrun --limit 16 "$t10k" >vitpred.txt 2>&1 || fail "vit predict failed: $(cat vitpred.txt)"
+  "${PYTHON:-/usr/bin/python3}" "$(dirname "$ex")/tests/integration/onnx_check.py" predict vit.onnx "$t10k" vitpred.txt \
+    >vitcheck.txt 2>&1 || fail "the ViT's ONNX graph disagrees with hpdl predict: $(tail -5 vitcheck.txt)"
+  grep -q "16 predictions match" vitcheck.txt || fail "nothing compared for the ViT: $(cat vitcheck.txt)"
   "$hpdl" export --checkpoint run --output missing/dir/model.onnx >out 2>err && fail "export into a missing directory succeeded"
   grep -q "missing/dir/model.onnx" err || fail "the error does not name the file: $(cat err)"
   [[ $(wc -l <err) -le 2 ]] || fail "error is not one clear line: $(cat err)"

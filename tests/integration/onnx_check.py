@@ -4,8 +4,9 @@ the input/output contract (input [N, C, H, W] float32 with a dynamic N, output
 [N, classes]), and the logits of a small numpy interpreter of the graph,
 written here independently of hpdl (convolution by im2col, transposed
 convolution by scattering each input pixel's kernel-sized contribution, LSTM
-and GRU in both directions from the ONNX operator equations, in float64),
-against hpdl's own forward.
+and GRU in both directions from the ONNX operator equations, the shape and
+reduction ops of the transformer graphs, in float64), against hpdl's own
+forward.
 
   onnx_check.py zoo REFERENCE_BIN WORKDIR
       runs REFERENCE_BIN WORKDIR (tests/integration/onnx_reference.cpp), then
@@ -165,6 +166,24 @@ def recurrent(op, x, w, r, b, a):
     return np.stack(ys, axis=1), np.stack(hn)
 
 
+def softmax(v, axis):
+    """ONNX Softmax (opset 13): exp(v - max) / sum(exp(v - max)) along one axis."""
+    e = np.exp(v - v.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def onnx_slice(data, starts, ends, axes=None, steps=None):
+    """ONNX Slice: per listed axis, start/end counted from the end when negative and clamped
+    to the axis; Python's slice applies the same rules for the positive steps used here."""
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * data.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        assert st > 0, "onnx_check.py: Slice with a negative step is not interpreted"
+        index[int(ax)] = slice(int(s), int(e), int(st))
+    return data[tuple(index)]
+
+
 def run(model, x):
     g = model.graph
     env = {t.name: numpy_helper.to_array(t).astype(np.float64 if t.data_type == 1 else np.int64)
@@ -221,6 +240,23 @@ def run(model, x):
             y = i[0].transpose(a["perm"])
         elif op == "Squeeze":
             y = np.squeeze(i[0], axis=tuple(int(k) for k in i[1]))
+        elif op == "Sqrt":
+            y = np.sqrt(i[0])
+        elif op == "ReduceMean":
+            axes = a.get("axes")
+            y = i[0].mean(axis=None if axes is None else tuple(axes), keepdims=bool(a.get("keepdims", 1)))
+        elif op == "Softmax":
+            y = softmax(i[0], a.get("axis", -1))
+        elif op == "Gather":
+            y = np.take(i[0], i[1], axis=a.get("axis", 0))
+        elif op == "Shape":
+            y = np.array(i[0].shape, dtype=np.int64)
+        elif op == "Slice":
+            y = onnx_slice(*i)
+        elif op == "Concat":
+            y = np.concatenate(i, axis=a["axis"])
+        elif op == "Expand":  # bidirectional broadcast of the input and the given shape
+            y = np.broadcast_to(i[0], np.broadcast_shapes(i[0].shape, tuple(int(d) for d in i[1]))).copy()
         elif op in ("LSTM", "GRU"):
             assert len(i) <= 4 or all(v is None for v in i[4:]), f"{node.name}: sequence_lens/initial states unsupported"
             y = recurrent(op, i[0], i[1], i[2], i[3] if len(i) > 3 else None, a)
@@ -261,7 +297,8 @@ def compare(name, got, want):
 def zoo(reference_bin, work):
     subprocess.run([reference_bin, work], check=True)
     names = sorted(d for d in os.listdir(work) if os.path.isfile(os.path.join(work, d, "model.onnx")))
-    for required in ("mlp", "lenet5", "resnet20", "alexnet_bn", "conv_transpose", "bilstm", "bigru", "dcgan_generator"):
+    for required in ("mlp", "lenet5", "resnet20", "alexnet_bn", "conv_transpose", "bilstm", "bigru", "dcgan_generator",
+                     "vit", "encoder_post_norm", "attention_causal"):
         assert required in names, f"no export for {required} in {work}"
     for name in names:
         d = os.path.join(work, name)

@@ -5,9 +5,12 @@
 // and compares. Batch-norm layers get non-trivial running statistics (one
 // training pass with momentum 1) and random affine parameters, so an export
 // that used the wrong statistics or dropped the affine part would not match.
-// Besides the zoo: transposed convolutions (stride, padding, output_padding,
+// Transformer layers get random LayerNorm affine parameters, attention biases,
+// class token and position embeddings (their zero/one/0.02 inits would hide a
+// mixed-up weight). Besides the zoo: transposed convolutions (stride, padding, output_padding,
 // dilation, groups), bidirectional LSTM/GRU stacks, and a DCGAN generator
-// (exported by gan::export_generator_onnx: input "z", output "images").
+// (exported by gan::export_generator_onnx: input "z", output "images"), a
+// post-norm ReLU encoder layer and a causal multi-head attention on [N, T, E].
 #include <cstdio>
 #include <filesystem>
 
@@ -17,6 +20,8 @@
 #include "hpdl/gan/dcgan.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/resnet50.h"
+#include "hpdl/nn/models/vit.h"
+#include "hpdl/nn/transformer.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/train/onnx_export.h"
 
@@ -67,6 +72,22 @@ void randomize_batch_norm(Case& c, Generator& gen) {
       bn->weight.copy_(uniform({bn->num_features}, gen, 0.5, 1.5));
       bn->bias.copy_(uniform({bn->num_features}, gen, -0.2, 0.2));
     }
+}
+
+// LayerNorm gamma/beta, attention biases, class token and position embeddings away from their inits.
+void randomize_transformer(Case& c, Generator& gen) {
+  for (auto& [name, m] : c.model->named_modules()) {
+    if (auto* ln = dynamic_cast<nn::LayerNorm*>(m.get())) {
+      ln->weight.copy_(uniform(ln->weight.shape(), gen, 0.5, 1.5));
+      ln->bias.copy_(uniform(ln->bias.shape(), gen, -0.3, 0.3));
+    } else if (auto* a = dynamic_cast<nn::MultiheadAttention*>(m.get())) {
+      a->in_proj_bias.copy_(uniform(a->in_proj_bias.shape(), gen, -0.3, 0.3));
+      a->out_proj->bias.copy_(uniform(a->out_proj->bias.shape(), gen, -0.3, 0.3));
+    } else if (auto* v = dynamic_cast<nn::models::VisionTransformer*>(m.get())) {
+      v->cls_token.copy_(uniform(v->cls_token.shape(), gen, -0.5, 0.5));
+      v->pos_embed.copy_(uniform(v->pos_embed.shape(), gen, -0.5, 0.5));
+    }
+  }
 }
 
 std::vector<Case> cases() {
@@ -121,6 +142,24 @@ std::vector<Case> cases() {
   g.image_size = 8, g.channels = 3, g.latent_dim = 5, g.g_features = 4;
   auto generator = std::make_shared<gan::DcganGenerator>(g, gen);
   out.push_back({"dcgan_generator", generator, {5}, {}, {}});
+  // A ViT on 3x8x8 images: 2x2 patches of 4x4, 3 heads of width 4, two pre-norm GELU blocks.
+  nn::models::VitOptions v;
+  v.in_channels = 3, v.height = v.width = 8, v.num_classes = 5, v.patch_size = 4;
+  v.dim = 12, v.depth = 2, v.heads = 3, v.mlp_ratio = 2.0, v.dropout = 0.1, v.seed = 12;
+  out.push_back({"vit", nn::models::vit(v), {3, 8, 8}, rgb_mean, rgb_std});
+  // Post-norm (PyTorch's default) ReLU encoder layer, 2 heads, on [N, 5, 8].
+  nn::TransformerEncoderLayerOptions post;
+  post.dim_feedforward = 16, post.dropout = 0.2, post.activation = "relu", post.norm_first = false;
+  auto encoder = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::TransformerEncoderLayer>(8, 2, post, gen), std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(5 * 8, 3, true, gen)});
+  out.push_back({"encoder_post_norm", encoder, {5, 8}, {}, {}});
+  // Causal attention, 4 heads of width 2, on [N, 6, 8].
+  auto causal = std::make_shared<nn::MultiheadAttention>(8, 4, 0.0, true, gen);
+  causal->causal = true;
+  auto attn = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      causal, std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(6 * 8, 4, true, gen)});
+  out.push_back({"attention_causal", attn, {6, 8}, {}, {}});
   return out;
 }
 
@@ -136,6 +175,7 @@ int main(int argc, char** argv) {
     Generator gen(2024);
     for (Case& c : cases()) {
       randomize_batch_norm(c, gen);
+      randomize_transformer(c, gen);
       c.model->eval();
       Shape batch{3};
       batch.insert(batch.end(), c.sample.begin(), c.sample.end());

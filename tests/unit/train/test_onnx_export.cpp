@@ -1,7 +1,7 @@
 // ONNX export of zoo models: graph structure (ops in order, weights named by
 // state-dict key, dynamic batch, normalization first, no dropout) and the
 // refusal of modules ONNX export does not cover; transposed convolutions,
-// bidirectional LSTM gate regrouping, and the step-by-step graph builder. The numerical check against
+// bidirectional LSTM gate regrouping, the ViT and transformer layers, and the step-by-step graph builder. The numerical check against
 // hpdl's forward (and onnx.checker) is tests/integration/onnx_check.py.
 #include <gtest/gtest.h>
 
@@ -13,7 +13,9 @@
 #include "hpdl/core/error.h"
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
+#include "hpdl/nn/models/vit.h"
 #include "hpdl/nn/rnn.h"
+#include "hpdl/nn/transformer.h"
 #include "hpdl/train/onnx_export.h"
 
 namespace hpdl::train {
@@ -227,12 +229,30 @@ TEST(OnnxExport, UnsupportedLayersAreRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("GRU '1' is not batch_first"), std::string::npos) << e.what();
   }
   auto seq = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
-      std::make_shared<nn::Conv2d>(1, 2, nn::Conv2dOptions::k(3)), std::make_shared<nn::LayerNorm>(26)});
+      std::make_shared<nn::Flatten>(), std::make_shared<nn::Embedding>(10, 4)});
   try {
     export_onnx(*seq, o);
-    FAIL() << "LayerNorm exported";
+    FAIL() << "Embedding exported";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("module '1' of type LayerNorm"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("module '1' of type Embedding"), std::string::npos) << e.what();
+  }
+  // A LayerNorm over the wrong width names itself.
+  auto ln = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Conv2d>(1, 2, nn::Conv2dOptions::k(3)), std::make_shared<nn::LayerNorm>(7)});
+  try {
+    export_onnx(*ln, o);
+    FAIL() << "LayerNorm(7) on [N, 2, 26, 26] exported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LayerNorm '1' normalizes 7 features"), std::string::npos) << e.what();
+  }
+  // Attention needs [N, T, E] with its E.
+  auto attn = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Flatten>(2), std::make_shared<nn::MultiheadAttention>(8, 2)});
+  try {
+    export_onnx(*attn, o);
+    FAIL() << "MultiheadAttention(8) on [N, 1, 784] exported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MultiheadAttention '1' takes [N, T, 8]"), std::string::npos) << e.what();
   }
   // A ConvTranspose2d fed the wrong channel count names itself.
   auto convt = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
@@ -248,6 +268,81 @@ TEST(OnnxExport, UnsupportedLayersAreRefusedByName) {
   EXPECT_THROW(export_onnx(*nn::models::lenet5(1, 10), o), Error);
   o.sample = {};
   EXPECT_THROW(export_onnx(*nn::models::lenet5(1, 10), o), Error);
+}
+
+size_t count(const std::vector<std::string>& ops, const std::string& op) {
+  return static_cast<size_t>(std::count(ops.begin(), ops.end(), op));
+}
+
+TEST(OnnxExport, VitBecomesAttentionGraphWithDynamicBatch) {
+  nn::models::VitOptions v;
+  v.in_channels = 3, v.height = v.width = 8, v.num_classes = 5, v.patch_size = 4;
+  v.dim = 12, v.depth = 2, v.heads = 3, v.dropout = 0.1;
+  auto model = nn::models::vit(v);
+  OnnxExportOptions o;
+  o.sample = {3, 8, 8};
+  auto m = export_onnx(*model, o);
+  const auto ops = op_types(m);
+  EXPECT_EQ(count(ops, "Dropout"), 0u);
+  EXPECT_EQ(count(ops, "Softmax"), 2u);                   // one attention per block
+  EXPECT_EQ(count(ops, "ReduceMean"), 2u * (2 * 2 + 1));  // mean and variance per LayerNorm: 2 per block + final
+  EXPECT_EQ(count(ops, "Erf"), 2u);                       // GELU in each feed-forward block
+  EXPECT_EQ(count(ops, "Expand"), 1u);                    // the class token, to the batch
+  EXPECT_EQ(ops.front(), "Conv");
+  EXPECT_EQ(ops.back(), "Gemm");  // the head on [N, E]
+  for (const auto& n : m.graph.nodes) {
+    if (n.op_type == "Softmax") {
+      EXPECT_EQ(attribute(n, "axis")->i, -1);  // over the keys
+    }
+    if (n.op_type == "Reshape") {
+      // Every reshape copies the batch (0) rather than fixing it.
+      const auto* target = initializer(m, n.inputs[1]);
+      ASSERT_NE(target, nullptr) << n.name;
+      int64_t first = -1;
+      std::memcpy(&first, target->raw.data(), 8);
+      EXPECT_EQ(first, 0) << n.name;
+    }
+  }
+  // The fused in-projection is transposed for MatMul; the heads split [N, T, 3, H, D].
+  EXPECT_EQ(initializer(m, "blocks.0.self_attn.in_proj_weight_t")->dims, (std::vector<int64_t>{12, 36}));
+  // (Shape initializers carry a counter in their name: found by prefix.)
+  bool split = false;
+  for (const auto& t : m.graph.initializers)
+    if (t.name.rfind("blocks.1.self_attn.qkv_shape", 0) == 0) {
+      std::vector<int64_t> dims(5);
+      std::memcpy(dims.data(), t.raw.data(), 40);
+      EXPECT_EQ(dims, (std::vector<int64_t>{0, 5, 3, 3, 4}));
+      split = true;
+    }
+  EXPECT_TRUE(split);
+  for (const char* name : {"cls_token", "pos_embed", "norm.weight", "head.weight", "blocks.1.norm2.bias"})
+    EXPECT_NE(initializer(m, name), nullptr) << name;
+  EXPECT_EQ(initializer(m, "pos_embed")->dims, (std::vector<int64_t>{1, 5, 12}));
+  EXPECT_EQ(m.graph.outputs[0].dims[0].symbol, "N");
+  EXPECT_EQ(m.graph.outputs[0].dims[1].value, 5);
+}
+
+TEST(OnnxExport, PostNormEncoderNormalizesAfterTheResidualSum) {
+  Generator gen(6);
+  nn::TransformerEncoderLayerOptions lo;
+  lo.dim_feedforward = 16, lo.norm_first = false;
+  auto post = std::make_shared<nn::Sequential>(
+      std::initializer_list<nn::ModulePtr>{std::make_shared<nn::TransformerEncoderLayer>(8, 2, lo, gen)});
+  OnnxExportOptions o;
+  o.sample = {5, 8};
+  auto ops = op_types(export_onnx(*post, o));
+  // Post-norm: the layer ends in LayerNorm (... Mul weight, Add bias) and starts with the attention's MatMul.
+  EXPECT_EQ(ops.front(), "MatMul");
+  EXPECT_EQ(count(ops, "Relu"), 1u);
+  ASSERT_GE(ops.size(), 3u);
+  EXPECT_EQ(ops[ops.size() - 2], "Mul");
+  lo.norm_first = true;
+  auto pre = std::make_shared<nn::Sequential>(
+      std::initializer_list<nn::ModulePtr>{std::make_shared<nn::TransformerEncoderLayer>(8, 2, lo, gen)});
+  ops = op_types(export_onnx(*pre, o));
+  EXPECT_EQ(ops.front(), "ReduceMean");  // pre-norm: norm1 first
+  EXPECT_EQ(ops.back(), "Add");          // the feed-forward residual
+  EXPECT_EQ(ops[ops.size() - 2], "Add");  // linear2's bias
 }
 
 TEST(OnnxExport, GraphBuilderChecksReshapesAndFinishesOnce) {
