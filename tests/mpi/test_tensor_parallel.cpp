@@ -252,7 +252,63 @@ TEST(TensorParallel, ParallelEncoderLayerMatchesTransformerEncoderLayer) {
     }
 }
 
+// An additive float mask [T, T] goes to every rank's heads alike.
+TEST(TensorParallel, ParallelSelfAttentionTakesAMask) {
+  const int64_t H = 2 * W().size(), E = 2 * H, T = 4;
+  Generator g(10);
+  auto full = std::make_shared<nn::MultiheadAttention>(E, H, 0.0, true, g);
+  full->to(DType::f64);
+  auto tp = std::make_shared<ParallelSelfAttention>(*full, W());
+  Tensor mask = Tensor::randn({T, T}, g, 0, 1, DType::f64);
+  expect_same_layer(*full, *tp, {2, T, E}, DType::f64, [&](const Tensor& x) { return full->forward(x, mask); },
+                    [&](const Tensor& x) { return tp->forward(x, mask); }, false, false,
+                    "ParallelSelfAttention (masked)");
+}
+
 // ---------------------------------------------------------------- training and state dicts
+
+// load_full_state_dict slices q, k and v rows apart and gather_full_state_dict puts them back:
+// a round trip through the shards is exact, and the sharded layer then computes the new weights' output.
+TEST(TensorParallel, EncoderLayerStateDictRoundTrip) {
+  const int64_t H = 2 * W().size(), E = 2 * H;
+  nn::TransformerEncoderLayerOptions o;
+  o.dim_feedforward = 4 * W().size();
+  o.dropout = 0.0;
+  Generator g1(31), g2(32);
+  auto first = std::make_shared<nn::TransformerEncoderLayer>(E, H, o, g1);
+  auto other = std::make_shared<nn::TransformerEncoderLayer>(E, H, o, g2);
+  {
+    NoGradGuard ng;  // non-zero biases, so a misplaced bias slice shows
+    for (auto& [name, t] : other->named_parameters())
+      if (name.find("bias") != std::string::npos) t.copy_(Tensor::randn(t.shape(), g2));
+  }
+  auto tp = std::make_shared<ParallelTransformerEncoderLayer>(*first, W());
+  load_full_state_dict(*tp, other->state_dict());
+  auto gathered = gather_full_state_dict(*tp);
+  auto expect = other->state_dict();
+  ASSERT_EQ(gathered.size(), expect.size());
+  for (auto& [name, t] : expect) {
+    ASSERT_TRUE(gathered.count(name)) << name;
+    EXPECT_EQ(rel_diff(gathered.at(name), t), 0.0) << name;
+  }
+  Tensor x = Tensor::randn({2, 3, E}, g1);
+  EXPECT_LE(rel_diff(tp->forward(x), other->forward(x)), 1e-6);
+  EXPECT_GT(rel_diff(tp->forward(x), first->forward(x)), 1e-3);
+}
+
+// A layer without bias has no bias key to gather or load.
+TEST(TensorParallel, LayersWithoutBias) {
+  Generator g(33);
+  auto full = std::make_shared<nn::Linear>(4, 2 * W().size(), false, g);
+  auto net = std::make_shared<nn::Sequential>();
+  net->push_back(std::make_shared<ColumnParallelLinear>(*full, W()));
+  auto gathered = gather_full_state_dict(*net);
+  ASSERT_EQ(gathered.size(), 1u);
+  EXPECT_EQ(rel_diff(gathered.at("0.weight"), full->weight), 0.0);
+  std::map<std::string, Tensor> state{{"0.weight", mul(full->weight.detach(), 2.0)}};
+  load_full_state_dict(*net, state);
+  EXPECT_EQ(rel_diff(gather_full_state_dict(*net).at("0.weight"), state.at("0.weight")), 0.0);
+}
 
 // 6 -> 16 (column) -> tanh -> 12 (row) -> tanh -> 3 (replicated).
 std::shared_ptr<nn::Sequential> make_full_mlp() {
