@@ -131,7 +131,7 @@ class ParallelMLP : public nn::Module {
 // forward and one backward. x [N, T, E] -> [N, T, E]. Names as
 // nn::MultiheadAttention. Throws when num_heads is not divisible by P.
 // Attention dropout draws each rank's masks from the layer's generator
-// seeded with (full layer's generator seed state + rank), so with dropout > 0
+// seeded with the full layer's seed + 1000003 x rank (same offset), so with dropout > 0
 // training is not bitwise the one-process layer's.
 class ParallelSelfAttention : public TensorParallelModule {
  public:
