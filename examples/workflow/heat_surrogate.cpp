@@ -76,7 +76,9 @@ int main(int argc, char** argv) {
     });
     if (world.rank() == 0) {
       std::string by_rank;
-      int64_t total = 0;  // this run's (a resumed sync run's result.simulations also counts the checkpoint's)
+      // Sync: this run's (a resumed run's result.simulations also counts the checkpoint's); async: the whole
+      // run's, the checkpoint's included.
+      int64_t total = 0;
       for (size_t s = 0; s < result.simulations_by_rank.size(); ++s) {
         by_rank += (s ? ", " : "") + std::to_string(result.simulations_by_rank[s]);
         total += result.simulations_by_rank[s];

@@ -51,6 +51,11 @@ nlohmann::json fingerprint(const Ppo& agent, const Env& env, size_t copies, int 
           {"window", t.window}};
 }
 
+// Where the checkpoints of `rank` in a run of `ranks` ranks live.
+std::filesystem::path rank_dir(const std::filesystem::path& run_dir, int ranks, int rank) {
+  return ranks > 1 ? run_dir / fmt::format("rank-{}", rank) : run_dir;
+}
+
 }  // namespace
 
 PpoRunner::PpoRunner(Ppo& agent, std::vector<std::unique_ptr<Env>>& envs, const PpoTrainOptions& options,
@@ -380,7 +385,7 @@ PpoIterationLog PpoRunner::iterate() {
 // ---------------------------------------------------------------- checkpoints
 
 std::filesystem::path PpoRunner::save_checkpoint(const std::filesystem::path& run_dir, int keep) {
-  const auto dir = ranks_ > 1 ? run_dir / fmt::format("rank-{}", rank_) : run_dir;
+  const auto dir = rank_dir(run_dir, ranks_, rank_);
   std::map<std::string, Tensor> tensors;
   for (auto& [name, p] : agent_.named_parameters()) tensors["param." + name] = p;
   for (auto& [name, t] : agent_.optimizer().state_dict()) tensors["optim." + name] = t;
@@ -424,16 +429,72 @@ std::filesystem::path PpoRunner::save_checkpoint(const std::filesystem::path& ru
 }
 
 bool PpoRunner::resume(const std::filesystem::path& run_dir) {
-  const auto dir = ranks_ > 1 ? run_dir / fmt::format("rank-{}", rank_) : run_dir;
-  if (!std::filesystem::exists(dir / "checkpoints")) return false;
-  train::CheckpointManager manager(dir);
-  auto info = manager.latest_valid();
-  if (!info) return false;
-  load_checkpoint(info->sidecar_path);
+  resume_note_.clear();
+  // Rank 0 picks [iteration, rank count of the run that wrote it]; -1: none. Both layouts are
+  // looked at: a run resumed at another count saves in its own, and the newer save wins (the
+  // layout of this run's count first, so it wins a tie).
+  int64_t pick[2] = {-1, 0};
+  if (rank_ == 0) {
+    const std::filesystem::path dirs[2] = {rank_dir(run_dir, ranks_, 0), rank_dir(run_dir, ranks_ > 1 ? 1 : 2, 0)};
+    for (const auto& dir : dirs) {
+      if (!std::filesystem::exists(dir / "checkpoints")) continue;
+      auto info = train::CheckpointManager(dir).latest_valid();
+      if (info && info->meta.step > pick[0])
+        pick[0] = info->meta.step, pick[1] = info->meta.config.value("ranks", int64_t{0});
+    }
+  }
+  if (ranks_ > 1) comm_->broadcast_bytes(pick, sizeof(pick), 0);
+  if (pick[0] < 0) return false;
+  const int saved = static_cast<int>(pick[1]);
+  const bool own = rank_ < saved;
+  // The sidecar's name as train::CheckpointManager writes it (step-NNNNNNNNNN.json).
+  const auto sidecar =
+      rank_dir(run_dir, saved, own ? rank_ : 0) / "checkpoints" / fmt::format("step-{:010d}.json", pick[0]);
+  // Every rank learns whether every rank has its file before anyone loads (no rank left waiting
+  // in a collective while another throws).
+  std::vector<double> present = {std::filesystem::exists(sidecar) ? 1.0 : 0.0};
+  if (ranks_ > 1) present = comm_->allgather(f64(present)).to_vector<double>();
+  for (size_t r = 0; r < present.size(); ++r)
+    HPDL_CHECK(present[r] == 1.0, "rl::PpoRunner::resume: rank {} finds no checkpoint of iteration {} ({} ranks) "
+               "under {}; rank 0's newest valid one is that iteration; restore the run directory or remove the "
+               "newer checkpoints", r, pick[0], saved, run_dir.string());
+  load(sidecar, saved, own);
+  if (saved != ranks_) {
+    const auto span = [](int a, int b) { return a == b ? fmt::format("rank {}", a) : fmt::format("ranks {}-{}", a, b); };
+    std::string kept = "continuing their saved environments and streams: " + span(0, std::min(saved, ranks_) - 1);
+    if (ranks_ > saved)
+      kept += fmt::format("; starting fresh environments (seeds from seed, rank and iteration {}): {}", pick[0],
+                          span(saved, ranks_ - 1));
+    else
+      kept += "; dropped (their environments and episode histories): " + span(ranks_, saved - 1);
+    resume_note_ = fmt::format("PPO checkpoint of iteration {} was written by {} rank{}, resumed at {}: weights, "
+                               "optimizer and statistics carry over exactly; {}", pick[0], saved,
+                               saved > 1 ? "s" : "", ranks_, kept);
+    warn_once(resume_note_);
+  }
   return true;
 }
 
-void PpoRunner::load_checkpoint(const std::filesystem::path& sidecar) {
+void PpoRunner::load_checkpoint(const std::filesystem::path& sidecar) { load(sidecar, ranks_, true); }
+
+void PpoRunner::start_fresh(int64_t iteration) {
+  // A rank the saved run did not have: new environments and streams, determined by (seed, rank,
+  // iteration) so that a repeat of the same resume repeats, and distinct from every stream this
+  // rank would use when started from iteration 0 (reset seeds from iteration 2^20 on, unless a
+  // rank resets more than 2^20 episodes in an iteration).
+  const uint64_t seed = agent_.options().seed, r = static_cast<uint64_t>(rank_), it = static_cast<uint64_t>(iteration);
+  agent_.action_generator().set_state(Generator::bits(Generator::bits(seed, 16 + 2 * r), it), 0);
+  agent_.sample_generator().set_state(Generator::bits(Generator::bits(seed, 17 + 2 * r), it), 0);
+  resets_ = it << 20;
+  for (size_t e = 0; e < envs_.size(); ++e) obs_[e] = envs_[e]->reset(reset_seed());
+  running_.assign(envs_.size(), 0.0);
+  discounted_.assign(envs_.size(), 0.0);
+  result_.returns.clear();
+  window_.clear();
+  window_sum_ = 0;
+}
+
+void PpoRunner::load(const std::filesystem::path& sidecar, int saved_ranks, bool own_state) {
   const std::string f = sidecar.string();
   train::CheckpointInfo info = train::CheckpointManager::read_sidecar(sidecar);
   const auto& x = info.meta.extra;
@@ -442,7 +503,8 @@ void PpoRunner::load_checkpoint(const std::filesystem::path& sidecar) {
   HPDL_CHECK(x.value("version", 0) <= kVersion, "{}: PPO checkpoint version {} is newer than this hpdl reads ({})", f,
              x.value("version", 0), kVersion);
   const auto k = envs_.size();
-  const nlohmann::json want = fingerprint(agent_, *envs_[0], k, ranks_, options_);
+  // The rank count is the saving run's (the caller decided that a different one is fine).
+  const nlohmann::json want = fingerprint(agent_, *envs_[0], k, saved_ranks, options_);
   // The task first (the most telling mismatch), then the rest.
   std::vector<std::string> keys = {"env"};
   for (auto& [key, value] : want.items())
@@ -453,7 +515,9 @@ void PpoRunner::load_checkpoint(const std::filesystem::path& sidecar) {
     HPDL_CHECK(info.meta.config[key] == value, "{}: the checkpoint was written with {} = {}, this run has {}; resume "
                "with the same settings", f, key, info.meta.config[key].dump(), value.dump());
   }
-  HPDL_CHECK(x.value("rank", -1) == rank_, "{}: written by rank {}, read by rank {}", f, x.value("rank", -1), rank_);
+  const int writer = own_state ? rank_ : 0;
+  HPDL_CHECK(x.value("rank", -1) == writer, "{}: written by rank {}, read by rank {} for rank {}'s state", f,
+             x.value("rank", -1), rank_, writer);
   HPDL_CHECK(info.meta.rng.size() == 3, "{}: {} generator states, expected 3 (init, action, sample)", f,
              info.meta.rng.size());
   // Verify size and checksum against the sidecar before reading anything into the agent.
@@ -503,9 +567,20 @@ void PpoRunner::load_checkpoint(const std::filesystem::path& sidecar) {
   ret_base_ = agent_.return_stats();
   const auto& g = info.meta.rng;
   agent_.init_generator().set_state(g[0].seed, g[0].offset);
+  agent_.set_updates(x.at("updates").get<int64_t>());
+  iteration_ = info.meta.step;
+  result_.iterations = iteration_;
+  result_.steps = x.at("steps").get<int64_t>();
+  result_.episodes = x.at("episodes").get<int64_t>();
+  result_.solved = x.at("solved").get<bool>();
+  result_.solved_iteration = x.at("solved_iteration").get<int64_t>();
+  if (!own_state) {
+    start_fresh(iteration_);
+    return;
+  }
+  // This rank's own state.
   agent_.action_generator().set_state(g[1].seed, g[1].offset);
   agent_.sample_generator().set_state(g[2].seed, g[2].offset);
-  agent_.set_updates(x.at("updates").get<int64_t>());
   auto es = env_state.to_vector<double>(), eo = env_obs.to_vector<double>();
   for (size_t e = 0; e < k; ++e) {
     envs_[e]->load_state(std::vector<double>(es.begin() + static_cast<std::ptrdiff_t>(e * state_size),
@@ -520,13 +595,7 @@ void PpoRunner::load_checkpoint(const std::filesystem::path& sidecar) {
   window_.clear();
   const size_t w = std::min(result_.returns.size(), static_cast<size_t>(options_.window));
   window_.assign(result_.returns.end() - static_cast<std::ptrdiff_t>(w), result_.returns.end());
-  iteration_ = info.meta.step;
   resets_ = x.at("resets").get<uint64_t>();
-  result_.iterations = iteration_;
-  result_.steps = x.at("steps").get<int64_t>();
-  result_.episodes = x.at("episodes").get<int64_t>();
-  result_.solved = x.at("solved").get<bool>();
-  result_.solved_iteration = x.at("solved_iteration").get<int64_t>();
 }
 
 // ---------------------------------------------------------------- the one-call loop

@@ -18,6 +18,7 @@
 #include <deque>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "hpdl/rl/normalize.h"
@@ -60,13 +61,34 @@ class PpoRunner {
   std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, int keep = 2);
   // Restores the newest valid checkpoint of save_checkpoint(run_dir) into this runner and its agent.
   // Returns false when there is none. Throws hpdl::Error naming the file and the field when the
-  // checkpoint belongs to a different task, network, option set, number of copies or ranks.
+  // checkpoint belongs to a different task, network, option set or number of copies.
+  //
+  // The checkpoint may come from a run of another rank count A (this run has B ranks). Rank 0
+  // picks it (the newest valid of run_dir/checkpoints and run_dir/rank-0/checkpoints, so a run
+  // resumed at another count continues from its own newer saves) and tells the others its
+  // iteration. The shared state (parameters, Adam state, merged normaliser statistics, the init
+  // generator, the update and iteration counts, the global step and episode counts) is the same
+  // on every saving rank and is restored exactly on every rank. The per-rank state (environment
+  // states and observations, running returns, action and minibatch generators, reset counter,
+  // that rank's episode history) follows one rule: rank r < min(A, B) continues rank r's saved
+  // state; rank r >= A starts fresh (envs reset with seeds env_seed + r 2^40 + iteration 2^20 + j,
+  // action and minibatch streams seeded from (seed, r, iteration), an empty episode history);
+  // the saved state of ranks >= B is dropped. Every rank keeps the K copies it was built with.
+  // At A == B this is the bitwise-exact resume of before. At A != B, resume_note() holds one line
+  // saying this, which rank 0 also prints as a warning; the continued run is then not the run
+  // that A ranks would have made (new rollouts), only its shared state is exact.
   bool resume(const std::filesystem::path& run_dir);
-  // Restores one checkpoint given by its sidecar (step-N.json).
+  // Empty, or the line describing a resume at another rank count (which ranks continue, which start fresh).
+  const std::string& resume_note() const { return resume_note_; }
+  // Restores one checkpoint given by its sidecar (step-N.json), written by this rank at this rank count.
   void load_checkpoint(const std::filesystem::path& sidecar);
 
  private:
   void check_setup() const;
+  // own_state: restore this rank's environments, generators and history from the file (written by
+  // the same rank of a run of saved_ranks ranks); otherwise only the shared state, then start_fresh.
+  void load(const std::filesystem::path& sidecar, int saved_ranks, bool own_state);
+  void start_fresh(int64_t iteration);
   void average_gradients(const std::vector<Tensor>& params);
   void merge_statistics(RunningMeanStd& stats, RunningMeanStd& base, const RunningMeanStd& delta);
   uint64_t reset_seed() { return options_.env_seed + rank_offset_ + resets_++; }
@@ -87,6 +109,7 @@ class PpoRunner {
   PpoTrainResult result_;
   // Statistics at the start of the iteration (merged over ranks) and this rank's additions since.
   RunningMeanStd obs_base_, ret_base_, obs_delta_, ret_delta_;
+  std::string resume_note_;
 };
 
 }  // namespace hpdl::rl

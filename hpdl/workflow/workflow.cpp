@@ -346,10 +346,6 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   HPDL_CHECK(!o.checkpoint_dir.empty() || (o.checkpoint_every == 0 && o.stop_after_round == 0 && !o.resume),
              "workflow: checkpoint_every, stop_after_round and resume need a checkpoint directory (--checkpoint-dir)");
   const bool async = o.exchange == Exchange::async;
-  HPDL_CHECK(!async || (o.checkpoint_dir.empty() && o.checkpoint_every == 0 && o.stop_after_round == 0 && !o.resume),
-             "workflow: exchange = async does not support checkpoint/restart (--checkpoint-dir, --checkpoint-every, "
-             "--stop-after, --resume): the simulations in flight and the arrival order are not saved; use --exchange "
-             "sync to checkpoint");
   HPDL_CHECK(o.slow_factor >= 1 && (o.slow_factor == 1 || (o.slow_rank >= 0 && o.slow_rank < o.sim_ranks)),
              "workflow: slow_factor = {} must be >= 1, and above 1 slow_rank = {} must be one of the {} simulation "
              "ranks (--slow-rank, --slow-factor)",
@@ -357,7 +353,8 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   const auto t0 = std::chrono::steady_clock::now();
   const bool simulator = world.rank() < o.sim_ranks;
   const int first_trainer = static_cast<int>(o.sim_ranks);
-  const nlohmann::json config = online_config(sim, o, world.size());
+  nlohmann::json config = online_config(sim, o, world.size());
+  if (async) config["exchange"] = exchange_name(o.exchange);  // absent: sync (checkpoints from before async ones)
 
   // Every rank reads the checkpoint itself, so a bad one fails every rank with the same error.
   int64_t start = 0;
@@ -382,6 +379,10 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
                  info->sidecar_path.string(), key, it == info->meta.config.end() ? std::string("nothing") : it->dump(), key,
                  value.dump());
     }
+    HPDL_CHECK(async || !info->meta.config.contains("exchange"),
+               "workflow: --resume: checkpoint {} was written with exchange = {}, this run has exchange = sync; resume "
+               "with --exchange {}", info->sidecar_path.string(), info->meta.config["exchange"].dump(),
+               info->meta.config["exchange"].get<std::string>());
     start = info->meta.step;
     HPDL_CHECK(start < o.max_rounds, "workflow: --resume: checkpoint {} is at round {}: the run is already finished",
                info->sidecar_path.string(), start);
@@ -426,7 +427,7 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   } else {
     for (int64_t r = 0; r < std::min<int64_t>(2, o.max_rounds); ++r) planned[r] = uniform_plan(r);
   }
-  for (int64_t r = start; r < std::min(start + 2, o.max_rounds); ++r)
+  for (int64_t r = start; !async && r < std::min(start + 2, o.max_rounds); ++r)
     HPDL_CHECK(planned.count(r) && static_cast<int64_t>(planned[r].size()) == per_round * p,
                "workflow: --resume: the checkpoint in {} lacks the parameters planned for round {}", o.checkpoint_dir,
                r + 1);
@@ -473,6 +474,8 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
     NoGradGuard ng;
     return relative_l2(net->forward(val_x).to_vector<float>(), val_y);
   };
+  // Async exchange adds its bookkeeping (counts and checksums per simulation rank, the arrival order).
+  std::function<void(std::map<std::string, Tensor>&, nlohmann::json&)> async_fields;
   auto save_checkpoint = [&](int64_t rounds_done) {
     if (world.rank() == first_trainer) {
       train::CheckpointMeta meta;
@@ -489,11 +492,17 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
       const int64_t have = static_cast<int64_t>(buffer_out.size()) / m;
       tensors["buffer.params"] = Tensor::from_vector(buffer_params, {have, p});
       tensors["buffer.outputs"] = Tensor::from_vector(buffer_out, {have, m});
-      for (const auto& [r, v] : planned)
-        if (r >= rounds_done) tensors["plan." + std::to_string(r)] = Tensor::from_vector(v, {per_round * p});
+      if (async_fields) {
+        async_fields(tensors, meta.extra);
+      } else {
+        for (const auto& [r, v] : planned)
+          if (r >= rounds_done) tensors["plan." + std::to_string(r)] = Tensor::from_vector(v, {per_round * p});
+      }
       train::CheckpointManager(o.checkpoint_dir, 3).save(meta, tensors);
     }
-    world.barrier();  // the checkpoint is complete before any rank goes on (or reads it to resume)
+    // The checkpoint is complete before any rank goes on (or reads it to resume). Async: the broadcast that
+    // restarts the exchange after it does this.
+    if (!async) world.barrier();
   };
 
   // The slow rank's batches take slow_factor times as long: it sleeps slow_factor - 1 times the batch's CPU
@@ -555,54 +564,85 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
   // takes in results and parameter requests whenever it polls (before each round, between steps, in the
   // drain), shares the results with the other trainers in one broadcast a round, and decides when to stop.
   auto run_async = [&] {
+    // A resumed run continues each simulation rank's count, checksum and batch numbers from the checkpoint.
+    std::vector<int64_t> got(static_cast<size_t>(o.sim_ranks), 0);
+    std::vector<uint64_t> got_sum(static_cast<size_t>(o.sim_ranks), 0);
+    int64_t ticket = 0;
+    if (o.resume) {
+      const auto n = saved.at("async.received").to_vector<int64_t>();
+      const auto c = saved.at("async.received_checksum").to_vector<int64_t>();
+      HPDL_CHECK(static_cast<int64_t>(n.size()) == o.sim_ranks && n.size() == c.size(),
+                 "workflow: --resume: checkpoint in {} has counts of {} simulation ranks, this run has {}",
+                 o.checkpoint_dir, n.size(), o.sim_ranks);
+      for (size_t i = 0; i < n.size(); ++i) got[i] = n[i], got_sum[i] = static_cast<uint64_t>(c[i]);
+      const auto a = saved.at("async.arrivals").to_vector<int64_t>();
+      for (size_t i = 0; i + 5 <= a.size(); i += 5) result.arrivals.push_back({a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4]});
+      result.simulations_by_rank = got;
+      ticket = saved_meta.extra.at("ticket").get<int64_t>();
+    }
     if (simulator) {
-      std::vector<std::unique_ptr<dist::PendingSend>> inflight;
-      auto send = [&](const int64_t (&header)[5], const std::vector<double>& params, const std::vector<float>& out) {
-        std::vector<uint8_t> bytes;
-        put(bytes, header, 5);
-        for (size_t i = 0; i < out.size() / static_cast<size_t>(m); ++i) {  // the records, if any
-          put(bytes, params.data() + i * p, static_cast<size_t>(p));
-          put(bytes, out.data() + i * m, static_cast<size_t>(m));
+      // Segments: the exchange runs until the first trainer's stop; after a checkpoint's drain it restarts.
+      int64_t batch = got[world.rank()] / o.sims_per_round, total = got[world.rank()], sent = 0;
+      uint64_t total_sum = got_sum[world.rank()];
+      for (int64_t go = 1; go != 0;) {
+        std::vector<std::unique_ptr<dist::PendingSend>> inflight;
+        auto send = [&](const int64_t (&header)[5], const std::vector<double>& params, const std::vector<float>& out) {
+          std::vector<uint8_t> bytes;
+          put(bytes, header, 5);
+          for (size_t i = 0; i < out.size() / static_cast<size_t>(m); ++i) {  // the records, if any
+            put(bytes, params.data() + i * p, static_cast<size_t>(p));
+            put(bytes, out.data() + i * m, static_cast<size_t>(m));
+          }
+          std::erase_if(inflight, [](auto& s) { return s->test(); });
+          inflight.push_back(p2p->isend_bytes(std::move(bytes), first_trainer, kTagToTrainer));
+        };
+        // Always one request ahead: batch b + 1's parameters are asked for before batch b is simulated, so
+        // the reply is usually there when it is done.
+        send({kRequest, batch, 0, -1, 0}, {}, {});
+        for (;; ++batch) {
+          const auto msg = p2p->recv_bytes(first_trainer, kTagToSim);
+          MessageReader rd{msg};
+          int64_t head[2];  // {kind, ticket}
+          rd.get(head, 2);
+          if (head[0] == kStop) break;
+          HPDL_CHECK(head[0] == kParams, "workflow: async exchange: simulation rank {} expected parameters, got a "
+                     "message of kind {}", world.rank(), head[0]);
+          std::vector<double> params(static_cast<size_t>(o.sims_per_round * p));
+          rd.get(params.data(), params.size());
+          send({kRequest, batch + 1, 0, -1, 0}, {}, {});
+          const auto out = simulate_batch(params);
+          for (int64_t i = 0; i < o.sims_per_round; ++i) {
+            const uint64_t c = record_checksum(params.data() + i * p, p, out.data() + i * m, m);
+            result.checksum += c;
+            total_sum += c;
+          }
+          sent += o.sims_per_round;
+          total += o.sims_per_round;
+          send({kResult, batch, o.sims_per_round, head[1], 0}, params, out);
         }
-        std::erase_if(inflight, [](auto& s) { return s->test(); });
-        inflight.push_back(p2p->isend_bytes(std::move(bytes), first_trainer, kTagToTrainer));
-      };
-      // Always one request ahead: batch b + 1's parameters are asked for before batch b is simulated, so
-      // the reply is usually there when it is done.
-      send({kRequest, 0, 0, -1, 0}, {}, {});
-      int64_t batch = 0, sent = 0;
-      for (;; ++batch) {
-        const auto msg = p2p->recv_bytes(first_trainer, kTagToSim);
-        MessageReader rd{msg};
-        int64_t head[2];  // {kind, ticket}
-        rd.get(head, 2);
-        if (head[0] == kStop) break;
-        HPDL_CHECK(head[0] == kParams, "workflow: async exchange: simulation rank {} expected parameters, got a "
-                   "message of kind {}", world.rank(), head[0]);
-        std::vector<double> params(static_cast<size_t>(o.sims_per_round * p));
-        rd.get(params.data(), params.size());
-        send({kRequest, batch + 1, 0, -1, 0}, {}, {});
-        const auto out = simulate_batch(params);
-        for (int64_t i = 0; i < o.sims_per_round; ++i)
-          result.checksum += record_checksum(params.data() + i * p, p, out.data() + i * m, m);
-        sent += o.sims_per_round;
-        send({kResult, batch, o.sims_per_round, head[1], 0}, params, out);
+        // The segment's last message: how many results this rank sent over the whole run and their checksum,
+        // which the first trainer checks against what it received.
+        send({kDone, batch, total, -1, static_cast<int64_t>(total_sum)}, {}, {});
+        for (auto& s : inflight) s->wait();
+        // The trainers say whether the exchange goes on (after a checkpoint) or the run is over.
+        world.broadcast_bytes(&go, sizeof(go), first_trainer);
       }
-      // The last message: how many results this rank sent and their checksum, which the first trainer checks.
-      send({kDone, batch, sent, -1, static_cast<int64_t>(result.checksum)}, {}, {});
       result.sent = sent;
-      for (auto& s : inflight) s->wait();
     } else {
       const bool first = world.rank() == first_trainer;
       Intake pending;  // first trainer: taken in, not yet shared
-      std::vector<int64_t> got(static_cast<size_t>(o.sim_ranks), 0);
-      std::vector<uint64_t> got_sum(static_cast<size_t>(o.sim_ranks), 0);
       std::vector<bool> finished(static_cast<size_t>(o.sim_ranks), false);
-      int64_t finished_count = 0, ticket = 0;
+      int64_t finished_count = 0;
       // Flow control: batch b's parameters are granted once b < allowed, and allowed is r + 2 from round r's
       // intake on (as in sync mode, a rank runs batch r + 1 while the trainers train on round r). A fast rank
       // thus keeps pace with the trainers whatever a slow one does; requests beyond wait in `deferred`.
-      int64_t allowed = 1;
+      // A checkpoint's drain after round R (R rounds done) takes the place of round R's intake: it holds
+      // the batches round R would have taken, so the exchange restarts with allowed = R + 2, as that intake
+      // would have set it, and round R does not wait for a new batch (every rank has done at most batches
+      // 0 .. R, so each gets its next one at once, which ends round R + 1's wait). A resume at round R
+      // continues the same way.
+      int64_t allowed = start > 0 ? start + 2 : 1;
+      bool after_drain = start > 0;
       std::vector<std::pair<int, int64_t>> deferred;  // (rank, batch)
       bool stopping = false;
       std::vector<std::unique_ptr<dist::PendingSend>> replies;
@@ -690,11 +730,41 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
         rd.get(buffer_out.data() + before * m, static_cast<size_t>(sizes[1] * m));
         add_to_resamples(before, before + sizes[1]);
       };
-      for (int64_t r = 0; r < o.max_rounds; ++r) {
+      // A stop to each simulation rank, then everything until each one's last message (kDone, whose counts
+      // are checked). Requests that arrive meanwhile are answered by the stop; deferred ones too.
+      auto drain = [&] {
+        stopping = true;
+        deferred.clear();
+        const int64_t head[2] = {kStop, -1};
+        for (int s = 0; s < o.sim_ranks; ++s) {
+          std::vector<uint8_t> bytes;
+          put(bytes, head, 2);
+          replies.push_back(p2p->isend_bytes(std::move(bytes), s, kTagToSim));
+        }
+        for (PollPause pause; finished_count < o.sim_ranks; pause.wait()) poll();
+        for (auto& s : replies) s->wait();
+        replies.clear();
+      };
+      auto checkpoint_due = [&](int64_t rounds_done) {
+        return !o.checkpoint_dir.empty() &&
+               (rounds_done == o.stop_after_round || (o.checkpoint_every > 0 && rounds_done % o.checkpoint_every == 0));
+      };
+      async_fields = [&](std::map<std::string, Tensor>& tensors, nlohmann::json& extra) {
+        tensors["async.received"] = Tensor::from_vector(got, {o.sim_ranks});
+        std::vector<int64_t> sums(got_sum.begin(), got_sum.end());
+        tensors["async.received_checksum"] = Tensor::from_vector(sums, {o.sim_ranks});
+        std::vector<int64_t> a;
+        for (const auto& x : result.arrivals) a.insert(a.end(), {x.round, x.source, x.batch, x.count, x.ticket});
+        tensors["async.arrivals"] = Tensor::from_vector(a, {static_cast<int64_t>(result.arrivals.size()), 5});
+        extra["ticket"] = ticket;
+      };
+      for (int64_t r = start; r < o.max_rounds; ++r) {
         if (first) {
           // Whatever has arrived; at least one batch, so that no round trains on exactly the data of the last.
           poll();
-          for (PollPause pause; pending.arrivals.empty(); pause.wait()) poll();
+          if (!after_drain)
+            for (PollPause pause; pending.arrivals.empty(); pause.wait()) poll();
+          after_drain = false;
           allowed = r + 2;
           std::vector<std::pair<int, int64_t>> waiting;
           std::swap(waiting, deferred);
@@ -710,7 +780,8 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
         log.train_loss = train_steps(first ? std::function<void()>(poll) : std::function<void()>()) /
                          static_cast<double>(o.steps_per_round);
         log.validation_error = validation_error();
-        const int stop = (o.target_error > 0 && log.validation_error < o.target_error) || r + 1 == o.max_rounds;
+        const int stop = (o.target_error > 0 && log.validation_error < o.target_error) || r + 1 == o.max_rounds ||
+                         r + 1 == o.stop_after_round;
         // The first trainer's log and decision reach the other trainers.
         double msg[4] = {static_cast<double>(stop), log.train_loss, log.validation_error, seconds_since(t0)};
         group->broadcast_bytes(msg, sizeof(msg), 0);
@@ -720,21 +791,31 @@ OnlineResult train_online(const Simulation& sim, const OnlineOptions& o, dist::C
         result.rounds.push_back(log);
         if (first && on_round) on_round(log);
         if (msg[0] > 0.5) break;
-      }
-      // Drain: a stop to each simulation rank, then everything until each one's last message. The drained
-      // results join the buffer (they count as used) but no step trains on them.
-      if (first) {
-        stopping = true;
-        const int64_t head[2] = {kStop, -1};
-        for (int s = 0; s < o.sim_ranks; ++s) {
-          std::vector<uint8_t> bytes;
-          put(bytes, head, 2);
-          replies.push_back(p2p->isend_bytes(std::move(bytes), s, kTagToSim));
+        if (checkpoint_due(r + 1)) {
+          // Mid-run checkpoint: drain (the drained results join the buffer and are trained on from the next
+          // round), save, restart the exchange.
+          if (first) drain();
+          share(r + 2);
+          save_checkpoint(r + 1);
+          int64_t go = 1;
+          world.broadcast_bytes(&go, sizeof(go), first_trainer);
+          if (first) {
+            stopping = false;
+            finished.assign(finished.size(), false);
+            finished_count = 0;
+            allowed = r + 3;
+            after_drain = true;
+          }
         }
-        for (PollPause pause; finished_count < o.sim_ranks; pause.wait()) poll();
-        for (auto& s : replies) s->wait();
       }
-      share(static_cast<int64_t>(result.rounds.size()) + 1);
+      // Drain at the end: the drained results join the buffer but no step trains on them (unless a resumed
+      // run does: a checkpoint here holds them).
+      if (first) drain();
+      const int64_t rounds_done = static_cast<int64_t>(result.rounds.size());
+      share(rounds_done + 1);
+      if (checkpoint_due(rounds_done)) save_checkpoint(rounds_done);
+      int64_t go = 0;
+      world.broadcast_bytes(&go, sizeof(go), first_trainer);
       result.checksum = buffer_checksum();
     }
     // Every rank gets the logs, the arrival order and the counts from the first trainer.

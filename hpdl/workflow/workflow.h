@@ -40,7 +40,13 @@
 // holding anyone up. At the end the first trainer sends each simulation
 // rank a stop message and drains every result still in flight. Results then
 // depend on the arrival order, which is recorded (OnlineResult::arrivals).
-// No checkpoints in this mode.
+// Checkpoints in this mode drain first: at a checkpoint round the first
+// trainer stops and drains every simulation rank as at the end, the drained
+// results join the buffer (trained on from the next round), the checkpoint
+// adds the per-rank counts and checksums, the arrival order and the ticket
+// counter, and the exchange restarts; a resume continues each simulation
+// rank at its next batch. Nothing is in flight, so nothing is lost or used
+// twice; what follows a restart is timing-dependent as ever.
 //
 // After training, the surrogate stands in for the simulation
 // ("augmentation": `surrogate_speedup` measures it) and steers a parameter
@@ -178,13 +184,15 @@ struct OnlineResult {
   // (Sync exchange only; empty with async, where `arrivals` records the order.)
   std::vector<std::vector<double>> round_params;
   int64_t first_round = 0;
-  // Async exchange: every batch of results in the order the first trainer received it (every rank has it).
+  // Async exchange: every batch of results in the order the first trainer received it (every rank has it;
+  // after a resume, the checkpoint's first).
   std::vector<Arrival> arrivals;
-  // Simulations run by each simulation rank ([sim_ranks]; every rank has them; with sync, this call's only).
+  // Simulations run by each simulation rank ([sim_ranks]; every rank has them; with sync, this call's only;
+  // async, the whole run's).
   std::vector<int64_t> simulations_by_rank;
   // Order-independent checksum of simulation results (sum of record_checksum): a simulation rank's of the
-  // results it produced, a trainer's of its whole training buffer. Async: sum over the simulation ranks
-  // equals every trainer's; sync, from round 0: likewise.
+  // results it produced in this call, a trainer's of its whole training buffer. Async: sum over the
+  // simulation ranks (and over every call of a resumed run) equals every trainer's; sync, from round 0: likewise.
   uint64_t checksum = 0;
   int64_t sent = 0;               // simulation ranks: results this rank sent to the trainers (this call)
   double seconds = 0;             // wall time of train_online (async: the first trainer's, on every rank)
@@ -228,7 +236,9 @@ std::vector<double> acquire_params(Ensemble& ensemble, const Simulation& sim, in
 // Runs the online training on every rank of `world` (at least 2 ranks, and
 // 1 <= sim_ranks < world.size()). `on_round` (world rank 0 with sync exchange,
 // the first trainer with async) sees each round's log. The trainer ranks end
-// with identical surrogates. Async exchange refuses checkpoint options.
+// with identical surrogates. Async exchange: arrivals and simulations_by_rank
+// cover the whole run (a checkpoint's included); sent and a simulation rank's
+// checksum this call's only.
 OnlineResult train_online(const Simulation& sim, const OnlineOptions& options, dist::Communicator& world,
                           const std::function<void(const RoundLog&)>& on_round = {});
 
