@@ -97,19 +97,21 @@ hpdl_job_stage() {
 # (the batch system's time limit: Slurm's --signal=B:USR1@T, its TERM at the
 # limit, PBS's TERM, or HPDL_STOP_AFTER's timer) is forwarded to the launcher as
 # HPDL_STOP_SIGNAL (TERM: hpdl writes a checkpoint and stops; srun and mpirun
-# pass it on to every rank). Sets HPDL_JOB_SIGNALLED=1 when that happened and
-# returns the command's exit status.
+# pass it on to every rank). Sets HPDL_JOB_SIGNALLED=1 and HPDL_JOB_SIGNAL (the
+# signal's name) when that happened and returns the command's exit status.
 HPDL_JOB_SIGNALLED=0
+HPDL_JOB_SIGNAL=
 HPDL_JOB_PID=
 hpdl_job_on_signal() {
-  HPDL_JOB_SIGNALLED=1
-  hpdl_job_log "stop signal: forwarding SIG${HPDL_STOP_SIGNAL:-TERM} to the launcher"
+  HPDL_JOB_SIGNALLED=1 HPDL_JOB_SIGNAL=$1
+  hpdl_job_log "SIG$1: forwarding SIG${HPDL_STOP_SIGNAL:-TERM} to the launcher"
   [[ -n $HPDL_JOB_PID ]] && kill -s "${HPDL_STOP_SIGNAL:-TERM}" "$HPDL_JOB_PID" 2>/dev/null
   return 0
 }
 hpdl_job_run() {
   local rc timer=
-  trap hpdl_job_on_signal TERM USR1
+  trap 'hpdl_job_on_signal TERM' TERM
+  trap 'hpdl_job_on_signal USR1' USR1
   "$@" &
   HPDL_JOB_PID=$!
   # A signal that came before the launcher existed is passed on now.
@@ -170,7 +172,7 @@ hpdl_job_resubmit() {
 # The whole training job: stage, train one chunk (resuming when the run has a
 # checkpoint), then stop or chain the next job. $1: the script to resubmit.
 hpdl_job_train() {
-  local script=$1 run_dir=${HPDL_RUN_DIR:-} args=() step0 step1 stop=0 epochs rc kv store=
+  local script=$1 run_dir=${HPDL_RUN_DIR:-} args=() sets=() step0 step1 stop=0 epochs rc kv store=
   HPDL_BIN=${HPDL_BIN:-hpdl}
   [[ -n $run_dir ]] || hpdl_job_die "set HPDL_RUN_DIR (the run directory on the shared file system)"
   [[ -n ${SLURM_RESTART_COUNT:-} ]] && HPDL_JOB_COUNT=$(( SLURM_RESTART_COUNT + 1 ))
@@ -204,7 +206,8 @@ hpdl_job_train() {
     store=$(hpdl_job_stage) || exit 1
     args+=(--set "data.store=$store")
   fi
-  for kv in ${HPDL_SET:-}; do args+=(--set "$kv"); done
+  read -r -a sets <<<"${HPDL_SET:-}"
+  for kv in "${sets[@]}"; do args+=(--set "$kv"); done
   step0=$(hpdl_run_checkpoint_step "$run_dir")
   hpdl_job_run "${HPDL_LAUNCHER[@]}" "$HPDL_BIN" "${args[@]}"; rc=$?
   [[ -n $store && ${HPDL_KEEP_STAGED:-0} != 1 ]] && rm -rf "$store"
@@ -219,6 +222,13 @@ hpdl_job_train() {
   (( step1 > step0 )) || hpdl_job_die "no new checkpoint in $run_dir (step $step0 before and after this job); not resubmitting"
   if [[ -e $run_dir/STOP ]]; then
     hpdl_job_log "$run_dir/STOP exists: checkpoint at step $step1, not resubmitting"
+    return 0
+  fi
+  # HPDL_RESUBMIT_SIGNALS: the signals after which the chain goes on (default both; with
+  # "USR1" alone, a TERM from scancel or qdel ends the chain after its checkpoint).
+  if ((HPDL_JOB_SIGNALLED)) && [[ " ${HPDL_RESUBMIT_SIGNALS:-USR1 TERM} " != *" $HPDL_JOB_SIGNAL "* ]]; then
+    hpdl_job_log "stopped by SIG$HPDL_JOB_SIGNAL: checkpoint at step $step1, not resubmitting" \
+      "(HPDL_RESUBMIT_SIGNALS=${HPDL_RESUBMIT_SIGNALS:-})"
     return 0
   fi
   hpdl_job_log "checkpoint at step $step1, the run is not complete"

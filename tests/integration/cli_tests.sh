@@ -610,7 +610,7 @@ jobs_slurm_sigterm)
   grep -q "step " job1.log || { kill -KILL -- -$pid; fail "training did not start: $(cat job1.log)"; }
   kill -TERM -- -$pid; wait $pid; rc=$?
   [[ $rc -eq 0 ]] || fail "the job script exited with $rc after SIGTERM: $(job_log job1.log | tail -5)"
-  grep -q "forwarding SIGTERM to the launcher" job1.log || fail "the script did not forward the signal: $(job_log job1.log | tail -5)"
+  grep -q "SIGTERM: forwarding SIGTERM to the launcher" job1.log || fail "the script did not forward the signal: $(job_log job1.log | tail -5)"
   grep -q "stopped by signal after a checkpoint" job1.log || fail "hpdl did not stop with a checkpoint: $(job_log job1.log | tail -5)"
   grep -q '"interrupted": true' run/summary.json || fail "summary.json does not say interrupted"
   ckpt=$(ls run/checkpoints/*.json) || fail "no checkpoint after SIGTERM"
@@ -632,6 +632,17 @@ jobs_pbs_timer)
   ls run/checkpoints/*.json >/dev/null 2>&1 || fail "no checkpoint"
   [[ $(cat submits) == "qsub -W depend=afterany:123.pbs -V -v HPDL_JOB_COUNT=2 $jobs/pbs_train.sh" ]] \
     || fail "no qsub of the next job: $(cat submits)"
+  grep -q "SIGUSR1: forwarding SIGTERM to the launcher" job1.log || fail "the timer's signal was not forwarded: $(job_log job1.log | tail -5)"
+  # Chaining ends after a signal not in HPDL_RESUBMIT_SIGNALS, and after HPDL_MAX_JOBS jobs.
+  HPDL_RESUBMIT_SIGNALS=TERM HPDL_JOB_COUNT=2 bash "$jobs/pbs_train.sh" >job2.log 2>&1 || fail "job 2 failed: $(job_log job2.log | tail -5)"
+  grep -q "resumed from" job2.log || fail "job 2 did not resume: $(job_log job2.log | tail -5)"
+  grep -q "stopped by SIGUSR1: checkpoint at step [0-9]*, not resubmitting" job2.log || fail "job 2 went on: $(job_log job2.log | tail -3)"
+  HPDL_MAX_JOBS=3 HPDL_JOB_COUNT=3 bash "$jobs/pbs_train.sh" >job3.log 2>&1 && fail "job 3 went past HPDL_MAX_JOBS"
+  grep -q "HPDL_MAX_JOBS=3 jobs done and the run is not complete" job3.log || fail "no HPDL_MAX_JOBS message: $(job_log job3.log | tail -3)"
+  [[ $(wc -l <submits) -eq 1 ]] || fail "jobs 2 or 3 submitted: $(cat submits)"
+  # A job that ends without a new checkpoint (here: no training at all) is not resubmitted.
+  HPDL_BIN=true bash "$jobs/pbs_train.sh" >noprogress.log 2>&1 && fail "a job without progress succeeded"
+  grep -q "no new checkpoint in .*; not resubmitting" noprogress.log || fail "no clear message: $(cat noprogress.log)"
   # A job that fails (a bad key) is not resubmitted.
   HPDL_SET="train.epochz=3" HPDL_JOB_COUNT=2 bash "$jobs/pbs_train.sh" >bad.log 2>&1 && fail "a failing job succeeded"
   grep -q "training failed (exit status [1-9][0-9]*); not resubmitting" bad.log || fail "no clear failure: $(job_log bad.log | tail -3)"
