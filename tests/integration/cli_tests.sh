@@ -622,10 +622,10 @@ jobs_slurm_sigterm)
   [[ $(wc -l <submits) -eq 1 ]] || fail "job 2 resubmitted a complete run: $(cat submits)"
   ;;
 jobs_pbs_timer)
-  # pbs_train.sh with HPDL_STOP_AFTER: the script's own timer signals the script alone, so hpdl
+  # pbs_train.sh with HPDL_STOP_AFTER (5 s, well after hpdl installs its handlers): the script's own timer signals the script alone, so hpdl
   # stops only if the script forwards the signal; then qsub chains the next job.
   fake_batch_system
-  export PBS_JOBID=123.pbs HPDL_RUN_DIR=$PWD/run HPDL_CONFIG=$ex/fashion_mnist/mlp.toml HPDL_LAUNCH= HPDL_STOP_AFTER=3 \
+  export PBS_JOBID=123.pbs HPDL_RUN_DIR=$PWD/run HPDL_CONFIG=$ex/fashion_mnist/mlp.toml HPDL_LAUNCH= HPDL_STOP_AFTER=5 \
     HPDL_SET="train.epochs=3 train.threads=1 data.workers=1 train.checkpoint_every_epochs=0"
   bash "$jobs/pbs_train.sh" >job1.log 2>&1 || fail "the PBS job failed: $(job_log job1.log | tail -5)"
   grep -q "stopped by signal after a checkpoint" job1.log || fail "hpdl did not get the forwarded signal: $(job_log job1.log | tail -5)"
