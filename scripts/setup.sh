@@ -12,7 +12,7 @@ pkgs=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   liblz4-dev libzstd-dev libxxhash-dev libpng-dev zlib1g-dev libhdf5-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  strace python3 python3-numpy python3-onnx python3-h5py
+  strace python3 python3-numpy python3-onnx python3-h5py shellcheck
   dataset-fashion-mnist
 )
 if [[ "${HPDL_SETUP_PEER:-0}" == 1 ]]; then

@@ -43,6 +43,23 @@ run_until_checkpoint_then_kill() {  # $1 run dir, $2 step to wait for, rest: arg
   return 0
 }
 
+# The batch-job scripts (examples/jobs, docs/jobs.md) run outside a batch system:
+# SLURM_JOB_ID or PBS_JOBID is set by hand, HPDL_LAUNCH replaces srun/mpiexec,
+# and fake sbatch, scontrol and qsub on PATH record their arguments in
+# $work/submits instead of submitting.
+jobs=$ex/jobs
+fake_batch_system() {
+  mkdir -p bin
+  for c in sbatch scontrol qsub qrerun; do
+    printf '#!/bin/bash\necho "%s $*" >>"%s/submits"\necho "Submitted batch job 5001"\n' "$c" "$PWD" >bin/$c
+    chmod +x bin/$c
+  done
+  : >submits
+  export PATH=$PWD/bin:$PATH HPDL_BIN=$hpdl
+}
+# The job scripts' log without the progress lines.
+job_log() { tr '\r' '\n' <"$1" | grep -v '^ *epoch [0-9]*/[0-9]*  step'; }
+
 case $case_name in
 train_short)
   "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.max_steps=20 --set train.run_dir=run >out.txt 2>err.txt \
@@ -536,6 +553,138 @@ PY
     || fail "training from the packed store gave different weights than from d.h5"
   "$hpdl" pack d.h5 -o st2 --hdf5-x nope --hdf5-test-x nope2 >out.txt 2>&1 && fail "pack without samples succeeded"
   grep -q "neither 'nope' nor 'nope2'" out.txt || fail "pack does not name the missing datasets: $(cat out.txt)"
+  ;;
+jobs_slurm_chain)
+  # slurm_train.sbatch trains a 3-epoch run one epoch per job (HPDL_EPOCHS_PER_JOB=1) under
+  # mpirun -np 2, each job staging a packed store to a "node-local" folder first.
+  fake_batch_system
+  fm=/usr/share/datasets/fashion-mnist
+  "$hpdl" pack $fm/train-images-idx3-ubyte.gz -o fm.store >/dev/null || fail "pack train failed"
+  "$hpdl" pack $fm/t10k-images-idx3-ubyte.gz -o fm.store --append >/dev/null || fail "pack test failed"
+  sets="train.epochs=3 data.validation=59000 train.eval_every_epochs=0 train.threads=1 data.workers=1 train.seed=7"
+  launch="$mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1"
+  read -r -a launch_words <<<"$launch"
+  straight=()
+  for kv in $sets; do straight+=(--set "$kv"); done
+  "${launch_words[@]}" "$hpdl" train "$ex/fashion_mnist/mlp.toml" "${straight[@]}" --set train.run_dir=straight >straight.log 2>&1 \
+    || fail "straight run failed: $(tail -3 straight.log)"
+  export SLURM_JOB_ID=4242 SLURM_TMPDIR=$PWD/nodelocal HPDL_RUN_DIR=$PWD/run HPDL_CONFIG=$ex/fashion_mnist/mlp.toml \
+    HPDL_EPOCHS_PER_JOB=1 HPDL_STORE=$PWD/fm.store HPDL_LAUNCH=$launch HPDL_SET=$sets
+  bash "$jobs/slurm_train.sbatch" >job1.log 2>&1 || fail "job 1 failed: $(job_log job1.log | tail -5)"
+  grep -q "hpdl stage: node 0/1: .* in $PWD/nodelocal/hpdl-store-4242" job1.log || fail "job 1 did not stage the store: $(job_log job1.log)"
+  grep -q "stopped after epoch 1" job1.log || fail "job 1 did not stop after epoch 1: $(job_log job1.log | tail -5)"
+  grep -q "^store = '$PWD/nodelocal/hpdl-store-4242'" run/config.toml || fail "job 1 did not train from the staged store"
+  [[ ! -e nodelocal/hpdl-store-4242 ]] || fail "job 1 left its staged store behind"
+  [[ $(cat submits) == "sbatch --dependency=afterany:4242 --export=ALL,HPDL_JOB_COUNT=2 $jobs/slurm_train.sbatch" ]] \
+    || fail "job 1 did not chain the next job: $(cat submits)"
+  # A STOP file ends the chain: no training, no submission.
+  touch run/STOP
+  HPDL_JOB_COUNT=2 bash "$jobs/slurm_train.sbatch" >stop.log 2>&1 || fail "the STOP job failed: $(cat stop.log)"
+  grep -q "STOP exists" stop.log || fail "the STOP file was not noticed: $(cat stop.log)"
+  [[ $(wc -l <submits) -eq 1 ]] || fail "a job was submitted despite run/STOP: $(cat submits)"
+  rm run/STOP
+  # Job 2 resumes and chains by requeueing itself; job 3 ends the run; job 4 finds it complete.
+  HPDL_JOB_COUNT=2 HPDL_CHAIN=requeue bash "$jobs/slurm_train.sbatch" >job2.log 2>&1 || fail "job 2 failed: $(job_log job2.log | tail -5)"
+  grep -q "resumed from .*step-0000000004" job2.log || fail "job 2 did not resume from epoch 1: $(job_log job2.log | tail -5)"
+  grep -q "stopped after epoch 2" job2.log || fail "job 2 did not stop after epoch 2: $(job_log job2.log | tail -5)"
+  [[ $(tail -1 submits) == "scontrol requeue 4242" ]] || fail "job 2 did not requeue itself: $(cat submits)"
+  HPDL_JOB_COUNT=3 bash "$jobs/slurm_train.sbatch" >job3.log 2>&1 || fail "job 3 failed: $(job_log job3.log | tail -5)"
+  grep -q "resumed from .*step-0000000008" job3.log || fail "job 3 did not resume from epoch 2: $(job_log job3.log | tail -5)"
+  grep -q "run $PWD/run is complete; the chain ends here" job3.log || fail "job 3 did not see the run complete: $(job_log job3.log | tail -5)"
+  [[ $(wc -l <submits) -eq 2 ]] || fail "job 3 submitted another job: $(cat submits)"
+  bash "$jobs/slurm_train.sbatch" >job4.log 2>&1 || fail "job 4 failed: $(cat job4.log)"
+  grep -q "is complete (.*summary.json); nothing to do" job4.log || fail "job 4 did not see the run complete: $(cat job4.log)"
+  ! grep -q "hpdl stage\|training mlp" job4.log || fail "job 4 staged or trained a complete run: $(cat job4.log)"
+  [[ $(wc -l <submits) -eq 2 ]] || fail "job 4 submitted another job: $(cat submits)"
+  cmp straight/checkpoints/step-0000000012.safetensors run/checkpoints/step-0000000012.safetensors \
+    || fail "the chained run's final weights differ from the straight run's"
+  ;;
+jobs_slurm_sigterm)
+  # SIGTERM to the job script's process group while hpdl trains: a checkpoint, a resubmission;
+  # the next job resumes and completes the run without another.
+  fake_batch_system
+  export SLURM_JOB_ID=77 HPDL_RUN_DIR=$PWD/run HPDL_CONFIG=$ex/fashion_mnist/mlp.toml HPDL_LAUNCH= \
+    HPDL_SET="train.epochs=1 train.threads=1 data.workers=1 train.checkpoint_every_epochs=0 train.log_every=10"
+  set -m; bash "$jobs/slurm_train.sbatch" >job1.log 2>&1 & pid=$!; set +m
+  for _ in $(seq 300); do grep -q "step " job1.log 2>/dev/null && break; sleep 0.1; done
+  grep -q "step " job1.log || { kill -KILL -- -$pid; fail "training did not start: $(cat job1.log)"; }
+  kill -TERM -- -$pid; wait $pid; rc=$?
+  [[ $rc -eq 0 ]] || fail "the job script exited with $rc after SIGTERM: $(job_log job1.log | tail -5)"
+  grep -q "SIGTERM: forwarding SIGTERM to the launcher" job1.log || fail "the script did not forward the signal: $(job_log job1.log | tail -5)"
+  grep -q "stopped by signal after a checkpoint" job1.log || fail "hpdl did not stop with a checkpoint: $(job_log job1.log | tail -5)"
+  grep -q '"interrupted": true' run/summary.json || fail "summary.json does not say interrupted"
+  ckpt=$(ls run/checkpoints/*.json) || fail "no checkpoint after SIGTERM"
+  [[ $(cat submits) == "sbatch --dependency=afterany:77 --export=ALL,HPDL_JOB_COUNT=2 $jobs/slurm_train.sbatch" ]] \
+    || fail "no resubmission after SIGTERM: $(cat submits)"
+  HPDL_JOB_COUNT=2 bash "$jobs/slurm_train.sbatch" >job2.log 2>&1 || fail "job 2 failed: $(job_log job2.log | tail -5)"
+  grep -q "resumed from .*$(basename "$ckpt" .json)" job2.log || fail "job 2 did not resume: $(job_log job2.log | tail -5)"
+  grep -q "the chain ends here" job2.log || fail "job 2 did not end the chain: $(job_log job2.log | tail -5)"
+  [[ $(wc -l <submits) -eq 1 ]] || fail "job 2 resubmitted a complete run: $(cat submits)"
+  ;;
+jobs_pbs_timer)
+  # pbs_train.sh with HPDL_STOP_AFTER (5 s, well after hpdl installs its handlers): the script's own timer signals the script alone, so hpdl
+  # stops only if the script forwards the signal; then qsub chains the next job.
+  fake_batch_system
+  export PBS_JOBID=123.pbs HPDL_RUN_DIR=$PWD/run HPDL_CONFIG=$ex/fashion_mnist/mlp.toml HPDL_LAUNCH= HPDL_STOP_AFTER=5 \
+    HPDL_SET="train.epochs=3 train.threads=1 data.workers=1 train.checkpoint_every_epochs=0"
+  bash "$jobs/pbs_train.sh" >job1.log 2>&1 || fail "the PBS job failed: $(job_log job1.log | tail -5)"
+  grep -q "stopped by signal after a checkpoint" job1.log || fail "hpdl did not get the forwarded signal: $(job_log job1.log | tail -5)"
+  ls run/checkpoints/*.json >/dev/null 2>&1 || fail "no checkpoint"
+  [[ $(cat submits) == "qsub -W depend=afterany:123.pbs -V -v HPDL_JOB_COUNT=2 $jobs/pbs_train.sh" ]] \
+    || fail "no qsub of the next job: $(cat submits)"
+  grep -q "SIGUSR1: forwarding SIGTERM to the launcher" job1.log || fail "the timer's signal was not forwarded: $(job_log job1.log | tail -5)"
+  # Chaining ends after a signal not in HPDL_RESUBMIT_SIGNALS, and after HPDL_MAX_JOBS jobs.
+  HPDL_RESUBMIT_SIGNALS=TERM HPDL_JOB_COUNT=2 bash "$jobs/pbs_train.sh" >job2.log 2>&1 || fail "job 2 failed: $(job_log job2.log | tail -5)"
+  grep -q "resumed from" job2.log || fail "job 2 did not resume: $(job_log job2.log | tail -5)"
+  grep -q "stopped by SIGUSR1: checkpoint at step [0-9]*, not resubmitting" job2.log || fail "job 2 went on: $(job_log job2.log | tail -3)"
+  HPDL_MAX_JOBS=3 HPDL_JOB_COUNT=3 bash "$jobs/pbs_train.sh" >job3.log 2>&1 && fail "job 3 went past HPDL_MAX_JOBS"
+  grep -q "HPDL_MAX_JOBS=3 jobs done and the run is not complete" job3.log || fail "no HPDL_MAX_JOBS message: $(job_log job3.log | tail -3)"
+  [[ $(wc -l <submits) -eq 1 ]] || fail "jobs 2 or 3 submitted: $(cat submits)"
+  # A job that ends without a new checkpoint (here: no training at all) is not resubmitted.
+  HPDL_BIN=true bash "$jobs/pbs_train.sh" >noprogress.log 2>&1 && fail "a job without progress succeeded"
+  grep -q "no new checkpoint in .*; not resubmitting" noprogress.log || fail "no clear message: $(cat noprogress.log)"
+  # A job that fails (a bad key) is not resubmitted.
+  HPDL_SET="train.epochz=3" HPDL_JOB_COUNT=2 bash "$jobs/pbs_train.sh" >bad.log 2>&1 && fail "a failing job succeeded"
+  grep -q "training failed (exit status [1-9][0-9]*); not resubmitting" bad.log || fail "no clear failure: $(job_log bad.log | tail -3)"
+  grep -q "train.epochz" bad.log || fail "hpdl's error is not in the job log: $(job_log bad.log | tail -3)"
+  [[ $(wc -l <submits) -eq 1 ]] || fail "a failed job was resubmitted: $(cat submits)"
+  unset HPDL_RUN_DIR
+  bash "$jobs/pbs_train.sh" >norun.log 2>&1 && fail "a job without HPDL_RUN_DIR succeeded"
+  grep -q "set HPDL_RUN_DIR" norun.log || fail "no clear error without HPDL_RUN_DIR: $(cat norun.log)"
+  ;;
+jobs_slurm_tune)
+  # slurm_tune.sbatch: a search of 2 trials x 10 steps, then the training of its best config is submitted.
+  fake_batch_system
+  cat >search.toml <<EOS
+config = "$ex/fashion_mnist/mlp.toml"
+method = "random"
+trials = 2
+seed = 3
+resource = "steps"
+max_resource = 10
+run_dir = "unused"
+set = ["data.validation=1000", "train.threads=1", "data.workers=1"]
+[space]
+"optimizer.lr" = { log_uniform = [0.01, 0.1] }
+EOS
+  export SLURM_JOB_ID=99 HPDL_RUN_DIR=$PWD/tune HPDL_TUNE_CONFIG=$PWD/search.toml HPDL_LAUNCH= HPDL_TRAIN_BEST=1
+  bash "$jobs/slurm_tune.sbatch" >job1.log 2>&1 || fail "the tune job failed: $(job_log job1.log | tail -5)"
+  [[ -f tune/best.toml ]] || fail "no best.toml"
+  [[ $(wc -l <tune/results.jsonl) -eq 2 ]] || fail "expected 2 results: $(cat tune/results.jsonl)"
+  [[ $(cat submits) == "sbatch --export=ALL,HPDL_CONFIG=$PWD/tune/best.toml,HPDL_RUN_DIR=$PWD/tune/best $jobs/slurm_train.sbatch" ]] \
+    || fail "the best config's training was not submitted: $(cat submits)"
+  bash "$jobs/slurm_tune.sbatch" >job2.log 2>&1 || fail "the second tune job failed: $(cat job2.log)"
+  grep -q "search in $PWD/tune is complete" job2.log || fail "the finished search was not noticed: $(cat job2.log)"
+  [[ $(wc -l <submits) -eq 1 ]] || fail "the second tune job submitted: $(cat submits)"
+  rm tune/best.toml
+  bash "$jobs/slurm_tune.sbatch" >job3.log 2>&1 && fail "an unfinished search was accepted"
+  grep -q "unfinished search" job3.log || fail "no clear refusal of an unfinished search: $(cat job3.log)"
+  ;;
+jobs_scripts_lint)
+  # The job scripts parse and are shellcheck-clean (shellcheck: Debian package, scripts/setup.sh).
+  for f in "$jobs"/*.sh "$jobs"/*.sbatch; do bash -n "$f" || fail "bash -n $f"; done
+  command -v shellcheck >/dev/null || fail "shellcheck is not installed (scripts/setup.sh installs it)"
+  (cd "$ex/.." && shellcheck -x examples/jobs/*.sh examples/jobs/*.sbatch) >lint.txt 2>&1 || fail "shellcheck: $(cat lint.txt)"
   ;;
 *) fail "unknown case" ;;
 esac
