@@ -66,6 +66,8 @@ std::vector<Key> bind(Config& c) {
       {"train.shard_optimizer", &t.shard_optimizer},
       {"train.local_sgd_steps", &t.local_sgd_steps},
       {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
+      {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},
+      {"train.pipeline_schedule", &t.pipeline_schedule},
   };
 }
 
@@ -432,6 +434,36 @@ void validate(const Config& c, const std::string& src) {
            "each rank would skip steps on its own non-finite gradients");
     refuse(t.precision == "fp16", "train.precision = \"fp16\"",
            "it uses dynamic loss scaling, and each rank would skip steps on its own non-finite gradients");
+  }
+  positive("train.pipeline_stages", static_cast<double>(t.pipeline_stages));
+  positive("train.micro_batches", static_cast<double>(t.micro_batches));
+  check_one_of(src, "train.pipeline_schedule", t.pipeline_schedule, {"gpipe", "1f1b"});
+  HPDL_CHECK(t.micro_batches == 1 || t.pipeline_stages > 1, "{}: train.micro_batches = {} needs train.pipeline_stages "
+             "> 1 (micro-batches are how a batch flows through pipeline stages)", src, t.micro_batches);
+  if (t.pipeline_stages > 1) {
+    HPDL_CHECK(c.data.batch_size % t.micro_batches == 0, "{}: data.batch_size = {} is not divisible by "
+               "train.micro_batches = {}; every micro-batch must hold the same number of samples", src,
+               c.data.batch_size, t.micro_batches);
+    // Each of these works on the whole model on every rank, or on gradients all-reduced over every rank.
+    auto refuse = [&](bool on, const std::string& key, const char* why) {
+      HPDL_CHECK(!on, "{}: train.pipeline_stages = {} cannot be combined with {}: {}; set one of them off", src,
+                 t.pipeline_stages, key, why);
+    };
+    refuse(t.device != "cpu", fmt::format("train.device = \"{}\"", t.device),
+           "pipeline stages exchange CPU tensors only");
+    refuse(t.sync_batchnorm, "train.sync_batchnorm = true",
+           "a stage's batch norm layers normalize each micro-batch on their own rank");
+    refuse(t.shard_optimizer, "train.shard_optimizer = true",
+           "each stage's optimizer already holds the state of that stage's parameters only");
+    refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
+           "the pipeline averages the replicas' gradients at every step");
+    refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),
+           "use train.micro_batches to split a batch instead");
+    refuse(t.bf16_wire, "train.bf16_wire = true", "the replicas' gradients are averaged in float32");
+    refuse(c.optimizer.clip_grad_norm > 0, fmt::format("optimizer.clip_grad_norm = {}", c.optimizer.clip_grad_norm),
+           "the global gradient norm would span every stage");
+    refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
+           fmt::format("train.loss_scale = '{}'", t.loss_scale), "each stage would unscale and skip steps on its own");
   }
 }
 

@@ -150,6 +150,18 @@ struct TrainConfig {
   // With local_sgd_steps: also average the optimizer's floating-point state
   // (momentum, Adam moments) at every averaging point.
   bool local_sgd_average_optimizer = false;
+  // Pipeline parallelism (dist::Pipeline; GPipe, Huang et al. 2019) under
+  // MPI: the model (an nn::Sequential) is cut into this many stages, one per
+  // rank, and the world is a grid of world / pipeline_stages data-parallel
+  // replicas of the pipeline. 1: off. Refused with sync_batchnorm,
+  // shard_optimizer, local_sgd_steps, accumulate_steps > 1, bf16_wire,
+  // optimizer.clip_grad_norm, loss scaling and GPU ranks.
+  int64_t pipeline_stages = 1;
+  // With pipeline_stages > 1: micro-batches per batch (must divide
+  // data.batch_size), and their order: "gpipe" (all forwards, then all
+  // backwards) or "1f1b" (one forward, one backward in turn; less memory).
+  int64_t micro_batches = 1;
+  std::string pipeline_schedule = "gpipe";
 };
 
 struct Config {

@@ -4,8 +4,10 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <tuple>
 
 #include <fmt/ranges.h>
@@ -20,6 +22,7 @@
 #include "hpdl/data/sampler.h"
 #include "hpdl/dist/communicator.h"
 #include "hpdl/dist/data_parallel.h"
+#include "hpdl/dist/pipeline.h"
 #include "hpdl/dist/sync_batchnorm.h"
 #include "hpdl/dist/zero.h"
 #include "hpdl/io/file.h"
@@ -217,6 +220,145 @@ std::vector<double> mib(const std::vector<int64_t>& v, double unit) {
   return out;
 }
 
+// ---- pipeline parallelism (train.pipeline_stages) ----
+
+// A dict of CPU tensors as bytes, to gather the stages' state dicts on one rank: the entry count,
+// then per entry [name length, name, dtype, ndim, dims..., byte count, bytes] (int64 words).
+std::vector<uint8_t> pack_tensors(const std::map<std::string, Tensor>& m) {
+  std::vector<uint8_t> out;
+  auto put = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    out.insert(out.end(), b, b + n);
+  };
+  auto word = [&](int64_t v) { put(&v, sizeof v); };
+  word(static_cast<int64_t>(m.size()));
+  for (const auto& [name, t] : m) {
+    Tensor c = t.to(kCPU).contiguous();
+    word(static_cast<int64_t>(name.size()));
+    put(name.data(), name.size());
+    word(static_cast<int64_t>(c.dtype()));
+    word(c.ndim());
+    for (int64_t d : c.shape()) word(d);
+    word(static_cast<int64_t>(c.nbytes()));
+    if (c.nbytes() > 0) put(c.raw_data(), c.nbytes());
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> unpack_tensors(const std::vector<uint8_t>& b, int from) {
+  size_t at = 0;
+  auto take = [&](void* p, size_t n) {
+    HPDL_CHECK(n <= b.size() - at, "pipeline checkpoint: the state sent by stage {} is truncated ({} bytes)", from,
+               b.size());
+    if (n > 0) std::memcpy(p, b.data() + at, n);
+    at += n;
+  };
+  auto word = [&] {
+    int64_t v = 0;
+    take(&v, sizeof v);
+    return v;
+  };
+  std::map<std::string, Tensor> m;
+  const int64_t count = word();
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t len = word();
+    HPDL_CHECK(len >= 0 && static_cast<size_t>(len) <= b.size() - at, "pipeline checkpoint: bad name length {} in "
+               "the state sent by stage {}", len, from);
+    std::string name(static_cast<size_t>(len), '\0');
+    take(name.data(), name.size());
+    const auto dtype = static_cast<DType>(word());
+    const int64_t ndim = word();
+    HPDL_CHECK(ndim >= 0 && ndim <= 16, "pipeline checkpoint: '{}' from stage {} has {} dimensions", name, from, ndim);
+    Shape shape(static_cast<size_t>(ndim));
+    for (auto& d : shape) d = word();
+    Tensor t = Tensor::empty(shape, dtype);
+    const int64_t bytes = word();
+    HPDL_CHECK(bytes == static_cast<int64_t>(t.nbytes()), "pipeline checkpoint: '{}' from stage {} holds {} bytes, "
+               "expected {} for {}", name, from, bytes, t.nbytes(), t.str());
+    take(t.raw_data(), t.nbytes());
+    m.emplace(std::move(name), t);
+  }
+  return m;
+}
+
+// The union of the dicts of every rank of `c` (their names are disjoint, apart from entries equal
+// on every rank, such as the optimizer's "step", of which rank 0's is kept), on rank 0 of `c`;
+// an empty dict elsewhere. Collective over `c`.
+std::map<std::string, Tensor> gather_dicts(dist::Communicator& c, std::map<std::string, Tensor> mine) {
+  constexpr int kTag = 7410;
+  if (c.rank() != 0) {
+    const auto bytes = pack_tensors(mine);
+    c.send_bytes(bytes.data(), static_cast<int64_t>(bytes.size()), 0, kTag);
+    return {};
+  }
+  for (int r = 1; r < c.size(); ++r)
+    for (auto& [k, v] : unpack_tensors(c.recv_bytes(r, kTag), r)) mine.emplace(k, v);
+  return mine;
+}
+
+// A pipeline stage's share of a whole model's dicts: the model entries it has, and the optimizer
+// entries "<parameter>.<buffer>" of its parameters (with the shared "step").
+std::map<std::string, Tensor> stage_model_slice(const std::map<std::string, Tensor>& full, nn::Module& stage) {
+  std::map<std::string, Tensor> out;
+  for (const auto& [k, _] : stage.state_dict()) {
+    auto it = full.find(k);
+    if (it != full.end()) out.emplace(k, it->second);  // a missing one: load_state_dict names it
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> stage_optimizer_slice(const std::map<std::string, Tensor>& full, nn::Module& stage) {
+  std::set<std::string> params;
+  for (const auto& [name, _] : stage.named_parameters()) params.insert(name);
+  std::map<std::string, Tensor> out;
+  for (const auto& [k, v] : full) {
+    const auto dot = k.rfind('.');
+    if (k == "step" || (dot != std::string::npos && params.count(k.substr(0, dot)))) out.emplace(k, v);
+  }
+  return out;
+}
+
+// Loss and accuracy through a pipeline: the replicas share the dataset, every rank of a pipeline
+// reads its replica's batches, the first stage feeds them in and the last scores the outputs; the
+// sums go to every rank of the grid, so all report the same numbers.
+EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
+                             std::shared_ptr<const data::Dataset> dataset, const DataConfig& config) {
+  auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), grid.replicas, grid.replica, false, 0,
+                                                            false);
+  data::DataLoaderOptions lo;
+  lo.batch_size = std::max<int64_t>(config.batch_size, 256);
+  lo.workers = static_cast<int>(config.workers);
+  lo.prefetch = static_cast<int>(std::max<int64_t>(1, config.prefetch));
+  data::DataLoader loader(dataset, sampler, lo, make_pipeline(config, false));
+  loader.start_epoch(0);
+  nn::Module& stage = pipe.stage();
+  const bool was_training = stage.is_training();
+  stage.eval();
+  NoGradGuard ng;
+  StepStats s;
+  MetricSums sums;
+  data::Batch b;
+  // As evaluate(): the sampler pads the last shard by wrapping; count each sample once.
+  int64_t seen = 0;
+  const int64_t mine = (dataset->size() - grid.replica + grid.replicas - 1) / grid.replicas;
+  while (loader.next(b)) {
+    const int64_t keep = std::min<int64_t>(b.size(), mine - seen);
+    seen += b.size();
+    if (keep <= 0) continue;
+    Tensor x = keep < b.size() ? b.images.slice(0, 0, keep) : b.images;
+    Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
+    Tensor logits = pipe.forward(x);
+    if (pipe.is_last()) {
+      sums.add(MetricSums::of_batch(cross_entropy(logits, y, 0.0, Reduction::sum), 1.0, logits, y));
+      s.count += static_cast<double>(keep);
+    }
+  }
+  stage.train(was_training);
+  std::tie(s.loss_sum, s.correct) = sums.read();
+  s = allreduce_stats(*grid.all, s);
+  return {s.loss_sum / std::max(1.0, s.count), s.correct / std::max(1.0, s.count), static_cast<int64_t>(s.count)};
+}
+
 }  // namespace
 
 Datasets load_datasets(const DataConfig& config) {
@@ -358,6 +500,18 @@ TrainSummary Trainer::run(bool resume) {
   }
   HPDL_CHECK(cfg.train.precision == "fp32" || device.is_cuda(), "train.precision = \"{}\" needs train.device = "
              "\"cuda\" (bf16/fp16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
+  // ---- pipeline parallelism (train.pipeline_stages): a grid of pipelines x data-parallel replicas ----
+  // The data is sharded over the replicas; every rank of a pipeline reads its replica's batches.
+  const int stages = static_cast<int>(cfg.train.pipeline_stages);
+  const bool pipelined = stages > 1;
+  dist::PipelineGrid grid;
+  if (pipelined) {
+    HPDL_CHECK(world % stages == 0, "train.pipeline_stages = {} does not divide the {} rank(s) of this run: run with "
+               "a multiple of {} ranks (pipelines of {} stages x data-parallel replicas), or set "
+               "train.pipeline_stages = 1", stages, world, stages, stages);
+    grid = dist::make_pipeline_grid(comm, stages);
+  }
+  const int replicas = pipelined ? grid.replicas : world, replica = pipelined ? grid.replica : rank;
   // bf16: autocast (hpdl/ops/autocast.h) around forward and loss: convolutions
   // and matmuls on tensor cores, activations (channels-last) and their
   // gradients in bfloat16; master weights, their gradients and optimizer state
@@ -388,7 +542,7 @@ TrainSummary Trainer::run(bool resume) {
 
   // ---- data ----
   Datasets ds = load_datasets(cfg.data);
-  auto sampler = std::make_shared<data::DistributedSampler>(ds.train->size(), world, rank, cfg.data.shuffle,
+  auto sampler = std::make_shared<data::DistributedSampler>(ds.train->size(), replicas, replica, cfg.data.shuffle,
                                                             cfg.train.seed, cfg.data.drop_last);
   data::DataLoaderOptions lo;
   lo.batch_size = cfg.data.batch_size;
@@ -410,13 +564,48 @@ TrainSummary Trainer::run(bool resume) {
   // epoch may be shorter). Steps, the schedule and checkpoints count optimizer steps.
   const int64_t accum = cfg.train.accumulate_steps;
   const int64_t steps_per_epoch = (batches_per_epoch + accum - 1) / accum;
+  if (pipelined && !cfg.data.drop_last) {
+    const int64_t tail = per_rank % cfg.data.batch_size;
+    HPDL_CHECK(tail % cfg.train.micro_batches == 0, "train.micro_batches = {}: the last batch of each epoch holds {} "
+               "samples ({} per replica, data.batch_size = {}), which do not split into that many equal "
+               "micro-batches; set data.drop_last = true or a train.micro_batches that divides {}",
+               cfg.train.micro_batches, tail, per_rank, cfg.data.batch_size, tail);
+  }
 
   // ---- model, optimizer, schedule ----
   Shape sample = make_pipeline(cfg.data, true).output_shape(ds.train->sample_shape());
   nn::ModulePtr model = build_model(cfg, sample);
   model->to(device);
   model->train();
-  const int64_t global_batch = cfg.data.batch_size * world * accum;
+  const int64_t model_parameters = model->num_parameters();
+  // With pipeline stages, `model` becomes this rank's stage (the model's layers it holds, under the
+  // model's names); the pipeline owns it, and the other stages' layers are freed here.
+  std::unique_ptr<dist::Pipeline> pipeline;
+  if (pipelined) {
+    auto seq = std::dynamic_pointer_cast<nn::Sequential>(model);
+    HPDL_CHECK(seq != nullptr, "train.pipeline_stages = {}: model.name = \"{}\" is not a sequence of layers (an "
+               "nn::Sequential at the top), so it cannot be cut into stages; use mlp, lenet5, resnet20, alexnet_bn, "
+               "vgg11_bn, vgg16_bn or custom, or set train.pipeline_stages = 1", stages, cfg.model.name);
+    dist::PipelineOptions po;
+    po.micro_batches = static_cast<int>(cfg.train.micro_batches);
+    po.schedule = cfg.train.pipeline_schedule == "1f1b" ? dist::PipelineSchedule::one_f_one_b
+                                                        : dist::PipelineSchedule::gpipe;
+    pipeline = std::make_unique<dist::Pipeline>(seq, grid, po);
+    seq.reset();
+    model = nn::ModulePtr(nn::ModulePtr(), &pipeline->stage());  // not owning: the pipeline holds the stage
+    const int s = pipeline->stage_index();
+    int64_t empty_stage = model->num_parameters() == 0 ? s : -1;
+    comm.allreduce(&empty_stage, 1, DType::i64, dist::ReduceKind::max);
+    HPDL_CHECK(empty_stage < 0, "train.pipeline_stages = {}: stage {} of model.name = \"{}\" has no parameters to "
+               "train; use fewer stages", stages, empty_stage, cfg.model.name);
+    if (root)
+      std::fprintf(log, "hpdl: pipeline: %d stages x %d replica(s), %lld micro-batches per batch (%s); stages "
+                   "begin at layers %s of %lld\n", stages, replicas, static_cast<long long>(cfg.train.micro_batches),
+                   cfg.train.pipeline_schedule.c_str(),
+                   fmt::format("{}", fmt::join(pipeline->bounds().begin(), pipeline->bounds().end() - 1, ", ")).c_str(),
+                   static_cast<long long>(pipeline->bounds().back()));
+  }
+  const int64_t global_batch = cfg.data.batch_size * replicas * accum;
   auto ocfg = optimizer_config(cfg.optimizer, global_batch);
   // train.shard_optimizer (ZeRO-1): each rank keeps the optimizer state of the parameters it owns and
   // broadcasts them after stepping; one rank is the plain optimizer.
@@ -435,7 +624,7 @@ TrainSummary Trainer::run(bool resume) {
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
   std::unique_ptr<dist::DataParallel> dp;
   // ---- data parallelism and synchronized batch norm (train.sync_batchnorm) ----
-  if (world > 1) {
+  if (world > 1 && !pipelined) {
     dist::DataParallelOptions dpo;
     // Per-rank BN, or BN groups smaller than the world: every rank keeps rank 0's running statistics.
     dpo.broadcast_buffers = !cfg.train.sync_batchnorm ||
@@ -496,8 +685,13 @@ TrainSummary Trainer::run(bool resume) {
       for (auto& p : problems) std::fprintf(log, "hpdl: skipping bad checkpoint: %s\n", p.c_str());
     HPDL_CHECK(info.has_value(), "--resume: no valid checkpoint in {}/checkpoints", run_dir.string());
     auto tensors = ckpt.load(*info);
-    model->load_state_dict(with_prefix(tensors, "model."));
-    opt->load_state_dict(with_prefix(tensors, "optim."));
+    // Checkpoints hold the whole model under its own names, whatever the stage count that wrote
+    // them: a pipeline stage loads its share.
+    auto model_state = with_prefix(tensors, "model."), optim_state = with_prefix(tensors, "optim.");
+    if (pipelined)
+      model_state = stage_model_slice(model_state, *model), optim_state = stage_optimizer_slice(optim_state, *model);
+    model->load_state_dict(model_state);
+    opt->load_state_dict(optim_state);
     const int saved_world = info->meta.extra.value("world", world);
     // Local SGD: each rank resumes its own optimizer state when the rank count is unchanged
     // (an exact resume); otherwise every rank starts from rank 0's.
@@ -520,8 +714,9 @@ TrainSummary Trainer::run(bool resume) {
     epoch = info->meta.epoch;
     // The position counts samples of this rank's epoch order; with another
     // rank count, re-shard from the same global sample count (elastic restart).
+    // ("world" counts the ranks the data was sharded over: the data-parallel replicas.)
     const int64_t global_pos = info->meta.sampler_position * saved_world;
-    position = std::min<int64_t>(per_rank, global_pos / world);
+    position = std::min<int64_t>(per_rank, global_pos / replicas);
     for (auto& g : info->meta.rng)
       for (auto& [name, gen] : model->named_generators())
         if (name == g.name) gen->set_state(g.seed, g.offset);
@@ -539,7 +734,20 @@ TrainSummary Trainer::run(bool resume) {
     // Local SGD: a checkpoint is an averaging point, so every rank agrees on the weights saved.
     average_replicas();
     std::map<std::string, Tensor> opt_state;
-    if (root || shard_optimizer || local_sgd > 0) opt_state = opt->state_dict();
+    // Pipeline: the replicas are identical, so replica 0's stages send their model, optimizer and
+    // generator state to world rank 0 (its first stage), which writes one whole-model checkpoint.
+    std::map<std::string, Tensor> gathered;
+    if (pipelined) {
+      if (grid.replica != 0) return;
+      std::map<std::string, Tensor> mine = prefixed(model->state_dict(), "model.");
+      for (auto& [k, v] : opt->state_dict()) mine["optim." + k] = v;
+      for (auto& [name, gen] : model->named_generators())
+        mine["rng." + name] = Tensor::from_vector<int64_t>(
+            {static_cast<int64_t>(gen->seed()), static_cast<int64_t>(gen->offset())}, {2});
+      gathered = gather_dicts(*grid.pipeline, std::move(mine));
+    } else if (root || shard_optimizer || local_sgd > 0) {
+      opt_state = opt->state_dict();
+    }
     // Local SGD keeps optimizer state per rank: rank r > 0's float state goes in as local_sgd.rank<r>.<key>.
     std::map<std::string, Tensor> rank_state;
     if (local_sgd > 0 && !cfg.train.local_sgd_average_optimizer)
@@ -555,7 +763,21 @@ TrainSummary Trainer::run(bool resume) {
     meta.epoch = ep;
     meta.sampler_position = pos;
     meta.config = to_json(cfg);
-    meta.extra = {{"world", world}};
+    meta.extra = {{"world", replicas}};
+    if (pipelined) {
+      meta.extra["pipeline_stages"] = stages;
+      std::map<std::string, Tensor> tensors;
+      for (auto& [k, v] : gathered) {
+        if (k.rfind("rng.", 0) != 0) {
+          tensors[k] = v;
+          continue;
+        }
+        const auto st = v.to_vector<int64_t>();
+        meta.rng.push_back({k.substr(4), static_cast<uint64_t>(st[0]), static_cast<uint64_t>(st[1])});
+      }
+      ckpt.save(meta, tensors);
+      return;
+    }
     for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
     std::map<std::string, Tensor> tensors = prefixed(model->state_dict(), "model.");
     for (auto& [k, v] : opt_state) tensors["optim." + k] = v;
@@ -574,7 +796,7 @@ TrainSummary Trainer::run(bool resume) {
   if (root)
     std::fprintf(log, "hpdl: training %s (%lld parameters) on %s, %lld samples, %d rank(s) x %d thread(s), "
                  "batch %lld per rank, %lld steps per epoch\n",
-                 cfg.model.name.c_str(), static_cast<long long>(model->num_parameters()), cfg.data.dataset.c_str(),
+                 cfg.model.name.c_str(), static_cast<long long>(model_parameters), cfg.data.dataset.c_str(),
                  static_cast<long long>(ds.train->size()), world, num_threads(),
                  static_cast<long long>(cfg.data.batch_size), static_cast<long long>(steps_per_epoch));
 
@@ -622,6 +844,19 @@ TrainSummary Trainer::run(bool resume) {
           trace.span("data_wait", "data", t0, trace_now_us(), 2);
         }
         if (dp) dp->set_accumulating(local_sgd > 0 || micro + 1 < group);
+        if (pipelined) {
+          // Every rank of the pipeline holds the batch: the first stage feeds in the images, the last
+          // scores each micro-batch (its mean loss and correct predictions into this step's sums).
+          TraceRecorder::Scope scope(trace, "pipeline_step", "compute");
+          const Tensor labels = batch.labels;
+          pipeline->train_step(batch.images, labels, [&](const Tensor& out, const Tensor& y) {
+            Tensor l = cross_entropy(out, y, cfg.train.label_smoothing);
+            step_sums.add(MetricSums::of_batch(l, static_cast<double>(y.dim(0)), out, y));
+            return l;
+          });
+          if (pipeline->is_last()) step_count += static_cast<double>(batch.size());
+          continue;
+        }
         Tensor logits, loss, labels = batch.labels.to(device);
         {
           TraceRecorder::Scope s(trace, "forward", "compute");
@@ -758,12 +993,14 @@ TrainSummary Trainer::run(bool resume) {
         ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last || epoch + 1 == cfg.train.stop_after_epoch)) {
       AutocastScope ac(DType::bf16, autocast_bf16);
       if (ds.validation) {
-        EvalResult val = evaluate(*model, ds.validation, cfg.data, &comm);
+        EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data)
+                                   : evaluate(*model, ds.validation, cfg.data, &comm);
         rec["val_loss"] = val.loss;
         rec["val_accuracy"] = val.accuracy;
         summary.val_accuracy = val.accuracy, summary.val_loss = val.loss;
       }
-      EvalResult ev = evaluate(*model, ds.test, cfg.data, &comm);
+      EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data)
+                                : evaluate(*model, ds.test, cfg.data, &comm);
       rec["test_loss"] = ev.loss;
       rec["test_accuracy"] = ev.accuracy;
       summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss;
@@ -799,7 +1036,9 @@ TrainSummary Trainer::run(bool resume) {
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
   summary.peak_tensor_memory_mb = memory.peak_mb();
-  if (world > 1) {
+  // Pipeline: the replicas of each stage (its ranks in the other pipelines) are compared.
+  dist::Communicator& replica_comm = pipelined ? *grid.data : comm;
+  if (replica_comm.size() > 1) {
     // Replica check: every rank must end with bitwise identical weights.
     uint64_t h = 0;
     for (auto& [name, t] : model->state_dict()) {
@@ -807,11 +1046,15 @@ TrainSummary Trainer::run(bool resume) {
       h = io::xxh64(c.raw_data(), c.nbytes(), h);
     }
     Tensor mine = Tensor::from_vector<int64_t>({static_cast<int64_t>(h)}, {1});
-    auto all = comm.allgather(mine).to_vector<int64_t>();
-    for (int r = 1; r < world; ++r)
-      HPDL_CHECK(all[r] == all[0], "replica check: rank {} ended with different weights than rank 0 "
-                 "(weights hash {:016x} vs {:016x})", r, static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
-    if (root) std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
+    auto all = replica_comm.allgather(mine).to_vector<int64_t>();
+    for (int r = 1; r < replica_comm.size(); ++r)
+      HPDL_CHECK(all[r] == all[0], "replica check: {} {} ended with different weights than {} 0 "
+                 "(weights hash {:016x} vs {:016x})", pipelined ? "replica" : "rank", r, pipelined ? "replica" : "rank",
+                 static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
+    if (root && pipelined)
+      std::fprintf(log, "hpdl: replica check: each stage's weights identical in all %d replicas\n", replicas);
+    else if (root)
+      std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
   // Optimizer state and peak resident memory of every rank (what sharding saves), in summary.json.
   std::vector<int64_t> state_bytes, peak_rss_kb;
@@ -850,6 +1093,8 @@ TrainSummary Trainer::run(bool resume) {
     s["shard_optimizer"] = shard_optimizer;
     s["local_sgd_steps"] = local_sgd;
     s["step_meetings"] = step_meetings;
+    s["pipeline_stages"] = stages;
+    if (pipelined) s["micro_batches"] = cfg.train.micro_batches, s["pipeline_schedule"] = cfg.train.pipeline_schedule;
     if (dp) s["sync_allreduces"] = dp->sync_allreduces(), s["sync_allreduce_mb"] =
         static_cast<double>(dp->sync_allreduce_bytes()) / (1 << 20);
     if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;

@@ -1,6 +1,8 @@
 // Trainer: what `hpdl train` runs. From a Config it builds the datasets, the
 // sampler (this rank's shard), the DataLoader, the model, the optimizer and
-// schedule, wraps the model in DataParallel under MPI, and runs the epochs:
+// schedule, wraps the model in DataParallel under MPI (or, with
+// train.pipeline_stages, cuts it into dist::Pipeline stages over a grid of
+// pipelines x data-parallel replicas), and runs the epochs:
 // forward, loss, backward (buckets all-reduced while it runs), optimizer step,
 // all-reduced metrics, progress, metrics.jsonl, checkpoints (every N steps or
 // epochs, and on SIGTERM/SIGUSR1), evaluation, and a summary at the end.

@@ -7,6 +7,9 @@
 # with train.shard_optimizer (ZeRO-1) it must write the same checkpoint bytes as
 # without, and checkpoints must resume across sharded/unsharded and rank counts.
 # With train.local_sgd_steps (local SGD) it must train, end with identical replicas, and resume exactly.
+# With train.pipeline_stages (pipeline parallelism) it must follow the loss curve of the data-parallel
+# run with the same global batch, write whole-model checkpoints that resume at any stage count, and
+# refuse by name what it does not support.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -27,6 +30,26 @@ check_table() {
     }
     END { if (n == 0) { print "no table rows"; bad = 1 } else if (prev_r != max) { print "last row " prev_r " != " max; bad = 1 }
           exit bad }' out.txt
+}
+
+# compare_curves RUN_A RUN_B RTOL: the step records of two runs' metrics.jsonl have the same steps, and
+# their loss and accuracy agree within RTOL (relative; 0: exactly).
+compare_curves() {
+  python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "$3" <<'PY'
+import json, sys
+def steps(p):
+    return [r for r in map(json.loads, open(p)) if r.get("type") == "step"]
+a, b, tol = steps(sys.argv[1]), steps(sys.argv[2]), float(sys.argv[3])
+assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
+worst = 0.0
+for x, y in zip(a, b):
+    assert x["step"] == y["step"], (x["step"], y["step"])
+    for k in ("loss", "accuracy"):
+        d = abs(x[k] - y[k]) / max(1e-12, abs(x[k]))
+        worst = max(worst, d)
+        assert d <= tol, (x["step"], k, x[k], y[k])
+print(f"{len(a)} steps, worst relative difference {worst:.3g}")
+PY
 }
 
 case $case_name in
@@ -164,6 +187,84 @@ train_local_sgd_resume_np2)
   grep -q "weights identical on all 2 ranks" log_c || fail "replicas differ after the resume: $(tail -5 log_c)"
   cmp straight/checkpoints/step-0000000006.safetensors chunked/checkpoints/step-0000000006.safetensors \
     || fail "the resumed local SGD run differs from the straight one"
+  ;;
+train_pipeline_np2)
+  # A tiny MLP on 6000 training samples (54000 held out for validation), one epoch. Two stages with one
+  # micro-batch do exactly what one process does: the same checkpoint bytes, metrics and evaluation.
+  # Four micro-batches (1F1B) change only the order of float sums in the gradients.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+            --set train.epochs=1 --set model.hidden=[64] --set data.batch_size=64 --set data.validation=54000 \
+            --set data.workers=1 --set train.log_every=1 "${@:2}"; }
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 --set train.pipeline_stages=2 --set train.run_dir=pipe >log_2 2>&1 || fail "pipeline run failed: $(tail -5 log_2)"
+  run 2 --set train.pipeline_stages=2 --set train.micro_batches=4 --set train.pipeline_schedule=1f1b \
+    --set train.run_dir=pipe_m4 >log_3 2>&1 || fail "1f1b pipeline run failed: $(tail -5 log_3)"
+  grep -q "pipeline: 2 stages x 1 replica(s), 4 micro-batches per batch (1f1b)" log_3 || fail "no pipeline line: $(head -3 log_3)"
+  cmp single/checkpoints/step-0000000094.safetensors pipe/checkpoints/step-0000000094.safetensors \
+    || fail "the 2-stage checkpoint differs from the single-process one"
+  compare_curves single pipe 0 || fail "the 2-stage metrics differ from the single-process ones"
+  compare_curves single pipe_m4 1e-4 || fail "the 4-micro-batch loss curve is off"
+  python3 - single/summary.json pipe/summary.json pipe_m4/summary.json <<'PY' || fail "bad summaries"
+import json, sys
+a, b, c = (json.load(open(p)) for p in sys.argv[1:])
+assert b["pipeline_stages"] == 2 and c["micro_batches"] == 4 and c["pipeline_schedule"] == "1f1b", (b, c)
+for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
+    assert a[k] == b[k], (k, a[k], b[k])
+    assert abs(a[k] - c[k]) <= 2e-3 * max(1.0, abs(a[k])), (k, a[k], c[k])
+assert a["test_accuracy"] > 0.6, a["test_accuracy"]
+PY
+  ;;
+train_pipeline_resume_np2)
+  # LeNet-5, 6 steps straight on one process against 3 steps on 2 stages resumed on one process,
+  # and 3 steps on one process resumed on 2 stages: checkpoints hold the whole model under its own
+  # names, so both give the straight run's bytes (weights and momentum). Then hpdl eval reads one.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "${@:2}" \
+            --set data.batch_size=32 --set data.workers=1; }
+  lenet="$ex/fashion_mnist/lenet5.toml"
+  run 1 "$lenet" --set train.max_steps=6 --set train.run_dir=straight >log_a 2>&1 || fail "straight run failed: $(tail -5 log_a)"
+  run 2 "$lenet" --set train.max_steps=3 --set train.pipeline_stages=2 --set train.run_dir=p2s1 >log_b 2>&1 \
+    || fail "pipeline chunk failed: $(tail -5 log_b)"
+  run 1 --resume p2s1 --set train.max_steps=6 --set train.pipeline_stages=1 >log_c 2>&1 \
+    || fail "2 stages -> 1 resume failed: $(tail -5 log_c)"
+  grep -q "resumed from" log_c || fail "did not resume: $(tail -5 log_c)"
+  cmp straight/checkpoints/step-0000000006.safetensors p2s1/checkpoints/step-0000000006.safetensors \
+    || fail "2 stages resumed on 1 differ from the straight run"
+  run 1 "$lenet" --set train.max_steps=3 --set train.run_dir=p1s2 >log_d 2>&1 || fail "single chunk failed: $(tail -5 log_d)"
+  run 2 --resume p1s2 --set train.max_steps=6 --set train.pipeline_stages=2 >log_e 2>&1 \
+    || fail "1 -> 2 stages resume failed: $(tail -5 log_e)"
+  grep -q "resumed from" log_e || fail "did not resume: $(tail -5 log_e)"
+  cmp straight/checkpoints/step-0000000006.safetensors p1s2/checkpoints/step-0000000006.safetensors \
+    || fail "1 stage resumed on 2 differs from the straight run"
+  OMP_NUM_THREADS=1 "$hpdl" eval --checkpoint p1s2 >log_f 2>&1 || fail "hpdl eval of a pipeline checkpoint failed: $(tail -3 log_f)"
+  grep -qi "accuracy" log_f || fail "hpdl eval printed no accuracy: $(tail -3 log_f)"
+  ;;
+train_pipeline_np4)
+  # Two pipelines of two stages (4 ranks, 2 micro-batches) against 2-rank data parallelism: the same
+  # global batch and shards, so the same loss curve up to float summation order, and the replicas agree.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+            --set model.hidden=[64] --set data.batch_size=32 --set data.workers=1 --set train.max_steps=12 \
+            --set train.log_every=1 "${@:2}"; }
+  run 2 --set train.run_dir=dp >log_a 2>&1 || fail "data-parallel run failed: $(tail -5 log_a)"
+  run 4 --set train.pipeline_stages=2 --set train.micro_batches=2 --set train.run_dir=grid >log_b 2>&1 \
+    || fail "2 x 2 pipeline run failed: $(tail -5 log_b)"
+  grep -q "pipeline: 2 stages x 2 replica(s)" log_b || fail "no grid line: $(head -3 log_b)"
+  grep -q "each stage's weights identical in all 2 replicas" log_b || fail "replicas differ: $(tail -5 log_b)"
+  compare_curves dp grid 1e-4 || fail "the 2 x 2 grid's loss curve differs from data parallelism"
+  ;;
+train_pipeline_refused_np2)
+  # What pipelines cannot do is refused by name, before training.
+  try() { "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$@" --set train.max_steps=1 \
+            --set data.batch_size=8 --set data.workers=1 --set train.run_dir=run >log 2>&1; }
+  try "$ex/fashion_mnist/mlp.toml" --set train.pipeline_stages=3 && fail "3 stages on 2 ranks were accepted"
+  grep -q "train.pipeline_stages = 3 does not divide the 2 rank(s) of this run" log || fail "unclear error: $(tail -3 log)"
+  try "$ex/fashion_mnist/vit.toml" --set train.pipeline_stages=2 && fail "a ViT pipeline was accepted"
+  grep -q 'train.pipeline_stages = 2: model.name = "vit" is not a sequence of layers' log || fail "unclear error: $(tail -3 log)"
+  try "$ex/fashion_mnist/mlp.toml" --set train.pipeline_stages=2 --set train.shard_optimizer=true \
+    && fail "pipeline + shard_optimizer was accepted"
+  grep -q "train.pipeline_stages = 2 cannot be combined with train.shard_optimizer = true" log || fail "unclear error: $(tail -3 log)"
+  try "$ex/fashion_mnist/mlp.toml" --set train.pipeline_stages=2 --set train.micro_batches=8 --set data.validation=59996 \
+    && fail "a last batch that does not split into micro-batches was accepted"
+  grep -q "train.micro_batches = 8: the last batch of each epoch holds 4 samples" log || fail "unclear error: $(tail -3 log)"
   ;;
 *) fail "unknown case" ;;
 esac

@@ -233,6 +233,52 @@ TEST(Config, LocalSgdRangesAndIncompatibleOptions) {
   }
 }
 
+// train.pipeline_stages, train.micro_batches, train.pipeline_schedule: off by default, ranges,
+// micro-batches that split data.batch_size evenly, and the combinations refused (naming both keys).
+TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
+  Config d = parse_config("", "c.toml");
+  EXPECT_EQ(d.train.pipeline_stages, 1);
+  EXPECT_EQ(d.train.micro_batches, 1);
+  EXPECT_EQ(d.train.pipeline_schedule, "gpipe");
+  Config c = parse_config("[data]\nbatch_size = 32\n[train]\npipeline_stages = 2\nmicro_batches = 4\n"
+                          "pipeline_schedule = \"1f1b\"\n", "c.toml");
+  EXPECT_EQ(c.train.pipeline_stages, 2);
+  EXPECT_EQ(c.train.micro_batches, 4);
+  EXPECT_EQ(c.train.pipeline_schedule, "1f1b");
+  // The resolved config reads back equal.
+  EXPECT_EQ(parse_config(to_toml(c), "r.toml").train.pipeline_schedule, "1f1b");
+  EXPECT_EQ(parse_config(to_toml(c), "r.toml").train.micro_batches, 4);
+  std::string err = error_of([] { parse_config("[train]\npipeline_stages = 0\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.pipeline_stages must be > 0, got 0"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\npipeline_stages = 2\nmicro_batches = 0\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.micro_batches must be > 0, got 0"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\npipeline_stages = 2\npipeline_schedule = \"pipedream\"\n", "c.toml"); });
+  EXPECT_NE(err.find("train.pipeline_schedule"), std::string::npos) << err;
+  EXPECT_NE(err.find("pipedream"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\nmicro_batches = 4\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.micro_batches = 4 needs train.pipeline_stages > 1"), std::string::npos) << err;
+  err = error_of([] { parse_config("[data]\nbatch_size = 30\n[train]\npipeline_stages = 2\nmicro_batches = 4\n",
+                                   "c.toml"); });
+  EXPECT_NE(err.find("c.toml: data.batch_size = 30 is not divisible by train.micro_batches = 4"), std::string::npos)
+      << err;
+  const std::pair<std::string, std::string> refused[] = {
+      {"[train]\ndevice = \"cuda\"", "train.device = \"cuda\""},
+      {"[train]\nsync_batchnorm = true", "train.sync_batchnorm = true"},
+      {"[train]\nshard_optimizer = true", "train.shard_optimizer = true"},
+      {"[train]\nlocal_sgd_steps = 4", "train.local_sgd_steps = 4"},
+      {"[train]\naccumulate_steps = 2", "train.accumulate_steps = 2"},
+      {"[train]\nbf16_wire = true", "train.bf16_wire = true"},
+      {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
+      {"[optimizer]\nclip_grad_norm = 1.0", "optimizer.clip_grad_norm = 1"},
+  };
+  for (auto& [lines, key] : refused) {
+    err = error_of([&] { parse_config(lines + "\n", "c.toml", {"train.pipeline_stages=2"}); });
+    EXPECT_NE(err.find("train.pipeline_stages = 2 cannot be combined with " + key), std::string::npos)
+        << lines << ": " << err;
+    EXPECT_NO_THROW(parse_config(lines + "\n", "c.toml")) << lines << " alone is fine";
+  }
+}
+
 // train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
 // or string, also through --set), did-you-mean for a misspelt word, and which
 // scaler each combination makes.
