@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# ZeRO-1 (train.shard_optimizer): optimizer-state bytes and peak RSS per rank,
-# and time per step and in the optimizer, sharded vs not, with AdamW on
+# ZeRO-1 (train.shard_optimizer) and ZeRO-2 (train.zero_stage = 2): optimizer-
+# state bytes, gradient-bucket bytes (held after the last step, and the most
+# held at once during it)
+# and peak RSS per rank, and time per step and in the optimizer, unsharded vs
+# ZeRO-1 vs ZeRO-2 (MODES, default "off 1 2"), with AdamW on
 # synthetic data (random 3x32x32 images written as .npy), at 2 and 4 ranks.
 # One epoch of exactly STEPS steps per run, no checkpoint and no evaluation, so
 # the peak RSS is that of training. Times come from the Chrome trace (rank 0):
 # a step is forward start to the next forward start; the first two steps are
 # warm-up. Prints a Markdown table (min / median over the repeats' steps).
 # Usage: bench/dist/zero_memory.sh [MODEL=resnet50] [REPEATS=3] [STEPS=8] [BATCH=8]
+# Environment: MODES (default "off 1 2"), NPS (rank counts, default "2 4"),
+# BUCKET_MB (train.bucket_mb; default: the config's 25).
 set -euo pipefail
 model=${1:-resnet50}; repeats=${2:-3}; steps=${3:-8}; batch=${4:-8}
 hpdl=${HPDL:-$(pwd)/build/bin/hpdl}
@@ -51,27 +56,34 @@ stats() {  # "min / median" of a comma-separated list
   python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1].split(',') if x]; print(f'{min(v):.0f} / {statistics.median(v):.0f}')" "$1"
 }
 
-echo "| ranks | sharded | optimizer state MiB per rank | peak RSS MiB per rank | step ms (min / median) | optimizer ms (min / median) |"
-echo "|---|---|---|---|---|---|"
-for np in 2 4; do
+per_rank() {  # summary.json key $2 (bytes, or MiB with $3 = mb) as "a, b, ..." MiB
+  python3 -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; d=1 if sys.argv[3]=='mb' else 2**20; print(', '.join(f'{b/d:.1f}' for b in v))" "$@"
+}
+
+echo "| ranks | ZeRO | optimizer state MiB per rank | gradient MiB per rank after the step (peak in it) | peak RSS MiB per rank | step ms (min / median) | optimizer ms (min / median) |"
+echo "|---|---|---|---|---|---|---|"
+for np in ${NPS:-2 4}; do
   make_npy "$work/data$np" $((np * batch * steps))
-  for shard in false true; do
-    all_step=""; all_opt=""; state=""; rss=""
+  for mode in ${MODES:-off 1 2}; do
+    shard=true; stage=$mode
+    [[ $mode == off ]] && shard=false stage=1
+    all_step=""; all_opt=""; state=""; rss=""; grads=""
     for rep in $(seq 1 "$repeats"); do
-      run="$work/run_${np}_${shard}_$rep"
+      run="$work/run_${np}_${mode}_$rep"
       "$mpirun" --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS=1 "$hpdl" train "$work/bench.toml" \
         --set data.dataset=npy --set data.path="$work/data$np" --set data.batch_size="$batch" --set data.workers=1 \
         --set data.mean=[0.5] --set data.std=[0.25] --set model.name="$model" --set model.in_channels=3 \
         --set model.num_classes=10 --set optimizer.name=adamw --set optimizer.lr=0.001 \
         --set optimizer.weight_decay=0.01 --set train.epochs=1 --set train.threads=1 \
         --set train.checkpoint_every_epochs=0 --set train.eval_every_epochs=0 --set train.trace=true \
-        --set train.shard_optimizer="$shard" --set train.run_dir="$run" >"$run.log" 2>&1 \
+        ${BUCKET_MB:+--set train.bucket_mb=$BUCKET_MB} --set train.shard_optimizer="$shard" --set train.zero_stage="$stage" --set train.run_dir="$run" >"$run.log" 2>&1 \
         || { echo "run failed: $(tail -3 "$run.log")" >&2; exit 1; }
       read -r s o <<<"$(trace_times "$run/trace.json")"
       all_step+="$s,"; all_opt+="$o,"
-      state=$(python3 -c "import json,sys; print(', '.join(f'{b/2**20:.1f}' for b in json.load(open(sys.argv[1]))['optimizer_state_bytes_per_rank']))" "$run/summary.json")
-      rss=$(python3 -c "import json,sys; print(', '.join(f'{m:.0f}' for m in json.load(open(sys.argv[1]))['peak_rss_mb_per_rank']))" "$run/summary.json")
+      state=$(per_rank "$run/summary.json" optimizer_state_bytes_per_rank b)
+      grads=$(per_rank "$run/summary.json" grad_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_grad_bytes_per_rank b))"
+      rss=$(per_rank "$run/summary.json" peak_rss_mb_per_rank mb)
     done
-    echo "| $np | $shard | $state | $rss | $(stats "$all_step") | $(stats "$all_opt") |"
+    echo "| $np | $mode | $state | $grads | $rss | $(stats "$all_step") | $(stats "$all_opt") |"
   done
 done

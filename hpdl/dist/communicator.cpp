@@ -186,6 +186,21 @@ void Communicator::allreduce(void* data, int64_t count, DType dtype, ReduceKind 
   }
 }
 
+void Communicator::reduce(void* data, int64_t count, DType dtype, int root, ReduceKind op) {
+  HPDL_CHECK(root >= 0 && root < size_, "reduce: root {} outside [0, {})", root, size_);
+  if (size_ == 1 || count == 0) return;
+  MpiLock lock;
+  constexpr int64_t kMaxCount = 1 << 30;
+  char* p = static_cast<char*>(data);
+  for (int64_t done = 0; done < count; done += kMaxCount) {
+    int n = static_cast<int>(std::min(kMaxCount, count - done));
+    void* at = p + done * dtype_size(dtype);
+    // The root reduces in place; elsewhere the receive buffer is not read.
+    check_mpi(MPI_Reduce(rank_ == root ? MPI_IN_PLACE : at, rank_ == root ? at : nullptr, n, mpi_type(dtype),
+                         mpi_op(op, dtype), root, comm_), "MPI_Reduce");
+  }
+}
+
 std::shared_ptr<Work> Communicator::enqueue(std::function<void()> fn) {
   auto work = std::make_shared<Work>();
   {

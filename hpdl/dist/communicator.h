@@ -78,6 +78,10 @@ class Communicator {
   // In place over a contiguous CPU tensor (float32, float64, bfloat16, int64).
   void allreduce(const Tensor& t, ReduceKind op = ReduceKind::sum);
   void allreduce(void* data, int64_t count, DType dtype, ReduceKind op = ReduceKind::sum);
+  // In place to `root` (MPI_Reduce): afterwards root's buffer holds the
+  // reduction; the other ranks' buffers are left as they were (their contents
+  // were sent). ZeRO-2 reduces each gradient bucket to its owner this way.
+  void reduce(void* data, int64_t count, DType dtype, int root, ReduceKind op = ReduceKind::sum);
   // Queued on the communication thread; operations complete in the order issued.
   // `t` must stay alive and untouched until the Work is done.
   std::shared_ptr<Work> allreduce_async(const Tensor& t, ReduceKind op = ReduceKind::sum);

@@ -3,6 +3,8 @@
 // for GPU ranks).
 #include "hpdl/dist/data_parallel.h"
 
+#include <sys/mman.h>
+
 #include <mutex>
 
 #include "hpdl/autograd/node.h"
@@ -16,6 +18,37 @@ int64_t now_us() {
       .count();
 }
 
+// ZeRO-2's buckets of other owners live only while in flight. The CPU allocator would keep a freed
+// block cached (still resident) under its size, which only the same bucket asks for again, so the
+// release would save no memory: these come from the kernel (zero-filled pages) and go back to it.
+class PageAllocator final : public Allocator {
+ public:
+  void* allocate(size_t nbytes) override {
+    if (nbytes == 0) return nullptr;
+    void* p = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    HPDL_CHECK(p != MAP_FAILED, "DataParallel: out of host memory mapping a {}-byte gradient bucket", nbytes);
+    return p;
+  }
+  void deallocate(void* p, size_t nbytes) override {
+    if (p) munmap(p, nbytes);
+  }
+};
+
+PageAllocator& page_allocator() {
+  static PageAllocator a;
+  return a;
+}
+
+// A float32 [numel] tensor on fresh zero pages (untouched pages cost no memory until written).
+Tensor zero_pages_f32(int64_t numel) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(numel) * 4, kCPU, page_allocator());
+  impl->shape = {numel};
+  impl->strides = contiguous_strides(impl->shape);
+  impl->dtype = DType::f32;
+  return Tensor(std::move(impl));
+}
+
 Device params_device(nn::Module& m) {
   auto params = m.parameters();
   return params.empty() ? kCPU : params.front().device();
@@ -23,7 +56,9 @@ Device params_device(nn::Module& m) {
 }  // namespace
 
 struct DataParallel::Bucket {
-  Tensor flat;                  // float32 [numel], the gradients of its parameters
+  Tensor flat;                  // float32 [numel], the gradients of its parameters (ZeRO-2: undefined when released)
+  int64_t numel = 0;
+  int owner = -1;               // ZeRO-2: the rank its gradients are reduced to; -1: all-reduced
   Tensor wire;                  // bfloat16 copy when compressing
   std::vector<Tensor> params;
   std::vector<bool> ready;
@@ -60,39 +95,70 @@ void DataParallel::setup() {
              options_.bucket_bytes);
   broadcast_state(0);
   auto params = model_.parameters();
+  const bool zero2 = !options_.grad_owners.empty();
+  if (zero2) {
+    HPDL_CHECK(options_.grad_owners.size() == params.size(), "DataParallel: grad_owners names {} owners for a model "
+               "of {} parameters", options_.grad_owners.size(), params.size());
+    for (int r : options_.grad_owners)
+      HPDL_CHECK(r >= 0 && r < comm_.size(), "DataParallel: grad_owners holds rank {}, outside [0, {})", r,
+                 comm_.size());
+    HPDL_CHECK(!device_.is_cuda(), "DataParallel: sharded gradients (ZeRO-2) need CPU ranks, the parameters are on "
+               "{}; use train.zero_stage = 1 on GPU ranks", device_.str());
+    HPDL_CHECK(!options_.bf16_wire, "DataParallel: sharded gradients (ZeRO-2) cannot be combined with bf16_wire "
+               "(train.bf16_wire); set one of them off");
+  }
   // Reverse registration order: the last layers' gradients are ready first.
   std::vector<Tensor> order(params.rbegin(), params.rend());
+  std::vector<int> order_owner(order.size(), -1);
+  if (zero2)
+    for (size_t i = 0; i < order.size(); ++i) order_owner[i] = options_.grad_owners[params.size() - 1 - i];
   int64_t total_bytes = 0;
   for (const Tensor& p : order) total_bytes += static_cast<int64_t>(p.nbytes());
   const int64_t limit = std::min<int64_t>(
       options_.bucket_bytes, std::max<int64_t>(64 << 10, total_bytes / std::max(1, options_.min_buckets)));
-  std::vector<std::vector<Tensor>> groups(1);
-  int64_t bytes = 0;
-  for (const Tensor& p : order) {
+  // Plain: consecutive parameters (in backward order) up to `limit` bytes per bucket. ZeRO-2: the same,
+  // but per owner: each owner has one open bucket that takes its parameters in backward order, so a
+  // bucket is reduced to a single root; interleaved owners make its span of backward longer.
+  std::vector<std::vector<Tensor>> groups;
+  std::vector<int> group_owner;
+  std::vector<int64_t> group_bytes;
+  std::vector<int> open(static_cast<size_t>(zero2 ? comm_.size() : 1), -1);  // per owner: its open group
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Tensor& p = order[i];
     HPDL_CHECK(p.dtype() == DType::f32 && p.device() == device_, "DataParallel: parameters must be float32, all on "
                "one device ({}), got {}", device_.str(), p.str());
-    int64_t b = static_cast<int64_t>(p.nbytes());
-    if (!groups.back().empty() && bytes + b > limit) {
+    const int64_t b = static_cast<int64_t>(p.nbytes());
+    int& g = open[static_cast<size_t>(zero2 ? order_owner[i] : 0)];
+    if (g < 0 || (!groups[static_cast<size_t>(g)].empty() && group_bytes[static_cast<size_t>(g)] + b > limit)) {
+      g = static_cast<int>(groups.size());
       groups.emplace_back();
-      bytes = 0;
+      group_owner.push_back(order_owner[i]);
+      group_bytes.push_back(0);
     }
-    groups.back().push_back(p);
-    bytes += b;
+    groups[static_cast<size_t>(g)].push_back(p);
+    group_bytes[static_cast<size_t>(g)] += b;
   }
-  for (auto& g : groups) {
-    if (g.empty()) continue;
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    auto& g = groups[gi];
     auto bucket = std::make_unique<Bucket>();
     int64_t numel = 0;
     for (auto& p : g) numel += p.numel();
-    bucket->flat = Tensor::zeros({numel}, DType::f32, device_);
+    bucket->numel = numel;
+    bucket->owner = group_owner[gi];
+    const bool keep = bucket->owner < 0 || bucket->owner == comm_.rank();
+    if (keep) {
+      bucket->flat = Tensor::zeros({numel}, DType::f32, device_);
+      grad_bytes_ += numel * 4;
+    }
     if (options_.bf16_wire) bucket->wire = Tensor::empty({numel}, DType::bf16, device_);
     bucket->span.bytes = numel * (options_.bf16_wire ? 2 : 4);
     int64_t off = 0;
     const int index = static_cast<int>(buckets_.size());
     for (size_t slot = 0; slot < g.size(); ++slot) {
       Tensor p = g[slot];
-      // The parameter's gradient is a view into the bucket: accumulation writes there directly.
-      p.set_grad(make_view(bucket->flat, p.shape(), contiguous_strides(p.shape()), off));
+      // The parameter's gradient is a view into the bucket: accumulation writes there directly. A
+      // ZeRO-2 bucket of another owner has no storage yet: the first gradient creates it.
+      p.set_grad(keep ? make_view(bucket->flat, p.shape(), contiguous_strides(p.shape()), off) : Tensor());
       off += p.numel();
       p.autograd_meta().post_accumulate_hooks.push_back(
           [this, index, slot](Tensor&) { on_grad_ready(index, static_cast<int>(slot)); });
@@ -102,6 +168,29 @@ void DataParallel::setup() {
     bucket->pending = static_cast<int>(g.size());
     buckets_.push_back(std::move(bucket));
   }
+  peak_grad_bytes_ = grad_bytes_.load();
+}
+
+void DataParallel::materialize(Bucket& b) {
+  NoGradGuard ng;
+  b.flat = zero_pages_f32(b.numel);
+  const int64_t now = grad_bytes_ += b.numel * 4;
+  int64_t peak = peak_grad_bytes_.load();
+  while (now > peak && !peak_grad_bytes_.compare_exchange_weak(peak, now)) {
+  }
+  int64_t off = 0;
+  for (auto& p : b.params) {
+    Tensor view = make_view(b.flat, p.shape(), contiguous_strides(p.shape()), off);
+    if (p.grad().defined()) view.copy_(p.grad());  // accumulated before the bucket existed (its first one)
+    p.set_grad(view);
+    off += p.numel();
+  }
+}
+
+void DataParallel::release(Bucket& b) {
+  for (auto& p : b.params) p.set_grad(Tensor());
+  if (b.flat.defined()) grad_bytes_ -= b.numel * 4;
+  b.flat = Tensor();
 }
 
 DataParallel::~DataParallel() {
@@ -148,6 +237,11 @@ void DataParallel::zero_grad() {
     b->work.reset();
     if (b->gpu_work) b->gpu_work->wait();  // stream order: the zeroing comes after the collective
     b->gpu_work.reset();
+    if (b->owner >= 0 && b->owner != comm_.rank()) {  // ZeRO-2: not ours, no storage until backward
+      release(*b);
+      rearm(*b);
+      continue;
+    }
     b->flat.zero_();
     rearm(*b);
     // Restore the views if someone replaced a .grad (e.g. set_to_none).
@@ -158,6 +252,7 @@ void DataParallel::zero_grad() {
       off += p.numel();
     }
   }
+  peak_grad_bytes_ = grad_bytes_.load();
 }
 
 void DataParallel::rearm(Bucket& b) {
@@ -170,6 +265,9 @@ void DataParallel::rearm(Bucket& b) {
 
 void DataParallel::set_accumulating(bool on) {
   if (on == accumulating_) return;
+  HPDL_CHECK(!on || options_.grad_owners.empty(), "DataParallel: gradient accumulation (train.accumulate_steps, "
+             "train.local_sgd_steps) cannot be combined with sharded gradients (ZeRO-2: a rank does not keep the "
+             "gradients it does not own between micro-batches); use train.zero_stage = 1");
   accumulating_ = on;
   // Off: the accumulated micro-batches set ready flags that must not count for the last one.
   if (!on)
@@ -182,6 +280,7 @@ void DataParallel::on_grad_ready(int index, int slot) {
   bool full = false;
   {
     std::lock_guard<std::mutex> lock(b.mu);
+    if (b.owner >= 0 && !b.flat.defined()) materialize(b);  // ZeRO-2: the bucket's first gradient
     if (b.ready[slot]) return;  // a parameter used twice reports twice
     b.ready[slot] = true;
     full = --b.pending == 0;
@@ -211,6 +310,20 @@ void DataParallel::launch(int index) {
   sync_allreduce_bytes_ += b.span.bytes;
   const bool bf16 = options_.bf16_wire;
   bp->span.bucket = index;
+  if (bp->owner >= 0) {
+    // ZeRO-2: summed on the owner only, which averages; the others drop the bucket once it is sent.
+    if (!bp->flat.defined()) materialize(*bp);  // no gradient this step: zeros take part in the sum
+    b.work = comm_.enqueue([this, bp, scale] {
+      bp->span.begin_us = now_us();
+      comm_.reduce(bp->flat.raw_data(), bp->numel, DType::f32, bp->owner);
+      if (bp->owner == comm_.rank())
+        reference_backend().unary(UnaryOp::mul_scalar, bp->flat, bp->flat, scale);
+      else
+        release(*bp);
+      bp->span.end_us = now_us();
+    });
+    return;
+  }
   if (nccl_) {
     // Stream-ordered: the collective follows the gradient kernels queued so far; NCCL's avg divides.
     bp->span.begin_us = bp->span.end_us = now_us();
@@ -318,7 +431,7 @@ void DataParallel::average_state(const std::vector<Tensor>& extra) {
 
 std::vector<int64_t> DataParallel::bucket_sizes() const {
   std::vector<int64_t> out;
-  for (auto& b : buckets_) out.push_back(b->flat.numel());
+  for (auto& b : buckets_) out.push_back(b->numel);
   return out;
 }
 

@@ -39,6 +39,15 @@ struct DataParallelOptions {
   // broadcast_buffers: with per-rank batch norm every replica then holds
   // rank 0's statistics. Synchronized batch norm keeps them identical anyway.
   bool broadcast_buffers = true;
+  // ZeRO stage 2 (Rajbhandari et al. 2020): the owner rank of each parameter,
+  // in model.parameters() order (ShardedOptimizer::owners_of gives it); empty:
+  // plain data parallel. Each bucket then holds parameters of one owner and is
+  // reduced to that owner (MPI_Reduce) instead of all-reduced; after finish()
+  // only owned parameters have a .grad (the global mean), the others none. A
+  // bucket of another owner exists only from its first gradient until its
+  // reduce is done, so a rank holds ~1/world of the gradients plus the
+  // buckets in flight. CPU ranks only; no bf16_wire, no set_accumulating(true).
+  std::vector<int> grad_owners;
 };
 
 // One timed span of an allreduce, for the trace (steady-clock microseconds).
@@ -94,6 +103,13 @@ class DataParallel {
   // Broadcasts parameters and buffers from `root` (done once at construction).
   void broadcast_state(int root = 0);
 
+  // Bytes of gradient buckets allocated on this rank now, and the most at any
+  // moment since the last zero_grad() (plain data parallel: the whole model's
+  // gradients, always; ZeRO-2: owned buckets plus those in flight).
+  int64_t grad_bytes() const { return grad_bytes_.load(); }
+  int64_t peak_grad_bytes() const { return peak_grad_bytes_.load(); }
+  bool shards_gradients() const { return !options_.grad_owners.empty(); }
+
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Buckets whose allreduce was launched during backward (by the last
   // gradient's hook) rather than by finish(), in the last step.
@@ -111,6 +127,8 @@ class DataParallel {
   void on_grad_ready(int bucket, int slot);
   void rearm(Bucket& b);  // no gradient ready, nothing launched
   void launch(int bucket);
+  void materialize(Bucket& b);  // ZeRO-2: a non-owned bucket's storage, gradients moved in
+  void release(Bucket& b);      // ZeRO-2: drops a non-owned bucket's storage and .grad views
   void setup();
 
   nn::Module& model_;
@@ -122,6 +140,7 @@ class DataParallel {
   std::vector<std::unique_ptr<Bucket>> buckets_;
   bool accumulating_ = false;
   std::atomic<int64_t> sync_allreduces_{0}, sync_allreduce_bytes_{0};
+  std::atomic<int64_t> grad_bytes_{0}, peak_grad_bytes_{0};
 };
 
 }  // namespace hpdl::dist

@@ -3,10 +3,12 @@
 #include "hpdl/dist/zero.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
 #include "hpdl/autograd/node.h"
+#include "hpdl/ops/elementwise.h"
 
 namespace hpdl::dist {
 
@@ -171,6 +173,46 @@ void ShardedOptimizer::load_state_dict(const std::map<std::string, Tensor>& stat
   }
   if (local_) local_->load_state_dict(mine);
   steps_ = static_cast<int64_t>(step->second.item());
+}
+
+std::vector<int> ShardedOptimizer::owners_of(const std::vector<Tensor>& params) const {
+  std::map<const void*, size_t> index;
+  for (size_t i = 0; i < params_.size(); ++i) index.emplace(params_[i].param.impl_ptr().get(), i);
+  std::vector<int> out;
+  for (size_t k = 0; k < params.size(); ++k) {
+    auto it = index.find(params[k].impl_ptr().get());
+    HPDL_CHECK(it != index.end(), "ShardedOptimizer::owners_of: tensor {} ({}) is not one of this optimizer's {} "
+               "parameters", k, params[k].str(), params_.size());
+    out.push_back(owners_[it->second]);
+  }
+  return out;
+}
+
+double ShardedOptimizer::clip_grad_norm(double max_norm) {
+  HPDL_CHECK(max_norm > 0, "clip_grad_norm (sharded): max_norm must be > 0, got {}", max_norm);
+  NoGradGuard no_grad;
+  // Per parameter, the owner's sum of squares; zeros elsewhere. Adding zeros is exact in any order,
+  // so after the allreduce every rank holds the owners' values bit for bit.
+  std::vector<Tensor> grads;
+  std::vector<size_t> at;
+  for (size_t i : owned())
+    if (params_[i].param.grad().defined()) grads.push_back(params_[i].param.grad()), at.push_back(i);
+  std::vector<double> sq(params_.size(), 0.0);
+  const std::vector<double> mine = optim::sums_of_squares(grads);
+  for (size_t k = 0; k < at.size(); ++k) sq[at[k]] = mine[k];
+  comm_.allreduce(sq.data(), static_cast<int64_t>(sq.size()), DType::f64);
+  double total_sq = 0;
+  for (double v : sq) total_sq += v;  // parameter order, as optim::clip_grad_norm adds them
+  const double total = std::sqrt(total_sq);
+  HPDL_CHECK(std::isfinite(total), "clip_grad_norm (sharded): the gradient norm is not finite ({}); the loss has "
+             "diverged (lower the learning rate or check the inputs)", total);
+  const double coef = max_norm / (total + 1e-6);
+  if (coef < 1)
+    for (const Tensor& g0 : grads) {
+      Tensor g = g0;
+      g.copy_(mul(g, coef));
+    }
+  return total;
 }
 
 int64_t ShardedOptimizer::state_bytes() const { return local_ ? local_->state_bytes() : 0; }

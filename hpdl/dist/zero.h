@@ -28,6 +28,10 @@ std::vector<int> partition_params(const std::vector<int64_t>& numels, int ranks)
 // ...) built by `make` over the owned subset, so the update of each owned
 // parameter is exactly the unsharded one. CPU parameters only (contiguous).
 //
+// ZeRO stage 2 adds sharded gradients on top (DataParallelOptions::grad_owners
+// = owners_of(model.parameters())): each rank then receives only its owned
+// parameters' gradients, and clipping goes through clip_grad_norm() below.
+//
 // Use: after DataParallel::finish() (gradients are then the global mean on
 // every rank), step() is collective: it steps the owned parameters and
 // broadcasts each owner's updated parameters as one message (an MPI datatype
@@ -58,6 +62,18 @@ class ShardedOptimizer : public optim::Optimizer {
   int64_t state_bytes() const override;
 
   int owner(size_t param) const { return owners_.at(param); }
+  // The owner of each tensor of `params` (matched by identity with this
+  // optimizer's parameters), e.g. DataParallelOptions::grad_owners from
+  // model.parameters(). Throws naming the position of a tensor it does not have.
+  std::vector<int> owners_of(const std::vector<Tensor>& params) const;
+  // ZeRO-2's optimizer.clip_grad_norm, collective: with sharded gradients
+  // (DataParallelOptions::grad_owners) only owners hold a parameter's .grad.
+  // Each owner computes its parameters' sums of squares, one allreduce of a
+  // float64 vector (zeros elsewhere, so the sum is exact) gives every rank all
+  // of them, and the total is added in parameter order: bitwise the norm and
+  // scaling optim::clip_grad_norm computes over full gradients in the same
+  // order. Scales the owned gradients; returns the norm before clipping.
+  double clip_grad_norm(double max_norm);
   // Indices (into params()) of the parameters this rank owns.
   const std::vector<size_t>& owned() const { return owned_by_.at(static_cast<size_t>(comm_.rank())); }
   // The wrapped optimizer over the owned parameters, or nullptr when this rank owns none.

@@ -63,7 +63,7 @@ std::vector<Key> bind(Config& c) {
       {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
-      {"train.shard_optimizer", &t.shard_optimizer},
+      {"train.shard_optimizer", &t.shard_optimizer}, {"train.zero_stage", &t.zero_stage},
       {"train.local_sgd_steps", &t.local_sgd_steps},
       {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
       {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},
@@ -414,6 +414,26 @@ void validate(const Config& c, const std::string& src) {
   HPDL_CHECK(t.sync_batchnorm_group == 0 || t.sync_batchnorm, "{}: train.sync_batchnorm_group = {} needs "
              "train.sync_batchnorm = true (groups of ranks share batch statistics only when they are synchronized)",
              src, t.sync_batchnorm_group);
+  HPDL_CHECK(t.zero_stage == 1 || t.zero_stage == 2, "{}: train.zero_stage = {} is not 1 (sharded optimizer "
+             "state) or 2 (also sharded gradients)", src, t.zero_stage);
+  if (t.zero_stage == 2) {
+    HPDL_CHECK(t.shard_optimizer, "{}: train.zero_stage = 2 needs train.shard_optimizer = true (stage 2 shards the "
+               "gradients on top of the optimizer state)", src);
+    // Each of these needs every rank to hold every gradient, or keeps gradients between micro-batches.
+    auto refuse = [&](bool on, const std::string& key, const char* why) {
+      HPDL_CHECK(!on, "{}: train.zero_stage = 2 cannot be combined with {}: {}; set it off or use "
+                 "train.zero_stage = 1", src, key, why);
+    };
+    refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),
+           "a rank would have to keep the gradients it does not own between micro-batches");
+    refuse(t.bf16_wire, "train.bf16_wire = true", "gradients are reduced to their owners in float32");
+    refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
+           fmt::format("train.loss_scale = '{}'", t.loss_scale),
+           "the finiteness check would see only this rank's shard of the gradients");
+    refuse(t.precision == "fp16", "train.precision = \"fp16\"",
+           "it uses dynamic loss scaling, whose finiteness check would see only this rank's shard of the gradients");
+    refuse(t.device != "cpu", fmt::format("train.device = \"{}\"", t.device), "sharded gradients are for CPU ranks");
+  }
   non_negative("train.local_sgd_steps", static_cast<double>(t.local_sgd_steps));
   HPDL_CHECK(!t.local_sgd_average_optimizer || t.local_sgd_steps > 0, "{}: train.local_sgd_average_optimizer = true "
              "needs train.local_sgd_steps > 0 (without local SGD the optimizer state is identical on every rank)", src);

@@ -138,6 +138,11 @@ struct TrainConfig {
   // ZeRO stage 1 under MPI: each rank keeps optimizer state only for the
   // parameters it owns (dist::ShardedOptimizer); checkpoints are unchanged.
   bool shard_optimizer = false;
+  // With shard_optimizer: 1 keeps full gradients on every rank (ZeRO-1); 2
+  // also shards them (ZeRO-2): each gradient bucket is reduced to the owner of
+  // its parameters, and other ranks free it once sent. CPU ranks; refused
+  // with accumulate_steps > 1, bf16_wire and loss scaling.
+  int64_t zero_stage = 1;
   // Local SGD (periodic model averaging; Stich 2019, Lin et al. 2020) under
   // MPI: each rank takes this many optimizer steps on its own gradients, with
   // no gradient allreduce, then the parameters and floating-point buffers are

@@ -612,6 +612,8 @@ TrainSummary Trainer::run(bool resume) {
   const bool shard_optimizer = cfg.train.shard_optimizer && world > 1;
   HPDL_CHECK(!shard_optimizer || device.is_cpu(), "train.shard_optimizer = true needs CPU ranks (train.device = "
              "\"cpu\"), got train.device = \"{}\"; on GPU ranks set it to false", cfg.train.device);
+  // train.zero_stage = 2 (ZeRO-2): the gradients are sharded too; gradient buckets go to their owners.
+  const bool shard_grads = shard_optimizer && cfg.train.zero_stage == 2;
   std::unique_ptr<optim::Optimizer> opt;
   if (shard_optimizer) {
     opt = std::make_unique<dist::ShardedOptimizer>(
@@ -631,6 +633,7 @@ TrainSummary Trainer::run(bool resume) {
                             (cfg.train.sync_batchnorm_group > 0 && cfg.train.sync_batchnorm_group < world);
     dpo.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
     dpo.bf16_wire = cfg.train.bf16_wire;
+    if (shard_grads) dpo.grad_owners = dynamic_cast<dist::ShardedOptimizer&>(*opt).owners_of(model->parameters());
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
               : std::make_unique<dist::DataParallel>(*model, comm, dpo);
   }
@@ -888,7 +891,9 @@ TrainSummary Trainer::run(bool resume) {
         // (with local SGD: on this rank's own gradient).
         auto clip = [&] {
           if (cfg.optimizer.clip_grad_norm > 0)
-            grad_norm = optim::clip_grad_norm(model->parameters(), cfg.optimizer.clip_grad_norm);
+            grad_norm = shard_grads  // only owners hold a gradient: one allreduce of the squared norms
+                            ? dynamic_cast<dist::ShardedOptimizer&>(*opt).clip_grad_norm(cfg.optimizer.clip_grad_norm)
+                            : optim::clip_grad_norm(model->parameters(), cfg.optimizer.clip_grad_norm);
         };
         if (!scaler) {
           clip();
@@ -1057,17 +1062,25 @@ TrainSummary Trainer::run(bool resume) {
       std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
   // Optimizer state and peak resident memory of every rank (what sharding saves), in summary.json.
-  std::vector<int64_t> state_bytes, peak_rss_kb;
+  std::vector<int64_t> state_bytes, peak_rss_kb, grad_bytes, peak_grad_bytes;
   {
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
-    Tensor mine = Tensor::from_vector<int64_t>({opt->state_bytes(), static_cast<int64_t>(ru.ru_maxrss)}, {2});
+    // Gradient buckets held after the last step (ZeRO-2: the owned ones), and the most held at once
+    // during it (ZeRO-2: owned plus those in flight, which depends on timing).
+    Tensor mine = Tensor::from_vector<int64_t>({opt->state_bytes(), static_cast<int64_t>(ru.ru_maxrss),
+                                                dp ? dp->grad_bytes() : 0, dp ? dp->peak_grad_bytes() : 0}, {4});
     auto all = comm.allgather(mine).to_vector<int64_t>();
-    for (int r = 0; r < world; ++r) state_bytes.push_back(all[2 * r]), peak_rss_kb.push_back(all[2 * r + 1]);
+    for (int r = 0; r < world; ++r) {
+      state_bytes.push_back(all[4 * r]), peak_rss_kb.push_back(all[4 * r + 1]);
+      grad_bytes.push_back(all[4 * r + 2]), peak_grad_bytes.push_back(all[4 * r + 3]);
+    }
     if (root && world > 1)
-      std::fprintf(log, "hpdl: optimizer state per rank: %s MiB%s; peak RSS per rank: %s MiB\n",
-                   fmt::format("{:.2f}", fmt::join(mib(state_bytes, 1), ", ")).c_str(),
-                   shard_optimizer ? " (sharded)" : "", fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
+      std::fprintf(log, "hpdl: optimizer state per rank: %s MiB%s; gradients per rank: %s MiB%s (peak %s MiB); "
+                   "peak RSS per rank: %s MiB\n", fmt::format("{:.2f}", fmt::join(mib(state_bytes, 1), ", ")).c_str(),
+                   shard_optimizer ? " (sharded)" : "", fmt::format("{:.2f}", fmt::join(mib(grad_bytes, 1), ", ")).c_str(),
+                   shard_grads ? " (sharded)" : "", fmt::format("{:.2f}", fmt::join(mib(peak_grad_bytes, 1), ", ")).c_str(),
+                   fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
   }
   if (trace.enabled()) {
     trace.write(run_dir / fmt::format("trace.rank{}.json", rank));
@@ -1091,6 +1104,9 @@ TrainSummary Trainer::run(bool resume) {
     s["optimizer_state_bytes_per_rank"] = state_bytes;
     s["peak_rss_mb_per_rank"] = mib(peak_rss_kb, 1024);
     s["shard_optimizer"] = shard_optimizer;
+    s["zero_stage"] = shard_grads ? 2 : shard_optimizer ? 1 : 0;
+    s["grad_bytes_per_rank"] = grad_bytes;
+    s["peak_grad_bytes_per_rank"] = peak_grad_bytes;
     s["local_sgd_steps"] = local_sgd;
     s["step_meetings"] = step_meetings;
     s["pipeline_stages"] = stages;

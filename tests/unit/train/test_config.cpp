@@ -279,6 +279,30 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
   }
 }
 
+// train.zero_stage: 1 by default, 1 or 2 only, 2 needs shard_optimizer and is refused (naming the
+// other key) with what needs full gradients on every rank or keeps them between micro-batches.
+TEST(Config, ZeroStageRangesAndIncompatibleOptions) {
+  EXPECT_EQ(parse_config("", "c.toml").train.zero_stage, 1);
+  EXPECT_EQ(parse_config("[train]\nshard_optimizer = true\nzero_stage = 2\n", "c.toml").train.zero_stage, 2);
+  std::string err = error_of([] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 3\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.zero_stage = 3 is not 1"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\nzero_stage = 2\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.zero_stage = 2 needs train.shard_optimizer = true"), std::string::npos) << err;
+  const std::pair<std::string, std::string> refused[] = {
+      {"accumulate_steps = 2", "train.accumulate_steps = 2"},
+      {"bf16_wire = true", "train.bf16_wire = true"},
+      {"loss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
+      {"precision = \"fp16\"\ndevice = \"cuda\"", "train.precision = \"fp16\""},
+      {"device = \"cuda\"", "train.device = \"cuda\""},
+  };
+  for (auto& [line, key] : refused) {
+    err = error_of([&] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 2\n" + line + "\n", "c.toml"); });
+    EXPECT_NE(err.find("c.toml: train.zero_stage = 2 cannot be combined with " + key), std::string::npos)
+        << line << ": " << err;
+    EXPECT_NO_THROW(parse_config("[train]\nshard_optimizer = true\n" + line + "\n", "c.toml")) << line << " with stage 1";
+  }
+}
+
 // train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
 // or string, also through --set), did-you-mean for a misspelt word, and which
 // scaler each combination makes.
