@@ -46,14 +46,13 @@ inline double exp_fast(double x) { return std::exp(x); }  // float64 is for test
 template <typename F>
 constexpr F kNegInf = -std::numeric_limits<F>::infinity();
 
-// One thread's scratch for the forward: a transposed key block, the scores of
-// one row against it, and the running max, sum and output accumulator of each
-// row of the query block.
+// One thread's scratch for the forward: a transposed key block, and the
+// running max, sum and output accumulator of each row of the query block.
 template <typename F>
 struct ForwardScratch {
-  std::vector<F> kT, s, m, l, acc;
+  std::vector<F> kT, m, l, acc;
   ForwardScratch(int64_t E, int64_t Ev)
-      : kT(static_cast<size_t>(E * kBlockK)), s(kBlockK), m(kBlockQ), l(kBlockQ), acc(static_cast<size_t>(kBlockQ * Ev)) {}
+      : kT(static_cast<size_t>(E * kBlockK)), m(kBlockQ), l(kBlockQ), acc(static_cast<size_t>(kBlockQ * Ev)) {}
 };
 
 // Query rows [t0, t1) of batch entry b.
@@ -69,41 +68,58 @@ void forward_block(const FlashAttentionArgs& a, const F* q, const F* k, const F*
   const F* kb = k + b * S * E;
   const F* vb = v + b * S * Ev;
   const int64_t s_end = a.causal ? std::min(S, t1) : S;  // later keys are masked for every row here
-  F* s = w.s.data();
   for (int64_t j0 = 0; j0 < s_end; j0 += kBlockK) {
     const int64_t j1 = std::min(s_end, j0 + kBlockK);
-    // kT [E, kBlockK] <- k[b, j0:j1, :]^T
+    // kT [E, kBlockK] <- k[b, j0:j1, :]^T, zero past j1: every row loop below
+    // runs the full, constant block width (unrolled, in registers).
+    if (j1 - j0 < kBlockK) std::fill(w.kT.begin(), w.kT.end(), F(0));
     for (int64_t j = j0; j < j1; ++j)
       for (int64_t e = 0; e < E; ++e) w.kT[e * kBlockK + (j - j0)] = kb[j * E + e];
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = (a.causal ? std::min(j1, t + 1) : j1) - j0;
+      const int64_t n = (a.causal ? std::min(j1, t + 1) : j1) - j0;  // keys j0 .. j0+n-1 count
       if (n <= 0) continue;
-      // s [n] = (q[t] * scale) . k[j0 + jj]
+      // s [kBlockK] = (q[t] * scale) . k[j0 + jj]
       const F* qt = q + (b * T + t) * E;
-      std::fill(s, s + n, F(0));
+      F s[kBlockK] = {};
       for (int64_t e = 0; e < E; ++e) {
         const F qe = qt[e] * scale;
         const F* kr = w.kT.data() + e * kBlockK;
-        for (int64_t jj = 0; jj < n; ++jj) s[jj] += qe * kr[jj];
+        for (int64_t jj = 0; jj < kBlockK; ++jj) s[jj] += qe * kr[jj];
       }
+      for (int64_t jj = 0; jj < kBlockK; ++jj) s[jj] = jj < n ? s[jj] : kNegInf<F>;
       if (kp)
         for (int64_t jj = 0; jj < n; ++jj) s[jj] = kp[j0 + jj] ? kNegInf<F> : s[jj];
+      // Row maximum and sum over 8 lanes (independent chains; they vectorize).
+      F lane[8];
+      std::fill(lane, lane + 8, kNegInf<F>);
+      for (int64_t jj = 0; jj < kBlockK; jj += 8)
+        for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], s[jj + l]);
       F bm = kNegInf<F>;
-      for (int64_t jj = 0; jj < n; ++jj) bm = std::max(bm, s[jj]);
+      for (int l = 0; l < 8; ++l) bm = std::max(bm, lane[l]);
       if (bm == kNegInf<F>) continue;  // every key of this block is masked for row t
       // Online softmax: rescale what was summed under the old maximum.
       const int64_t r = t - t0;
       const F mn = std::max(w.m[r], bm);
       const F corr = exp_fast(w.m[r] - mn);  // 0 on the first block that counts (m = -inf)
-      for (int64_t jj = 0; jj < n; ++jj) s[jj] = exp_fast(s[jj] - mn);
+      for (int64_t jj = 0; jj < kBlockK; ++jj) s[jj] = exp_fast(s[jj] - mn);  // masked: 0
+      std::fill(lane, lane + 8, F(0));
+      for (int64_t jj = 0; jj < kBlockK; jj += 8)
+        for (int l = 0; l < 8; ++l) lane[l] += s[jj + l];
       F sum = 0;
-      for (int64_t jj = 0; jj < n; ++jj) sum += s[jj];
+      for (int l = 0; l < 8; ++l) sum += lane[l];
       w.l[r] = w.l[r] * corr + sum;
       w.m[r] = mn;
       F* acc = w.acc.data() + r * Ev;
       if (corr != F(1))
         for (int64_t c = 0; c < Ev; ++c) acc[c] *= corr;
-      for (int64_t jj = 0; jj < n; ++jj) {
+      // acc += p . v, four keys per pass: one read-modify-write of acc per four keys.
+      int64_t jj = 0;
+      for (; jj + 4 <= n; jj += 4) {
+        const F p0 = s[jj], p1 = s[jj + 1], p2 = s[jj + 2], p3 = s[jj + 3];
+        const F* v0 = vb + (j0 + jj) * Ev;
+        for (int64_t c = 0; c < Ev; ++c) acc[c] += (p0 * v0[c] + p1 * v0[Ev + c]) + (p2 * v0[2 * Ev + c] + p3 * v0[3 * Ev + c]);
+      }
+      for (; jj < n; ++jj) {
         const F p = s[jj];
         const F* vr = vb + (j0 + jj) * Ev;
         for (int64_t c = 0; c < Ev; ++c) acc[c] += p * vr[c];
@@ -125,69 +141,117 @@ void forward_block(const FlashAttentionArgs& a, const F* q, const F* k, const F*
   }
 }
 
-// Batch entry b of the backward (FlashAttention-2, Algorithm 2, one query row
-// at a time): with P = exp(S - lse) recomputed from the scores and
+// Scratch of one thread for the backward: k and v transposed and zero-padded
+// to Sp = S rounded up to kBlockK columns, which keys count, and P and dS of
+// one block of query rows.
+template <typename F>
+struct BackwardScratch {
+  int64_t Sp;
+  std::vector<F> kT, vT, P, dS;
+  std::vector<uint8_t> keep;
+  BackwardScratch(const FlashAttentionArgs& a)
+      : Sp((a.S + kBlockK - 1) / kBlockK * kBlockK), kT(static_cast<size_t>(a.E * Sp)), vT(static_cast<size_t>(a.Ev * Sp)),
+        P(static_cast<size_t>(kBlockQ * Sp)), dS(static_cast<size_t>(kBlockQ * Sp)), keep(static_cast<size_t>(Sp)) {}
+};
+
+// Batch entry b of the backward (FlashAttention-2, Algorithm 2), a block of
+// query rows at a time: with P = exp(S - lse) recomputed from the scores and
 // D_t = sum_c dout[t, c] out[t, c] = sum_s P[t, s] dP[t, s],
-//   dv[s] += P[t, s] dout[t]          dP[t, s] = dout[t] . v[s]
-//   dS[t, s] = P[t, s] (dP[t, s] - D_t)
-//   dq[t] = scale sum_s dS[t, s] k[s]  dk[s] += scale dS[t, s] q[t]
+//   dP[t, s] = dout[t] . v[s]          dS[t, s] = P[t, s] (dP[t, s] - D_t)
+//   dq[t] = scale sum_s dS[t, s] k[s]  dk[s] += scale sum_t dS[t, s] q[t]
+//   dv[s] += sum_t P[t, s] dout[t]
+// P and dS of the block ([kBlockQ, Sp], never [T, S]) feed the dk and dv sums,
+// four query rows per read-modify-write of a dk or dv row.
 template <typename F>
 void backward_entry(const FlashAttentionArgs& a, const F* q, const F* k, const F* v, const F* out, const F* dout,
-                    const F* lse, F* dq, F* dk, F* dv, int64_t b, std::vector<F>& kT, std::vector<F>& vT,
-                    std::vector<F>& p, std::vector<F>& ds) {
-  const int64_t T = a.T, S = a.S, E = a.E, Ev = a.Ev;
+                    const F* lse, F* dq, F* dk, F* dv, int64_t b, BackwardScratch<F>& w) {
+  const int64_t T = a.T, S = a.S, E = a.E, Ev = a.Ev, Sp = w.Sp;
   const F scale = static_cast<F>(a.scale);
   const uint8_t* kp = a.key_padding ? a.key_padding + (b / a.kp_group) * S : nullptr;
   const F *qb = q + b * T * E, *kb = k + b * S * E, *vb = v + b * S * Ev;
   const F *ob = out + b * T * Ev, *gb = dout + b * T * Ev, *lb = lse + b * T;
   F *dqb = dq + b * T * E, *dkb = dk + b * S * E, *dvb = dv + b * S * Ev;
-  // kT [E, S], vT [Ev, S]: the scores and dP of one row are then axpys over s.
+  for (int64_t j = 0; j < Sp; ++j) w.keep[j] = j < S && !(kp && kp[j]);
   for (int64_t j = 0; j < S; ++j) {
-    for (int64_t e = 0; e < E; ++e) kT[e * S + j] = kb[j * E + e];
-    for (int64_t c = 0; c < Ev; ++c) vT[c * S + j] = vb[j * Ev + c];
+    for (int64_t e = 0; e < E; ++e) w.kT[e * Sp + j] = kb[j * E + e];
+    for (int64_t c = 0; c < Ev; ++c) w.vT[c * Sp + j] = vb[j * Ev + c];
+  }
+  for (int64_t j = S; j < Sp; ++j) {
+    for (int64_t e = 0; e < E; ++e) w.kT[e * Sp + j] = 0;
+    for (int64_t c = 0; c < Ev; ++c) w.vT[c * Sp + j] = 0;
   }
   std::fill(dkb, dkb + S * E, F(0));
   std::fill(dvb, dvb + S * Ev, F(0));
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = a.causal ? t + 1 : S;
-    const F* qt = qb + t * E;
-    const F* gt = gb + t * Ev;
-    F D = 0;
-    for (int64_t c = 0; c < Ev; ++c) D += gt[c] * ob[t * Ev + c];
-    // P[t, :n] from the scores and the saved log-sum-exp
-    std::fill(p.begin(), p.begin() + n, F(0));
-    for (int64_t e = 0; e < E; ++e) {
-      const F qe = qt[e] * scale;
-      const F* kr = kT.data() + e * S;
-      for (int64_t j = 0; j < n; ++j) p[j] += qe * kr[j];
+  for (int64_t t0 = 0; t0 < T; t0 += kBlockQ) {
+    const int64_t t1 = std::min(T, t0 + kBlockQ);
+    const int64_t nmax = a.causal ? std::min(S, t1) : S;  // keys any row of the block sees
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = a.causal ? t + 1 : S;
+      const F* qt = qb + t * E;
+      const F* gt = gb + t * Ev;
+      F D = 0;
+      for (int64_t c = 0; c < Ev; ++c) D += gt[c] * ob[t * Ev + c];
+      const F l = lb[t];
+      const bool all_masked = l == kNegInf<F>;  // NaN through its P, as the composed softmax
+      F* pr = w.P.data() + (t - t0) * Sp;
+      F* dr = w.dS.data() + (t - t0) * Sp;
+      for (int64_t j0 = 0; j0 < nmax; j0 += kBlockK) {
+        // scores and dP of keys j0 .. j0 + kBlockK in registers (constant width)
+        F sc[kBlockK] = {}, dp[kBlockK] = {};
+        for (int64_t e = 0; e < E; ++e) {
+          const F qe = qt[e] * scale;
+          const F* kr = w.kT.data() + e * Sp + j0;
+          for (int64_t jj = 0; jj < kBlockK; ++jj) sc[jj] += qe * kr[jj];
+        }
+        for (int64_t c = 0; c < Ev; ++c) {
+          const F gc = gt[c];
+          const F* vr = w.vT.data() + c * Sp + j0;
+          for (int64_t jj = 0; jj < kBlockK; ++jj) dp[jj] += gc * vr[jj];
+        }
+        const uint8_t* keep = w.keep.data() + j0;
+        for (int64_t jj = 0; jj < kBlockK; ++jj) sc[jj] = exp_fast(sc[jj] - l);
+        for (int64_t jj = 0; jj < kBlockK; ++jj) {
+          const bool valid = keep[jj] && j0 + jj < n;
+          const F pj = all_masked ? (j0 + jj < n ? std::numeric_limits<F>::quiet_NaN() : F(0)) : (valid ? sc[jj] : F(0));
+          pr[j0 + jj] = pj;
+          dr[j0 + jj] = pj * (dp[jj] - D) * scale;
+        }
+      }
+      // dq[t] = sum_j dS[j] k[j], four keys per read-modify-write of the dq row
+      F* dqt = dqb + t * E;
+      std::fill(dqt, dqt + E, F(0));
+      int64_t j = 0;
+      for (; j + 4 <= nmax; j += 4) {
+        const F d0 = dr[j], d1 = dr[j + 1], d2 = dr[j + 2], d3 = dr[j + 3];
+        const F* k0 = kb + j * E;
+        for (int64_t e = 0; e < E; ++e)
+          dqt[e] += (d0 * k0[e] + d1 * k0[E + e]) + (d2 * k0[2 * E + e] + d3 * k0[3 * E + e]);
+      }
+      for (; j < nmax; ++j)
+        for (int64_t e = 0; e < E; ++e) dqt[e] += dr[j] * kb[j * E + e];
     }
-    const F l = lb[t];
-    if (l == kNegInf<F>) {
-      std::fill(p.begin(), p.begin() + n, std::numeric_limits<F>::quiet_NaN());  // fully masked row
-    } else {
-      for (int64_t j = 0; j < n; ++j) p[j] = exp_fast(p[j] - l);
-      if (kp)
-        for (int64_t j = 0; j < n; ++j) p[j] = kp[j] ? F(0) : p[j];
-    }
-    // dS[t, :n] = P (dP - D), dP = dout[t] . v[:n]; scale folded in
-    std::fill(ds.begin(), ds.begin() + n, F(0));
-    for (int64_t c = 0; c < Ev; ++c) {
-      const F gc = gt[c];
-      const F* vr = vT.data() + c * S;
-      for (int64_t j = 0; j < n; ++j) ds[j] += gc * vr[j];
-    }
-    for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - D) * scale;
-    F* dqt = dqb + t * E;
-    std::fill(dqt, dqt + E, F(0));
-    for (int64_t j = 0; j < n; ++j) {
-      const F pj = p[j], dsj = ds[j];
+    // dv[j] += sum_t P[t, j] dout[t], dk[j] += sum_t dS[t, j] q[t], four rows at a time
+    for (int64_t j = 0; j < nmax; ++j) {
       F* dvr = dvb + j * Ev;
-      for (int64_t c = 0; c < Ev; ++c) dvr[c] += pj * gt[c];
       F* dkr = dkb + j * E;
-      const F* kr = kb + j * E;
-      for (int64_t e = 0; e < E; ++e) {
-        dkr[e] += dsj * qt[e];
-        dqt[e] += dsj * kr[e];
+      int64_t t = t0;
+      for (; t + 4 <= t1; t += 4) {
+        const int64_t r = t - t0;
+        const F p0 = w.P[r * Sp + j], p1 = w.P[(r + 1) * Sp + j], p2 = w.P[(r + 2) * Sp + j], p3 = w.P[(r + 3) * Sp + j];
+        const F s0 = w.dS[r * Sp + j], s1 = w.dS[(r + 1) * Sp + j], s2 = w.dS[(r + 2) * Sp + j],
+                s3 = w.dS[(r + 3) * Sp + j];
+        const F* g0 = gb + t * Ev;
+        const F* q0 = qb + t * E;
+        for (int64_t c = 0; c < Ev; ++c)
+          dvr[c] += (p0 * g0[c] + p1 * g0[Ev + c]) + (p2 * g0[2 * Ev + c] + p3 * g0[3 * Ev + c]);
+        for (int64_t e = 0; e < E; ++e)
+          dkr[e] += (s0 * q0[e] + s1 * q0[E + e]) + (s2 * q0[2 * E + e] + s3 * q0[3 * E + e]);
+      }
+      for (; t < t1; ++t) {
+        const int64_t r = t - t0;
+        const F pj = w.P[r * Sp + j], sj = w.dS[r * Sp + j];
+        for (int64_t c = 0; c < Ev; ++c) dvr[c] += pj * gb[t * Ev + c];
+        for (int64_t e = 0; e < E; ++e) dkr[e] += sj * qb[t * E + e];
       }
     }
   }
@@ -214,8 +278,8 @@ void flash_attention_backward(const FlashAttentionArgs& a, const F* q, const F* 
   // Batch entries own their dk and dv rows, so threads never write the same
   // element and the sums run in a fixed order (thread-count independent).
   parallel_for(a.B, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<F> kT(static_cast<size_t>(a.E * a.S)), vT(static_cast<size_t>(a.Ev * a.S)), p(a.S), ds(a.S);
-    for (int64_t b = lo; b < hi; ++b) backward_entry(a, q, k, v, out, dout, lse, dq, dk, dv, b, kT, vT, p, ds);
+    BackwardScratch<F> w(a);
+    for (int64_t b = lo; b < hi; ++b) backward_entry(a, q, k, v, out, dout, lse, dq, dk, dv, b, w);
   });
 }
 
