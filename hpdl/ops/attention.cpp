@@ -6,6 +6,7 @@
 #include "hpdl/ops/attention.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -30,6 +31,12 @@ Tensor causal_mask(int64_t T, DType dtype, Device device) {
 namespace {
 
 constexpr const char* kOp = "scaled_dot_product_attention";
+
+// HPDL_FUSED_ATTENTION=0 sends impl = automatic to the composed path (for A/B timing).
+const bool g_fused_attention = [] {
+  const char* e = std::getenv("HPDL_FUSED_ATTENTION");
+  return !(e && std::string(e) == "0");
+}();
 
 Shape batch_dims(const Tensor& t) { return Shape(t.shape().begin(), t.shape().end() - 2); }
 
@@ -185,7 +192,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                shape_str(m.shape()), batch.empty() ? std::string("none") : std::to_string(batch[0]), k.dim(-2),
                shape_str(q.shape()), shape_str(k.shape()));
   }
-  if (o.impl != AttentionImpl::composed) {
+  if (o.impl == AttentionImpl::fused || (o.impl == AttentionImpl::automatic && g_fused_attention)) {
     const std::string why = fused_blocker(q, k, v, o, drop);
     HPDL_CHECK(o.impl != AttentionImpl::fused || why.empty(), "{}: impl = fused does not apply to q {}: {}", op,
                shape_str(q.shape()), why);

@@ -11,7 +11,8 @@
 //    q, k, v), so second derivatives work and equal the composed path's.
 // `impl = automatic` takes the fused path when it applies: CPU, float32 or
 // float64, q/k/v with equal batch dims, no attn_mask, no weights_out, no
-// dropout in training (masks: none, causal, key_padding_mask).
+// dropout in training (masks: none, causal, key_padding_mask). The environment
+// variable HPDL_FUSED_ATTENTION=0 makes automatic mean composed (A/B timing).
 #pragma once
 
 #include "hpdl/core/random.h"
