@@ -28,7 +28,8 @@ MultiheadAttention::MultiheadAttention(int64_t E, int64_t H, double p, bool with
 
 Tensor MultiheadAttention::forward(const Tensor& x) { return forward(x, Tensor()); }
 
-Tensor MultiheadAttention::forward(const Tensor& x, const Tensor& attn_mask, Tensor* weights_out) {
+Tensor MultiheadAttention::forward(const Tensor& x, const Tensor& attn_mask, Tensor* weights_out,
+                                   const Tensor& key_padding_mask) {
   HPDL_CHECK(x.ndim() == 3 && x.dim(2) == embed_dim, "MultiheadAttention({}, {}): input {} must be [N, T, {}]",
              embed_dim, num_heads, shape_str(x.shape()), embed_dim);
   const int64_t N = x.dim(0), T = x.dim(1);
@@ -36,6 +37,7 @@ Tensor MultiheadAttention::forward(const Tensor& x, const Tensor& attn_mask, Ten
   Tensor qkv = linear(x, in_proj_weight, in_proj_bias).reshape({N, T, 3, num_heads, head_dim}).permute({2, 0, 3, 1, 4});
   AttentionOptions o;
   o.attn_mask = attn_mask;
+  o.key_padding_mask = key_padding_mask;
   o.causal = causal;
   o.dropout_p = dropout;
   o.training = is_training();
@@ -70,8 +72,10 @@ TransformerEncoderLayer::TransformerEncoderLayer(int64_t d_model, int64_t nhead,
 
 Tensor TransformerEncoderLayer::forward(const Tensor& x) { return forward(x, Tensor()); }
 
-Tensor TransformerEncoderLayer::forward(const Tensor& x, const Tensor& attn_mask) {
-  auto attend = [&](const Tensor& h) { return dropout1->forward(self_attn->forward(h, attn_mask)); };
+Tensor TransformerEncoderLayer::forward(const Tensor& x, const Tensor& attn_mask, const Tensor& key_padding_mask) {
+  auto attend = [&](const Tensor& h) {
+    return dropout1->forward(self_attn->forward(h, attn_mask, nullptr, key_padding_mask));
+  };
   auto feed_forward = [&](const Tensor& h) {
     return dropout2->forward(linear2->forward(dropout->forward(activation->forward(linear1->forward(h)))));
   };

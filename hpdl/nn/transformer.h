@@ -33,8 +33,13 @@ class MultiheadAttention : public Module {
   Tensor forward(const Tensor& x) override;
   // With an additive float mask broadcastable to [N, heads, T, T] ([T, T] is
   // usual); `weights_out`, when set, receives the attention weights averaged
-  // over heads [N, T, T] (PyTorch's need_weights default).
-  Tensor forward(const Tensor& x, const Tensor& attn_mask, Tensor* weights_out = nullptr);
+  // over heads [N, T, T] (PyTorch's need_weights default). key_padding_mask:
+  // uint8 [N, T], nonzero = that position is padding and no query attends to
+  // it (PyTorch's key_padding_mask with True = ignore); a sequence padded
+  // everywhere gives NaN, as in PyTorch. Runs the fused attention kernel
+  // when neither attn_mask, weights_out nor training dropout is in use.
+  Tensor forward(const Tensor& x, const Tensor& attn_mask, Tensor* weights_out = nullptr,
+                 const Tensor& key_padding_mask = Tensor());
   std::string type_name() const override { return "MultiheadAttention"; }
   Generator& generator() { return gen_; }
 
@@ -69,7 +74,8 @@ class TransformerEncoderLayer : public Module {
   TransformerEncoderLayer(int64_t d_model, int64_t nhead, const TransformerEncoderLayerOptions& options = {},
                           Generator& gen = default_generator());
   Tensor forward(const Tensor& x) override;
-  Tensor forward(const Tensor& x, const Tensor& attn_mask);
+  // attn_mask and key_padding_mask as MultiheadAttention takes them (torch's src_mask, src_key_padding_mask).
+  Tensor forward(const Tensor& x, const Tensor& attn_mask, const Tensor& key_padding_mask = Tensor());
   std::string type_name() const override { return "TransformerEncoderLayer"; }
 
   std::shared_ptr<MultiheadAttention> self_attn;

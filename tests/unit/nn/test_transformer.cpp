@@ -135,7 +135,8 @@ TEST(TransformerEncoderLayer, ParameterNamesArePyTorchs) {
 // hpdl's layer and torch.nn's with hpdl's state dict give the same output and
 // gradients (x and every parameter) in float64. transformer_torch_check.py
 // does the torch side; skipped without torch.
-void matches_pytorch(Module& m, const std::map<std::string, std::string>& meta, bool with_mask) {
+void matches_pytorch(Module& m, const std::map<std::string, std::string>& meta, bool with_mask,
+                     bool with_padding = false) {
   m.to(DType::f64);
   Generator gen(31);
   std::map<std::string, Tensor> file;
@@ -146,9 +147,14 @@ void matches_pytorch(Module& m, const std::map<std::string, std::string>& meta, 
     mask = add(causal_mask(5, DType::f64), Tensor::rand({5, 5}, gen, -1, 1, DType::f64));
     file["mask"] = mask;
   }
+  Tensor kpm;
+  if (with_padding) {  // key padding (nonzero = ignore): positions 3, 4 of sequence 0, position 1 of sequence 1
+    kpm = Tensor::from_vector(std::vector<uint8_t>{0, 0, 0, 1, 1, 0, 1, 0, 0, 0}, {2, 5});
+    file["kpm"] = kpm;
+  }
   Tensor x = file["x"].clone().set_requires_grad();
-  Tensor out = meta.at("kind") == "mha" ? static_cast<MultiheadAttention&>(m).forward(x, mask)
-                                        : static_cast<TransformerEncoderLayer&>(m).forward(x, mask);
+  Tensor out = meta.at("kind") == "mha" ? static_cast<MultiheadAttention&>(m).forward(x, mask, nullptr, kpm)
+                                        : static_cast<TransformerEncoderLayer&>(m).forward(x, mask, kpm);
   file["w_out"] = Tensor::randn(out.shape(), gen, 0, 1, DType::f64);
   sum(mul(out, file["w_out"])).backward();
   file["hpdl.out"] = out.contiguous();
@@ -178,7 +184,40 @@ TEST(MultiheadAttention, MatchesPyTorchWithMask) {
   matches_pytorch(a, {{"kind", "mha"}, {"embed_dim", "8"}, {"num_heads", "4"}}, true);
 }
 
-void encoder_matches_pytorch(bool norm_first, const std::string& act, bool with_mask) {
+// Key padding alone runs the fused path; with an attn_mask, the composed one.
+void mha_with_key_padding_matches_pytorch(bool with_mask) {
+  Generator gen(44);
+  MultiheadAttention a(8, 2, 0.0, true, gen);
+  init::uniform_(a.in_proj_bias, gen, -0.5, 0.5);
+  matches_pytorch(a, {{"kind", "mha"}, {"embed_dim", "8"}, {"num_heads", "2"}}, with_mask, true);
+}
+TEST(MultiheadAttention, MatchesPyTorchWithKeyPadding) { mha_with_key_padding_matches_pytorch(false); }
+TEST(MultiheadAttention, MatchesPyTorchWithKeyPaddingAndMask) { mha_with_key_padding_matches_pytorch(true); }
+
+// Without torch too: a key padding mask is the additive mask [N, 1, 1, T]
+// (-inf where padded) broadcast over heads and queries, on the fused path
+// (key padding alone) and the composed one (attn_mask).
+TEST(MultiheadAttention, KeyPaddingEqualsAnAdditiveMask) {
+  Generator gen(45);
+  MultiheadAttention a(8, 4, 0.0, true, gen);
+  a.to(DType::f64);
+  Tensor x = Tensor::randn({3, 5, 8}, gen, 0, 1, DType::f64);
+  const std::vector<uint8_t> m{0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1};
+  std::vector<double> add_mask;
+  for (uint8_t b : m) add_mask.push_back(b ? -INFINITY : 0.0);
+  Tensor got = a.forward(x, Tensor(), nullptr, Tensor::from_vector(m, {3, 5}));
+  Tensor want = a.forward(x, Tensor::from_vector(add_mask, {3, 1, 1, 5}).expand({3, 1, 5, 5}));
+  EXPECT_LT(max(abs(sub(got, want))).item(), 1e-14);
+  // Positions no query may attend to do not change the output.
+  Tensor x2 = x.clone();
+  x2.select(0, 2).select(0, 4).fill_(5.0);  // sequence 2, position 4 is padded
+  Tensor got2 = a.forward(x2, Tensor(), nullptr, Tensor::from_vector(m, {3, 5}));
+  EXPECT_LT(max(abs(sub(got2.select(1, 0), got.select(1, 0)))).item(), 1e-14);
+  std::string e = error_of([&] { a.forward(x, Tensor(), nullptr, Tensor::zeros({3, 4}, DType::u8)); });
+  EXPECT_NE(e.find("key_padding_mask [3, 4]"), std::string::npos) << e;
+}
+
+void encoder_matches_pytorch(bool norm_first, const std::string& act, bool with_mask, bool with_padding = false) {
   TransformerEncoderLayerOptions o;
   o.dim_feedforward = 12;
   o.dropout = 0.0;
@@ -191,11 +230,14 @@ void encoder_matches_pytorch(bool norm_first, const std::string& act, bool with_
   matches_pytorch(layer,
                   {{"kind", "encoder"}, {"embed_dim", "8"}, {"num_heads", "2"}, {"dim_feedforward", "12"},
                    {"activation", act}, {"norm_first", norm_first ? "1" : "0"}},
-                  with_mask);
+                  with_mask, with_padding);
 }
 
 TEST(TransformerEncoderLayer, PreNormGeluMatchesPyTorch) { encoder_matches_pytorch(true, "gelu", true); }
 TEST(TransformerEncoderLayer, PostNormReluMatchesPyTorch) { encoder_matches_pytorch(false, "relu", false); }
+TEST(TransformerEncoderLayer, PostNormWithKeyPaddingMatchesPyTorch) {
+  encoder_matches_pytorch(false, "relu", false, true);
+}
 
 TEST(Vit, ShapesParameterCountAndNames) {
   models::ModelConfig c;  // 1x28x28, 10 classes; patch 4, dim 64, depth 4, heads 4, mlp ratio 2

@@ -11,7 +11,7 @@ try:
 except ImportError:
     sys.exit(77)
 
-DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
+DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64, "U8": torch.uint8}
 
 
 def load(path):
