@@ -1,4 +1,5 @@
-// hpdl eval --checkpoint RUN_DIR|FILE [CONFIG]: test-set loss and accuracy of a checkpoint.
+// hpdl eval --checkpoint RUN_DIR|FILE [CONFIG]: test-set loss and accuracy of a checkpoint
+// (regression losses: RMSE, MAE and R^2).
 #include <cstdio>
 
 #include "apps/hpdl/commands.h"
@@ -21,11 +22,15 @@ void register_eval(CLI::App& app) {
   cmd->callback([o] {
     std::string path = o->config.empty() ? o->checkpoint + "/config.toml" : o->config;
     train::Config cfg = train::load_config(path, o->overrides);
-    auto ds = train::load_datasets(cfg.data);
+    const train::Objective objective(cfg);
+    auto ds = train::load_datasets(cfg.data, objective.targets());
     auto model = train::build_model(cfg, train::make_pipeline(cfg.data, false).output_shape(ds.test->sample_shape()));
     train::load_model_weights(*model, o->checkpoint);
-    auto r = train::evaluate(*model, ds.test, cfg.data);
-    if (error_rank() <= 0)
+    auto r = train::evaluate(*model, ds.test, cfg.data, nullptr, &objective);
+    if (error_rank() <= 0 && objective.regression())
+      std::printf("test RMSE %.6g, MAE %.6g, R2 %.6f (%lld samples), loss %.6g\n", r.metrics["rmse"], r.metrics["mae"],
+                  r.metrics["r2"], static_cast<long long>(r.samples), r.loss);
+    else if (error_rank() <= 0)
       std::printf("test accuracy %.2f%% (%lld samples), loss %.4f\n", 100 * r.accuracy,
                   static_cast<long long>(r.samples), r.loss);
   });

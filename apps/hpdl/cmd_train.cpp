@@ -32,7 +32,12 @@ void register_train(CLI::App& app) {
     train::Trainer trainer(cfg);
     auto s = trainer.run(!o->resume.empty());
     if (error_rank() <= 0) {
-      if (s.test_accuracy >= 0)
+      if (s.test_metrics.count("rmse"))
+        std::printf("test RMSE %.6g, MAE %.6g, R2 %.6f (loss %.6g) after %lld epochs, %lld steps, %.1f s, %.0f "
+                    "samples/s; run in %s\n", s.test_metrics["rmse"], s.test_metrics["mae"], s.test_metrics["r2"],
+                    s.test_loss, static_cast<long long>(s.epochs_done), static_cast<long long>(s.steps), s.seconds,
+                    s.train_samples_per_s, s.run_dir.string().c_str());
+      else if (s.test_accuracy >= 0)
         std::printf("test accuracy %.2f%% (loss %.4f) after %lld epochs, %lld steps, %.1f s, %.0f samples/s; run in %s\n",
                     100 * s.test_accuracy, s.test_loss, static_cast<long long>(s.epochs_done),
                     static_cast<long long>(s.steps), s.seconds, s.train_samples_per_s, s.run_dir.string().c_str());

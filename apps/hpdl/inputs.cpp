@@ -23,7 +23,7 @@ InferenceModel load_inference_model(const std::string& checkpoint, const std::st
                "(data.hdf5_test_x)", m.cfg.data.path, m.cfg.data.hdf5_test_x, shape_str(d));
     m.sample = d.size() == 4 ? Shape{d[1], d[2], d[3]} : d.size() == 3 ? Shape{1, d[1], d[2]} : Shape{1, 1, d[1]};
   } else if (m.cfg.data.dataset != "fashion-mnist" && m.cfg.data.dataset != "mnist") {
-    auto ds = train::load_datasets(m.cfg.data);
+    auto ds = train::load_datasets(m.cfg.data, train::Objective(m.cfg).targets());
     m.sample = ds.test->sample_shape();
   }
   m.model = train::build_model(m.cfg, m.sample);

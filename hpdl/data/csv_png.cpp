@@ -82,8 +82,9 @@ CsvTable read_csv(const std::filesystem::path& path, const CsvOptions& opt) {
       const std::string& s = fields[static_cast<size_t>(c)];
       HPDL_CHECK(parse_double(s, v), "{}:{}: column {}: '{}' is not a number", f, lineno, c + 1, s);
       if (c == label) {
-        HPDL_CHECK(v == std::floor(v) && v >= 0, "{}:{}: label column {}: '{}' is not a non-negative integer", f,
-                   lineno, c + 1, s);
+        HPDL_CHECK(v == std::floor(v) && v >= 0, "{}:{}: label column {}: '{}' is not a non-negative integer{}", f,
+                   lineno, c + 1, s, v != std::floor(v) ? " (float targets are for a regression loss: train.loss = "
+                                                          "mse, l1 or huber)" : "");
         t.labels.push_back(static_cast<int64_t>(v));
       } else {
         t.features.push_back(static_cast<float>(v));

@@ -80,7 +80,8 @@ void DataLoader::start_epoch(uint64_t epoch, int64_t start_position) {
   for (auto& s : ring_) {
     if (!s.images.defined() || s.images.shape() != img_shape) {
       s.images = allocate(img_shape, DType::f32);
-      s.labels = allocate({opt_.batch_size}, DType::i64);
+      const int64_t k = dataset_->target_size();
+      s.labels = k > 0 ? allocate({opt_.batch_size, k}, DType::f32) : allocate({opt_.batch_size}, DType::i64);
     }
     s.batch = -1;
   }
@@ -98,15 +99,22 @@ void DataLoader::fill(int64_t batch, int64_t begin, int64_t end, std::vector<flo
   Slot& s = ring_[static_cast<size_t>(batch % static_cast<int64_t>(ring_.size()))];
   const int64_t out_numel = numel_of(out_shape_);
   float* images = s.images.data<float>();
-  int64_t* labels = s.labels.data<int64_t>();
+  const int64_t k = dataset_->target_size();  // regression: k float targets per sample
+  int64_t* labels = k > 0 ? nullptr : s.labels.data<int64_t>();
+  float* targets = k > 0 ? s.labels.data<float>() : nullptr;
   if (static_cast<int64_t>(a.size()) < scratch_numel_) a.resize(static_cast<size_t>(scratch_numel_));
   if (static_cast<int64_t>(b.size()) < scratch_numel_) b.resize(static_cast<size_t>(scratch_numel_));
-  for (int64_t k = begin; k < end; ++k) {
-    const int64_t pos = batch * opt_.batch_size + k;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t pos = batch * opt_.batch_size + row;
     const int64_t idx = indices_[static_cast<size_t>(pos)];
     try {
-      labels[k] = dataset_->get(idx, a.data());
-      transforms_.apply(a.data(), in_shape_, images + k * out_numel, a.data(), b.data(),
+      if (targets) {
+        dataset_->get(idx, a.data());
+        dataset_->get_targets(idx, targets + k * row);
+      } else {
+        labels[row] = dataset_->get(idx, a.data());
+      }
+      transforms_.apply(a.data(), in_shape_, images + row * out_numel, a.data(), b.data(),
                         SampleKey{opt_.seed, epoch_, idx});
     } catch (const std::exception& e) {
       HPDL_FAIL("DataLoader: epoch {} batch {} sample {} of the epoch (dataset index {}): {}", epoch_, batch,
@@ -159,7 +167,7 @@ bool DataLoader::next(Batch& out) {
     if (s.images.storage().use_count() > 1 || s.images.impl_ptr().use_count() > 1)
       s.images = allocate(s.images.shape(), DType::f32);
     if (s.labels.storage().use_count() > 1 || s.labels.impl_ptr().use_count() > 1)
-      s.labels = allocate(s.labels.shape(), DType::i64);
+      s.labels = allocate(s.labels.shape(), s.labels.dtype());
     arm_slot(released_ + ring);
     ++released_;
     lock.unlock();
@@ -200,7 +208,9 @@ bool DataLoader::next(Batch& out) {
   Shape ishape = s.images.shape();
   ishape[0] = rows;
   out.images = make_view(s.images, ishape, s.images.strides(), s.images.offset());
-  out.labels = make_view(s.labels, {rows}, s.labels.strides(), s.labels.offset());
+  Shape lshape = s.labels.shape();
+  lshape[0] = rows;
+  out.labels = make_view(s.labels, lshape, s.labels.strides(), s.labels.offset());
   out.index = batch;
   last_wait_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   total_wait_ += last_wait_;

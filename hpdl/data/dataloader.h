@@ -1,5 +1,6 @@
 // DataLoader: turns (Dataset, Sampler, transforms) into batches of float32
-// images [B, C, H, W] and int64 labels [B]. Worker threads decode and augment
+// images [B, C, H, W] and int64 labels [B] (float32 targets [B, k] from a
+// regression dataset, Dataset::target_size() = k). Worker threads decode and augment
 // into a ring of reused batch buffers, `prefetch` batches ahead of the
 // consumer. A batch's contents depend only on (dataset, sampler, seed, epoch),
 // never on the number of workers or their timing.
@@ -23,7 +24,7 @@ namespace hpdl::data {
 
 struct Batch {
   Tensor images;       // [B, C, H, W] float32 (the dataset's sample shape after transforms)
-  Tensor labels;       // [B] int64
+  Tensor labels;       // [B] int64 class labels, or [B, k] float32 regression targets
   int64_t index = 0;   // batch number within the epoch, counted from the epoch's first batch
   int64_t size() const { return labels.defined() ? labels.dim(0) : 0; }
 };

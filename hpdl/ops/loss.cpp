@@ -6,6 +6,8 @@
 // (1-eps) one-hot + eps uniform, so loss = (1-eps)*nll + eps*mean_c(-logp).
 #include "hpdl/ops/loss.h"
 
+#include <cmath>
+
 #include "hpdl/ops/activation.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
@@ -95,19 +97,41 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_s
   return reduce_loss(add(mul(nll, 1.0 - label_smoothing), mul(smooth, label_smoothing)), reduction);
 }
 
+namespace {
+
+// The residual input - target of a regression loss, after its checks; bfloat16
+// operands are computed in float32 like every loss.
+Tensor regression_residual(const Tensor& input, const Tensor& target, const char* op) {
+  detail::check_defined(input, op, "input");
+  detail::check_defined(target, op, "target");
+  const Tensor a = input.dtype() == DType::bf16 ? input.to(DType::f32) : input;
+  const Tensor b = target.dtype() == DType::bf16 ? target.to(DType::f32) : target;
+  detail::check_same(a, b, op);
+  detail::check_float(a, op);
+  HPDL_CHECK(a.shape() == b.shape(), "{}: input {} and target {} differ in shape", op, shape_str(a.shape()),
+             shape_str(b.shape()));
+  return sub(a, b);
+}
+
+}  // namespace
+
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
-  detail::check_defined(input, "mse_loss", "input");
-  detail::check_defined(target, "mse_loss", "target");
-  if (input.dtype() == DType::bf16 || target.dtype() == DType::bf16) {  // losses compute in float32
-    detail::check_float(input.dtype() == DType::bf16 ? input : target, "mse_loss");
-    return mse_loss(input.dtype() == DType::bf16 ? input.to(DType::f32) : input,
-                    target.dtype() == DType::bf16 ? target.to(DType::f32) : target, reduction);
-  }
-  detail::check_same(input, target, "mse_loss");
-  detail::check_float(input, "mse_loss");
-  HPDL_CHECK(input.shape() == target.shape(), "mse_loss: input {} and target {} differ in shape",
-             shape_str(input.shape()), shape_str(target.shape()));
-  return reduce_loss(square(sub(input, target)), reduction);
+  return reduce_loss(square(regression_residual(input, target, "mse_loss")), reduction);
+}
+
+Tensor l1_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
+  return reduce_loss(abs(regression_residual(input, target, "l1_loss")), reduction);
+}
+
+Tensor huber_loss(const Tensor& input, const Tensor& target, double delta, Reduction reduction) {
+  HPDL_CHECK(delta > 0 && std::isfinite(delta), "huber_loss: delta must be positive and finite, got {}", delta);
+  Tensor a = abs(regression_residual(input, target, "huber_loss"));
+  // excess = max(|r| - delta, 0) and q = |r| - excess = min(|r|, delta), so
+  // 0.5 q^2 + delta * excess is 0.5 r^2 inside and delta (|r| - delta/2) outside.
+  // Both pieces give d/d|r| = delta at |r| = delta, whichever side relu takes.
+  Tensor excess = relu(add(a, -delta));
+  Tensor q = sub(a, excess);
+  return reduce_loss(add(mul(square(q), 0.5), mul(excess, delta)), reduction);
 }
 
 Tensor bce_with_logits(const Tensor& logits, const Tensor& targets, Reduction reduction) {

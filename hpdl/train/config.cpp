@@ -60,6 +60,7 @@ std::vector<Key> bind(Config& c) {
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch}, {"train.label_smoothing", &t.label_smoothing},
+      {"train.loss", &t.loss}, {"train.huber_delta", &t.huber_delta},
       {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
@@ -410,6 +411,10 @@ void validate(const Config& c, const std::string& src) {
   positive("train.accumulate_steps", static_cast<double>(t.accumulate_steps));
   HPDL_CHECK(t.label_smoothing >= 0 && t.label_smoothing < 1, "{}: train.label_smoothing must be in [0, 1), got {}",
              src, t.label_smoothing);
+  check_one_of(src, "train.loss", t.loss, {"cross_entropy", "mse", "l1", "huber"});
+  HPDL_CHECK(t.loss == "cross_entropy" || t.label_smoothing == 0, "{}: train.label_smoothing = {} smooths class "
+             "targets; it does not apply to train.loss = '{}' (set it to 0)", src, t.label_smoothing, t.loss);
+  positive("train.huber_delta", t.huber_delta);
   non_negative("train.sync_batchnorm_group", static_cast<double>(t.sync_batchnorm_group));
   HPDL_CHECK(t.sync_batchnorm_group == 0 || t.sync_batchnorm, "{}: train.sync_batchnorm_group = {} needs "
              "train.sync_batchnorm = true (groups of ranks share batch statistics only when they are synchronized)",
@@ -484,6 +489,8 @@ void validate(const Config& c, const std::string& src) {
            "the global gradient norm would span every stage");
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
            fmt::format("train.loss_scale = '{}'", t.loss_scale), "each stage would unscale and skip steps on its own");
+    refuse(t.loss != "cross_entropy", fmt::format("train.loss = '{}'", t.loss),
+           "the last stage computes the cross-entropy loss and accuracy only");
   }
 }
 

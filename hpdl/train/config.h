@@ -121,6 +121,12 @@ struct TrainConfig {
   // Label smoothing of the training loss (Szegedy et al. 2016): the target
   // keeps 1 - eps + eps/C and every class gets eps/C. Evaluation stays plain.
   double label_smoothing = 0;
+  // The loss (hpdl/train/objective.h): cross_entropy (classification, integer
+  // labels, accuracy) | mse | l1 | huber (regression: float targets [N, k] with
+  // k = model.num_classes outputs; RMSE, MAE, R^2). label_smoothing is refused
+  // with a regression loss.
+  std::string loss = "cross_entropy";
+  double huber_delta = 1.0;  // huber: quadratic for |residual| <= delta, linear beyond
   // Gradient accumulation: each optimizer step sums the gradients of this
   // many consecutive batches (weighted by their sizes), so a step sees
   // data.batch_size x ranks x accumulate_steps samples with one batch's

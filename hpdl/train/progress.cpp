@@ -33,9 +33,13 @@ std::string Progress::format_duration(double s) {
 }
 
 std::string Progress::format(const ProgressUpdate& u) const {
-  std::string s = fmt::format("epoch {}/{}  step {}/{}  loss {:.4f}", u.epoch + 1, u.epochs, u.step_in_epoch,
-                              u.steps_per_epoch, u.loss);
+  // A regression loss is often far below 1e-4: it gets significant digits, not decimals.
+  std::string s = u.rmse >= 0 ? fmt::format("epoch {}/{}  step {}/{}  loss {:.4g}", u.epoch + 1, u.epochs,
+                                            u.step_in_epoch, u.steps_per_epoch, u.loss)
+                              : fmt::format("epoch {}/{}  step {}/{}  loss {:.4f}", u.epoch + 1, u.epochs,
+                                            u.step_in_epoch, u.steps_per_epoch, u.loss);
   if (u.accuracy >= 0) s += fmt::format("  acc {:.2f}%", 100 * u.accuracy);
+  if (u.rmse >= 0) s += fmt::format("  rmse {:.4g}", u.rmse);
   if (rate_ > 0) s += fmt::format("  {:.0f} samples/s", rate_);
   if (u.data_wait_s >= 0 && step_time_ > 0) s += fmt::format("  data {:.0f}%", 100 * std::min(1.0, u.data_wait_s / step_time_));
   if (step_time_ > 0 && u.total_steps > 0)

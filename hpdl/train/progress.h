@@ -16,6 +16,7 @@ struct ProgressUpdate {
   int64_t global_step = 0, total_steps = 0;         // steps done in the run / planned
   double loss = 0;
   double accuracy = -1;                             // in [0, 1]; < 0: not shown
+  double rmse = -1;                                 // regression: root mean squared error; < 0: not shown
   int64_t samples = 0;                              // samples processed in this step (all ranks)
   double data_wait_s = -1;                          // optional: the DataLoader's wait in this step
 };

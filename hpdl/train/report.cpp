@@ -521,7 +521,13 @@ std::string render_report(const ReportInputs& in) {
                 series_of(t.epochs, "validation", "epoch", "val_accuracy", 100),
                 series_of(t.epochs, "test", "epoch", "test_accuracy", 100)};
   drop_empty(acc);
-  o += svg_line_plot(acc);
+  // A regression run (train.loss = mse, l1, huber) has RMSE instead of accuracy.
+  LinePlot rmse{"RMSE vs epoch", "epoch", "RMSE", {}, false};
+  rmse.series = {series_of(t.epochs, "train", "epoch", "train_rmse"),
+                 series_of(t.epochs, "validation", "epoch", "val_rmse"),
+                 series_of(t.epochs, "test", "epoch", "test_rmse")};
+  drop_empty(rmse);
+  o += svg_line_plot(rmse.series.empty() ? acc : rmse);
   LinePlot lr{"learning rate vs step", "step", "learning rate", {series_of(t.steps, "lr", "step", "lr")}, false};
   drop_empty(lr);
   o += svg_line_plot(lr);

@@ -122,9 +122,11 @@ nn::ModulePtr build_custom(const ModelConfig& m, const Shape& sample, uint64_t s
   return seq;
 }
 
-// Sums (loss * n, correct, n, stop flag) over ranks in one small allreduce.
+// Sums (n, stop flag, checkpoint flag, then loss * n and the objective's metric sums) over ranks
+// in one small allreduce.
 struct StepStats {
-  double loss_sum = 0, correct = 0, count = 0, stop = 0, ckpt = 0;
+  double count = 0, stop = 0, ckpt = 0;
+  std::vector<double> sums;  // loss sum, then Objective::metric_sums (same length on every rank)
 };
 
 std::vector<double> allreduce_sums(dist::Communicator& comm, const std::vector<double>& v) {
@@ -134,44 +136,53 @@ std::vector<double> allreduce_sums(dist::Communicator& comm, const std::vector<d
 }
 
 StepStats allreduce_stats(dist::Communicator& comm, StepStats s) {
-  auto v = allreduce_sums(comm, {s.loss_sum, s.correct, s.count, s.stop, s.ckpt});
-  return {v[0], v[1], v[2], v[3], v[4]};
+  std::vector<double> v{s.count, s.stop, s.ckpt};
+  v.insert(v.end(), s.sums.begin(), s.sums.end());
+  v = allreduce_sums(comm, v);
+  return {v[0], v[1], v[2], std::vector<double>(v.begin() + 3, v.end())};
 }
 
-// Sums of (loss x samples) and of correct predictions, kept as float64 scalars on the compute
-// device. Adding a batch queues a few small kernels and does not wait for them: a training step on a
-// GPU then never synchronizes for its metrics. read() copies the sums to the host (one
-// synchronization) when a log line or a summary needs them.
+// Sums of (loss x samples) and of the objective's metric sums (correct predictions, or the
+// regression error sums), kept as one float64 vector on the compute device. Adding a batch queues
+// a few small kernels and does not wait for them: a training step on a GPU then never
+// synchronizes for its metrics. read() copies the sums to the host (one synchronization) when a
+// log line or a summary needs them.
 class MetricSums {
  public:
   MetricSums() = default;
   // One batch: `loss` (a scalar) times `weight` (the batch size for a mean loss, 1 for a summed
-  // one), and the number of rows of `logits` [n, classes] whose argmax is `labels` [n] (int64).
-  static MetricSums of_batch(const Tensor& loss, double weight, const Tensor& logits, const Tensor& labels) {
+  // one), and objective.metric_sums(outputs, targets).
+  static MetricSums of_batch(const Tensor& loss, double weight, const Objective& objective, const Tensor& outputs,
+                             const Tensor& targets) {
     NoGradGuard ng;
     MetricSums m;
-    m.loss_ = loss.detach().to(DType::f64);
-    if (weight != 1.0) m.loss_ = m.loss_ * weight;
-    m.correct_ = sum(eq(argmax(logits.detach(), 1).to(DType::f64), labels.to(DType::f64)));
+    Tensor l = loss.detach().to(DType::f64);
+    if (weight != 1.0) l = l * weight;
+    m.sums_ = cat({l.reshape({1}), objective.metric_sums(outputs, targets)}, 0);
     return m;
   }
   void add(const MetricSums& b) {
-    if (!loss_.defined()) {
+    if (!sums_.defined()) {
       *this = b;
-    } else if (b.loss_.defined()) {
+    } else if (b.sums_.defined()) {
       NoGradGuard ng;
-      loss_ = loss_ + b.loss_, correct_ = correct_ + b.correct_;
+      sums_ = sums_ + b.sums_;
     }
   }
-  // (loss sum, correct) on the host; zeros when nothing was added.
-  std::pair<double, double> read() const {
-    if (!loss_.defined()) return {0.0, 0.0};
-    return {loss_.to(kCPU).item(), correct_.to(kCPU).item()};
+  // The loss sum, then the metric sums, on the host; `size` zeros when nothing was added.
+  std::vector<double> read(size_t size) const {
+    if (!sums_.defined()) return std::vector<double>(size, 0.0);
+    return sums_.to(kCPU).to_vector<double>();
   }
 
  private:
-  Tensor loss_, correct_;
+  Tensor sums_;
 };
+
+// Record fields `prefix` + name for each metric (train_rmse, test_accuracy, ...).
+void put_metrics(nlohmann::json& rec, const std::string& prefix, const std::map<std::string, double>& m) {
+  for (auto& [k, v] : m) rec[prefix + k] = v;
+}
 
 optim::OptimizerConfig optimizer_config(const OptimizerConfig& o, int64_t global_batch) {
   optim::OptimizerConfig c;
@@ -361,17 +372,19 @@ EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
 
 }  // namespace
 
-Datasets load_datasets(const DataConfig& config) {
+Datasets load_datasets(const DataConfig& config, int64_t targets) {
   Datasets ds;
   if (!config.store.empty()) {
+    HPDL_CHECK(targets == 0, "data.store = \"{}\": a packed store holds class labels; a regression loss (float "
+               "targets) reads data.dataset = npy, csv or hdf5", config.store);
     auto [train, test] = store::open_store_datasets(config.store);
     ds.train = train, ds.test = test;
   } else {
     HPDL_CHECK(config.dataset != "mnist" || !config.path.empty(),
                "data.dataset = \"mnist\" needs data.path (a directory with the MNIST idx files)");
     const data::Hdf5Names h5{config.hdf5_x, config.hdf5_y, config.hdf5_test_x, config.hdf5_test_y};
-    ds.train = data::open_dataset(config.dataset, config.path, true, h5);
-    ds.test = data::open_dataset(config.dataset, config.path, false, h5);
+    ds.train = data::open_dataset(config.dataset, config.path, true, h5, targets);
+    ds.test = data::open_dataset(config.dataset, config.path, false, h5, targets);
   }
   if (config.validation > 0) {
     const int64_t n = ds.train->size();
@@ -412,8 +425,10 @@ data::Pipeline make_pipeline(const DataConfig& config, bool train) {
 }
 
 EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
-                    dist::Communicator* comm_or_world) {
+                    dist::Communicator* comm_or_world, const Objective* objective_or_null) {
   auto& comm = comm_or_world ? *comm_or_world : dist::Communicator::world();
+  const Objective plain;
+  const Objective& objective = objective_or_null ? *objective_or_null : plain;
   auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), comm.size(), comm.rank(), false, 0, false);
   data::DataLoaderOptions lo;
   lo.batch_size = std::max<int64_t>(config.batch_size, 256);
@@ -439,13 +454,18 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
     Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
     x = x.to(device), y = y.to(device);
     Tensor logits = model.forward(x);
-    sums.add(MetricSums::of_batch(cross_entropy(logits, y, 0.0, Reduction::sum), 1.0, logits, y));
+    sums.add(MetricSums::of_batch(objective.eval_loss_sum(logits, y), 1.0, objective, logits, y));
     s.count += static_cast<double>(keep);
   }
   model.train(was_training);
-  std::tie(s.loss_sum, s.correct) = sums.read();
+  s.sums = sums.read(1 + objective.metric_sums_size());
   s = allreduce_stats(comm, s);
-  return {s.loss_sum / std::max(1.0, s.count), s.correct / std::max(1.0, s.count), static_cast<int64_t>(s.count)};
+  EvalResult r;
+  r.loss = s.sums[0] / std::max(1.0, s.count);
+  r.samples = static_cast<int64_t>(s.count);
+  r.metrics = objective.metrics(std::vector<double>(s.sums.begin() + 1, s.sums.end()), s.count);
+  r.accuracy = objective.regression() ? -1.0 : r.metrics["accuracy"];
+  return r;
 }
 
 void load_model_weights(nn::Module& model, const fs::path& path) {
@@ -541,7 +561,8 @@ TrainSummary Trainer::run(bool resume) {
   g_ckpt_signal = 0;
 
   // ---- data ----
-  Datasets ds = load_datasets(cfg.data);
+  const Objective objective(cfg);  // train.loss: the loss and the metrics
+  Datasets ds = load_datasets(cfg.data, objective.targets());
   auto sampler = std::make_shared<data::DistributedSampler>(ds.train->size(), replicas, replica, cfg.data.shuffle,
                                                             cfg.train.seed, cfg.data.drop_last);
   data::DataLoaderOptions lo;
@@ -810,7 +831,13 @@ TrainSummary Trainer::run(bool resume) {
   const auto t_start = std::chrono::steady_clock::now();
   int64_t samples_done = 0;
   int64_t step_meetings = 0;  // steps whose metrics and signals were all-reduced
-  double last_loss = 0, last_accuracy = 0;
+  double last_loss = 0;
+  std::map<std::string, double> last_metrics = objective.metrics({}, 0);
+  const size_t n_sums = 1 + objective.metric_sums_size();  // the loss sum and the metric sums
+  // The metrics of `sums` (loss sum first) over `count` samples.
+  auto metrics_of = [&](const std::vector<double>& sums, double count) {
+    return objective.metrics(std::vector<double>(sums.begin() + 1, sums.end()), count);
+  };
   double grad_norm = 0;  // the last step's, before clipping (optimizer.clip_grad_norm)
   bool stop = false;
   for (; epoch < cfg.train.epochs && !stop; ++epoch, position = 0) {
@@ -865,7 +892,7 @@ TrainSummary Trainer::run(bool resume) {
           TraceRecorder::Scope s(trace, "forward", "compute");
           AutocastScope ac(DType::bf16, autocast_bf16);
           logits = model->forward(batch.images.to(device));
-          loss = cross_entropy(logits, labels, cfg.train.label_smoothing);
+          loss = objective.train_loss(logits, labels);
         }
         {
           TraceRecorder::Scope s(trace, "backward", "compute");
@@ -873,7 +900,7 @@ TrainSummary Trainer::run(bool resume) {
                                       : loss;
           (scaler ? scaler->scale(weighted) : weighted).backward();
         }
-        step_sums.add(MetricSums::of_batch(loss, static_cast<double>(batch.size()), logits, labels));
+        step_sums.add(MetricSums::of_batch(loss, static_cast<double>(batch.size()), objective, logits, labels));
         step_count += static_cast<double>(batch.size());
       }
       if (dp && local_sgd == 0) {
@@ -915,7 +942,7 @@ TrainSummary Trainer::run(bool resume) {
       const bool meet = local_sgd == 0 || log_step || local_steps == 0;
       StepStats st;
       st.count = step_count + unmet_count;
-      if (log_step) std::tie(st.loss_sum, st.correct) = step_sums.read();
+      st.sums = log_step ? step_sums.read(n_sums) : std::vector<double>(n_sums, 0.0);
       if (meet) {
         st.stop = g_stop_signal ? 1 : 0;
         st.ckpt = g_ckpt_signal ? 1 : 0;
@@ -930,7 +957,7 @@ TrainSummary Trainer::run(bool resume) {
         st.count = step_count * world;  // for the progress line only (exact but for a short batch)
       }
       if (log_step) {
-        last_loss = st.loss_sum / st.count, last_accuracy = st.correct / st.count;
+        last_loss = st.sums[0] / st.count, last_metrics = metrics_of(st.sums, st.count);
         last_sums = MetricSums(), last_count = 0;
       } else {
         last_sums = step_sums, last_count = step_count;
@@ -941,15 +968,17 @@ TrainSummary Trainer::run(bool resume) {
       pu.step_in_epoch = (position / cfg.data.batch_size + batch.index + accum) / accum;
       pu.steps_per_epoch = steps_per_epoch;
       pu.global_step = step, pu.total_steps = total_steps;
-      pu.loss = last_loss, pu.accuracy = last_accuracy;
+      pu.loss = last_loss;
+      if (objective.regression()) pu.rmse = last_metrics["rmse"];
+      else pu.accuracy = last_metrics["accuracy"];
       pu.samples = static_cast<int64_t>(st.count);
       pu.data_wait_s = loader.last_wait_seconds();
       if (root) progress.update(pu);
       if (root && log_step) {
         nlohmann::json rec = {{"type", "step"}, {"epoch", epoch + 1}, {"step", step}, {"loss", last_loss},
-                              {"accuracy", last_accuracy}, {"lr", opt->lr()},
-                              {"samples_per_s", progress.samples_per_second()},
+                              {"lr", opt->lr()}, {"samples_per_s", progress.samples_per_second()},
                               {"data_wait_s", loader.last_wait_seconds()}};
+        put_metrics(rec, "", last_metrics);
         if (scaler) rec["loss_scale"] = scaler->get_scale(), rec["skipped_steps"] = scaler->skipped_steps();
         if (cfg.optimizer.clip_grad_norm > 0) rec["grad_norm"] = grad_norm;  // before clipping
         metrics->write(rec);
@@ -968,13 +997,17 @@ TrainSummary Trainer::run(bool resume) {
       // The epoch's sums, and the last step's loss when that step did not log: one read, one
       // allreduce (every rank gets here once per epoch, after the same number of steps).
       // With local SGD, also the samples counted since the last meeting.
-      const auto [epoch_loss, epoch_correct] = epoch_sums.read();
-      const auto [step_loss, step_correct] = last_sums.read();
-      const auto v = allreduce_sums(comm, {epoch_loss, epoch_correct, step_loss, step_correct, last_count, unmet_count});
-      epoch_stats.loss_sum = v[0], epoch_stats.correct = v[1];
-      if (v[4] > 0) last_loss = v[2] / v[4], last_accuracy = v[3] / v[4];
-      epoch_stats.count += v[5];
-      samples_done += static_cast<int64_t>(v[5]);
+      // Layout: the epoch's sums, the last step's sums, then last_count and unmet_count.
+      std::vector<double> v = epoch_sums.read(n_sums), last = last_sums.read(n_sums);
+      v.insert(v.end(), last.begin(), last.end());
+      v.push_back(last_count), v.push_back(unmet_count);
+      v = allreduce_sums(comm, v);
+      epoch_stats.sums.assign(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n_sums));
+      last.assign(v.begin() + static_cast<std::ptrdiff_t>(n_sums), v.begin() + static_cast<std::ptrdiff_t>(2 * n_sums));
+      const double step_count = v[2 * n_sums];
+      if (step_count > 0) last_loss = last[0] / step_count, last_metrics = metrics_of(last, step_count);
+      epoch_stats.count += v[2 * n_sums + 1];
+      samples_done += static_cast<int64_t>(v[2 * n_sums + 1]);
       unmet_count = 0;
     }
     if (summary.interrupted ||
@@ -985,10 +1018,10 @@ TrainSummary Trainer::run(bool resume) {
     summary.epochs_done = epoch + 1;
     const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
     nlohmann::json rec = {{"type", "epoch"}, {"epoch", epoch + 1}, {"step", step},
-                          {"train_loss", epoch_stats.loss_sum / std::max(1.0, epoch_stats.count)},
-                          {"train_accuracy", epoch_stats.correct / std::max(1.0, epoch_stats.count)},
+                          {"train_loss", epoch_stats.sums[0] / std::max(1.0, epoch_stats.count)},
                           {"seconds", epoch_s}, {"samples", epoch_stats.count},
                           {"samples_per_s", epoch_stats.count / epoch_s}};
+    put_metrics(rec, "train_", metrics_of(epoch_stats.sums, epoch_stats.count));
     if (dp) {  // model-synchronization traffic of this epoch, per rank (gradient buckets, averaging points)
       rec["sync_allreduces"] = dp->sync_allreduces() - sync_calls0;
       rec["sync_allreduce_mb"] = static_cast<double>(dp->sync_allreduce_bytes() - sync_bytes0) / (1 << 20);
@@ -999,29 +1032,37 @@ TrainSummary Trainer::run(bool resume) {
       AutocastScope ac(DType::bf16, autocast_bf16);
       if (ds.validation) {
         EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data)
-                                   : evaluate(*model, ds.validation, cfg.data, &comm);
+                                   : evaluate(*model, ds.validation, cfg.data, &comm, &objective);
         rec["val_loss"] = val.loss;
-        rec["val_accuracy"] = val.accuracy;
-        summary.val_accuracy = val.accuracy, summary.val_loss = val.loss;
+        put_metrics(rec, "val_", val.metrics);
+        summary.val_accuracy = val.accuracy, summary.val_loss = val.loss, summary.val_metrics = val.metrics;
       }
       EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data)
-                                : evaluate(*model, ds.test, cfg.data, &comm);
+                                : evaluate(*model, ds.test, cfg.data, &comm, &objective);
       rec["test_loss"] = ev.loss;
-      rec["test_accuracy"] = ev.accuracy;
-      summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss;
+      put_metrics(rec, "test_", ev.metrics);
+      summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss, summary.test_metrics = ev.metrics;
     }
     if (root) {
       metrics->write(rec);
-      progress.message(fmt::format("epoch {}/{}: train loss {:.4f}, train accuracy {:.2f}%{}{} ({:.1f} s, {:.0f} samples/s)",
-                                   epoch + 1, cfg.train.epochs, rec["train_loss"].get<double>(),
-                                   100 * rec["train_accuracy"].get<double>(),
-                                   rec.contains("val_accuracy") ? fmt::format(", validation accuracy {:.2f}%",
-                                                                              100 * rec["val_accuracy"].get<double>())
-                                                                : std::string(),
-                                   rec.contains("test_accuracy") ? fmt::format(", test accuracy {:.2f}%",
-                                                                               100 * rec["test_accuracy"].get<double>())
-                                                                 : std::string(),
-                                   epoch_s, epoch_stats.count / epoch_s));
+      // Classification: accuracy in percent; regression: RMSE and R^2.
+      auto shown = [&](const std::string& prefix, const char* label) -> std::string {
+        if (!objective.regression()) {
+          if (!rec.contains(prefix + "accuracy")) return "";
+          return fmt::format(", {}accuracy {:.2f}%", label, 100 * rec[prefix + "accuracy"].get<double>());
+        }
+        if (!rec.contains(prefix + "rmse")) return "";
+        const auto& r2 = rec[prefix + "r2"];
+        return fmt::format(", {}RMSE {:.4g}, {}R2 {:.4f}", label, rec[prefix + "rmse"].get<double>(), label,
+                           r2.is_number() ? r2.get<double>() : std::nan(""));
+      };
+      const double train_loss = rec["train_loss"].get<double>();
+      progress.message(fmt::format("epoch {}/{}: train loss {}{}{}{} ({:.1f} s, {:.0f} samples/s)", epoch + 1,
+                                   cfg.train.epochs, objective.regression() ? fmt::format("{:.4g}", train_loss)
+                                                                             : fmt::format("{:.4f}", train_loss),
+                                   shown("train_", "train "),
+                                   shown("val_", "validation "), shown("test_", "test "), epoch_s,
+                                   epoch_stats.count / epoch_s));
     }
     // train.stop_after_epoch: this chunk of the run ends here, always with a checkpoint to resume from.
     const bool chunk_end = cfg.train.stop_after_epoch > 0 && epoch + 1 == cfg.train.stop_after_epoch && !last;
@@ -1097,8 +1138,9 @@ TrainSummary Trainer::run(bool resume) {
     nlohmann::json s = {{"steps", summary.steps}, {"epochs", summary.epochs_done}, {"seconds", summary.seconds},
                         {"train_samples_per_s", summary.train_samples_per_s}, {"final_train_loss", last_loss},
                         {"ranks", world}, {"threads", num_threads()}, {"interrupted", summary.interrupted}};
-    if (summary.test_accuracy >= 0) s["test_accuracy"] = summary.test_accuracy, s["test_loss"] = summary.test_loss;
-    if (summary.val_accuracy >= 0) s["val_accuracy"] = summary.val_accuracy, s["val_loss"] = summary.val_loss;
+    if (!summary.test_metrics.empty()) s["test_loss"] = summary.test_loss, put_metrics(s, "test_", summary.test_metrics);
+    if (!summary.val_metrics.empty()) s["val_loss"] = summary.val_loss, put_metrics(s, "val_", summary.val_metrics);
+    s["loss"] = objective.name();
     if (summary.allreduce_hidden_fraction >= 0) s["allreduce_hidden_fraction"] = summary.allreduce_hidden_fraction;
     s["device"] = device.str();
     s["optimizer_state_bytes_per_rank"] = state_bytes;

@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "hpdl/nn/module.h"
 #include "hpdl/optim/grad_scaler.h"
 #include "hpdl/train/config.h"
+#include "hpdl/train/objective.h"
 
 namespace hpdl::dist {
 class Communicator;
@@ -29,8 +31,9 @@ class Communicator;
 namespace hpdl::train {
 
 struct EvalResult {
-  double loss = 0, accuracy = 0;
+  double loss = 0, accuracy = 0;  // accuracy: -1 for a regression objective
   int64_t samples = 0;
+  std::map<std::string, double> metrics;  // Objective::metrics: accuracy, or rmse, mae, r2
 };
 
 struct TrainSummary {
@@ -38,6 +41,8 @@ struct TrainSummary {
   double final_train_loss = 0;
   double test_accuracy = -1, test_loss = -1;
   double val_accuracy = -1, val_loss = -1;  // with data.validation: the last evaluation's
+  // The last evaluation's metrics (Objective::metrics; regression: rmse, mae, r2), empty if none.
+  std::map<std::string, double> test_metrics, val_metrics;
   double seconds = 0, train_samples_per_s = 0;
   bool interrupted = false;  // stopped by a signal after checkpointing
   // With train.trace and several ranks: the fraction of allreduce time that
@@ -57,16 +62,18 @@ struct Datasets {
 // The datasets a config names (fashion-mnist and mnist from idx files, npy,
 // csv, hdf5; store when built with the data store). Errors name the file and the package.
 // With data.validation = N the last N training samples become the validation
-// set and the training set keeps the rest.
-Datasets load_datasets(const DataConfig& config);
+// set and the training set keeps the rest. `targets` > 0 opens them with that
+// many float regression targets per sample (Objective::targets()).
+Datasets load_datasets(const DataConfig& config, int64_t targets = 0);
 // The model a config names, for samples of `sample_shape` [C, H, W].
 nn::ModulePtr build_model(const Config& config, const Shape& sample_shape);
 // Normalization (and augmentation when `train`) as the config says.
 data::Pipeline make_pipeline(const DataConfig& config, bool train);
-// Loss and accuracy over a dataset, sharded over the ranks of `comm` (null:
-// the world) and all-reduced.
+// Loss and metrics over a dataset, sharded over the ranks of `comm` (null:
+// the world) and all-reduced: exact over the whole set. `objective` null:
+// classification with cross entropy.
 EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
-                    dist::Communicator* comm = nullptr);
+                    dist::Communicator* comm = nullptr, const Objective* objective = nullptr);
 // Loads a checkpoint's model weights ("model." tensors) into `model`. `path` is
 // a run directory (newest valid checkpoint) or a .safetensors file.
 void load_model_weights(nn::Module& model, const std::filesystem::path& path);

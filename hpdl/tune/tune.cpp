@@ -854,6 +854,9 @@ TrialRunner training_runner(const SearchConfig& search) {
         all.push_back(fmt::format("train.max_steps={}", budget));
       }
       train::Config cfg = train::load_config(search.config, all);
+      HPDL_CHECK(cfg.train.loss == "cross_entropy", "{}: train.loss = \"{}\": hpdl tune selects on accuracy and "
+                 "cross-entropy loss; it does not tune regression runs yet (train them with hpdl train)",
+                 search.config.string(), cfg.train.loss);
       if (group.rank() == 0) {
         std::filesystem::create_directories(dir);
         log = std::fopen((dir / "train.log").c_str(), "a");

@@ -686,6 +686,50 @@ jobs_scripts_lint)
   command -v shellcheck >/dev/null || fail "shellcheck is not installed (scripts/setup.sh installs it)"
   (cd "$ex/.." && shellcheck -x examples/jobs/*.sh examples/jobs/*.sbatch) >lint.txt 2>&1 || fail "shellcheck: $(cat lint.txt)"
   ;;
+train_regression_example)
+  # The regression example: a surrogate of the damped, driven oscillator's amplitude trains to
+  # R^2 > 0.95 on its test set in a short budget; eval and predict print values, not classes;
+  # label smoothing and integer labels with a regression loss are refused by name.
+  py=${PYTHON:-python3}
+  "$py" "$ex/regression/make_oscillator.py" data --train 3000 --test 600 || fail "the generator failed"
+  [[ $(wc -l <data/train.csv) -eq 3001 ]] || fail "train.csv should have a header and 3000 rows"
+  "$hpdl" train "$ex/regression/oscillator.toml" "${small[@]}" --set data.path=data --set train.epochs=12 \
+    --set train.run_dir=run >out.txt 2>err.txt || fail "training failed: $(tail -3 err.txt)"
+  r2=$(sed -n 's/.*"test_r2": *\([-0-9.e]*\).*/\1/p' run/summary.json)
+  [[ -n $r2 ]] || fail "no test_r2 in summary.json: $(cat run/summary.json)"
+  awk -v r="$r2" 'BEGIN { exit !(r > 0.95) }' || fail "test R^2 $r2 of the oscillator surrogate"
+  grep -q '"test_rmse"' run/summary.json || fail "no test_rmse in summary.json"
+  grep -q '"test_accuracy"' run/summary.json && fail "a regression run reported accuracy"
+  grep -q "test RMSE" out.txt || fail "train printed no RMSE: $(cat out.txt)"
+  grep -q "train_r2" run/metrics.jsonl || fail "no train_r2 in the epoch records"
+  "$hpdl" eval --checkpoint run >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  grep -q "test RMSE .* R2 " eval.txt || fail "eval printed no RMSE and R2: $(cat eval.txt)"
+  # predict: two samples as a float32 .npy written by hand; far from resonance the amplitude is
+  # smooth, and the surrogate must be within 0.1 of the formula there.
+  "$py" - <<'PY' || fail "could not write the predict input"
+import struct
+rows = [(1.5, 0.5, 0.5), (1.2, 0.8, 2.0)]
+header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
+with open("in.npy", "wb") as f:
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
+    for r in rows:
+        f.write(struct.pack("<3f", *r))
+PY
+  "$hpdl" predict --checkpoint run in.npy >pred.txt 2>&1 || fail "predict failed: $(cat pred.txt)"
+  [[ $(grep -c "value" pred.txt) -eq 2 ]] || fail "expected 2 values: $(cat pred.txt)"
+  grep -q "class" pred.txt && fail "predict printed classes for a regression model: $(cat pred.txt)"
+  awk '{ w0 = (NR == 1 ? 1.5 : 1.2); z = (NR == 1 ? 0.5 : 0.8); w = (NR == 1 ? 0.5 : 2.0);
+         a = 1 / sqrt((w0 * w0 - w * w) ^ 2 + (2 * z * w0 * w) ^ 2); d = $4 - a; if (d < 0) d = -d;
+         if (d > 0.1) { print "sample " NR ": " $4 " vs " a; bad = 1 } } END { exit bad }' pred.txt \
+    || fail "predictions far from the formula: $(cat pred.txt)"
+  "$hpdl" train "$ex/regression/oscillator.toml" --set data.path=data --set train.label_smoothing=0.1 \
+    --set train.run_dir=bad >bad.txt 2>&1 && fail "label smoothing with mse was accepted"
+  grep -q "train.label_smoothing" bad.txt || fail "no clear refusal of label smoothing: $(cat bad.txt)"
+  "$hpdl" train "$ex/regression/oscillator.toml" --set data.path=data --set train.loss=cross_entropy \
+    --set train.run_dir=bad >bad2.txt 2>&1 && fail "float targets with cross entropy were accepted"
+  grep -q "train.csv" bad2.txt || fail "the refusal does not name the file: $(cat bad2.txt)"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"

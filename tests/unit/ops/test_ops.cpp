@@ -275,6 +275,16 @@ std::vector<OpCase> cases() {
        {{128, 10}}});
   add({"nll_loss", {{3, 4}}, [](T x) { return nll_loss(x[0], i64({3, 0, 1}), Reduction::none); }});
   add({"mse_loss", {{3, 4}, {3, 4}}, [](T x) { return mse_loss(x[0], x[1]); }});
+  add({"mse_loss_sum", {{5, 2}, {5, 2}}, [](T x) { return mse_loss(x[0], x[1], Reduction::sum); }});
+  // l1: |r| has its kink at r = 0, so one side is a fixed zero target and the input keeps away from 0.
+  add({"l1_loss_input", {{3, 4}}, [](T x) { return l1_loss(x[0], Tensor::zeros(x[0].shape(), x[0].dtype())); },
+       -1, 1, 0.0});
+  add({"l1_loss_target", {{3, 4}}, [](T x) {
+         return l1_loss(Tensor::zeros(x[0].shape(), x[0].dtype()), x[0], Reduction::none);
+       }, -1, 1, 0.0});
+  // huber: residuals in [-2, 2] with delta 0.5 fall on both pieces.
+  add({"huber_loss", {{4, 3}, {4, 3}}, [](T x) { return huber_loss(x[0], x[1], 0.5); }});
+  add({"huber_loss_none", {{6}, {6}}, [](T x) { return huber_loss(x[0], x[1], 1.5, Reduction::none); }, -2, 2});
   add({"bce_with_logits", {{3, 4}, {3, 4}}, [](T x) { return bce_with_logits(x[0], x[1]); }, -3, 3});
   add({"embedding", {{6, 3}}, [](T x) { return embedding(x[0], Tensor::from_vector<int64_t>({1, 5, 1, 0}, {2, 2})); }});
   add({"index_select_axis1", {{3, 4}}, [](T x) { return square(index_select(x[0], 1, i64({3, 0, 3}))); }});
@@ -420,6 +430,46 @@ TEST(Ops, CrossEntropyMatchesHandComputedValue) {
   EXPECT_NEAR(cross_entropy(logits, t, 0.2).item(), 0.8 * nll + 0.2 * smooth, 1e-12);
 }
 
+// The regression losses against plain loops over the same residuals (the reference).
+TEST(Ops, RegressionLossesMatchHandComputedValues) {
+  const std::vector<double> in{0.5, -2.0, 1.25, 3.0, -0.1, 0.0}, tg{0.0, 1.0, 1.0, -1.0, 0.3, 0.0};
+  Tensor x = Tensor::from_vector(in, {3, 2}), t = Tensor::from_vector(tg, {3, 2});
+  const double delta = 0.75;
+  double se = 0, ae = 0, hu = 0;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const double r = in[i] - tg[i], a = std::abs(r);
+    se += r * r, ae += a, hu += a <= delta ? 0.5 * r * r : delta * (a - 0.5 * delta);
+  }
+  EXPECT_NEAR(mse_loss(x, t).item(), se / 6, 1e-12);
+  EXPECT_NEAR(mse_loss(x, t, Reduction::sum).item(), se, 1e-12);
+  EXPECT_NEAR(l1_loss(x, t).item(), ae / 6, 1e-12);
+  EXPECT_NEAR(l1_loss(x, t, Reduction::sum).item(), ae, 1e-12);
+  EXPECT_NEAR(huber_loss(x, t, delta).item(), hu / 6, 1e-12);
+  EXPECT_NEAR(huber_loss(x, t, delta, Reduction::sum).item(), hu, 1e-12);
+  auto none = huber_loss(x, t, delta, Reduction::none).to_vector<double>();
+  ASSERT_EQ(none.size(), 6u);
+  EXPECT_NEAR(none[1], delta * (3.0 - 0.5 * delta), 1e-12);  // |r| = 3 > delta: the linear piece
+  EXPECT_NEAR(none[0], 0.5 * 0.25, 1e-12);                   // |r| = 0.5 < delta: the quadratic piece
+  // Huber with a large delta is half the squared error; l1 of float32 equals float64's.
+  EXPECT_NEAR(huber_loss(x, t, 100.0, Reduction::sum).item(), 0.5 * se, 1e-12);
+  EXPECT_NEAR(l1_loss(x.to(DType::f32), t.to(DType::f32)).item(), ae / 6, 1e-6);
+}
+
+// At |r| = delta the two pieces meet with the same slope: the gradient is +-delta
+// there and matches central differences.
+TEST(Ops, HuberGradientAtDeltaMatchesFiniteDifferences) {
+  const double delta = 0.5;
+  Tensor x = Tensor::from_vector<double>({0.5, -0.5, 1.2, 0.5, -1.5}, {5}).set_requires_grad();
+  Tensor t = Tensor::from_vector<double>({0.0, 0.0, 0.7, 1.0, -1.0}, {5});  // r = .5, -.5, .5, -.5, -.5
+  Tensor l = huber_loss(x, t, delta, Reduction::sum);
+  auto g = grad({l}, {x})[0].to_vector<double>();
+  const std::vector<double> expect{0.5, -0.5, 0.5, -0.5, -0.5};
+  for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], expect[i], 1e-12) << "element " << i;
+  GradcheckResult r = gradcheck([&](const std::vector<Tensor>& in) { return huber_loss(in[0], in[1], delta); },
+                                {x.detach().clone().set_requires_grad(), t.clone().set_requires_grad()});
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
 TEST(Ops, Conv2dWindowsAllInPaddingGiveTheBias) {
   // x [2, 2, 1, 1], 1x1 kernel, stride 8, padding 2: one output pixel per filter, centred on row -2.
   Generator gen(3);
@@ -548,6 +598,16 @@ TEST(OpErrors, ShapeMismatchNamesOpAndBothShapes) {
   EXPECT_NE(m.find("mse_loss"), std::string::npos) << m;
   EXPECT_NE(m.find("[2, 2]"), std::string::npos) << m;
   EXPECT_NE(m.find("[2, 3]"), std::string::npos) << m;
+}
+
+TEST(OpErrors, RegressionLossesNameTheOpAndTheProblem) {
+  std::string m = error_of([] { l1_loss(Tensor::ones({2, 2}), Tensor::ones({2, 3})); });
+  EXPECT_NE(m.find("l1_loss"), std::string::npos) << m;
+  EXPECT_NE(m.find("[2, 3]"), std::string::npos) << m;
+  m = error_of([] { huber_loss(Tensor::ones({2}), Tensor::ones({2}), 0.0); });
+  EXPECT_NE(m.find("huber_loss: delta"), std::string::npos) << m;
+  m = error_of([] { huber_loss(Tensor::ones({2}), Tensor::ones({2}, DType::i64)); });
+  EXPECT_NE(m.find("huber_loss"), std::string::npos) << m;
 }
 
 TEST(OpErrors, UnsupportedDtypeIsNamed) {

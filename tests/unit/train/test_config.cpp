@@ -270,6 +270,7 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
       {"[train]\nbf16_wire = true", "train.bf16_wire = true"},
       {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
       {"[optimizer]\nclip_grad_norm = 1.0", "optimizer.clip_grad_norm = 1"},
+      {"[train]\nloss = \"mse\"", "train.loss = 'mse'"},
   };
   for (auto& [lines, key] : refused) {
     err = error_of([&] { parse_config(lines + "\n", "c.toml", {"train.pipeline_stages=2"}); });
