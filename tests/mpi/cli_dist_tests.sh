@@ -335,14 +335,15 @@ train_pipeline_refused_np2)
   grep -q "train.micro_batches = 8: the last batch of each epoch holds 4 samples" log || fail "unclear error: $(tail -3 log)"
   ;;
 train_tp_np2)
-  # The tiny vit, 6 steps, checkpoints at steps 3 and 6: tensor_parallel = 2 on 2 ranks against one
-  # process. Only the order of float sums differs (the row-parallel layers' partial products are
+  # The tiny vit, one epoch of 96 training samples (6 steps; the rest of the training set is held
+  # out, 59904 validation samples, and evaluated with the test set), checkpoints at steps 3 and 6:
+  # tensor_parallel = 2 on 2 ranks against one process. Only the order of float sums differs (the row-parallel layers' partial products are
   # summed across the ranks), so the loss curves agree to 1e-5 and the weights and momentum to 5e-5
   # of each tensor's largest element. Then each run's step-3 checkpoint resumes at the other P: a
   # checkpoint is the whole model (and momentum) under its own names, whatever P wrote it.
   run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "${@:2}" $tiny_vit \
-            --set data.batch_size=16 --set data.workers=1 --set train.max_steps=6 --set train.log_every=1 \
-            --set train.checkpoint_every_steps=3; }
+            --set data.batch_size=16 --set data.workers=1 --set data.validation=59904 --set train.epochs=1 \
+            --set train.log_every=1 --set train.checkpoint_every_steps=3 --set train.keep_checkpoints=3; }
   vit="$ex/fashion_mnist/vit.toml"
   run 1 "$vit" --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
   run 2 "$vit" --set train.tensor_parallel=2 --set train.run_dir=tp >log_2 2>&1 || fail "tensor-parallel run failed: $(tail -5 log_2)"
@@ -358,6 +359,15 @@ a, b = (json.load(open(p)) for p in sys.argv[1:])
 assert a["tensor_parallel"] == 1 and b["tensor_parallel"] == 2, (a, b)
 # The encoder layers' split weights are half on each rank; the rest is whole.
 assert a["parameters_per_rank"] / 2 < b["parameters_per_rank"] < a["parameters_per_rank"], (a, b)
+# Evaluation: every rank of the group computes the same logits; they count once.
+for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
+    assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+PY
+  python3 - single/metrics.jsonl tp/metrics.jsonl <<'PY' || fail "the epoch's sample count or loss differs"
+import json, sys
+a, b = ([r for r in map(json.loads, open(p)) if r.get("type") == "epoch"] for p in sys.argv[1:])
+assert len(a) == len(b) == 1 and a[0]["samples"] == b[0]["samples"] == 96, (a, b)
+assert abs(a[0]["train_loss"] - b[0]["train_loss"]) <= 1e-5 * abs(a[0]["train_loss"]), (a, b)
 PY
   # P = 2 -> 1 and 1 -> 2, from step 3 to 6.
   for from_to in "tp 1" "single 2"; do
