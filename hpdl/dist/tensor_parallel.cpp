@@ -16,6 +16,7 @@
 #include "hpdl/ops/attention.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/linalg.h"
+#include "hpdl/ops/shape.h"
 
 namespace hpdl::dist {
 namespace {
@@ -377,6 +378,106 @@ Tensor ParallelTransformerEncoderLayer::forward(const Tensor& x, const Tensor& a
   }
   Tensor h = norm1->forward(add(x, attend(x)));
   return norm2->forward(add(h, feed_forward(h)));
+}
+
+}  // namespace hpdl::dist
+
+namespace hpdl::dist {
+
+// ---------------------------------------------------------------- whole models
+
+ParallelVisionTransformer::ParallelVisionTransformer(nn::models::VisionTransformer& full, Communicator& comm)
+    : options(full.options) {
+  // Registration order and kinds as VisionTransformer's, so named_parameters() lists alike.
+  patch_embed = register_module("patch_embed", full.patch_embed);
+  cls_token = register_parameter("cls_token", full.cls_token);
+  pos_embed = register_parameter("pos_embed", full.pos_embed);
+  blocks = register_module("blocks", std::make_shared<nn::Sequential>());
+  for (size_t i = 0; i < full.blocks->size(); ++i) {
+    auto* layer = dynamic_cast<nn::TransformerEncoderLayer*>(&(*full.blocks)[i]);
+    HPDL_CHECK(layer != nullptr, "ParallelVisionTransformer: blocks.{} is a {}, not a TransformerEncoderLayer", i,
+               (*full.blocks)[i].type_name());
+    blocks->push_back(std::make_shared<ParallelTransformerEncoderLayer>(*layer, comm));
+  }
+  norm = register_module("norm", full.norm);
+  head = register_module("head", full.head);
+  train(full.is_training());
+}
+
+Tensor ParallelVisionTransformer::forward(const Tensor& x) {
+  const auto& o = options;
+  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == o.in_channels && x.dim(2) == o.height && x.dim(3) == o.width,
+             "ParallelVisionTransformer: input {} must be [N, {}, {}, {}]", shape_str(x.shape()), o.in_channels,
+             o.height, o.width);
+  const int64_t N = x.dim(0);
+  // As VisionTransformer::forward: tokens [N, L, E], class token first, positions added; the
+  // encoder layers take and give replicated [N, 1 + L, E], so the head sees the same on every rank.
+  Tensor tokens = patch_embed->forward(x).flatten(2).transpose(1, 2);
+  Tensor h = add(cat({cls_token.expand({N, 1, o.dim}), tokens}, 1), pos_embed);
+  h = blocks->forward(h);
+  return head->forward(norm->forward(h.select(1, 0)));
+}
+
+// ---------------------------------------------------------------- optimizer state
+
+std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model) {
+  std::map<std::string, ShardedParameter> out;
+  for (auto& [prefix, m] : model.named_modules()) {
+    auto* tp = dynamic_cast<TensorParallelModule*>(m.get());
+    if (!tp) continue;
+    for (auto& [name, spec] : tp->shard_specs())
+      if (spec.axis >= 0) out[join(prefix, name)] = {spec, &tp->comm()};
+  }
+  return out;
+}
+
+namespace {
+
+// The split parameter an optimizer entry "<parameter>.<buffer>" belongs to, or null.
+const ShardedParameter* owner_of(const std::map<std::string, ShardedParameter>& sharded, const std::string& key,
+                                 std::string* param) {
+  const auto dot = key.rfind('.');
+  if (dot == std::string::npos) return nullptr;
+  auto it = sharded.find(key.substr(0, dot));
+  if (it == sharded.end()) return nullptr;
+  *param = it->first;
+  return &it->second;
+}
+
+}  // namespace
+
+std::map<std::string, Tensor> gather_full_optimizer_state(nn::Module& model, const std::map<std::string, Tensor>& state) {
+  const auto sharded = sharded_parameters(model);
+  std::map<std::string, Tensor> params;
+  for (auto& [k, v] : model.named_parameters()) params.emplace(k, v);
+  std::map<std::string, Tensor> out;
+  // std::map order: the same keys in the same order on every rank, so are the allgathers.
+  for (const auto& [key, t] : state) {
+    std::string param;
+    const ShardedParameter* sp = owner_of(sharded, key, &param);
+    if (sp && t.defined() && t.shape() == params.at(param).shape())
+      out[key] = unshard_tensor(t, sp->spec, *sp->comm);
+    else
+      out[key] = t;
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> shard_optimizer_state(nn::Module& model, const std::map<std::string, Tensor>& full) {
+  const auto sharded = sharded_parameters(model);
+  std::map<std::string, Tensor> params;
+  for (auto& [k, v] : model.named_parameters()) params.emplace(k, v);
+  std::map<std::string, Tensor> out;
+  for (const auto& [key, t] : full) {
+    std::string param;
+    const ShardedParameter* sp = owner_of(sharded, key, &param);
+    if (sp && t.defined() && t.ndim() == params.at(param).ndim() && t.dim(sp->spec.axis) ==
+        params.at(param).dim(sp->spec.axis) * sp->comm->size())
+      out[key] = shard_tensor(t, sp->spec, sp->comm->rank(), sp->comm->size(), "optimizer state '" + key + "'");
+    else
+      out[key] = t;
+  }
+  return out;
 }
 
 }  // namespace hpdl::dist

@@ -18,6 +18,7 @@
 #include "hpdl/core/random.h"
 #include "hpdl/dist/communicator.h"
 #include "hpdl/nn/layers.h"
+#include "hpdl/nn/models/vit.h"
 #include "hpdl/nn/module.h"
 #include "hpdl/nn/transformer.h"
 
@@ -190,5 +191,49 @@ std::map<std::string, Tensor> gather_full_state_dict(nn::Module& model);
 // Loads a full (one-process) state dict into a model holding sharded layers:
 // each rank copies its slice. Same keys as gather_full_state_dict; strict.
 void load_full_state_dict(nn::Module& model, const std::map<std::string, Tensor>& full);
+
+// ---- whole models and their optimizer state ----
+
+// The Vision Transformer (nn/models/vit.h) with every encoder layer a
+// ParallelTransformerEncoderLayer over `comm`, built from a full model
+// constructed identically on every rank (same seed): the patch embedding,
+// class token, position embedding, final norm and head are the full model's
+// own (shared, replicated on every rank), so the names and the forward are
+// the full model's. Throws (the layer's error) when model.heads or the
+// feed-forward width is not divisible by comm.size().
+class ParallelVisionTransformer : public nn::Module {
+ public:
+  ParallelVisionTransformer(nn::models::VisionTransformer& full, Communicator& comm);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "ParallelVisionTransformer"; }
+
+  std::shared_ptr<nn::Conv2d> patch_embed;
+  Tensor cls_token, pos_embed;
+  std::shared_ptr<nn::Sequential> blocks;  // of ParallelTransformerEncoderLayer
+  std::shared_ptr<nn::LayerNorm> norm;
+  std::shared_ptr<nn::Linear> head;
+  nn::models::VitOptions options;
+};
+
+// The split parameters of a model holding sharded layers, by full name: how
+// each is split and over which communicator. Replicated ones are absent.
+struct ShardedParameter {
+  ShardSpec spec;
+  Communicator* comm = nullptr;
+};
+std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model);
+
+// An optimizer's state (optim::Optimizer::state_dict(): "<parameter>.<buffer>"
+// entries and counters) of a model holding sharded layers, in the full
+// model's layout: a buffer of a split parameter with the shape of that
+// parameter's slice (momentum, Adam's moments: elementwise state) is
+// all-gathered and reassembled as the parameter is; everything else (counters,
+// buffers of replicated parameters) is copied. Collective over every sharded
+// layer's communicator, as gather_full_state_dict.
+std::map<std::string, Tensor> gather_full_optimizer_state(nn::Module& model, const std::map<std::string, Tensor>& state);
+// The inverse: this rank's slice of a full optimizer state (each buffer of a
+// split parameter with the full parameter's shape is sliced as the
+// parameter). Local; throws naming the entry when a shape does not split.
+std::map<std::string, Tensor> shard_optimizer_state(nn::Module& model, const std::map<std::string, Tensor>& full);
 
 }  // namespace hpdl::dist

@@ -69,6 +69,7 @@ std::vector<Key> bind(Config& c) {
       {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
       {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},
       {"train.pipeline_schedule", &t.pipeline_schedule},
+      {"train.tensor_parallel", &t.tensor_parallel},
   };
 }
 
@@ -491,6 +492,36 @@ void validate(const Config& c, const std::string& src) {
            fmt::format("train.loss_scale = '{}'", t.loss_scale), "each stage would unscale and skip steps on its own");
     refuse(t.loss != "cross_entropy", fmt::format("train.loss = '{}'", t.loss),
            "the last stage computes the cross-entropy loss and accuracy only");
+  }
+  positive("train.tensor_parallel", static_cast<double>(t.tensor_parallel));
+  if (t.tensor_parallel > 1) {
+    const int64_t P = t.tensor_parallel;
+    auto refuse = [&](bool on, const std::string& key, const char* why) {
+      HPDL_CHECK(!on, "{}: train.tensor_parallel = {} cannot be combined with {}: {}; set one of them off", src, P,
+                 key, why);
+    };
+    refuse(c.model.name != "vit", fmt::format("model.name = \"{}\"", c.model.name),
+           "only the vit's encoder layers have tensor-parallel versions");
+    refuse(t.pipeline_stages > 1, fmt::format("train.pipeline_stages = {}", t.pipeline_stages),
+           "the world is split into one grid at a time");
+    refuse(t.device != "cpu", fmt::format("train.device = \"{}\"", t.device),
+           "the tensor-parallel collectives take CPU tensors only");
+    refuse(t.sync_batchnorm, "train.sync_batchnorm = true", "the vit has no batch norm layer to synchronize");
+    refuse(t.shard_optimizer, "train.shard_optimizer = true",
+           "each rank's optimizer already holds the state of its slice of the encoder layers only");
+    refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
+           "the ranks of a tensor-parallel group must step together on every batch");
+    refuse(c.optimizer.clip_grad_norm > 0, fmt::format("optimizer.clip_grad_norm = {}", c.optimizer.clip_grad_norm),
+           "the global gradient norm would span the slices of every rank");
+    refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
+           fmt::format("train.loss_scale = '{}'", t.loss_scale),
+           "each rank would check only its own slices' gradients and could skip a step alone");
+    const int64_t ff = std::llround(static_cast<double>(c.model.dim) * c.model.mlp_ratio);
+    HPDL_CHECK(c.model.heads % P == 0, "{}: train.tensor_parallel = {} does not divide model.heads = {} (each rank "
+               "holds heads / P attention heads); use a divisor of {}", src, P, c.model.heads, c.model.heads);
+    HPDL_CHECK(ff % P == 0, "{}: train.tensor_parallel = {} does not divide the feed-forward width {} (model.dim {} x "
+               "model.mlp_ratio {}; each rank holds width / P of it); use a divisor of {}", src, P, ff, c.model.dim,
+               c.model.mlp_ratio, ff);
   }
 }
 

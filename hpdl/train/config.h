@@ -173,6 +173,15 @@ struct TrainConfig {
   // backwards) or "1f1b" (one forward, one backward in turn; less memory).
   int64_t micro_batches = 1;
   std::string pipeline_schedule = "gpipe";
+  // Tensor parallelism (dist/tensor_parallel.h; Megatron-LM, Shoeybi et al.
+  // 2019) under MPI: groups of this many consecutive ranks split each vit
+  // encoder layer's attention heads and feed-forward width between them, and
+  // the world is world / tensor_parallel data-parallel replicas of a group.
+  // 1: off. model.name = "vit" only; refused with pipeline_stages > 1,
+  // sync_batchnorm, shard_optimizer, local_sgd_steps, clip_grad_norm, loss
+  // scaling and GPU ranks, and when it does not divide model.heads or the
+  // feed-forward width.
+  int64_t tensor_parallel = 1;
 };
 
 struct Config {

@@ -24,11 +24,13 @@
 #include "hpdl/dist/data_parallel.h"
 #include "hpdl/dist/pipeline.h"
 #include "hpdl/dist/sync_batchnorm.h"
+#include "hpdl/dist/tensor_parallel.h"
 #include "hpdl/dist/zero.h"
 #include "hpdl/io/file.h"
 #include "hpdl/io/safetensors.h"
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
+#include "hpdl/nn/models/vit.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/factory.h"
 #include "hpdl/store/store_dataset.h"
@@ -531,7 +533,21 @@ TrainSummary Trainer::run(bool resume) {
                "train.pipeline_stages = 1", stages, world, stages, stages);
     grid = dist::make_pipeline_grid(comm, stages);
   }
-  const int replicas = pipelined ? grid.replicas : world, replica = pipelined ? grid.replica : rank;
+  // ---- tensor parallelism (train.tensor_parallel): groups of P consecutive ranks x replicas ----
+  // The same grid: grid.pipeline is the tensor-parallel group, grid.data the ranks holding the same
+  // slices in the other replicas. Every rank of a group reads its replica's batches.
+  const int tp = static_cast<int>(cfg.train.tensor_parallel);
+  const bool tensor_parallel = tp > 1;
+  if (tensor_parallel) {
+    HPDL_CHECK(world % tp == 0, "train.tensor_parallel = {} does not divide the {} rank(s) of this run: run with "
+               "a multiple of {} ranks (tensor-parallel groups of {} x data-parallel replicas), or set "
+               "train.tensor_parallel = 1", tp, world, tp, tp);
+    grid = dist::make_pipeline_grid(comm, tp);
+  }
+  const bool gridded = pipelined || tensor_parallel;
+  const int replicas = gridded ? grid.replicas : world, replica = gridded ? grid.replica : rank;
+  // Tensor parallel: every rank of a group computes the same logits; only its first counts them.
+  const bool counts_metrics = !tensor_parallel || grid.pipeline->rank() == 0;
   // bf16: autocast (hpdl/ops/autocast.h) around forward and loss: convolutions
   // and matmuls on tensor cores, activations (channels-last) and their
   // gradients in bfloat16; master weights, their gradients and optimizer state
@@ -626,6 +642,24 @@ TrainSummary Trainer::run(bool resume) {
                    fmt::format("{}", fmt::join(pipeline->bounds().begin(), pipeline->bounds().end() - 1, ", ")).c_str(),
                    static_cast<long long>(pipeline->bounds().back()));
   }
+  // With tensor parallelism, each vit encoder layer is replaced by its slice on this rank (built
+  // from the full layer, identical on every rank); the rest of the model stays whole. Generators
+  // of the split parts draw per rank (seed + an offset per rank): their offsets from the full
+  // model's seeds are kept, so checkpoints hold the full model's seeds at any P.
+  std::map<std::string, uint64_t> tp_seed_offset;
+  if (tensor_parallel) {
+    auto* full = dynamic_cast<nn::models::VisionTransformer*>(model.get());
+    HPDL_CHECK(full != nullptr, "train.tensor_parallel = {}: model.name = \"{}\" is not a vit; set "
+               "train.tensor_parallel = 1", tp, cfg.model.name);
+    std::map<std::string, uint64_t> full_seed;
+    for (auto& [name, gen] : model->named_generators()) full_seed[name] = gen->seed();
+    model = std::make_shared<dist::ParallelVisionTransformer>(*full, *grid.pipeline);
+    for (auto& [name, gen] : model->named_generators()) tp_seed_offset[name] = gen->seed() - full_seed.at(name);
+    if (root)
+      std::fprintf(log, "hpdl: tensor parallel: groups of %d rank(s) x %d replica(s); %lld of the model's %lld "
+                   "parameters per rank\n", tp, replicas, static_cast<long long>(model->num_parameters()),
+                   static_cast<long long>(model_parameters));
+  }
   const int64_t global_batch = cfg.data.batch_size * replicas * accum;
   auto ocfg = optimizer_config(cfg.optimizer, global_batch);
   // train.shard_optimizer (ZeRO-1): each rank keeps the optimizer state of the parameters it owns and
@@ -647,7 +681,11 @@ TrainSummary Trainer::run(bool resume) {
   auto schedule = optim::make_schedule(schedule_config(cfg.schedule, ocfg.lr, steps_per_epoch, cfg.train.epochs));
   std::unique_ptr<dist::DataParallel> dp;
   // ---- data parallelism and synchronized batch norm (train.sync_batchnorm) ----
-  if (world > 1 && !pipelined) {
+  // Tensor parallel: over the replicas only. The replicated parameters' gradients are already
+  // equal within a group (copy_to_tp all-reduces the activations' gradient on its way back into
+  // the replicated layers); each split one is averaged with the same slice in the other replicas.
+  dist::Communicator& dp_comm = tensor_parallel ? *grid.data : comm;
+  if (dp_comm.size() > 1 && !pipelined) {
     dist::DataParallelOptions dpo;
     // Per-rank BN, or BN groups smaller than the world: every rank keeps rank 0's running statistics.
     dpo.broadcast_buffers = !cfg.train.sync_batchnorm ||
@@ -656,7 +694,7 @@ TrainSummary Trainer::run(bool resume) {
     dpo.bf16_wire = cfg.train.bf16_wire;
     if (shard_grads) dpo.grad_owners = dynamic_cast<dist::ShardedOptimizer&>(*opt).owners_of(model->parameters());
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
-              : std::make_unique<dist::DataParallel>(*model, comm, dpo);
+              : std::make_unique<dist::DataParallel>(*model, dp_comm, dpo);
   }
   // ---- local SGD (train.local_sgd_steps; Stich 2019, Lin et al. 2020) ----
   // The gradient hooks stay held back (DataParallel::set_accumulating), so each rank steps on its
@@ -714,7 +752,10 @@ TrainSummary Trainer::run(bool resume) {
     auto model_state = with_prefix(tensors, "model."), optim_state = with_prefix(tensors, "optim.");
     if (pipelined)
       model_state = stage_model_slice(model_state, *model), optim_state = stage_optimizer_slice(optim_state, *model);
-    model->load_state_dict(model_state);
+    if (tensor_parallel)  // this rank's slices
+      dist::load_full_state_dict(*model, model_state), optim_state = dist::shard_optimizer_state(*model, optim_state);
+    else
+      model->load_state_dict(model_state);
     opt->load_state_dict(optim_state);
     const int saved_world = info->meta.extra.value("world", world);
     // Local SGD: each rank resumes its own optimizer state when the rank count is unchanged
@@ -743,7 +784,7 @@ TrainSummary Trainer::run(bool resume) {
     position = std::min<int64_t>(per_rank, global_pos / replicas);
     for (auto& g : info->meta.rng)
       for (auto& [name, gen] : model->named_generators())
-        if (name == g.name) gen->set_state(g.seed, g.offset);
+        if (name == g.name) gen->set_state(g.seed + (tensor_parallel ? tp_seed_offset.at(name) : 0), g.offset);
     HPDL_CHECK(cfg.train.stop_after_epoch == 0 || epoch < cfg.train.stop_after_epoch,
                "--resume: train.stop_after_epoch = {} but the checkpoint {} is already past epoch {}; raise it or "
                "set it to 0", cfg.train.stop_after_epoch, info->sidecar_path.string(), epoch);
@@ -769,6 +810,15 @@ TrainSummary Trainer::run(bool resume) {
         mine["rng." + name] = Tensor::from_vector<int64_t>(
             {static_cast<int64_t>(gen->seed()), static_cast<int64_t>(gen->offset())}, {2});
       gathered = gather_dicts(*grid.pipeline, std::move(mine));
+    } else if (tensor_parallel) {
+      // Replica 0's group gathers the full model and optimizer state (the split parameters and
+      // their elementwise optimizer buffers reassembled) on world rank 0: an ordinary checkpoint.
+      if (grid.replica != 0) return;
+      for (auto& [k, v] : dist::gather_full_state_dict(*model)) gathered["model." + k] = v;
+      for (auto& [k, v] : dist::gather_full_optimizer_state(*model, opt->state_dict())) gathered["optim." + k] = v;
+      for (auto& [name, gen] : model->named_generators())  // the full model's seeds (rank 0's offsets are 0)
+        gathered["rng." + name] = Tensor::from_vector<int64_t>(
+            {static_cast<int64_t>(gen->seed() - tp_seed_offset.at(name)), static_cast<int64_t>(gen->offset())}, {2});
     } else if (root || shard_optimizer || local_sgd > 0) {
       opt_state = opt->state_dict();
     }
@@ -788,8 +838,8 @@ TrainSummary Trainer::run(bool resume) {
     meta.sampler_position = pos;
     meta.config = to_json(cfg);
     meta.extra = {{"world", replicas}};
-    if (pipelined) {
-      meta.extra["pipeline_stages"] = stages;
+    if (gridded) {
+      meta.extra[pipelined ? "pipeline_stages" : "tensor_parallel"] = pipelined ? stages : tp;
       std::map<std::string, Tensor> tensors;
       for (auto& [k, v] : gathered) {
         if (k.rfind("rng.", 0) != 0) {
@@ -900,6 +950,7 @@ TrainSummary Trainer::run(bool resume) {
                                       : loss;
           (scaler ? scaler->scale(weighted) : weighted).backward();
         }
+        if (!counts_metrics) continue;
         step_sums.add(MetricSums::of_batch(loss, static_cast<double>(batch.size()), objective, logits, labels));
         step_count += static_cast<double>(batch.size());
       }
@@ -1032,13 +1083,14 @@ TrainSummary Trainer::run(bool resume) {
       AutocastScope ac(DType::bf16, autocast_bf16);
       if (ds.validation) {
         EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data)
-                                   : evaluate(*model, ds.validation, cfg.data, &comm, &objective);
+                                   : evaluate(*model, ds.validation, cfg.data, &dp_comm, &objective);
         rec["val_loss"] = val.loss;
         put_metrics(rec, "val_", val.metrics);
         summary.val_accuracy = val.accuracy, summary.val_loss = val.loss, summary.val_metrics = val.metrics;
       }
+      // Tensor parallel: sharded over the replicas; every rank of a group reads the same samples.
       EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data)
-                                : evaluate(*model, ds.test, cfg.data, &comm, &objective);
+                                : evaluate(*model, ds.test, cfg.data, &dp_comm, &objective);
       rec["test_loss"] = ev.loss;
       put_metrics(rec, "test_", ev.metrics);
       summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss, summary.test_metrics = ev.metrics;
@@ -1083,7 +1135,23 @@ TrainSummary Trainer::run(bool resume) {
   summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
   summary.peak_tensor_memory_mb = memory.peak_mb();
   // Pipeline: the replicas of each stage (its ranks in the other pipelines) are compared.
-  dist::Communicator& replica_comm = pipelined ? *grid.data : comm;
+  // Tensor parallel: the slices are compared across the replicas, and the replicated parameters
+  // within each group (equal gradients there are what keeps them equal).
+  dist::Communicator& replica_comm = gridded ? *grid.data : comm;
+  if (tensor_parallel) {
+    const auto split = dist::sharded_parameters(*model);
+    uint64_t h = 0;
+    for (auto& [name, t] : model->named_parameters()) {
+      if (split.count(name)) continue;
+      Tensor c = t.contiguous();
+      h = io::xxh64(c.raw_data(), c.nbytes(), h);
+    }
+    auto all = grid.pipeline->allgather(Tensor::from_vector<int64_t>({static_cast<int64_t>(h)}, {1})).to_vector<int64_t>();
+    for (int r = 1; r < tp; ++r)
+      HPDL_CHECK(all[r] == all[0], "tensor-parallel check: rank {} of the group of world rank {} ended with other "
+                 "replicated weights than its rank 0", r, rank - grid.pipeline->rank());
+    if (root) std::fprintf(log, "hpdl: tensor-parallel check: replicated weights identical in each group of %d\n", tp);
+  }
   if (replica_comm.size() > 1) {
     // Replica check: every rank must end with bitwise identical weights.
     uint64_t h = 0;
@@ -1095,10 +1163,11 @@ TrainSummary Trainer::run(bool resume) {
     auto all = replica_comm.allgather(mine).to_vector<int64_t>();
     for (int r = 1; r < replica_comm.size(); ++r)
       HPDL_CHECK(all[r] == all[0], "replica check: {} {} ended with different weights than {} 0 "
-                 "(weights hash {:016x} vs {:016x})", pipelined ? "replica" : "rank", r, pipelined ? "replica" : "rank",
+                 "(weights hash {:016x} vs {:016x})", gridded ? "replica" : "rank", r, gridded ? "replica" : "rank",
                  static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
-    if (root && pipelined)
-      std::fprintf(log, "hpdl: replica check: each stage's weights identical in all %d replicas\n", replicas);
+    if (root && gridded)
+      std::fprintf(log, "hpdl: replica check: each %s's weights identical in all %d replicas\n",
+                   pipelined ? "stage" : "tensor-parallel rank", replicas);
     else if (root)
       std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
@@ -1152,6 +1221,8 @@ TrainSummary Trainer::run(bool resume) {
     s["local_sgd_steps"] = local_sgd;
     s["step_meetings"] = step_meetings;
     s["pipeline_stages"] = stages;
+    s["tensor_parallel"] = tp;
+    s["parameters_per_rank"] = model->num_parameters();
     if (pipelined) s["micro_batches"] = cfg.train.micro_batches, s["pipeline_schedule"] = cfg.train.pipeline_schedule;
     if (dp) s["sync_allreduces"] = dp->sync_allreduces(), s["sync_allreduce_mb"] =
         static_cast<double>(dp->sync_allreduce_bytes()) / (1 << 20);

@@ -10,6 +10,8 @@
 # With train.pipeline_stages (pipeline parallelism) it must follow the loss curve of the data-parallel
 # run with the same global batch, write whole-model checkpoints that resume at any stage count, and
 # refuse by name what it does not support.
+# With train.tensor_parallel (a vit's encoder layers split over groups of ranks) it must follow the
+# one-process (or data-parallel) loss curve, and its checkpoints must resume at any group size.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -51,6 +53,43 @@ for x, y in zip(a, b):
 print(f"{len(a)} steps, worst relative difference {worst:.3g}")
 PY
 }
+
+# compare_checkpoints A B RTOL: two safetensors files hold the same tensors (names, dtypes, shapes),
+# every float element equal within RTOL of the tensor's largest magnitude (0: exactly equal).
+compare_checkpoints() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import array, json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8:8 + n]); base = 8 + n; out = {}
+    for k, v in head.items():
+        if k == "__metadata__": continue
+        raw = b[base + v["data_offsets"][0]:base + v["data_offsets"][1]]
+        code = {"F32": "f", "F64": "d", "I64": "q"}.get(v["dtype"])
+        out[k] = (v["dtype"], v["shape"], array.array(code, raw) if code else raw)
+    return out
+a, b, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
+assert sorted(a) == sorted(b), set(a) ^ set(b)
+worst, where = 0.0, ""
+for k in a:
+    (ta, sa, xa), (tb, sb, xb) = a[k], b[k]
+    assert ta == tb and sa == sb, (k, ta, tb, sa, sb)
+    scale = max([abs(v) for v in xa] + [1e-30])
+    for u, v in zip(xa, xb):
+        d = abs(u - v) / scale
+        if d > worst: worst, where = d, k
+        assert d <= tol, (k, u, v, d)
+print(f"{len(a)} tensors, worst difference {worst:.3g} of the tensor's largest magnitude ({where})")
+PY
+}
+
+# A tiny vit for the tensor-parallel cases (2 layers, 2 heads, dim 16, 7x7 patches), trained by SGD with
+# momentum at a constant rate: Adam would scale the key bias's gradient (zero but for rounding, as
+# softmax ignores a shift) up to full steps, so its rounding noise would not stay small.
+tiny_vit="--set model.patch_size=7 --set model.dim=16 --set model.depth=2 --set model.heads=2 --set optimizer.name=sgd
+  --set optimizer.lr=0.05 --set optimizer.momentum=0.9 --set optimizer.weight_decay=0 --set schedule.name=constant
+  --set schedule.warmup_epochs=0"
 
 case $case_name in
 bench_scaling_np1)
@@ -294,6 +333,76 @@ train_pipeline_refused_np2)
   try "$ex/fashion_mnist/mlp.toml" --set train.pipeline_stages=2 --set train.micro_batches=8 --set data.validation=59996 \
     && fail "a last batch that does not split into micro-batches was accepted"
   grep -q "train.micro_batches = 8: the last batch of each epoch holds 4 samples" log || fail "unclear error: $(tail -3 log)"
+  ;;
+train_tp_np2)
+  # The tiny vit, one epoch of 96 training samples (6 steps; the rest of the training set is held
+  # out, 59904 validation samples, and evaluated with the test set), checkpoints at steps 3 and 6:
+  # tensor_parallel = 2 on 2 ranks against one process. Only the order of float sums differs (the row-parallel layers' partial products are
+  # summed across the ranks), so the loss curves agree to 1e-5 and the weights and momentum to 5e-5
+  # of each tensor's largest element. Then each run's step-3 checkpoint resumes at the other P: a
+  # checkpoint is the whole model (and momentum) under its own names, whatever P wrote it.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "${@:2}" $tiny_vit \
+            --set data.batch_size=16 --set data.workers=1 --set data.validation=59904 --set train.epochs=1 \
+            --set train.log_every=1 --set train.checkpoint_every_steps=3 --set train.keep_checkpoints=3; }
+  vit="$ex/fashion_mnist/vit.toml"
+  run 1 "$vit" --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 "$vit" --set train.tensor_parallel=2 --set train.run_dir=tp >log_2 2>&1 || fail "tensor-parallel run failed: $(tail -5 log_2)"
+  grep -q "tensor parallel: groups of 2 rank(s) x 1 replica(s)" log_2 || fail "no tensor-parallel line: $(head -3 log_2)"
+  grep -q "tensor-parallel check: replicated weights identical in each group of 2" log_2 \
+    || fail "the replicated weights differ within the group: $(tail -5 log_2)"
+  compare_curves single tp 1e-5 || fail "the tensor-parallel loss curve differs from one process"
+  step6=checkpoints/step-0000000006.safetensors
+  compare_checkpoints single/$step6 tp/$step6 5e-5 || fail "the tensor-parallel checkpoint (weights, momentum) differs from one process"
+  python3 - single/summary.json tp/summary.json <<'PY' || fail "bad summaries"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert a["tensor_parallel"] == 1 and b["tensor_parallel"] == 2, (a, b)
+# The encoder layers' split weights are half on each rank; the rest is whole.
+assert a["parameters_per_rank"] / 2 < b["parameters_per_rank"] < a["parameters_per_rank"], (a, b)
+# Evaluation: every rank of the group computes the same logits; they count once.
+for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
+    assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+PY
+  python3 - single/metrics.jsonl tp/metrics.jsonl <<'PY' || fail "the epoch's sample count or loss differs"
+import json, sys
+a, b = ([r for r in map(json.loads, open(p)) if r.get("type") == "epoch"] for p in sys.argv[1:])
+assert len(a) == len(b) == 1 and a[0]["samples"] == b[0]["samples"] == 96, (a, b)
+assert abs(a[0]["train_loss"] - b[0]["train_loss"]) <= 1e-5 * abs(a[0]["train_loss"]), (a, b)
+PY
+  # P = 2 -> 1 and 1 -> 2, from step 3 to 6.
+  for from_to in "tp 1" "single 2"; do
+    set -- $from_to; dir=resume_from_$1
+    cp -r "$1" "$dir" && rm "$dir"/checkpoints/step-0000000006.* || fail "cannot copy $1"
+    run "$2" --resume "$dir" --set train.tensor_parallel="$2" >log_$dir 2>&1 || fail "resume of $1 at P = $2 failed: $(tail -5 log_$dir)"
+    grep -q "resumed from .*step-0000000003" log_$dir || fail "did not resume from step 3: $(tail -5 log_$dir)"
+    compare_checkpoints single/$step6 "$dir/$step6" 5e-5 || fail "$1 resumed at P = $2 differs from the straight run"
+  done
+  # A checkpoint written at P = 2 is an ordinary one: hpdl eval reads it.
+  OMP_NUM_THREADS=1 "$hpdl" eval --checkpoint resume_from_single >log_e 2>&1 \
+    || fail "hpdl eval of a tensor-parallel checkpoint failed: $(tail -3 log_e)"
+  grep -qi "accuracy" log_e || fail "hpdl eval printed no accuracy: $(tail -3 log_e)"
+  ;;
+train_tp_np4)
+  # Two groups of two (4 ranks) against 2-rank data parallelism: the same global batch and shards,
+  # so the same loss curve up to float summation order, and the replicas agree.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" \
+            $tiny_vit --set data.batch_size=16 --set data.workers=1 --set train.max_steps=5 --set train.log_every=1 "${@:2}"; }
+  run 2 --set train.run_dir=dp >log_a 2>&1 || fail "data-parallel run failed: $(tail -5 log_a)"
+  run 4 --set train.tensor_parallel=2 --set train.run_dir=grid >log_b 2>&1 || fail "2 x 2 run failed: $(tail -5 log_b)"
+  grep -q "tensor parallel: groups of 2 rank(s) x 2 replica(s)" log_b || fail "no grid line: $(head -3 log_b)"
+  grep -q "each tensor-parallel rank's weights identical in all 2 replicas" log_b || fail "replicas differ: $(tail -5 log_b)"
+  compare_curves dp grid 1e-5 || fail "the 2 x 2 grid's loss curve differs from data parallelism"
+  compare_checkpoints dp/checkpoints/step-0000000005.safetensors grid/checkpoints/step-0000000005.safetensors 5e-5 \
+    || fail "the 2 x 2 grid's checkpoint differs from data parallelism"
+  ;;
+train_tp_refused_np2)
+  # What tensor parallelism cannot do is refused by name, before training.
+  try() { "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$@" --set train.max_steps=1 \
+            --set data.batch_size=8 --set data.workers=1 --set train.run_dir=run >log 2>&1; }
+  try "$ex/fashion_mnist/vit.toml" --set model.heads=8 --set train.tensor_parallel=4 && fail "P = 4 on 2 ranks was accepted"
+  grep -q "train.tensor_parallel = 4 does not divide the 2 rank(s) of this run" log || fail "unclear error: $(tail -3 log)"
+  try "$ex/fashion_mnist/mlp.toml" --set train.tensor_parallel=2 && fail "a tensor-parallel MLP was accepted"
+  grep -q 'train.tensor_parallel = 2 cannot be combined with model.name = "mlp"' log || fail "unclear error: $(tail -3 log)"
   ;;
 *) fail "unknown case" ;;
 esac

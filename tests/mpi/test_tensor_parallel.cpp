@@ -4,7 +4,9 @@
 // the shards are), in float32 and float64; SGD on a tensor-parallel MLP must
 // track the one-process run and its gathered state dict must load into the
 // one-process model; the differentiable collectives pass a finite-difference
-// gradcheck; bad sizes raise errors naming the layer, the size and P.
+// gradcheck; a vit with split encoder layers computes the one-process loss and
+// its AdamW state gathers to the one-process optimizer's and slices back
+// bitwise; bad sizes raise errors naming the layer, the size and P.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,6 +18,7 @@
 #include "hpdl/core/random.h"
 #include "hpdl/dist/tensor_parallel.h"
 #include "hpdl/nn/layers.h"
+#include "hpdl/nn/models/vit.h"
 #include "hpdl/nn/transformer.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
@@ -384,6 +387,60 @@ TEST(TensorParallel, SgdStepsMatchOneProcessAndStateDictGathers) {
   EXPECT_LE(rel_diff(tp->forward(x), fresh->forward(x)), 1e-6);
   if (W().rank() == 0)
     std::printf("  SGD x4, P = %d: largest loss difference %.2e, state %.2e\n", W().size(), worst_loss, worst);
+}
+
+// ---------------------------------------------------------------- whole model, optimizer state
+
+// A vit whose encoder layers are split over the world: the same logits and loss as the one-process
+// model; after an AdamW step its optimizer state, gathered, is the one-process optimizer's (moments
+// of split weights reassembled like the weights) and slices back to this rank's state bit for bit.
+TEST(TensorParallel, ParallelVitAndItsOptimizerStateMatchOneProcess) {
+  nn::models::VitOptions vo;
+  vo.patch_size = 7, vo.dim = 16, vo.depth = 2, vo.heads = 4, vo.mlp_ratio = 2.0, vo.seed = 3;
+  auto full = std::make_shared<nn::models::VisionTransformer>(vo);
+  auto source = std::make_shared<nn::models::VisionTransformer>(vo);  // the same weights (same seed)
+  auto tp = std::make_shared<ParallelVisionTransformer>(*source, W());
+  source.reset();
+  EXPECT_LT(tp->num_parameters(), full->num_parameters());
+  // Names and order of parameters are the full model's.
+  auto fp = full->named_parameters(), tpp = tp->named_parameters();
+  ASSERT_EQ(fp.size(), tpp.size());
+  for (size_t i = 0; i < fp.size(); ++i) EXPECT_EQ(fp[i].first, tpp[i].first);
+  Generator g(5);
+  Tensor x = Tensor::randn({3, 1, 28, 28}, g);
+  Tensor y = Tensor::from_vector<int64_t>({1, 7, 2}, {3});
+  optim::AdamWOptions ao;
+  ao.lr = 1e-2;
+  optim::AdamW opt_full(optim::param_specs(*full), ao), opt_tp(optim::param_specs(*tp), ao);
+  Tensor lf = cross_entropy(full->forward(x), y), lt = cross_entropy(tp->forward(x), y);
+  EXPECT_NEAR(lt.item(), lf.item(), 1e-6 * std::max(1.0, std::abs(lf.item())));
+  lf.backward();
+  lt.backward();
+  opt_full.step();
+  opt_tp.step();
+  const auto mine = opt_tp.state_dict();
+  const auto gathered = gather_full_optimizer_state(*tp, mine);
+  const auto ref = opt_full.state_dict();
+  ASSERT_EQ(gathered.size(), ref.size());
+  const auto split = sharded_parameters(*tp);
+  EXPECT_EQ(split.count("blocks.0.self_attn.in_proj_weight"), 1u);
+  EXPECT_EQ(split.count("head.weight"), 0u);
+  for (auto& [key, t] : ref) {
+    ASSERT_TRUE(gathered.count(key)) << key;
+    if (t.dtype() == DType::f32) {
+      EXPECT_LE(rel_diff(gathered.at(key), t), 1e-5) << key;  // only summation order differs
+    } else {
+      EXPECT_EQ(gathered.at(key).item(), t.item()) << key;
+    }
+  }
+  // Back to this rank's slices, bitwise.
+  const auto again = shard_optimizer_state(*tp, gathered);
+  ASSERT_EQ(again.size(), mine.size());
+  for (auto& [key, t] : mine) {
+    ASSERT_TRUE(again.count(key)) << key;
+    ASSERT_EQ(shape_str(again.at(key).shape()), shape_str(t.shape())) << key;
+    EXPECT_EQ(rel_diff(again.at(key), t), 0.0) << key;
+  }
 }
 
 // ---------------------------------------------------------------- errors

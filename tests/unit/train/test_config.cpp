@@ -280,6 +280,46 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
   }
 }
 
+// train.tensor_parallel: 1 by default, positive, vit only, dividing the heads and the feed-forward
+// width, and refused (naming the other key) with what would need whole layers or one rank's view.
+TEST(Config, TensorParallelKeysAndRefusals) {
+  EXPECT_EQ(parse_config("", "c.toml").train.tensor_parallel, 1);
+  const std::string vit = "[model]\nname = \"vit\"\ndim = 32\nheads = 4\nmlp_ratio = 2.0\n";
+  Config c = parse_config(vit + "[train]\ntensor_parallel = 2\n", "c.toml");
+  EXPECT_EQ(c.train.tensor_parallel, 2);
+  EXPECT_EQ(parse_config(to_toml(c), "r.toml").train.tensor_parallel, 2);  // reads back
+  EXPECT_EQ(parse_config(vit, "c.toml", {"train.tensor_parallel=4"}).train.tensor_parallel, 4);
+  std::string err = error_of([&] { parse_config(vit + "[train]\ntensor_parallel = 0\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.tensor_parallel must be > 0, got 0"), std::string::npos) << err;
+  err = error_of([] { parse_config("[model]\nname = \"resnet20\"\n", "c.toml", {"train.tensor_parallel=2"}); });
+  EXPECT_NE(err.find("train.tensor_parallel = 2 cannot be combined with model.name = \"resnet20\""),
+            std::string::npos) << err;
+  err = error_of([&] { parse_config(vit, "c.toml", {"train.tensor_parallel=8"}); });
+  EXPECT_NE(err.find("train.tensor_parallel = 8 does not divide model.heads = 4"), std::string::npos) << err;
+  // 4 heads divide by 4, the feed-forward width 36 x 1.5 = 54 does not.
+  err = error_of([] { parse_config("[model]\nname = \"vit\"\ndim = 36\nheads = 4\nmlp_ratio = 1.5\n", "c.toml",
+                                   {"train.tensor_parallel=4"}); });
+  EXPECT_NE(err.find("train.tensor_parallel = 4 does not divide the feed-forward width 54"), std::string::npos) << err;
+  const std::pair<std::string, std::string> refused[] = {
+      {"[train]\npipeline_stages = 2", "train.pipeline_stages = 2"},
+      {"[train]\ndevice = \"cuda\"", "train.device = \"cuda\""},
+      {"[train]\nsync_batchnorm = true", "train.sync_batchnorm = true"},
+      {"[train]\nshard_optimizer = true", "train.shard_optimizer = true"},
+      {"[train]\nlocal_sgd_steps = 4", "train.local_sgd_steps = 4"},
+      {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
+      {"[optimizer]\nclip_grad_norm = 1.0", "optimizer.clip_grad_norm = 1"},
+  };
+  for (auto& [lines, key] : refused) {
+    err = error_of([&] { parse_config(vit + lines + "\n", "c.toml", {"train.tensor_parallel=2"}); });
+    EXPECT_NE(err.find("train.tensor_parallel = 2 cannot be combined with " + key), std::string::npos)
+        << lines << ": " << err;
+    EXPECT_NO_THROW(parse_config(vit + lines + "\n", "c.toml")) << lines << " alone is fine";
+  }
+  // What combines: accumulation and bf16 gradients over the data-parallel replicas.
+  EXPECT_NO_THROW(parse_config(vit + "[train]\ntensor_parallel = 2\naccumulate_steps = 2\nbf16_wire = true\n",
+                               "c.toml"));
+}
+
 // train.zero_stage: 1 by default, 1 or 2 only, 2 needs shard_optimizer and is refused (naming the
 // other key) with what needs full gradients on every rank or keeps them between micro-batches.
 TEST(Config, ZeroStageRangesAndIncompatibleOptions) {
