@@ -335,7 +335,8 @@ std::map<std::string, Tensor> stage_optimizer_slice(const std::map<std::string, 
 // reads its replica's batches, the first stage feeds them in and the last scores the outputs; the
 // sums go to every rank of the grid, so all report the same numbers.
 EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
-                             std::shared_ptr<const data::Dataset> dataset, const DataConfig& config) {
+                             std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
+                             const Objective& objective) {
   auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), grid.replicas, grid.replica, false, 0,
                                                             false);
   data::DataLoaderOptions lo;
@@ -362,14 +363,19 @@ EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
     Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
     Tensor logits = pipe.forward(x);
     if (pipe.is_last()) {
-      sums.add(MetricSums::of_batch(cross_entropy(logits, y, 0.0, Reduction::sum), 1.0, logits, y));
+      sums.add(MetricSums::of_batch(objective.eval_loss_sum(logits, y), 1.0, objective, logits, y));
       s.count += static_cast<double>(keep);
     }
   }
   stage.train(was_training);
-  std::tie(s.loss_sum, s.correct) = sums.read();
+  s.sums = sums.read(1 + objective.metric_sums_size());
   s = allreduce_stats(*grid.all, s);
-  return {s.loss_sum / std::max(1.0, s.count), s.correct / std::max(1.0, s.count), static_cast<int64_t>(s.count)};
+  EvalResult r;
+  r.loss = s.sums[0] / std::max(1.0, s.count);
+  r.samples = static_cast<int64_t>(s.count);
+  r.metrics = objective.metrics(std::vector<double>(s.sums.begin() + 1, s.sums.end()), s.count);
+  r.accuracy = objective.regression() ? -1.0 : r.metrics["accuracy"];
+  return r;
 }
 
 }  // namespace
@@ -930,8 +936,8 @@ TrainSummary Trainer::run(bool resume) {
           TraceRecorder::Scope scope(trace, "pipeline_step", "compute");
           const Tensor labels = batch.labels;
           pipeline->train_step(batch.images, labels, [&](const Tensor& out, const Tensor& y) {
-            Tensor l = cross_entropy(out, y, cfg.train.label_smoothing);
-            step_sums.add(MetricSums::of_batch(l, static_cast<double>(y.dim(0)), out, y));
+            Tensor l = objective.train_loss(out, y);
+            step_sums.add(MetricSums::of_batch(l, static_cast<double>(y.dim(0)), objective, out, y));
             return l;
           });
           if (pipeline->is_last()) step_count += static_cast<double>(batch.size());
@@ -1082,14 +1088,14 @@ TrainSummary Trainer::run(bool resume) {
         ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last || epoch + 1 == cfg.train.stop_after_epoch)) {
       AutocastScope ac(DType::bf16, autocast_bf16);
       if (ds.validation) {
-        EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data)
+        EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data, objective)
                                    : evaluate(*model, ds.validation, cfg.data, &dp_comm, &objective);
         rec["val_loss"] = val.loss;
         put_metrics(rec, "val_", val.metrics);
         summary.val_accuracy = val.accuracy, summary.val_loss = val.loss, summary.val_metrics = val.metrics;
       }
       // Tensor parallel: sharded over the replicas; every rank of a group reads the same samples.
-      EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data)
+      EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data, objective)
                                 : evaluate(*model, ds.test, cfg.data, &dp_comm, &objective);
       rec["test_loss"] = ev.loss;
       put_metrics(rec, "test_", ev.metrics);
