@@ -105,10 +105,6 @@ Tensor conv2d_data_grad(const Tensor& dy, const Tensor& w, const Shape& x_shape,
   return conv_transpose2d(dy, w, Tensor(), t);
 }
 
-}  // namespace
-
-namespace {
-
 // conv2d on checked arguments: the kernel call and the backward node. x is the
 // input as the backend gets it (conv2d may have cropped it); y [N, K, P, Q] = ys.
 Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Shape& ys) {
@@ -227,32 +223,34 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
 
   if (needs_grad({&x, &w})) {
     const bool gx = x.requires_grad(), gw = w.requires_grad();
-    record(op, {x, w}, {&y}, [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, cp](const std::vector<Tensor>& g) {
-      if (grad_enabled()) {
-        // Recorded: dy [N, K, P, Q] -> dx = conv2d(dy, w) [N, C, H, W],
-        // dw = conv2d_weight(input dy, output gradient x) [C, K/groups, R, S].
-        const Tensor& dy = g[0];
-        const Tensor xg = with_gradient_edge(xc, ex), wg = with_gradient_edge(wc, ew);
-        return std::vector<Tensor>{gx ? conv2d(dy, wg, Tensor(), cp) : Tensor(),
-                                   gw ? conv2d_weight(dy, xg, wg.shape(), cp) : Tensor()};
-      }
-      Tensor dy = g[0].contiguous();  // [N, K, P, Q]
-      Backend& be = detail::pick(dy, OpKind::conv2d);
-      Tensor dx, dw;
-      if (gx) {
-        // dx [N, C, H, W] = conv2d(dy, w): the forward of the adjoint's adjoint.
-        // P = (H-1)*stride - 2*pad + dil*(R-1) + output_pad + 1 maps back to
-        // (P + 2*pad - dil*(R-1) - 1)/stride + 1 = H because output_pad < stride.
-        dx = detail::empty_like(xc);
-        be.conv2d_forward(dy, wc, Tensor(), dx, cp);
-      }
-      if (gw) {
-        // dw [C, K/groups, R, S]: conv2d's weight gradient with input dy and output gradient x.
-        dw = detail::empty_like(wc);
-        be.conv2d_backward_weights(dy, xc, dw, Tensor(), cp);
-      }
-      return std::vector<Tensor>{dx, dw};
-    });
+    record(
+        op, {x, w}, {&y},
+        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, cp](const std::vector<Tensor>& g) {
+          if (grad_enabled()) {
+            // Recorded: dy [N, K, P, Q] -> dx = conv2d(dy, w) [N, C, H, W],
+            // dw = conv2d_weight(input dy, output gradient x) [C, K/groups, R, S].
+            const Tensor& dy = g[0];
+            const Tensor xg = with_gradient_edge(xc, ex), wg = with_gradient_edge(wc, ew);
+            return std::vector<Tensor>{gx ? conv2d(dy, wg, Tensor(), cp) : Tensor(),
+                                       gw ? conv2d_weight(dy, xg, wg.shape(), cp) : Tensor()};
+          }
+          Tensor dy = g[0].contiguous();  // [N, K, P, Q]
+          Backend& be = detail::pick(dy, OpKind::conv2d);
+          Tensor dx, dw;
+          if (gx) {
+            // dx [N, C, H, W] = conv2d(dy, w): the forward of the adjoint's adjoint.
+            // P = (H-1)*stride - 2*pad + dil*(R-1) + output_pad + 1 maps back to
+            // (P + 2*pad - dil*(R-1) - 1)/stride + 1 = H because output_pad < stride.
+            dx = detail::empty_like(xc);
+            be.conv2d_forward(dy, wc, Tensor(), dx, cp);
+          }
+          if (gw) {
+            // dw [C, K/groups, R, S]: conv2d's weight gradient with input dy and output gradient x.
+            dw = detail::empty_like(wc);
+            be.conv2d_backward_weights(dy, xc, dw, Tensor(), cp);
+          }
+          return std::vector<Tensor>{dx, dw};
+        });
   }
   // The bias through the differentiable broadcast add: its gradient is dy summed over N, P, Q.
   if (bias.defined()) return add(y, bias.reshape({1, ys[1], 1, 1}));
