@@ -3,9 +3,11 @@
 // Fashion-MNIST classifier: the mean max-softmax confidence, the entropy of the
 // predicted-class histogram (diversity; log 10 = 2.303 is uniform) and an
 // inception-score-like exp(E KL(p(y|x) || p(y))), next to the same numbers for
-// real test images and for the untrained generator.
+// real test images and for the untrained generator. --loss wgan-gp trains the
+// same generator as a WGAN-GP instead (gan/wgan_gp.h: a batch-norm-free critic,
+// gradient penalty, n_critic critic steps per generator step, Adam(1e-4, 0, 0.9)).
 //
-//   build/bin/hpdl_dcgan [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
+//   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
 //                        [--log-every N] [--grid-every N] [--threads T]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]
@@ -31,6 +33,7 @@
 #include "hpdl/core/threading.h"
 #include "hpdl/data/readers.h"
 #include "hpdl/gan/dcgan.h"
+#include "hpdl/gan/wgan_gp.h"
 #include "hpdl/io/safetensors.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/ops.h"
@@ -49,6 +52,9 @@ struct Args {
   int threads = 0;  // 0: OpenMP's default
   fs::path out = "dcgan_out";
   fs::path classifier;
+  std::string loss = "dcgan";  // or "wgan-gp"
+  int64_t n_critic = 5;
+  double gp_lambda = 10;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -110,7 +116,8 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
 }
 
 // k generator samples in batches of the training batch size (G in training mode, as during training).
-Tensor samples(gan::Dcgan& gan, int64_t k) {
+template <typename Gan>
+Tensor samples(Gan& gan, int64_t k) {
   std::vector<Tensor> parts;
   const int64_t b = gan.options().batch_size;
   for (int64_t i = 0; i < k; i += b) parts.push_back(gan.generate(gan.sample_latent(std::min(b, k - i))));
@@ -139,6 +146,86 @@ void bench(const Args& a) {
   std::printf("hpdl dcgan: %lld steps in %.3f s (%.1f ms/step), %d threads, after %lld warm-up; last D loss %.4f G loss %.4f\n",
               static_cast<long long>(a.bench_steps), s, 1e3 * s / static_cast<double>(a.bench_steps), num_threads(),
               static_cast<long long>(a.warmup), last.d_loss, last.g_loss);
+}
+
+// The DCGAN run after the classifier: grids, losses, scores, the ONNX generator.
+void run_dcgan(const Args& a, const Tensor& train_x, const Tensor& test_x, nn::Module& classifier, int64_t k,
+                 Clock::time_point start) {
+  gan::DcganOptions o;
+  o.batch_size = a.batch;
+  o.g_features = o.d_features = a.features;
+  o.seed = a.seed;
+  gan::Dcgan gan(o);
+  gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
+  Tensor fixed_z = gan.sample_latent(64);  // the same latents for every grid
+  gan::write_image_grid(a.out / "samples_step0.png", gan.generate(fixed_z), 8);
+  report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
+
+  std::printf("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld, %lld steps\n",
+              static_cast<long long>(gan.generator().num_parameters()),
+              static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
+              static_cast<long long>(o.batch_size), static_cast<long long>(a.steps));
+  const auto t = Clock::now();
+  gan::train_dcgan(gan, train_x, a.steps, [&](int64_t step, const gan::DcganStepStats& st) {
+    if (step % a.log_every == 0 || step == a.steps)
+      std::printf("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
+                  static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
+    if (step % a.grid_every == 0 || step == a.steps) {
+      auto path = a.out / ("samples_step" + std::to_string(step) + ".png");
+      gan::write_image_grid(path, gan.generate(fixed_z), 8);
+    }
+  });
+  const double train_s = since(t);
+  std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(a.steps), train_s,
+              a.steps * a.batch / std::max(train_s, 1e-9));
+  report("trained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
+  gan::save_generator_onnx(a.out / "generator.onnx", gan.generator());
+  std::printf("generator as ONNX: %s (input z [N, %lld], output images [N, %lld, %lld, %lld]; eval-mode batch "
+              "norm)\n", (a.out / "generator.onnx").string().c_str(), static_cast<long long>(o.latent_dim),
+              static_cast<long long>(o.channels), static_cast<long long>(o.image_size),
+              static_cast<long long>(o.image_size));
+  std::printf("sample grids in %s (real.png, samples_step*.png); total %.1f s\n", a.out.string().c_str(), since(start));
+}
+
+// The same for WGAN-GP: the critic's loss, Wasserstein estimate, penalty and
+// input-gradient norm instead of D's losses; the same grids and scores.
+void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn::Module& classifier, int64_t k,
+                   Clock::time_point start) {
+  gan::WganGpOptions o;
+  o.batch_size = a.batch;
+  o.g_features = o.d_features = a.features;
+  o.seed = a.seed;
+  o.n_critic = a.n_critic;
+  o.gp_lambda = a.gp_lambda;
+  gan::WganGp gan(o);
+  gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
+  Tensor fixed_z = gan.sample_latent(64);
+  gan::write_image_grid(a.out / "samples_step0.png", gan.generate(fixed_z), 8);
+  report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
+  std::printf("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld, "
+              "%lld generator steps of %lld critic steps, lambda %g\n",
+              static_cast<long long>(gan.generator().num_parameters()),
+              static_cast<long long>(gan.critic().num_parameters()), o.lr, o.beta1, o.beta2,
+              static_cast<long long>(o.batch_size), static_cast<long long>(a.steps),
+              static_cast<long long>(o.n_critic), o.gp_lambda);
+  const auto t = Clock::now();
+  gan::train_wgan_gp(gan, train_x, a.steps, [&](int64_t step, const gan::WganGpStepStats& st) {
+    if (step % a.log_every == 0 || step == a.steps)
+      std::printf("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
+                  static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
+                  since(t));
+    if (step % a.grid_every == 0 || step == a.steps) {
+      auto path = a.out / ("samples_step" + std::to_string(step) + ".png");
+      gan::write_image_grid(path, gan.generate(fixed_z), 8);
+    }
+  });
+  const double train_s = since(t);
+  std::printf("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
+              static_cast<long long>(a.steps), train_s, a.steps * o.n_critic * a.batch / std::max(train_s, 1e-9));
+  report("trained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
+  gan::save_generator_onnx(a.out / "generator.onnx", gan.generator());
+  std::printf("generator as ONNX: %s; sample grids in %s; total %.1f s\n", (a.out / "generator.onnx").string().c_str(),
+              a.out.string().c_str(), since(start));
 }
 
 void run(const Args& a) {
@@ -170,41 +257,10 @@ void run(const Args& a) {
   const int64_t k = std::min(a.score_samples, test_x.dim(0));
   report("real test images", gan::classifier_score(logits_of(*classifier, rows(test_x, 0, k))));
 
-  // ---- the GAN ----
-  gan::DcganOptions o;
-  o.batch_size = a.batch;
-  o.g_features = o.d_features = a.features;
-  o.seed = a.seed;
-  gan::Dcgan gan(o);
-  gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
-  Tensor fixed_z = gan.sample_latent(64);  // the same latents for every grid
-  gan::write_image_grid(a.out / "samples_step0.png", gan.generate(fixed_z), 8);
-  report("untrained generator", gan::classifier_score(logits_of(*classifier, samples(gan, k))));
-
-  std::printf("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld, %lld steps\n",
-              static_cast<long long>(gan.generator().num_parameters()),
-              static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
-              static_cast<long long>(o.batch_size), static_cast<long long>(a.steps));
-  const auto t = Clock::now();
-  gan::train_dcgan(gan, train_x, a.steps, [&](int64_t step, const gan::DcganStepStats& st) {
-    if (step % a.log_every == 0 || step == a.steps)
-      std::printf("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
-                  static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
-    if (step % a.grid_every == 0 || step == a.steps) {
-      auto path = a.out / ("samples_step" + std::to_string(step) + ".png");
-      gan::write_image_grid(path, gan.generate(fixed_z), 8);
-    }
-  });
-  const double train_s = since(t);
-  std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(a.steps), train_s,
-              a.steps * a.batch / std::max(train_s, 1e-9));
-  report("trained generator", gan::classifier_score(logits_of(*classifier, samples(gan, k))));
-  gan::save_generator_onnx(a.out / "generator.onnx", gan.generator());
-  std::printf("generator as ONNX: %s (input z [N, %lld], output images [N, %lld, %lld, %lld]; eval-mode batch "
-              "norm)\n", (a.out / "generator.onnx").string().c_str(), static_cast<long long>(o.latent_dim),
-              static_cast<long long>(o.channels), static_cast<long long>(o.image_size),
-              static_cast<long long>(o.image_size));
-  std::printf("sample grids in %s (real.png, samples_step*.png); total %.1f s\n", a.out.string().c_str(), since(start));
+  if (a.loss == "wgan-gp")
+    run_wgan_gp(a, train_x, test_x, *classifier, k, start);
+  else
+    run_dcgan(a, train_x, test_x, *classifier, k, start);
 }
 
 }  // namespace
@@ -219,6 +275,9 @@ int main(int argc, char** argv) {
         return argv[++i];
       };
       if (s == "--steps") a.steps = std::stoll(value());
+      else if (s == "--loss") a.loss = value();
+      else if (s == "--n-critic") a.n_critic = std::stoll(value());
+      else if (s == "--gp-lambda") a.gp_lambda = std::stod(value());
       else if (s == "--batch") a.batch = std::stoll(value());
       else if (s == "--seed") a.seed = std::stoull(value());
       else if (s == "--train-images") a.train_images = std::stoll(value());
@@ -233,7 +292,7 @@ int main(int argc, char** argv) {
       else if (s == "--bench-steps") a.bench_steps = std::stoll(value());
       else if (s == "--warmup") a.warmup = std::stoll(value());
       else if (s == "-h" || s == "--help") {
-        std::printf("usage: %s [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
+        std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
                     "          [--log-every N] [--grid-every N] [--threads T]\n"
                     "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]\n",
@@ -252,6 +311,9 @@ int main(int argc, char** argv) {
     HPDL_CHECK(a.threads >= 0, "hpdl_dcgan: --threads {} must be >= 0", a.threads);
     HPDL_CHECK(a.bench_steps >= 0 && a.warmup >= 0, "hpdl_dcgan: --bench-steps {} and --warmup {} must be >= 0",
                a.bench_steps, a.warmup);
+    HPDL_CHECK(a.loss == "dcgan" || a.loss == "wgan-gp", "hpdl_dcgan: --loss '{}' must be dcgan or wgan-gp", a.loss);
+    HPDL_CHECK(a.bench_steps == 0 || a.loss == "dcgan", "hpdl_dcgan: --bench-steps times the DCGAN only (drop --loss {})",
+               a.loss);
     if (a.threads > 0) set_num_threads(a.threads);
     if (a.bench_steps > 0)
       bench(a);

@@ -7,6 +7,7 @@
 #include "hpdl/core/random.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/reduce.h"
+#include "hpdl/ops/shape.h"
 
 namespace hpdl {
 
@@ -55,6 +56,30 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
     }
   }
   return result;
+}
+
+GradcheckResult gradgradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
+                              double eps, double atol, double rtol) {
+  Tensor out = f(inputs);
+  Generator gen(4321);
+  // v in [-1, 1): the backward must be right for gradients of either sign.
+  Tensor v = Tensor::rand(out.shape(), gen, -1.0, 1.0, out.dtype());
+  v.set_requires_grad();
+  inputs.push_back(v);
+  auto first_derivative = [&f](const std::vector<Tensor>& all) {
+    std::vector<Tensor> xs(all.begin(), all.end() - 1);
+    std::vector<Tensor> diff;
+    for (auto& t : xs)
+      if (t.defined() && t.requires_grad()) diff.push_back(t);
+    Tensor y = f(xs);
+    std::vector<Tensor> g = grad({sum(mul(y, all.back()))}, diff, {}, true, /*create_graph=*/true, true);
+    std::vector<Tensor> flat;
+    for (size_t i = 0; i < g.size(); ++i)
+      flat.push_back(g[i].defined() ? g[i].reshape({diff[i].numel()})
+                                    : Tensor::zeros({diff[i].numel()}, diff[i].dtype(), diff[i].device()));
+    return cat(flat, 0);
+  };
+  return gradcheck(first_derivative, inputs, eps, atol, rtol);
 }
 
 }  // namespace hpdl

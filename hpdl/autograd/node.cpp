@@ -87,6 +87,22 @@ Edge gradient_edge(const Tensor& t) {
   return {acc, 0};
 }
 
+Tensor with_gradient_edge(const Tensor& values, const Edge& edge) {
+  Tensor t = values.detach();
+  if (!edge.fn || !grad_enabled()) return t;
+  auto node = std::make_shared<FunctionNode>("saved_input", [](const std::vector<Tensor>& g) {
+    return std::vector<Tensor>{g[0]};
+  });
+  node->sequence = g_sequence.fetch_add(1);
+  node->num_outputs = 1;
+  node->next.push_back(edge);
+  AutogradMeta& meta = t.autograd_meta();
+  meta.requires_grad = true;
+  meta.grad_fn = node;
+  meta.output_nr = 0;
+  return t;
+}
+
 std::shared_ptr<Node> record(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor*> outputs,
                              FunctionNode::Backward backward, bool first_order_only) {
   auto node = std::make_shared<FunctionNode>(name, std::move(backward), first_order_only);

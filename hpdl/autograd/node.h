@@ -109,6 +109,13 @@ Edge gradient_edge(const Tensor& t);
 std::shared_ptr<Node> record(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor*> outputs,
                              FunctionNode::Backward backward, bool first_order_only = false);
 
+// A tensor with the values of `values` (sharing its storage) whose gradient
+// flows into `edge` through an identity node; `values` detached when the edge is
+// empty or grad mode is off. A backward that saved a detached copy of an input
+// and that input's edge (not the input itself, which can hold more memory)
+// rejoins the graph with it when its own backward is recorded (create_graph).
+Tensor with_gradient_edge(const Tensor& values, const Edge& edge);
+
 // Reduces a broadcast gradient `g` back to `shape` (sums the broadcast axes). Differentiable.
 Tensor sum_to(const Tensor& g, const Shape& shape);
 

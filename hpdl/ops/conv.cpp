@@ -1,15 +1,19 @@
-// conv2d: shape checks, the backend's forward kernel, and a first-order-only
-// backward node that calls the backend's fused backward-data and
-// backward-weights kernels (oneDNN on CPU). The gradient of a convolution is
-// itself a convolution, but expressing it with differentiable ops would cost a
-// second kernel family for no user that needs it today (PINNs use MLPs).
-// conv_transpose2d reuses the same three kernels with the roles swapped, and
-// keeps its scatter-loop reference here as the oracle for the tests.
+// conv2d: shape checks, the backend's forward kernel, and a backward node with
+// two paths. Without a recorded backward (plain training) it calls the
+// backend's fused backward-data and backward-weights kernels (oneDNN on CPU),
+// unchanged. When the backward pass is itself recorded (create_graph: grad
+// mode is on inside the node) it writes the gradients with differentiable ops
+// instead: dx is a conv_transpose2d, dw is conv2d_weight, db a sum. conv2d,
+// conv_transpose2d and conv2d_weight form a closed set, each one's gradients
+// written with the others, so derivatives of any order work (WGAN-GP, PINNs on
+// convolutional nets). conv_transpose2d reuses the same three kernels with the
+// roles swapped, and keeps its scatter-loop reference here as the oracle for the tests.
 #include "hpdl/ops/conv.h"
 
 #include "hpdl/ops/autocast.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
+#include "hpdl/ops/reduce.h"
 
 #include <type_traits>
 
@@ -82,6 +86,25 @@ Shape check_geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const
 
 namespace {
 
+// conv2d's data gradient as a differentiable op: the transposed convolution of
+// dy [N, K, P, Q] with w [K, C/groups, R, S] (read as conv_transpose2d's
+// [in = K, out/groups = C/groups, R, S]), output padded to x's H x W. That
+// padding, H + 2*pad - dil*(R-1) - 1 - (P-1)*stride, is the remainder of the
+// forward's division by the stride, so it is in [0, stride) as
+// conv_transpose2d requires (also for conv2d's cropped input, where it is pad).
+Tensor conv2d_data_grad(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv2dParams& p) {
+  const int64_t P = dy.dim(2), Q = dy.dim(3), R = w.dim(2), S = w.dim(3);
+  if (x_shape[2] == 0 || x_shape[3] == 0) return Tensor::zeros(x_shape, dy.dtype(), dy.device());
+  ConvTranspose2dParams t;
+  t.stride_h = p.stride_h, t.stride_w = p.stride_w;
+  t.pad_h = p.pad_h, t.pad_w = p.pad_w;
+  t.dilation_h = p.dilation_h, t.dilation_w = p.dilation_w;
+  t.groups = p.groups;
+  t.output_pad_h = x_shape[2] - ConvTranspose2dParams::out_size(P, R, p.stride_h, p.pad_h, p.dilation_h, 0);
+  t.output_pad_w = x_shape[3] - ConvTranspose2dParams::out_size(Q, S, p.stride_w, p.pad_w, p.dilation_w, 0);
+  return conv_transpose2d(dy, w, Tensor(), t);
+}
+
 // conv2d on checked arguments: the kernel call and the backward node. x is the
 // input as the backend gets it (conv2d may have cropped it); y [N, K, P, Q] = ys.
 Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Shape& ys) {
@@ -97,9 +120,21 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
 
   if (needs_grad({&x, &w, &bias})) {
     const bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.defined() && bias.requires_grad();
+    // The edges of x and w (not x and w, which may hold more memory than the
+    // copies) let a recorded backward reach them for second derivatives.
     record(
         "conv2d", {x, w, bias}, {&y},
-        [xc, wc, gx, gw, gb, has_bias = bias.defined(), p, cl](const std::vector<Tensor>& g) {
+        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, gb, has_bias = bias.defined(), p,
+         cl](const std::vector<Tensor>& g) {
+          if (grad_enabled()) {
+            // Recorded: dy [N, K, P, Q] -> dx = conv_transpose2d(dy, w) [N, C, H, W],
+            // dw = conv2d_weight(x, dy) [K, C/groups, R, S], db = sum over N, P, Q [K].
+            const Tensor& dy = g[0];
+            const Tensor xg = with_gradient_edge(xc, ex), wg = with_gradient_edge(wc, ew);
+            return std::vector<Tensor>{gx ? conv2d_data_grad(dy, wg, xg.shape(), p) : Tensor(),
+                                       gw ? conv2d_weight(xg, dy, wg.shape(), p) : Tensor(),
+                                       gb ? sum(dy, {0, 2, 3}) : Tensor()};
+          }
           // dy [N, K, P, Q] -> dx [N, C, H, W], dw [K, C/groups, R, S], db [K], in the forward's layout
           Tensor dy = cl ? detail::channels_last(g[0]) : g[0].contiguous();
           Backend& be = detail::pick(dy, OpKind::conv2d);
@@ -111,8 +146,7 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
           }
           be.conv2d_backward(xc, wc, dy, dx, dw, db, p);
           return std::vector<Tensor>{dx, gw ? dw : Tensor(), gb ? db : Tensor()};
-        },
-        /*first_order_only=*/true);
+        });
   }
   return y;
 }
@@ -191,7 +225,15 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
     const bool gx = x.requires_grad(), gw = w.requires_grad();
     record(
         op, {x, w}, {&y},
-        [xc, wc, gx, gw, cp](const std::vector<Tensor>& g) {
+        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, cp](const std::vector<Tensor>& g) {
+          if (grad_enabled()) {
+            // Recorded: dy [N, K, P, Q] -> dx = conv2d(dy, w) [N, C, H, W],
+            // dw = conv2d_weight(input dy, output gradient x) [C, K/groups, R, S].
+            const Tensor& dy = g[0];
+            const Tensor xg = with_gradient_edge(xc, ex), wg = with_gradient_edge(wc, ew);
+            return std::vector<Tensor>{gx ? conv2d(dy, wg, Tensor(), cp) : Tensor(),
+                                       gw ? conv2d_weight(dy, xg, wg.shape(), cp) : Tensor()};
+          }
           Tensor dy = g[0].contiguous();  // [N, K, P, Q]
           Backend& be = detail::pick(dy, OpKind::conv2d);
           Tensor dx, dw;
@@ -208,12 +250,62 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
             be.conv2d_backward_weights(dy, xc, dw, Tensor(), cp);
           }
           return std::vector<Tensor>{dx, dw};
-        },
-        /*first_order_only=*/true);
+        });
   }
   // The bias through the differentiable broadcast add: its gradient is dy summed over N, P, Q.
   if (bias.defined()) return add(y, bias.reshape({1, ys[1], 1, 1}));
   return y;
+}
+
+// ---------------------------------------------------------------- conv2d's weight gradient
+//
+// dw[k, c, r, s] = sum over n, p, q of dy[n, k, p, q] * x[n, g*C/groups + c, p*stride - pad + r*dil, ...]
+// (g the group of filter k) is bilinear in x and dy, and its two partial
+// adjoints are the other two ops: for a gradient G [K, C/groups, R, S] of dw,
+//   dx  = conv_transpose2d(dy, G) [N, C, H, W]   (conv2d's data gradient with G as the filters)
+//   ddy = conv2d(x, G)            [N, K, P, Q]   (<G, dw> is linear in dy with these coefficients)
+
+Tensor conv2d_weight(const Tensor& x, const Tensor& dy, const Shape& weight_shape, const Conv2dParams& p) {
+  const char* op = "conv2d_weight";
+  detail::check_defined(x, op, "input");
+  detail::check_defined(dy, op, "output gradient");
+  detail::check_same(x, dy, op);
+  detail::check_float(x, op);
+  detail::check_ndim(x, 4, op, "input [N, C, H, W]");
+  detail::check_ndim(dy, 4, op, "output gradient [N, K, P, Q]");
+  HPDL_CHECK(weight_shape.size() == 4 && weight_shape[0] >= 1 && weight_shape[1] >= 1 && weight_shape[2] >= 1 &&
+                 weight_shape[3] >= 1,
+             "{}: weight shape {} must be [K, C/groups, R, S] with every size >= 1", op, shape_str(weight_shape));
+  // The forward conv2d(x, w) these are the input and output gradient of: the
+  // same checks, and its output shape must be dy's.
+  const Tensor w_like = Tensor::empty(weight_shape, x.dtype(), x.device());
+  const Shape ys = check_geometry(x, w_like, Tensor(), p, op);
+  HPDL_CHECK(dy.shape() == ys, "{}: output gradient {} does not match the convolution of input {} with weight {} ({})",
+             op, shape_str(dy.shape()), shape_str(x.shape()), shape_str(weight_shape), shape_str(ys));
+  // As in conv2d: rows and columns past the last window are cropped with a
+  // differentiable view so oneDNN can describe the problem.
+  const int64_t R = weight_shape[2], S = weight_shape[3];
+  const int64_t H_used = std::clamp<int64_t>((ys[2] - 1) * p.stride_h + (R - 1) * p.dilation_h + 1 - p.pad_h, 0, x.dim(2));
+  const int64_t W_used = std::clamp<int64_t>((ys[3] - 1) * p.stride_w + (S - 1) * p.dilation_w + 1 - p.pad_w, 0, x.dim(3));
+  const Tensor xu = (x.device().is_cpu() && (H_used < x.dim(2) || W_used < x.dim(3)))
+                        ? x.slice(2, 0, H_used).slice(3, 0, W_used)
+                        : x;
+  Tensor xc = xu.contiguous().detach(), dyc = dy.contiguous().detach();
+  Tensor dw = Tensor::empty(weight_shape, x.dtype(), x.device());
+  if (xc.numel() > 0 && dyc.numel() > 0)
+    detail::pick(x, OpKind::conv2d).conv2d_backward_weights(xc, dyc, dw, Tensor(), p);
+  else
+    dw.fill_(0.0);
+  if (needs_grad({&xu, &dy})) {
+    const bool gx = xu.requires_grad(), gdy = dy.requires_grad();
+    record(op, {xu, dy}, {&dw}, [xu, dy, gx, gdy, p](const std::vector<Tensor>& g) {
+      // G [K, C/groups, R, S] -> dx [N, C, H, W], ddy [N, K, P, Q]; differentiable in any mode.
+      const Tensor& G = g[0];
+      return std::vector<Tensor>{gx ? conv2d_data_grad(dy, G, xu.shape(), p) : Tensor(),
+                                 gdy ? conv2d(xu, G, Tensor(), p) : Tensor()};
+    });
+  }
+  return dw;
 }
 
 Tensor conv_transpose2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias,

@@ -13,7 +13,10 @@ namespace hpdl {
 
 // x [N, C, H, W], w [K, C/groups, R, S], bias [K] or undefined -> y [N, K, P, Q]
 // with P = (H + 2*pad_h - dilation_h*(R-1) - 1)/stride_h + 1 (Q likewise).
-// Backward uses the backend's fused data/weights kernels: first-order only.
+// Backward uses the backend's fused data/weights kernels, unless the backward
+// pass is itself recorded (create_graph): then dx = conv_transpose2d(dy, w),
+// dw = conv2d_weight(x, dy), db = sum(dy), all differentiable, so derivatives
+// of any order work.
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(), const Conv2dParams& p = {});
 
 // Parameters of a transposed convolution, as PyTorch's ConvTranspose2d takes them.
@@ -47,8 +50,10 @@ struct ConvTranspose2dParams {
 //   dx = conv2d_forward(dy_T, w)                          [N, C, H, W]
 //   dw = conv2d_backward_weights(input = dy_T, dy = x)    [C, K/groups, R, S]
 // where dy_T [N, K, P, Q] is the gradient arriving at y. The bias is added with
-// the differentiable broadcast add. The x/w backward is an opaque node:
-// first-order only (a second derivative through it throws). float32 and float64
+// the differentiable broadcast add. The x/w backward runs those fused kernels
+// unless it is recorded (create_graph); then dx = conv2d(dy_T, w) and
+// dw = conv2d_weight(input = dy_T, output gradient = x), differentiable to any
+// order. float32 and float64
 // (float64 and odd geometries run on the reference kernels).
 // Throws hpdl::Error naming conv_transpose2d and the shapes for: undefined or
 // non-4-D x/w, dtype/device mismatch, C != w.dim(0), C not divisible by groups,
@@ -56,6 +61,17 @@ struct ConvTranspose2dParams {
 // output_pad < 0 or >= stride, or an empty output.
 Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(),
                         const ConvTranspose2dParams& p = {});
+
+// conv2d's weight gradient as a differentiable op: x [N, C, H, W] and the output
+// gradient dy [N, K, P, Q] of conv2d(x, w, p) with w of weight_shape
+// [K, C/groups, R, S] -> dw [K, C/groups, R, S],
+//   dw[k, c, r, s] = sum_{n, p, q} dy[n, k, p, q] * x[n, group(k)*C/groups + c, p*stride_h - pad_h + r*dil_h, ...].
+// Runs the backend's weight-gradient kernel; its own gradients are
+// conv_transpose2d(dy, G) for x and conv2d(x, G) for dy (G the gradient of dw).
+// Throws hpdl::Error naming conv2d_weight for the checks conv2d makes on (x,
+// a weight of weight_shape), a weight_shape that is not 4-D with positive sizes,
+// or a dy that is not conv2d's output shape.
+Tensor conv2d_weight(const Tensor& x, const Tensor& dy, const Shape& weight_shape, const Conv2dParams& p = {});
 
 // The same transposed convolution as plain scatter loops in double precision
 // over contiguous copies (no autograd, no backend): the readable oracle the

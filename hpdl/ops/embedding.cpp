@@ -15,11 +15,20 @@ void check_index(const Tensor& index, const char* op) {
              shape_str(index.shape()));
 }
 
+}  // namespace
+
 // out = zeros(shape) with out[..., index[i], ...] += src[..., i, ...] along axis.
-Tensor index_add_into_zeros(const Shape& shape, int axis, const Tensor& index, const Tensor& src) {
+Tensor index_add_into_zeros(const Shape& shape, int64_t axis, const Tensor& index, const Tensor& src) {
+  detail::check_defined(src, "index_add_into_zeros", "source");
+  detail::check_float(src, "index_add_into_zeros");
+  check_index(index, "index_add_into_zeros");
+  HPDL_CHECK(index.ndim() == 1 && src.ndim() == static_cast<int>(shape.size()) && axis >= 0 &&
+                 axis < src.ndim() && src.dim(axis) == index.dim(0),
+             "index_add_into_zeros: source {} and index {} do not fit output {} along axis {}", shape_str(src.shape()),
+             shape_str(index.shape()), shape_str(shape), axis);
   Tensor out = Tensor::zeros(shape, src.dtype(), src.device());
   Tensor sc = src.contiguous().detach();
-  if (sc.numel() > 0) detail::pick(src, OpKind::gather).index_add(out, axis, index, sc);
+  if (sc.numel() > 0) detail::pick(src, OpKind::gather).index_add(out, static_cast<int>(axis), index, sc);
   if (needs_grad({&src})) {
     record("index_add", {src}, {&out}, [axis, index](const std::vector<Tensor>& g) {
       return std::vector<Tensor>{index_select(g[0], axis, index)};
@@ -27,8 +36,6 @@ Tensor index_add_into_zeros(const Shape& shape, int axis, const Tensor& index, c
   }
   return out;
 }
-
-}  // namespace
 
 Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index) {
   detail::check_defined(x, "index_select", "input");

@@ -1,5 +1,9 @@
-// 2-D pooling. max/avg run the backend's pooling kernels and record a
-// first-order-only node over its fused backward. adaptive_avg_pool2d is plain
+// 2-D pooling. max/avg run the backend's pooling kernels and record a node
+// that calls its fused backward, or, when the backward is itself recorded
+// (create_graph), writes it with differentiable ops: max pooling's gradient is
+// a scatter (index_add) of dy to the saved argmax positions, linear in dy with
+// a gather (index_select) as its own gradient; avg pooling's gradient is linear
+// in dy with avg pooling itself as its adjoint. adaptive_avg_pool2d is plain
 // avg pooling when the bins tile the input exactly; otherwise it is two
 // matrix products with bin-averaging matrices, y = A_h x A_w^T, which is exact
 // for PyTorch's overlapping bins and differentiable to any order.
@@ -7,11 +11,54 @@
 
 #include <vector>
 
+#include "hpdl/ops/embedding.h"
 #include "hpdl/ops/linalg.h"
 #include "hpdl/ops/op_impl.h"
 
 namespace hpdl {
 namespace {
+
+Tensor pool2d(PoolKind kind, const Tensor& x, const Pool2dParams& p);
+
+// Flat positions (into x [N, C, H, W]) of each window's first maximum, in
+// window order r, s as the backends route the gradient: int64 [N*C*P*Q].
+// Padding never wins (it is -infinity for max pooling). Host loops over a
+// float64 copy; only a recorded backward needs them.
+Tensor max_pool2d_argmax(const Tensor& x, const Pool2dParams& p, int64_t P, int64_t Q) {
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  std::vector<double> v = x.to_vector<double>();
+  std::vector<int64_t> idx(static_cast<size_t>(N * C * P * Q));
+  for (int64_t nc = 0; nc < N * C; ++nc)
+    for (int64_t i = 0; i < P; ++i)
+      for (int64_t j = 0; j < Q; ++j) {
+        int64_t best = -1;
+        for (int64_t r = 0; r < p.kernel_h; ++r) {
+          const int64_t h = i * p.stride_h - p.pad_h + r;
+          if (h < 0 || h >= H) continue;
+          for (int64_t s = 0; s < p.kernel_w; ++s) {
+            const int64_t w = j * p.stride_w - p.pad_w + s;
+            if (w < 0 || w >= W) continue;
+            const int64_t at = (nc * H + h) * W + w;
+            if (best < 0 || v[at] > v[best]) best = at;
+          }
+        }
+        idx[(nc * P + i) * Q + j] = best;  // >= 0: padding is at most half the kernel
+      }
+  return Tensor::from_vector(idx, {N * C * P * Q}).to(x.device());
+}
+
+// avg pooling's gradient dy [N, C, P, Q] -> dx shaped like xc, as an op: the
+// backend's kernel, recorded with avg pooling (its adjoint) as the gradient.
+Tensor avg_pool2d_backward(const Tensor& dy, const Tensor& xc, const Tensor& yd, const Pool2dParams& p) {
+  Tensor dyc = detail::dense_as(dy, yd).detach();
+  Tensor dx = detail::empty_like(xc);
+  detail::pick(xc, OpKind::pool2d).pool2d_backward(PoolKind::avg, xc, yd, dyc, dx, p);
+  if (needs_grad({&dy}))
+    record("avg_pool2d_backward", {dy}, {&dx}, [p](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{pool2d(PoolKind::avg, g[0], p)};
+    });
+  return dx;
+}
 
 Tensor pool2d(PoolKind kind, const Tensor& x, const Pool2dParams& p) {
   const char* op = kind == PoolKind::max ? "max_pool2d" : "avg_pool2d";
@@ -32,16 +79,21 @@ Tensor pool2d(PoolKind kind, const Tensor& x, const Pool2dParams& p) {
   if (y.numel() > 0) detail::pick(x, OpKind::pool2d).pool2d_forward(kind, xc, y, p);
   if (needs_grad({&x})) {
     Tensor yd = y.detach();
-    record(
-        op, {x}, {&y},
-        [kind, xc, yd, p](const std::vector<Tensor>& g) {
-          // dy [N, C, P, Q] -> dx [N, C, H, W]: max routes to the first maximum, avg spreads evenly.
-          Tensor dy = detail::dense_as(g[0], yd);
-          Tensor dx = detail::empty_like(xc);
-          detail::pick(xc, OpKind::pool2d).pool2d_backward(kind, xc, yd, dy, dx, p);
-          return std::vector<Tensor>{dx};
-        },
-        /*first_order_only=*/true);
+    record(op, {x}, {&y}, [kind, xc, yd, p](const std::vector<Tensor>& g) {
+      if (grad_enabled()) {
+        // Recorded: differentiable in dy (the derivative in x is zero almost everywhere).
+        if (kind == PoolKind::avg) return std::vector<Tensor>{avg_pool2d_backward(g[0], xc, yd, p)};
+        // dx [N*C*H*W] = index_add of dy [N*C*P*Q] at the argmax positions.
+        Tensor idx = max_pool2d_argmax(xc, p, yd.dim(2), yd.dim(3));
+        Tensor dx = index_add_into_zeros({xc.numel()}, 0, idx, g[0].contiguous().reshape({idx.numel()}));
+        return std::vector<Tensor>{dx.reshape(xc.shape())};
+      }
+      // dy [N, C, P, Q] -> dx [N, C, H, W]: max routes to the first maximum, avg spreads evenly.
+      Tensor dy = detail::dense_as(g[0], yd);
+      Tensor dx = detail::empty_like(xc);
+      detail::pick(xc, OpKind::pool2d).pool2d_backward(kind, xc, yd, dy, dx, p);
+      return std::vector<Tensor>{dx};
+    });
   }
   return y;
 }

@@ -1,4 +1,7 @@
-// 2-D pooling over x [N, C, H, W]. Backward through fused kernels: first-order only.
+// 2-D pooling over x [N, C, H, W]. Backward through the backend's fused
+// kernels; when the backward is recorded (create_graph) it is written with
+// differentiable ops instead (max: a scatter of dy to each window's first
+// maximum; avg: linear in dy), so higher derivatives work.
 #pragma once
 
 #include "hpdl/backend/backend.h"

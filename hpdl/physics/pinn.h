@@ -8,8 +8,8 @@
 // The residuals take input derivatives with physics/derivatives.h, through
 // higher-order autograd, so the loss backpropagates into the weights. Every op
 // used by the residual and the network must support double backward (the
-// elementwise ops, linear and matmul do; conv, pooling, norms and the RNNs are
-// first-order only).
+// elementwise ops, linear, matmul, conv2d, conv_transpose2d and max/avg
+// pooling do; batch/layer norm and the RNNs are first-order only).
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,212 @@
+// WGAN-GP: the batch-norm-free critic, the gradient penalty (a gradient of the
+// critic taken with create_graph, then differentiated again in the critic's
+// weights), the critic and generator Adam steps, and the minibatch loop.
+#include "hpdl/gan/wgan_gp.h"
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "hpdl/autograd/engine.h"
+#include "hpdl/autograd/node.h"
+#include "hpdl/ops/ops.h"
+
+namespace hpdl::gan {
+
+DcganOptions WganGpOptions::generator_options() const {
+  DcganOptions o;
+  o.image_size = image_size;
+  o.channels = channels;
+  o.latent_dim = latent_dim;
+  o.g_features = g_features;
+  o.d_features = d_features;
+  o.lr = lr;
+  o.beta1 = beta1;
+  o.beta2 = beta2;
+  o.batch_size = batch_size;
+  o.seed = seed;
+  return o;
+}
+
+void check_wgan_gp_options(const WganGpOptions& o) {
+  check_dcgan_options(o.generator_options());
+  HPDL_CHECK(o.n_critic >= 1, "gan::WganGpOptions: n_critic must be >= 1, got {}", o.n_critic);
+  HPDL_CHECK(o.gp_lambda >= 0 && std::isfinite(o.gp_lambda),
+             "gan::WganGpOptions: gp_lambda must be finite and >= 0, got {}", o.gp_lambda);
+}
+
+// ---------------------------------------------------------------- critic
+
+WganCritic::WganCritic(const WganGpOptions& o, Generator& gen) : channels_(o.channels), side_(o.image_size) {
+  check_wgan_gp_options(o);
+  const int64_t s = o.image_size / 4;
+  const nn::Conv2dOptions down = nn::Conv2dOptions::k(4).s(2).p(1);  // halves H and W
+  // The layers' default initialisation (the paper's code uses He-style
+  // initialisations, not DCGAN's N(0, 0.02)).
+  conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(o.channels, o.d_features, down, gen));
+  conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(o.d_features, 2 * o.d_features, down, gen));
+  score = register_module("score", std::make_shared<nn::Linear>(2 * o.d_features * s * s, 1, true, gen));
+}
+
+Tensor WganCritic::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == channels_ && x.dim(2) == side_ && x.dim(3) == side_,
+             "gan::WganCritic: images must be [N, {}, {}, {}], got {}", channels_, side_, side_, shape_str(x.shape()));
+  Tensor h = leaky_relu((*conv1)(x), 0.2);            // [N, d, S/2, S/2]
+  h = leaky_relu((*conv2)(h), 0.2);                   // [N, 2d, S/4, S/4]
+  return (*score)(h.flatten(1)).reshape({x.dim(0)});  // [N]
+}
+
+// ---------------------------------------------------------------- the penalty
+
+GradientPenalty gradient_penalty(const std::function<Tensor(const Tensor&)>& critic, const Tensor& real,
+                                 const Tensor& fake, const Tensor& eps, double lambda) {
+  HPDL_CHECK(real.defined() && fake.defined() && real.ndim() >= 2 && real.shape() == fake.shape(),
+             "gan::gradient_penalty: real {} and fake {} must be defined and of one shape [N, ...]",
+             real.defined() ? shape_str(real.shape()) : "undefined", fake.defined() ? shape_str(fake.shape()) : "undefined");
+  const int64_t n = real.dim(0);
+  HPDL_CHECK(eps.defined() && eps.ndim() == 1 && eps.dim(0) == n,
+             "gan::gradient_penalty: eps must be [N] = [{}] (one mixing weight per sample), got {}", n,
+             eps.defined() ? shape_str(eps.shape()) : "undefined");
+  // xhat [N, ...] = eps x + (1 - eps) x~, a leaf: the penalty's gradient is taken in it.
+  Shape bshape(real.ndim(), 1);
+  bshape[0] = n;
+  Tensor e = eps.detach().to(real.dtype()).reshape(bshape);
+  Tensor xhat;
+  {
+    NoGradGuard no_grad;
+    xhat = add(mul(real.detach(), e), mul(fake.detach(), add(neg(e), 1.0)));
+  }
+  xhat.set_requires_grad();
+  Tensor scores = critic(xhat);
+  HPDL_CHECK(scores.defined() && scores.ndim() == 1 && scores.dim(0) == n,
+             "gan::gradient_penalty: the critic must return scores [{}], got {}", n,
+             scores.defined() ? shape_str(scores.shape()) : "undefined");
+  // Sample i's score depends only on xhat_i (no batch statistics in the
+  // critic), so the gradient of the sum holds every per-sample gradient.
+  Tensor g = grad({sum(scores)}, {xhat}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];  // [N, ...]
+  std::vector<int64_t> axes(static_cast<size_t>(real.ndim() - 1));
+  std::iota(axes.begin(), axes.end(), 1);
+  // ||g_i|| = sqrt(sum g_i^2); the tiny floor keeps the square root's
+  // derivative finite where a gradient vanishes (a dead critic).
+  Tensor norms = sqrt(add(sum(square(g), axes), 1e-12));  // [N]
+  GradientPenalty gp;
+  gp.penalty = mul(mean(square(add(norms, -1.0))), lambda);
+  gp.grad_norms = norms.detach();
+  return gp;
+}
+
+// ---------------------------------------------------------------- training
+
+WganGp::WganGp(const WganGpOptions& options) : options_(options), rng_(options.seed) {
+  check_wgan_gp_options(options_);
+  Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
+  g_ = std::make_shared<DcganGenerator>(options_.generator_options(), init_gen);
+  d_ = std::make_shared<WganCritic>(options_, init_gen);
+  optim::AdamWOptions adam;
+  adam.lr = options_.lr;
+  adam.beta1 = options_.beta1;
+  adam.beta2 = options_.beta2;
+  adam.weight_decay = 0;  // plain Adam, as in the paper
+  g_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*g_), adam);
+  d_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*d_), adam);
+}
+
+Tensor WganGp::sample_latent(int64_t n) {
+  HPDL_CHECK(n >= 1, "gan::WganGp::sample_latent: need n >= 1, got {}", n);
+  return Tensor::randn({n, options_.latent_dim}, rng_);
+}
+
+Tensor WganGp::generate(const Tensor& z) {
+  NoGradGuard no_grad;
+  return (*g_)(z);
+}
+
+void WganGp::check_images(const Tensor& images, const char* what) const {
+  const int64_t c = options_.channels, s = options_.image_size;
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
+                 images.dim(3) == s && images.dim(0) >= 1,
+             "gan::WganGp: {} images must be [N, {}, {}, {}] with N >= 1, got {}", what, c, s, s,
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+}
+
+WganGpStepStats WganGp::critic_step(const Tensor& real) {
+  check_images(real, "real");
+  const int64_t b = real.dim(0);
+  Tensor fake = generate(sample_latent(b));     // [B, C, S, S], no graph into G
+  Tensor eps = Tensor::rand({b}, rng_, 0.0, 1.0);  // mixing weights, U[0, 1)
+  d_opt_->zero_grad();
+  Tensor real_scores = (*d_)(real), fake_scores = (*d_)(fake);
+  Tensor w_estimate = sub(mean(real_scores), mean(fake_scores));
+  GradientPenalty gp = gradient_penalty([this](const Tensor& x) { return (*d_)(x); }, real, fake, eps,
+                                        options_.gp_lambda);
+  Tensor loss = add(neg(w_estimate), gp.penalty);
+  WganGpStepStats st;
+  st.critic_loss = loss.item();
+  HPDL_CHECK(std::isfinite(st.critic_loss), "gan::WganGp: the critic loss is {} after {} generator steps; lower lr ({})",
+             st.critic_loss, steps_, options_.lr);
+  st.wasserstein = w_estimate.item();
+  st.penalty = gp.penalty.item();
+  st.grad_norm = mean(gp.grad_norms).item();
+  loss.backward();
+  d_opt_->step();
+  return st;
+}
+
+double WganGp::generator_step(int64_t batch) {
+  g_opt_->zero_grad();
+  Tensor loss = neg(mean((*d_)((*g_)(sample_latent(batch)))));
+  const double value = loss.item();
+  HPDL_CHECK(std::isfinite(value), "gan::WganGp: the generator loss is {} after {} generator steps; lower lr ({})",
+             value, steps_, options_.lr);
+  loss.backward();  // D's parameters collect gradients too; the next critic step zeroes them
+  g_opt_->step();
+  ++steps_;
+  return value;
+}
+
+WganGpStepStats WganGp::train_step(const std::function<Tensor()>& next_batch) {
+  WganGpStepStats st;
+  int64_t b = 0;
+  for (int64_t i = 0; i < options_.n_critic; ++i) {
+    Tensor real = next_batch();
+    st = critic_step(real);
+    b = real.dim(0);
+  }
+  st.g_loss = generator_step(b);
+  return st;
+}
+
+WganGpStepStats train_wgan_gp(WganGp& gan, const Tensor& images, int64_t steps,
+                              const std::function<void(int64_t, const WganGpStepStats&)>& on_step) {
+  const WganGpOptions& o = gan.options();
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == o.channels && images.dim(2) == o.image_size &&
+                 images.dim(3) == o.image_size,
+             "gan::train_wgan_gp: images must be [M, {}, {}, {}], got {}", o.channels, o.image_size, o.image_size,
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+  const int64_t m = images.dim(0);
+  HPDL_CHECK(m >= o.batch_size, "gan::train_wgan_gp: {} images are fewer than one batch of {}", m, o.batch_size);
+  HPDL_CHECK(steps >= 0, "gan::train_wgan_gp: steps must be >= 0, got {}", steps);
+  // The order has its own stream, as in train_dcgan.
+  Generator order_gen(o.seed + 0x5851F42D4C957F2Dull);
+  std::vector<int64_t> order(m);
+  int64_t next = m;  // m: reshuffle first
+  auto next_batch = [&]() {
+    if (next + o.batch_size > m) {
+      std::iota(order.begin(), order.end(), 0);
+      for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
+        std::swap(order[i], order[static_cast<int64_t>(order_gen.next_uniform() * (i + 1))]);
+      next = 0;
+    }
+    std::vector<int64_t> idx(order.begin() + next, order.begin() + next + o.batch_size);
+    next += o.batch_size;
+    return index_select(images, 0, Tensor::from_vector(idx, {o.batch_size}).to(images.device()));
+  };
+  WganGpStepStats last;
+  for (int64_t step = 1; step <= steps; ++step) {
+    last = gan.train_step(next_batch);
+    if (on_step) on_step(step, last);
+  }
+  return last;
+}
+
+}  // namespace hpdl::gan

@@ -1,0 +1,126 @@
+// Wasserstein GAN with gradient penalty (Gulrajani, Ahmed, Arjovsky, Dumoulin &
+// Courville 2017, "Improved training of Wasserstein GANs", NeurIPS), reusing
+// the DCGAN generator (gan/dcgan.h). The critic D scores images (no sigmoid):
+//
+//   critic step (n_critic per generator step), x real, x~ = G(z) detached,
+//   eps ~ U[0, 1] per sample, xhat = eps x + (1 - eps) x~:
+//     minimise  mean D(x~) - mean D(x) + lambda mean_i (||grad_xhat D(xhat_i)||_2 - 1)^2
+//   generator step:  minimise  -mean D(G(z))
+//
+// with Adam(lr 1e-4, betas 0, 0.9), n_critic 5, lambda 10 (the paper's
+// Algorithm 1). The penalty differentiates D's input gradient in D's weights:
+// a second derivative through conv2d (hpdl/ops/conv.h). The critic is the
+// DCGAN discriminator without batch norm (the penalty is per sample, which
+// batch norm would break); the paper's alternative, layer norm, is not used
+// because hpdl's layer_norm backward is a first-order-only fused kernel.
+//   D: x [N, C, S, S] -> conv(4, 2, 1) d -> LeakyReLU(0.2)
+//        -> conv(4, 2, 1) 2d -> LeakyReLU(0.2) -> flatten -> Linear -> score [N]
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "hpdl/gan/dcgan.h"
+
+namespace hpdl::gan {
+
+struct WganGpOptions {
+  int64_t image_size = 28;   // S: height = width, divisible by 4
+  int64_t channels = 1;      // C
+  int64_t latent_dim = 64;   // z size
+  int64_t g_features = 64;   // the DCGAN generator's g
+  int64_t d_features = 64;   // the critic's d
+  double lr = 1e-4;          // Adam, both networks
+  double beta1 = 0.0, beta2 = 0.9;
+  int64_t batch_size = 64;   // real images (and latents) per critic step and per generator step
+  int64_t n_critic = 5;      // critic steps per generator step
+  double gp_lambda = 10;     // penalty weight
+  uint64_t seed = 0;
+  // The DCGAN options that build the same generator (sizes, seed; its lr/betas unused).
+  DcganOptions generator_options() const;
+};
+
+// Throws hpdl::Error naming the first bad option: those of check_dcgan_options,
+// n_critic < 1, a negative or non-finite gp_lambda.
+void check_wgan_gp_options(const WganGpOptions& options);
+
+// The critic: images [N, C, S, S] -> scores [N] (higher: more real).
+class WganCritic : public nn::Module {
+ public:
+  WganCritic(const WganGpOptions& options, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "WganCritic"; }
+  std::shared_ptr<nn::Conv2d> conv1, conv2;
+  std::shared_ptr<nn::Linear> score;
+
+ private:
+  int64_t channels_, side_;
+};
+
+// The penalty and what it saw.
+struct GradientPenalty {
+  Tensor penalty;          // lambda * mean_i (||g_i||_2 - 1)^2, a scalar with a graph into the critic
+  Tensor grad_norms;       // ||g_i||_2 [N], detached
+};
+
+// The gradient penalty of `critic` (any function of images [N, ...] -> scores
+// [N]) on xhat = eps * real + (1 - eps) * fake with eps [N] in [0, 1] (one per
+// sample): g_i = d critic(xhat)_i / d xhat_i (create_graph, so the penalty
+// can be differentiated in the critic's weights). real and fake are used as
+// values (detached). Throws naming the mismatch when real and fake differ in
+// shape, eps is not [N], or the critic does not return [N].
+GradientPenalty gradient_penalty(const std::function<Tensor(const Tensor&)>& critic, const Tensor& real,
+                                 const Tensor& fake, const Tensor& eps, double lambda);
+
+// What one generator step (and the critic steps before it) saw.
+struct WganGpStepStats {
+  double critic_loss = 0;   // the last critic step's loss (before its update)
+  double wasserstein = 0;   // mean D(x) - mean D(x~) on that step: the critic's estimate of W(P_real, P_G)
+  double penalty = 0;       // its penalty term (lambda included)
+  double grad_norm = 0;     // mean ||grad_xhat D|| on that step (the penalty pulls it to 1)
+  double g_loss = 0;        // -mean D(G(z)) before the generator update
+};
+
+class WganGp {
+ public:
+  // Throws as check_wgan_gp_options.
+  explicit WganGp(const WganGpOptions& options);
+
+  const WganGpOptions& options() const { return options_; }
+  DcganGenerator& generator() { return *g_; }
+  WganCritic& critic() { return *d_; }
+
+  Tensor sample_latent(int64_t n);  // z ~ N(0, 1) [n, latent] from the GAN's random stream
+  Tensor generate(const Tensor& z);  // G(z) without autograd, in G's current mode
+
+  // One Adam step of the critic on a batch of real images [B, C, S, S] against
+  // B fresh samples of G; returns the stats of that step (g_loss unset).
+  // Throws naming a non-finite loss.
+  WganGpStepStats critic_step(const Tensor& real);
+  // One Adam step of G on -mean D(G(z)), z [B, latent]; returns the loss before the step.
+  double generator_step(int64_t batch);
+  // n_critic critic steps, each on the next batch from `next_batch`, then a generator step.
+  WganGpStepStats train_step(const std::function<Tensor()>& next_batch);
+
+  int64_t steps() const { return steps_; }  // generator steps taken
+
+ private:
+  void check_images(const Tensor& images, const char* what) const;
+
+  WganGpOptions options_;
+  Generator rng_;
+  std::shared_ptr<DcganGenerator> g_;
+  std::shared_ptr<WganCritic> d_;
+  std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
+  int64_t steps_ = 0;
+};
+
+// Trains `gan` for `steps` generator steps (n_critic critic steps each) on
+// images [M, C, S, S] in [-1, 1] (M >= batch_size), minibatches drawn without
+// replacement from shuffled epochs. `on_step(step, stats)` after every
+// generator step (1-based). Returns the last step's stats.
+WganGpStepStats train_wgan_gp(WganGp& gan, const Tensor& images, int64_t steps,
+                              const std::function<void(int64_t, const WganGpStepStats&)>& on_step = {});
+
+}  // namespace hpdl::gan
