@@ -623,10 +623,11 @@ jobs_slurm_sigterm)
   ;;
 jobs_pbs_timer)
   # pbs_train.sh with HPDL_STOP_AFTER (5 s, well after hpdl installs its handlers): the script's own timer signals the script alone, so hpdl
-  # stops only if the script forwards the signal; then qsub chains the next job.
+  # stops only if the script forwards the signal; then qsub chains the next job. The run (100 epochs)
+  # is far longer than the three 5 s jobs together on any machine, so no job can complete it.
   fake_batch_system
   export PBS_JOBID=123.pbs HPDL_RUN_DIR=$PWD/run HPDL_CONFIG=$ex/fashion_mnist/mlp.toml HPDL_LAUNCH= HPDL_STOP_AFTER=5 \
-    HPDL_SET="train.epochs=3 train.threads=1 data.workers=1 train.checkpoint_every_epochs=0"
+    HPDL_SET="train.epochs=100 train.threads=1 data.workers=1 train.checkpoint_every_epochs=0"
   bash "$jobs/pbs_train.sh" >job1.log 2>&1 || fail "the PBS job failed: $(job_log job1.log | tail -5)"
   grep -q "stopped by signal after a checkpoint" job1.log || fail "hpdl did not get the forwarded signal: $(job_log job1.log | tail -5)"
   ls run/checkpoints/*.json >/dev/null 2>&1 || fail "no checkpoint"
