@@ -130,19 +130,34 @@ Dcgan::Dcgan(const DcganOptions& options) : options_(options), rng_(options.seed
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
   g_ = std::make_shared<DcganGenerator>(options_, init_gen);
   d_ = std::make_shared<DcganDiscriminator>(options_, init_gen);
-  optim::AdamWOptions adam;
-  adam.lr = options_.lr;
-  adam.beta1 = options_.beta1;
-  adam.beta2 = options_.beta2;
-  adam.weight_decay = 0;  // plain Adam, as in the paper
-  g_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*g_), adam);
-  d_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*d_), adam);
+  g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
+  d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
 }
 
-Tensor Dcgan::sample_latent(int64_t n) {
-  HPDL_CHECK(n >= 1, "gan::Dcgan::sample_latent: need n >= 1, got {}", n);
-  return Tensor::randn({n, options_.latent_dim}, rng_);
+namespace detail {
+std::unique_ptr<optim::AdamW> make_adam(nn::Module& m, double lr, double beta1, double beta2) {
+  optim::AdamWOptions adam;
+  adam.lr = lr;
+  adam.beta1 = beta1;
+  adam.beta2 = beta2;
+  adam.weight_decay = 0;  // plain Adam, as in the DCGAN and WGAN-GP papers
+  return std::make_unique<optim::AdamW>(optim::param_specs(m), adam);
 }
+
+Tensor sample_latent(int64_t n, int64_t latent_dim, Generator& rng, const char* who) {
+  HPDL_CHECK(n >= 1, "gan::{}::sample_latent: need n >= 1, got {}", who, n);
+  return Tensor::randn({n, latent_dim}, rng);
+}
+
+void check_images(const Tensor& images, int64_t c, int64_t s, const char* who, const char* what) {
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
+                 images.dim(3) == s && images.dim(0) >= 1,
+             "gan::{}: {} images must be [N, {}, {}, {}] with N >= 1, got {}", who, what, c, s, s,
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+}
+}  // namespace detail
+
+Tensor Dcgan::sample_latent(int64_t n) { return detail::sample_latent(n, options_.latent_dim, rng_, "Dcgan"); }
 
 Tensor Dcgan::generate(const Tensor& z) {
   NoGradGuard no_grad;
@@ -150,11 +165,7 @@ Tensor Dcgan::generate(const Tensor& z) {
 }
 
 void Dcgan::check_images(const Tensor& images, const char* what) const {
-  const int64_t c = options_.channels, s = options_.image_size;
-  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
-                 images.dim(3) == s && images.dim(0) >= 1,
-             "gan::Dcgan: {} images must be [N, {}, {}, {}] with N >= 1, got {}", what, c, s, s,
-             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+  detail::check_images(images, options_.channels, options_.image_size, "Dcgan", what);
 }
 
 Tensor Dcgan::discriminator_loss(const Tensor& real, const Tensor& fake) {

@@ -171,4 +171,13 @@ struct ClassifierScore {
 };
 ClassifierScore classifier_score(const Tensor& logits);
 
+namespace detail {
+// Shared by the GAN trainers (Dcgan, WganGp): plain Adam (no weight decay) over a module's
+// parameters; z ~ N(0, 1) [n, latent_dim]; and the check that `images` are [N >= 1, C, S, S]
+// (`who` and `what` name the trainer and the argument in the error).
+std::unique_ptr<optim::AdamW> make_adam(nn::Module& m, double lr, double beta1, double beta2);
+Tensor sample_latent(int64_t n, int64_t latent_dim, Generator& rng, const char* who);
+void check_images(const Tensor& images, int64_t channels, int64_t size, const char* who, const char* what);
+}  // namespace detail
+
 }  // namespace hpdl::gan

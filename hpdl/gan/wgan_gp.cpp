@@ -102,19 +102,11 @@ WganGp::WganGp(const WganGpOptions& options) : options_(options), rng_(options.s
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
   g_ = std::make_shared<DcganGenerator>(options_.generator_options(), init_gen);
   d_ = std::make_shared<WganCritic>(options_, init_gen);
-  optim::AdamWOptions adam;
-  adam.lr = options_.lr;
-  adam.beta1 = options_.beta1;
-  adam.beta2 = options_.beta2;
-  adam.weight_decay = 0;  // plain Adam, as in the paper
-  g_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*g_), adam);
-  d_opt_ = std::make_unique<optim::AdamW>(optim::param_specs(*d_), adam);
+  g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
+  d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
 }
 
-Tensor WganGp::sample_latent(int64_t n) {
-  HPDL_CHECK(n >= 1, "gan::WganGp::sample_latent: need n >= 1, got {}", n);
-  return Tensor::randn({n, options_.latent_dim}, rng_);
-}
+Tensor WganGp::sample_latent(int64_t n) { return detail::sample_latent(n, options_.latent_dim, rng_, "WganGp"); }
 
 Tensor WganGp::generate(const Tensor& z) {
   NoGradGuard no_grad;
@@ -122,11 +114,7 @@ Tensor WganGp::generate(const Tensor& z) {
 }
 
 void WganGp::check_images(const Tensor& images, const char* what) const {
-  const int64_t c = options_.channels, s = options_.image_size;
-  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
-                 images.dim(3) == s && images.dim(0) >= 1,
-             "gan::WganGp: {} images must be [N, {}, {}, {}] with N >= 1, got {}", what, c, s, s,
-             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+  detail::check_images(images, options_.channels, options_.image_size, "WganGp", what);
 }
 
 WganGpStepStats WganGp::critic_step(const Tensor& real) {

@@ -331,20 +331,40 @@ std::map<std::string, Tensor> stage_optimizer_slice(const std::map<std::string, 
   return out;
 }
 
+// The evaluation loader over shard `part` of `parts` of `dataset` (in order, batches of at least
+// 256), started; `mine` receives the shard's size (the sampler pads the last shard by wrapping, and
+// the evaluations count each sample once).
+std::unique_ptr<data::DataLoader> eval_loader(std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
+                                              int parts, int part, int64_t& mine) {
+  auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), parts, part, false, 0, false);
+  data::DataLoaderOptions lo;
+  lo.batch_size = std::max<int64_t>(config.batch_size, 256);
+  lo.workers = static_cast<int>(config.workers);
+  lo.prefetch = static_cast<int>(std::max<int64_t>(1, config.prefetch));
+  auto loader = std::make_unique<data::DataLoader>(dataset, sampler, lo, make_pipeline(config, false));
+  loader->start_epoch(0);
+  mine = (dataset->size() - part + parts - 1) / parts;
+  return loader;
+}
+
+// The result of an evaluation from its all-reduced sums (loss sum, then the objective's metric sums).
+EvalResult eval_result(const Objective& objective, const StepStats& s) {
+  EvalResult r;
+  r.loss = s.sums[0] / std::max(1.0, s.count);
+  r.samples = static_cast<int64_t>(s.count);
+  r.metrics = objective.metrics(std::vector<double>(s.sums.begin() + 1, s.sums.end()), s.count);
+  r.accuracy = objective.regression() ? -1.0 : r.metrics["accuracy"];
+  return r;
+}
+
 // Loss and accuracy through a pipeline: the replicas share the dataset, every rank of a pipeline
 // reads its replica's batches, the first stage feeds them in and the last scores the outputs; the
 // sums go to every rank of the grid, so all report the same numbers.
 EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
                              std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
                              const Objective& objective) {
-  auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), grid.replicas, grid.replica, false, 0,
-                                                            false);
-  data::DataLoaderOptions lo;
-  lo.batch_size = std::max<int64_t>(config.batch_size, 256);
-  lo.workers = static_cast<int>(config.workers);
-  lo.prefetch = static_cast<int>(std::max<int64_t>(1, config.prefetch));
-  data::DataLoader loader(dataset, sampler, lo, make_pipeline(config, false));
-  loader.start_epoch(0);
+  int64_t seen = 0, mine = 0;
+  auto loader = eval_loader(dataset, config, grid.replicas, grid.replica, mine);
   nn::Module& stage = pipe.stage();
   const bool was_training = stage.is_training();
   stage.eval();
@@ -352,10 +372,7 @@ EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
   StepStats s;
   MetricSums sums;
   data::Batch b;
-  // As evaluate(): the sampler pads the last shard by wrapping; count each sample once.
-  int64_t seen = 0;
-  const int64_t mine = (dataset->size() - grid.replica + grid.replicas - 1) / grid.replicas;
-  while (loader.next(b)) {
+  while (loader->next(b)) {
     const int64_t keep = std::min<int64_t>(b.size(), mine - seen);
     seen += b.size();
     if (keep <= 0) continue;
@@ -369,13 +386,7 @@ EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
   }
   stage.train(was_training);
   s.sums = sums.read(1 + objective.metric_sums_size());
-  s = allreduce_stats(*grid.all, s);
-  EvalResult r;
-  r.loss = s.sums[0] / std::max(1.0, s.count);
-  r.samples = static_cast<int64_t>(s.count);
-  r.metrics = objective.metrics(std::vector<double>(s.sums.begin() + 1, s.sums.end()), s.count);
-  r.accuracy = objective.regression() ? -1.0 : r.metrics["accuracy"];
-  return r;
+  return eval_result(objective, allreduce_stats(*grid.all, s));
 }
 
 }  // namespace
@@ -437,13 +448,8 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   auto& comm = comm_or_world ? *comm_or_world : dist::Communicator::world();
   const Objective plain;
   const Objective& objective = objective_or_null ? *objective_or_null : plain;
-  auto sampler = std::make_shared<data::DistributedSampler>(dataset->size(), comm.size(), comm.rank(), false, 0, false);
-  data::DataLoaderOptions lo;
-  lo.batch_size = std::max<int64_t>(config.batch_size, 256);
-  lo.workers = static_cast<int>(config.workers);
-  lo.prefetch = static_cast<int>(std::max<int64_t>(1, config.prefetch));
-  data::DataLoader loader(dataset, sampler, lo, make_pipeline(config, false));
-  loader.start_epoch(0);
+  int64_t seen = 0, mine = 0;
+  auto loader = eval_loader(dataset, config, comm.size(), comm.rank(), mine);
   const bool was_training = model.is_training();
   const auto params = model.parameters();
   const Device device = params.empty() ? kCPU : params.front().device();
@@ -452,9 +458,7 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   StepStats s;
   MetricSums sums;
   data::Batch b;
-  // The distributed sampler pads the last shard by wrapping; count each sample once.
-  int64_t seen = 0, mine = (dataset->size() - comm.rank() + comm.size() - 1) / comm.size();
-  while (loader.next(b)) {
+  while (loader->next(b)) {
     int64_t keep = std::min<int64_t>(b.size(), mine - seen);
     seen += b.size();
     if (keep <= 0) continue;
@@ -467,13 +471,7 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   }
   model.train(was_training);
   s.sums = sums.read(1 + objective.metric_sums_size());
-  s = allreduce_stats(comm, s);
-  EvalResult r;
-  r.loss = s.sums[0] / std::max(1.0, s.count);
-  r.samples = static_cast<int64_t>(s.count);
-  r.metrics = objective.metrics(std::vector<double>(s.sums.begin() + 1, s.sums.end()), s.count);
-  r.accuracy = objective.regression() ? -1.0 : r.metrics["accuracy"];
-  return r;
+  return eval_result(objective, allreduce_stats(comm, s));
 }
 
 void load_model_weights(nn::Module& model, const fs::path& path) {
