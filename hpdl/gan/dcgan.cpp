@@ -248,34 +248,42 @@ double Dcgan::discriminator_accuracy(const Tensor& real, const Tensor& fake) {
 DcganStepStats train_dcgan(Dcgan& gan, const Tensor& images, int64_t steps,
                            const std::function<void(int64_t, const DcganStepStats&)>& on_step) {
   const DcganOptions& o = gan.options();
-  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == o.channels && images.dim(2) == o.image_size &&
-                 images.dim(3) == o.image_size,
-             "gan::train_dcgan: images must be [M, {}, {}, {}], got {}", o.channels, o.image_size, o.image_size,
-             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
-  const int64_t m = images.dim(0);
-  HPDL_CHECK(m >= o.batch_size, "gan::train_dcgan: {} images are fewer than one batch of {}", m, o.batch_size);
+  detail::ShuffledBatches batches(images, o.channels, o.image_size, o.batch_size, o.seed + 0x5851F42D4C957F2Dull,
+                                  "train_dcgan");
   HPDL_CHECK(steps >= 0, "gan::train_dcgan: steps must be >= 0, got {}", steps);
-  // The shuffle draws from its own stream, seeded from the options, so the
-  // latents of a step do not depend on how many epochs came before.
-  Generator order_gen(o.seed + 0x5851F42D4C957F2Dull);
-  std::vector<int64_t> order(m);
-  int64_t next = m;  // position in the current epoch; m: reshuffle first
   DcganStepStats last;
   for (int64_t step = 1; step <= steps; ++step) {
-    if (next + o.batch_size > m) {
-      std::iota(order.begin(), order.end(), 0);
-      for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
-        std::swap(order[i], order[static_cast<int64_t>(order_gen.next_uniform() * (i + 1))]);
-      next = 0;
-    }
-    std::vector<int64_t> idx(order.begin() + next, order.begin() + next + o.batch_size);
-    next += o.batch_size;
-    Tensor batch = index_select(images, 0, Tensor::from_vector(idx, {o.batch_size}).to(images.device()));
-    last = gan.train_step(batch);
+    last = gan.train_step(batches.next());
     if (on_step) on_step(step, last);
   }
   return last;
 }
+
+namespace detail {
+ShuffledBatches::ShuffledBatches(const Tensor& images, int64_t c, int64_t s, int64_t batch, uint64_t seed,
+                                 const char* who)
+    : images_(images), batch_(batch), gen_(seed) {
+  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s && images.dim(3) == s,
+             "gan::{}: images must be [M, {}, {}, {}], got {}", who, c, s, s,
+             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
+  HPDL_CHECK(images.dim(0) >= batch, "gan::{}: {} images are fewer than one batch of {}", who, images.dim(0), batch);
+  order_.resize(static_cast<size_t>(images.dim(0)));
+  next_ = images.dim(0);
+}
+
+Tensor ShuffledBatches::next() {
+  const int64_t m = images_.dim(0);
+  if (next_ + batch_ > m) {
+    std::iota(order_.begin(), order_.end(), 0);
+    for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
+      std::swap(order_[i], order_[static_cast<int64_t>(gen_.next_uniform() * (i + 1))]);
+    next_ = 0;
+  }
+  std::vector<int64_t> idx(order_.begin() + next_, order_.begin() + next_ + batch_);
+  next_ += batch_;
+  return index_select(images_, 0, Tensor::from_vector(idx, {batch_}).to(images_.device()));
+}
+}  // namespace detail
 
 // ---------------------------------------------------------------- data and output
 

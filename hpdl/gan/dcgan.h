@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "hpdl/core/random.h"
 #include "hpdl/core/tensor.h"
@@ -178,6 +179,23 @@ namespace detail {
 std::unique_ptr<optim::AdamW> make_adam(nn::Module& m, double lr, double beta1, double beta2);
 Tensor sample_latent(int64_t n, int64_t latent_dim, Generator& rng, const char* who);
 void check_images(const Tensor& images, int64_t channels, int64_t size, const char* who, const char* what);
+
+// Batches of `batch` images drawn without replacement from `images` [M, C, S, S], reshuffled
+// (Fisher-Yates, on its own random stream from `seed`, so a step's latents do not depend on how
+// many epochs came before) whenever fewer than a batch remain. Throws, naming `who`, when the
+// images are not [M, channels, size, size] or fewer than one batch.
+class ShuffledBatches {
+ public:
+  ShuffledBatches(const Tensor& images, int64_t channels, int64_t size, int64_t batch, uint64_t seed, const char* who);
+  Tensor next();
+
+ private:
+  Tensor images_;
+  int64_t batch_;
+  Generator gen_;
+  std::vector<int64_t> order_;
+  int64_t next_;  // position in the current order; M: reshuffle first
+};
 }  // namespace detail
 
 }  // namespace hpdl::gan

@@ -167,31 +167,13 @@ WganGpStepStats WganGp::train_step(const std::function<Tensor()>& next_batch) {
 WganGpStepStats train_wgan_gp(WganGp& gan, const Tensor& images, int64_t steps,
                               const std::function<void(int64_t, const WganGpStepStats&)>& on_step) {
   const WganGpOptions& o = gan.options();
-  HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == o.channels && images.dim(2) == o.image_size &&
-                 images.dim(3) == o.image_size,
-             "gan::train_wgan_gp: images must be [M, {}, {}, {}], got {}", o.channels, o.image_size, o.image_size,
-             images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
-  const int64_t m = images.dim(0);
-  HPDL_CHECK(m >= o.batch_size, "gan::train_wgan_gp: {} images are fewer than one batch of {}", m, o.batch_size);
-  HPDL_CHECK(steps >= 0, "gan::train_wgan_gp: steps must be >= 0, got {}", steps);
   // The order has its own stream, as in train_dcgan.
-  Generator order_gen(o.seed + 0x5851F42D4C957F2Dull);
-  std::vector<int64_t> order(m);
-  int64_t next = m;  // m: reshuffle first
-  auto next_batch = [&]() {
-    if (next + o.batch_size > m) {
-      std::iota(order.begin(), order.end(), 0);
-      for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
-        std::swap(order[i], order[static_cast<int64_t>(order_gen.next_uniform() * (i + 1))]);
-      next = 0;
-    }
-    std::vector<int64_t> idx(order.begin() + next, order.begin() + next + o.batch_size);
-    next += o.batch_size;
-    return index_select(images, 0, Tensor::from_vector(idx, {o.batch_size}).to(images.device()));
-  };
+  detail::ShuffledBatches batches(images, o.channels, o.image_size, o.batch_size, o.seed + 0x5851F42D4C957F2Dull,
+                                  "train_wgan_gp");
+  HPDL_CHECK(steps >= 0, "gan::train_wgan_gp: steps must be >= 0, got {}", steps);
   WganGpStepStats last;
   for (int64_t step = 1; step <= steps; ++step) {
-    last = gan.train_step(next_batch);
+    last = gan.train_step([&] { return batches.next(); });
     if (on_step) on_step(step, last);
   }
   return last;
