@@ -7,11 +7,11 @@
 #include "hpdl/backend/cpu/flash_attention.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "hpdl/backend/cpu/fast_math.h"
 #include "hpdl/core/threading.h"
 
 namespace hpdl::cpu {
@@ -20,27 +20,9 @@ namespace {
 constexpr int64_t kBlockQ = 16;  // query rows per forward task
 constexpr int64_t kBlockK = 64;  // keys per block (kT [E, 64] stays in L1 for E <= 64)
 
-// exp(x) for x <= 0 (scores minus their row maximum): exp(x) = 2^n e^r with
-// n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in a
-// high and a low part, Cody and Waite 1980), e^r by its degree-6 Taylor
-// polynomial (relative error below 2e-7). Below -87 the result is 0 (expf
-// would give a denormal), so -inf gives 0.
-inline float exp_poly(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  const float fn = std::floor(xc * 1.44269504f + 0.5f);
-  const float r = (xc - fn * 0.693359375f) + fn * 2.12194440e-4f;
-  float p = 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const auto bits = static_cast<uint32_t>(static_cast<int32_t>(fn) + 127) << 23;
-  const float y = p * std::bit_cast<float>(bits);
-  return x < -87.0f ? 0.0f : y;
-}
-inline float exp_fast(float x) { return exp_poly(x); }
+// exp of scores minus their row maximum (x <= 0), inline (fast_math.h); a
+// masked score (-inf) gives exactly 0.
+inline float exp_fast(float x) { return exp_underflow_zero(x); }
 inline double exp_fast(double x) { return std::exp(x); }  // float64 is for tests: exact libm
 
 template <typename F>
