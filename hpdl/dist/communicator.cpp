@@ -1,8 +1,11 @@
 // MPI-backed Communicator and its communication thread.
 #include "hpdl/dist/communicator.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -79,6 +82,30 @@ MPI_Op mpi_op(ReduceKind op, DType t) {
   return MPI_SUM;
 }
 
+// SIGTERM and SIGUSR1 (a job's "checkpoint and stop" / "checkpoint now", taken by
+// the Trainer's sigwait thread) and SIGUSR2 (which wakes that thread) blocked on
+// the calling thread while it lives; threads started meanwhile inherit the
+// block. So MPI's own threads and the communicator thread never run a signal
+// handler in the middle of their work: the signal goes to a thread that waits
+// for it, or, outside a run, to the main thread (default action: terminate).
+class BlockJobSignals {
+ public:
+  BlockJobSignals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &set, &old_);
+  }
+  BlockJobSignals(const BlockJobSignals&) = delete;
+  BlockJobSignals& operator=(const BlockJobSignals&) = delete;
+  ~BlockJobSignals() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+
+ private:
+  sigset_t old_;
+};
+
 void finalize_at_exit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -91,6 +118,7 @@ void init(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
+    const BlockJobSignals block;  // MPI's progress threads start without the job signals
     check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &g_thread_level), "MPI_Init_thread");
     std::atexit(finalize_at_exit);
   } else {
@@ -205,7 +233,10 @@ std::shared_ptr<Work> Communicator::enqueue(std::function<void()> fn) {
   auto work = std::make_shared<Work>();
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (!comm_thread_.joinable()) comm_thread_ = std::thread([this] { comm_loop(); });
+    if (!comm_thread_.joinable()) {
+      const BlockJobSignals block;
+      comm_thread_ = std::thread([this] { comm_loop(); });
+    }
     queue_.emplace_back(std::move(fn), work);
   }
   queue_cv_.notify_one();

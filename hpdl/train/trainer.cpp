@@ -79,8 +79,9 @@ extern "C" void on_signal(int sig) {
 // thread, and the loader and OpenMP threads it starts, block them, so a signal never interrupts
 // compute code. Letting it land on the training thread corrupted the heap in 3-5 of 8 runs of
 // tests/integration (a SIGTERM late in an MLP run); with this thread it did not (docs/jobs.md).
-// Threads started before the run (MPI's) may still take them through on_signal, which only sets
-// the flags. The destructor wakes the thread with a directed SIGUSR2 and restores the mask.
+// MPI's threads and the communicator thread block them from their start (dist::init); other
+// threads started before the run may still take them through on_signal, which only sets the
+// flags. The destructor wakes the thread with a directed SIGUSR2 and restores the mask.
 class SignalThread {
  public:
   SignalThread() {
