@@ -57,7 +57,7 @@ std::vector<Key> bind(Config& c) {
       {"train.device", &t.device}, {"train.precision", &t.precision}, {"train.loss_scale", &t.loss_scale}, {"train.run_dir", &t.run_dir},
       {"train.checkpoint_every_steps", &t.checkpoint_every_steps},
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
-      {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.log_every", &t.log_every},
+      {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.overwrite", &t.overwrite}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch}, {"train.label_smoothing", &t.label_smoothing},
       {"train.loss", &t.loss}, {"train.huber_delta", &t.huber_delta},

@@ -109,6 +109,11 @@ struct TrainConfig {
   int64_t checkpoint_every_steps = 0;  // 0: off
   int64_t checkpoint_every_epochs = 1;  // 0: off
   int64_t keep_checkpoints = 3;
+  // A fresh run (no --resume) refuses a run_dir that holds checkpoints of an
+  // earlier run: its checkpoint files would be overwritten and pruned, and its
+  // metrics mixed with the new run's. true: start over, removing that run's
+  // checkpoints, metrics.jsonl, summary.json and report.html first.
+  bool overwrite = false;
   bool trace = false;
   int64_t log_every = 50;
   int64_t eval_every_epochs = 1;

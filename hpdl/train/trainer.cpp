@@ -433,7 +433,38 @@ EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
   return eval_result(objective, allreduce_stats(*grid.all, s));
 }
 
+// A fresh run in a run directory that already holds checkpoints would overwrite and prune the
+// earlier run's checkpoints and append to its metrics: refused unless train.overwrite, which
+// removes that run's files first. Rank 0 looks; every rank gets its answer.
+void refuse_earlier_run(const fs::path& run_dir, bool overwrite, dist::Communicator& comm) {
+  std::string newest;
+  int64_t found = 0;
+  std::error_code ec;
+  if (comm.rank() == 0 && fs::is_directory(run_dir / "checkpoints", ec)) {
+    for (const auto& e : fs::directory_iterator(run_dir / "checkpoints", ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("step-", 0) != 0 || e.path().extension() != ".json") continue;
+      ++found;
+      newest = std::max(newest, name);
+    }
+  }
+  Tensor n = Tensor::full({1}, static_cast<double>(found), DType::f64);
+  comm.broadcast(n, 0);
+  found = static_cast<int64_t>(n.item());
+  if (found == 0) return;
+  HPDL_CHECK(overwrite, "train.run_dir = '{}' already holds {} checkpoint(s) of an earlier run (newest {}): continue it "
+             "with `hpdl train --resume {}`, choose another train.run_dir, or set train.overwrite = true to start "
+             "over (that run's checkpoints and metrics are then removed)", run_dir.string(), found,
+             comm.rank() == 0 ? newest : std::string("on rank 0"), run_dir.string());
+  if (comm.rank() == 0) {
+    fs::remove_all(run_dir / "checkpoints");
+    for (const char* f : {"metrics.jsonl", "summary.json", "report.html"}) fs::remove(run_dir / f, ec);
+  }
+  comm.barrier();
+}
+
 }  // namespace
+
 
 Datasets load_datasets(const DataConfig& config, int64_t targets) {
   Datasets ds;
@@ -613,6 +644,7 @@ TrainSummary Trainer::run(bool resume) {
   std::unique_ptr<optim::GradScaler> scaler = make_grad_scaler(cfg.train);
 
   const fs::path run_dir = cfg.train.run_dir;
+  if (!resume) refuse_earlier_run(run_dir, cfg.train.overwrite, comm);
   if (root) {
     fs::create_directories(run_dir);
     save_config(cfg, run_dir / "config.toml");
