@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <utility>
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/optim/optimizer.h"
 
 namespace hpdl::dist {
 namespace {
@@ -424,6 +426,43 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
   boundary_bytes_ = st.peak_bytes;
   compute_seconds_ = st.compute_seconds;
   return mean_loss;
+}
+
+double Pipeline::clip_grad_norm(double max_norm) {
+  HPDL_CHECK(max_norm > 0, "Pipeline::clip_grad_norm: max_norm must be > 0, got {}", max_norm);
+  NoGradGuard no_grad;
+  // Where this stage's parameters begin in the whole model's order: the stages before it hold
+  // the parameters before (each stage is a contiguous run of the model's layers).
+  const std::vector<Tensor> params = stage_->parameters();
+  const Tensor counts = comm_.allgather(Tensor::from_vector<int64_t>({static_cast<int64_t>(params.size())}, {1}));
+  const std::vector<int64_t> n = counts.to_vector<int64_t>();
+  int64_t first = 0, total_params = 0;
+  for (int s = 0; s < static_cast<int>(n.size()); ++s) {
+    if (s < stage_index_) first += n[s];
+    total_params += n[s];
+  }
+  std::vector<Tensor> grads;
+  std::vector<int64_t> at;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].grad().defined()) grads.push_back(params[i].grad()), at.push_back(first + static_cast<int64_t>(i));
+  // Zeros at the other stages' parameters: x + 0 is x, so after the sum every stage holds each
+  // stage's values bit for bit (a parameter without a gradient adds 0, as if it were skipped).
+  std::vector<double> sq(static_cast<size_t>(total_params), 0.0);
+  const std::vector<double> mine = optim::sums_of_squares(grads);
+  for (size_t k = 0; k < at.size(); ++k) sq[static_cast<size_t>(at[k])] = mine[k];
+  if (!sq.empty()) comm_.allreduce(sq.data(), static_cast<int64_t>(sq.size()), DType::f64);
+  double total_sq = 0;
+  for (double v : sq) total_sq += v;  // the whole model's parameter order, as optim::clip_grad_norm adds them
+  const double total = std::sqrt(total_sq);
+  HPDL_CHECK(std::isfinite(total), "Pipeline::clip_grad_norm: the gradient norm over all {} stages is not finite "
+             "({}); the loss has diverged (lower the learning rate or check the inputs)", num_stages(), total);
+  const double coef = max_norm / (total + 1e-6);  // the epsilon of optim::clip_grad_norm
+  if (coef < 1)
+    for (const Tensor& g0 : grads) {
+      Tensor g = g0;
+      g.copy_(mul(g, coef));
+    }
+  return total;
 }
 
 Tensor Pipeline::forward(const Tensor& input) {

@@ -101,6 +101,21 @@ class Pipeline {
   // and updates its running statistics M times per batch.
   double train_step(const Tensor& input, const Tensor& target, const LossFn& loss);
 
+  // optimizer.clip_grad_norm over the whole model, collective over the
+  // pipeline (call it on every stage after train_step, before stepping): each
+  // stage computes its parameters' float64 sums of squares, one allreduce of a
+  // vector indexed by the whole model's parameters (zeros at the other
+  // stages', so the sum is exact) gives every stage all of them, and the total
+  // is added in the model's parameter order (stage 0's first). The stages'
+  // parameters are contiguous runs of that order, so the norm and the scale
+  // are bitwise the ones optim::clip_grad_norm computes on the whole model's
+  // gradients. Every stage scales its own gradients by the same factor
+  // max_norm / (norm + 1e-6) when that is below 1. After the replicas'
+  // average the replicas' gradients are identical, so they clip alike.
+  // Returns the norm before clipping. Throws when max_norm <= 0 or the norm
+  // is not finite (on every stage alike).
+  double clip_grad_norm(double max_norm);
+
   // Forward only, without a graph (uses the modules' current train/eval mode),
   // the whole batch at once (no micro-batches). Returns the last stage's output
   // on the last stage and an undefined Tensor elsewhere. Errors as train_step.

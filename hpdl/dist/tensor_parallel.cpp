@@ -11,12 +11,15 @@
 // allreduces on the same communicator.
 #include "hpdl/dist/tensor_parallel.h"
 
+#include <cmath>
+
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/error.h"
 #include "hpdl/ops/attention.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/linalg.h"
 #include "hpdl/ops/shape.h"
+#include "hpdl/optim/optimizer.h"
 
 namespace hpdl::dist {
 namespace {
@@ -429,6 +432,44 @@ std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model) {
       if (spec.axis >= 0) out[join(prefix, name)] = {spec, &tp->comm()};
   }
   return out;
+}
+
+double clip_grad_norm(nn::Module& model, Communicator& comm, double max_norm) {
+  HPDL_CHECK(max_norm > 0, "tensor-parallel clip_grad_norm: max_norm must be > 0, got {}", max_norm);
+  NoGradGuard no_grad;
+  const auto sharded = sharded_parameters(model);
+  const auto named = model.named_parameters();
+  std::vector<Tensor> grads;
+  std::vector<size_t> at;
+  for (size_t i = 0; i < named.size(); ++i) {
+    const auto& [name, p] = named[i];
+    auto it = sharded.find(name);
+    HPDL_CHECK(it == sharded.end() || it->second.comm == &comm, "tensor-parallel clip_grad_norm: parameter '{}' is "
+               "split over another communicator than the one given", name);
+    // A replicated parameter's gradient is the same on every rank of the group: rank 0 counts it.
+    const bool counts = it != sharded.end() || comm.rank() == 0;
+    if (counts && p.grad().defined()) grads.push_back(p.grad()), at.push_back(i);
+  }
+  // Per parameter: this rank's share (its slice's sum of squares, or a replicated one's on rank 0,
+  // zero elsewhere); the sum over the group is the full parameter's sum of squares.
+  Tensor sq = Tensor::zeros({static_cast<int64_t>(named.size())}, DType::f64);
+  const std::vector<double> mine = optim::sums_of_squares(grads);
+  double* v = sq.data<double>();
+  for (size_t k = 0; k < at.size(); ++k) v[at[k]] = mine[k];
+  if (sq.numel() > 0) comm.allreduce_async(sq)->wait();  // in order with the layers' collectives
+  double total_sq = 0;
+  for (int64_t i = 0; i < sq.numel(); ++i) total_sq += v[i];  // parameter order
+  const double total = std::sqrt(total_sq);
+  HPDL_CHECK(std::isfinite(total), "tensor-parallel clip_grad_norm: the gradient norm is not finite ({}); the loss "
+             "has diverged (lower the learning rate or check the inputs)", total);
+  const double coef = max_norm / (total + 1e-6);  // the epsilon of optim::clip_grad_norm
+  if (coef < 1)
+    for (const auto& [_, p] : named) {
+      if (!p.grad().defined()) continue;
+      Tensor g = p.grad();
+      g.copy_(mul(g, coef));
+    }
+  return total;
 }
 
 namespace {

@@ -223,6 +223,22 @@ struct ShardedParameter {
 };
 std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model);
 
+// optimizer.clip_grad_norm for a model holding sharded layers: the global L2
+// norm of the FULL model's gradients, every rank of `comm` (the
+// tensor-parallel group, over which every split parameter must be split)
+// scaling its own gradients by the same max_norm / (norm + 1e-6) when that is
+// below 1. Per parameter, in model.named_parameters() order: a split
+// parameter's sum of squares is its slices' float64 sums added over the ranks,
+// a replicated one's (the same gradient on every rank) is counted once, from
+// rank 0; one float64 allreduce gives every rank all of them, added in that
+// order. Equal to optim::clip_grad_norm on the one-process model's gradients
+// up to the order of float sums inside a split parameter (about 1e-7
+// relative for float32 gradients). Collective; call it on every rank of
+// `comm` after the gradients are complete (data-parallel average included).
+// Returns the norm before clipping. Throws when max_norm <= 0, when a split
+// parameter is split over another communicator, or when the norm is not finite.
+double clip_grad_norm(nn::Module& model, Communicator& comm, double max_norm);
+
 // An optimizer's state (optim::Optimizer::state_dict(): "<parameter>.<buffer>"
 // entries and counters) of a model holding sharded layers, in the full
 // model's layout: a buffer of a split parameter with the shape of that

@@ -486,12 +486,8 @@ void validate(const Config& c, const std::string& src) {
     refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),
            "use train.micro_batches to split a batch instead");
     refuse(t.bf16_wire, "train.bf16_wire = true", "the replicas' gradients are averaged in float32");
-    refuse(c.optimizer.clip_grad_norm > 0, fmt::format("optimizer.clip_grad_norm = {}", c.optimizer.clip_grad_norm),
-           "the global gradient norm would span every stage");
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
            fmt::format("train.loss_scale = '{}'", t.loss_scale), "each stage would unscale and skip steps on its own");
-    refuse(t.loss != "cross_entropy", fmt::format("train.loss = '{}'", t.loss),
-           "the last stage computes the cross-entropy loss and accuracy only");
   }
   positive("train.tensor_parallel", static_cast<double>(t.tensor_parallel));
   if (t.tensor_parallel > 1) {
@@ -511,8 +507,6 @@ void validate(const Config& c, const std::string& src) {
            "each rank's optimizer already holds the state of its slice of the encoder layers only");
     refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
            "the ranks of a tensor-parallel group must step together on every batch");
-    refuse(c.optimizer.clip_grad_norm > 0, fmt::format("optimizer.clip_grad_norm = {}", c.optimizer.clip_grad_norm),
-           "the global gradient norm would span the slices of every rank");
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
            fmt::format("train.loss_scale = '{}'", t.loss_scale),
            "each rank would check only its own slices' gradients and could skip a step alone");

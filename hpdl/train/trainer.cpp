@@ -1049,10 +1049,16 @@ TrainSummary Trainer::run(bool resume) {
         // optimizer.clip_grad_norm: on the global mean gradient, identical on every rank
         // (with local SGD: on this rank's own gradient).
         auto clip = [&] {
-          if (cfg.optimizer.clip_grad_norm > 0)
+          if (cfg.optimizer.clip_grad_norm <= 0) return;
+          const double c = cfg.optimizer.clip_grad_norm;
+          if (pipelined)  // over every stage's parameters: one allreduce of the squared norms
+            grad_norm = pipeline->clip_grad_norm(c);
+          else if (tensor_parallel)  // the full model's norm: split parameters' slices summed over the group
+            grad_norm = dist::clip_grad_norm(*model, *grid.pipeline, c);
+          else
             grad_norm = shard_grads  // only owners hold a gradient: one allreduce of the squared norms
-                            ? dynamic_cast<dist::ShardedOptimizer&>(*opt).clip_grad_norm(cfg.optimizer.clip_grad_norm)
-                            : optim::clip_grad_norm(model->parameters(), cfg.optimizer.clip_grad_norm);
+                            ? dynamic_cast<dist::ShardedOptimizer&>(*opt).clip_grad_norm(c)
+                            : optim::clip_grad_norm(model->parameters(), c);
         };
         if (!scaler) {
           clip();

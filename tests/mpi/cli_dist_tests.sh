@@ -334,6 +334,102 @@ train_pipeline_refused_np2)
     && fail "a last batch that does not split into micro-batches was accepted"
   grep -q "train.micro_batches = 8: the last batch of each epoch holds 4 samples" log || fail "unclear error: $(tail -3 log)"
   ;;
+train_pipeline_clip_np2)
+  # optimizer.clip_grad_norm over 2 stages: the norm spans both stages' parameters, added in the
+  # whole model's order, so with one micro-batch the run is bitwise the one-process run with the same
+  # clip (checkpoint bytes, loss curve, grad_norm); 4 micro-batches (1f1b) differ in float sums only.
+  # clip 0.3 binds on most of the 30 steps (the logged norms, before clipping, are checked).
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+            --set model.hidden=[64] --set data.batch_size=32 --set data.workers=1 --set train.max_steps=30 \
+            --set train.log_every=1 --set optimizer.clip_grad_norm=0.3 "${@:2}"; }
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 --set train.pipeline_stages=2 --set train.run_dir=pipe >log_2 2>&1 || fail "pipeline run failed: $(tail -5 log_2)"
+  run 2 --set train.pipeline_stages=2 --set train.micro_batches=4 --set train.pipeline_schedule=1f1b \
+    --set train.run_dir=pipe_m4 >log_3 2>&1 || fail "1f1b pipeline run failed: $(tail -5 log_3)"
+  cmp single/checkpoints/step-0000000030.safetensors pipe/checkpoints/step-0000000030.safetensors \
+    || fail "the clipped 2-stage checkpoint differs from the single-process one"
+  compare_curves single pipe 0 || fail "the clipped 2-stage metrics differ from the single-process ones"
+  compare_curves single pipe_m4 1e-4 || fail "the clipped 4-micro-batch loss curve is off"
+  python3 - single/metrics.jsonl pipe/metrics.jsonl pipe_m4/metrics.jsonl <<'PY' || fail "grad_norm differs or the clip did not bind"
+import json, sys
+a, b, c = ([r["grad_norm"] for r in map(json.loads, open(p)) if r.get("type") == "step"] for p in sys.argv[1:])
+assert len(a) == len(b) == len(c) == 30, (len(a), len(b), len(c))
+assert a == b, [(x, y) for x, y in zip(a, b) if x != y][:3]
+worst = max(abs(x - z) / x for x, z in zip(a, c))
+assert worst <= 1e-4, worst
+bound = sum(x > 0.3 for x in a)
+assert bound >= 20, f"the clip bound on {bound} of 30 steps only: {a}"
+print(f"grad_norm: 2 stages bitwise; 4 micro-batches within {worst:.2g}; clip bound on {bound} of 30 steps")
+PY
+  ;;
+train_pipeline_regression_np2)
+  # A regression loss through 2 stages: the targets (float, one per sample) travel with the batch to
+  # every stage and the last one scores them with the objective (huber here; RMSE, MAE, R^2). With one
+  # micro-batch the run is bitwise the one-process run: checkpoint bytes, loss curve, test metrics;
+  # mse with 2 micro-batches (1f1b) differs in float sums only.
+  "${PYTHON:-python3}" "$ex/regression/make_oscillator.py" data --train 512 --test 128 >/dev/null \
+    || fail "the oscillator data generator failed"
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train \
+            "$ex/regression/oscillator.toml" --set data.path=data --set data.workers=1 --set train.epochs=8 \
+            --set data.batch_size=32 --set optimizer.lr=0.01 --set train.log_every=1 --set train.loss=huber \
+            --set train.huber_delta=0.5 "${@:2}"; }
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 --set train.pipeline_stages=2 --set train.run_dir=pipe >log_2 2>&1 || fail "pipeline run failed: $(tail -5 log_2)"
+  run 1 --set train.loss=mse --set train.run_dir=single_mse >log_3 2>&1 || fail "np 1 mse run failed: $(tail -5 log_3)"
+  run 2 --set train.loss=mse --set train.pipeline_stages=2 --set train.micro_batches=2 --set train.pipeline_schedule=1f1b \
+    --set train.run_dir=pipe_mse >log_4 2>&1 || fail "mse pipeline run failed: $(tail -5 log_4)"
+  grep -q "pipeline: 2 stages x 1 replica(s)" log_2 || fail "no pipeline line: $(head -3 log_2)"
+  cmp single/checkpoints/step-0000000128.safetensors pipe/checkpoints/step-0000000128.safetensors \
+    || fail "the 2-stage regression checkpoint differs from the single-process one"
+  python3 - single pipe single_mse pipe_mse <<'PY' || fail "the regression metrics differ"
+import json, sys
+def run(d):
+    steps = [r for r in map(json.loads, open(d + "/metrics.jsonl")) if r.get("type") == "step"]
+    return steps, json.load(open(d + "/summary.json"))
+(a, sa), (b, sb), (c, sc), (d, sd) = (run(p) for p in sys.argv[1:])
+assert len(a) == len(b) == 128 and len(c) == len(d) == 128, (len(a), len(b), len(c), len(d))
+assert sa["loss"] == sb["loss"] == "huber" and sd["loss"] == "mse" and sb["pipeline_stages"] == 2, (sa, sb, sd)
+for x, y in zip(a, b):
+    assert x["loss"] == y["loss"] and x["rmse"] == y["rmse"], (x, y)
+worst = 0.0
+for x, y in zip(c, d):
+    for k in ("loss", "rmse"):
+        e = abs(x[k] - y[k]) / abs(x[k]); worst = max(worst, e)
+        assert e <= 1e-4, (x["step"], k, x[k], y[k])
+for k in ("test_loss", "test_rmse", "test_mae", "test_r2"):
+    assert sa[k] == sb[k], (k, sa[k], sb[k])
+    assert abs(sc[k] - sd[k]) <= 1e-4 * max(1.0, abs(sc[k])), (k, sc[k], sd[k])
+assert "test_accuracy" not in sb, sb
+assert sa["test_r2"] > 0.8, sa["test_r2"]  # it learns (measured 0.92 in 128 steps)
+print(f"huber: bitwise; mse over 2 micro-batches within {worst:.2g}; test RMSE {sb['test_rmse']:.4g}, R2 {sb['test_r2']:.4g}")
+PY
+  ;;
+train_tp_clip_np2)
+  # optimizer.clip_grad_norm with the tiny vit's encoder layers split over 2 ranks: the norm is the full
+  # model's (split parameters' slices summed over the ranks, replicated ones once), so the clipped run
+  # follows the one-process run with the same clip as the unclipped ones do (float summation order
+  # only): loss curve and grad_norm within 1e-5, weights and momentum within 5e-5. clip 0.5 binds.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" \
+            $tiny_vit --set data.batch_size=16 --set data.workers=1 --set train.max_steps=6 --set train.log_every=1 \
+            --set optimizer.clip_grad_norm=0.5 "${@:2}"; }
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 --set train.tensor_parallel=2 --set train.run_dir=tp >log_2 2>&1 || fail "tensor-parallel run failed: $(tail -5 log_2)"
+  grep -q "tensor-parallel check: replicated weights identical in each group of 2" log_2 \
+    || fail "the replicated weights differ within the group: $(tail -5 log_2)"
+  compare_curves single tp 1e-5 || fail "the clipped tensor-parallel loss curve differs from one process"
+  compare_checkpoints single/checkpoints/step-0000000006.safetensors tp/checkpoints/step-0000000006.safetensors 5e-5 \
+    || fail "the clipped tensor-parallel checkpoint differs from one process"
+  python3 - single/metrics.jsonl tp/metrics.jsonl <<'PY' || fail "grad_norm differs or the clip did not bind"
+import json, sys
+a, b = ([r["grad_norm"] for r in map(json.loads, open(p)) if r.get("type") == "step"] for p in sys.argv[1:])
+assert len(a) == len(b) == 6, (len(a), len(b))
+worst = max(abs(x - y) / x for x, y in zip(a, b))
+assert worst <= 1e-5, (worst, a, b)
+bound = sum(x > 0.5 for x in a)
+assert bound >= 4, f"the clip bound on {bound} of 6 steps only: {a}"
+print(f"grad_norm within {worst:.2g} of one process; clip bound on {bound} of 6 steps")
+PY
+  ;;
 train_tp_np2)
   # The tiny vit, one epoch of 96 training samples (6 steps; the rest of the training set is held
   # out, 59904 validation samples, and evaluated with the test set), checkpoints at steps 3 and 6:

@@ -14,6 +14,7 @@
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/optim/optimizer.h"
 #include "hpdl/optim/optimizers.h"
 
 namespace hpdl::dist {
@@ -242,6 +243,49 @@ TEST(Pipeline, OneFOneBHoldsFewerActivations) {
 TEST(Pipeline, OneMicroBatchIsBitwiseTheSingleProcessRun) {
   const auto ref = train_reference(make_cnn, {1, 8, 8}, 8, 3, 1);
   expect_pipeline_matches(make_cnn, {1, 8, 8}, 1, ref, 0.0);
+}
+
+// optimizer.clip_grad_norm over the stages: with M = 1 the stages' gradients are the one
+// process's bit for bit, so the norm over every stage (added in the model's parameter order) and
+// the clipped gradients must be bitwise optim::clip_grad_norm's on the whole model. A max_norm
+// of a tenth of the norm binds; a max_norm above it leaves the gradients alone. With S x D grids
+// (np 4: 2 x 2, 4 x 1) each replica takes its shard and the norm is that of the global mean.
+TEST(Pipeline, ClipGradNormSpansEveryStageBitwise) {
+  const Shape sample{1, 8, 8};
+  const int64_t n = 8;
+  auto [x, y] = batch(sample, n, 0);
+  auto whole = make_cnn();
+  cross_entropy(whole->forward(x), y).backward();
+  std::map<std::string, Tensor> unclipped;
+  for (auto& [name, p] : whole->named_parameters()) unclipped[name] = p.grad().clone();
+  const double norm = optim::clip_grad_norm(whole->parameters(), 1e30);  // measures only
+  ASSERT_GT(norm, 0);
+  for (const double max_norm : {0.1 * norm, 10 * norm}) {
+    // The reference: the whole model's gradients clipped by optim::clip_grad_norm.
+    for (auto& [name, p] : whole->named_parameters()) p.set_grad(unclipped.at(name).clone());
+    EXPECT_EQ(optim::clip_grad_norm(whole->parameters(), max_norm), norm);
+    std::map<std::string, Tensor> want;
+    for (auto& [name, p] : whole->named_parameters()) want[name] = p.grad();
+    for (int stages = 2; stages <= W().size(); stages *= 2) {
+      auto grid = make_pipeline_grid(W(), stages);
+      Pipeline pipe(make_cnn(), grid);
+      const int64_t shard = n / grid.replicas, lo = grid.replica * shard;
+      pipe.train_step(x.slice(0, lo, lo + shard), y.slice(0, lo, lo + shard), ce);
+      const double got = pipe.clip_grad_norm(max_norm);
+      // Replicas average their shards' gradients, which rounds differently from one batch.
+      const double tol = grid.replicas == 1 ? 0.0 : 1e-6;
+      EXPECT_NEAR(got, norm, tol * norm) << stages << " stages x " << grid.replicas << " replicas";
+      for (auto& [name, p] : pipe.stage().named_parameters())
+        EXPECT_LE(rel_diff(p.grad(), want.at(name)), tol) << name << " on stage " << pipe.stage_index() << " of "
+                                                          << stages << ", max_norm " << max_norm;
+      if (max_norm < norm) {  // the clipped norm over every stage is max_norm (up to the 1e-6 epsilon)
+        const double after = pipe.clip_grad_norm(1e30);
+        EXPECT_NEAR(after, max_norm, 1e-5 * max_norm) << stages << " stages";
+      }
+    }
+  }
+  Pipeline pipe(make_cnn(), W());
+  EXPECT_THROW(pipe.clip_grad_norm(0.0), Error);
 }
 
 // Batch norm in a stage sees one micro-batch at a time: the pipeline equals one

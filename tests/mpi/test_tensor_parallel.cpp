@@ -21,6 +21,7 @@
 #include "hpdl/nn/models/vit.h"
 #include "hpdl/nn/transformer.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/optim/optimizer.h"
 #include "hpdl/optim/optimizers.h"
 
 namespace hpdl::dist {
@@ -441,6 +442,56 @@ TEST(TensorParallel, ParallelVitAndItsOptimizerStateMatchOneProcess) {
     ASSERT_EQ(shape_str(again.at(key).shape()), shape_str(t.shape())) << key;
     EXPECT_EQ(rel_diff(again.at(key), t), 0.0) << key;
   }
+}
+
+// optimizer.clip_grad_norm with split layers: the norm over every rank's slices (replicated
+// parameters once) is the one-process model's, and the clipped gradients are its clipped
+// gradients sliced; only the order of float sums differs (measured: ~1e-7 relative).
+TEST(TensorParallel, ClipGradNormIsTheFullModels) {
+  nn::models::VitOptions vo;
+  vo.patch_size = 7, vo.dim = 16, vo.depth = 2, vo.heads = 4, vo.mlp_ratio = 2.0, vo.seed = 9;
+  Generator g(6);
+  Tensor x = Tensor::randn({3, 1, 28, 28}, g);
+  Tensor y = Tensor::from_vector<int64_t>({4, 0, 9}, {3});
+  auto full = std::make_shared<nn::models::VisionTransformer>(vo);
+  cross_entropy(full->forward(x), y).backward();
+  std::map<std::string, Tensor> unclipped;
+  for (auto& [name, p] : full->named_parameters()) unclipped[name] = p.grad().clone();
+  const double norm = optim::clip_grad_norm(full->parameters(), 1e30);  // measures only
+  const auto specs = [&] {
+    auto source = std::make_shared<nn::models::VisionTransformer>(vo);
+    auto probe = std::make_shared<ParallelVisionTransformer>(*source, W());
+    return specs_of(*probe);
+  }();
+  ASSERT_FALSE(specs.empty());
+  for (const double max_norm : {0.1 * norm, 10 * norm}) {
+    for (auto& [name, p] : full->named_parameters()) p.set_grad(unclipped.at(name).clone());
+    optim::clip_grad_norm(full->parameters(), max_norm);
+    auto source = std::make_shared<nn::models::VisionTransformer>(vo);
+    auto tp = std::make_shared<ParallelVisionTransformer>(*source, W());
+    source.reset();
+    cross_entropy(tp->forward(x), y).backward();
+    const double got = clip_grad_norm(*tp, W(), max_norm);
+    EXPECT_NEAR(got, norm, 1e-6 * norm) << "max_norm " << max_norm;
+    std::map<std::string, Tensor> want;
+    for (auto& [name, p] : full->named_parameters()) want[name] = p.grad();
+    double worst = 0;
+    for (auto& [name, p] : tp->named_parameters()) {
+      const ShardSpec spec = specs.count(name) ? specs.at(name) : ShardSpec{};
+      const double d = rel_diff(p.grad(), shard_tensor(want.at(name), spec, W().rank(), W().size(), name));
+      worst = std::max(worst, d);
+      EXPECT_LE(d, 1e-5) << name << ", max_norm " << max_norm;
+    }
+    if (max_norm < norm) {  // clipped: the full model's norm is now max_norm (up to the 1e-6 epsilon)
+      EXPECT_NEAR(clip_grad_norm(*tp, W(), 1e30), max_norm, 1e-5 * max_norm);
+    }
+    if (W().rank() == 0)
+      std::printf("  clip (P = %d, max_norm %.3g): norm %.9g vs %.9g, largest gradient difference %.2e\n", W().size(),
+                  max_norm, got, norm, worst);
+  }
+  auto source = std::make_shared<nn::models::VisionTransformer>(vo);
+  auto tp = std::make_shared<ParallelVisionTransformer>(*source, W());
+  EXPECT_THROW(clip_grad_norm(*tp, W(), 0.0), Error);
 }
 
 // ---------------------------------------------------------------- errors

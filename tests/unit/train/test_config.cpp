@@ -269,14 +269,20 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
       {"[train]\naccumulate_steps = 2", "train.accumulate_steps = 2"},
       {"[train]\nbf16_wire = true", "train.bf16_wire = true"},
       {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
-      {"[optimizer]\nclip_grad_norm = 1.0", "optimizer.clip_grad_norm = 1"},
-      {"[train]\nloss = \"mse\"", "train.loss = 'mse'"},
   };
   for (auto& [lines, key] : refused) {
     err = error_of([&] { parse_config(lines + "\n", "c.toml", {"train.pipeline_stages=2"}); });
     EXPECT_NE(err.find("train.pipeline_stages = 2 cannot be combined with " + key), std::string::npos)
         << lines << ": " << err;
     EXPECT_NO_THROW(parse_config(lines + "\n", "c.toml")) << lines << " alone is fine";
+  }
+  // What combines: clipping by the global norm (over every stage) and the regression losses
+  // (scored on the last stage), alone and together.
+  for (const std::string lines : {"[optimizer]\nclip_grad_norm = 1.0\n", "[train]\nloss = \"mse\"\n",
+                                  "[train]\nloss = \"l1\"\n", "[train]\nloss = \"huber\"\n",
+                                  "[optimizer]\nclip_grad_norm = 0.5\n[train]\nloss = \"huber\"\n"}) {
+    Config p = parse_config(lines, "c.toml", {"train.pipeline_stages=2"});
+    EXPECT_EQ(p.train.pipeline_stages, 2) << lines;
   }
 }
 
@@ -307,7 +313,6 @@ TEST(Config, TensorParallelKeysAndRefusals) {
       {"[train]\nshard_optimizer = true", "train.shard_optimizer = true"},
       {"[train]\nlocal_sgd_steps = 4", "train.local_sgd_steps = 4"},
       {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
-      {"[optimizer]\nclip_grad_norm = 1.0", "optimizer.clip_grad_norm = 1"},
   };
   for (auto& [lines, key] : refused) {
     err = error_of([&] { parse_config(vit + lines + "\n", "c.toml", {"train.tensor_parallel=2"}); });
@@ -315,9 +320,12 @@ TEST(Config, TensorParallelKeysAndRefusals) {
         << lines << ": " << err;
     EXPECT_NO_THROW(parse_config(vit + lines + "\n", "c.toml")) << lines << " alone is fine";
   }
-  // What combines: accumulation and bf16 gradients over the data-parallel replicas.
+  // What combines: accumulation and bf16 gradients over the data-parallel replicas, and clipping by
+  // the full model's global norm.
   EXPECT_NO_THROW(parse_config(vit + "[train]\ntensor_parallel = 2\naccumulate_steps = 2\nbf16_wire = true\n",
                                "c.toml"));
+  EXPECT_EQ(parse_config(vit + "[optimizer]\nclip_grad_norm = 1.0\n", "c.toml", {"train.tensor_parallel=2"})
+                .optimizer.clip_grad_norm, 1.0);
 }
 
 // train.zero_stage: 1 by default, 1 or 2 only, 2 needs shard_optimizer and is refused (naming the
