@@ -118,8 +118,6 @@ std::filesystem::path trial_dir(const SearchConfig& s, int64_t trial) {
   return s.run_dir / fmt::format("trial-{:03d}", trial);
 }
 
-double metric_of(const SearchConfig& s, const Outcome& o) { return metric_value(s, o); }
-
 // Whether a ranks before b: better metric first, a failed (NaN) trial last, ties by id.
 bool ranks_before(bool lower_better, double am, int64_t at, double bm, int64_t bt) {
   const bool an = std::isnan(am), bn = std::isnan(bm);
@@ -527,7 +525,7 @@ Record AshaScheduler::report(const Job& job, const Outcome& outcome, int64_t gro
   rec.overrides = overrides_[static_cast<size_t>(job.trial)];
   rec.outcome = outcome;
   if (!rec.outcome.ok && rec.outcome.error.empty()) rec.outcome.error = "failed (see its train.log)";
-  rec.metric = metric_of(search_, outcome);
+  rec.metric = metric_value(search_, outcome);
   results_[static_cast<size_t>(job.rung)].push_back({job.trial, rec.metric});
   records_.push_back(rec);
   return rec;
@@ -823,7 +821,7 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
         rec.outcome.val_rmse = row[6], rec.outcome.val_mae = row[7], rec.outcome.val_r2 = row[8];
         rec.outcome.test_rmse = row[9], rec.outcome.test_mae = row[10], rec.outcome.test_r2 = row[11];
         if (!rec.outcome.ok) rec.outcome.error = errors[i].empty() ? "failed (see its train.log)" : errors[i];
-        rec.metric = metric_of(s, rec.outcome);
+        rec.metric = metric_value(s, rec.outcome);
         rung_records.push_back(rec);
         parent[alive[i]] = -1;
       }
