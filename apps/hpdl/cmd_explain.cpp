@@ -6,6 +6,9 @@
 // per sample on stdout: file, index, predicted class and probability, the
 // explained class, and the integrated gradients' completeness check. `--time`
 // also prints each method's own compute time (bench/explain/ uses it).
+// A regression model (train.loss = mse, l1, huber) explains one of its outputs
+// (--output K, default 0) instead of a class; its line shows that output's value.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,6 +25,7 @@
 #include "hpdl/dist/communicator.h"
 #include "hpdl/explain/explain.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/train/objective.h"
 
 namespace hpdl::cli {
 namespace {
@@ -67,7 +71,7 @@ void register_explain(CLI::App& app) {
   struct Opts {
     std::string checkpoint, config, methods = "all", out = "explain", layer;
     std::vector<std::string> inputs;
-    int64_t first = 0, limit = 8, target = -1, steps = 32, window = 4, stride = 2, scale = 0, deletion = 0;
+    int64_t first = 0, limit = 8, target = -1, output = -1, steps = 32, window = 4, stride = 2, scale = 0, deletion = 0;
     double fill = 0.0;
     bool time = false;
   };
@@ -81,6 +85,7 @@ void register_explain(CLI::App& app) {
   cmd->add_option("--first", o->first, "First sample of each file to explain")->capture_default_str();
   cmd->add_option("--limit", o->limit, "Samples to explain per file (0: all)")->capture_default_str();
   cmd->add_option("--target", o->target, "Class to explain (default: each sample's predicted class)");
+  cmd->add_option("--output", o->output, "Regression models: the output to explain (default 0)");
   cmd->add_option("--steps", o->steps, "Integrated gradients: path steps")->capture_default_str();
   cmd->add_option("--window", o->window, "Occlusion: window side in pixels")->capture_default_str();
   cmd->add_option("--stride", o->stride, "Occlusion: window stride in pixels")->capture_default_str();
@@ -103,11 +108,32 @@ void register_explain(CLI::App& app) {
     HPDL_CHECK(o->first >= 0 && o->limit >= 0, "explain: --first and --limit must not be negative");
     auto m = load_inference_model(o->checkpoint, o->config);
     const train::Config cfg = m.cfg;
+    // A regression model has outputs, not classes: what needs a class (a target class, the
+    // deletion curve's softmax probability) is refused by its option's name.
+    const bool regression = train::Objective(cfg).regression();
+    if (regression) {
+      HPDL_CHECK(o->target < 0,
+                 "explain --target: the run trained a regression model (train.loss = \"{}\"), which has no classes; "
+                 "choose the output to explain with --output K",
+                 cfg.train.loss);
+      HPDL_CHECK(o->deletion == 0,
+                 "explain --deletion: the deletion curve follows a class's softmax probability, and the run trained a "
+                 "regression model (train.loss = \"{}\"); leave --deletion out",
+                 cfg.train.loss);
+    } else {
+      HPDL_CHECK(o->output < 0,
+                 "explain --output: it picks an output of a regression model, and the run trained a classifier "
+                 "(train.loss = \"{}\"); choose a class with --target",
+                 cfg.train.loss);
+    }
     const nn::ModulePtr net = m.model;
     explain::Model model = [net, cfg](const Tensor& x) { return net->forward(normalize_inputs(cfg, x)); };
     namespace fs = std::filesystem;
     fs::create_directories(o->out);
-    const int64_t scale = o->scale > 0 ? o->scale : std::max<int64_t>(1, (224 + m.sample[1] - 1) / m.sample[1]);
+    // Images at least 224 pixels high; a feature vector [1, 1, F] (csv, npy [N, F]) by its length
+    // instead, within render_heatmap's limit of 64.
+    const int64_t side = m.sample[1] > 1 ? m.sample[1] : m.sample[2];
+    const int64_t scale = o->scale > 0 ? o->scale : std::clamp<int64_t>((224 + side - 1) / side, 1, 64);
 
     auto& world = dist::Communicator::world();
     const bool root = world.rank() == 0;
@@ -121,15 +147,23 @@ void register_explain(CLI::App& app) {
       const int64_t lo = n * rank / size, cnt = n * (rank + 1) / size - lo, most = (n + size - 1) / size;
       const int64_t h = m.sample[1], w = m.sample[2];
       Tensor x = all.narrow(0, o->first + lo, std::max<int64_t>(cnt, 1)).contiguous();  // one dummy row if idle
-      Tensor probs;
+      Tensor probs;  // classification: softmax probabilities; regression: the output values
       {
         NoGradGuard ng;
-        probs = softmax(model(x), 1);
+        probs = model(x);
+        if (!regression) probs = softmax(probs, 1);
       }
       const int64_t classes = probs.dim(1);
-      HPDL_CHECK(o->target < classes, "explain --target {}: the model has {} classes", o->target, classes);
-      std::vector<int64_t> targets(static_cast<size_t>(x.dim(0)), o->target);
-      targets = explain::resolve_targets(probs, o->target >= 0 ? targets : std::vector<int64_t>{});
+      std::vector<int64_t> targets;
+      if (regression) {
+        const int64_t k = std::max<int64_t>(o->output, 0);
+        HPDL_CHECK(k < classes, "explain --output {}: the model has {} output(s), 0 to {}", k, classes, classes - 1);
+        targets = explain::resolve_targets(probs, std::vector<int64_t>(static_cast<size_t>(x.dim(0)), k));
+      } else {
+        HPDL_CHECK(o->target < classes, "explain --target {}: the model has {} classes", o->target, classes);
+        targets.assign(static_cast<size_t>(x.dim(0)), o->target);
+        targets = explain::resolve_targets(probs, o->target >= 0 ? targets : std::vector<int64_t>{});
+      }
       auto pv = probs.to_vector<float>();
 
       const std::string stem = stem_of(file, cfg.data.hdf5_test_x);
@@ -138,7 +172,8 @@ void register_explain(CLI::App& app) {
       std::vector<double> table(static_cast<size_t>(most * kCols), 0.0);
       for (int64_t i = 0; i < cnt; ++i) {
         const auto* row = pv.data() + i * classes;
-        const int64_t pred = std::max_element(row, row + classes) - row;
+        // Regression: the explained output and its value in the first two columns.
+        const int64_t pred = regression ? targets[i] : std::max_element(row, row + classes) - row;
         table[i * kCols] = static_cast<double>(pred);
         table[i * kCols + 1] = row[pred];
         table[i * kCols + 2] = static_cast<double>(targets[i]);
@@ -209,9 +244,15 @@ void register_explain(CLI::App& app) {
         const int64_t first = n * r / size, c = n * (r + 1) / size - first;
         for (int64_t i = 0; i < c; ++i) {
           const double* v = rows.data() + (r * most + i) * kCols;
-          std::string line = fmt::format("{}\t{}\tclass {}\tp={:.4f}\ttarget {}", file, o->first + first + i,
-                                         static_cast<int64_t>(v[0]), v[1], static_cast<int64_t>(v[2]));
-          if (have_ig) line += fmt::format("\tig_sum={:.4f}\tscore_gap={:.4f}", v[3], v[4]);
+          std::string line =
+              regression ? fmt::format("{}\t{}\tvalue {:.7g}\toutput {}", file, o->first + first + i, v[1],
+                                       static_cast<int64_t>(v[2]))
+                         : fmt::format("{}\t{}\tclass {}\tp={:.4f}\ttarget {}", file, o->first + first + i,
+                                       static_cast<int64_t>(v[0]), v[1], static_cast<int64_t>(v[2]));
+          // Regression values need not be near 1: more digits, so the completeness check can be read.
+          if (have_ig)
+            line += regression ? fmt::format("\tig_sum={:.7g}\tscore_gap={:.7g}", v[3], v[4])
+                               : fmt::format("\tig_sum={:.4f}\tscore_gap={:.4f}", v[3], v[4]);
           std::printf("%s\n", line.c_str());
         }
       }

@@ -68,9 +68,10 @@ void register_tune(CLI::App& app) {
           rung_text += fmt::format("{}{} x {} {}", r ? ", " : "", plan[b].rungs[r].trials, plan[b].rungs[r].budget,
                                    search.resource);
       }
-      std::printf("hpdl tune: %s search, %zu trials (%s), %d rank(s) in groups of %lld, metric %s, runs in %s\n",
+      std::printf("hpdl tune: %s search, %zu trials (%s), %d rank(s) in groups of %lld, metric %s (%s), runs in %s\n",
                   search.method.c_str(), trials.size(), rung_text.c_str(), world.size(),
-                  static_cast<long long>(search.ranks_per_trial), search.metric.c_str(), search.run_dir.c_str());
+                  static_cast<long long>(search.ranks_per_trial), search.metric.c_str(), search.direction.c_str(),
+                  search.run_dir.c_str());
       std::fflush(stdout);
     }
     auto on_record = [&](const tune::Record& r) {
@@ -79,10 +80,19 @@ void register_tune(CLI::App& app) {
       if (search.method == "hyperband") j["bracket"] = r.bracket;
       if (r.parent >= 0) j["parent"] = r.parent;
       if (r.group >= 0) j["group"] = r.group;
+      // Every record names what it was ranked by, so the file explains its own choice.
+      j["metric_name"] = search.metric, j["direction"] = search.direction;
       if (r.outcome.ok) {
         j["metric"] = r.metric;
-        if (r.outcome.val_accuracy >= 0) j["val_accuracy"] = r.outcome.val_accuracy, j["val_loss"] = r.outcome.val_loss;
-        if (r.outcome.test_accuracy >= 0) j["test_accuracy"] = r.outcome.test_accuracy, j["test_loss"] = r.outcome.test_loss;
+        if (r.outcome.val_accuracy >= 0) j["val_accuracy"] = r.outcome.val_accuracy;
+        if (r.outcome.val_loss >= 0) j["val_loss"] = r.outcome.val_loss;
+        if (r.outcome.test_accuracy >= 0) j["test_accuracy"] = r.outcome.test_accuracy;
+        if (r.outcome.test_loss >= 0) j["test_loss"] = r.outcome.test_loss;
+        const std::pair<const char*, double> regression[] = {
+            {"val_rmse", r.outcome.val_rmse},   {"val_mae", r.outcome.val_mae},   {"val_r2", r.outcome.val_r2},
+            {"test_rmse", r.outcome.test_rmse}, {"test_mae", r.outcome.test_mae}, {"test_r2", r.outcome.test_r2}};
+        for (const auto& [name, v] : regression)
+          if (std::isfinite(v)) j[name] = v;
       } else {
         j["error"] = r.outcome.error;
       }
@@ -110,9 +120,12 @@ void register_tune(CLI::App& app) {
       all.insert(all.end(), b.overrides.begin(), b.overrides.end());
       train::Config best = train::load_config(search.config, all);
       train::save_config(best, search.run_dir / "best.toml");
-      std::printf("best: trial %03lld (%s): %s %.4f, test accuracy %s after %lld %s; its config: %s\n",
+      const std::string test = std::isfinite(b.outcome.test_rmse)
+                                   ? fmt::format("test RMSE {:.6g}, R2 {:.4f}", b.outcome.test_rmse, b.outcome.test_r2)
+                                   : "test accuracy " + percent(b.outcome.test_accuracy);
+      std::printf("best: trial %03lld (%s): %s %.6g (%s), %s after %lld %s; its config: %s\n",
                   static_cast<long long>(b.trial), join(b.overrides).c_str(), search.metric.c_str(), b.metric,
-                  percent(b.outcome.test_accuracy).c_str(), static_cast<long long>(b.budget), search.resource.c_str(),
+                  search.direction.c_str(), test.c_str(), static_cast<long long>(b.budget), search.resource.c_str(),
                   (search.run_dir / "best.toml").c_str());
     }
   });

@@ -19,7 +19,9 @@
 //
 // The model is any differentiable function from an input batch [N, C, H, W]
 // to logits [N, classes] (a Module, or a Module behind the input
-// normalization, so that attributions are in pixel space). Maps are float32
+// normalization, so that attributions are in pixel space). A regression model's
+// outputs [N, k] work the same way: a target is then the output index to
+// explain (deletion_curve alone assumes classes: it takes a softmax). Maps are float32
 // CPU tensors [N, H, W] at the input's resolution. Rendering as heatmap images
 // is at the end of this header.
 #pragma once

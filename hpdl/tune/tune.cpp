@@ -20,6 +20,7 @@
 #include "hpdl/io/file.h"
 #include "hpdl/train/checkpoint.h"
 #include "hpdl/train/config.h"
+#include "hpdl/train/objective.h"
 #include "hpdl/train/trainer.h"
 
 namespace hpdl::tune {
@@ -29,7 +30,7 @@ const std::vector<std::string> kSearchKeys = {"config", "set",           "method
                                               "seed",   "metric",        "resource",       "min_resource",
                                               "max_resource", "eta",     "ranks_per_trial", "run_dir",
                                               "space",  "interval",      "quantile",       "perturb",
-                                              "resample"};
+                                              "resample", "direction"};
 
 std::string value_text(const toml::node& v, const std::string& where) {
   if (auto i = v.as_integer()) return std::to_string(i->get());
@@ -117,15 +118,6 @@ std::filesystem::path trial_dir(const SearchConfig& s, int64_t trial) {
   return s.run_dir / fmt::format("trial-{:03d}", trial);
 }
 
-// The search's metric of an outcome; NaN when the trial failed.
-double metric_of(const SearchConfig& s, const Outcome& o) {
-  if (!o.ok) return std::numeric_limits<double>::quiet_NaN();
-  if (s.metric == "val_accuracy") return o.val_accuracy;
-  if (s.metric == "val_loss") return o.val_loss;
-  if (s.metric == "test_accuracy") return o.test_accuracy;
-  return o.test_loss;
-}
-
 // Whether a ranks before b: better metric first, a failed (NaN) trial last, ties by id.
 bool ranks_before(bool lower_better, double am, int64_t at, double bm, int64_t bt) {
   const bool an = std::isnan(am), bn = std::isnan(bm);
@@ -136,7 +128,27 @@ bool ranks_before(bool lower_better, double am, int64_t at, double bm, int64_t b
 
 }  // namespace
 
-bool metric_is_loss(const std::string& metric) { return metric == "val_loss" || metric == "test_loss"; }
+bool metric_is_loss(const std::string& metric) {
+  for (const char* m : {"val_loss", "test_loss", "val_rmse", "test_rmse", "val_mae", "test_mae"})
+    if (metric == m) return true;
+  return false;
+}
+
+bool lower_is_better(const SearchConfig& s) {
+  return s.direction.empty() ? metric_is_loss(s.metric) : s.direction == "minimize";
+}
+
+double metric_value(const SearchConfig& s, const Outcome& o) {
+  if (!o.ok) return std::numeric_limits<double>::quiet_NaN();
+  const std::pair<const char*, double> values[] = {
+      {"val_accuracy", o.val_accuracy}, {"val_loss", o.val_loss},   {"test_accuracy", o.test_accuracy},
+      {"test_loss", o.test_loss},       {"val_rmse", o.val_rmse},   {"val_mae", o.val_mae},
+      {"val_r2", o.val_r2},             {"test_rmse", o.test_rmse}, {"test_mae", o.test_mae},
+      {"test_r2", o.test_r2}};
+  for (const auto& [name, v] : values)
+    if (s.metric == name) return v;
+  return std::numeric_limits<double>::quiet_NaN();
+}
 
 SearchConfig parse_search(const std::string& text, const std::filesystem::path& source,
                           const std::vector<std::string>& overrides) {
@@ -148,6 +160,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
     HPDL_FAIL("{}:{}:{}: {}", src, e.source().begin.line, e.source().begin.column, e.description());
   }
   SearchConfig s;
+  s.metric.clear();  // not given: chosen below from the training config's objective
   for (const auto& [k, v] : root) {
     const std::string key(k.str());
     if (std::find(kSearchKeys.begin(), kSearchKeys.end(), key) == kSearchKeys.end()) {
@@ -180,6 +193,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
   str("config", config);
   str("method", s.method);
   str("metric", s.metric);
+  str("direction", s.direction);
   str("resource", s.resource);
   str("run_dir", run_dir);
   integer("trials", s.trials);
@@ -214,6 +228,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
     try {
       if (key == "method") s.method = value;
       else if (key == "metric") s.metric = value;
+      else if (key == "direction") s.direction = value;
       else if (key == "resource") s.resource = value;
       else if (key == "run_dir") run_dir = value;
       else if (key == "trials") s.trials = std::stoll(value);
@@ -245,7 +260,7 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
     HPDL_FAIL("{}: {} = \"{}\" is not one of {}", src, key, v, list);
   };
   one_of("method", s.method, {"random", "grid", "sha", "asha", "hyperband", "pbt"});
-  one_of("metric", s.metric, {"val_accuracy", "val_loss", "test_accuracy", "test_loss"});
+  if (!s.direction.empty()) one_of("direction", s.direction, {"minimize", "maximize"});
   one_of("resource", s.resource, {"epochs", "steps"});
   HPDL_CHECK(s.trials >= 1, "{}: trials must be at least 1, got {}", src, s.trials);
   HPDL_CHECK(s.eta >= 2, "{}: eta must be at least 2, got {}", src, s.eta);
@@ -255,9 +270,28 @@ SearchConfig parse_search(const std::string& text, const std::filesystem::path& 
   // The training config with every override and each parameter's values: an
   // unknown key or a bad value is reported now, not in the middle of the search.
   train::Config base = train::load_config(s.config, s.set);
+  // The metric follows the objective: accuracy for classification, the regression metrics otherwise.
+  const bool regression = train::Objective(base).regression();
+  if (s.metric.empty()) s.metric = regression ? "val_rmse" : "val_accuracy";
+  if (regression) {
+    HPDL_CHECK(s.metric.find("accuracy") == std::string::npos,
+               "{}: metric = \"{}\": the training config's train.loss = \"{}\" is a regression loss, which has no "
+               "accuracy; choose val_rmse, val_mae, val_r2 or val_loss (or their test_ forms)",
+               src, s.metric, base.train.loss);
+    one_of("metric", s.metric,
+           {"val_loss", "val_rmse", "val_mae", "val_r2", "test_loss", "test_rmse", "test_mae", "test_r2"});
+  } else {
+    HPDL_CHECK(s.metric.find("rmse") == std::string::npos && s.metric.find("mae") == std::string::npos &&
+                   s.metric.find("r2") == std::string::npos,
+               "{}: metric = \"{}\" is a regression metric, but the training config's train.loss = \"{}\" is a "
+               "classification loss; choose val_accuracy or val_loss (or their test_ forms)",
+               src, s.metric, base.train.loss);
+    one_of("metric", s.metric, {"val_accuracy", "val_loss", "test_accuracy", "test_loss"});
+  }
+  if (s.direction.empty()) s.direction = metric_is_loss(s.metric) ? "minimize" : "maximize";
   HPDL_CHECK(s.metric.rfind("val_", 0) != 0 || base.data.validation > 0,
              "{}: metric = \"{}\" needs a validation set: add \"data.validation=N\" to set (N training samples "
-             "held out), or select on test_accuracy knowingly",
+             "held out), or select on a test_ metric knowingly",
              src, s.metric);
   if (s.max_resource <= 0) {
     HPDL_CHECK(s.resource == "epochs", "{}: max_resource is required with resource = \"steps\"", src);
@@ -438,7 +472,7 @@ std::vector<AshaScheduler::Result> AshaScheduler::ranked(size_t k) const {
   std::vector<Result> out;
   for (const Result& r : results_[k])
     if (!std::isnan(r.metric)) out.push_back(r);
-  const bool lower_better = metric_is_loss(search_.metric);
+  const bool lower_better = lower_is_better(search_);
   std::sort(out.begin(), out.end(), [&](const Result& a, const Result& b) {
     return ranks_before(lower_better, a.metric, a.trial, b.metric, b.trial);
   });
@@ -491,7 +525,7 @@ Record AshaScheduler::report(const Job& job, const Outcome& outcome, int64_t gro
   rec.overrides = overrides_[static_cast<size_t>(job.trial)];
   rec.outcome = outcome;
   if (!rec.outcome.ok && rec.outcome.error.empty()) rec.outcome.error = "failed (see its train.log)";
-  rec.metric = metric_of(search_, outcome);
+  rec.metric = metric_value(search_, outcome);
   results_[static_cast<size_t>(job.rung)].push_back({job.trial, rec.metric});
   records_.push_back(rec);
   return rec;
@@ -499,7 +533,7 @@ Record AshaScheduler::report(const Job& job, const Outcome& outcome, int64_t gro
 
 std::optional<Record> AshaScheduler::best() const {
   std::optional<Record> out;
-  const bool lower_better = metric_is_loss(search_.metric);
+  const bool lower_better = lower_is_better(search_);
   for (const Record& r : records_) {
     if (!out || r.rung > out->rung ||
         (r.rung == out->rung && ranks_before(lower_better, r.metric, r.trial, out->metric, out->trial)))
@@ -561,6 +595,7 @@ AshaScheduler::Job get_job(ByteReader& r) {
 void put_outcome(ByteWriter& w, const Outcome& o) {
   w.put<int64_t>(o.ok ? 1 : 0);
   w.put(o.seconds), w.put(o.val_accuracy), w.put(o.val_loss), w.put(o.test_accuracy), w.put(o.test_loss);
+  w.put(o.val_rmse), w.put(o.val_mae), w.put(o.val_r2), w.put(o.test_rmse), w.put(o.test_mae), w.put(o.test_r2);
   w.put(o.error);
 }
 Outcome get_outcome(ByteReader& r) {
@@ -568,6 +603,8 @@ Outcome get_outcome(ByteReader& r) {
   o.ok = r.get<int64_t>() != 0;
   o.seconds = r.get<double>(), o.val_accuracy = r.get<double>(), o.val_loss = r.get<double>();
   o.test_accuracy = r.get<double>(), o.test_loss = r.get<double>();
+  o.val_rmse = r.get<double>(), o.val_mae = r.get<double>(), o.val_r2 = r.get<double>();
+  o.test_rmse = r.get<double>(), o.test_mae = r.get<double>(), o.test_r2 = r.get<double>();
   o.error = r.get_string();
   return o;
 }
@@ -735,7 +772,7 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
   std::vector<std::vector<std::string>> all = trial_overrides(s);  // pbt rewrites them between generations
   std::vector<int64_t> parent(all.size(), -1);
   const auto plan = brackets(s);
-  const bool lower_better = metric_is_loss(s.metric);
+  const bool lower_better = lower_is_better(s);
   auto better = [&](const Record& a, const Record& b) {
     return ranks_before(lower_better, a.metric, a.trial, b.metric, b.trial);
   };
@@ -748,7 +785,8 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
     for (size_t i = 0; i < alive.size(); ++i) alive[i] = bracket.first_trial + static_cast<int64_t>(i);
     for (size_t r = 0; r < bracket.rungs.size(); ++r) {
       // This group's share of the rung: trials i, i + groups, ... of the alive list.
-      constexpr int kFields = 6;  // ok, seconds, val accuracy, val loss, test accuracy, test loss
+      // ok, seconds, val accuracy, val loss, test accuracy, test loss, val rmse, mae, r2, test rmse, mae, r2
+      constexpr int kFields = 12;
       std::vector<double> table(alive.size() * kFields, 0.0);
       std::vector<std::string> errors(alive.size());
       for (size_t i = static_cast<size_t>(group); i < alive.size(); i += static_cast<size_t>(groups)) {
@@ -759,6 +797,8 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
           row[0] = o.ok ? 1 : 0;
           row[1] = o.seconds;
           row[2] = o.val_accuracy, row[3] = o.val_loss, row[4] = o.test_accuracy, row[5] = o.test_loss;
+          row[6] = o.val_rmse, row[7] = o.val_mae, row[8] = o.val_r2;
+          row[9] = o.test_rmse, row[10] = o.test_mae, row[11] = o.test_r2;
           errors[i] = o.error;
         }
       }
@@ -778,8 +818,10 @@ SearchResult run_search(const SearchConfig& s, const TrialRunner& runner, dist::
         rec.outcome.seconds = row[1];
         rec.outcome.val_accuracy = row[2], rec.outcome.val_loss = row[3];
         rec.outcome.test_accuracy = row[4], rec.outcome.test_loss = row[5];
+        rec.outcome.val_rmse = row[6], rec.outcome.val_mae = row[7], rec.outcome.val_r2 = row[8];
+        rec.outcome.test_rmse = row[9], rec.outcome.test_mae = row[10], rec.outcome.test_r2 = row[11];
         if (!rec.outcome.ok) rec.outcome.error = errors[i].empty() ? "failed (see its train.log)" : errors[i];
-        rec.metric = metric_of(s, rec.outcome);
+        rec.metric = metric_value(s, rec.outcome);
         rung_records.push_back(rec);
         parent[alive[i]] = -1;
       }
@@ -854,9 +896,6 @@ TrialRunner training_runner(const SearchConfig& search) {
         all.push_back(fmt::format("train.max_steps={}", budget));
       }
       train::Config cfg = train::load_config(search.config, all);
-      HPDL_CHECK(cfg.train.loss == "cross_entropy", "{}: train.loss = \"{}\": hpdl tune selects on accuracy and "
-                 "cross-entropy loss; it does not tune regression runs yet (train them with hpdl train)",
-                 search.config.string(), cfg.train.loss);
       if (group.rank() == 0) {
         std::filesystem::create_directories(dir);
         log = std::fopen((dir / "train.log").c_str(), "a");
@@ -867,20 +906,28 @@ TrialRunner training_runner(const SearchConfig& search) {
       train::Trainer trainer(cfg, opts);
       auto summary = trainer.run(resume);
       // Judge the final weights (the checkpoint the run just wrote).
-      auto ds = train::load_datasets(cfg.data);
+      const train::Objective objective(cfg);
+      auto ds = train::load_datasets(cfg.data, objective.targets());
       auto model = train::build_model(cfg, train::make_pipeline(cfg.data, false).output_shape(ds.test->sample_shape()));
       train::load_model_weights(*model, dir);
+      // Regression: RMSE, MAE and R^2 beside the loss (accuracy stays -1, absent).
+      auto regression_metrics = [&](const train::EvalResult& r, double& rmse, double& mae, double& r2) {
+        if (!objective.regression()) return;
+        rmse = r.metrics.at("rmse"), mae = r.metrics.at("mae"), r2 = r.metrics.at("r2");
+      };
       if (ds.validation) {
-        auto v = train::evaluate(*model, ds.validation, cfg.data, &group);
+        auto v = train::evaluate(*model, ds.validation, cfg.data, &group, &objective);
         o.val_accuracy = v.accuracy, o.val_loss = v.loss;
+        regression_metrics(v, o.val_rmse, o.val_mae, o.val_r2);
       }
       // Selecting on validation, the test set is read only at the full budget: a partial
       // trial's test score would inform nothing and costs an evaluation.
       bool finite = std::isfinite(summary.final_train_loss);
       const bool selects_on_validation = search.metric.rfind("val_", 0) == 0 && ds.validation;
       if (!selects_on_validation || budget >= search.max_resource) {
-        auto t = train::evaluate(*model, ds.test, cfg.data, &group);
+        auto t = train::evaluate(*model, ds.test, cfg.data, &group, &objective);
         o.test_accuracy = t.accuracy, o.test_loss = t.loss;
+        regression_metrics(t, o.test_rmse, o.test_mae, o.test_r2);
         finite = finite && std::isfinite(t.loss);
       } else {
         finite = finite && std::isfinite(o.val_loss);

@@ -42,12 +42,15 @@
 //
 // A trial is judged by `metric` on the validation set (data.validation
 // training samples held out) when there is one, so the test set stays unseen
-// until the best trial's final test accuracy is reported.
+// until the best trial's final test accuracy is reported. A regression run
+// (train.loss = mse, l1, huber) is judged by its RMSE, MAE, R^2 or loss
+// instead of accuracy; `direction` says whether lower or higher wins.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <set>
 #include <string>
@@ -71,7 +74,12 @@ struct SearchConfig {
   std::string method = "random";   // random | grid | sha | asha | hyperband | pbt
   int64_t trials = 8;              // random, sha, asha (configurations started at the bottom rung)
   uint64_t seed = 0;               // sampling
-  std::string metric = "val_accuracy";  // val_accuracy | val_loss | test_accuracy | test_loss
+  // {val,test}_{accuracy,loss} for classification; {val,test}_{loss,rmse,mae,r2} for a regression
+  // loss. Not given in a search file: val_accuracy, or val_rmse for a regression loss.
+  std::string metric = "val_accuracy";
+  // minimize | maximize; empty: minimize the losses, RMSE and MAE, maximize accuracy and R^2
+  // (load_search fills it in, so a loaded search always names its direction).
+  std::string direction;
   std::string resource = "epochs";      // epochs | steps
   int64_t min_resource = 1, max_resource = 0;  // sha, asha: first rung's budget; every method: the full budget
   int64_t eta = 3;
@@ -123,10 +131,14 @@ std::vector<std::vector<std::string>> trial_overrides(const SearchConfig& search
 std::vector<std::string> perturb_overrides(const SearchConfig& search, const std::vector<std::string>& overrides,
                                            uint64_t seed);
 
+inline constexpr double kNoValue = std::numeric_limits<double>::quiet_NaN();
 struct Outcome {
   bool ok = true;
   std::string error;           // when !ok
   double val_accuracy = -1, val_loss = -1, test_accuracy = -1, test_loss = -1;
+  // Regression runs only (NaN otherwise, and for a set not evaluated).
+  double val_rmse = kNoValue, val_mae = kNoValue, val_r2 = kNoValue;
+  double test_rmse = kNoValue, test_mae = kNoValue, test_r2 = kNoValue;
   double seconds = 0;
 };
 struct Record {
@@ -236,7 +248,11 @@ TrialRunner training_runner(const SearchConfig& search);
 // takeover in trial-TO's train.log.
 TrialCloner checkpoint_cloner(const SearchConfig& search);
 
-// Lower is better for the loss metrics, higher for the accuracies.
+// Lower is better for the losses, RMSE and MAE; higher for the accuracies and R^2.
 bool metric_is_loss(const std::string& metric);
+// Whether the search minimizes its metric: `direction` when set, else metric_is_loss(metric).
+bool lower_is_better(const SearchConfig& search);
+// The search's metric of an outcome; NaN when the trial failed or the metric is absent.
+double metric_value(const SearchConfig& search, const Outcome& outcome);
 
 }  // namespace hpdl::tune

@@ -32,6 +32,46 @@ set = ["data.validation=5000", "train.threads=1", "data.workers=1", "train.log_e
 EOS
 }
 
+# A tiny synthetic regression set in npy files, data/{train,test}_{x,y}.npy: 768 and 256
+# samples x uniform in [-1, 1]^4, two targets y = (x0 + 2 x1 - x2, x0 x3); reg.toml trains
+# a 4-32-2 mlp on them with the mean squared error (about a second).
+regression_data() {
+  "${PYTHON:-python3}" - <<'PY' || fail "could not write the regression data (python3-numpy)"
+import os
+import numpy as np
+rng = np.random.default_rng(11)
+os.makedirs("data", exist_ok=True)
+for name, n in (("train", 768), ("test", 256)):
+    x = rng.uniform(-1, 1, (n, 4)).astype(np.float32)
+    y = np.stack([x[:, 0] + 2 * x[:, 1] - x[:, 2], x[:, 0] * x[:, 3]], axis=1).astype(np.float32)
+    np.save(f"data/{name}_x.npy", x)
+    np.save(f"data/{name}_y.npy", y)
+np.save("zero.npy", np.zeros((1, 4), np.float32))
+PY
+  cat >reg.toml <<'EOS'
+[data]
+dataset = "npy"
+path = "data"
+batch_size = 32
+normalize = false
+workers = 1
+[model]
+name = "mlp"
+num_classes = 2
+hidden = [32]
+[optimizer]
+name = "adamw"
+lr = 0.01
+[train]
+loss = "mse"
+epochs = 6
+seed = 3
+threads = 1
+log_every = 10
+run_dir = "run"
+EOS
+}
+
 run_until_checkpoint_then_kill() {  # $1 run dir, $2 step to wait for, rest: args
   local dir=$1 step=$2; shift 2
   "$hpdl" train "$@" >"$dir.log" 2>&1 &
@@ -730,6 +770,115 @@ PY
   "$hpdl" train "$ex/regression/oscillator.toml" --set data.path=data --set train.loss=cross_entropy \
     --set train.run_dir=bad >bad2.txt 2>&1 && fail "float targets with cross entropy were accepted"
   grep -q "train.csv" bad2.txt || fail "the refusal does not name the file: $(cat bad2.txt)"
+  ;;
+regression_predict_export)
+  # A regression model's tools: predict prints both outputs of every sample, and the test
+  # set's RMSE, MAE, R^2 and loss recomputed from those predictions equal what eval reports;
+  # export writes an ONNX graph whose output 'values' gives predict's values.
+  regression_data
+  "$hpdl" train reg.toml >log 2>&1 || fail "training failed: $(tail -3 log)"
+  "$hpdl" eval --checkpoint run >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  grep -q "^test RMSE .* (256 samples), loss " eval.txt || fail "eval printed no regression metrics: $(cat eval.txt)"
+  "$hpdl" predict --checkpoint run data/test_x.npy >pred.txt 2>&1 || fail "predict failed: $(cat pred.txt)"
+  [[ $(grep -c $'\tvalue ' pred.txt) -eq 256 ]] || fail "expected 256 predictions: $(head -3 pred.txt)"
+  "${PYTHON:-python3}" - <<'PY' >recomputed.txt 2>&1 || fail "predictions and eval disagree: $(cat recomputed.txt)"
+import re
+import numpy as np
+p = np.array([[float(v) for v in line.split("\t")[2].split()[1:]] for line in open("pred.txt")])
+y = np.load("data/test_y.npy").astype(np.float64)
+assert p.shape == y.shape == (256, 2), (p.shape, y.shape)
+e = p - y
+mse, mae = float((e ** 2).mean()), float(np.abs(e).mean())
+sst = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+r2 = float((1 - (e ** 2).sum(axis=0) / sst).mean())
+m = re.search(r"test RMSE (\S+), MAE (\S+), R2 (\S+) \(256 samples\), loss (\S+)", open("eval.txt").read())
+rmse_e, mae_e, r2_e, loss_e = (float(m.group(i).rstrip(",")) for i in range(1, 5))
+print(f"from predict: rmse {mse ** 0.5:.6g} mae {mae:.6g} r2 {r2:.6f} mse {mse:.6g}")
+print(f"from eval:    rmse {rmse_e:.6g} mae {mae_e:.6g} r2 {r2_e:.6f} loss {loss_e:.6g}")
+for name, a, b in (("rmse", mse ** 0.5, rmse_e), ("mae", mae, mae_e), ("loss", mse, loss_e)):
+    assert abs(a - b) <= 2e-5 * abs(b), f"{name}: {a} from predict, {b} from eval"
+assert abs(r2 - r2_e) <= 2e-5, f"r2: {r2} from predict, {r2_e} from eval"
+assert r2_e > 0.5, f"the model learned little: R2 {r2_e}"
+PY
+  "$hpdl" export --checkpoint run --output reg.onnx >export.txt 2>&1 || fail "export failed: $(cat export.txt)"
+  grep -q "output \[N, 2\] values" export.txt || fail "export did not write the 2 values: $(cat export.txt)"
+  "${PYTHON:-/usr/bin/python3}" "$(dirname "$ex")/tests/integration/onnx_check.py" values reg.onnx data/test_x.npy pred.txt \
+    >check.txt 2>&1 || fail "the ONNX graph disagrees with hpdl predict: $(tail -5 check.txt)"
+  grep -q "256 predictions match" check.txt || fail "nothing compared: $(cat check.txt)"
+  ;;
+regression_tune)
+  # hpdl tune on a regression config: by default it minimizes the validation RMSE and says so
+  # in every record; lr 1e-9 (no training) loses to lr 0.01; direction = maximize is obeyed
+  # (it picks the untrained trial); accuracy is refused by the name of the search key.
+  regression_data
+  cat >search.toml <<EOS
+config = "reg.toml"
+method = "grid"
+max_resource = 3
+run_dir = "tune"
+set = ["data.validation=256"]
+[space]
+"optimizer.lr" = { choice = [1e-9, 0.01] }
+EOS
+  "$hpdl" tune search.toml >out.txt 2>&1 || fail "tune failed: $(tail -5 out.txt)"
+  grep -q "metric val_rmse (minimize)" out.txt || fail "the search does not name its metric and direction: $(head -2 out.txt)"
+  [[ $(wc -l <tune/results.jsonl) -eq 2 ]] || fail "expected 2 results: $(cat tune/results.jsonl)"
+  [[ $(grep -c '"metric_name":"val_rmse"' tune/results.jsonl) -eq 2 && $(grep -c '"direction":"minimize"' tune/results.jsonl) -eq 2 ]] \
+    || fail "the records do not name the metric and direction: $(cat tune/results.jsonl)"
+  grep -q '"test_rmse"' tune/results.jsonl || fail "no test RMSE at the full budget: $(cat tune/results.jsonl)"
+  grep -q '"val_accuracy"' tune/results.jsonl && fail "a regression search reported accuracy"
+  "${PYTHON:-python3}" - <<'PY' >cmp.txt 2>&1 || fail "the records are wrong: $(cat cmp.txt)"
+import json
+r = {j["trial"]: j for j in map(json.loads, open("tune/results.jsonl"))}
+for j in r.values():
+    assert j["metric"] == j["val_rmse"], j
+    assert 0 <= j["val_mae"] <= j["val_rmse"] and j["val_r2"] <= 1, j
+assert r[1]["val_rmse"] < 0.5 * r[0]["val_rmse"], f"lr 0.01 should beat lr 1e-9 clearly: {r}"
+PY
+  [[ $(sed -n 's/^best: trial \([0-9]*\) .*/\1/p' out.txt) == 001 ]] || fail "best is not the trained trial: $(tail -2 out.txt)"
+  grep -q "^best: trial 001 .*val_rmse .* (minimize), test RMSE" out.txt || fail "best line: $(tail -1 out.txt)"
+  "$hpdl" tune search.toml --set run_dir=tune_max --set direction=maximize >max.txt 2>&1 || fail "tune failed: $(tail -5 max.txt)"
+  [[ $(sed -n 's/^best: trial \([0-9]*\) .*/\1/p' max.txt) == 000 ]] || fail "direction = maximize was ignored: $(tail -2 max.txt)"
+  "$hpdl" tune search.toml --set run_dir=tune_acc --set metric=val_accuracy >acc.txt 2>&1 && fail "accuracy was accepted for mse"
+  grep -q 'metric = "val_accuracy".*regression loss' acc.txt || fail "no clear refusal: $(cat acc.txt)"
+  ;;
+regression_explain)
+  # hpdl explain on a regression model explains output --output K: its value equals predict's,
+  # the integrated gradients' score gap is f_K(x) - f_K(0) computed by predict, and the
+  # attributions add up to it (completeness); class-only options are refused by name.
+  regression_data
+  "$hpdl" train reg.toml >log 2>&1 || fail "training failed: $(tail -3 log)"
+  "$hpdl" predict --checkpoint run --limit 4 data/test_x.npy >pred.txt 2>&1 || fail "predict failed: $(cat pred.txt)"
+  "$hpdl" predict --checkpoint run zero.npy >zero.txt 2>&1 || fail "predict failed: $(cat zero.txt)"
+  "$hpdl" explain --checkpoint run --method saliency,ig --output 1 --steps 256 --limit 4 --out ex \
+    data/test_x.npy >ex.txt 2>&1 || fail "explain failed: $(cat ex.txt)"
+  [[ $(grep -c $'\toutput 1\t' ex.txt) -eq 4 ]] || fail "expected 4 explanations of output 1: $(cat ex.txt)"
+  [[ -f ex/test_x-ig.npy && -f ex/test_x-saliency.npy && -f ex/test_x-3-ig.png ]] || fail "maps missing: $(ls ex)"
+  # The default heatmap scale of a 4-feature sample: 224 / 4 = 56 pixels a feature, input | map side by side.
+  "${PYTHON:-python3}" -c "import struct; w, h = struct.unpack('>II', open('ex/test_x-0-ig.png', 'rb').read()[16:24]); assert (w, h) == (2 * 4 * 56, 56), (w, h)" \
+    || fail "the heatmap of a feature vector has the wrong size"
+  "${PYTHON:-python3}" - <<'PY' >cmp.txt 2>&1 || fail "explain is wrong: $(cat cmp.txt)"
+import numpy as np
+pred = [[float(v) for v in l.split("\t")[2].split()[1:]] for l in open("pred.txt")]
+f0 = float(open("zero.txt").read().split("\t")[2].split()[2])  # output 1 at the baseline x = 0
+rows = [l.rstrip("\n").split("\t") for l in open("ex.txt") if "\toutput 1\t" in l]
+maps = np.load("ex/test_x-ig.npy")
+assert maps.shape == (4, 1, 4), maps.shape
+for i, r in enumerate(rows):
+    value = float(r[2].split()[1])
+    ig_sum, gap = (float(c.split("=")[1]) for c in r[4:6])
+    print(f"sample {i}: value {value} (predict {pred[i][1]}), gap {gap} (predict {pred[i][1] - f0}), ig sum {ig_sum}")
+    assert abs(value - pred[i][1]) <= 1e-5 * max(1, abs(value)), "explain's value is not predict's output 1"
+    assert abs(gap - (pred[i][1] - f0)) <= 1e-5, "the score gap is not f_1(x) - f_1(0)"
+    assert abs(ig_sum - gap) <= 0.02 * abs(gap) + 2e-3, "integrated gradients are not complete"
+    assert abs(float(maps[i].sum()) - ig_sum) <= 1e-4 * max(1, abs(ig_sum)), "the .npy map does not sum to ig_sum"
+PY
+  "$hpdl" explain --checkpoint run --method ig --target 1 --out ex data/test_x.npy >bad.txt 2>&1 && fail "--target was accepted"
+  grep -q "explain --target: .*regression.*--output" bad.txt || fail "no clear refusal of --target: $(cat bad.txt)"
+  "$hpdl" explain --checkpoint run --method ig --deletion 5 --out ex data/test_x.npy >bad.txt 2>&1 && fail "--deletion was accepted"
+  grep -q "explain --deletion: " bad.txt || fail "no clear refusal of --deletion: $(cat bad.txt)"
+  "$hpdl" explain --checkpoint run --method ig --output 2 --out ex data/test_x.npy >bad.txt 2>&1 && fail "--output 2 was accepted"
+  grep -q "explain --output 2: the model has 2 output(s)" bad.txt || fail "no clear refusal of --output 2: $(cat bad.txt)"
   ;;
 *) fail "unknown case" ;;
 esac

@@ -14,6 +14,9 @@ forward.
   onnx_check.py predict MODEL.onnx IDX_GZ PREDICT_TXT
       compares the graph on the first samples of an idx image file with the
       classes and probabilities `hpdl predict` printed for them.
+  onnx_check.py values MODEL.onnx INPUT.npy PREDICT_TXT
+      a regression export (output 'values' [N, k]): the graph on the samples
+      of a float .npy must give the k values per sample `hpdl predict` printed.
 """
 import gzip
 import math
@@ -273,7 +276,8 @@ def check_contract(model, path, sample=None):
     assert len(g.input) == 1 and len(g.output) == 1, f"{path}: expected one input and one output"
     ti, to = g.input[0].type.tensor_type, g.output[0].type.tensor_type
     names = (g.input[0].name, g.output[0].name)
-    assert names in (("input", "logits"), ("z", "images")), f"{path}: input and output named {names}"
+    assert names in (("input", "logits"), ("input", "values"), ("z", "images")), \
+        f"{path}: input and output named {names}"
     assert ti.elem_type == onnx.TensorProto.FLOAT and to.elem_type == onnx.TensorProto.FLOAT
     assert ti.shape.dim[0].dim_param == "N" and to.shape.dim[0].dim_param == "N", f"{path}: batch is not dynamic"
     if sample is not None:
@@ -333,10 +337,32 @@ def predict(model_path, idx_gz, predict_txt):
     print(f"{len(rows)} predictions match hpdl predict")
 
 
+def values(model_path, input_npy, predict_txt):
+    model = onnx.load(model_path)
+    check_contract(model, model_path)
+    assert model.graph.output[0].name == "values", f"{model_path}: a regression export's output is 'values'"
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    rows = [line.rstrip("\n").split("\t") for line in open(predict_txt) if "\tvalue " in line]
+    assert rows, f"no values in {predict_txt}"
+    want = np.array([[float(v) for v in r[2].split()[1:]] for r in rows])
+    x = np.load(input_npy).astype(np.float32)
+    x = x.reshape([x.shape[0]] + dims)[:len(rows)]
+    got = run(model, x)
+    assert got.shape == want.shape, f"ONNX values {got.shape}, hpdl predict {want.shape}"
+    err = float(np.abs(got - want).max())
+    scale = max(1.0, float(np.abs(want).max()))
+    print(f"max |onnx - hpdl predict| = {err:.3g} (scale {scale:.3g})")
+    # predict prints 7 significant digits
+    assert err <= 1e-5 * scale, f"ONNX graph and hpdl predict disagree by {err:.3g}"
+    print(f"{len(rows)} predictions match hpdl predict")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "zoo":
         zoo(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 5 and sys.argv[1] == "predict":
         predict(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "values":
+        values(*sys.argv[2:])
     else:
         sys.exit(__doc__)

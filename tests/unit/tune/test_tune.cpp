@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 
+#include "hpdl/core/error.h"
 #include "hpdl/tune/tune.h"
 #include "tests/unit/test_util.h"
 
@@ -423,6 +425,121 @@ TEST(TuneTest, BadSearchFilesAreNamed) {
   auto s = d.parse(std::string(kSpace), {"trials=3", "train.threads=1"});
   EXPECT_EQ(s.trials, 3);
   EXPECT_EQ(s.set, std::vector<std::string>{"train.threads=1"});
+}
+
+// A regression config (train.loss = mse): the default metric is val_rmse,
+// minimized; accuracy is refused by the name of the search key, a regression
+// metric on a classifier likewise; `direction` overrides the metric's own.
+TEST(TuneTest, RegressionRunsSelectOnRegressionMetrics) {
+  SearchDir d("tune_regression_parse");
+  test::write_text(d.dir / "reg.toml",
+                   "[model]\nname = \"mlp\"\nnum_classes = 2\n[train]\nepochs = 4\nloss = \"mse\"\n"
+                   "[data]\nvalidation = 100\n");
+  auto parse = [&](const std::string& body) {
+    return tune::parse_search("config = \"reg.toml\"\n" + body + kSpace, d.dir / "search.toml");
+  };
+  auto s = parse("");
+  EXPECT_EQ(s.metric, "val_rmse");
+  EXPECT_EQ(s.direction, "minimize");
+  EXPECT_TRUE(tune::lower_is_better(s));
+  auto r2 = parse("metric = \"val_r2\"\n");
+  EXPECT_EQ(r2.direction, "maximize");
+  EXPECT_FALSE(tune::lower_is_better(r2));
+  auto forced = parse("metric = \"test_mae\"\ndirection = \"maximize\"\n");
+  EXPECT_EQ(forced.direction, "maximize");
+  EXPECT_FALSE(tune::lower_is_better(forced));
+  auto classifier = d.parse(std::string(kSpace));
+  EXPECT_EQ(classifier.metric, "val_accuracy") << "a classifier keeps its default";
+  EXPECT_EQ(classifier.direction, "maximize");
+
+  auto error_of = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string e = error_of([&] { parse("metric = \"val_accuracy\"\n"); });
+  EXPECT_NE(e.find("metric = \"val_accuracy\""), std::string::npos) << e;
+  EXPECT_NE(e.find("train.loss = \"mse\""), std::string::npos) << e;
+  e = error_of([&] { d.parse("metric = \"val_rmse\"\n" + std::string(kSpace)); });
+  EXPECT_NE(e.find("metric = \"val_rmse\" is a regression metric"), std::string::npos) << e;
+  e = error_of([&] { parse("direction = \"down\"\n"); });
+  EXPECT_NE(e.find("direction = \"down\" is not one of minimize, maximize"), std::string::npos) << e;
+  e = error_of([&] { parse("metric = \"val_rsme\"\n"); });
+  EXPECT_NE(e.find("metric = \"val_rsme\" is not one of"), std::string::npos) << e;
+}
+
+// Successive halving on val_rmse keeps the lowest RMSE at every rung (a
+// search that ranked it as an accuracy would keep the worst), and on val_r2
+// the highest; the records carry the regression metrics through the
+// all-reduce of the results.
+TEST(TuneTest, SuccessiveHalvingOnRmsePromotesTheLowest) {
+  SearchDir d("tune_regression_sha");
+  test::write_text(d.dir / "reg.toml",
+                   "[model]\nname = \"mlp\"\nnum_classes = 1\n[train]\nepochs = 4\nloss = \"huber\"\n"
+                   "[data]\nvalidation = 100\n");
+  for (const char* name : {"val_rmse", "val_r2"}) {
+    const std::string metric = name;
+    auto s = tune::parse_search("config = \"reg.toml\"\nmethod = \"sha\"\ntrials = 9\nseed = 4\nmin_resource = 1\n"
+                                "max_resource = 9\neta = 3\nmetric = \"" + metric + "\"\n" + kSpace,
+                                d.dir / "search.toml");
+    const auto trials = tune::trial_overrides(s);
+    // RMSE grows with the distance from lr = 0.03 and falls with the budget; R^2 = 1 - RMSE^2.
+    auto rmse = [&](int64_t t, int64_t budget) {
+      return 0.1 + std::abs(std::log(value_of(trials[t], "optimizer.lr") / 0.03)) + 1.0 / static_cast<double>(budget);
+    };
+    int64_t nearest = 0;
+    for (int64_t t = 1; t < 9; ++t)
+      if (rmse(t, 1) < rmse(nearest, 1)) nearest = t;
+    std::map<int64_t, int64_t> furthest;  // trial -> the largest budget it trained to
+    tune::TrialRunner runner = [&](int64_t trial, const std::vector<std::string>&, int64_t budget, bool,
+                                   dist::Communicator&) {
+      furthest[trial] = std::max(furthest[trial], budget);
+      tune::Outcome out;
+      out.val_loss = rmse(trial, budget) * rmse(trial, budget);
+      out.val_rmse = rmse(trial, budget), out.val_mae = 0.8 * out.val_rmse;
+      out.val_r2 = 1 - out.val_loss;
+      return out;
+    };
+    auto result = tune::run_search(s, runner, dist::Communicator::world());
+    EXPECT_EQ(result.best_trial, nearest) << metric;
+    // Rung 1 holds the 3 lowest-RMSE trials of rung 0.
+    std::vector<int64_t> order(9);
+    for (int64_t t = 0; t < 9; ++t) order[t] = t;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rmse(a, 1) < rmse(b, 1); });
+    for (int64_t k = 0; k < 9; ++k) EXPECT_EQ(furthest[order[k]] >= 3, k < 3) << metric << " trial " << order[k];
+    EXPECT_NEAR(result.best.outcome.val_rmse, rmse(nearest, 9), 1e-12);
+    EXPECT_NEAR(result.best.outcome.val_mae, 0.8 * rmse(nearest, 9), 1e-12);
+    EXPECT_NEAR(result.best.metric, metric == "val_rmse" ? rmse(nearest, 9) : 1 - std::pow(rmse(nearest, 9), 2), 1e-12);
+    EXPECT_TRUE(std::isnan(result.best.outcome.test_rmse)) << "no test set was evaluated";
+  }
+}
+
+// ASHA's promotions follow the direction too: on val_rmse the lowest of the
+// top floor(n / eta) is promoted.
+TEST(TuneTest, AshaOnRmsePromotesTheLowest) {
+  SearchDir d("tune_regression_asha");
+  test::write_text(d.dir / "reg.toml",
+                   "[model]\nname = \"mlp\"\nnum_classes = 1\n[train]\nepochs = 4\nloss = \"mse\"\n"
+                   "[data]\nvalidation = 100\n");
+  auto s = tune::parse_search("config = \"reg.toml\"\nmethod = \"asha\"\ntrials = 3\nmin_resource = 1\n"
+                              "max_resource = 3\neta = 3\n" + std::string(kSpace), d.dir / "search.toml");
+  tune::AshaScheduler sched(s);
+  const double rmse[3] = {0.5, 0.2, 0.9};  // trial 1 is the best
+  for (int64_t t = 0; t < 3; ++t) {
+    const auto job = sched.next();
+    ASSERT_EQ(job.kind, tune::AshaScheduler::Job::Kind::run);
+    ASSERT_EQ(job.trial, t);
+    tune::Outcome o;
+    o.val_rmse = rmse[t];
+    sched.report(job, o);
+  }
+  const auto job = sched.next();
+  ASSERT_EQ(job.kind, tune::AshaScheduler::Job::Kind::run);
+  EXPECT_EQ(job.trial, 1) << "the lowest RMSE is promoted";
+  EXPECT_EQ(job.rung, 1);
 }
 
 }  // namespace
