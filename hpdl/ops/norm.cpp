@@ -1,6 +1,8 @@
-// Batch normalization (Ioffe & Szegedy 2015) and layer normalization (Ba,
-// Kiros & Hinton 2016). Training-mode forward and backward go through the
-// backend's fused kernels (first-order only). Eval-mode batch norm is an affine
+// Batch normalization (Ioffe & Szegedy 2015), layer normalization (Ba, Kiros &
+// Hinton 2016) and group normalization (Wu & He 2018). Training-mode forward
+// and backward go through the backend's fused kernels; when the backward is
+// recorded (create_graph) the same gradients come from differentiable ops
+// (normalize_backward_composed), so every order works. Eval-mode batch norm is an affine
 // map per channel, so its backward is written with differentiable ops (saliency
 // and Grad-CAM differentiate through eval-mode networks). The cross-replica
 // (synchronized) variant reuses the same fused kernels and exchanges only
