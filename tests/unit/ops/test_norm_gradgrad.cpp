@@ -81,6 +81,7 @@ TEST(NormGradGrad, BatchNormTraining) {
     expect_gradgrad(
         [&](const std::vector<Tensor>& in) { return tanh(batch_norm(in[0], in[1], in[2], Tensor(), Tensor(), true)); },
         {x, g, b}, "tanh(batch_norm), no running statistics " + shape_str(s));
+    if (s.size() == 2) continue;  // the fused variants once, on [N, C, H, W]
     // The fused variants: the ReLU's mask is a constant of the second derivative (random
     // values keep every element away from the kink by far more than the step).
     expect_gradgrad(
