@@ -5,9 +5,10 @@
 // inception-score-like exp(E KL(p(y|x) || p(y))), next to the same numbers for
 // real test images and for the untrained generator. --loss wgan-gp trains the
 // same generator as a WGAN-GP instead (gan/wgan_gp.h: a batch-norm-free critic,
-// gradient penalty, n_critic critic steps per generator step, Adam(1e-4, 0, 0.9)).
+// gradient penalty, n_critic critic steps per generator step, Adam(1e-4, 0, 0.9));
+// --critic-norm layer|group puts the paper's per-sample normalization in the critic.
 //
-//   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
+//   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
 //                        [--log-every N] [--grid-every N] [--threads T]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]
@@ -55,6 +56,8 @@ struct Args {
   std::string loss = "dcgan";  // or "wgan-gp"
   int64_t n_critic = 5;
   double gp_lambda = 10;
+  std::string critic_norm = "none";  // WGAN-GP critic: none, layer or group (gan/wgan_gp.h)
+  int64_t critic_groups = 4;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -197,17 +200,19 @@ void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn:
   o.seed = a.seed;
   o.n_critic = a.n_critic;
   o.gp_lambda = a.gp_lambda;
+  o.critic_norm = a.critic_norm;
+  o.critic_groups = a.critic_groups;
   gan::WganGp gan(o);
   gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
   Tensor fixed_z = gan.sample_latent(64);
   gan::write_image_grid(a.out / "samples_step0.png", gan.generate(fixed_z), 8);
   report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
   std::printf("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld, "
-              "%lld generator steps of %lld critic steps, lambda %g\n",
+              "%lld generator steps of %lld critic steps, lambda %g, critic norm %s\n",
               static_cast<long long>(gan.generator().num_parameters()),
               static_cast<long long>(gan.critic().num_parameters()), o.lr, o.beta1, o.beta2,
               static_cast<long long>(o.batch_size), static_cast<long long>(a.steps),
-              static_cast<long long>(o.n_critic), o.gp_lambda);
+              static_cast<long long>(o.n_critic), o.gp_lambda, o.critic_norm.c_str());
   const auto t = Clock::now();
   gan::train_wgan_gp(gan, train_x, a.steps, [&](int64_t step, const gan::WganGpStepStats& st) {
     if (step % a.log_every == 0 || step == a.steps)
@@ -278,6 +283,8 @@ int main(int argc, char** argv) {
       else if (s == "--loss") a.loss = value();
       else if (s == "--n-critic") a.n_critic = std::stoll(value());
       else if (s == "--gp-lambda") a.gp_lambda = std::stod(value());
+      else if (s == "--critic-norm") a.critic_norm = value();
+      else if (s == "--critic-groups") a.critic_groups = std::stoll(value());
       else if (s == "--batch") a.batch = std::stoll(value());
       else if (s == "--seed") a.seed = std::stoull(value());
       else if (s == "--train-images") a.train_images = std::stoll(value());
@@ -292,7 +299,7 @@ int main(int argc, char** argv) {
       else if (s == "--bench-steps") a.bench_steps = std::stoll(value());
       else if (s == "--warmup") a.warmup = std::stoll(value());
       else if (s == "-h" || s == "--help") {
-        std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
+        std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
                     "          [--log-every N] [--grid-every N] [--threads T]\n"
                     "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]\n",
@@ -302,6 +309,9 @@ int main(int argc, char** argv) {
         HPDL_FAIL("hpdl_dcgan: unknown option '{}' (see --help)", s);
       }
     }
+    HPDL_CHECK(a.critic_norm == "none" || a.critic_norm == "layer" || a.critic_norm == "group",
+               "hpdl_dcgan: --critic-norm '{}' must be none, layer or group", a.critic_norm);
+    HPDL_CHECK(a.critic_norm == "none" || a.loss == "wgan-gp", "hpdl_dcgan: --critic-norm needs --loss wgan-gp");
     HPDL_CHECK(a.features >= 1, "hpdl_dcgan: --features {} must be >= 1", a.features);
     HPDL_CHECK(a.steps >= 1, "hpdl_dcgan: --steps {} must be >= 1", a.steps);
     HPDL_CHECK(a.train_images >= 0, "hpdl_dcgan: --train-images {} must be >= 0 (0: all 60000)", a.train_images);

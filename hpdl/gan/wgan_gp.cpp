@@ -33,6 +33,11 @@ void check_wgan_gp_options(const WganGpOptions& o) {
   HPDL_CHECK(o.n_critic >= 1, "gan::WganGpOptions: n_critic must be >= 1, got {}", o.n_critic);
   HPDL_CHECK(o.gp_lambda >= 0 && std::isfinite(o.gp_lambda),
              "gan::WganGpOptions: gp_lambda must be finite and >= 0, got {}", o.gp_lambda);
+  HPDL_CHECK(o.critic_norm == "none" || o.critic_norm == "layer" || o.critic_norm == "group",
+             "gan::WganGpOptions: critic_norm must be none, layer or group, got '{}'", o.critic_norm);
+  HPDL_CHECK(o.critic_norm != "group" || (o.critic_groups > 0 && (2 * o.d_features) % o.critic_groups == 0),
+             "gan::WganGpOptions: critic_groups = {} must divide the {} channels of the critic's second convolution "
+             "(2 * d_features)", o.critic_groups, 2 * o.d_features);
 }
 
 // ---------------------------------------------------------------- critic
@@ -45,6 +50,9 @@ WganCritic::WganCritic(const WganGpOptions& o, Generator& gen) : channels_(o.cha
   // initialisations, not DCGAN's N(0, 0.02)).
   conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(o.channels, o.d_features, down, gen));
   conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(o.d_features, 2 * o.d_features, down, gen));
+  if (o.critic_norm != "none")
+    norm2 = register_module("norm2", std::make_shared<nn::GroupNorm>(o.critic_norm == "layer" ? 1 : o.critic_groups,
+                                                                     2 * o.d_features));
   score = register_module("score", std::make_shared<nn::Linear>(2 * o.d_features * s * s, 1, true, gen));
 }
 
@@ -52,7 +60,9 @@ Tensor WganCritic::forward(const Tensor& x) {
   HPDL_CHECK(x.ndim() == 4 && x.dim(1) == channels_ && x.dim(2) == side_ && x.dim(3) == side_,
              "gan::WganCritic: images must be [N, {}, {}, {}], got {}", channels_, side_, side_, shape_str(x.shape()));
   Tensor h = leaky_relu((*conv1)(x), 0.2);            // [N, d, S/2, S/2]
-  h = leaky_relu((*conv2)(h), 0.2);                   // [N, 2d, S/4, S/4]
+  h = (*conv2)(h);                                    // [N, 2d, S/4, S/4]
+  if (norm2) h = (*norm2)(h);
+  h = leaky_relu(h, 0.2);
   return (*score)(h.flatten(1)).reshape({x.dim(0)});  // [N]
 }
 

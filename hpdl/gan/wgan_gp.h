@@ -11,15 +11,19 @@
 // Algorithm 1). The penalty differentiates D's input gradient in D's weights:
 // a second derivative through conv2d (hpdl/ops/conv.h). The critic is the
 // DCGAN discriminator without batch norm (the penalty is per sample, which
-// batch norm would break); the paper's alternative, layer norm, is not used
-// because hpdl's layer_norm backward is a first-order-only fused kernel.
+// batch norm would break). critic_norm adds the paper's alternative after the
+// second convolution: "layer" is layer norm over each sample's C, H, W with
+// per-channel gain and bias (GroupNorm with one group, as the paper's code
+// normalizes), "group" GroupNorm with critic_groups groups; both per sample,
+// and twice differentiable (hpdl/ops/norm.h).
 //   D: x [N, C, S, S] -> conv(4, 2, 1) d -> LeakyReLU(0.2)
-//        -> conv(4, 2, 1) 2d -> LeakyReLU(0.2) -> flatten -> Linear -> score [N]
+//        -> conv(4, 2, 1) 2d [-> norm] -> LeakyReLU(0.2) -> flatten -> Linear -> score [N]
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "hpdl/gan/dcgan.h"
 
@@ -37,12 +41,15 @@ struct WganGpOptions {
   int64_t n_critic = 5;      // critic steps per generator step
   double gp_lambda = 10;     // penalty weight
   uint64_t seed = 0;
+  std::string critic_norm = "none";  // "none", "layer" or "group", after the critic's second convolution
+  int64_t critic_groups = 4;         // GroupNorm's groups for "group": must divide 2 * d_features
   // The DCGAN options that build the same generator (sizes, seed; its lr/betas unused).
   DcganOptions generator_options() const;
 };
 
 // Throws hpdl::Error naming the first bad option: those of check_dcgan_options,
-// n_critic < 1, a negative or non-finite gp_lambda.
+// n_critic < 1, a negative or non-finite gp_lambda, an unknown critic_norm, critic_groups not
+// dividing 2 * d_features (for "group").
 void check_wgan_gp_options(const WganGpOptions& options);
 
 // The critic: images [N, C, S, S] -> scores [N] (higher: more real).
@@ -53,6 +60,7 @@ class WganCritic : public nn::Module {
   std::string type_name() const override { return "WganCritic"; }
   std::shared_ptr<nn::Conv2d> conv1, conv2;
   std::shared_ptr<nn::Linear> score;
+  std::shared_ptr<nn::GroupNorm> norm2;  // null for critic_norm "none"
 
  private:
   int64_t channels_, side_;

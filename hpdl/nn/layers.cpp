@@ -6,6 +6,7 @@
 #include "hpdl/nn/init.h"
 #include "hpdl/ops/ops.h"
 
+#include <cmath>
 #include <type_traits>
 
 namespace hpdl::nn {
@@ -192,6 +193,23 @@ Tensor LayerNorm::forward(const Tensor& x) {
   HPDL_CHECK(x.ndim() >= 1 && x.dim(-1) == normalized_size, "LayerNorm({}): input {} must end in {}",
              normalized_size, shape_str(x.shape()), normalized_size);
   return layer_norm(x, weight, bias, eps);
+}
+
+GroupNorm::GroupNorm(int64_t num_groups, int64_t num_channels, double eps, bool affine)
+    : num_groups(num_groups), num_channels(num_channels), eps(eps) {
+  HPDL_CHECK(num_groups > 0 && num_channels > 0 && num_channels % num_groups == 0,
+             "GroupNorm: num_channels = {} must be a positive multiple of num_groups = {}", num_channels, num_groups);
+  HPDL_CHECK(eps > 0 && std::isfinite(eps), "GroupNorm: eps must be positive and finite, got {}", eps);
+  if (affine) {
+    weight = register_parameter("weight", Tensor::ones({num_channels}));
+    bias = register_parameter("bias", Tensor::zeros({num_channels}));
+  }
+}
+
+Tensor GroupNorm::forward(const Tensor& x) {
+  HPDL_CHECK(x.ndim() >= 2 && x.dim(1) == num_channels, "GroupNorm({}, {}): input {} must be [N, {}, ...]",
+             num_groups, num_channels, shape_str(x.shape()), num_channels);
+  return group_norm(x, num_groups, weight, bias, eps);
 }
 
 // ---------------------------------------------------------------- Dropout, Embedding

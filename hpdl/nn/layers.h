@@ -158,6 +158,21 @@ class LayerNorm : public Module {
   double eps;
 };
 
+// Group normalization (Wu & He 2018), PyTorch's nn.GroupNorm: x [N, C, ...] normalized over each
+// of num_groups groups of C / num_groups channels per sample; with affine, weight (ones) and bias
+// (zeros) [C] per channel. num_groups == C is instance norm, 1 a layer norm over C and the spatial
+// axes. Training and eval are the same (no running statistics), and the gradient penalty of a
+// WGAN-GP critic stays per sample.
+class GroupNorm : public Module {
+ public:
+  GroupNorm(int64_t num_groups, int64_t num_channels, double eps = 1e-5, bool affine = true);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "GroupNorm"; }
+  Tensor weight, bias;  // undefined without affine
+  int64_t num_groups, num_channels;
+  double eps;
+};
+
 // Inverted dropout (Srivastava et al. 2014) with probability p in training,
 // identity in eval. The mask comes from the module's own Generator (seeded at
 // construction, registered as "generator"), so two runs with one seed drop the

@@ -1,6 +1,8 @@
-// Batch normalization (Ioffe & Szegedy 2015) and layer normalization (Ba,
-// Kiros & Hinton 2016). Training-mode forward and backward go through the
-// backend's fused kernels (first-order only). Eval-mode batch norm is an affine
+// Batch normalization (Ioffe & Szegedy 2015), layer normalization (Ba, Kiros &
+// Hinton 2016) and group normalization (Wu & He 2018). Training-mode forward
+// and backward go through the backend's fused kernels; when the backward is
+// recorded (create_graph) the same gradients come from differentiable ops
+// (normalize_backward_composed), so every order works. Eval-mode batch norm is an affine
 // map per channel, so its backward is written with differentiable ops (saliency
 // and Grad-CAM differentiate through eval-mode networks). The cross-replica
 // (synchronized) variant reuses the same fused kernels and exchanges only
@@ -34,6 +36,36 @@ void check_vector(const Tensor& t, int64_t n, const Tensor& x, const char* op, c
     detail::check_same(x, t, op);
   HPDL_CHECK(t.ndim() == 1 && t.dim(0) == n, "{}: {} has shape {}, expected [{}] for input {}", op, what,
              shape_str(t.shape()), n, shape_str(x.shape()));
+}
+
+// The gradients of y = xhat * gamma + beta, xhat = (x - mean) * invstd, with mean and the biased
+// variance over `stat_axes` of x, written with differentiable ops (create_graph). x carries its
+// gradient edge; gamma_b is gamma shaped to broadcast against x (undefined: 1). The statistics are
+// recomputed from x, so every order of derivative works. dgamma and dbeta sum over `param_axes`.
+//   g = dy * gamma;  dx = invstd * (g - mean(g) - xhat * mean(g * xhat));
+//   dgamma = sum(dy * xhat);  dbeta = sum(dy)
+struct NormGrads {
+  Tensor dx, dgamma, dbeta;
+};
+NormGrads normalize_backward_composed(const Tensor& x, const Tensor& dy, const Tensor& gamma_b,
+                                      const std::vector<int64_t>& stat_axes, const std::vector<int64_t>& param_axes,
+                                      double eps, bool gx, bool gg, bool gb) {
+  const Tensor d = sub(x, mean(x, stat_axes, true));                   // x's shape
+  const Tensor invstd = rsqrt(add(mean(mul(d, d), stat_axes, true), eps));  // 1 along stat_axes
+  const Tensor xhat = mul(d, invstd);
+  NormGrads r;
+  if (gx) {
+    const Tensor g = gamma_b.defined() ? mul(dy, gamma_b) : dy;
+    r.dx = mul(invstd, sub(sub(g, mean(g, stat_axes, true)), mul(xhat, mean(mul(g, xhat), stat_axes, true))));
+  }
+  if (gg) r.dgamma = sum(mul(dy, xhat), param_axes);
+  if (gb) r.dbeta = sum(dy, param_axes);
+  return r;
+}
+
+// `values` (a detached copy of an input) rejoined with that input's gradient edge; undefined stays so.
+Tensor rejoin(const Tensor& values, const Edge& edge) {
+  return values.defined() ? with_gradient_edge(values, edge) : values;
 }
 
 }  // namespace
@@ -141,7 +173,26 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
     if (res) inputs.push_back(residual);
     record(
         op, inputs, {&y},
-        [xc, g, b, yd, save_mean, save_invstd, gx, gg, gb, gr_res, relu, res](const std::vector<Tensor>& gr) {
+        [xc, g, b, yd, save_mean, save_invstd, gx, gg, gb, gr_res, relu, res, eps, ex = gradient_edge(x),
+         eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+          if (grad_enabled()) {
+            // Recorded (create_graph): the same gradients from differentiable ops, the batch
+            // statistics recomputed from x (rejoined with its edge), in the statistics' dtype.
+            // The ReLU's mask y > 0 is a constant (its derivative is zero almost everywhere);
+            // the masked dy is also the residual's gradient.
+            const DType sd = stat_dtype(xc);
+            const Tensor dy = relu ? mul(gr[0], gt(yd, 0.0)) : gr[0];
+            Shape bs(xc.ndim(), 1);
+            bs[1] = xc.dim(1);
+            std::vector<int64_t> axes;  // all but the channel axis
+            for (int i = 0; i < xc.ndim(); ++i)
+              if (i != 1) axes.push_back(i);
+            const Tensor gm = rejoin(g, eg).reshape(bs);
+            NormGrads r = normalize_backward_composed(rejoin(xc, ex).to(sd), dy.to(sd), gm, axes, axes, eps, gx, gg, gb);
+            std::vector<Tensor> out{gx ? r.dx.to(xc.dtype()) : Tensor(), r.dgamma, r.dbeta};
+            if (res) out.push_back(gr_res ? dy : Tensor());
+            return out;
+          }
           // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C] (and dresidual [N, C, ...])
           Tensor dy = detail::dense_as(gr[0], xc);
           const int64_t C = xc.dim(1);
@@ -163,8 +214,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
           std::vector<Tensor> out{gx ? dx : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
           if (res) out.push_back(gr_res ? masked : Tensor());
           return out;
-        },
-        /*first_order_only=*/true);
+        });
   }
   return y;
 }
@@ -352,7 +402,16 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, doub
     Shape xs = x.shape();
     record(
         "layer_norm", {x, gamma, beta}, {&y},
-        [xc, g, save_mean, save_invstd, gx, gg, gb, xs](const std::vector<Tensor>& gr) {
+        [xc, g, save_mean, save_invstd, gx, gg, gb, xs, eps, ex = gradient_edge(x),
+         eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+          if (grad_enabled()) {
+            // Recorded (create_graph): dy [..., D] -> the same gradients from differentiable ops over
+            // x [M, D] (rejoined with its edge), the row statistics recomputed.
+            const Tensor xg = rejoin(xc.reshape(xs), ex).reshape(xc.shape());
+            NormGrads r = normalize_backward_composed(xg, gr[0].reshape(xc.shape()), rejoin(g, eg), {1}, {0}, eps,
+                                                      gx, gg, gb);
+            return std::vector<Tensor>{gx ? r.dx.reshape(xs) : Tensor(), r.dgamma, r.dbeta};
+          }
           // dy [..., D] -> dx [..., D], dgamma [D], dbeta [D]
           Tensor dy = gr[0].contiguous().reshape(xc.shape());
           const int64_t D = xc.dim(1);
@@ -362,8 +421,96 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, doub
           detail::pick(xc, OpKind::layernorm)
               .layernorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
           return std::vector<Tensor>{gx ? dx.reshape(xs) : Tensor(), gg ? dgamma : Tensor(), gb ? dbeta : Tensor()};
-        },
-        /*first_order_only=*/true);
+        });
+  }
+  return y;
+}
+
+// Group normalization (Wu & He 2018), from two backend kernels on views of x [N, C, S] (S: the
+// spatial size), with K = C/G * S values per (sample, group):
+//   forward:  xhat = the layer-norm kernel with gamma 1, beta 0 over the rows of x [N*G, K]
+//             (which also gives each row's mean and invstd); y = xhat * gamma + beta per channel,
+//             the inference batch-norm kernel over [N, C, S, 1] with mean 0, variance 1, eps 0.
+//   backward: dxhat = dy * gamma (that kernel again, beta 0); dx = the layer-norm backward kernel
+//             with gamma 1 over the rows; dgamma = sum(dy * xhat), dbeta = sum(dy) over N and S.
+// So CUDA runs it with the kernels it has for batch and layer norm. Recorded backward
+// (create_graph): normalize_backward_composed over x [N, G, C/G, S].
+Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& gamma, const Tensor& beta, double eps) {
+  const char* op = "group_norm";
+  detail::check_defined(x, op, "input");
+  detail::check_float(x, op);
+  if (x.dtype() == DType::bf16) return group_norm(x.to(DType::f32), num_groups, gamma, beta, eps).to(DType::bf16);
+  HPDL_CHECK(x.ndim() >= 2, "group_norm: input must be [N, C, ...], got {}", shape_str(x.shape()));
+  const int64_t N = x.dim(0), C = x.dim(1), G = num_groups;
+  HPDL_CHECK(G > 0 && C % G == 0, "group_norm: the {} channels of input {} do not split into num_groups = {} groups", C,
+             shape_str(x.shape()), G);
+  HPDL_CHECK(eps >= 0 && std::isfinite(eps), "group_norm: eps must be finite and >= 0, got {}", eps);
+  check_vector(gamma, C, x, op, "weight (gamma)");
+  check_vector(beta, C, x, op, "bias (beta)");
+  int64_t S = 1;
+  for (int i = 2; i < x.ndim(); ++i) S *= x.dim(i);
+  const int64_t K = C / G * S;
+  const Shape rows{N * G, K}, planes{N, C, S, 1};
+  Tensor xc = x.contiguous().detach();
+  Tensor g = param_or(gamma, C, 1.0, x), b = param_or(beta, C, 0.0, x);
+  const bool affine = gamma.defined() || beta.defined();
+  Tensor xhat = detail::empty_like(xc);
+  Tensor y = affine ? detail::empty_like(xc) : xhat;
+  Tensor save_mean = Tensor::empty({N * G}, x.dtype(), x.device());
+  Tensor save_invstd = Tensor::empty({N * G}, x.dtype(), x.device());
+  const Tensor ones_k = Tensor::ones({K}, x.dtype(), x.device()), zeros_k = Tensor::zeros({K}, x.dtype(), x.device());
+  const Tensor ones_c = Tensor::ones({C}, x.dtype(), x.device()), zeros_c = Tensor::zeros({C}, x.dtype(), x.device());
+  if (xc.numel() > 0) {
+    detail::pick(x, OpKind::layernorm)
+        .layernorm_forward(xc.reshape(rows), ones_k, zeros_k, xhat.reshape(rows), save_mean, save_invstd, eps);
+    if (affine)
+      detail::pick(x, OpKind::batchnorm)
+          .batchnorm_forward_infer(xhat.reshape(planes), g, b, zeros_c, ones_c, y.reshape(planes), 0.0);
+  }
+  if (needs_grad({&x, &gamma, &beta})) {
+    const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
+               gb = beta.defined() && beta.requires_grad(), has_gamma = gamma.defined();
+    Tensor xhat_saved = xhat.detach();
+    record(
+        "group_norm", {x, gamma, beta}, {&y},
+        [xc, xhat_saved, g, save_mean, save_invstd, ones_k, zeros_k, ones_c, zeros_c, N, C, G, S, K, eps, gx, gg, gb,
+         has_gamma, ex = gradient_edge(x), eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+          if (grad_enabled()) {
+            // Recorded (create_graph): x [N, C, ...] as [N, G, C/G, S], statistics over the last
+            // two axes, gamma [1, G, C/G, 1]; dgamma and dbeta sum over N and S.
+            const Shape gs{N, G, C / G, S};
+            NormGrads r = normalize_backward_composed(rejoin(xc, ex).reshape(gs), gr[0].reshape(gs),
+                                                      rejoin(g, eg).reshape({1, G, C / G, 1}), {2, 3}, {0, 3}, eps,
+                                                      gx, gg, gb);
+            return std::vector<Tensor>{gx ? r.dx.reshape(xc.shape()) : Tensor(), gg ? r.dgamma.reshape({C}) : Tensor(),
+                                       gb ? r.dbeta.reshape({C}) : Tensor()};
+          }
+          // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C]
+          const Tensor dy = gr[0].contiguous();
+          const Shape rows{N * G, K}, planes{N, C, S, 1};
+          Tensor dx, dgamma, dbeta;
+          if (gg) dgamma = sum(mul(dy.reshape(planes), xhat_saved.reshape(planes)), {0, 2, 3});
+          if (gb) dbeta = sum(dy.reshape(planes), {0, 2, 3});
+          if (gx) {
+            dx = detail::empty_like(xc);
+            if (xc.numel() > 0) {
+              Tensor dxhat = dy;
+              if (has_gamma) {
+                dxhat = detail::empty_like(dy);
+                detail::pick(xc, OpKind::batchnorm)
+                    .batchnorm_forward_infer(dy.reshape(planes), g, zeros_c, zeros_c, ones_c, dxhat.reshape(planes),
+                                             0.0);
+              }
+              // The kernel's own dgamma and dbeta (over the rows) are not group norm's; discarded.
+              Tensor unused_g = Tensor::empty({K}, xc.dtype(), xc.device());
+              Tensor unused_b = Tensor::empty({K}, xc.dtype(), xc.device());
+              detail::pick(xc, OpKind::layernorm)
+                  .layernorm_backward(xc.reshape(rows), dxhat.reshape(rows), ones_k, save_mean, save_invstd,
+                                      dx.reshape(rows), unused_g, unused_b);
+            }
+          }
+          return std::vector<Tensor>{dx, dgamma, dbeta};
+        });
   }
   return y;
 }

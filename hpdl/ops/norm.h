@@ -2,7 +2,14 @@
 // it uses batch statistics and updates running_mean/running_var in place
 // (running = (1-momentum)*running + momentum*batch, unbiased batch variance),
 // in eval it uses the running statistics. layer_norm normalizes over the last
-// axis. Backward through fused kernels: first-order only.
+// axis. group_norm normalizes x [N, C, ...] over each of num_groups groups of
+// C / num_groups channels (and all spatial positions) per sample, then applies a
+// per-channel gamma and beta (PyTorch's group_norm; num_groups == C is instance
+// norm, 1 a layer norm over all of C, H, W with per-channel parameters).
+// Backward: the fused kernels, or, under create_graph, the same gradients from
+// differentiable ops (any order) for batch_norm (training and eval, the fused
+// ReLU and residual variants included), layer_norm and group_norm;
+// batch_norm_cross_replica is first-order only.
 // batch_norm_cross_replica is the synchronized ("cross-GPU", Peng et al. 2018)
 // variant: statistics over the union of every replica's batch.
 #pragma once
@@ -44,5 +51,7 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
                                 const Tensor& running_var, const CrossReplicaSum& reduce_sum, double momentum = 0.1,
                                 double eps = 1e-5);
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps = 1e-5);
+// x [N, C, ...] with C divisible by num_groups; gamma and beta [C] or undefined (1 and 0).
+Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& gamma, const Tensor& beta, double eps = 1e-5);
 
 }  // namespace hpdl

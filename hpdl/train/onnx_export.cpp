@@ -64,6 +64,7 @@ class OnnxGraphBuilder::Impl {
       return node("LeakyRelu", path, {x}, {Attribute::of_float("alpha", static_cast<float>(a->negative_slope))});
     if (exactly<nn::GELU>(m)) return gelu(path, x);
     if (auto* l = exactly<nn::LayerNorm>(m)) return layer_norm(*l, path, x, shape);
+    if (auto* l = exactly<nn::GroupNorm>(m)) return group_norm(*l, path, x, shape);
     if (auto* a = exactly<nn::MultiheadAttention>(m)) return attention(*a, path, x, shape);
     if (auto* e = exactly<nn::TransformerEncoderLayer>(m)) return encoder_layer(*e, path, x, shape);
     if (auto* v = exactly<nn::models::VisionTransformer>(m)) return vit(*v, path, x, shape);
@@ -76,7 +77,7 @@ class OnnxGraphBuilder::Impl {
       if (!name.empty()) inside += fmt::format("{}{} '{}'", inside.empty() ? "" : ", ", child->type_name(), name);
     HPDL_FAIL("ONNX export: module '{}' of type {}{} cannot be exported (supported: Sequential, Linear, Conv2d, "
               "ConvTranspose2d, BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, "
-              "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, LayerNorm, MultiheadAttention, TransformerEncoderLayer, "
+              "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, LayerNorm, GroupNorm, MultiheadAttention, TransformerEncoderLayer, "
               "VisionTransformer, BasicBlock, Bottleneck, LSTM, GRU, RnnClassifier)",
               path.empty() ? "(model)" : path, m.type_name(), inside.empty() ? "" : " (containing " + inside + ")");
   }
@@ -257,6 +258,29 @@ class OnnxGraphBuilder::Impl {
     std::string y = node("Div", path, {d, node("Sqrt", path, {node("Add", path, {var, eps})})});
     y = node("Mul", path, {y, weight(join(path, "weight"), l.weight)});
     return node("Add", path, {y, weight(join(path, "bias"), l.bias)});
+  }
+
+  // GroupNorm over x [N, C, ...], decomposed for opset 13 (GroupNormalization is opset 18):
+  // x as [N, G, C/G * spatial], normalized over the last axis as layer_norm above, back to
+  // x's shape, then weight and bias [C, 1, ...] per channel.
+  std::string group_norm(nn::GroupNorm& l, const std::string& path, const std::string& x, const Shape& shape) {
+    HPDL_CHECK(!shape.empty() && shape[0] == l.num_channels,
+               "ONNX export: GroupNorm '{}' normalizes {} channels, its input is [N, {}]",
+               path.empty() ? "(model)" : path, l.num_channels, shape_str(shape));
+    std::vector<int64_t> back{0};
+    back.insert(back.end(), shape.begin(), shape.end());
+    const std::string r = node("Reshape", path, {x, int64s(join(path, "group_shape"), {0, l.num_groups, -1})});
+    const std::vector<Attribute> last{Attribute::of_ints("axes", {-1}), Attribute::of_int("keepdims", 1)};
+    const std::string d = node("Sub", path, {r, node("ReduceMean", path, {r}, last)});
+    const std::string var = node("ReduceMean", path, {node("Mul", path, {d, d})}, last);
+    const std::string eps = constant(fresh(join(path, "eps")), {}, {static_cast<float>(l.eps)});
+    std::string y = node("Div", path, {d, node("Sqrt", path, {node("Add", path, {var, eps})})});
+    y = node("Reshape", path, {y, int64s(join(path, "shape"), back)});
+    if (!l.weight.defined()) return y;
+    Shape ps(shape.size(), 1);
+    ps[0] = l.num_channels;
+    y = node("Mul", path, {y, weight(join(path, "weight"), l.weight.detach().reshape(ps))});
+    return node("Add", path, {y, weight(join(path, "bias"), l.bias.detach().reshape(ps))});
   }
 
   // Self-attention over x [N, T, E], as MultiheadAttention::forward without a mask argument:

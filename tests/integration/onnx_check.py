@@ -302,7 +302,7 @@ def zoo(reference_bin, work):
     subprocess.run([reference_bin, work], check=True)
     names = sorted(d for d in os.listdir(work) if os.path.isfile(os.path.join(work, d, "model.onnx")))
     for required in ("mlp", "lenet5", "resnet20", "alexnet_bn", "conv_transpose", "bilstm", "bigru", "dcgan_generator",
-                     "vit", "encoder_post_norm", "attention_causal"):
+                     "vit", "encoder_post_norm", "attention_causal", "group_norm"):
         assert required in names, f"no export for {required} in {work}"
     for name in names:
         d = os.path.join(work, name)

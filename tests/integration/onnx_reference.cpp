@@ -74,12 +74,15 @@ void randomize_batch_norm(Case& c, Generator& gen) {
     }
 }
 
-// LayerNorm gamma/beta, attention biases, class token and position embeddings away from their inits.
+// LayerNorm and GroupNorm gamma/beta, attention biases, class token and position embeddings away from their inits.
 void randomize_transformer(Case& c, Generator& gen) {
   for (auto& [name, m] : c.model->named_modules()) {
     if (auto* ln = dynamic_cast<nn::LayerNorm*>(m.get())) {
       ln->weight.copy_(uniform(ln->weight.shape(), gen, 0.5, 1.5));
       ln->bias.copy_(uniform(ln->bias.shape(), gen, -0.3, 0.3));
+    } else if (auto* gn = dynamic_cast<nn::GroupNorm*>(m.get()); gn && gn->weight.defined()) {
+      gn->weight.copy_(uniform(gn->weight.shape(), gen, 0.5, 1.5));
+      gn->bias.copy_(uniform(gn->bias.shape(), gen, -0.3, 0.3));
     } else if (auto* a = dynamic_cast<nn::MultiheadAttention*>(m.get())) {
       a->in_proj_bias.copy_(uniform(a->in_proj_bias.shape(), gen, -0.3, 0.3));
       a->out_proj->bias.copy_(uniform(a->out_proj->bias.shape(), gen, -0.3, 0.3));
@@ -160,6 +163,15 @@ std::vector<Case> cases() {
   auto attn = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
       causal, std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(6 * 8, 4, true, gen)});
   out.push_back({"attention_causal", attn, {6, 8}, {}, {}});
+  // GroupNorm: 2 groups of 3 channels with parameters, then instance norm (6 groups) without.
+  auto groups = std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Conv2d>(2, 6, nn::Conv2dOptions::k(3).p(1), gen),
+      std::make_shared<nn::GroupNorm>(2, 6),
+      std::make_shared<nn::LeakyReLU>(0.2),
+      std::make_shared<nn::GroupNorm>(6, 6, 1e-3, false),
+      std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(6 * 5 * 5, 3, true, gen)});
+  out.push_back({"group_norm", groups, {2, 5, 5}, {0.5}, {0.25}});
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "hpdl/autograd/gradcheck.h"
+#include "hpdl/autograd/node.h"
 #include "hpdl/gan/wgan_gp.h"
 #include "hpdl/ops/ops.h"
 #include "tests/unit/gan/patterns.h"
@@ -106,6 +107,64 @@ TEST(WganGp, PenaltyGradientInConvCriticWeightsMatchesFiniteDifferences) {
   EXPECT_GT(penalty({}).item(), 1e-3);  // not a trivially flat point
 }
 
+// The same through a normalized critic: the penalty's gradient in the critic's
+// weights (GroupNorm's gamma and beta among them) differentiates the recorded
+// backward of group_norm (two groups here; one group, "layer", is the same
+// code with G = 1, checked in tests/unit/ops/test_norm_gradgrad.cpp).
+TEST(WganGp, PenaltyGradientThroughNormalizedCriticMatchesFiniteDifferences) {
+  for (const char* norm : {"group"}) {
+    gan::WganGpOptions o = tiny_options();
+    o.d_features = 2;
+    o.critic_norm = norm;
+    o.critic_groups = 2;
+    Generator gen(3);
+    gan::WganCritic critic(o, gen);
+    ASSERT_TRUE(critic.norm2 != nullptr);
+    EXPECT_EQ(critic.norm2->num_groups, std::string(norm) == "layer" ? 1 : 2);
+    critic.to(DType::f64);
+    {
+      NoGradGuard ng;  // gamma and beta away from 1 and 0
+      critic.norm2->weight.copy_(Tensor::rand({4}, gen, 0.5, 1.5, DType::f64));
+      critic.norm2->bias.copy_(Tensor::rand({4}, gen, -0.5, 0.5, DType::f64));
+    }
+    Tensor real = Tensor::randn({3, 1, 8, 8}, gen, 0, 1, DType::f64);
+    Tensor fake = Tensor::randn({3, 1, 8, 8}, gen, 0, 1, DType::f64);
+    Tensor eps = Tensor::from_vector(std::vector<double>{0.2, 0.5, 0.7}, {3});
+    auto penalty = [&](const std::vector<Tensor>&) {
+      return gan::gradient_penalty([&](const Tensor& x) { return critic(x); }, real, fake, eps, 10.0).penalty;
+    };
+    GradcheckResult r = gradcheck(penalty, critic.parameters());
+    EXPECT_TRUE(r.ok) << norm << ": " << r.message;
+    EXPECT_GT(penalty({}).item(), 1e-3) << norm;
+  }
+}
+
+// A normalized critic scores each sample on its own (what the per-sample penalty
+// needs, and batch norm would break), and a few steps train with a finite penalty.
+TEST(WganGp, NormalizedCriticIsPerSampleAndTrains) {
+  OneThread one_thread;
+  for (const char* norm : {"layer", "group"}) {
+    gan::WganGpOptions o = tiny_options(1);
+    o.critic_norm = norm;
+    gan::WganGp gan(o);
+    Generator gen(5);
+    Tensor a = Tensor::rand({4, 1, 8, 8}, gen, -1, 1), b = a.clone();
+    b.slice(0, 1, 4).copy_(Tensor::rand({3, 1, 8, 8}, gen, -1, 1));  // sample 0 alike, the rest not
+    {
+      NoGradGuard ng;
+      EXPECT_EQ(gan.critic()(a).to_vector<float>()[0], gan.critic()(b).to_vector<float>()[0]) << norm;
+    }
+    const std::vector<float> before = gan.critic().norm2->weight.to_vector<float>();
+    int64_t finite = 0;
+    gan::train_wgan_gp(gan, test::four_patterns(), 3, [&](int64_t, const gan::WganGpStepStats& st) {
+      finite += std::isfinite(st.penalty) && std::isfinite(st.critic_loss) && std::isfinite(st.grad_norm) &&
+                std::isfinite(st.g_loss) && st.penalty > 0;
+    });
+    EXPECT_EQ(finite, 3) << norm;
+    EXPECT_NE(gan.critic().norm2->weight.to_vector<float>(), before) << norm;  // gamma trained
+  }
+}
+
 // n_critic = 5 critic steps per generator step, Adam(1e-4, 0, 0.9), lambda 10,
 // 300 generator steps on four 8x8 patterns (12 s on one loaded core). Measured
 // (seed 1): the critic's mean input-gradient norm goes from 0.08 to 1.24 (mean
@@ -174,6 +233,12 @@ TEST(WganGp, BadInputIsNamed) {
   o = tiny_options();
   o.image_size = 6;
   EXPECT_TRUE(contains(error_of([&] { gan::WganGp g(o); }), "image_size"));
+  o = tiny_options();
+  o.critic_norm = "batch";
+  EXPECT_TRUE(contains(error_of([&] { gan::WganGp g(o); }), "critic_norm must be none, layer or group, got 'batch'"));
+  o.critic_norm = "group";
+  o.critic_groups = 5;
+  EXPECT_TRUE(contains(error_of([&] { gan::WganGp g(o); }), "critic_groups = 5"));
   auto critic = [](const Tensor& x) { return sum(x, {1, 2, 3}); };
   Tensor real = Tensor::ones({2, 1, 4, 4}), fake = Tensor::zeros({2, 1, 4, 4});
   std::string m = error_of([&] { gan::gradient_penalty(critic, real, fake, Tensor::ones({3}), 10); });
