@@ -14,6 +14,20 @@ Tensor autograd_add(const Tensor& a, const Tensor& b);
 
 namespace {
 
+thread_local const std::vector<Edge>* t_capture = nullptr;
+
+// Sets t_capture for one run; nested runs (a node that runs a backward of its own) restore it.
+class CaptureScope {
+ public:
+  explicit CaptureScope(const std::vector<Edge>* edges) : prev_(t_capture) { t_capture = edges; }
+  ~CaptureScope() { t_capture = prev_; }
+  CaptureScope(const CaptureScope&) = delete;
+  CaptureScope& operator=(const CaptureScope&) = delete;
+
+ private:
+  const std::vector<Edge>* prev_;
+};
+
 struct Task {
   Node* node;
   bool operator<(const Task& o) const { return node->sequence < o.node->sequence; }
@@ -58,6 +72,7 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_o
   HPDL_CHECK(grad_outputs.empty() || grad_outputs.size() == roots.size(),
              "backward: {} gradients given for {} outputs", grad_outputs.size(), roots.size());
   EnableGradGuard mode(create_graph);
+  CaptureScope capture_scope(capture);
   GraphRun run;
   std::vector<std::shared_ptr<Node>> root_nodes;
   std::vector<Edge> root_edges;
@@ -117,6 +132,8 @@ void execute(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_o
 }
 
 }  // namespace
+
+const std::vector<Edge>* current_capture_edges() { return t_capture; }
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_outputs, bool retain_graph,
                   bool create_graph) {

@@ -21,4 +21,10 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
                          const std::vector<Tensor>& grad_outputs = {}, bool retain_graph = false,
                          bool create_graph = false, bool allow_unused = false);
 
+// The gradient edges the innermost grad() now running on this thread
+// captures; null outside the engine and under backward(). A node whose
+// backward runs a nested backward (checkpoint) needs it to tell the two apart:
+// grad() must leave every leaf's .grad alone.
+const std::vector<Edge>* current_capture_edges();
+
 }  // namespace hpdl

@@ -4,8 +4,10 @@
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/nn/init.h"
+#include "hpdl/ops/checkpoint.h"
 #include "hpdl/ops/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -167,19 +169,20 @@ Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu, const Tensor& re
   // broadcasts and promotes it as for any binary op.
   const bool fuse_res = residual.defined() && residual.shape() == x.shape() && residual.dtype() == x.dtype() &&
                         residual.device() == x.device();
-  Tensor y = synced ? batch_norm_cross_replica(x, weight, bias, running_mean, running_var, cross_replica_sum, momentum,
-                                               eps)
-             : fuse_res ? batch_norm_add_relu(x, residual, weight, bias, running_mean, running_var, is_training(),
-                                              momentum, eps)
-             : fuse_relu && !residual.defined()
-                 ? batch_norm_relu(x, weight, bias, running_mean, running_var, is_training(), momentum, eps)
-                 : batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  // A checkpoint's recompute normalizes with the batch statistics as the forward did, but
+  // without running statistics: they were updated (and the batch counted) once already.
+  const bool recompute = is_training() && checkpoint_recomputing();
+  const Tensor rm = recompute ? Tensor() : running_mean, rv = recompute ? Tensor() : running_var;
+  Tensor y = synced ? batch_norm_cross_replica(x, weight, bias, rm, rv, cross_replica_sum, momentum, eps)
+             : fuse_res ? batch_norm_add_relu(x, residual, weight, bias, rm, rv, is_training(), momentum, eps)
+             : fuse_relu && !residual.defined() ? batch_norm_relu(x, weight, bias, rm, rv, is_training(), momentum, eps)
+                                                : batch_norm(x, weight, bias, rm, rv, is_training(), momentum, eps);
   if ((synced || !fuse_res) && residual.defined())
     y = add_relu(y, residual);
   else if (synced && fuse_relu)
     y = relu(y);
   // On a GPU the count stays on the device: item() would copy to the host and stall the stream every layer.
-  if (is_training()) backend_for(num_batches_tracked.device()).increment(num_batches_tracked);
+  if (is_training() && !recompute) backend_for(num_batches_tracked.device()).increment(num_batches_tracked);
   return y;
 }
 
@@ -300,8 +303,30 @@ Sequential::Sequential(std::initializer_list<ModulePtr> modules) {
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  for (const auto& [_, m] : children()) h = m->forward(h);
+  if (checkpoint_chunk_ == 0 || !grad_enabled()) {
+    for (const auto& [_, m] : children()) h = m->forward(h);
+    return h;
+  }
+  const auto& kids = children();
+  for (size_t b = 0; b < kids.size(); b += static_cast<size_t>(checkpoint_chunk_)) {
+    // The segment holds its modules (not `this`): the recompute may outlive a caller's handle.
+    std::vector<ModulePtr> group;
+    for (size_t i = b; i < std::min(kids.size(), b + static_cast<size_t>(checkpoint_chunk_)); ++i)
+      group.push_back(kids[i].second);
+    h = checkpoint(
+        [group](const Tensor& in) {
+          Tensor y = in;
+          for (const ModulePtr& m : group) y = m->forward(y);
+          return y;
+        },
+        h);
+  }
   return h;
+}
+
+void Sequential::set_checkpoint_chunk(int64_t k) {
+  HPDL_CHECK(k >= 0, "Sequential: checkpoint chunk must be >= 0 (0: off), got {}", k);
+  checkpoint_chunk_ = k;
 }
 
 Module& Sequential::operator[](size_t i) const {

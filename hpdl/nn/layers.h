@@ -284,6 +284,15 @@ class Sequential : public Module {
   std::string type_name() const override { return "Sequential"; }
   size_t size() const { return children().size(); }
   Module& operator[](size_t i) const;
+  // Activation checkpointing (ops/checkpoint.h): with k > 0, forward runs the
+  // children in consecutive groups of k, each group one checkpointed segment
+  // (its activations recomputed in backward); 0 (the default) turns it off.
+  // Names, parameters and outputs do not change. Throws for a negative k.
+  void set_checkpoint_chunk(int64_t k);
+  int64_t checkpoint_chunk() const { return checkpoint_chunk_; }
+
+ private:
+  int64_t checkpoint_chunk_ = 0;
 };
 
 }  // namespace hpdl::nn

@@ -7,6 +7,7 @@
 // Dropout (Srivastava et al. 2014, "inverted" scaling) multiplies by a mask.
 #include "hpdl/ops/activation.h"
 
+#include "hpdl/ops/checkpoint.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/op_impl.h"
 #include "hpdl/ops/reduce.h"
@@ -55,6 +56,7 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   if (p == 1.0) return mul(x, 0.0);
   // keep = u >= p with u uniform in [0, 1) from (seed, counter): the same mask
   // for any number of threads. Scaled by 1/(1-p) so the expectation is x.
+  checkpoint_note_generator(gen);  // a checkpointed segment replays this draw in its recompute
   Tensor mask;
   {
     NoGradGuard ng;

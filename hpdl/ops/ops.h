@@ -4,6 +4,7 @@
 #include "hpdl/ops/activation.h"
 #include "hpdl/ops/attention.h"
 #include "hpdl/ops/autocast.h"
+#include "hpdl/ops/checkpoint.h"
 #include "hpdl/ops/conv.h"
 #include "hpdl/ops/elementwise.h"
 #include "hpdl/ops/embedding.h"

@@ -70,6 +70,7 @@ std::vector<Key> bind(Config& c) {
       {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},
       {"train.pipeline_schedule", &t.pipeline_schedule},
       {"train.tensor_parallel", &t.tensor_parallel},
+      {"train.activation_checkpointing", &t.activation_checkpointing},
   };
 }
 
@@ -519,6 +520,29 @@ void validate(const Config& c, const std::string& src) {
   }
 }
 
+namespace {
+
+// train.activation_checkpointing: the combinations that cannot work, refused by name.
+void validate_activation_checkpointing(const Config& c, const std::string& src) {
+  const TrainConfig& t = c.train;
+  if (!t.activation_checkpointing) return;
+  auto refuse = [&](bool on, const std::string& key, const char* why) {
+    HPDL_CHECK(!on, "{}: train.activation_checkpointing = true cannot be combined with {}: {}; set one of them off",
+               src, key, why);
+  };
+  refuse(c.model.name == "lstm" || c.model.name == "gru", fmt::format("model.name = \"{}\"", c.model.name),
+         "the recurrent stack is one fused layer with nothing to split into segments");
+  refuse(t.pipeline_stages > 1, fmt::format("train.pipeline_stages = {}", t.pipeline_stages),
+         "a pipeline stage keeps its micro-batches' activations by design (use fewer micro-batches instead)");
+  refuse(t.tensor_parallel > 1, fmt::format("train.tensor_parallel = {}", t.tensor_parallel),
+         "the encoder layers are replaced by their tensor-parallel slices, whose collectives would run again in "
+         "the recompute");
+  refuse(t.sync_batchnorm, "train.sync_batchnorm = true",
+         "the recompute would exchange the batch statistics a second time, inside backward");
+}
+
+}  // namespace
+
 Config parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {
   toml::table t;
   try {
@@ -532,6 +556,7 @@ Config parse_config(const std::string& text, const std::string& source, const st
   walk(c, t, "", source, keys, paths_of(keys));
   for (auto& o : overrides) apply_override(c, o);
   validate(c, overrides.empty() ? source : source + " (with --set overrides)");
+  validate_activation_checkpointing(c, overrides.empty() ? source : source + " (with --set overrides)");
   return c;
 }
 

@@ -187,6 +187,13 @@ struct TrainConfig {
   // scaling and GPU ranks, and when it does not divide model.heads or the
   // feed-forward width.
   int64_t tensor_parallel = 1;
+  // Activation checkpointing (ops/checkpoint.h): each residual block (resnet*),
+  // encoder layer (vit) or about sqrt(n) layers of a flat model (mlp, lenet5,
+  // alexnet_bn, vgg*_bn, custom) keeps only its input; its activations are
+  // recomputed in backward. Same losses and gradients, less memory, about one
+  // more forward per step. Refused for lstm/gru and with pipeline_stages > 1,
+  // tensor_parallel > 1 and sync_batchnorm.
+  bool activation_checkpointing = false;
 };
 
 struct Config {

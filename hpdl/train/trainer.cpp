@@ -695,6 +695,10 @@ TrainSummary Trainer::run(bool resume) {
   nn::ModulePtr model = build_model(cfg, sample);
   model->to(device);
   model->train();
+  if (cfg.train.activation_checkpointing) {  // the config refused the combinations it cannot take
+    const std::string segments = nn::models::enable_activation_checkpointing(*model);
+    if (root) std::fprintf(log, "hpdl: activation checkpointing: %s\n", segments.c_str());
+  }
   const int64_t model_parameters = model->num_parameters();
   // With pipeline stages, `model` becomes this rank's stage (the model's layers it holds, under the
   // model's names); the pipeline owns it, and the other stages' layers are freed here.

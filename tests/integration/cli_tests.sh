@@ -209,6 +209,28 @@ elastic_resume_np2_to_np1)
   grep -q "resumed from" resume.log || fail "no resume"
   grep -q '"steps": 15' run/summary.json || fail "did not continue to step 15"
   ;;
+activation_checkpointing_same_metrics)
+  # train.activation_checkpointing recomputes each residual block / encoder layer in backward: the
+  # same losses, accuracies and learning rates, step for step, bit for bit (timings stripped).
+  strip() { sed -E 's/"(data_wait_s|samples_per_s|seconds)":[^,}]*,?//g' "$1"; }
+  for model in resnet20 vit; do
+    for ck in false true; do
+      "$hpdl" train "$ex/fashion_mnist/$model.toml" "${small[@]}" --set train.log_every=1 --set train.max_steps=6 \
+        --set data.batch_size=16 --set train.activation_checkpointing=$ck --set train.run_dir=${model}_$ck \
+        >${model}_$ck.log 2>&1 || fail "$model activation_checkpointing=$ck failed: $(tail -3 ${model}_$ck.log)"
+    done
+    grep -q "activation checkpointing: .* segments" ${model}_true.log || fail "$model: no segments logged"
+    # Step and epoch records only: the summary's memory figures are meant to differ.
+    strip ${model}_false/metrics.jsonl | grep -v '"type":"summary"' >plain
+    strip ${model}_true/metrics.jsonl | grep -v '"type":"summary"' >ckpt
+    [[ $(grep -c '"type":"step"' plain) == 6 ]] && cmp -s plain ckpt || fail "$model metrics differ: $(diff plain ckpt | head -4)"
+  done
+  if "$hpdl" train "$ex/fashion_mnist/lstm.toml" --set train.activation_checkpointing=true >lstm.log 2>&1; then
+    fail "activation checkpointing of an lstm was accepted"
+  fi
+  grep -q "train.activation_checkpointing = true cannot be combined with model.name = \"lstm\"" lstm.log \
+    || fail "unclear error: $(tail -3 lstm.log)"
+  ;;
 metrics_independent_of_log_every)
   # Loss and accuracy stay on the device between log steps (read every train.log_every steps, and
   # at the epoch's end). What is logged must not depend on how often: the epoch's sums, the step

@@ -102,4 +102,14 @@ std::vector<std::string> model_names();
 // config the model cannot take (naming the field).
 ModulePtr make_model(const std::string& name, const ModelConfig& config);
 
+// Activation checkpointing for a zoo model (Sequential::set_checkpoint_chunk):
+// every Sequential whose children are all residual blocks (BasicBlock,
+// Bottleneck: resnet18/20/50) or encoder layers (TransformerEncoderLayer: vit)
+// checkpoints each child; a model that is a flat Sequential of layers (mlp,
+// lenet5, alexnet_bn, vgg*_bn, custom) runs as ceil(n / k) segments of
+// k = ceil(sqrt(n)) layers (Chen et al. 2016: sqrt(n) segments of sqrt(n)).
+// Returns a one-line description ("9 segments: each residual block").
+// Throws for a model with neither (lstm, gru: one fused recurrent layer).
+std::string enable_activation_checkpointing(Module& model);
+
 }  // namespace hpdl::nn::models

@@ -432,5 +432,27 @@ TEST(Config, ValidationHoldsOutTheLastTrainingSamples) {
   EXPECT_NE(e.find("data.validation must be >= 0"), std::string::npos) << e;
 }
 
+// train.activation_checkpointing: off by default, read back from the resolved config, and refused
+// (naming both keys) where the recompute cannot work.
+TEST(Config, ActivationCheckpointingKeyAndRefusals) {
+  EXPECT_FALSE(parse_config("", "c.toml").train.activation_checkpointing);
+  Config c = parse_config("[model]\nname = \"resnet20\"\n[train]\nactivation_checkpointing = true\n", "c.toml");
+  EXPECT_TRUE(c.train.activation_checkpointing);
+  EXPECT_TRUE(parse_config(to_toml(c), "r.toml").train.activation_checkpointing);
+  const std::pair<const char*, const char*> refused[] = {
+      {"[model]\nname = \"gru\"\n", "model.name = \"gru\""},
+      {"[train]\npipeline_stages = 2\n", "train.pipeline_stages = 2"},
+      {"[model]\nname = \"vit\"\n[train]\ntensor_parallel = 2\n", "train.tensor_parallel = 2"},
+      {"[train]\nsync_batchnorm = true\n", "train.sync_batchnorm = true"},
+  };
+  for (auto [toml, key] : refused) {
+    std::string text = std::string(toml) + (std::string(toml).find("[train]") == std::string::npos ? "[train]\n" : "") +
+                       "activation_checkpointing = true\n";
+    std::string err = error_of([&] { parse_config(text, "c.toml"); });
+    EXPECT_NE(err.find(std::string("c.toml: train.activation_checkpointing = true cannot be combined with ") + key),
+              std::string::npos) << err;
+  }
+}
+
 }  // namespace
 }  // namespace hpdl::train
