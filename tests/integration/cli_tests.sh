@@ -111,6 +111,26 @@ train_short)
   grep -q '"type":"step"' run/metrics.jsonl || fail "no step records in metrics.jsonl"
   ls run/checkpoints/step-0000000020.safetensors >/dev/null || fail "no final checkpoint"
   ;;
+earlier_run_refused)
+  # A fresh run into a run_dir holding checkpoints would overwrite and prune them: refused, the
+  # earlier run untouched; train.overwrite = true starts over with that run's files removed.
+  args=("$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.run_dir=run)
+  "$hpdl" train "${args[@]}" --set train.max_steps=4 >first.log 2>&1 || fail "first run failed: $(tail -3 first.log)"
+  cp run/metrics.jsonl first.jsonl
+  "$hpdl" train "${args[@]}" --set train.max_steps=3 >out 2>err && fail "a second fresh run into the same run_dir was accepted"
+  grep -q "train.run_dir = 'run' already holds 1 checkpoint(s) of an earlier run (newest step-0000000004.json)" err \
+    || fail "the refusal does not name the run and its checkpoint: $(cat err)"
+  grep -q -- "--resume run" err || fail "the refusal does not say how to continue: $(cat err)"
+  cmp first.jsonl run/metrics.jsonl || fail "the refused run changed metrics.jsonl"
+  [[ -f run/checkpoints/step-0000000004.safetensors ]] || fail "the refused run removed the earlier checkpoint"
+  "$hpdl" train "${args[@]}" --set train.max_steps=3 --set train.overwrite=true >over.log 2>&1 \
+    || fail "train.overwrite=true failed: $(tail -3 over.log)"
+  [[ ! -e run/checkpoints/step-0000000004.json ]] || fail "train.overwrite left the earlier run's checkpoint"
+  [[ -f run/checkpoints/step-0000000003.safetensors ]] || fail "no checkpoint of the new run"
+  [[ $(grep -c '"type":"step"' run/metrics.jsonl) -eq $(grep -c '"step":[1-3],' run/metrics.jsonl) ]] \
+    || fail "metrics.jsonl still holds the earlier run's steps: $(cat run/metrics.jsonl)"
+  "$hpdl" train --resume run --set train.max_steps=5 >resume.log 2>&1 || fail "--resume was refused: $(tail -3 resume.log)"
+  ;;
 kill9_resume_bitwise)
   args=("$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=150 --set train.checkpoint_every_steps=10)
   "$hpdl" train "${args[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed"
