@@ -172,7 +172,7 @@ TEST(Safetensors, LoadsInPyTorch) {
   t["i"] = Tensor::from_vector<int64_t>({7, -8}, {2});
   t["h"] = Tensor::from_vector<float>({1.5f, 2.5f, -1.0f}, {3}).to(DType::f16);
   io::save_safetensors(p, t);
-  fs::path script = fs::path(__FILE__).parent_path() / "read_safetensors.py";
+  fs::path script = fs::path(HPDL_TEST_SOURCE_DIR) / "read_safetensors.py";
   std::string cmd = "/usr/bin/python3 " + script.string() + " " + p.string() + " > " + (d / "out.txt").string();
   const int rc = std::system(cmd.c_str());
   if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77)

@@ -508,19 +508,24 @@ TEST(Ops, SoftmaxSecondDerivativeMatchesFiniteDifferences) {
   EXPECT_TRUE(r.ok) << r.message;
 }
 
-// conv2d and pooling have recorded backwards now (test_gradgrad.cpp); layer
-// norm's fused backward is still first-order only.
+// conv2d, pooling and the norms have recorded backwards now (test_gradgrad.cpp,
+// test_norm_gradgrad.cpp); the recurrent kernels (lstm, gru) are still first-order only.
 TEST(Ops, FusedBackwardRefusesCreateGraphAndSaysWhy) {
-  Tensor x = Tensor::rand({2, 4}, default_generator(), -1, 1, DType::f64).set_requires_grad();
-  Tensor gamma = Tensor::ones({4}, DType::f64), beta = Tensor::zeros({4}, DType::f64);
-  Tensor y = sum(square(layer_norm(x, gamma, beta)));
+  Generator gen(4);
+  const int64_t I = 2, H = 3;
+  Tensor x = Tensor::rand({2, 1, I}, gen, -1, 1, DType::f64).set_requires_grad();  // [T, N, I]
+  std::vector<Tensor> w{Tensor::rand({3 * H, I}, gen, -0.5, 0.5, DType::f64),
+                        Tensor::rand({3 * H, H}, gen, -0.5, 0.5, DType::f64), Tensor::zeros({3 * H}, DType::f64),
+                        Tensor::zeros({3 * H}, DType::f64)};
+  Tensor y = sum(square(gru(x, w).output));
   try {
     grad({y}, {x}, {}, false, true);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("layer_norm"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("gru"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("first-order"), std::string::npos) << e.what();
   }
+}
 }
 
 // ---- errors name the op, the shapes, the dtype, the device ----
