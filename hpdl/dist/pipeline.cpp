@@ -58,21 +58,14 @@ Tensor decode(const std::vector<uint8_t>& msg, const char* what, int from) {
 }
 
 // A stage: the model's layers [lo, hi), registered under their names in the
-// model so that parameter names (and state dicts) match the whole model's.
-class Stage : public nn::Module {
+// model so that parameter names (and state dicts) match the whole model's. A
+// Sequential, so activation checkpointing can cut it into segments
+// (set_checkpoint_chunk): each micro-batch's forward then records one
+// checkpoint node per segment, replayed in that micro-batch's backward.
+class Stage : public nn::Sequential {
  public:
-  void add(const std::string& name, nn::ModulePtr m) {
-    layers_.push_back(register_module(name, std::move(m)));
-  }
-  Tensor forward(const Tensor& x) override {
-    Tensor h = x;
-    for (auto& m : layers_) h = m->forward(h);
-    return h;
-  }
+  void add(const std::string& name, nn::ModulePtr m) { register_module(name, std::move(m)); }
   std::string type_name() const override { return "PipelineStage"; }
-
- private:
-  std::vector<nn::ModulePtr> layers_;
 };
 
 }  // namespace

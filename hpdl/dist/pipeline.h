@@ -122,7 +122,13 @@ class Pipeline {
   Tensor forward(const Tensor& input);
 
   // This rank's layers as one module (train/eval, zero_grad, parameters for
-  // the optimizer, state_dict with the model's names).
+  // the optimizer, state_dict with the model's names). It is an
+  // nn::Sequential: activation checkpointing (set_checkpoint_chunk, or
+  // models::enable_activation_checkpointing on it) cuts the stage's layers
+  // into segments, checkpointed per micro-batch. Each micro-batch's nodes keep
+  // their own dropout generator states, so with 1F1B (several micro-batches'
+  // nodes alive at once) every recompute draws its own forward's masks, and
+  // batch norm updates its running statistics in the forward only (M times).
   nn::Module& stage() { return *stage_; }
   int stage_index() const { return stage_index_; }
   int num_stages() const { return static_cast<int>(bounds_.size()) - 1; }

@@ -532,11 +532,9 @@ void validate_activation_checkpointing(const Config& c, const std::string& src) 
   };
   refuse(c.model.name == "lstm" || c.model.name == "gru", fmt::format("model.name = \"{}\"", c.model.name),
          "the recurrent stack is one fused layer with nothing to split into segments");
-  refuse(t.pipeline_stages > 1, fmt::format("train.pipeline_stages = {}", t.pipeline_stages),
-         "a pipeline stage keeps its micro-batches' activations by design (use fewer micro-batches instead)");
-  refuse(t.tensor_parallel > 1, fmt::format("train.tensor_parallel = {}", t.tensor_parallel),
-         "the encoder layers are replaced by their tensor-parallel slices, whose collectives would run again in "
-         "the recompute");
+  // Pipeline stages and tensor parallelism take it (design decision 67): each stage checkpoints its
+  // own layers per micro-batch; each tensor-parallel encoder layer is one segment whose recompute
+  // re-runs its forward allreduce inside backward, in the same order on every rank of the group.
   refuse(t.sync_batchnorm, "train.sync_batchnorm = true",
          "the recompute would exchange the batch statistics a second time, inside backward");
 }

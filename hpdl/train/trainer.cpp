@@ -695,7 +695,9 @@ TrainSummary Trainer::run(bool resume) {
   nn::ModulePtr model = build_model(cfg, sample);
   model->to(device);
   model->train();
-  if (cfg.train.activation_checkpointing) {  // the config refused the combinations it cannot take
+  // The config refused the combinations it cannot take; a pipeline stage and a tensor-parallel
+  // vit are cut into segments below, once they exist.
+  if (cfg.train.activation_checkpointing && !pipelined && !tensor_parallel) {
     const std::string segments = nn::models::enable_activation_checkpointing(*model);
     if (root) std::fprintf(log, "hpdl: activation checkpointing: %s\n", segments.c_str());
   }
@@ -744,6 +746,22 @@ TrainSummary Trainer::run(bool resume) {
       std::fprintf(log, "hpdl: tensor parallel: groups of %d rank(s) x %d replica(s); %lld of the model's %lld "
                    "parameters per rank\n", tp, replicas, static_cast<long long>(model->num_parameters()),
                    static_cast<long long>(model_parameters));
+  }
+  // Activation checkpointing with pipeline stages or tensor parallelism (design decision 67): each
+  // stage cuts its own layers into segments (checkpointed micro-batch by micro-batch); each
+  // tensor-parallel encoder layer is one segment, whose recompute re-runs its forward allreduce in
+  // backward, in the same layer order on every rank of the group.
+  if (cfg.train.activation_checkpointing && (pipelined || tensor_parallel)) {
+    std::string segments;
+    if (pipelined) {
+      segments = fmt::format("stage {}: {}", pipeline->stage_index(),
+                             nn::models::enable_activation_checkpointing(pipeline->stage()));
+    } else {
+      auto& pvit = dynamic_cast<dist::ParallelVisionTransformer&>(*model);
+      pvit.blocks->set_checkpoint_chunk(1);
+      segments = fmt::format("{} segments: each tensor-parallel encoder layer", pvit.blocks->size());
+    }
+    if (root) std::fprintf(log, "hpdl: activation checkpointing: %s\n", segments.c_str());
   }
   const int64_t global_batch = cfg.data.batch_size * replicas * accum;
   auto ocfg = optimizer_config(cfg.optimizer, global_batch);
@@ -1283,6 +1301,10 @@ TrainSummary Trainer::run(bool resume) {
                    shard_grads ? " (sharded)" : "", fmt::format("{:.2f}", fmt::join(mib(peak_grad_bytes, 1), ", ")).c_str(),
                    fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
   }
+  // Peak tensor memory of every rank (-1 where the device keeps no count): what activation
+  // checkpointing saves differs by pipeline stage, so rank 0's figure alone does not tell it.
+  const std::vector<double> peak_tensor_mb =
+      comm.allgather(Tensor::from_vector<double>({summary.peak_tensor_memory_mb}, {1})).to_vector<double>();
   if (trace.enabled()) {
     trace.write(run_dir / fmt::format("trace.rank{}.json", rank));
     comm.barrier();
@@ -1305,6 +1327,7 @@ TrainSummary Trainer::run(bool resume) {
     s["device"] = device.str();
     s["optimizer_state_bytes_per_rank"] = state_bytes;
     s["peak_rss_mb_per_rank"] = mib(peak_rss_kb, 1024);
+    s["peak_tensor_memory_mb_per_rank"] = peak_tensor_mb;
     s["shard_optimizer"] = shard_optimizer;
     s["zero_stage"] = shard_grads ? 2 : shard_optimizer ? 1 : 0;
     s["grad_bytes_per_rank"] = grad_bytes;

@@ -12,6 +12,7 @@
 # refuse by name what it does not support.
 # With train.tensor_parallel (a vit's encoder layers split over groups of ranks) it must follow the
 # one-process (or data-parallel) loss curve, and its checkpoints must resume at any group size.
+# With train.activation_checkpointing, a pipeline and a tensor-parallel run train bit for bit as without.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -90,6 +91,18 @@ PY
 tiny_vit="--set model.patch_size=7 --set model.dim=16 --set model.depth=2 --set model.heads=2 --set optimizer.name=sgd
   --set optimizer.lr=0.05 --set optimizer.momentum=0.9 --set optimizer.weight_decay=0 --set schedule.name=constant
   --set schedule.warmup_epochs=0"
+
+# same_steps_and_checkpoint RUN_A RUN_B STEPS: the two runs' step records are identical but for
+# timings (STEPS of them), and their last checkpoints (step STEPS) hold the same bytes.
+same_steps_and_checkpoint() {
+  local strip='s/"(data_wait_s|samples_per_s|seconds)":[^,}]*,?//g'
+  sed -E "$strip" "$1/metrics.jsonl" | grep '"type":"step"' >"$1.steps"
+  sed -E "$strip" "$2/metrics.jsonl" | grep '"type":"step"' >"$2.steps"
+  [[ $(wc -l <"$1.steps") == "$3" ]] || { echo "$1: $(wc -l <"$1.steps") step records, expected $3"; return 1; }
+  cmp -s "$1.steps" "$2.steps" || { diff "$1.steps" "$2.steps" | head -4; return 1; }
+  local ck; ck=checkpoints/step-$(printf %010d "$3").safetensors
+  cmp "$1/$ck" "$2/$ck"
+}
 
 case $case_name in
 bench_scaling_np1)
@@ -499,6 +512,47 @@ train_tp_refused_np2)
   grep -q "train.tensor_parallel = 4 does not divide the 2 rank(s) of this run" log || fail "unclear error: $(tail -3 log)"
   try "$ex/fashion_mnist/mlp.toml" --set train.tensor_parallel=2 && fail "a tensor-parallel MLP was accepted"
   grep -q 'train.tensor_parallel = 2 cannot be combined with model.name = "mlp"' log || fail "unclear error: $(tail -3 log)"
+  ;;
+train_pipeline_ckpt_np2)
+  # train.activation_checkpointing in a 2-stage 1F1B pipeline of 4 micro-batches: a small custom CNN
+  # with batch norm and dropout on stage 0 (layers 0-6; its backward of micro-batch m recomputes after
+  # micro-batch m+1's forward has drawn its dropout masks) and dropout on stage 1 too. The same step
+  # records bit for bit, the same checkpoint bytes (weights, running statistics, generators).
+  { printf '[data]\ndataset = "fashion-mnist"\n[model]\nname = "custom"\n'
+    for l in 'type = "conv2d"\nout_channels = 8\nkernel_size = 3\npadding = 1\nbias = false' \
+             'type = "batchnorm2d"' 'type = "relu"' 'type = "dropout"\np = 0.2' 'type = "maxpool2d"\nkernel_size = 2' \
+             'type = "conv2d"\nout_channels = 16\nkernel_size = 3\npadding = 1' 'type = "batchnorm2d"' 'type = "relu"' \
+             'type = "maxpool2d"\nkernel_size = 2' 'type = "flatten"' 'type = "dropout"\np = 0.3' \
+             'type = "linear"\nout_features = 32' 'type = "relu"' 'type = "linear"\nout_features = 10'; do
+      printf '[[model.layers]]\n%b\n' "$l"
+    done
+    printf '[optimizer]\nname = "sgd"\nlr = 0.05\nmomentum = 0.9\n[train]\nseed = 3\n'; } >cnn.toml
+  for ck in false true; do
+    "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train cnn.toml \
+      --set train.pipeline_stages=2 --set train.micro_batches=4 --set train.pipeline_schedule=1f1b \
+      --set data.batch_size=16 --set data.workers=1 --set train.log_every=1 --set train.max_steps=6 \
+      --set train.activation_checkpointing=$ck --set train.run_dir=run_$ck >log_$ck 2>&1 \
+      || fail "activation_checkpointing=$ck failed: $(tail -5 log_$ck)"
+  done
+  grep -q "stages begin at layers 0, 7 of 14" log_true || fail "unexpected stages: $(head -3 log_true)"
+  grep -q "activation checkpointing: stage 0: 3 segments of up to 3 of the model's 7 layers" log_true \
+    || fail "no segments line: $(head -5 log_true)"
+  same_steps_and_checkpoint run_false run_true 6 || fail "checkpointing changed the pipeline's training"
+  ;;
+train_tp_ckpt_np2)
+  # train.activation_checkpointing with tensor_parallel = 2 (the tiny vit): each encoder layer slice is
+  # one segment whose recompute runs its forward allreduce again in backward. Same step records bit
+  # for bit, same checkpoint bytes. (The vit of `hpdl train` has no dropout; the per-rank dropout
+  # replay is TensorParallel.CheckpointedEncoderLayersMatchBitwise in test_tensor_parallel.cpp.)
+  for ck in false true; do
+    "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" $tiny_vit \
+      --set train.tensor_parallel=2 --set data.batch_size=16 --set data.workers=1 \
+      --set train.log_every=1 --set train.max_steps=6 --set train.activation_checkpointing=$ck \
+      --set train.run_dir=run_$ck >log_$ck 2>&1 || fail "activation_checkpointing=$ck failed: $(tail -5 log_$ck)"
+  done
+  grep -q "activation checkpointing: 2 segments: each tensor-parallel encoder layer" log_true \
+    || fail "no segments line: $(head -5 log_true)"
+  same_steps_and_checkpoint run_false run_true 6 || fail "checkpointing changed tensor-parallel training"
   ;;
 *) fail "unknown case" ;;
 esac

@@ -6,7 +6,9 @@
 // one-process model; the differentiable collectives pass a finite-difference
 // gradcheck; a vit with split encoder layers computes the one-process loss and
 // its AdamW state gathers to the one-process optimizer's and slices back
-// bitwise; bad sizes raise errors naming the layer, the size and P.
+// bitwise; checkpointed encoder layers (recompute with the forward allreduce
+// and per-rank dropout masks) match the uncheckpointed ones bitwise; bad sizes
+// raise errors naming the layer, the size and P.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -254,6 +256,67 @@ TEST(TensorParallel, ParallelEncoderLayerMatchesTransformerEncoderLayer) {
                         norm_first ? "ParallelTransformerEncoderLayer (pre-norm)"
                                    : "ParallelTransformerEncoderLayer (post-norm)");
     }
+}
+
+// Activation checkpointing of tensor-parallel encoder layers (each layer one segment): the
+// recompute runs the layer's forward allreduce again inside backward, and must draw the same
+// per-rank dropout masks (attention, split hidden activation) as the forward did. Two
+// micro-batches in 1F1B order (both forwards, then both backwards: micro-batch 0's recompute
+// comes after micro-batch 1 has drawn its masks) give the outputs, input gradients, parameter
+// gradients and generator states of the uncheckpointed stack, bit for bit.
+TEST(TensorParallel, CheckpointedEncoderLayersMatchBitwise) {
+  const int64_t H = 2 * W().size(), E = 2 * H;
+  auto build = [&] {
+    Generator g(41);
+    nn::TransformerEncoderLayerOptions o;
+    o.dim_feedforward = 4 * W().size();
+    o.dropout = 0.3;
+    auto stack = std::make_shared<nn::Sequential>();
+    for (int i = 0; i < 2; ++i) {
+      o.seed = 5 + static_cast<uint64_t>(i);
+      nn::TransformerEncoderLayer full(E, H, o, g);
+      stack->push_back(std::make_shared<ParallelTransformerEncoderLayer>(full, W()));
+    }
+    stack->train();
+    return stack;
+  };
+  auto plain = build(), ckpt = build();
+  ckpt->set_checkpoint_chunk(1);
+  Generator gx(42);
+  std::vector<Tensor> xs, ws;
+  for (int m = 0; m < 2; ++m) xs.push_back(Tensor::randn({2, 3, E}, gx)), ws.push_back(Tensor::randn({2, 3, E}, gx));
+  auto run = [&](nn::Sequential& net, std::vector<Tensor>& outs, std::vector<Tensor>& dxs) {
+    std::vector<Tensor> in, loss;
+    for (int m = 0; m < 2; ++m) {
+      in.push_back(xs[m].detach());
+      in[m].set_requires_grad(true);
+      outs.push_back(net.forward(in[m]));
+      loss.push_back(sum(mul(outs[m], ws[m])));
+    }
+    for (int m = 0; m < 2; ++m) loss[m].backward(), dxs.push_back(in[m].grad());
+  };
+  std::vector<Tensor> y_plain, y_ckpt, dx_plain, dx_ckpt;
+  run(*plain, y_plain, dx_plain);
+  run(*ckpt, y_ckpt, dx_ckpt);
+  for (int m = 0; m < 2; ++m) {
+    EXPECT_EQ(y_ckpt[m].to_vector<float>(), y_plain[m].to_vector<float>()) << "output of micro-batch " << m;
+    ASSERT_TRUE(dx_ckpt[m].defined()) << m;
+    EXPECT_EQ(dx_ckpt[m].to_vector<float>(), dx_plain[m].to_vector<float>()) << "input gradient of micro-batch " << m;
+  }
+  auto pp = plain->named_parameters(), pc = ckpt->named_parameters();
+  ASSERT_EQ(pp.size(), pc.size());
+  for (size_t i = 0; i < pp.size(); ++i) {
+    ASSERT_TRUE(pc[i].second.grad().defined()) << pc[i].first;
+    EXPECT_EQ(pc[i].second.grad().to_vector<float>(), pp[i].second.grad().to_vector<float>()) << pp[i].first;
+  }
+  auto gp = plain->named_generators(), gc = ckpt->named_generators();
+  ASSERT_EQ(gp.size(), gc.size());
+  for (size_t i = 0; i < gp.size(); ++i)
+    EXPECT_EQ(gc[i].second->offset(), gp[i].second->offset()) << gp[i].first;
+  // Dropout was on: the eval-mode output of micro-batch 0 differs from the training one.
+  NoGradGuard ng;
+  plain->eval();
+  EXPECT_NE(plain->forward(xs[0]).to_vector<float>(), y_plain[0].to_vector<float>());
 }
 
 // An additive float mask [T, T] goes to every rank's heads alike.

@@ -433,7 +433,7 @@ TEST(Config, ValidationHoldsOutTheLastTrainingSamples) {
 }
 
 // train.activation_checkpointing: off by default, read back from the resolved config, and refused
-// (naming both keys) where the recompute cannot work.
+// (naming both keys) where the recompute cannot work; taken with pipeline stages and tensor parallelism.
 TEST(Config, ActivationCheckpointingKeyAndRefusals) {
   EXPECT_FALSE(parse_config("", "c.toml").train.activation_checkpointing);
   Config c = parse_config("[model]\nname = \"resnet20\"\n[train]\nactivation_checkpointing = true\n", "c.toml");
@@ -441,8 +441,6 @@ TEST(Config, ActivationCheckpointingKeyAndRefusals) {
   EXPECT_TRUE(parse_config(to_toml(c), "r.toml").train.activation_checkpointing);
   const std::pair<const char*, const char*> refused[] = {
       {"[model]\nname = \"gru\"\n", "model.name = \"gru\""},
-      {"[train]\npipeline_stages = 2\n", "train.pipeline_stages = 2"},
-      {"[model]\nname = \"vit\"\n[train]\ntensor_parallel = 2\n", "train.tensor_parallel = 2"},
       {"[train]\nsync_batchnorm = true\n", "train.sync_batchnorm = true"},
   };
   for (auto [toml, key] : refused) {
@@ -452,6 +450,23 @@ TEST(Config, ActivationCheckpointingKeyAndRefusals) {
     EXPECT_NE(err.find(std::string("c.toml: train.activation_checkpointing = true cannot be combined with ") + key),
               std::string::npos) << err;
   }
+  // Taken with pipeline stages (each stage checkpoints its own layers) and tensor parallelism
+  // (each encoder layer slice is one segment).
+  Config pipe = parse_config("[model]\nname = \"lenet5\"\n[data]\nbatch_size = 16\n[train]\npipeline_stages = 2\n"
+                             "micro_batches = 4\npipeline_schedule = \"1f1b\"\nactivation_checkpointing = true\n",
+                             "p.toml");
+  EXPECT_TRUE(pipe.train.activation_checkpointing);
+  EXPECT_EQ(pipe.train.pipeline_stages, 2);
+  Config tp = parse_config("[model]\nname = \"vit\"\n[train]\ntensor_parallel = 2\nactivation_checkpointing = true\n",
+                           "t.toml");
+  EXPECT_TRUE(tp.train.activation_checkpointing);
+  EXPECT_EQ(tp.train.tensor_parallel, 2);
+  // sync_batchnorm stays refused, also together with a pipeline.
+  std::string err = error_of([&] {
+    parse_config("[train]\npipeline_stages = 2\nsync_batchnorm = true\nactivation_checkpointing = true\n", "s.toml");
+  });
+  EXPECT_NE(err.find("s.toml: train.pipeline_stages = 2 cannot be combined with train.sync_batchnorm = true"),
+            std::string::npos) << err;
 }
 
 }  // namespace
