@@ -386,6 +386,13 @@ void Pipeline::average_gradients() {
     Tensor dst = p.grad();
     dst.copy_(mul(g, scale));
   }
+  // Buffers (batch norm's running statistics) are not averaged: every replica keeps replica 0's,
+  // one message per step, as DataParallel's broadcast_buffers does, so the replicas stay bitwise
+  // identical (each replica's statistics come from its own shard otherwise).
+  std::vector<std::pair<void*, int64_t>> regions;
+  for (auto& [name, b] : stage_->named_buffers())
+    if (b.device().is_cpu() && b.is_contiguous() && b.nbytes() > 0) regions.emplace_back(b.raw_data(), b.nbytes());
+  if (!regions.empty()) data_comm_->broadcast_regions(regions, 0);
 }
 
 double Pipeline::train_step(const Tensor& input, const Tensor& target, const LossFn& loss) {

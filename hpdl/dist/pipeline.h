@@ -73,7 +73,8 @@ class Pipeline {
   Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
   // Pipeline x data parallelism: this rank's stage of its replica's pipeline
   // (grid.pipeline); after each train_step the stage's gradients are averaged
-  // over the replicas (grid.data, one allreduce per parameter), so with each
+  // over the replicas (grid.data, one allreduce per parameter) and its buffers
+  // (running statistics) broadcast from replica 0, so with each
   // replica given its own shard of the global batch every replica steps like
   // one pipeline on the global batch. train_step returns the global batch's
   // mean loss; errors are raised on every rank of the grid. `grid` must

@@ -331,6 +331,16 @@ train_pipeline_np4)
   grep -q "pipeline: 2 stages x 2 replica(s)" log_b || fail "no grid line: $(head -3 log_b)"
   grep -q "each stage's weights identical in all 2 replicas" log_b || fail "replicas differ: $(tail -5 log_b)"
   compare_curves dp grid 1e-4 || fail "the 2 x 2 grid's loss curve differs from data parallelism"
+  # With batch norm: each replica's running statistics come from its own shard; replica 0's are
+  # kept (as data parallelism keeps rank 0's), so the replicas end identical and match np 2.
+  bn=(--set data.batch_size=16 --set train.max_steps=4 --set train.checkpoint_every_epochs=0)
+  runbn() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train \
+              "$ex/fashion_mnist/custom_cnn.toml" --set data.workers=1 --set train.log_every=1 "${bn[@]}" "${@:2}"; }
+  runbn 2 --set train.run_dir=dp_bn >log_c 2>&1 || fail "data-parallel BN run failed: $(tail -5 log_c)"
+  runbn 4 --set train.pipeline_stages=2 --set train.run_dir=grid_bn >log_d 2>&1 \
+    || fail "2 x 2 pipeline run with batch norm failed: $(tail -5 log_d)"
+  grep -q "each stage's weights identical in all 2 replicas" log_d || fail "BN replicas differ: $(tail -5 log_d)"
+  compare_curves dp_bn grid_bn 1e-4 || fail "the 2 x 2 grid's loss curve with batch norm differs from data parallelism"
   ;;
 train_pipeline_refused_np2)
   # What pipelines cannot do is refused by name, before training.
