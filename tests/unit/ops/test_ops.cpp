@@ -526,7 +526,6 @@ TEST(Ops, FusedBackwardRefusesCreateGraphAndSaysWhy) {
     EXPECT_NE(std::string(e.what()).find("first-order"), std::string::npos) << e.what();
   }
 }
-}
 
 // ---- errors name the op, the shapes, the dtype, the device ----
 
