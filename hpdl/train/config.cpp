@@ -45,7 +45,7 @@ std::vector<Key> bind(Config& c) {
       {"model.name", &m.name}, {"model.num_classes", &m.num_classes}, {"model.in_channels", &m.in_channels},
       {"model.hidden", &m.hidden}, {"model.layers", &m.layers},
       {"model.patch_size", &m.patch_size}, {"model.dim", &m.dim}, {"model.depth", &m.depth}, {"model.heads", &m.heads},
-      {"model.mlp_ratio", &m.mlp_ratio},
+      {"model.mlp_ratio", &m.mlp_ratio}, {"model.dropout", &m.dropout},
       {"optimizer.name", &o.name}, {"optimizer.lr", &o.lr}, {"optimizer.momentum", &o.momentum},
       {"optimizer.nesterov", &o.nesterov}, {"optimizer.weight_decay", &o.weight_decay}, {"optimizer.eta", &o.eta},
       {"optimizer.betas", &o.betas}, {"optimizer.eps", &o.eps}, {"optimizer.lr_scaling", &o.lr_scaling},
@@ -346,6 +346,14 @@ void validate(const Config& c, const std::string& src) {
   positive("model.depth", static_cast<double>(m.depth));
   positive("model.heads", static_cast<double>(m.heads));
   positive("model.mlp_ratio", m.mlp_ratio);
+  if (m.dropout != -1.0) {
+    HPDL_CHECK(m.dropout >= 0 && m.dropout < 1, "{}: model.dropout = {} is not a probability in [0, 1) (or -1 for "
+               "the model's default)", src, m.dropout);
+    const bool has_dropout = m.name == "mlp" || m.name == "alexnet_bn" || m.name == "vgg11_bn" ||
+                             m.name == "vgg16_bn" || m.name == "vit";
+    HPDL_CHECK(has_dropout, "{}: model.dropout = {} but model.name = \"{}\" has no dropout (it applies to mlp, "
+               "alexnet_bn, vgg11_bn, vgg16_bn and vit; a custom model takes dropout layers)", src, m.dropout, m.name);
+  }
   HPDL_CHECK(m.name != "vit" || m.dim % m.heads == 0, "{}: model.dim = {} is not divisible by model.heads = {}", src, m.dim, m.heads);
   HPDL_CHECK(m.name != "custom" || !m.layers.empty(), "{}: model.name = 'custom' needs [[model.layers]] tables", src);
   HPDL_CHECK(m.name == "custom" || m.layers.empty(), "{}: [[model.layers]] is only used with model.name = 'custom' "

@@ -67,6 +67,12 @@ struct ModelConfig {
   // attention heads (dividing dim), feed-forward width / dim.
   int64_t patch_size = 4, dim = 64, depth = 4, heads = 4;
   double mlp_ratio = 2.0;
+  // Dropout probability in [0, 1) for mlp (after each hidden activation),
+  // alexnet_bn and vgg*_bn (the classifier) and vit (attention weights, the
+  // feed-forward and the residual branches); -1: the model's default (0.5 for
+  // alexnet_bn and vgg*_bn, none otherwise). Other models have no dropout
+  // (a custom model takes dropout layers).
+  double dropout = -1.0;
 };
 
 struct OptimizerConfig {

@@ -503,6 +503,7 @@ nn::ModulePtr build_model(const Config& config, const Shape& sample) {
   mc.hidden = config.model.hidden;
   mc.patch_size = config.model.patch_size, mc.dim = config.model.dim, mc.depth = config.model.depth;
   mc.heads = config.model.heads, mc.mlp_ratio = config.model.mlp_ratio;
+  mc.dropout = config.model.dropout;
   mc.seed = config.train.seed;
   return nn::models::make_model(config.model.name, mc);
 }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "hpdl/core/error.h"
+#include "hpdl/nn/layers.h"
 #include "hpdl/train/config.h"
 #include "hpdl/train/trainer.h"
 #include "hpdl/tune/tune.h"
@@ -471,3 +472,30 @@ TEST(Config, ActivationCheckpointingKeyAndRefusals) {
 
 }  // namespace
 }  // namespace hpdl::train
+
+// model.dropout reaches the zoo model (mlp: after each hidden activation; vit: its encoder
+// layers' dropouts), round-trips, and is refused out of range or for a model without dropout.
+TEST(Config, ModelDropoutReachesTheModel) {
+  EXPECT_EQ(parse_config("", "c.toml").model.dropout, -1.0);
+  auto dropouts = [](const Config& c) {
+    std::vector<double> p;
+    for (auto& [name, m] : build_model(c, {1, 28, 28})->named_modules())
+      if (auto* d = dynamic_cast<nn::Dropout*>(m.get())) p.push_back(d->p);
+    return p;
+  };
+  Config mlp = parse_config("[model]\nname = \"mlp\"\ndropout = 0.25\n", "c.toml");
+  EXPECT_EQ(mlp.model.dropout, 0.25);
+  EXPECT_EQ(parse_config(to_toml(mlp), "r.toml").model.dropout, 0.25);
+  EXPECT_EQ(dropouts(mlp), (std::vector<double>{0.25, 0.25}));  // after each of the two hidden layers
+  EXPECT_TRUE(dropouts(parse_config("[model]\nname = \"mlp\"\n", "c.toml")).empty());  // the mlp's default: none
+  Config vit = parse_config("[model]\nname = \"vit\"\ndepth = 2\ndropout = 0.1\n", "v.toml");
+  const std::vector<double> vp = dropouts(vit);
+  ASSERT_FALSE(vp.empty());
+  for (double p : vp) EXPECT_EQ(p, 0.1);
+  for (double p : dropouts(parse_config("[model]\nname = \"vit\"\ndepth = 2\n", "v.toml"))) EXPECT_EQ(p, 0.0);
+  std::string err = error_of([&] { parse_config("[model]\nname = \"mlp\"\ndropout = 1.0\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: model.dropout = 1 is not a probability in [0, 1)"), std::string::npos) << err;
+  err = error_of([&] { parse_config("[model]\nname = \"resnet20\"\ndropout = 0.1\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: model.dropout = 0.1 but model.name = \"resnet20\" has no dropout"), std::string::npos)
+      << err;
+}
