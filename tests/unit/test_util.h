@@ -33,6 +33,8 @@ inline std::string read_text(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
 // what() of the hpdl::Error f throws, or "" when it throws none.
 template <typename F>
 std::string error_of(F&& f) {

@@ -28,7 +28,7 @@ using test::four_patterns;
 using test::OneThread;
 using test::stats_gap;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 // A small DCGAN for 8x8 images: G 16 -> [32, 2, 2] -> [16, 4, 4] -> [1, 8, 8].
 gan::DcganOptions tiny_options(uint64_t seed = 1) {

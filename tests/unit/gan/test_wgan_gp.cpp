@@ -24,7 +24,7 @@ using test::four_patterns;
 using test::OneThread;
 using test::stats_gap;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 double norm_of(const std::vector<double>& v) {
   double s = 0;

@@ -12,6 +12,7 @@
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/random.h"
 #include "hpdl/ops/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace hpdl {
 namespace {
@@ -91,18 +92,10 @@ TEST(BatchedMatmul, SecondDerivativeMatchesFiniteDifferences) {
 }
 
 TEST(BatchedMatmul, BadShapesAreNamed) {
-  auto msg = [](auto f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  std::string m = msg([] { matmul(Tensor::ones({2, 3, 4, 5}), Tensor::ones({3, 3, 5, 2})); });
+  std::string m = test::error_of([] { matmul(Tensor::ones({2, 3, 4, 5}), Tensor::ones({3, 3, 5, 2})); });
   EXPECT_NE(m.find("matmul"), std::string::npos) << m;
   EXPECT_NE(m.find("[2, 3]"), std::string::npos) << m;
-  m = msg([] { matmul(Tensor::ones({2, 3, 4, 5}), Tensor::ones({2, 3, 4, 2})); });
+  m = test::error_of([] { matmul(Tensor::ones({2, 3, 4, 5}), Tensor::ones({2, 3, 4, 2})); });
   EXPECT_NE(m.find("inner dimensions"), std::string::npos) << m;
 }
 
@@ -201,31 +194,23 @@ TEST(Attention, DropoutIsReproducibleAndOffInEval) {
 }
 
 TEST(Attention, BadInputsAreNamed) {
-  auto msg = [](auto f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   Tensor q = Tensor::ones({2, 4, 5}), k = Tensor::ones({2, 6, 5}), v = Tensor::ones({2, 6, 3});
-  std::string m = msg([&] { scaled_dot_product_attention(q, Tensor::ones({2, 6, 4}), v); });
+  std::string m = test::error_of([&] { scaled_dot_product_attention(q, Tensor::ones({2, 6, 4}), v); });
   EXPECT_NE(m.find("feature size"), std::string::npos) << m;
-  m = msg([&] { scaled_dot_product_attention(q, k, Tensor::ones({2, 5, 3})); });
+  m = test::error_of([&] { scaled_dot_product_attention(q, k, Tensor::ones({2, 5, 3})); });
   EXPECT_NE(m.find("same length"), std::string::npos) << m;
   AttentionOptions c;
   c.causal = true;
-  m = msg([&] { scaled_dot_product_attention(q, k, v, c); });
+  m = test::error_of([&] { scaled_dot_product_attention(q, k, v, c); });
   EXPECT_NE(m.find("causal"), std::string::npos) << m;
   AttentionOptions bad;
   bad.attn_mask = Tensor::zeros({4, 5});
-  m = msg([&] { scaled_dot_product_attention(q, k, v, bad); });
+  m = test::error_of([&] { scaled_dot_product_attention(q, k, v, bad); });
   EXPECT_NE(m.find("attn_mask [4, 5]"), std::string::npos) << m;
   AttentionOptions nogen;
   nogen.dropout_p = 0.1;
   nogen.training = true;
-  m = msg([&] { scaled_dot_product_attention(q, k, v, nogen); });
+  m = test::error_of([&] { scaled_dot_product_attention(q, k, v, nogen); });
   EXPECT_NE(m.find("generator"), std::string::npos) << m;
 }
 

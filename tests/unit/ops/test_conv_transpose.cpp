@@ -22,7 +22,7 @@ namespace {
 
 using test::error_of;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 ConvTranspose2dParams params(int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t oph = 0, int64_t opw = 0,
                              int64_t dh = 1, int64_t dw = 1, int64_t groups = 1) {

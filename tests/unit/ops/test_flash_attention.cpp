@@ -16,6 +16,7 @@
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/random.h"
 #include "hpdl/ops/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace hpdl {
 namespace {
@@ -252,26 +253,18 @@ TEST(FlashAttention, AutomaticPicksFusedOnlyWhereItApplies) {
 }
 
 TEST(FlashAttention, BadInputsAreNamed) {
-  auto msg = [](auto f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   Tensor q = Tensor::ones({2, 4, 5}), k = Tensor::ones({2, 6, 5}), v = Tensor::ones({2, 6, 3});
   AttentionOptions o;
   o.key_padding_mask = Tensor::zeros({2, 6});  // float32
-  std::string m = msg([&] { scaled_dot_product_attention(q, k, v, o); });
+  std::string m = test::error_of([&] { scaled_dot_product_attention(q, k, v, o); });
   EXPECT_NE(m.find("key_padding_mask must be uint8"), std::string::npos) << m;
   o.key_padding_mask = Tensor::zeros({3, 6}, DType::u8);
-  m = msg([&] { scaled_dot_product_attention(q, k, v, o); });
+  m = test::error_of([&] { scaled_dot_product_attention(q, k, v, o); });
   EXPECT_NE(m.find("key_padding_mask [3, 6] must be [N, S] = [2, 6]"), std::string::npos) << m;
   AttentionOptions f;
   f.impl = AttentionImpl::fused;
   f.attn_mask = Tensor::zeros({4, 6});
-  m = msg([&] { scaled_dot_product_attention(q, k, v, f); });
+  m = test::error_of([&] { scaled_dot_product_attention(q, k, v, f); });
   EXPECT_NE(m.find("impl = fused does not apply"), std::string::npos) << m;
   EXPECT_NE(m.find("attn_mask"), std::string::npos) << m;
 }

@@ -23,7 +23,7 @@ namespace {
 using test::error_of;
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 Conv2dParams conv_params(int64_t stride, int64_t pad, int64_t dil, int64_t groups) {
   Conv2dParams p;

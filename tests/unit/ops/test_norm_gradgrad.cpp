@@ -27,7 +27,7 @@ namespace {
 using test::error_of;
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 Tensor leaf(const Shape& s, Generator& gen, double lo = -1, double hi = 1) {
   return Tensor::rand(s, gen, lo, hi, DType::f64).set_requires_grad();

@@ -23,7 +23,7 @@ using test::error_of;
 
 constexpr double kPi = 3.14159265358979323846;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 Tensor f64(const std::vector<double>& v, const Shape& shape) { return Tensor::from_vector<double>(v, shape); }
 // A float64 input that gradcheck differentiates.

@@ -26,7 +26,7 @@ namespace {
 
 using test::error_of;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 struct OneThread {
   int before = num_threads();

@@ -20,7 +20,7 @@ namespace {
 
 using test::error_of;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using test::contains;
 
 // ---------------------------------------------------------------- CartPole
 
