@@ -545,7 +545,7 @@ train_pipeline_ckpt_np2)
       || fail "activation_checkpointing=$ck failed: $(tail -5 log_$ck)"
   done
   grep -q "stages begin at layers 0, 7 of 14" log_true || fail "unexpected stages: $(head -3 log_true)"
-  grep -q "activation checkpointing: stage 0: 3 segments of up to 3 of the model's 7 layers" log_true \
+  grep -q "activation checkpointing: stage 0: 3 segments of up to 3 of its 7 layers" log_true \
     || fail "no segments line: $(head -5 log_true)"
   same_steps_and_checkpoint run_false run_true 6 || fail "checkpointing changed the pipeline's training"
   ;;

@@ -40,7 +40,7 @@ std::string enable_activation_checkpointing(Module& model) {
   const auto n = static_cast<int64_t>(top->size());
   const auto k = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
   top->set_checkpoint_chunk(k);
-  return fmt::format("{} segments of up to {} of the model's {} layers", (n + k - 1) / k, k, n);
+  return fmt::format("{} segments of up to {} of its {} layers", (n + k - 1) / k, k, n);
 }
 
 }  // namespace hpdl::nn::models
