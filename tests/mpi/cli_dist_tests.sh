@@ -550,19 +550,30 @@ train_pipeline_ckpt_np2)
   same_steps_and_checkpoint run_false run_true 6 || fail "checkpointing changed the pipeline's training"
   ;;
 train_tp_ckpt_np2)
-  # train.activation_checkpointing with tensor_parallel = 2 (the tiny vit): each encoder layer slice is
-  # one segment whose recompute runs its forward allreduce again in backward. Same step records bit
-  # for bit, same checkpoint bytes. (The vit of `hpdl train` has no dropout; the per-rank dropout
-  # replay is TensorParallel.CheckpointedEncoderLayersMatchBitwise in test_tensor_parallel.cpp.)
+  # train.activation_checkpointing with tensor_parallel = 2 (the tiny vit with model.dropout = 0.1): each
+  # encoder layer slice is one segment whose recompute runs its forward allreduce again in backward and
+  # replays the dropout masks each rank drew. Same step records bit for bit, same checkpoint bytes; a
+  # resume from step 3 (each rank's dropout generators come back from the checkpoint) ends on the same
+  # bytes again; and the dropout-free run differs, so the masks were really drawn.
+  run() { "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$@" $tiny_vit \
+            --set train.tensor_parallel=2 --set data.batch_size=16 --set data.workers=1 --set train.log_every=1 \
+            --set train.max_steps=6 --set train.checkpoint_every_steps=3 --set train.keep_checkpoints=3; }
   for ck in false true; do
-    "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" $tiny_vit \
-      --set train.tensor_parallel=2 --set data.batch_size=16 --set data.workers=1 \
-      --set train.log_every=1 --set train.max_steps=6 --set train.activation_checkpointing=$ck \
+    run "$ex/fashion_mnist/vit.toml" --set model.dropout=0.1 --set train.activation_checkpointing=$ck \
       --set train.run_dir=run_$ck >log_$ck 2>&1 || fail "activation_checkpointing=$ck failed: $(tail -5 log_$ck)"
   done
   grep -q "activation checkpointing: 2 segments: each tensor-parallel encoder layer" log_true \
     || fail "no segments line: $(head -5 log_true)"
   same_steps_and_checkpoint run_false run_true 6 || fail "checkpointing changed tensor-parallel training"
+  cp -r run_true resumed && rm resumed/checkpoints/step-0000000006.* || fail "cannot copy run_true"
+  run --resume resumed >log_r 2>&1 || fail "resume failed: $(tail -5 log_r)"
+  grep -q "resumed from .*step-0000000003" log_r || fail "did not resume from step 3: $(tail -5 log_r)"
+  cmp run_true/checkpoints/step-0000000006.safetensors resumed/checkpoints/step-0000000006.safetensors \
+    || fail "the resumed tensor-parallel run with dropout differs from the straight one"
+  run "$ex/fashion_mnist/vit.toml" --set model.dropout=0 --set train.run_dir=no_dropout >log_n 2>&1 \
+    || fail "dropout-free run failed: $(tail -5 log_n)"
+  cmp -s run_false/checkpoints/step-0000000006.safetensors no_dropout/checkpoints/step-0000000006.safetensors \
+    && fail "model.dropout = 0.1 trained exactly as model.dropout = 0"
   ;;
 *) fail "unknown case" ;;
 esac
