@@ -88,6 +88,11 @@ class Zero3 : public nn::Module {
   int64_t peak_parameter_bytes() const { return peak_bytes_; }
   int64_t owned_parameter_bytes() const { return owned_bytes_; }
   void reset_peak() { peak_bytes_ = parameter_bytes(); }
+  // The gather buffer this rank keeps between units (sized for the unit with
+  // the most non-owned parameters; mapped at the first gather, 0 before).
+  // Units are gathered into it one at a time and it is never freed, so it is
+  // part of a rank's memory at rest, beside the owned parameters.
+  int64_t buffer_bytes() const;
   // True when `p` (a parameter of the model) has no data on this rank now.
   static bool released(const Tensor& p);
 
@@ -113,6 +118,9 @@ class Zero3 : public nn::Module {
   std::vector<std::string> param_names_;  // model.named_parameters() order
   std::vector<Tensor> params_;
   std::vector<int> owners_;               // per parameter
+  Tensor buffer_;                         // the shared gather buffer (max_unit_numel_ floats)
+  Unit* buffer_user_ = nullptr;           // the unit gathered into it now
+  int64_t max_unit_numel_ = 0;
   int64_t owned_bytes_ = 0, gathered_bytes_ = 0, peak_bytes_ = 0;
   bool unsharded_ = false;
 };

@@ -1323,7 +1323,8 @@ TrainSummary Trainer::run(bool resume) {
       std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
   // Optimizer state and peak resident memory of every rank (what sharding saves), in summary.json.
-  std::vector<int64_t> state_bytes, peak_rss_kb, grad_bytes, peak_grad_bytes, param_bytes, peak_param_bytes;
+  std::vector<int64_t> state_bytes, peak_rss_kb, grad_bytes, peak_grad_bytes, param_bytes, peak_param_bytes,
+      gather_bytes;
   {
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
@@ -1335,12 +1336,14 @@ TrainSummary Trainer::run(bool resume) {
     Tensor mine = Tensor::from_vector<int64_t>({opt->state_bytes(), static_cast<int64_t>(ru.ru_maxrss),
                                                 dp ? dp->grad_bytes() : 0, dp ? dp->peak_grad_bytes() : 0,
                                                 zero3 ? zero3->parameter_bytes() : whole,
-                                                zero3 ? zero3->peak_parameter_bytes() : whole}, {6});
+                                                zero3 ? zero3->peak_parameter_bytes() : whole,
+                                                zero3 ? zero3->buffer_bytes() : 0}, {7});
     auto all = comm.allgather(mine).to_vector<int64_t>();
     for (size_t r = 0; r < static_cast<size_t>(world); ++r) {
-      state_bytes.push_back(all[6 * r]), peak_rss_kb.push_back(all[6 * r + 1]);
-      grad_bytes.push_back(all[6 * r + 2]), peak_grad_bytes.push_back(all[6 * r + 3]);
-      param_bytes.push_back(all[6 * r + 4]), peak_param_bytes.push_back(all[6 * r + 5]);
+      state_bytes.push_back(all[7 * r]), peak_rss_kb.push_back(all[7 * r + 1]);
+      grad_bytes.push_back(all[7 * r + 2]), peak_grad_bytes.push_back(all[7 * r + 3]);
+      param_bytes.push_back(all[7 * r + 4]), peak_param_bytes.push_back(all[7 * r + 5]);
+      gather_bytes.push_back(all[7 * r + 6]);
     }
     if (root && world > 1)
       std::fprintf(log, "hpdl: optimizer state per rank: %s MiB%s; gradients per rank: %s MiB%s (peak %s MiB); "
@@ -1349,9 +1352,10 @@ TrainSummary Trainer::run(bool resume) {
                    shard_grads ? " (sharded)" : "", fmt::format("{:.2f}", fmt::join(mib(peak_grad_bytes, 1), ", ")).c_str(),
                    fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
     if (root && zero3)
-      std::fprintf(log, "hpdl: parameters per rank: %s MiB (sharded; peak with a gathered unit %s MiB)\n",
-                   fmt::format("{:.2f}", fmt::join(mib(param_bytes, 1), ", ")).c_str(),
-                   fmt::format("{:.2f}", fmt::join(mib(peak_param_bytes, 1), ", ")).c_str());
+      std::fprintf(log, "hpdl: parameters per rank: %s MiB (sharded; peak with a gathered unit %s MiB; gather "
+                   "buffer %s MiB)\n", fmt::format("{:.2f}", fmt::join(mib(param_bytes, 1), ", ")).c_str(),
+                   fmt::format("{:.2f}", fmt::join(mib(peak_param_bytes, 1), ", ")).c_str(),
+                   fmt::format("{:.2f}", fmt::join(mib(gather_bytes, 1), ", ")).c_str());
   }
   // Peak tensor memory of every rank (-1 where the device keeps no count): what activation
   // checkpointing saves differs by pipeline stage, so rank 0's figure alone does not tell it.
@@ -1384,6 +1388,7 @@ TrainSummary Trainer::run(bool resume) {
     s["zero_stage"] = zero3 ? 3 : shard_grads ? 2 : shard_optimizer ? 1 : 0;
     s["parameter_bytes_per_rank"] = param_bytes;
     s["peak_parameter_bytes_per_rank"] = peak_param_bytes;
+    s["gather_buffer_bytes_per_rank"] = gather_bytes;
     s["grad_bytes_per_rank"] = grad_bytes;
     s["peak_grad_bytes_per_rank"] = peak_grad_bytes;
     s["local_sgd_steps"] = local_sgd;
