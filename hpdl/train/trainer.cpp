@@ -704,7 +704,11 @@ TrainSummary Trainer::run(bool resume) {
   model->train();
   // The config refused the combinations it cannot take; a pipeline stage and a tensor-parallel
   // vit are cut into segments below, once they exist.
-  if (cfg.train.activation_checkpointing && !pipelined && !tensor_parallel) {
+  // ZeRO-3 checkpoints each of its units itself (below); the model's own segments would not run.
+  const bool zero3_units = cfg.train.shard_optimizer && cfg.train.zero_stage == 3 && world > 1;
+  if (cfg.train.activation_checkpointing && zero3_units) {
+    if (root) std::fprintf(log, "hpdl: activation checkpointing: each ZeRO-3 unit is a segment\n");
+  } else if (cfg.train.activation_checkpointing && !pipelined && !tensor_parallel) {
     const std::string segments = nn::models::enable_activation_checkpointing(*model);
     if (root) std::fprintf(log, "hpdl: activation checkpointing: %s\n", segments.c_str());
   }
