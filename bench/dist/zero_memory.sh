@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# ZeRO-1 (train.shard_optimizer) and ZeRO-2 (train.zero_stage = 2): optimizer-
-# state bytes, gradient-bucket bytes (held after the last step, and the most
-# held at once during it)
-# and peak RSS per rank, and time per step and in the optimizer, unsharded vs
-# ZeRO-1 vs ZeRO-2 (MODES, default "off 1 2"), with AdamW on
+# ZeRO-1 (train.shard_optimizer), ZeRO-2 (train.zero_stage = 2) and ZeRO-3
+# (train.zero_stage = 3): optimizer-state bytes, gradient-bucket bytes (held
+# after the last step, and the most held at once during it), parameter bytes
+# (held after the last step, and the most at once: ZeRO-3 adds a gathered
+# unit), peak RSS and peak tensor memory per rank, and time per step and in
+# the optimizer, unsharded vs ZeRO-1 vs ZeRO-2 vs ZeRO-3 (MODES, default
+# "off 1 2"; add 3), with AdamW on
 # synthetic data (random 3x32x32 images written as .npy), at 2 and 4 ranks.
 # One epoch of exactly STEPS steps per run, no checkpoint and no evaluation, so
 # the peak RSS is that of training. Times come from the Chrome trace (rank 0):
@@ -60,14 +62,14 @@ per_rank() {  # summary.json key $2 (bytes, or MiB with $3 = mb) as "a, b, ..." 
   python3 -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; d=1 if sys.argv[3]=='mb' else 2**20; print(', '.join(f'{b/d:.1f}' for b in v))" "$@"
 }
 
-echo "| ranks | ZeRO | optimizer state MiB per rank | gradient MiB per rank after the step (peak in it) | peak RSS MiB per rank | step ms (min / median) | optimizer ms (min / median) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| ranks | ZeRO | optimizer state MiB per rank | gradient MiB per rank after the step (peak in it) | parameter MiB per rank after the step (peak in it) | peak RSS MiB per rank | peak tensor MiB per rank | step ms (min / median) | optimizer ms (min / median) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for np in ${NPS:-2 4}; do
   make_npy "$work/data$np" $((np * batch * steps))
   for mode in ${MODES:-off 1 2}; do
     shard=true; stage=$mode
     [[ $mode == off ]] && shard=false stage=1
-    all_step=""; all_opt=""; state=""; rss=""; grads=""
+    all_step=""; all_opt=""; state=""; rss=""; grads=""; params=""; tensors=""
     for rep in $(seq 1 "$repeats"); do
       run="$work/run_${np}_${mode}_$rep"
       "$mpirun" --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS=1 "$hpdl" train "$work/bench.toml" \
@@ -82,8 +84,10 @@ for np in ${NPS:-2 4}; do
       all_step+="$s,"; all_opt+="$o,"
       state=$(per_rank "$run/summary.json" optimizer_state_bytes_per_rank b)
       grads=$(per_rank "$run/summary.json" grad_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_grad_bytes_per_rank b))"
+      params=$(per_rank "$run/summary.json" parameter_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_parameter_bytes_per_rank b))"
       rss=$(per_rank "$run/summary.json" peak_rss_mb_per_rank mb)
+      tensors=$(per_rank "$run/summary.json" peak_tensor_memory_mb_per_rank mb)
     done
-    echo "| $np | $mode | $state | $grads | $rss | $(stats "$all_step") | $(stats "$all_opt") |"
+    echo "| $np | $mode | $state | $grads | $params | $rss | $tensors | $(stats "$all_step") | $(stats "$all_opt") |"
   done
 done

@@ -3,12 +3,11 @@
 // for GPU ranks).
 #include "hpdl/dist/data_parallel.h"
 
-#include <sys/mman.h>
-
 #include <mutex>
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/backend/backend.h"
+#include "hpdl/dist/pages.h"
 
 namespace hpdl::dist {
 
@@ -16,37 +15,6 @@ namespace {
 int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
-}
-
-// ZeRO-2's buckets of other owners live only while in flight. The CPU allocator would keep a freed
-// block cached (still resident) under its size, which only the same bucket asks for again, so the
-// release would save no memory: these come from the kernel (zero-filled pages) and go back to it.
-class PageAllocator final : public Allocator {
- public:
-  void* allocate(size_t nbytes) override {
-    if (nbytes == 0) return nullptr;
-    void* p = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    HPDL_CHECK(p != MAP_FAILED, "DataParallel: out of host memory mapping a {}-byte gradient bucket", nbytes);
-    return p;
-  }
-  void deallocate(void* p, size_t nbytes) override {
-    if (p) munmap(p, nbytes);
-  }
-};
-
-PageAllocator& page_allocator() {
-  static PageAllocator a;
-  return a;
-}
-
-// A float32 [numel] tensor on fresh zero pages (untouched pages cost no memory until written).
-Tensor zero_pages_f32(int64_t numel) {
-  auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(numel) * 4, kCPU, page_allocator());
-  impl->shape = {numel};
-  impl->strides = contiguous_strides(impl->shape);
-  impl->dtype = DType::f32;
-  return Tensor(std::move(impl));
 }
 
 Device params_device(nn::Module& m) {

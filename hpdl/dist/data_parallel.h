@@ -109,6 +109,7 @@ class DataParallel {
   int64_t grad_bytes() const { return grad_bytes_.load(); }
   int64_t peak_grad_bytes() const { return peak_grad_bytes_.load(); }
   bool shards_gradients() const { return !options_.grad_owners.empty(); }
+  const std::vector<int>& grad_owners() const { return options_.grad_owners; }
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Buckets whose allreduce was launched during backward (by the last

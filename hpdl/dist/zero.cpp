@@ -125,6 +125,7 @@ void ShardedOptimizer::step() {
     local_->set_lr(lr_);
     local_->step();
   }
+  if (!broadcast_after_step_) return;  // ZeRO-3: the next forward gathers them
   // Each owner's parameters go to every rank in one broadcast (an MPI datatype over the tensors'
   // memory, so no staging copy and no buffer the size of a share): one message per rank that owns
   // something, not one per tensor. Raw bytes, so every replica ends bitwise equal to the owner.

@@ -74,6 +74,11 @@ class ShardedOptimizer : public optim::Optimizer {
   // scaling optim::clip_grad_norm computes over full gradients in the same
   // order. Scales the owned gradients; returns the norm before clipping.
   double clip_grad_norm(double max_norm);
+  // Whether step() broadcasts the owners' updated parameters (default true).
+  // ZeRO-3 (dist::Zero3) turns it off: non-owned parameters are not held
+  // between steps, and the next forward gathers each unit's from its owners.
+  void set_broadcast_after_step(bool on) { broadcast_after_step_ = on; }
+  bool broadcast_after_step() const { return broadcast_after_step_; }
   // Indices (into params()) of the parameters this rank owns.
   const std::vector<size_t>& owned() const { return owned_by_.at(static_cast<size_t>(comm_.rank())); }
   // The wrapped optimizer over the owned parameters, or nullptr when this rank owns none.
@@ -89,6 +94,7 @@ class ShardedOptimizer : public optim::Optimizer {
   std::vector<int> owners_;                   // per parameter
   std::vector<std::vector<size_t>> owned_by_;  // per rank: parameter indices, in order
   std::vector<int64_t> bytes_of_;             // per rank: bytes of its parameters
+  bool broadcast_after_step_ = true;
 };
 
 }  // namespace hpdl::dist

@@ -5,6 +5,7 @@
 // statistics) is guarded by checkpoint_recomputing().
 #include "hpdl/ops/checkpoint.h"
 
+#include <exception>
 #include <memory>
 #include <unordered_set>
 
@@ -73,6 +74,28 @@ class GeneratorReplay {
   std::vector<GeneratorState> now_;
 };
 
+// Runs the caller's after_backward when the node's backward leaves, however it leaves.
+class AfterBackward {
+ public:
+  explicit AfterBackward(const std::function<void()>& fn) : fn_(fn) {}
+  ~AfterBackward() noexcept(false) {
+    if (!fn_) return;
+    if (std::uncaught_exceptions() > 0) {
+      try {
+        fn_();
+      } catch (...) {  // the error already in flight is the one to report
+      }
+    } else {
+      fn_();
+    }
+  }
+  AfterBackward(const AfterBackward&) = delete;
+  AfterBackward& operator=(const AfterBackward&) = delete;
+
+ private:
+  const std::function<void()>& fn_;
+};
+
 // True when some node reachable from `roots` is the target of one of `edges`.
 bool reaches_any(const std::vector<Tensor>& roots, const std::vector<Edge>& edges) {
   std::unordered_set<Node*> targets;
@@ -106,6 +129,11 @@ void checkpoint_note_generator(Generator& gen) {
 }
 
 std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs) {
+  return checkpoint(fn, inputs, nullptr);
+}
+
+std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
+                               std::function<void()> after_backward) {
   HPDL_CHECK(fn != nullptr, "checkpoint: no function given");
   if (!grad_enabled()) return fn(inputs);
 
@@ -141,7 +169,8 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 
   record(
       "checkpoint", inputs, out_ptrs,
-      [fn, saved, wants, shapes, autocast, record_of_forward](const std::vector<Tensor>& grads) {
+      [fn, saved, wants, shapes, autocast, record_of_forward, after_backward](const std::vector<Tensor>& grads) {
+        AfterBackward done(after_backward);
         HPDL_CHECK(!grad_enabled(), "checkpoint: create_graph (higher-order gradients) through a checkpointed "
                    "segment is not supported; compute this part without checkpoint()");
         const std::vector<Edge>* capture = current_capture_edges();

@@ -42,6 +42,14 @@ using CheckpointFn = std::function<std::vector<Tensor>(const std::vector<Tensor>
 // fn(inputs).
 std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs);
 
+// As above; `after_backward` (may be empty) runs on the backward thread once
+// the node's backward is done with the recomputed segment: after its nested
+// backward, also when there was nothing to backpropagate or it threw. ZeRO-3
+// (dist::Zero3) releases a unit's gathered parameters there. It does not run
+// in the forward, nor with grad mode off.
+std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
+                               std::function<void()> after_backward);
+
 // The one-tensor form: checkpoint(fn, {x})[0].
 Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& x);
 

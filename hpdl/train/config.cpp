@@ -429,15 +429,16 @@ void validate(const Config& c, const std::string& src) {
   HPDL_CHECK(t.sync_batchnorm_group == 0 || t.sync_batchnorm, "{}: train.sync_batchnorm_group = {} needs "
              "train.sync_batchnorm = true (groups of ranks share batch statistics only when they are synchronized)",
              src, t.sync_batchnorm_group);
-  HPDL_CHECK(t.zero_stage == 1 || t.zero_stage == 2, "{}: train.zero_stage = {} is not 1 (sharded optimizer "
-             "state) or 2 (also sharded gradients)", src, t.zero_stage);
-  if (t.zero_stage == 2) {
-    HPDL_CHECK(t.shard_optimizer, "{}: train.zero_stage = 2 needs train.shard_optimizer = true (stage 2 shards the "
-               "gradients on top of the optimizer state)", src);
+  HPDL_CHECK(t.zero_stage >= 1 && t.zero_stage <= 3, "{}: train.zero_stage = {} is not 1 (sharded optimizer "
+             "state), 2 (also sharded gradients) or 3 (also sharded parameters)", src, t.zero_stage);
+  if (t.zero_stage >= 2) {
+    const int64_t z = t.zero_stage;
+    HPDL_CHECK(t.shard_optimizer, "{}: train.zero_stage = {} needs train.shard_optimizer = true (stage {} shards the "
+               "{} on top of the optimizer state)", src, z, z, z == 2 ? "gradients" : "gradients and parameters");
     // Each of these needs every rank to hold every gradient, or keeps gradients between micro-batches.
     auto refuse = [&](bool on, const std::string& key, const char* why) {
-      HPDL_CHECK(!on, "{}: train.zero_stage = 2 cannot be combined with {}: {}; set it off or use "
-                 "train.zero_stage = 1", src, key, why);
+      HPDL_CHECK(!on, "{}: train.zero_stage = {} cannot be combined with {}: {}; set it off or use "
+                 "train.zero_stage = 1", src, z, key, why);
     };
     refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),
            "a rank would have to keep the gradients it does not own between micro-batches");
@@ -448,6 +449,10 @@ void validate(const Config& c, const std::string& src) {
     refuse(t.precision == "fp16", "train.precision = \"fp16\"",
            "it uses dynamic loss scaling, whose finiteness check would see only this rank's shard of the gradients");
     refuse(t.device != "cpu", fmt::format("train.device = \"{}\"", t.device), "sharded gradients are for CPU ranks");
+    // Stage 3 runs each unit's forward again inside backward (gathered around a checkpointed segment).
+    refuse(z == 3 && t.sync_batchnorm, "train.sync_batchnorm = true",
+           "stage 3 recomputes each unit in backward, where synchronized batch norm would all-reduce its statistics "
+           "a second time (design decision 67)");
   }
   non_negative("train.local_sgd_steps", static_cast<double>(t.local_sgd_steps));
   HPDL_CHECK(!t.local_sgd_average_optimizer || t.local_sgd_steps > 0, "{}: train.local_sgd_average_optimizer = true "

@@ -158,7 +158,13 @@ struct TrainConfig {
   // With shard_optimizer: 1 keeps full gradients on every rank (ZeRO-1); 2
   // also shards them (ZeRO-2): each gradient bucket is reduced to the owner of
   // its parameters, and other ranks free it once sent. CPU ranks; refused
-  // with accumulate_steps > 1, bf16_wire and loss scaling.
+  // with accumulate_steps > 1, bf16_wire and loss scaling. 3 also shards the
+  // parameters (ZeRO-3, dist::Zero3): a rank holds only its owned ones between
+  // units; each unit (a layer of the model's top-level Sequential, nested
+  // Sequentials opened) gathers its parameters around a checkpointed forward
+  // and again for its recompute in backward. Models that are an nn::Sequential
+  // (mlp, lenet5, resnet*, alexnet_bn, vgg*_bn, custom); refused also with
+  // sync_batchnorm.
   int64_t zero_stage = 1;
   // Local SGD (periodic model averaging; Stich 2019, Lin et al. 2020) under
   // MPI: each rank takes this many optimizer steps on its own gradients, with

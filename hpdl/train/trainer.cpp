@@ -30,6 +30,7 @@
 #include "hpdl/dist/sync_batchnorm.h"
 #include "hpdl/dist/tensor_parallel.h"
 #include "hpdl/dist/zero.h"
+#include "hpdl/dist/zero3.h"
 #include "hpdl/io/file.h"
 #include "hpdl/io/safetensors.h"
 #include "hpdl/nn/layers.h"
@@ -537,7 +538,12 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   while (loader->next(b)) {
     int64_t keep = std::min<int64_t>(b.size(), mine - seen);
     seen += b.size();
-    if (keep <= 0) continue;
+    if (keep <= 0) {
+      // A batch of padding only: nothing to score, but every rank runs the same forwards, as a
+      // collective one (ZeRO-3 gathers each unit's parameters) needs.
+      model.forward(b.images.slice(0, 0, 1).to(device));
+      continue;
+    }
     Tensor x = keep < b.size() ? b.images.slice(0, 0, keep) : b.images;
     Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
     x = x.to(device), y = y.to(device);
@@ -698,7 +704,11 @@ TrainSummary Trainer::run(bool resume) {
   model->train();
   // The config refused the combinations it cannot take; a pipeline stage and a tensor-parallel
   // vit are cut into segments below, once they exist.
-  if (cfg.train.activation_checkpointing && !pipelined && !tensor_parallel) {
+  // ZeRO-3 checkpoints each of its units itself (below); the model's own segments would not run.
+  const bool zero3_units = cfg.train.shard_optimizer && cfg.train.zero_stage == 3 && world > 1;
+  if (cfg.train.activation_checkpointing && zero3_units) {
+    if (root) std::fprintf(log, "hpdl: activation checkpointing: each ZeRO-3 unit is a segment\n");
+  } else if (cfg.train.activation_checkpointing && !pipelined && !tensor_parallel) {
     const std::string segments = nn::models::enable_activation_checkpointing(*model);
     if (root) std::fprintf(log, "hpdl: activation checkpointing: %s\n", segments.c_str());
   }
@@ -772,7 +782,8 @@ TrainSummary Trainer::run(bool resume) {
   HPDL_CHECK(!shard_optimizer || device.is_cpu(), "train.shard_optimizer = true needs CPU ranks (train.device = "
              "\"cpu\"), got train.device = \"{}\"; on GPU ranks set it to false", cfg.train.device);
   // train.zero_stage = 2 (ZeRO-2): the gradients are sharded too; gradient buckets go to their owners.
-  const bool shard_grads = shard_optimizer && cfg.train.zero_stage == 2;
+  // Stage 3 (below) shards the parameters on top of that.
+  const bool shard_grads = shard_optimizer && cfg.train.zero_stage >= 2;
   std::unique_ptr<optim::Optimizer> opt;
   if (shard_optimizer) {
     opt = std::make_unique<dist::ShardedOptimizer>(
@@ -800,6 +811,27 @@ TrainSummary Trainer::run(bool resume) {
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
               : std::make_unique<dist::DataParallel>(*model, dp_comm, dpo);
   }
+  // train.zero_stage = 3 (ZeRO-3): the parameters are sharded too. The model's layers run as units, each
+  // gathered from its owners around a checkpointed forward and again for its recompute in backward; a
+  // rank keeps only its owned parameters in between. `net` runs the forward (the model's own otherwise).
+  std::unique_ptr<dist::Zero3> zero3;
+  if (shard_grads && cfg.train.zero_stage == 3 && dp) {
+    auto seq = std::dynamic_pointer_cast<nn::Sequential>(model);
+    HPDL_CHECK(seq != nullptr, "train.zero_stage = 3: model.name = \"{}\" is not a sequence of layers (an "
+               "nn::Sequential at the top), so its parameters cannot be gathered unit by unit; use mlp, lenet5, "
+               "resnet20, resnet18, resnet50, alexnet_bn, vgg11_bn, vgg16_bn or custom, or train.zero_stage = 2",
+               cfg.model.name);
+    zero3 = std::make_unique<dist::Zero3>(seq, dynamic_cast<dist::ShardedOptimizer&>(*opt), *dp);
+    if (root) {
+      int64_t total = 0;
+      for (auto& p : model->parameters()) total += static_cast<int64_t>(p.nbytes());
+      std::fprintf(log, "hpdl: ZeRO-3: parameters, gradients and optimizer state sharded over %d ranks; %d units "
+                   "(each gathered around its forward and its recompute in backward); rank 0 holds %.2f of %.2f MiB "
+                   "of parameters at rest\n", world, zero3->num_units(),
+                   static_cast<double>(zero3->owned_parameter_bytes()) / (1 << 20), static_cast<double>(total) / (1 << 20));
+    }
+  }
+  nn::Module& net = zero3 ? static_cast<nn::Module&>(*zero3) : *model;
   // ---- local SGD (train.local_sgd_steps; Stich 2019, Lin et al. 2020) ----
   // The gradient hooks stay held back (DataParallel::set_accumulating), so each rank steps on its
   // own gradients; every local_sgd steps, at the end of every epoch and before every checkpoint the
@@ -858,6 +890,8 @@ TrainSummary Trainer::run(bool resume) {
       model_state = stage_model_slice(model_state, *model), optim_state = stage_optimizer_slice(optim_state, *model);
     if (tensor_parallel)  // this rank's slices
       dist::load_full_state_dict(*model, model_state), optim_state = dist::shard_optimizer_state(*model, optim_state);
+    else if (zero3)  // every rank read the file: each keeps its owned parameters and the buffers
+      zero3->load_full_state_dict(model_state);
     else
       model->load_state_dict(model_state);
     opt->load_state_dict(optim_state);
@@ -892,7 +926,8 @@ TrainSummary Trainer::run(bool resume) {
     HPDL_CHECK(cfg.train.stop_after_epoch == 0 || epoch < cfg.train.stop_after_epoch,
                "--resume: train.stop_after_epoch = {} but the checkpoint {} is already past epoch {}; raise it or "
                "set it to 0", cfg.train.stop_after_epoch, info->sidecar_path.string(), epoch);
-    if (dp) dp->broadcast_state(0);
+    if (zero3) dp->broadcast_buffers(0);  // the parameters stay with their owners
+    else if (dp) dp->broadcast_state(0);
     if (root)
       std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
                    static_cast<long long>(epoch + 1), static_cast<long long>(step));
@@ -926,6 +961,9 @@ TrainSummary Trainer::run(bool resume) {
     } else if (root || shard_optimizer || local_sgd > 0) {
       opt_state = opt->state_dict();
     }
+    // ZeRO-3: the owners' parameters are gathered to rank 0 (every rank takes part).
+    std::map<std::string, Tensor> model_state;
+    if (zero3) model_state = zero3->full_state_dict(0);
     // Local SGD keeps optimizer state per rank: rank r > 0's float state goes in as local_sgd.rank<r>.<key>.
     std::map<std::string, Tensor> rank_state;
     if (local_sgd > 0 && !cfg.train.local_sgd_average_optimizer)
@@ -957,7 +995,7 @@ TrainSummary Trainer::run(bool resume) {
       return;
     }
     for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
-    std::map<std::string, Tensor> tensors = prefixed(model->state_dict(), "model.");
+    std::map<std::string, Tensor> tensors = prefixed(zero3 ? model_state : model->state_dict(), "model.");
     for (auto& [k, v] : opt_state) tensors["optim." + k] = v;
     for (auto& [k, v] : rank_state) tensors[k] = v;
     if (scaler)
@@ -1045,7 +1083,7 @@ TrainSummary Trainer::run(bool resume) {
         {
           TraceRecorder::Scope s(trace, "forward", "compute");
           AutocastScope ac(DType::bf16, autocast_bf16);
-          logits = model->forward(batch.images.to(device));
+          logits = net.forward(batch.images.to(device));
           loss = objective.train_loss(logits, labels);
         }
         {
@@ -1193,14 +1231,14 @@ TrainSummary Trainer::run(bool resume) {
       AutocastScope ac(DType::bf16, autocast_bf16);
       if (ds.validation) {
         EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data, objective)
-                                   : evaluate(*model, ds.validation, cfg.data, &dp_comm, &objective);
+                                   : evaluate(net, ds.validation, cfg.data, &dp_comm, &objective);
         rec["val_loss"] = val.loss;
         put_metrics(rec, "val_", val.metrics);
         summary.val_accuracy = val.accuracy, summary.val_loss = val.loss, summary.val_metrics = val.metrics;
       }
       // Tensor parallel: sharded over the replicas; every rank of a group reads the same samples.
       EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data, objective)
-                                : evaluate(*model, ds.test, cfg.data, &dp_comm, &objective);
+                                : evaluate(net, ds.test, cfg.data, &dp_comm, &objective);
       rec["test_loss"] = ev.loss;
       put_metrics(rec, "test_", ev.metrics);
       summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss, summary.test_metrics = ev.metrics;
@@ -1263,9 +1301,13 @@ TrainSummary Trainer::run(bool resume) {
     if (root) std::fprintf(log, "hpdl: tensor-parallel check: replicated weights identical in each group of %d\n", tp);
   }
   if (replica_comm.size() > 1) {
-    // Replica check: every rank must end with bitwise identical weights.
+    // Replica check: every rank must end with bitwise identical weights. ZeRO-3: each parameter is
+    // held by its owner only, so the replicated state compared is the buffers.
     uint64_t h = 0;
-    for (auto& [name, t] : model->state_dict()) {
+    std::map<std::string, Tensor> compared = model->state_dict();
+    if (zero3)
+      for (auto& [name, p] : model->named_parameters()) compared.erase(name);
+    for (auto& [name, t] : compared) {
       Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(kCPU);
       h = io::xxh64(c.raw_data(), c.nbytes(), h);
     }
@@ -1278,22 +1320,34 @@ TrainSummary Trainer::run(bool resume) {
     if (root && gridded)
       std::fprintf(log, "hpdl: replica check: each %s's weights identical in all %d replicas\n",
                    pipelined ? "stage" : "tensor-parallel rank", replicas);
+    else if (root && zero3)
+      std::fprintf(log, "hpdl: replica check: buffers identical on all %d ranks (ZeRO-3: each parameter lives on "
+                   "its owner only)\n", world);
     else if (root)
       std::fprintf(log, "hpdl: replica check: weights identical on all %d ranks\n", world);
   }
   // Optimizer state and peak resident memory of every rank (what sharding saves), in summary.json.
-  std::vector<int64_t> state_bytes, peak_rss_kb, grad_bytes, peak_grad_bytes;
+  std::vector<int64_t> state_bytes, peak_rss_kb, grad_bytes, peak_grad_bytes, param_bytes, peak_param_bytes,
+      gather_bytes;
   {
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
     // Gradient buckets held after the last step (ZeRO-2: the owned ones), and the most held at once
     // during it (ZeRO-2: owned plus those in flight, which depends on timing).
+    // Parameters held after the run (ZeRO-3: the owned share) and the most at once (plus gathered units).
+    int64_t whole = 0;
+    for (auto& p : model->parameters()) whole += static_cast<int64_t>(p.nbytes());
     Tensor mine = Tensor::from_vector<int64_t>({opt->state_bytes(), static_cast<int64_t>(ru.ru_maxrss),
-                                                dp ? dp->grad_bytes() : 0, dp ? dp->peak_grad_bytes() : 0}, {4});
+                                                dp ? dp->grad_bytes() : 0, dp ? dp->peak_grad_bytes() : 0,
+                                                zero3 ? zero3->parameter_bytes() : whole,
+                                                zero3 ? zero3->peak_parameter_bytes() : whole,
+                                                zero3 ? zero3->buffer_bytes() : 0}, {7});
     auto all = comm.allgather(mine).to_vector<int64_t>();
-    for (int r = 0; r < world; ++r) {
-      state_bytes.push_back(all[4 * r]), peak_rss_kb.push_back(all[4 * r + 1]);
-      grad_bytes.push_back(all[4 * r + 2]), peak_grad_bytes.push_back(all[4 * r + 3]);
+    for (size_t r = 0; r < static_cast<size_t>(world); ++r) {
+      state_bytes.push_back(all[7 * r]), peak_rss_kb.push_back(all[7 * r + 1]);
+      grad_bytes.push_back(all[7 * r + 2]), peak_grad_bytes.push_back(all[7 * r + 3]);
+      param_bytes.push_back(all[7 * r + 4]), peak_param_bytes.push_back(all[7 * r + 5]);
+      gather_bytes.push_back(all[7 * r + 6]);
     }
     if (root && world > 1)
       std::fprintf(log, "hpdl: optimizer state per rank: %s MiB%s; gradients per rank: %s MiB%s (peak %s MiB); "
@@ -1301,6 +1355,11 @@ TrainSummary Trainer::run(bool resume) {
                    shard_optimizer ? " (sharded)" : "", fmt::format("{:.2f}", fmt::join(mib(grad_bytes, 1), ", ")).c_str(),
                    shard_grads ? " (sharded)" : "", fmt::format("{:.2f}", fmt::join(mib(peak_grad_bytes, 1), ", ")).c_str(),
                    fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
+    if (root && zero3)
+      std::fprintf(log, "hpdl: parameters per rank: %s MiB (sharded; peak with a gathered unit %s MiB; gather "
+                   "buffer %s MiB)\n", fmt::format("{:.2f}", fmt::join(mib(param_bytes, 1), ", ")).c_str(),
+                   fmt::format("{:.2f}", fmt::join(mib(peak_param_bytes, 1), ", ")).c_str(),
+                   fmt::format("{:.2f}", fmt::join(mib(gather_bytes, 1), ", ")).c_str());
   }
   // Peak tensor memory of every rank (-1 where the device keeps no count): what activation
   // checkpointing saves differs by pipeline stage, so rank 0's figure alone does not tell it.
@@ -1330,7 +1389,10 @@ TrainSummary Trainer::run(bool resume) {
     s["peak_rss_mb_per_rank"] = mib(peak_rss_kb, 1024);
     s["peak_tensor_memory_mb_per_rank"] = peak_tensor_mb;
     s["shard_optimizer"] = shard_optimizer;
-    s["zero_stage"] = shard_grads ? 2 : shard_optimizer ? 1 : 0;
+    s["zero_stage"] = zero3 ? 3 : shard_grads ? 2 : shard_optimizer ? 1 : 0;
+    s["parameter_bytes_per_rank"] = param_bytes;
+    s["peak_parameter_bytes_per_rank"] = peak_param_bytes;
+    s["gather_buffer_bytes_per_rank"] = gather_bytes;
     s["grad_bytes_per_rank"] = grad_bytes;
     s["peak_grad_bytes_per_rank"] = peak_grad_bytes;
     s["local_sgd_steps"] = local_sgd;

@@ -13,6 +13,8 @@
 # With train.tensor_parallel (a vit's encoder layers split over groups of ranks) it must follow the
 # one-process (or data-parallel) loss curve, and its checkpoints must resume at any group size.
 # With train.activation_checkpointing, a pipeline and a tensor-parallel run train bit for bit as without.
+# With train.zero_stage = 3 (parameters sharded too) it must train bit for bit as ZeRO-2 (metrics, evaluation,
+# checkpoint bytes), resume with either stage and on one process, and refuse what it does not support by name.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -209,6 +211,70 @@ assert all(b < a for a, b in zip(g1, g2)) and sum(g2) == g1[0] and g1[0] == g1[1
     || fail "np 2 ZeRO-2 -> np 1 unsharded resume failed: $(tail -5 log_r)"
   grep -q "resumed from" log_r || fail "did not resume: $(tail -5 log_r)"
   [[ -f run_2/checkpoints/step-0000000008.safetensors ]] || fail "no checkpoint after the resume"
+  ;;
+train_zero3_np2)
+  # ZeRO-3 (parameters sharded too) at 2 ranks, one epoch of LeNet-5 with evaluation: the same owner
+  # reduces as ZeRO-2 and the same forward bytes, so the metrics (the test evaluation's too, whose
+  # forward gathers unit by unit) and the checkpoint are bitwise ZeRO-2's; each rank holds about half
+  # the parameters; a stage-3 checkpoint resumes with stage 3 and stage 2 alike, and on one process.
+  # run NAME NP ARGS...: hpdl train under mpirun, its output in log_NAME.
+  run() { local name=$1 np=$2; shift 2
+          "$mpirun" --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS=1 "$hpdl" train "$@" >"log_$name" 2>&1; }
+  for z in 2 3; do
+    run "run_$z" 2 "$ex/fashion_mnist/lenet5.toml" --set train.epochs=1 --set data.batch_size=1024 --set data.workers=1 \
+      --set optimizer.name=adamw --set optimizer.lr=0.001 --set optimizer.clip_grad_norm=0.1 \
+      --set train.shard_optimizer=true --set train.bucket_mb=0.01 --set train.log_every=5 --set train.zero_stage=$z \
+      --set train.run_dir=run_$z \
+      || fail "mpirun (zero_stage=$z) failed: $(tail -5 log_run_$z)"
+  done
+  grep -q "ZeRO-3: parameters, gradients and optimizer state sharded over 2 ranks; 5 units" log_run_3 \
+    || fail "no ZeRO-3 line: $(grep hpdl: log_run_3 | head -5)"
+  grep -q "buffers identical on all 2 ranks" log_run_3 || fail "no replica check line: $(tail -5 log_run_3)"
+  grep -q "parameters per rank: .* MiB (sharded" log_run_3 || fail "no parameters-per-rank line"
+  python3 - run_2/summary.json run_3/summary.json <<'PY' || fail "bad summary: $(cat run_3/summary.json)"
+import json, sys
+s2, s3 = (json.load(open(f)) for f in sys.argv[1:])
+assert s3["zero_stage"] == 3 and s2["zero_stage"] == 2, (s2["zero_stage"], s3["zero_stage"])
+p2, p3 = s2["parameter_bytes_per_rank"], s3["parameter_bytes_per_rank"]
+print("parameter bytes per rank, stage 2:", p2, "stage 3:", p3, "peak:", s3["peak_parameter_bytes_per_rank"])
+assert p2[0] == p2[1] and sum(p3) == p2[0] and all(b < p2[0] for b in p3), (p2, p3)
+assert all(p3[r] < pk <= p2[0] + 4096 for r, pk in enumerate(s3["peak_parameter_bytes_per_rank"])), s3
+for k in ("test_loss", "test_accuracy", "final_train_loss"):
+    assert s2[k] == s3[k], (k, s2[k], s3[k])
+assert s3["test_accuracy"] > 0.5, s3["test_accuracy"]
+PY
+  compare_curves run_2 run_3 0 || fail "stage 3 and stage 2 loss curves differ"
+  last=$(basename "$(ls run_3/checkpoints/step-*.safetensors | tail -1)")
+  cmp "run_2/checkpoints/$last" "run_3/checkpoints/$last" || fail "ZeRO-3 and ZeRO-2 checkpoints differ ($last)"
+  # Resume each stage from the stage-3 checkpoint for 3 more steps: the same bytes.
+  steps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps"])' run_3/summary.json)
+  cp -r run_3 res_2 && cp -r run_3 res_3
+  for z in 2 3; do
+    run "res_$z" 2 --resume "res_$z" --set train.epochs=2 --set train.max_steps=$((steps + 3)) \
+      --set train.zero_stage=$z --set train.run_dir="res_$z" || fail "resume with zero_stage=$z failed: $(tail -5 log_res_$z)"
+    grep -q "resumed from" "log_res_$z" || fail "did not resume (zero_stage=$z)"
+  done
+  want=$(printf "step-%010d.safetensors" $((steps + 3)))
+  cmp "res_2/checkpoints/$want" "res_3/checkpoints/$want" || fail "resumed ZeRO-3 and ZeRO-2 checkpoints differ ($want)"
+  run np1 1 --resume run_3 --set train.epochs=2 --set train.max_steps=$((steps + 2)) --set train.shard_optimizer=false \
+    --set train.zero_stage=1 || fail "np 2 ZeRO-3 -> np 1 unsharded resume failed: $(tail -5 log_np1)"
+  [[ -f run_3/checkpoints/$(printf "step-%010d.safetensors" $((steps + 2))) ]] || fail "no checkpoint after the np 1 resume"
+  ;;
+train_zero3_refused_np2)
+  # What stage 3 does not support is refused by name: a model that is not a Sequential, sync batch
+  # norm, and stage 3 without the sharded optimizer.
+  base=(train "$ex/fashion_mnist/lenet5.toml" --set train.max_steps=1 --set data.workers=1 --set train.zero_stage=3)
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" \
+    --set train.max_steps=1 --set data.workers=1 --set train.shard_optimizer=true --set train.zero_stage=3 \
+    --set train.run_dir=vit >log_vit 2>&1 && fail "a vit trained with zero_stage 3"
+  grep -q 'train.zero_stage = 3: model.name = "vit" is not a sequence of layers' log_vit \
+    || fail "vit not refused by name: $(tail -3 log_vit)"
+  "$hpdl" "${base[@]}" --set train.shard_optimizer=true --set train.sync_batchnorm=true --set train.run_dir=a >log_a 2>&1 \
+    && fail "sync batch norm accepted"
+  grep -q "train.zero_stage = 3 cannot be combined with train.sync_batchnorm = true" log_a \
+    || fail "sync batch norm not refused by name: $(tail -3 log_a)"
+  "$hpdl" "${base[@]}" --set train.run_dir=b >log_b 2>&1 && fail "zero_stage 3 without shard_optimizer accepted"
+  grep -q "train.zero_stage = 3 needs train.shard_optimizer = true" log_b || fail "not refused by name: $(tail -3 log_b)"
   ;;
 train_zero_resume_np2)
   # Unsharded np 2 for 3 steps, resumed sharded to step 6: the same bytes as 6 straight unsharded

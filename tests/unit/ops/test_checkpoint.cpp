@@ -228,6 +228,44 @@ TEST(ActivationCheckpoint, GradLeavesParametersAloneAndRefusesInnerTensors) {
   }
 }
 
+// after_backward (ZeRO-3 releases a unit's parameters there): once per backward of the node, after
+// the segment's parameters got their gradients; never in the forward or with grad mode off; also
+// when the recompute throws, and under grad().
+TEST(ActivationCheckpoint, AfterBackwardRunsOnceWhenTheNodeIsDone) {
+  auto lin = std::make_shared<nn::Linear>(3, 2);
+  Generator g(15);
+  Tensor x = Tensor::randn({4, 3}, g).set_requires_grad();
+  int after = 0, runs = 0;
+  bool had_grad = false;
+  auto fn = [&](const std::vector<Tensor>& in) {
+    ++runs;
+    return std::vector<Tensor>{tanh(lin->forward(in[0]))};
+  };
+  auto done = [&] { ++after, had_grad = lin->weight.grad().defined(); };
+  Tensor y = checkpoint(fn, {x}, done)[0];
+  EXPECT_EQ(after, 0) << "after_backward ran in the forward";
+  sum(y).backward();
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(after, 1);
+  EXPECT_TRUE(had_grad) << "after_backward ran before the segment's parameters got their gradients";
+  {
+    NoGradGuard ng;
+    checkpoint(fn, {x}, done);
+  }
+  EXPECT_EQ(after, 1) << "after_backward ran with grad mode off";
+  Tensor y2 = sum(checkpoint(fn, {x}, done)[0]);
+  grad({y2}, {x});
+  EXPECT_EQ(after, 2) << "after_backward did not run under grad()";
+  int calls = 0;
+  Tensor y3 = checkpoint(
+      [&calls](const std::vector<Tensor>& in) {
+        return std::vector<Tensor>{++calls == 1 ? mul(in[0], 2.0) : sum(in[0])};
+      },
+      {x}, done)[0];
+  EXPECT_THROW(sum(y3).backward(), Error);
+  EXPECT_EQ(after, 3) << "after_backward did not run when the recompute threw";
+}
+
 TEST(ActivationCheckpoint, BadSegmentsNamed) {
   Generator g(14);
   Tensor x = Tensor::randn({3}, g).set_requires_grad();

@@ -329,15 +329,20 @@ TEST(Config, TensorParallelKeysAndRefusals) {
                 .optimizer.clip_grad_norm, 1.0);
 }
 
-// train.zero_stage: 1 by default, 1 or 2 only, 2 needs shard_optimizer and is refused (naming the
-// other key) with what needs full gradients on every rank or keeps them between micro-batches.
+// train.zero_stage: 1 by default, 1, 2 or 3 only, 2 and 3 need shard_optimizer and are refused (naming
+// the other key) with what needs full gradients on every rank or keeps them between micro-batches;
+// 3 also with sync batch norm (its allreduce would run again in every recompute).
 TEST(Config, ZeroStageRangesAndIncompatibleOptions) {
   EXPECT_EQ(parse_config("", "c.toml").train.zero_stage, 1);
   EXPECT_EQ(parse_config("[train]\nshard_optimizer = true\nzero_stage = 2\n", "c.toml").train.zero_stage, 2);
-  std::string err = error_of([] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 3\n", "c.toml"); });
-  EXPECT_NE(err.find("c.toml: train.zero_stage = 3 is not 1"), std::string::npos) << err;
-  err = error_of([] { parse_config("[train]\nzero_stage = 2\n", "c.toml"); });
-  EXPECT_NE(err.find("c.toml: train.zero_stage = 2 needs train.shard_optimizer = true"), std::string::npos) << err;
+  EXPECT_EQ(parse_config("[train]\nshard_optimizer = true\nzero_stage = 3\n", "c.toml").train.zero_stage, 3);
+  std::string err = error_of([] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 4\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.zero_stage = 4 is not 1"), std::string::npos) << err;
+  for (const char* z : {"2", "3"}) {
+    err = error_of([&] { parse_config(std::string("[train]\nzero_stage = ") + z + "\n", "c.toml"); });
+    EXPECT_NE(err.find(std::string("c.toml: train.zero_stage = ") + z + " needs train.shard_optimizer = true"),
+              std::string::npos) << err;
+  }
   const std::pair<std::string, std::string> refused[] = {
       {"accumulate_steps = 2", "train.accumulate_steps = 2"},
       {"bf16_wire = true", "train.bf16_wire = true"},
@@ -346,11 +351,17 @@ TEST(Config, ZeroStageRangesAndIncompatibleOptions) {
       {"device = \"cuda\"", "train.device = \"cuda\""},
   };
   for (auto& [line, key] : refused) {
-    err = error_of([&] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 2\n" + line + "\n", "c.toml"); });
-    EXPECT_NE(err.find("c.toml: train.zero_stage = 2 cannot be combined with " + key), std::string::npos)
-        << line << ": " << err;
+    for (const std::string z : {"2", "3"}) {
+      err = error_of([&] { parse_config("[train]\nshard_optimizer = true\nzero_stage = " + z + "\n" + line + "\n", "c.toml"); });
+      EXPECT_NE(err.find("c.toml: train.zero_stage = " + z + " cannot be combined with " + key), std::string::npos)
+          << line << ": " << err;
+    }
     EXPECT_NO_THROW(parse_config("[train]\nshard_optimizer = true\n" + line + "\n", "c.toml")) << line << " with stage 1";
   }
+  err = error_of([] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 3\nsync_batchnorm = true\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.zero_stage = 3 cannot be combined with train.sync_batchnorm = true"),
+            std::string::npos) << err;
+  EXPECT_NO_THROW(parse_config("[train]\nshard_optimizer = true\nzero_stage = 2\nsync_batchnorm = true\n", "c.toml"));
 }
 
 // train.precision = "fp16" and train.loss_scale: a word, a number (TOML number
