@@ -1045,6 +1045,9 @@ TrainSummary Trainer::run(bool resume) {
           // Every rank of the pipeline holds the batch: the first stage feeds in the images, the last
           // scores each micro-batch (its mean loss and correct predictions into this step's sums).
           TraceRecorder::Scope scope(trace, "pipeline_step", "compute");
+          // bf16 (CPU: pipelines are CPU-only): each stage's forward under autocast; the backward
+          // closures it records keep the precision (design decision 68).
+          AutocastScope ac(DType::bf16, autocast_bf16);
           const Tensor labels = batch.labels;
           pipeline->train_step(batch.images, labels, [&](const Tensor& out, const Tensor& y) {
             Tensor l = objective.train_loss(out, y);
