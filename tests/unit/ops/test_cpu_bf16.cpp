@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "hpdl/autograd/engine.h"
 #include "hpdl/backend/compute_scope.h"
 #include "hpdl/backend/cpu/onednn.h"
 #include "hpdl/core/random.h"
@@ -151,6 +152,34 @@ TEST(CpuBf16, MatmulForwardAndGradients) {
   // a transposed operand: the kernel reads it with swapped strides
   check_op("matmul a^T", [](const std::vector<Tensor>& in) { return matmul(in[0].t(), in[1]); },
            {rand_t({30, 10}, 13), rand_t({30, 14}, 14)});
+}
+
+// A gradient penalty (WGAN-GP style) through the recorded, create_graph backward of conv2d,
+// relu and linear (whose closures re-enter the bf16 autocast scope): it runs, and the penalty's
+// gradients stay within the loose tolerance of float32 while not equal to it.
+TEST(CpuBf16, SecondDerivativesThroughTheRecordedBackward) {
+  SKIP_WITHOUT_BF16();
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 1;
+  auto penalty_grads = [&](bool bf16) {
+    Tensor x = rand_t({2, 8, 6, 6}, 21).set_requires_grad();
+    Tensor w = rand_t({16, 8, 3, 3}, 22).set_requires_grad(), v = rand_t({5, 16 * 36}, 23).set_requires_grad();
+    Tensor out;
+    {
+      AutocastScope ac(DType::bf16, bf16);
+      out = linear(relu(conv2d(x, w, Tensor(), p)).reshape({2, 16 * 36}), v, Tensor());
+    }
+    Tensor gx = grad({sum(out)}, {x}, {}, true, /*create_graph=*/true)[0];
+    sum(square(gx)).backward();
+    return std::vector<Tensor>{w.grad(), v.grad()};
+  };
+  auto b = penalty_grads(true), f = penalty_grads(false);
+  for (size_t i = 0; i < b.size(); ++i) {
+    ASSERT_TRUE(b[i].defined() && f[i].defined());
+    const double scale = std::max(max_abs(f[i]), 1e-3);
+    EXPECT_LE(max_diff(b[i], f[i]), 3e-2 * scale) << "penalty gradient " << i << " vs plain float32";
+    EXPECT_GT(max_diff(b[i], f[i]), 1e-4 * scale) << "penalty gradient " << i << " equals float32: bf16 not applied";
+  }
 }
 
 // The primitives oneDNN picks are its bfloat16 kernels, not float32 ones.
