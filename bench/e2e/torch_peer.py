@@ -2,7 +2,9 @@
 """The PyTorch peer for bench/e2e: the same mlp, lenet5, resnet20 and resnet50 as
 hpdl's model zoo, trained and evaluated on random Fashion-MNIST-shaped batches
 (resnet50: 3x224x224, 1000 classes, batch 8), timed the same way (warm-up,
-then whole steps). Prints one JSON line per model.
+then whole steps). Precision bf16 runs forward and loss (and inference) under
+torch.autocast("cpu", dtype=torch.bfloat16), as hpdl_e2e under AutocastScope.
+Prints one JSON line per model. Run: torch_peer.py [threads] [models] [fp32|bf16]
 
 Run with /usr/bin/python3 (Debian's python3-torch). The tuned peer removes
 PyTorch's two slowdowns on this machine: OpenBLAS's own threads fighting
@@ -94,7 +96,7 @@ def resnet50(in_channels=3, classes=1000):
     return nn.Sequential(*layers)
 
 
-def bench(name, model, batch, steps, warmup):
+def bench(name, model, batch, steps, warmup, bf16):
     torch.manual_seed(0)
     shape, classes = ((3, 224, 224), 1000) if name == "resnet50" else ((1, 28, 28), 10)
     x = torch.randn(batch, *shape)
@@ -105,19 +107,20 @@ def bench(name, model, batch, steps, warmup):
         if i == warmup:
             t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
     train = batch * steps / (time.perf_counter() - t0)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for i in range(warmup + steps):
             if i == warmup:
                 t0 = time.perf_counter()
             model(x)
     infer = batch * steps / (time.perf_counter() - t0)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
-    return {"framework": "pytorch", "torch": torch.__version__, "model": name, "batch": batch,
+    return {"framework": "pytorch", "torch": torch.__version__, "model": name, "precision": "bf16" if bf16 else "fp32", "batch": batch,
             "threads": torch.get_num_threads(), "train_samples_per_s": train, "infer_samples_per_s": infer,
             "max_rss_mb": rss_mb}
 
@@ -125,12 +128,15 @@ def bench(name, model, batch, steps, warmup):
 def main():
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     models = sys.argv[2].split(",") if len(sys.argv) > 2 else ["mlp", "lenet5", "resnet20"]
+    precision = sys.argv[3] if len(sys.argv) > 3 else "fp32"
+    if precision not in ("fp32", "bf16"):
+        sys.exit(f"torch_peer.py: precision must be fp32 or bf16, got {precision}")
     torch.set_num_threads(threads)
     plan = {"mlp": (mlp, 200, 20, 128), "lenet5": (lenet5, 100, 10, 128), "resnet20": (resnet20, 10, 3, 128),
             "resnet50": (resnet50, 2, 1, 8)}
     for name in models:
         make, steps, warmup, batch = plan[name]
-        print(json.dumps(bench(name, make(), batch, steps, warmup)), flush=True)
+        print(json.dumps(bench(name, make(), batch, steps, warmup, precision == "bf16")), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 // Backend registry, names, and the scoped CPU backend override used by tests.
 #include "hpdl/backend/backend.h"
 
+#include "hpdl/backend/compute_scope.h"
+
 #include "hpdl/backend/cpu/reference.h"
 
 namespace hpdl {
@@ -137,6 +139,18 @@ Backend& backend_for(Device device) {
 
 ScopedCpuBackend::ScopedCpuBackend(Backend& b) : previous_(t_cpu_override) { t_cpu_override = &b; }
 ScopedCpuBackend::~ScopedCpuBackend() { t_cpu_override = previous_; }
+
+namespace {
+thread_local DType t_cpu_compute = DType::f32;
+}  // namespace
+
+CpuComputeScope::CpuComputeScope(DType dtype, bool enabled) : previous_(t_cpu_compute) {
+  HPDL_CHECK(dtype == DType::bf16 || dtype == DType::f32,
+             "CpuComputeScope: CPU kernels compute in float32 or with bfloat16 operands, not {}", dtype_name(dtype));
+  if (enabled) t_cpu_compute = dtype;
+}
+CpuComputeScope::~CpuComputeScope() { t_cpu_compute = previous_; }
+DType cpu_compute_dtype() { return t_cpu_compute; }
 
 }  // namespace hpdl
 

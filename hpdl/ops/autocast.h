@@ -10,7 +10,15 @@
 //
 // The scope is per thread and only changes what ops do when they are called;
 // backward closures keep the casted tensors they saw, so backward needs no
-// scope. CPU tensors are left alone (the CPU backends compute in float32).
+// scope.
+//
+// CPU tensors are never cast (design decision 69): conv2d, conv_transpose2d,
+// conv2d_weight, linear and matmul on float32 CPU tensors run their oneDNN
+// kernels inside a CpuComputeScope(bf16) (hpdl/backend/compute_scope.h), which
+// read the operands as bfloat16 and accumulate and write float32; their
+// backward closures remember this and compute the gradients the same way.
+// Every other CPU op computes in float32. Needs AVX512_BF16 or AMX
+// (cpu::onednn_bf16_supported()); elsewhere those ops throw an Error naming the ISA.
 #pragma once
 
 #include "hpdl/core/tensor.h"

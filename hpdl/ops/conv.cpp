@@ -116,7 +116,12 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
   Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
   Tensor y = cl ? Tensor::empty_channels_last({N, K, P, Q}, x.dtype(), x.device())
                 : Tensor::empty({N, K, P, Q}, x.dtype(), x.device());
-  if (y.numel() > 0) detail::pick(x, OpKind::conv2d).conv2d_forward(xc, wc, bc, y, p);
+  // CPU under autocast: bfloat16 operands in the kernels, forward and backward (design decision 69).
+  const DType cd = detail::autocast_cpu_compute(x);
+  if (y.numel() > 0) {
+    CpuComputeScope compute(cd);
+    detail::pick(x, OpKind::conv2d).conv2d_forward(xc, wc, bc, y, p);
+  }
 
   if (needs_grad({&x, &w, &bias})) {
     const bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.defined() && bias.requires_grad();
@@ -124,8 +129,10 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
     // copies) let a recorded backward reach them for second derivatives.
     record(
         "conv2d", {x, w, bias}, {&y},
-        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, gb, has_bias = bias.defined(), p,
-         cl](const std::vector<Tensor>& g) {
+        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, gb, has_bias = bias.defined(), p, cl,
+         cd](const std::vector<Tensor>& g) {
+          AutocastScope autocast(cd, cd != DType::f32);
+          CpuComputeScope compute(cd);
           if (grad_enabled()) {
             // Recorded: dy [N, K, P, Q] -> dx = conv_transpose2d(dy, w) [N, C, H, W],
             // dw = conv2d_weight(x, dy) [K, C/groups, R, S], db = sum over N, P, Q [K].
@@ -214,7 +221,9 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   Tensor xc = x.contiguous().detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
   Tensor wc = w.contiguous().detach();  // [C, K/groups, R, S]: that conv2d's filters
   Tensor y = Tensor::empty(ys, x.dtype(), x.device());  // [N, K, P, Q]: its "dx"
+  const DType cd = detail::autocast_cpu_compute(x);  // as in conv2d
   if (y.numel() > 0) {
+    CpuComputeScope compute(cd);
     if (xc.numel() > 0)
       detail::pick(x, OpKind::conv2d).conv2d_backward_data(xc, wc, y, cp);
     else
@@ -225,7 +234,9 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
     const bool gx = x.requires_grad(), gw = w.requires_grad();
     record(
         op, {x, w}, {&y},
-        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, cp](const std::vector<Tensor>& g) {
+        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, cp, cd](const std::vector<Tensor>& g) {
+          AutocastScope autocast(cd, cd != DType::f32);
+          CpuComputeScope compute(cd);
           if (grad_enabled()) {
             // Recorded: dy [N, K, P, Q] -> dx = conv2d(dy, w) [N, C, H, W],
             // dw = conv2d_weight(input dy, output gradient x) [C, K/groups, R, S].
@@ -292,13 +303,17 @@ Tensor conv2d_weight(const Tensor& x, const Tensor& dy, const Shape& weight_shap
                         : x;
   Tensor xc = xu.contiguous().detach(), dyc = dy.contiguous().detach();
   Tensor dw = Tensor::empty(weight_shape, x.dtype(), x.device());
-  if (xc.numel() > 0 && dyc.numel() > 0)
+  const DType cd = detail::autocast_cpu_compute(x);  // as in conv2d
+  if (xc.numel() > 0 && dyc.numel() > 0) {
+    CpuComputeScope compute(cd);
     detail::pick(x, OpKind::conv2d).conv2d_backward_weights(xc, dyc, dw, Tensor(), p);
-  else
+  } else {
     dw.fill_(0.0);
+  }
   if (needs_grad({&xu, &dy})) {
     const bool gx = xu.requires_grad(), gdy = dy.requires_grad();
-    record(op, {xu, dy}, {&dw}, [xu, dy, gx, gdy, p](const std::vector<Tensor>& g) {
+    record(op, {xu, dy}, {&dw}, [xu, dy, gx, gdy, p, cd](const std::vector<Tensor>& g) {
+      AutocastScope autocast(cd, cd != DType::f32);
       // G [K, C/groups, R, S] -> dx [N, C, H, W], ddy [N, K, P, Q]; differentiable in any mode.
       const Tensor& G = g[0];
       return std::vector<Tensor>{gx ? conv2d_data_grad(dy, G, xu.shape(), p) : Tensor(),

@@ -39,6 +39,8 @@ Tensor gemm(const Tensor& a, const Tensor& b) {
     c.fill_(0);
     return c;
   }
+  // CPU under autocast: bfloat16 operands in the kernel (design decision 69).
+  CpuComputeScope compute(detail::autocast_cpu_compute(a));
   detail::pick(a, OpKind::matmul).matmul(ac, bc, c, ta, tb, 1.0, 0.0);
   return c;
 }
@@ -96,7 +98,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = rank3 ? gemm(a, b) : gemm_batched(a, b);
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
-    record("matmul", {a, b}, {&out}, [a, b, ga, gb](const std::vector<Tensor>& g) {
+    // The backward's matmuls compute as the forward did (autocast on the CPU, design decision 69).
+    const DType cd = detail::autocast_cpu_compute(a);
+    record("matmul", {a, b}, {&out}, [a, b, ga, gb, cd](const std::vector<Tensor>& g) {
+      AutocastScope autocast(cd, cd != DType::f32);
       // out [.., M, N] = a [.., M, K] @ b [.., K, N]
       // da [.., M, K] = g [.., M, N] @ b^T [.., N, K];  db [.., K, N] = a^T [.., K, M] @ g [.., M, N]
       // (summed over a broadcast batch). Built from matmul/transpose: differentiable again.
@@ -136,7 +141,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   }
   if (needs_grad({&x2, &w, &b})) {
     const bool gx = x2.requires_grad(), gw = w.requires_grad(), gb = b.defined() && b.requires_grad();
-    record("linear", {x2, w, b}, {&y}, [x2, w, gx, gw, gb](const std::vector<Tensor>& g) {
+    const DType cd = detail::autocast_cpu_compute(x2);  // as in matmul
+    record("linear", {x2, w, b}, {&y}, [x2, w, gx, gw, gb, cd](const std::vector<Tensor>& g) {
+      AutocastScope autocast(cd, cd != DType::f32);
       // dx [M, in] = g [M, out] @ w [out, in]; dw [out, in] = g^T [out, M] @ x [M, in]
       // (contiguous, so the weight's gradient needs no transpose copy); db [out] = sum_M g.
       // Built from differentiable ops: higher-order gradients flow through linear.

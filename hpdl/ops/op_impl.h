@@ -5,7 +5,9 @@
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/backend/backend.h"
+#include "hpdl/backend/compute_scope.h"
 #include "hpdl/core/tensor.h"
+#include "hpdl/ops/autocast.h"
 
 namespace hpdl::detail {
 
@@ -36,6 +38,16 @@ inline DType promote_types(DType a, DType b) {
 
 inline void check_ndim(const Tensor& t, int nd, const char* op, const char* what) {
   HPDL_CHECK(t.ndim() == nd, "{}: {} must have {} dims, got shape {}", op, what, nd, shape_str(t.shape()));
+}
+
+// CPU mixed precision (design decision 69): the dtype the CPU kernels of conv2d,
+// conv_transpose2d, conv2d_weight, linear and matmul round the operands of `t`
+// to, set around the kernel call with a CpuComputeScope: the autocast dtype for
+// a float32 CPU tensor, else float32 (float64 is never rounded; CUDA casts its
+// operands instead, autocast_cast). Backward closures keep it and compute their
+// gradients the same way, since backward runs outside the autocast scope.
+inline DType autocast_cpu_compute(const Tensor& t) {
+  return t.defined() && t.dtype() == DType::f32 && t.device().is_cpu() ? autocast_dtype() : DType::f32;
 }
 
 // The backend to run `kind` on for tensors like `t`.

@@ -17,6 +17,7 @@
 #include <fmt/ranges.h>
 
 #include "hpdl/autograd/node.h"
+#include "hpdl/backend/cpu/onednn.h"
 #ifdef HPDL_HAVE_CUDA
 #include "hpdl/backend/cuda/cuda.h"
 #endif
@@ -606,8 +607,12 @@ TrainSummary Trainer::run(bool resume) {
 #endif
     nccl = std::make_unique<dist::NcclCommunicator>(comm, device.index);
   }
-  HPDL_CHECK(cfg.train.precision == "fp32" || device.is_cuda(), "train.precision = \"{}\" needs train.device = "
-             "\"cuda\" (bf16/fp16 compute runs on GPU tensor cores; the CPU trains in fp32)", cfg.train.precision);
+  HPDL_CHECK(cfg.train.precision != "fp16" || device.is_cuda(), "train.precision = \"fp16\" needs train.device = "
+             "\"cuda\" (fp16 compute runs on GPU tensor cores); the CPU trains in \"fp32\" or \"bf16\"");
+  if (cfg.train.precision == "bf16" && device.is_cpu())
+    HPDL_CHECK(cpu::onednn_bf16_supported(), "train.precision = \"bf16\" on the CPU needs AVX512_BF16 or AMX "
+               "(oneDNN ISA avx512_core_bf16 or avx512_core_amx); this CPU's oneDNN ISA is {}: use \"fp32\"",
+               cpu::onednn_isa());
   // ---- pipeline parallelism (train.pipeline_stages): a grid of pipelines x data-parallel replicas ----
   // The data is sharded over the replicas; every rank of a pipeline reads its replica's batches.
   const int stages = static_cast<int>(cfg.train.pipeline_stages);
@@ -640,7 +645,11 @@ TrainSummary Trainer::run(bool resume) {
   // stay float32. fp16: float32 convolutions and matmuls convert their
   // operands to float16 for the tensor cores (float32 accumulation and
   // activations), with loss scaling.
-  const bool autocast_bf16 = device.is_cuda() && cfg.train.precision == "bf16";
+  // bf16 on the CPU (design decision 69): the same autocast scope, but tensors
+  // stay float32; convolutions, linear layers and matmuls (forward and both
+  // gradients) round their operands to bfloat16 inside oneDNN and accumulate in
+  // float32. Everything else, the weights and the optimizer compute in float32.
+  const bool autocast_bf16 = cfg.train.precision == "bf16";
 #ifdef HPDL_HAVE_CUDA
   if (device.is_cuda()) cuda::set_compute_precision(cfg.train.precision == "fp16" ? DType::f16 : DType::f32);
 #endif
@@ -1015,6 +1024,10 @@ TrainSummary Trainer::run(bool resume) {
                  cfg.model.name.c_str(), static_cast<long long>(model_parameters), cfg.data.dataset.c_str(),
                  static_cast<long long>(ds.train->size()), world, num_threads(),
                  static_cast<long long>(cfg.data.batch_size), static_cast<long long>(steps_per_epoch));
+  if (root && autocast_bf16 && device.is_cpu())
+    std::fprintf(log, "hpdl: precision bf16 on the CPU (oneDNN %s): convolutions, linear layers and matmuls "
+                 "(forward and gradients) read bfloat16 operands, accumulate in float32; activations, weights, "
+                 "gradients and optimizer state stay float32\n", cpu::onednn_isa().c_str());
 
   TrainSummary summary;
   summary.run_dir = run_dir;
@@ -1070,6 +1083,9 @@ TrainSummary Trainer::run(bool resume) {
           // Every rank of the pipeline holds the batch: the first stage feeds in the images, the last
           // scores each micro-batch (its mean loss and correct predictions into this step's sums).
           TraceRecorder::Scope scope(trace, "pipeline_step", "compute");
+          // bf16 (CPU: pipelines are CPU-only): each stage's forward under autocast; the backward
+          // closures it records keep the precision (design decision 69).
+          AutocastScope ac(DType::bf16, autocast_bf16);
           const Tensor labels = batch.labels;
           pipeline->train_step(batch.images, labels, [&](const Tensor& out, const Tensor& y) {
             Tensor l = objective.train_loss(out, y);

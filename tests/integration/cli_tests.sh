@@ -922,6 +922,40 @@ PY
   "$hpdl" explain --checkpoint run --method ig --output 2 --out ex data/test_x.npy >bad.txt 2>&1 && fail "--output 2 was accepted"
   grep -q "explain --output 2: the model has 2 output(s)" bad.txt || fail "no clear refusal of --output 2: $(cat bad.txt)"
   ;;
+train_bf16_cpu)
+  # train.precision = "bf16" on the CPU (design decision 69): LeNet-5 reaches a sane accuracy, the log
+  # says what computes in bfloat16, checkpoints stay float32 and resume across fp32 and bf16 runs,
+  # fp16 stays GPU-only. A CPU without AVX512_BF16 must refuse bf16 naming its ISA.
+  "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.precision=fp16 >out 2>err \
+    && fail "fp16 on the CPU was accepted"
+  grep -q 'fp16.*needs train.device = "cuda"' err || fail "no clear fp16 refusal: $(cat err)"
+  if ! "$hpdl" info 2>&1 | grep -Eq "ISA (avx512_core_bf16|avx512_core_amx)"; then
+    "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.precision=bf16 >out 2>err \
+      && fail "bf16 accepted on a CPU without bfloat16 kernels"
+    grep -q "AVX512_BF16" err || fail "the bf16 refusal does not name the ISA: $(cat err)"
+    echo "PASS [$case_name] (this CPU has no bfloat16 kernels: refusal checked)"; exit 0
+  fi
+  "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.precision=bf16 --set train.max_steps=100 \
+    --set train.run_dir=bf >bf.log 2>&1 || fail "bf16 training failed: $(tail -3 bf.log)"
+  grep -q "precision bf16 on the CPU" bf.log || fail "no bf16 log line: $(head -5 bf.log)"
+  "$hpdl" eval --checkpoint bf >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  acc=$(sed -n 's/test accuracy \([0-9.]*\)%.*/\1/p' eval.txt)
+  awk -v a="$acc" 'BEGIN { exit !(a > 60) }' || fail "bf16 LeNet-5 test accuracy '$acc'% after 100 steps is too low"
+  # the safetensors header (after its 8-byte length) names every tensor's dtype: float32, no bfloat16
+  header=$(head -c 100000 bf/checkpoints/step-0000000100.safetensors | tr -c '[:print:]' ' ')
+  grep -q '"F32"' <<<"$header" && ! grep -q '"BF16"' <<<"$header" || fail "the bf16 run's checkpoint is not float32"
+  # fp32 -> bf16 and bf16 -> fp32 resume: the other precision continues from the checkpoint
+  "$hpdl" train "$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=20 --set train.checkpoint_every_steps=10 \
+    --set train.run_dir=f32 >f32.log 2>&1 || fail "fp32 training failed: $(tail -3 f32.log)"
+  "$hpdl" train --resume f32 --set train.precision=bf16 --set train.max_steps=40 >r1.log 2>&1 \
+    || fail "bf16 resume of an fp32 run failed: $(tail -3 r1.log)"
+  grep -q "resumed from .*step-0000000020" r1.log && grep -q "precision bf16 on the CPU" r1.log \
+    || fail "the bf16 resume did not continue from step 20 in bf16: $(head -8 r1.log)"
+  "$hpdl" train --resume bf --set train.precision=fp32 --set train.max_steps=110 >r2.log 2>&1 \
+    || fail "fp32 resume of a bf16 run failed: $(tail -3 r2.log)"
+  grep -q "resumed from .*step-0000000100" r2.log || fail "the fp32 resume did not continue from step 100: $(head -8 r2.log)"
+  ! grep -q "precision bf16" r2.log || fail "the fp32 resume still computes in bf16"
+  ;;
 *) fail "unknown case" ;;
 esac
 echo "PASS [$case_name]"

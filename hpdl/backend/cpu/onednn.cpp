@@ -12,6 +12,7 @@
 // never run its primitive at once.
 #include "hpdl/backend/cpu/onednn.h"
 
+#include "hpdl/backend/compute_scope.h"
 #include "hpdl/backend/cpu/direct_conv.h"
 
 #include "hpdl/core/threading.h"
@@ -52,6 +53,29 @@ memory::desc plain_desc(const Shape& s) {
   return memory::desc(dims_of(s), dt::f32, memory::dims(st.begin(), st.end()));
 }
 
+// bf16 operands for this call's convolution or matmul (CpuComputeScope), checked
+// against the CPU once: oneDNN's bfloat16 kernels need AVX512_BF16 (or AMX).
+bool bf16_operands() {
+  if (cpu_compute_dtype() != DType::bf16) return false;
+  static const bool ok = onednn_bf16_supported();
+  HPDL_CHECK(ok, "bfloat16 compute on the CPU needs a CPU with AVX512_BF16 or AMX (oneDNN ISA avx512_core_bf16 "
+             "or avx512_core_amx); this CPU's oneDNN ISA is {}: train in fp32 (train.precision = \"fp32\")",
+             onednn_isa());
+  return true;
+}
+
+// A primitive descriptor built by make(), a oneDNN failure turned into an hpdl::Error naming
+// `what` and the ISA (bfloat16 kernels that this oneDNN or CPU does not have).
+template <typename Make>
+auto make_pd(const char* what, bool bf16, Make&& make) {
+  try {
+    return make();
+  } catch (const dnnl::error& e) {
+    HPDL_FAIL("oneDNN cannot create the {} primitive{} on this CPU (ISA {}): {}", what,
+              bf16 ? " with bfloat16 operands" : "", onednn_isa(), e.what());
+  }
+}
+
 std::string make_key(const char* name, std::initializer_list<int64_t> values) {
   std::string k = name;
   for (int64_t v : values) k += fmt::format(",{}", v);
@@ -63,8 +87,8 @@ std::string make_key(const char* name, std::initializer_list<int64_t> values) {
 struct OneDnnBackend::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
-  // matmul primitives by (B, M, N, K, trans_a, trans_b, batch-broadcast flags, beta != 0)
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool, bool, bool>,
+  // matmul primitives by (B, M, N, K, trans_a, trans_b, batch-broadcast flags, beta != 0, bf16 operands)
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool, bool, bool, bool>,
            std::pair<dnnl::matmul::primitive_desc, dnnl::matmul>>
       matmuls;
   // Every other primitive: one entry per op and shape, never evicted.
@@ -195,7 +219,8 @@ void OneDnnBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bo
   const int64_t M = c.dim(-2), N = c.dim(-1), K = trans_a ? a.dim(-2) : a.dim(-1);
   const int64_t B = nd == 3 ? c.dim(0) : 1;
   const bool a_batched = a.ndim() == 3 && a.dim(0) > 1, b_batched = b.ndim() == 3 && b.dim(0) > 1;
-  auto key = std::make_tuple(B, M, N, K, trans_a, trans_b, a_batched, b_batched, beta != 0.0);
+  const bool bf16 = bf16_operands();
+  auto key = std::make_tuple(B, M, N, K, trans_a, trans_b, a_batched, b_batched, beta != 0.0, bf16);
   dnnl::matmul prim;
   dnnl::matmul::primitive_desc pd;
   {
@@ -206,22 +231,36 @@ void OneDnnBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bo
       memory::dims ad = {a_batched ? B : 1, M, K}, bd = {b_batched ? B : 1, K, N}, cd = {B, M, N};
       memory::dims as = trans_a ? memory::dims{M * K, 1, M} : memory::dims{M * K, K, 1};
       memory::dims bs = trans_b ? memory::dims{K * N, 1, K} : memory::dims{K * N, N, 1};
-      memory::desc amd(ad, dt::f32, as), bmd(bd, dt::f32, bs), cmd(cd, dt::f32, tag::abc);
+      // bf16: a and b are read as bfloat16 (reordered from the float32 tensors per call), c stays float32.
+      const dt in = bf16 ? dt::bf16 : dt::f32;
+      memory::desc amd(ad, in, as), bmd(bd, in, bs), cmd(cd, dt::f32, tag::abc);
       dnnl::primitive_attr attr;
       if (beta != 0.0) {
         dnnl::post_ops po;
         po.append_sum(static_cast<float>(beta));
         attr.set_post_ops(po);
       }
-      auto npd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(amd, bmd, cmd), attr, impl_->engine);
+      auto npd = make_pd("matmul", bf16, [&] {
+        return dnnl::matmul::primitive_desc(dnnl::matmul::desc(amd, bmd, cmd), attr, impl_->engine);
+      });
       it = impl_->matmuls.emplace(key, std::make_pair(npd, dnnl::matmul(npd))).first;
     }
     pd = it->second.first;
     prim = it->second.second;
   }
+  dnnl::stream s(impl_->engine);
+  Impl::Scratch scratch;
   memory am(pd.src_desc(), impl_->engine, a.raw_data()), bm(pd.weights_desc(), impl_->engine, b.raw_data()),
       cm(pd.dst_desc(), impl_->engine, c.raw_data());
-  dnnl::stream s(impl_->engine);
+  if (bf16) {  // the float32 operands, in the same strides, rounded to bfloat16
+    auto f32_of = [](const memory::desc& d) {
+      return memory::desc(d.dims(), dt::f32, memory::dims(d.data.format_desc.blocking.strides,
+                                                          d.data.format_desc.blocking.strides + d.data.ndims));
+    };
+    am = impl_->in_layout(memory(f32_of(pd.src_desc()), impl_->engine, a.raw_data()), pd.src_desc(), scratch, s);
+    bm = impl_->in_layout(memory(f32_of(pd.weights_desc()), impl_->engine, b.raw_data()), pd.weights_desc(), scratch,
+                          s);
+  }
   prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   s.wait();
 }
@@ -231,13 +270,16 @@ void OneDnnBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& c, bo
 namespace {
 
 // Everything oneDNN needs to describe one convolution in hpdl's plain layouts.
+// With bf16 operands the tensors a primitive reads (src, weights, dst = diff_dst)
+// are bfloat16 (`*_in`, reordered from float32 per call) and the ones it writes
+// (dst, diff_src, diff_weights) float32 (`*_out`).
 struct ConvGeom {
   memory::desc src, wei, bias, dst;  // user layouts: nchw, (g)oihw, x, nchw
-  memory::desc src_any, wei_any, dst_any;
+  memory::desc src_in, wei_in, dst_in, src_out, wei_out, dst_out;
   memory::dims strides, dilates, pad_l, pad_r;
   bool ok = true;  // false: oneDNN cannot express it (negative right padding)
 
-  ConvGeom(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p) {
+  ConvGeom(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, bool bf16 = false) {
     const int64_t G = p.groups, K = ws[0], Cg = ws[1], R = ws[2], S = ws[3];
     src = memory::desc(dims_of(xs), dt::f32, tag::nchw);
     dst = memory::desc(dims_of(ys), dt::f32, tag::nchw);
@@ -252,9 +294,14 @@ struct ConvGeom {
       const char* e = std::getenv("HPDL_CONV_BLOCKED");
       return !(e && e[0] == '0');
     }();
-    src_any = blocked ? memory::desc(dims_of(xs), dt::f32, tag::any) : src;
-    dst_any = blocked ? memory::desc(dims_of(ys), dt::f32, tag::any) : dst;
-    wei_any = memory::desc(wd, dt::f32, tag::any);
+    const dt in = bf16 ? dt::bf16 : dt::f32;
+    const tag act = blocked ? tag::any : tag::nchw;
+    src_in = memory::desc(dims_of(xs), in, act);
+    src_out = memory::desc(dims_of(xs), dt::f32, act);
+    dst_in = memory::desc(dims_of(ys), in, act);
+    dst_out = memory::desc(dims_of(ys), dt::f32, act);
+    wei_in = memory::desc(wd, in, tag::any);
+    wei_out = memory::desc(wd, dt::f32, tag::any);
     strides = {p.stride_h, p.stride_w};
     dilates = {p.dilation_h - 1, p.dilation_w - 1};  // oneDNN counts the gaps
     pad_l = {p.pad_h, p.pad_w};
@@ -268,16 +315,17 @@ struct ConvGeom {
   dnnl::convolution_forward::desc fwd_desc(bool with_bias) const {
     using namespace dnnl;
     if (with_bias)
-      return convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src_any, wei_any,
-                                        bias, dst_any, strides, dilates, pad_l, pad_r);
-    return convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src_any, wei_any,
-                                     dst_any, strides, dilates, pad_l, pad_r);
+      return convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src_in, wei_in,
+                                        bias, dst_out, strides, dilates, pad_l, pad_r);
+    return convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src_in, wei_in,
+                                     dst_out, strides, dilates, pad_l, pad_r);
   }
 };
 
-std::string conv_key(const char* name, const Shape& xs, const Shape& ws, const Conv2dParams& p, bool bias) {
+std::string conv_key(const char* name, const Shape& xs, const Shape& ws, const Conv2dParams& p, bool bias,
+                     bool bf16) {
   return make_key(name, {xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], ws[3], p.stride_h, p.stride_w, p.pad_h,
-                         p.pad_w, p.dilation_h, p.dilation_w, p.groups, bias});
+                         p.pad_w, p.dilation_h, p.dilation_w, p.groups, bias, bf16});
 }
 
 }  // namespace
@@ -298,7 +346,8 @@ void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tenso
     cpu::direct_conv_forward(x, w, bias, y, p);
     return;
   }
-  ConvGeom geom(x.shape(), w.shape(), y.shape(), p);
+  const bool bf16 = f32_dense({&x, &w, &bias, &y}) && bf16_operands();
+  ConvGeom geom(x.shape(), w.shape(), y.shape(), p, bf16);
   if (!f32_dense({&x, &w, &bias, &y}) || !geom.ok) {
     ReferenceBackend::conv2d_forward(x, w, bias, y, p);
     return;
@@ -309,8 +358,10 @@ void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tenso
     dnnl::convolution_forward prim;
   };
   const bool has_bias = bias.defined();
-  E& e = impl_->entry<E>(conv_key("conv_fwd", x.shape(), w.shape(), p, has_bias), [&](E& e) {
-    e.pd = dnnl::convolution_forward::primitive_desc(geom.fwd_desc(has_bias), impl_->engine);
+  E& e = impl_->entry<E>(conv_key("conv_fwd", x.shape(), w.shape(), p, has_bias, bf16), [&](E& e) {
+    e.pd = make_pd("convolution forward", bf16, [&] {
+      return dnnl::convolution_forward::primitive_desc(geom.fwd_desc(has_bias), impl_->engine);
+    });
     e.prim = dnnl::convolution_forward(e.pd);
   });
   std::lock_guard<std::mutex> lock(e.mu);
@@ -372,7 +423,8 @@ void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const 
     cpu::direct_conv_backward_data(dy, w, dx, p);
     return;
   }
-  ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p);
+  const bool bf16 = f32_dense({&dy, &w, &dx}) && bf16_operands();
+  ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p, bf16);
   if (!f32_dense({&dy, &w, &dx}) || !geom.ok) {
     ReferenceBackend::conv2d_backward_data(dy, w, dx, p);
     return;
@@ -382,11 +434,13 @@ void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const 
     dnnl::convolution_backward_data::primitive_desc pd;
     dnnl::convolution_backward_data prim;
   };
-  E& e = impl_->entry<E>(conv_key("conv_bwd_data", dx.shape(), w.shape(), p, false), [&](E& e) {
-    dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(false), impl_->engine);
-    dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, geom.src_any, geom.wei_any,
-                                            geom.dst_any, geom.strides, geom.dilates, geom.pad_l, geom.pad_r);
-    e.pd = dnnl::convolution_backward_data::primitive_desc(d, impl_->engine, hint);
+  E& e = impl_->entry<E>(conv_key("conv_bwd_data", dx.shape(), w.shape(), p, false, bf16), [&](E& e) {
+    e.pd = make_pd("convolution backward data", bf16, [&] {
+      dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(false), impl_->engine);
+      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, geom.src_out, geom.wei_in,
+                                              geom.dst_in, geom.strides, geom.dilates, geom.pad_l, geom.pad_r);
+      return dnnl::convolution_backward_data::primitive_desc(d, impl_->engine, hint);
+    });
     e.prim = dnnl::convolution_backward_data(e.pd);
   });
   std::lock_guard<std::mutex> lock(e.mu);
@@ -410,7 +464,8 @@ void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, con
     cpu::direct_conv_backward_weights(x, dy, dw, db, p);
     return;
   }
-  ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p);
+  const bool bf16 = f32_dense({&x, &dy, &dw, &db}) && bf16_operands();
+  ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p, bf16);
   if (!f32_dense({&x, &dy, &dw, &db}) || !geom.ok) {
     ReferenceBackend::conv2d_backward_weights(x, dy, dw, db, p);
     return;
@@ -421,16 +476,18 @@ void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, con
     dnnl::convolution_backward_weights prim;
   };
   const bool has_bias = db.defined();
-  E& e = impl_->entry<E>(conv_key("conv_bwd_weights", x.shape(), dw.shape(), p, has_bias), [&](E& e) {
-    dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(has_bias), impl_->engine);
+  E& e = impl_->entry<E>(conv_key("conv_bwd_weights", x.shape(), dw.shape(), p, has_bias, bf16), [&](E& e) {
     using dnnl::convolution_backward_weights;
-    auto d = has_bias ? convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, geom.src_any,
-                                                           geom.wei_any, geom.bias, geom.dst_any, geom.strides,
-                                                           geom.dilates, geom.pad_l, geom.pad_r)
-                      : convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, geom.src_any,
-                                                           geom.wei_any, geom.dst_any, geom.strides, geom.dilates,
-                                                           geom.pad_l, geom.pad_r);
-    e.pd = convolution_backward_weights::primitive_desc(d, impl_->engine, hint);
+    e.pd = make_pd("convolution backward weights", bf16, [&] {
+      dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(has_bias), impl_->engine);
+      auto d = has_bias ? convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, geom.src_in,
+                                                             geom.wei_out, geom.bias, geom.dst_in, geom.strides,
+                                                             geom.dilates, geom.pad_l, geom.pad_r)
+                        : convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, geom.src_in,
+                                                             geom.wei_out, geom.dst_in, geom.strides, geom.dilates,
+                                                             geom.pad_l, geom.pad_r);
+      return convolution_backward_weights::primitive_desc(d, impl_->engine, hint);
+    });
     e.prim = convolution_backward_weights(e.pd);
   });
   std::lock_guard<std::mutex> lock(e.mu);
@@ -1264,6 +1321,32 @@ void OneDnnBackend::optimizer_update(const OptimizerUpdate& u, const Tensor& par
 std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();
   return fmt::format("{}.{}.{}", v->major, v->minor, v->patch);
+}
+
+std::string onednn_conv_impl(const Shape& xs, const Shape& ws, const Conv2dParams& p) {
+  const Shape ys{xs[0], ws[0], Conv2dParams::out_size(xs[2], ws[2], p.stride_h, p.pad_h, p.dilation_h),
+                 Conv2dParams::out_size(xs[3], ws[3], p.stride_w, p.pad_w, p.dilation_w)};
+  const bool bf16 = bf16_operands();
+  ConvGeom geom(xs, ws, ys, p, bf16);
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return make_pd("convolution forward", bf16, [&] {
+           return dnnl::convolution_forward::primitive_desc(geom.fwd_desc(false), engine);
+         }).impl_info_str();
+}
+
+std::string onednn_matmul_impl(int64_t M, int64_t N, int64_t K) {
+  const bool bf16 = bf16_operands();
+  const dt in = bf16 ? dt::bf16 : dt::f32;
+  memory::desc amd({1, M, K}, in, tag::abc), bmd({1, K, N}, in, tag::abc), cmd({1, M, N}, dt::f32, tag::abc);
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return make_pd("matmul", bf16, [&] {
+           return dnnl::matmul::primitive_desc(dnnl::matmul::desc(amd, bmd, cmd), engine);
+         }).impl_info_str();
+}
+
+bool onednn_bf16_supported() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  return (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16;
 }
 
 std::string onednn_isa() {

@@ -92,5 +92,12 @@ class OneDnnBackend : public ReferenceBackend {
 // oneDNN's version and the ISA its JIT uses on this CPU ("avx512_core_bf16", ...).
 std::string onednn_version();
 std::string onednn_isa();
+// Whether oneDNN runs bfloat16 convolutions and matmuls natively here (AVX512_BF16 or AMX):
+// what CpuComputeScope(DType::bf16) needs (design decision 69).
+bool onednn_bf16_supported();
+// The implementation oneDNN picks for the convolution forward (x, w -> y) and the matmul
+// [M, K] @ [K, N] under this thread's CPU compute dtype, e.g. "brg:avx512_core_bf16" (tests).
+std::string onednn_conv_impl(const Shape& xs, const Shape& ws, const Conv2dParams& p);
+std::string onednn_matmul_impl(int64_t M, int64_t N, int64_t K);
 
 }  // namespace hpdl::cpu
