@@ -45,13 +45,17 @@ struct Zero3::Unit {
   std::vector<size_t> params;         // indices into params_, in the modules' order
   std::vector<size_t> remote;         // the non-owned ones, grouped by owner
   std::vector<int64_t> offset;        // per remote parameter: its first element in `flat`
-  int64_t numel = 0;                  // elements of `flat`
+  int64_t numel = 0;                  // elements its non-owned parameters take in `flat`
+  int index = 0;                      // its place in the chain
   Tensor flat;                        // the gathered non-owned parameters: the shared buffer, or pages of their own
-  bool gathered = false;
+  int64_t base = 0;                   // where in `flat` they start (the back half of the buffer: not 0)
+  int half = -1;                      // the buffer's front (0) or back (1) it occupies; -1: none
+  std::shared_ptr<Work> pending;      // its broadcasts, queued and not yet waited for
+  bool gathered = false;              // mapped (its broadcasts may still be in flight: see pending)
 };
 
-Zero3::Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataParallel& dp)
-    : model_(std::move(model)), opt_(opt), dp_(dp), comm_(dp.comm()) {
+Zero3::Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataParallel& dp, Zero3Options options)
+    : model_(std::move(model)), opt_(opt), dp_(dp), comm_(dp.comm()), options_(options) {
   HPDL_CHECK(model_ != nullptr, "Zero3: no model given");
   HPDL_CHECK(dp_.shards_gradients(), "Zero3: the DataParallel does not shard gradients; build it with "
              "DataParallelOptions::grad_owners = opt.owners_of(model.parameters()) (ZeRO-3's gradients go to their "
@@ -104,6 +108,7 @@ Zero3::Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataP
   const int me = comm_.rank();
   for (auto& up : units_) {
     Unit& u = *up;
+    u.index = static_cast<int>(&up - units_.data());
     for (int r = 0; r < comm_.size(); ++r)
       for (size_t i : u.params)
         if (owners_[i] == r && r != me) {
@@ -111,8 +116,12 @@ Zero3::Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataP
           u.offset.push_back(u.numel);
           u.numel += aligned16(params_[i].numel());
         }
-    max_unit_numel_ = std::max(max_unit_numel_, u.numel);
+    buffer_numel_ = std::max(buffer_numel_, u.numel);
   }
+  // Prefetch holds two neighbouring units at once (front and back of the buffer).
+  if (options_.prefetch)
+    for (size_t i = 0; i + 1 < units_.size(); ++i)
+      buffer_numel_ = std::max(buffer_numel_, units_[i]->numel + units_[i + 1]->numel);
   for (size_t i = 0; i < params_.size(); ++i)
     if (owners_[i] == me) owned_bytes_ += static_cast<int64_t>(params_[i].nbytes());
   opt_.set_broadcast_after_step(false);
@@ -135,56 +144,88 @@ std::vector<std::string> Zero3::unit_modules(int i) const {
   return units_[static_cast<size_t>(i)]->names;
 }
 
-void Zero3::gather(Unit& u) {
+void Zero3::issue(Unit& u) {
   if (u.gathered) return;
   NoGradGuard no_grad;
   if (!u.remote.empty()) {
-    // One unit at a time (forward, and backward's recompute) uses the shared buffer, mapped once and
-    // reused: fresh pages per gather cost a page fault per 4 KiB inside the broadcast, measured 6-10x
-    // slower than receiving into memory already mapped. unshard() holds every unit at once, so the
-    // others then get pages of their own.
-    if (buffer_user_ == nullptr) {
-      if (!buffer_.defined()) buffer_ = zero_pages_f32(max_unit_numel_);
-      buffer_user_ = &u;
+    // Units use the shared buffer, mapped once and reused: fresh pages per gather cost a page fault
+    // per 4 KiB inside the broadcast, measured 6-10x slower than receiving into memory already mapped.
+    // Without prefetch one unit at a time uses its front. With prefetch even units take the front and
+    // odd ones the back, so a unit and its neighbour (the one gathered ahead) fit side by side. A unit
+    // whose place is taken, or that would overlap the other half's unit, gets pages of its own
+    // (unshard() holds every unit at once).
+    const int h = options_.prefetch ? u.index % 2 : 0;
+    const Unit* other = buffer_user_[1 - h];
+    if (buffer_user_[h] == nullptr && (other == nullptr || other->numel + u.numel <= buffer_numel_)) {
+      if (!buffer_.defined()) buffer_ = zero_pages_f32(buffer_numel_);
+      buffer_user_[h] = &u;
+      u.half = h;
       u.flat = buffer_;
+      u.base = h == 0 ? 0 : buffer_numel_ - u.numel;
     } else {
+      u.half = -1;
       u.flat = zero_pages_f32(u.numel);
+      u.base = 0;
     }
     for (size_t k = 0; k < u.remote.size(); ++k) {
       TensorImpl& im = params_[u.remote[k]].impl();
       im.storage = u.flat.storage();
-      im.offset = u.offset[k];
+      im.offset = u.base + u.offset[k];
     }
   }
   u.gathered = true;
   gathered_bytes_ += u.numel * 4;
   peak_bytes_ = std::max(peak_bytes_, parameter_bytes());
+  if (comm_.size() == 1 || u.params.empty()) return;
   // One broadcast per owner of something in the unit: at the owner its parameters' own memory, at
   // the others their places in `flat` (an MPI datatype over the regions, no staging copy). On the
-  // communication thread, after the gradient reduces queued before it: the collectives of every
-  // rank come in one order.
-  std::vector<std::vector<std::pair<void*, int64_t>>> regions(static_cast<size_t>(comm_.size()));
+  // communication thread, after the collectives queued before it (gradient reduces, the gather
+  // ahead of it): every rank queues the same ones in the same order, so they pair up. Nothing
+  // touches these bytes until wait(u): the owner's parameters change only in the optimizer step,
+  // after the backward has waited for every gather it queued.
+  auto regions = std::make_shared<std::vector<std::vector<std::pair<void*, int64_t>>>>(
+      static_cast<size_t>(comm_.size()));
   for (size_t i : u.params)
-    regions[static_cast<size_t>(owners_[i])].emplace_back(params_[i].raw_data(),
-                                                          static_cast<int64_t>(params_[i].nbytes()));
-  if (comm_.size() == 1 || u.params.empty()) return;
-  comm_.enqueue([this, &regions] {
+    (*regions)[static_cast<size_t>(owners_[i])].emplace_back(params_[i].raw_data(),
+                                                             static_cast<int64_t>(params_[i].nbytes()));
+  u.pending = comm_.enqueue([this, regions] {
     for (int r = 0; r < comm_.size(); ++r)
-      if (!regions[static_cast<size_t>(r)].empty()) comm_.broadcast_regions(regions[static_cast<size_t>(r)], r);
-  })->wait();
+      if (!(*regions)[static_cast<size_t>(r)].empty()) comm_.broadcast_regions((*regions)[static_cast<size_t>(r)], r);
+  });
+}
+
+void Zero3::wait(Unit& u) {
+  if (!u.pending) return;
+  std::shared_ptr<Work> w = std::move(u.pending);
+  u.pending.reset();
+  w->wait();
+}
+
+void Zero3::gather(Unit& u) {
+  issue(u);
+  wait(u);
 }
 
 void Zero3::release(Unit& u) {
+  wait(u);  // never drop memory a broadcast still writes into
   if (!u.gathered || unsharded_) return;
   for (size_t i : u.remote) {
     TensorImpl& im = params_[i].impl();
     im.storage = no_storage();
     im.offset = 0;
   }
-  if (buffer_user_ == &u) buffer_user_ = nullptr;
+  if (u.half >= 0 && buffer_user_[u.half] == &u) buffer_user_[u.half] = nullptr;
+  u.half = -1;
   u.flat = Tensor();  // own pages go back to the kernel once the recomputed graph lets go of them
   u.gathered = false;
   gathered_bytes_ -= u.numel * 4;
+}
+
+void Zero3::settle() {
+  for (auto& u : units_) {
+    if (unsharded_) wait(*u);
+    else release(*u);
+  }
 }
 
 Tensor Zero3::run(const Unit& u, const Tensor& x) const {
@@ -194,20 +235,36 @@ Tensor Zero3::run(const Unit& u, const Tensor& x) const {
 }
 
 Tensor Zero3::forward(const Tensor& x) {
+  // What a previous forward or backward left gathered (the last unit kept for a backward that did
+  // not come, a prefetch whose unit's backward did not run): every rank reaches this point with the
+  // same units left, so releasing them here is the same everywhere (and queues nothing).
+  settle();
+  const int n = num_units();
+  const bool prefetch = options_.prefetch;
+  const bool keep_last = prefetch && grad_enabled();
   Tensor h = x;
-  for (auto& up : units_) {
-    Unit* u = up.get();
-    // Forward (no graph) and eval: gather, run, release. The recompute in backward gathers again
-    // and keeps the unit until the node's backward is done (after_backward), as its graph reads
-    // the parameters.
+  for (int i = 0; i < n; ++i) {
+    // Forward (no graph) and eval: gather (queued ahead by the unit before, with prefetch), queue the
+    // next unit's gather, run, release. The recompute in backward (the checkpoint node's backward,
+    // run in reverse unit order) finds its unit queued by the node after it, queues the unit before,
+    // and keeps its own until the node's backward is done (after_backward), as its graph reads the
+    // parameters.
     h = checkpoint(
-        [this, u](const std::vector<Tensor>& in) {
-          gather(*u);
-          Tensor y = run(*u, in[0]);
-          if (!checkpoint_recomputing()) release(*u);
+        [this, i, n, prefetch, keep_last](const std::vector<Tensor>& in) {
+          Unit& u = *units_[static_cast<size_t>(i)];
+          const bool recompute = checkpoint_recomputing();
+          if (!unsharded_) ++(u.gathered ? prefetched_ : waited_);
+          issue(u);
+          if (prefetch) {
+            const int ahead = recompute ? i - 1 : i + 1;
+            if (ahead >= 0 && ahead < n) issue(*units_[static_cast<size_t>(ahead)]);
+          }
+          wait(u);
+          Tensor y = run(u, in[0]);
+          if (!recompute && !(keep_last && i == n - 1)) release(u);
           return std::vector<Tensor>{y};
         },
-        {h}, [this, u] { release(*u); })[0];
+        {h}, [this, i] { release(*units_[static_cast<size_t>(i)]); })[0];
   }
   return h;
 }
@@ -283,6 +340,7 @@ void Zero3::load_full_state_dict(const std::map<std::string, Tensor>& state, boo
 }
 
 void Zero3::unshard() {
+  settle();
   for (auto& u : units_) gather(*u);
   unsharded_ = true;
 }
@@ -292,6 +350,6 @@ void Zero3::reshard() {
   for (auto& u : units_) release(*u);
 }
 
-int64_t Zero3::buffer_bytes() const { return buffer_.defined() ? max_unit_numel_ * 4 : 0; }
+int64_t Zero3::buffer_bytes() const { return buffer_.defined() ? buffer_numel_ * 4 : 0; }
 
 }  // namespace hpdl::dist

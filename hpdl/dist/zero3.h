@@ -16,6 +16,16 @@
 // number of forwards and backwards), and every gather is queued on the data
 // communicator's thread behind the gradient reduces already issued, so the
 // collectives pair up across ranks.
+//
+// Prefetch (Zero3Options::prefetch; train.zero3_prefetch, on by default): a
+// gather is queued one unit ahead and waited for only when its unit runs, so
+// the broadcasts of unit i+1 travel while unit i computes its forward, and in
+// backward those of unit i-1 while unit i recomputes and backpropagates. The
+// last unit stays gathered after a forward with grad mode on (its backward
+// comes next). The queueing points are the same on every rank (the start of a
+// unit's forward, the start of its node's recompute), so the communication
+// thread still runs one sequence of collectives everywhere; the bytes gathered
+// and the kernels run are the same, so results are bitwise those without it.
 #pragma once
 
 #include <map>
@@ -55,12 +65,21 @@ namespace hpdl::dist {
 // opt.clip_grad_norm(c), opt.step(). Construction turns the optimizer's
 // broadcast after the step off; the destructor turns it back on but gathers
 // nothing (call unshard() first, collectively, to keep using the model whole).
+struct Zero3Options {
+  // Queue each unit's gather one unit ahead (see above). Costs a larger kept
+  // gather buffer: the two largest neighbouring units instead of the largest,
+  // and two units gathered at once (in a model of few units that can be all
+  // of a rank's non-owned parameters). Off here, so a bare Zero3 holds one
+  // unit at a time; the trainer turns it on (train.zero3_prefetch = true).
+  bool prefetch = false;
+};
+
 class Zero3 : public nn::Module {
  public:
   // `opt` and `dp` must be over `model`'s parameters and outlive this object;
   // dp must shard gradients (DataParallelOptions::grad_owners) by opt's owners.
   // Not collective. Throws naming the parameter or the option at fault.
-  Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataParallel& dp);
+  Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataParallel& dp, Zero3Options options = {});
   ~Zero3() override;
 
   Tensor forward(const Tensor& x) override;
@@ -88,11 +107,21 @@ class Zero3 : public nn::Module {
   int64_t peak_parameter_bytes() const { return peak_bytes_; }
   int64_t owned_parameter_bytes() const { return owned_bytes_; }
   void reset_peak() { peak_bytes_ = parameter_bytes(); }
-  // The gather buffer this rank keeps between units (sized for the unit with
-  // the most non-owned parameters; mapped at the first gather, 0 before).
-  // Units are gathered into it one at a time and it is never freed, so it is
-  // part of a rank's memory at rest, beside the owned parameters.
+  // The gather buffer this rank keeps between units (mapped at the first
+  // gather, 0 before; never freed, so it is part of a rank's memory at rest,
+  // beside the owned parameters). Without prefetch it is sized for the unit
+  // with the most non-owned parameters and holds one unit at a time; with
+  // prefetch for the largest sum of two neighbouring units: even units fill it
+  // from the front, odd ones from the back, so unit i and the one gathered
+  // ahead of it (i+1 in forward, i-1 in backward) never overlap. A unit that
+  // would (unshard(), or one left from an abandoned backward) gets pages of
+  // its own.
   int64_t buffer_bytes() const;
+  bool prefetch() const { return options_.prefetch; }
+  // Gathers, since construction, that were queued before their unit needed
+  // them (prefetched) / that their unit queued and waited for at once.
+  int64_t prefetched_gathers() const { return prefetched_; }
+  int64_t waited_gathers() const { return waited_; }
   // True when `p` (a parameter of the model) has no data on this rank now.
   static bool released(const Tensor& p);
 
@@ -106,21 +135,26 @@ class Zero3 : public nn::Module {
 
  private:
   struct Unit;
-  void gather(Unit& u);
+  void issue(Unit& u);   // maps u's parameters, queues its broadcasts; no wait
+  void wait(Unit& u);    // until u's queued broadcasts are done
+  void gather(Unit& u);  // issue + wait
   void release(Unit& u);
+  void settle();         // waits for and releases whatever a previous forward/backward left gathered
   Tensor run(const Unit& u, const Tensor& x) const;
 
   std::shared_ptr<nn::Sequential> model_;
   ShardedOptimizer& opt_;
   DataParallel& dp_;
   Communicator& comm_;
+  Zero3Options options_;
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<std::string> param_names_;  // model.named_parameters() order
   std::vector<Tensor> params_;
   std::vector<int> owners_;               // per parameter
-  Tensor buffer_;                         // the shared gather buffer (max_unit_numel_ floats)
-  Unit* buffer_user_ = nullptr;           // the unit gathered into it now
-  int64_t max_unit_numel_ = 0;
+  Tensor buffer_;                         // the shared gather buffer (buffer_numel_ floats)
+  Unit* buffer_user_[2] = {nullptr, nullptr};  // the units gathered into its front / back now
+  int64_t buffer_numel_ = 0;
+  int64_t prefetched_ = 0, waited_ = 0;
   int64_t owned_bytes_ = 0, gathered_bytes_ = 0, peak_bytes_ = 0;
   bool unsharded_ = false;
 };
