@@ -65,6 +65,7 @@ std::vector<Key> bind(Config& c) {
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
       {"train.shard_optimizer", &t.shard_optimizer}, {"train.zero_stage", &t.zero_stage},
+      {"train.zero3_prefetch", &t.zero3_prefetch},
       {"train.local_sgd_steps", &t.local_sgd_steps},
       {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
       {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},

@@ -166,6 +166,12 @@ struct TrainConfig {
   // (mlp, lenet5, resnet*, alexnet_bn, vgg*_bn, custom); refused also with
   // sync_batchnorm.
   int64_t zero_stage = 1;
+  // With zero_stage = 3: queue each unit's parameter gather one unit ahead
+  // (the next unit's in forward, the previous one's in backward), so it
+  // travels while the current unit computes. Results are bitwise the same on
+  // or off; on costs a larger kept gather buffer (the two largest neighbouring
+  // units' non-owned parameters instead of the largest unit's).
+  bool zero3_prefetch = true;
   // Local SGD (periodic model averaging; Stich 2019, Lin et al. 2020) under
   // MPI: each rank takes this many optimizer steps on its own gradients, with
   // no gradient allreduce, then the parameters and floating-point buffers are

@@ -830,13 +830,16 @@ TrainSummary Trainer::run(bool resume) {
                "nn::Sequential at the top), so its parameters cannot be gathered unit by unit; use mlp, lenet5, "
                "resnet20, resnet18, resnet50, alexnet_bn, vgg11_bn, vgg16_bn or custom, or train.zero_stage = 2",
                cfg.model.name);
-    zero3 = std::make_unique<dist::Zero3>(seq, dynamic_cast<dist::ShardedOptimizer&>(*opt), *dp);
+    dist::Zero3Options z3o;
+    z3o.prefetch = cfg.train.zero3_prefetch;
+    zero3 = std::make_unique<dist::Zero3>(seq, dynamic_cast<dist::ShardedOptimizer&>(*opt), *dp, z3o);
     if (root) {
       int64_t total = 0;
       for (auto& p : model->parameters()) total += static_cast<int64_t>(p.nbytes());
       std::fprintf(log, "hpdl: ZeRO-3: parameters, gradients and optimizer state sharded over %d ranks; %d units "
-                   "(each gathered around its forward and its recompute in backward); rank 0 holds %.2f of %.2f MiB "
-                   "of parameters at rest\n", world, zero3->num_units(),
+                   "(each gathered around its forward and its recompute in backward; gathers prefetched one unit ahead: "
+                   "%s); rank 0 holds %.2f of %.2f MiB of parameters at rest\n", world, zero3->num_units(),
+                   zero3->prefetch() ? "on" : "off",
                    static_cast<double>(zero3->owned_parameter_bytes()) / (1 << 20), static_cast<double>(total) / (1 << 20));
     }
   }
@@ -1409,6 +1412,7 @@ TrainSummary Trainer::run(bool resume) {
     s["parameter_bytes_per_rank"] = param_bytes;
     s["peak_parameter_bytes_per_rank"] = peak_param_bytes;
     s["gather_buffer_bytes_per_rank"] = gather_bytes;
+    if (zero3) s["zero3_prefetch"] = zero3->prefetch();
     s["grad_bytes_per_rank"] = grad_bytes;
     s["peak_grad_bytes_per_rank"] = peak_grad_bytes;
     s["local_sgd_steps"] = local_sgd;

@@ -336,6 +336,10 @@ TEST(Config, ZeroStageRangesAndIncompatibleOptions) {
   EXPECT_EQ(parse_config("", "c.toml").train.zero_stage, 1);
   EXPECT_EQ(parse_config("[train]\nshard_optimizer = true\nzero_stage = 2\n", "c.toml").train.zero_stage, 2);
   EXPECT_EQ(parse_config("[train]\nshard_optimizer = true\nzero_stage = 3\n", "c.toml").train.zero_stage, 3);
+  // ZeRO-3's prefetch is on unless turned off.
+  EXPECT_TRUE(parse_config("", "c.toml").train.zero3_prefetch);
+  EXPECT_FALSE(parse_config("[train]\nshard_optimizer = true\nzero_stage = 3\nzero3_prefetch = false\n", "c.toml")
+                   .train.zero3_prefetch);
   std::string err = error_of([] { parse_config("[train]\nshard_optimizer = true\nzero_stage = 4\n", "c.toml"); });
   EXPECT_NE(err.find("c.toml: train.zero_stage = 4 is not 1"), std::string::npos) << err;
   for (const char* z : {"2", "3"}) {
