@@ -74,7 +74,8 @@ struct ZRun {
   }
 };
 
-ZRun make_run(const std::string& kind, const std::string& opt_name, int stage, Communicator& comm) {
+ZRun make_run(const std::string& kind, const std::string& opt_name, int stage, Communicator& comm,
+             Zero3Options z3o = {}) {
   ZRun r;
   r.kind = kind, r.stage = stage, r.comm = &comm;
   r.model = make_net(kind);
@@ -86,7 +87,7 @@ ZRun make_run(const std::string& kind, const std::string& opt_name, int stage, C
   o.bucket_bytes = 1024;
   if (stage >= 2) o.grad_owners = r.sharded().owners_of(r.model->parameters());
   r.dp = std::make_unique<DataParallel>(*r.model, comm, o);
-  if (stage == 3) r.z3 = std::make_unique<Zero3>(r.model, r.sharded(), *r.dp);
+  if (stage == 3) r.z3 = std::make_unique<Zero3>(r.model, r.sharded(), *r.dp, z3o);
   return r;
 }
 
@@ -305,6 +306,76 @@ TEST(Zero3Options, BadUseIsRefusedByName) {
   z3.z3.reset();
   EXPECT_TRUE(z3.sharded().broadcast_after_step());
 }
+
+// Prefetch (a unit's gather queued one unit ahead, waited for when the unit runs) changes when the
+// broadcasts travel, not what they carry nor which kernels run: with it on, training, an abandoned
+// forward (the last unit stays gathered for a backward that does not come) and evaluation give the
+// same bytes as with it off and as stage 2. Every gather but the first of a forward is found already
+// queued; the buffer holds two neighbouring units, and nothing stays gathered after a backward.
+class Zero3Prefetch : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(Zero3Prefetch, OnEqualsOffAndStage2Bitwise) {
+  const auto& [kind, opt_name] = GetParam();
+  Zero3Options pf;
+  pf.prefetch = true;
+  ZRun z2 = make_run(kind, opt_name, 2, W()), off = make_run(kind, opt_name, 3, W()),
+      on = make_run(kind, opt_name, 3, W(), pf);
+  ASSERT_FALSE(off.z3->prefetch());
+  ASSERT_TRUE(on.z3->prefetch());
+  const int64_t n = on.z3->num_units();
+  ASSERT_GE(n, 3);
+  for (ZRun* r : {&z2, &off, &on}) train(*r, 0, 3);
+  // Per step: forward waits for unit 0 and finds units 1..n-1 queued; backward finds the last unit
+  // kept and each earlier one queued by the unit after it. Without prefetch every gather waits.
+  EXPECT_EQ(on.z3->waited_gathers(), 3);
+  EXPECT_EQ(on.z3->prefetched_gathers(), 3 * (2 * n - 1));
+  EXPECT_EQ(off.z3->waited_gathers(), 3 * 2 * n);
+  EXPECT_EQ(off.z3->prefetched_gathers(), 0);
+  const int64_t owned = on.z3->owned_parameter_bytes();
+  EXPECT_EQ(on.z3->parameter_bytes(), owned) << "a unit stayed gathered after the backward";
+  EXPECT_EQ(off.z3->owned_parameter_bytes(), owned);
+  // The buffer takes two neighbouring units side by side (at least the one unit of the buffer
+  // without prefetch), and the peak is exactly the owned share plus a full buffer.
+  if (W().size() > 1) {
+    EXPECT_GE(on.z3->buffer_bytes(), off.z3->buffer_bytes());
+    EXPECT_EQ(on.z3->peak_parameter_bytes(), owned + on.z3->buffer_bytes());
+  }
+  expect_same(off.state(), on.state(), "prefetch on vs off weights and buffers");
+  expect_same(z2.state(), on.state(), "prefetch on vs stage 2 weights and buffers");
+  expect_same(off.opt->state_dict(), on.opt->state_dict(), "prefetch on vs off optimizer state");
+
+  // A forward with grad mode on and no backward keeps the last unit; the next step's forward
+  // releases it first and the step stays bitwise.
+  {
+    auto [x, y] = batch_of(on, 7);
+    for (ZRun* r : {&z2, &off, &on}) (void)r->net().forward(x);
+    // Some rank holds a non-owned parameter of the last unit (each owns only a share of it).
+    Tensor kept = Tensor::from_vector(std::vector<int64_t>{on.z3->parameter_bytes() - owned}, {1});
+    W().allreduce(kept);
+    if (W().size() > 1) EXPECT_GT(static_cast<int64_t>(kept.item()), 0) << "the last unit was not kept for a backward";
+    EXPECT_EQ(off.z3->parameter_bytes(), owned);
+  }
+  for (ZRun* r : {&z2, &off, &on}) train(*r, 3, 1);
+  EXPECT_EQ(on.z3->parameter_bytes(), owned);
+  expect_same(off.state(), on.state(), "prefetch on vs off after an abandoned forward");
+  expect_same(z2.state(), on.state(), "prefetch on vs stage 2 after an abandoned forward");
+
+  // Eval (no grad) prefetches too and releases everything.
+  auto [x, y] = batch_of(on, 9);
+  z2.model->eval(), off.z3->eval(), on.z3->eval();
+  NoGradGuard ng;
+  const Tensor want = z2.model->forward(x);
+  const int64_t waited = on.z3->waited_gathers(), ahead = on.z3->prefetched_gathers();
+  EXPECT_TRUE(same_bytes(want, on.z3->forward(x))) << "eval outputs differ on rank " << W().rank();
+  EXPECT_TRUE(same_bytes(want, off.z3->forward(x))) << "eval outputs differ on rank " << W().rank();
+  EXPECT_EQ(on.z3->waited_gathers() - waited, 1);
+  EXPECT_EQ(on.z3->prefetched_gathers() - ahead, n - 1);
+  EXPECT_EQ(on.z3->parameter_bytes(), owned);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, Zero3Prefetch,
+                         ::testing::Values(std::make_tuple(std::string("mlp"), std::string("adamw")),
+                                           std::make_tuple(std::string("cnn"), std::string("sgd"))));
 
 }  // namespace
 }  // namespace hpdl::dist
