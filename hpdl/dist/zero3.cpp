@@ -4,6 +4,7 @@
 #include "hpdl/dist/zero3.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <unordered_map>
 
@@ -198,7 +199,9 @@ void Zero3::wait(Unit& u) {
   if (!u.pending) return;
   std::shared_ptr<Work> w = std::move(u.pending);
   u.pending.reset();
+  const auto t0 = std::chrono::steady_clock::now();
   w->wait();
+  wait_us_ += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void Zero3::gather(Unit& u) {

@@ -122,6 +122,9 @@ class Zero3 : public nn::Module {
   // them (prefetched) / that their unit queued and waited for at once.
   int64_t prefetched_gathers() const { return prefetched_; }
   int64_t waited_gathers() const { return waited_; }
+  // Microseconds the compute thread spent waiting for gathers since
+  // construction (what prefetch hides shows up as less of it).
+  int64_t gather_wait_us() const { return wait_us_; }
   // True when `p` (a parameter of the model) has no data on this rank now.
   static bool released(const Tensor& p);
 
@@ -154,7 +157,7 @@ class Zero3 : public nn::Module {
   Tensor buffer_;                         // the shared gather buffer (buffer_numel_ floats)
   Unit* buffer_user_[2] = {nullptr, nullptr};  // the units gathered into its front / back now
   int64_t buffer_numel_ = 0;
-  int64_t prefetched_ = 0, waited_ = 0;
+  int64_t prefetched_ = 0, waited_ = 0, wait_us_ = 0;
   int64_t owned_bytes_ = 0, gathered_bytes_ = 0, peak_bytes_ = 0;
   bool unsharded_ = false;
 };

@@ -272,6 +272,13 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m
   return out;
 }
 
+// Microseconds as seconds.
+std::vector<double> seconds(const std::vector<int64_t>& us) {
+  std::vector<double> out;
+  for (int64_t x : us) out.push_back(static_cast<double>(x) / 1e6);
+  return out;
+}
+
 // Sizes as MiB, from units of `unit` bytes.
 std::vector<double> mib(const std::vector<int64_t>& v, double unit) {
   std::vector<double> out;
@@ -1347,7 +1354,7 @@ TrainSummary Trainer::run(bool resume) {
   }
   // Optimizer state and peak resident memory of every rank (what sharding saves), in summary.json.
   std::vector<int64_t> state_bytes, peak_rss_kb, grad_bytes, peak_grad_bytes, param_bytes, peak_param_bytes,
-      gather_bytes;
+      gather_bytes, gather_wait_us;
   {
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
@@ -1360,13 +1367,14 @@ TrainSummary Trainer::run(bool resume) {
                                                 dp ? dp->grad_bytes() : 0, dp ? dp->peak_grad_bytes() : 0,
                                                 zero3 ? zero3->parameter_bytes() : whole,
                                                 zero3 ? zero3->peak_parameter_bytes() : whole,
-                                                zero3 ? zero3->buffer_bytes() : 0}, {7});
+                                                zero3 ? zero3->buffer_bytes() : 0,
+                                                zero3 ? zero3->gather_wait_us() : 0}, {8});
     auto all = comm.allgather(mine).to_vector<int64_t>();
     for (size_t r = 0; r < static_cast<size_t>(world); ++r) {
-      state_bytes.push_back(all[7 * r]), peak_rss_kb.push_back(all[7 * r + 1]);
-      grad_bytes.push_back(all[7 * r + 2]), peak_grad_bytes.push_back(all[7 * r + 3]);
-      param_bytes.push_back(all[7 * r + 4]), peak_param_bytes.push_back(all[7 * r + 5]);
-      gather_bytes.push_back(all[7 * r + 6]);
+      state_bytes.push_back(all[8 * r]), peak_rss_kb.push_back(all[8 * r + 1]);
+      grad_bytes.push_back(all[8 * r + 2]), peak_grad_bytes.push_back(all[8 * r + 3]);
+      param_bytes.push_back(all[8 * r + 4]), peak_param_bytes.push_back(all[8 * r + 5]);
+      gather_bytes.push_back(all[8 * r + 6]), gather_wait_us.push_back(all[8 * r + 7]);
     }
     if (root && world > 1)
       std::fprintf(log, "hpdl: optimizer state per rank: %s MiB%s; gradients per rank: %s MiB%s (peak %s MiB); "
@@ -1376,9 +1384,10 @@ TrainSummary Trainer::run(bool resume) {
                    fmt::format("{:.1f}", fmt::join(mib(peak_rss_kb, 1024), ", ")).c_str());
     if (root && zero3)
       std::fprintf(log, "hpdl: parameters per rank: %s MiB (sharded; peak with a gathered unit %s MiB; gather "
-                   "buffer %s MiB)\n", fmt::format("{:.2f}", fmt::join(mib(param_bytes, 1), ", ")).c_str(),
+                   "buffer %s MiB); waited for gathers: %s s\n", fmt::format("{:.2f}", fmt::join(mib(param_bytes, 1), ", ")).c_str(),
                    fmt::format("{:.2f}", fmt::join(mib(peak_param_bytes, 1), ", ")).c_str(),
-                   fmt::format("{:.2f}", fmt::join(mib(gather_bytes, 1), ", ")).c_str());
+                   fmt::format("{:.2f}", fmt::join(mib(gather_bytes, 1), ", ")).c_str(),
+                   fmt::format("{:.2f}", fmt::join(seconds(gather_wait_us), ", ")).c_str());
   }
   // Peak tensor memory of every rank (-1 where the device keeps no count): what activation
   // checkpointing saves differs by pipeline stage, so rank 0's figure alone does not tell it.
@@ -1412,7 +1421,13 @@ TrainSummary Trainer::run(bool resume) {
     s["parameter_bytes_per_rank"] = param_bytes;
     s["peak_parameter_bytes_per_rank"] = peak_param_bytes;
     s["gather_buffer_bytes_per_rank"] = gather_bytes;
-    if (zero3) s["zero3_prefetch"] = zero3->prefetch();
+    if (zero3) {
+      s["zero3_prefetch"] = zero3->prefetch();
+      // Time the compute thread waited for parameter gathers over the whole run (training and evaluation).
+      std::vector<double> ms;
+      for (int64_t us : gather_wait_us) ms.push_back(static_cast<double>(us) / 1e3);
+      s["zero3_gather_wait_ms_per_rank"] = ms;
+    }
     s["grad_bytes_per_rank"] = grad_bytes;
     s["peak_grad_bytes_per_rank"] = peak_grad_bytes;
     s["local_sgd_steps"] = local_sgd;
