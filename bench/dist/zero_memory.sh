@@ -12,7 +12,8 @@
 # a step is forward start to the next forward start; the first two steps are
 # warm-up. Prints a Markdown table (min / median over the repeats' steps).
 # Usage: bench/dist/zero_memory.sh [MODEL=resnet50] [REPEATS=3] [STEPS=8] [BATCH=8]
-# Environment: MODES (default "off 1 2"), NPS (rank counts, default "2 4"),
+# Environment: MODES (default "off 1 2"; "3np" is ZeRO-3 with
+# train.zero3_prefetch = false), NPS (rank counts, default "2 4"),
 # BUCKET_MB (train.bucket_mb; default: the config's 25).
 set -euo pipefail
 model=${1:-resnet50}; repeats=${2:-3}; steps=${3:-8}; batch=${4:-8}
@@ -64,13 +65,16 @@ per_rank() {  # summary.json key $2 (bytes, or MiB with $3 = mb) as "a, b, ..." 
 
 echo "| ranks | ZeRO | optimizer state MiB per rank | gradient MiB per rank after the step (peak in it) | parameter MiB per rank after the step (peak in it) | peak RSS MiB per rank | peak tensor MiB per rank | step ms (min / median) | optimizer ms (min / median) |"
 echo "|---|---|---|---|---|---|---|---|---|"
+# The repeats go round the modes (mode A, B, C, A, B, C, ...), so a change in the machine's load
+# falls on every mode alike.
 for np in ${NPS:-2 4}; do
   make_npy "$work/data$np" $((np * batch * steps))
-  for mode in ${MODES:-off 1 2}; do
-    shard=true; stage=$mode
-    [[ $mode == off ]] && shard=false stage=1
-    all_step=""; all_opt=""; state=""; rss=""; grads=""; params=""; tensors=""
-    for rep in $(seq 1 "$repeats"); do
+  declare -A all_step=() all_opt=() state=() rss=() grads=() params=() tensors=() gwait=()
+  for rep in $(seq 1 "$repeats"); do
+    for mode in ${MODES:-off 1 2}; do
+      shard=true; stage=$mode; prefetch=()
+      [[ $mode == off ]] && shard=false stage=1
+      [[ $mode == 3np ]] && stage=3 prefetch=(--set train.zero3_prefetch=false)
       run="$work/run_${np}_${mode}_$rep"
       "$mpirun" --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS=1 "$hpdl" train "$work/bench.toml" \
         --set data.dataset=npy --set data.path="$work/data$np" --set data.batch_size="$batch" --set data.workers=1 \
@@ -78,16 +82,28 @@ for np in ${NPS:-2 4}; do
         --set model.num_classes=10 --set optimizer.name=adamw --set optimizer.lr=0.001 \
         --set optimizer.weight_decay=0.01 --set train.epochs=1 --set train.threads=1 \
         --set train.checkpoint_every_epochs=0 --set train.eval_every_epochs=0 --set train.trace=true \
-        ${BUCKET_MB:+--set train.bucket_mb=$BUCKET_MB} --set train.shard_optimizer="$shard" --set train.zero_stage="$stage" --set train.run_dir="$run" >"$run.log" 2>&1 \
+        ${BUCKET_MB:+--set train.bucket_mb=$BUCKET_MB} --set train.shard_optimizer="$shard" --set train.zero_stage="$stage" "${prefetch[@]}" --set train.run_dir="$run" >"$run.log" 2>&1 \
         || { echo "run failed: $(tail -3 "$run.log")" >&2; exit 1; }
       read -r s o <<<"$(trace_times "$run/trace.json")"
-      all_step+="$s,"; all_opt+="$o,"
-      state=$(per_rank "$run/summary.json" optimizer_state_bytes_per_rank b)
-      grads=$(per_rank "$run/summary.json" grad_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_grad_bytes_per_rank b))"
-      params=$(per_rank "$run/summary.json" parameter_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_parameter_bytes_per_rank b))"
-      rss=$(per_rank "$run/summary.json" peak_rss_mb_per_rank mb)
-      tensors=$(per_rank "$run/summary.json" peak_tensor_memory_mb_per_rank mb)
+      all_step[$mode]+="$s,"; all_opt[$mode]+="$o,"
+      state[$mode]=$(per_rank "$run/summary.json" optimizer_state_bytes_per_rank b)
+      grads[$mode]=$(per_rank "$run/summary.json" grad_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_grad_bytes_per_rank b))"
+      params[$mode]=$(per_rank "$run/summary.json" parameter_bytes_per_rank b)" (peak $(per_rank "$run/summary.json" peak_parameter_bytes_per_rank b); gather buffer $(per_rank "$run/summary.json" gather_buffer_bytes_per_rank b))"
+      rss[$mode]=$(per_rank "$run/summary.json" peak_rss_mb_per_rank mb)
+      tensors[$mode]=$(per_rank "$run/summary.json" peak_tensor_memory_mb_per_rank mb)
+      if [[ $stage == 3 ]]; then  # ZeRO-3: time rank 0 waited for parameter gathers, per step
+        wait_ms=$(python3 -c "import json,sys; v=json.load(open(sys.argv[1])); print(f\"{v['zero3_gather_wait_ms_per_rank'][0] / v['steps']:.0f}\")" "$run/summary.json")
+        gwait[$mode]+="$wait_ms,"
+      fi
+      [[ -n ${VERBOSE:-} ]] && echo "  rep $rep mode $mode step ms: $s${wait_ms:+ (gather wait ms per step: $wait_ms)}" >&2
+      wait_ms=
     done
-    echo "| $np | $mode | $state | $grads | $params | $rss | $tensors | $(stats "$all_step") | $(stats "$all_opt") |"
   done
+  for mode in ${MODES:-off 1 2}; do
+    echo "| $np | $mode | ${state[$mode]} | ${grads[$mode]} | ${params[$mode]} | ${rss[$mode]} | ${tensors[$mode]} | $(stats "${all_step[$mode]}") | $(stats "${all_opt[$mode]}") |"
+  done
+  for mode in ${MODES:-off 1 2}; do
+    [[ -n ${gwait[$mode]:-} ]] && echo "ZeRO $mode: rank 0 waited for parameter gathers $(stats "${gwait[$mode]}") ms per step (min / median over the repeats)" >&2
+  done
+  unset all_step all_opt state rss grads params tensors gwait
 done
