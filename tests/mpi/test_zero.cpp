@@ -20,11 +20,14 @@
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/factory.h"
+#include "tests/mpi/mpi_test_util.h"
 
 namespace hpdl::dist {
 namespace {
 
 Communicator& W() { return Communicator::world(); }
+using test::same_bytes;
+using test::through_file;
 
 // Seven parameters of different sizes (biases, a 3x... last layer), so the partition is uneven.
 nn::ModulePtr make_net() { return nn::models::mlp(8, {32, 16, 12}, 3, "tanh", 0.0, /*seed=*/7); }
@@ -93,12 +96,6 @@ std::vector<float> flat_weights(nn::Module& m) {
   return out;
 }
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  Tensor ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.raw_data(), cb.raw_data(), ca.nbytes()) == 0;
-}
-
 void expect_same_state(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());
   for (auto& [k, t] : a) {
@@ -112,27 +109,6 @@ void expect_same_weights(nn::Module& a, nn::Module& b) {
   auto wa = flat_weights(a), wb = flat_weights(b);
   ASSERT_EQ(wa.size(), wb.size());
   EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float)), 0) << "weights differ on rank " << W().rank();
-}
-
-// A directory shared by all ranks of the world (rank 0's pid names it).
-std::filesystem::path shared_dir(const std::string& tag) {
-  int64_t pid = W().rank() == 0 ? getpid() : 0;
-  W().broadcast_bytes(&pid, sizeof pid, 0);
-  auto d = std::filesystem::temp_directory_path() / ("hpdl_zero_" + tag + "_" + std::to_string(pid));
-  if (W().rank() == 0) std::filesystem::create_directories(d);
-  W().barrier();
-  return d;
-}
-
-// Rank 0 writes what it holds; every rank reads it back (as the trainer's checkpoints do).
-std::map<std::string, Tensor> through_file(const std::map<std::string, Tensor>& state, const std::string& tag) {
-  auto dir = shared_dir(tag);
-  if (W().rank() == 0) io::save_safetensors(dir / "optim.safetensors", state);
-  W().barrier();
-  auto out = io::load_safetensors(dir / "optim.safetensors").tensors;
-  W().barrier();
-  if (W().rank() == 0) std::filesystem::remove_all(dir);
-  return out;
 }
 
 TEST(ZeroPartition, GreedyBalancedWholeAndDeterministic) {

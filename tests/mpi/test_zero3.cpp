@@ -25,11 +25,14 @@
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/factory.h"
+#include "tests/mpi/mpi_test_util.h"
 
 namespace hpdl::dist {
 namespace {
 
 Communicator& W() { return Communicator::world(); }
+using test::same_bytes;
+using test::through_file;
 
 // "mlp": 7 parameters of uneven sizes, tanh, dropout (the recompute must replay its masks).
 // "cnn": conv + batch norm + relu in a nested Sequential (opened into units), pooling, a classifier.
@@ -115,12 +118,6 @@ void train(ZRun& r, int first, int steps) {
   }
 }
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  Tensor ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.raw_data(), cb.raw_data(), ca.nbytes()) == 0;
-}
-
 // On rank 0: every key of `want` is in `got` with the same bytes.
 void expect_same(const std::map<std::string, Tensor>& want, const std::map<std::string, Tensor>& got,
                  const std::string& what) {
@@ -131,27 +128,6 @@ void expect_same(const std::map<std::string, Tensor>& want, const std::map<std::
     ASSERT_NE(it, got.end()) << what << ": missing key " << k;
     EXPECT_TRUE(same_bytes(t, it->second)) << what << ": '" << k << "' differs";
   }
-}
-
-// A directory shared by all ranks of the world (rank 0's pid names it).
-std::filesystem::path shared_dir(const std::string& tag) {
-  int64_t pid = W().rank() == 0 ? getpid() : 0;
-  W().broadcast_bytes(&pid, sizeof pid, 0);
-  auto d = std::filesystem::temp_directory_path() / ("hpdl_zero3_" + tag + "_" + std::to_string(pid));
-  if (W().rank() == 0) std::filesystem::create_directories(d);
-  W().barrier();
-  return d;
-}
-
-// Rank 0 writes what it holds; every rank reads it back (as the trainer's checkpoints do).
-std::map<std::string, Tensor> through_file(const std::map<std::string, Tensor>& state, const std::string& tag) {
-  auto dir = shared_dir(tag);
-  if (W().rank() == 0) io::save_safetensors(dir / "state.safetensors", state);
-  W().barrier();
-  auto out = io::load_safetensors(dir / "state.safetensors").tensors;
-  W().barrier();
-  if (W().rank() == 0) std::filesystem::remove_all(dir);
-  return out;
 }
 
 class Zero3Runs : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
