@@ -96,7 +96,13 @@ RnnResult rnn_impl(RnnMode mode, const Tensor& x_in, const std::vector<Tensor>& 
   Tensor y = Tensor::empty({p.seq_len, p.batch, H * D}, x.dtype(), x.device());
   Tensor hy = Tensor::empty(state_shape, x.dtype(), x.device());
   Tensor cy = lstm ? Tensor::empty(state_shape, x.dtype(), x.device()) : Tensor();
-  be.rnn_forward_train(p, xc, hx, cx, wc, y, hy, cy, reserve);
+  // CPU under autocast: the LSTM/GRU GEMMs read bfloat16 operands, forward and backward
+  // (design decision 71); the gate nonlinearities and states stay float32.
+  const DType cd = detail::autocast_cpu_compute(xc);
+  {
+    CpuComputeScope compute(cd);
+    be.rnn_forward_train(p, xc, hx, cx, wc, y, hy, cy, reserve);
+  }
 
   std::vector<Tensor> inputs{x, h0, lstm ? c0 : Tensor()};
   inputs.insert(inputs.end(), weights.begin(), weights.end());
@@ -108,7 +114,8 @@ RnnResult rnn_impl(RnnMode mode, const Tensor& x_in, const std::vector<Tensor>& 
     Tensor yd = y.detach();
     record(
         op, inputs, outs,
-        [p, xc, hx, cx, wc, yd, reserve, want, lstm](const std::vector<Tensor>& g) {
+        [p, xc, hx, cx, wc, yd, reserve, want, lstm, cd](const std::vector<Tensor>& g) {
+          CpuComputeScope compute(cd);
           // dy [T, N, H*dirs], dh_n and dc_n [L*dirs, N, H] (zeros where no gradient arrived)
           auto grad_or_zeros = [](const Tensor& gi, const Tensor& like) {
             return gi.defined() ? gi.contiguous().to(like.dtype()) : Tensor::zeros(like.shape(), like.dtype(), like.device());

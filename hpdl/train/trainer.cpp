@@ -1035,8 +1035,8 @@ TrainSummary Trainer::run(bool resume) {
                  static_cast<long long>(ds.train->size()), world, num_threads(),
                  static_cast<long long>(cfg.data.batch_size), static_cast<long long>(steps_per_epoch));
   if (root && autocast_bf16 && device.is_cpu())
-    std::fprintf(log, "hpdl: precision bf16 on the CPU (oneDNN %s): convolutions, linear layers and matmuls "
-                 "(forward and gradients) read bfloat16 operands, accumulate in float32; activations, weights, "
+    std::fprintf(log, "hpdl: precision bf16 on the CPU (oneDNN %s): convolutions, linear layers, matmuls and "
+                 "LSTM/GRU gate GEMMs (forward and gradients) read bfloat16 operands, accumulate in float32; activations, weights, "
                  "gradients and optimizer state stay float32\n", cpu::onednn_isa().c_str());
 
   TrainSummary summary;

@@ -5,7 +5,8 @@
 //   OneDnnBackend: the same recurrences as GEMMs through dnnl_sgemm (row-major):
 //     one GEMM projects the inputs of all T timesteps, one per step does the
 //     recurrent part; the gate nonlinearities are fused loops over [N, G*H].
-//     float32; float64 goes to the reference.
+//     float32 (under CpuComputeScope(bf16) the GEMMs read bfloat16 operands:
+//     bf16_gemm); float64 goes to the reference.
 // Both share the reserve layout below, so forward of one and backward of the
 // other would agree; tests compare them op by op.
 #include <dnnl.h>
@@ -13,8 +14,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <tuple>
 #include <vector>
 
+#include "hpdl/backend/compute_scope.h"
 #include "hpdl/backend/cpu/fast_math.h"
 #include "hpdl/backend/cpu/onednn.h"
 #include "hpdl/backend/cpu/reference.h"
@@ -325,10 +332,63 @@ void check_rnn_dtype(const char* backend, DType t) {
 // more, badly so when the cores are shared.
 constexpr int64_t kParallelUnits = 1 << 16;
 
-// Row-major C [M, N] = alpha * op(A) op(B) + beta * C through oneDNN's sgemm.
+// CPU bf16 (CpuComputeScope, design decision 71): C [M, N] = op(A) op(B) + beta * C with A and B
+// rounded to bfloat16 (reordered from float32 in their own strides) and float32 accumulation, by a
+// oneDNN matmul primitive (oneDNN 2.6 has no public bfloat16 GEMM), cached per shape and strides.
+void bf16_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+               int64_t ldb, float beta, float* C, int64_t ldc) {
+  using dnnl::memory;
+  using dt = memory::data_type;
+  static const bool ok = onednn_bf16_supported();
+  HPDL_CHECK(ok, "rnn: bfloat16 compute on the CPU needs AVX512_BF16 or AMX; this CPU's oneDNN ISA is {}: train "
+             "in fp32 (train.precision = \"fp32\")", onednn_isa());
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static std::mutex mu;
+  using Key = std::tuple<int64_t, int64_t, int64_t, char, char, int64_t, int64_t, int64_t, bool>;
+  static std::map<Key, std::pair<dnnl::matmul::primitive_desc, dnnl::matmul>> cache;
+  const memory::dims as = ta == 'N' ? memory::dims{lda, 1} : memory::dims{1, lda};
+  const memory::dims bs = tb == 'N' ? memory::dims{ldb, 1} : memory::dims{1, ldb};
+  const memory::desc a32({M, K}, dt::f32, as), b32({K, N}, dt::f32, bs), a16({M, K}, dt::bf16, as),
+      b16({K, N}, dt::bf16, bs), c32({M, N}, dt::f32, memory::dims{ldc, 1});
+  std::pair<dnnl::matmul::primitive_desc, dnnl::matmul> e;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const Key key{M, N, K, ta, tb, lda, ldb, ldc, beta != 0.0f};
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      dnnl::primitive_attr attr;
+      if (beta != 0.0f) {
+        dnnl::post_ops po;
+        po.append_sum(beta);
+        attr.set_post_ops(po);
+      }
+      dnnl::matmul::primitive_desc pd;
+      try {
+        pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a16, b16, c32), attr, engine);
+      } catch (const dnnl::error& err) {
+        HPDL_FAIL("rnn: oneDNN cannot create the bfloat16 matmul {}x{}x{} on this CPU (ISA {}): {}", M, N, K,
+                  onednn_isa(), err.what());
+      }
+      it = cache.emplace(key, std::make_pair(pd, dnnl::matmul(pd))).first;
+    }
+    e = it->second;
+  }
+  dnnl::stream s(engine);
+  std::unique_ptr<uint16_t[]> abuf(new uint16_t[a16.get_size() / 2]), bbuf(new uint16_t[b16.get_size() / 2]);
+  memory am32(a32, engine, const_cast<float*>(A)), bm32(b32, engine, const_cast<float*>(B));
+  memory am(a16, engine, abuf.get()), bm(b16, engine, bbuf.get()), cm(c32, engine, C);
+  dnnl::reorder(am32, am).execute(s, am32, am);
+  dnnl::reorder(bm32, bm).execute(s, bm32, bm);
+  e.second.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  s.wait();
+}
+
+// Row-major C [M, N] = alpha * op(A) op(B) + beta * C through oneDNN's sgemm (bfloat16 operands
+// under CpuComputeScope(bf16): bf16_gemm).
 void sgemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
            int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (K > 0 && cpu_compute_dtype() == DType::bf16) return bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
   HPDL_CHECK(st == dnnl_success, "rnn: dnnl_sgemm({}x{}x{}) failed with status {}", M, N, K, static_cast<int>(st));
 }

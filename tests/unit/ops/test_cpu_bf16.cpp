@@ -154,6 +154,58 @@ TEST(CpuBf16, MatmulForwardAndGradients) {
            {rand_t({30, 10}, 13), rand_t({30, 14}, 14)});
 }
 
+// LSTM and GRU (design decision 71): under bf16 their gate GEMMs (input projection, recurrent
+// part, and the GEMMs of both gradients) read bfloat16 operands; gate nonlinearities, states and
+// biases stay float32. One step from a given state (T = 1): the output is the float64 network on
+// the rounded x, h0 and weights up to float32 accumulation and float32 gate math (tight, 2e-4 of
+// the largest value; bfloat16 moves it by ~1e-2). Several steps, and every gradient: the hidden
+// state and the gate gradients are rounded again at each step, so there only loose against
+// float32 (3%) and not equal to it (more than 1e-4; biases' gradients only compared).
+TEST(CpuBf16, LstmAndGruGateGemms) {
+  SKIP_WITHOUT_BF16();
+  for (bool is_lstm : {true, false}) {
+    const int64_t N = 4, I = 24, H = 16, G = is_lstm ? 4 : 3;
+    const size_t w0 = is_lstm ? 3 : 2;
+    auto f = [&](const std::vector<Tensor>& in) {
+      std::vector<Tensor> w(in.begin() + static_cast<std::ptrdiff_t>(w0), in.end());
+      return is_lstm ? lstm(in[0], w, in[1], in[2]).output : gru(in[0], w, in[1]).output;
+    };
+    for (int64_t T : {1, 6}) {
+      const std::string what = fmt::format("{} T={}", is_lstm ? "lstm" : "gru", T);
+      // h0 bfloat16-exact: GRU's h1 = (1 - z) n + z h0 also reads h0 outside the GEMM, unrounded.
+      std::vector<Tensor> in{rand_t({T, N, I}, 20), rand_t({1, N, H}, 21, /*exact=*/true)};
+      if (is_lstm) in.push_back(rand_t({1, N, H}, 22));
+      for (const Shape& s : {Shape{G * H, I}, Shape{G * H, H}, Shape{G * H}, Shape{G * H}})
+        in.push_back(rand_t(s, 23 + in.size()));
+      const Tensor g = rand_t({T, N, H}, 30, /*exact=*/true);
+      const hpdl::Run b = run(f, in, g, true), p = run(f, in, g, false);
+      const double scale = std::max(max_abs(p.out), 1e-3);
+      EXPECT_TRUE(b.out.dtype() == DType::f32) << what;
+      EXPECT_LE(max_diff(b.out, p.out), 3e-2 * scale) << what << " output vs plain float32";
+      EXPECT_GT(max_diff(b.out, p.out), 1e-4 * scale) << what << " output equals plain float32: bf16 not applied";
+      ASSERT_EQ(b.grads.size(), in.size());
+      for (size_t i = 0; i < in.size(); ++i) {
+        ASSERT_TRUE(b.grads[i].defined() && p.grads[i].defined()) << what << " gradient " << i;
+        const double gs = std::max(max_abs(p.grads[i]), 1e-3);
+        EXPECT_LE(max_diff(b.grads[i], p.grads[i]), 3e-2 * gs) << what << " gradient of input " << i << " vs float32";
+        const bool bias = i >= w0 + 2, c0 = is_lstm && i == 2;
+        if (!bias && !c0)
+          EXPECT_GT(max_diff(b.grads[i], p.grads[i]), 1e-4 * gs)
+              << what << " gradient of input " << i << " equals plain float32: bf16 not applied";
+      }
+      if (T == 1) {  // x and the two weight matrices rounded (h0 is exact); c0 and the biases are not GEMM operands
+        std::vector<Tensor> rounded;
+        for (size_t i = 0; i < in.size(); ++i) {
+          const bool exact = i == 0 || i == 1 || i == w0 || i == w0 + 1;
+          rounded.push_back((exact ? round_bf16(in[i]) : in[i]).to(DType::f64));
+        }
+        const hpdl::Run r = run(f, rounded, g.to(DType::f64), false);
+        EXPECT_LE(max_diff(b.out, r.out), 2e-4 * scale) << what << " output vs the bf16-rounded float64 reference";
+      }
+    }
+  }
+}
+
 // A gradient penalty (WGAN-GP style) through the recorded, create_graph backward of conv2d,
 // relu and linear (whose closures re-enter the bf16 autocast scope): it runs, and the penalty's
 // gradients stay within the loose tolerance of float32 while not equal to it.
