@@ -110,8 +110,9 @@ void check_op(const std::string& what, const Fn& f, const std::vector<Tensor>& i
     // loose: plain float32 within 3% of the largest value
     EXPECT_LE(max_diff(got, fp32), 3e-2 * scale) << what << " " << name << " vs plain float32";
     // bfloat16 applied: far more than float32 rounding away from plain float32
-    if (rounded_op)
+    if (rounded_op) {
       EXPECT_GT(max_diff(got, fp32), 1e-4 * scale) << what << " " << name << " equals plain float32: bf16 not applied";
+    }
   }
 }
 
@@ -189,9 +190,10 @@ TEST(CpuBf16, LstmAndGruGateGemms) {
         const double gs = std::max(max_abs(p.grads[i]), 1e-3);
         EXPECT_LE(max_diff(b.grads[i], p.grads[i]), 3e-2 * gs) << what << " gradient of input " << i << " vs float32";
         const bool bias = i >= w0 + 2, c0 = is_lstm && i == 2;
-        if (!bias && !c0)
+        if (!bias && !c0) {
           EXPECT_GT(max_diff(b.grads[i], p.grads[i]), 1e-4 * gs)
               << what << " gradient of input " << i << " equals plain float32: bf16 not applied";
+        }
       }
       if (T == 1) {  // x and the two weight matrices rounded (h0 is exact); c0 and the biases are not GEMM operands
         std::vector<Tensor> rounded;
