@@ -1,20 +1,33 @@
-// Helpers shared by the MPI tests: byte equality of tensors, a directory all
+// Helpers shared by the MPI tests: an expected error, byte equality of tensors, a directory all
 // ranks name alike, and a state dict passed through a safetensors file the way
 // the trainer's checkpoints pass it (rank 0 writes, every rank reads).
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 
+#include "hpdl/core/error.h"
 #include "hpdl/core/tensor.h"
 #include "hpdl/dist/communicator.h"
 #include "hpdl/io/safetensors.h"
 
 namespace hpdl::test {
+
+// f() must throw an hpdl::Error whose message contains `what`.
+inline void expect_error(const std::function<void()>& f, const std::string& what) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one naming " << what;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+  }
+}
 
 // Same dtype, shape and bytes.
 inline bool same_bytes(const Tensor& a, const Tensor& b) {

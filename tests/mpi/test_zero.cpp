@@ -28,6 +28,7 @@ namespace {
 Communicator& W() { return Communicator::world(); }
 using test::same_bytes;
 using test::through_file;
+using test::expect_error;
 
 // Seven parameters of different sizes (biases, a 3x... last layer), so the partition is uneven.
 nn::ModulePtr make_net() { return nn::models::mlp(8, {32, 16, 12}, 3, "tanh", 0.0, /*seed=*/7); }
@@ -350,14 +351,6 @@ TEST_P(Zero2Optimizers, CheckpointResumesUnshardedOnHalfTheRanks) {
 INSTANTIATE_TEST_SUITE_P(Optimizers, Zero2Optimizers, ::testing::Values("sgd", "adamw", "lamb"));
 
 TEST(Zero2Options, WhatDoesNotCombineIsRefusedByName) {
-  auto expect_error = [](const std::function<void()>& f, const std::string& what) {
-    try {
-      f();
-      ADD_FAILURE() << "no error; expected one naming " << what;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
-    }
-  };
   TrainRun z = make_run("sgd", true, W(), 2);
   expect_error([&] { z.dp->set_accumulating(true); }, "train.accumulate_steps");
   auto model = make_net();

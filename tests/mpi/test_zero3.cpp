@@ -33,6 +33,7 @@ namespace {
 Communicator& W() { return Communicator::world(); }
 using test::same_bytes;
 using test::through_file;
+using test::expect_error;
 
 // "mlp": 7 parameters of uneven sizes, tanh, dropout (the recompute must replay its masks).
 // "cnn": conv + batch norm + relu in a nested Sequential (opened into units), pooling, a classifier.
@@ -241,14 +242,6 @@ TEST(Zero3Checkpoint, RoundTripWithUnshardedAndStage2) {
 }
 
 TEST(Zero3Options, BadUseIsRefusedByName) {
-  auto expect_error = [](const std::function<void()>& f, const std::string& what) {
-    try {
-      f();
-      ADD_FAILURE() << "no error; expected one naming " << what;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
-    }
-  };
   // Gradients all-reduced (no grad_owners): stage 3 needs the owner buckets.
   ZRun z2 = make_run("mlp", "sgd", 2, W());
   ZRun plain_dp = make_run("mlp", "sgd", 0, W());
