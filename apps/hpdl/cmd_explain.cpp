@@ -130,10 +130,12 @@ void register_explain(CLI::App& app) {
     explain::Model model = [net, cfg](const Tensor& x) { return net->forward(normalize_inputs(cfg, x)); };
     namespace fs = std::filesystem;
     fs::create_directories(o->out);
-    // Images at least 224 pixels high; a feature vector [1, 1, F] (csv, npy [N, F]) by its length
-    // instead, within render_heatmap's limit of 64.
-    const int64_t side = m.sample[1] > 1 ? m.sample[1] : m.sample[2];
+    // Images at least 224 pixels high; a feature vector [1, 1, F] (csv, npy [N, F]) a strip at least
+    // 224 pixels wide (its features side by side) and at least 32 high, however long it is.
+    const bool strip = m.sample[1] == 1;
+    const int64_t side = strip ? m.sample[2] : m.sample[1];
     const int64_t scale = o->scale > 0 ? o->scale : std::clamp<int64_t>((224 + side - 1) / side, 1, 64);
+    const int64_t scale_y = strip ? std::max<int64_t>(scale, 32) : scale;
 
     auto& world = dist::Communicator::world();
     const bool root = world.rank() == 0;
@@ -222,7 +224,7 @@ void register_explain(CLI::App& app) {
         have_ig = have_ig || method == "ig";
         signed_map = method == "ig" || method == "occlusion";
         for (int64_t i = 0; i < cnt; ++i) {
-          auto img = explain::render_heatmap(x.select(0, i), maps.select(0, i), signed_map, scale);
+          auto img = explain::render_heatmap(x.select(0, i), maps.select(0, i), signed_map, scale, scale_y);
           data::write_png(fs::path(o->out) / fmt::format("{}-{}-{}.png", stem, o->first + lo + i, method), img);
         }
         // Every rank's maps to the first rank, which writes the .npy of all n.

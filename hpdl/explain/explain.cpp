@@ -414,7 +414,7 @@ Tensor resize_bilinear(const Tensor& maps, int64_t height, int64_t width) {
   return Tensor::from_vector(out, {n, height, width});
 }
 
-data::Image render_heatmap(const Tensor& image, const Tensor& map, bool signed_map, int64_t scale) {
+data::Image render_heatmap(const Tensor& image, const Tensor& map, bool signed_map, int64_t scale, int64_t scale_y) {
   HPDL_CHECK(image.defined() && image.ndim() == 3 && (image.dim(0) == 1 || image.dim(0) == 3),
              "render_heatmap: the image must be [C, H, W] with C = 1 or 3; got {}",
              image.defined() ? shape_str(image.shape()) : std::string("undefined"));
@@ -422,19 +422,21 @@ data::Image render_heatmap(const Tensor& image, const Tensor& map, bool signed_m
   HPDL_CHECK(map.defined() && map.shape() == Shape({h, w}), "render_heatmap: the map is {}; the image needs [{}, {}]",
              map.defined() ? shape_str(map.shape()) : std::string("undefined"), h, w);
   HPDL_CHECK(scale >= 1 && scale <= 64, "render_heatmap: scale {} is not in [1, 64]", scale);
+  if (scale_y == 0) scale_y = scale;
+  HPDL_CHECK(scale_y >= 1 && scale_y <= 64, "render_heatmap: scale_y {} is not in [1, 64]", scale_y);
   auto iv = host_values(image), mv = host_values(map);
   float top = 0;
   for (float v : mv) top = std::max(top, signed_map ? std::abs(v) : v);
   auto clamp01 = [](double v) { return std::clamp(v, 0.0, 1.0); };
   data::Image out;
   out.channels = 3;
-  out.height = h * scale;
+  out.height = h * scale_y;
   out.width = 2 * w * scale;
   out.pixels.assign(static_cast<size_t>(3 * out.height * out.width), 0);
   auto put = [&](int64_t y, int64_t x, int64_t ch, double v) {
     const auto byte = static_cast<uint8_t>(std::lround(255.0 * clamp01(v)));
-    for (int64_t dy = 0; dy < scale; ++dy)
-      std::fill_n(out.pixels.begin() + (ch * out.height + y * scale + dy) * out.width + x * scale, scale, byte);
+    for (int64_t dy = 0; dy < scale_y; ++dy)
+      std::fill_n(out.pixels.begin() + (ch * out.height + y * scale_y + dy) * out.width + x * scale, scale, byte);
   };
   for (int64_t y = 0; y < h; ++y)
     for (int64_t x = 0; x < w; ++x) {

@@ -111,10 +111,12 @@ Tensor resize_bilinear(const Tensor& maps, int64_t height, int64_t width);
 // ---- heatmap images ----
 // Renders one sample side by side: on the left the input ([C, H, W], C = 1 or
 // 3, values in [0, 1]), on the right the map ([H, W]) blended over a gray copy
-// of it; each pixel becomes a scale x scale block. A signed map is red where
+// of it; each pixel becomes a block scale wide and scale_y high (0: scale,
+// square). A signed map is red where
 // positive and blue where negative, more opaque the larger |value| (relative
 // to the largest); an unsigned one a black-red-yellow-white ramp from 0 to its
 // maximum.
-data::Image render_heatmap(const Tensor& image, const Tensor& map, bool signed_map, int64_t scale = 1);
+data::Image render_heatmap(const Tensor& image, const Tensor& map, bool signed_map, int64_t scale = 1,
+                          int64_t scale_y = 0);
 
 }  // namespace hpdl::explain

@@ -333,6 +333,28 @@ TEST(ExplainTest, HeatmapImagePlacesInputAndMapSideBySide) {
   EXPECT_NE(e.find("[3, 2]"), std::string::npos) << e;
 }
 
+// A feature vector [1, 1, F] is drawn as a strip: blocks scale wide and scale_y high, every
+// pixel row of the strip the same, each feature's attribution in its own column block.
+TEST(ExplainTest, HeatmapStripOfAFeatureVectorHasItsOwnHeight) {
+  const int64_t f = 5, scale = 2, scale_y = 8;
+  Tensor x = Tensor::full({1, 1, f}, 0.25);
+  Tensor map = Tensor::from_vector(std::vector<float>{0, 1, 0, -1, 0}, {1, f});
+  auto img = explain::render_heatmap(x, map, true, scale, scale_y);
+  ASSERT_EQ(img.height, scale_y);
+  ASSERT_EQ(img.width, 2 * f * scale);
+  auto px = [&](int64_t ch, int64_t y, int64_t col) { return img.pixels[(ch * img.height + y) * img.width + col]; };
+  for (int64_t y = 1; y < scale_y; ++y)
+    for (int64_t ch = 0; ch < 3; ++ch)
+      for (int64_t col = 0; col < img.width; ++col) ASSERT_EQ(px(ch, y, col), px(ch, 0, col)) << y << " " << col;
+  const int64_t right = f * scale;
+  EXPECT_GT(px(0, 3, right + 1 * scale), px(2, 3, right + 1 * scale));      // feature 1: +1, red
+  EXPECT_EQ(px(0, 3, right + 1 * scale + 1), px(0, 3, right + 1 * scale));  // its block is scale wide
+  EXPECT_GT(px(2, 3, right + 3 * scale), px(0, 3, right + 3 * scale));      // feature 3: -1, blue
+  EXPECT_EQ(px(0, 3, right + 2 * scale), px(0, 3, 2 * scale));              // feature 2: 0, the gray input
+  EXPECT_NE(test::error_of([&] { explain::render_heatmap(x, map, true, scale, 65); }).find("scale_y 65"),
+            std::string::npos);
+}
+
 TEST(ExplainTest, BadArgumentsAreNamed) {
   LinearModel lin(3, 16, 15);
   Tensor x = random_images({2, 1, 4, 4}, 16);
