@@ -25,8 +25,9 @@ TEST(CpuMemoryStats, LiveAndPeakFollowTensors) {
   const CpuMemoryStats after = cpu_memory_stats();
   EXPECT_EQ(after.live_bytes, before.live_bytes);
   EXPECT_GE(after.peak_live_bytes, before.live_bytes + (4u << 20) + 80);
-  if (std::getenv("HPDL_CPU_CACHE_MB") == nullptr)  // the default cache (2 GiB) keeps it
+  if (std::getenv("HPDL_CPU_CACHE_MB") == nullptr) {  // the default cache (2 GiB) keeps it
     EXPECT_GE(after.cached_bytes, size_t{4} << 20) << "the freed 4 MiB block stays cached for reuse";
+  }
   reset_cpu_memory_peak();
   EXPECT_EQ(cpu_memory_stats().peak_live_bytes, after.live_bytes);
 }

@@ -85,8 +85,9 @@ TEST(ActivationCheckpointingZoo, BottleneckStageSameStep) {
     for (size_t i = 0; i < pp.size(); ++i) EXPECT_EQ(pp[i].grad().to_vector<float>(), cp[i].grad().to_vector<float>());
     auto pb = plain->named_buffers(), cb = ckpt->named_buffers();
     for (size_t i = 0; i < pb.size(); ++i)
-      if (pb[i].second.dtype() == DType::f32)
+      if (pb[i].second.dtype() == DType::f32) {
         EXPECT_EQ(pb[i].second.to_vector<float>(), cb[i].second.to_vector<float>()) << pb[i].first;
+      }
   }
 }
 

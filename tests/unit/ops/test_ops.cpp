@@ -34,9 +34,9 @@ struct OpCase {
   std::vector<Shape> shapes;  // gradcheck inputs (float64, all require grad)
   Fn f;
   double low = -1, high = 1;
-  std::optional<double> away_from;  // kink to keep inputs 0.1 away from
+  std::optional<double> away_from{};  // kink to keep inputs 0.1 away from
   double eps = 1e-6, atol = 1e-6, rtol = 1e-4;
-  std::vector<Shape> fast;  // float32 shapes for the fast-vs-reference check (empty: skip)
+  std::vector<Shape> fast{};  // float32 shapes for the fast-vs-reference check (empty: skip)
   double fast_tol = 2e-5;   // relative to the largest magnitude of the compared tensor
 };
 
