@@ -1,6 +1,7 @@
-// All of hpdl::optim in one include: optimizers, clipping, schedules, loss scaling.
+// All of hpdl::optim in one include: optimizers, clipping, schedules, loss scaling, weight averaging.
 #pragma once
 
+#include "hpdl/optim/ema.h"
 #include "hpdl/optim/factory.h"
 #include "hpdl/optim/grad_scaler.h"
 #include "hpdl/optim/optimizer.h"

@@ -72,6 +72,7 @@ std::vector<Key> bind(Config& c) {
       {"train.pipeline_schedule", &t.pipeline_schedule},
       {"train.tensor_parallel", &t.tensor_parallel},
       {"train.activation_checkpointing", &t.activation_checkpointing},
+      {"train.ema_decay", &t.ema_decay}, {"train.ema_warmup", &t.ema_warmup},
   };
 }
 
@@ -475,6 +476,23 @@ void validate(const Config& c, const std::string& src) {
            "each rank would skip steps on its own non-finite gradients");
     refuse(t.precision == "fp16", "train.precision = \"fp16\"",
            "it uses dynamic loss scaling, and each rank would skip steps on its own non-finite gradients");
+  }
+  HPDL_CHECK(t.ema_decay >= 0 && t.ema_decay < 1, "{}: train.ema_decay must be in [0, 1) (0: off), got {}", src,
+             t.ema_decay);
+  if (t.ema_decay > 0) {
+    // Each of these leaves a rank without the whole model's current weights after a step.
+    auto refuse = [&](bool on, const std::string& key, const char* why) {
+      HPDL_CHECK(!on, "{}: train.ema_decay = {} cannot be combined with {}: {}; set one of them off", src,
+                 t.ema_decay, key, why);
+    };
+    refuse(t.pipeline_stages > 1, fmt::format("train.pipeline_stages = {}", t.pipeline_stages),
+           "each rank holds one stage's weights");
+    refuse(t.tensor_parallel > 1, fmt::format("train.tensor_parallel = {}", t.tensor_parallel),
+           "each rank holds slices of the split weights");
+    refuse(t.shard_optimizer && t.zero_stage == 3, "train.zero_stage = 3",
+           "each rank holds only the parameters it owns");
+    refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
+           "the ranks' weights differ between averaging points");
   }
   positive("train.pipeline_stages", static_cast<double>(t.pipeline_stages));
   positive("train.micro_batches", static_cast<double>(t.micro_batches));

@@ -212,6 +212,17 @@ struct TrainConfig {
   // more forward per step. Refused for lstm/gru and with pipeline_stages > 1,
   // tensor_parallel > 1 and sync_batchnorm.
   bool activation_checkpointing = false;
+  // Exponential moving average of the weights (optim::ModelEma; Polyak averaging):
+  // after each optimizer step avg <- d avg + (1 - d) w for the parameters
+  // and batch-norm statistics. Evaluation, the test metrics, hpdl eval / predict /
+  // export / explain use the averages; training continues from the live
+  // weights; checkpoints hold both (ema.<name>). 0: off; otherwise in (0, 1),
+  // typically 0.999 to 0.9999. Refused with pipeline_stages > 1,
+  // tensor_parallel > 1, zero_stage = 3 and local_sgd_steps > 0.
+  double ema_decay = 0;
+  // With ema_decay: the decay of update n is min(ema_decay, (1 + n) / (10 + n)),
+  // so the first, random weights fade out within tens of steps.
+  bool ema_warmup = true;
 };
 
 struct Config {

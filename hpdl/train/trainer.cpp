@@ -38,6 +38,7 @@
 #include "hpdl/nn/models/models.h"
 #include "hpdl/nn/models/vit.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/optim/ema.h"
 #include "hpdl/optim/factory.h"
 #include "hpdl/store/store_dataset.h"
 #include "hpdl/train/checkpoint.h"
@@ -577,6 +578,8 @@ void load_model_weights(nn::Module& model, const fs::path& path) {
   }
   auto weights = with_prefix(tensors, "model.");
   HPDL_CHECK(!weights.empty(), "{}: no model weights (tensors named model.*)", path.string());
+  // A run with train.ema_decay holds the weight averages too: they are the model it evaluated.
+  for (auto& [k, v] : with_prefix(tensors, "ema.")) weights[k] = v;
   model.load_state_dict(weights);
 }
 
@@ -895,6 +898,8 @@ TrainSummary Trainer::run(bool resume) {
   // ---- resume ----
   CheckpointManager ckpt(run_dir, static_cast<int>(cfg.train.keep_checkpoints));
   int64_t step = 0, epoch = 0, position = 0;
+  std::map<std::string, Tensor> ema_saved;  // the checkpoint's weight averages (ema.*), if any
+  int64_t ema_updates = 0;
   if (resume) {
     std::vector<std::string> problems;
     auto info = ckpt.latest_valid(&problems);
@@ -914,6 +919,8 @@ TrainSummary Trainer::run(bool resume) {
     else
       model->load_state_dict(model_state);
     opt->load_state_dict(optim_state);
+    ema_saved = with_prefix(tensors, "ema.");
+    ema_updates = info->meta.extra.value("ema_updates", int64_t{0});
     const int saved_world = info->meta.extra.value("world", world);
     // Local SGD: each rank resumes its own optimizer state when the rank count is unchanged
     // (an exact resume); otherwise every rank starts from rank 0's.
@@ -950,6 +957,20 @@ TrainSummary Trainer::run(bool resume) {
     if (root)
       std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
                    static_cast<long long>(epoch + 1), static_cast<long long>(step));
+  }
+
+  // ---- weight averaging (train.ema_decay): after the model is loaded and synchronized ----
+  // Every rank holds the same weights and buffers after each step (DataParallel broadcasts rank 0's
+  // buffers, a sharded optimizer its owners' parameters), so every rank keeps the same averages.
+  std::unique_ptr<optim::ModelEma> ema;
+  if (cfg.train.ema_decay > 0) {
+    ema = std::make_unique<optim::ModelEma>(*model, optim::EmaOptions{cfg.train.ema_decay, cfg.train.ema_warmup});
+    if (!ema_saved.empty()) ema->load_state_dict(ema_saved, ema_updates);
+    if (root)
+      std::fprintf(log, "hpdl: weight averaging: decay %g%s; evaluation uses the averages (the live weights' "
+                   "metrics as live_*)%s\n", cfg.train.ema_decay,
+                   cfg.train.ema_warmup ? " (warmup: min(decay, (1 + n) / (10 + n)))" : "",
+                   resume && ema_saved.empty() ? "; the checkpoint had none, so they start at its weights" : "");
   }
 
   auto save_checkpoint = [&](int64_t ep, int64_t pos) {
@@ -1017,6 +1038,10 @@ TrainSummary Trainer::run(bool resume) {
     std::map<std::string, Tensor> tensors = prefixed(zero3 ? model_state : model->state_dict(), "model.");
     for (auto& [k, v] : opt_state) tensors["optim." + k] = v;
     for (auto& [k, v] : rank_state) tensors[k] = v;
+    if (ema) {
+      for (auto& [k, v] : ema->state_dict()) tensors["ema." + k] = v;
+      meta.extra["ema_updates"] = ema->updates();
+    }
     if (scaler)
       for (auto& [k, v] : scaler->state_dict()) tensors["scaler." + k] = v;
     ckpt.save(meta, tensors);
@@ -1155,6 +1180,10 @@ TrainSummary Trainer::run(bool resume) {
           scaler->update();
         }
       }
+      if (ema) {
+        TraceRecorder::Scope s(trace, "ema", "compute");
+        ema->update();
+      }
       ++step;
       if (local_sgd > 0 && ++local_steps == local_sgd) average_replicas();
       // The step's loss and accuracy stay on the device, added to the epoch's sums. They are read
@@ -1255,18 +1284,24 @@ TrainSummary Trainer::run(bool resume) {
     if (cfg.train.eval_every_epochs > 0 &&
         ((epoch + 1) % cfg.train.eval_every_epochs == 0 || last || epoch + 1 == cfg.train.stop_after_epoch)) {
       AutocastScope ac(DType::bf16, autocast_bf16);
+      // Tensor parallel: sharded over the replicas; every rank of a group reads the same samples.
+      auto evaluate_on = [&](const std::shared_ptr<const data::Dataset>& d, const std::string& prefix) {
+        EvalResult r = pipelined ? evaluate_pipeline(*pipeline, grid, d, cfg.data, objective)
+                                 : evaluate(net, d, cfg.data, &dp_comm, &objective);
+        rec[prefix + "loss"] = r.loss;
+        put_metrics(rec, prefix, r.metrics);
+        return r;
+      };
+      if (ema) {  // the live weights first, then (below) the averages, swapped in for the evaluation
+        if (ds.validation) evaluate_on(ds.validation, "live_val_");
+        evaluate_on(ds.test, "live_test_");
+      }
+      optim::ModelEma::Applied averaged(ema.get());
       if (ds.validation) {
-        EvalResult val = pipelined ? evaluate_pipeline(*pipeline, grid, ds.validation, cfg.data, objective)
-                                   : evaluate(net, ds.validation, cfg.data, &dp_comm, &objective);
-        rec["val_loss"] = val.loss;
-        put_metrics(rec, "val_", val.metrics);
+        EvalResult val = evaluate_on(ds.validation, "val_");
         summary.val_accuracy = val.accuracy, summary.val_loss = val.loss, summary.val_metrics = val.metrics;
       }
-      // Tensor parallel: sharded over the replicas; every rank of a group reads the same samples.
-      EvalResult ev = pipelined ? evaluate_pipeline(*pipeline, grid, ds.test, cfg.data, objective)
-                                : evaluate(net, ds.test, cfg.data, &dp_comm, &objective);
-      rec["test_loss"] = ev.loss;
-      put_metrics(rec, "test_", ev.metrics);
+      EvalResult ev = evaluate_on(ds.test, "test_");
       summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss, summary.test_metrics = ev.metrics;
     }
     if (root) {
@@ -1287,7 +1322,8 @@ TrainSummary Trainer::run(bool resume) {
                                    cfg.train.epochs, objective.regression() ? fmt::format("{:.4g}", train_loss)
                                                                              : fmt::format("{:.4f}", train_loss),
                                    shown("train_", "train "),
-                                   shown("val_", "validation "), shown("test_", "test "), epoch_s,
+                                   shown("val_", "validation "), shown("test_", "test ") + shown("live_test_", "live weights' test "),
+                                   epoch_s,
                                    epoch_stats.count / epoch_s));
     }
     // train.stop_after_epoch: this chunk of the run ends here, always with a checkpoint to resume from.
@@ -1333,6 +1369,8 @@ TrainSummary Trainer::run(bool resume) {
     std::map<std::string, Tensor> compared = model->state_dict();
     if (zero3)
       for (auto& [name, p] : model->named_parameters()) compared.erase(name);
+    if (ema)
+      for (auto& [name, t] : ema->state_dict()) compared["ema." + name] = t;
     for (auto& [name, t] : compared) {
       Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(kCPU);
       h = io::xxh64(c.raw_data(), c.nbytes(), h);
@@ -1430,6 +1468,8 @@ TrainSummary Trainer::run(bool resume) {
     }
     s["grad_bytes_per_rank"] = grad_bytes;
     s["peak_grad_bytes_per_rank"] = peak_grad_bytes;
+    s["ema_decay"] = cfg.train.ema_decay;
+    if (ema) s["ema_updates"] = ema->updates();
     s["local_sgd_steps"] = local_sgd;
     s["step_meetings"] = step_meetings;
     s["pipeline_stages"] = stages;

@@ -922,6 +922,45 @@ PY
   "$hpdl" explain --checkpoint run --method ig --output 2 --out ex data/test_x.npy >bad.txt 2>&1 && fail "--output 2 was accepted"
   grep -q "explain --output 2: the model has 2 output(s)" bad.txt || fail "no clear refusal of --output 2: $(cat bad.txt)"
   ;;
+train_ema)
+  # train.ema_decay (weight averaging): evaluation reports the averages' metrics beside the live
+  # weights' (they differ), checkpoints hold both and the update count, hpdl eval evaluates the
+  # averages, a run cut into chunks ends bitwise where the straight run ends, bad values are refused.
+  args=("$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.epochs=3 --set data.validation=59000
+        --set train.ema_decay=0.9)
+  "$hpdl" train "${args[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed: $(tail -3 straight.log)"
+  grep -q "weight averaging: decay 0.9" straight.log || fail "no weight-averaging log line: $(head -5 straight.log)"
+  "${PYTHON:-python3}" - <<'PY' >check.txt 2>&1 || fail "metrics: $(cat check.txt)"
+import json
+recs = [json.loads(l) for l in open("straight/metrics.jsonl") if '"type":"epoch"' in l]
+assert len(recs) == 3, recs
+for r in recs:
+    for k in ("test_accuracy", "live_test_accuracy", "val_accuracy", "live_val_accuracy"):
+        assert k in r, (k, r)
+# the averages are another model: their test loss differs from the live weights'
+assert any(r["test_loss"] != r["live_test_loss"] for r in recs), recs
+s = json.load(open("straight/summary.json"))
+assert s["ema_decay"] == 0.9 and s["ema_updates"] == s["steps"] > 0, s
+side = json.load(open(sorted(__import__("glob").glob("straight/checkpoints/*.json"))[-1]))
+assert side["extra"]["ema_updates"] == s["steps"], side["extra"]
+print("%.2f" % (100 * recs[-1]["test_accuracy"]), "%.2f" % (100 * recs[-1]["live_test_accuracy"]))
+PY
+  read -r ema_acc live_acc <check.txt
+  last=$(ls straight/checkpoints/*.safetensors | tail -1)
+  grep -q '"ema.1.weight"' "$last" || fail "the checkpoint has no averages: $(head -c 300 "$last" | tr -c '[:print:]' ' ')"
+  "$hpdl" eval --checkpoint straight >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
+  grep -q "test accuracy ${ema_acc}%" eval.txt \
+    || fail "hpdl eval did not evaluate the averages (run: ${ema_acc}%, live weights ${live_acc}%): $(cat eval.txt)"
+  "$hpdl" train "${args[@]}" --set train.run_dir=chunked --set train.stop_after_epoch=1 >c1.log 2>&1 \
+    || fail "chunk 1 failed: $(tail -3 c1.log)"
+  "$hpdl" train --resume chunked --set train.stop_after_epoch=0 >c2.log 2>&1 || fail "chunk 2 failed: $(tail -3 c2.log)"
+  cmp "$last" "chunked/checkpoints/$(basename "$last")" || fail "the chunked run's weights or averages differ from the straight run's"
+  "$hpdl" train "${args[@]}" --set train.run_dir=bad --set train.ema_decay=1 >bad.log 2>&1 && fail "ema_decay = 1 was accepted"
+  grep -q "train.ema_decay must be in \[0, 1)" bad.log || fail "no clear error for ema_decay = 1: $(cat bad.log)"
+  "$hpdl" train "${args[@]}" --set train.run_dir=bad --set train.pipeline_stages=2 >bad.log 2>&1 && fail "EMA with a pipeline was accepted"
+  grep -q "train.ema_decay = 0.9 cannot be combined with train.pipeline_stages = 2" bad.log \
+    || fail "no clear error for EMA with pipeline stages: $(cat bad.log)"
+  ;;
 train_bf16_cpu)
   # train.precision = "bf16" on the CPU (design decision 69): LeNet-5 reaches a sane accuracy, the log
   # says what computes in bfloat16, checkpoints stay float32 and resume across fp32 and bf16 runs,

@@ -17,6 +17,7 @@
 # checkpoint bytes), resume with either stage and on one process, and refuse what it does not support by name.
 # With train.precision = "bf16" (CPU), a pipeline and a data-parallel run pass what fp32 passes and follow
 # the fp32 loss curve loosely, but not exactly.
+# With train.ema_decay (weight averaging) every rank keeps the same averages, also with ZeRO-1.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -184,6 +185,20 @@ train_zero_np2)
   grep -q '"shard_optimizer": true' run_true/summary.json || fail "summary.json lacks shard_optimizer"
   cmp run_false/checkpoints/step-0000000006.safetensors run_true/checkpoints/step-0000000006.safetensors \
     || fail "sharded and unsharded checkpoints differ"
+  ;;
+train_ema_np2)
+  # Weight averaging under data parallelism: every rank keeps the same averages (per-rank batch norm
+  # with rank 0's statistics broadcast; the replica check compares the averages too), and with a
+  # sharded optimizer (ZeRO-1) the averages and weights are byte for byte the unsharded run's.
+  for z in false true; do
+    "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \
+      --set train.max_steps=4 --set data.batch_size=8 --set data.workers=1 --set train.ema_decay=0.5 \
+      --set train.shard_optimizer=$z --set train.run_dir=run_$z >log_$z 2>&1 || fail "mpirun (shard_optimizer=$z) failed: $(tail -5 log_$z)"
+    grep -q "weights identical on all 2 ranks" log_$z || fail "replicas differ (shard_optimizer=$z): $(tail -5 log_$z)"
+  done
+  grep -q '"ema.0.weight"' run_true/checkpoints/step-0000000004.safetensors || fail "no averages in the checkpoint"
+  cmp run_false/checkpoints/step-0000000004.safetensors run_true/checkpoints/step-0000000004.safetensors \
+    || fail "sharded and unsharded checkpoints (weights and averages) differ"
   ;;
 train_zero2_np2)
   # ZeRO-2 (sharded gradients too) at 2 ranks: the owner's reduce adds the same two numbers as the
