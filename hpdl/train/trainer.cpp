@@ -904,6 +904,11 @@ TrainSummary Trainer::run(bool resume) {
     std::fprintf(log, "hpdl: warning: train.monitor = %s selects the model on the test set, so the test metrics no "
                  "longer estimate unseen data; hold out a validation split with data.validation = N\n",
                  selection.monitor().c_str());
+  auto put_selection = [&](TrainSummary& out) {
+    out.monitor = selection.monitor();
+    if (selection.has_best()) out.best_metric = selection.best();
+    out.best_epoch = selection.best_epoch(), out.best_step = selection.best_step();
+  };
   if (resume) {
     std::vector<std::string> problems;
     auto info = ckpt.latest_valid(&problems);
@@ -976,9 +981,7 @@ TrainSummary Trainer::run(bool resume) {
       done.run_dir = run_dir;
       done.steps = step, done.epochs_done = epoch;
       done.stopped_early = true;
-      done.monitor = selection.monitor();
-      if (selection.has_best()) done.best_metric = selection.best();
-      done.best_epoch = selection.best_epoch(), done.best_step = selection.best_step();
+      put_selection(done);
       return done;
     }
   }
@@ -987,8 +990,9 @@ TrainSummary Trainer::run(bool resume) {
   // it: a pipeline's stages from replica 0, a tensor-parallel group's slices from replica 0, ZeRO-3's
   // owned parameters from every rank. Collective: every rank calls it.
   auto full_model_state = [&]() -> std::map<std::string, Tensor> {
-    if (pipelined) return grid.replica == 0 ? gather_dicts(*grid.pipeline, model->state_dict()) : std::map<std::string, Tensor>{};
-    if (tensor_parallel) return grid.replica == 0 ? dist::gather_full_state_dict(*model) : std::map<std::string, Tensor>{};
+    if (gridded && grid.replica != 0) return {};
+    if (pipelined) return gather_dicts(*grid.pipeline, model->state_dict());
+    if (tensor_parallel) return dist::gather_full_state_dict(*model);
     if (zero3) return zero3->full_state_dict(0);
     return root ? model->state_dict() : std::map<std::string, Tensor>{};
   };
@@ -1388,11 +1392,7 @@ TrainSummary Trainer::run(bool resume) {
   if (root) progress.finish();
   summary.steps = step;
   summary.final_train_loss = last_loss;
-  if (selecting) {
-    summary.monitor = selection.monitor();
-    if (selection.has_best()) summary.best_metric = selection.best();
-    summary.best_epoch = selection.best_epoch(), summary.best_step = selection.best_step();
-  }
+  if (selecting) put_selection(summary);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
   summary.peak_tensor_memory_mb = memory.peak_mb();
