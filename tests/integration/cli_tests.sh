@@ -1013,7 +1013,7 @@ early_stopping_resume_chunks)
 keep_best_eval)
   # train.keep_best on a run whose validation loss is lowest before the last epoch: best.safetensors
   # holds that epoch's model (hpdl eval --best prints that epoch's recorded test metrics, plain eval
-  # the last epoch's), is left by keep_checkpoints = 1, and predict and export read it with --best.
+  # the last epoch's), is left by keep_checkpoints = 1, and predict, export and explain read it with --best.
   regression_data
   "$hpdl" train reg.toml --set data.validation=256 --set train.epochs=10 --set optimizer.lr=0.05 --set train.keep_best=true \
     --set train.keep_checkpoints=1 >log 2>&1 || fail "train failed: $(tail -3 log)"
@@ -1044,6 +1044,8 @@ PY
   "$hpdl" predict --checkpoint run zero.npy >pl.txt 2>&1 || fail "predict failed: $(cat pl.txt)"
   [[ $best_epoch -eq 10 ]] || ! cmp -s pb.txt pl.txt || fail "predict --best predicted with the newest checkpoint"
   "$hpdl" export --checkpoint run --best -o best.onnx >ex.txt 2>&1 || fail "export --best failed: $(cat ex.txt)"
+  "$hpdl" explain --checkpoint run --best --method saliency --limit 1 --out heat data/test_x.npy >xp.txt 2>&1 \
+    || fail "explain --best failed: $(cat xp.txt)"
   "$hpdl" train reg.toml --set train.epochs=1 --set train.run_dir=plain >plain.log 2>&1 || fail "plain run failed"
   "$hpdl" eval --checkpoint plain --best >nobest.txt 2>&1 && fail "eval --best of a run without keep_best succeeded"
   grep -q "trained without train.keep_best = true" nobest.txt || fail "no clear error: $(cat nobest.txt)"
