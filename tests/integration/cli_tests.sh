@@ -976,6 +976,8 @@ epochs = [r for r in map(json.loads, open("run/metrics.jsonl")) if r.get("type")
 assert [r["monitor_improved"] for r in epochs] == [True, False, False], epochs
 assert s["best_metric"] == epochs[0]["val_loss"], (s["best_metric"], epochs[0])
 PY
+  # The batch-job scripts take a run that stopped early as complete (no resume, no resubmission).
+  (source "$ex/jobs/hpdl_job.sh" && hpdl_run_complete run) || fail "hpdl_job.sh does not take the stopped run as complete"
   cp run/summary.json summary.before
   "$hpdl" train --resume run >resume.log 2>&1 || fail "resuming the stopped run failed: $(tail -3 resume.log)"
   grep -q "stopped early: val_loss did not improve for 2 evaluations .*not training further" resume.log \
