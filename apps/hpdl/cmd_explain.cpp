@@ -1,4 +1,4 @@
-// hpdl explain --checkpoint RUN_DIR INPUT...: why the trained model classifies
+// hpdl explain --checkpoint RUN_DIR [--best] INPUT...: why the trained model classifies
 // each input as it does. For every sample, every chosen method (saliency,
 // integrated gradients, Grad-CAM, occlusion; see hpdl/explain/explain.h)
 // writes a heatmap PNG (input | map over it) and, per input file and method,
@@ -69,15 +69,15 @@ void write_maps(const std::filesystem::path& path, const Tensor& maps) {
 void register_explain(CLI::App& app) {
   auto* cmd = app.add_subcommand("explain", "Explain a trained model's predictions as heatmaps (AI forensics)");
   struct Opts {
-    std::string checkpoint, config, methods = "all", out = "explain", layer;
+    CheckpointArg checkpoint;
+    std::string config, methods = "all", out = "explain", layer;
     std::vector<std::string> inputs;
     int64_t first = 0, limit = 8, target = -1, output = -1, steps = 32, window = 4, stride = 2, scale = 0, deletion = 0;
     double fill = 0.0;
     bool time = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--checkpoint", o->checkpoint, "A run directory (newest valid checkpoint) or a .safetensors file")
-      ->required();
+  add_checkpoint_options(cmd, o->checkpoint);
   cmd->add_option("--config", o->config, "TOML config (default: RUN_DIR/config.toml)");
   cmd->add_option("--method", o->methods, "Comma-separated: saliency, ig, gradcam, occlusion, or all")
       ->capture_default_str();

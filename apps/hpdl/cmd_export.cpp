@@ -1,4 +1,4 @@
-// hpdl export --checkpoint RUN_DIR --output model.onnx: the run's model as an
+// hpdl export --checkpoint RUN_DIR [--best] --output model.onnx: the run's model as an
 // ONNX graph (hpdl/train/onnx_export.h) that takes what `hpdl predict` reads,
 // float32 pixels in [0, 1], with the run's input normalization inside the graph.
 // A regression run (train.loss = mse, l1, huber) exports its k outputs as 'values'.
@@ -16,11 +16,11 @@ namespace hpdl::cli {
 void register_export(CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "Export a run's model as ONNX (opset 13) for inference elsewhere");
   struct Opts {
-    std::string checkpoint, config, output;
+    CheckpointArg checkpoint;
+    std::string config, output;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--checkpoint", o->checkpoint, "A run directory (newest valid checkpoint) or a .safetensors file")
-      ->required();
+  add_checkpoint_options(cmd, o->checkpoint);
   cmd->add_option("--config", o->config, "TOML config (default: RUN_DIR/config.toml)");
   cmd->add_option("--output,-o", o->output, "The .onnx file to write (atomically)")->required();
   cmd->callback([o] {
@@ -36,7 +36,7 @@ void register_export(CLI::App& app) {
     const std::string dims = fmt::format("{}", fmt::join(m.sample, ", "));
     const char* what = regression ? "values" : "logits";
     opt.doc = fmt::format("hpdl {} model '{}' from {}; input 'input': float32 [N, {}] {}{}; output '{}'{}",
-                          HPDL_VERSION, m.cfg.model.name, o->checkpoint, dims,
+                          HPDL_VERSION, m.cfg.model.name, o->checkpoint.weights(), dims,
                           regression ? "features as hpdl predict reads them" : "pixels in [0, 1]",
                           m.cfg.data.normalize ? ", normalized inside the graph" : "", what,
                           regression ? fmt::format(" (the regression outputs of train.loss = {})", m.cfg.train.loss)

@@ -1,4 +1,4 @@
-// hpdl predict --checkpoint RUN_DIR INPUT...: class predictions for images in
+// hpdl predict --checkpoint RUN_DIR [--best] INPUT...: class predictions for images in
 // idx, .npy, PNG or HDF5 files (FILE.h5[:DATASET]; uint8 pixels scaled to
 // [0, 1], then the config's normalization, as in training). One line per sample: file, index, class, probability;
 // for a model trained with a regression loss (train.loss = mse, l1, huber): file, index and its k output values.
@@ -17,13 +17,13 @@ namespace hpdl::cli {
 void register_predict(CLI::App& app) {
   auto* cmd = app.add_subcommand("predict", "Predict classes for images in idx, .npy, PNG or HDF5 files");
   struct Opts {
-    std::string checkpoint, config;
+    CheckpointArg checkpoint;
+    std::string config;
     std::vector<std::string> inputs;
     int64_t limit = 0;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--checkpoint", o->checkpoint, "A run directory (newest valid checkpoint) or a .safetensors file")
-      ->required();
+  add_checkpoint_options(cmd, o->checkpoint);
   cmd->add_option("--config", o->config, "TOML config (default: RUN_DIR/config.toml)");
   cmd->add_option("--limit", o->limit, "Print at most this many predictions per file (0: all)");
   cmd->add_option("inputs", o->inputs,

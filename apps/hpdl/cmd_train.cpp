@@ -44,6 +44,9 @@ void register_train(CLI::App& app) {
       else
         std::printf("%lld steps, %.1f s, %.0f samples/s; run in %s\n", static_cast<long long>(s.steps), s.seconds,
                     s.train_samples_per_s, s.run_dir.string().c_str());
+      if (s.stopped_early)
+        std::printf("stopped early (train.early_stopping_patience): best %s %.6g after epoch %lld\n",
+                    s.monitor.c_str(), s.best_metric, static_cast<long long>(s.best_epoch));
     }
   });
 }

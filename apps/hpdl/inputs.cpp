@@ -1,5 +1,6 @@
 #include "apps/hpdl/inputs.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/ranges.h>
 
 #include <cstring>
@@ -7,13 +8,34 @@
 
 #include "hpdl/data/readers.h"
 #include "hpdl/ops/ops.h"
+#include "hpdl/train/checkpoint.h"
 #include "hpdl/train/trainer.h"
 
 namespace hpdl::cli {
 
-InferenceModel load_inference_model(const std::string& checkpoint, const std::string& config) {
+std::string CheckpointArg::weights() const {
+  if (!best) return path;
+  HPDL_CHECK(std::filesystem::is_directory(path), "--best reads a run directory's best model: give --checkpoint "
+             "RUN_DIR, not the file '{}'", path);
+  const auto file = train::CheckpointManager::best_path(path);
+  HPDL_CHECK(std::filesystem::exists(file), "--best: {} does not exist: the run in {} was trained without "
+             "train.keep_best = true, or has not evaluated yet (leave out --best for its newest checkpoint)",
+             file.string(), path);
+  return file.string();
+}
+
+void add_checkpoint_options(CLI::App* cmd, CheckpointArg& arg) {
+  cmd->add_option("--checkpoint", arg.path, "A run directory (newest valid checkpoint) or a .safetensors file")
+      ->required();
+  cmd->add_flag("--best", arg.best,
+                "Use the run directory's best model (RUN_DIR/checkpoints/best.safetensors, written with "
+                "train.keep_best = true) instead of its newest checkpoint");
+}
+
+InferenceModel load_inference_model(const CheckpointArg& checkpoint, const std::string& config) {
   InferenceModel m;
-  m.cfg = train::load_config(config.empty() ? checkpoint + "/config.toml" : config);
+  const std::string weights = checkpoint.weights();  // a bad --best is named before the config is read
+  m.cfg = train::load_config(config.empty() ? checkpoint.default_config() : config);
   m.sample = {m.cfg.model.in_channels, 28, 28};
   if (m.cfg.data.dataset == "hdf5") {
     // The sample shape from the test dataset's header, as data::load_hdf5 gives it, without reading it.
@@ -27,7 +49,7 @@ InferenceModel load_inference_model(const std::string& checkpoint, const std::st
     m.sample = ds.test->sample_shape();
   }
   m.model = train::build_model(m.cfg, m.sample);
-  train::load_model_weights(*m.model, checkpoint);
+  train::load_model_weights(*m.model, weights);
   m.model->eval();
   return m;
 }

@@ -1,5 +1,6 @@
-// What predict and explain share: a trained model loaded for inference from a
-// run directory, and the input files they read.
+// What eval, predict, export and explain share: the checkpoint they read
+// (--checkpoint, --best), a trained model loaded for inference from it, and
+// the input files they read.
 #pragma once
 
 #include <string>
@@ -8,16 +9,31 @@
 #include "hpdl/nn/module.h"
 #include "hpdl/train/config.h"
 
+namespace CLI {
+class App;
+}
+
 namespace hpdl::cli {
+
+// --checkpoint RUN_DIR|FILE and --best.
+struct CheckpointArg {
+  std::string path;   // a run directory (its newest valid checkpoint) or a .safetensors file
+  bool best = false;  // the run directory's best model instead (train.keep_best)
+  // What to load weights from: `path`, or with --best RUN_DIR/checkpoints/best.safetensors. Throws
+  // when --best is given a file or the run has no best model.
+  std::string weights() const;
+  std::string default_config() const { return path + "/config.toml"; }
+};
+// Adds --checkpoint (required) and --best to `cmd`, writing into `arg`.
+void add_checkpoint_options(CLI::App* cmd, CheckpointArg& arg);
 
 struct InferenceModel {
   train::Config cfg;
   Shape sample;  // one input [C, H, W]
   nn::ModulePtr model;  // weights loaded, in eval mode
 };
-// `checkpoint`: a run directory (its newest valid checkpoint) or a
-// .safetensors file; `config`: the TOML (default: CHECKPOINT/config.toml).
-InferenceModel load_inference_model(const std::string& checkpoint, const std::string& config);
+// `config`: the TOML (default: RUN_DIR/config.toml).
+InferenceModel load_inference_model(const CheckpointArg& checkpoint, const std::string& config);
 
 // An input argument: a file, or a dataset inside an HDF5 file, written
 // FILE.h5:DATASET (also .hdf5, .he5). `dataset` is empty for other files and

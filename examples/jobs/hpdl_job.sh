@@ -64,12 +64,14 @@ hpdl_run_checkpoint_epoch() {
 }
 
 # Succeeds when the run is complete: summary.json says it was not interrupted and
-# it reached train.epochs (or train.max_steps, when that is set).
+# it reached train.epochs (or train.max_steps, when that is set), or it stopped
+# early (train.early_stopping_patience: a resume would train nothing).
 hpdl_run_complete() {
   local dir=$1 s epochs max_steps done_epochs done_steps
   s=$dir/summary.json
   [[ -f $s ]] || return 1
   grep -q '"interrupted": *false' "$s" || return 1
+  grep -q '"stopped_early": *true' "$s" && return 0
   epochs=$(hpdl_run_config_value "$dir" train epochs)
   max_steps=$(hpdl_run_config_value "$dir" train max_steps)
   done_epochs=$(grep -o '"epochs": *[0-9]*' "$s" | grep -o '[0-9]*$')

@@ -86,6 +86,16 @@ CheckpointInfo CheckpointManager::save(const CheckpointMeta& meta, const std::ma
   return info;
 }
 
+std::filesystem::path CheckpointManager::best_path(const std::filesystem::path& run_dir) {
+  return run_dir / "checkpoints" / "best.safetensors";
+}
+
+void CheckpointManager::save_best(const std::map<std::string, Tensor>& tensors,
+                                  std::map<std::string, std::string> metadata) const {
+  metadata["hpdl.format"] = "hpdl-best-model";
+  io::save_safetensors(best_path(dir_.parent_path()), tensors, metadata);
+}
+
 void CheckpointManager::prune() const {
   std::vector<int64_t> s = steps();
   if (static_cast<int>(s.size()) <= keep_) return;

@@ -4,6 +4,7 @@
 // states, config, and the size and xxh64 of the safetensors file). Both are
 // written atomically, tensors first and the sidecar last, so a sidecar's
 // existence is the commit marker: a checkpoint without one never happened.
+// best.safetensors beside them (train.keep_best) is a single model-only file.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -67,6 +68,15 @@ class CheckpointManager {
 
   // Parses a sidecar file; throws naming it when malformed.
   static CheckpointInfo read_sidecar(const std::filesystem::path& sidecar);
+
+  // RUN_DIR/checkpoints/best.safetensors (train.keep_best): the model of the best evaluation so
+  // far, one self-contained file (its "model." tensors; what it holds in the metadata: hpdl.format
+  // "hpdl-best-model", hpdl.monitor, hpdl.best, hpdl.epoch, hpdl.step, hpdl.evaluation). Not a
+  // step-* name, so neither latest_valid() nor pruning ever sees it.
+  static std::filesystem::path best_path(const std::filesystem::path& run_dir);
+  // Writes best_path() atomically (a failed write leaves the previous best in place), with its
+  // checksum and `metadata` (plus hpdl.format). Throws naming the file.
+  void save_best(const std::map<std::string, Tensor>& tensors, std::map<std::string, std::string> metadata) const;
 
  private:
   std::filesystem::path tensors_path(int64_t step) const;

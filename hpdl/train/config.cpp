@@ -14,6 +14,7 @@
 
 #include "hpdl/core/error.h"
 #include "hpdl/io/file.h"
+#include "hpdl/train/early_stopping.h"
 
 namespace hpdl::train {
 namespace {
@@ -60,6 +61,9 @@ std::vector<Key> bind(Config& c) {
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.overwrite", &t.overwrite}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch}, {"train.label_smoothing", &t.label_smoothing},
+      {"train.monitor", &t.monitor}, {"train.keep_best", &t.keep_best},
+      {"train.early_stopping_patience", &t.early_stopping_patience},
+      {"train.early_stopping_min_delta", &t.early_stopping_min_delta},
       {"train.loss", &t.loss}, {"train.huber_delta", &t.huber_delta},
       {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
@@ -419,6 +423,15 @@ void validate(const Config& c, const std::string& src) {
   non_negative("train.eval_every_epochs", static_cast<double>(t.eval_every_epochs));
   non_negative("train.max_steps", static_cast<double>(t.max_steps));
   non_negative("train.stop_after_epoch", static_cast<double>(t.stop_after_epoch));
+  non_negative("train.early_stopping_patience", static_cast<double>(t.early_stopping_patience));
+  HPDL_CHECK(t.early_stopping_min_delta >= 0 && std::isfinite(t.early_stopping_min_delta),
+             "{}: train.early_stopping_min_delta must be finite and >= 0, got {}", src, t.early_stopping_min_delta);
+  resolve_monitor(c, src);  // an unknown name is refused even while nothing monitors it
+  if (t.keep_best || t.early_stopping_patience > 0)
+    HPDL_CHECK(t.eval_every_epochs > 0, "{}: {} compares evaluations, but train.eval_every_epochs = 0 turns them off "
+               "(hpdl tune does so in its trials, whose schedulers stop trials themselves); set "
+               "train.eval_every_epochs >= 1 or turn it off", src,
+               t.keep_best ? "train.keep_best = true" : "train.early_stopping_patience > 0");
   positive("train.bucket_mb", t.bucket_mb);
   positive("train.accumulate_steps", static_cast<double>(t.accumulate_steps));
   HPDL_CHECK(t.label_smoothing >= 0 && t.label_smoothing < 1, "{}: train.label_smoothing must be in [0, 1), got {}",

@@ -129,6 +129,21 @@ struct TrainConfig {
   // into chunks (one per batch job), and how `hpdl tune` trains a trial part
   // of the way. 0: off.
   int64_t stop_after_epoch = 0;
+  // Model selection (design decision 72; docs/files.md). The metric compared after each
+  // evaluation: "auto" (val_loss with data.validation > 0, else test_loss: model selection on the
+  // test set, which a warning says), or val_ / test_ with loss and accuracy (train.loss =
+  // cross_entropy) or loss, rmse, mae, r2 (regression losses). Lower wins for loss, rmse and mae,
+  // higher for accuracy and r2.
+  std::string monitor = "auto";
+  // Write the model of each evaluation that improves the monitored metric to
+  // RUN_DIR/checkpoints/best.safetensors (atomically; never pruned; its metadata and summary.json
+  // say the epoch, step and value). `hpdl eval|predict|export|explain --checkpoint RUN --best` read it.
+  bool keep_best = false;
+  // End the run (with a checkpoint) when the monitored metric has not improved by more than
+  // early_stopping_min_delta for this many consecutive evaluations (train.eval_every_epochs); 0: off.
+  // The count survives --resume, and a run that stopped early does not train further when resumed.
+  int64_t early_stopping_patience = 0;
+  double early_stopping_min_delta = 0;
   // Label smoothing of the training loss (Szegedy et al. 2016): the target
   // keeps 1 - eps + eps/C and every class gets eps/C. Evaluation stays plain.
   double label_smoothing = 0;

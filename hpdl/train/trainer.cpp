@@ -42,6 +42,7 @@
 #include "hpdl/optim/factory.h"
 #include "hpdl/store/store_dataset.h"
 #include "hpdl/train/checkpoint.h"
+#include "hpdl/train/early_stopping.h"
 #include "hpdl/train/metrics.h"
 #include "hpdl/train/progress.h"
 #include "hpdl/train/report.h"
@@ -900,6 +901,19 @@ TrainSummary Trainer::run(bool resume) {
   int64_t step = 0, epoch = 0, position = 0;
   std::map<std::string, Tensor> ema_saved;  // the checkpoint's weight averages (ema.*), if any
   int64_t ema_updates = 0;
+  // Model selection (train.keep_best, train.early_stopping_patience; design decision 72). Every rank
+  // keeps the same state: each is fed rank 0's value of the monitored metric.
+  const bool selecting = cfg.train.keep_best || cfg.train.early_stopping_patience > 0;
+  EarlyStopping selection(cfg);
+  if (root && selecting && selection.monitor().rfind("test_", 0) == 0)
+    std::fprintf(log, "hpdl: warning: train.monitor = %s selects the model on the test set, so the test metrics no "
+                 "longer estimate unseen data; hold out a validation split with data.validation = N\n",
+                 selection.monitor().c_str());
+  auto put_selection = [&](TrainSummary& out) {
+    out.monitor = selection.monitor();
+    if (selection.has_best()) out.best_metric = selection.best();
+    out.best_epoch = selection.best_epoch(), out.best_step = selection.best_step();
+  };
   if (resume) {
     std::vector<std::string> problems;
     auto info = ckpt.latest_valid(&problems);
@@ -957,6 +971,26 @@ TrainSummary Trainer::run(bool resume) {
     if (root)
       std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
                    static_cast<long long>(epoch + 1), static_cast<long long>(step));
+    const auto saved = info->meta.extra.find("early_stopping");
+    if (selecting && saved != info->meta.extra.end() && !selection.load_state(*saved, info->sidecar_path.string()) &&
+        root)
+      std::fprintf(log, "hpdl: the checkpoint monitored %s, this run monitors %s: the best value and the patience "
+                   "count start afresh\n", saved->value("monitor", "?").c_str(), selection.monitor().c_str());
+    // A run whose patience ran out is finished: resuming it trains nothing and leaves its files as they are.
+    if (selecting && selection.should_stop()) {
+      if (root)
+        std::fprintf(log, "hpdl: %s stopped early: %s did not improve for %lld evaluations (best %.6g after epoch "
+                     "%lld); not training further (raise train.early_stopping_patience to continue it)\n",
+                     run_dir.string().c_str(), selection.monitor().c_str(),
+                     static_cast<long long>(selection.bad_evaluations()), selection.best(),
+                     static_cast<long long>(selection.best_epoch()));
+      TrainSummary done;
+      done.run_dir = run_dir;
+      done.steps = step, done.epochs_done = epoch;
+      done.stopped_early = true;
+      put_selection(done);
+      return done;
+    }
   }
 
   // ---- weight averaging (train.ema_decay): after the model is loaded and synchronized ----
@@ -972,6 +1006,31 @@ TrainSummary Trainer::run(bool resume) {
                    cfg.train.ema_warmup ? " (warmup: min(decay, (1 + n) / (10 + n)))" : "",
                    resume && ema_saved.empty() ? "; the checkpoint had none, so they start at its weights" : "");
   }
+  // The whole model's state dict on world rank 0 (empty elsewhere), gathered as checkpoints gather
+  // it: a pipeline's stages from replica 0, a tensor-parallel group's slices from replica 0, ZeRO-3's
+  // owned parameters from every rank. Collective: every rank calls it.
+  auto full_model_state = [&]() -> std::map<std::string, Tensor> {
+    if (gridded && grid.replica != 0) return {};
+    if (pipelined) return gather_dicts(*grid.pipeline, model->state_dict());
+    if (tensor_parallel) return dist::gather_full_state_dict(*model);
+    if (zero3) return zero3->full_state_dict(0);
+    return root ? model->state_dict() : std::map<std::string, Tensor>{};
+  };
+
+  // train.keep_best: the model just evaluated (`rec`, the epoch's record with its val_/test_
+  // metrics) becomes RUN_DIR/checkpoints/best.safetensors. Collective, like full_model_state().
+  auto save_best = [&](const nlohmann::json& rec) {
+    std::map<std::string, Tensor> state = full_model_state();
+    if (!root) return;
+    nlohmann::json evaluation = nlohmann::json::object();
+    for (const auto& [k, v] : rec.items())
+      if (k.rfind("val_", 0) == 0 || k.rfind("test_", 0) == 0) evaluation[k] = v;
+    ckpt.save_best(prefixed(state, "model."), {{"hpdl.monitor", selection.monitor()},
+                                               {"hpdl.best", fmt::format("{:.17g}", selection.best())},
+                                               {"hpdl.epoch", std::to_string(selection.best_epoch())},
+                                               {"hpdl.step", std::to_string(selection.best_step())},
+                                               {"hpdl.evaluation", evaluation.dump()}});
+  };
 
   auto save_checkpoint = [&](int64_t ep, int64_t pos) {
     // A sharded optimizer gathers its full state to rank 0: every rank takes part.
@@ -1020,6 +1079,7 @@ TrainSummary Trainer::run(bool resume) {
     meta.sampler_position = pos;
     meta.config = to_json(cfg);
     meta.extra = {{"world", replicas}};
+    if (selecting) meta.extra["early_stopping"] = selection.state();
     if (gridded) {
       meta.extra[pipelined ? "pipeline_stages" : "tensor_parallel"] = pipelined ? stages : tp;
       std::map<std::string, Tensor> tensors;
@@ -1303,6 +1363,21 @@ TrainSummary Trainer::run(bool resume) {
       }
       EvalResult ev = evaluate_on(ds.test, "test_");
       summary.test_accuracy = ev.accuracy, summary.test_loss = ev.loss, summary.test_metrics = ev.metrics;
+      if (selecting) {
+        // Rank 0's value decides on every rank, so all stop at the same epoch whatever the last bits
+        // of their all-reduced sums.
+        Tensor value = Tensor::full({1}, rec.at(selection.monitor()).get<double>(), DType::f64);
+        comm.broadcast(value, 0);
+        const bool improved = selection.update(value.item(), epoch + 1, step);
+        rec["monitor_best"] = selection.has_best() ? nlohmann::json(selection.best()) : nlohmann::json(nullptr);
+        rec["monitor_improved"] = improved;
+        if (improved && cfg.train.keep_best) {
+          save_best(rec);
+          if (root)
+            progress.message(fmt::format("hpdl: best {} so far ({:.6g}): wrote {}", selection.monitor(),
+                                         selection.best(), CheckpointManager::best_path(run_dir).string()));
+        }
+      }
     }
     if (root) {
       metrics->write(rec);
@@ -1328,9 +1403,20 @@ TrainSummary Trainer::run(bool resume) {
     }
     // train.stop_after_epoch: this chunk of the run ends here, always with a checkpoint to resume from.
     const bool chunk_end = cfg.train.stop_after_epoch > 0 && epoch + 1 == cfg.train.stop_after_epoch && !last;
-    if (chunk_end ||
+    // train.early_stopping_patience ran out before train.epochs: the run ends here, with a checkpoint.
+    const bool early_end = selecting && selection.should_stop() && !last;
+    if (chunk_end || early_end ||
         (cfg.train.checkpoint_every_epochs > 0 && ((epoch + 1) % cfg.train.checkpoint_every_epochs == 0 || last)))
       save_checkpoint(epoch + 1, 0);
+    if (early_end) {
+      summary.stopped_early = true;
+      if (root)
+        progress.message(fmt::format("hpdl: early stopping after epoch {}: {} has not improved for {} evaluations "
+                                     "(train.early_stopping_patience = {}); best {:.6g} after epoch {}", epoch + 1,
+                                     selection.monitor(), selection.bad_evaluations(), selection.patience(),
+                                     selection.best(), selection.best_epoch()));
+      break;
+    }
     if (chunk_end) {
       if (root)
         progress.message(fmt::format("hpdl: stopped after epoch {} (train.stop_after_epoch); continue with --resume {}",
@@ -1341,6 +1427,7 @@ TrainSummary Trainer::run(bool resume) {
   if (root) progress.finish();
   summary.steps = step;
   summary.final_train_loss = last_loss;
+  if (selecting) put_selection(summary);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.train_samples_per_s = static_cast<double>(samples_done) / std::max(1e-9, summary.seconds);
   summary.peak_tensor_memory_mb = memory.peak_mb();
@@ -1448,6 +1535,14 @@ TrainSummary Trainer::run(bool resume) {
                         {"ranks", world}, {"threads", num_threads()}, {"interrupted", summary.interrupted}};
     if (!summary.test_metrics.empty()) s["test_loss"] = summary.test_loss, put_metrics(s, "test_", summary.test_metrics);
     if (!summary.val_metrics.empty()) s["val_loss"] = summary.val_loss, put_metrics(s, "val_", summary.val_metrics);
+    s["stopped_early"] = summary.stopped_early;
+    if (selecting) {
+      s["monitor"] = summary.monitor;
+      s["best_metric"] = selection.has_best() ? nlohmann::json(summary.best_metric) : nlohmann::json(nullptr);
+      s["best_epoch"] = summary.best_epoch, s["best_step"] = summary.best_step;
+      if (cfg.train.keep_best && selection.has_best())
+        s["best_model"] = fs::relative(CheckpointManager::best_path(run_dir), run_dir).string();
+    }
     s["loss"] = objective.name();
     if (summary.allreduce_hidden_fraction >= 0) s["allreduce_hidden_fraction"] = summary.allreduce_hidden_fraction;
     s["device"] = device.str();

@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -45,6 +46,13 @@ struct TrainSummary {
   std::map<std::string, double> test_metrics, val_metrics;
   double seconds = 0, train_samples_per_s = 0;
   bool interrupted = false;  // stopped by a signal after checkpointing
+  // train.keep_best / train.early_stopping_patience: the monitored metric, its best value (NaN
+  // before any finite one) and where it was reached (epochs done, steps), and whether patience ran
+  // out before train.epochs (in this run, or, resumed, in the run it continues).
+  std::string monitor;
+  double best_metric = std::numeric_limits<double>::quiet_NaN();
+  int64_t best_epoch = 0, best_step = 0;
+  bool stopped_early = false;
   // With train.trace and several ranks: the fraction of allreduce time that
   // overlapped backward on the same rank (from trace.json); -1 otherwise.
   double allreduce_hidden_fraction = -1;

@@ -20,6 +20,7 @@
 #include "hpdl/io/file.h"
 #include "hpdl/train/checkpoint.h"
 #include "hpdl/train/config.h"
+#include "hpdl/train/early_stopping.h"
 #include "hpdl/train/objective.h"
 #include "hpdl/train/trainer.h"
 
@@ -128,11 +129,7 @@ bool ranks_before(bool lower_better, double am, int64_t at, double bm, int64_t b
 
 }  // namespace
 
-bool metric_is_loss(const std::string& metric) {
-  for (const char* m : {"val_loss", "test_loss", "val_rmse", "test_rmse", "val_mae", "test_mae"})
-    if (metric == m) return true;
-  return false;
-}
+bool metric_is_loss(const std::string& metric) { return train::metric_lower_is_better(metric); }
 
 bool lower_is_better(const SearchConfig& s) {
   return s.direction.empty() ? metric_is_loss(s.metric) : s.direction == "minimize";

@@ -925,9 +925,10 @@ PY
 train_ema)
   # train.ema_decay (weight averaging): evaluation reports the averages' metrics beside the live
   # weights' (they differ), checkpoints hold both and the update count, hpdl eval evaluates the
-  # averages, a run cut into chunks ends bitwise where the straight run ends, bad values are refused.
+  # averages (and train.keep_best keeps them), a run cut into chunks ends bitwise where the straight
+  # run ends, bad values are refused.
   args=("$ex/fashion_mnist/mlp.toml" "${small[@]}" --set train.epochs=3 --set data.validation=59000
-        --set train.ema_decay=0.9)
+        --set train.ema_decay=0.9 --set train.keep_best=true)
   "$hpdl" train "${args[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed: $(tail -3 straight.log)"
   grep -q "weight averaging: decay 0.9" straight.log || fail "no weight-averaging log line: $(head -5 straight.log)"
   "${PYTHON:-python3}" - <<'PY' >check.txt 2>&1 || fail "metrics: $(cat check.txt)"
@@ -943,14 +944,21 @@ s = json.load(open("straight/summary.json"))
 assert s["ema_decay"] == 0.9 and s["ema_updates"] == s["steps"] > 0, s
 side = json.load(open(sorted(__import__("glob").glob("straight/checkpoints/*.json"))[-1]))
 assert side["extra"]["ema_updates"] == s["steps"], side["extra"]
-print("%.2f" % (100 * recs[-1]["test_accuracy"]), "%.2f" % (100 * recs[-1]["live_test_accuracy"]))
+best = [r for r in recs if r["epoch"] == s["best_epoch"]][0]  # keep_best: selected on the averages' val_loss
+assert s["best_metric"] == best["val_loss"], (s, best)
+print("%.2f" % (100 * recs[-1]["test_accuracy"]), "%.2f" % (100 * recs[-1]["live_test_accuracy"]),
+      "%.2f" % (100 * best["test_accuracy"]), "%.2f" % (100 * best["live_test_accuracy"]))
 PY
-  read -r ema_acc live_acc <check.txt
+  read -r ema_acc live_acc best_acc best_live_acc <check.txt
   last=$(ls straight/checkpoints/*.safetensors | tail -1)
   grep -q '"ema.1.weight"' "$last" || fail "the checkpoint has no averages: $(head -c 300 "$last" | tr -c '[:print:]' ' ')"
   "$hpdl" eval --checkpoint straight >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
   grep -q "test accuracy ${ema_acc}%" eval.txt \
     || fail "hpdl eval did not evaluate the averages (run: ${ema_acc}%, live weights ${live_acc}%): $(cat eval.txt)"
+  # the best model is the one evaluated: the averages
+  "$hpdl" eval --checkpoint straight --best >best.txt 2>&1 || fail "eval --best failed: $(cat best.txt)"
+  grep -q "test accuracy ${best_acc}%" best.txt \
+    || fail "the best file does not hold the averages (run: ${best_acc}%, live ${best_live_acc}%): $(cat best.txt)"
   "$hpdl" train "${args[@]}" --set train.run_dir=chunked --set train.stop_after_epoch=1 >c1.log 2>&1 \
     || fail "chunk 1 failed: $(tail -3 c1.log)"
   "$hpdl" train --resume chunked --set train.stop_after_epoch=0 >c2.log 2>&1 || fail "chunk 2 failed: $(tail -3 c2.log)"
@@ -994,6 +1002,102 @@ train_bf16_cpu)
     || fail "fp32 resume of a bf16 run failed: $(tail -3 r2.log)"
   grep -q "resumed from .*step-0000000100" r2.log || fail "the fp32 resume did not continue from step 100: $(head -8 r2.log)"
   ! grep -q "precision bf16" r2.log || fail "the fp32 resume still computes in bf16"
+  ;;
+early_stopping_stops)
+  # train.early_stopping_patience = 2 on a run whose validation loss cannot improve by min_delta (lr
+  # 1e-7): it stops after epoch 3 of 10 with a checkpoint, says why in the log and summary.json, and a
+  # resume trains no further (unless the patience is raised). An unknown train.monitor is refused.
+  regression_data
+  es=(reg.toml --set data.validation=256 --set train.epochs=10 --set optimizer.lr=1e-7
+      --set train.early_stopping_patience=2 --set train.early_stopping_min_delta=0.01)
+  "$hpdl" train "${es[@]}" >log 2>&1 || fail "train failed: $(tail -3 log)"
+  grep -q "early stopping after epoch 3: val_loss has not improved for 2 evaluations" log \
+    || fail "no early-stopping line: $(tail -3 log)"
+  [[ -f run/checkpoints/step-0000000048.json ]] || fail "no checkpoint where it stopped (step 48): $(ls run/checkpoints)"
+  python3 - <<'PY' || fail "summary.json does not say it stopped early"
+import json
+s = json.load(open("run/summary.json"))
+assert s["stopped_early"] is True and s["epochs"] == 3 and s["steps"] == 48, s
+assert s["monitor"] == "val_loss" and s["best_epoch"] == 1 and s["best_step"] == 16, s
+epochs = [r for r in map(json.loads, open("run/metrics.jsonl")) if r.get("type") == "epoch"]
+assert [r["monitor_improved"] for r in epochs] == [True, False, False], epochs
+assert s["best_metric"] == epochs[0]["val_loss"], (s["best_metric"], epochs[0])
+PY
+  # The batch-job scripts take a run that stopped early as complete (no resume, no resubmission).
+  (source "$ex/jobs/hpdl_job.sh" && hpdl_run_complete run) || fail "hpdl_job.sh does not take the stopped run as complete"
+  cp run/summary.json summary.before
+  "$hpdl" train --resume run >resume.log 2>&1 || fail "resuming the stopped run failed: $(tail -3 resume.log)"
+  grep -q "stopped early: val_loss did not improve for 2 evaluations .*not training further" resume.log \
+    || fail "the resume did not say the run is finished: $(tail -3 resume.log)"
+  cmp -s run/summary.json summary.before || fail "resuming a stopped run rewrote its summary.json"
+  [[ $(ls run/checkpoints/step-*.json | tail -1) == run/checkpoints/step-0000000048.json ]] \
+    || fail "resuming a stopped run trained further: $(ls run/checkpoints)"
+  "$hpdl" train --resume run --set train.early_stopping_patience=4 >more.log 2>&1 || fail "resume failed: $(tail -3 more.log)"
+  grep -q "early stopping after epoch 5: val_loss has not improved for 4 evaluations" more.log \
+    || fail "a raised patience did not continue to epoch 5: $(tail -3 more.log)"
+  "$hpdl" train reg.toml --set data.validation=256 --set train.monitor=val_accuracy --set train.run_dir=bad >bad.log 2>&1 \
+    && fail "train.monitor = val_accuracy was accepted for a regression loss"
+  grep -q "train.monitor = 'val_accuracy' is not a metric train.loss = 'mse' reports; use auto or one of val_loss, val_rmse" \
+    bad.log || fail "no clear refusal of the monitor: $(cat bad.log)"
+  ;;
+early_stopping_resume_chunks)
+  # The patience count and the best value survive --resume: the run cut after epoch 2 (one bad
+  # evaluation so far) stops after epoch 3 as the straight run does, with the same best.safetensors
+  # (epoch 1's model) and the same final checkpoint.
+  regression_data
+  es=(reg.toml --set data.validation=256 --set train.epochs=10 --set optimizer.lr=1e-7 --set train.keep_best=true
+      --set train.early_stopping_patience=2 --set train.early_stopping_min_delta=0.01)
+  "$hpdl" train "${es[@]}" --set train.run_dir=straight >straight.log 2>&1 || fail "straight run failed: $(tail -3 straight.log)"
+  "$hpdl" train "${es[@]}" --set train.run_dir=chunked --set train.stop_after_epoch=2 >c1.log 2>&1 \
+    || fail "chunk 1 failed: $(tail -3 c1.log)"
+  grep -q "stopped after epoch 2" c1.log || fail "chunk 1 did not stop after epoch 2: $(tail -3 c1.log)"
+  "$hpdl" train --resume chunked --set train.stop_after_epoch=0 >c2.log 2>&1 || fail "chunk 2 failed: $(tail -3 c2.log)"
+  grep -q "early stopping after epoch 3: val_loss has not improved for 2 evaluations (train.early_stopping_patience = 2); best .* after epoch 1" \
+    c2.log || fail "the resumed chunk did not stop after epoch 3: $(tail -3 c2.log)"
+  ! grep -q "best val_loss so far" c2.log || fail "the resumed chunk forgot the best value and wrote a new best model"
+  cmp straight/checkpoints/best.safetensors chunked/checkpoints/best.safetensors || fail "the best models differ"
+  cmp straight/checkpoints/step-0000000048.safetensors chunked/checkpoints/step-0000000048.safetensors \
+    || fail "the final checkpoints differ"
+  ;;
+keep_best_eval)
+  # train.keep_best on a run whose validation loss is lowest before the last epoch: best.safetensors
+  # holds that epoch's model (hpdl eval --best prints that epoch's recorded test metrics, plain eval
+  # the last epoch's), is left by keep_checkpoints = 1, and predict, export and explain read it with --best.
+  regression_data
+  "$hpdl" train reg.toml --set data.validation=256 --set train.epochs=10 --set optimizer.lr=0.05 --set train.keep_best=true \
+    --set train.keep_checkpoints=1 >log 2>&1 || fail "train failed: $(tail -3 log)"
+  grep -q "best val_loss so far (.*): wrote run/checkpoints/best.safetensors" log || fail "no best-model line: $(tail -3 log)"
+  [[ $(ls run/checkpoints/step-*.json | wc -l) -eq 1 && -f run/checkpoints/best.safetensors ]] \
+    || fail "keep_checkpoints = 1 should leave one checkpoint and the best model: $(ls run/checkpoints)"
+  python3 - >expected.txt <<'PY' || fail "summary.json or the best file's metadata is wrong"
+import json, struct
+s = json.load(open("run/summary.json"))
+epochs = {r["epoch"]: r for r in map(json.loads, open("run/metrics.jsonl")) if r.get("type") == "epoch"}
+best = min(epochs.values(), key=lambda r: r["val_loss"])
+assert s["monitor"] == "val_loss" and s["best_epoch"] == best["epoch"] and s["best_metric"] == best["val_loss"], s
+assert s["best_model"] == "checkpoints/best.safetensors" and s["stopped_early"] is False, s
+b = open("run/checkpoints/best.safetensors", "rb").read()
+meta = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]
+assert meta["hpdl.format"] == "hpdl-best-model" and meta["hpdl.monitor"] == "val_loss", meta
+assert int(meta["hpdl.epoch"]) == best["epoch"] and float(meta["hpdl.best"]) == best["val_loss"], meta
+assert json.loads(meta["hpdl.evaluation"])["test_rmse"] == best["test_rmse"], meta
+print("%.6g %.6g %d" % (best["test_rmse"], epochs[10]["test_rmse"], best["epoch"]))
+PY
+  read -r best_rmse last_rmse best_epoch <expected.txt
+  "$hpdl" eval --checkpoint run --best >best.txt 2>&1 || fail "eval --best failed: $(cat best.txt)"
+  grep -q "^test RMSE $best_rmse," best.txt || fail "eval --best: $(cat best.txt), recorded test RMSE $best_rmse"
+  "$hpdl" eval --checkpoint run >last.txt 2>&1 || fail "eval failed: $(cat last.txt)"
+  grep -q "^test RMSE $last_rmse," last.txt || fail "eval: $(cat last.txt), recorded test RMSE $last_rmse"
+  [[ $best_epoch -lt 10 ]] || echo "note: the best epoch is the last one here; best and newest are the same model"
+  "$hpdl" predict --checkpoint run --best zero.npy >pb.txt 2>&1 || fail "predict --best failed: $(cat pb.txt)"
+  "$hpdl" predict --checkpoint run zero.npy >pl.txt 2>&1 || fail "predict failed: $(cat pl.txt)"
+  [[ $best_epoch -eq 10 ]] || ! cmp -s pb.txt pl.txt || fail "predict --best predicted with the newest checkpoint"
+  "$hpdl" export --checkpoint run --best -o best.onnx >ex.txt 2>&1 || fail "export --best failed: $(cat ex.txt)"
+  "$hpdl" explain --checkpoint run --best --method saliency --limit 1 --out heat data/test_x.npy >xp.txt 2>&1 \
+    || fail "explain --best failed: $(cat xp.txt)"
+  "$hpdl" train reg.toml --set train.epochs=1 --set train.run_dir=plain >plain.log 2>&1 || fail "plain run failed"
+  "$hpdl" eval --checkpoint plain --best >nobest.txt 2>&1 && fail "eval --best of a run without keep_best succeeded"
+  grep -q "trained without train.keep_best = true" nobest.txt || fail "no clear error: $(cat nobest.txt)"
   ;;
 *) fail "unknown case" ;;
 esac

@@ -18,6 +18,8 @@
 # With train.precision = "bf16" (CPU), a pipeline and a data-parallel run pass what fp32 passes and follow
 # the fp32 loss curve loosely, but not exactly.
 # With train.ema_decay (weight averaging) every rank keeps the same averages, also with ZeRO-1.
+# With train.early_stopping_patience every rank stops after the same epoch, and train.keep_best's model is
+# gathered to rank 0 as checkpoints are.
 set -uo pipefail
 case_name=$1; hpdl=$2; work=$3/$case_name
 mpirun=${MPIEXEC:-mpirun}
@@ -702,6 +704,38 @@ train_tp_ckpt_np2)
     || fail "dropout-free run failed: $(tail -5 log_n)"
   cmp -s run_false/checkpoints/step-0000000006.safetensors no_dropout/checkpoints/step-0000000006.safetensors \
     && fail "model.dropout = 0.1 trained exactly as model.dropout = 0"
+  ;;
+train_early_stop_np2)
+  # Early stopping and train.keep_best under mpirun (design decision 72): both ranks stop after the same
+  # epoch (rank 0's value of the monitored metric decides; a rank that went on would hang in the next
+  # collective, so each run has a time limit), and the best model is gathered like a checkpoint: a
+  # 2-stage pipeline's best.safetensors is the one-process run's byte for byte, and ZeRO-3's (sharded
+  # parameters) evaluates to the test metrics recorded for its epoch.
+  "${PYTHON:-python3}" "$ex/regression/make_oscillator.py" data --train 512 --test 128 >/dev/null \
+    || fail "the oscillator data generator failed"
+  run() { timeout 120 "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train \
+            "$ex/regression/oscillator.toml" --set data.path=data --set data.workers=1 --set train.epochs=8 \
+            --set data.batch_size=32 --set data.validation=128 --set optimizer.lr=1e-9 --set train.keep_best=true \
+            --set train.early_stopping_patience=2 --set train.early_stopping_min_delta=0.001 "${@:2}"; }
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 --set train.pipeline_stages=2 --set train.run_dir=pipe >log_2 2>&1 || fail "pipeline run failed (rc $?): $(tail -5 log_2)"
+  run 2 --set train.shard_optimizer=true --set train.zero_stage=3 --set train.run_dir=z3 >log_3 2>&1 \
+    || fail "ZeRO-3 run failed (rc $?): $(tail -5 log_3)"
+  for l in log_1 log_2 log_3; do
+    grep -q "early stopping after epoch 3: val_loss has not improved for 2 evaluations" $l || fail "$l: no stop after epoch 3: $(tail -5 $l)"
+  done
+  grep -q "buffers identical on all 2 ranks" log_3 || fail "no replica check after the ZeRO-3 run stopped: $(tail -5 log_3)"
+  cmp single/checkpoints/best.safetensors pipe/checkpoints/best.safetensors \
+    || fail "the 2-stage pipeline's best model differs from the one-process run's"
+  python3 - z3 >expected.txt <<'PY' || fail "summary.json of the ZeRO-3 run is wrong"
+import json, sys
+s = json.load(open(sys.argv[1] + "/summary.json"))
+assert s["stopped_early"] is True and s["epochs"] == 3 and s["best_epoch"] == 1 and s["ranks"] == 2, s
+rec = [r for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl")) if r.get("type") == "epoch"][0]
+print("%.6g" % rec["test_rmse"])
+PY
+  "$hpdl" eval --checkpoint z3 --best >eval.txt 2>&1 || fail "eval --best of the ZeRO-3 run failed: $(cat eval.txt)"
+  grep -q "^test RMSE $(cat expected.txt)," eval.txt || fail "eval --best: $(cat eval.txt); recorded $(cat expected.txt)"
   ;;
 *) fail "unknown case" ;;
 esac
