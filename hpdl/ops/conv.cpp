@@ -318,7 +318,8 @@ Tensor conv2d_weight(const Tensor& x, const Tensor& dy, const Shape& weight_shap
     const bool gx = xu.requires_grad(), gdy = dy.requires_grad();
     // dx reads dy and ddy reads x: each saved only when that gradient is wanted.
     SavedTensor saved_x(gdy ? xu : Tensor(), "input 'x'"), saved_dy(gx ? dy : Tensor(), "output gradient 'dy'");
-    record(op, {xu, dy}, {&dw}, [saved_x, saved_dy, x_shape = xu.shape(), gx, gdy, p, cd](const std::vector<Tensor>& g) {
+    record(op, {xu, dy}, {&dw}, [saved_x, saved_dy, x_shape = xu.shape(), gx, gdy, p,
+                                 cd](const std::vector<Tensor>& g) {
       AutocastScope autocast(cd, cd != DType::f32);
       // G [K, C/groups, R, S] -> dx [N, C, H, W], ddy [N, K, P, Q]; differentiable in any mode.
       const Tensor& G = g[0];

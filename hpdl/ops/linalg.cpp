@@ -152,7 +152,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
       // dx [M, in] = g [M, out] @ w [out, in]; dw [out, in] = g^T [out, M] @ x [M, in]
       // (contiguous, so the weight's gradient needs no transpose copy); db [out] = sum_M g.
       // Built from differentiable ops: higher-order gradients flow through linear.
-      return std::vector<Tensor>{gx ? matmul(g[0], saved_w.get()) : Tensor(), gw ? matmul(g[0].t(), saved_x.get()) : Tensor(),
+      return std::vector<Tensor>{gx ? matmul(g[0], saved_w.get()) : Tensor(),
+                                 gw ? matmul(g[0].t(), saved_x.get()) : Tensor(),
                                  gb ? sum(g[0], {0}) : Tensor()};
     });
   }

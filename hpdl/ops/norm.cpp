@@ -137,8 +137,8 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
       const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
                  gb = beta.defined() && beta.requires_grad();
       record("batch_norm_eval", {x, gamma, beta}, {&y},
-             [saved_x = SavedTensor(gg ? x : Tensor(), "input 'x'"), saved_g = SavedTensor(gx ? gamma : Tensor(), "weight (gamma)"),
-              saved_mean = SavedTensor(gg ? mean : Tensor(), "running_mean"), invstd, bs, axes, gx, gg, gb,
+             [saved_x = SavedTensor(gg ? x : Tensor(), "input 'x'"),
+              saved_g = SavedTensor(gx ? gamma : Tensor(), "weight (gamma)"), saved_mean = SavedTensor(gg ? mean : Tensor(), "running_mean"), invstd, bs, axes, gx, gg, gb,
               sd = stat_dtype(x), xd = x.dtype(), dev = x.device()](const std::vector<Tensor>& gr) {
                // dy [N, C, ...]; dx = dy * gamma * invstd; dgamma = sum(dy * xhat); dbeta = sum(dy)
                const Tensor& gamma = saved_g.get();
