@@ -13,6 +13,20 @@ Tensor autograd_add(const Tensor& a, const Tensor& b);
 namespace {
 thread_local bool t_grad_enabled = true;
 std::atomic<uint64_t> g_sequence{0};
+// The node whose backward runs on this thread, for SavedTensor's error; a nested backward
+// (activation checkpointing runs one inside its node) restores the outer one when done.
+thread_local const Node* t_running = nullptr;
+
+class RunningScope {
+ public:
+  explicit RunningScope(const Node* n) : prev_(t_running) { t_running = n; }
+  ~RunningScope() { t_running = prev_; }
+  RunningScope(const RunningScope&) = delete;
+  RunningScope& operator=(const RunningScope&) = delete;
+
+ private:
+  const Node* prev_;
+};
 }  // namespace
 
 bool grad_enabled() { return t_grad_enabled; }
@@ -23,7 +37,19 @@ std::vector<Tensor> FunctionNode::apply(const std::vector<Tensor>& grads) {
              "first backward() if you need a second one", name_);
   HPDL_CHECK(!(first_order_only_ && grad_enabled()), "{}: this fused kernel's backward is first-order only; "
              "create_graph (higher-order gradients) is not supported through it", name_);
+  RunningScope running(this);
   return fn_(grads);
+}
+
+const Tensor& SavedTensor::get() const {
+  if (!t_.defined()) return t_;
+  const uint64_t now = t_.version();
+  HPDL_CHECK(now == version_, "{}: {}{} {} ({}) needed for this gradient was modified in place after the forward "
+             "(saved at version {}, now at version {}), so the gradient would be wrong; write into it only after "
+             "backward() (an optimizer step, fill_, copy_), or pass a clone() to the forward",
+             t_running ? t_running->name() : "backward", what_, index_ >= 0 ? fmt::format(" {}", index_) : "",
+             shape_str(t_.shape()), dtype_name(t_.dtype()), version_, now);
+  return t_;
 }
 
 std::vector<Tensor> AccumulateGrad::apply(const std::vector<Tensor>& grads) {

@@ -67,6 +67,33 @@ class AccumulateGrad final : public Node {
   std::weak_ptr<TensorImpl> leaf_;
 };
 
+// A tensor a node saved for its backward, with its storage's version counter at
+// that moment (design decision 73). get() checks that no in-place write (fill_,
+// copy_, an optimizer step, an in-place collective; see Tensor::bump_version)
+// reached the storage since, through this tensor or any view of it, and
+// otherwise throws an hpdl::Error naming the node whose backward runs, the saved
+// tensor (`what`: "input 'a'", "output", ..., and `index` when one of several:
+// "weight 2") and both versions; the gradient it
+// would give is wrong. Ops capture one per input or output their backward
+// formula reads, and read it only where the formula needs it: an input a
+// backward never reads (add's, sub's) is not saved, and writing into it after
+// the forward stays legal. Holds the tensor itself (its graph history too, for
+// create_graph). An undefined tensor is allowed (saved only when needed).
+class SavedTensor {
+ public:
+  SavedTensor() = default;
+  SavedTensor(const Tensor& t, const char* what, int index = -1)
+      : t_(t), version_(t.defined() ? t.version() : 0), what_(what), index_(index) {}
+  const Tensor& get() const;
+  bool defined() const { return t_.defined(); }
+
+ private:
+  Tensor t_;
+  uint64_t version_ = 0;
+  const char* what_ = "";
+  int index_ = -1;
+};
+
 // ---- grad mode ----
 bool grad_enabled();
 void set_grad_enabled(bool on);

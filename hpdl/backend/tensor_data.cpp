@@ -61,6 +61,7 @@ template std::vector<uint8_t> Tensor::to_vector() const;
 
 Tensor& Tensor::fill_(double value) {
   if (numel() > 0) backend_for(device()).fill(*this, value);
+  bump_version();
   return *this;
 }
 
@@ -75,6 +76,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
     Device d = src.device().is_cpu() ? device() : src.device();
     backend_for(d).copy(src, *this);
   }
+  bump_version();
   return *this;
 }
 

@@ -4,7 +4,9 @@
 // CUDA backend registers a caching allocator over cudaMalloc.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "hpdl/core/dtype.h"
@@ -49,7 +51,17 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  // The version counter of this memory, shared by every tensor viewing it
+  // (views, reshapes, detach()): each in-place write through the Tensor API
+  // (fill_, copy_, optimizer steps, in-place collectives) adds one. Autograd
+  // records it for each tensor a node saves for backward and refuses to run
+  // that backward if it moved (design decision 73). Relaxed atomics: loader
+  // and communication threads write tensors too, and only the count matters.
+  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
+  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
+
  private:
+  std::atomic<uint64_t> version_{0};
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;

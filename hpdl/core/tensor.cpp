@@ -94,6 +94,15 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(im.storage->data()) + im.offset * static_cast<int64_t>(dtype_size(im.dtype));
 }
 
+uint64_t Tensor::version() const {
+  const auto& st = impl().storage;
+  return st ? st->version() : 0;
+}
+
+void Tensor::bump_version() const {
+  if (const auto& st = impl().storage) st->bump_version();
+}
+
 template <typename T>
 T* Tensor::data() const {
   HPDL_CHECK(dtype() == dtype_of<T>(), "Tensor::data: tensor is {}, accessed as {}", dtype_name(dtype()),

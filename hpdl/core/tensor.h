@@ -113,9 +113,17 @@ class Tensor {
   Tensor to(Device device) const;
 
   // ---- in-place, no autograd (optimizers, init, loaders) ----
+  // Each bumps the storage's version counter: a backward that saved this tensor
+  // (or another view of its storage) before the write refuses to run.
   Tensor& fill_(double value);
   Tensor& zero_() { return fill_(0); }
   Tensor& copy_(const Tensor& src);  // same numel; converts dtype; any device pair
+  // The version counter shared by every view of this tensor's storage (0 without
+  // storage). Code that writes into an existing tensor by other means than the
+  // methods above (raw_data()/data<T>(), a Backend kernel, MPI) calls
+  // bump_version() so that autograd sees the write (design decision 73).
+  uint64_t version() const;
+  void bump_version() const;
 
   // ---- autograd (autograd/variable.cpp) ----
   bool requires_grad() const;

@@ -199,6 +199,7 @@ int Communicator::thread_level() const { return g_thread_level; }
 void Communicator::allreduce(const Tensor& t, ReduceKind op) {
   HPDL_CHECK(t.device().is_cpu() && t.is_contiguous(), "allreduce: needs a contiguous CPU tensor, got {}", t.str());
   allreduce(t.raw_data(), t.numel(), t.dtype(), op);
+  t.bump_version();  // written in place (design decision 73)
 }
 
 void Communicator::allreduce(void* data, int64_t count, DType dtype, ReduceKind op) {
@@ -273,6 +274,7 @@ void Communicator::comm_loop() {
 void Communicator::broadcast(const Tensor& t, int root) {
   HPDL_CHECK(t.device().is_cpu() && t.is_contiguous(), "broadcast: needs a contiguous CPU tensor, got {}", t.str());
   broadcast_bytes(t.raw_data(), static_cast<int64_t>(t.nbytes()), root);
+  if (rank_ != root) t.bump_version();
 }
 
 void Communicator::broadcast_bytes(void* data, int64_t nbytes, int root) {

@@ -232,6 +232,7 @@ std::shared_ptr<NcclWork> NcclCommunicator::allreduce_async(const Tensor& t, Ncc
   const ncclDataType_t type = nccl_type(t.dtype());
   const ncclRedOp_t red = nccl_op(op, t.dtype());
   ncclComm_t comm = impl_->comm;
+  t.bump_version();  // written in place, stream-ordered (design decision 73)
   return impl_->launch("allreduce", t, [&](cudaStream_t s) {
     HPDL_NCCL_CHECK(ncclAllReduce(t.raw_data(), t.raw_data(), static_cast<size_t>(t.numel()), type, red, comm, s));
   });
@@ -243,6 +244,7 @@ std::shared_ptr<NcclWork> NcclCommunicator::broadcast_async(const Tensor& t, int
   HPDL_CHECK(root >= 0 && root < impl_->size, "NCCL broadcast: root {} is not a rank of {}", root, impl_->size);
   const ncclDataType_t type = nccl_type(t.dtype());
   ncclComm_t comm = impl_->comm;
+  if (root != impl_->rank) t.bump_version();
   return impl_->launch("broadcast", t, [&](cudaStream_t s) {
     HPDL_NCCL_CHECK(ncclBroadcast(t.raw_data(), t.raw_data(), static_cast<size_t>(t.numel()), type, root, comm, s));
   });

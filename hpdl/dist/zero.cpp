@@ -132,8 +132,10 @@ void ShardedOptimizer::step() {
   for (int r = 0; r < comm_.size(); ++r) {
     if (bytes_of_[static_cast<size_t>(r)] == 0) continue;
     std::vector<std::pair<void*, int64_t>> regions;
-    for (size_t i : owned_by_[static_cast<size_t>(r)])
+    for (size_t i : owned_by_[static_cast<size_t>(r)]) {
       regions.emplace_back(params_[i].param.raw_data(), static_cast<int64_t>(params_[i].param.nbytes()));
+      if (r != comm_.rank()) params_[i].param.bump_version();  // received in place (the owner's step bumped its own)
+    }
     comm_.broadcast_regions(regions, r);
   }
 }

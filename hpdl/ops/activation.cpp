@@ -26,16 +26,17 @@ Tensor softmax_impl(const Tensor& x, int64_t axis, bool log) {
   Tensor y = detail::empty_like(xc);
   if (y.numel() > 0) detail::pick(x, OpKind::softmax).softmax_forward(xc, y, a, log);
   if (needs_grad({&x})) {
-    Tensor yd = y.detach();
-    record(op, {x}, {&y}, [x, yd, a, log](const std::vector<Tensor>& g) {
+    record(op, {x}, {&y}, [saved_x = SavedTensor(x, "input 'x'"), saved_y = SavedTensor(y.detach(), "output"), a,
+                           log](const std::vector<Tensor>& g) {
       if (!grad_enabled()) {
+        const Tensor& yd = saved_y.get();
         Tensor dy = g[0].contiguous();
         Tensor dx = detail::empty_like(yd);
         detail::pick(yd, OpKind::softmax).softmax_backward(yd, dy, dx, a, log);
         return std::vector<Tensor>{dx};
       }
       // create_graph: recompute y from x so the graph reaches x.
-      Tensor yy = softmax_impl(x, a, log);
+      Tensor yy = softmax_impl(saved_x.get(), a, log);
       if (log) return std::vector<Tensor>{sub(g[0], mul(exp(yy), sum(g[0], {a}, true)))};
       return std::vector<Tensor>{mul(yy, sub(g[0], sum(mul(g[0], yy), {a}, true)))};
     });

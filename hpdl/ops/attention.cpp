@@ -132,13 +132,21 @@ Tensor attention_fused(const Tensor& q, const Tensor& k, const Tensor& v, const 
   const bool f64 = q.dtype() == DType::f64;
   if (out.numel() > 0) f64 ? run_forward<double>(a, qc, kc, vc, out, lse) : run_forward<float>(a, qc, kc, vc, out, lse);
   if (needs_grad({&q, &k, &v})) {
-    Tensor od = out.detach();
+    // q, k, v themselves for a recorded backward (their graph), their contiguous copies (the same
+    // memory when already contiguous) for the fused one; lse is the node's own.
     record("scaled_dot_product_attention_fused", {q, k, v}, {&out},
-           [q, k, v, qc, kc, vc, kp, od, lse, a, f64](const std::vector<Tensor>& g) {
+           [saved_q = SavedTensor(q, "input 'q'"), saved_k = SavedTensor(k, "input 'k'"),
+            saved_v = SavedTensor(v, "input 'v'"), saved_qc = SavedTensor(qc, "input 'q'"),
+            saved_kc = SavedTensor(kc, "input 'k'"), saved_vc = SavedTensor(vc, "input 'v'"),
+            saved_kp = SavedTensor(kp, "key_padding_mask"), saved_o = SavedTensor(out.detach(), "output"), lse, a,
+            f64](const std::vector<Tensor>& g) {
+             const Tensor& kp = saved_kp.get();
              if (grad_enabled()) {  // create_graph: the same gradients from differentiable ops
-               Tensor kp_add = kp.defined() ? key_padding_additive(kp, qc.ndim() - 2, qc.dtype(), qc.device()) : Tensor();
-               return attention_backward_composed(q, k, v, g[0], kp_add, a.causal);
+               const Tensor& q = saved_q.get();
+               Tensor kp_add = kp.defined() ? key_padding_additive(kp, q.ndim() - 2, q.dtype(), q.device()) : Tensor();
+               return attention_backward_composed(q, saved_k.get(), saved_v.get(), g[0], kp_add, a.causal);
              }
+             const Tensor &qc = saved_qc.get(), &kc = saved_kc.get(), &vc = saved_vc.get(), &od = saved_o.get();
              Tensor dout = g[0].contiguous();
              Tensor dq = Tensor::empty(qc.shape(), qc.dtype()), dk = Tensor::empty(kc.shape(), kc.dtype()),
                     dv = Tensor::empty(vc.shape(), vc.dtype());

@@ -157,10 +157,14 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 
   // Saved for the recompute: the inputs' values (not their history), which of
   // them need a gradient, the output shapes, the autocast dtype and the generators.
-  std::vector<Tensor> saved;
+  // The inputs' values are checked when the backward reads them (design decision 73); the
+  // parameters inside the segment are read afresh by the recompute, so a write into one of
+  // them between the forward and the backward is not seen (as in PyTorch).
+  std::vector<SavedTensor> saved;
   std::vector<bool> wants;
-  for (const Tensor& in : inputs) {
-    saved.push_back(in.defined() ? in.detach() : Tensor());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& in = inputs[i];
+    saved.emplace_back(in.defined() ? in.detach() : Tensor(), "input", static_cast<int>(i));
     wants.push_back(in.defined() && in.requires_grad());
   }
   std::vector<Shape> shapes;
@@ -179,7 +183,7 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
         // Recompute: detached copies of the inputs as fresh leaves, grad mode on.
         std::vector<Tensor> leaves;
         for (size_t i = 0; i < saved.size(); ++i) {
-          Tensor leaf = saved[i].defined() ? saved[i].detach() : Tensor();
+          Tensor leaf = saved[i].defined() ? saved[i].get().detach() : Tensor();
           if (wants[i]) leaf.set_requires_grad();
           leaves.push_back(leaf);
         }

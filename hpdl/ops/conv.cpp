@@ -129,10 +129,12 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
     // copies) let a recorded backward reach them for second derivatives.
     record(
         "conv2d", {x, w, bias}, {&y},
-        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, gb, has_bias = bias.defined(), p, cl,
+        [ex = gradient_edge(x), ew = gradient_edge(w), saved_x = SavedTensor(xc, "input 'x'"),
+         saved_w = SavedTensor(wc, "weight"), gx, gw, gb, has_bias = bias.defined(), p, cl,
          cd](const std::vector<Tensor>& g) {
           AutocastScope autocast(cd, cd != DType::f32);
           CpuComputeScope compute(cd);
+          const Tensor &xc = saved_x.get(), &wc = saved_w.get();
           if (grad_enabled()) {
             // Recorded: dy [N, K, P, Q] -> dx = conv_transpose2d(dy, w) [N, C, H, W],
             // dw = conv2d_weight(x, dy) [K, C/groups, R, S], db = sum over N, P, Q [K].
@@ -234,9 +236,11 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
     const bool gx = x.requires_grad(), gw = w.requires_grad();
     record(
         op, {x, w}, {&y},
-        [ex = gradient_edge(x), ew = gradient_edge(w), xc, wc, gx, gw, cp, cd](const std::vector<Tensor>& g) {
+        [ex = gradient_edge(x), ew = gradient_edge(w), saved_x = SavedTensor(xc, "input 'x'"),
+         saved_w = SavedTensor(wc, "weight"), gx, gw, cp, cd](const std::vector<Tensor>& g) {
           AutocastScope autocast(cd, cd != DType::f32);
           CpuComputeScope compute(cd);
+          const Tensor &xc = saved_x.get(), &wc = saved_w.get();
           if (grad_enabled()) {
             // Recorded: dy [N, K, P, Q] -> dx = conv2d(dy, w) [N, C, H, W],
             // dw = conv2d_weight(input dy, output gradient x) [C, K/groups, R, S].
@@ -312,12 +316,15 @@ Tensor conv2d_weight(const Tensor& x, const Tensor& dy, const Shape& weight_shap
   }
   if (needs_grad({&xu, &dy})) {
     const bool gx = xu.requires_grad(), gdy = dy.requires_grad();
-    record(op, {xu, dy}, {&dw}, [xu, dy, gx, gdy, p, cd](const std::vector<Tensor>& g) {
+    // dx reads dy and ddy reads x: each saved only when that gradient is wanted.
+    SavedTensor saved_x(gdy ? xu : Tensor(), "input 'x'"), saved_dy(gx ? dy : Tensor(), "output gradient 'dy'");
+    record(op, {xu, dy}, {&dw}, [saved_x, saved_dy, x_shape = xu.shape(), gx, gdy, p,
+                                 cd](const std::vector<Tensor>& g) {
       AutocastScope autocast(cd, cd != DType::f32);
       // G [K, C/groups, R, S] -> dx [N, C, H, W], ddy [N, K, P, Q]; differentiable in any mode.
       const Tensor& G = g[0];
-      return std::vector<Tensor>{gx ? conv2d_data_grad(dy, G, xu.shape(), p) : Tensor(),
-                                 gdy ? conv2d(xu, G, Tensor(), p) : Tensor()};
+      return std::vector<Tensor>{gx ? conv2d_data_grad(saved_dy.get(), G, x_shape, p) : Tensor(),
+                                 gdy ? conv2d(saved_x.get(), G, Tensor(), p) : Tensor()};
     });
   }
   return dw;

@@ -79,9 +79,12 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = run_binary(BinaryOp::mul, a, b);
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
-    record("mul", {a, b}, {&out}, [a, b, ga, gb](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{ga ? sum_to(mul(g[0], b), a.shape()) : Tensor(),
-                                 gb ? sum_to(mul(g[0], a), b.shape()) : Tensor()};
+    Shape sa = a.shape(), sb = b.shape();
+    // d(ab)/da = b, d(ab)/db = a: each operand is saved only when the other one's gradient reads it.
+    SavedTensor saved_a(gb ? a : Tensor(), "input 'a'"), saved_b(ga ? b : Tensor(), "input 'b'");
+    record("mul", {a, b}, {&out}, [saved_a, saved_b, sa, sb, ga, gb](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{ga ? sum_to(mul(g[0], saved_b.get()), sa) : Tensor(),
+                                 gb ? sum_to(mul(g[0], saved_a.get()), sb) : Tensor()};
     });
   }
   return out;
@@ -92,10 +95,13 @@ Tensor div(const Tensor& a, const Tensor& b) {
   Tensor out = run_binary(BinaryOp::div, a, b);
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
-    // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
-    record("div", {a, b}, {&out}, [a, b, ga, gb](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{ga ? sum_to(div(g[0], b), a.shape()) : Tensor(),
-                                 gb ? sum_to(neg(div(mul(g[0], a), square(b))), b.shape()) : Tensor()};
+    Shape sa = a.shape(), sb = b.shape();
+    // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2: b always saved, a only for b's gradient.
+    SavedTensor saved_a(gb ? a : Tensor(), "input 'a'"), saved_b(b, "input 'b'");
+    record("div", {a, b}, {&out}, [saved_a, saved_b, sa, sb, ga, gb](const std::vector<Tensor>& g) {
+      const Tensor& b = saved_b.get();
+      return std::vector<Tensor>{ga ? sum_to(div(g[0], b), sa) : Tensor(),
+                                 gb ? sum_to(neg(div(mul(g[0], saved_a.get()), square(b))), sb) : Tensor()};
     });
   }
   return out;
@@ -106,7 +112,9 @@ Tensor pow(const Tensor& a, const Tensor& b) {
   if (needs_grad({&a, &b})) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
     // d(a^b)/da = b * a^(b-1), d(a^b)/db = a^b * log(a)
-    record("pow", {a, b}, {&out}, [a, b, ga, gb](const std::vector<Tensor>& g) {
+    record("pow", {a, b}, {&out}, [saved_a = SavedTensor(a, "input 'a'"), saved_b = SavedTensor(b, "input 'b'"), ga,
+                                   gb](const std::vector<Tensor>& g) {
+      const Tensor &a = saved_a.get(), &b = saved_b.get();
       return std::vector<Tensor>{ga ? sum_to(mul(g[0], mul(b, pow(a, sub(b, Tensor::ones({}, b.dtype(), b.device()))))), a.shape()) : Tensor(),
                                  gb ? sum_to(mul(g[0], mul(pow(a, b), log(a))), b.shape()) : Tensor()};
     });
@@ -118,7 +126,9 @@ namespace {
 Tensor extremum(BinaryOp op, const Tensor& a, const Tensor& b) {
   Tensor out = run_binary(op, a, b);
   if (needs_grad({&a, &b})) {
-    record(binary_name(op), {a, b}, {&out}, [a, b, op](const std::vector<Tensor>& g) {
+    record(binary_name(op), {a, b}, {&out}, [saved_a = SavedTensor(a, "input 'a'"),
+                                             saved_b = SavedTensor(b, "input 'b'"), op](const std::vector<Tensor>& g) {
+      const Tensor &a = saved_a.get(), &b = saved_b.get();
       // The gradient goes to a where a wins (ties to a), to b elsewhere.
       Tensor a_wins = op == BinaryOp::maximum ? ge(a, b) : ge(b, a);
       Tensor b_wins = add(neg(a_wins), 1.0);
@@ -155,7 +165,8 @@ Tensor pow(const Tensor& a, double e) {
   Tensor out = run_unary(UnaryOp::pow_scalar, a, e);
   if (needs_grad({&a})) {
     // d(a^e)/da = e * a^(e-1)
-    record("pow_scalar", {a}, {&out}, [a, e](const std::vector<Tensor>& g) {
+    record("pow_scalar", {a}, {&out}, [saved_a = SavedTensor(a, "input 'a'"), e](const std::vector<Tensor>& g) {
+      const Tensor& a = saved_a.get();
       Tensor d = e == 2.0 ? mul(a, 2.0) : mul(pow(a, e - 1), e);
       return std::vector<Tensor>{mul(g[0], d)};
     });
@@ -166,10 +177,10 @@ Tensor pow(const Tensor& a, double e) {
 Tensor exp(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::exp, x);
   if (needs_grad({&x})) {
-    Tensor y = out.detach();
-    record("exp", {x}, {&out}, [x, y](const std::vector<Tensor>& g) {
+    record("exp", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'"), saved_y = SavedTensor(out.detach(), "output")](
+                                  const std::vector<Tensor>& g) {
       // d exp(x) = exp(x); recomputed from x when building a higher-order graph.
-      return std::vector<Tensor>{mul(g[0], grad_enabled() ? exp(x) : y)};
+      return std::vector<Tensor>{mul(g[0], grad_enabled() ? exp(saved_x.get()) : saved_y.get())};
     });
   }
   return out;
@@ -178,7 +189,9 @@ Tensor exp(const Tensor& x) {
 Tensor log(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::log, x);
   if (needs_grad({&x}))
-    record("log", {x}, {&out}, [x](const std::vector<Tensor>& g) { return std::vector<Tensor>{div(g[0], x)}; });
+    record("log", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{div(g[0], saved_x.get())};
+    });
   return out;
 }
 
@@ -186,8 +199,8 @@ Tensor sqrt(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::sqrt, x);
   if (needs_grad({&x})) {
     // d sqrt(x) = 1 / (2 sqrt(x))
-    record("sqrt", {x}, {&out}, [x](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{mul(g[0], mul(rsqrt(x), 0.5))};
+    record("sqrt", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], mul(rsqrt(saved_x.get()), 0.5))};
     });
   }
   return out;
@@ -197,8 +210,8 @@ Tensor rsqrt(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::rsqrt, x);
   if (needs_grad({&x})) {
     // d x^(-1/2) = -1/2 x^(-3/2)
-    record("rsqrt", {x}, {&out}, [x](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{mul(g[0], mul(pow(x, -1.5), -0.5))};
+    record("rsqrt", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], mul(pow(saved_x.get(), -1.5), -0.5))};
     });
   }
   return out;
@@ -207,10 +220,10 @@ Tensor rsqrt(const Tensor& x) {
 Tensor tanh(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::tanh, x);
   if (needs_grad({&x})) {
-    Tensor y = out.detach();
-    record("tanh", {x}, {&out}, [x, y](const std::vector<Tensor>& g) {
+    record("tanh", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'"), saved_y = SavedTensor(out.detach(), "output")](
+                                   const std::vector<Tensor>& g) {
       // d tanh(x) = 1 - tanh(x)^2
-      Tensor t = grad_enabled() ? tanh(x) : y;
+      Tensor t = grad_enabled() ? tanh(saved_x.get()) : saved_y.get();
       return std::vector<Tensor>{mul(g[0], add(neg(square(t)), 1.0))};
     });
   }
@@ -220,10 +233,10 @@ Tensor tanh(const Tensor& x) {
 Tensor sigmoid(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::sigmoid, x);
   if (needs_grad({&x})) {
-    Tensor y = out.detach();
-    record("sigmoid", {x}, {&out}, [x, y](const std::vector<Tensor>& g) {
+    record("sigmoid", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'"),
+                                    saved_y = SavedTensor(out.detach(), "output")](const std::vector<Tensor>& g) {
       // d s(x) = s(x) (1 - s(x))
-      Tensor s = grad_enabled() ? sigmoid(x) : y;
+      Tensor s = grad_enabled() ? sigmoid(saved_x.get()) : saved_y.get();
       return std::vector<Tensor>{mul(g[0], mul(s, add(neg(s), 1.0)))};
     });
   }
@@ -237,8 +250,8 @@ Tensor relu_backward(const Tensor& dy, const Tensor& x, double slope) {
   BinaryOp op = slope == 0 ? BinaryOp::relu_grad : BinaryOp::leaky_relu_grad;
   Tensor dx = run_binary(op, dy, x, slope);
   if (needs_grad({&dy})) {
-    record("relu_backward", {dy}, {&dx}, [x, slope](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{relu_backward(g[0], x.detach(), slope)};
+    record("relu_backward", {dy}, {&dx}, [saved_x = SavedTensor(x, "input 'x'"), slope](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{relu_backward(g[0], saved_x.get().detach(), slope)};
     });
   }
   return dx;
@@ -248,7 +261,9 @@ Tensor relu_backward(const Tensor& dy, const Tensor& x, double slope) {
 Tensor relu(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::relu, x);
   if (needs_grad({&x}))
-    record("relu", {x}, {&out}, [x](const std::vector<Tensor>& g) { return std::vector<Tensor>{relu_backward(g[0], x.detach(), 0)}; });
+    record("relu", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{relu_backward(g[0], saved_x.get().detach(), 0)};
+    });
   return out;
 }
 
@@ -257,9 +272,9 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
   Tensor out = run_binary(BinaryOp::add_relu, a, b);
   if (needs_grad({&a, &b})) {
     Shape sa = a.shape(), sb = b.shape();
-    Tensor y = out.detach();  // y > 0 exactly where a + b > 0
-    record("add_relu", {a, b}, {&out}, [sa, sb, y](const std::vector<Tensor>& g) {
-      Tensor d = relu_backward(g[0], y, 0);
+    SavedTensor saved_y(out.detach(), "output");  // y > 0 exactly where a + b > 0
+    record("add_relu", {a, b}, {&out}, [sa, sb, saved_y](const std::vector<Tensor>& g) {
+      Tensor d = relu_backward(g[0], saved_y.get(), 0);
       return std::vector<Tensor>{sum_to(d, sa), sum_to(d, sb)};
     });
   }
@@ -269,8 +284,8 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
 Tensor leaky_relu(const Tensor& x, double slope) {
   Tensor out = run_unary(UnaryOp::leaky_relu, x, slope);
   if (needs_grad({&x}))
-    record("leaky_relu", {x}, {&out}, [x, slope](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{relu_backward(g[0], x.detach(), slope)};
+    record("leaky_relu", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'"), slope](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{relu_backward(g[0], saved_x.get().detach(), slope)};
     });
   return out;
 }
@@ -280,7 +295,8 @@ Tensor gelu(const Tensor& x) {
   if (needs_grad({&x})) {
     // gelu(x) = x Phi(x), so d/dx = Phi(x) + x phi(x) with Phi(x) = (1 + erf(x/sqrt2))/2
     // and phi(x) = exp(-x^2/2)/sqrt(2 pi).
-    record("gelu", {x}, {&out}, [x](const std::vector<Tensor>& g) {
+    record("gelu", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      const Tensor& x = saved_x.get();
       Tensor Phi = mul(add(erf(mul(x, 0.70710678118654752440)), 1.0), 0.5);
       Tensor phi = mul(exp(mul(square(x), -0.5)), 0.39894228040143267794);
       return std::vector<Tensor>{mul(g[0], add(Phi, mul(x, phi)))};
@@ -293,8 +309,8 @@ Tensor erf(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::erf, x);
   if (needs_grad({&x})) {
     // d erf(x) = 2/sqrt(pi) exp(-x^2)
-    record("erf", {x}, {&out}, [x](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{mul(g[0], mul(exp(neg(square(x))), 1.12837916709551257390))};
+    record("erf", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], mul(exp(neg(square(saved_x.get()))), 1.12837916709551257390))};
     });
   }
   return out;
@@ -303,9 +319,9 @@ Tensor erf(const Tensor& x) {
 Tensor abs(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::abs, x);
   if (needs_grad({&x}))
-    record("abs", {x}, {&out}, [x](const std::vector<Tensor>& g) {
+    record("abs", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
       NoGradGuard ng;
-      Tensor s = run_unary(UnaryOp::sign, x);
+      Tensor s = run_unary(UnaryOp::sign, saved_x.get());
       return std::vector<Tensor>{mul(g[0], s)};
     });
   return out;
@@ -314,29 +330,35 @@ Tensor abs(const Tensor& x) {
 Tensor square(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::square, x);
   if (needs_grad({&x}))
-    record("square", {x}, {&out}, [x](const std::vector<Tensor>& g) { return std::vector<Tensor>{mul(g[0], mul(x, 2.0))}; });
+    record("square", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], mul(saved_x.get(), 2.0))};
+    });
   return out;
 }
 
 Tensor sin(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::sin, x);
   if (needs_grad({&x}))
-    record("sin", {x}, {&out}, [x](const std::vector<Tensor>& g) { return std::vector<Tensor>{mul(g[0], cos(x))}; });
+    record("sin", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], cos(saved_x.get()))};
+    });
   return out;
 }
 
 Tensor cos(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::cos, x);
   if (needs_grad({&x}))
-    record("cos", {x}, {&out}, [x](const std::vector<Tensor>& g) { return std::vector<Tensor>{mul(g[0], neg(sin(x)))}; });
+    record("cos", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], neg(sin(saved_x.get())))};
+    });
   return out;
 }
 
 Tensor reciprocal(const Tensor& x) {
   Tensor out = run_unary(UnaryOp::reciprocal, x);
   if (needs_grad({&x}))
-    record("reciprocal", {x}, {&out}, [x](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{neg(div(g[0], square(x)))};
+    record("reciprocal", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{neg(div(g[0], square(saved_x.get())))};
     });
   return out;
 }

@@ -30,8 +30,8 @@ Tensor index_add_into_zeros(const Shape& shape, int64_t axis, const Tensor& inde
   Tensor sc = src.contiguous().detach();
   if (sc.numel() > 0) detail::pick(src, OpKind::gather).index_add(out, static_cast<int>(axis), index, sc);
   if (needs_grad({&src})) {
-    record("index_add", {src}, {&out}, [axis, index](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{index_select(g[0], axis, index)};
+    record("index_add", {src}, {&out}, [axis, saved_index = SavedTensor(index, "index")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{index_select(g[0], axis, saved_index.get())};
     });
   }
   return out;
@@ -50,8 +50,8 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index) {
   if (out.numel() > 0) detail::pick(x, OpKind::gather).index_select(x.contiguous().detach(), a, idx, out);
   if (needs_grad({&x})) {
     Shape xs = x.shape();
-    record("index_select", {x}, {&out}, [xs, a, idx](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{index_add_into_zeros(xs, a, idx, g[0])};
+    record("index_select", {x}, {&out}, [xs, a, saved_index = SavedTensor(idx, "index")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{index_add_into_zeros(xs, a, saved_index.get(), g[0])};
     });
   }
   return out;

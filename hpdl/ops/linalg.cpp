@@ -100,14 +100,17 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     bool ga = a.requires_grad(), gb = b.requires_grad();
     // The backward's matmuls compute as the forward did (autocast on the CPU, design decision 69).
     const DType cd = detail::autocast_cpu_compute(a);
-    record("matmul", {a, b}, {&out}, [a, b, ga, gb, cd](const std::vector<Tensor>& g) {
+    Shape sa = a.shape(), sb = b.shape();
+    // Each operand is saved only when the other one's gradient reads it.
+    SavedTensor saved_a(gb ? a : Tensor(), "input 'a'"), saved_b(ga ? b : Tensor(), "input 'b'");
+    record("matmul", {a, b}, {&out}, [saved_a, saved_b, sa, sb, ga, gb, cd](const std::vector<Tensor>& g) {
       AutocastScope autocast(cd, cd != DType::f32);
       // out [.., M, N] = a [.., M, K] @ b [.., K, N]
       // da [.., M, K] = g [.., M, N] @ b^T [.., N, K];  db [.., K, N] = a^T [.., K, M] @ g [.., M, N]
       // (summed over a broadcast batch). Built from matmul/transpose: differentiable again.
       Tensor da, db;
-      if (ga) da = sum_to(matmul(g[0], b.transpose(-2, -1)), a.shape());
-      if (gb) db = sum_to(matmul(a.transpose(-2, -1), g[0]), b.shape());
+      if (ga) da = sum_to(matmul(g[0], saved_b.get().transpose(-2, -1)), sa);
+      if (gb) db = sum_to(matmul(saved_a.get().transpose(-2, -1), g[0]), sb);
       return std::vector<Tensor>{da, db};
     });
   }
@@ -142,12 +145,15 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   if (needs_grad({&x2, &w, &b})) {
     const bool gx = x2.requires_grad(), gw = w.requires_grad(), gb = b.defined() && b.requires_grad();
     const DType cd = detail::autocast_cpu_compute(x2);  // as in matmul
-    record("linear", {x2, w, b}, {&y}, [x2, w, gx, gw, gb, cd](const std::vector<Tensor>& g) {
+    // dx reads the weight, dw the input: each saved only when that gradient is wanted.
+    SavedTensor saved_x(gw ? x2 : Tensor(), "input 'x'"), saved_w(gx ? w : Tensor(), "weight");
+    record("linear", {x2, w, b}, {&y}, [saved_x, saved_w, gx, gw, gb, cd](const std::vector<Tensor>& g) {
       AutocastScope autocast(cd, cd != DType::f32);
       // dx [M, in] = g [M, out] @ w [out, in]; dw [out, in] = g^T [out, M] @ x [M, in]
       // (contiguous, so the weight's gradient needs no transpose copy); db [out] = sum_M g.
       // Built from differentiable ops: higher-order gradients flow through linear.
-      return std::vector<Tensor>{gx ? matmul(g[0], w) : Tensor(), gw ? matmul(g[0].t(), x2) : Tensor(),
+      return std::vector<Tensor>{gx ? matmul(g[0], saved_w.get()) : Tensor(),
+                                 gw ? matmul(g[0].t(), saved_x.get()) : Tensor(),
                                  gb ? sum(g[0], {0}) : Tensor()};
     });
   }

@@ -46,8 +46,8 @@ Tensor gather_rows_op(const Tensor& x, const Tensor& index) {
   if (out.numel() > 0) detail::pick(x, OpKind::gather).gather_rows(xc, index, out);
   if (needs_grad({&x})) {
     const int64_t C = x.dim(1);
-    record("gather_rows", {x}, {&out}, [index, C](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{scatter_rows_op(g[0], index, C)};
+    record("gather_rows", {x}, {&out}, [saved_index = SavedTensor(index, "index"), C](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{scatter_rows_op(g[0], saved_index.get(), C)};
     });
   }
   return out;
@@ -59,8 +59,8 @@ Tensor scatter_rows_op(const Tensor& src, const Tensor& index, int64_t C) {
   Tensor out = Tensor::empty({src.dim(0), C}, src.dtype(), src.device());
   if (out.numel() > 0) detail::pick(src, OpKind::gather).scatter_rows(sc, index, out);
   if (needs_grad({&src})) {
-    record("scatter_rows", {src}, {&out}, [index](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{gather_rows_op(g[0], index)};
+    record("scatter_rows", {src}, {&out}, [saved_index = SavedTensor(index, "index")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{gather_rows_op(g[0], saved_index.get())};
     });
   }
   return out;
@@ -149,7 +149,10 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets, Reduction re
   }
   if (needs_grad({&logits, &targets})) {
     // dl/dx = sigmoid(x) - t (smooth, unlike the max/abs pieces); dl/dt = -x.
-    record("bce_with_logits", {logits, targets}, {&l}, [logits, targets](const std::vector<Tensor>& g) {
+    record("bce_with_logits", {logits, targets}, {&l}, [saved_x = SavedTensor(logits, "input 'logits'"),
+                                                        saved_t = SavedTensor(targets, "input 'targets'")](
+                                                           const std::vector<Tensor>& g) {
+      const Tensor &logits = saved_x.get(), &targets = saved_t.get();
       Tensor dx = logits.requires_grad() ? mul(g[0], sub(sigmoid(logits), targets)) : Tensor();
       Tensor dt = targets.requires_grad() ? neg(mul(g[0], logits)) : Tensor();
       return std::vector<Tensor>{dx, dt};

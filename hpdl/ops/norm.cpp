@@ -132,15 +132,20 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
         invstd = rsqrt(add(running_var.detach(), eps)).reshape(bs);
         mean = running_mean.detach().contiguous().reshape(bs);
       }
+      // dx reads gamma (and the running variance, copied into invstd); dgamma reads x and the
+      // running mean (a view of it): each saved only when that gradient is wanted.
+      const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
+                 gb = beta.defined() && beta.requires_grad();
       record("batch_norm_eval", {x, gamma, beta}, {&y},
-             [x, gamma, beta, invstd, mean, bs, axes](const std::vector<Tensor>& gr) {
+             [saved_x = SavedTensor(gg ? x : Tensor(), "input 'x'"),
+              saved_g = SavedTensor(gx ? gamma : Tensor(), "weight (gamma)"), saved_mean = SavedTensor(gg ? mean : Tensor(), "running_mean"), invstd, bs, axes, gx, gg, gb,
+              sd = stat_dtype(x), xd = x.dtype(), dev = x.device()](const std::vector<Tensor>& gr) {
                // dy [N, C, ...]; dx = dy * gamma * invstd; dgamma = sum(dy * xhat); dbeta = sum(dy)
-               Tensor gm = gamma.defined() ? gamma.reshape(bs) : Tensor::ones(bs, stat_dtype(x), x.device());
-               Tensor dx = x.requires_grad() ? mul(gr[0], mul(gm, invstd)).to(x.dtype()) : Tensor();
-               Tensor dgamma = gamma.defined() && gamma.requires_grad()
-                                   ? sum(mul(gr[0], mul(sub(x, mean), invstd)), axes)
-                                   : Tensor();
-               Tensor dbeta = beta.defined() && beta.requires_grad() ? sum(gr[0], axes) : Tensor();
+               const Tensor& gamma = saved_g.get();
+               Tensor gm = gamma.defined() ? gamma.reshape(bs) : Tensor::ones(bs, sd, dev);
+               Tensor dx = gx ? mul(gr[0], mul(gm, invstd)).to(xd) : Tensor();
+               Tensor dgamma = gg ? sum(mul(gr[0], mul(sub(saved_x.get(), saved_mean.get()), invstd)), axes) : Tensor();
+               Tensor dbeta = gb ? sum(gr[0], axes) : Tensor();
                return std::vector<Tensor>{dx, dgamma, dbeta};
              });
     }
@@ -163,18 +168,24 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
     HPDL_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(),
                "batch_norm: running statistics must be contiguous");
     be.batchnorm_update_running(running_mean, running_var, save_mean, save_invstd, momentum, eps, M);
+    running_mean.bump_version();  // in-place writes: an evaluation-mode graph that saved them sees it
+    running_var.bump_version();
   }
 
   if (res ? needs_grad({&x, &gamma, &beta, &residual}) : needs_grad({&x, &gamma, &beta})) {
     const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
                gb = beta.defined() && beta.requires_grad(), gr_res = res && residual.requires_grad();
-    Tensor yd = relu ? y.detach() : Tensor();  // the ReLU mask (detached: no cycle through y's own node)
+    // The ReLU mask (detached: no cycle through y's own node). save_mean and save_invstd are
+    // the node's own (no one else can write them); x, gamma, beta and y are checked.
+    SavedTensor saved_y(relu ? y.detach() : Tensor(), "output");
     std::vector<Tensor> inputs{x, gamma, beta};
     if (res) inputs.push_back(residual);
     record(
         op, inputs, {&y},
-        [xc, g, b, yd, save_mean, save_invstd, gx, gg, gb, gr_res, relu, res, eps, ex = gradient_edge(x),
-         eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+        [saved_x = SavedTensor(xc, "input 'x'"), saved_g = SavedTensor(g, "weight (gamma)"),
+         saved_b = SavedTensor(b, "bias (beta)"), saved_y, save_mean, save_invstd, gx, gg, gb, gr_res, relu, res, eps,
+         ex = gradient_edge(x), eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+          const Tensor &xc = saved_x.get(), &g = saved_g.get(), &yd = saved_y.get();
           if (grad_enabled()) {
             // Recorded (create_graph): the same gradients from differentiable ops, the batch
             // statistics recomputed from x (rejoined with its edge), in the statistics' dtype.
@@ -207,7 +218,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
             be.binary(BinaryOp::relu_grad, dy, yd, masked, 0);
             be.batchnorm_backward(xc, masked, g, save_mean, save_invstd, dx, dgamma, dbeta);
           } else if (relu) {
-            be.batchnorm_relu_backward(xc, yd, dy, g, b, save_mean, save_invstd, dx, dgamma, dbeta);
+            be.batchnorm_relu_backward(xc, yd, dy, g, saved_b.get(), save_mean, save_invstd, dx, dgamma, dbeta);
           } else {
             be.batchnorm_backward(xc, dy, g, save_mean, save_invstd, dx, dgamma, dbeta);
           }
@@ -333,6 +344,8 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
     for (int64_t c = 0; c < C; ++c) var_unbiased[c] = var[c] * count / (count - 1);
     be.axpby(1.0 - momentum, running_mean, momentum, vector_like(mean, {C}, running_mean), running_mean);
     be.axpby(1.0 - momentum, running_var, momentum, vector_like(var_unbiased, {C}, running_var), running_var);
+    running_mean.bump_version();
+    running_var.bump_version();
   }
 
   if (needs_grad({&x, &gamma, &beta})) {
@@ -343,10 +356,11 @@ Tensor batch_norm_cross_replica(const Tensor& x, const Tensor& gamma, const Tens
     Tensor invstd_t = vector_like(invstd, {C}, x);
     record(
         "batch_norm_cross_replica", {x, gamma, beta}, {&y},
-        [xc, g, mean, invstd, mean_t, invstd_t, M, count, alone, reduce_sum, gx, gg, gb](
-            const std::vector<Tensor>& gr) {
+        [saved_x = SavedTensor(xc, "input 'x'"), saved_g = SavedTensor(g, "weight (gamma)"), mean, invstd, mean_t,
+         invstd_t, M, count, alone, reduce_sum, gx, gg, gb](const std::vector<Tensor>& gr) {
           // dy [N, C, ...] -> dx [N, C, ...], dgamma [C], dbeta [C] (this replica's sums)
           NoGradGuard ng;
+          const Tensor &xc = saved_x.get(), &g = saved_g.get();
           const int64_t C = xc.dim(1);
           Tensor dy = gr[0].contiguous();
           Tensor dx = detail::empty_like(xc);
@@ -402,8 +416,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, doub
     Shape xs = x.shape();
     record(
         "layer_norm", {x, gamma, beta}, {&y},
-        [xc, g, save_mean, save_invstd, gx, gg, gb, xs, eps, ex = gradient_edge(x),
-         eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+        [saved_x = SavedTensor(xc, "input 'x'"), saved_g = SavedTensor(g, "weight (gamma)"), save_mean, save_invstd,
+         gx, gg, gb, xs, eps, ex = gradient_edge(x), eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+          const Tensor &xc = saved_x.get(), &g = saved_g.get();
           if (grad_enabled()) {
             // Recorded (create_graph): dy [..., D] -> the same gradients from differentiable ops over
             // x [M, D] (rejoined with its edge), the row statistics recomputed.
@@ -470,11 +485,14 @@ Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& gamma, cons
   if (needs_grad({&x, &gamma, &beta})) {
     const bool gx = x.requires_grad(), gg = gamma.defined() && gamma.requires_grad(),
                gb = beta.defined() && beta.requires_grad(), has_gamma = gamma.defined();
-    Tensor xhat_saved = xhat.detach();
+    // xhat is y itself without gamma and beta: checked as the output then.
     record(
         "group_norm", {x, gamma, beta}, {&y},
-        [xc, xhat_saved, g, save_mean, save_invstd, ones_k, zeros_k, ones_c, zeros_c, N, C, G, S, K, eps, gx, gg, gb,
-         has_gamma, ex = gradient_edge(x), eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+        [saved_x = SavedTensor(xc, "input 'x'"), saved_xhat = SavedTensor(xhat.detach(), affine ? "xhat" : "output"),
+         saved_g = SavedTensor(g, "weight (gamma)"), save_mean, save_invstd, ones_k, zeros_k, ones_c, zeros_c, N, C,
+         G, S, K, eps, gx, gg, gb, has_gamma, ex = gradient_edge(x),
+         eg = gradient_edge(gamma)](const std::vector<Tensor>& gr) {
+          const Tensor &xc = saved_x.get(), &g = saved_g.get();
           if (grad_enabled()) {
             // Recorded (create_graph): x [N, C, ...] as [N, G, C/G, S], statistics over the last
             // two axes, gamma [1, G, C/G, 1]; dgamma and dbeta sum over N and S.
@@ -489,7 +507,7 @@ Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& gamma, cons
           const Tensor dy = gr[0].contiguous();
           const Shape rows{N * G, K}, planes{N, C, S, 1};
           Tensor dx, dgamma, dbeta;
-          if (gg) dgamma = sum(mul(dy.reshape(planes), xhat_saved.reshape(planes)), {0, 2, 3});
+          if (gg) dgamma = sum(mul(dy.reshape(planes), saved_xhat.get().reshape(planes)), {0, 2, 3});
           if (gb) dbeta = sum(dy.reshape(planes), {0, 2, 3});
           if (gx) {
             dx = detail::empty_like(xc);

@@ -78,8 +78,9 @@ Tensor pool2d(PoolKind kind, const Tensor& x, const Pool2dParams& p) {
   Tensor y = detail::empty_like_layout({x.dim(0), x.dim(1), P, Q}, x.dtype(), xc);
   if (y.numel() > 0) detail::pick(x, OpKind::pool2d).pool2d_forward(kind, xc, y, p);
   if (needs_grad({&x})) {
-    Tensor yd = y.detach();
-    record(op, {x}, {&y}, [kind, xc, yd, p](const std::vector<Tensor>& g) {
+    record(op, {x}, {&y}, [kind, saved_x = SavedTensor(xc, "input 'x'"), saved_y = SavedTensor(y.detach(), "output"),
+                           p](const std::vector<Tensor>& g) {
+      const Tensor &xc = saved_x.get(), &yd = saved_y.get();
       if (grad_enabled()) {
         // Recorded: differentiable in dy (the derivative in x is zero almost everywhere).
         if (kind == PoolKind::avg) return std::vector<Tensor>{avg_pool2d_backward(g[0], xc, yd, p)};

@@ -96,10 +96,11 @@ Tensor extremum(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, 
   if (needs_grad({&x})) {
     Shape ks = keep_shape(x, ax);
     std::vector<int64_t> axes64(ax.begin(), ax.end());
-    Tensor m = kept.detach();
-    record(reduce_name(op), {x}, {&out}, [x, m, ks, axes64](const std::vector<Tensor>& g) {
+    record(reduce_name(op), {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'"),
+                                          saved_m = SavedTensor(kept.detach(), "output"), ks,
+                                          axes64](const std::vector<Tensor>& g) {
       // Split the gradient evenly among the positions that attain the extremum.
-      Tensor mask = eq(x.detach(), m);
+      Tensor mask = eq(saved_x.get().detach(), saved_m.get());
       Tensor count = sum(mask, axes64, true);
       return std::vector<Tensor>{mul(g[0].reshape(ks), div(mask, count))};
     });
@@ -128,8 +129,8 @@ Tensor sum_square(const Tensor& x) {
   Tensor out = reduce_raw(ReduceOp::sum_square, x, ax);
   out = make_view(out, {}, {}, out.offset());
   if (needs_grad({&x})) {
-    record("sum_square", {x}, {&out}, [x](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{mul(x, mul(g[0], 2.0))};
+    record("sum_square", {x}, {&out}, [saved_x = SavedTensor(x, "input 'x'")](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(saved_x.get(), mul(g[0], 2.0))};
     });
   }
   return out;

@@ -111,11 +111,18 @@ RnnResult rnn_impl(RnnMode mode, const Tensor& x_in, const std::vector<Tensor>& 
     for (size_t i = 0; i < inputs.size(); ++i) want[i] = inputs[i].defined() && inputs[i].requires_grad();
     std::vector<Tensor*> outs{&y, &hy};
     if (lstm) outs.push_back(&cy);
-    Tensor yd = y.detach();
+    // The reserve (the workspace of the fused kernel) is the node's own; the rest is checked.
+    std::vector<SavedTensor> saved_w;
+    for (size_t i = 0; i < wc.size(); ++i) saved_w.emplace_back(wc[i], "weight", static_cast<int>(i));
     record(
         op, inputs, outs,
-        [p, xc, hx, cx, wc, yd, reserve, want, lstm, cd](const std::vector<Tensor>& g) {
+        [p, saved_x = SavedTensor(xc, "input 'x'"), saved_h = SavedTensor(hx, "initial state 'h0'"),
+         saved_c = SavedTensor(cx, "initial state 'c0'"), saved_w, saved_y = SavedTensor(y.detach(), "output"),
+         reserve, want, lstm, cd](const std::vector<Tensor>& g) {
           CpuComputeScope compute(cd);
+          const Tensor &xc = saved_x.get(), &hx = saved_h.get(), &cx = saved_c.get(), &yd = saved_y.get();
+          std::vector<Tensor> wc;
+          for (const SavedTensor& w : saved_w) wc.push_back(w.get());
           // dy [T, N, H*dirs], dh_n and dc_n [L*dirs, N, H] (zeros where no gradient arrived)
           auto grad_or_zeros = [](const Tensor& gi, const Tensor& like) {
             return gi.defined() ? gi.contiguous().to(like.dtype()) : Tensor::zeros(like.shape(), like.dtype(), like.device());

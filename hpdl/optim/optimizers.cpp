@@ -33,8 +33,13 @@ class SlotGroups {
       if (backend == b) return slots.push_back(std::move(slot));
     groups_.push_back({b, {std::move(slot)}});
   }
+  // The fused kernels write the parameters in place: their version counters move, so a
+  // backward still to run over a graph that saved them refuses to (design decision 73).
   void run(const OptimizerUpdate& u) {
-    for (auto& [backend, slots] : groups_) backend->optimizer_update_many(u, slots);
+    for (auto& [backend, slots] : groups_) {
+      backend->optimizer_update_many(u, slots);
+      for (const UpdateSlot& s : slots) s.param.bump_version();
+    }
   }
 
  private:
@@ -166,6 +171,7 @@ void LARS::step() {
     u.step = ++state_[i].step;
     Tensor buf = options.momentum != 0 ? buffer(i, "momentum_buffer") : Tensor();
     update_backend(s.param).optimizer_update(u, s.param, d.contiguous(), buf, Tensor());
+    s.param.bump_version();  // written in place (as in SlotGroups::run)
   }
 }
 
