@@ -14,21 +14,14 @@
 #include "hpdl/train/config.h"
 #include "hpdl/train/early_stopping.h"
 #include "hpdl/tune/tune.h"
+#include "tests/unit/test_util.h"
 
 using namespace hpdl;
 using namespace hpdl::train;
 
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.message();
-  }
-  return "";
-}
+using test::error_of;
 
 Config config_with(const std::vector<std::string>& overrides) { return parse_config("", "test.toml", overrides); }
 
