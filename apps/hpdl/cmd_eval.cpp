@@ -27,7 +27,7 @@ void register_eval(CLI::App& app) {
     const train::Objective objective(cfg);
     auto ds = train::load_datasets(cfg.data, objective.targets());
     auto model = train::build_model(cfg, train::make_pipeline(cfg.data, false).output_shape(ds.test->sample_shape()));
-    train::load_model_weights(*model, weights);
+    train::load_model_weights(*model, weights, !o->checkpoint.live);
     auto r = train::evaluate(*model, ds.test, cfg.data, nullptr, &objective);
     if (error_rank() <= 0 && objective.regression())
       std::printf("test RMSE %.6g, MAE %.6g, R2 %.6f (%lld samples), loss %.6g\n", r.metrics["rmse"], r.metrics["mae"],

@@ -14,6 +14,8 @@
 namespace hpdl::cli {
 
 std::string CheckpointArg::weights() const {
+  HPDL_CHECK(!(best && live), "--live and --best: the best model file holds only the weights that were evaluated "
+             "(the averages of a train.ema_decay run); use --live without --best for the newest live weights");
   if (!best) return path;
   HPDL_CHECK(std::filesystem::is_directory(path), "--best reads a run directory's best model: give --checkpoint "
              "RUN_DIR, not the file '{}'", path);
@@ -30,6 +32,8 @@ void add_checkpoint_options(CLI::App* cmd, CheckpointArg& arg) {
   cmd->add_flag("--best", arg.best,
                 "Use the run directory's best model (RUN_DIR/checkpoints/best.safetensors, written with "
                 "train.keep_best = true) instead of its newest checkpoint");
+  cmd->add_flag("--live", arg.live,
+                "A run trained with train.ema_decay: its live weights instead of their averages (the default)");
 }
 
 InferenceModel load_inference_model(const CheckpointArg& checkpoint, const std::string& config) {
@@ -49,7 +53,7 @@ InferenceModel load_inference_model(const CheckpointArg& checkpoint, const std::
     m.sample = ds.test->sample_shape();
   }
   m.model = train::build_model(m.cfg, m.sample);
-  train::load_model_weights(*m.model, weights);
+  train::load_model_weights(*m.model, weights, !checkpoint.live);
   m.model->eval();
   return m;
 }

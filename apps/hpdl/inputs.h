@@ -19,8 +19,9 @@ namespace hpdl::cli {
 struct CheckpointArg {
   std::string path;   // a run directory (its newest valid checkpoint) or a .safetensors file
   bool best = false;  // the run directory's best model instead (train.keep_best)
+  bool live = false;  // a train.ema_decay run's live weights instead of their averages
   // What to load weights from: `path`, or with --best RUN_DIR/checkpoints/best.safetensors. Throws
-  // when --best is given a file or the run has no best model.
+  // when --best is given a file or the run has no best model, or --live with --best.
   std::string weights() const;
   std::string default_config() const { return path + "/config.toml"; }
 };

@@ -566,7 +566,7 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> data
   return eval_result(objective, allreduce_stats(comm, s));
 }
 
-void load_model_weights(nn::Module& model, const fs::path& path) {
+void load_model_weights(nn::Module& model, const fs::path& path, bool averages) {
   std::map<std::string, Tensor> tensors;
   if (fs::is_directory(path)) {
     CheckpointManager mgr(path, 1 << 30);
@@ -580,7 +580,8 @@ void load_model_weights(nn::Module& model, const fs::path& path) {
   auto weights = with_prefix(tensors, "model.");
   HPDL_CHECK(!weights.empty(), "{}: no model weights (tensors named model.*)", path.string());
   // A run with train.ema_decay holds the weight averages too: they are the model it evaluated.
-  for (auto& [k, v] : with_prefix(tensors, "ema.")) weights[k] = v;
+  if (averages)
+    for (auto& [k, v] : with_prefix(tensors, "ema.")) weights[k] = v;
   model.load_state_dict(weights);
 }
 

@@ -83,8 +83,10 @@ data::Pipeline make_pipeline(const DataConfig& config, bool train);
 EvalResult evaluate(nn::Module& model, std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
                     dist::Communicator* comm = nullptr, const Objective* objective = nullptr);
 // Loads a checkpoint's model weights ("model." tensors) into `model`. `path` is
-// a run directory (newest valid checkpoint) or a .safetensors file.
-void load_model_weights(nn::Module& model, const std::filesystem::path& path);
+// a run directory (newest valid checkpoint) or a .safetensors file. A checkpoint
+// of a run with train.ema_decay also holds the weight averages ("ema."): they
+// are loaded instead unless `averages` is false.
+void load_model_weights(nn::Module& model, const std::filesystem::path& path, bool averages = true);
 
 // The loss scaler train.precision and train.loss_scale ask for: "auto" is
 // dynamic for fp16 and none otherwise; "dynamic" a GradScaler with the default

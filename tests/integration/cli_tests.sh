@@ -955,6 +955,10 @@ PY
   "$hpdl" eval --checkpoint straight >eval.txt 2>&1 || fail "eval failed: $(cat eval.txt)"
   grep -q "test accuracy ${ema_acc}%" eval.txt \
     || fail "hpdl eval did not evaluate the averages (run: ${ema_acc}%, live weights ${live_acc}%): $(cat eval.txt)"
+  "$hpdl" eval --checkpoint straight --live >live.txt 2>&1 || fail "eval --live failed: $(cat live.txt)"
+  grep -q "test accuracy ${live_acc}%" live.txt || fail "eval --live: $(cat live.txt), recorded live ${live_acc}%"
+  "$hpdl" eval --checkpoint straight --live --best >lb.txt 2>&1 && fail "--live with --best was accepted"
+  grep -q -- "--live and --best" lb.txt || fail "no clear error for --live --best: $(cat lb.txt)"
   # the best model is the one evaluated: the averages
   "$hpdl" eval --checkpoint straight --best >best.txt 2>&1 || fail "eval --best failed: $(cat best.txt)"
   grep -q "test accuracy ${best_acc}%" best.txt \
