@@ -24,6 +24,7 @@ void register_eval(CLI::App& app) {
     const std::string weights = o->checkpoint.weights();  // a bad --best is named before the config is read
     std::string path = o->config.empty() ? o->checkpoint.default_config() : o->config;
     train::Config cfg = train::load_config(path, o->overrides);
+    train::apply_layout(cfg);
     const train::Objective objective(cfg);
     auto ds = train::load_datasets(cfg.data, objective.targets());
     auto model = train::build_model(cfg, train::make_pipeline(cfg.data, false).output_shape(ds.test->sample_shape()));

@@ -52,6 +52,7 @@ InferenceModel load_inference_model(const CheckpointArg& checkpoint, const std::
     auto ds = train::load_datasets(m.cfg.data, train::Objective(m.cfg).targets());
     m.sample = ds.test->sample_shape();
   }
+  train::apply_layout(m.cfg);
   m.model = train::build_model(m.cfg, m.sample);
   train::load_model_weights(*m.model, weights, !checkpoint.live);
   m.model->eval();

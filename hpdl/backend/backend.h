@@ -135,6 +135,10 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
   virtual bool supports(OpKind op, DType dtype) const = 0;
+  // Whether every method reads and writes channels-last (NHWC-strided) 4-D
+  // activations correctly and fast: convolution, pooling, batch norm and the
+  // elementwise ops (ops keep such tensors channels-last only on such a backend).
+  virtual bool reads_channels_last() const { return false; }
 
   // ---- memory ----
   virtual void fill(const Tensor& out, double value) = 0;

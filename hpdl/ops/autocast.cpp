@@ -3,11 +3,13 @@
 #include <atomic>
 
 #include "hpdl/autograd/node.h"
+#include "hpdl/backend/backend.h"
 
 namespace hpdl {
 namespace {
 thread_local DType g_autocast = DType::f32;
 std::atomic<bool> g_channels_last{true};
+std::atomic<bool> g_cpu_channels_last{false};
 }  // namespace
 
 AutocastScope::AutocastScope(DType dtype, bool enabled) : previous_(g_autocast) {
@@ -42,5 +44,8 @@ Tensor autocast_cast(const Tensor& t) {
 
 void set_autocast_channels_last(bool on) { g_channels_last = on; }
 bool autocast_channels_last() { return g_channels_last; }
+
+void set_cpu_channels_last(bool on) { g_cpu_channels_last = on; }
+bool cpu_channels_last() { return g_cpu_channels_last && backend_for(kCPU).reads_channels_last(); }
 
 }  // namespace hpdl

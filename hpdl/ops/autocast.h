@@ -53,4 +53,15 @@ Tensor autocast_cast(const Tensor& t);
 void set_autocast_channels_last(bool on);
 bool autocast_channels_last();
 
+// Channels-last (NHWC) activations on the CPU (default false; process-wide;
+// `train.channels_last`). When on and the CPU backend reads NHWC
+// (Backend::reads_channels_last: oneDNN), float32 convolutions take their
+// input channels-last and write channels-last outputs, and the ops after them
+// (batch norm, pooling, elementwise) keep that layout, so oneDNN's NHWC
+// kernels run without reordering every activation into its blocked layout
+// and back (design decision 75). Filters stay row-major. Results equal the
+// row-major path's up to float rounding.
+void set_cpu_channels_last(bool on);
+bool cpu_channels_last();
+
 }  // namespace hpdl

@@ -110,9 +110,12 @@ Tensor conv2d_data_grad(const Tensor& dy, const Tensor& w, const Shape& x_shape,
 Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Shape& ys) {
   const int64_t N = ys[0], K = ys[1], P = ys[2], Q = ys[3];
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
-  const bool cl = x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w));
+  // On the CPU with cpu_channels_last(): float32 input and output NHWC, the filter row-major
+  // (oneDNN reorders filters into its own layout either way; design decision 75).
+  const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last();
+  const bool cl = cl_cpu || (x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w)));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
-  Tensor wc = (cl ? detail::channels_last(w) : w.contiguous()).detach();
+  Tensor wc = (cl && !cl_cpu ? detail::channels_last(w) : w.contiguous()).detach();
   Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
   Tensor y = cl ? Tensor::empty_channels_last({N, K, P, Q}, x.dtype(), x.device())
                 : Tensor::empty({N, K, P, Q}, x.dtype(), x.device());

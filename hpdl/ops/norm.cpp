@@ -94,8 +94,9 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   HPDL_CHECK(!use_batch_stats || M > 1, "batch_norm: training needs more than one value per channel, input {}",
              shape_str(x.shape()));
 
-  // Channels-last input (autocast on CUDA) stays channels-last for the mixed-precision kernels.
-  Tensor xc = (x.dtype() == DType::bf16 ? detail::dense(x) : x.contiguous()).detach();
+  // Channels-last input (autocast on CUDA, cpu_channels_last() on the CPU) stays channels-last
+  // for the mixed-precision kernels and the CPU's NHWC kernels.
+  Tensor xc = (x.dtype() == DType::bf16 || x.device().is_cpu() ? detail::dense(x) : x.contiguous()).detach();
   Tensor g = param_or(gamma, C, 1.0, x), b = param_or(beta, C, 0.0, x);
   Tensor y = detail::empty_like(xc);
   Backend& be = detail::pick(x, OpKind::batchnorm);

@@ -60,8 +60,11 @@ inline Backend& pick(const Tensor& t, OpKind kind) {
 }
 
 // Channels-last (NHWC) activations are kept as they are on devices whose
-// backend reads them (CUDA, under autocast); the CPU backends get row-major.
-inline bool keeps_channels_last(const Tensor& t) { return t.device().is_cuda() && !t.is_contiguous() && t.is_channels_last(); }
+// backend reads them: CUDA (autocast makes them), the CPU with
+// cpu_channels_last() (oneDNN); elsewhere the CPU backends get row-major.
+inline bool keeps_channels_last(const Tensor& t) {
+  return !t.is_contiguous() && t.is_channels_last() && (t.device().is_cuda() || cpu_channels_last());
+}
 
 // A new tensor shaped like t, channels-last when t is (on CUDA), else row-major.
 inline Tensor empty_like(const Tensor& t) {

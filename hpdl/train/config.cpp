@@ -55,7 +55,7 @@ std::vector<Key> bind(Config& c) {
       {"schedule.milestones", &s.milestones}, {"schedule.gamma", &s.gamma}, {"schedule.power", &s.power},
       {"schedule.final_lr", &s.final_lr},
       {"train.epochs", &t.epochs}, {"train.seed", &t.seed}, {"train.threads", &t.threads},
-      {"train.device", &t.device}, {"train.precision", &t.precision}, {"train.loss_scale", &t.loss_scale}, {"train.run_dir", &t.run_dir},
+      {"train.device", &t.device}, {"train.precision", &t.precision}, {"train.channels_last", &t.channels_last}, {"train.loss_scale", &t.loss_scale}, {"train.run_dir", &t.run_dir},
       {"train.checkpoint_every_steps", &t.checkpoint_every_steps},
       {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.overwrite", &t.overwrite}, {"train.log_every", &t.log_every},

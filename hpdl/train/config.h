@@ -107,6 +107,12 @@ struct TrainConfig {
   std::string device = "cpu";
   // fp32 | bf16 | fp16 (bf16 and fp16: conv/matmul on CUDA tensor cores, float32 master weights)
   std::string precision = "fp32";
+  // Channels-last (NHWC) activations: on the CPU (oneDNN), float32 convolutions and the
+  // batch norms, pools and elementwise ops after them keep NHWC tensors, so oneDNN does not
+  // reorder every activation into its blocked layout and back (design decision 75); on
+  // CUDA, bf16 autocast lays convolution inputs out NHWC for cuDNN's tensor cores.
+  // Weights, gradients of weights and checkpoints are row-major either way.
+  bool channels_last = false;
   // Loss scaling (optim::GradScaler): "auto" (dynamic for fp16, none otherwise),
   // "dynamic", "none", or a fixed positive number ("1024"; 1 is none). A TOML
   // number is accepted too and kept as its text.

@@ -501,6 +501,11 @@ Datasets load_datasets(const DataConfig& config, int64_t targets) {
   return ds;
 }
 
+void apply_layout(const Config& config) {
+  set_cpu_channels_last(config.train.channels_last);
+  set_autocast_channels_last(config.train.channels_last);
+}
+
 nn::ModulePtr build_model(const Config& config, const Shape& sample) {
   HPDL_CHECK(sample.size() == 3, "model: samples must be [C, H, W], got {}", shape_str(sample));
   HPDL_CHECK(sample[0] == config.model.in_channels, "model.in_channels = {} but the data has {} channels",
@@ -607,6 +612,7 @@ TrainSummary Trainer::run(bool resume) {
   const int rank = comm.rank(), world = comm.size();
   const bool root = rank == 0;
   if (cfg.train.threads > 0) set_num_threads(static_cast<int>(cfg.train.threads));
+  apply_layout(cfg);
   Device device = Device::parse(cfg.train.device);
   // GPU ranks: one GPU each, picked from the rank within the node; gradients go over NCCL.
   std::unique_ptr<dist::NcclCommunicator> nccl;

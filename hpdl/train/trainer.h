@@ -75,6 +75,10 @@ struct Datasets {
 Datasets load_datasets(const DataConfig& config, int64_t targets = 0);
 // The model a config names, for samples of `sample_shape` [C, H, W].
 nn::ModulePtr build_model(const Config& config, const Shape& sample_shape);
+// The process-wide activation layout the config asks for (train.channels_last:
+// set_cpu_channels_last and set_autocast_channels_last); training, evaluation
+// and inference call it before running a model.
+void apply_layout(const Config& config);
 // Normalization (and augmentation when `train`) as the config says.
 data::Pipeline make_pipeline(const DataConfig& config, bool train);
 // Loss and metrics over a dataset, sharded over the ranks of `comm` (null:

@@ -18,6 +18,7 @@
 #include "hpdl/core/threading.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -46,6 +47,48 @@ bool f32_dense(std::initializer_list<const Tensor*> ts) {
 }
 
 memory::dims dims_of(const Shape& s) { return memory::dims(s.begin(), s.end()); }
+
+// The common layout of a call's float32 activations: 0 all row-major, 1 all
+// channels-last (NHWC strides; a tensor that is both, e.g. one channel, counts
+// as either), -1 otherwise (another dtype, strided views, or mixed layouts).
+int act_layout(std::initializer_list<const Tensor*> acts) {
+  bool row_major = true, nhwc = true;
+  for (const Tensor* t : acts) {
+    if (!t->defined()) continue;
+    if (t->dtype() != DType::f32) return -1;
+    row_major = row_major && t->is_contiguous();
+    nhwc = nhwc && t->is_channels_last();
+  }
+  return row_major ? 0 : nhwc ? 1 : -1;
+}
+
+// Whether any of the tensors is defined and not row-major (a call that must not
+// reach a kernel assuming row-major: it runs on row-major copies instead).
+bool any_strided(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->defined() && !t->is_contiguous()) return true;
+  return false;
+}
+Tensor row_major(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
+Tensor row_major_like(const Tensor& t) {
+  return t.defined() ? Tensor::empty(t.shape(), t.dtype(), t.device()) : t;
+}
+// out <- tmp where out is not row-major (tmp was its row-major stand-in).
+void copy_back(Tensor out, const Tensor& tmp) {
+  if (out.defined() && out.raw_data() != tmp.raw_data()) out.copy_(tmp);
+}
+
+// The call on row-major stand-ins of its strided activations: inputs copied, outputs
+// computed into row-major buffers and copied back (a layout no kernel here reads).
+template <size_t NI, size_t NO, typename F>
+void via_row_major(const std::array<Tensor, NI>& ins, const std::array<Tensor, NO>& outs, F&& call) {
+  std::array<Tensor, NI> ic;
+  std::array<Tensor, NO> oc;
+  for (size_t i = 0; i < NI; ++i) ic[i] = row_major(ins[i]);
+  for (size_t o = 0; o < NO; ++o) oc[o] = outs[o].defined() && !outs[o].is_contiguous() ? row_major_like(outs[o]) : outs[o];
+  call(ic, oc);
+  for (size_t o = 0; o < NO; ++o) copy_back(outs[o], oc[o]);
+}
 
 // A plain row-major descriptor for any rank.
 memory::desc plain_desc(const Shape& s) {
@@ -185,7 +228,9 @@ constexpr int64_t kEltwiseMin = 4096;
 void OneDnnBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
   dnnl::algorithm alg;
   float a, b;
-  if (!f32_dense({&x, &out}) || x.numel() < kEltwiseMin || !eltwise_algo(op, alpha, alg, a, b)) {
+  // Row-major, or both channels-last alike: one flat array either way.
+  const bool flat = f32_dense({&x, &out}) || (act_layout({&x, &out}) == 1 && x.strides() == out.strides());
+  if (!flat || x.numel() < kEltwiseMin || !eltwise_algo(op, alpha, alg, a, b)) {
     ReferenceBackend::unary(op, x, out, alpha);
     return;
   }
@@ -279,10 +324,13 @@ struct ConvGeom {
   memory::dims strides, dilates, pad_l, pad_r;
   bool ok = true;  // false: oneDNN cannot express it (negative right padding)
 
-  ConvGeom(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, bool bf16 = false) {
+  // nhwc: the activations (x, y, dx, dy) are channels-last; the primitives then
+  // run on NHWC directly (no reorders; design decision 75).
+  ConvGeom(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, bool bf16 = false,
+           bool nhwc = false) {
     const int64_t G = p.groups, K = ws[0], Cg = ws[1], R = ws[2], S = ws[3];
-    src = memory::desc(dims_of(xs), dt::f32, tag::nchw);
-    dst = memory::desc(dims_of(ys), dt::f32, tag::nchw);
+    src = memory::desc(dims_of(xs), dt::f32, nhwc ? tag::nhwc : tag::nchw);
+    dst = memory::desc(dims_of(ys), dt::f32, nhwc ? tag::nhwc : tag::nchw);
     bias = memory::desc({K}, dt::f32, tag::x);
     memory::dims wd = G == 1 ? memory::dims{K, Cg, R, S} : memory::dims{G, K / G, Cg, R, S};
     wei = memory::desc(wd, dt::f32, G == 1 ? tag::oihw : tag::goihw);
@@ -295,7 +343,7 @@ struct ConvGeom {
       return !(e && e[0] == '0');
     }();
     const dt in = bf16 ? dt::bf16 : dt::f32;
-    const tag act = blocked ? tag::any : tag::nchw;
+    const tag act = nhwc ? tag::nhwc : blocked ? tag::any : tag::nchw;
     src_in = memory::desc(dims_of(xs), in, act);
     src_out = memory::desc(dims_of(xs), dt::f32, act);
     dst_in = memory::desc(dims_of(ys), in, act);
@@ -323,9 +371,9 @@ struct ConvGeom {
 };
 
 std::string conv_key(const char* name, const Shape& xs, const Shape& ws, const Conv2dParams& p, bool bias,
-                     bool bf16) {
+                     bool bf16, bool nhwc) {
   return make_key(name, {xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], ws[3], p.stride_h, p.stride_w, p.pad_h,
-                         p.pad_w, p.dilation_h, p.dilation_w, p.groups, bias, bf16});
+                         p.pad_w, p.dilation_h, p.dilation_w, p.groups, bias, bf16, nhwc});
 }
 
 }  // namespace
@@ -342,13 +390,23 @@ void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tenso
                                    const Conv2dParams& p) {
   const Shape bs = bias.defined() ? bias.shape() : Shape();
   check_conv2d_kernel_shapes(x.shape(), w.shape(), y.shape(), bias.defined() ? &bs : nullptr, p, "conv2d_forward");
-  if (g_direct_conv && f32_dense({&x, &w, &bias, &y}) && cpu::direct_conv_forward_preferred(x.shape(), w.shape(), p)) {
+  const int lay = act_layout({&x, &y});
+  const bool nhwc = lay == 1;
+  if (lay == 0 && g_direct_conv && f32_dense({&x, &w, &bias, &y}) &&
+      cpu::direct_conv_forward_preferred(x.shape(), w.shape(), p)) {
     cpu::direct_conv_forward(x, w, bias, y, p);
     return;
   }
-  const bool bf16 = f32_dense({&x, &w, &bias, &y}) && bf16_operands();
-  ConvGeom geom(x.shape(), w.shape(), y.shape(), p, bf16);
-  if (!f32_dense({&x, &w, &bias, &y}) || !geom.ok) {
+  const bool ok = lay >= 0 && f32_dense({&w, &bias});
+  const bool bf16 = ok && bf16_operands();
+  ConvGeom geom(x.shape(), w.shape(), y.shape(), p, bf16, nhwc);
+  if (!ok || !geom.ok) {
+    if (any_strided({&x, &w, &bias, &y})) {  // on row-major copies (the reference reads row-major)
+      Tensor yc = row_major_like(y);
+      conv2d_forward(row_major(x), row_major(w), row_major(bias), yc, p);
+      copy_back(y, yc);
+      return;
+    }
     ReferenceBackend::conv2d_forward(x, w, bias, y, p);
     return;
   }
@@ -358,7 +416,7 @@ void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tenso
     dnnl::convolution_forward prim;
   };
   const bool has_bias = bias.defined();
-  E& e = impl_->entry<E>(conv_key("conv_fwd", x.shape(), w.shape(), p, has_bias, bf16), [&](E& e) {
+  E& e = impl_->entry<E>(conv_key("conv_fwd", x.shape(), w.shape(), p, has_bias, bf16, nhwc), [&](E& e) {
     e.pd = make_pd("convolution forward", bf16, [&] {
       return dnnl::convolution_forward::primitive_desc(geom.fwd_desc(has_bias), impl_->engine);
     });
@@ -419,13 +477,23 @@ memory dy_in_layout(const Impl& impl, const memory& dyu, const memory::desc& wan
 void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv2dParams& p,
                                        SharedDy* shared) {
   check_conv2d_kernel_shapes(dx.shape(), w.shape(), dy.shape(), nullptr, p, "conv2d_backward_data");
-  if (g_direct_conv && f32_dense({&dy, &w, &dx}) && cpu::direct_conv_backward_data_preferred(dx.shape(), w.shape(), p)) {
+  const int lay = act_layout({&dy, &dx});
+  const bool nhwc = lay == 1;
+  if (lay == 0 && g_direct_conv && f32_dense({&dy, &w, &dx}) &&
+      cpu::direct_conv_backward_data_preferred(dx.shape(), w.shape(), p)) {
     cpu::direct_conv_backward_data(dy, w, dx, p);
     return;
   }
-  const bool bf16 = f32_dense({&dy, &w, &dx}) && bf16_operands();
-  ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p, bf16);
-  if (!f32_dense({&dy, &w, &dx}) || !geom.ok) {
+  const bool ok = lay >= 0 && f32_dense({&w});
+  const bool bf16 = ok && bf16_operands();
+  ConvGeom geom(dx.shape(), w.shape(), dy.shape(), p, bf16, nhwc);
+  if (!ok || !geom.ok) {
+    if (any_strided({&dy, &w, &dx})) {
+      Tensor dxc = row_major_like(dx);
+      conv_backward_data(row_major(dy), row_major(w), dxc, p, nullptr);
+      copy_back(dx, dxc);
+      return;
+    }
     ReferenceBackend::conv2d_backward_data(dy, w, dx, p);
     return;
   }
@@ -434,7 +502,7 @@ void OneDnnBackend::conv_backward_data(const Tensor& dy, const Tensor& w, const 
     dnnl::convolution_backward_data::primitive_desc pd;
     dnnl::convolution_backward_data prim;
   };
-  E& e = impl_->entry<E>(conv_key("conv_bwd_data", dx.shape(), w.shape(), p, false, bf16), [&](E& e) {
+  E& e = impl_->entry<E>(conv_key("conv_bwd_data", dx.shape(), w.shape(), p, false, bf16, nhwc), [&](E& e) {
     e.pd = make_pd("convolution backward data", bf16, [&] {
       dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(false), impl_->engine);
       dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, geom.src_out, geom.wei_in,
@@ -460,13 +528,23 @@ void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, con
   const Shape bs = db.defined() ? db.shape() : Shape();
   check_conv2d_kernel_shapes(x.shape(), dw.shape(), dy.shape(), db.defined() ? &bs : nullptr, p,
                              "conv2d_backward_weights");
-  if (g_direct_conv && f32_dense({&x, &dy, &dw, &db}) && cpu::direct_conv_backward_weights_preferred(x.shape(), dw.shape(), p)) {
+  const int lay = act_layout({&x, &dy});
+  const bool nhwc = lay == 1;
+  if (lay == 0 && g_direct_conv && f32_dense({&x, &dy, &dw, &db}) &&
+      cpu::direct_conv_backward_weights_preferred(x.shape(), dw.shape(), p)) {
     cpu::direct_conv_backward_weights(x, dy, dw, db, p);
     return;
   }
-  const bool bf16 = f32_dense({&x, &dy, &dw, &db}) && bf16_operands();
-  ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p, bf16);
-  if (!f32_dense({&x, &dy, &dw, &db}) || !geom.ok) {
+  const bool ok = lay >= 0 && f32_dense({&dw, &db});
+  const bool bf16 = ok && bf16_operands();
+  ConvGeom geom(x.shape(), dw.shape(), dy.shape(), p, bf16, nhwc);
+  if (!ok || !geom.ok) {
+    if (any_strided({&x, &dy, &dw, &db})) {
+      Tensor dwc = row_major_like(dw), dbc = row_major_like(db);
+      conv_backward_weights(row_major(x), row_major(dy), dwc, dbc, p, nullptr);
+      copy_back(dw, dwc), copy_back(db, dbc);
+      return;
+    }
     ReferenceBackend::conv2d_backward_weights(x, dy, dw, db, p);
     return;
   }
@@ -476,7 +554,7 @@ void OneDnnBackend::conv_backward_weights(const Tensor& x, const Tensor& dy, con
     dnnl::convolution_backward_weights prim;
   };
   const bool has_bias = db.defined();
-  E& e = impl_->entry<E>(conv_key("conv_bwd_weights", x.shape(), dw.shape(), p, has_bias, bf16), [&](E& e) {
+  E& e = impl_->entry<E>(conv_key("conv_bwd_weights", x.shape(), dw.shape(), p, has_bias, bf16, nhwc), [&](E& e) {
     using dnnl::convolution_backward_weights;
     e.pd = make_pd("convolution backward weights", bf16, [&] {
       dnnl::convolution_forward::primitive_desc hint(geom.fwd_desc(has_bias), impl_->engine);
@@ -717,9 +795,104 @@ void max_pool_windows_backward(const Tensor& x, const Tensor& dy, const Tensor& 
     }
   });
 }
+
+// Pooling over channels-last x [N, C, H, W] (design decision 75): each window
+// walks its input pixels in row-major order with the C channels as the vector
+// loop, so max keeps the first maximum (NaN ignored, as above) and avg divides
+// by the reference's count (kernel area, or the in-bounds pixels without
+// count_include_pad).
+float pool_divisor(const Windows& g, const Pool2dParams& p, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+  return static_cast<float>(p.count_include_pad ? g.kh * g.kw : (h1 - h0) * (w1 - w0));
+}
+
+void pool_nhwc_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) {
+  const Windows g = windows_of(x, y, p);
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const float* X = x.data<float>();
+  float* Y = y.data<float>();
+  constexpr float kLow = -std::numeric_limits<float>::infinity();
+  parallel_for(N * g.P, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / g.P, pp = r % g.P;
+      int64_t h0, h1;
+      g.rows(pp, h0, h1);
+      for (int64_t q = 0; q < g.Q; ++q) {
+        int64_t w0, w1;
+        g.cols(q, w0, w1);
+        float* yp = Y + ((n * g.P + pp) * g.Q + q) * C;
+        std::fill(yp, yp + C, kind == PoolKind::max ? kLow : 0.0f);
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) {
+            const float* xp = X + ((n * g.H + h) * g.W + w) * C;
+            if (kind == PoolKind::max) {
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) yp[c] = yp[c] < xp[c] ? xp[c] : yp[c];
+            } else {
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) yp[c] += xp[c];
+            }
+          }
+        if (kind == PoolKind::avg) {
+          const float inv = 1.0f / pool_divisor(g, p, h0, h1, w0, w1);
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) yp[c] *= inv;
+        }
+      }
+    }
+  });
+}
+
+void pool_nhwc_backward(PoolKind kind, const Tensor& x, const Tensor& dy, const Tensor& dx, const Pool2dParams& p) {
+  const Windows g = windows_of(x, dy, p);
+  const int64_t N = x.dim(0), C = x.dim(1), HWC = g.H * g.W * C;
+  const float* X = x.data<float>();
+  const float* DY = dy.data<float>();
+  float* DX = dx.data<float>();
+  parallel_for(N, 1, [&](int64_t b, int64_t e) {  // windows of one image may overlap: one image per task
+    std::vector<float> best_v(static_cast<size_t>(C));
+    std::vector<int64_t> best_at(static_cast<size_t>(C));
+    for (int64_t n = b; n < e; ++n) {
+      const float* xn = X + n * HWC;
+      float* dn = DX + n * HWC;
+      std::fill(dn, dn + HWC, 0.0f);
+      for (int64_t pp = 0; pp < g.P; ++pp) {
+        int64_t h0, h1;
+        g.rows(pp, h0, h1);
+        for (int64_t q = 0; q < g.Q; ++q) {
+          int64_t w0, w1;
+          g.cols(q, w0, w1);
+          if (h0 >= h1 || w0 >= w1) continue;  // a window wholly in the padding reads nothing
+          const float* dyp = DY + ((n * g.P + pp) * g.Q + q) * C;
+          if (kind == PoolKind::avg) {
+            const float inv = 1.0f / pool_divisor(g, p, h0, h1, w0, w1);
+            for (int64_t h = h0; h < h1; ++h)
+              for (int64_t w = w0; w < w1; ++w) {
+                float* dp = dn + (h * g.W + w) * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) dp[c] += dyp[c] * inv;
+              }
+            continue;
+          }
+          const int64_t first = (h0 * g.W + w0) * C;
+          for (int64_t c = 0; c < C; ++c) best_v[c] = xn[first + c], best_at[c] = first + c;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) {
+              const int64_t at = (h * g.W + w) * C;
+              for (int64_t c = 0; c < C; ++c)
+                if (xn[at + c] > best_v[c]) best_v[c] = xn[at + c], best_at[c] = at + c;
+            }
+          for (int64_t c = 0; c < C; ++c) dn[best_at[c]] += dyp[c];
+        }
+      }
+    }
+  });
+}
 }  // namespace
 
 void OneDnnBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor& y, const Pool2dParams& p) {
+  if (act_layout({&x, &y}) == 1) return pool_nhwc_forward(kind, x, y, p);
+  if (any_strided({&x, &y}))
+    return via_row_major<1, 1>({x}, {y}, [&](auto& i, auto& o) { pool2d_forward(kind, i[0], o[0], p); });
   if (f32_dense({&x, &y}) && pool_tiles(p)) {
     pool_tiled_forward(kind, x, y, p);
     return;
@@ -747,6 +920,11 @@ void OneDnnBackend::pool2d_forward(PoolKind kind, const Tensor& x, const Tensor&
 
 void OneDnnBackend::pool2d_backward(PoolKind kind, const Tensor& x, const Tensor& y, const Tensor& dy,
                                     const Tensor& dx, const Pool2dParams& p) {
+  if (act_layout({&x, &dy, &dx}) == 1) return pool_nhwc_backward(kind, x, dy, dx, p);
+  if (any_strided({&x, &y, &dy, &dx}))
+    return via_row_major<3, 1>({x, y, dy}, {dx}, [&](auto& i, auto& o) {
+      pool2d_backward(kind, i[0], i[1], i[2], o[0], p);
+    });
   if (f32_dense({&x, &dy, &dx}) && pool_tiles(p)) {
     pool_tiled_backward(kind, x, dy, dx, p);
     return;
@@ -980,11 +1158,179 @@ void bn_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const Tenso
     }
   });
 }
+
+// Batch norm over channels-last [N, C, H, W] (design decision 75): x is rows of
+// C channels, each pass runs over rows with the channels as the vectorized
+// inner loop. Per-channel sums go over fixed blocks of rows (float partials,
+// added into double totals in block order), so the results do not depend on
+// the thread count; the per-element formulas are the plane kernels' above.
+constexpr int64_t kBnRowBlock = 256;
+struct BnRows {
+  int64_t rows, C;
+  explicit BnRows(const Tensor& x) : rows(x.numel() / x.dim(1)), C(x.dim(1)) {}
+};
+
+// s1[c] = sum over rows of a1, s2[c] of a2, where row(r, a1, a2) adds row r's terms.
+template <typename Row>
+void bn_rows_sums(const BnRows& sr, Row&& row, std::vector<double>& s1, std::vector<double>& s2) {
+  const int64_t C = sr.C, blocks = (sr.rows + kBnRowBlock - 1) / kBnRowBlock;
+  std::vector<float> part(static_cast<size_t>(blocks * 2 * C), 0.0f);
+  parallel_for(blocks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      float *a1 = part.data() + b * 2 * C, *a2 = a1 + C;
+      for (int64_t r = b * kBnRowBlock, e = std::min(sr.rows, r + kBnRowBlock); r < e; ++r) row(r, a1, a2);
+    }
+  });
+  s1.assign(C, 0.0), s2.assign(C, 0.0);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float *a1 = part.data() + b * 2 * C, *a2 = a1 + C;
+    for (int64_t c = 0; c < C; ++c) s1[c] += a1[c], s2[c] += a2[c];
+  }
+}
+
+// y = x * scale[c] + shift[c] per row, then the ReLU or the residual's add_relu (as bn_apply).
+void bn_rows_apply(const BnRows& sr, const float* X, float* Y, const float* scale, const float* shift, bool relu,
+                   const float* R) {
+  const int64_t C = sr.C;
+  parallel_for(sr.rows, std::max<int64_t>(1, 4096 / C), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xp = X + r * C;
+      float* yp = Y + r * C;
+      if (R) {
+        const float* rp = R + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = madd(xp[c], scale[c], shift[c]) + rp[c];
+          yp[c] = v > 0.0f ? v : 0.0f;
+        }
+      } else if (relu) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yp[c] = std::max(madd(xp[c], scale[c], shift[c]), 0.0f);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yp[c] = madd(xp[c], scale[c], shift[c]);
+      }
+    }
+  });
+}
+
+void bn_nhwc_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& y,
+                           const Tensor& save_mean, const Tensor& save_invstd, double eps, bool relu,
+                           const Tensor& residual) {
+  const BnRows sr(x);
+  const int64_t C = sr.C;
+  const float *X = x.data<float>(), *G = gamma.data<float>(), *B = beta.data<float>();
+  // Shifted by the first row (see bn_channel_stats).
+  std::vector<float> k(X, X + C);
+  std::vector<double> s1, s2;
+  bn_rows_sums(
+      sr,
+      [&](int64_t r, float* a1, float* a2) {
+        const float* xp = X + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = xp[c] - k[c];
+          a1[c] += d;
+          a2[c] += d * d;
+        }
+      },
+      s1, s2);
+  std::vector<float> scale(C), shift(C);
+  float *SM = save_mean.data<float>(), *SI = save_invstd.data<float>();
+  const double M = static_cast<double>(sr.rows);
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = s1[c] / M, mean = k[c] + m, var = std::max(0.0, s2[c] / M - m * m);
+    const double invstd = 1.0 / std::sqrt(var + eps), sc = G[c] * invstd;
+    SM[c] = static_cast<float>(mean);
+    SI[c] = static_cast<float>(invstd);
+    scale[c] = static_cast<float>(sc);
+    shift[c] = static_cast<float>(B[c] - mean * sc);
+  }
+  bn_rows_apply(sr, X, y.data<float>(), scale.data(), shift.data(), relu,
+                residual.defined() ? residual.data<float>() : nullptr);
+}
+
+void bn_nhwc_infer(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
+                   const Tensor& mean, const Tensor& var, const Tensor& y, double eps, bool relu) {
+  const BnRows sr(x);
+  const float *G = gamma.data<float>(), *B = beta.data<float>(), *MU = mean.data<float>(), *V = var.data<float>();
+  std::vector<float> scale(sr.C), shift(sr.C);
+  for (int64_t c = 0; c < sr.C; ++c) {
+    const double sc = G[c] / std::sqrt(static_cast<double>(V[c]) + eps);
+    scale[c] = static_cast<float>(sc);
+    shift[c] = static_cast<float>(B[c] - MU[c] * sc);
+  }
+  bn_rows_apply(sr, x.data<float>(), y.data<float>(), scale.data(), shift.data(), relu,
+                residual.defined() ? residual.data<float>() : nullptr);
+}
+
+// The backward of bn_backward<kRelu> over rows: the same sums and dx = a g + b x + c0.
+template <bool kRelu>
+void bn_nhwc_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& gamma,
+                      const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx, const Tensor& dgamma,
+                      const Tensor& dbeta) {
+  const BnRows sr(x);
+  const int64_t C = sr.C;
+  const float *X = x.data<float>(), *DY = dy.data<float>(), *G = gamma.data<float>();
+  const float* RY = kRelu ? y.data<float>() : nullptr;
+  const float *SM = save_mean.data<float>(), *SI = save_invstd.data<float>();
+  std::vector<double> sg, sgx;  // sum g, sum g (x - mean)
+  bn_rows_sums(
+      sr,
+      [&](int64_t r, float* a1, float* a2) {
+        const float *xp = X + r * C, *gp = DY + r * C;
+        const float* yp = kRelu ? RY + r * C : nullptr;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float g = kRelu ? (yp[c] > 0.0f ? gp[c] : 0.0f) : gp[c];
+          a1[c] += g;
+          a2[c] = madd(g, xp[c] - SM[c], a2[c]);
+        }
+      },
+      sg, sgx);
+  const double M = static_cast<double>(sr.rows);
+  std::vector<float> a(C), bx(C), c0(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double invstd = SI[c], sgxhat = sgx[c] * invstd, k = G[c] * invstd / M, mean = SM[c];
+    if (dgamma.defined()) dgamma.data<float>()[c] = static_cast<float>(sgxhat);
+    if (dbeta.defined()) dbeta.data<float>()[c] = static_cast<float>(sg[c]);
+    a[c] = static_cast<float>(k * M);
+    bx[c] = static_cast<float>(-k * sgxhat * invstd);
+    c0[c] = static_cast<float>(-k * sg[c] + k * sgxhat * invstd * mean);
+  }
+  float* DX = dx.data<float>();
+  parallel_for(sr.rows, std::max<int64_t>(1, 4096 / C), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float *xp = X + r * C, *gp = DY + r * C;
+      const float* yp = kRelu ? RY + r * C : nullptr;
+      float* dp = DX + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float g = kRelu ? (yp[c] > 0.0f ? gp[c] : 0.0f) : gp[c];
+        dp[c] = madd(a[c], g, madd(bx[c], xp[c], c0[c]));
+      }
+    }
+  });
+}
+
+// A batch-norm call's activations all channels-last (and not all row-major), its
+// statistics and parameters float32 row-major: the row kernels above apply.
+bool bn_nhwc(std::initializer_list<const Tensor*> acts, std::initializer_list<const Tensor*> params,
+             const Tensor& x) {
+  return x.ndim() == 4 && x.numel() > 0 && act_layout(acts) == 1 && f32_dense(params);
+}
+
 }  // namespace
 
 void OneDnnBackend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                             const Tensor& y, const Tensor& save_mean, const Tensor& save_invstd,
                                             double eps) {
+  if (bn_nhwc({&x, &y}, {&gamma, &beta, &save_mean, &save_invstd}, x))
+    return bn_nhwc_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps, false, Tensor());
+  if (any_strided({&x, &y}))
+    return via_row_major<1, 1>({x}, {y}, [&](auto& i, auto& o) {
+      batchnorm_forward_train(i[0], gamma, beta, o[0], save_mean, save_invstd, eps);
+    });
   if (!f32_dense({&x, &gamma, &beta, &y, &save_mean, &save_invstd}) || !bn_shape_ok(x)) {
     ReferenceBackend::batchnorm_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps);
     return;
@@ -1043,6 +1389,13 @@ void bn_infer(const Tensor& x, const Tensor& residual, const Tensor& gamma, cons
 void OneDnnBackend::batchnorm_forward_infer_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma,
                                                  const Tensor& beta, const Tensor& mean, const Tensor& var,
                                                  const Tensor& y, double eps) {
+  if (bn_nhwc({&x, &residual, &y}, {&gamma, &beta, &mean, &var}, x) &&
+      (!residual.defined() || residual.shape() == x.shape()))
+    return bn_nhwc_infer(x, residual, gamma, beta, mean, var, y, eps, true);
+  if (any_strided({&x, &residual, &y}))
+    return via_row_major<2, 1>({x, residual}, {y}, [&](auto& i, auto& o) {
+      batchnorm_forward_infer_relu(i[0], i[1], gamma, beta, mean, var, o[0], eps);
+    });
   if (f32_dense({&x, &residual, &gamma, &beta, &mean, &var, &y}) && bn_shape_ok(x) && BnPlanes(x).ok() &&
       (!residual.defined() || residual.shape() == x.shape())) {
     bn_infer(x, residual, gamma, beta, mean, var, y, eps, true);
@@ -1053,6 +1406,12 @@ void OneDnnBackend::batchnorm_forward_infer_relu(const Tensor& x, const Tensor& 
 
 void OneDnnBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                             const Tensor& mean, const Tensor& var, const Tensor& y, double eps) {
+  if (bn_nhwc({&x, &y}, {&gamma, &beta, &mean, &var}, x))
+    return bn_nhwc_infer(x, Tensor(), gamma, beta, mean, var, y, eps, false);
+  if (any_strided({&x, &y}))
+    return via_row_major<1, 1>({x}, {y}, [&](auto& i, auto& o) {
+      batchnorm_forward_infer(i[0], gamma, beta, mean, var, o[0], eps);
+    });
   if (!f32_dense({&x, &gamma, &beta, &mean, &var, &y}) || !bn_shape_ok(x)) {
     ReferenceBackend::batchnorm_forward_infer(x, gamma, beta, mean, var, y, eps);
     return;
@@ -1086,6 +1445,12 @@ void OneDnnBackend::batchnorm_forward_infer(const Tensor& x, const Tensor& gamma
 void OneDnnBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma,
                                        const Tensor& save_mean, const Tensor& save_invstd, const Tensor& dx,
                                        const Tensor& dgamma, const Tensor& dbeta) {
+  if (bn_nhwc({&x, &dy, &dx}, {&gamma, &save_mean, &save_invstd, &dgamma, &dbeta}, x))
+    return bn_nhwc_backward<false>(x, dy, Tensor(), gamma, save_mean, save_invstd, dx, dgamma, dbeta);
+  if (any_strided({&x, &dy, &dx}))
+    return via_row_major<2, 1>({x, dy}, {dx}, [&](auto& i, auto& o) {
+      batchnorm_backward(i[0], i[1], gamma, save_mean, save_invstd, o[0], dgamma, dbeta);
+    });
   if (!f32_dense({&x, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta}) || !bn_shape_ok(x)) {
     ReferenceBackend::batchnorm_backward(x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
     return;
@@ -1134,6 +1499,12 @@ void OneDnnBackend::batchnorm_backward(const Tensor& x, const Tensor& dy, const 
 void OneDnnBackend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                                  const Tensor& y, const Tensor& save_mean, const Tensor& save_invstd,
                                                  double eps) {
+  if (bn_nhwc({&x, &y}, {&gamma, &beta, &save_mean, &save_invstd}, x))
+    return bn_nhwc_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps, true, Tensor());
+  if (any_strided({&x, &y}))
+    return via_row_major<1, 1>({x}, {y}, [&](auto& i, auto& o) {
+      batchnorm_relu_forward_train(i[0], gamma, beta, o[0], save_mean, save_invstd, eps);
+    });
   if (f32_dense({&x, &gamma, &beta, &y, &save_mean, &save_invstd}) && bn_shape_ok(x) && BnPlanes(x).ok()) {
     bn_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps, true);
     return;
@@ -1144,6 +1515,12 @@ void OneDnnBackend::batchnorm_relu_forward_train(const Tensor& x, const Tensor& 
 void OneDnnBackend::batchnorm_add_relu_forward_train(const Tensor& x, const Tensor& residual, const Tensor& gamma,
                                                      const Tensor& beta, const Tensor& y, const Tensor& save_mean,
                                                      const Tensor& save_invstd, double eps) {
+  if (bn_nhwc({&x, &residual, &y}, {&gamma, &beta, &save_mean, &save_invstd}, x) && residual.shape() == x.shape())
+    return bn_nhwc_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps, true, residual);
+  if (any_strided({&x, &residual, &y}))
+    return via_row_major<2, 1>({x, residual}, {y}, [&](auto& i, auto& o) {
+      batchnorm_add_relu_forward_train(i[0], i[1], gamma, beta, o[0], save_mean, save_invstd, eps);
+    });
   if (f32_dense({&x, &residual, &gamma, &beta, &y, &save_mean, &save_invstd}) && residual.shape() == x.shape() &&
       bn_shape_ok(x) && BnPlanes(x).ok()) {
     bn_forward_train(x, gamma, beta, y, save_mean, save_invstd, eps, true, residual);
@@ -1155,6 +1532,12 @@ void OneDnnBackend::batchnorm_add_relu_forward_train(const Tensor& x, const Tens
 void OneDnnBackend::batchnorm_relu_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& gamma,
                                             const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                             const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) {
+  if (bn_nhwc({&x, &y, &dy, &dx}, {&gamma, &save_mean, &save_invstd, &dgamma, &dbeta}, x))
+    return bn_nhwc_backward<true>(x, dy, y, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
+  if (any_strided({&x, &y, &dy, &dx}))
+    return via_row_major<3, 1>({x, y, dy}, {dx}, [&](auto& i, auto& o) {
+      batchnorm_relu_backward(i[0], i[1], i[2], gamma, beta, save_mean, save_invstd, o[0], dgamma, dbeta);
+    });
   if (f32_dense({&x, &y, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta}) && bn_shape_ok(x) &&
       BnPlanes(x).ok()) {
     bn_backward<true>(x, dy, y, gamma, save_mean, save_invstd, dx, dgamma, dbeta);

@@ -17,6 +17,10 @@ class OneDnnBackend : public ReferenceBackend {
   const char* name() const override { return "cpu"; }
   // float32 and float64 for every kind (float64 through the reference kernels).
   bool supports(OpKind op, DType dtype) const override;
+  // Channels-last float32 activations run NHWC kernels (convolution on oneDNN without
+  // reorders, batch norm and pooling loops over rows of channels, flat elementwise);
+  // other strided layouts run on row-major copies (design decision 75).
+  bool reads_channels_last() const override { return true; }
 
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,

@@ -4,6 +4,7 @@
 // loop the compiler vectorizes when its strides are 1.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <vector>
@@ -46,10 +47,16 @@ StridedPlan<K> make_plan(const Shape& shape, const std::array<Strides, K>& strid
     for (int k = 0; k < K; ++k) p.strides[k] = {0};
     return p;
   }
-  // Drop size-1 dims, then merge dim i into i+1 when every operand is contiguous across them.
+  // Walk the dims in the first operand's memory order (its strides descending,
+  // stable), so a permuted layout such as channels-last coalesces as row-major
+  // does; drop size-1 dims, then merge dim i into i+1 when every operand is
+  // contiguous across them.
+  std::vector<size_t> order(shape.size());
+  for (size_t d = 0; d < order.size(); ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return strides[0][a] > strides[0][b]; });
   Shape sh;
   std::array<Strides, K> st;
-  for (size_t d = 0; d < shape.size(); ++d) {
+  for (size_t d : order) {
     if (shape[d] == 1) continue;
     sh.push_back(shape[d]);
     for (int k = 0; k < K; ++k) st[k].push_back(strides[k][d]);

@@ -1,0 +1,190 @@
+// Channels-last activations on the CPU through the ops and whole networks
+// (set_cpu_channels_last, design decision 75): convolutions hand NHWC
+// activations to the ops after them, which keep the layout; parameters and
+// their gradients stay row-major; a training step, inference and an input
+// gradient give the row-major path's numbers up to float rounding.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "hpdl/autograd/engine.h"
+#include "hpdl/core/random.h"
+#include "hpdl/gan/dcgan.h"
+#include "hpdl/nn/models/models.h"
+#include "hpdl/ops/autocast.h"
+#include "hpdl/ops/loss.h"
+#include "hpdl/ops/ops.h"
+#include "hpdl/ops/pool.h"
+#include "tests/unit/test_util.h"
+
+namespace hpdl {
+namespace {
+
+// Turns the CPU channels-last layout on (or off) for one scope.
+class ChannelsLast {
+ public:
+  explicit ChannelsLast(bool on) : before_(cpu_channels_last()) { set_cpu_channels_last(on); }
+  ~ChannelsLast() { set_cpu_channels_last(before_); }
+
+ private:
+  bool before_;
+};
+
+bool is_nhwc(const Tensor& t) { return t.is_channels_last() && !t.is_contiguous(); }
+
+Tensor rand_t(const Shape& s, uint64_t seed) {
+  Generator g(seed);
+  return Tensor::rand(s, g, -1, 1);
+}
+
+double max_abs(const Tensor& t) {
+  double m = 0;
+  for (double v : t.to_vector<double>()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// max |a - b| / max(floor, max |b|). A floor from the other tensors of the comparison
+// keeps gradients that are zero up to rounding (a bias before a batch norm) from
+// comparing rounding noise with itself.
+double rel_diff(const Tensor& a, const Tensor& b, double floor = 1e-12) {
+  auto av = a.to_vector<double>(), bv = b.to_vector<double>();
+  double d = 0;
+  for (size_t i = 0; i < av.size(); ++i) d = std::max(d, std::abs(av[i] - bv[i]));
+  return d / std::max(floor, max_abs(b));
+}
+
+// 1% of the largest gradient element of a model: the floor for rel_diff on its gradients.
+template <typename Named>
+double grad_floor(const Named& grads) {
+  double m = 0;
+  for (const auto& [n, t] : grads) m = std::max(m, max_abs(t));
+  return 1e-2 * m;
+}
+
+TEST(ChannelsLastOps, ConvolutionOutputsAndTheOpsAfterThemAreChannelsLast) {
+  ChannelsLast on(true);
+  ASSERT_TRUE(cpu_channels_last()) << "the oneDNN CPU backend reads channels-last";
+  Tensor x = rand_t({2, 3, 8, 8}, 1), w = rand_t({16, 3, 3, 3}, 2).set_requires_grad(true);
+  Conv2dParams p;
+  p.pad_h = p.pad_w = 1;
+  Tensor y = conv2d(x, w, Tensor(), p);
+  EXPECT_TRUE(is_nhwc(y));
+  Tensor bn = batch_norm(y, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
+  EXPECT_TRUE(is_nhwc(bn));
+  Tensor r = relu(bn);
+  EXPECT_TRUE(is_nhwc(r));
+  Pool2dParams pp;
+  pp.kernel_h = pp.kernel_w = pp.stride_h = pp.stride_w = 2;
+  Tensor m = max_pool2d(r, pp);
+  EXPECT_TRUE(is_nhwc(m));
+  Tensor s = add(m, m);
+  EXPECT_TRUE(is_nhwc(s));
+  sum(s).backward();
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_TRUE(w.grad().is_contiguous()) << "parameter gradients stay row-major";
+}
+
+TEST(ChannelsLastOps, OffMeansRowMajor) {
+  ChannelsLast off(false);
+  EXPECT_FALSE(cpu_channels_last());
+  Tensor x = rand_t({2, 3, 8, 8}, 1), w = rand_t({4, 3, 3, 3}, 2);
+  EXPECT_TRUE(conv2d(x, w, Tensor(), Conv2dParams{}).is_contiguous());
+}
+
+struct StepResult {
+  Tensor loss, logits_eval, input_grad;
+  std::vector<std::pair<std::string, Tensor>> grads, buffers;
+};
+
+// One training step (forward, cross entropy, backward) of a fresh model, then an
+// evaluation-mode forward without a graph and one with an input gradient (as
+// `hpdl explain` runs it).
+StepResult run_model(const std::string& name, const nn::models::ModelConfig& cfg, const Tensor& x,
+                     const Tensor& labels, bool channels_last) {
+  ChannelsLast layout(channels_last);
+  auto model = nn::models::make_model(name, cfg);
+  model->train();
+  StepResult r;
+  r.loss = cross_entropy(model->forward(x), labels);
+  r.loss.backward();
+  for (auto& [n, t] : model->named_parameters()) {
+    EXPECT_TRUE(t.grad().is_contiguous()) << name << " " << n;
+    r.grads.emplace_back(n, t.grad());
+  }
+  for (auto& [n, t] : model->named_buffers()) r.buffers.emplace_back(n, t.clone());
+  model->eval();
+  {
+    NoGradGuard ng;
+    r.logits_eval = model->forward(x);
+  }
+  Tensor xi = x.clone().set_requires_grad(true);
+  sum(model->forward(xi)).backward();
+  r.input_grad = xi.grad();
+  return r;
+}
+
+void check_model(const std::string& name, nn::models::ModelConfig cfg, const Shape& xs) {
+  cfg.seed = 5;
+  Tensor x = rand_t(xs, 7);
+  std::vector<int64_t> lv(xs[0]);
+  for (int64_t i = 0; i < xs[0]; ++i) lv[i] = i % cfg.num_classes;
+  Tensor labels = Tensor::from_vector(lv, {xs[0]});
+  StepResult a = run_model(name, cfg, x, labels, false), b = run_model(name, cfg, x, labels, true);
+  EXPECT_LT(rel_diff(b.loss, a.loss), 1e-5) << name << " loss";
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  const double floor = grad_floor(a.grads);
+  for (size_t i = 0; i < a.grads.size(); ++i)
+    EXPECT_LT(rel_diff(b.grads[i].second, a.grads[i].second, floor), 1e-3) << name << " gradient of " << a.grads[i].first;
+  for (size_t i = 0; i < a.buffers.size(); ++i)
+    EXPECT_LT(rel_diff(b.buffers[i].second, a.buffers[i].second), 1e-4) << name << " buffer " << a.buffers[i].first;
+  EXPECT_LT(rel_diff(b.logits_eval, a.logits_eval), 1e-4) << name << " evaluation logits";
+  EXPECT_LT(rel_diff(b.input_grad, a.input_grad), 1e-3) << name << " input gradient";
+}
+
+TEST(ChannelsLastOps, ResNet20StepMatchesRowMajor) {
+  check_model("resnet20", {}, {4, 1, 28, 28});
+}
+
+TEST(ChannelsLastOps, LeNet5StepMatchesRowMajor) {
+  check_model("lenet5", {}, {4, 1, 28, 28});
+}
+
+TEST(ChannelsLastOps, ResNet18WithItsPaddedStemPoolMatchesRowMajor) {
+  nn::models::ModelConfig cfg;
+  cfg.in_channels = 3, cfg.height = cfg.width = 32;
+  check_model("resnet18", cfg, {2, 3, 32, 32});
+}
+
+TEST(ChannelsLastOps, VggWithDropoutMatchesRowMajor) {
+  nn::models::ModelConfig cfg;
+  cfg.in_channels = 3, cfg.height = cfg.width = 32, cfg.dropout = 0.0;
+  check_model("vgg11_bn", cfg, {2, 3, 32, 32});
+}
+
+TEST(ChannelsLastOps, DcganTransposedConvolutionsMatchRowMajor) {
+  // The generator's transposed convolutions feed batch norms and the discriminator's
+  // convolutions: mixed layouts meet in one graph.
+  auto run = [](bool cl) {
+    ChannelsLast layout(cl);
+    gan::DcganOptions o;
+    o.g_features = 8, o.d_features = 8, o.latent_dim = 4, o.seed = 3;
+    Generator gen(3);
+    gan::DcganGenerator g(o, gen);
+    gan::DcganDiscriminator d(o, gen);
+    Tensor z = rand_t({4, 4}, 9);
+    Tensor out = d.forward(g.forward(z));
+    sum(out).backward();
+    std::vector<std::pair<std::string, Tensor>> r{{"output", out.detach()}};
+    for (auto& [n, t] : g.named_parameters()) r.emplace_back("generator " + n, t.grad());
+    for (auto& [n, t] : d.named_parameters()) r.emplace_back("discriminator " + n, t.grad());
+    return r;
+  };
+  auto a = run(false), b = run(true);
+  ASSERT_EQ(a.size(), b.size());
+  const double floor = grad_floor(a);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(rel_diff(b[i].second, a[i].second, floor), 1e-3) << a[i].first;
+}
+
+}  // namespace
+}  // namespace hpdl
