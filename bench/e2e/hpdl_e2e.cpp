@@ -86,8 +86,10 @@ static std::string bench_model(const std::string& name, int64_t batch, int steps
 
 int main(int argc, char** argv) {
   if (argc > 1) set_num_threads(std::atoi(argv[1]));
-  // Channels-last activations on the CPU (train.channels_last, design decision 75): HPDL_CHANNELS_LAST=0|1.
-  if (const char* cl = std::getenv("HPDL_CHANNELS_LAST")) set_cpu_channels_last(std::string(cl) == "1");
+  // Channels-last activations on the CPU as the trainer's default (train.channels_last = true,
+  // design decision 75); HPDL_CHANNELS_LAST=0 for row-major activations.
+  const char* cl = std::getenv("HPDL_CHANNELS_LAST");
+  set_cpu_channels_last(!(cl && std::string(cl) == "0"));
   std::string models = argc > 2 ? argv[2] : "mlp,lenet5,resnet20";
   const std::string precision = argc > 3 ? argv[3] : "fp32";
   if (precision != "fp32" && precision != "bf16") {

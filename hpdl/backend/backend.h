@@ -139,6 +139,11 @@ class Backend {
   // activations correctly and fast: convolution, pooling, batch norm and the
   // elementwise ops (ops keep such tensors channels-last only on such a backend).
   virtual bool reads_channels_last() const { return false; }
+  // Whether a convolution of these shapes should take and give channels-last activations
+  // when the ops may choose (cpu_channels_last()): false where a row-major kernel is faster.
+  virtual bool conv2d_channels_last(const Shape& /*x*/, const Shape& /*w*/, const Conv2dParams& /*p*/) const {
+    return reads_channels_last();
+  }
 
   // ---- memory ----
   virtual void fill(const Tensor& out, double value) = 0;

@@ -112,7 +112,8 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
   // On the CPU with cpu_channels_last(): float32 input and output NHWC, the filter row-major
   // (oneDNN reorders filters into its own layout either way; design decision 75).
-  const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last();
+  const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last() &&
+                      detail::pick(x, OpKind::conv2d).conv2d_channels_last(x.shape(), w.shape(), p);
   const bool cl = cl_cpu || (x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w)));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
   Tensor wc = (cl && !cl_cpu ? detail::channels_last(w) : w.contiguous()).detach();

@@ -109,7 +109,6 @@ Tensor Tensor::slice(int64_t axis, int64_t start, int64_t end, int64_t step) con
     Device dev = device();
     record("slice", {*this}, {&out}, [full, dt, dev, a, start, end, step](const std::vector<Tensor>& g) {
       // Scatter into zeros: the gradient is g at the sliced positions, 0 elsewhere.
-      Tensor z = Tensor::zeros(full, dt, dev);
       if (grad_enabled()) {
         // Differentiable form: pad g back with concatenated zero blocks (step 1 only).
         HPDL_CHECK(step == 1, "slice: higher-order gradients through a strided slice are not supported");
@@ -122,6 +121,10 @@ Tensor Tensor::slice(int64_t axis, int64_t start, int64_t end, int64_t step) con
         if (end < full[a]) parts.push_back(Tensor::zeros(sa, dt, dev));
         return std::vector<Tensor>{cat(parts, a)};
       }
+      // Zeros in the gradient's layout: a channels-last gradient (a cropped convolution
+      // input, design decision 75) stays channels-last.
+      Tensor z = detail::empty_like_layout(full, dt, g[0]);
+      z.fill_(0.0);
       Tensor view = z.slice(a, start, end, step);
       view.copy_(g[0]);
       return std::vector<Tensor>{z};

@@ -112,7 +112,7 @@ struct TrainConfig {
   // reorder every activation into its blocked layout and back (design decision 75); on
   // CUDA, bf16 autocast lays convolution inputs out NHWC for cuDNN's tensor cores.
   // Weights, gradients of weights and checkpoints are row-major either way.
-  bool channels_last = false;
+  bool channels_last = true;
   // Loss scaling (optim::GradScaler): "auto" (dynamic for fp16, none otherwise),
   // "dynamic", "none", or a fixed positive number ("1024"; 1 is none). A TOML
   // number is accepted too and kept as its text.

@@ -386,6 +386,14 @@ const bool g_direct_conv = [] {
 }();
 }  // namespace
 
+bool OneDnnBackend::conv2d_channels_last(const Shape& x, const Shape& /*w*/, const Conv2dParams& /*p*/) const {
+  // oneDNN's NHWC kernels vectorize over the input channels: with fewer than 8 they run mostly
+  // empty vectors, and the row-major paths (the direct loops for one channel, the blocked
+  // kernels) are faster. LeNet-5's second convolution (6 channels) lost 7-14% inference speed
+  // in NHWC; ResNet-20's 16-64 channel layers gained (design decision 75).
+  return x[1] >= 8;
+}
+
 void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                                    const Conv2dParams& p) {
   const Shape bs = bias.defined() ? bias.shape() : Shape();
@@ -729,6 +737,20 @@ struct Windows {
   void cols(int64_t q, int64_t& w0, int64_t& w1) const {
     w0 = std::max<int64_t>(q * sw - pw, 0), w1 = std::min(q * sw - pw + kw, W);
   }
+  // f(pp, q, h0, h1, w0, w1) for every window in row-major order, skipping windows wholly in
+  // the padding (they read nothing).
+  template <typename F>
+  void each(F&& f) const {
+    for (int64_t pp = 0; pp < P; ++pp) {
+      int64_t h0, h1;
+      rows(pp, h0, h1);
+      for (int64_t q = 0; q < Q; ++q) {
+        int64_t w0, w1;
+        cols(q, w0, w1);
+        if (h0 < h1 && w0 < w1) f(pp, q, h0, h1, w0, w1);
+      }
+    }
+  }
 };
 Windows windows_of(const Tensor& x, const Tensor& y, const Pool2dParams& p) {
   return {x.dim(2), x.dim(3), y.dim(2), y.dim(3), p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
@@ -777,21 +799,14 @@ void max_pool_windows_backward(const Tensor& x, const Tensor& dy, const Tensor& 
       float* dp = DX + nc * HW;
       std::fill(dp, dp + HW, 0.0f);
       const float* dyp = DY + nc * g.P * g.Q;
-      for (int64_t pp = 0; pp < g.P; ++pp) {
-        int64_t h0, h1;
-        g.rows(pp, h0, h1);
-        for (int64_t q = 0; q < g.Q; ++q) {
-          int64_t w0, w1;
-          g.cols(q, w0, w1);
-          if (h0 >= h1 || w0 >= w1) continue;  // a window wholly in the padding reads nothing
-          int64_t best = h0 * g.W + w0;
-          float bv = xp[best];
-          for (int64_t h = h0; h < h1; ++h)
-            for (int64_t w = w0; w < w1; ++w)
-              if (xp[h * g.W + w] > bv) bv = xp[h * g.W + w], best = h * g.W + w;
-          dp[best] += dyp[pp * g.Q + q];
-        }
-      }
+      g.each([&](int64_t pp, int64_t q, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        int64_t best = h0 * g.W + w0;
+        float bv = xp[best];
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w)
+            if (xp[h * g.W + w] > bv) bv = xp[h * g.W + w], best = h * g.W + w;
+        dp[best] += dyp[pp * g.Q + q];
+      });
     }
   });
 }
@@ -855,35 +870,37 @@ void pool_nhwc_backward(PoolKind kind, const Tensor& x, const Tensor& dy, const 
       const float* xn = X + n * HWC;
       float* dn = DX + n * HWC;
       std::fill(dn, dn + HWC, 0.0f);
-      for (int64_t pp = 0; pp < g.P; ++pp) {
-        int64_t h0, h1;
-        g.rows(pp, h0, h1);
-        for (int64_t q = 0; q < g.Q; ++q) {
-          int64_t w0, w1;
-          g.cols(q, w0, w1);
-          if (h0 >= h1 || w0 >= w1) continue;  // a window wholly in the padding reads nothing
-          const float* dyp = DY + ((n * g.P + pp) * g.Q + q) * C;
-          if (kind == PoolKind::avg) {
-            const float inv = 1.0f / pool_divisor(g, p, h0, h1, w0, w1);
-            for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) {
-                float* dp = dn + (h * g.W + w) * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; ++c) dp[c] += dyp[c] * inv;
-              }
-            continue;
-          }
-          const int64_t first = (h0 * g.W + w0) * C;
-          for (int64_t c = 0; c < C; ++c) best_v[c] = xn[first + c], best_at[c] = first + c;
+      g.each([&](int64_t pp, int64_t q, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        const float* dyp = DY + ((n * g.P + pp) * g.Q + q) * C;
+        if (kind == PoolKind::avg) {
+          const float inv = 1.0f / pool_divisor(g, p, h0, h1, w0, w1);
           for (int64_t h = h0; h < h1; ++h)
             for (int64_t w = w0; w < w1; ++w) {
-              const int64_t at = (h * g.W + w) * C;
-              for (int64_t c = 0; c < C; ++c)
-                if (xn[at + c] > best_v[c]) best_v[c] = xn[at + c], best_at[c] = at + c;
+              float* dp = dn + (h * g.W + w) * C;
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) dp[c] += dyp[c] * inv;
             }
-          for (int64_t c = 0; c < C; ++c) dn[best_at[c]] += dyp[c];
+          return;
         }
-      }
+        // The first maximum per channel, as selects (vector loops over the channels).
+        float* bv = best_v.data();
+        int64_t* bi = best_at.data();
+        const int64_t first = (h0 * g.W + w0) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) bv[c] = xn[first + c], bi[c] = first + c;
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) {
+            const int64_t at = (h * g.W + w) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              const float v = xn[at + c];
+              const bool gt = v > bv[c];
+              bv[c] = gt ? v : bv[c];
+              bi[c] = gt ? at + c : bi[c];
+            }
+          }
+        for (int64_t c = 0; c < C; ++c) dn[bi[c]] += dyp[c];
+      });
     }
   });
 }
@@ -1160,56 +1177,79 @@ void bn_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const Tenso
 }
 
 // Batch norm over channels-last [N, C, H, W] (design decision 75): x is rows of
-// C channels, each pass runs over rows with the channels as the vectorized
-// inner loop. Per-channel sums go over fixed blocks of rows (float partials,
-// added into double totals in block order), so the results do not depend on
-// the thread count; the per-element formulas are the plane kernels' above.
-constexpr int64_t kBnRowBlock = 256;
+// C channels. Every pass walks groups of `rep` rows as one flat vector loop of
+// L = rep C elements (at least 64 when C < 64) against per-channel constants
+// tiled to length L, so a narrow layer (C = 16) still runs full-width vector
+// loops. Per-channel sums go over fixed blocks of rows (float partials folded
+// into double totals in block order), so the results do not depend on the
+// thread count; the per-element formulas are the plane kernels' above.
 struct BnRows {
-  int64_t rows, C;
-  explicit BnRows(const Tensor& x) : rows(x.numel() / x.dim(1)), C(x.dim(1)) {}
+  int64_t rows, C, rep, L, total;
+  explicit BnRows(const Tensor& x)
+      : rows(x.numel() / x.dim(1)), C(x.dim(1)), rep(std::max<int64_t>(1, 64 / C)), L(rep * C), total(rows * C) {}
+  // v [C] repeated to length L.
+  std::vector<float> tile(const std::vector<float>& v) const {
+    std::vector<float> t(static_cast<size_t>(L));
+    for (int64_t j = 0; j < L; ++j) t[j] = v[j % C];
+    return t;
+  }
+  int64_t groups() const { return (rows + rep - 1) / rep; }
 };
 
-// s1[c] = sum over rows of a1, s2[c] of a2, where row(r, a1, a2) adds row r's terms.
-template <typename Row>
-void bn_rows_sums(const BnRows& sr, Row&& row, std::vector<double>& s1, std::vector<double>& s2) {
-  const int64_t C = sr.C, blocks = (sr.rows + kBnRowBlock - 1) / kBnRowBlock;
+// s1[c], s2[c]: sums over all rows of what f(offset, n, a1, a2) adds into the tiled
+// accumulators a1, a2 [L] for the n = (rows in the group) C elements at `offset`.
+template <typename F>
+void bn_rows_sums(const BnRows& sr, F&& f, std::vector<double>& s1, std::vector<double>& s2) {
+  const int64_t C = sr.C, L = sr.L, per_block = sr.rep * std::max<int64_t>(1, 256 / sr.rep);
+  const int64_t blocks = (sr.rows + per_block - 1) / per_block;
   std::vector<float> part(static_cast<size_t>(blocks * 2 * C), 0.0f);
   parallel_for(blocks, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> acc(static_cast<size_t>(2 * L));
     for (int64_t b = lo; b < hi; ++b) {
-      float *a1 = part.data() + b * 2 * C, *a2 = a1 + C;
-      for (int64_t r = b * kBnRowBlock, e = std::min(sr.rows, r + kBnRowBlock); r < e; ++r) row(r, a1, a2);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const int64_t r_end = std::min(sr.rows, (b + 1) * per_block);
+      for (int64_t r = b * per_block; r < r_end; r += sr.rep)
+        f(r * C, std::min(sr.rep, r_end - r) * C, acc.data(), acc.data() + L);
+      float *p1 = part.data() + b * 2 * C, *p2 = p1 + C;
+      for (int64_t j = 0; j < L; ++j) p1[j % C] += acc[j], p2[j % C] += acc[L + j];
     }
   });
   s1.assign(C, 0.0), s2.assign(C, 0.0);
   for (int64_t b = 0; b < blocks; ++b) {
-    const float *a1 = part.data() + b * 2 * C, *a2 = a1 + C;
-    for (int64_t c = 0; c < C; ++c) s1[c] += a1[c], s2[c] += a2[c];
+    const float *p1 = part.data() + b * 2 * C, *p2 = p1 + C;
+    for (int64_t c = 0; c < C; ++c) s1[c] += p1[c], s2[c] += p2[c];
   }
 }
 
-// y = x * scale[c] + shift[c] per row, then the ReLU or the residual's add_relu (as bn_apply).
-void bn_rows_apply(const BnRows& sr, const float* X, float* Y, const float* scale, const float* shift, bool relu,
-                   const float* R) {
-  const int64_t C = sr.C;
-  parallel_for(sr.rows, std::max<int64_t>(1, 4096 / C), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const float* xp = X + r * C;
-      float* yp = Y + r * C;
-      if (R) {
-        const float* rp = R + r * C;
+// f(offset, n) over the row groups in parallel.
+template <typename F>
+void bn_rows_for(const BnRows& sr, F&& f) {
+  parallel_for(sr.groups(), std::max<int64_t>(1, 4096 / sr.L), [&](int64_t lo, int64_t hi) {
+    for (int64_t g = lo; g < hi; ++g) f(g * sr.L, std::min(sr.L, sr.total - g * sr.L));
+  });
+}
+
+// y = x * scale[c] + shift[c], then the ReLU or the residual's add_relu (as bn_apply).
+void bn_rows_apply(const BnRows& sr, const float* X, float* Y, const std::vector<float>& scale,
+                   const std::vector<float>& shift, bool relu, const float* R) {
+  const std::vector<float> st = sr.tile(scale), ht = sr.tile(shift);
+  const float *sc = st.data(), *sh = ht.data();
+  bn_rows_for(sr, [&](int64_t off, int64_t n) {
+    const float* xp = X + off;
+    float* yp = Y + off;
+    if (R) {
+      const float* rp = R + off;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = madd(xp[c], scale[c], shift[c]) + rp[c];
-          yp[c] = v > 0.0f ? v : 0.0f;
-        }
-      } else if (relu) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yp[c] = std::max(madd(xp[c], scale[c], shift[c]), 0.0f);
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yp[c] = madd(xp[c], scale[c], shift[c]);
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = madd(xp[j], sc[j], sh[j]) + rp[j];
+        yp[j] = v > 0.0f ? v : 0.0f;
       }
+    } else if (relu) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) yp[j] = std::max(madd(xp[j], sc[j], sh[j]), 0.0f);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) yp[j] = madd(xp[j], sc[j], sh[j]);
     }
   });
 }
@@ -1221,17 +1261,18 @@ void bn_nhwc_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& b
   const int64_t C = sr.C;
   const float *X = x.data<float>(), *G = gamma.data<float>(), *B = beta.data<float>();
   // Shifted by the first row (see bn_channel_stats).
-  std::vector<float> k(X, X + C);
+  const std::vector<float> kt = sr.tile(std::vector<float>(X, X + C));
+  const float* k = kt.data();
   std::vector<double> s1, s2;
   bn_rows_sums(
       sr,
-      [&](int64_t r, float* a1, float* a2) {
-        const float* xp = X + r * C;
+      [&](int64_t off, int64_t n, float* a1, float* a2) {
+        const float* xp = X + off;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float d = xp[c] - k[c];
-          a1[c] += d;
-          a2[c] += d * d;
+        for (int64_t j = 0; j < n; ++j) {
+          const float d = xp[j] - k[j];
+          a1[j] += d;
+          a2[j] += d * d;
         }
       },
       s1, s2);
@@ -1246,8 +1287,7 @@ void bn_nhwc_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& b
     scale[c] = static_cast<float>(sc);
     shift[c] = static_cast<float>(B[c] - mean * sc);
   }
-  bn_rows_apply(sr, X, y.data<float>(), scale.data(), shift.data(), relu,
-                residual.defined() ? residual.data<float>() : nullptr);
+  bn_rows_apply(sr, X, y.data<float>(), scale, shift, relu, residual.defined() ? residual.data<float>() : nullptr);
 }
 
 void bn_nhwc_infer(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
@@ -1260,7 +1300,7 @@ void bn_nhwc_infer(const Tensor& x, const Tensor& residual, const Tensor& gamma,
     scale[c] = static_cast<float>(sc);
     shift[c] = static_cast<float>(B[c] - MU[c] * sc);
   }
-  bn_rows_apply(sr, x.data<float>(), y.data<float>(), scale.data(), shift.data(), relu,
+  bn_rows_apply(sr, x.data<float>(), y.data<float>(), scale, shift, relu,
                 residual.defined() ? residual.data<float>() : nullptr);
 }
 
@@ -1274,17 +1314,19 @@ void bn_nhwc_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const 
   const float *X = x.data<float>(), *DY = dy.data<float>(), *G = gamma.data<float>();
   const float* RY = kRelu ? y.data<float>() : nullptr;
   const float *SM = save_mean.data<float>(), *SI = save_invstd.data<float>();
+  const std::vector<float> mt = sr.tile(std::vector<float>(SM, SM + C));
+  const float* mean_t = mt.data();
   std::vector<double> sg, sgx;  // sum g, sum g (x - mean)
   bn_rows_sums(
       sr,
-      [&](int64_t r, float* a1, float* a2) {
-        const float *xp = X + r * C, *gp = DY + r * C;
-        const float* yp = kRelu ? RY + r * C : nullptr;
+      [&](int64_t off, int64_t n, float* a1, float* a2) {
+        const float *xp = X + off, *gp = DY + off;
+        const float* yp = kRelu ? RY + off : nullptr;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float g = kRelu ? (yp[c] > 0.0f ? gp[c] : 0.0f) : gp[c];
-          a1[c] += g;
-          a2[c] = madd(g, xp[c] - SM[c], a2[c]);
+        for (int64_t j = 0; j < n; ++j) {
+          const float g = kRelu ? (yp[j] > 0.0f ? gp[j] : 0.0f) : gp[j];
+          a1[j] += g;
+          a2[j] = madd(g, xp[j] - mean_t[j], a2[j]);
         }
       },
       sg, sgx);
@@ -1298,17 +1340,17 @@ void bn_nhwc_backward(const Tensor& x, const Tensor& dy, const Tensor& y, const 
     bx[c] = static_cast<float>(-k * sgxhat * invstd);
     c0[c] = static_cast<float>(-k * sg[c] + k * sgxhat * invstd * mean);
   }
+  const std::vector<float> at = sr.tile(a), bt = sr.tile(bx), ct = sr.tile(c0);
+  const float *ap = at.data(), *bp = bt.data(), *cp = ct.data();
   float* DX = dx.data<float>();
-  parallel_for(sr.rows, std::max<int64_t>(1, 4096 / C), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const float *xp = X + r * C, *gp = DY + r * C;
-      const float* yp = kRelu ? RY + r * C : nullptr;
-      float* dp = DX + r * C;
+  bn_rows_for(sr, [&](int64_t off, int64_t n) {
+    const float *xp = X + off, *gp = DY + off;
+    const float* yp = kRelu ? RY + off : nullptr;
+    float* dp = DX + off;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const float g = kRelu ? (yp[c] > 0.0f ? gp[c] : 0.0f) : gp[c];
-        dp[c] = madd(a[c], g, madd(bx[c], xp[c], c0[c]));
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      const float g = kRelu ? (yp[j] > 0.0f ? gp[j] : 0.0f) : gp[j];
+      dp[j] = madd(ap[j], g, madd(bp[j], xp[j], cp[j]));
     }
   });
 }

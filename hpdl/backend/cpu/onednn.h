@@ -21,6 +21,7 @@ class OneDnnBackend : public ReferenceBackend {
   // reorders, batch norm and pooling loops over rows of channels, flat elementwise);
   // other strided layouts run on row-major copies (design decision 75).
   bool reads_channels_last() const override { return true; }
+  bool conv2d_channels_last(const Shape& x, const Shape& w, const Conv2dParams& p) const override;
 
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
