@@ -20,6 +20,7 @@
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
+#include "hpdl/train/config.h"
 
 namespace hpdl::cli {
 namespace {
@@ -51,6 +52,8 @@ double median(std::vector<double> v) {
 // (1x28x28, 10 classes): the time does not depend on pixel values.
 dist::StepProfile measure_step(const ScalingArgs& a) {
   nn::models::ModelConfig mc;
+  // The activation layout training runs with by default (train.channels_last, design decision 75).
+  set_cpu_channels_last(train::TrainConfig{}.channels_last);
   nn::ModulePtr model = nn::models::make_model(a.model, mc);
   model->train();
   optim::SGDOptions so;

@@ -66,7 +66,7 @@ inline bool keeps_channels_last(const Tensor& t) {
   return !t.is_contiguous() && t.is_channels_last() && (t.device().is_cuda() || cpu_channels_last());
 }
 
-// A new tensor shaped like t, channels-last when t is (on CUDA), else row-major.
+// A new tensor shaped like t, channels-last when t is kept so (keeps_channels_last), else row-major.
 inline Tensor empty_like(const Tensor& t) {
   return keeps_channels_last(t) ? Tensor::empty_channels_last(t.shape(), t.dtype(), t.device())
                                 : Tensor::empty(t.shape(), t.dtype(), t.device());

@@ -335,8 +335,10 @@ constexpr int64_t kParallelUnits = 1 << 16;
 // CPU bf16 (CpuComputeScope, design decision 71): C [M, N] = op(A) op(B) + beta * C with A and B
 // rounded to bfloat16 (reordered from float32 in their own strides) and float32 accumulation, by a
 // oneDNN matmul primitive (oneDNN 2.6 has no public bfloat16 GEMM), cached per shape and strides.
+// B16, when given, is B already rounded to bfloat16 in B's own strides (bf16_rounded): the
+// recurrent weight, rounded once per call instead of at every timestep.
 void bf16_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-               int64_t ldb, float beta, float* C, int64_t ldc) {
+               int64_t ldb, float beta, float* C, int64_t ldc, const uint16_t* B16) {
   using dnnl::memory;
   using dt = memory::data_type;
   static const bool ok = onednn_bf16_supported();
@@ -374,21 +376,39 @@ void bf16_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A
     e = it->second;
   }
   dnnl::stream s(engine);
-  std::unique_ptr<uint16_t[]> abuf(new uint16_t[a16.get_size() / 2]), bbuf(new uint16_t[b16.get_size() / 2]);
+  std::unique_ptr<uint16_t[]> abuf(new uint16_t[a16.get_size() / 2]), bbuf(B16 ? nullptr : new uint16_t[b16.get_size() / 2]);
   memory am32(a32, engine, const_cast<float*>(A)), bm32(b32, engine, const_cast<float*>(B));
-  memory am(a16, engine, abuf.get()), bm(b16, engine, bbuf.get()), cm(c32, engine, C);
+  memory am(a16, engine, abuf.get()), cm(c32, engine, C);
+  memory bm(b16, engine, B16 ? const_cast<uint16_t*>(B16) : bbuf.get());
   dnnl::reorder(am32, am).execute(s, am32, am);
-  dnnl::reorder(bm32, bm).execute(s, bm32, bm);
+  if (!B16) dnnl::reorder(bm32, bm).execute(s, bm32, bm);
   e.second.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   s.wait();
 }
 
+// The n floats at p rounded to bfloat16 as bf16_gemm's reorder rounds them, when this call computes
+// in bfloat16 (CpuComputeScope); empty otherwise. A weight read at every timestep (W_hh) is rounded
+// once per call: the same bits as rounding it per GEMM.
+std::vector<uint16_t> bf16_rounded(const float* p, int64_t n) {
+  if (cpu_compute_dtype() != DType::bf16 || n == 0) return {};
+  using dnnl::memory;
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  std::vector<uint16_t> out(static_cast<size_t>(n));
+  memory src({{n}, memory::data_type::f32, memory::format_tag::a}, engine, const_cast<float*>(p));
+  memory dst({{n}, memory::data_type::bf16, memory::format_tag::a}, engine, out.data());
+  dnnl::stream s(engine);
+  dnnl::reorder(src, dst).execute(s, src, dst);
+  s.wait();
+  return out;
+}
+
 // Row-major C [M, N] = alpha * op(A) op(B) + beta * C through oneDNN's sgemm (bfloat16 operands
-// under CpuComputeScope(bf16): bf16_gemm).
+// under CpuComputeScope(bf16): bf16_gemm, with B16 the pre-rounded B when not empty).
 void sgemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-           int64_t ldb, float beta, float* C, int64_t ldc) {
+           int64_t ldb, float beta, float* C, int64_t ldc, const std::vector<uint16_t>& B16 = {}) {
   if (M == 0 || N == 0) return;
-  if (K > 0 && cpu_compute_dtype() == DType::bf16) return bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  if (K > 0 && cpu_compute_dtype() == DType::bf16)
+    return bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, B16.empty() ? nullptr : B16.data());
   dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
   HPDL_CHECK(st == dnnl_success, "rnn: dnnl_sgemm({}x{}x{}) failed with status {}", M, N, K, static_cast<int>(st));
 }
@@ -412,13 +432,14 @@ void fast_forward(const RnnParams& p, const Tensor& x, const Tensor& hx, const T
       float* cs = Lo.c(r, l, d);
       // Input projection of all timesteps: gx [T*N, G*H] = in [T*N, in] @ W_ih^T, plus b_ih.
       sgemm('N', 'T', T_ * N, GH, in, xin, in, cw.w_ih, in, 0.0f, gx.data(), GH);
+      const std::vector<uint16_t> whh16 = bf16_rounded(cw.w_hh, GH * H);
       for (int64_t s = 0; s < T_; ++s) {
         const int64_t t = Lo.step(d, s);
         int64_t hs;
         const float* hp = h_before(Lo, yl, h0, d, t, hs);
         const float* cp = Lo.lstm ? c_before(Lo, cs, c0, d, t) : nullptr;
         // Recurrent part: gh [N, G*H] = h_prev [N, H] @ W_hh^T.
-        sgemm('N', 'T', N, GH, H, hp, hs, cw.w_hh, H, 0.0f, gh.data(), GH);
+        sgemm('N', 'T', N, GH, H, hp, hs, cw.w_hh, H, 0.0f, gh.data(), GH, whh16);
 #pragma omp parallel for schedule(static) if (N * H >= kParallelUnits)
         for (int64_t n = 0; n < N; ++n) {
           const float* ax = gx.data() + (t * N + n) * GH;
@@ -487,6 +508,7 @@ void fast_backward_data(const RnnParams& p, const Tensor& hx, const Tensor& cx, 
       const float* cs = Lo.c(r, l, d);
       float* dgx = Lo.dgx(r, l, d);
       float* dgh = Lo.dgh(r, l, d);
+      const std::vector<uint16_t> whh16 = bf16_rounded(cw.w_hh, GH * H);
       std::copy_n(ptr<float>(dhy) + sd, N * H, dh.data());
       if (Lo.lstm) std::copy_n(ptr<float>(dcy) + sd, N * H, dc.data());
       for (int64_t s = T_ - 1; s >= 0; --s) {
@@ -534,7 +556,7 @@ void fast_backward_data(const RnnParams& p, const Tensor& hx, const Tensor& cx, 
           }
         }
         // d h_{t-1} [N, H] (+)= dgh_t [N, G*H] @ W_hh [G*H, H]
-        sgemm('N', 'N', N, H, GH, dgh + t * N * GH, GH, cw.w_hh, H, Lo.lstm ? 0.0f : 1.0f, dh_prev.data(), H);
+        sgemm('N', 'N', N, H, GH, dgh + t * N * GH, GH, cw.w_hh, H, Lo.lstm ? 0.0f : 1.0f, dh_prev.data(), H, whh16);
         std::swap(dh, dh_prev);
       }
       // d in [T*N, in] (+)= dgx [T*N, G*H] @ W_ih [G*H, in]; directions add into one buffer.
