@@ -6,6 +6,7 @@
 # min / median of the ratio PyTorch time / hpdl time (> 1: hpdl is faster).
 # The peer gets the larger glibc malloc thresholds the other peers get.
 #   bench/gan/run.sh [BUILD_DIR] [REPEATS] [STEPS] [THREADS...]   (default: build 5 100 1 2)
+# HPDL_LAYOUT=nchw runs hpdl with row-major activations (default nhwc, channels-last).
 set -euo pipefail
 build=${1:-build}; repeats=${2:-5}; steps=${3:-100}
 shift $(( $# < 3 ? $# : 3 ))
@@ -15,7 +16,7 @@ for t in "${threads[@]}"; do
   export OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t MKL_NUM_THREADS=$t
   ratios=()
   for r in $(seq "$repeats"); do
-    h=$("$build/bin/hpdl_dcgan" --bench-steps "$steps" --threads "$t" | grep "^hpdl dcgan:")
+    h=$("$build/bin/hpdl_dcgan" --bench-steps "$steps" --threads "$t" --layout "${HPDL_LAYOUT:-nhwc}" | grep "^hpdl dcgan:")
     p=$(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456 \
         /usr/bin/python3 "$here/dcgan_torch_peer.py" "$t" "$steps" | grep "^torch dcgan:")
     hs=$(sed -n 's/.* steps in \([0-9.]*\) s .*/\1/p' <<<"$h")

@@ -10,8 +10,11 @@
 //
 //   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
-//                        [--log-every N] [--grid-every N] [--threads T]
-//   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]
+//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw]
+//   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]
+//
+// --layout: the CPU activations' memory layout between layers (design decision 75):
+// channels-last, `hpdl train`'s default, or row-major NCHW (what ran before).
 //
 // --bench-steps times N training steps (G and D updates, minibatch gather
 // included) after W untimed ones (default 10) and prints only that: no
@@ -37,6 +40,7 @@
 #include "hpdl/gan/wgan_gp.h"
 #include "hpdl/io/safetensors.h"
 #include "hpdl/nn/models/models.h"
+#include "hpdl/ops/autocast.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
 
@@ -51,6 +55,7 @@ struct Args {
   int64_t bench_steps = 0, warmup = 10;  // bench_steps > 0: only time the training steps
   uint64_t seed = 0;
   int threads = 0;  // 0: OpenMP's default
+  std::string layout = "nhwc";  // CPU activations: nhwc (channels-last) or nchw
   fs::path out = "dcgan_out";
   fs::path classifier;
   std::string loss = "dcgan";  // or "wgan-gp"
@@ -146,9 +151,9 @@ void bench(const Args& a) {
         if (step == a.warmup) t = Clock::now();
       });
   const double s = since(t);
-  std::printf("hpdl dcgan: %lld steps in %.3f s (%.1f ms/step), %d threads, after %lld warm-up; last D loss %.4f G loss %.4f\n",
+  std::printf("hpdl dcgan: %lld steps in %.3f s (%.1f ms/step), %d threads, after %lld warm-up, layout %s; last D loss %.4f G loss %.4f\n",
               static_cast<long long>(a.bench_steps), s, 1e3 * s / static_cast<double>(a.bench_steps), num_threads(),
-              static_cast<long long>(a.warmup), last.d_loss, last.g_loss);
+              static_cast<long long>(a.warmup), a.layout.c_str(), last.d_loss, last.g_loss);
 }
 
 // The DCGAN run after the classifier: grids, losses, scores, the ONNX generator.
@@ -298,11 +303,12 @@ int main(int argc, char** argv) {
       else if (s == "--threads") a.threads = std::stoi(value());
       else if (s == "--bench-steps") a.bench_steps = std::stoll(value());
       else if (s == "--warmup") a.warmup = std::stoll(value());
+      else if (s == "--layout") a.layout = value();
       else if (s == "-h" || s == "--help") {
         std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
-                    "          [--log-every N] [--grid-every N] [--threads T]\n"
-                    "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T]\n",
+                    "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw]\n"
+                    "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]\n",
                     argv[0], argv[0]);
         return 0;
       } else {
@@ -324,7 +330,9 @@ int main(int argc, char** argv) {
     HPDL_CHECK(a.loss == "dcgan" || a.loss == "wgan-gp", "hpdl_dcgan: --loss '{}' must be dcgan or wgan-gp", a.loss);
     HPDL_CHECK(a.bench_steps == 0 || a.loss == "dcgan", "hpdl_dcgan: --bench-steps times the DCGAN only (drop --loss {})",
                a.loss);
+    HPDL_CHECK(a.layout == "nhwc" || a.layout == "nchw", "hpdl_dcgan: --layout '{}' must be nhwc or nchw", a.layout);
     if (a.threads > 0) set_num_threads(a.threads);
+    set_cpu_channels_last(a.layout == "nhwc");
     if (a.bench_steps > 0)
       bench(a);
     else

@@ -112,7 +112,12 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
   // On the CPU with cpu_channels_last(): float32 input and output NHWC, the filter row-major
   // (oneDNN reorders filters into its own layout either way; design decision 75).
+  // CPU under autocast: bfloat16 operands in the kernels, forward and backward (design decision 69),
+  // except in the direct one-channel loops, which stay float32: a one-channel input then stays
+  // row-major, so that the layout does not change what is rounded.
+  const DType cd = detail::autocast_cpu_compute(x);
   const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last() &&
+                      (x.dim(1) != 1 || cd == DType::f32) &&
                       detail::pick(x, OpKind::conv2d).conv2d_channels_last(x.shape(), w.shape(), p);
   const bool cl = cl_cpu || (x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w)));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
@@ -120,8 +125,6 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
   Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
   Tensor y = cl ? Tensor::empty_channels_last({N, K, P, Q}, x.dtype(), x.device())
                 : Tensor::empty({N, K, P, Q}, x.dtype(), x.device());
-  // CPU under autocast: bfloat16 operands in the kernels, forward and backward (design decision 69).
-  const DType cd = detail::autocast_cpu_compute(x);
   if (y.numel() > 0) {
     CpuComputeScope compute(cd);
     detail::pick(x, OpKind::conv2d).conv2d_forward(xc, wc, bc, y, p);
@@ -224,10 +227,18 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   const Shape ys = check_geometry(x, w, bias, p, op);
   const Conv2dParams cp = p.as_conv();
 
-  Tensor xc = x.contiguous().detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
-  Tensor wc = w.contiguous().detach();  // [C, K/groups, R, S]: that conv2d's filters
-  Tensor y = Tensor::empty(ys, x.dtype(), x.device());  // [N, K, P, Q]: its "dx"
+  // Channels-last as in conv2d_run, the adjoint conv2d's input being y [N, K, P, Q] and its filters
+  // w [C, K/groups, R, S]: on the CPU (cpu_channels_last()) when the backend takes that conv2d in
+  // NHWC (a generator's one-channel last layer too), on CUDA when x or w is NHWC.
   const DType cd = detail::autocast_cpu_compute(x);  // as in conv2d
+  const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last() &&
+                      (ys[1] != 1 || cd == DType::f32) &&
+                      detail::pick(x, OpKind::conv2d).conv2d_channels_last(ys, w.shape(), cp);
+  const bool cl = cl_cpu || (x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w)));
+  Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
+  Tensor wc = (cl && !cl_cpu ? detail::channels_last(w) : w.contiguous()).detach();  // [C, K/groups, R, S]: its filters
+  Tensor y = cl ? Tensor::empty_channels_last(ys, x.dtype(), x.device())
+                : Tensor::empty(ys, x.dtype(), x.device());  // [N, K, P, Q]: its "dx"
   if (y.numel() > 0) {
     CpuComputeScope compute(cd);
     if (xc.numel() > 0)
@@ -241,7 +252,7 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
     record(
         op, {x, w}, {&y},
         [ex = gradient_edge(x), ew = gradient_edge(w), saved_x = SavedTensor(xc, "input 'x'"),
-         saved_w = SavedTensor(wc, "weight"), gx, gw, cp, cd](const std::vector<Tensor>& g) {
+         saved_w = SavedTensor(wc, "weight"), gx, gw, cp, cd, cl](const std::vector<Tensor>& g) {
           AutocastScope autocast(cd, cd != DType::f32);
           CpuComputeScope compute(cd);
           const Tensor &xc = saved_x.get(), &wc = saved_w.get();
@@ -253,7 +264,7 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
             return std::vector<Tensor>{gx ? conv2d(dy, wg, Tensor(), cp) : Tensor(),
                                        gw ? conv2d_weight(dy, xg, wg.shape(), cp) : Tensor()};
           }
-          Tensor dy = g[0].contiguous();  // [N, K, P, Q]
+          Tensor dy = cl ? detail::channels_last(g[0]) : g[0].contiguous();  // [N, K, P, Q], in the forward's layout
           Backend& be = detail::pick(dy, OpKind::conv2d);
           Tensor dx, dw;
           if (gx) {

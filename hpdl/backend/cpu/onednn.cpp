@@ -196,6 +196,43 @@ OneDnnBackend::~OneDnnBackend() { delete impl_; }
 
 bool OneDnnBackend::supports(OpKind op, DType dtype) const { return ReferenceBackend::supports(op, dtype); }
 
+// ---------------------------------------------------------------- layout copies
+
+// A float32 [N, C, H, W] copy between row-major and channels-last (a layout boundary: a
+// flatten after NHWC layers, a first convolution's row-major output into NHWC layers, a
+// row-major gradient arriving at an NHWC node) as a oneDNN reorder: JIT-compiled tiled
+// transposes, where the reference copy walks one strided element at a time (design
+// decision 75). Everything else is the reference copy.
+namespace {
+constexpr int64_t kReorderMin = 4096;  // below, the reference loop beats a primitive call
+}  // namespace
+
+void OneDnnBackend::copy(const Tensor& src, const Tensor& dst) {
+  const bool transpose = src.dtype() == DType::f32 && dst.dtype() == DType::f32 && src.ndim() == 4 &&
+                         src.shape() == dst.shape() && src.numel() >= kReorderMin &&
+                         ((src.is_contiguous() && !dst.is_contiguous() && dst.is_channels_last()) ||
+                          (dst.is_contiguous() && !src.is_contiguous() && src.is_channels_last()));
+  if (!transpose) {
+    ReferenceBackend::copy(src, dst);
+    return;
+  }
+  using tag = memory::format_tag;
+  const tag from = src.is_contiguous() ? tag::nchw : tag::nhwc, to = dst.is_contiguous() ? tag::nchw : tag::nhwc;
+  const memory::desc sd(dims_of(src.shape()), memory::data_type::f32, from);
+  const memory::desc dd(dims_of(dst.shape()), memory::data_type::f32, to);
+  struct E {
+    std::mutex mu;
+    dnnl::reorder prim;
+  };
+  E& e = impl_->entry<E>(fmt::format("reorder {} {}", shape_str(src.shape()), from == tag::nchw ? "nchw>nhwc" : "nhwc>nchw"),
+                         [&](E& e) { e.prim = dnnl::reorder(dnnl::reorder::primitive_desc(impl_->engine, sd, impl_->engine, dd)); });
+  std::lock_guard<std::mutex> lock(e.mu);
+  dnnl::stream s(impl_->engine);
+  memory sm = impl_->wrap(sd, src), dm = impl_->wrap(dd, dst);
+  e.prim.execute(s, sm, dm);
+  s.wait();
+}
+
 // ---------------------------------------------------------------- eltwise
 
 namespace {
@@ -386,12 +423,16 @@ const bool g_direct_conv = [] {
 }();
 }  // namespace
 
-bool OneDnnBackend::conv2d_channels_last(const Shape& x, const Shape& /*w*/, const Conv2dParams& /*p*/) const {
+bool OneDnnBackend::conv2d_channels_last(const Shape& x, const Shape& w, const Conv2dParams& /*p*/) const {
   // oneDNN's NHWC kernels vectorize over the input channels: with fewer than 8 they run mostly
   // empty vectors, and the row-major paths (the direct loops for one channel, the blocked
   // kernels) are faster. LeNet-5's second convolution (6 channels) lost 7-14% inference speed
   // in NHWC; ResNet-20's 16-64 channel layers gained (design decision 75).
-  return x[1] >= 8;
+  // One input channel is the same memory in either layout: with 16 or more filters an NHWC
+  // output spares the next layer its copy (and its gradient the copy back), and oneDNN's NHWC
+  // kernels beat the row-major direct loops plus those copies (DCGAN's 1 -> 64 discriminator
+  // input layer, ResNet-20's 1 -> 16 stem on Fashion-MNIST); LeNet-5's 1 -> 6 stays row-major.
+  return x[1] >= 8 || (x[1] == 1 && w[0] >= 16);
 }
 
 void OneDnnBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,

@@ -23,6 +23,8 @@ class OneDnnBackend : public ReferenceBackend {
   bool reads_channels_last() const override { return true; }
   bool conv2d_channels_last(const Shape& x, const Shape& w, const Conv2dParams& p) const override;
 
+  // Row-major <-> channels-last float32 copies as oneDNN reorders; the rest as the reference.
+  void copy(const Tensor& src, const Tensor& dst) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void matmul(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, double alpha,
               double beta) override;

@@ -244,6 +244,33 @@ bool binary_row_fast(BinaryOp op, T* o, const T* pa, const T* pb, int64_t n, T a
     default: return false;
   }
 }
+// A row of binary_row_fast's ops whose operands have any inner strides (at least one not 0 or 1):
+// each strided operand is gathered into a stack buffer a chunk at a time. Returns false for the
+// ops binary_row_fast leaves to the generic loop.
+template <typename T>
+bool binary_row_gathered(BinaryOp op, T* o, const T* pa, int64_t sa, const T* pb, int64_t sb, int64_t n, T al) {
+  constexpr int64_t kChunk = 256;
+  T ga[kChunk], gb[kChunk];
+  for (int64_t s = 0; s < n; s += kChunk) {
+    const int64_t m = std::min(kChunk, n - s);
+    const T* qa = pa + s * sa;
+    const T* qb = pb + s * sb;
+    if (sa != 0 && sa != 1) {
+      for (int64_t i = 0; i < m; ++i) ga[i] = qa[i * sa];
+      qa = ga;
+    }
+    if (sb != 0 && sb != 1) {
+      for (int64_t i = 0; i < m; ++i) gb[i] = qb[i * sb];
+      qb = gb;
+    }
+    const bool a1 = qa == ga || sa == 1, b1 = qb == gb || sb == 1;
+    const bool done = a1 && b1   ? binary_row_fast<1, 1>(op, o + s, qa, qb, m, al)
+                      : a1       ? binary_row_fast<1, 0>(op, o + s, qa, qb, m, al)
+                                 : binary_row_fast<0, 1>(op, o + s, qa, qb, m, al);
+    if (!done) return false;  // the op decides, so only on the first chunk, before any write
+  }
+  return true;
+}
 }  // namespace
 
 void ReferenceBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, double alpha) {
@@ -266,6 +293,9 @@ void ReferenceBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, con
         if (is[1] == 1 && is[2] == 1 && binary_row_fast<1, 1>(op, o, pa, pb, n, al)) return;
         if (is[1] == 1 && is[2] == 0 && binary_row_fast<1, 0>(op, o, pa, pb, n, al)) return;
         if (is[1] == 0 && is[2] == 1 && binary_row_fast<0, 1>(op, o, pa, pb, n, al)) return;
+        // Operands in different layouts (a row-major gradient against a channels-last
+        // activation): the strided operand gathered in chunks, then the vector loops.
+        if (binary_row_gathered(op, o, pa, is[1], pb, is[2], n, al)) return;
       }
       for (int64_t i = 0; i < n; ++i) o[i * is[0]] = binary_value<T>(op, pa[i * is[1]], pb[i * is[2]], al);
     });

@@ -304,6 +304,69 @@ TEST(ChannelsLastCpu, ElementwiseOpsKeepTheLayoutAndValues) {
   expect_layout(s2, "add layout");
 }
 
+TEST(ChannelsLastCpu, BinaryOpsWithMixedLayoutsMatchRowMajor) {
+  // A row-major operand next to a channels-last one (a flattened layer's gradient reaching an
+  // NHWC activation) is gathered in chunks of 256: 300 channels make rows cross a chunk.
+  for (const Shape& xs : {Shape{2, 300, 3, 5}, Shape{4, 16, 7, 7}}) {
+    Tensor a = rand_t(xs, 50), b = rand_t(xs, 51);
+    Tensor bias = rand_t({1, xs[1], 1, 1}, 52);
+    for (BinaryOp op : {BinaryOp::add, BinaryOp::sub, BinaryOp::mul, BinaryOp::div, BinaryOp::relu_grad,
+                        BinaryOp::leaky_relu_grad, BinaryOp::add_relu, BinaryOp::maximum}) {
+      const std::string what = std::string(binary_name(op)) + " " + shape_str(xs);
+      Tensor want = Tensor::empty(xs);
+      cpu_backend().binary(op, a, b, want, 0.2);
+      for (int mix = 0; mix < 2; ++mix) {  // which operand is the channels-last one
+        Tensor got = nhwc_out(xs);
+        cpu_backend().binary(op, mix ? a : nhwc(a), mix ? nhwc(b) : b, got, 0.2);
+        expect_close(got, want, 0, what + " with mixed layouts");
+        expect_layout(got, what + " layout");
+      }
+      // A broadcast per-channel operand against a row-major one, into an NHWC output.
+      Tensor want_b = Tensor::empty(xs), got_b = nhwc_out(xs);
+      cpu_backend().binary(op, a, bias, want_b, 0.2);
+      cpu_backend().binary(op, a, bias, got_b, 0.2);
+      expect_close(got_b, want_b, 0, what + " against a broadcast bias");
+    }
+  }
+}
+
+TEST(ChannelsLastCpu, LayoutCopiesMatchTheReferenceCopy) {
+  // Row-major <-> NHWC float32 copies run as oneDNN reorders above 4,096 elements; the
+  // reference copy below that, and for other dtypes and layouts.
+  cpu::ReferenceBackend reference;
+  for (const Shape& xs : {Shape{3, 16, 9, 11}, Shape{2, 3, 4, 5}, Shape{5, 64, 7, 7}}) {
+    Tensor rm = rand_t(xs, 60);
+    Tensor to_nhwc = nhwc_out(xs), want = nhwc_out(xs);
+    cpu_backend().copy(rm, to_nhwc);
+    reference.copy(rm, want);
+    expect_close(to_nhwc, want, 0, "row-major to NHWC " + shape_str(xs));
+    expect_layout(to_nhwc, "row-major to NHWC " + shape_str(xs));
+    Tensor back = Tensor::empty(xs);
+    back.fill_(7.0);
+    cpu_backend().copy(to_nhwc, back);
+    expect_close(back, rm, 0, "NHWC to row-major " + shape_str(xs));
+  }
+  // Views with an offset: the last three images of an NHWC batch into a row-major tensor, and back
+  // into the middle of another NHWC batch (the elements around it untouched).
+  Tensor batch = nhwc(rand_t({6, 32, 8, 8}, 61));
+  Tensor tail = batch.slice(0, 3, 6);
+  ASSERT_TRUE(tail.is_channels_last());
+  ASSERT_FALSE(tail.is_contiguous());
+  Tensor rm = Tensor::empty(tail.shape());
+  cpu_backend().copy(tail, rm);
+  expect_close(rm, tail.contiguous(), 0, "NHWC view with an offset to row-major");
+  Tensor target = nhwc_out({6, 32, 8, 8});
+  cpu_backend().copy(rm, target.slice(0, 1, 4));
+  auto tv = target.contiguous().to_vector<double>();
+  auto rv = rm.to_vector<double>();
+  const int64_t image = 32 * 8 * 8;
+  for (int64_t i = 0; i < 6 * image; ++i) {
+    const int64_t n = i / image;
+    const double want = n >= 1 && n < 4 ? rv[(n - 1) * image + i % image] : 123.0;
+    ASSERT_EQ(tv[i], want) << "element " << i << " (image " << n << ")";
+  }
+}
+
 TEST(ChannelsLastCpu, StridedPlanWalksChannelsLastAsOneRow) {
   // Two NHWC operands coalesce into one contiguous row (the layout's memory order),
   // not [N, C, H*W] rows with stride C.

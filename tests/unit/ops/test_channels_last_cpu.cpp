@@ -89,6 +89,10 @@ TEST(ChannelsLastOps, ConvolutionOutputsAndTheOpsAfterThemAreChannelsLast) {
   EXPECT_TRUE(is_nhwc(y));
   // Fewer than 8 input channels (an image's first layer) stay row-major: faster there.
   EXPECT_TRUE(conv2d(rand_t({2, 3, 8, 8}, 3), rand_t({16, 3, 3, 3}, 4), Tensor(), p).is_contiguous());
+  // Except one channel (the same memory in either layout) into 16 or more filters, whose NHWC
+  // output spares the next layer a copy; a LeNet-sized first layer (6 filters) stays row-major.
+  EXPECT_TRUE(is_nhwc(conv2d(rand_t({2, 1, 8, 8}, 3), rand_t({16, 1, 3, 3}, 4), Tensor(), p)));
+  EXPECT_TRUE(conv2d(rand_t({2, 1, 8, 8}, 3), rand_t({6, 1, 3, 3}, 4), Tensor(), p).is_contiguous());
   Tensor bn = batch_norm(y, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
   EXPECT_TRUE(is_nhwc(bn));
   Tensor r = relu(bn);
@@ -221,6 +225,50 @@ TEST(ChannelsLastOps, ResNet20Bf16StepMatchesRowMajor) {
     const double spread = grad_diff(c[i].second, a[i].second, floor);
     EXPECT_LT(grad_diff(b[i].second, a[i].second, floor), std::max(2e-2, 2 * spread))
         << a[i].first << " (a 1e-6 input change moves it by " << spread << ")";
+  }
+}
+
+TEST(ChannelsLastOps, TransposedConvolutionsKeepTheLayoutAndMatchRowMajor) {
+  // conv_transpose2d is conv2d's data gradient: NHWC when that conv2d's input (the transposed
+  // convolution's output) has 8 or more channels, or one channel from 16 or more (a generator's
+  // last layer). Values, input and weight gradients as row-major, with and without a bias.
+  struct Case {
+    Shape x, w;
+    int64_t stride, pad, out_pad;
+    bool bias, nhwc_out;
+  };
+  for (const Case& c : {Case{{3, 16, 5, 5}, {16, 8, 4, 4}, 2, 1, 0, true, true},
+                        Case{{2, 24, 4, 6}, {24, 12, 3, 3}, 2, 1, 1, false, true},
+                        Case{{2, 16, 7, 7}, {16, 1, 4, 4}, 2, 1, 0, true, true},
+                        Case{{2, 16, 6, 6}, {16, 4, 3, 3}, 1, 1, 0, false, false}}) {
+    ConvTranspose2dParams p;
+    p.stride_h = p.stride_w = c.stride, p.pad_h = p.pad_w = c.pad, p.output_pad_h = p.output_pad_w = c.out_pad;
+    auto run = [&](bool cl) {
+      ChannelsLast layout(cl);
+      Tensor x = rand_t(c.x, 11);
+      if (cl) {  // an NHWC input, as a batch norm before the layer hands it on
+        Tensor c = Tensor::empty_channels_last(x.shape());
+        c.copy_(x);
+        x = c;
+      }
+      x.set_requires_grad(true);
+      Tensor w = rand_t(c.w, 12).set_requires_grad(true);
+      Tensor b = c.bias ? rand_t({c.w[1]}, 13).set_requires_grad(true) : Tensor();
+      Tensor y = conv_transpose2d(x, w, b, p);
+      if (cl && c.nhwc_out) {
+        EXPECT_TRUE(y.is_channels_last()) << shape_str(c.x) << " -> " << shape_str(y.shape());
+      } else {
+        EXPECT_TRUE(y.is_contiguous()) << shape_str(c.x) << " -> " << shape_str(y.shape());
+      }
+      sum(mul(y, rand_t(y.shape(), 14))).backward();
+      EXPECT_TRUE(w.grad().is_contiguous()) << "weight gradients stay row-major";
+      std::vector<Tensor> r{y.detach(), x.grad(), w.grad()};
+      if (c.bias) r.push_back(b.grad());
+      return r;
+    };
+    auto a = run(false), b = run(true);
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_LT(rel_diff(b[i], a[i]), 1e-5) << shape_str(c.x) << " result " << i << " (y, dx, dw, db)";
   }
 }
 
