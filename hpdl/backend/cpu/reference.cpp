@@ -249,21 +249,23 @@ bool binary_row_fast(BinaryOp op, T* o, const T* pa, const T* pb, int64_t n, T a
 // ops binary_row_fast leaves to the generic loop.
 template <typename T>
 bool binary_row_gathered(BinaryOp op, T* o, const T* pa, int64_t sa, const T* pb, int64_t sb, int64_t n, T al) {
+  const bool a_strided = sa != 0 && sa != 1, b_strided = sb != 0 && sb != 1;
+  if (!a_strided && !b_strided) return false;  // both broadcast along the row: the generic loop
   constexpr int64_t kChunk = 256;
   T ga[kChunk], gb[kChunk];
   for (int64_t s = 0; s < n; s += kChunk) {
     const int64_t m = std::min(kChunk, n - s);
     const T* qa = pa + s * sa;
     const T* qb = pb + s * sb;
-    if (sa != 0 && sa != 1) {
+    if (a_strided) {
       for (int64_t i = 0; i < m; ++i) ga[i] = qa[i * sa];
       qa = ga;
     }
-    if (sb != 0 && sb != 1) {
+    if (b_strided) {
       for (int64_t i = 0; i < m; ++i) gb[i] = qb[i * sb];
       qb = gb;
     }
-    const bool a1 = qa == ga || sa == 1, b1 = qb == gb || sb == 1;
+    const bool a1 = a_strided || sa == 1, b1 = b_strided || sb == 1;
     const bool done = a1 && b1   ? binary_row_fast<1, 1>(op, o + s, qa, qb, m, al)
                       : a1       ? binary_row_fast<1, 0>(op, o + s, qa, qb, m, al)
                                  : binary_row_fast<0, 1>(op, o + s, qa, qb, m, al);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "hpdl/backend/backend.h"
 #include "hpdl/backend/compute_scope.h"
@@ -321,11 +322,18 @@ TEST(ChannelsLastCpu, BinaryOpsWithMixedLayoutsMatchRowMajor) {
         expect_close(got, want, 0, what + " with mixed layouts");
         expect_layout(got, what + " layout");
       }
-      // A broadcast per-channel operand against a row-major one, into an NHWC output.
-      Tensor want_b = Tensor::empty(xs), got_b = nhwc_out(xs);
-      cpu_backend().binary(op, a, bias, want_b, 0.2);
-      cpu_backend().binary(op, a, bias, got_b, 0.2);
-      expect_close(got_b, want_b, 0, what + " against a broadcast bias");
+      // A broadcast per-channel operand against a row-major one, into an NHWC output; operands
+      // broadcast along the channels (stride 0 in the NHWC row) against a strided one and against
+      // each other.
+      Tensor per_pixel = rand_t({xs[0], 1, xs[2], xs[3]}, 53), per_image = rand_t({xs[0], 1, 1, 1}, 54);
+      for (const auto& [x1, x2, name] : {std::tuple{a, bias, "a broadcast bias"},
+                                         std::tuple{per_pixel, b, "a per-pixel operand"},
+                                         std::tuple{per_pixel, per_image, "two operands broadcast along C"}}) {
+        Tensor want_b = Tensor::empty(xs), got_b = nhwc_out(xs);
+        cpu_backend().binary(op, x1, x2, want_b, 0.2);
+        cpu_backend().binary(op, x1, x2, got_b, 0.2);
+        expect_close(got_b, want_b, 0, what + " against " + name);
+      }
     }
   }
 }

@@ -12,6 +12,7 @@
 #include "hpdl/backend/cpu/onednn.h"
 #include "hpdl/core/random.h"
 #include "hpdl/gan/dcgan.h"
+#include "hpdl/gan/wgan_gp.h"
 #include "hpdl/nn/models/models.h"
 #include "hpdl/ops/autocast.h"
 #include "hpdl/ops/loss.h"
@@ -294,6 +295,37 @@ TEST(ChannelsLastOps, DcganTransposedConvolutionsMatchRowMajor) {
   ASSERT_EQ(a.size(), b.size());
   const double floor = grad_floor(a);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(grad_diff(b[i].second, a[i].second, floor), 1e-3) << a[i].first;
+}
+
+TEST(ChannelsLastOps, WganGradientPenaltyDoubleBackwardMatchesRowMajor) {
+  // The penalty differentiates the critic's input gradient in its weights: recorded convolution
+  // backwards (conv_transpose2d, conv2d_weight) on NHWC activations, with and without the group
+  // norm, which runs on row-major copies.
+  for (const char* norm : {"none", "group"}) {
+    auto run = [&](bool cl) {
+      ChannelsLast layout(cl);
+      gan::WganGpOptions o;
+      o.d_features = 8, o.critic_norm = norm, o.critic_groups = 4, o.seed = 4;
+      Generator gen(4);
+      gan::WganCritic critic(o, gen);
+      Tensor real = rand_t({3, 1, 28, 28}, 20), fake = rand_t({3, 1, 28, 28}, 21);
+      Tensor eps = Tensor::from_vector(std::vector<float>{0.2f, 0.5f, 0.9f}, {3});
+      gan::GradientPenalty gp = gan::gradient_penalty([&](const Tensor& x) { return critic.forward(x); }, real,
+                                                      fake, eps, 10.0);
+      gp.penalty.backward();
+      std::vector<std::pair<std::string, Tensor>> r{{"penalty", gp.penalty.detach()}, {"norms", gp.grad_norms}};
+      // The last layer's bias does not move the input gradient: no gradient from the penalty.
+      for (auto& [n, t] : critic.named_parameters())
+        if (t.grad().defined()) r.emplace_back(n, t.grad());
+      return r;
+    };
+    auto a = run(false), b = run(true);
+    ASSERT_GE(a.size(), 5u) << "the penalty reaches the critic's weights";
+    ASSERT_EQ(a.size(), b.size());
+    const double floor = grad_floor(a);
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_LT(grad_diff(b[i].second, a[i].second, floor), 1e-4) << norm << " " << a[i].first;
+  }
 }
 
 }  // namespace
