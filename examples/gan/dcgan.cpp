@@ -7,8 +7,11 @@
 // same generator as a WGAN-GP instead (gan/wgan_gp.h: a batch-norm-free critic,
 // gradient penalty, n_critic critic steps per generator step, Adam(1e-4, 0, 0.9));
 // --critic-norm layer|group puts the paper's per-sample normalization in the critic.
+// --g-ema DECAY also keeps an exponential moving average of G's weights (g_ema_decay,
+// optim::ModelEma) and writes, next to the live G's outputs, its grids
+// (samples_avg_step*.png), its scores, and its ONNX graph (generator_avg.onnx).
 //
-//   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
+//   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
 //                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]
@@ -31,6 +34,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/core/error.h"
@@ -63,6 +68,7 @@ struct Args {
   double gp_lambda = 10;
   std::string critic_norm = "none";  // WGAN-GP critic: none, layer or group (gan/wgan_gp.h)
   int64_t critic_groups = 4;
+  double g_ema = 0;  // generator weight averaging decay; 0: off
 };
 
 using Clock = std::chrono::steady_clock;
@@ -123,18 +129,58 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
   return ok / static_cast<double>(y.size());
 }
 
-// k generator samples in batches of the training batch size (G in training mode, as during training).
+// k generator samples in batches of the training batch size, in G's current mode (the
+// example keeps G in training mode, as during training), from the averaged weights when asked.
 template <typename Gan>
-Tensor samples(Gan& gan, int64_t k) {
+Tensor samples(Gan& gan, int64_t k, bool averaged = false) {
   std::vector<Tensor> parts;
   const int64_t b = gan.options().batch_size;
-  for (int64_t i = 0; i < k; i += b) parts.push_back(gan.generate(gan.sample_latent(std::min(b, k - i))));
+  for (int64_t i = 0; i < k; i += b) {
+    Tensor z = gan.sample_latent(std::min(b, k - i));
+    parts.push_back(averaged ? gan.generate_averaged(z) : gan.generate(z));
+  }
   return cat(parts, 0);
 }
 
 void report(const char* what, const gan::ClassifierScore& s) {
   std::printf("%s: confidence %.3f, class entropy %.3f (uniform 2.303), score %.2f\n", what, s.confidence,
               s.class_entropy, s.inception_score);
+}
+
+// The grids of step `step` from the fixed latents: the live G's, and the averaged G's when averaging is on.
+template <typename Gan>
+void write_grids(Gan& gan, const Tensor& fixed_z, const fs::path& out, int64_t step) {
+  const std::string n = std::to_string(step) + ".png";
+  gan::write_image_grid(out / ("samples_step" + n), gan.generate(fixed_z), 8);
+  if (gan.generator_ema()) gan::write_image_grid(out / ("samples_avg_step" + n), gan.generate_averaged(fixed_z), 8);
+}
+
+// After training: the scores of k samples and the ONNX generator(s). With averaging, the
+// averaged G is scored in training mode (its own batch statistics, as the live G) and in
+// eval mode (the averaged running statistics: what generator_avg.onnx computes), and the
+// live G in eval mode too (what generator.onnx computes), for comparison.
+template <typename Gan>
+void finish(Gan& gan, nn::Module& classifier, int64_t k, const fs::path& out) {
+  auto score = [&](bool averaged) { return gan::classifier_score(logits_of(classifier, samples(gan, k, averaged))); };
+  report("trained generator", score(false));
+  if (gan.generator_ema()) {
+    report("averaged generator", score(true));
+    gan.generator().eval();
+    report("trained generator, eval-mode batch norm (generator.onnx)", score(false));
+    report("averaged generator, eval-mode batch norm (generator_avg.onnx)", score(true));
+    gan.generator().train();
+  }
+  const auto& o = gan.options();
+  const std::string doc = fmt::format("input z [N, {}], output images [N, {}, {}, {}]; eval-mode batch norm",
+                                      o.latent_dim, o.channels, o.image_size, o.image_size);
+  gan::save_generator_onnx(out / "generator.onnx", gan.generator());
+  std::printf("generator as ONNX: %s (%s)\n", (out / "generator.onnx").string().c_str(), doc.c_str());
+  if (optim::ModelEma* ema = gan.generator_ema()) {
+    optim::ModelEma::Applied averaged(ema);
+    gan::save_generator_onnx(out / "generator_avg.onnx", gan.generator());
+    std::printf("averaged generator (decay %g, %lld updates) as ONNX: %s (%s)\n", o.g_ema_decay,
+                static_cast<long long>(ema->updates()), (out / "generator_avg.onnx").string().c_str(), doc.c_str());
+  }
 }
 
 // --bench-steps: W warm-up steps, then N timed ones, in one train_dcgan loop.
@@ -163,10 +209,11 @@ void run_dcgan(const Args& a, const Tensor& train_x, const Tensor& test_x, nn::M
   o.batch_size = a.batch;
   o.g_features = o.d_features = a.features;
   o.seed = a.seed;
+  o.g_ema_decay = a.g_ema;
   gan::Dcgan gan(o);
   gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
   Tensor fixed_z = gan.sample_latent(64);  // the same latents for every grid
-  gan::write_image_grid(a.out / "samples_step0.png", gan.generate(fixed_z), 8);
+  write_grids(gan, fixed_z, a.out, 0);
   report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
 
   std::printf("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld, %lld steps\n",
@@ -178,21 +225,14 @@ void run_dcgan(const Args& a, const Tensor& train_x, const Tensor& test_x, nn::M
     if (step % a.log_every == 0 || step == a.steps)
       std::printf("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
                   static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
-    if (step % a.grid_every == 0 || step == a.steps) {
-      auto path = a.out / ("samples_step" + std::to_string(step) + ".png");
-      gan::write_image_grid(path, gan.generate(fixed_z), 8);
-    }
+    if (step % a.grid_every == 0 || step == a.steps) write_grids(gan, fixed_z, a.out, step);
   });
   const double train_s = since(t);
   std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(a.steps), train_s,
               a.steps * a.batch / std::max(train_s, 1e-9));
-  report("trained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
-  gan::save_generator_onnx(a.out / "generator.onnx", gan.generator());
-  std::printf("generator as ONNX: %s (input z [N, %lld], output images [N, %lld, %lld, %lld]; eval-mode batch "
-              "norm)\n", (a.out / "generator.onnx").string().c_str(), static_cast<long long>(o.latent_dim),
-              static_cast<long long>(o.channels), static_cast<long long>(o.image_size),
-              static_cast<long long>(o.image_size));
-  std::printf("sample grids in %s (real.png, samples_step*.png); total %.1f s\n", a.out.string().c_str(), since(start));
+  finish(gan, classifier, k, a.out);
+  std::printf("sample grids in %s (real.png, samples_step*.png%s); total %.1f s\n", a.out.string().c_str(),
+              gan.generator_ema() ? ", samples_avg_step*.png from the averaged G" : "", since(start));
 }
 
 // The same for WGAN-GP: the critic's loss, Wasserstein estimate, penalty and
@@ -207,10 +247,11 @@ void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn:
   o.gp_lambda = a.gp_lambda;
   o.critic_norm = a.critic_norm;
   o.critic_groups = a.critic_groups;
+  o.g_ema_decay = a.g_ema;
   gan::WganGp gan(o);
   gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
   Tensor fixed_z = gan.sample_latent(64);
-  gan::write_image_grid(a.out / "samples_step0.png", gan.generate(fixed_z), 8);
+  write_grids(gan, fixed_z, a.out, 0);
   report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
   std::printf("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld, "
               "%lld generator steps of %lld critic steps, lambda %g, critic norm %s\n",
@@ -224,18 +265,13 @@ void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn:
       std::printf("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
                   static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
                   since(t));
-    if (step % a.grid_every == 0 || step == a.steps) {
-      auto path = a.out / ("samples_step" + std::to_string(step) + ".png");
-      gan::write_image_grid(path, gan.generate(fixed_z), 8);
-    }
+    if (step % a.grid_every == 0 || step == a.steps) write_grids(gan, fixed_z, a.out, step);
   });
   const double train_s = since(t);
   std::printf("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
               static_cast<long long>(a.steps), train_s, a.steps * o.n_critic * a.batch / std::max(train_s, 1e-9));
-  report("trained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
-  gan::save_generator_onnx(a.out / "generator.onnx", gan.generator());
-  std::printf("generator as ONNX: %s; sample grids in %s; total %.1f s\n", (a.out / "generator.onnx").string().c_str(),
-              a.out.string().c_str(), since(start));
+  finish(gan, classifier, k, a.out);
+  std::printf("sample grids in %s; total %.1f s\n", a.out.string().c_str(), since(start));
 }
 
 void run(const Args& a) {
@@ -290,6 +326,7 @@ int main(int argc, char** argv) {
       else if (s == "--gp-lambda") a.gp_lambda = std::stod(value());
       else if (s == "--critic-norm") a.critic_norm = value();
       else if (s == "--critic-groups") a.critic_groups = std::stoll(value());
+      else if (s == "--g-ema") a.g_ema = std::stod(value());
       else if (s == "--batch") a.batch = std::stoll(value());
       else if (s == "--seed") a.seed = std::stoull(value());
       else if (s == "--train-images") a.train_images = std::stoll(value());
@@ -305,7 +342,7 @@ int main(int argc, char** argv) {
       else if (s == "--warmup") a.warmup = std::stoll(value());
       else if (s == "--layout") a.layout = value();
       else if (s == "-h" || s == "--help") {
-        std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
+        std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
                     "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw]\n"
                     "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]\n",
@@ -319,6 +356,9 @@ int main(int argc, char** argv) {
                "hpdl_dcgan: --critic-norm '{}' must be none, layer or group", a.critic_norm);
     HPDL_CHECK(a.critic_norm == "none" || a.loss == "wgan-gp", "hpdl_dcgan: --critic-norm needs --loss wgan-gp");
     HPDL_CHECK(a.features >= 1, "hpdl_dcgan: --features {} must be >= 1", a.features);
+    HPDL_CHECK(a.g_ema >= 0 && a.g_ema < 1, "hpdl_dcgan: --g-ema {} must be in (0, 1) (0: no generator averaging)",
+               a.g_ema);
+    HPDL_CHECK(a.g_ema == 0 || a.bench_steps == 0, "hpdl_dcgan: --bench-steps times plain training (drop --g-ema)");
     HPDL_CHECK(a.steps >= 1, "hpdl_dcgan: --steps {} must be >= 1", a.steps);
     HPDL_CHECK(a.train_images >= 0, "hpdl_dcgan: --train-images {} must be >= 0 (0: all 60000)", a.train_images);
     HPDL_CHECK(a.classifier_steps >= 1, "hpdl_dcgan: --classifier-steps {} must be >= 1", a.classifier_steps);

@@ -31,6 +31,7 @@ void check_dcgan_options(const DcganOptions& o) {
   HPDL_CHECK(o.beta2 >= 0 && o.beta2 < 1, "gan::DcganOptions: beta2 must be in [0, 1), got {}", o.beta2);
   // Batch norm needs more than one value per channel; D's last one sees B * s * s.
   HPDL_CHECK(o.batch_size >= 2, "gan::DcganOptions: batch_size must be >= 2 (batch norm), got {}", o.batch_size);
+  detail::check_g_ema(o.g_ema_decay, "DcganOptions");
 }
 
 namespace {
@@ -132,6 +133,7 @@ Dcgan::Dcgan(const DcganOptions& options) : options_(options), rng_(options.seed
   d_ = std::make_shared<DcganDiscriminator>(options_, init_gen);
   g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
   d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
+  g_ema_ = detail::make_generator_ema(*g_, options_.g_ema_decay, options_.g_ema_warmup);
 }
 
 namespace detail {
@@ -149,6 +151,31 @@ Tensor sample_latent(int64_t n, int64_t latent_dim, Generator& rng, const char* 
   return Tensor::randn({n, latent_dim}, rng);
 }
 
+void check_g_ema(double decay, const char* who) {
+  HPDL_CHECK(decay >= 0 && decay < 1,
+             "gan::{}: g_ema_decay must be 0 (no generator averaging) or in (0, 1), got {}", who, decay);
+}
+
+std::unique_ptr<optim::ModelEma> make_generator_ema(DcganGenerator& g, double decay, bool warmup) {
+  if (decay == 0) return nullptr;
+  return std::make_unique<optim::ModelEma>(g, optim::EmaOptions{decay, warmup});
+}
+
+Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& z, const char* who) {
+  HPDL_CHECK(ema, "gan::{}::generate_averaged: generator averaging is off (set g_ema_decay in (0, 1))", who);
+  NoGradGuard no_grad;
+  optim::ModelEma::Applied averaged(ema);
+  // While swapped, G's buffers hold the averaged running statistics; a training-mode
+  // forward would move them towards this batch's and the swap back would store that
+  // in the averages. Keep copies and put them back.
+  std::vector<std::pair<Tensor, Tensor>> buffers;
+  for (auto& [name, b] : g.named_buffers())
+    if (b.defined()) buffers.emplace_back(b, b.clone());
+  Tensor out = g(z);
+  for (auto& [b, copy] : buffers) b.copy_(copy);
+  return out;
+}
+
 void check_images(const Tensor& images, int64_t c, int64_t s, const char* who, const char* what) {
   HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
                  images.dim(3) == s && images.dim(0) >= 1,
@@ -163,6 +190,8 @@ Tensor Dcgan::generate(const Tensor& z) {
   NoGradGuard no_grad;
   return (*g_)(z);
 }
+
+Tensor Dcgan::generate_averaged(const Tensor& z) { return detail::generate_averaged(*g_, g_ema_.get(), z, "Dcgan"); }
 
 void Dcgan::check_images(const Tensor& images, const char* what) const {
   detail::check_images(images, options_.channels, options_.image_size, "Dcgan", what);
@@ -230,6 +259,7 @@ DcganStepStats Dcgan::train_step(const Tensor& real) {
              st.g_loss, steps_, options_.lr);
   g_loss.backward();
   g_opt_->step();
+  if (g_ema_) g_ema_->update();
   ++steps_;
   return st;
 }

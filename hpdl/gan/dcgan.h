@@ -17,6 +17,10 @@
 // linear weights, N(1, 0.02) for batch-norm scales, zero biases. Everything
 // random (weights, latents, minibatches) comes from the options' seed, so a
 // run is reproducible on a given build and thread count.
+// With g_ema_decay > 0 the trainer also keeps an exponential moving average of
+// G's weights (optim::ModelEma, updated after every G step), the generator GAN
+// practice samples from (Karras et al. 2018; Yazici et al. 2019, "The unusual
+// effectiveness of averaging in GAN training", ICLR).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +34,7 @@
 #include "hpdl/core/tensor.h"
 #include "hpdl/io/onnx.h"
 #include "hpdl/nn/layers.h"
+#include "hpdl/optim/ema.h"
 #include "hpdl/optim/optimizers.h"
 
 namespace hpdl::gan {
@@ -44,11 +49,16 @@ struct DcganOptions {
   double beta1 = 0.5, beta2 = 0.999;
   int64_t batch_size = 64;   // minibatch of real images (and of latents) per step
   uint64_t seed = 0;
+  // Generator weight averaging: 0 is off; else the decay d in (0, 1) of an
+  // optim::ModelEma of G (avg <- d avg + (1 - d) w after every G step, batch-norm
+  // running statistics averaged too), with ModelEma's warmup d_n = min(d, (1 + n) / (10 + n)).
+  double g_ema_decay = 0;
+  bool g_ema_warmup = true;
 };
 
 // Throws hpdl::Error naming the first bad option: image_size not a positive
 // multiple of 4, a non-positive channel count, latent size, feature count, lr or
-// batch size, betas outside [0, 1).
+// batch size, betas outside [0, 1), g_ema_decay outside [0, 1).
 void check_dcgan_options(const DcganOptions& options);
 
 // The generator network G: z [N, latent] -> images [N, C, S, S] in [-1, 1].
@@ -115,6 +125,13 @@ class Dcgan {
   Tensor sample_latent(int64_t n);
   // G(z) without autograd, in G's current mode (train: batch statistics). [n, C, S, S].
   Tensor generate(const Tensor& z);
+  // G(z) from G's averaged weights (see detail::generate_averaged). Throws naming
+  // g_ema_decay when averaging is off.
+  Tensor generate_averaged(const Tensor& z);
+  // G's weight average, null when g_ema_decay is 0. Its state_dict() holds the averaged
+  // G by G's state-dict names; optim::ModelEma::Applied swaps the averages into
+  // generator() for a scope (for save_generator_onnx of the averaged G).
+  optim::ModelEma* generator_ema() { return g_ema_.get(); }
 
   // bce(D(real), 1) + bce(D(fake), 0) (a scalar with autograd into D, and into
   // G when fake has a history). Throws unless both are [N, C, S, S] of this GAN.
@@ -141,6 +158,7 @@ class Dcgan {
   std::shared_ptr<DcganGenerator> g_;
   std::shared_ptr<DcganDiscriminator> d_;
   std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
+  std::unique_ptr<optim::ModelEma> g_ema_;  // null: averaging off
   int64_t steps_ = 0;
 };
 
@@ -179,6 +197,16 @@ namespace detail {
 std::unique_ptr<optim::AdamW> make_adam(nn::Module& m, double lr, double beta1, double beta2);
 Tensor sample_latent(int64_t n, int64_t latent_dim, Generator& rng, const char* who);
 void check_images(const Tensor& images, int64_t channels, int64_t size, const char* who, const char* what);
+
+// Generator averaging, shared by the trainers. check_g_ema throws, naming `who`'s
+// g_ema_decay, unless decay is in [0, 1). make_generator_ema: a ModelEma of g, or null for decay 0.
+void check_g_ema(double decay, const char* who);
+std::unique_ptr<optim::ModelEma> make_generator_ema(DcganGenerator& g, double decay, bool warmup);
+// G(z) with the averages swapped in, without autograd, in G's current mode. In training
+// mode the batch norms normalize with the averaged G's own batch statistics, and the
+// running-statistic updates that forward makes are undone, so G's live weights and buffers
+// and the averages are bitwise what they were. Throws naming g_ema_decay when ema is null.
+Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& z, const char* who);
 
 // Batches of `batch` images drawn without replacement from `images` [M, C, S, S], reshuffled
 // (Fisher-Yates, on its own random stream from `seed`, so a step's latents do not depend on how

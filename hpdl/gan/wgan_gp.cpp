@@ -38,6 +38,7 @@ void check_wgan_gp_options(const WganGpOptions& o) {
   HPDL_CHECK(o.critic_norm != "group" || (o.critic_groups > 0 && (2 * o.d_features) % o.critic_groups == 0),
              "gan::WganGpOptions: critic_groups = {} must divide the {} channels of the critic's second convolution "
              "(2 * d_features)", o.critic_groups, 2 * o.d_features);
+  detail::check_g_ema(o.g_ema_decay, "WganGpOptions");
 }
 
 // ---------------------------------------------------------------- critic
@@ -114,6 +115,7 @@ WganGp::WganGp(const WganGpOptions& options) : options_(options), rng_(options.s
   d_ = std::make_shared<WganCritic>(options_, init_gen);
   g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
   d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
+  g_ema_ = detail::make_generator_ema(*g_, options_.g_ema_decay, options_.g_ema_warmup);
 }
 
 Tensor WganGp::sample_latent(int64_t n) { return detail::sample_latent(n, options_.latent_dim, rng_, "WganGp"); }
@@ -122,6 +124,8 @@ Tensor WganGp::generate(const Tensor& z) {
   NoGradGuard no_grad;
   return (*g_)(z);
 }
+
+Tensor WganGp::generate_averaged(const Tensor& z) { return detail::generate_averaged(*g_, g_ema_.get(), z, "WganGp"); }
 
 void WganGp::check_images(const Tensor& images, const char* what) const {
   detail::check_images(images, options_.channels, options_.image_size, "WganGp", what);
@@ -158,6 +162,7 @@ double WganGp::generator_step(int64_t batch) {
              value, steps_, options_.lr);
   loss.backward();  // D's parameters collect gradients too; the next critic step zeroes them
   g_opt_->step();
+  if (g_ema_) g_ema_->update();
   ++steps_;
   return value;
 }

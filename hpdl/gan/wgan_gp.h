@@ -43,13 +43,17 @@ struct WganGpOptions {
   uint64_t seed = 0;
   std::string critic_norm = "none";  // "none", "layer" or "group", after the critic's second convolution
   int64_t critic_groups = 4;         // GroupNorm's groups for "group": must divide 2 * d_features
-  // The DCGAN options that build the same generator (sizes, seed; its lr/betas unused).
+  // Generator weight averaging, as DcganOptions::g_ema_decay: 0 off, else the decay in (0, 1)
+  // of a ModelEma of G updated after every generator step (not after critic steps).
+  double g_ema_decay = 0;
+  bool g_ema_warmup = true;
+  // The DCGAN options that build the same generator (sizes, seed; its lr/betas unused, no averaging).
   DcganOptions generator_options() const;
 };
 
 // Throws hpdl::Error naming the first bad option: those of check_dcgan_options,
 // n_critic < 1, a negative or non-finite gp_lambda, an unknown critic_norm, critic_groups not
-// dividing 2 * d_features (for "group").
+// dividing 2 * d_features (for "group"), g_ema_decay outside [0, 1).
 void check_wgan_gp_options(const WganGpOptions& options);
 
 // The critic: images [N, C, S, S] -> scores [N] (higher: more real).
@@ -101,12 +105,17 @@ class WganGp {
 
   Tensor sample_latent(int64_t n);  // z ~ N(0, 1) [n, latent] from the GAN's random stream
   Tensor generate(const Tensor& z);  // G(z) without autograd, in G's current mode
+  // As Dcgan's: G(z) from the averaged weights (throws naming g_ema_decay when off), and
+  // the average itself (null when off).
+  Tensor generate_averaged(const Tensor& z);
+  optim::ModelEma* generator_ema() { return g_ema_.get(); }
 
   // One Adam step of the critic on a batch of real images [B, C, S, S] against
   // B fresh samples of G; returns the stats of that step (g_loss unset).
   // Throws naming a non-finite loss.
   WganGpStepStats critic_step(const Tensor& real);
-  // One Adam step of G on -mean D(G(z)), z [B, latent]; returns the loss before the step.
+  // One Adam step of G on -mean D(G(z)), z [B, latent], then the averages' update;
+  // returns the loss before the step.
   double generator_step(int64_t batch);
   // n_critic critic steps, each on the next batch from `next_batch`, then a generator step.
   WganGpStepStats train_step(const std::function<Tensor()>& next_batch);
@@ -121,6 +130,7 @@ class WganGp {
   std::shared_ptr<DcganGenerator> g_;
   std::shared_ptr<WganCritic> d_;
   std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
+  std::unique_ptr<optim::ModelEma> g_ema_;  // null: averaging off
   int64_t steps_ = 0;
 };
 

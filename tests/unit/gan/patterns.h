@@ -1,13 +1,21 @@
 // Shared by the GAN tests: four 8x8 patterns as a tiny data set, the per-pixel
-// statistics a generator's samples are compared with, and a one-thread scope.
+// statistics a generator's samples are compared with, a one-thread scope, and
+// the generator averages worked out by hand.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
 #include <cmath>
+#include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "hpdl/core/tensor.h"
 #include "hpdl/core/threading.h"
+#include "hpdl/nn/module.h"
+#include "hpdl/optim/ema.h"
 
 namespace hpdl::test {
 
@@ -59,5 +67,44 @@ struct OneThread {
   OneThread() { set_num_threads(1); }
   ~OneThread() { set_num_threads(before); }
 };
+
+// A module's state dict as values (integer buffers too, exactly as doubles).
+using Snapshot = std::map<std::string, std::vector<double>>;
+inline Snapshot values_of(const std::map<std::string, Tensor>& state) {
+  Snapshot out;
+  for (const auto& [name, t] : state) out[name] = t.to_vector<double>();
+  return out;
+}
+inline Snapshot snapshot(const nn::Module& m) { return values_of(m.state_dict()); }
+
+// The EMA of the snapshots history[0] (the start) .. history[n] (after update n) by the
+// definition in optim/ema.h: avg <- d_n avg + (1 - d_n) w_n with d_n = min(decay, (1 + n) / (10 + n))
+// under warmup, else decay. Integer buffers are not averaged (expect_averages skips them).
+inline Snapshot hand_ema(const std::vector<Snapshot>& history, double decay, bool warmup) {
+  Snapshot avg = history.front();
+  for (size_t n = 1; n < history.size(); ++n) {
+    const double d = warmup ? std::min(decay, (1.0 + n) / (10.0 + n)) : decay;
+    for (auto& [name, v] : avg)
+      for (size_t i = 0; i < v.size(); ++i) v[i] = d * v[i] + (1 - d) * history[n].at(name)[i];
+  }
+  return avg;
+}
+
+// The averages `ema` holds against `expected` (float tensors, to float rounding), and its
+// integer buffers (batch norm's counters) against the live model's `live`.
+inline void expect_averages(const optim::ModelEma& ema, const Snapshot& expected, const Snapshot& live) {
+  const std::map<std::string, Tensor> state = ema.state_dict();
+  ASSERT_EQ(state.size(), expected.size());
+  for (const auto& [name, t] : state) {
+    const std::vector<double> got = t.to_vector<double>(), &want = expected.at(name);
+    ASSERT_EQ(got.size(), want.size()) << name;
+    if (!dtype_is_float(t.dtype())) {
+      EXPECT_EQ(got, live.at(name)) << name << " is copied from the live model";
+      continue;
+    }
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-6 * (1 + std::abs(want[i]))) << name << "[" << i << "]";
+  }
+}
 
 }  // namespace hpdl::test

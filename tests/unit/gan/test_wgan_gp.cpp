@@ -1,7 +1,8 @@
 // WGAN-GP: the gradient penalty against closed forms (a critic linear in x,
 // one quadratic in x), the penalty's gradient in a conv critic's weights
 // against finite differences (a second derivative through conv2d), a short run
-// on four 8x8 patterns, reproducibility, and the errors bad input gets.
+// on four 8x8 patterns, reproducibility, the errors bad input gets, and the
+// generator's weight average (one update per generator step, by hand).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -218,6 +219,34 @@ TEST(WganGp, ASeedGivesTheSameRun) {
   EXPECT_NE(a, c);
 }
 
+// Three generator steps of three critic steps each, decay 0.6 without warmup: three
+// updates, equal to the EMA of G's weights after each generator step; a critic step
+// alone (which samples G, moving its batch-norm statistics) updates nothing.
+TEST(WganGp, GeneratorAverageUpdatesOncePerGeneratorStep) {
+  OneThread one_thread;
+  gan::WganGpOptions o = tiny_options(4);
+  o.n_critic = 3;
+  o.g_ema_decay = 0.6;
+  o.g_ema_warmup = false;
+  gan::WganGp gan(o);
+  std::vector<test::Snapshot> history{test::snapshot(gan.generator())};
+  gan::train_wgan_gp(gan, four_patterns(), 3,
+                     [&](int64_t, const gan::WganGpStepStats&) { history.push_back(test::snapshot(gan.generator())); });
+  ASSERT_NE(gan.generator_ema(), nullptr);
+  EXPECT_EQ(gan.generator_ema()->updates(), 3);
+  const test::Snapshot expected = test::hand_ema(history, 0.6, false);
+  test::expect_averages(*gan.generator_ema(), expected, history.back());
+  gan.critic_step(four_patterns().slice(0, 0, 32));
+  EXPECT_EQ(gan.generator_ema()->updates(), 3);
+  test::expect_averages(*gan.generator_ema(), expected, history.back());
+  // Sampling from the averages leaves G as it is.
+  Tensor z = gan.sample_latent(8);
+  EXPECT_GT(max(abs(sub(gan.generate_averaged(z), gan.generate(z)))).item(), 1e-4);
+  const test::Snapshot live = test::snapshot(gan.generator());
+  gan.generate_averaged(z);
+  EXPECT_EQ(test::snapshot(gan.generator()), live);
+}
+
 TEST(WganGp, BadInputIsNamed) {
   gan::WganGpOptions o = tiny_options();
   o.n_critic = 0;
@@ -234,6 +263,13 @@ TEST(WganGp, BadInputIsNamed) {
   o.critic_norm = "group";
   o.critic_groups = 5;
   EXPECT_TRUE(contains(error_of([&] { gan::WganGp g(o); }), "critic_groups = 5"));
+  o = tiny_options();
+  o.g_ema_decay = 1;
+  EXPECT_TRUE(contains(error_of([&] { gan::WganGp g(o); }), "WganGpOptions: g_ema_decay must be 0 (no generator "
+                                                             "averaging) or in (0, 1), got 1"));
+  gan::WganGp off(tiny_options());
+  EXPECT_EQ(off.generator_ema(), nullptr);
+  EXPECT_TRUE(contains(error_of([&] { off.generate_averaged(off.sample_latent(2)); }), "g_ema_decay"));
   auto critic = [](const Tensor& x) { return sum(x, {1, 2, 3}); };
   Tensor real = Tensor::ones({2, 1, 4, 4}), fake = Tensor::zeros({2, 1, 4, 4});
   std::string m = error_of([&] { gan::gradient_penalty(critic, real, fake, Tensor::ones({3}), 10); });
