@@ -395,6 +395,55 @@ TEST(CudaTrainingTest, AutocastBf16TracksFloat32) {
   expect_trajectory(l32, l16, 0.05);
 }
 
+// conv_transpose2d on the GPU against the CPU, with a row-major and a channels-last input
+// (NHWC on CUDA makes the output and the backward NHWC too, as conv2d; design decision 75's
+// note): the output, input, weight and bias gradients, a generator's one-channel last layer
+// included.
+TEST(CudaTrainingTest, ConvTranspose2dMatchesCpuInEitherLayout) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    Shape x, w;
+    int64_t stride, pad;
+  };
+  for (const Case& c : {Case{{4, 32, 7, 7}, {32, 16, 4, 4}, 2, 1}, Case{{4, 16, 14, 14}, {16, 1, 4, 4}, 2, 1},
+                        Case{{2, 8, 5, 5}, {8, 8, 3, 3}, 1, 1}}) {
+    ConvTranspose2dParams p;
+    p.stride_h = p.stride_w = c.stride, p.pad_h = p.pad_w = c.pad;
+    Generator gen(7);
+    const Tensor x = Tensor::randn(c.x, gen), w = Tensor::randn(c.w, gen), b = Tensor::randn({c.w[1]}, gen);
+    auto run = [&](Device dev, bool channels_last) {
+      Tensor xd = x.to(dev);
+      if (channels_last) {
+        Tensor t = Tensor::empty_channels_last(c.x, DType::f32, dev);
+        t.copy_(xd);
+        xd = t;
+      }
+      xd.set_requires_grad(true);
+      Tensor wd = w.to(dev).set_requires_grad(true), bd = b.to(dev).set_requires_grad(true);
+      Tensor y = conv_transpose2d(xd, wd, bd, p);
+      if (channels_last && c.w[1] > 1) {
+        EXPECT_FALSE(y.is_contiguous()) << "an NHWC input gives an NHWC output";
+      }
+      Generator g2(8);
+      Tensor weights = Tensor::randn(y.shape(), g2).to(dev);
+      sum(mul(y, weights)).backward();
+      return std::vector<Tensor>{y.detach().to(kCPU), xd.grad().to(kCPU), wd.grad().to(kCPU), bd.grad().to(kCPU)};
+    };
+    const auto want = run(kCPU, false);
+    for (bool cl : {false, true}) {
+      const auto got = run(kGPU, cl);
+      const char* names[] = {"output", "input gradient", "weight gradient", "bias gradient"};
+      for (size_t i = 0; i < want.size(); ++i) {
+        auto a = got[i].to_vector<double>(), e = want[i].to_vector<double>();
+        double scale = 1, err = 0;
+        for (double v : e) scale = std::max(scale, std::abs(v));
+        for (size_t k = 0; k < a.size(); ++k) err = std::max(err, std::abs(a[k] - e[k]));
+        EXPECT_LT(err / scale, 1e-4) << names[i] << " of " << shape_str(c.x) << (cl ? " channels-last" : " row-major");
+      }
+    }
+  }
+}
+
 // float16 compute (cuda::set_compute_precision(DType::f16)) with dynamic loss
 // scaling: conv and matmul within float16 rounding of float32 (forward and
 // both conv backward passes), float16 copies on the device, the scaler's
