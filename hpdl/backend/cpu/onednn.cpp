@@ -13,6 +13,7 @@
 #include "hpdl/backend/cpu/onednn.h"
 
 #include "hpdl/backend/compute_scope.h"
+#include "hpdl/backend/cpu/adamw_rows.h"
 #include "hpdl/backend/cpu/direct_conv.h"
 
 #include "hpdl/core/threading.h"
@@ -1758,8 +1759,32 @@ void OneDnnBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Te
 
 // ---------------------------------------------------------------- info
 
+namespace {
+// AdamW on float32 tensors in float32 vector loops (the reference computes each element in double):
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p = p (1 - lr wd) - (lr scale / bc1) m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - b_i^step
+// the reference's formula with the bias corrections folded into two per-call constants.
+void adamw_f32(const OptimizerUpdate& u, float* p, const float* g, float* m, float* v, int64_t n) {
+  const double bc1 = 1 - std::pow(u.beta1, static_cast<double>(u.step));
+  const double bc2 = 1 - std::pow(u.beta2, static_cast<double>(u.step));
+  const float decay = static_cast<float>(1 - u.lr * u.weight_decay);
+  const float b1 = static_cast<float>(u.beta1), c1 = static_cast<float>(1 - u.beta1);
+  const float b2 = static_cast<float>(u.beta2), c2 = static_cast<float>(1 - u.beta2);
+  const float step_size = static_cast<float>(u.lr * u.scale / bc1);
+  const float inv_sqrt_bc2 = static_cast<float>(1 / std::sqrt(bc2)), eps = static_cast<float>(u.eps);
+  parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    adamw_rows(p + b, g + b, m + b, v + b, e - b, b1, c1, b2, c2, decay, step_size, inv_sqrt_bc2, eps);
+  });
+}
+}  // namespace
+
 void OneDnnBackend::optimizer_update(const OptimizerUpdate& u, const Tensor& param, const Tensor& grad,
                                      const Tensor& buf1, const Tensor& buf2) {
+  if (u.kind == OptimizerUpdate::Kind::adamw && f32_dense({&param, &grad, &buf1, &buf2}) && buf1.defined() &&
+      buf2.defined()) {
+    adamw_f32(u, param.data<float>(), grad.data<float>(), buf1.data<float>(), buf2.data<float>(), param.numel());
+    return;
+  }
   const bool steady_sgd = u.kind == OptimizerUpdate::Kind::sgd && param.dtype() == DType::f32 && buf1.defined() &&
                           u.momentum != 0 && u.step > 1 && !u.decoupled_decay;
   if (!steady_sgd) {
