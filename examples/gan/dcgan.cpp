@@ -10,10 +10,16 @@
 // --g-ema DECAY also keeps an exponential moving average of G's weights (g_ema_decay,
 // optim::ModelEma) and writes, next to the live G's outputs, its grids
 // (samples_avg_step*.png), its scores, and its ONNX graph (generator_avg.onnx).
+// --checkpoint-every N writes the whole training state every N steps (and at the
+// last) to DIR/checkpoints (train::CheckpointManager, the newest 2 kept); --resume
+// continues the run in DIR from its newest valid checkpoint up to --steps in all,
+// loading DIR/classifier.safetensors instead of training the classifier again: a
+// run killed after k steps and resumed ends bitwise where the straight run ends (same
+// options and thread count; other options are refused, naming the differences).
 //
 //   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
-//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw]
+//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]
 //
 // --layout: the CPU activations' memory layout between layers (design decision 75):
@@ -31,6 +37,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -48,6 +56,7 @@
 #include "hpdl/ops/autocast.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
+#include "hpdl/train/checkpoint.h"
 
 namespace {
 
@@ -69,10 +78,23 @@ struct Args {
   std::string critic_norm = "none";  // WGAN-GP critic: none, layer or group (gan/wgan_gp.h)
   int64_t critic_groups = 4;
   double g_ema = 0;  // generator weight averaging decay; 0: off
+  int64_t checkpoint_every = 0;  // 0: no checkpoints
+  bool resume = false;           // continue from the newest valid checkpoint in out
 };
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// What a GAN run after the classifier works with.
+struct Run {
+  const Args& a;
+  Tensor train_x, test_x;
+  nn::Module& classifier;
+  int64_t k;  // samples scored
+  Clock::time_point start;
+  std::unique_ptr<train::CheckpointManager> checkpoints;  // null: neither --checkpoint-every nor --resume
+  std::optional<train::CheckpointInfo> resume_from;       // --resume: the checkpoint to continue from
+};
 
 // Rows [first, first + n) of x.
 Tensor rows(const Tensor& x, int64_t first, int64_t n) { return x.slice(0, first, first + n).contiguous(); }
@@ -202,43 +224,75 @@ void bench(const Args& a) {
               static_cast<long long>(a.warmup), a.layout.c_str(), last.d_loss, last.g_loss);
 }
 
+// The start of a GAN run: the fixed latents of every grid (the first 64 of the GAN's stream),
+// then real.png, the step-0 grids and the untrained G's scores; on --resume the checkpoint's
+// state instead (it replaces the stream after the latents are drawn, and the start's files exist).
+template <typename Gan>
+Tensor start_or_resume(Gan& gan, const Run& r) {
+  Tensor fixed_z = gan.sample_latent(64);
+  if (r.resume_from) {
+    gan.load_checkpoint(*r.checkpoints, *r.resume_from);
+    std::printf("resumed from %s at step %lld of %lld\n", r.resume_from->sidecar_path.string().c_str(),
+                static_cast<long long>(gan.steps()), static_cast<long long>(r.a.steps));
+    return fixed_z;
+  }
+  gan::write_image_grid(r.a.out / "real.png", rows(r.test_x, 0, 64), 8);
+  write_grids(gan, fixed_z, r.a.out, 0);
+  report("untrained generator", gan::classifier_score(logits_of(r.classifier, samples(gan, r.k))));
+  return fixed_z;
+}
+
+// After training step `step`: the periodic grids, then the checkpoint (after the grids: in
+// training mode they move G's batch-norm running statistics, and the straight run's do too).
+template <typename Gan>
+void after_step(Gan& gan, const Run& r, const Tensor& fixed_z, int64_t step) {
+  if (step % r.a.grid_every == 0) write_grids(gan, fixed_z, r.a.out, step);
+  if (r.a.checkpoint_every > 0 && (step % r.a.checkpoint_every == 0 || step == r.a.steps))
+    std::printf("checkpoint: %s\n", gan.save_checkpoint(*r.checkpoints).sidecar_path.string().c_str());
+}
+
+// The grids of the last step, when not periodic, after the last checkpoint (a longer run has
+// no grid there); the scores and the ONNX generator(s).
+template <typename Gan>
+void end_run(Gan& gan, const Run& r, const Tensor& fixed_z) {
+  if (r.a.steps % r.a.grid_every != 0) write_grids(gan, fixed_z, r.a.out, r.a.steps);
+  finish(gan, r.classifier, r.k, r.a.out);
+}
+
 // The DCGAN run after the classifier: grids, losses, scores, the ONNX generator.
-void run_dcgan(const Args& a, const Tensor& train_x, const Tensor& test_x, nn::Module& classifier, int64_t k,
-                 Clock::time_point start) {
+void run_dcgan(const Run& r) {
+  const Args& a = r.a;
   gan::DcganOptions o;
   o.batch_size = a.batch;
   o.g_features = o.d_features = a.features;
   o.seed = a.seed;
   o.g_ema_decay = a.g_ema;
   gan::Dcgan gan(o);
-  gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
-  Tensor fixed_z = gan.sample_latent(64);  // the same latents for every grid
-  write_grids(gan, fixed_z, a.out, 0);
-  report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
-
+  const Tensor fixed_z = start_or_resume(gan, r);
   std::printf("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld, %lld steps\n",
               static_cast<long long>(gan.generator().num_parameters()),
               static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
               static_cast<long long>(o.batch_size), static_cast<long long>(a.steps));
   const auto t = Clock::now();
-  gan::train_dcgan(gan, train_x, a.steps, [&](int64_t step, const gan::DcganStepStats& st) {
+  const int64_t todo = a.steps - gan.steps();
+  gan::train_dcgan(gan, r.train_x, todo, [&](int64_t step, const gan::DcganStepStats& st) {
     if (step % a.log_every == 0 || step == a.steps)
       std::printf("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
                   static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
-    if (step % a.grid_every == 0 || step == a.steps) write_grids(gan, fixed_z, a.out, step);
+    after_step(gan, r, fixed_z, step);
   });
   const double train_s = since(t);
-  std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(a.steps), train_s,
-              a.steps * a.batch / std::max(train_s, 1e-9));
-  finish(gan, classifier, k, a.out);
+  std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(todo), train_s,
+              todo * a.batch / std::max(train_s, 1e-9));
+  end_run(gan, r, fixed_z);
   std::printf("sample grids in %s (real.png, samples_step*.png%s); total %.1f s\n", a.out.string().c_str(),
-              gan.generator_ema() ? ", samples_avg_step*.png from the averaged G" : "", since(start));
+              gan.generator_ema() ? ", samples_avg_step*.png from the averaged G" : "", since(r.start));
 }
 
 // The same for WGAN-GP: the critic's loss, Wasserstein estimate, penalty and
 // input-gradient norm instead of D's losses; the same grids and scores.
-void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn::Module& classifier, int64_t k,
-                   Clock::time_point start) {
+void run_wgan_gp(const Run& r) {
+  const Args& a = r.a;
   gan::WganGpOptions o;
   o.batch_size = a.batch;
   o.g_features = o.d_features = a.features;
@@ -249,10 +303,7 @@ void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn:
   o.critic_groups = a.critic_groups;
   o.g_ema_decay = a.g_ema;
   gan::WganGp gan(o);
-  gan::write_image_grid(a.out / "real.png", rows(test_x, 0, 64), 8);
-  Tensor fixed_z = gan.sample_latent(64);
-  write_grids(gan, fixed_z, a.out, 0);
-  report("untrained generator", gan::classifier_score(logits_of(classifier, samples(gan, k))));
+  const Tensor fixed_z = start_or_resume(gan, r);
   std::printf("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld, "
               "%lld generator steps of %lld critic steps, lambda %g, critic norm %s\n",
               static_cast<long long>(gan.generator().num_parameters()),
@@ -260,42 +311,59 @@ void run_wgan_gp(const Args& a, const Tensor& train_x, const Tensor& test_x, nn:
               static_cast<long long>(o.batch_size), static_cast<long long>(a.steps),
               static_cast<long long>(o.n_critic), o.gp_lambda, o.critic_norm.c_str());
   const auto t = Clock::now();
-  gan::train_wgan_gp(gan, train_x, a.steps, [&](int64_t step, const gan::WganGpStepStats& st) {
+  const int64_t todo = a.steps - gan.steps();
+  gan::train_wgan_gp(gan, r.train_x, todo, [&](int64_t step, const gan::WganGpStepStats& st) {
     if (step % a.log_every == 0 || step == a.steps)
       std::printf("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
                   static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
                   since(t));
-    if (step % a.grid_every == 0 || step == a.steps) write_grids(gan, fixed_z, a.out, step);
+    after_step(gan, r, fixed_z, step);
   });
   const double train_s = since(t);
   std::printf("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
-              static_cast<long long>(a.steps), train_s, a.steps * o.n_critic * a.batch / std::max(train_s, 1e-9));
-  finish(gan, classifier, k, a.out);
-  std::printf("sample grids in %s; total %.1f s\n", a.out.string().c_str(), since(start));
+              static_cast<long long>(todo), train_s, todo * o.n_critic * a.batch / std::max(train_s, 1e-9));
+  end_run(gan, r, fixed_z);
+  std::printf("sample grids in %s; total %.1f s\n", a.out.string().c_str(), since(r.start));
 }
 
 void run(const Args& a) {
   const auto start = Clock::now();
   fs::create_directories(a.out);
+  // Checkpoints first: a --resume without one fails before any work.
+  std::unique_ptr<train::CheckpointManager> checkpoints;
+  std::optional<train::CheckpointInfo> resume_from;
+  if (a.checkpoint_every > 0 || a.resume) checkpoints = std::make_unique<train::CheckpointManager>(a.out, 2);
+  if (a.resume) {
+    std::vector<std::string> problems;
+    resume_from = checkpoints->latest_valid(&problems);
+    for (auto& p : problems) std::printf("hpdl_dcgan: %s\n", p.c_str());
+    HPDL_CHECK(resume_from.has_value(),
+               "hpdl_dcgan: --resume: no valid checkpoint in {} (run without --resume to start, with --checkpoint-every "
+               "N to write them)", checkpoints->dir().string());
+    HPDL_CHECK(resume_from->meta.step <= a.steps,
+               "hpdl_dcgan: --resume: the checkpoint {} is at step {}, past --steps {} (the total, not the steps to add)",
+               resume_from->sidecar_path.string(), resume_from->meta.step, a.steps);
+  }
   Tensor train_y, test_y;
   Tensor train_x = gan::load_fashion_mnist_images(data::kFashionMnistDir, true, a.train_images, &train_y);
   Tensor test_x = gan::load_fashion_mnist_images(data::kFashionMnistDir, false, 0, &test_y);
   std::printf("hpdl_dcgan: Fashion-MNIST %lld training images in [-1, 1], %d threads, seed %llu\n",
               static_cast<long long>(train_x.dim(0)), num_threads(), static_cast<unsigned long long>(a.seed));
 
-  // ---- the classifier that scores the samples ----
+  // ---- the classifier that scores the samples (on --resume the one the run trained) ----
   nn::ModulePtr classifier;
-  if (!a.classifier.empty()) {
+  const fs::path trained = a.out / "classifier.safetensors";
+  const fs::path classifier_file = !a.classifier.empty() ? a.classifier : a.resume && fs::exists(trained) ? trained : "";
+  if (!classifier_file.empty()) {
     classifier = nn::models::lenet5(1, 10, 28, 28, a.seed);
-    classifier->load_state_dict(io::load_safetensors(a.classifier).tensors);
-    std::printf("classifier: LeNet-5 loaded from %s\n", a.classifier.string().c_str());
+    classifier->load_state_dict(io::load_safetensors(classifier_file).tensors);
+    std::printf("classifier: LeNet-5 loaded from %s\n", classifier_file.string().c_str());
   } else {
     const auto t = Clock::now();
     classifier = train_classifier(train_x, train_y, a.classifier_steps, a.seed);
-    io::save_safetensors(a.out / "classifier.safetensors", classifier->state_dict());
+    io::save_safetensors(trained, classifier->state_dict());
     std::printf("classifier: LeNet-5 trained for %lld steps in %.1f s, saved to %s\n",
-                static_cast<long long>(a.classifier_steps), since(t),
-                (a.out / "classifier.safetensors").string().c_str());
+                static_cast<long long>(a.classifier_steps), since(t), trained.string().c_str());
   }
   classifier->eval();
   std::printf("classifier: test accuracy %.4f on %lld images\n", accuracy(logits_of(*classifier, test_x), test_y),
@@ -303,10 +371,11 @@ void run(const Args& a) {
   const int64_t k = std::min(a.score_samples, test_x.dim(0));
   report("real test images", gan::classifier_score(logits_of(*classifier, rows(test_x, 0, k))));
 
+  const Run r{a, train_x, test_x, *classifier, k, start, std::move(checkpoints), std::move(resume_from)};
   if (a.loss == "wgan-gp")
-    run_wgan_gp(a, train_x, test_x, *classifier, k, start);
+    run_wgan_gp(r);
   else
-    run_dcgan(a, train_x, test_x, *classifier, k, start);
+    run_dcgan(r);
 }
 
 }  // namespace
@@ -341,10 +410,14 @@ int main(int argc, char** argv) {
       else if (s == "--bench-steps") a.bench_steps = std::stoll(value());
       else if (s == "--warmup") a.warmup = std::stoll(value());
       else if (s == "--layout") a.layout = value();
+      else if (s == "--checkpoint-every") a.checkpoint_every = std::stoll(value());
+      else if (s == "--resume") a.resume = true;
       else if (s == "-h" || s == "--help") {
         std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
-                    "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw]\n"
+                    "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]\n"
+                    "  --checkpoint-every N  write the training state to DIR/checkpoints every N steps and at the last (newest 2 kept)\n"
+                    "  --resume              continue the run in DIR from its newest valid checkpoint to --steps in all (same options)\n"
                     "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]\n",
                     argv[0], argv[0]);
         return 0;
@@ -370,6 +443,9 @@ int main(int argc, char** argv) {
     HPDL_CHECK(a.loss == "dcgan" || a.loss == "wgan-gp", "hpdl_dcgan: --loss '{}' must be dcgan or wgan-gp", a.loss);
     HPDL_CHECK(a.bench_steps == 0 || a.loss == "dcgan", "hpdl_dcgan: --bench-steps times the DCGAN only (drop --loss {})",
                a.loss);
+    HPDL_CHECK(a.checkpoint_every >= 0, "hpdl_dcgan: --checkpoint-every {} must be >= 0 (0: none)", a.checkpoint_every);
+    HPDL_CHECK(a.bench_steps == 0 || (a.checkpoint_every == 0 && !a.resume),
+               "hpdl_dcgan: --bench-steps times plain training (drop --checkpoint-every and --resume)");
     HPDL_CHECK(a.layout == "nhwc" || a.layout == "nchw", "hpdl_dcgan: --layout '{}' must be nhwc or nchw", a.layout);
     if (a.threads > 0) set_num_threads(a.threads);
     set_cpu_channels_last(a.layout == "nhwc");

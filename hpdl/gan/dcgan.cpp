@@ -126,7 +126,8 @@ void save_generator_onnx(const std::filesystem::path& path, DcganGenerator& g, c
 
 // ---------------------------------------------------------------- training
 
-Dcgan::Dcgan(const DcganOptions& options) : options_(options), rng_(options.seed) {
+Dcgan::Dcgan(const DcganOptions& options)
+    : options_(options), rng_(options.seed), batches_(options.batch_size, options.seed + detail::ShuffledBatches::kSeedOffset) {
   check_dcgan_options(options_);
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
   g_ = std::make_shared<DcganGenerator>(options_, init_gen);
@@ -275,35 +276,53 @@ double Dcgan::discriminator_accuracy(const Tensor& real, const Tensor& fake) {
   return correct / static_cast<double>(lr.size() + lf.size());
 }
 
+detail::GanState Dcgan::state() {
+  return {"dcgan", detail::options_json(options_), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_};
+}
+
+train::CheckpointInfo Dcgan::save_checkpoint(train::CheckpointManager& checkpoints) {
+  return detail::save_gan_checkpoint(checkpoints, state());
+}
+
+void Dcgan::load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info) {
+  detail::load_gan_checkpoint(checkpoints, info, state());
+}
+
 DcganStepStats train_dcgan(Dcgan& gan, const Tensor& images, int64_t steps,
                            const std::function<void(int64_t, const DcganStepStats&)>& on_step) {
   const DcganOptions& o = gan.options();
-  detail::ShuffledBatches batches(images, o.channels, o.image_size, o.batch_size, o.seed + 0x5851F42D4C957F2Dull,
-                                  "train_dcgan");
+  gan.minibatches().check(images, o.channels, o.image_size, "train_dcgan");
   HPDL_CHECK(steps >= 0, "gan::train_dcgan: steps must be >= 0, got {}", steps);
   DcganStepStats last;
-  for (int64_t step = 1; step <= steps; ++step) {
-    last = gan.train_step(batches.next());
-    if (on_step) on_step(step, last);
+  for (int64_t i = 0; i < steps; ++i) {
+    last = gan.train_step(gan.minibatches().next(images));
+    if (on_step) on_step(gan.steps(), last);
   }
   return last;
 }
 
 namespace detail {
-ShuffledBatches::ShuffledBatches(const Tensor& images, int64_t c, int64_t s, int64_t batch, uint64_t seed,
-                                 const char* who)
-    : images_(images), batch_(batch), gen_(seed) {
+nlohmann::json options_json(const DcganOptions& o) {
+  return {{"image_size", o.image_size}, {"channels", o.channels},     {"latent_dim", o.latent_dim},
+          {"g_features", o.g_features}, {"d_features", o.d_features}, {"lr", o.lr},
+          {"beta1", o.beta1},           {"beta2", o.beta2},           {"batch_size", o.batch_size},
+          {"seed", o.seed},             {"g_ema_decay", o.g_ema_decay}, {"g_ema_warmup", o.g_ema_warmup}};
+}
+
+void ShuffledBatches::check(const Tensor& images, int64_t c, int64_t s, const char* who) const {
   HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s && images.dim(3) == s,
              "gan::{}: images must be [M, {}, {}, {}], got {}", who, c, s, s,
              images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
-  HPDL_CHECK(images.dim(0) >= batch, "gan::{}: {} images are fewer than one batch of {}", who, images.dim(0), batch);
-  order_.resize(static_cast<size_t>(images.dim(0)));
-  next_ = images.dim(0);
+  HPDL_CHECK(images.dim(0) >= batch_, "gan::{}: {} images are fewer than one batch of {}", who, images.dim(0), batch_);
+  HPDL_CHECK(order_.empty() || static_cast<int64_t>(order_.size()) == images.dim(0),
+             "gan::{}: {} images, but the minibatch order in progress (from an earlier call or a checkpoint) covers {}; "
+             "continue a GAN run on the image set it started with", who, images.dim(0), order_.size());
 }
 
-Tensor ShuffledBatches::next() {
-  const int64_t m = images_.dim(0);
-  if (next_ + batch_ > m) {
+Tensor ShuffledBatches::next(const Tensor& images) {
+  const int64_t m = images.dim(0);
+  if (order_.empty() || next_ + batch_ > m) {
+    order_.resize(static_cast<size_t>(m));
     std::iota(order_.begin(), order_.end(), 0);
     for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
       std::swap(order_[i], order_[static_cast<int64_t>(gen_.next_uniform() * (i + 1))]);
@@ -311,7 +330,22 @@ Tensor ShuffledBatches::next() {
   }
   std::vector<int64_t> idx(order_.begin() + next_, order_.begin() + next_ + batch_);
   next_ += batch_;
-  return index_select(images_, 0, Tensor::from_vector(idx, {batch_}).to(images_.device()));
+  return index_select(images, 0, Tensor::from_vector(idx, {batch_}).to(images.device()));
+}
+
+void ShuffledBatches::restore(std::vector<int64_t> order, int64_t position, uint64_t seed, uint64_t offset,
+                              const std::string& where) {
+  const int64_t m = static_cast<int64_t>(order.size());
+  std::vector<bool> seen(order.size(), false);
+  for (int64_t i : order) {
+    HPDL_CHECK(i >= 0 && i < m && !seen[static_cast<size_t>(i)],
+               "{}: the minibatch order is not a permutation of 0..{} (entry {})", where, m - 1, i);
+    seen[static_cast<size_t>(i)] = true;
+  }
+  HPDL_CHECK(position >= 0 && position <= m, "{}: the minibatch position {} is outside [0, {}]", where, position, m);
+  order_ = std::move(order);
+  next_ = position;
+  gen_.set_state(seed, offset);
 }
 }  // namespace detail
 

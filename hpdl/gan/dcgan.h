@@ -36,6 +36,7 @@
 #include "hpdl/nn/layers.h"
 #include "hpdl/optim/ema.h"
 #include "hpdl/optim/optimizers.h"
+#include "hpdl/train/checkpoint.h"
 
 namespace hpdl::gan {
 
@@ -111,7 +112,43 @@ io::onnx::Model export_generator_onnx(DcganGenerator& generator, const std::stri
 // export_generator_onnx() written atomically to `path`; throws naming the file.
 void save_generator_onnx(const std::filesystem::path& path, DcganGenerator& generator, const std::string& doc = "");
 
-// Both networks, their Adam optimizers and the random stream for latents and minibatches.
+namespace detail {
+struct GanState;
+
+// Batches of `batch` images drawn without replacement from an image set [M, C, S, S], reshuffled
+// (Fisher-Yates, on its own random stream from `seed`, so a step's latents do not depend on how
+// many epochs came before) whenever fewer than a batch remain. Holds no images: the trainer
+// passes the same set to every next(). Its state (order, position, stream) goes into the GAN's
+// checkpoint, so a resumed run draws the batches the straight run would have drawn.
+class ShuffledBatches {
+ public:
+  // The trainers' order stream is seeded with options.seed + kSeedOffset.
+  static constexpr uint64_t kSeedOffset = 0x5851F42D4C957F2Dull;
+  ShuffledBatches(int64_t batch, uint64_t seed) : batch_(batch), gen_(seed) {}
+  // Throws, naming `who`, unless images are [M, channels, size, size] with M >= batch and, once an
+  // order is in progress (drawn by an earlier call or restored from a checkpoint), M is its size.
+  void check(const Tensor& images, int64_t channels, int64_t size, const char* who) const;
+  // The next batch [batch, C, S, S] of `images` (passed check()).
+  Tensor next(const Tensor& images);
+
+  // The state: the current order of image indices (empty before the first batch), the
+  // position in it (images already drawn), the order's random stream.
+  const std::vector<int64_t>& order() const { return order_; }
+  int64_t position() const { return next_; }
+  const Generator& generator() const { return gen_; }
+  // Restores a state taken from the accessors above. Throws naming `where` unless order is
+  // empty or a permutation of 0..M-1 and position is in [0, M].
+  void restore(std::vector<int64_t> order, int64_t position, uint64_t seed, uint64_t offset, const std::string& where);
+
+ private:
+  int64_t batch_;
+  Generator gen_;
+  std::vector<int64_t> order_;
+  int64_t next_ = 0;  // position in the current order; order_ empty or next_ + batch_ > M: reshuffle first
+};
+}  // namespace detail
+
+// Both networks, their Adam optimizers, the random stream for latents and the minibatch order.
 class Dcgan {
  public:
   // Throws as check_dcgan_options.
@@ -149,12 +186,28 @@ class Dcgan {
   double discriminator_accuracy(const Tensor& real, const Tensor& fake);
 
   int64_t steps() const { return steps_; }
+  // The minibatch order train_dcgan draws from (it continues over calls, and is checkpointed).
+  detail::ShuffledBatches& minibatches() { return batches_; }
+
+  // Checkpoints in train::CheckpointManager's format (the classifier trainer's; docs/gan.md):
+  // the whole training state (G and D with their buffers, both Adam states, G's average when
+  // on, steps(), the GAN's random stream, the minibatch order, position and stream) with the
+  // options in the sidecar, so that a run stopped after k steps and resumed in a fresh Dcgan
+  // of the same options ends bitwise equal to the straight run (same thread count). Throws
+  // naming the file on I/O errors (earlier checkpoints stay).
+  train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints);
+  // Restores a checkpoint written by save_checkpoint (info from checkpoints.latest_valid()).
+  // Throws naming the sidecar when it is not a DCGAN checkpoint, when its options differ from
+  // this GAN's (every differing option with both values), or when an entry is missing.
+  void load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info);
 
  private:
   void check_images(const Tensor& images, const char* what) const;
+  detail::GanState state();  // references to everything a checkpoint holds
 
   DcganOptions options_;
   Generator rng_;
+  detail::ShuffledBatches batches_;
   std::shared_ptr<DcganGenerator> g_;
   std::shared_ptr<DcganDiscriminator> d_;
   std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
@@ -162,10 +215,13 @@ class Dcgan {
   int64_t steps_ = 0;
 };
 
-// Trains `gan` for `steps` alternating steps on images [M, C, S, S] in [-1, 1]
+// Trains `gan` for `steps` more alternating steps on images [M, C, S, S] in [-1, 1]
 // (M >= batch_size), drawing minibatches without replacement from shuffled
-// epochs (order from the GAN's random stream). `on_step(step, stats)` (1-based
-// step) is called after every step when set. Returns the last step's stats.
+// epochs (gan.minibatches(): a second call, or a call after load_checkpoint, continues
+// the order where it stopped, so k steps then N - k steps equal N steps; the images
+// must be the same set). `on_step(step, stats)` is called after every step when set,
+// with step = gan.steps() (1-based, counting the steps before this call too).
+// Returns the last step's stats.
 DcganStepStats train_dcgan(Dcgan& gan, const Tensor& images, int64_t steps,
                            const std::function<void(int64_t, const DcganStepStats&)>& on_step = {});
 
@@ -208,22 +264,28 @@ std::unique_ptr<optim::ModelEma> make_generator_ema(DcganGenerator& g, double de
 // and the averages are bitwise what they were. Throws naming g_ema_decay when ema is null.
 Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& z, const char* who);
 
-// Batches of `batch` images drawn without replacement from `images` [M, C, S, S], reshuffled
-// (Fisher-Yates, on its own random stream from `seed`, so a step's latents do not depend on how
-// many epochs came before) whenever fewer than a batch remain. Throws, naming `who`, when the
-// images are not [M, channels, size, size] or fewer than one batch.
-class ShuffledBatches {
- public:
-  ShuffledBatches(const Tensor& images, int64_t channels, int64_t size, int64_t batch, uint64_t seed, const char* who);
-  Tensor next();
-
- private:
-  Tensor images_;
-  int64_t batch_;
-  Generator gen_;
-  std::vector<int64_t> order_;
-  int64_t next_;  // position in the current order; M: reshuffle first
+// A GAN trainer's training state, by reference, for the checkpoint functions both trainers share.
+struct GanState {
+  const char* kind;        // "dcgan" or "wgan-gp": stored in the sidecar's extra.gan, checked on load
+  nlohmann::json options;  // every option (the sidecar's config), compared on load
+  nn::Module& g;
+  nn::Module& d;
+  optim::AdamW& g_opt;
+  optim::AdamW& d_opt;
+  optim::ModelEma* g_ema;  // null: averaging off
+  Generator& rng;
+  ShuffledBatches& batches;
+  int64_t& steps;
 };
+// The options as the sidecar stores them (one key per field).
+nlohmann::json options_json(const DcganOptions& o);
+// Writes the checkpoint for state.steps: tensors g.*, d.*, g_optim.*, d_optim.*, g_ema.* (when
+// on), sampler.order (once drawn); sidecar rng "gan", "sampler" (and the modules' own, as g.NAME,
+// d.NAME), sampler_position, config = the options, extra gan / g_ema_updates.
+train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints, const GanState& state);
+// Restores it, checking the kind and the options before changing anything; throws naming the sidecar.
+void load_gan_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info,
+                         const GanState& state);
 }  // namespace detail
 
 }  // namespace hpdl::gan

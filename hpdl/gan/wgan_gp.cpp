@@ -108,7 +108,8 @@ GradientPenalty gradient_penalty(const std::function<Tensor(const Tensor&)>& cri
 
 // ---------------------------------------------------------------- training
 
-WganGp::WganGp(const WganGpOptions& options) : options_(options), rng_(options.seed) {
+WganGp::WganGp(const WganGpOptions& options)
+    : options_(options), rng_(options.seed), batches_(options.batch_size, options.seed + detail::ShuffledBatches::kSeedOffset) {
   check_wgan_gp_options(options_);
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
   g_ = std::make_shared<DcganGenerator>(options_.generator_options(), init_gen);
@@ -179,17 +180,31 @@ WganGpStepStats WganGp::train_step(const std::function<Tensor()>& next_batch) {
   return st;
 }
 
+detail::GanState WganGp::state() {
+  nlohmann::json options = detail::options_json(options_.generator_options());
+  options.update({{"n_critic", options_.n_critic}, {"gp_lambda", options_.gp_lambda},
+                  {"critic_norm", options_.critic_norm}, {"critic_groups", options_.critic_groups},
+                  {"g_ema_decay", options_.g_ema_decay}, {"g_ema_warmup", options_.g_ema_warmup}});
+  return {"wgan-gp", std::move(options), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_};
+}
+
+train::CheckpointInfo WganGp::save_checkpoint(train::CheckpointManager& checkpoints) {
+  return detail::save_gan_checkpoint(checkpoints, state());
+}
+
+void WganGp::load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info) {
+  detail::load_gan_checkpoint(checkpoints, info, state());
+}
+
 WganGpStepStats train_wgan_gp(WganGp& gan, const Tensor& images, int64_t steps,
                               const std::function<void(int64_t, const WganGpStepStats&)>& on_step) {
   const WganGpOptions& o = gan.options();
-  // The order has its own stream, as in train_dcgan.
-  detail::ShuffledBatches batches(images, o.channels, o.image_size, o.batch_size, o.seed + 0x5851F42D4C957F2Dull,
-                                  "train_wgan_gp");
+  gan.minibatches().check(images, o.channels, o.image_size, "train_wgan_gp");
   HPDL_CHECK(steps >= 0, "gan::train_wgan_gp: steps must be >= 0, got {}", steps);
   WganGpStepStats last;
-  for (int64_t step = 1; step <= steps; ++step) {
-    last = gan.train_step([&] { return batches.next(); });
-    if (on_step) on_step(step, last);
+  for (int64_t i = 0; i < steps; ++i) {
+    last = gan.train_step([&] { return gan.minibatches().next(images); });
+    if (on_step) on_step(gan.steps(), last);
   }
   return last;
 }

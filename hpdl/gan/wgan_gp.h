@@ -121,12 +121,23 @@ class WganGp {
   WganGpStepStats train_step(const std::function<Tensor()>& next_batch);
 
   int64_t steps() const { return steps_; }  // generator steps taken
+  // The minibatch order train_wgan_gp draws from (it continues over calls, and is checkpointed).
+  detail::ShuffledBatches& minibatches() { return batches_; }
+
+  // As Dcgan's (the same format and contents, the critic in place of D): a checkpoint holds
+  // the state after a whole generator step (its n_critic critic steps included), so a run
+  // resumed from one continues bitwise as the straight run. load_checkpoint throws naming the
+  // sidecar when it is not a WGAN-GP checkpoint or any option differs (n_critic, critic_norm, ...).
+  train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints);
+  void load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info);
 
  private:
   void check_images(const Tensor& images, const char* what) const;
+  detail::GanState state();
 
   WganGpOptions options_;
   Generator rng_;
+  detail::ShuffledBatches batches_;
   std::shared_ptr<DcganGenerator> g_;
   std::shared_ptr<WganCritic> d_;
   std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
@@ -134,10 +145,11 @@ class WganGp {
   int64_t steps_ = 0;
 };
 
-// Trains `gan` for `steps` generator steps (n_critic critic steps each) on
+// Trains `gan` for `steps` more generator steps (n_critic critic steps each) on
 // images [M, C, S, S] in [-1, 1] (M >= batch_size), minibatches drawn without
-// replacement from shuffled epochs. `on_step(step, stats)` after every
-// generator step (1-based). Returns the last step's stats.
+// replacement from shuffled epochs (gan.minibatches(), continued over calls as
+// in train_dcgan). `on_step(step, stats)` after every generator step, with
+// step = gan.steps() (1-based, earlier calls' steps included). Returns the last step's stats.
 WganGpStepStats train_wgan_gp(WganGp& gan, const Tensor& images, int64_t steps,
                               const std::function<void(int64_t, const WganGpStepStats&)>& on_step = {});
 

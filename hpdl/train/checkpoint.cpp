@@ -35,6 +35,19 @@ int64_t step_of(const std::filesystem::path& p, const char* ext) {
 
 }  // namespace
 
+std::map<std::string, Tensor> prefixed(const std::map<std::string, Tensor>& m, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : m) out[prefix + k] = v;
+  return out;
+}
+
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : m)
+    if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
+  return out;
+}
+
 CheckpointManager::CheckpointManager(const std::filesystem::path& run_dir, int keep)
     : dir_(run_dir / "checkpoints"), keep_(keep) {
   HPDL_CHECK(keep >= 1, "CheckpointManager: keep must be >= 1, got {} (train.keep_checkpoints)", keep);

@@ -43,6 +43,12 @@ struct CheckpointInfo {
   std::string file_xxh64;  // 16 hex digits
 };
 
+// Checkpoints keep several state dicts in one file under prefixes ("model.", "optim."):
+// prefixed() puts `prefix` before every name; with_prefix() takes the entries whose names
+// start with it, without it.
+std::map<std::string, Tensor> prefixed(const std::map<std::string, Tensor>& m, const std::string& prefix);
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m, const std::string& prefix);
+
 class CheckpointManager {
  public:
   // Creates RUN_DIR/checkpoints if needed. keep >= 1: how many checkpoints save() leaves.

@@ -261,19 +261,6 @@ optim::ScheduleConfig schedule_config(const ScheduleConfig& s, double lr, int64_
   return c;
 }
 
-std::map<std::string, Tensor> prefixed(const std::map<std::string, Tensor>& m, const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (auto& [k, v] : m) out[prefix + k] = v;
-  return out;
-}
-
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& m, const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (auto& [k, v] : m)
-    if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
-  return out;
-}
-
 // Microseconds as seconds.
 std::vector<double> seconds(const std::vector<int64_t>& us) {
   std::vector<double> out;
