@@ -1,6 +1,9 @@
 // Compiled with -fno-math-errno (hpdl/CMakeLists.txt): with errno semantics GCC keeps a scalar
 // call to sqrtf per element, which also stops the division from vectorizing. v >= 0 here, so no
-// square root would ever set errno; the results are the same correctly rounded values.
+// square root would ever set errno; the results are the same correctly rounded values. And with
+// -ffp-contract=off: every element gets the same operations whether it falls in the vector body
+// or in a scalar tail, so the result does not depend on where a thread's range (or a ZeRO
+// shard) begins.
 #include "hpdl/backend/cpu/adamw_rows.h"
 
 #include <cmath>

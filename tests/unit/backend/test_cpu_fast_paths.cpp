@@ -197,6 +197,31 @@ TEST(CpuFastPaths, AdamWMatchesReference) {
     for (size_t i = 0; i < a.size(); ++i) moved = std::max(moved, static_cast<double>(std::abs(a[i] - b[i])));
     EXPECT_GT(moved, 1e-3) << what;
   }
+  // Each element's result does not depend on where a thread's range starts (a vector body or a
+  // scalar tail): one thread and three, and an update of the second half alone, agree bitwise.
+  Generator gen(99);
+  const int64_t n = 70001, half = 33333;
+  const Tensor p0 = Tensor::rand({n}, gen, -1, 1), g = Tensor::rand({n}, gen, -1, 1);
+  OptimizerUpdate u;
+  u.kind = OptimizerUpdate::Kind::adamw, u.lr = 1e-2, u.weight_decay = 0.01, u.step = 2, u.decoupled_decay = true;
+  std::vector<std::vector<float>> results;
+  const int before = num_threads();
+  for (int threads : {1, 3}) {
+    set_num_threads(threads);
+    Tensor p = p0.clone(), m = Tensor::zeros({n}), v = Tensor::zeros({n});
+    cpu_backend().optimizer_update(u, p, g, m, v);
+    results.push_back(p.to_vector<float>());
+  }
+  set_num_threads(before);
+  Tensor p = p0.slice(0, half, n).clone(), m = Tensor::zeros({n - half}), v = Tensor::zeros({n - half});
+  cpu_backend().optimizer_update(u, p, g.slice(0, half, n).contiguous(), m, v);
+  const auto shard = p.to_vector<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(results[0][i], results[1][i]) << "element " << i << ", one thread against three";
+    if (i >= half) {
+      ASSERT_EQ(results[0][i], shard[i - half]) << "element " << i << ", whole against a shard";
+    }
+  }
 }
 
 // conv2d_backward reorders dy once for both backward convolutions; the results must be those of
