@@ -154,12 +154,17 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
 // k generator samples in batches of the training batch size, in G's current mode (the
 // example keeps G in training mode, as during training), from the averaged weights when asked.
 template <typename Gan>
-Tensor samples(Gan& gan, int64_t k, bool averaged = false) {
+Tensor samples(Gan& gan, int64_t k, bool averaged = false, gan::DcganGenerator* standalone = nullptr) {
   std::vector<Tensor> parts;
   const int64_t b = gan.options().batch_size;
   for (int64_t i = 0; i < k; i += b) {
     Tensor z = gan.sample_latent(std::min(b, k - i));
-    parts.push_back(averaged ? gan.generate_averaged(z) : gan.generate(z));
+    if (standalone) {
+      NoGradGuard no_grad;
+      parts.push_back((*standalone)(z));
+    } else {
+      parts.push_back(averaged ? gan.generate_averaged(z) : gan.generate(z));
+    }
   }
   return cat(parts, 0);
 }
@@ -178,19 +183,26 @@ void write_grids(Gan& gan, const Tensor& fixed_z, const fs::path& out, int64_t s
 }
 
 // After training: the scores of k samples and the ONNX generator(s). With averaging, the
-// averaged G is scored in training mode (its own batch statistics, as the live G) and in
-// eval mode (the averaged running statistics: what generator_avg.onnx computes), and the
-// live G in eval mode too (what generator.onnx computes), for comparison.
+// averaged G is scored in training mode (its own batch statistics, as the live G), in eval
+// mode with the averaged running statistics, and in eval mode with running statistics
+// recomputed for the averaged weights (gan.averaged_generator(): what generator_avg.onnx
+// computes); the live G in eval mode too (what generator.onnx computes), for comparison.
 template <typename Gan>
 void finish(Gan& gan, nn::Module& classifier, int64_t k, const fs::path& out) {
-  auto score = [&](bool averaged) { return gan::classifier_score(logits_of(classifier, samples(gan, k, averaged))); };
+  auto score = [&](bool averaged, gan::DcganGenerator* standalone = nullptr) {
+    return gan::classifier_score(logits_of(classifier, samples(gan, k, averaged, standalone)));
+  };
   report("trained generator", score(false));
+  std::shared_ptr<gan::DcganGenerator> averaged_g;
   if (gan.generator_ema()) {
     report("averaged generator", score(true));
     gan.generator().eval();
     report("trained generator, eval-mode batch norm (generator.onnx)", score(false));
-    report("averaged generator, eval-mode batch norm (generator_avg.onnx)", score(true));
+    report("averaged generator, eval-mode batch norm, averaged running statistics", score(true));
     gan.generator().train();
+    averaged_g = gan.averaged_generator();
+    report("averaged generator, eval-mode batch norm, standing statistics (generator_avg.onnx)",
+           score(false, averaged_g.get()));
   }
   const auto& o = gan.options();
   const std::string doc = fmt::format("input z [N, {}], output images [N, {}, {}, {}]; eval-mode batch norm",
@@ -198,8 +210,7 @@ void finish(Gan& gan, nn::Module& classifier, int64_t k, const fs::path& out) {
   gan::save_generator_onnx(out / "generator.onnx", gan.generator());
   std::printf("generator as ONNX: %s (%s)\n", (out / "generator.onnx").string().c_str(), doc.c_str());
   if (optim::ModelEma* ema = gan.generator_ema()) {
-    optim::ModelEma::Applied averaged(ema);
-    gan::save_generator_onnx(out / "generator_avg.onnx", gan.generator());
+    gan::save_generator_onnx(out / "generator_avg.onnx", *averaged_g);
     std::printf("averaged generator (decay %g, %lld updates) as ONNX: %s (%s)\n", o.g_ema_decay,
                 static_cast<long long>(ema->updates()), (out / "generator_avg.onnx").string().c_str(), doc.c_str());
   }

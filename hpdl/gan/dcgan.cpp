@@ -177,6 +177,27 @@ Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& 
   return out;
 }
 
+std::shared_ptr<DcganGenerator> averaged_generator(const DcganOptions& g_options, DcganGenerator& g,
+                                                   optim::ModelEma* ema, int64_t batches, const char* who) {
+  HPDL_CHECK(ema, "gan::{}::averaged_generator: generator averaging is off (set g_ema_decay in (0, 1))", who);
+  HPDL_CHECK(batches >= 1, "gan::{}::averaged_generator: stat_batches must be >= 1, got {}", who, batches);
+  Generator init(g_options.seed);  // the copy's initial weights are replaced by the averages
+  auto copy = std::make_shared<DcganGenerator>(g_options, init);
+  copy->load_state_dict(ema->state_dict());
+  const std::vector<Tensor> params = g.parameters();
+  if (!params.empty()) copy->to(params.front().device());
+  Generator latents(g_options.seed + kStandingSeedOffset);
+  nn::recompute_batchnorm_statistics(
+      *copy,
+      [&] {
+        Tensor z = sample_latent(g_options.batch_size, g_options.latent_dim, latents, who);
+        return params.empty() ? z : z.to(params.front().device());
+      },
+      batches);
+  copy->eval();
+  return copy;
+}
+
 void check_images(const Tensor& images, int64_t c, int64_t s, const char* who, const char* what) {
   HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s &&
                  images.dim(3) == s && images.dim(0) >= 1,
@@ -193,6 +214,10 @@ Tensor Dcgan::generate(const Tensor& z) {
 }
 
 Tensor Dcgan::generate_averaged(const Tensor& z) { return detail::generate_averaged(*g_, g_ema_.get(), z, "Dcgan"); }
+
+std::shared_ptr<DcganGenerator> Dcgan::averaged_generator(int64_t stat_batches) {
+  return detail::averaged_generator(options_, *g_, g_ema_.get(), stat_batches, "Dcgan");
+}
 
 void Dcgan::check_images(const Tensor& images, const char* what) const {
   detail::check_images(images, options_.channels, options_.image_size, "Dcgan", what);

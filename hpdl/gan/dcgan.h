@@ -165,6 +165,11 @@ class Dcgan {
   // G(z) from G's averaged weights (see detail::generate_averaged). Throws naming
   // g_ema_decay when averaging is off.
   Tensor generate_averaged(const Tensor& z);
+  // A standalone copy of G with the averaged weights and batch-norm running statistics
+  // recomputed for them (detail::averaged_generator), in eval mode: what to export
+  // (save_generator_onnx) or to sample with running statistics. Throws naming
+  // g_ema_decay when averaging is off.
+  std::shared_ptr<DcganGenerator> averaged_generator(int64_t stat_batches = 100);
   // G's weight average, null when g_ema_decay is 0. Its state_dict() holds the averaged
   // G by G's state-dict names; optim::ModelEma::Applied swaps the averages into
   // generator() for a scope (for save_generator_onnx of the averaged G).
@@ -263,6 +268,15 @@ std::unique_ptr<optim::ModelEma> make_generator_ema(DcganGenerator& g, double de
 // running-statistic updates that forward makes are undone, so G's live weights and buffers
 // and the averages are bitwise what they were. Throws naming g_ema_decay when ema is null.
 Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& z, const char* who);
+// A new generator (options `g_options`, on g's device) holding the averages, its batch-norm
+// running statistics recomputed for the averaged weights ("standing statistics", Brock et al.
+// 2019; nn::recompute_batchnorm_statistics) over `batches` batches of g_options.batch_size
+// latents from a stream of its own (g_options.seed + kStandingSeedOffset), then put in eval mode.
+// g, the averages and the GAN's random streams are untouched. Throws naming g_ema_decay when
+// ema is null and naming `batches` when it is < 1.
+constexpr uint64_t kStandingSeedOffset = 0x2545F4914F6CDD1Dull;
+std::shared_ptr<DcganGenerator> averaged_generator(const DcganOptions& g_options, DcganGenerator& g,
+                                                   optim::ModelEma* ema, int64_t batches, const char* who);
 
 // A GAN trainer's training state, by reference, for the checkpoint functions both trainers share.
 struct GanState {

@@ -128,6 +128,10 @@ Tensor WganGp::generate(const Tensor& z) {
 
 Tensor WganGp::generate_averaged(const Tensor& z) { return detail::generate_averaged(*g_, g_ema_.get(), z, "WganGp"); }
 
+std::shared_ptr<DcganGenerator> WganGp::averaged_generator(int64_t stat_batches) {
+  return detail::averaged_generator(options_.generator_options(), *g_, g_ema_.get(), stat_batches, "WganGp");
+}
+
 void WganGp::check_images(const Tensor& images, const char* what) const {
   detail::check_images(images, options_.channels, options_.image_size, "WganGp", what);
 }

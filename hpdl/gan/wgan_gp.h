@@ -105,9 +105,11 @@ class WganGp {
 
   Tensor sample_latent(int64_t n);  // z ~ N(0, 1) [n, latent] from the GAN's random stream
   Tensor generate(const Tensor& z);  // G(z) without autograd, in G's current mode
-  // As Dcgan's: G(z) from the averaged weights (throws naming g_ema_decay when off), and
-  // the average itself (null when off).
+  // As Dcgan's: G(z) from the averaged weights (throws naming g_ema_decay when off), a
+  // standalone averaged G with recomputed batch-norm statistics, and the average itself
+  // (null when off).
   Tensor generate_averaged(const Tensor& z);
+  std::shared_ptr<DcganGenerator> averaged_generator(int64_t stat_batches = 100);
   optim::ModelEma* generator_ema() { return g_ema_.get(); }
 
   // One Adam step of the critic on a batch of real images [B, C, S, S] against

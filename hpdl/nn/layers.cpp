@@ -146,6 +146,52 @@ Tensor BatchNorm::forward_add_relu(const Tensor& x, const Tensor& residual) {
   return forward_impl(x, true, residual);
 }
 
+namespace {
+// Every module below `m` (m included) with its mode, depth first.
+void collect_modules(Module& m, std::vector<std::pair<Module*, bool>>& out) {
+  out.emplace_back(&m, m.is_training());
+  for (const auto& [name, child] : m.children()) collect_modules(*child, out);
+}
+}  // namespace
+
+void recompute_batchnorm_statistics(Module& model, const std::function<Tensor()>& next_input, int64_t batches) {
+  HPDL_CHECK(batches >= 1, "recompute_batchnorm_statistics: batches must be >= 1, got {}", batches);
+  std::vector<std::pair<Module*, bool>> modules;
+  collect_modules(model, modules);
+  struct Saved {
+    BatchNorm* bn;
+    double momentum;
+    Tensor counter;
+  };
+  std::vector<Saved> bns;
+  for (auto& [m, training] : modules)
+    if (auto* bn = dynamic_cast<BatchNorm*>(m))
+      bns.push_back({bn, bn->momentum, bn->num_batches_tracked.defined() ? bn->num_batches_tracked.clone() : Tensor()});
+  HPDL_CHECK(!bns.empty(), "recompute_batchnorm_statistics: {} has no batch norm", model.type_name());
+  NoGradGuard no_grad;
+  for (Saved& s : bns) {
+    s.bn->running_mean.fill_(0.0);
+    s.bn->running_var.fill_(1.0);
+  }
+  model.train(true);
+  try {
+    for (int64_t k = 0; k < batches; ++k) {
+      for (Saved& s : bns) s.bn->momentum = 1.0 / static_cast<double>(k + 1);
+      model.forward(next_input());
+    }
+  } catch (...) {
+    for (Saved& s : bns) s.bn->momentum = s.momentum;
+    for (auto& [m, training] : modules) m->train(training);
+    throw;
+  }
+  for (Saved& s : bns) {
+    s.bn->momentum = s.momentum;
+    if (s.counter.defined()) s.bn->num_batches_tracked.copy_(s.counter);
+  }
+  // train(bool) sets a module and everything below it: restore top-down so each keeps its own mode.
+  for (auto& [m, training] : modules) m->train(training);
+}
+
 Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu, const Tensor& residual) {
   HPDL_CHECK(x.ndim() >= min_ndim_ && x.ndim() <= max_ndim_ && x.dim(1) == num_features,
              "{}({}): input must have {} to {} dims with {} channels at axis 1, got {}", name_, num_features,

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -133,6 +134,15 @@ class BatchNorm : public Module {
   int min_ndim_, max_ndim_;
   std::string name_;
 };
+// Recomputes the running statistics of every batch norm in `model` for its current weights
+// ("standing statistics": weights averaged by EMA or SWA were never run with the statistics their
+// batch norms hold, which are averages of other weights' activations). Each batch norm's running
+// mean and variance restart at 0 and 1 and become the plain average, over `batches` training-mode
+// forwards of next_input() without autograd, of the batch means and unbiased variances (momentum
+// 1 / (k + 1) on forward k). Parameters, num_batches_tracked, the momentum and every module's mode
+// are as before afterwards. Throws if batches < 1 or the model has no batch norm.
+void recompute_batchnorm_statistics(Module& model, const std::function<Tensor()>& next_input, int64_t batches);
+
 // x [N, C, H, W].
 class BatchNorm2d : public BatchNorm {
  public:

@@ -356,6 +356,47 @@ TEST(GanEma, SamplingFromTheAveragesLeavesTheLiveGeneratorAlone) {
   EXPECT_GE(checked, 10) << "weights, biases, scales and running statistics of G";
 }
 
+// averaged_generator(): a standalone G holding the averages, in eval mode, whose batch norms
+// hold statistics recomputed for the averaged weights. Those make its eval-mode output match
+// the averaged weights' batch-statistics output (on a large batch) far better than the averaged
+// running statistics, which come from the live G's activations. Nothing of the GAN changes: G,
+// the averages, and its random stream (the next latents equal a twin GAN's).
+TEST(GanEma, AveragedGeneratorHasStandingStatistics) {
+  OneThread one_thread;
+  gan::DcganOptions o = tiny_options(2);
+  o.g_ema_decay = 0.5;
+  gan::Dcgan gan(o), twin(o);
+  gan::train_dcgan(gan, four_patterns(), 4);
+  gan::train_dcgan(twin, four_patterns(), 4);
+  const test::Snapshot live = snapshot(gan.generator());
+  const std::map<std::string, Tensor> averages = gan.generator_ema()->state_dict();
+  auto a = gan.averaged_generator(20);
+  EXPECT_FALSE(a->is_training());
+  EXPECT_EQ(snapshot(gan.generator()), live);
+  expect_averages(*gan.generator_ema(), test::values_of(averages), test::values_of(averages));
+  EXPECT_EQ(max(abs(sub(gan.sample_latent(4), twin.sample_latent(4)))).item(), 0.0) << "the GAN's stream moved";
+  for (const auto& [name, p] : a->named_parameters())
+    EXPECT_EQ(max(abs(sub(p, averages.at(name)))).item(), 0.0) << name;
+  auto b = gan.averaged_generator(20);
+  EXPECT_EQ(snapshot(*a), snapshot(*b)) << "deterministic";
+
+  Generator zg(17);
+  Tensor z = Tensor::randn({512, o.latent_dim}, zg);
+  Tensor batch_stats = gan.generate_averaged(z);  // G is in training mode: the averaged weights' batch statistics
+  gan.generator().eval();
+  Tensor averaged_running = gan.generate_averaged(z);
+  gan.generator().train();
+  Tensor standing;
+  {
+    NoGradGuard no_grad;
+    standing = (*a)(z);
+  }
+  const double err_standing = mean(abs(sub(standing, batch_stats))).item();
+  const double err_running = mean(abs(sub(averaged_running, batch_stats))).item();
+  EXPECT_LT(err_standing, 0.5 * err_running) << "standing " << err_standing << ", averaged running " << err_running;
+  EXPECT_THROW(gan.averaged_generator(0), Error);
+}
+
 TEST(GanEma, BadDecayIsNamed) {
   for (double bad : {1.0, -0.1, std::nan("")}) {
     gan::DcganOptions o = tiny_options();
@@ -367,6 +408,8 @@ TEST(GanEma, BadDecayIsNamed) {
   EXPECT_EQ(off.generator_ema(), nullptr);
   const std::string m = error_of([&] { off.generate_averaged(off.sample_latent(2)); });
   EXPECT_TRUE(contains(m, "Dcgan::generate_averaged") && contains(m, "g_ema_decay")) << m;
+  const std::string m2 = error_of([&] { off.averaged_generator(); });
+  EXPECT_TRUE(contains(m2, "Dcgan::averaged_generator") && contains(m2, "g_ema_decay")) << m2;
 }
 
 // 1200 steps on the four patterns, decay 0.99, three seeds (2 s a run on one core). What

@@ -122,5 +122,71 @@ TEST(Blocks, BasicBlockShortcuts) {
   EXPECT_TRUE(down.downsample->parameters()[0].grad().defined());
 }
 
+// Standing statistics: each batch norm's running mean and variance become the plain average of
+// the batch means and unbiased variances over the forwards, whatever they held before; the rest
+// of the model (parameters, counters, momentum, every module's own mode) is as it was.
+TEST(RecomputeBatchNormStatistics, AveragesTheBatchMomentsAndRestoresEverythingElse) {
+  Generator gen(3);
+  auto model = std::make_shared<Sequential>();
+  auto lin = model->push_back(std::make_shared<Linear>(4, 3, true, gen));
+  auto bn = model->push_back(std::make_shared<BatchNorm1d>(3, 1e-5, 0.25));
+  auto inner = model->push_back(std::make_shared<Sequential>());
+  auto bn2 = inner->push_back(std::make_shared<BatchNorm1d>(3));
+  model->train(false);
+  inner->train(false);
+  bn->train(true);  // modes that differ between modules must come back as they were
+  bn->running_mean.fill_(5.0);
+  bn->running_var.fill_(7.0);
+  bn->num_batches_tracked.fill_(11.0);
+  std::vector<Tensor> inputs;
+  for (int k = 0; k < 3; ++k) inputs.push_back(Tensor::randn({5, 4}, gen));
+  const Tensor w_before = lin->weight.clone();
+  size_t next = 0;
+  recompute_batchnorm_statistics(*model, [&] { return inputs[next++]; }, 3);
+  EXPECT_EQ(next, 3u);
+
+  // By hand: h_k = linear(x_k); mean over k of the batch means and unbiased variances.
+  std::vector<double> mean(3, 0), var(3, 0);
+  for (const Tensor& x : inputs) {
+    Tensor h;
+    {
+      NoGradGuard ng;
+      h = lin->forward(x);
+    }
+    auto v = h.to_vector<double>();
+    for (int c = 0; c < 3; ++c) {
+      double m = 0, q = 0;
+      for (int i = 0; i < 5; ++i) m += v[i * 3 + c] / 5;
+      for (int i = 0; i < 5; ++i) q += (v[i * 3 + c] - m) * (v[i * 3 + c] - m) / 4;
+      mean[c] += m / 3, var[c] += q / 3;
+    }
+  }
+  auto rm = bn->running_mean.to_vector<double>(), rv = bn->running_var.to_vector<double>();
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(rm[c], mean[c], 1e-5) << "channel " << c;
+    EXPECT_NEAR(rv[c], var[c], 1e-5) << "channel " << c;
+  }
+  // The inner batch norm (in eval mode before) was recomputed too: its input is the first one's
+  // output, normalized with batch statistics (biased variance 1), so its unbiased running
+  // variance is near 5/4, not the 1 it held.
+  EXPECT_NEAR(bn2->running_var.to_vector<double>()[0], 1.25, 1e-3);
+  EXPECT_EQ(bn->momentum, 0.25);
+  EXPECT_EQ(bn->num_batches_tracked.item(), 11.0);
+  EXPECT_EQ(max(abs(sub(lin->weight, w_before))).item(), 0.0);
+  EXPECT_FALSE(model->is_training());
+  EXPECT_TRUE(bn->is_training());
+  EXPECT_FALSE(inner->is_training());
+  EXPECT_FALSE(bn2->is_training());
+
+  EXPECT_THROW(recompute_batchnorm_statistics(*model, [&] { return inputs[0]; }, 0), Error);
+  Linear no_bn(2, 2, true, gen);
+  try {
+    recompute_batchnorm_statistics(no_bn, [&] { return Tensor::ones({2, 2}); }, 1);
+    ADD_FAILURE() << "a model without batch norm was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has no batch norm"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace hpdl::nn
