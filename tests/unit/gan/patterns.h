@@ -1,4 +1,4 @@
-// Shared by the GAN tests: four 8x8 patterns as a tiny data set, the per-pixel
+// Shared by the GAN tests: small GANs for 8x8 images, four 8x8 patterns as a tiny data set, the per-pixel
 // statistics a generator's samples are compared with, a one-thread scope, and
 // the generator averages worked out by hand.
 #pragma once
@@ -14,10 +14,26 @@
 
 #include "hpdl/core/tensor.h"
 #include "hpdl/core/threading.h"
+#include "hpdl/gan/dcgan.h"
+#include "hpdl/gan/wgan_gp.h"
 #include "hpdl/nn/module.h"
 #include "hpdl/optim/ema.h"
 
 namespace hpdl::test {
+
+// The sizes of a small GAN for 8x8 images (G 16 -> [32, 2, 2] -> [16, 4, 4] -> [1, 8, 8]),
+// batch 32, for either trainer's options.
+template <typename Options>
+Options tiny_gan_options(uint64_t seed) {
+  Options o;
+  o.image_size = 8;
+  o.latent_dim = 16;
+  o.g_features = 16;
+  o.d_features = 16;
+  o.batch_size = 32;
+  o.seed = seed;
+  return o;
+}
 
 // 256 images [256, 1, 8, 8] in {-1, 1}: four patterns (a horizontal bar, a
 // vertical bar, the main diagonal, a centre square), 64 copies each.

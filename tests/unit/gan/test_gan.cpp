@@ -37,17 +37,8 @@ using test::hand_ema;
 using test::snapshot;
 using test::expect_averages;
 
-// A small DCGAN for 8x8 images: G 16 -> [32, 2, 2] -> [16, 4, 4] -> [1, 8, 8].
-gan::DcganOptions tiny_options(uint64_t seed = 1) {
-  gan::DcganOptions o;
-  o.image_size = 8;
-  o.latent_dim = 16;
-  o.g_features = 16;
-  o.d_features = 16;
-  o.batch_size = 32;
-  o.seed = seed;
-  return o;
-}
+// A small DCGAN for 8x8 images.
+gan::DcganOptions tiny_options(uint64_t seed = 1) { return test::tiny_gan_options<gan::DcganOptions>(seed); }
 
 double std_of(const Tensor& t) {
   std::vector<double> v = t.to_vector<double>();

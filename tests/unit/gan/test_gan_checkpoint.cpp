@@ -30,26 +30,14 @@ using test::Snapshot;
 using test::values_of;
 
 gan::DcganOptions dcgan_options(double g_ema_decay = 0) {
-  gan::DcganOptions o;
-  o.image_size = 8;
-  o.latent_dim = 16;
-  o.g_features = 16;
-  o.d_features = 16;
-  o.batch_size = 32;  // 8 batches an epoch of the 256 patterns
-  o.seed = 5;
+  gan::DcganOptions o = test::tiny_gan_options<gan::DcganOptions>(5);  // 8 batches an epoch of the 256 patterns
   o.g_ema_decay = g_ema_decay;
   return o;
 }
 
 gan::WganGpOptions wgan_options(double g_ema_decay = 0, const std::string& critic_norm = "none") {
-  gan::WganGpOptions o;
-  o.image_size = 8;
-  o.latent_dim = 16;
-  o.g_features = 16;
-  o.d_features = 16;
-  o.batch_size = 32;
+  gan::WganGpOptions o = test::tiny_gan_options<gan::WganGpOptions>(5);
   o.n_critic = 3;  // a generator step draws 3 batches: epochs end inside generator steps
-  o.seed = 5;
   o.g_ema_decay = g_ema_decay;
   o.critic_norm = critic_norm;
   return o;

@@ -76,16 +76,7 @@ TEST(WganGp, PenaltyInterpolatesPerSample) {
   EXPECT_NEAR(gp.penalty.item(), penalty, 1e-9);
 }
 
-gan::WganGpOptions tiny_options(uint64_t seed = 1) {
-  gan::WganGpOptions o;
-  o.image_size = 8;
-  o.latent_dim = 16;
-  o.g_features = 16;
-  o.d_features = 16;
-  o.batch_size = 32;
-  o.seed = seed;
-  return o;
-}
+gan::WganGpOptions tiny_options(uint64_t seed = 1) { return test::tiny_gan_options<gan::WganGpOptions>(seed); }
 
 // The penalty on 3 real/fake pairs (float64) as a function of the critic's weights: gradcheck
 // perturbs the parameters in place, and the critic reads them through its own handles.
