@@ -169,7 +169,7 @@ TEST(CpuFastPaths, BatchNormMatchesReference) {
 
 // AdamW on float32 runs in float32 vector loops; the reference computes each element in double
 // and rounds. Twenty steps of both from the same start, with decoupled weight decay and a trust
-// ratio scale (LAMB), on sizes with and without a vector tail, stay within float rounding of
+// ratio-style scale, on sizes with and without a vector tail, stay within float rounding of
 // each other, and the optimizer state too.
 TEST(CpuFastPaths, AdamWMatchesReference) {
   for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{4096}, int64_t{70001}}) {
