@@ -51,12 +51,14 @@ train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints,
               {"sampler", s.batches.generator().seed(), s.batches.generator().offset()}};
   add_generators(s.g, "g.", meta.rng);
   add_generators(s.d, "d.", meta.rng);
-  std::map<std::string, Tensor> tensors = train::prefixed(s.g.state_dict(), "g.");
-  for (auto& [k, v] : s.d.state_dict()) tensors["d." + k] = v;
-  for (auto& [k, v] : s.g_opt.state_dict()) tensors["g_optim." + k] = v;
-  for (auto& [k, v] : s.d_opt.state_dict()) tensors["d_optim." + k] = v;
+  std::map<std::string, Tensor> tensors;
+  auto add = [&](const std::map<std::string, Tensor>& m, const char* prefix) { tensors.merge(train::prefixed(m, prefix)); };
+  add(s.g.state_dict(), "g.");
+  add(s.d.state_dict(), "d.");
+  add(s.g_opt.state_dict(), "g_optim.");
+  add(s.d_opt.state_dict(), "d_optim.");
   if (s.g_ema) {
-    for (auto& [k, v] : s.g_ema->state_dict()) tensors["g_ema." + k] = v;
+    add(s.g_ema->state_dict(), "g_ema.");
     meta.extra["g_ema_updates"] = s.g_ema->updates();
   }
   const std::vector<int64_t>& order = s.batches.order();

@@ -173,6 +173,12 @@ void recompute_batchnorm_statistics(Module& model, const std::function<Tensor()>
     s.bn->running_mean.fill_(0.0);
     s.bn->running_var.fill_(1.0);
   }
+  // Momentum and modes come back also when a forward throws. train(bool) sets a module and
+  // everything below it: restored top-down, each module keeps its own mode.
+  auto restore = [&] {
+    for (Saved& s : bns) s.bn->momentum = s.momentum;
+    for (auto& [m, training] : modules) m->train(training);
+  };
   model.train(true);
   try {
     for (int64_t k = 0; k < batches; ++k) {
@@ -180,16 +186,12 @@ void recompute_batchnorm_statistics(Module& model, const std::function<Tensor()>
       model.forward(next_input());
     }
   } catch (...) {
-    for (Saved& s : bns) s.bn->momentum = s.momentum;
-    for (auto& [m, training] : modules) m->train(training);
+    restore();
     throw;
   }
-  for (Saved& s : bns) {
-    s.bn->momentum = s.momentum;
+  restore();
+  for (Saved& s : bns)
     if (s.counter.defined()) s.bn->num_batches_tracked.copy_(s.counter);
-  }
-  // train(bool) sets a module and everything below it: restore top-down so each keeps its own mode.
-  for (auto& [m, training] : modules) m->train(training);
 }
 
 Tensor BatchNorm::forward_impl(const Tensor& x, bool fuse_relu, const Tensor& residual) {

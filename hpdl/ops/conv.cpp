@@ -105,6 +105,16 @@ Tensor conv2d_data_grad(const Tensor& dy, const Tensor& w, const Shape& x_shape,
   return conv_transpose2d(dy, w, Tensor(), t);
 }
 
+// Whether a CPU convolution of x runs channels-last (design decision 75): float32, the layout on,
+// and the backend taking a conv2d of input shape `in` (a transposed convolution passes its output,
+// the input of the conv2d it is the data gradient of) with filters `w` in NHWC. A one-channel `in`
+// only when computing in float32: under CPU bf16 the row-major direct one-channel loops stay
+// float32, so the layout would change what is rounded.
+bool cpu_conv_channels_last(const Tensor& x, const Shape& in, const Shape& w, const Conv2dParams& p, DType cd) {
+  return x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last() && (in[1] != 1 || cd == DType::f32) &&
+         detail::pick(x, OpKind::conv2d).conv2d_channels_last(in, w, p);
+}
+
 // conv2d on checked arguments: the kernel call and the backward node. x is the
 // input as the backend gets it (conv2d may have cropped it); y [N, K, P, Q] = ys.
 Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Shape& ys) {
@@ -112,13 +122,9 @@ Tensor conv2d_run(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
   // Channels-last (NHWC) on CUDA when either operand is: input, filter and output then all are.
   // On the CPU with cpu_channels_last(): float32 input and output NHWC, the filter row-major
   // (oneDNN reorders filters into its own layout either way; design decision 75).
-  // CPU under autocast: bfloat16 operands in the kernels, forward and backward (design decision 69),
-  // except in the direct one-channel loops, which stay float32: a one-channel input then stays
-  // row-major, so that the layout does not change what is rounded.
+  // CPU under autocast: bfloat16 operands in the kernels, forward and backward (design decision 69).
   const DType cd = detail::autocast_cpu_compute(x);
-  const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last() &&
-                      (x.dim(1) != 1 || cd == DType::f32) &&
-                      detail::pick(x, OpKind::conv2d).conv2d_channels_last(x.shape(), w.shape(), p);
+  const bool cl_cpu = cpu_conv_channels_last(x, x.shape(), w.shape(), p, cd);
   const bool cl = cl_cpu || (x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w)));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();
   Tensor wc = (cl && !cl_cpu ? detail::channels_last(w) : w.contiguous()).detach();
@@ -231,9 +237,7 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   // w [C, K/groups, R, S]: on the CPU (cpu_channels_last()) when the backend takes that conv2d in
   // NHWC (a generator's one-channel last layer too), on CUDA when x or w is NHWC.
   const DType cd = detail::autocast_cpu_compute(x);  // as in conv2d
-  const bool cl_cpu = x.device().is_cpu() && x.dtype() == DType::f32 && cpu_channels_last() &&
-                      (ys[1] != 1 || cd == DType::f32) &&
-                      detail::pick(x, OpKind::conv2d).conv2d_channels_last(ys, w.shape(), cp);
+  const bool cl_cpu = cpu_conv_channels_last(x, ys, w.shape(), cp, cd);
   const bool cl = cl_cpu || (x.device().is_cuda() && (detail::keeps_channels_last(x) || detail::keeps_channels_last(w)));
   Tensor xc = (cl ? detail::channels_last(x) : x.contiguous()).detach();  // [N, C, H, W]: the "dy" of the adjoint conv2d
   Tensor wc = (cl && !cl_cpu ? detail::channels_last(w) : w.contiguous()).detach();  // [C, K/groups, R, S]: its filters
