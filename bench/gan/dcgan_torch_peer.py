@@ -6,12 +6,21 @@ eps 1e-5 momentum 0.1, weights N(0, 0.02), BN scales N(1, 0.02), zero biases),
 the non-saturating loss, Adam(2e-4, betas 0.5/0.999) for both networks, batch
 64, and the same step as gan::Dcgan::train_step: G(z) once; a D step on
 bce(D(x), 1) + bce(D(G(z).detach()), 0) (two D forwards) with the loss and the
-mean D outputs read back; a G step on bce(D(G(z)), 1) through the updated D.
+mean D outputs read back; a G step on bce(D(G(z)), 1) through the updated D,
+D's parameters frozen for it (requires_grad off, as hpdl does: their gradients
+would be discarded).
 Fashion-MNIST training images are read from the idx files, scaled to [-1, 1],
 drawn in shuffled epochs. float32; prints the seconds of STEPS timed steps
 after WARMUP untimed ones. Usage:
   dcgan_torch_peer.py THREADS STEPS [WARMUP]
+Data parallel (hpdl_dcgan under mpirun): RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT in the environment start a gloo process group; G and D are wrapped
+in DistributedDataParallel (the G step runs through D's inner module, so D's
+reducer sees only D steps; D's batch-norm buffers go from rank 0 once per
+step), each rank draws its own batch of 64 per step, and
+rank 0 prints the time.
 """
+import os
 import gzip
 import sys
 import time
@@ -85,6 +94,16 @@ def main():
     g, d = Generator(), Discriminator()
     dcgan_init(g)
     dcgan_init(d)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    g_run, d_run, d_inner = g, d, d
+    if world > 1:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        torch.manual_seed(1 + rank)  # each rank its own batches and latents (the weights came from rank 0)
+        # D's buffers: a broadcast at the second D forward of a step would change the running
+        # statistics the first one saved for backward; they go from rank 0 once per step instead (as in hpdl).
+        g_run, d_run = DDP(g), DDP(d, broadcast_buffers=False)
     g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     ones, zeros = torch.ones(batch), torch.zeros(batch)
@@ -96,19 +115,26 @@ def main():
             order, pos = torch.randperm(images.shape[0]), 0
         real = images.index_select(0, order[pos:pos + batch])
         pos += batch
-        fake = g(torch.randn(batch, latent))
+        fake = g_run(torch.randn(batch, latent))
         d_opt.zero_grad()
-        real_logits, fake_logits = d(real), d(fake.detach())
+        real_logits, fake_logits = d_run(real), d_run(fake.detach())
         d_loss = F.binary_cross_entropy_with_logits(real_logits, ones) + \
             F.binary_cross_entropy_with_logits(fake_logits, zeros)
         stats = (d_loss.item(), torch.sigmoid(real_logits).mean().item(), torch.sigmoid(fake_logits).mean().item())
         d_loss.backward()
         d_opt.step()
         g_opt.zero_grad()
-        g_loss = F.binary_cross_entropy_with_logits(d(fake), ones)
+        for p in d.parameters():
+            p.requires_grad_(False)
+        g_loss = F.binary_cross_entropy_with_logits(d_inner(fake), ones)
         g_value = g_loss.item()
         g_loss.backward()
+        for p in d.parameters():
+            p.requires_grad_(True)
         g_opt.step()
+        if world > 1:
+            for b in d.buffers():
+                dist.broadcast(b, 0)
         return stats + (g_value,)
 
     for _ in range(warmup):
@@ -117,7 +143,9 @@ def main():
     for _ in range(steps):
         last = step()
     seconds = time.perf_counter() - t0
-    print(f"torch dcgan: {steps} steps in {seconds:.3f} s ({1e3 * seconds / steps:.1f} ms/step), {threads} threads, "
+    if rank != 0:
+        return
+    print(f"torch dcgan: {steps} steps in {seconds:.3f} s ({1e3 * seconds / steps:.1f} ms/step), {threads} threads, {world} rank(s), "
           f"after {warmup} warm-up; last D loss {last[0]:.4f} G loss {last[3]:.4f}")
 
 

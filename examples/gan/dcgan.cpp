@@ -22,6 +22,12 @@
 //                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]
 //
+// Under mpirun the GAN trains data-parallel (design decision 79): each of R ranks draws --batch
+// images and latents per step (a global batch of R x --batch), the gradients are averaged,
+// and rank 0 alone trains the classifier, prints, scores and writes the files; --bench-steps
+// then times the data-parallel step (bench/gan/run.sh RANKS=...):
+//   mpirun -np 2 build/bin/hpdl_dcgan --threads 1 --steps 600
+//
 // --layout: the CPU activations' memory layout between layers (design decision 75):
 // channels-last, `hpdl train`'s default, or row-major NCHW (what ran before).
 //
@@ -35,6 +41,7 @@
 // docs/onnx.md). See docs/gan.md for measured numbers.
 #include <algorithm>
 #include <chrono>
+#include <cstdarg>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -49,6 +56,7 @@
 #include "hpdl/core/error.h"
 #include "hpdl/core/threading.h"
 #include "hpdl/data/readers.h"
+#include "hpdl/dist/communicator.h"
 #include "hpdl/gan/dcgan.h"
 #include "hpdl/gan/wgan_gp.h"
 #include "hpdl/io/safetensors.h"
@@ -81,6 +89,21 @@ struct Args {
   int64_t checkpoint_every = 0;  // 0: no checkpoints
   bool resume = false;           // continue from the newest valid checkpoint in out
 };
+
+// The data-parallel world (null on one process) and whether this is rank 0, the one that
+// prints and writes files.
+dist::Communicator* g_comm = nullptr;
+bool g_root = true;
+
+// printf on rank 0 only.
+void say(const char* format, ...) __attribute__((format(printf, 1, 2)));
+void say(const char* format, ...) {
+  if (!g_root) return;
+  va_list args;
+  va_start(args, format);
+  std::vprintf(format, args);
+  va_end(args);
+}
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -130,7 +153,7 @@ nn::ModulePtr train_classifier(const Tensor& x, const Tensor& y, int64_t steps, 
     loss.backward();
     opt.step();
     if (step % 250 == 0 || step == steps)
-      std::printf("classifier step %5lld  loss %.4f\n", static_cast<long long>(step), loss.item());
+      say("classifier step %5lld  loss %.4f\n", static_cast<long long>(step), loss.item());
   }
   return net;
 }
@@ -153,12 +176,15 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
 
 // k generator samples in batches of the training batch size, in G's current mode (the
 // example keeps G in training mode, as during training), from the averaged weights when asked.
+// Data parallel, the other ranks call it too, to draw the same latents from the GAN's stream
+// (every rank's must stay alike), and get an undefined tensor: only rank 0 runs G on them.
 template <typename Gan>
 Tensor samples(Gan& gan, int64_t k, bool averaged = false, gan::DcganGenerator* standalone = nullptr) {
   std::vector<Tensor> parts;
   const int64_t b = gan.options().batch_size;
   for (int64_t i = 0; i < k; i += b) {
     Tensor z = gan.sample_latent(std::min(b, k - i));
+    if (!g_root) continue;
     if (standalone) {
       NoGradGuard no_grad;
       parts.push_back((*standalone)(z));
@@ -166,11 +192,11 @@ Tensor samples(Gan& gan, int64_t k, bool averaged = false, gan::DcganGenerator* 
       parts.push_back(averaged ? gan.generate_averaged(z) : gan.generate(z));
     }
   }
-  return cat(parts, 0);
+  return g_root ? cat(parts, 0) : Tensor();
 }
 
 void report(const char* what, const gan::ClassifierScore& s) {
-  std::printf("%s: confidence %.3f, class entropy %.3f (uniform 2.303), score %.2f\n", what, s.confidence,
+  say("%s: confidence %.3f, class entropy %.3f (uniform 2.303), score %.2f\n", what, s.confidence,
               s.class_entropy, s.inception_score);
 }
 
@@ -208,10 +234,10 @@ void finish(Gan& gan, nn::Module& classifier, int64_t k, const fs::path& out) {
   const std::string doc = fmt::format("input z [N, {}], output images [N, {}, {}, {}]; eval-mode batch norm",
                                       o.latent_dim, o.channels, o.image_size, o.image_size);
   gan::save_generator_onnx(out / "generator.onnx", gan.generator());
-  std::printf("generator as ONNX: %s (%s)\n", (out / "generator.onnx").string().c_str(), doc.c_str());
+  say("generator as ONNX: %s (%s)\n", (out / "generator.onnx").string().c_str(), doc.c_str());
   if (optim::ModelEma* ema = gan.generator_ema()) {
     gan::save_generator_onnx(out / "generator_avg.onnx", *averaged_g);
-    std::printf("averaged generator (decay %g, %lld updates) as ONNX: %s (%s)\n", o.g_ema_decay,
+    say("averaged generator (decay %g, %lld updates) as ONNX: %s (%s)\n", o.g_ema_decay,
                 static_cast<long long>(ema->updates()), (out / "generator_avg.onnx").string().c_str(), doc.c_str());
   }
 }
@@ -223,16 +249,18 @@ void bench(const Args& a) {
   o.batch_size = a.batch;
   o.g_features = o.d_features = a.features;
   o.seed = a.seed;
-  gan::Dcgan gan(o);
+  gan::Dcgan gan(o, g_comm);
   Clock::time_point t = Clock::now();
   const gan::DcganStepStats last =
       gan::train_dcgan(gan, train_x, a.warmup + a.bench_steps, [&](int64_t step, const gan::DcganStepStats&) {
         if (step == a.warmup) t = Clock::now();
       });
   const double s = since(t);
-  std::printf("hpdl dcgan: %lld steps in %.3f s (%.1f ms/step), %d threads, after %lld warm-up, layout %s; last D loss %.4f G loss %.4f\n",
-              static_cast<long long>(a.bench_steps), s, 1e3 * s / static_cast<double>(a.bench_steps), num_threads(),
-              static_cast<long long>(a.warmup), a.layout.c_str(), last.d_loss, last.g_loss);
+  say("hpdl dcgan: %lld steps in %.3f s (%.1f ms/step), %d threads, after %lld warm-up, layout %s, %d rank(s) of "
+      "batch %lld; last D loss %.4f G loss %.4f\n",
+      static_cast<long long>(a.bench_steps), s, 1e3 * s / static_cast<double>(a.bench_steps), num_threads(),
+      static_cast<long long>(a.warmup), a.layout.c_str(), gan.replicas().world(), static_cast<long long>(a.batch),
+      last.d_loss, last.g_loss);
 }
 
 // The start of a GAN run: the fixed latents of every grid (the first 64 of the GAN's stream),
@@ -243,13 +271,16 @@ Tensor start_or_resume(Gan& gan, const Run& r) {
   Tensor fixed_z = gan.sample_latent(64);
   if (r.resume_from) {
     gan.load_checkpoint(*r.checkpoints, *r.resume_from);
-    std::printf("resumed from %s at step %lld of %lld\n", r.resume_from->sidecar_path.string().c_str(),
+    say("resumed from %s at step %lld of %lld\n", r.resume_from->sidecar_path.string().c_str(),
                 static_cast<long long>(gan.steps()), static_cast<long long>(r.a.steps));
     return fixed_z;
   }
-  gan::write_image_grid(r.a.out / "real.png", rows(r.test_x, 0, 64), 8);
-  write_grids(gan, fixed_z, r.a.out, 0);
-  report("untrained generator", gan::classifier_score(logits_of(r.classifier, samples(gan, r.k))));
+  if (g_root) {
+    gan::write_image_grid(r.a.out / "real.png", rows(r.test_x, 0, 64), 8);
+    write_grids(gan, fixed_z, r.a.out, 0);
+  }
+  const Tensor untrained = samples(gan, r.k);  // on every rank: it draws from the GAN's stream
+  if (g_root) report("untrained generator", gan::classifier_score(logits_of(r.classifier, untrained)));
   return fixed_z;
 }
 
@@ -257,15 +288,16 @@ Tensor start_or_resume(Gan& gan, const Run& r) {
 // training mode they move G's batch-norm running statistics, and the straight run's do too).
 template <typename Gan>
 void after_step(Gan& gan, const Run& r, const Tensor& fixed_z, int64_t step) {
-  if (step % r.a.grid_every == 0) write_grids(gan, fixed_z, r.a.out, step);
-  if (r.a.checkpoint_every > 0 && (step % r.a.checkpoint_every == 0 || step == r.a.steps))
-    std::printf("checkpoint: %s\n", gan.save_checkpoint(*r.checkpoints).sidecar_path.string().c_str());
+  if (g_root && step % r.a.grid_every == 0) write_grids(gan, fixed_z, r.a.out, step);
+  if (r.a.checkpoint_every > 0 && (step % r.a.checkpoint_every == 0 || step == r.a.steps))  // collective
+    say("checkpoint: %s\n", gan.save_checkpoint(*r.checkpoints).sidecar_path.string().c_str());
 }
 
 // The grids of the last step, when not periodic, after the last checkpoint (a longer run has
 // no grid there); the scores and the ONNX generator(s).
 template <typename Gan>
 void end_run(Gan& gan, const Run& r, const Tensor& fixed_z) {
+  if (!g_root) return;
   if (r.a.steps % r.a.grid_every != 0) write_grids(gan, fixed_z, r.a.out, r.a.steps);
   finish(gan, r.classifier, r.k, r.a.out);
 }
@@ -278,25 +310,25 @@ void run_dcgan(const Run& r) {
   o.g_features = o.d_features = a.features;
   o.seed = a.seed;
   o.g_ema_decay = a.g_ema;
-  gan::Dcgan gan(o);
+  gan::Dcgan gan(o, g_comm);
   const Tensor fixed_z = start_or_resume(gan, r);
-  std::printf("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld, %lld steps\n",
-              static_cast<long long>(gan.generator().num_parameters()),
-              static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
-              static_cast<long long>(o.batch_size), static_cast<long long>(a.steps));
+  say("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld x %d rank(s), %lld steps\n",
+      static_cast<long long>(gan.generator().num_parameters()),
+      static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
+      static_cast<long long>(o.batch_size), gan.replicas().world(), static_cast<long long>(a.steps));
   const auto t = Clock::now();
   const int64_t todo = a.steps - gan.steps();
   gan::train_dcgan(gan, r.train_x, todo, [&](int64_t step, const gan::DcganStepStats& st) {
     if (step % a.log_every == 0 || step == a.steps)
-      std::printf("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
+      say("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
                   static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
     after_step(gan, r, fixed_z, step);
   });
   const double train_s = since(t);
-  std::printf("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(todo), train_s,
-              todo * a.batch / std::max(train_s, 1e-9));
+  say("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(todo), train_s,
+      todo * a.batch * gan.replicas().world() / std::max(train_s, 1e-9));
   end_run(gan, r, fixed_z);
-  std::printf("sample grids in %s (real.png, samples_step*.png%s); total %.1f s\n", a.out.string().c_str(),
+  say("sample grids in %s (real.png, samples_step*.png%s); total %.1f s\n", a.out.string().c_str(),
               gan.generator_ema() ? ", samples_avg_step*.png from the averaged G" : "", since(r.start));
 }
 
@@ -313,28 +345,29 @@ void run_wgan_gp(const Run& r) {
   o.critic_norm = a.critic_norm;
   o.critic_groups = a.critic_groups;
   o.g_ema_decay = a.g_ema;
-  gan::WganGp gan(o);
+  gan::WganGp gan(o, g_comm);
   const Tensor fixed_z = start_or_resume(gan, r);
-  std::printf("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld, "
+  say("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld x %d rank(s), "
               "%lld generator steps of %lld critic steps, lambda %g, critic norm %s\n",
               static_cast<long long>(gan.generator().num_parameters()),
               static_cast<long long>(gan.critic().num_parameters()), o.lr, o.beta1, o.beta2,
-              static_cast<long long>(o.batch_size), static_cast<long long>(a.steps),
+              static_cast<long long>(o.batch_size), gan.replicas().world(), static_cast<long long>(a.steps),
               static_cast<long long>(o.n_critic), o.gp_lambda, o.critic_norm.c_str());
   const auto t = Clock::now();
   const int64_t todo = a.steps - gan.steps();
   gan::train_wgan_gp(gan, r.train_x, todo, [&](int64_t step, const gan::WganGpStepStats& st) {
     if (step % a.log_every == 0 || step == a.steps)
-      std::printf("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
+      say("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
                   static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
                   since(t));
     after_step(gan, r, fixed_z, step);
   });
   const double train_s = since(t);
-  std::printf("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
-              static_cast<long long>(todo), train_s, todo * o.n_critic * a.batch / std::max(train_s, 1e-9));
+  say("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
+              static_cast<long long>(todo), train_s,
+              todo * o.n_critic * a.batch * gan.replicas().world() / std::max(train_s, 1e-9));
   end_run(gan, r, fixed_z);
-  std::printf("sample grids in %s; total %.1f s\n", a.out.string().c_str(), since(r.start));
+  say("sample grids in %s; total %.1f s\n", a.out.string().c_str(), since(r.start));
 }
 
 void run(const Args& a) {
@@ -347,7 +380,7 @@ void run(const Args& a) {
   if (a.resume) {
     std::vector<std::string> problems;
     resume_from = checkpoints->latest_valid(&problems);
-    for (auto& p : problems) std::printf("hpdl_dcgan: %s\n", p.c_str());
+    for (auto& p : problems) say("hpdl_dcgan: %s\n", p.c_str());
     HPDL_CHECK(resume_from.has_value(),
                "hpdl_dcgan: --resume: no valid checkpoint in {} (run without --resume to start, with --checkpoint-every "
                "N to write them)", checkpoints->dir().string());
@@ -358,35 +391,43 @@ void run(const Args& a) {
   Tensor train_y, test_y;
   Tensor train_x = gan::load_fashion_mnist_images(data::kFashionMnistDir, true, a.train_images, &train_y);
   Tensor test_x = gan::load_fashion_mnist_images(data::kFashionMnistDir, false, 0, &test_y);
-  std::printf("hpdl_dcgan: Fashion-MNIST %lld training images in [-1, 1], %d threads, seed %llu\n",
-              static_cast<long long>(train_x.dim(0)), num_threads(), static_cast<unsigned long long>(a.seed));
+  say("hpdl_dcgan: Fashion-MNIST %lld training images in [-1, 1], %d threads%s, seed %llu\n",
+      static_cast<long long>(train_x.dim(0)), num_threads(),
+      g_comm ? fmt::format(" on each of {} ranks", g_comm->size()).c_str() : "", static_cast<unsigned long long>(a.seed));
 
   // ---- the classifier that scores the samples (on --resume the one the run trained) ----
   nn::ModulePtr classifier;
   const fs::path trained = a.out / "classifier.safetensors";
   const fs::path classifier_file = !a.classifier.empty() ? a.classifier : a.resume && fs::exists(trained) ? trained : "";
-  if (!classifier_file.empty()) {
+  if (!g_root) {
+    classifier = nn::models::lenet5(1, 10, 28, 28, a.seed);  // never used: rank 0 alone scores
+  } else if (!classifier_file.empty()) {
     classifier = nn::models::lenet5(1, 10, 28, 28, a.seed);
     classifier->load_state_dict(io::load_safetensors(classifier_file).tensors);
-    std::printf("classifier: LeNet-5 loaded from %s\n", classifier_file.string().c_str());
+    say("classifier: LeNet-5 loaded from %s\n", classifier_file.string().c_str());
   } else {
     const auto t = Clock::now();
     classifier = train_classifier(train_x, train_y, a.classifier_steps, a.seed);
     io::save_safetensors(trained, classifier->state_dict());
-    std::printf("classifier: LeNet-5 trained for %lld steps in %.1f s, saved to %s\n",
+    say("classifier: LeNet-5 trained for %lld steps in %.1f s, saved to %s\n",
                 static_cast<long long>(a.classifier_steps), since(t), trained.string().c_str());
   }
   classifier->eval();
-  std::printf("classifier: test accuracy %.4f on %lld images\n", accuracy(logits_of(*classifier, test_x), test_y),
-              static_cast<long long>(test_x.dim(0)));
   const int64_t k = std::min(a.score_samples, test_x.dim(0));
-  report("real test images", gan::classifier_score(logits_of(*classifier, rows(test_x, 0, k))));
+  if (g_root) {
+    say("classifier: test accuracy %.4f on %lld images\n", accuracy(logits_of(*classifier, test_x), test_y),
+        static_cast<long long>(test_x.dim(0)));
+    report("real test images", gan::classifier_score(logits_of(*classifier, rows(test_x, 0, k))));
+  }
 
+  // Data parallel: the other ranks wait for rank 0's classifier asleep, and for its scores and files at the end.
+  if (g_comm) g_comm->idle_barrier();
   const Run r{a, train_x, test_x, *classifier, k, start, std::move(checkpoints), std::move(resume_from)};
   if (a.loss == "wgan-gp")
     run_wgan_gp(r);
   else
     run_dcgan(r);
+  if (g_comm) g_comm->idle_barrier();
 }
 
 }  // namespace
@@ -460,11 +501,20 @@ int main(int argc, char** argv) {
     HPDL_CHECK(a.layout == "nhwc" || a.layout == "nchw", "hpdl_dcgan: --layout '{}' must be nhwc or nchw", a.layout);
     if (a.threads > 0) set_num_threads(a.threads);
     set_cpu_channels_last(a.layout == "nhwc");
+    dist::init(&argc, &argv);
+    dist::Communicator& world = dist::Communicator::world();
+    g_comm = world.size() > 1 ? &world : nullptr;
+    g_root = world.rank() == 0;
     if (a.bench_steps > 0)
       bench(a);
     else
       run(a);
   } catch (const std::exception& e) {
+    // Under mpirun a failing rank ends the whole job rather than leaving the others in a collective.
+    if (g_comm) {
+      const auto* error = dynamic_cast<const Error*>(&e);
+      g_comm->abort(std::string("error: ") + (error ? error->message() : e.what()));
+    }
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }

@@ -3,18 +3,21 @@
 # A straight run of 6 steps against a run of 3 steps with --checkpoint-every 2 continued by a
 # second process with --resume --steps 6 (checkpointing on): the step-6 losses and the written generator(s) must be
 # identical, byte for byte. Then a --resume with other options, and one without a checkpoint,
-# must be refused with messages that name the problem.
+# must be refused with messages that name the problem. HPDL_LAUNCH runs every process under a
+# launcher (HPDL_LAUNCH="mpirun -np 2": data parallel, ranks resuming from rank 0's checkpoints).
 set -uo pipefail
 bin=$1; work=$2; shift 2
+read -r -a launch <<<"${HPDL_LAUNCH:-}"
+run() { "${launch[@]}" "$bin" "$@"; }
 rm -rf "$work"; mkdir -p "$work"; cd "$work" || exit 1
 fail() { echo "FAIL: $*"; exit 1; }
 small=(--features 8 --train-images 256 --classifier-steps 5 --score-samples 64 --log-every 1 --grid-every 2 "$@")
 
-"$bin" "${small[@]}" --steps 6 --out straight >straight.log 2>&1 || { cat straight.log; fail "the straight run failed"; }
-"$bin" "${small[@]}" --steps 3 --checkpoint-every 2 --out resumed >first.log 2>&1 || { cat first.log; fail "the first part failed"; }
+run "${small[@]}" --steps 6 --out straight >straight.log 2>&1 || { cat straight.log; fail "the straight run failed"; }
+run "${small[@]}" --steps 3 --checkpoint-every 2 --out resumed >first.log 2>&1 || { cat first.log; fail "the first part failed"; }
 [[ -f resumed/checkpoints/step-0000000002.json && -f resumed/checkpoints/step-0000000003.json ]] ||
   fail "no checkpoints at steps 2 and 3 (the last step): $(ls resumed/checkpoints)"
-"$bin" "${small[@]}" --steps 6 --checkpoint-every 2 --resume --out resumed >second.log 2>&1 ||
+run "${small[@]}" --steps 6 --checkpoint-every 2 --resume --out resumed >second.log 2>&1 ||
   { cat second.log; fail "the resumed run failed"; }
 [[ "$(ls resumed/checkpoints | tr '\n' ' ')" == "step-0000000004.json step-0000000004.safetensors step-0000000006.json step-0000000006.safetensors " ]] ||
   fail "the resumed run should have kept its checkpoints of steps 4 and 6: $(ls resumed/checkpoints)"
@@ -30,10 +33,10 @@ for f in generator.onnx generator_avg.onnx; do
   cmp straight/$f resumed/$f || fail "$f of the resumed run differs from the straight run's"
 done
 
-"$bin" "${small[@]}" --steps 6 --resume --seed 1 --out resumed >seed.log 2>&1 && fail "a resume with another --seed ran"
-grep -q "error: resumed/checkpoints/step-0000000006.json: the checkpoint's .* options differ from this run's: seed = 0 in the checkpoint, 1 here" seed.log ||
+run "${small[@]}" --steps 6 --resume --seed 1 --out resumed >seed.log 2>&1 && fail "a resume with another --seed ran"
+grep -Eq "error: resumed/checkpoints/step-0000000006.json: the checkpoint's .* options differ from this run's: seed = 0 in the checkpoint, 1 here" seed.log ||
   { cat seed.log; fail "no clear message for a resume with another seed"; }
-"$bin" "${small[@]}" --steps 6 --resume --out empty >empty.log 2>&1 && fail "a resume without a checkpoint ran"
-grep -q "error: hpdl_dcgan: --resume: no valid checkpoint in empty/checkpoints" empty.log ||
+run "${small[@]}" --steps 6 --resume --out empty >empty.log 2>&1 && fail "a resume without a checkpoint ran"
+grep -Eq "error: hpdl_dcgan: --resume: no valid checkpoint in empty/checkpoints" empty.log ||
   { cat empty.log; fail "no clear message for a resume without a checkpoint"; }
 echo "resume ok: step 6 and the generator(s) equal the straight run's"

@@ -377,6 +377,23 @@ struct Backoff {
 
 }  // namespace
 
+void Communicator::idle_barrier() {
+  if (size_ == 1) return;
+  MPI_Request req;
+  {
+    MpiLock lock;
+    check_mpi(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
+  }
+  for (Backoff b;; b.wait()) {
+    int done = 0;
+    {
+      MpiLock lock;
+      check_mpi(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    }
+    if (done) return;
+  }
+}
+
 void Communicator::send_bytes(const void* data, int64_t nbytes, int dest, int tag) {
   HPDL_CHECK(dest >= 0 && dest < size_, "send_bytes: destination rank {} outside [0, {})", dest, size_);
   HPDL_CHECK(nbytes >= 0 && nbytes < (int64_t{1} << 31), "send_bytes: {} bytes (a message is at most 2 GiB)", nbytes);

@@ -102,6 +102,10 @@ class Communicator {
   // it is empty. Sizes may differ per rank; each must be under 2 GiB.
   std::vector<std::vector<char>> gather_bytes(const std::vector<char>& mine, int root = 0);
   void barrier();
+  // A barrier that sleeps between polls (MPI_Ibarrier, then MPI_Test with a backoff to 2 ms)
+  // instead of spinning in MPI's progress loop: for ranks that wait while one rank does serial
+  // work (rank 0 training a classifier, writing files), so the waiting ranks leave their cores to it.
+  void idle_barrier();
 
   // Point-to-point bytes, for control messages (a scheduler's requests and
   // replies), not bulk data. Both wait by polling (MPI_Test, MPI_Improbe)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "hpdl/core/error.h"
+#include "hpdl/dist/communicator.h"
 #include "hpdl/gan/dcgan.h"
 
 namespace hpdl::gan::detail {
@@ -46,7 +47,7 @@ train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints,
   meta.step = s.steps;
   meta.sampler_position = s.batches.position();
   meta.config = s.options;
-  meta.extra = {{"gan", s.kind}};
+  meta.extra = {{"gan", s.kind}, {"world", s.replicas.world()}};
   meta.rng = {{"gan", s.rng.seed(), s.rng.offset()},
               {"sampler", s.batches.generator().seed(), s.batches.generator().offset()}};
   add_generators(s.g, "g.", meta.rng);
@@ -63,7 +64,25 @@ train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints,
   }
   const std::vector<int64_t>& order = s.batches.order();
   if (!order.empty()) tensors["sampler.order"] = Tensor::from_vector(order, {static_cast<int64_t>(order.size())});
-  return checkpoints.save(meta, tensors);
+  dist::Communicator* comm = s.replicas.comm();
+  if (!comm || comm->size() == 1) return checkpoints.save(meta, tensors);
+  // Every rank holds the same state: rank 0 writes it, and tells the others whether that worked,
+  // so that a failed write stops every rank here instead of leaving them in the next collective.
+  train::CheckpointInfo info;
+  info.meta = meta;
+  std::string error;
+  if (comm->rank() == 0) {
+    try {
+      info = checkpoints.save(meta, tensors);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  int64_t failed = error.empty() ? 0 : 1;
+  comm->broadcast_bytes(&failed, sizeof failed, 0);
+  HPDL_CHECK(!failed, "{}", comm->rank() == 0 ? error : fmt::format("rank 0 failed to write the GAN checkpoint of step {} "
+             "in {} (its error is in rank 0's output)", meta.step, checkpoints.dir().string()));
+  return info;
 }
 
 void load_gan_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info,

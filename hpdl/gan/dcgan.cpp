@@ -126,7 +126,7 @@ void save_generator_onnx(const std::filesystem::path& path, DcganGenerator& g, c
 
 // ---------------------------------------------------------------- training
 
-Dcgan::Dcgan(const DcganOptions& options)
+Dcgan::Dcgan(const DcganOptions& options, dist::Communicator* comm)
     : options_(options), rng_(options.seed), batches_(options.batch_size, options.seed + detail::ShuffledBatches::kSeedOffset) {
   check_dcgan_options(options_);
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
@@ -135,7 +135,10 @@ Dcgan::Dcgan(const DcganOptions& options)
   g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
   d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
   g_ema_ = detail::make_generator_ema(*g_, options_.g_ema_decay, options_.g_ema_warmup);
+  replicas_ = std::make_unique<detail::Replicas>(comm, *g_, *d_, *g_opt_, *d_opt_);
 }
+
+Dcgan::~Dcgan() = default;
 
 namespace detail {
 std::unique_ptr<optim::AdamW> make_adam(nn::Module& m, double lr, double beta1, double beta2) {
@@ -240,13 +243,17 @@ Tensor Dcgan::generator_loss(const Tensor& fake) {
 }
 
 double Dcgan::discriminator_step(const Tensor& real, const Tensor& fake) {
-  d_opt_->zero_grad();
+  replicas_->zero_grad_d();
   Tensor loss = discriminator_loss(real, fake.detach());
   const double value = loss.item();
-  HPDL_CHECK(std::isfinite(value), "gan::Dcgan: the discriminator loss is {} after {} steps; lower lr ({})", value,
+  std::vector<double> all{value};
+  replicas_->mean(all);  // a non-finite loss on one rank stops every rank here
+  HPDL_CHECK(std::isfinite(all[0]), "gan::Dcgan: the discriminator loss is {} after {} steps; lower lr ({})", all[0],
              steps_, options_.lr);
   loss.backward();
+  replicas_->finish_d();
   d_opt_->step();
+  replicas_->sync_d_buffers();
   return value;
 }
 
@@ -254,15 +261,14 @@ DcganStepStats Dcgan::train_step(const Tensor& real) {
   check_images(real, "real");
   DcganStepStats st;
   const int64_t b = real.dim(0);
-  Tensor fake = (*g_)(sample_latent(b));  // [B, C, S, S], with G's graph
+  // Latents for every rank's batch from the one stream, this rank's rows: the stream stays the same everywhere.
+  Tensor z = replicas_->mine(sample_latent(b * replicas_->world()));
+  Tensor fake = (*g_)(z);  // [B, C, S, S], with G's graph
 
   // D step. The logits for the statistics come from the same forward as the loss.
-  d_opt_->zero_grad();
+  replicas_->zero_grad_d();
   Tensor real_logits = (*d_)(real), fake_logits = (*d_)(fake.detach());
   Tensor d_loss = add(bce_with_logits(real_logits, Tensor::ones({b})), bce_with_logits(fake_logits, Tensor::zeros({b})));
-  st.d_loss = d_loss.item();
-  HPDL_CHECK(std::isfinite(st.d_loss), "gan::Dcgan: the discriminator loss is {} after {} steps; lower lr ({})",
-             st.d_loss, steps_, options_.lr);
   {
     NoGradGuard no_grad;
     std::vector<float> pr = sigmoid(real_logits).to_vector<float>(), pf = sigmoid(fake_logits).to_vector<float>();
@@ -273,18 +279,31 @@ DcganStepStats Dcgan::train_step(const Tensor& real) {
     }
     st.d_accuracy = correct / (2.0 * b);
   }
+  std::vector<double> d_stats{d_loss.item(), st.d_real, st.d_fake, st.d_accuracy};
+  replicas_->mean(d_stats);  // every rank reports, and checks, the same numbers
+  st.d_loss = d_stats[0], st.d_real = d_stats[1], st.d_fake = d_stats[2], st.d_accuracy = d_stats[3];
+  HPDL_CHECK(std::isfinite(st.d_loss), "gan::Dcgan: the discriminator loss is {} after {} steps; lower lr ({})",
+             st.d_loss, steps_, options_.lr);
   d_loss.backward();
+  replicas_->finish_d();
   d_opt_->step();
 
-  // G step through the updated D. D's parameters collect gradients too; the
-  // next D step zeroes them before use.
-  g_opt_->zero_grad();
-  Tensor g_loss = generator_loss(fake);
-  st.g_loss = g_loss.item();
-  HPDL_CHECK(std::isfinite(st.g_loss), "gan::Dcgan: the generator loss is {} after {} steps; lower lr ({})",
-             st.g_loss, steps_, options_.lr);
-  g_loss.backward();
+  // G step through the updated D, whose parameters are frozen for it: their gradients
+  // would only be zeroed by the next D step.
+  replicas_->zero_grad_g();
+  {
+    detail::FrozenParameters frozen(*d_);
+    Tensor g_loss = generator_loss(fake);
+    std::vector<double> g_stats{g_loss.item()};
+    replicas_->mean(g_stats);
+    st.g_loss = g_stats[0];
+    HPDL_CHECK(std::isfinite(st.g_loss), "gan::Dcgan: the generator loss is {} after {} steps; lower lr ({})",
+               st.g_loss, steps_, options_.lr);
+    g_loss.backward();
+  }
+  replicas_->finish_g();
   g_opt_->step();
+  replicas_->sync_d_buffers();  // the G step's forward through D moved D's running statistics on every rank
   if (g_ema_) g_ema_->update();
   ++steps_;
   return st;
@@ -302,7 +321,8 @@ double Dcgan::discriminator_accuracy(const Tensor& real, const Tensor& fake) {
 }
 
 detail::GanState Dcgan::state() {
-  return {"dcgan", detail::options_json(options_), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_};
+  return {"dcgan", detail::options_json(options_), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_,
+          *replicas_};
 }
 
 train::CheckpointInfo Dcgan::save_checkpoint(train::CheckpointManager& checkpoints) {
@@ -316,11 +336,12 @@ void Dcgan::load_checkpoint(const train::CheckpointManager& checkpoints, const t
 DcganStepStats train_dcgan(Dcgan& gan, const Tensor& images, int64_t steps,
                            const std::function<void(int64_t, const DcganStepStats&)>& on_step) {
   const DcganOptions& o = gan.options();
-  gan.minibatches().check(images, o.channels, o.image_size, "train_dcgan");
+  const detail::Replicas& r = gan.replicas();
+  gan.minibatches().check(images, o.channels, o.image_size, "train_dcgan", r.world());
   HPDL_CHECK(steps >= 0, "gan::train_dcgan: steps must be >= 0, got {}", steps);
   DcganStepStats last;
   for (int64_t i = 0; i < steps; ++i) {
-    last = gan.train_step(gan.minibatches().next(images));
+    last = gan.train_step(gan.minibatches().next(images, r.rank(), r.world()));
     if (on_step) on_step(gan.steps(), last);
   }
   return last;
@@ -334,27 +355,29 @@ nlohmann::json options_json(const DcganOptions& o) {
           {"seed", o.seed},             {"g_ema_decay", o.g_ema_decay}, {"g_ema_warmup", o.g_ema_warmup}};
 }
 
-void ShuffledBatches::check(const Tensor& images, int64_t c, int64_t s, const char* who) const {
+void ShuffledBatches::check(const Tensor& images, int64_t c, int64_t s, const char* who, int world) const {
   HPDL_CHECK(images.defined() && images.ndim() == 4 && images.dim(1) == c && images.dim(2) == s && images.dim(3) == s,
              "gan::{}: images must be [M, {}, {}, {}], got {}", who, c, s, s,
              images.defined() ? shape_str(images.shape()) : std::string("an undefined tensor"));
-  HPDL_CHECK(images.dim(0) >= batch_, "gan::{}: {} images are fewer than one batch of {}", who, images.dim(0), batch_);
+  HPDL_CHECK(images.dim(0) >= world * batch_, "gan::{}: {} images are fewer than one batch of {}{}", who, images.dim(0),
+             batch_, world == 1 ? std::string() : fmt::format(" on each of {} ranks ({} in all)", world, world * batch_));
   HPDL_CHECK(order_.empty() || static_cast<int64_t>(order_.size()) == images.dim(0),
              "gan::{}: {} images, but the minibatch order in progress (from an earlier call or a checkpoint) covers {}; "
              "continue a GAN run on the image set it started with", who, images.dim(0), order_.size());
 }
 
-Tensor ShuffledBatches::next(const Tensor& images) {
-  const int64_t m = images.dim(0);
-  if (order_.empty() || next_ + batch_ > m) {
+Tensor ShuffledBatches::next(const Tensor& images, int rank, int world) {
+  const int64_t m = images.dim(0), step = world * batch_;
+  if (order_.empty() || next_ + step > m) {
     order_.resize(static_cast<size_t>(m));
     std::iota(order_.begin(), order_.end(), 0);
     for (int64_t i = m - 1; i > 0; --i)  // Fisher-Yates
       std::swap(order_[i], order_[static_cast<int64_t>(gen_.next_uniform() * (i + 1))]);
     next_ = 0;
   }
-  std::vector<int64_t> idx(order_.begin() + next_, order_.begin() + next_ + batch_);
-  next_ += batch_;
+  const int64_t first = next_ + rank * batch_;
+  std::vector<int64_t> idx(order_.begin() + first, order_.begin() + first + batch_);
+  next_ += step;
   return index_select(images, 0, Tensor::from_vector(idx, {batch_}).to(images.device()));
 }
 

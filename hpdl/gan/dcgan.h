@@ -21,6 +21,10 @@
 // G's weights (optim::ModelEma, updated after every G step), the generator GAN
 // practice samples from (Karras et al. 2018; Yazici et al. 2019, "The unusual
 // effectiveness of averaging in GAN training", ICLR).
+// Given a dist::Communicator of W ranks, a trainer is data-parallel (design decision 79): each
+// rank draws its own batch_size real images and latents per step (a global batch of
+// W * batch_size), and the gradients of D and of G are averaged over the ranks
+// (dist::DataParallel, overlapped with backward), so every rank holds the same networks.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +42,11 @@
 #include "hpdl/optim/optimizers.h"
 #include "hpdl/train/checkpoint.h"
 
+namespace hpdl::dist {
+class Communicator;
+class DataParallel;
+}  // namespace hpdl::dist
+
 namespace hpdl::gan {
 
 struct DcganOptions {
@@ -48,7 +57,7 @@ struct DcganOptions {
   int64_t d_features = 64;   // d: D has d channels at 2s x 2s and 2d at s x s
   double lr = 2e-4;          // Adam, both networks
   double beta1 = 0.5, beta2 = 0.999;
-  int64_t batch_size = 64;   // minibatch of real images (and of latents) per step
+  int64_t batch_size = 64;   // minibatch of real images (and of latents) per step, per rank
   uint64_t seed = 0;
   // Generator weight averaging: 0 is off; else the decay d in (0, 1) of an
   // optim::ModelEma of G (avg <- d avg + (1 - d) w after every G step, batch-norm
@@ -117,19 +126,21 @@ struct GanState;
 
 // Batches of `batch` images drawn without replacement from an image set [M, C, S, S], reshuffled
 // (Fisher-Yates, on its own random stream from `seed`, so a step's latents do not depend on how
-// many epochs came before) whenever fewer than a batch remain. Holds no images: the trainer
-// passes the same set to every next(). Its state (order, position, stream) goes into the GAN's
+// many epochs came before) whenever fewer than a step's images remain. Holds no images: the
+// trainer passes the same set to every next(). Data parallel over W ranks, every rank holds the
+// same order and a step takes the next W * batch of it, rank r the r-th batch, so one rank's
+// order is the order of the whole run. Its state (order, position, stream) goes into the GAN's
 // checkpoint, so a resumed run draws the batches the straight run would have drawn.
 class ShuffledBatches {
  public:
   // The trainers' order stream is seeded with options.seed + kSeedOffset.
   static constexpr uint64_t kSeedOffset = 0x5851F42D4C957F2Dull;
   ShuffledBatches(int64_t batch, uint64_t seed) : batch_(batch), gen_(seed) {}
-  // Throws, naming `who`, unless images are [M, channels, size, size] with M >= batch and, once an
-  // order is in progress (drawn by an earlier call or restored from a checkpoint), M is its size.
-  void check(const Tensor& images, int64_t channels, int64_t size, const char* who) const;
-  // The next batch [batch, C, S, S] of `images` (passed check()).
-  Tensor next(const Tensor& images);
+  // Throws, naming `who`, unless images are [M, channels, size, size] with M >= world * batch and,
+  // once an order is in progress (drawn by an earlier call or restored from a checkpoint), M is its size.
+  void check(const Tensor& images, int64_t channels, int64_t size, const char* who, int world = 1) const;
+  // Rank `rank`'s batch [batch, C, S, S] of `images` (passed check()) for the next step of `world` ranks.
+  Tensor next(const Tensor& images, int rank = 0, int world = 1);
 
   // The state: the current order of image indices (empty before the first batch), the
   // position in it (images already drawn), the order's random stream.
@@ -144,15 +155,68 @@ class ShuffledBatches {
   int64_t batch_;
   Generator gen_;
   std::vector<int64_t> order_;
-  int64_t next_ = 0;  // position in the current order; order_ empty or next_ + batch_ > M: reshuffle first
+  int64_t next_ = 0;  // position in the current order; order_ empty or next_ + world * batch_ > M: reshuffle first
+};
+
+// A GAN trainer's data parallelism (design decision 79) over `comm` (null: one process, where
+// every call below is the plain local one). Two dist::DataParallel, one per network, so a D step
+// reduces only D's gradients and a G step only G's; D's buffers (batch-norm running statistics)
+// are not broadcast by D's finish but by sync_d_buffers() at the end of a step, after the G
+// step's forward through D moved them too. Every rank then ends a step with bitwise the same
+// networks, optimizer states and averages.
+class Replicas {
+ public:
+  Replicas(dist::Communicator* comm, nn::Module& g, nn::Module& d, optim::AdamW& g_opt, optim::AdamW& d_opt);
+  ~Replicas();
+  Replicas(const Replicas&) = delete;
+  Replicas& operator=(const Replicas&) = delete;
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  dist::Communicator* comm() const { return comm_; }
+  // Before a backward into D (G): zero its gradients. After it: the mean over the ranks
+  // (waits for the buckets the backward launched).
+  void zero_grad_d();
+  void finish_d();
+  void zero_grad_g();
+  void finish_g();
+  // D's floating-point buffers from rank 0 (one message; nothing on one rank).
+  void sync_d_buffers();
+  // Replaces each value by its mean over the ranks, in one allreduce: the step statistics every
+  // rank reports, and checks for finiteness, are then the same everywhere.
+  void mean(std::vector<double>& values) const;
+  // This rank's n rows of `all` [world * n, ...] (drawn alike on every rank).
+  Tensor mine(const Tensor& all) const;
+
+ private:
+  dist::Communicator* comm_;
+  int rank_ = 0, world_ = 1;
+  optim::AdamW &g_opt_, &d_opt_;
+  std::unique_ptr<dist::DataParallel> g_dp_, d_dp_;
+};
+
+// requires_grad off for a module's parameters while it lives (restored after): a G step's
+// backward passes through D without computing D's weight gradients, which it would discard,
+// and without firing D's data-parallel hooks.
+class FrozenParameters {
+ public:
+  explicit FrozenParameters(nn::Module& m);
+  ~FrozenParameters();
+  FrozenParameters(const FrozenParameters&) = delete;
+  FrozenParameters& operator=(const FrozenParameters&) = delete;
+
+ private:
+  std::vector<std::pair<Tensor, bool>> saved_;
 };
 }  // namespace detail
 
 // Both networks, their Adam optimizers, the random stream for latents and the minibatch order.
 class Dcgan {
  public:
-  // Throws as check_dcgan_options.
-  explicit Dcgan(const DcganOptions& options);
+  // Throws as check_dcgan_options. With `comm` (it must outlive the GAN) the GAN trains
+  // data-parallel over its ranks (detail::Replicas); every rank constructs it with the same options.
+  explicit Dcgan(const DcganOptions& options, dist::Communicator* comm = nullptr);
+  ~Dcgan();
 
   const DcganOptions& options() const { return options_; }
   DcganGenerator& generator() { return *g_; }
@@ -180,11 +244,15 @@ class Dcgan {
   Tensor discriminator_loss(const Tensor& real, const Tensor& fake);
   // bce(D(fake), 1), the non-saturating generator loss.
   Tensor generator_loss(const Tensor& fake);
-  // One Adam step of D on (real, fake) with fake detached; returns the loss before the step.
+  // One Adam step of D on (real, fake) with fake detached (data parallel: this rank's pair,
+  // the gradient averaged over the ranks); returns the loss before the step (this rank's).
   double discriminator_step(const Tensor& real, const Tensor& fake);
   // One alternating step on a batch of real images [B, C, S, S] in [-1, 1]:
   // z ~ N(0, 1) [B, latent], fake = G(z); a D step on (real, fake) and a G step
-  // on D(fake) with D's updated weights. Throws naming a non-finite loss.
+  // on D(fake) with D's updated weights (D's parameters frozen: their gradients would be
+  // discarded). Data parallel: this rank's batch, latents drawn for all ranks and this
+  // rank's taken, gradients averaged, the stats the means over the ranks.
+  // Throws naming a non-finite loss (on every rank alike).
   DcganStepStats train_step(const Tensor& real);
   // Fraction of real images D calls real plus fake images it calls fake, over
   // both sets (no autograd; D in its current mode).
@@ -193,13 +261,18 @@ class Dcgan {
   int64_t steps() const { return steps_; }
   // The minibatch order train_dcgan draws from (it continues over calls, and is checkpointed).
   detail::ShuffledBatches& minibatches() { return batches_; }
+  // The data parallelism (rank 0 of 1 without a communicator).
+  const detail::Replicas& replicas() const { return *replicas_; }
 
   // Checkpoints in train::CheckpointManager's format (the classifier trainer's; docs/gan.md):
   // the whole training state (G and D with their buffers, both Adam states, G's average when
   // on, steps(), the GAN's random stream, the minibatch order, position and stream) with the
   // options in the sidecar, so that a run stopped after k steps and resumed in a fresh Dcgan
   // of the same options ends bitwise equal to the straight run (same thread count). Throws
-  // naming the file on I/O errors (earlier checkpoints stay).
+  // naming the file on I/O errors (earlier checkpoints stay). Data parallel: collective; rank 0
+  // writes (the state is the same on every rank) and every rank throws if it failed; the other
+  // ranks' CheckpointInfo holds only meta. Every rank loads the same checkpoint (a shared file
+  // system), at this rank count or another (the order is global; bitwise continuation needs the same).
   train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints);
   // Restores a checkpoint written by save_checkpoint (info from checkpoints.latest_valid()).
   // Throws naming the sidecar when it is not a DCGAN checkpoint, when its options differ from
@@ -217,11 +290,12 @@ class Dcgan {
   std::shared_ptr<DcganDiscriminator> d_;
   std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
   std::unique_ptr<optim::ModelEma> g_ema_;  // null: averaging off
+  std::unique_ptr<detail::Replicas> replicas_;
   int64_t steps_ = 0;
 };
 
 // Trains `gan` for `steps` more alternating steps on images [M, C, S, S] in [-1, 1]
-// (M >= batch_size), drawing minibatches without replacement from shuffled
+// (M >= ranks * batch_size; every rank passes the same set), drawing minibatches without replacement from shuffled
 // epochs (gan.minibatches(): a second call, or a call after load_checkpoint, continues
 // the order where it stopped, so k steps then N - k steps equal N steps; the images
 // must be the same set). `on_step(step, stats)` is called after every step when set,
@@ -290,6 +364,7 @@ struct GanState {
   Generator& rng;
   ShuffledBatches& batches;
   int64_t& steps;
+  const Replicas& replicas;
 };
 // The options as the sidecar stores them (one key per field).
 nlohmann::json options_json(const DcganOptions& o);

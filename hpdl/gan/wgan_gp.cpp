@@ -108,7 +108,7 @@ GradientPenalty gradient_penalty(const std::function<Tensor(const Tensor&)>& cri
 
 // ---------------------------------------------------------------- training
 
-WganGp::WganGp(const WganGpOptions& options)
+WganGp::WganGp(const WganGpOptions& options, dist::Communicator* comm)
     : options_(options), rng_(options.seed), batches_(options.batch_size, options.seed + detail::ShuffledBatches::kSeedOffset) {
   check_wgan_gp_options(options_);
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
@@ -117,7 +117,10 @@ WganGp::WganGp(const WganGpOptions& options)
   g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
   d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
   g_ema_ = detail::make_generator_ema(*g_, options_.g_ema_decay, options_.g_ema_warmup);
+  replicas_ = std::make_unique<detail::Replicas>(comm, *g_, *d_, *g_opt_, *d_opt_);
 }
+
+WganGp::~WganGp() = default;
 
 Tensor WganGp::sample_latent(int64_t n) { return detail::sample_latent(n, options_.latent_dim, rng_, "WganGp"); }
 
@@ -138,38 +141,47 @@ void WganGp::check_images(const Tensor& images, const char* what) const {
 
 WganGpStepStats WganGp::critic_step(const Tensor& real) {
   check_images(real, "real");
-  const int64_t b = real.dim(0);
-  Tensor fake = generate(sample_latent(b));     // [B, C, S, S], no graph into G
-  Tensor eps = Tensor::rand({b}, rng_, 0.0, 1.0);  // mixing weights, U[0, 1)
-  d_opt_->zero_grad();
+  const int64_t b = real.dim(0), world = replicas_->world();
+  // Latents and mixing weights for every rank's batch from the one stream, this rank's rows.
+  Tensor fake = generate(replicas_->mine(sample_latent(b * world)));    // [B, C, S, S], no graph into G
+  Tensor eps = replicas_->mine(Tensor::rand({b * world}, rng_, 0.0, 1.0));  // mixing weights, U[0, 1)
+  replicas_->zero_grad_d();
   Tensor real_scores = (*d_)(real), fake_scores = (*d_)(fake);
   Tensor w_estimate = sub(mean(real_scores), mean(fake_scores));
   GradientPenalty gp = gradient_penalty([this](const Tensor& x) { return (*d_)(x); }, real, fake, eps,
                                         options_.gp_lambda);
   Tensor loss = add(neg(w_estimate), gp.penalty);
+  std::vector<double> stats{loss.item(), w_estimate.item(), gp.penalty.item(), mean(gp.grad_norms).item()};
+  replicas_->mean(stats);  // every rank reports, and checks, the same numbers
   WganGpStepStats st;
-  st.critic_loss = loss.item();
+  st.critic_loss = stats[0], st.wasserstein = stats[1], st.penalty = stats[2], st.grad_norm = stats[3];
   HPDL_CHECK(std::isfinite(st.critic_loss), "gan::WganGp: the critic loss is {} after {} generator steps; lower lr ({})",
              st.critic_loss, steps_, options_.lr);
-  st.wasserstein = w_estimate.item();
-  st.penalty = gp.penalty.item();
-  st.grad_norm = mean(gp.grad_norms).item();
   loss.backward();
+  replicas_->finish_d();
   d_opt_->step();
   return st;
 }
 
 double WganGp::generator_step(int64_t batch) {
-  g_opt_->zero_grad();
-  Tensor loss = neg(mean((*d_)((*g_)(sample_latent(batch)))));
-  const double value = loss.item();
-  HPDL_CHECK(std::isfinite(value), "gan::WganGp: the generator loss is {} after {} generator steps; lower lr ({})",
-             value, steps_, options_.lr);
-  loss.backward();  // D's parameters collect gradients too; the next critic step zeroes them
+  replicas_->zero_grad_g();
+  std::vector<double> value(1);
+  {
+    // The critic's weight gradients would only be zeroed by the next critic step.
+    detail::FrozenParameters frozen(*d_);
+    Tensor loss = neg(mean((*d_)((*g_)(replicas_->mine(sample_latent(batch * replicas_->world()))))));
+    value[0] = loss.item();
+    replicas_->mean(value);
+    HPDL_CHECK(std::isfinite(value[0]), "gan::WganGp: the generator loss is {} after {} generator steps; lower lr ({})",
+               value[0], steps_, options_.lr);
+    loss.backward();
+  }
+  replicas_->finish_g();
   g_opt_->step();
+  replicas_->sync_d_buffers();  // (the critic has no running statistics today; kept for the rule)
   if (g_ema_) g_ema_->update();
   ++steps_;
-  return value;
+  return value[0];
 }
 
 WganGpStepStats WganGp::train_step(const std::function<Tensor()>& next_batch) {
@@ -189,7 +201,7 @@ detail::GanState WganGp::state() {
   options.update({{"n_critic", options_.n_critic}, {"gp_lambda", options_.gp_lambda},
                   {"critic_norm", options_.critic_norm}, {"critic_groups", options_.critic_groups},
                   {"g_ema_decay", options_.g_ema_decay}, {"g_ema_warmup", options_.g_ema_warmup}});
-  return {"wgan-gp", std::move(options), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_};
+  return {"wgan-gp", std::move(options), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_, *replicas_};
 }
 
 train::CheckpointInfo WganGp::save_checkpoint(train::CheckpointManager& checkpoints) {
@@ -203,11 +215,12 @@ void WganGp::load_checkpoint(const train::CheckpointManager& checkpoints, const 
 WganGpStepStats train_wgan_gp(WganGp& gan, const Tensor& images, int64_t steps,
                               const std::function<void(int64_t, const WganGpStepStats&)>& on_step) {
   const WganGpOptions& o = gan.options();
-  gan.minibatches().check(images, o.channels, o.image_size, "train_wgan_gp");
+  const detail::Replicas& r = gan.replicas();
+  gan.minibatches().check(images, o.channels, o.image_size, "train_wgan_gp", r.world());
   HPDL_CHECK(steps >= 0, "gan::train_wgan_gp: steps must be >= 0, got {}", steps);
   WganGpStepStats last;
   for (int64_t i = 0; i < steps; ++i) {
-    last = gan.train_step([&] { return gan.minibatches().next(images); });
+    last = gan.train_step([&] { return gan.minibatches().next(images, r.rank(), r.world()); });
     if (on_step) on_step(gan.steps(), last);
   }
   return last;

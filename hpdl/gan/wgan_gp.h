@@ -37,7 +37,7 @@ struct WganGpOptions {
   int64_t d_features = 64;   // the critic's d
   double lr = 1e-4;          // Adam, both networks
   double beta1 = 0.0, beta2 = 0.9;
-  int64_t batch_size = 64;   // real images (and latents) per critic step and per generator step
+  int64_t batch_size = 64;   // real images (and latents) per critic step and per generator step, per rank
   int64_t n_critic = 5;      // critic steps per generator step
   double gp_lambda = 10;     // penalty weight
   uint64_t seed = 0;
@@ -96,8 +96,11 @@ struct WganGpStepStats {
 
 class WganGp {
  public:
-  // Throws as check_wgan_gp_options.
-  explicit WganGp(const WganGpOptions& options);
+  // Throws as check_wgan_gp_options. With `comm`, data parallel as Dcgan: each rank's critic
+  // and generator steps use its own batch (latents and mixing weights drawn for all ranks, this
+  // rank's taken), gradients averaged over the ranks, the stats the means over the ranks.
+  explicit WganGp(const WganGpOptions& options, dist::Communicator* comm = nullptr);
+  ~WganGp();
 
   const WganGpOptions& options() const { return options_; }
   DcganGenerator& generator() { return *g_; }
@@ -116,8 +119,8 @@ class WganGp {
   // B fresh samples of G; returns the stats of that step (g_loss unset).
   // Throws naming a non-finite loss.
   WganGpStepStats critic_step(const Tensor& real);
-  // One Adam step of G on -mean D(G(z)), z [B, latent], then the averages' update;
-  // returns the loss before the step.
+  // One Adam step of G on -mean D(G(z)), z [B, latent] (the critic's parameters frozen),
+  // then the averages' update; returns the loss before the step.
   double generator_step(int64_t batch);
   // n_critic critic steps, each on the next batch from `next_batch`, then a generator step.
   WganGpStepStats train_step(const std::function<Tensor()>& next_batch);
@@ -125,6 +128,7 @@ class WganGp {
   int64_t steps() const { return steps_; }  // generator steps taken
   // The minibatch order train_wgan_gp draws from (it continues over calls, and is checkpointed).
   detail::ShuffledBatches& minibatches() { return batches_; }
+  const detail::Replicas& replicas() const { return *replicas_; }
 
   // As Dcgan's (the same format and contents, the critic in place of D): a checkpoint holds
   // the state after a whole generator step (its n_critic critic steps included), so a run
@@ -144,11 +148,12 @@ class WganGp {
   std::shared_ptr<WganCritic> d_;
   std::unique_ptr<optim::AdamW> g_opt_, d_opt_;
   std::unique_ptr<optim::ModelEma> g_ema_;  // null: averaging off
+  std::unique_ptr<detail::Replicas> replicas_;
   int64_t steps_ = 0;
 };
 
 // Trains `gan` for `steps` more generator steps (n_critic critic steps each) on
-// images [M, C, S, S] in [-1, 1] (M >= batch_size), minibatches drawn without
+// images [M, C, S, S] in [-1, 1] (M >= ranks * batch_size), minibatches drawn without
 // replacement from shuffled epochs (gan.minibatches(), continued over calls as
 // in train_dcgan). `on_step(step, stats)` after every generator step, with
 // step = gan.steps() (1-based, earlier calls' steps included). Returns the last step's stats.

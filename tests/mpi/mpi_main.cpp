@@ -7,8 +7,30 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include "hpdl/dist/communicator.h"
+
+namespace {
+// A failed assertion on a rank other than 0, with the rank, the test and the message.
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  // The test's name is kept here: asking gtest for the current test while it reports a result deadlocks.
+  void OnTestStart(const ::testing::TestInfo& t) override {
+    test_ = std::string(t.test_suite_name()) + "." + t.name();
+  }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "rank %d: %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
+                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
+  }
+
+ private:
+  int rank_;
+  std::string test_;
+};
+}  // namespace
 
 int main(int argc, char** argv) {
   hpdl::dist::init(&argc, &argv);
@@ -23,6 +45,7 @@ int main(int argc, char** argv) {
     // Only rank 0 prints the full report; other ranks print failures only.
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter(world.rank()));
   }
   int failed = RUN_ALL_TESTS() != 0;
   int any_failed = 0;

@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include "hpdl/dist/communicator.h"
+#include "tests/mpi/mpi_test_util.h"
 
 namespace hpdl::dist {
 namespace {
@@ -170,6 +174,30 @@ TEST(Communicator, RecvBytesOnAThreadWhileTheMainThreadSends) {
     EXPECT_EQ(got, r);
   }
   W().barrier();
+}
+
+// idle_barrier: no rank leaves before every rank entered (rank 0 enters last, after writing a
+// file the others then find), and the ranks waiting for it sleep rather than spin: the process
+// CPU time they spend while rank 0 works for 400 ms is a small part of it.
+TEST(Communicator, IdleBarrierWaitsForEveryRankWithoutSpinning) {
+  const auto dir = test::shared_dir("idle_barrier");
+  const auto marker = dir / "rank0_was_here";
+  const std::clock_t cpu0 = std::clock();
+  const auto wall0 = std::chrono::steady_clock::now();
+  if (W().rank() == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    std::ofstream(marker) << "x";
+  }
+  W().idle_barrier();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  const double cpu = static_cast<double>(std::clock() - cpu0) / CLOCKS_PER_SEC;
+  EXPECT_TRUE(std::filesystem::exists(marker)) << "rank " << W().rank() << " left before rank 0 entered";
+  if (W().rank() != 0) {
+    EXPECT_GE(wall, 0.3);
+    EXPECT_LT(cpu, 0.5 * wall) << "a waiting rank used " << cpu << " s of CPU in " << wall << " s";
+  }
+  W().barrier();
+  if (W().rank() == 0) std::filesystem::remove_all(dir);
 }
 
 // isend_bytes returns before anyone receives; try_recv_bytes finds nothing

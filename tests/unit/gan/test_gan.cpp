@@ -187,6 +187,32 @@ TEST(GanTraining, ASeedGivesTheSameRun) {
   EXPECT_NE(a, c);
 }
 
+// Data parallel over W ranks, a step takes the next W batches of one order, rank r the r-th: the
+// ranks' batches of a step, side by side, are the one-rank batch of W * batch (reshuffles included).
+TEST(GanTraining, RanksSplitEachStepOfOneMinibatchOrder) {
+  const Tensor images = Tensor::arange(200).reshape({200, 1, 1, 1});  // 200 / 64: a partial order left over
+  const uint64_t seed = 9;
+  gan::detail::ShuffledBatches whole(64, seed);
+  std::vector<gan::detail::ShuffledBatches> ranks(2, gan::detail::ShuffledBatches(32, seed));
+  for (int step = 0; step < 7; ++step) {  // 3 steps per order: two reshuffles
+    const std::vector<double> want = whole.next(images).to_vector<double>();
+    std::vector<double> got = ranks[0].next(images, 0, 2).to_vector<double>();
+    const std::vector<double> second = ranks[1].next(images, 1, 2).to_vector<double>();
+    got.insert(got.end(), second.begin(), second.end());
+    EXPECT_EQ(got, want) << "step " << step;
+  }
+  EXPECT_EQ(ranks[0].position(), whole.position());
+  EXPECT_EQ(ranks[0].order(), ranks[1].order());
+  // A rank count whose step does not fit the images is refused, naming both numbers.
+  try {
+    ranks[0].check(images, 1, 1, "test", 7);
+    ADD_FAILURE() << "7 ranks x 32 > 200 images accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("200 images are fewer than one batch of 32 on each of 7 ranks (224 in all)"),
+              std::string::npos) << e.what();
+  }
+}
+
 TEST(GanScore, ClassifierScoreMatchesHandComputedValues) {
   // Confident and diverse: p = (1, 0) and (0, 1) -> confidence 1, entropy log 2, IS 2.
   gan::ClassifierScore s = gan::classifier_score(Tensor::from_vector<float>({40, 0, 0, 40}, {2, 2}));
