@@ -470,6 +470,7 @@ int main(int argc, char** argv) {
                     "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]\n"
                     "  --checkpoint-every N  write the training state to DIR/checkpoints every N steps and at the last (newest 2 kept)\n"
                     "  --resume              continue the run in DIR from its newest valid checkpoint to --steps in all (same options)\n"
+                    "  under mpirun -np R: data parallel, --batch images per rank and step (rank 0 prints and writes the files)\n"
                     "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]\n",
                     argv[0], argv[0]);
         return 0;
