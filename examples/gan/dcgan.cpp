@@ -15,7 +15,10 @@
 // continues the run in DIR from its newest valid checkpoint up to --steps in all,
 // loading DIR/classifier.safetensors instead of training the classifier again: a
 // run killed after k steps and resumed ends bitwise where the straight run ends (same
-// options and thread count; other options are refused, naming the differences).
+// options and thread count; other options are refused, naming the differences). With either
+// flag the run also takes the job signals (train::JobSignals, docs/jobs.md): SIGUSR1 writes a
+// checkpoint after the current step and goes on; SIGTERM writes one and stops (exit 0, "stopped
+// by signal"), for a batch job's time limit. Data parallel, the ranks agree on them every step.
 //
 //   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
@@ -65,6 +68,7 @@
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizers.h"
 #include "hpdl/train/checkpoint.h"
+#include "hpdl/train/signals.h"
 
 namespace {
 
@@ -117,6 +121,7 @@ struct Run {
   Clock::time_point start;
   std::unique_ptr<train::CheckpointManager> checkpoints;  // null: neither --checkpoint-every nor --resume
   std::optional<train::CheckpointInfo> resume_from;       // --resume: the checkpoint to continue from
+  std::unique_ptr<train::JobSignals> signals;             // with checkpoints: SIGTERM / SIGUSR1
 };
 
 // Rows [first, first + n) of x.
@@ -285,12 +290,25 @@ Tensor start_or_resume(Gan& gan, const Run& r) {
 }
 
 // After training step `step`: the periodic grids, then the checkpoint (after the grids: in
-// training mode they move G's batch-norm running statistics, and the straight run's do too).
+// training mode they move G's batch-norm running statistics, and the straight run's do too),
+// periodic or asked for by a job signal. Returns true when a SIGTERM asks the run to stop
+// (after that checkpoint). Data parallel, the signal flags are agreed on in one allreduce.
 template <typename Gan>
-void after_step(Gan& gan, const Run& r, const Tensor& fixed_z, int64_t step) {
+bool after_step(Gan& gan, const Run& r, const Tensor& fixed_z, int64_t step) {
   if (g_root && step % r.a.grid_every == 0) write_grids(gan, fixed_z, r.a.out, step);
-  if (r.a.checkpoint_every > 0 && (step % r.a.checkpoint_every == 0 || step == r.a.steps))  // collective
+  int64_t flags[2] = {0, 0};  // stop, checkpoint
+  if (r.signals) {
+    flags[0] = r.signals->stop_requested(), flags[1] = r.signals->checkpoint_requested();
+    r.signals->clear_checkpoint_request();
+    if (g_comm) g_comm->allreduce(flags, 2, DType::i64, dist::ReduceKind::max);
+  }
+  const bool periodic = r.a.checkpoint_every > 0 && (step % r.a.checkpoint_every == 0 || step == r.a.steps);
+  if (periodic || flags[0] || flags[1])  // collective
     say("checkpoint: %s\n", gan.save_checkpoint(*r.checkpoints).sidecar_path.string().c_str());
+  if (flags[0])
+    say("hpdl_dcgan: stopped by signal at step %lld after a checkpoint; continue with --resume --out %s\n",
+        static_cast<long long>(step), r.a.out.string().c_str());
+  return flags[0] != 0;
 }
 
 // The grids of the last step, when not periodic, after the last checkpoint (a longer run has
@@ -317,16 +335,20 @@ void run_dcgan(const Run& r) {
       static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
       static_cast<long long>(o.batch_size), gan.replicas().world(), static_cast<long long>(a.steps));
   const auto t = Clock::now();
-  const int64_t todo = a.steps - gan.steps();
-  gan::train_dcgan(gan, r.train_x, todo, [&](int64_t step, const gan::DcganStepStats& st) {
-    if (step % a.log_every == 0 || step == a.steps)
-      say("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
-                  static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
-    after_step(gan, r, fixed_z, step);
-  });
+  int64_t todo = a.steps - gan.steps();
+  bool stopped = false;
+  for (int64_t i = 0; i < todo && !stopped; ++i)
+    gan::train_dcgan(gan, r.train_x, 1, [&](int64_t step, const gan::DcganStepStats& st) {
+      if (step % a.log_every == 0 || step == a.steps)
+        say("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
+            static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
+      stopped = after_step(gan, r, fixed_z, step);
+      if (stopped) todo = i + 1;
+    });
   const double train_s = since(t);
   say("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(todo), train_s,
       todo * a.batch * gan.replicas().world() / std::max(train_s, 1e-9));
+  if (stopped) return;
   end_run(gan, r, fixed_z);
   say("sample grids in %s (real.png, samples_step*.png%s); total %.1f s\n", a.out.string().c_str(),
               gan.generator_ema() ? ", samples_avg_step*.png from the averaged G" : "", since(r.start));
@@ -354,18 +376,22 @@ void run_wgan_gp(const Run& r) {
               static_cast<long long>(o.batch_size), gan.replicas().world(), static_cast<long long>(a.steps),
               static_cast<long long>(o.n_critic), o.gp_lambda, o.critic_norm.c_str());
   const auto t = Clock::now();
-  const int64_t todo = a.steps - gan.steps();
-  gan::train_wgan_gp(gan, r.train_x, todo, [&](int64_t step, const gan::WganGpStepStats& st) {
-    if (step % a.log_every == 0 || step == a.steps)
-      say("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
-                  static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
-                  since(t));
-    after_step(gan, r, fixed_z, step);
-  });
+  int64_t todo = a.steps - gan.steps();
+  bool stopped = false;
+  for (int64_t i = 0; i < todo && !stopped; ++i)
+    gan::train_wgan_gp(gan, r.train_x, 1, [&](int64_t step, const gan::WganGpStepStats& st) {
+      if (step % a.log_every == 0 || step == a.steps)
+        say("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
+            static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
+            since(t));
+      stopped = after_step(gan, r, fixed_z, step);
+      if (stopped) todo = i + 1;
+    });
   const double train_s = since(t);
   say("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
               static_cast<long long>(todo), train_s,
               todo * o.n_critic * a.batch * gan.replicas().world() / std::max(train_s, 1e-9));
+  if (stopped) return;
   end_run(gan, r, fixed_z);
   say("sample grids in %s; total %.1f s\n", a.out.string().c_str(), since(r.start));
 }
@@ -376,7 +402,11 @@ void run(const Args& a) {
   // Checkpoints first: a --resume without one fails before any work.
   std::unique_ptr<train::CheckpointManager> checkpoints;
   std::optional<train::CheckpointInfo> resume_from;
-  if (a.checkpoint_every > 0 || a.resume) checkpoints = std::make_unique<train::CheckpointManager>(a.out, 2);
+  std::unique_ptr<train::JobSignals> signals;
+  if (a.checkpoint_every > 0 || a.resume) {
+    checkpoints = std::make_unique<train::CheckpointManager>(a.out, 2);
+    signals = std::make_unique<train::JobSignals>();  // before the compute threads start: they block the signals
+  }
   if (a.resume) {
     std::vector<std::string> problems;
     resume_from = checkpoints->latest_valid(&problems);
@@ -422,7 +452,8 @@ void run(const Args& a) {
 
   // Data parallel: the other ranks wait for rank 0's classifier asleep, and for its scores and files at the end.
   if (g_comm) g_comm->idle_barrier();
-  const Run r{a, train_x, test_x, *classifier, k, start, std::move(checkpoints), std::move(resume_from)};
+  const Run r{a, train_x, test_x, *classifier, k, start, std::move(checkpoints), std::move(resume_from),
+              std::move(signals)};
   if (a.loss == "wgan-gp")
     run_wgan_gp(r);
   else
@@ -434,6 +465,7 @@ void run(const Args& a) {
 
 int main(int argc, char** argv) {
   Args a;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // a line at a time into a batch job's log, as it is printed
   try {
     for (int i = 1; i < argc; ++i) {
       std::string s = argv[i];

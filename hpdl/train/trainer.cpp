@@ -3,15 +3,10 @@
 
 #include <sys/resource.h>
 
-#include <pthread.h>
-
-#include <atomic>
-#include <csignal>
 #include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <set>
-#include <thread>
 #include <tuple>
 
 #include <fmt/ranges.h>
@@ -46,6 +41,7 @@
 #include "hpdl/train/metrics.h"
 #include "hpdl/train/progress.h"
 #include "hpdl/train/report.h"
+#include "hpdl/train/signals.h"
 #include "hpdl/train/trace.h"
 
 namespace hpdl::train {
@@ -69,54 +65,6 @@ struct DevicePeakMemory {
 #endif
     return device.is_cpu() ? static_cast<double>(cpu_memory_stats().peak_live_bytes) / (1 << 20) : -1.0;
   }
-};
-
-volatile std::sig_atomic_t g_stop_signal = 0;   // SIGTERM: checkpoint and stop
-volatile std::sig_atomic_t g_ckpt_signal = 0;   // SIGUSR1: checkpoint and go on
-
-extern "C" void on_signal(int sig) {
-  if (sig == SIGUSR1) g_ckpt_signal = 1;
-  else g_stop_signal = 1;
-}
-
-// SIGTERM and SIGUSR1 during a run are taken by a thread of their own (sigwait): the training
-// thread, and the loader and OpenMP threads it starts, block them, so a signal never interrupts
-// compute code. Letting it land on the training thread corrupted the heap in 3-5 of 8 runs of
-// tests/integration (a SIGTERM late in an MLP run); with this thread it did not (docs/jobs.md).
-// MPI's threads and the communicator thread block them from their start (dist::init); other
-// threads started before the run may still take them through on_signal, which only sets the
-// flags. The destructor wakes the thread with a directed SIGUSR2 and restores the mask.
-class SignalThread {
- public:
-  SignalThread() {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGTERM);
-    sigaddset(&set_, SIGUSR1);
-    sigaddset(&set_, SIGUSR2);
-    pthread_sigmask(SIG_BLOCK, &set_, &old_);
-    thread_ = std::thread([this] {
-      for (;;) {
-        int sig = 0;
-        if (sigwait(&set_, &sig) != 0) continue;
-        if (sig == SIGUSR2 && done_.load()) return;
-        if (sig == SIGUSR1) g_ckpt_signal = 1;
-        if (sig == SIGTERM) g_stop_signal = 1;
-      }
-    });
-  }
-  SignalThread(const SignalThread&) = delete;
-  SignalThread& operator=(const SignalThread&) = delete;
-  ~SignalThread() {
-    done_ = true;
-    pthread_kill(thread_.native_handle(), SIGUSR2);
-    thread_.join();
-    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-
- private:
-  sigset_t set_{}, old_{};
-  std::atomic<bool> done_{false};
-  std::thread thread_;
 };
 
 nn::ModulePtr build_custom(const ModelConfig& m, const Shape& sample, uint64_t seed) {
@@ -672,11 +620,7 @@ TrainSummary Trainer::run(bool resume) {
   }
   comm.barrier();
 
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGUSR1, on_signal);
-  g_stop_signal = 0;
-  g_ckpt_signal = 0;
-  const SignalThread signal_thread;
+  JobSignals signals;  // SIGTERM: checkpoint and stop; SIGUSR1: checkpoint and go on (signals.h)
 
   // ---- data ----
   const Objective objective(cfg);  // train.loss: the loss and the metrics
@@ -1252,11 +1196,11 @@ TrainSummary Trainer::run(bool resume) {
       st.count = step_count + unmet_count;
       st.sums = log_step ? step_sums.read(n_sums) : std::vector<double>(n_sums, 0.0);
       if (meet) {
-        st.stop = g_stop_signal ? 1 : 0;
-        st.ckpt = g_ckpt_signal ? 1 : 0;
+        st.stop = signals.stop_requested() ? 1 : 0;
+        st.ckpt = signals.checkpoint_requested() ? 1 : 0;
         st = allreduce_stats(comm, st);
         ++step_meetings;
-        g_ckpt_signal = 0;
+        signals.clear_checkpoint_request();
         unmet_count = 0;
         epoch_stats.count += st.count;
         samples_done += static_cast<int64_t>(st.count);
