@@ -187,6 +187,12 @@ class Replicas {
   void mean(std::vector<double>& values) const;
   // This rank's n rows of `all` [world * n, ...] (drawn alike on every rank).
   Tensor mine(const Tensor& all) const;
+  // Gradient buckets of G and of D whose allreduce the last G and D backward launched from
+  // inside backward (the overlap), of how many; zeros on one process.
+  struct Overlap {
+    int g_launched = 0, g_buckets = 0, d_launched = 0, d_buckets = 0;
+  };
+  Overlap overlap() const;
 
  private:
   dist::Communicator* comm_;

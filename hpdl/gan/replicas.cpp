@@ -51,6 +51,13 @@ Tensor Replicas::mine(const Tensor& all) const {
   return all.slice(0, rank_ * n, (rank_ + 1) * n).contiguous();
 }
 
+Replicas::Overlap Replicas::overlap() const {
+  Overlap o;
+  if (g_dp_) o.g_launched = g_dp_->launched_during_backward(), o.g_buckets = g_dp_->num_buckets();
+  if (d_dp_) o.d_launched = d_dp_->launched_during_backward(), o.d_buckets = d_dp_->num_buckets();
+  return o;
+}
+
 FrozenParameters::FrozenParameters(nn::Module& m) {
   for (Tensor& p : m.parameters()) {
     saved_.emplace_back(p, p.requires_grad());

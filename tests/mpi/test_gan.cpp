@@ -125,6 +125,17 @@ TEST(GanDataParallel, ReplicasStayBitwiseEqualAndSeeTheirOwnBatches) {
   Dcgan gan(o, &W());
   const DcganStepStats st = train_dcgan(gan, images, 6);
   expect_same_as_rank0(everything(gan, gan.discriminator(), gan.generator_ema()), "DCGAN after 6 steps");
+  // The buckets are all-reduced from inside backward, while it goes on, not all after it (64
+  // features: G and D of ~140,000 parameters, several buckets each).
+  auto wide_options = tiny_gan_options<DcganOptions>(6);
+  wide_options.g_features = wide_options.d_features = 64;
+  Dcgan wide(wide_options, &W());
+  train_dcgan(wide, images, 1);
+  const detail::Replicas::Overlap overlap = wide.replicas().overlap();
+  EXPECT_GT(overlap.g_buckets, 1);
+  EXPECT_GT(overlap.d_buckets, 1);
+  EXPECT_GE(overlap.g_launched, overlap.g_buckets - 1) << "of G's " << overlap.g_buckets << " buckets";
+  EXPECT_GE(overlap.d_launched, overlap.d_buckets - 1) << "of D's " << overlap.d_buckets << " buckets";
   expect_same_value_as_rank0(st.d_loss, "the reported D loss");
   expect_same_value_as_rank0(st.g_loss, "the reported G loss");
   // 256 images, 32 per rank per step: the order moved by the ranks' batches together.
@@ -178,6 +189,21 @@ TEST(GanDataParallel, CheckpointResumesBitwiseAndAFailedWriteStopsEveryRank) {
   const auto a = everything(straight, straight.discriminator(), straight.generator_ema());
   const auto b = everything(resumed, resumed.discriminator(), resumed.generator_ema());
   for (const auto& [name, t] : a) EXPECT_TRUE(same_bytes(t, b.at(name))) << name;
+
+  // At another rank count (here one process): the same state, and the same minibatch order
+  // continued from the checkpoint's position with this run's step of one batch.
+  Dcgan alone(o);
+  alone.load_checkpoint(checkpoints, *info);
+  const int64_t position = alone.minibatches().position();
+  const std::vector<int64_t> order = alone.minibatches().order();
+  int64_t expected = 256;  // 3 steps of 32 x ranks images from 256, reshuffling when a step does not fit
+  for (int k = 0; k < 3; ++k) expected = (expected + 32 * W().size() > 256 ? 0 : expected) + 32 * W().size();
+  EXPECT_EQ(position, expected);
+  train_dcgan(alone, images, 1);
+  if (position + 32 <= 256) {
+    EXPECT_EQ(alone.minibatches().position(), position + 32);
+    EXPECT_EQ(alone.minibatches().order(), order);
+  }
 
   // Rank 0 cannot write (its checkpoint directory became a file): every rank throws, none hangs.
   W().barrier();
