@@ -22,13 +22,14 @@
 //
 //   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
-//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]
+//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume] [--sync-bn]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]
 //
 // Under mpirun the GAN trains data-parallel (design decision 79): each of R ranks draws --batch
 // images and latents per step (a global batch of R x --batch), the gradients are averaged,
 // and rank 0 alone trains the classifier, prints, scores and writes the files; --bench-steps
-// then times the data-parallel step (bench/gan/run.sh RANKS=...):
+// then times the data-parallel step (HPDL_RANKS=R bench/gan/run.sh). --sync-bn normalizes G's and
+// D's batch norms over all ranks' batches (gan::ReplicaOptions::sync_batchnorm):
 //   mpirun -np 2 build/bin/hpdl_dcgan --threads 1 --steps 600
 //
 // --layout: the CPU activations' memory layout between layers (design decision 75):
@@ -92,6 +93,7 @@ struct Args {
   double g_ema = 0;  // generator weight averaging decay; 0: off
   int64_t checkpoint_every = 0;  // 0: no checkpoints
   bool resume = false;           // continue from the newest valid checkpoint in out
+  bool sync_bn = false;          // data parallel: batch norm over all ranks' batches
 };
 
 // The data-parallel world (null on one process) and whether this is rank 0, the one that
@@ -107,6 +109,12 @@ void say(const char* format, ...) {
   va_start(args, format);
   std::vprintf(format, args);
   va_end(args);
+}
+
+gan::ReplicaOptions replica_options(const Args& a) {
+  gan::ReplicaOptions r;
+  r.sync_batchnorm = a.sync_bn;
+  return r;
 }
 
 using Clock = std::chrono::steady_clock;
@@ -254,7 +262,7 @@ void bench(const Args& a) {
   o.batch_size = a.batch;
   o.g_features = o.d_features = a.features;
   o.seed = a.seed;
-  gan::Dcgan gan(o, g_comm);
+  gan::Dcgan gan(o, g_comm, replica_options(a));
   Clock::time_point t = Clock::now();
   const gan::DcganStepStats last =
       gan::train_dcgan(gan, train_x, a.warmup + a.bench_steps, [&](int64_t step, const gan::DcganStepStats&) {
@@ -328,7 +336,7 @@ void run_dcgan(const Run& r) {
   o.g_features = o.d_features = a.features;
   o.seed = a.seed;
   o.g_ema_decay = a.g_ema;
-  gan::Dcgan gan(o, g_comm);
+  gan::Dcgan gan(o, g_comm, replica_options(a));
   const Tensor fixed_z = start_or_resume(gan, r);
   say("DCGAN: G %lld parameters, D %lld parameters, Adam lr %g betas (%g, %g), batch %lld x %d rank(s), %lld steps\n",
       static_cast<long long>(gan.generator().num_parameters()),
@@ -367,7 +375,7 @@ void run_wgan_gp(const Run& r) {
   o.critic_norm = a.critic_norm;
   o.critic_groups = a.critic_groups;
   o.g_ema_decay = a.g_ema;
-  gan::WganGp gan(o, g_comm);
+  gan::WganGp gan(o, g_comm, replica_options(a));
   const Tensor fixed_z = start_or_resume(gan, r);
   say("WGAN-GP: G %lld parameters, critic %lld parameters, Adam lr %g betas (%g, %g), batch %lld x %d rank(s), "
               "%lld generator steps of %lld critic steps, lambda %g, critic norm %s\n",
@@ -496,13 +504,15 @@ int main(int argc, char** argv) {
       else if (s == "--layout") a.layout = value();
       else if (s == "--checkpoint-every") a.checkpoint_every = std::stoll(value());
       else if (s == "--resume") a.resume = true;
+      else if (s == "--sync-bn") a.sync_bn = true;
       else if (s == "-h" || s == "--help") {
         std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
                     "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]\n"
                     "  --checkpoint-every N  write the training state to DIR/checkpoints every N steps and at the last (newest 2 kept)\n"
                     "  --resume              continue the run in DIR from its newest valid checkpoint to --steps in all (same options)\n"
-                    "  under mpirun -np R: data parallel, --batch images per rank and step (rank 0 prints and writes the files)\n"
+                    "  under mpirun -np R: data parallel, --batch images per rank and step (rank 0 prints and writes the files);\n"
+                    "  --sync-bn              with it, batch norm in G and D over all ranks' batches (R x B trains as one batch of R * B)\n"
                     "       %s --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]\n",
                     argv[0], argv[0]);
         return 0;

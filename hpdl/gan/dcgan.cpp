@@ -126,7 +126,7 @@ void save_generator_onnx(const std::filesystem::path& path, DcganGenerator& g, c
 
 // ---------------------------------------------------------------- training
 
-Dcgan::Dcgan(const DcganOptions& options, dist::Communicator* comm)
+Dcgan::Dcgan(const DcganOptions& options, dist::Communicator* comm, const ReplicaOptions& replica)
     : options_(options), rng_(options.seed), batches_(options.batch_size, options.seed + detail::ShuffledBatches::kSeedOffset) {
   check_dcgan_options(options_);
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
@@ -135,7 +135,7 @@ Dcgan::Dcgan(const DcganOptions& options, dist::Communicator* comm)
   g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
   d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
   g_ema_ = detail::make_generator_ema(*g_, options_.g_ema_decay, options_.g_ema_warmup);
-  replicas_ = std::make_unique<detail::Replicas>(comm, *g_, *d_, *g_opt_, *d_opt_);
+  replicas_ = std::make_unique<detail::Replicas>(comm, *g_, *d_, *g_opt_, *d_opt_, replica);
 }
 
 Dcgan::~Dcgan() = default;
@@ -168,6 +168,7 @@ std::unique_ptr<optim::ModelEma> make_generator_ema(DcganGenerator& g, double de
 Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& z, const char* who) {
   HPDL_CHECK(ema, "gan::{}::generate_averaged: generator averaging is off (set g_ema_decay in (0, 1))", who);
   NoGradGuard no_grad;
+  LocalBatchNorm local(g);
   optim::ModelEma::Applied averaged(ema);
   // While swapped, G's buffers hold the averaged running statistics; a training-mode
   // forward would move them towards this batch's and the swap back would store that
@@ -213,6 +214,7 @@ Tensor Dcgan::sample_latent(int64_t n) { return detail::sample_latent(n, options
 
 Tensor Dcgan::generate(const Tensor& z) {
   NoGradGuard no_grad;
+  detail::LocalBatchNorm local(*g_);
   return (*g_)(z);
 }
 
@@ -313,6 +315,7 @@ double Dcgan::discriminator_accuracy(const Tensor& real, const Tensor& fake) {
   check_images(real, "real");
   check_images(fake, "fake");
   NoGradGuard no_grad;
+  detail::LocalBatchNorm local(*d_);  // an evaluation of this process's images, on any rank alone
   std::vector<float> lr = (*d_)(real).to_vector<float>(), lf = (*d_)(fake).to_vector<float>();
   double correct = 0;
   for (float v : lr) correct += v > 0;

@@ -66,6 +66,17 @@ struct DcganOptions {
   bool g_ema_warmup = true;
 };
 
+// How a data-parallel GAN (one given a communicator) trains, beyond averaging the gradients.
+// Not part of the checkpointed options: like the rank count, it may change between resumes.
+struct ReplicaOptions {
+  // Batch norm in G and D over the union of the ranks' batches (dist::convert_sync_batchnorm,
+  // the cross-replica batch norm of BigGAN, Brock et al. 2019): R ranks x batch B then train as
+  // one process x batch R * B, up to float rounding. Off: per-rank statistics, as PyTorch DDP.
+  // generate() and generate_averaged() still normalize with this rank's own batch (sampling is
+  // per process; rank 0 alone may sample).
+  bool sync_batchnorm = false;
+};
+
 // Throws hpdl::Error naming the first bad option: image_size not a positive
 // multiple of 4, a non-positive channel count, latent size, feature count, lr or
 // batch size, betas outside [0, 1), g_ema_decay outside [0, 1).
@@ -166,13 +177,15 @@ class ShuffledBatches {
 // networks, optimizer states and averages.
 class Replicas {
  public:
-  Replicas(dist::Communicator* comm, nn::Module& g, nn::Module& d, optim::AdamW& g_opt, optim::AdamW& d_opt);
+  Replicas(dist::Communicator* comm, nn::Module& g, nn::Module& d, optim::AdamW& g_opt, optim::AdamW& d_opt,
+           const ReplicaOptions& options = {});
   ~Replicas();
   Replicas(const Replicas&) = delete;
   Replicas& operator=(const Replicas&) = delete;
 
   int rank() const { return rank_; }
   int world() const { return world_; }
+  bool sync_batchnorm() const { return sync_bn_; }
   dist::Communicator* comm() const { return comm_; }
   // Before a backward into D (G): zero its gradients. After it: the mean over the ranks
   // (waits for the buckets the backward launched).
@@ -197,8 +210,23 @@ class Replicas {
  private:
   dist::Communicator* comm_;
   int rank_ = 0, world_ = 1;
+  bool sync_bn_ = false;
   optim::AdamW &g_opt_, &d_opt_;
   std::unique_ptr<dist::DataParallel> g_dp_, d_dp_;
+};
+
+// A module's batch norms normalize with this process's batch alone while it lives (their
+// cross-replica reducers set aside, restored after): sampling under sync_batchnorm, which
+// rank 0 may do alone.
+class LocalBatchNorm {
+ public:
+  explicit LocalBatchNorm(nn::Module& m);
+  ~LocalBatchNorm();
+  LocalBatchNorm(const LocalBatchNorm&) = delete;
+  LocalBatchNorm& operator=(const LocalBatchNorm&) = delete;
+
+ private:
+  std::vector<std::pair<nn::BatchNorm*, decltype(nn::BatchNorm::cross_replica_sum)>> saved_;
 };
 
 // requires_grad off for a module's parameters while it lives (restored after): a G step's
@@ -221,7 +249,7 @@ class Dcgan {
  public:
   // Throws as check_dcgan_options. With `comm` (it must outlive the GAN) the GAN trains
   // data-parallel over its ranks (detail::Replicas); every rank constructs it with the same options.
-  explicit Dcgan(const DcganOptions& options, dist::Communicator* comm = nullptr);
+  explicit Dcgan(const DcganOptions& options, dist::Communicator* comm = nullptr, const ReplicaOptions& replica = {});
   ~Dcgan();
 
   const DcganOptions& options() const { return options_; }

@@ -2,18 +2,27 @@
 // step statistics averaged in one small allreduce, D's buffers broadcast once per step.
 #include "hpdl/core/error.h"
 #include "hpdl/dist/data_parallel.h"
+#include "hpdl/dist/sync_batchnorm.h"
 #include "hpdl/gan/dcgan.h"
 
 namespace hpdl::gan::detail {
 
-Replicas::Replicas(dist::Communicator* comm, nn::Module& g, nn::Module& d, optim::AdamW& g_opt, optim::AdamW& d_opt)
+Replicas::Replicas(dist::Communicator* comm, nn::Module& g, nn::Module& d, optim::AdamW& g_opt, optim::AdamW& d_opt,
+                   const ReplicaOptions& options)
     : comm_(comm), g_opt_(g_opt), d_opt_(d_opt) {
   if (!comm_) return;
   rank_ = comm_->rank();
   world_ = comm_->size();
+  sync_bn_ = options.sync_batchnorm;
+  if (sync_bn_) {
+    dist::convert_sync_batchnorm(g, *comm_);
+    dist::convert_sync_batchnorm(d, *comm_);
+  }
   // G's buffers change only in G's forwards, which all come before G's finish in a step: its
   // finish may broadcast them. D's change again in the G step's forward through D (after D's
-  // finish), so they are broadcast by sync_d_buffers() at the end of the step instead.
+  // finish), so they are broadcast by sync_d_buffers() at the end of the step instead. Under
+  // synchronized batch norm the ranks compute the same statistics in training, but rank 0 may
+  // sample alone (generate() with local statistics moves its running statistics): broadcast still.
   dist::DataParallelOptions g_options, d_options;
   d_options.broadcast_buffers = false;
   g_dp_ = std::make_unique<dist::DataParallel>(g, *comm_, g_options);
@@ -56,6 +65,18 @@ Replicas::Overlap Replicas::overlap() const {
   if (g_dp_) o.g_launched = g_dp_->launched_during_backward(), o.g_buckets = g_dp_->num_buckets();
   if (d_dp_) o.d_launched = d_dp_->launched_during_backward(), o.d_buckets = d_dp_->num_buckets();
   return o;
+}
+
+LocalBatchNorm::LocalBatchNorm(nn::Module& m) {
+  for (auto& [name, child] : m.named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm*>(child.get()); bn && bn->cross_replica_sum) {
+      saved_.emplace_back(bn, std::move(bn->cross_replica_sum));
+      bn->cross_replica_sum = nullptr;
+    }
+}
+
+LocalBatchNorm::~LocalBatchNorm() {
+  for (auto& [bn, reducer] : saved_) bn->cross_replica_sum = std::move(reducer);
 }
 
 FrozenParameters::FrozenParameters(nn::Module& m) {

@@ -108,7 +108,7 @@ GradientPenalty gradient_penalty(const std::function<Tensor(const Tensor&)>& cri
 
 // ---------------------------------------------------------------- training
 
-WganGp::WganGp(const WganGpOptions& options, dist::Communicator* comm)
+WganGp::WganGp(const WganGpOptions& options, dist::Communicator* comm, const ReplicaOptions& replica)
     : options_(options), rng_(options.seed), batches_(options.batch_size, options.seed + detail::ShuffledBatches::kSeedOffset) {
   check_wgan_gp_options(options_);
   Generator init_gen(options_.seed ^ 0x9E3779B97F4A7C15ull);
@@ -117,7 +117,7 @@ WganGp::WganGp(const WganGpOptions& options, dist::Communicator* comm)
   g_opt_ = detail::make_adam(*g_, options_.lr, options_.beta1, options_.beta2);
   d_opt_ = detail::make_adam(*d_, options_.lr, options_.beta1, options_.beta2);
   g_ema_ = detail::make_generator_ema(*g_, options_.g_ema_decay, options_.g_ema_warmup);
-  replicas_ = std::make_unique<detail::Replicas>(comm, *g_, *d_, *g_opt_, *d_opt_);
+  replicas_ = std::make_unique<detail::Replicas>(comm, *g_, *d_, *g_opt_, *d_opt_, replica);
 }
 
 WganGp::~WganGp() = default;
@@ -126,6 +126,7 @@ Tensor WganGp::sample_latent(int64_t n) { return detail::sample_latent(n, option
 
 Tensor WganGp::generate(const Tensor& z) {
   NoGradGuard no_grad;
+  detail::LocalBatchNorm local(*g_);
   return (*g_)(z);
 }
 
@@ -143,7 +144,11 @@ WganGpStepStats WganGp::critic_step(const Tensor& real) {
   check_images(real, "real");
   const int64_t b = real.dim(0), world = replicas_->world();
   // Latents and mixing weights for every rank's batch from the one stream, this rank's rows.
-  Tensor fake = generate(replicas_->mine(sample_latent(b * world)));    // [B, C, S, S], no graph into G
+  Tensor fake;  // [B, C, S, S], no graph into G (a training forward: synchronized batch norm stays on)
+  {
+    NoGradGuard no_grad;
+    fake = (*g_)(replicas_->mine(sample_latent(b * world)));
+  }
   Tensor eps = replicas_->mine(Tensor::rand({b * world}, rng_, 0.0, 1.0));  // mixing weights, U[0, 1)
   replicas_->zero_grad_d();
   Tensor real_scores = (*d_)(real), fake_scores = (*d_)(fake);

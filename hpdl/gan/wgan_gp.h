@@ -99,7 +99,7 @@ class WganGp {
   // Throws as check_wgan_gp_options. With `comm`, data parallel as Dcgan: each rank's critic
   // and generator steps use its own batch (latents and mixing weights drawn for all ranks, this
   // rank's taken), gradients averaged over the ranks, the stats the means over the ranks.
-  explicit WganGp(const WganGpOptions& options, dist::Communicator* comm = nullptr);
+  explicit WganGp(const WganGpOptions& options, dist::Communicator* comm = nullptr, const ReplicaOptions& replica = {});
   ~WganGp();
 
   const WganGpOptions& options() const { return options_; }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -164,6 +165,57 @@ TEST(GanDataParallel, ReplicasStayBitwiseEqualAndSeeTheirOwnBatches) {
   // And their latents: each takes its own rows of what every rank drew alike.
   const Tensor rows = gan.replicas().mine(Tensor::arange(4 * W().size()).reshape({W().size(), 4}));
   EXPECT_EQ(rows.to_vector<double>(), add(Tensor::arange(4), 4.0 * W().rank()).to_vector<double>());
+}
+
+// With synchronized batch norm, R ranks of batch B are one process of batch R * B: the same
+// images (one order), the same latents (one stream), statistics over the union, gradients
+// averaged. The step statistics and the networks agree to float rounding.
+TEST(GanDataParallel, SyncBatchNormTrainsAsOneProcessOfTheGlobalBatch) {
+  test::OneThread one;
+  const Tensor images = four_patterns();
+  auto o = tiny_gan_options<DcganOptions>(12);
+  o.batch_size = 16;
+  auto whole = o;
+  whole.batch_size = 16 * W().size();
+  ReplicaOptions sync;
+  sync.sync_batchnorm = true;
+  Dcgan ranks(o, &W(), sync), one_process(whole);
+  std::vector<DcganStepStats> a, b;
+  train_dcgan(ranks, images, 4, [&](int64_t, const DcganStepStats& st) { a.push_back(st); });
+  train_dcgan(one_process, images, 4, [&](int64_t, const DcganStepStats& st) { b.push_back(st); });
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i].d_loss, b[i].d_loss, 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(a[i].g_loss, b[i].g_loss, 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(a[i].d_real, b[i].d_real, 1e-6) << "step " << i + 1;
+    EXPECT_NEAR(a[i].d_fake, b[i].d_fake, 1e-6) << "step " << i + 1;
+    EXPECT_EQ(a[i].d_accuracy, b[i].d_accuracy) << "step " << i + 1;
+  }
+  const auto pa = everything(ranks, ranks.discriminator(), nullptr);
+  const auto pb = everything(one_process, one_process.discriminator(), nullptr);
+  // A bias right before a batch norm (and so that norm's running mean, which follows it) has an
+  // exact gradient of zero: what it gets is rounding noise, which Adam's first steps turn into
+  // steps of +-lr whatever its size. Those may differ by 2 lr a step; everything else agrees.
+  const std::set<std::string> before_bn = {"g.project.bias", "g.up1.bias", "d.conv2.bias", "g.bn0.running_mean",
+                                           "g.bn1.running_mean", "d.bn2.running_mean"};
+  double largest = 0;
+  for (const auto& [name, t] : pa) {
+    if (!dtype_is_float(t.dtype())) continue;
+    const std::vector<double> x = t.to_vector<double>(), y = pb.at(name).to_vector<double>();
+    double here = 0;
+    for (size_t j = 0; j < x.size(); ++j) here = std::max(here, std::abs(x[j] - y[j]));
+    if (before_bn.count(name))
+      EXPECT_LE(here, 2 * o.lr * 4 * 1.01) << name;
+    else
+      largest = std::max(largest, here);
+  }
+  EXPECT_LT(largest, 1e-5) << "largest difference of the other parameters and running statistics";
+  expect_same_as_rank0(pa, "sync batch norm, after 4 steps");
+  // Without it the statistics are per rank: the same run differs from the one process beyond rounding.
+  Dcgan per_rank(o, &W());
+  std::vector<DcganStepStats> c;
+  train_dcgan(per_rank, images, 4, [&](int64_t, const DcganStepStats& st) { c.push_back(st); });
+  EXPECT_GT(std::abs(c.back().d_loss - b.back().d_loss), 1e-4);
 }
 
 TEST(GanDataParallel, CheckpointResumesBitwiseAndAFailedWriteStopsEveryRank) {
