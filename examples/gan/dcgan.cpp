@@ -319,6 +319,23 @@ bool after_step(Gan& gan, const Run& r, const Tensor& fixed_z, int64_t step) {
   return flags[0] != 0;
 }
 
+// Trains to --steps, one step a call of `train` (train_dcgan or train_wgan_gp) so that a SIGTERM
+// can end the run after any step: `log(step, stats)` every --log-every steps and at the last,
+// then after_step. Returns the steps trained; `stopped` tells whether a signal ended them early.
+template <typename Gan, typename Stats, typename Log>
+int64_t train_steps(Gan& gan, const Run& r, const Tensor& fixed_z,
+                    Stats (*train)(Gan&, const Tensor&, int64_t, const std::function<void(int64_t, const Stats&)>&),
+                    bool& stopped, const Log& log) {
+  const int64_t todo = r.a.steps - gan.steps();
+  int64_t done = 0;
+  for (stopped = false; done < todo && !stopped; ++done)
+    train(gan, r.train_x, 1, [&](int64_t step, const Stats& st) {
+      if (step % r.a.log_every == 0 || step == r.a.steps) log(step, st);
+      stopped = after_step(gan, r, fixed_z, step);
+    });
+  return done;
+}
+
 // The grids of the last step, when not periodic, after the last checkpoint (a longer run has
 // no grid there); the scores and the ONNX generator(s).
 template <typename Gan>
@@ -343,16 +360,12 @@ void run_dcgan(const Run& r) {
       static_cast<long long>(gan.discriminator().num_parameters()), o.lr, o.beta1, o.beta2,
       static_cast<long long>(o.batch_size), gan.replicas().world(), static_cast<long long>(a.steps));
   const auto t = Clock::now();
-  int64_t todo = a.steps - gan.steps();
   bool stopped = false;
-  for (int64_t i = 0; i < todo && !stopped; ++i)
-    gan::train_dcgan(gan, r.train_x, 1, [&](int64_t step, const gan::DcganStepStats& st) {
-      if (step % a.log_every == 0 || step == a.steps)
-        say("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
-            static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
-      stopped = after_step(gan, r, fixed_z, step);
-      if (stopped) todo = i + 1;
-    });
+  const int64_t todo = train_steps(gan, r, fixed_z, gan::train_dcgan, stopped,
+                                   [&](int64_t step, const gan::DcganStepStats& st) {
+    say("step %5lld  D loss %.4f  G loss %.4f  D(x) %.3f  D(G(z)) %.3f  D accuracy %.3f  %.1f s\n",
+        static_cast<long long>(step), st.d_loss, st.g_loss, st.d_real, st.d_fake, st.d_accuracy, since(t));
+  });
   const double train_s = since(t);
   say("trained %lld steps in %.1f s (%.0f images/s)\n", static_cast<long long>(todo), train_s,
       todo * a.batch * gan.replicas().world() / std::max(train_s, 1e-9));
@@ -384,17 +397,12 @@ void run_wgan_gp(const Run& r) {
               static_cast<long long>(o.batch_size), gan.replicas().world(), static_cast<long long>(a.steps),
               static_cast<long long>(o.n_critic), o.gp_lambda, o.critic_norm.c_str());
   const auto t = Clock::now();
-  int64_t todo = a.steps - gan.steps();
   bool stopped = false;
-  for (int64_t i = 0; i < todo && !stopped; ++i)
-    gan::train_wgan_gp(gan, r.train_x, 1, [&](int64_t step, const gan::WganGpStepStats& st) {
-      if (step % a.log_every == 0 || step == a.steps)
-        say("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
-            static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss,
-            since(t));
-      stopped = after_step(gan, r, fixed_z, step);
-      if (stopped) todo = i + 1;
-    });
+  const int64_t todo = train_steps(gan, r, fixed_z, gan::train_wgan_gp, stopped,
+                                   [&](int64_t step, const gan::WganGpStepStats& st) {
+    say("step %5lld  critic loss %.4f  W estimate %.4f  penalty %.4f  grad norm %.3f  G loss %.4f  %.1f s\n",
+        static_cast<long long>(step), st.critic_loss, st.wasserstein, st.penalty, st.grad_norm, st.g_loss, since(t));
+  });
   const double train_s = since(t);
   say("trained %lld generator steps in %.1f s (%.0f real images/s through the critic)\n",
               static_cast<long long>(todo), train_s,
