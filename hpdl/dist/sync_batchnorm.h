@@ -5,7 +5,11 @@
 // optional reducer; this file installs one that all-reduces over a Communicator.
 #pragma once
 
+#include <utility>
+#include <vector>
+
 #include "hpdl/dist/communicator.h"
+#include "hpdl/nn/layers.h"
 #include "hpdl/nn/module.h"
 
 namespace hpdl::dist {
@@ -29,5 +33,20 @@ namespace hpdl::dist {
 int convert_sync_batchnorm(nn::Module& model, Communicator& comm, int group_size = 0);
 // Removes the reducers again (per-rank statistics). Returns the number of layers.
 int revert_sync_batchnorm(nn::Module& model);
+
+// While it lives, the batch norms of a module normalize with this process's batch alone: the
+// reducers convert_sync_batchnorm installed are set aside and put back after. For work one rank
+// may do alone in training mode (a GAN's sampling), which must not start a collective the other
+// ranks never join. A module without reducers is left as it is.
+class LocalBatchNorm {
+ public:
+  explicit LocalBatchNorm(nn::Module& m);
+  ~LocalBatchNorm();
+  LocalBatchNorm(const LocalBatchNorm&) = delete;
+  LocalBatchNorm& operator=(const LocalBatchNorm&) = delete;
+
+ private:
+  std::vector<std::pair<nn::BatchNorm*, decltype(nn::BatchNorm::cross_replica_sum)>> saved_;
+};
 
 }  // namespace hpdl::dist

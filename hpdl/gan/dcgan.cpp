@@ -14,6 +14,7 @@
 #include "hpdl/data/dataset.h"
 #include "hpdl/data/readers.h"
 #include "hpdl/nn/init.h"
+#include "hpdl/dist/sync_batchnorm.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/train/onnx_export.h"
 
@@ -168,7 +169,7 @@ std::unique_ptr<optim::ModelEma> make_generator_ema(DcganGenerator& g, double de
 Tensor generate_averaged(DcganGenerator& g, optim::ModelEma* ema, const Tensor& z, const char* who) {
   HPDL_CHECK(ema, "gan::{}::generate_averaged: generator averaging is off (set g_ema_decay in (0, 1))", who);
   NoGradGuard no_grad;
-  LocalBatchNorm local(g);
+  dist::LocalBatchNorm local(g);
   optim::ModelEma::Applied averaged(ema);
   // While swapped, G's buffers hold the averaged running statistics; a training-mode
   // forward would move them towards this batch's and the swap back would store that
@@ -214,7 +215,7 @@ Tensor Dcgan::sample_latent(int64_t n) { return detail::sample_latent(n, options
 
 Tensor Dcgan::generate(const Tensor& z) {
   NoGradGuard no_grad;
-  detail::LocalBatchNorm local(*g_);
+  dist::LocalBatchNorm local(*g_);
   return (*g_)(z);
 }
 
@@ -315,7 +316,7 @@ double Dcgan::discriminator_accuracy(const Tensor& real, const Tensor& fake) {
   check_images(real, "real");
   check_images(fake, "fake");
   NoGradGuard no_grad;
-  detail::LocalBatchNorm local(*d_);  // an evaluation of this process's images, on any rank alone
+  dist::LocalBatchNorm local(*d_);  // an evaluation of this process's images, on any rank alone
   std::vector<float> lr = (*d_)(real).to_vector<float>(), lf = (*d_)(fake).to_vector<float>();
   double correct = 0;
   for (float v : lr) correct += v > 0;

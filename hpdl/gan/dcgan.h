@@ -215,20 +215,6 @@ class Replicas {
   std::unique_ptr<dist::DataParallel> g_dp_, d_dp_;
 };
 
-// A module's batch norms normalize with this process's batch alone while it lives (their
-// cross-replica reducers set aside, restored after): sampling under sync_batchnorm, which
-// rank 0 may do alone.
-class LocalBatchNorm {
- public:
-  explicit LocalBatchNorm(nn::Module& m);
-  ~LocalBatchNorm();
-  LocalBatchNorm(const LocalBatchNorm&) = delete;
-  LocalBatchNorm& operator=(const LocalBatchNorm&) = delete;
-
- private:
-  std::vector<std::pair<nn::BatchNorm*, decltype(nn::BatchNorm::cross_replica_sum)>> saved_;
-};
-
 // requires_grad off for a module's parameters while it lives (restored after): a G step's
 // backward passes through D without computing D's weight gradients, which it would discard,
 // and without firing D's data-parallel hooks.

@@ -67,18 +67,6 @@ Replicas::Overlap Replicas::overlap() const {
   return o;
 }
 
-LocalBatchNorm::LocalBatchNorm(nn::Module& m) {
-  for (auto& [name, child] : m.named_modules())
-    if (auto* bn = dynamic_cast<nn::BatchNorm*>(child.get()); bn && bn->cross_replica_sum) {
-      saved_.emplace_back(bn, std::move(bn->cross_replica_sum));
-      bn->cross_replica_sum = nullptr;
-    }
-}
-
-LocalBatchNorm::~LocalBatchNorm() {
-  for (auto& [bn, reducer] : saved_) bn->cross_replica_sum = std::move(reducer);
-}
-
 FrozenParameters::FrozenParameters(nn::Module& m) {
   for (Tensor& p : m.parameters()) {
     saved_.emplace_back(p, p.requires_grad());

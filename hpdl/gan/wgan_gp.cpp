@@ -9,6 +9,7 @@
 
 #include "hpdl/autograd/engine.h"
 #include "hpdl/autograd/node.h"
+#include "hpdl/dist/sync_batchnorm.h"
 #include "hpdl/ops/ops.h"
 
 namespace hpdl::gan {
@@ -126,7 +127,7 @@ Tensor WganGp::sample_latent(int64_t n) { return detail::sample_latent(n, option
 
 Tensor WganGp::generate(const Tensor& z) {
   NoGradGuard no_grad;
-  detail::LocalBatchNorm local(*g_);
+  dist::LocalBatchNorm local(*g_);
   return (*g_)(z);
 }
 
