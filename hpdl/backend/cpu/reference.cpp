@@ -199,6 +199,23 @@ void ReferenceBackend::random_normal(const Tensor& out, uint64_t seed, uint64_t 
 
 // ---------------------------------------------------------------- elementwise
 
+namespace {
+// A dense row of the unary ops that are one arithmetic instruction, as plain loops the compiler
+// vectorizes (the switch per element of unary_value keeps it scalar: scaling a 32 MB gradient
+// bucket took 10-19 ms that way). The same operations, so the same results bit for bit.
+template <typename T>
+bool unary_row_fast(UnaryOp op, T* o, const T* in, int64_t n, T a) {
+  switch (op) {
+    case UnaryOp::mul_scalar: for (int64_t i = 0; i < n; ++i) o[i] = in[i] * a; return true;
+    case UnaryOp::add_scalar: for (int64_t i = 0; i < n; ++i) o[i] = in[i] + a; return true;
+    case UnaryOp::neg: for (int64_t i = 0; i < n; ++i) o[i] = -in[i]; return true;
+    case UnaryOp::square: for (int64_t i = 0; i < n; ++i) o[i] = in[i] * in[i]; return true;
+    case UnaryOp::relu: for (int64_t i = 0; i < n; ++i) o[i] = in[i] > T(0) ? in[i] : T(0); return true;
+    default: return false;
+  }
+}
+}  // namespace
+
 void ReferenceBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
   dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
     using T = decltype(tag);
@@ -209,6 +226,7 @@ void ReferenceBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, dou
     for_each_row(plan, [&](auto off, int64_t n, auto is) {
       T* o = ob + off[0];
       const T* in = xb + off[1];
+      if (is[0] == 1 && is[1] == 1 && unary_row_fast<T>(op, o, in, n, a)) return;
       for (int64_t i = 0; i < n; ++i) o[i * is[0]] = unary_value<T>(op, in[i * is[1]], a);
     });
   });
