@@ -31,6 +31,7 @@ struct DataParallel::Bucket {
   std::vector<Tensor> params;
   std::vector<bool> ready;
   int pending = 0;
+  bool full = false;             // every gradient is in (guarded by DataParallel::order_mu_)
   bool launched = false;
   bool launched_by_hook = false;
   std::shared_ptr<Work> work;         // CPU ranks: the job on the communication thread
@@ -199,27 +200,44 @@ void DataParallel::broadcast_state(int root) {
   for (auto& [name, t] : model_.named_buffers()) one(t);
 }
 
-void DataParallel::zero_grad() {
+void DataParallel::zero_grad() { reset_buckets(false); }
+
+void DataParallel::adopt_grads() { reset_buckets(true); }
+
+void DataParallel::reset_buckets(bool keep_values) {
+  NoGradGuard ng;
   for (auto& b : buckets_) {
     if (b->work) b->work->wait();
     b->work.reset();
     if (b->gpu_work) b->gpu_work->wait();  // stream order: the zeroing comes after the collective
     b->gpu_work.reset();
     if (b->owner >= 0 && b->owner != comm_.rank()) {  // ZeRO-2: not ours, no storage until backward
+      HPDL_CHECK(!keep_values, "DataParallel::adopt_grads: sharded gradients (ZeRO-2) keep no gradients between "
+                 "steps; call zero_grad()");
       release(*b);
       rearm(*b);
       continue;
     }
-    b->flat.zero_();
     rearm(*b);
-    // Restore the views if someone replaced a .grad (e.g. set_to_none).
+    if (!keep_values) b->flat.zero_();
+    // Restore the views if someone replaced a .grad (e.g. set_to_none): adopt_grads keeps what it
+    // held (none reads as zeros), zero_grad drops it.
     int64_t off = 0;
     for (auto& p : b->params) {
-      if (!p.grad().defined() || p.grad().storage() != b->flat.storage())
-        p.set_grad(make_view(b->flat, p.shape(), contiguous_strides(p.shape()), off));
+      const Tensor g = p.grad();
+      if (!g.defined() || g.storage() != b->flat.storage() || g.offset() != b->flat.offset() + off) {
+        Tensor view = make_view(b->flat, p.shape(), contiguous_strides(p.shape()), off);
+        if (keep_values) {
+          if (g.defined()) view.copy_(g);
+          else view.zero_();
+        }
+        p.set_grad(view);
+      }
       off += p.numel();
     }
   }
+  std::lock_guard<std::mutex> lock(order_mu_);
+  next_launch_ = 0;
   peak_grad_bytes_ = grad_bytes_.load();
 }
 
@@ -227,6 +245,7 @@ void DataParallel::rearm(Bucket& b) {
   std::lock_guard<std::mutex> lock(b.mu);
   std::fill(b.ready.begin(), b.ready.end(), false);
   b.pending = static_cast<int>(b.params.size());
+  b.full = false;
   b.launched = false;
   b.launched_by_hook = false;
 }
@@ -238,8 +257,11 @@ void DataParallel::set_accumulating(bool on) {
              "gradients it does not own between micro-batches); use train.zero_stage = 1");
   accumulating_ = on;
   // Off: the accumulated micro-batches set ready flags that must not count for the last one.
-  if (!on)
+  if (!on) {
     for (auto& b : buckets_) rearm(*b);
+    std::lock_guard<std::mutex> lock(order_mu_);
+    next_launch_ = 0;
+  }
 }
 
 void DataParallel::on_grad_ready(int index, int slot) {
@@ -253,9 +275,17 @@ void DataParallel::on_grad_ready(int index, int slot) {
     b.ready[slot] = true;
     full = --b.pending == 0;
   }
-  if (full) {
-    buckets_[index]->launched_by_hook = true;
-    launch(index);
+  if (!full) return;
+  // Buckets go out in index order, whatever order backward fills them in: every rank then queues
+  // its collectives in one order, even when the ranks' backward orders differ (a multithreaded
+  // engine) or one rank launches the rest from finish() (a pipeline replica whose step failed).
+  // A bucket filled early waits for the ones before it, as in PyTorch DDP.
+  std::lock_guard<std::mutex> lock(order_mu_);
+  b.full = true;
+  const int n = static_cast<int>(buckets_.size());
+  while (next_launch_ < n && buckets_[next_launch_]->full) {
+    buckets_[next_launch_]->launched_by_hook = true;
+    launch(next_launch_++);
   }
 }
 
@@ -320,7 +350,10 @@ void DataParallel::launch(int index) {
 void DataParallel::finish() {
   HPDL_CHECK(!accumulating_, "DataParallel::finish: still accumulating gradients; call set_accumulating(false) "
              "before the last micro-batch's backward");
-  for (size_t i = 0; i < buckets_.size(); ++i) launch(static_cast<int>(i));
+  {
+    std::lock_guard<std::mutex> lock(order_mu_);
+    for (; next_launch_ < static_cast<int>(buckets_.size()); ++next_launch_) launch(next_launch_);
+  }
   for (auto& b : buckets_) {
     if (b->gpu_work) {
       b->gpu_work->wait();  // the compute stream waits; the host does not

@@ -3,8 +3,9 @@
 // gradients live in a few flat buckets (default 25 MB, parameters in reverse
 // registration order, which is roughly the order backward produces them).
 // A bucket is all-reduced on the communication thread as soon as its last
-// gradient has been accumulated, while backward still runs on the compute
-// threads; finish() waits for all buckets and divides by the world size.
+// gradient has been accumulated and the buckets before it are launched (one
+// order on every rank), while backward still runs on the compute threads;
+// finish() waits for all buckets and divides by the world size.
 // No per-parameter messages. Optional bfloat16 on the wire halves the bytes.
 //
 // GPU ranks (parameters on a cuda device): the buckets live on the device and
@@ -19,6 +20,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "hpdl/dist/communicator.h"
@@ -72,6 +74,12 @@ class DataParallel {
   // Zeroes every bucket (the parameters' .grad are views into them); call
   // before each forward instead of model.zero_grad().
   void zero_grad();
+  // As zero_grad() but keeping the gradients: a parameter whose .grad was
+  // replaced (an optimizer's zero_grad(set_to_none), set_grad) gets its
+  // bucket view back holding that gradient, or zeros for none. For owners of
+  // a DataParallel (dist::Pipeline) whose callers zero the gradients their
+  // own way. Not with sharded gradients (ZeRO-2).
+  void adopt_grads();
   // Launches buckets that did not fill (parameters unused this step), waits
   // for every allreduce and averages. After it, .grad holds the global mean
   // (and, with broadcast_buffers, every rank holds rank 0's buffers).
@@ -127,6 +135,7 @@ class DataParallel {
   struct Bucket;
   void on_grad_ready(int bucket, int slot);
   void rearm(Bucket& b);  // no gradient ready, nothing launched
+  void reset_buckets(bool keep_values);
   void launch(int bucket);
   void materialize(Bucket& b);  // ZeRO-2: a non-owned bucket's storage, gradients moved in
   void release(Bucket& b);      // ZeRO-2: drops a non-owned bucket's storage and .grad views
@@ -139,6 +148,8 @@ class DataParallel {
   NcclCommunicator* nccl_ = nullptr;
   Device device_ = kCPU;
   std::vector<std::unique_ptr<Bucket>> buckets_;
+  std::mutex order_mu_;  // buckets launch in index order: next_launch_ and the buckets' `full`
+  int next_launch_ = 0;
   bool accumulating_ = false;
   std::atomic<int64_t> sync_allreduces_{0}, sync_allreduce_bytes_{0};
   std::atomic<int64_t> grad_bytes_{0}, peak_grad_bytes_{0};

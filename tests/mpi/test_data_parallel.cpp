@@ -4,6 +4,8 @@
 // wire must stay close to the float32 result.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "hpdl/core/random.h"
 #include "hpdl/dist/data_parallel.h"
 #include "hpdl/nn/layers.h"
@@ -119,6 +121,51 @@ TEST(DataParallel, AccumulatedMicroBatchesMatchTheGlobalBatch) {
   double max_diff = 0;
   for (size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, double(std::abs(a[i] - b[i])));
   EXPECT_LT(max_diff, 2e-5) << "rank " << r;
+}
+
+// Two layers registered in the opposite order of their use: backward fills the buckets of the
+// first-registered layer (the highest bucket indices) first. The buckets must still go out in
+// index order, as every rank queues them (the communication thread runs them first come, first
+// served, so the spans' starts follow the launch order), and the average must be exact.
+class Reversed : public nn::Module {
+ public:
+  Reversed() {
+    Generator g(9);
+    late_ = register_module("late", std::make_shared<nn::Linear>(16, 3, true, g));
+    early_ = register_module("early", std::make_shared<nn::Linear>(8, 16, true, g));
+  }
+  Tensor forward(const Tensor& x) override { return late_->forward(tanh(early_->forward(x))); }
+  std::string type_name() const override { return "Reversed"; }
+
+ private:
+  std::shared_ptr<nn::Linear> late_, early_;
+};
+
+TEST(DataParallel, BucketsLaunchInIndexOrderWhateverOrderBackwardFillsThem) {
+  const int n = W().size(), r = W().rank();
+  const int64_t per_rank = 4;
+  Reversed reference;
+  auto [x, y] = global_batch(per_rank * n, 0);
+  cross_entropy(reference.forward(x), y).backward();
+  Reversed model;
+  DataParallelOptions o;
+  o.bucket_bytes = 1;  // one bucket per parameter
+  DataParallel dp(model, W(), o);
+  ASSERT_EQ(dp.num_buckets(), 4);
+  dp.zero_grad();
+  cross_entropy(model.forward(x.slice(0, r * per_rank, (r + 1) * per_rank)),
+                y.slice(0, r * per_rank, (r + 1) * per_rank)).backward();
+  dp.finish();
+  EXPECT_EQ(dp.launched_during_backward(), 4);
+  const auto spans = dp.last_spans();
+  for (size_t i = 1; i < spans.size(); ++i)
+    EXPECT_LE(spans[i - 1].begin_us, spans[i].begin_us) << "bucket " << i << " started before bucket " << i - 1;
+  std::map<std::string, Tensor> want;
+  for (auto& [name, p] : reference.named_parameters()) want[name] = p.grad();
+  for (auto& [name, p] : model.named_parameters()) {
+    auto a = p.grad().to_vector<float>(), b = want.at(name).to_vector<float>();
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-6) << name << " element " << i;
+  }
 }
 
 TEST(DataParallel, InitialWeightsComeFromRankZero) {
