@@ -125,6 +125,13 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& g
     : Pipeline(model, grid_pipeline(grid), std::move(options)) {
   status_comm_ = grid.all;
   data_comm_ = grid.data.get();
+  if (data_comm_->size() > 1) {
+    DataParallelOptions o;
+    o.bucket_bytes = options_.bucket_bytes;
+    o.bf16_wire = options_.bf16_wire;
+    o.broadcast_buffers = true;  // every replica keeps replica 0's running statistics: bitwise identical replicas
+    dp_ = std::make_unique<DataParallel>(*stage_, *data_comm_, o);
+  }
 }
 
 Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options)
@@ -198,6 +205,7 @@ struct Pipeline::Step {
   Tensor input, target;
   const LossFn* loss = nullptr;  // null: forward only
   int M = 1;
+  int last_backward = 0;  // the micro-batch whose backward this stage runs last
   int64_t micro = 0, target_micro = 0;
   std::vector<Tensor> inputs, outputs;  // per micro-batch: the received activation (a leaf) and this stage's output
   std::vector<char> ok;                 // micro-batch m went through this stage's forward
@@ -303,6 +311,8 @@ void Pipeline::forward_micro(Step& st, int m) {
 void Pipeline::backward_micro(Step& st, int m) {
   const int s = stage_index_;
   bool good = st.ok[m] && !st.failed;
+  // The batch's last backward on this stage: its gradient hooks launch the replicas' bucket allreduces.
+  if (dp_ && m == st.last_backward) dp_->set_accumulating(false);
   try {
     if (is_last()) {
       if (good && st.outputs[m].requires_grad()) {
@@ -372,33 +382,31 @@ double Pipeline::check(Step& st, bool drop_grads) {
   return loss / (c.size() / num_stages());
 }
 
-// Data parallel over the replicas: the stage's gradients averaged over the
-// ranks that hold the same stage, one allreduce per parameter.
-void Pipeline::average_gradients() {
-  if (!data_comm_ || data_comm_->size() == 1) return;
-  NoGradGuard no_grad;
-  const double scale = 1.0 / data_comm_->size();
-  for (auto& p : stage_->parameters()) {
-    // Every replica's backward reaches the same parameters; an unused one still takes part.
-    if (p.grad().impl_ptr() == nullptr) p.set_grad(Tensor::zeros(p.shape(), p.dtype()));
-    Tensor g = p.grad().contiguous();
-    data_comm_->allreduce(g);
-    Tensor dst = p.grad();
-    dst.copy_(mul(g, scale));
+// Data parallel over the replicas: waits for the stage's bucket allreduces. A replica whose
+// step failed before its last backward launches its buckets here, in the order the others'
+// hooks did, so the replicas' collectives stay paired; check() then drops the gradients.
+void Pipeline::finish_replicas(Step& st) {
+  replica_wait_seconds_ = 0;
+  if (!dp_) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    dp_->set_accumulating(false);
+    dp_->finish();
+  } catch (const Error& e) {
+    st.fail(e.message());
   }
-  // Buffers (batch norm's running statistics) are not averaged: every replica keeps replica 0's,
-  // one message per step, as DataParallel's broadcast_buffers does, so the replicas stay bitwise
-  // identical (each replica's statistics come from its own shard otherwise).
-  std::vector<std::pair<void*, int64_t>> regions;
-  for (auto& [name, b] : stage_->named_buffers())
-    if (b.device().is_cpu() && b.is_contiguous() && b.nbytes() > 0) regions.emplace_back(b.raw_data(), b.nbytes());
-  if (!regions.empty()) data_comm_->broadcast_regions(regions, 0);
+  replica_wait_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 double Pipeline::train_step(const Tensor& input, const Tensor& target, const LossFn& loss) {
   Step st;
   st.input = input, st.target = target, st.loss = &loss, st.M = options_.micro_batches;
   const int M = st.M, S = num_stages(), s = stage_index_;
+  st.last_backward = options_.schedule == PipelineSchedule::gpipe ? 0 : M - 1;
+  if (dp_) {
+    dp_->adopt_grads();  // the caller zeroed (or not) the .grad its own way; accumulate from there
+    dp_->set_accumulating(true);
+  }
   begin(st);
   double mean_loss = 0;
   if (options_.schedule == PipelineSchedule::gpipe) {
@@ -407,6 +415,7 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
     for (int m = 0; m < M; ++m) forward_micro(st, m);
     mean_loss = check(st, false);
     for (int m = M - 1; m >= 0; --m) backward_micro(st, m);
+    finish_replicas(st);
     st.loss = nullptr;  // the first check reported the loss: the second needs one allreduce only
     check(st, true);
   } else {
@@ -420,9 +429,9 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
       backward_micro(st, i);
     }
     for (int m = M - warm; m < M; ++m) backward_micro(st, m);
+    finish_replicas(st);
     mean_loss = check(st, true);
   }
-  average_gradients();
   boundary_bytes_ = st.peak_bytes;
   compute_seconds_ = st.compute_seconds;
   return mean_loss;

@@ -4,7 +4,9 @@
 // micro-batches that flow forward stage to stage (activations sent
 // point-to-point), then backward in reverse (activation gradients sent back).
 // Each stage accumulates its parameters' gradients over the micro-batches and
-// steps its own optimizer on its own parameters: nothing is all-reduced.
+// steps its own optimizer on its own parameters: nothing is all-reduced
+// (a grid of replicas averages each stage over its replicas: see the grid
+// constructor).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "hpdl/dist/communicator.h"
+#include "hpdl/dist/data_parallel.h"
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/module.h"
 
@@ -31,6 +34,12 @@ struct PipelineOptions {
   // Where stages 1..S-1 begin: S-1 strictly increasing layer indices in
   // [1, layers). Empty: balance_stages() by parameter count.
   std::vector<int64_t> split_points;
+  // Pipeline x data parallelism (the grid constructor): each stage's gradients
+  // sit in flat buckets of at most this many bytes (dist::DataParallel), all-
+  // reduced over the replicas while the stage runs its last micro-batch's
+  // backward; bf16_wire sends them as bfloat16 (half the bytes).
+  int64_t bucket_bytes = 25ll << 20;
+  bool bf16_wire = false;
   // Point-to-point tags: `tag` carries activations forward, `tag + 1`
   // gradients backward. Change it only if something else on the same
   // communicator uses these tags.
@@ -72,9 +81,13 @@ class Pipeline {
   // more stages than layers or the split points are not valid.
   Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
   // Pipeline x data parallelism: this rank's stage of its replica's pipeline
-  // (grid.pipeline); after each train_step the stage's gradients are averaged
-  // over the replicas (grid.data, one allreduce per parameter) and its buffers
-  // (running statistics) broadcast from replica 0, so with each
+  // (grid.pipeline); in each train_step the stage's gradients are averaged
+  // over the replicas (grid.data) through a dist::DataParallel on the stage:
+  // the earlier micro-batches accumulate into its buckets, and the last one's
+  // backward launches each bucket's allreduce as soon as it is full, so the
+  // averaging overlaps that backward. Afterwards its buffers (running
+  // statistics) are broadcast from replica 0. Replica 0's stage weights are
+  // broadcast at construction (collective over grid.data). So with each
   // replica given its own shard of the global batch every replica steps like
   // one pipeline on the global batch. train_step returns the global batch's
   // mean loss; errors are raised on every rank of the grid. `grid` must
@@ -137,6 +150,8 @@ class Pipeline {
   bool is_last() const { return stage_index_ == num_stages() - 1; }
   const std::vector<int64_t>& bounds() const { return bounds_; }
   int micro_batches() const { return options_.micro_batches; }
+  // The replicas' gradient averaging (grid with more than one replica), or nullptr.
+  DataParallel* data_parallel() { return dp_.get(); }
 
   // Bytes of activations this stage held for backward at the peak of the last
   // train_step: the received inputs and the saved outputs of all micro-batches
@@ -148,6 +163,10 @@ class Pipeline {
   // time it is the stage's busy fraction, M / (M + S - 1) for GPipe with
   // balanced stages on dedicated cores.
   double compute_seconds() const { return compute_seconds_; }
+  // Seconds the last train_step waited, after this stage's last backward, for
+  // the replicas' gradient average to finish (the part the backward did not
+  // hide; 0 without replicas).
+  double replica_wait_seconds() const { return replica_wait_seconds_; }
 
  private:
   std::string describe_stage() const;
@@ -157,7 +176,7 @@ class Pipeline {
   void forward_micro(Step& st, int m);
   void backward_micro(Step& st, int m);
   double check(Step& st, bool drop_grads);
-  void average_gradients();
+  void finish_replicas(Step& st);
   [[noreturn]] void raise_everywhere(int failed_rank, const std::string& local_message);
 
   Communicator& comm_;
@@ -168,8 +187,10 @@ class Pipeline {
   std::vector<int64_t> bounds_;
   int stage_index_ = 0;
   std::shared_ptr<nn::Module> stage_;
+  std::unique_ptr<DataParallel> dp_;  // after stage_: it detaches from the stage's parameters first
   int64_t boundary_bytes_ = 0;
   double compute_seconds_ = 0;
+  double replica_wait_seconds_ = 0;
 };
 
 }  // namespace hpdl::dist

@@ -531,7 +531,6 @@ void validate(const Config& c, const std::string& src) {
            "the pipeline averages the replicas' gradients at every step");
     refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),
            "use train.micro_batches to split a batch instead");
-    refuse(t.bf16_wire, "train.bf16_wire = true", "the replicas' gradients are averaged in float32");
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
            fmt::format("train.loss_scale = '{}'", t.loss_scale), "each stage would unscale and skip steps on its own");
   }

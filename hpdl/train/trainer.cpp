@@ -683,6 +683,8 @@ TrainSummary Trainer::run(bool resume) {
     po.micro_batches = static_cast<int>(cfg.train.micro_batches);
     po.schedule = cfg.train.pipeline_schedule == "1f1b" ? dist::PipelineSchedule::one_f_one_b
                                                         : dist::PipelineSchedule::gpipe;
+    po.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
+    po.bf16_wire = cfg.train.bf16_wire;
     pipeline = std::make_unique<dist::Pipeline>(seq, grid, po);
     seq.reset();
     model = nn::ModulePtr(nn::ModulePtr(), &pipeline->stage());  // not owning: the pipeline holds the stage
@@ -769,6 +771,9 @@ TrainSummary Trainer::run(bool resume) {
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
               : std::make_unique<dist::DataParallel>(*model, dp_comm, dpo);
   }
+  // Whose gradient traffic the epoch records and the summary count: the data-parallel wrapper's, or
+  // a pipeline grid's replicas' (each stage's DataParallel over grid.data).
+  dist::DataParallel* const sync = dp ? dp.get() : pipelined ? pipeline->data_parallel() : nullptr;
   // train.zero_stage = 3 (ZeRO-3): the parameters are sharded too. The model's layers run as units, each
   // gathered from its owners around a checkpointed forward and again for its recompute in backward; a
   // rank keeps only its owned parameters in between. `net` runs the forward (the model's own otherwise).
@@ -1086,7 +1091,8 @@ TrainSummary Trainer::run(bool resume) {
     double last_count = 0;             // this rank's samples in that step
     double unmet_count = 0;            // local SGD: this rank's samples since ranks last met
     const auto t_epoch = std::chrono::steady_clock::now();
-    const int64_t sync_calls0 = dp ? dp->sync_allreduces() : 0, sync_bytes0 = dp ? dp->sync_allreduce_bytes() : 0;
+    const int64_t sync_calls0 = sync ? sync->sync_allreduces() : 0;
+    const int64_t sync_bytes0 = sync ? sync->sync_allreduce_bytes() : 0;
     for (;;) {
       if (cfg.train.max_steps > 0 && step >= cfg.train.max_steps) {
         stop = true;
@@ -1274,9 +1280,9 @@ TrainSummary Trainer::run(bool resume) {
                           {"seconds", epoch_s}, {"samples", epoch_stats.count},
                           {"samples_per_s", epoch_stats.count / epoch_s}};
     put_metrics(rec, "train_", metrics_of(epoch_stats.sums, epoch_stats.count));
-    if (dp) {  // model-synchronization traffic of this epoch, per rank (gradient buckets, averaging points)
-      rec["sync_allreduces"] = dp->sync_allreduces() - sync_calls0;
-      rec["sync_allreduce_mb"] = static_cast<double>(dp->sync_allreduce_bytes() - sync_bytes0) / (1 << 20);
+    if (sync) {  // model-synchronization traffic of this epoch, per rank (gradient buckets, averaging points)
+      rec["sync_allreduces"] = sync->sync_allreduces() - sync_calls0;
+      rec["sync_allreduce_mb"] = static_cast<double>(sync->sync_allreduce_bytes() - sync_bytes0) / (1 << 20);
     }
     const bool last = epoch + 1 == cfg.train.epochs;
     if (cfg.train.eval_every_epochs > 0 &&
@@ -1509,8 +1515,8 @@ TrainSummary Trainer::run(bool resume) {
     s["tensor_parallel"] = tp;
     s["parameters_per_rank"] = model->num_parameters();
     if (pipelined) s["micro_batches"] = cfg.train.micro_batches, s["pipeline_schedule"] = cfg.train.pipeline_schedule;
-    if (dp) s["sync_allreduces"] = dp->sync_allreduces(), s["sync_allreduce_mb"] =
-        static_cast<double>(dp->sync_allreduce_bytes()) / (1 << 20);
+    if (sync) s["sync_allreduces"] = sync->sync_allreduces(), s["sync_allreduce_mb"] =
+        static_cast<double>(sync->sync_allreduce_bytes()) / (1 << 20);
     if (summary.peak_tensor_memory_mb >= 0) s["peak_tensor_memory_mb"] = summary.peak_tensor_memory_mb;
     const std::string text = s.dump(2) + "\n";
     io::write_file_atomic(run_dir / "summary.json", text.data(), text.size());

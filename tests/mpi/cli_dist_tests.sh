@@ -42,10 +42,10 @@ check_table() {
           exit bad }' out.txt
 }
 
-# compare_curves RUN_A RUN_B RTOL: the step records of two runs' metrics.jsonl have the same steps, and
-# their loss and accuracy agree within RTOL (relative; 0: exactly).
+# compare_curves RUN_A RUN_B RTOL [KEYS]: the step records of two runs' metrics.jsonl have the same
+# steps, and their KEYS (default loss,accuracy) agree within RTOL (relative; 0: exactly).
 compare_curves() {
-  python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "$3" <<'PY'
+  python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "$3" "${4:-loss,accuracy}" <<'PY'
 import json, sys
 def steps(p):
     return [r for r in map(json.loads, open(p)) if r.get("type") == "step"]
@@ -54,7 +54,7 @@ assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
 worst = 0.0
 for x, y in zip(a, b):
     assert x["step"] == y["step"], (x["step"], y["step"])
-    for k in ("loss", "accuracy"):
+    for k in sys.argv[4].split(","):
         d = abs(x[k] - y[k]) / max(1e-12, abs(x[k]))
         worst = max(worst, d)
         assert d <= tol, (x["step"], k, x[k], y[k])
@@ -461,6 +461,21 @@ train_pipeline_np4)
   grep -q "pipeline: 2 stages x 2 replica(s)" log_b || fail "no grid line: $(head -3 log_b)"
   grep -q "each stage's weights identical in all 2 replicas" log_b || fail "replicas differ: $(tail -5 log_b)"
   compare_curves dp grid 1e-4 || fail "the 2 x 2 grid's loss curve differs from data parallelism"
+  # bfloat16 on the replicas' wire, in small buckets: the replicas still agree, and the curve stays
+  # within bfloat16's rounding of the float32 one (the loss: one sample more or less right moves
+  # a batch's accuracy by 1/64).
+  run 4 --set train.pipeline_stages=2 --set train.micro_batches=2 --set train.bf16_wire=true \
+    --set train.bucket_mb=0.01 --set train.run_dir=grid16 >log_e 2>&1 || fail "2 x 2 bf16-wire run failed: $(tail -5 log_e)"
+  grep -q "each stage's weights identical in all 2 replicas" log_e || fail "bf16-wire replicas differ: $(tail -5 log_e)"
+  compare_curves grid grid16 2e-2 loss || fail "the bf16-wire grid's loss curve strays from the float32 grid's"
+  # The replicas' traffic is counted: rank 0 (stage 0) sends the same buckets every step, in bfloat16.
+  python3 - grid16/summary.json grid/summary.json <<'PY' || fail "the grid's sync traffic is not counted as expected"
+import json, sys
+s16, s32 = (json.load(open(p)) for p in sys.argv[1:3])
+n = s16["sync_allreduces"]
+assert n > s16["steps"] and n % s16["steps"] == 0, (n, s16["steps"])
+assert abs(s16["sync_allreduce_mb"] * 2 - s32["sync_allreduce_mb"]) < 1e-9, (s16["sync_allreduce_mb"], s32["sync_allreduce_mb"])
+PY
   # With batch norm: each replica's running statistics come from its own shard; replica 0's are
   # kept (as data parallelism keeps rank 0's), so the replicas end identical and match np 2.
   bn=(--set data.batch_size=16 --set train.max_steps=4 --set train.checkpoint_every_epochs=0)

@@ -460,5 +460,79 @@ TEST(Pipeline, GridErrorsAreRaisedOnEveryRankOfEveryReplica) {
   }
 }
 
+// The replicas' average is bucketed and overlapped: with small buckets, every bucket of a stage
+// but at most the last is launched from inside the last micro-batch's backward, the earlier
+// micro-batches launch nothing, and the averaged gradients are still the one-process ones.
+TEST(Pipeline, GridAveragesTheReplicasDuringTheLastBackward) {
+  const int stages = W().size() / 2;  // 2 replicas
+  const auto ref = train_reference(make_cnn, {1, 8, 8}, 8, 1, 1);
+  for (auto schedule : {PipelineSchedule::gpipe, PipelineSchedule::one_f_one_b}) {
+    auto grid = make_pipeline_grid(W(), stages);
+    PipelineOptions po;
+    po.micro_batches = 2;
+    po.schedule = schedule;
+    po.bucket_bytes = 256;  // the CNN's 3 KB in several buckets
+    Pipeline pipe(make_cnn(), grid, po);
+    DataParallel* dp = pipe.data_parallel();
+    ASSERT_NE(dp, nullptr);
+    const int buckets = dp->num_buckets();
+    EXPECT_GE(buckets, 2) << "stage " << pipe.stage_index();
+    // The caller's own zeroing (set_to_none here) and accumulation across steps both hold.
+    auto [x, y] = batch({1, 8, 8}, 8, 0);
+    const int64_t lo = grid.replica * 4;
+    for (int rep = 1; rep <= 2; ++rep) {
+      if (rep == 1) pipe.stage().zero_grad();
+      const double loss = pipe.train_step(x.slice(0, lo, lo + 4), y.slice(0, lo, lo + 4), ce);
+      EXPECT_NEAR(loss, ref.losses[0], 1e-5);
+      EXPECT_GE(dp->launched_during_backward(), buckets - 1) << "stage " << pipe.stage_index() << " of " << stages;
+      for (auto& [name, p] : pipe.stage().named_parameters()) {
+        Tensor want = mul(ref.first_grads.at(name), static_cast<double>(rep));  // two steps add up
+        EXPECT_LE(rel_diff(p.grad(), want), kTol) << name << " after " << rep << " step(s)";
+      }
+    }
+  }
+  // One replica: nothing to average.
+  auto single = make_pipeline_grid(W(), W().size());
+  Pipeline alone(make_cnn(), single);
+  EXPECT_EQ(alone.data_parallel(), nullptr);
+}
+
+// A replica that fails inside a 1F1B step (its loss throws on the second micro-batch, after the
+// other replica's last backward has launched its buckets) launches its own buckets on the way out,
+// so the replicas' collectives stay paired: every rank raises, and the next step is exact.
+TEST(Pipeline, GridFailureInTheLastMicroBatchKeepsTheReplicasPaired) {
+  const int stages = W().size() / 2;
+  const auto ref = train_reference(make_cnn, {1, 8, 8}, 8, 1, 1);
+  auto grid = make_pipeline_grid(W(), stages);
+  PipelineOptions po;
+  po.micro_batches = 2;
+  po.schedule = PipelineSchedule::one_f_one_b;
+  po.bucket_bytes = 256;
+  Pipeline pipe(make_cnn(), grid, po);
+  auto [x, y] = batch({1, 8, 8}, 8, 0);
+  const int64_t lo = grid.replica * 4;
+  int calls = 0;
+  auto flaky = [&](const Tensor& out, const Tensor& t) {
+    HPDL_CHECK(!(grid.replica == 1 && ++calls == 2), "the loss of replica 1 fails on purpose");
+    return ce(out, t);
+  };
+  pipe.stage().zero_grad();
+  try {
+    pipe.train_step(x.slice(0, lo, lo + 4), y.slice(0, lo, lo + 4), flaky);
+    FAIL() << "expected an error on rank " << W().rank();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("of replica 1: "), std::string::npos) << what;
+    EXPECT_NE(what.find("the loss of replica 1 fails on purpose"), std::string::npos) << what;
+  }
+  // The scenario is the one meant: replica 0's last stage launched from its hooks, replica 1's did not.
+  if (pipe.is_last()) EXPECT_EQ(pipe.data_parallel()->launched_during_backward() > 0, grid.replica == 0);
+  pipe.stage().zero_grad();
+  const double loss = pipe.train_step(x.slice(0, lo, lo + 4), y.slice(0, lo, lo + 4), ce);
+  EXPECT_NEAR(loss, ref.losses[0], 1e-5);
+  for (auto& [name, p] : pipe.stage().named_parameters())
+    EXPECT_LE(rel_diff(p.grad(), ref.first_grads.at(name)), kTol) << name << " after the failed step";
+}
+
 }  // namespace
 }  // namespace hpdl::dist

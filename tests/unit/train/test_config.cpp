@@ -268,7 +268,6 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
       {"[train]\nshard_optimizer = true", "train.shard_optimizer = true"},
       {"[train]\nlocal_sgd_steps = 4", "train.local_sgd_steps = 4"},
       {"[train]\naccumulate_steps = 2", "train.accumulate_steps = 2"},
-      {"[train]\nbf16_wire = true", "train.bf16_wire = true"},
       {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
   };
   for (auto& [lines, key] : refused) {
@@ -277,9 +276,10 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
         << lines << ": " << err;
     EXPECT_NO_THROW(parse_config(lines + "\n", "c.toml")) << lines << " alone is fine";
   }
-  // What combines: clipping by the global norm (over every stage) and the regression losses
-  // (scored on the last stage), alone and together.
+  // What combines: clipping by the global norm (over every stage), the regression losses
+  // (scored on the last stage), alone and together, and bfloat16 on the replicas' wire.
   for (const std::string lines : {"[optimizer]\nclip_grad_norm = 1.0\n", "[train]\nloss = \"mse\"\n",
+                                  "[train]\nbf16_wire = true\n",
                                   "[train]\nloss = \"l1\"\n", "[train]\nloss = \"huber\"\n",
                                   "[optimizer]\nclip_grad_norm = 0.5\n[train]\nloss = \"huber\"\n"}) {
     Config p = parse_config(lines, "c.toml", {"train.pipeline_stages=2"});
