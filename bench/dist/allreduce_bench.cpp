@@ -1,7 +1,10 @@
 // Allreduce bus bandwidth: hpdl's Communicator against OpenMPI's own
 // MPI_Allreduce on the same buffers, interleaved in one run so both see the
 // same machine state. Bus bandwidth = bytes * 2(n-1)/n / time (the NCCL
-// convention: comparable across rank counts). Prints a Markdown table.
+// convention: comparable across rank counts). Prints a Markdown table; then a
+// second one for DataParallel's whole per-bucket job (allreduce, then the
+// scale by 1/n, on the communication thread) against MPI_Allreduce followed
+// by a plain scaling loop on the caller's thread.
 // Run: mpirun -np 2 build/bench/allreduce_bench [repeats]
 #include <mpi.h>
 
@@ -10,6 +13,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "hpdl/backend/backend.h"
 #include "hpdl/dist/communicator.h"
 
 using hpdl::dist::Communicator;
@@ -55,6 +59,41 @@ int main(int argc, char** argv) {
       std::printf("| %g %s | %.2f / %.2f | %.2f / %.2f | %.3f |\n", sz, unit, ours.front(), om, theirs.front(), tm,
                   om / tm);
     }
+  }
+  // DataParallel's bucket job, as data_parallel.cpp runs it, against the same with plain MPI.
+  if (w.rank() == 0) {
+    std::printf("\n| bucket | hpdl allreduce + scale, comm thread, ms (min/median) | MPI_Allreduce + scaling loop ms "
+                "(min/median) | ratio (median) |\n|---|---|---|---|\n");
+  }
+  const double scale = 1.0 / n;
+  for (int64_t bytes = (1 << 20); bytes <= (64 << 20); bytes *= 4) {
+    const int64_t count = bytes / 4;
+    hpdl::Tensor t = hpdl::Tensor::ones({count});
+    std::vector<float> raw(count, 1.0f);
+    std::vector<double> ours, theirs;
+    for (int rep = 0; rep < repeats; ++rep)
+      for (int which = 0; which < 2; ++which) {
+        w.barrier();
+        const double t0 = MPI_Wtime();
+        if (which == 0) {
+          w.enqueue([&] {
+             w.allreduce(t);
+             hpdl::reference_backend().unary(hpdl::UnaryOp::mul_scalar, t, t, scale);
+           })->wait();
+        } else {
+          MPI_Allreduce(MPI_IN_PLACE, raw.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+          for (auto& v : raw) v = static_cast<float>(v * scale);
+        }
+        double dt = MPI_Wtime() - t0;
+        MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        (which == 0 ? ours : theirs).push_back(1e3 * dt);
+      }
+    std::sort(ours.begin(), ours.end());
+    std::sort(theirs.begin(), theirs.end());
+    const double om = ours[ours.size() / 2], tm = theirs[theirs.size() / 2];
+    if (w.rank() == 0)
+      std::printf("| %lld MiB | %.2f / %.2f | %.2f / %.2f | %.3f |\n", static_cast<long long>(bytes >> 20), ours.front(),
+                  om, theirs.front(), tm, tm / om);
   }
   return 0;
 }
