@@ -525,8 +525,9 @@ void validate(const Config& c, const std::string& src) {
            "pipeline stages exchange CPU tensors only");
     refuse(t.sync_batchnorm, "train.sync_batchnorm = true",
            "a stage's batch norm layers normalize each micro-batch on their own rank");
-    refuse(t.shard_optimizer, "train.shard_optimizer = true",
-           "each stage's optimizer already holds the state of that stage's parameters only");
+    refuse(t.shard_optimizer && t.zero_stage >= 2, fmt::format("train.zero_stage = {}", t.zero_stage),
+           "the stage accumulates its whole gradient over the micro-batches (train.shard_optimizer with "
+           "train.zero_stage = 1 shards the stage's optimizer state over its replicas)");
     refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
            "the pipeline averages the replicas' gradients at every step");
     refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),

@@ -746,10 +746,11 @@ TrainSummary Trainer::run(bool resume) {
   const bool shard_grads = shard_optimizer && cfg.train.zero_stage >= 2;
   std::unique_ptr<optim::Optimizer> opt;
   if (shard_optimizer) {
+    // Pipeline stages: a stage's state is sharded over the ranks holding that stage in every replica.
     opt = std::make_unique<dist::ShardedOptimizer>(
         optim::param_specs(*model), [&](std::vector<optim::ParamSpec> specs) {
           return optim::make_optimizer(std::move(specs), ocfg);
-        }, comm);
+        }, pipelined ? *grid.data : comm);
   } else {
     opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   }
@@ -984,9 +985,12 @@ TrainSummary Trainer::run(bool resume) {
     // generator state to world rank 0 (its first stage), which writes one whole-model checkpoint.
     std::map<std::string, Tensor> gathered;
     if (pipelined) {
+      // Sharded (ZeRO-1 over the replicas): every replica's rank of the stage takes part in gathering
+      // the stage's state to replica 0.
+      std::map<std::string, Tensor> stage_opt = opt->state_dict();
       if (grid.replica != 0) return;
       std::map<std::string, Tensor> mine = prefixed(model->state_dict(), "model.");
-      for (auto& [k, v] : opt->state_dict()) mine["optim." + k] = v;
+      for (auto& [k, v] : stage_opt) mine["optim." + k] = v;
       for (auto& [name, gen] : model->named_generators())
         mine["rng." + name] = Tensor::from_vector<int64_t>(
             {static_cast<int64_t>(gen->seed()), static_cast<int64_t>(gen->offset())}, {2});
@@ -1430,10 +1434,15 @@ TrainSummary Trainer::run(bool resume) {
     // Gradient buckets held after the last step (ZeRO-2: the owned ones), and the most held at once
     // during it (ZeRO-2: owned plus those in flight, which depends on timing).
     // Parameters held after the run (ZeRO-3: the owned share) and the most at once (plus gathered units).
-    int64_t whole = 0;
-    for (auto& p : model->parameters()) whole += static_cast<int64_t>(p.nbytes());
+    // Without buckets (a pipeline of one replica), the .grad tensors held.
+    int64_t whole = 0, held = 0;
+    for (auto& p : model->parameters()) {
+      whole += static_cast<int64_t>(p.nbytes());
+      if (p.grad().defined()) held += static_cast<int64_t>(p.grad().nbytes());
+    }
     Tensor mine = Tensor::from_vector<int64_t>({opt->state_bytes(), static_cast<int64_t>(ru.ru_maxrss),
-                                                dp ? dp->grad_bytes() : 0, dp ? dp->peak_grad_bytes() : 0,
+                                                sync ? sync->grad_bytes() : held,
+                                                sync ? sync->peak_grad_bytes() : held,
                                                 zero3 ? zero3->parameter_bytes() : whole,
                                                 zero3 ? zero3->peak_parameter_bytes() : whole,
                                                 zero3 ? zero3->buffer_bytes() : 0,

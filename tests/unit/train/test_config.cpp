@@ -265,7 +265,7 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
   const std::pair<std::string, std::string> refused[] = {
       {"[train]\ndevice = \"cuda\"", "train.device = \"cuda\""},
       {"[train]\nsync_batchnorm = true", "train.sync_batchnorm = true"},
-      {"[train]\nshard_optimizer = true", "train.shard_optimizer = true"},
+      {"[train]\nshard_optimizer = true\nzero_stage = 2", "train.zero_stage = 2"},
       {"[train]\nlocal_sgd_steps = 4", "train.local_sgd_steps = 4"},
       {"[train]\naccumulate_steps = 2", "train.accumulate_steps = 2"},
       {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
@@ -277,9 +277,10 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
     EXPECT_NO_THROW(parse_config(lines + "\n", "c.toml")) << lines << " alone is fine";
   }
   // What combines: clipping by the global norm (over every stage), the regression losses
-  // (scored on the last stage), alone and together, and bfloat16 on the replicas' wire.
+  // (scored on the last stage), alone and together, bfloat16 on the replicas' wire, and each
+  // stage's optimizer state sharded over its replicas (ZeRO-1).
   for (const std::string lines : {"[optimizer]\nclip_grad_norm = 1.0\n", "[train]\nloss = \"mse\"\n",
-                                  "[train]\nbf16_wire = true\n",
+                                  "[train]\nbf16_wire = true\n", "[train]\nshard_optimizer = true\n",
                                   "[train]\nloss = \"l1\"\n", "[train]\nloss = \"huber\"\n",
                                   "[optimizer]\nclip_grad_norm = 0.5\n[train]\nloss = \"huber\"\n"}) {
     Config p = parse_config(lines, "c.toml", {"train.pipeline_stages=2"});
