@@ -75,7 +75,7 @@ CsvTable read_csv(const std::filesystem::path& path, const CsvOptions& opt) {
         continue;
       }
       for (int64_t c = 0; c < ncols; ++c)
-        if (c != label) t.column_names.push_back("c" + std::to_string(c));
+        if (c != label) t.column_names.push_back(fmt::format("c{}", c));
     }
     for (int64_t c = 0; c < ncols; ++c) {
       double v;

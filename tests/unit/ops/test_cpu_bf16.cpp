@@ -174,7 +174,10 @@ TEST(CpuBf16, LstmAndGruGateGemms) {
     for (int64_t T : {1, 6}) {
       const std::string what = fmt::format("{} T={}", is_lstm ? "lstm" : "gru", T);
       // h0 bfloat16-exact: GRU's h1 = (1 - z) n + z h0 also reads h0 outside the GEMM, unrounded.
-      std::vector<Tensor> in{rand_t({T, N, I}, 20), rand_t({1, N, H}, 21, /*exact=*/true)};
+      std::vector<Tensor> in;
+      in.reserve(7);
+      in.push_back(rand_t({T, N, I}, 20));
+      in.push_back(rand_t({1, N, H}, 21, /*exact=*/true));
       if (is_lstm) in.push_back(rand_t({1, N, H}, 22));
       for (const Shape& s : {Shape{G * H, I}, Shape{G * H, H}, Shape{G * H}, Shape{G * H}})
         in.push_back(rand_t(s, 23 + in.size()));
