@@ -1094,6 +1094,7 @@ TrainSummary Trainer::run(bool resume) {
     MetricSums epoch_sums, last_sums;  // on the device; last_sums: the last step, when it did not log
     double last_count = 0;             // this rank's samples in that step
     double unmet_count = 0;            // local SGD: this rank's samples since ranks last met
+    double replica_wait_s = 0;         // pipeline grid: this epoch's waits for the replicas' average
     const auto t_epoch = std::chrono::steady_clock::now();
     const int64_t sync_calls0 = sync ? sync->sync_allreduces() : 0;
     const int64_t sync_bytes0 = sync ? sync->sync_allreduce_bytes() : 0;
@@ -1136,6 +1137,7 @@ TrainSummary Trainer::run(bool resume) {
             return l;
           });
           if (pipeline->is_last()) step_count += static_cast<double>(batch.size());
+          replica_wait_s += pipeline->replica_wait_seconds();
           continue;
         }
         Tensor logits, loss, labels = batch.labels.to(device);
@@ -1287,6 +1289,9 @@ TrainSummary Trainer::run(bool resume) {
     if (sync) {  // model-synchronization traffic of this epoch, per rank (gradient buckets, averaging points)
       rec["sync_allreduces"] = sync->sync_allreduces() - sync_calls0;
       rec["sync_allreduce_mb"] = static_cast<double>(sync->sync_allreduce_bytes() - sync_bytes0) / (1 << 20);
+      // Pipeline grid: seconds rank 0's stage waited after its last backward for the average (what
+      // the backward did not hide).
+      if (pipelined) rec["replica_wait_s"] = replica_wait_s;
     }
     const bool last = epoch + 1 == cfg.train.epochs;
     if (cfg.train.eval_every_epochs > 0 &&

@@ -468,6 +468,20 @@ train_pipeline_np4)
     --set train.bucket_mb=0.01 --set train.run_dir=grid16 >log_e 2>&1 || fail "2 x 2 bf16-wire run failed: $(tail -5 log_e)"
   grep -q "each stage's weights identical in all 2 replicas" log_e || fail "bf16-wire replicas differ: $(tail -5 log_e)"
   compare_curves grid grid16 2e-2 loss || fail "the bf16-wire grid's loss curve strays from the float32 grid's"
+  # A whole epoch (640 training samples: 10 steps of 2 x 32): its record counts the replicas' buckets
+  # and the time rank 0's stage waited for them after its last backward.
+  run 4 --set train.pipeline_stages=2 --set train.micro_batches=2 --set train.max_steps=0 --set data.validation=59360 \
+    --set train.epochs=1 --set train.run_dir=grid_epoch >log_f 2>&1 || fail "2 x 2 one-epoch run failed: $(tail -5 log_f)"
+  python3 - grid_epoch/metrics.jsonl <<'PY' || fail "the grid's epoch record lacks its sync traffic: $(grep epoch grid_epoch/metrics.jsonl)"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+e = [r for r in recs if r.get("type") == "epoch"]
+assert len(e) == 1, len(e)
+e = e[0]
+assert e["step"] == 10, e["step"]
+assert e["sync_allreduces"] >= 10 and e["sync_allreduces"] % 10 == 0, e["sync_allreduces"]
+assert 0 <= e["replica_wait_s"] < 60, e["replica_wait_s"]
+PY
   # The replicas' traffic is counted: rank 0 (stage 0) sends the same buckets every step, in bfloat16.
   python3 - grid16/summary.json grid/summary.json <<'PY' || fail "the grid's sync traffic is not counted as expected"
 import json, sys
