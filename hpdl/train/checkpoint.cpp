@@ -5,6 +5,7 @@
 #include "hpdl/train/checkpoint.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 
@@ -190,6 +191,52 @@ std::optional<CheckpointInfo> CheckpointManager::latest_valid(std::vector<std::s
 std::map<std::string, Tensor> CheckpointManager::load(const CheckpointInfo& info) const {
   io::SafetensorsFile f = io::load_safetensors(info.tensors_path);
   return std::move(f.tensors);
+}
+
+namespace {
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+void AsyncCheckpointWriter::save(const CheckpointMeta& meta, const std::map<std::string, Tensor>& tensors) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // The snapshot first, while the previous write may still run: the two overlap, and the
+  // caller's tensors are free to change as soon as this returns.
+  std::map<std::string, Tensor> snapshot;
+  for (const auto& [name, t] : tensors) snapshot[name] = t.device().is_cpu() ? t.clone() : t.to(kCPU);
+  try {
+    wait();  // one write in flight; its error surfaces here
+  } catch (...) {
+    blocked_s_ += since(t0);
+    throw;
+  }
+  inflight_ = std::async(std::launch::async, [this, meta, snap = std::move(snapshot)] {
+    return manager_.save(meta, snap);
+  });
+  blocked_s_ += since(t0);
+}
+
+std::optional<CheckpointInfo> AsyncCheckpointWriter::wait() {
+  if (inflight_.valid()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      last_ = inflight_.get();  // get() leaves the future invalid, also when it throws
+    } catch (...) {
+      blocked_s_ += since(t0);
+      throw;
+    }
+    blocked_s_ += since(t0);
+  }
+  return last_;
+}
+
+AsyncCheckpointWriter::~AsyncCheckpointWriter() {
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hpdl: warning: the last background checkpoint write failed: %s\n", e.what());
+  }
 }
 
 }  // namespace hpdl::train

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <optional>
 #include <string>
@@ -91,6 +92,39 @@ class CheckpointManager {
 
   std::filesystem::path dir_;
   int keep_;
+};
+
+// Writes a CheckpointManager's checkpoints on a background thread
+// (train.checkpoint_async): save() takes a snapshot (its own host copies of
+// the tensors, so training may change the originals at once), waits for the
+// previous write if it is still going (one write in flight: at most one extra
+// copy of the state in memory), starts the write and returns. The write is
+// CheckpointManager::save (atomic files, sidecar last, pruning), so a
+// checkpoint the job dies in the middle of never counts and the ones before
+// it stay valid. The error of a background write is rethrown by the next
+// save() (which then starts no write) or by wait(), so training stops where
+// it is noticed. Call wait()
+// before anything reads the checkpoints or the process exits (the destructor
+// waits too, and drops an error it can no longer raise with a warning).
+class AsyncCheckpointWriter {
+ public:
+  explicit AsyncCheckpointWriter(CheckpointManager& manager) : manager_(manager) {}
+  ~AsyncCheckpointWriter();
+  AsyncCheckpointWriter(const AsyncCheckpointWriter&) = delete;
+  AsyncCheckpointWriter& operator=(const AsyncCheckpointWriter&) = delete;
+
+  void save(const CheckpointMeta& meta, const std::map<std::string, Tensor>& tensors);
+  // Waits for the write in flight; rethrows its error. Returns the last checkpoint written.
+  std::optional<CheckpointInfo> wait();
+  // Seconds the callers spent inside save() and wait() (snapshots and waits for writes):
+  // the time checkpointing took from training.
+  double blocked_seconds() const { return blocked_s_; }
+
+ private:
+  CheckpointManager& manager_;
+  std::future<CheckpointInfo> inflight_;
+  std::optional<CheckpointInfo> last_;
+  double blocked_s_ = 0;
 };
 
 }  // namespace hpdl::train

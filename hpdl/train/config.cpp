@@ -57,7 +57,7 @@ std::vector<Key> bind(Config& c) {
       {"train.epochs", &t.epochs}, {"train.seed", &t.seed}, {"train.threads", &t.threads},
       {"train.device", &t.device}, {"train.precision", &t.precision}, {"train.channels_last", &t.channels_last}, {"train.loss_scale", &t.loss_scale}, {"train.run_dir", &t.run_dir},
       {"train.checkpoint_every_steps", &t.checkpoint_every_steps},
-      {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs},
+      {"train.checkpoint_every_epochs", &t.checkpoint_every_epochs}, {"train.checkpoint_async", &t.checkpoint_async},
       {"train.keep_checkpoints", &t.keep_checkpoints}, {"train.trace", &t.trace}, {"train.overwrite", &t.overwrite}, {"train.log_every", &t.log_every},
       {"train.eval_every_epochs", &t.eval_every_epochs}, {"train.max_steps", &t.max_steps},
       {"train.stop_after_epoch", &t.stop_after_epoch}, {"train.label_smoothing", &t.label_smoothing},

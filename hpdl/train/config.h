@@ -121,6 +121,10 @@ struct TrainConfig {
   int64_t checkpoint_every_steps = 0;  // 0: off
   int64_t checkpoint_every_epochs = 1;  // 0: off
   int64_t keep_checkpoints = 3;
+  // Write checkpoints on a background thread (train::AsyncCheckpointWriter):
+  // training waits only for a snapshot of the state (and for the previous
+  // write, if it is still going), not for the files and their fsyncs.
+  bool checkpoint_async = false;
   // A fresh run (no --resume) refuses a run_dir that holds checkpoints of an
   // earlier run: its checkpoint files would be overwritten and pruned, and its
   // metrics mixed with the new run's. true: start over, removing that run's

@@ -842,6 +842,16 @@ TrainSummary Trainer::run(bool resume) {
 
   // ---- resume ----
   CheckpointManager ckpt(run_dir, static_cast<int>(cfg.train.keep_checkpoints));
+  // train.checkpoint_async: rank 0 hands each checkpoint to a background writer (the gathers stay
+  // collective and synchronous; only the files and their fsyncs leave the training loop).
+  std::unique_ptr<AsyncCheckpointWriter> writer;
+  if (root && cfg.train.checkpoint_async) writer = std::make_unique<AsyncCheckpointWriter>(ckpt);
+  double checkpoint_s = 0;  // rank 0's time inside save_checkpoint: gathers, snapshots, writes or waits
+  int64_t checkpoints_saved = 0;
+  auto write_checkpoint = [&](const CheckpointMeta& meta, const std::map<std::string, Tensor>& tensors) {
+    if (writer) writer->save(meta, tensors);
+    else ckpt.save(meta, tensors);
+  };
   int64_t step = 0, epoch = 0, position = 0;
   std::map<std::string, Tensor> ema_saved;  // the checkpoint's weight averages (ema.*), if any
   int64_t ema_updates = 0;
@@ -976,7 +986,7 @@ TrainSummary Trainer::run(bool resume) {
                                                {"hpdl.evaluation", evaluation.dump()}});
   };
 
-  auto save_checkpoint = [&](int64_t ep, int64_t pos) {
+  auto save_checkpoint_now = [&](int64_t ep, int64_t pos) {
     // A sharded optimizer gathers its full state to rank 0: every rank takes part.
     // Local SGD: a checkpoint is an averaging point, so every rank agrees on the weights saved.
     average_replicas();
@@ -1038,7 +1048,7 @@ TrainSummary Trainer::run(bool resume) {
         const auto st = v.to_vector<int64_t>();
         meta.rng.push_back({k.substr(4), static_cast<uint64_t>(st[0]), static_cast<uint64_t>(st[1])});
       }
-      ckpt.save(meta, tensors);
+      write_checkpoint(meta, tensors);
       return;
     }
     for (auto& [name, gen] : model->named_generators()) meta.rng.push_back({name, gen->seed(), gen->offset()});
@@ -1051,7 +1061,18 @@ TrainSummary Trainer::run(bool resume) {
     }
     if (scaler)
       for (auto& [k, v] : scaler->state_dict()) tensors["scaler." + k] = v;
-    ckpt.save(meta, tensors);
+    write_checkpoint(meta, tensors);
+  };
+  int64_t saved_step = -1, saved_epoch = -1, saved_position = -1;  // the last checkpoint's place
+  auto save_checkpoint = [&](int64_t ep, int64_t pos) {
+    // The same place again (train.max_steps ending on a checkpoint_every_steps step): the state
+    // has not changed since, so the checkpoint on disk is this one. Every rank skips alike.
+    if (step == saved_step && ep == saved_epoch && pos == saved_position) return;
+    saved_step = step, saved_epoch = ep, saved_position = pos;
+    const auto t0 = std::chrono::steady_clock::now();
+    save_checkpoint_now(ep, pos);
+    checkpoint_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++checkpoints_saved;
   };
 
   std::unique_ptr<MetricsWriter> metrics;
@@ -1377,6 +1398,11 @@ TrainSummary Trainer::run(bool resume) {
       break;
     }
   }
+  if (writer) {  // the last checkpoint is on disk before anything reads it or the job ends
+    const auto t0 = std::chrono::steady_clock::now();
+    writer->wait();
+    checkpoint_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   if (root) progress.finish();
   summary.steps = step;
   summary.final_train_loss = last_loss;
@@ -1494,6 +1520,10 @@ TrainSummary Trainer::run(bool resume) {
     if (!summary.test_metrics.empty()) s["test_loss"] = summary.test_loss, put_metrics(s, "test_", summary.test_metrics);
     if (!summary.val_metrics.empty()) s["val_loss"] = summary.val_loss, put_metrics(s, "val_", summary.val_metrics);
     s["stopped_early"] = summary.stopped_early;
+    // Rank 0's time checkpointing took from training (gathers, snapshots, and the writes, or with
+    // train.checkpoint_async the waits for them).
+    s["checkpoints_saved"] = checkpoints_saved, s["checkpoint_seconds"] = checkpoint_s;
+    s["checkpoint_async"] = cfg.train.checkpoint_async;
     if (selecting) {
       s["monitor"] = summary.monitor;
       s["best_metric"] = selection.has_best() ? nlohmann::json(summary.best_metric) : nlohmann::json(nullptr);

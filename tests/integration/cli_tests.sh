@@ -141,6 +141,33 @@ kill9_resume_bitwise)
   cmp straight/checkpoints/step-0000000150.safetensors interrupted/checkpoints/step-0000000150.safetensors \
     || fail "weights after kill -9 + resume differ from the uninterrupted run"
   ;;
+checkpoint_async)
+  # train.checkpoint_async: the background writer writes the same bytes as the synchronous saves,
+  # summary.json says so and counts them, and kill -9 in the middle of the run (a write may be in
+  # flight) resumes from the newest committed checkpoint to the straight run's bytes.
+  args=("$ex/fashion_mnist/lenet5.toml" "${small[@]}" --set train.max_steps=60 --set train.checkpoint_every_steps=10)
+  "$hpdl" train "${args[@]}" --set train.run_dir=sync >sync.log 2>&1 || fail "synchronous run failed: $(tail -3 sync.log)"
+  "$hpdl" train "${args[@]}" --set train.checkpoint_async=true --set train.run_dir=async >async.log 2>&1 \
+    || fail "asynchronous run failed: $(tail -3 async.log)"
+  for s in 40 50 60; do
+    f=$(printf 'checkpoints/step-%010d.safetensors' $s)
+    cmp "sync/$f" "async/$f" || fail "the background writer's $f differs from the synchronous one"
+  done
+  [[ $(ls async/checkpoints/*.json | wc -l) -eq 3 ]] || fail "train.keep_checkpoints=3 not kept: $(ls async/checkpoints)"
+  python3 - sync/summary.json async/summary.json <<'PY' || fail "summary.json lacks the checkpoint fields"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["checkpoint_async"] is False and b["checkpoint_async"] is True, (a["checkpoint_async"], b["checkpoint_async"])
+assert a["checkpoints_saved"] == b["checkpoints_saved"] >= 6, (a["checkpoints_saved"], b["checkpoints_saved"])
+assert a["checkpoint_seconds"] > 0 and b["checkpoint_seconds"] > 0
+PY
+  run_until_checkpoint_then_kill interrupted 20 "${args[@]}" --set train.checkpoint_async=true --set train.run_dir=interrupted
+  [[ ! -f interrupted/checkpoints/step-0000000060.json ]] || fail "the run finished before kill -9: nothing tested"
+  "$hpdl" train --resume interrupted >resumed.log 2>&1 || fail "resume failed: $(tail -3 resumed.log)"
+  grep -q "resumed from" resumed.log || fail "resume did not report its checkpoint"
+  cmp sync/checkpoints/step-0000000060.safetensors interrupted/checkpoints/step-0000000060.safetensors \
+    || fail "kill -9 of an asynchronous run + resume differs from the straight run"
+  ;;
 kill9_resume_loss_scale)
   # Dynamic loss scaling on the CPU (fp32): the scaler state (scale, growth
   # tracker, skipped steps) is checkpointed and restored; the whole file,

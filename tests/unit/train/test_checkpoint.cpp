@@ -111,6 +111,65 @@ TEST(Checkpoint, TensorsWithoutSidecarAreNotACheckpoint) {
   fs::remove_all(run);
 }
 
+// train.checkpoint_async: save() returns with the write still going; the checkpoint holds the
+// values at save() even though the caller changes its tensors at once (a snapshot), pruning still
+// keeps the newest K, and wait() hands back the last one written.
+TEST(Checkpoint, AsyncWriterSnapshotsAndWritesInTheBackground) {
+  fs::path run = temp_dir("async");
+  CheckpointManager m(run, 2);
+  AsyncCheckpointWriter w(m);
+  std::map<std::string, Tensor> live = state(1);
+  for (int64_t s : {5, 10, 15}) {
+    for (auto& [k, t] : state(static_cast<float>(s))) live.at(k).copy_(t);
+    w.save(meta(s), live);
+    live.at("model.w").fill_(-99.0);  // training goes on at once
+    live.at("optim.w.momentum").fill_(-99.0);
+  }
+  auto last = w.wait();
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->meta.step, 15);
+  EXPECT_EQ(m.steps(), (std::vector<int64_t>{15, 10}));
+  for (int64_t s : {10, 15}) {
+    auto info = CheckpointManager::read_sidecar(run / "checkpoints" / fmt::format("step-{:010d}.json", s));
+    auto t = m.load(info);
+    EXPECT_EQ(t.at("model.w").to_vector<float>(), std::vector<float>(12, static_cast<float>(s))) << "step " << s;
+    EXPECT_EQ(t.at("optim.w.momentum").to_vector<float>(), std::vector<float>(12, -static_cast<float>(s)));
+    EXPECT_EQ(t.at("optim.step").to_vector<int64_t>(), std::vector<int64_t>{s});
+  }
+  EXPECT_GT(w.blocked_seconds(), 0.0);
+  fs::remove_all(run);
+}
+
+// A background write that fails (the checkpoints folder replaced by a file, which fails even as
+// root) is raised, naming the file, by the next save() (which then writes nothing) or by wait();
+// the checkpoint written before it stays the newest valid one, and the writer goes on once the
+// folder is back.
+TEST(Checkpoint, AsyncWriterRaisesABackgroundFailureAndKeepsTheGoodCheckpoint) {
+  fs::path run = temp_dir("async_fail");
+  CheckpointManager m(run, 3);
+  AsyncCheckpointWriter w(m);
+  w.save(meta(1), state(1));
+  w.wait();
+  fs::rename(run / "checkpoints", run / "moved");
+  std::ofstream(run / "checkpoints") << "not a folder";
+  w.save(meta(2), state(2));  // returns: the write fails on the thread
+  try {
+    w.wait();
+    FAIL() << "expected the background write's error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("step-0000000002"), std::string::npos) << e.what();
+  }
+  w.save(meta(3), state(3));  // the error was raised once; this write fails on the thread as well
+  EXPECT_THROW(w.save(meta(4), state(4)), Error);  // raises step 3's error and writes nothing
+  fs::remove(run / "checkpoints");
+  fs::rename(run / "moved", run / "checkpoints");
+  EXPECT_EQ(m.latest_valid()->meta.step, 1);
+  w.save(meta(5), state(5));
+  EXPECT_EQ(w.wait()->meta.step, 5);
+  EXPECT_EQ(m.steps(), (std::vector<int64_t>{5, 1}));
+  fs::remove_all(run);
+}
+
 TEST(Metrics, JsonLinesFlushedAndTornLastLineTolerated) {
   fs::path d = temp_dir("metrics");
   {
