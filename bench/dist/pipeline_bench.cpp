@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench/dist/mlp_bench_data.h"
 #include "hpdl/core/random.h"
 #include "hpdl/core/storage.h"
 #include "hpdl/dist/pipeline.h"
@@ -49,11 +50,7 @@ int main(int argc, char** argv) {
     std::printf("| S | schedule | M | step ms min / median | busy fraction | 1 - (S-1)/(M+S-1) | params MiB/rank | "
                 "boundary act. MiB/rank | peak live MiB/rank |\n|---|---|---|---|---|---|---|---|---|\n");
 
-  Generator g(1);
-  Tensor x = Tensor::randn({batch, width}, g);
-  std::vector<int64_t> labels(batch);
-  for (auto& v : labels) v = static_cast<int64_t>(g.next_u64() % 10);
-  Tensor y = Tensor::from_vector(labels, {batch});
+  const auto [x, y] = bench::random_batch(batch, width, 1);
   auto loss = [](const Tensor& out, const Tensor& t) { return cross_entropy(out, t); };
 
   for (auto schedule : {dist::PipelineSchedule::gpipe, dist::PipelineSchedule::one_f_one_b}) {
@@ -65,8 +62,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<dist::Pipeline> pipe;
       {
         // Every rank builds the whole model and keeps its stage; the rest is freed here.
-        auto model = std::dynamic_pointer_cast<nn::Sequential>(
-            nn::models::mlp(width, std::vector<int64_t>(hidden, width), 10, "relu", 0.0, 7));
+        auto model = bench::wide_mlp(width, hidden);
         pipe = std::make_unique<dist::Pipeline>(model, w, po);
       }
       std::unique_ptr<optim::SGD> opt;

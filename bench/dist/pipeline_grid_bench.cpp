@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench/dist/mlp_bench_data.h"
 #include "hpdl/core/random.h"
 #include "hpdl/dist/pipeline.h"
 #include "hpdl/nn/models/models.h"
@@ -50,11 +51,7 @@ int main(int argc, char** argv) {
   if (w.rank() == 0)
     std::printf("| S x R | schedule | M | grad MiB/stage | step ms min / median | compute ms | replica wait ms | one "
                 "allreduce ms min / median |\n|---|---|---|---|---|---|---|---|\n");
-  Generator g(1 + grid.replica);  // each replica its own batch
-  Tensor x = Tensor::randn({batch, width}, g);
-  std::vector<int64_t> labels(batch);
-  for (auto& v : labels) v = static_cast<int64_t>(g.next_u64() % 10);
-  Tensor y = Tensor::from_vector(labels, {batch});
+  const auto [x, y] = bench::random_batch(batch, width, 1 + grid.replica);  // each replica its own batch
   auto loss = [](const Tensor& out, const Tensor& t) { return cross_entropy(out, t); };
 
   for (auto schedule : {dist::PipelineSchedule::gpipe, dist::PipelineSchedule::one_f_one_b}) {
@@ -65,8 +62,7 @@ int main(int argc, char** argv) {
       po.schedule = schedule;
       std::unique_ptr<dist::Pipeline> pipe;
       {
-        auto model = std::dynamic_pointer_cast<nn::Sequential>(
-            nn::models::mlp(width, std::vector<int64_t>(hidden, width), 10, "relu", 0.0, 7));
+        auto model = bench::wide_mlp(width, hidden);
         pipe = std::make_unique<dist::Pipeline>(model, grid, po);
       }
       optim::SGDOptions so;
