@@ -549,8 +549,9 @@ void validate(const Config& c, const std::string& src) {
     refuse(t.device != "cpu", fmt::format("train.device = \"{}\"", t.device),
            "the tensor-parallel collectives take CPU tensors only");
     refuse(t.sync_batchnorm, "train.sync_batchnorm = true", "the vit has no batch norm layer to synchronize");
-    refuse(t.shard_optimizer, "train.shard_optimizer = true",
-           "each rank's optimizer already holds the state of its slice of the encoder layers only");
+    refuse(t.shard_optimizer && t.zero_stage >= 2, fmt::format("train.zero_stage = {}", t.zero_stage),
+           "the split layers' gradients are sharded by the group already (train.shard_optimizer with "
+           "train.zero_stage = 1 shards each rank's optimizer state over its replicas)");
     refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
            "the ranks of a tensor-parallel group must step together on every batch");
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",

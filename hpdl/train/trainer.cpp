@@ -746,11 +746,12 @@ TrainSummary Trainer::run(bool resume) {
   const bool shard_grads = shard_optimizer && cfg.train.zero_stage >= 2;
   std::unique_ptr<optim::Optimizer> opt;
   if (shard_optimizer) {
-    // Pipeline stages: a stage's state is sharded over the ranks holding that stage in every replica.
+    // Pipeline stages and tensor-parallel groups: a rank's state (its stage's, or its slices' and
+    // replicated layers') is sharded over the ranks holding the same part in every replica.
     opt = std::make_unique<dist::ShardedOptimizer>(
         optim::param_specs(*model), [&](std::vector<optim::ParamSpec> specs) {
           return optim::make_optimizer(std::move(specs), ocfg);
-        }, pipelined ? *grid.data : comm);
+        }, gridded ? *grid.data : comm);
   } else {
     opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   }
@@ -1008,9 +1009,11 @@ TrainSummary Trainer::run(bool resume) {
     } else if (tensor_parallel) {
       // Replica 0's group gathers the full model and optimizer state (the split parameters and
       // their elementwise optimizer buffers reassembled) on world rank 0: an ordinary checkpoint.
+      // Sharded (ZeRO-1 over the replicas): every replica's rank takes part in gathering its part's state.
+      std::map<std::string, Tensor> part_opt = opt->state_dict();
       if (grid.replica != 0) return;
       for (auto& [k, v] : dist::gather_full_state_dict(*model)) gathered["model." + k] = v;
-      for (auto& [k, v] : dist::gather_full_optimizer_state(*model, opt->state_dict())) gathered["optim." + k] = v;
+      for (auto& [k, v] : dist::gather_full_optimizer_state(*model, part_opt)) gathered["optim." + k] = v;
       for (auto& [name, gen] : model->named_generators())  // the full model's seeds (rank 0's offsets are 0)
         gathered["rng." + name] = Tensor::from_vector<int64_t>(
             {static_cast<int64_t>(gen->seed() - tp_seed_offset.at(name)), static_cast<int64_t>(gen->offset())}, {2});

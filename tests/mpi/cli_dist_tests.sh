@@ -704,6 +704,23 @@ train_tp_np4)
   compare_curves dp grid 1e-5 || fail "the 2 x 2 grid's loss curve differs from data parallelism"
   compare_checkpoints dp/checkpoints/step-0000000005.safetensors grid/checkpoints/step-0000000005.safetensors 5e-5 \
     || fail "the 2 x 2 grid's checkpoint differs from data parallelism"
+  # ZeRO-1 over the replicas: each rank's AdamW state (its slices and the replicated layers) lives
+  # half on each replica, and the checkpoint is the unsharded grid's, byte for byte.
+  adamw=(--set optimizer.name=adamw --set optimizer.lr=0.001 --set train.tensor_parallel=2)
+  run 4 "${adamw[@]}" --set train.run_dir=grid_adamw >log_c 2>&1 || fail "2 x 2 AdamW run failed: $(tail -5 log_c)"
+  run 4 "${adamw[@]}" --set train.shard_optimizer=true --set train.run_dir=grid_zero >log_d 2>&1 \
+    || fail "2 x 2 sharded run failed: $(tail -5 log_d)"
+  grep -q "optimizer state per rank: .* MiB (sharded)" log_d || fail "no sharded state line: $(tail -3 log_d)"
+  grep -q "each tensor-parallel rank's weights identical in all 2 replicas" log_d || fail "sharded replicas differ: $(tail -5 log_d)"
+  cmp grid_adamw/checkpoints/step-0000000005.safetensors grid_zero/checkpoints/step-0000000005.safetensors \
+    || fail "the sharded tensor-parallel grid's checkpoint differs from the unsharded one"
+  run 4 "${adamw[@]}" --set train.shard_optimizer=true --set train.max_steps=3 --set train.run_dir=grid_zero_r >log_e 2>&1 \
+    || fail "first sharded chunk failed: $(tail -5 log_e)"
+  "$mpirun" --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 "$hpdl" train --resume grid_zero_r \
+    --set train.max_steps=5 >log_f 2>&1 || fail "sharded resume failed: $(tail -5 log_f)"
+  grep -q "resumed from" log_f || fail "did not resume: $(tail -5 log_f)"
+  cmp grid_adamw/checkpoints/step-0000000005.safetensors grid_zero_r/checkpoints/step-0000000005.safetensors \
+    || fail "the sharded tensor-parallel grid resumed at step 3 differs from the straight run"
   ;;
 train_tp_refused_np2)
   # What tensor parallelism cannot do is refused by name, before training.

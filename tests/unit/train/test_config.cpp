@@ -312,7 +312,7 @@ TEST(Config, TensorParallelKeysAndRefusals) {
       {"[train]\npipeline_stages = 2", "train.pipeline_stages = 2"},
       {"[train]\ndevice = \"cuda\"", "train.device = \"cuda\""},
       {"[train]\nsync_batchnorm = true", "train.sync_batchnorm = true"},
-      {"[train]\nshard_optimizer = true", "train.shard_optimizer = true"},
+      {"[train]\nshard_optimizer = true\nzero_stage = 2", "train.zero_stage = 2"},
       {"[train]\nlocal_sgd_steps = 4", "train.local_sgd_steps = 4"},
       {"[train]\nloss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
   };
@@ -322,10 +322,11 @@ TEST(Config, TensorParallelKeysAndRefusals) {
         << lines << ": " << err;
     EXPECT_NO_THROW(parse_config(vit + lines + "\n", "c.toml")) << lines << " alone is fine";
   }
-  // What combines: accumulation and bf16 gradients over the data-parallel replicas, and clipping by
-  // the full model's global norm.
+  // What combines: accumulation and bf16 gradients over the data-parallel replicas, each rank's
+  // optimizer state sharded over its replicas (ZeRO-1), and clipping by the full model's global norm.
   EXPECT_NO_THROW(parse_config(vit + "[train]\ntensor_parallel = 2\naccumulate_steps = 2\nbf16_wire = true\n",
                                "c.toml"));
+  EXPECT_NO_THROW(parse_config(vit + "[train]\ntensor_parallel = 2\nshard_optimizer = true\n", "c.toml"));
   EXPECT_EQ(parse_config(vit + "[optimizer]\nclip_grad_norm = 1.0\n", "c.toml", {"train.tensor_parallel=2"})
                 .optimizer.clip_grad_norm, 1.0);
 }
