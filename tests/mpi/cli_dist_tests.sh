@@ -62,6 +62,17 @@ print(f"{len(a)} steps, worst relative difference {worst:.3g}")
 PY
 }
 
+# resume_to_bytes NP RUN STEPS REF WHAT: `hpdl train --resume RUN` on NP ranks up to train.max_steps =
+# STEPS resumes and writes the checkpoint of step STEPS byte for byte as the straight run REF did.
+resume_to_bytes() {
+  local f
+  f=checkpoints/$(printf 'step-%010d.safetensors' "$3")
+  "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train --resume "$2" \
+    --set train.max_steps="$3" >"$2.resume.log" 2>&1 || fail "$5: the resume failed: $(tail -5 "$2.resume.log")"
+  grep -q "resumed from" "$2.resume.log" || fail "$5: did not resume: $(tail -5 "$2.resume.log")"
+  cmp "$4/$f" "$2/$f" || fail "$5 differs from the straight run"
+}
+
 # compare_checkpoints A B RTOL: two safetensors files hold the same tensors (names, dtypes, shapes),
 # every float element equal within RTOL of the tensor's largest magnitude (0: exactly equal).
 compare_checkpoints() {
@@ -527,11 +538,7 @@ assert abs(sum(a) - 2 * sum(b)) <= 0.02 * len(a), (a, b)
 PY
   run --set train.max_steps=4 --set train.shard_optimizer=true --set train.run_dir=zero_r >log_c 2>&1 \
     || fail "first sharded chunk failed: $(tail -5 log_c)"
-  "$mpirun" --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 "$hpdl" train --resume zero_r \
-    --set train.max_steps=8 >log_d 2>&1 || fail "sharded resume failed: $(tail -5 log_d)"
-  grep -q "resumed from" log_d || fail "did not resume: $(tail -5 log_d)"
-  cmp plain/checkpoints/step-0000000008.safetensors zero_r/checkpoints/step-0000000008.safetensors \
-    || fail "the sharded grid resumed at step 4 differs from the straight run"
+  resume_to_bytes 4 zero_r 8 plain "the sharded grid resumed at step 4"
   ;;
 train_pipeline_refused_np2)
   # What pipelines cannot do is refused by name, before training.
@@ -716,11 +723,7 @@ train_tp_np4)
     || fail "the sharded tensor-parallel grid's checkpoint differs from the unsharded one"
   run 4 "${adamw[@]}" --set train.shard_optimizer=true --set train.max_steps=3 --set train.run_dir=grid_zero_r >log_e 2>&1 \
     || fail "first sharded chunk failed: $(tail -5 log_e)"
-  "$mpirun" --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 "$hpdl" train --resume grid_zero_r \
-    --set train.max_steps=5 >log_f 2>&1 || fail "sharded resume failed: $(tail -5 log_f)"
-  grep -q "resumed from" log_f || fail "did not resume: $(tail -5 log_f)"
-  cmp grid_adamw/checkpoints/step-0000000005.safetensors grid_zero_r/checkpoints/step-0000000005.safetensors \
-    || fail "the sharded tensor-parallel grid resumed at step 3 differs from the straight run"
+  resume_to_bytes 4 grid_zero_r 5 grid_adamw "the sharded tensor-parallel grid resumed at step 3"
   ;;
 train_tp_refused_np2)
   # What tensor parallelism cannot do is refused by name, before training.
