@@ -194,40 +194,39 @@ std::map<std::string, Tensor> CheckpointManager::load(const CheckpointInfo& info
 }
 
 namespace {
-double since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+// Adds the seconds from its construction to its destruction to `total`, however the scope ends.
+class AddElapsed {
+ public:
+  explicit AddElapsed(double& total) : total_(total), t0_(std::chrono::steady_clock::now()) {}
+  ~AddElapsed() { total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+  AddElapsed(const AddElapsed&) = delete;
+  AddElapsed& operator=(const AddElapsed&) = delete;
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point t0_;
+};
 }  // namespace
 
 void AsyncCheckpointWriter::save(const CheckpointMeta& meta, const std::map<std::string, Tensor>& tensors) {
-  const auto t0 = std::chrono::steady_clock::now();
+  AddElapsed blocked(blocked_s_);
   // The snapshot first, while the previous write may still run: the two overlap, and the
   // caller's tensors are free to change as soon as this returns.
   std::map<std::string, Tensor> snapshot;
   for (const auto& [name, t] : tensors) snapshot[name] = t.device().is_cpu() ? t.clone() : t.to(kCPU);
-  try {
-    wait();  // one write in flight; its error surfaces here
-  } catch (...) {
-    blocked_s_ += since(t0);
-    throw;
-  }
+  join();  // one write in flight; its error surfaces here
   inflight_ = std::async(std::launch::async, [this, meta, snap = std::move(snapshot)] {
     return manager_.save(meta, snap);
   });
-  blocked_s_ += since(t0);
+}
+
+void AsyncCheckpointWriter::join() {
+  if (inflight_.valid()) last_ = inflight_.get();  // get() leaves the future invalid, also when it throws
 }
 
 std::optional<CheckpointInfo> AsyncCheckpointWriter::wait() {
-  if (inflight_.valid()) {
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      last_ = inflight_.get();  // get() leaves the future invalid, also when it throws
-    } catch (...) {
-      blocked_s_ += since(t0);
-      throw;
-    }
-    blocked_s_ += since(t0);
-  }
+  AddElapsed blocked(blocked_s_);
+  join();
   return last_;
 }
 

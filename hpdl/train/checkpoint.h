@@ -121,6 +121,8 @@ class AsyncCheckpointWriter {
   double blocked_seconds() const { return blocked_s_; }
 
  private:
+  void join();  // waits for the write in flight (untimed), rethrows its error
+
   CheckpointManager& manager_;
   std::future<CheckpointInfo> inflight_;
   std::optional<CheckpointInfo> last_;
