@@ -72,13 +72,17 @@ if(GTest_FOUND)
   target_link_libraries(hpdl_store_tests PRIVATE hpdl_store_lite GTest::gtest_main)
   gtest_discover_tests(hpdl_store_tests TEST_PREFIX "store." DISCOVERY_TIMEOUT 60)
 
+  # A plain program (no hpdl code) that maps, duplicates and canonicalizes store files under the shim.
+  add_executable(hpdl_store_posix_probe ${HPDL_STORE_ROOT}/tests/integration/store/posix_probe.cpp)
+  target_compile_options(hpdl_store_posix_probe PRIVATE ${HPDL_WARNINGS})
   add_executable(hpdl_store_intercept_tests ${HPDL_STORE_ROOT}/tests/integration/store/test_intercept.cpp)
   target_compile_options(hpdl_store_intercept_tests PRIVATE ${HPDL_WARNINGS})
   target_link_libraries(hpdl_store_intercept_tests PRIVATE hpdl_store_lite GTest::gtest_main)
   target_compile_definitions(hpdl_store_intercept_tests PRIVATE
     HPDL_INTERCEPT_LIB="$<TARGET_FILE:hpdl_intercept>"
+    HPDL_POSIX_PROBE="$<TARGET_FILE:hpdl_store_posix_probe>"
     HPDL_STORE_TEST_DIR="${HPDL_STORE_ROOT}/tests/integration/store")
-  add_dependencies(hpdl_store_intercept_tests hpdl_intercept)
+  add_dependencies(hpdl_store_intercept_tests hpdl_intercept hpdl_store_posix_probe)
   gtest_discover_tests(hpdl_store_intercept_tests TEST_PREFIX "store." DISCOVERY_TIMEOUT 60)
 endif()
 

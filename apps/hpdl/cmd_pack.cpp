@@ -14,21 +14,21 @@ void register_pack(CLI::App& app);
 
 namespace {
 
-// "256M", "1G", "4096", "64k" -> bytes.
-uint64_t parse_size(const std::string& s) {
+// "256M", "1G", "4096", "64k" -> bytes; `option` names the flag in errors.
+uint64_t parse_size(const std::string& s, const char* option) {
   size_t used = 0;
   unsigned long long v = 0;
   try {
     v = std::stoull(s, &used);
   } catch (const std::exception&) {
-    HPDL_FAIL("hpdl pack: --partition-size '{}' is not a size; write e.g. 256M or 1G", s);
+    HPDL_FAIL("hpdl pack: {} '{}' is not a size; write e.g. 256M or 1G", option, s);
   }
   std::string unit = s.substr(used);
   uint64_t mult = 1;
   if (unit == "k" || unit == "K") mult = uint64_t{1} << 10;
   else if (unit == "m" || unit == "M") mult = uint64_t{1} << 20;
   else if (unit == "g" || unit == "G") mult = uint64_t{1} << 30;
-  else HPDL_CHECK(unit.empty(), "hpdl pack: --partition-size '{}': unknown unit '{}' (use K, M or G)", s, unit);
+  else HPDL_CHECK(unit.empty(), "hpdl pack: {} '{}': unknown unit '{}' (use K, M or G)", option, s, unit);
   return uint64_t(v) * mult;
 }
 
@@ -36,7 +36,7 @@ uint64_t parse_size(const std::string& s) {
 
 void register_pack(CLI::App& app) {
   struct Args {
-    std::string src, out, size = "256M", compression = "none", prefix;
+    std::string src, out, size = "256M", align = "4M", compression = "none", prefix;
     uint32_t count = 0;
     int level = 3;
     bool append = false, quiet = false;
@@ -52,6 +52,9 @@ void register_pack(CLI::App& app) {
   cmd->add_option("--compression", args->compression, "Per-file compression: none, lz4 or zstd")
       ->check(CLI::IsMember({"none", "lz4", "zstd"}));
   cmd->add_option("--level", args->level, "zstd compression level (default 3)");
+  cmd->add_option("--align-min", args->align,
+                  "Uncompressed files at least this large start on a 64 KiB boundary, so the LD_PRELOAD shim maps "
+                  "them in place (default 4M; 0 = never)");
   cmd->add_flag("--append", args->append, "Add to an existing store (new partitions, index rewritten atomically)");
   cmd->add_option("--prefix", args->prefix, "Store the packed paths under this folder of the store");
   cmd->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
@@ -61,7 +64,8 @@ void register_pack(CLI::App& app) {
   cmd->add_option("--hdf5-test-y", args->hdf5.test_y, "HDF5: test labels dataset")->capture_default_str();
   cmd->callback([args] {
     store::PackOptions o;
-    o.partition_bytes = parse_size(args->size);
+    o.partition_bytes = parse_size(args->size, "--partition-size");
+    o.align_min_bytes = parse_size(args->align, "--align-min");
     o.partition_count = args->count;
     o.compression = store::parse_compression(args->compression);
     o.level = args->level;

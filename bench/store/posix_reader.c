@@ -1,13 +1,16 @@
 /* posix_reader: an unmodified-style reader for the store benchmark. Reads every
  * file named in LIST (one path relative to ROOT a line, already in random order)
- * with open/read/close, EPOCHS times, and prints one line per epoch. Run on plain
- * files, or under LD_PRELOAD=libhpdl_intercept.so with ROOT inside HPDL_MOUNT.
- * usage: posix_reader ROOT LIST [EPOCHS] [LABEL] */
+ * with open/read/close (or, with METHOD mmap, open/fstat/mmap/munmap/close), EPOCHS
+ * times, and prints one line per epoch. Run on plain files, or under
+ * LD_PRELOAD=libhpdl_intercept.so with ROOT inside HPDL_MOUNT.
+ * usage: posix_reader ROOT LIST [EPOCHS] [LABEL] [read|mmap] */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,12 +22,17 @@ static double now(void) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s ROOT LIST [EPOCHS] [LABEL]\n", argv[0]);
+    fprintf(stderr, "usage: %s ROOT LIST [EPOCHS] [LABEL] [read|mmap]\n", argv[0]);
     return 2;
   }
   const char* root = argv[1];
   int epochs = argc > 3 ? atoi(argv[3]) : 1;
   const char* label = argc > 4 ? argv[4] : "posix";
+  const int use_mmap = argc > 5 && strcmp(argv[5], "mmap") == 0;
+  if (argc > 5 && !use_mmap && strcmp(argv[5], "read") != 0) {
+    fprintf(stderr, "METHOD must be read or mmap, not %s\n", argv[5]);
+    return 2;
+  }
   FILE* lf = fopen(argv[2], "r");
   if (!lf) {
     perror(argv[2]);
@@ -53,10 +61,28 @@ int main(int argc, char** argv) {
         perror(paths[i]);
         return 1;
       }
-      ssize_t got;
-      while ((got = read(fd, buf, sizeof buf)) > 0) {
-        bytes += (unsigned long long)got;
-        sum += (unsigned char)buf[got / 2];
+      if (use_mmap) {
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+          perror(paths[i]);
+          return 1;
+        }
+        if (st.st_size > 0) {
+          const unsigned char* p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+          if (p == MAP_FAILED) {
+            perror(paths[i]);
+            return 1;
+          }
+          bytes += (unsigned long long)st.st_size;
+          for (off_t j = 0; j < st.st_size; j += 64) sum += p[j];  /* touch every cache line */
+          munmap((void*)p, (size_t)st.st_size);
+        }
+      } else {
+        ssize_t got;
+        while ((got = read(fd, buf, sizeof buf)) > 0) {
+          bytes += (unsigned long long)got;
+          sum += (unsigned char)buf[got / 2];
+        }
       }
       close(fd);
     }

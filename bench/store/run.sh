@@ -4,6 +4,7 @@
 #   (a) plain local files            posix_reader (open/read/close) and python3
 #   (b) the store, C++ Reader        hpdl_store_bench read (path lookup + read)
 #   (c) the store through LD_PRELOAD the same unmodified posix_reader / python3
+#   and (a)/(c) once more with posix_reader mapping each file (mmap) instead of reading it,
 # side by side in one run, warm (page cache) and cold (drop_caches, when permitted),
 # plus the metadata system calls each makes on the data folders (strace -f -y).
 # usage: bench/store/run.sh BUILD_DIR [REPS]   (writes bench/store/RESULTS_store.md)
@@ -34,14 +35,31 @@ if sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then COLD=1; fi
 drop() { if [ "$COLD" = 1 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi; }
 export HPDL_MOUNT=$MOUNT
 : > "$OUT"
-for rep in $(seq 1 "$REPS"); do
+for _ in $(seq 1 "$REPS"); do
   # Epoch 1 starts from a dropped page cache (cold) when permitted, epochs 2-3 are warm.
   drop; "$POSIX" "$WORK/files" "$WORK/list.txt" 3 plain-c >> "$OUT"
   drop; "$BENCH" read "$WORK/store" "$WORK/list.txt" 3 first_read >> "$OUT"
   "$BENCH" read "$WORK/store" "$WORK/list.txt" 3 never >> "$OUT"
   drop; HPDL_STORE=$WORK/store LD_PRELOAD=$SHIM "$POSIX" "$MOUNT" "$WORK/list.txt" 3 preload-c >> "$OUT"
+  drop; "$POSIX" "$WORK/files" "$WORK/list.txt" 3 plain-c-mmap mmap >> "$OUT"
+  drop; HPDL_STORE=$WORK/store LD_PRELOAD=$SHIM "$POSIX" "$MOUNT" "$WORK/list.txt" 3 preload-c-mmap mmap >> "$OUT"
   drop; /usr/bin/python3 "$HERE/py_reader.py" "$WORK/files" "$WORK/list.txt" 3 plain-py >> "$OUT"
   drop; HPDL_STORE=$WORK/store LD_PRELOAD=$SHIM /usr/bin/python3 "$HERE/py_reader.py" "$MOUNT" "$WORK/list.txt" 3 preload-py >> "$OUT"
+done
+
+# Large files mapped whole, as np.load(mmap_mode="r") maps array shards: 24 files of
+# 8 MiB, plain vs the store (aligned by the packer: mapped in place from the partition)
+# vs the same files packed with --align-min 0 (each map a copy).
+mkdir -p "$WORK/big"
+for i in $(seq -w 1 24); do head -c 8M /dev/urandom > "$WORK/big/shard$i.bin"; done
+"$CLI" pack "$WORK/big" -o "$WORK/bigstore" -q
+"$CLI" pack "$WORK/big" -o "$WORK/bigstore_dense" --align-min 0 -q
+(cd "$WORK/big" && ls) > "$WORK/biglist.txt"
+for _ in $(seq 1 "$REPS"); do
+  drop; "$POSIX" "$WORK/big" "$WORK/biglist.txt" 3 big-plain-mmap mmap >> "$OUT"
+  drop; HPDL_STORE=$WORK/bigstore LD_PRELOAD=$SHIM "$POSIX" "$MOUNT" "$WORK/biglist.txt" 3 big-preload-mmap mmap >> "$OUT"
+  drop; HPDL_STORE=$WORK/bigstore_dense LD_PRELOAD=$SHIM "$POSIX" "$MOUNT" "$WORK/biglist.txt" 3 big-preload-copy mmap \
+    >> "$OUT"
 done
 
 # Metadata system calls on the data (one epoch each; strace -y names each fd's file).

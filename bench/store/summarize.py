@@ -40,7 +40,10 @@ print("  `py_reader.py` (python3, `open(p,'rb').read()`, what a PyTorch `Dataset
 print("- **reader**: the same files packed into a store (" + store_files.strip() + "), read through")
 print("  `hpdl::store::Reader` by path (`find` + `read`, XXH3 verified on first read; `never` = no verification);")
 print("- **preload**: the same unmodified `posix_reader` / `py_reader.py` on `/hpdl/fmnist/...` with")
-print("  `LD_PRELOAD=libhpdl_intercept.so HPDL_STORE=... HPDL_MOUNT=/hpdl/fmnist`.\n")
+print("  `LD_PRELOAD=libhpdl_intercept.so HPDL_STORE=... HPDL_MOUNT=/hpdl/fmnist`.")
+print("- **mmap rows**: `posix_reader ... mmap` maps each file whole (open/fstat/mmap, touch every 64th byte,")
+print("  munmap/close) instead of reading it; once on the 60,000 images and once on 24 random files of 8 MiB")
+print("  (array shards, as `np.load(mmap_mode='r')` maps them; MB/s counts the bytes mapped).\n")
 print(f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}, /tmp on {fs} (local virtual disk).")
 print(f"Median of {reps} repetitions; cold = first epoch after `echo 3 > /proc/sys/vm/drop_caches`," if cold
       else f"Median of {reps} repetitions; cold numbers unavailable (drop_caches not permitted);")
@@ -50,11 +53,19 @@ print("the ratios come from runs interleaved in the same repetition.\n")
 print("| reader | cold reads/s | cold MB/s | warm reads/s | warm MB/s | warm vs plain (same client) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
 base = {"plain-c": "plain-c", "reader-first_read": "plain-c", "reader-never": "plain-c", "preload-c": "plain-c",
-        "plain-py": "plain-py", "preload-py": "plain-py"}
+        "plain-py": "plain-py", "preload-py": "plain-py", "plain-c-mmap": "plain-c-mmap",
+        "preload-c-mmap": "plain-c-mmap", "big-plain-mmap": "big-plain-mmap", "big-preload-mmap": "big-plain-mmap",
+        "big-preload-copy": "big-plain-mmap"}
 names = {"plain-c": "(a) plain files, C open/read/close", "reader-first_read": "(b) store, C++ Reader (verify first read)",
          "reader-never": "(b) store, C++ Reader (verify never)", "preload-c": "(c) store via LD_PRELOAD, same C program",
-         "plain-py": "(a) plain files, python3", "preload-py": "(c) store via LD_PRELOAD, same python3 script"}
-for mode in ["plain-c", "reader-first_read", "reader-never", "preload-c", "plain-py", "preload-py"]:
+         "plain-py": "(a) plain files, python3", "preload-py": "(c) store via LD_PRELOAD, same python3 script",
+         "plain-c-mmap": "(a) plain files, C open/fstat/mmap/munmap/close",
+         "preload-c-mmap": "(c) store via LD_PRELOAD, same C program mapping (a copy per map)",
+         "big-plain-mmap": "8 MiB files: (a) plain files, C mapping each whole",
+         "big-preload-mmap": "8 MiB files: (c) store via LD_PRELOAD (aligned: mapped in place)",
+         "big-preload-copy": "8 MiB files: (c) store packed `--align-min 0` via LD_PRELOAD (a copy per map)"}
+for mode in ["plain-c", "reader-first_read", "reader-never", "preload-c", "plain-py", "preload-py", "plain-c-mmap",
+             "preload-c-mmap", "big-plain-mmap", "big-preload-mmap", "big-preload-copy"]:
     if mode not in runs:
         continue
     c_r, c_m = (med(mode, False, 1), med(mode, False, 2)) if cold and mode != "reader-never" else (float("nan"),) * 2
@@ -86,8 +97,10 @@ print("```\nbench/store/run.sh BUILD_DIR 3        # writes bench/store/RESULTS_s
 print("# which runs, per repetition (WORK=/tmp/hpdl_store_bench):")
 print("hpdl_store_cli pack /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz -o $WORK/idxstore")
 print("hpdl_store_bench extract $WORK/idxstore $WORK/files && hpdl_store_cli pack $WORK/files -o $WORK/store")
-print("hpdl_store_bench_posix $WORK/files $WORK/list.txt 3 plain-c")
+print("hpdl_store_bench_posix $WORK/files $WORK/list.txt 3 plain-c [mmap]")
 print("hpdl_store_bench read $WORK/store $WORK/list.txt 3 first_read")
 print("HPDL_STORE=$WORK/store HPDL_MOUNT=/hpdl/fmnist LD_PRELOAD=libhpdl_intercept.so \\")
-print("    hpdl_store_bench_posix /hpdl/fmnist $WORK/list.txt 3 preload-c")
-print("python3 bench/store/py_reader.py {$WORK/files | /hpdl/fmnist (with LD_PRELOAD)} $WORK/list.txt 3 LABEL\n```")
+print("    hpdl_store_bench_posix /hpdl/fmnist $WORK/list.txt 3 preload-c [mmap]")
+print("python3 bench/store/py_reader.py {$WORK/files | /hpdl/fmnist (with LD_PRELOAD)} $WORK/list.txt 3 LABEL")
+print("hpdl_store_cli pack $WORK/big -o $WORK/bigstore   # and --align-min 0 -o $WORK/bigstore_dense")
+print("hpdl_store_bench_posix {$WORK/big | /hpdl/fmnist (LD_PRELOAD, either store)} $WORK/biglist.txt 3 LABEL mmap\n```")

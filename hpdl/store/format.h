@@ -23,6 +23,10 @@ inline constexpr size_t kEntryRecordSize = 56;
 inline constexpr size_t kPartitionRecordSize = 16;
 inline constexpr int32_t kNoLabel = INT32_MIN;
 inline constexpr const char* kIndexName = "index.hpdi";
+// Large uncompressed files start at a multiple of this many bytes of their partition
+// file (PackOptions::align_min_bytes), so the LD_PRELOAD shim can map them in place
+// on any page size up to 64 KiB (x86-64 4 KiB; POWER and some ARM systems 64 KiB).
+inline constexpr uint64_t kMapAlign = uint64_t{1} << 16;
 
 enum class Compression : uint8_t { none = 0, lz4 = 1, zstd = 2 };
 

@@ -333,6 +333,11 @@ class PartitionWriter {
     }
   }
   uint64_t size() const { return size_; }
+  // Zero bytes up to the next kMapAlign boundary of the partition file (header included).
+  void pad_for_mapping() {
+    const uint64_t rem = (kHeaderSize + size_) % kMapAlign;
+    if (rem != 0) append(std::vector<std::byte>(kMapAlign - rem));
+  }
   void append(std::span<const std::byte> bytes) {
     write(bytes);
     XXH3_64bits_update(state_.get(), bytes.data(), bytes.size());
@@ -469,6 +474,9 @@ PackStats pack(const fs::path& src, const fs::path& store, const PackOptions& op
         (options.partition_count == 0 || stats.partitions + 1 < options.partition_count))
       close_part();
     if (!part) part = std::make_unique<PartitionWriter>(store, static_cast<uint32_t>(index.partitions.size()));
+    if (options.align_min_bytes > 0 && options.compression == Compression::none &&
+        item.size >= options.align_min_bytes)
+      part->pad_for_mapping();
     Entry e;
     e.path = item.path;
     e.partition = static_cast<uint32_t>(index.partitions.size());

@@ -22,6 +22,11 @@ struct PackOptions {
   // Per-file compression; a file is stored uncompressed when compression does not shrink it.
   Compression compression = Compression::none;
   int level = 3;  // zstd level (lz4 ignores it)
+  // Uncompressed files of at least this many bytes start on a kMapAlign boundary of
+  // their partition file (zero padding before them, under 64 KiB each), so the
+  // LD_PRELOAD shim maps them in place instead of copying (docs/store.md). 0 = never.
+  // Ignored with compression.
+  uint64_t align_min_bytes = uint64_t{4} << 20;
   // Add to an existing store: new partitions are written, the index is rewritten
   // atomically; a path already in the store is an error. Without it, an existing store is an error.
   bool append = false;

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -16,6 +17,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -45,8 +47,10 @@ using hpdl::store::Reader;
 constexpr int kMaxFd = 1 << 16;
 constexpr dev_t kFakeDev = 0x48504443;  // "HPDC"
 
-// An open file or folder of the mount. Its fd number is a real fd (on /dev/null),
-// reserved so no other open can reuse the number while ours lives.
+// An open file or folder of the mount (an open file description). Its fd number is
+// a real fd (on /dev/null), reserved so no other open can reuse the number while
+// ours lives. dup/dup2/dup3/fcntl(F_DUPFD) give it more fd numbers: they share
+// the offset, as POSIX says duplicates do, and the last close frees it.
 struct OpenFile {
   bool is_dir = false;
   size_t entry = 0;            // when !is_dir
@@ -54,7 +58,12 @@ struct OpenFile {
   std::vector<std::byte> decoded;  // a compressed entry, decompressed once at open
   std::mutex mu;
   uint64_t pos = 0;
+  std::atomic<int> refs{1};  // fd numbers naming it
 };
+
+void release(OpenFile* f) {
+  if (f && f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete f;
+}
 
 struct FakeDir {
   int fd = -1;
@@ -66,7 +75,8 @@ struct FakeDir {
 };
 
 struct Counters {
-  std::atomic<uint64_t> mount_opens{0}, mount_stats{0}, mount_reads{0}, mount_dirs{0};
+  std::atomic<uint64_t> mount_opens{0}, mount_stats{0}, mount_reads{0}, mount_dirs{0}, mount_maps{0},
+      mount_maps_in_place{0};
   std::atomic<uint64_t> other_opens{0}, other_stats{0};
 };
 
@@ -123,7 +133,8 @@ void print_stats() {
   std::string line = "hpdl_intercept stats: mount_opens=" + std::to_string(c.mount_opens) +
                      " mount_stats=" + std::to_string(c.mount_stats) + " mount_reads=" +
                      std::to_string(c.mount_reads) + " mount_dirs=" + std::to_string(c.mount_dirs) +
-                     " passthrough_opens=" + std::to_string(c.other_opens) +
+                     " mount_maps=" + std::to_string(c.mount_maps) +
+                     " mount_maps_in_place=" + std::to_string(c.mount_maps_in_place) + " passthrough_opens=" + std::to_string(c.other_opens) +
                      " passthrough_stats=" + std::to_string(c.other_stats) + "\n";
   ssize_t ignored = ::write(2, line.data(), line.size());
   (void)ignored;
@@ -280,7 +291,7 @@ int open_mount(const std::string& rel, int flags) {
     }
   }
   // Duplicating a /dev/null fd kept open since init reserves a number without a path walk.
-  int fd = s->null_fd >= 0 ? ::fcntl(s->null_fd, (flags & O_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0)
+  int fd = s->null_fd >= 0 ? REAL_AS(int (*)(int, int, ...), fcntl)(s->null_fd, (flags & O_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0)
                            : -1;
   if (fd < 0)  // the program closed our /dev/null fd (or init could not open it)
     fd = REAL_AS(int (*)(const char*, int, ...), open)("/dev/null", O_RDONLY | (flags & O_CLOEXEC));
@@ -341,9 +352,96 @@ off_t seek_fake(OpenFile* f, off_t off, int whence) {
 }
 
 int close_fake(int fd) {
-  OpenFile* f = g_state->fds[fd].exchange(nullptr, std::memory_order_acq_rel);
-  delete f;
+  release(g_state->fds[fd].exchange(nullptr, std::memory_order_acq_rel));
   return REAL(close)(fd);
+}
+
+// After a real dup of fd `from` onto `to` succeeded: `to` now names what `from`
+// names (nothing when `from` is not ours), and whatever `to` named before, the
+// dup closed. Returns `to`.
+int after_dup(int from, int to) {
+  if (!g_state || to < 0) return to;
+  OpenFile* f = fake(from);
+  if (to >= kMaxFd) {
+    if (!f) return to;
+    REAL(close)(to);  // a number our table cannot hold
+    return fail(EMFILE);
+  }
+  if (f) f->refs.fetch_add(1, std::memory_order_acq_rel);
+  release(g_state->fds[to].exchange(f, std::memory_order_acq_rel));
+  return to;
+}
+
+// Fills [p, p + len) with the file's bytes from `off` on (zeros past its end), then
+// gives it protection `prot`. False (errno set) when a read or mprotect fails.
+bool fill_copy(OpenFile* f, void* p, size_t len, int prot, uint64_t off, uint64_t size) {
+  if (off < size) {
+    const size_t want = size_t(std::min<uint64_t>(len, size - off));
+    if (read_fake(f, p, want, off, false) != ssize_t(want)) return fail(EIO), false;
+  }
+  return prot == (PROT_READ | PROT_WRITE) || ::mprotect(p, len, prot) == 0;
+}
+
+// mmap of a store file. An uncompressed entry that starts on a page of its partition
+// file (the packer aligns large files: PackOptions::align_min_bytes) is mapped in
+// place from the partition, so processes share its page cache; the last, partial
+// page is a copy, so bytes past the end of the file read as zeros. Any other entry
+// gets an anonymous private mapping filled with its bytes: a copy, read at map time.
+// Both are verified as read() is. Whole pages past the end of the file read as zeros
+// (a file mapping would raise SIGBUS there).
+void* mmap_fake(OpenFile* f, void* addr, size_t len, int prot, int flags, off64_t off) {
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  const int type = flags & MAP_TYPE;
+  if (f->is_dir) return fail(ENODEV), MAP_FAILED;
+  if (len == 0 || off < 0 || uint64_t(off) % page != 0 ||
+      (type != MAP_PRIVATE && type != MAP_SHARED && type != MAP_SHARED_VALIDATE))
+    return fail(EINVAL), MAP_FAILED;
+  if (type != MAP_PRIVATE && (prot & PROT_WRITE)) return fail(EACCES), MAP_FAILED;  // opened read-only
+  g_state->counts.mount_maps++;
+  const int keep = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_NORESERVE | MAP_LOCKED | MAP_POPULATE);
+  Reader& r = *g_state->reader;
+  const hpdl::store::Entry& e = r.entry(f->entry);
+  const uint64_t size = f->decoded.empty() ? e.size : f->decoded.size();
+  const uint64_t at = hpdl::store::kHeaderSize + e.offset + uint64_t(off);  // in the partition file
+  const uint64_t whole = uint64_t(off) < size ? (size - uint64_t(off)) / page * page : 0;  // full pages of data
+  if (f->decoded.empty() && e.compression == hpdl::store::Compression::none && at % page == 0 && whole > 0) {
+    try {
+      (void)r.view(f->entry);  // the checksum check read() makes
+    } catch (const std::exception& ex) {
+      report(ex.what());
+      return fail(EIO), MAP_FAILED;
+    }
+    const std::string part = (r.dir() / hpdl::store::partition_name(e.partition)).string();
+    const int pfd = REAL_AS(int (*)(const char*, int, ...), open)(part.c_str(), O_RDONLY | O_CLOEXEC);
+    if (pfd >= 0) {
+      void* p = REAL(mmap)(addr, len, prot, (type == MAP_PRIVATE ? MAP_PRIVATE : MAP_SHARED) | keep, pfd, off_t(at));
+      REAL(close)(pfd);
+      if (p != MAP_FAILED) {
+        if (len > whole) {  // the partial last page and beyond: a copy over the partition's next bytes
+          char* tail = static_cast<char*>(p) + whole;
+          const size_t n = len - size_t(whole);
+          if (REAL(mmap)(tail, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+                  MAP_FAILED ||
+              !fill_copy(f, tail, n, prot, uint64_t(off) + whole, size)) {
+            const int err = errno;
+            ::munmap(p, len);
+            return fail(err), MAP_FAILED;
+          }
+        }
+        g_state->counts.mount_maps_in_place++;
+        return p;
+      }
+    }
+    // The partition could not be opened or mapped: fall back to a copy.
+  }
+  void* p = REAL(mmap)(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | keep, -1, 0);
+  if (p == MAP_FAILED) return p;
+  if (!fill_copy(f, p, len, prot, uint64_t(off), size)) {
+    const int err = errno;
+    ::munmap(p, len);
+    return fail(err), MAP_FAILED;
+  }
+  return p;
 }
 
 FakeDir* fake_dir(void* d) {
@@ -421,6 +519,18 @@ int do_openat(int dirfd, const char* path, int flags, int mode) {
   return REAL_AS(int (*)(int, const char*, int, ...), openat)(dirfd, path, flags, mode);
 }
 
+// True when absolute `path` names a folder above the mount ("/hpdl" for /hpdl/data).
+// Where such a folder does not exist on the real file system, stat shows it as an
+// empty read-only folder and readlink as no link, so walks from the root (realpath
+// -e, readlink -f, Python's Path.resolve(strict=True)) reach the mount.
+bool mount_ancestor(const char* path) {
+  State* s = state();
+  if (!s || !s->active || !path || path[0] != '/') return false;
+  const std::string abs = normalize(path);
+  if (abs == "/") return false;  // the real root always exists
+  return s->mount.size() > abs.size() && s->mount.compare(0, abs.size(), abs) == 0 && s->mount[abs.size()] == '/';
+}
+
 int do_stat_at(int dirfd, const char* path, struct stat* st, int flags) {
   std::string rel;
   if (path && path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
@@ -429,7 +539,35 @@ int do_stat_at(int dirfd, const char* path, struct stat* st, int flags) {
     return stat_mount(rel, st);
   }
   if (g_state) g_state->counts.other_stats++;
-  return REAL(fstatat)(dirfd, path, st, flags);
+  const int rc = REAL(fstatat)(dirfd, path, st, flags);
+  if (rc != 0 && errno == ENOENT && mount_ancestor(path)) {
+    fill_stat(st, 2, 0, normalize(path));
+    return 0;
+  }
+  return rc;
+}
+
+// realpath of a mount path: the lexically normalized path, when it is in the store
+// (the store holds no symbolic links).
+char* realpath_mount(const std::string& rel, char* resolved) {
+  size_t entry = 0;
+  const int kind = lookup(rel, entry);
+  g_state->counts.mount_stats++;
+  if (kind <= 0) return fail(kind < 0 ? EIO : ENOENT), nullptr;
+  const std::string abs = rel.empty() ? g_state->mount : g_state->mount + "/" + rel;
+  if (abs.size() >= PATH_MAX) return fail(ENAMETOOLONG), nullptr;
+  char* out = resolved ? resolved : static_cast<char*>(std::malloc(abs.size() + 1));
+  if (!out) return fail(ENOMEM), nullptr;
+  std::memcpy(out, abs.c_str(), abs.size() + 1);
+  return out;
+}
+
+// readlink of a mount path: nothing in the store is a link.
+ssize_t readlink_mount(const std::string& rel) {
+  size_t entry = 0;
+  const int kind = lookup(rel, entry);
+  g_state->counts.mount_stats++;
+  return fail(kind < 0 ? EIO : kind == 0 ? ENOENT : EINVAL);
 }
 
 int refuse_write(const char* path) {
@@ -517,6 +655,51 @@ int close(int fd) {
   return REAL(close)(fd);
 }
 
+// ---- duplicates ----
+int dup(int fd) noexcept {
+  int r = REAL(dup)(fd);
+  return r < 0 ? r : after_dup(fd, r);
+}
+int dup2(int fd, int to) noexcept {
+  int r = REAL(dup2)(fd, to);
+  return r < 0 || fd == to ? r : after_dup(fd, r);
+}
+int dup3(int fd, int to, int flags) noexcept {
+  int r = REAL(dup3)(fd, to, flags);
+  return r < 0 ? r : after_dup(fd, r);
+}
+// fcntl's third argument is an int, a pointer or absent; passing it on as a pointer
+// is what glibc's own wrapper does.
+int fcntl_common(int fd, int cmd, void* arg) {
+  int r = REAL_AS(int (*)(int, int, ...), fcntl)(fd, cmd, arg);
+  if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) return after_dup(fd, r);
+  return r;
+}
+int fcntl(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  return fcntl_common(fd, cmd, arg);
+}
+int fcntl64(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  return fcntl_common(fd, cmd, arg);
+}
+
+// ---- memory maps ----
+void* mmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) noexcept {
+  if (OpenFile* f = (flags & MAP_ANONYMOUS) ? nullptr : fake(fd)) return mmap_fake(f, addr, len, prot, flags, off);
+  return REAL(mmap)(addr, len, prot, flags, fd, off);
+}
+void* mmap64(void* addr, size_t len, int prot, int flags, int fd, off64_t off) noexcept {
+  if (OpenFile* f = (flags & MAP_ANONYMOUS) ? nullptr : fake(fd)) return mmap_fake(f, addr, len, prot, flags, off);
+  return REAL(mmap64)(addr, len, prot, flags, fd, off);
+}
+
 // Zero-copy transfers would read /dev/null; EINVAL makes cat & co. fall back to read().
 ssize_t copy_file_range(int in, off64_t* pin, int out, off64_t* pout, size_t n, unsigned flags) {
   if (fake(in) || fake(out)) return fail(EINVAL);
@@ -586,7 +769,10 @@ int statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* s
   }
   if (rc == 1) {
     if (g_state) g_state->counts.other_stats++;
-    return REAL(statx)(dirfd, path, flags, mask, sx);
+    rc = REAL(statx)(dirfd, path, flags, mask, sx);
+    if (rc == 0 || errno != ENOENT || !mount_ancestor(path)) return rc;
+    fill_stat(&st, 2, 0, normalize(path));
+    rc = 0;
   }
   if (rc != 0) return rc;
   std::memset(sx, 0, sizeof *sx);
@@ -621,11 +807,40 @@ int faccessat(int dirfd, const char* path, int mode, int flags) noexcept {
     return 0;
   }
   if (g_state) g_state->counts.other_stats++;
-  return REAL(faccessat)(dirfd, path, mode, flags);
+  const int rc = REAL(faccessat)(dirfd, path, mode, flags);
+  if (rc != 0 && errno == ENOENT && mount_ancestor(path)) return (mode & W_OK) ? fail(EROFS) : 0;
+  return rc;
 }
 int access(const char* path, int mode) noexcept { return faccessat(AT_FDCWD, path, mode, 0); }
 int euidaccess(const char* path, int mode) noexcept { return faccessat(AT_FDCWD, path, mode, AT_EACCESS); }
 int eaccess(const char* path, int mode) noexcept { return faccessat(AT_FDCWD, path, mode, AT_EACCESS); }
+
+// ---- canonical paths (std::filesystem::canonical, readlink -f) ----
+char* realpath(const char* path, char* resolved) noexcept {
+  std::string rel;
+  if (under_mount(AT_FDCWD, path, rel)) return realpath_mount(rel, resolved);
+  return REAL(realpath)(path, resolved);
+}
+char* __realpath_chk(const char* path, char* resolved, size_t resolvedlen) noexcept {
+  if (resolved && resolvedlen < PATH_MAX) std::abort();  // what glibc's fortify check does
+  return realpath(path, resolved);
+}
+char* canonicalize_file_name(const char* path) noexcept { return realpath(path, nullptr); }
+ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t len) noexcept {
+  std::string rel;
+  if (under_mount(dirfd, path, rel)) return readlink_mount(rel);
+  const ssize_t rc = REAL(readlinkat)(dirfd, path, buf, len);
+  return rc < 0 && errno == ENOENT && mount_ancestor(path) ? fail(EINVAL) : rc;
+}
+ssize_t readlink(const char* path, char* buf, size_t len) noexcept { return readlinkat(AT_FDCWD, path, buf, len); }
+ssize_t __readlink_chk(const char* path, char* buf, size_t len, size_t buflen) noexcept {
+  if (len > buflen) std::abort();
+  return readlinkat(AT_FDCWD, path, buf, len);
+}
+ssize_t __readlinkat_chk(int dirfd, const char* path, char* buf, size_t len, size_t buflen) noexcept {
+  if (len > buflen) std::abort();
+  return readlinkat(dirfd, path, buf, len);
+}
 
 // ---- folders ----
 DIR* opendir(const char* path) {

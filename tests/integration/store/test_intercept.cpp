@@ -1,6 +1,7 @@
-// Tests of libhpdl_intercept.so with unmodified programs: cat, ls and a python3
-// script (tests/integration/store/read_tree.py) must see the same bytes and names
-// through the mount as in the original folder, and writes must fail with EROFS.
+// Tests of libhpdl_intercept.so with unmodified programs: cat, ls and python3
+// scripts (tests/integration/store/read_tree.py, mmap_numpy.py) and a probe of
+// mmap and dup (posix_probe.cpp) must see the same bytes and names through the
+// mount as in the original folder, and writes must fail with EROFS.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <string>
 
+#include "hpdl/store/reader.h"
 #include "hpdl/store/writer.h"
 
 namespace fs = std::filesystem;
@@ -34,6 +36,22 @@ std::string slurp(const fs::path& p) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
+// A version 1.0 .npy file of n float32 values i * 0.5 - 7.
+std::string npy_f32(int n) {
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(n) + ",), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::string out("\x93NUMPY\x01\x00", 8);
+  out += char(header.size() & 0xff);
+  out += char(header.size() >> 8);
+  out += header;
+  for (int i = 0; i < n; ++i) {
+    float v = float(i) * 0.5f - 7.f;
+    out.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  return out;
+}
+
 class InterceptTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -51,9 +69,11 @@ class InterceptTest : public ::testing::TestWithParam<const char*> {
     for (int i = 0; i < 200000; ++i) big += std::to_string(i) + "\n";
     put("numbers.txt", big);
     put("z/y/x/w.txt", "w");
+    put("arr.npy", npy_f32(3000));
     hpdl::store::PackOptions o;
     o.compression = hpdl::store::parse_compression(GetParam());
     o.partition_bytes = 64 << 10;  // several partitions
+    o.align_min_bytes = 1 << 20;   // numbers.txt (1.2 MB) is aligned, so maps of it are in place
     hpdl::store::pack(src_, dir_ / "store", o);
     env_ = "HPDL_STORE=" + (dir_ / "store").string() + " HPDL_MOUNT=/hpdl/mnt LD_PRELOAD=" HPDL_INTERCEPT_LIB " ";
   }
@@ -102,6 +122,43 @@ TEST_P(InterceptTest, PyTorchDataLoaderWithWorkersReadsTheSameBytes) {
   EXPECT_NE(out.find("torch_loader: OK"), std::string::npos) << out;
 }
 
+TEST_P(InterceptTest, MmapDupAndRealpathOfStoreFiles) {
+  int st = -1;
+  // numbers.txt is aligned in its partition when stored uncompressed: mapped in place.
+  const char* how = std::string(GetParam()) == "none" ? " in_place" : " copy";
+  std::string out = run(env_ + HPDL_POSIX_PROBE " " + src_.string() + " /hpdl/mnt" + how + " 2>&1", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("posix_probe: OK"), std::string::npos) << out;
+}
+
+// Tools that walk from the root one component at a time (readlink -f, realpath -e,
+// Python's Path.resolve(strict=True)) must see the folders above the mount (/hpdl,
+// which does not exist here) and reach the mount's files.
+TEST_P(InterceptTest, CanonicalPathsResolveThroughTheMount) {
+  int st = -1;
+  EXPECT_EQ(run(env_ + "readlink -f /hpdl/mnt/a/../a/c/deep.bin", &st), "/hpdl/mnt/a/c/deep.bin\n");
+  EXPECT_EQ(st, 0);
+  EXPECT_EQ(run(env_ + "realpath -e /hpdl/mnt/z/y/./x", &st), "/hpdl/mnt/z/y/x\n");
+  EXPECT_EQ(st, 0);
+  run(env_ + "realpath -e /hpdl/mnt/a/nothing 2>/dev/null", &st);
+  EXPECT_NE(st, 0);
+  EXPECT_EQ(run(env_ + "/usr/bin/python3 -c \"import pathlib; print(pathlib.Path('/hpdl/mnt/a/../numbers.txt')"
+                       ".resolve(strict=True))\" 2>&1",
+                &st),
+            "/hpdl/mnt/numbers.txt\n");
+  EXPECT_EQ(st, 0);
+}
+
+TEST_P(InterceptTest, NumpyAndPythonMmapReadTheSameValues) {
+  int st = -1;
+  std::string out = run(env_ + "/usr/bin/python3 " HPDL_STORE_TEST_DIR "/mmap_numpy.py " + src_.string() +
+                            " /hpdl/mnt 2>&1",
+                        &st);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 77) GTEST_SKIP() << "python3-numpy not installed";
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("mmap_numpy: OK"), std::string::npos) << out;
+}
+
 TEST_P(InterceptTest, WritesToTheMountFailWithEROFS) {
   std::string out = run(env_ + "sh -c 'echo x > /hpdl/mnt/new.txt; mkdir /hpdl/mnt/d; rm /hpdl/mnt/a/b.txt' 2>&1");
   EXPECT_NE(out.find("Read-only file system"), std::string::npos) << out;
@@ -109,17 +166,25 @@ TEST_P(InterceptTest, WritesToTheMountFailWithEROFS) {
 }
 
 TEST_P(InterceptTest, CorruptEntryGivesEIOAndNamesTheFile) {
-  // Flip a byte of every partition's data: reads must fail, not return wrong bytes.
-  for (auto& de : fs::directory_iterator(dir_ / "store")) {
-    if (de.path().extension() != ".hpdp" || fs::file_size(de.path()) <= 80) continue;
-    std::fstream f(de.path(), std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(70);
+  // Flip a byte of numbers.txt's stored bytes: reads must fail, not return wrong bytes.
+  {
+    auto r = hpdl::store::Reader::open(dir_ / "store");
+    const auto& e = r.entry(*r.find("numbers.txt"));
+    std::fstream f(dir_ / "store" / hpdl::store::partition_name(e.partition),
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(std::streamoff(hpdl::store::kHeaderSize + e.offset + 6));
     f.put('\x7f');
   }
   int st = -1;
   std::string out = run(env_ + "cat /hpdl/mnt/numbers.txt 2>&1 >/dev/null", &st);
   EXPECT_NE(st, 0);
   EXPECT_NE(out.find("numbers.txt"), std::string::npos) << out;
+  // A map of it fails too (EIO from mmap), instead of handing out wrong bytes.
+  out = run(env_ + "/usr/bin/python3 -c \"import mmap; f = open('/hpdl/mnt/numbers.txt', 'rb'); "
+                   "mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\" 2>&1",
+            &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("Input/output error"), std::string::npos) << out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Compression, InterceptTest, ::testing::Values("none", "zstd"));

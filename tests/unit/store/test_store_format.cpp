@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -156,6 +157,50 @@ TEST(StoreFormat, LargeFileOver100MBAndPartitionLimits) {
   EXPECT_EQ(as_string(bytes), slurp(t.path() / "src" / "big" / "blob.bin"));
   std::vector<std::byte> tail(100);
   EXPECT_EQ(r.read_at(*i, big - 40, tail), 40u);
+}
+
+// Large uncompressed files start on a kMapAlign boundary of their partition file
+// (what lets the LD_PRELOAD shim map them in place); small ones stay packed
+// back to back; align_min_bytes = 0 and compression turn it off.
+TEST(StoreFormat, LargeFilesStartOnAMapBoundary) {
+  TempDir t;
+  make_tree(t.path() / "src");
+  std::string big(300000, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = char(i * 7 + i / 251);
+  write_text(t.path() / "src" / "big1.bin", big);
+  write_text(t.path() / "src" / "big2.bin", big.substr(1000));
+  write_text(t.path() / "src" / "c-small.txt", "between the big ones");
+  auto offsets = [&](const std::string& name, uint64_t align_min, Compression c) {
+    PackOptions o;
+    o.align_min_bytes = align_min;
+    o.compression = c;
+    pack(t.path() / "src", t.path() / name, o);
+    Reader r = Reader::open(t.path() / name);
+    r.verify_all();
+    EXPECT_EQ(as_string(r.read("big1.bin")), big);
+    EXPECT_EQ(as_string(r.read("big2.bin")), big.substr(1000));
+    EXPECT_EQ(as_string(r.read("c-small.txt")), "between the big ones");
+    std::map<std::string, uint64_t> at;
+    for (size_t i = 0; i < r.size(); ++i) at[r.entry(i).path] = kHeaderSize + r.entry(i).offset;
+    return at;
+  };
+  auto aligned = offsets("aligned", 100000, Compression::none);
+  EXPECT_EQ(aligned["big1.bin"] % kMapAlign, 0u);
+  EXPECT_EQ(aligned["big2.bin"] % kMapAlign, 0u);
+  EXPECT_NE(aligned["a/b.txt"] % kMapAlign, 0u);  // packed right after its neighbours
+  // Only the two large files pay padding: the partition is < 2 * kMapAlign larger.
+  auto dense = offsets("dense", 0, Compression::none);
+  const uint64_t a_size = fs::file_size(t.path() / "aligned" / partition_name(0));
+  const uint64_t d_size = fs::file_size(t.path() / "dense" / partition_name(0));
+  EXPECT_GT(a_size, d_size);
+  EXPECT_LT(a_size - d_size, 2 * kMapAlign);
+  EXPECT_NE(dense["big1.bin"] % kMapAlign, 0u);
+  // Packing stays deterministic with padding.
+  offsets("aligned2", 100000, Compression::none);
+  EXPECT_EQ(slurp(t.path() / "aligned" / partition_name(0)), slurp(t.path() / "aligned2" / partition_name(0)));
+  EXPECT_EQ(slurp(t.path() / "aligned" / kIndexName), slurp(t.path() / "aligned2" / kIndexName));
+  auto zstd = offsets("zstd", 100000, Compression::zstd);
+  EXPECT_NE(zstd["big2.bin"] % kMapAlign, 0u);  // no padding: nothing to map in place
 }
 
 TEST(StoreFormat, CompressionRoundTrip) {
