@@ -189,6 +189,7 @@ Communicator::~Communicator() {
     queue_cv_.notify_all();
     comm_thread_.join();
   }
+  free_hierarchy();
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (owned_ && !finalized) MPI_Comm_free(&comm_);
@@ -208,11 +209,86 @@ void Communicator::allreduce(void* data, int64_t count, DType dtype, ReduceKind 
   // MPI counts are int: large buffers go in chunks.
   constexpr int64_t kMaxCount = 1 << 30;
   char* p = static_cast<char*>(data);
+  const bool hier = hier_ && count * int64_t(dtype_size(dtype)) >= hier_->min_bytes;
+  if (hier) hier_calls_++;
   for (int64_t done = 0; done < count; done += kMaxCount) {
     int n = static_cast<int>(std::min(kMaxCount, count - done));
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + done * dtype_size(dtype), n, mpi_type(dtype), mpi_op(op, dtype), comm_),
-              "MPI_Allreduce");
+    if (hier)
+      allreduce_hierarchical(p + done * dtype_size(dtype), n, dtype, op);
+    else
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + done * dtype_size(dtype), n, mpi_type(dtype), mpi_op(op, dtype), comm_),
+                "MPI_Allreduce");
   }
+}
+
+void Communicator::allreduce_hierarchical(char* p, int n, DType dtype, ReduceKind op) {
+  Hierarchy& h = *hier_;
+  const int L = h.node_size;
+  std::vector<int> counts(static_cast<size_t>(L)), displs(static_cast<size_t>(L));
+  for (int i = 0, at = 0; i < L; ++i) {  // the first n % L shares get one element more
+    counts[size_t(i)] = n / L + (i < n % L ? 1 : 0);
+    displs[size_t(i)] = at;
+    at += counts[size_t(i)];
+  }
+  const int mine = counts[size_t(h.node_rank)];
+  const size_t esize = dtype_size(dtype);
+  h.scratch.resize(std::max<size_t>(1, size_t(mine) * esize));
+  const MPI_Datatype type = mpi_type(dtype);
+  const MPI_Op mop = mpi_op(op, dtype);
+  check_mpi(MPI_Reduce_scatter(p, h.scratch.data(), counts.data(), type, mop, h.node), "MPI_Reduce_scatter (node)");
+  if (mine > 0) check_mpi(MPI_Allreduce(MPI_IN_PLACE, h.scratch.data(), mine, type, mop, h.cross), "MPI_Allreduce (cross)");
+  check_mpi(MPI_Allgatherv(h.scratch.data(), mine, type, p, counts.data(), displs.data(), type, h.node),
+            "MPI_Allgatherv (node)");
+}
+
+void Communicator::free_hierarchy() {
+  if (!hier_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) {
+    MPI_Comm_free(&hier_->node);
+    MPI_Comm_free(&hier_->cross);
+  }
+  hier_.reset();
+}
+
+bool Communicator::set_hierarchical(bool on, int node_id, int64_t min_bytes) {
+  free_hierarchy();
+  if (!on || size_ == 1) return false;
+  if (node_id < 0) {
+    if (const char* v = std::getenv("HPDL_NODE_ID")) {
+      char* end = nullptr;
+      const long id = std::strtol(v, &end, 10);
+      HPDL_CHECK(end != v && *end == '\0' && id >= 0 && id < (1L << 30),
+                 "HPDL_NODE_ID='{}' is not a node number (an integer in [0, 2^30))", v);
+      node_id = int(id);
+    }
+  }
+  auto h = std::make_unique<Hierarchy>();
+  h->min_bytes = min_bytes;
+  {
+    MpiLock lock;
+    if (node_id >= 0)
+      check_mpi(MPI_Comm_split(comm_, node_id, rank_, &h->node), "MPI_Comm_split (node)");
+    else
+      check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &h->node),
+                "MPI_Comm_split_type");
+    MPI_Comm_rank(h->node, &h->node_rank);
+    MPI_Comm_size(h->node, &h->node_size);
+    check_mpi(MPI_Comm_split(comm_, h->node_rank, rank_, &h->cross), "MPI_Comm_split (cross)");
+    // Usable when every node holds the same number of ranks, and there are several of both.
+    int sizes[2] = {h->node_size, -h->node_size}, nodes = 0;
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
+    MPI_Comm_size(h->cross, &nodes);
+    const bool uniform = sizes[0] == -sizes[1];
+    if (!uniform || h->node_size == 1 || nodes == 1) {
+      MPI_Comm_free(&h->node);
+      MPI_Comm_free(&h->cross);
+      return false;
+    }
+  }
+  hier_ = std::move(h);
+  return true;
 }
 
 void Communicator::reduce(void* data, int64_t count, DType dtype, int root, ReduceKind op) {

@@ -10,6 +10,7 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -132,6 +133,26 @@ class Communicator {
   // Ranks that share a node (MPI_COMM_TYPE_SHARED).
   std::unique_ptr<Communicator> split_node() const;
 
+  // Hierarchical allreduce (what Horovod calls HOROVOD_HIERARCHICAL_ALLREDUCE).
+  // When on, allreduce() of a buffer of at least `min_bytes` runs in three steps:
+  // a reduce-scatter inside each node (shared memory), an allreduce of each
+  // rank's 1/L share among the ranks with the same place on the other nodes
+  // (L ranks a node), and an allgather inside the node. Across the network a
+  // ring then has one hop per node, not per rank (2(N-1) latency terms for N
+  // nodes instead of 2(NL-1)), and each node's link carries about twice the
+  // buffer whatever the MPI's algorithm and the rank placement. Every rank ends
+  // with the same bytes; they differ from a flat allreduce's only by the order
+  // of the additions. Nodes are MPI_COMM_TYPE_SHARED, or `node_id` when >= 0
+  // (else the variable HPDL_NODE_ID, when set): tests on one machine pose as
+  // several nodes that way. Collective over this communicator; call it before
+  // any asynchronous operation is queued. Returns whether the hierarchy is in
+  // use: it needs more than one node, more than one rank per node and the same
+  // number of ranks on every node (else allreduce stays flat).
+  bool set_hierarchical(bool on, int node_id = -1, int64_t min_bytes = int64_t{256} << 10);
+  bool hierarchical() const { return hier_ != nullptr; }
+  // Allreduce calls that went the hierarchical way (buffers of min_bytes and more).
+  int64_t hierarchical_allreduces() const { return hier_calls_.load(); }
+
   // Ends the whole job: prints `message` once from this rank and calls
   // MPI_Abort, so a failing rank never leaves the others hanging.
   [[noreturn]] void abort(const std::string& message, int code = 1) const;
@@ -143,6 +164,19 @@ class Communicator {
  private:
   explicit Communicator(MPI_Comm comm, bool owned);
   void comm_loop();
+  // The three steps of a hierarchical allreduce of `n` (< 2^30) elements.
+  void allreduce_hierarchical(char* p, int n, DType dtype, ReduceKind op);
+
+  struct Hierarchy {
+    MPI_Comm node = MPI_COMM_NULL;   // the ranks of this rank's node
+    MPI_Comm cross = MPI_COMM_NULL;  // one rank of each node: those with this rank's node rank
+    int node_rank = 0, node_size = 1;
+    int64_t min_bytes = 0;
+    std::vector<char> scratch;  // this rank's share (used on the calling thread only)
+  };
+  void free_hierarchy();
+  std::unique_ptr<Hierarchy> hier_;
+  std::atomic<int64_t> hier_calls_{0};
 
   MPI_Comm comm_;
   bool owned_;

@@ -68,6 +68,7 @@ std::vector<Key> bind(Config& c) {
       {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
+      {"train.hierarchical_allreduce", &t.hierarchical_allreduce},
       {"train.shard_optimizer", &t.shard_optimizer}, {"train.zero_stage", &t.zero_stage},
       {"train.zero3_prefetch", &t.zero3_prefetch},
       {"train.local_sgd_steps", &t.local_sgd_steps},
@@ -433,6 +434,9 @@ void validate(const Config& c, const std::string& src) {
                "train.eval_every_epochs >= 1 or turn it off", src,
                t.keep_best ? "train.keep_best = true" : "train.early_stopping_patience > 0");
   positive("train.bucket_mb", t.bucket_mb);
+  HPDL_CHECK(!t.hierarchical_allreduce || t.device == "cpu", "{}: train.hierarchical_allreduce = true is for CPU "
+             "ranks over MPI; with train.device = \"{}\" gradients go over NCCL, which builds its own rings and trees "
+             "from the node topology (set it false)", src, t.device);
   positive("train.accumulate_steps", static_cast<double>(t.accumulate_steps));
   HPDL_CHECK(t.label_smoothing >= 0 && t.label_smoothing < 1, "{}: train.label_smoothing must be in [0, 1), got {}",
              src, t.label_smoothing);
@@ -458,6 +462,8 @@ void validate(const Config& c, const std::string& src) {
     refuse(t.accumulate_steps > 1, fmt::format("train.accumulate_steps = {}", t.accumulate_steps),
            "a rank would have to keep the gradients it does not own between micro-batches");
     refuse(t.bf16_wire, "train.bf16_wire = true", "gradients are reduced to their owners in float32");
+    refuse(t.hierarchical_allreduce, "train.hierarchical_allreduce = true",
+           "gradients are reduced to their owners, not all-reduced");
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
            fmt::format("train.loss_scale = '{}'", t.loss_scale),
            "the finiteness check would see only this rank's shard of the gradients");

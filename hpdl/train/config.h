@@ -177,6 +177,11 @@ struct TrainConfig {
   int64_t sync_batchnorm_group = 0;
   double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
   bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
+  // All-reduce gradient buckets node by node (dist::Communicator::set_hierarchical):
+  // reduce-scatter inside each node, allreduce across nodes, allgather inside the
+  // node. CPU ranks over MPI; used when every node runs the same number (> 1) of
+  // ranks and there are several nodes (summary.json says whether it was).
+  bool hierarchical_allreduce = false;
   // ZeRO stage 1 under MPI: each rank keeps optimizer state only for the
   // parameters it owns (dist::ShardedOptimizer); checkpoints are unchanged.
   bool shard_optimizer = false;

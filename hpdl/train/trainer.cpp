@@ -589,6 +589,17 @@ TrainSummary Trainer::run(bool resume) {
     grid = dist::make_pipeline_grid(comm, tp);
   }
   const bool gridded = pipelined || tensor_parallel;
+  // train.hierarchical_allreduce: whatever averages the replicas (DataParallel, a pipeline stage's
+  // DataParallel, local SGD's averaging) all-reduces node by node. Used only where nodes are equal.
+  bool hierarchical = false;
+  if (cfg.train.hierarchical_allreduce) {
+    dist::Communicator& replicas_comm = gridded ? *grid.data : comm;
+    hierarchical = replicas_comm.set_hierarchical(true);
+    if (!hierarchical && rank == 0)
+      std::fprintf(stderr, "hpdl: train.hierarchical_allreduce: not used (%d replica rank(s): it needs several nodes "
+                   "with the same number, > 1, of them; nodes from MPI_COMM_TYPE_SHARED or HPDL_NODE_ID)\n",
+                   replicas_comm.size());
+  }
   const int replicas = gridded ? grid.replicas : world, replica = gridded ? grid.replica : rank;
   // Tensor parallel: every rank of a group computes the same logits; only its first counts them.
   const bool counts_metrics = !tensor_parallel || grid.pipeline->rank() == 0;
@@ -1527,6 +1538,8 @@ TrainSummary Trainer::run(bool resume) {
     // train.checkpoint_async the waits for them).
     s["checkpoints_saved"] = checkpoints_saved, s["checkpoint_seconds"] = checkpoint_s;
     s["checkpoint_async"] = cfg.train.checkpoint_async;
+    s["hierarchical_allreduce"] = hierarchical;
+    if (hierarchical) s["hierarchical_allreduces"] = (gridded ? *grid.data : comm).hierarchical_allreduces();
     if (selecting) {
       s["monitor"] = summary.monitor;
       s["best_metric"] = selection.has_best() ? nlohmann::json(summary.best_metric) : nlohmann::json(nullptr);

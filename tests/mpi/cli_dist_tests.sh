@@ -176,6 +176,30 @@ train_accumulate_np2)
   grep -q '"steps": *3' run/summary.json || fail "expected 3 optimizer steps: $(cat run/summary.json)"
   [[ $(grep -c '"type":"step"' run/metrics.jsonl) -eq 3 ]] || fail "expected 3 step records: $(head -3 run/metrics.jsonl)"
   ;;
+train_hierarchical_np4)
+  # Hierarchical allreduce, 4 ranks posing as 2 nodes of 2 (HPDL_NODE_ID): the replicas stay
+  # identical, summary.json says it was used, and the loss curve is the flat allreduce's up to
+  # the order of the additions. On one node (2 ranks, no HPDL_NODE_ID) it says why it is not used.
+  for h in false true; do
+    "$mpirun" --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 sh -c \
+      'HPDL_NODE_ID=$((OMPI_COMM_WORLD_RANK / 2)) exec "$0" "$@"' "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+      --set train.max_steps=5 --set data.batch_size=16 --set data.workers=1 --set train.log_every=1 \
+      --set train.bucket_mb=0.5 --set train.hierarchical_allreduce=$h --set train.run_dir=run_$h >log_$h 2>&1 \
+      || fail "mpirun (hierarchical_allreduce=$h) failed: $(tail -5 log_$h)"
+    grep -q "weights identical on all 4 ranks" log_$h || fail "replicas differ (hierarchical=$h): $(tail -5 log_$h)"
+    grep -q "\"hierarchical_allreduce\": *$h" run_$h/summary.json \
+      || fail "summary.json should say hierarchical_allreduce: $h: $(cat run_$h/summary.json)"
+  done
+  # The mlp's buckets (0.5 MiB) are above the 256 KiB the hierarchy starts at: every one of them went that way.
+  python3 -c 'import json, sys; n = json.load(open(sys.argv[1])).get("hierarchical_allreduces", 0); sys.exit(n < 5)' \
+    run_true/summary.json || fail "no hierarchical allreduces counted: $(cat run_true/summary.json)"
+  compare_curves run_false run_true 1e-4 loss >cmp.txt || fail "hierarchical and flat loss curves differ: $(cat cmp.txt)"
+  "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/mlp.toml" \
+    --set train.max_steps=1 --set data.batch_size=8 --set data.workers=1 --set train.hierarchical_allreduce=true \
+    --set train.run_dir=run_one_node >log_one 2>&1 || fail "mpirun (one node) failed: $(tail -5 log_one)"
+  grep -q "train.hierarchical_allreduce: not used (2 replica rank(s)" log_one || fail "no 'not used' line: $(tail -5 log_one)"
+  grep -q '"hierarchical_allreduce": *false' run_one_node/summary.json || fail "one node: summary.json says it was used"
+  ;;
 train_per_rank_bn_np2)
   # Per-rank BN: running statistics differ per rank unless DataParallel broadcasts rank 0's.
   "$mpirun" --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \

@@ -59,6 +59,65 @@ TEST(Communicator, Bf16AllreduceOnTheWire) {
   EXPECT_FLOAT_EQ(t.to(DType::f32).to_vector<float>()[7], 0.5f * W().size());
 }
 
+// Hierarchical allreduce: ranks pose as nodes of two (node = rank / 2). At -np 4
+// that is two nodes of two ranks, and the hierarchy is used; at -np 2 it is one
+// node, and allreduce stays flat. Either way every rank gets the exact sums
+// (integer-valued floats add exactly in any order), for sizes that split evenly
+// and unevenly over a node's ranks, below one element per rank, in float32,
+// float64 (max) and bfloat16, synchronous and on the communication thread.
+TEST(Communicator, HierarchicalAllreduceGivesTheFlatResult) {
+  const int n = W().size(), r = W().rank();
+  auto c = W().split(0, r);
+  const bool used = c->set_hierarchical(true, r / 2, /*min_bytes=*/0);
+  EXPECT_EQ(used, n >= 4 && n % 2 == 0);
+  EXPECT_EQ(c->hierarchical(), used);
+  for (int64_t len : {int64_t{1}, int64_t{3}, int64_t{5}, int64_t{4096}, int64_t{100003}}) {
+    std::vector<float> mine(static_cast<size_t>(len)), want(static_cast<size_t>(len), 0.f);
+    for (int64_t i = 0; i < len; ++i) {
+      mine[size_t(i)] = float((r + 1) * (i % 7) + r);
+      for (int k = 0; k < n; ++k) want[size_t(i)] += float((k + 1) * (i % 7) + k);
+    }
+    Tensor t = Tensor::from_vector<float>(mine, {len});
+    c->allreduce(t);
+    EXPECT_EQ(t.to_vector<float>(), want) << "len " << len;
+    Tensor a = Tensor::from_vector<float>(mine, {len});
+    c->allreduce_async(a)->wait();
+    EXPECT_EQ(a.to_vector<float>(), want) << "async, len " << len;
+  }
+  Tensor d = Tensor::full({1001}, double(r * 3), DType::f64);
+  c->allreduce(d, ReduceKind::max);
+  EXPECT_EQ(d.to_vector<double>().back(), double(3 * (n - 1)));
+  Tensor b = Tensor::full({777}, 0.5).to(DType::bf16);
+  c->allreduce(b);
+  EXPECT_EQ(b.to(DType::f32).to_vector<float>()[776], 0.5f * float(n));
+  EXPECT_FALSE(c->set_hierarchical(false));
+  EXPECT_FALSE(c->hierarchical());
+}
+
+// Nodes of different sizes ({0, 0, 0, 1} at -np 4), one rank per node, and one
+// node: every rank agrees that the hierarchy cannot be used. HPDL_NODE_ID gives
+// the node when none is passed, and a bad value is an error naming it.
+TEST(Communicator, HierarchicalAllreduceOnlyWithEqualNodesOfSeveralRanks) {
+  const int n = W().size(), r = W().rank();
+  auto c = W().split(0, r);
+  EXPECT_FALSE(c->set_hierarchical(true, r == n - 1 ? 1 : 0));
+  EXPECT_FALSE(c->set_hierarchical(true, r));
+  EXPECT_FALSE(c->set_hierarchical(true, 0));
+  ::setenv("HPDL_NODE_ID", std::to_string(r / 2).c_str(), 1);
+  EXPECT_EQ(c->set_hierarchical(true), n >= 4 && n % 2 == 0);
+  ::setenv("HPDL_NODE_ID", "node-a", 1);
+  try {
+    c->set_hierarchical(true);
+    ADD_FAILURE() << "a bad HPDL_NODE_ID was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("HPDL_NODE_ID='node-a'"), std::string::npos) << e.what();
+  }
+  ::unsetenv("HPDL_NODE_ID");
+  Tensor t = Tensor::full({10}, 1.0);
+  c->allreduce(t);  // still usable, flat
+  EXPECT_EQ(t.to_vector<float>()[9], float(n));
+}
+
 TEST(Communicator, BroadcastFromRoot) {
   Tensor t = Tensor::full({5}, W().rank() == 0 ? 42.0 : -1.0);
   W().broadcast(t, 0);

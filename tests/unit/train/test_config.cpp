@@ -182,6 +182,16 @@ TEST(Config, EveryExampleConfigParses) {
 }
 
 // data.pin_memory only means something for a GPU run; on the CPU it is a mistake worth naming.
+// train.hierarchical_allreduce: off by default, for CPU ranks over MPI only.
+TEST(Config, HierarchicalAllreduceIsForCpuRanks) {
+  EXPECT_FALSE(parse_config("", "c.toml").train.hierarchical_allreduce);
+  EXPECT_TRUE(parse_config("[train]\nhierarchical_allreduce = true\n", "c.toml").train.hierarchical_allreduce);
+  std::string err = error_of(
+      [] { parse_config("[train]\nhierarchical_allreduce = true\ndevice = \"cuda\"\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.hierarchical_allreduce = true is for CPU ranks over MPI"), std::string::npos)
+      << err;
+}
+
 TEST(Config, PinMemoryNeedsACudaDevice) {
   EXPECT_FALSE(parse_config("", "c.toml").data.pin_memory);
   EXPECT_TRUE(parse_config("[data]\npin_memory = true\n[train]\ndevice = \"cuda\"\n", "c.toml").data.pin_memory);
@@ -352,6 +362,7 @@ TEST(Config, ZeroStageRangesAndIncompatibleOptions) {
   const std::pair<std::string, std::string> refused[] = {
       {"accumulate_steps = 2", "train.accumulate_steps = 2"},
       {"bf16_wire = true", "train.bf16_wire = true"},
+      {"hierarchical_allreduce = true", "train.hierarchical_allreduce = true"},
       {"loss_scale = \"dynamic\"", "train.loss_scale = 'dynamic'"},
       {"precision = \"fp16\"\ndevice = \"cuda\"", "train.precision = \"fp16\""},
       {"device = \"cuda\"", "train.device = \"cuda\""},
