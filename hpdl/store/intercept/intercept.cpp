@@ -450,6 +450,26 @@ FakeDir* fake_dir(void* d) {
   return g_state->dirs.count(d) ? static_cast<FakeDir*>(d) : nullptr;
 }
 
+bool mount_ancestor(const char* path);
+
+// A missing folder above the mount ("/hpdl" for /hpdl/data): ".", ".." and the next
+// folder on the way to the mount. Its fd is a plain /dev/null copy (-1 if none).
+DIR* opendir_ancestor(const char* path) {
+  const std::string abs = normalize(path);
+  const std::string& m = g_state->mount;
+  const size_t from = abs.size() + 1, to = m.find('/', from);
+  auto d = std::make_unique<FakeDir>();
+  d->fd = g_state->null_fd >= 0
+              ? REAL_AS(int (*)(int, int, ...), fcntl)(g_state->null_fd, F_DUPFD_CLOEXEC, 0)
+              : -1;
+  d->path = abs;
+  d->children = {{".", true}, {"..", true}, {m.substr(from, to == std::string::npos ? std::string::npos : to - from), true}};
+  g_state->counts.mount_dirs++;
+  std::lock_guard<std::mutex> lock(g_state->dirs_mu);
+  g_state->dirs.insert(d.get());
+  return reinterpret_cast<DIR*>(d.release());
+}
+
 DIR* opendir_fake(int fd) {
   OpenFile* f = fake(fd);
   auto d = std::make_unique<FakeDir>();
@@ -531,6 +551,30 @@ bool mount_ancestor(const char* path) {
   return s->mount.size() > abs.size() && s->mount.compare(0, abs.size(), abs) == 0 && s->mount[abs.size()] == '/';
 }
 
+// For an absolute `path` that passes through a missing folder above the mount
+// ("/hpdl/.." for /hpdl/data, when /hpdl does not exist), which the kernel cannot
+// walk: its lexical normalization, which the real call gets instead. Else empty.
+std::string beside_mount(const char* path) {
+  if (!path || path[0] != '/') return {};
+  std::string abs = normalize(path);
+  const char* end = std::strchr(path + 1, '/');
+  const std::string top(path, end ? size_t(end - path) : std::strlen(path));  // "/hpdl"
+  struct stat ignored {};
+  if (abs == path || !mount_ancestor(top.c_str()) || REAL(fstatat)(AT_FDCWD, top.c_str(), &ignored, 0) == 0) return {};
+  return abs;
+}
+
+// After a real stat of `path` failed with ENOENT: a folder above the mount is shown
+// as a folder, a path through one is looked up as beside_mount says. 1: neither.
+int stat_beside_mount(const char* path, struct stat* st, int flags) {
+  if (mount_ancestor(path)) {
+    fill_stat(st, 2, 0, normalize(path));
+    return 0;
+  }
+  const std::string abs = beside_mount(path);
+  return abs.empty() ? 1 : REAL(fstatat)(AT_FDCWD, abs.c_str(), st, flags);
+}
+
 int do_stat_at(int dirfd, const char* path, struct stat* st, int flags) {
   std::string rel;
   if (path && path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
@@ -540,11 +584,10 @@ int do_stat_at(int dirfd, const char* path, struct stat* st, int flags) {
   }
   if (g_state) g_state->counts.other_stats++;
   const int rc = REAL(fstatat)(dirfd, path, st, flags);
-  if (rc != 0 && errno == ENOENT && mount_ancestor(path)) {
-    fill_stat(st, 2, 0, normalize(path));
-    return 0;
-  }
-  return rc;
+  if (rc == 0 || errno != ENOENT) return rc;
+  const int again = stat_beside_mount(path, st, flags);
+  if (again == 1) errno = ENOENT;
+  return again == 1 ? -1 : again;
 }
 
 // realpath of a mount path: the lexically normalized path, when it is in the store
@@ -770,9 +813,9 @@ int statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* s
   if (rc == 1) {
     if (g_state) g_state->counts.other_stats++;
     rc = REAL(statx)(dirfd, path, flags, mask, sx);
-    if (rc == 0 || errno != ENOENT || !mount_ancestor(path)) return rc;
-    fill_stat(&st, 2, 0, normalize(path));
-    rc = 0;
+    if (rc == 0 || errno != ENOENT) return rc;
+    rc = stat_beside_mount(path, &st, (flags & AT_SYMLINK_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW : 0);
+    if (rc == 1) return fail(ENOENT);
   }
   if (rc != 0) return rc;
   std::memset(sx, 0, sizeof *sx);
@@ -855,7 +898,8 @@ DIR* opendir(const char* path) {
     }
     return opendir_fake(fd);
   }
-  return REAL(opendir)(path);
+  DIR* d = REAL(opendir)(path);
+  return !d && errno == ENOENT && mount_ancestor(path) ? opendir_ancestor(path) : d;
 }
 DIR* fdopendir(int fd) {
   if (OpenFile* f = fake(fd)) {
@@ -881,7 +925,7 @@ int closedir(DIR* dir) {
       std::lock_guard<std::mutex> lock(g_state->dirs_mu);
       g_state->dirs.erase(d);
     }
-    int rc = close_fake(d->fd);
+    const int rc = fake(d->fd) ? close_fake(d->fd) : d->fd >= 0 ? REAL(close)(d->fd) : 0;
     delete d;
     return rc;
   }
@@ -944,22 +988,42 @@ int truncate64(const char* path, off64_t len) noexcept {
 // ---- extended attributes (ls -l asks for ACLs): the store has none ----
 ssize_t getxattr(const char* path, const char* name, void* value, size_t size) noexcept {
   std::string rel;
-  return under_mount(AT_FDCWD, path, rel) ? fail(ENODATA) : REAL(getxattr)(path, name, value, size);
+  if (under_mount(AT_FDCWD, path, rel)) return fail(ENODATA);
+  const ssize_t rc = REAL(getxattr)(path, name, value, size);
+  if (rc >= 0 || errno != ENOENT) return rc;
+  if (mount_ancestor(path)) return fail(ENODATA);
+  const std::string abs = beside_mount(path);
+  return abs.empty() ? fail(ENOENT) : REAL(getxattr)(abs.c_str(), name, value, size);
 }
 ssize_t lgetxattr(const char* path, const char* name, void* value, size_t size) noexcept {
   std::string rel;
-  return under_mount(AT_FDCWD, path, rel) ? fail(ENODATA) : REAL(lgetxattr)(path, name, value, size);
+  if (under_mount(AT_FDCWD, path, rel)) return fail(ENODATA);
+  const ssize_t rc = REAL(lgetxattr)(path, name, value, size);
+  if (rc >= 0 || errno != ENOENT) return rc;
+  if (mount_ancestor(path)) return fail(ENODATA);
+  const std::string abs = beside_mount(path);
+  return abs.empty() ? fail(ENOENT) : REAL(lgetxattr)(abs.c_str(), name, value, size);
 }
 ssize_t fgetxattr(int fd, const char* name, void* value, size_t size) noexcept {
   return fake(fd) ? fail(ENODATA) : REAL(fgetxattr)(fd, name, value, size);
 }
 ssize_t listxattr(const char* path, char* list, size_t size) noexcept {
   std::string rel;
-  return under_mount(AT_FDCWD, path, rel) ? 0 : REAL(listxattr)(path, list, size);
+  if (under_mount(AT_FDCWD, path, rel)) return 0;
+  const ssize_t rc = REAL(listxattr)(path, list, size);
+  if (rc >= 0 || errno != ENOENT) return rc;
+  if (mount_ancestor(path)) return 0;
+  const std::string abs = beside_mount(path);
+  return abs.empty() ? fail(ENOENT) : REAL(listxattr)(abs.c_str(), list, size);
 }
 ssize_t llistxattr(const char* path, char* list, size_t size) noexcept {
   std::string rel;
-  return under_mount(AT_FDCWD, path, rel) ? 0 : REAL(llistxattr)(path, list, size);
+  if (under_mount(AT_FDCWD, path, rel)) return 0;
+  const ssize_t rc = REAL(llistxattr)(path, list, size);
+  if (rc >= 0 || errno != ENOENT) return rc;
+  if (mount_ancestor(path)) return 0;
+  const std::string abs = beside_mount(path);
+  return abs.empty() ? fail(ENOENT) : REAL(llistxattr)(abs.c_str(), list, size);
 }
 ssize_t flistxattr(int fd, char* list, size_t size) noexcept {
   return fake(fd) ? 0 : REAL(flistxattr)(fd, list, size);

@@ -133,7 +133,7 @@ TEST_P(InterceptTest, MmapDupAndRealpathOfStoreFiles) {
 
 // Tools that walk from the root one component at a time (readlink -f, realpath -e,
 // Python's Path.resolve(strict=True)) must see the folders above the mount (/hpdl,
-// which does not exist here) and reach the mount's files.
+// which does not exist here) and reach the mount's files; ls lists the way there.
 TEST_P(InterceptTest, CanonicalPathsResolveThroughTheMount) {
   int st = -1;
   EXPECT_EQ(run(env_ + "readlink -f /hpdl/mnt/a/../a/c/deep.bin", &st), "/hpdl/mnt/a/c/deep.bin\n");
@@ -147,6 +147,15 @@ TEST_P(InterceptTest, CanonicalPathsResolveThroughTheMount) {
                 &st),
             "/hpdl/mnt/numbers.txt\n");
   EXPECT_EQ(st, 0);
+  // Listing /hpdl shows the way to the mount, as the stat of it says it is a folder.
+  EXPECT_EQ(run(env_ + "ls /hpdl", &st), "mnt\n");
+  EXPECT_EQ(st, 0);
+  std::string long_listing = run(env_ + "ls -la /hpdl /hpdl/mnt/a 2>&1", &st);
+  EXPECT_EQ(st, 0) << long_listing;
+  EXPECT_EQ(long_listing.find("No such"), std::string::npos) << long_listing;
+  EXPECT_EQ(run(env_ + "stat -c %F /hpdl/.. /hpdl/mnt/../mnt/a/b.txt"), "directory\nregular file\n");
+  EXPECT_EQ(run(env_ + "/usr/bin/python3 -c \"import os; print(os.listdir('/hpdl'), os.path.isdir('/hpdl'))\" 2>&1"),
+            "['mnt'] True\n");
 }
 
 TEST_P(InterceptTest, NumpyAndPythonMmapReadTheSameValues) {
