@@ -19,10 +19,12 @@
 // flag the run also takes the job signals (train::JobSignals, docs/jobs.md): SIGUSR1 writes a
 // checkpoint after the current step and goes on; SIGTERM writes one and stops (exit 0, "stopped
 // by signal"), for a batch job's time limit. Data parallel, the ranks agree on them every step.
+// --checkpoint-async hands each checkpoint to a background writer (train::AsyncCheckpointWriter,
+// as train.checkpoint_async does): training waits for a snapshot, not the write.
 //
 //   build/bin/hpdl_dcgan [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]
 //                        [--classifier PATH | --classifier-steps N] [--score-samples K]
-//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume] [--sync-bn]
+//                        [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--checkpoint-async] [--resume] [--sync-bn]
 //   build/bin/hpdl_dcgan --bench-steps N [--warmup W] [--batch B] [--features F] [--threads T] [--layout nhwc|nchw]
 //
 // Under mpirun the GAN trains data-parallel (design decision 79): each of R ranks draws --batch
@@ -92,6 +94,7 @@ struct Args {
   int64_t critic_groups = 4;
   double g_ema = 0;  // generator weight averaging decay; 0: off
   int64_t checkpoint_every = 0;  // 0: no checkpoints
+  bool checkpoint_async = false; // rank 0 writes checkpoints from a background thread
   bool resume = false;           // continue from the newest valid checkpoint in out
   bool sync_bn = false;          // data parallel: batch norm over all ranks' batches
 };
@@ -130,6 +133,7 @@ struct Run {
   std::unique_ptr<train::CheckpointManager> checkpoints;  // null: neither --checkpoint-every nor --resume
   std::optional<train::CheckpointInfo> resume_from;       // --resume: the checkpoint to continue from
   std::unique_ptr<train::JobSignals> signals;             // with checkpoints: SIGTERM / SIGUSR1
+  std::unique_ptr<train::AsyncCheckpointWriter> writer;   // --checkpoint-async: the background writer
 };
 
 // Rows [first, first + n) of x.
@@ -311,8 +315,13 @@ bool after_step(Gan& gan, const Run& r, const Tensor& fixed_z, int64_t step) {
     if (g_comm) g_comm->allreduce(flags, 2, DType::i64, dist::ReduceKind::max);
   }
   const bool periodic = r.a.checkpoint_every > 0 && (step % r.a.checkpoint_every == 0 || step == r.a.steps);
-  if (periodic || flags[0] || flags[1])  // collective
+  if ((periodic || flags[0] || flags[1]) && r.writer) {  // collective
+    gan.save_checkpoint(*r.checkpoints, r.writer.get());
+    say("checkpoint: step %lld, written in the background\n", static_cast<long long>(step));
+  } else if (periodic || flags[0] || flags[1]) {
     say("checkpoint: %s\n", gan.save_checkpoint(*r.checkpoints).sidecar_path.string().c_str());
+  }
+  if (flags[0] && r.writer) gan.wait_for_checkpoints(*r.checkpoints, *r.writer);
   if (flags[0])
     say("hpdl_dcgan: stopped by signal at step %lld after a checkpoint; continue with --resume --out %s\n",
         static_cast<long long>(step), r.a.out.string().c_str());
@@ -333,6 +342,10 @@ int64_t train_steps(Gan& gan, const Run& r, const Tensor& fixed_z,
       if (step % r.a.log_every == 0 || step == r.a.steps) log(step, st);
       stopped = after_step(gan, r, fixed_z, step);
     });
+  if (r.writer) {  // the last background write is finished (or its error raised) before the run ends
+    gan.wait_for_checkpoints(*r.checkpoints, *r.writer);
+    say("checkpoints: %.3f s of training time spent on them (snapshots and waits)\n", r.writer->blocked_seconds());
+  }
   return done;
 }
 
@@ -468,8 +481,10 @@ void run(const Args& a) {
 
   // Data parallel: the other ranks wait for rank 0's classifier asleep, and for its scores and files at the end.
   if (g_comm) g_comm->idle_barrier();
+  std::unique_ptr<train::AsyncCheckpointWriter> writer;
+  if (a.checkpoint_async) writer = std::make_unique<train::AsyncCheckpointWriter>(*checkpoints);
   const Run r{a, train_x, test_x, *classifier, k, start, std::move(checkpoints), std::move(resume_from),
-              std::move(signals)};
+              std::move(signals), std::move(writer)};
   if (a.loss == "wgan-gp")
     run_wgan_gp(r);
   else
@@ -511,13 +526,15 @@ int main(int argc, char** argv) {
       else if (s == "--warmup") a.warmup = std::stoll(value());
       else if (s == "--layout") a.layout = value();
       else if (s == "--checkpoint-every") a.checkpoint_every = std::stoll(value());
+      else if (s == "--checkpoint-async") a.checkpoint_async = true;
       else if (s == "--resume") a.resume = true;
       else if (s == "--sync-bn") a.sync_bn = true;
       else if (s == "-h" || s == "--help") {
         std::printf("usage: %s [--loss dcgan|wgan-gp] [--n-critic K] [--gp-lambda L] [--critic-norm none|layer|group] [--critic-groups G] [--g-ema DECAY] [--steps N] [--batch B] [--features F] [--seed S] [--train-images M] [--out DIR]\n"
                     "          [--classifier PATH | --classifier-steps N] [--score-samples K]\n"
-                    "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--resume]\n"
+                    "          [--log-every N] [--grid-every N] [--threads T] [--layout nhwc|nchw] [--checkpoint-every N] [--checkpoint-async] [--resume]\n"
                     "  --checkpoint-every N  write the training state to DIR/checkpoints every N steps and at the last (newest 2 kept)\n"
+                    "  --checkpoint-async    write them from a background thread: training waits only for a snapshot\n"
                     "  --resume              continue the run in DIR from its newest valid checkpoint to --steps in all (same options)\n"
                     "  under mpirun -np R: data parallel, --batch images per rank and step (rank 0 prints and writes the files);\n"
                     "  --sync-bn              with it, batch norm in G and D over all ranks' batches (R x B trains as one batch of R * B)\n"
@@ -547,6 +564,9 @@ int main(int argc, char** argv) {
     HPDL_CHECK(a.bench_steps == 0 || a.loss == "dcgan", "hpdl_dcgan: --bench-steps times the DCGAN only (drop --loss {})",
                a.loss);
     HPDL_CHECK(a.checkpoint_every >= 0, "hpdl_dcgan: --checkpoint-every {} must be >= 0 (0: none)", a.checkpoint_every);
+    HPDL_CHECK(!a.checkpoint_async || a.checkpoint_every > 0 || a.resume,
+               "hpdl_dcgan: --checkpoint-async needs --checkpoint-every N (or --resume): it says how checkpoints are "
+               "written, not when");
     HPDL_CHECK(a.bench_steps == 0 || (a.checkpoint_every == 0 && !a.resume),
                "hpdl_dcgan: --bench-steps times plain training (drop --checkpoint-every and --resume)");
     HPDL_CHECK(a.layout == "nhwc" || a.layout == "nchw", "hpdl_dcgan: --layout '{}' must be nhwc or nchw", a.layout);

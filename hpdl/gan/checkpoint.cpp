@@ -4,6 +4,7 @@
 // point in one run, and a restore under other options would silently be another run.
 #include <fmt/ranges.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,9 +41,31 @@ std::vector<std::string> option_differences(const nlohmann::json& saved, const n
   return out;
 }
 
+// Runs `write` on rank 0 (every rank holds the same state) and tells the others whether it
+// worked, so that a failed write stops every rank here instead of leaving them in the next
+// collective. One rank: just runs it.
+void on_writer(const Replicas& replicas, const train::CheckpointManager& checkpoints, const std::string& what,
+               const std::function<void()>& write) {
+  dist::Communicator* comm = replicas.comm();
+  if (!comm || comm->size() == 1) return write();
+  std::string error;
+  if (comm->rank() == 0) {
+    try {
+      write();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  int64_t failed = error.empty() ? 0 : 1;
+  comm->broadcast_bytes(&failed, sizeof failed, 0);
+  HPDL_CHECK(!failed, "{}", comm->rank() == 0 ? error : fmt::format("rank 0 failed to {} in {} (its error is in rank "
+             "0's output)", what, checkpoints.dir().string()));
+}
+
 }  // namespace
 
-train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints, const GanState& s) {
+train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints, const GanState& s,
+                                          train::AsyncCheckpointWriter* background) {
   train::CheckpointMeta meta;
   meta.step = s.steps;
   meta.sampler_position = s.batches.position();
@@ -64,25 +87,23 @@ train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints,
   }
   const std::vector<int64_t>& order = s.batches.order();
   if (!order.empty()) tensors["sampler.order"] = Tensor::from_vector(order, {static_cast<int64_t>(order.size())});
-  dist::Communicator* comm = s.replicas.comm();
-  if (!comm || comm->size() == 1) return checkpoints.save(meta, tensors);
-  // Every rank holds the same state: rank 0 writes it, and tells the others whether that worked,
-  // so that a failed write stops every rank here instead of leaving them in the next collective.
   train::CheckpointInfo info;
   info.meta = meta;
-  std::string error;
-  if (comm->rank() == 0) {
-    try {
+  // In the background: a snapshot now, the write on the writer's thread (an earlier write's error
+  // surfaces here); the info then holds only meta, as on the ranks that do not write.
+  on_writer(s.replicas, checkpoints, fmt::format("write the GAN checkpoint of step {}", meta.step), [&] {
+    if (background)
+      background->save(meta, tensors);
+    else
       info = checkpoints.save(meta, tensors);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  int64_t failed = error.empty() ? 0 : 1;
-  comm->broadcast_bytes(&failed, sizeof failed, 0);
-  HPDL_CHECK(!failed, "{}", comm->rank() == 0 ? error : fmt::format("rank 0 failed to write the GAN checkpoint of step {} "
-             "in {} (its error is in rank 0's output)", meta.step, checkpoints.dir().string()));
+  });
   return info;
+}
+
+void wait_gan_checkpoints(train::CheckpointManager& checkpoints, train::AsyncCheckpointWriter& background,
+                          const Replicas& replicas) {
+  on_writer(replicas, checkpoints, "finish the GAN checkpoints written in the background",
+            [&] { background.wait(); });
 }
 
 void load_gan_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info,

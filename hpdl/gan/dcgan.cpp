@@ -329,8 +329,13 @@ detail::GanState Dcgan::state() {
           *replicas_};
 }
 
-train::CheckpointInfo Dcgan::save_checkpoint(train::CheckpointManager& checkpoints) {
-  return detail::save_gan_checkpoint(checkpoints, state());
+train::CheckpointInfo Dcgan::save_checkpoint(train::CheckpointManager& checkpoints,
+                                              train::AsyncCheckpointWriter* background) {
+  return detail::save_gan_checkpoint(checkpoints, state(), background);
+}
+
+void Dcgan::wait_for_checkpoints(train::CheckpointManager& checkpoints, train::AsyncCheckpointWriter& background) {
+  detail::wait_gan_checkpoints(checkpoints, background, *replicas_);
 }
 
 void Dcgan::load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info) {

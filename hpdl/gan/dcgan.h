@@ -293,7 +293,14 @@ class Dcgan {
   // writes (the state is the same on every rank) and every rank throws if it failed; the other
   // ranks' CheckpointInfo holds only meta. Every rank loads the same checkpoint (a shared file
   // system), at this rank count or another (the order is global; bitwise continuation needs the same).
-  train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints);
+  // With `background` (a writer over `checkpoints`), rank 0 only takes a snapshot and the
+  // writer's thread writes it (train.checkpoint_async's writer, docs/files.md); the returned
+  // info then holds only meta. A failed background write is raised on every rank by the next
+  // save_checkpoint (which then writes nothing) or by wait_for_checkpoints; call that before
+  // the run ends. Collective, as above.
+  train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints,
+                                        train::AsyncCheckpointWriter* background = nullptr);
+  void wait_for_checkpoints(train::CheckpointManager& checkpoints, train::AsyncCheckpointWriter& background);
   // Restores a checkpoint written by save_checkpoint (info from checkpoints.latest_valid()).
   // Throws naming the sidecar when it is not a DCGAN checkpoint, when its options differ from
   // this GAN's (every differing option with both values), or when an entry is missing.
@@ -391,7 +398,13 @@ nlohmann::json options_json(const DcganOptions& o);
 // Writes the checkpoint for state.steps: tensors g.*, d.*, g_optim.*, d_optim.*, g_ema.* (when
 // on), sampler.order (once drawn); sidecar rng "gan", "sampler" (and the modules' own, as g.NAME,
 // d.NAME), sampler_position, config = the options, extra gan / g_ema_updates.
-train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints, const GanState& state);
+// With `background`, rank 0 hands the tensors to it (a snapshot; the write runs on its thread)
+// and the info holds only meta. A write's error is raised, on every rank, by a later save or by
+// wait_gan_checkpoints, which waits for the write in flight.
+train::CheckpointInfo save_gan_checkpoint(train::CheckpointManager& checkpoints, const GanState& state,
+                                          train::AsyncCheckpointWriter* background = nullptr);
+void wait_gan_checkpoints(train::CheckpointManager& checkpoints, train::AsyncCheckpointWriter& background,
+                          const Replicas& replicas);
 // Restores it, checking the kind and the options before changing anything; throws naming the sidecar.
 void load_gan_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info,
                          const GanState& state);

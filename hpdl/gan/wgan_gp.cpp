@@ -210,8 +210,13 @@ detail::GanState WganGp::state() {
   return {"wgan-gp", std::move(options), *g_, *d_, *g_opt_, *d_opt_, g_ema_.get(), rng_, batches_, steps_, *replicas_};
 }
 
-train::CheckpointInfo WganGp::save_checkpoint(train::CheckpointManager& checkpoints) {
-  return detail::save_gan_checkpoint(checkpoints, state());
+train::CheckpointInfo WganGp::save_checkpoint(train::CheckpointManager& checkpoints,
+                                              train::AsyncCheckpointWriter* background) {
+  return detail::save_gan_checkpoint(checkpoints, state(), background);
+}
+
+void WganGp::wait_for_checkpoints(train::CheckpointManager& checkpoints, train::AsyncCheckpointWriter& background) {
+  detail::wait_gan_checkpoints(checkpoints, background, *replicas_);
 }
 
 void WganGp::load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info) {

@@ -134,7 +134,9 @@ class WganGp {
   // the state after a whole generator step (its n_critic critic steps included), so a run
   // resumed from one continues bitwise as the straight run. load_checkpoint throws naming the
   // sidecar when it is not a WGAN-GP checkpoint or any option differs (n_critic, critic_norm, ...).
-  train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints);
+  train::CheckpointInfo save_checkpoint(train::CheckpointManager& checkpoints,
+                                        train::AsyncCheckpointWriter* background = nullptr);
+  void wait_for_checkpoints(train::CheckpointManager& checkpoints, train::AsyncCheckpointWriter& background);
   void load_checkpoint(const train::CheckpointManager& checkpoints, const train::CheckpointInfo& info);
 
  private:

@@ -226,6 +226,58 @@ TEST(GanCheckpoint, CorruptNewestIsSkippedForThePreviousOne) {
   expect_bitwise_equal(final_state(resumed, data), final_state(straight, data));
 }
 
+// Background checkpoints (a train::AsyncCheckpointWriter): the GAN's tensors are snapshotted at
+// save_checkpoint, so training on right after does not change what is written (the file equals a
+// synchronous save of the same step), a run resumes from them bitwise, and a failed background
+// write (the checkpoints folder replaced by a file) is raised by wait_for_checkpoints, naming the step.
+TEST(GanCheckpoint, BackgroundWritesHoldTheStateOfTheirStep) {
+  OneThread one_thread;
+  const Tensor data = four_patterns();
+  gan::Dcgan straight(dcgan_options(0.9));
+  std::vector<double> straight_losses;
+  train(straight, data, 6, straight_losses);
+
+  const fs::path sync_dir = test::temp_dir("gan_ckpt_sync"), dir = test::temp_dir("gan_ckpt_async");
+  train::CheckpointManager sync_checkpoints(sync_dir, 2), checkpoints(dir, 2);
+  std::vector<double> losses;
+  {
+    gan::Dcgan first(dcgan_options(0.9));
+    train(first, data, 3, losses);
+    train::AsyncCheckpointWriter background(checkpoints);
+    const train::CheckpointInfo info = first.save_checkpoint(checkpoints, &background);
+    EXPECT_EQ(info.meta.step, 3);
+    EXPECT_TRUE(info.tensors_path.empty());  // written later, on the writer's thread
+    std::vector<double> later;
+    train(first, data, 1, later);  // changes every tensor while the write may still run
+    first.wait_for_checkpoints(checkpoints, background);
+    // The same step written synchronously by a GAN stopped there gives the same bytes.
+    gan::Dcgan again(dcgan_options(0.9));
+    std::vector<double> unused;
+    train(again, data, 3, unused);
+    const train::CheckpointInfo sync = again.save_checkpoint(sync_checkpoints);
+    EXPECT_EQ(test::read_text(checkpoints.latest_valid()->tensors_path), test::read_text(sync.tensors_path));
+
+    // A failing background write: raised by the wait, naming the step; the good checkpoint stays.
+    fs::rename(dir / "checkpoints", dir / "moved");
+    std::ofstream(dir / "checkpoints") << "not a folder";
+    first.save_checkpoint(checkpoints, &background);  // step 4: returns, the write fails on the thread
+    const std::string err = error_of([&] { first.wait_for_checkpoints(checkpoints, background); });
+    EXPECT_TRUE(contains(err, "step-0000000004")) << err;
+    fs::remove(dir / "checkpoints");
+    fs::rename(dir / "moved", dir / "checkpoints");
+  }
+  const auto info = checkpoints.latest_valid();
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->meta.step, 3);
+  gan::Dcgan resumed(dcgan_options(0.9));
+  resumed.load_checkpoint(checkpoints, *info);
+  train(resumed, data, 3, losses);
+  EXPECT_EQ(losses, straight_losses);
+  expect_bitwise_equal(final_state(resumed, data), final_state(straight, data));
+  fs::remove_all(sync_dir);
+  fs::remove_all(dir);
+}
+
 TEST(GanCheckpoint, ResumedOrderRefusesAnotherImageSet) {
   OneThread one_thread;
   const fs::path dir = test::temp_dir("gan_ckpt_images");
