@@ -1,4 +1,5 @@
-// hpdl info: versions, the ISA oneDNN runs on, threads, MPI, HDF5 and CUDA.
+// hpdl info: versions, the ISA oneDNN runs on, threads, MPI (and, under mpirun, how the
+// ranks lie on nodes), HDF5 and CUDA. Under mpirun only rank 0 prints.
 #include <mpi.h>
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include "hpdl/backend/cpu/onednn.h"
 #include "hpdl/core/threading.h"
 #include "hpdl/data/readers.h"
+#include "hpdl/dist/communicator.h"
 
 namespace hpdl::cli {
 
@@ -27,10 +29,23 @@ void register_info(CLI::App& app) {
     MPI_Get_library_version(mpi_version, &len);
     std::string mpi(mpi_version, static_cast<size_t>(len));
     if (auto nl = mpi.find('\n'); nl != std::string::npos) mpi.resize(nl);
+    auto& world = dist::Communicator::world();
+    const dist::Communicator::NodeLayout layout = world.node_layout();  // collective
+    if (world.rank() != 0) return;
     std::printf("hpdl %s\n", HPDL_VERSION);
     std::printf("oneDNN %s, ISA %s\n", cpu::onednn_version().c_str(), cpu::onednn_isa().c_str());
     std::printf("OpenMP threads %d\n", num_threads());
     std::printf("MPI %s\n", mpi.c_str());
+    if (world.size() == 1) {
+      std::printf("ranks 1 (not under mpirun)\n");
+    } else {
+      const std::string per = layout.min_ranks == layout.max_ranks
+                                  ? std::to_string(layout.min_ranks)
+                                  : std::to_string(layout.min_ranks) + "-" + std::to_string(layout.max_ranks);
+      const bool hier = layout.nodes > 1 && layout.min_ranks == layout.max_ranks && layout.max_ranks > 1;
+      std::printf("ranks %d on %d node(s), %s per node (train.hierarchical_allreduce %s)\n", world.size(), layout.nodes,
+                  per.c_str(), hier ? "would be used" : "would stay flat: it needs several nodes of equal rank counts > 1");
+    }
     std::printf("HDF5 %s (serial; data.dataset = \"hdf5\")\n", data::hdf5_version().c_str());
 #ifdef HPDL_HAVE_CUDA
     std::printf("CUDA backend: built in\n%s\n", cuda::describe().c_str());

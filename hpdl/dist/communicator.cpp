@@ -252,9 +252,7 @@ void Communicator::free_hierarchy() {
   hier_.reset();
 }
 
-bool Communicator::set_hierarchical(bool on, int node_id, int64_t min_bytes) {
-  free_hierarchy();
-  if (!on || size_ == 1) return false;
+MPI_Comm Communicator::split_nodes(int node_id) const {
   if (node_id < 0) {
     if (const char* v = std::getenv("HPDL_NODE_ID")) {
       char* end = nullptr;
@@ -264,29 +262,41 @@ bool Communicator::set_hierarchical(bool on, int node_id, int64_t min_bytes) {
       node_id = int(id);
     }
   }
+  MPI_Comm node = MPI_COMM_NULL;
+  MpiLock lock;
+  if (node_id >= 0)
+    check_mpi(MPI_Comm_split(comm_, node_id, rank_, &node), "MPI_Comm_split (node)");
+  else
+    check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  return node;
+}
+
+Communicator::NodeLayout Communicator::node_layout(int node_id) const {
+  if (size_ == 1) return {};
+  MPI_Comm node = split_nodes(node_id);
+  MpiLock lock;
+  int node_rank = 0, node_size = 1;
+  MPI_Comm_rank(node, &node_rank);
+  MPI_Comm_size(node, &node_size);
+  MPI_Comm_free(&node);
+  int sizes[2] = {node_size, -node_size}, first = node_rank == 0 ? 1 : 0;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_SUM, comm_), "MPI_Allreduce");
+  return {first, -sizes[1], sizes[0]};
+}
+
+bool Communicator::set_hierarchical(bool on, int node_id, int64_t min_bytes) {
+  free_hierarchy();
+  if (!on || size_ == 1) return false;
+  const NodeLayout layout = node_layout(node_id);
+  if (layout.nodes == 1 || layout.min_ranks != layout.max_ranks || layout.max_ranks == 1) return false;
   auto h = std::make_unique<Hierarchy>();
   h->min_bytes = min_bytes;
-  {
-    MpiLock lock;
-    if (node_id >= 0)
-      check_mpi(MPI_Comm_split(comm_, node_id, rank_, &h->node), "MPI_Comm_split (node)");
-    else
-      check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &h->node),
-                "MPI_Comm_split_type");
-    MPI_Comm_rank(h->node, &h->node_rank);
-    MPI_Comm_size(h->node, &h->node_size);
-    check_mpi(MPI_Comm_split(comm_, h->node_rank, rank_, &h->cross), "MPI_Comm_split (cross)");
-    // Usable when every node holds the same number of ranks, and there are several of both.
-    int sizes[2] = {h->node_size, -h->node_size}, nodes = 0;
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
-    MPI_Comm_size(h->cross, &nodes);
-    const bool uniform = sizes[0] == -sizes[1];
-    if (!uniform || h->node_size == 1 || nodes == 1) {
-      MPI_Comm_free(&h->node);
-      MPI_Comm_free(&h->cross);
-      return false;
-    }
-  }
+  h->node = split_nodes(node_id);
+  MpiLock lock;
+  MPI_Comm_rank(h->node, &h->node_rank);
+  MPI_Comm_size(h->node, &h->node_size);
+  check_mpi(MPI_Comm_split(comm_, h->node_rank, rank_, &h->cross), "MPI_Comm_split (cross)");
   hier_ = std::move(h);
   return true;
 }

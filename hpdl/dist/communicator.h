@@ -149,6 +149,14 @@ class Communicator {
   // use: it needs more than one node, more than one rank per node and the same
   // number of ranks on every node (else allreduce stays flat).
   bool set_hierarchical(bool on, int node_id = -1, int64_t min_bytes = int64_t{256} << 10);
+
+  // How this communicator's ranks lie on nodes (nodes as set_hierarchical finds them).
+  // Collective. `hpdl info` prints it under mpirun.
+  struct NodeLayout {
+    int nodes = 1;
+    int min_ranks = 1, max_ranks = 1;  // ranks per node, fewest and most
+  };
+  NodeLayout node_layout(int node_id = -1) const;
   bool hierarchical() const { return hier_ != nullptr; }
   // Allreduce calls that went the hierarchical way (buffers of min_bytes and more).
   int64_t hierarchical_allreduces() const { return hier_calls_.load(); }
@@ -175,6 +183,8 @@ class Communicator {
     std::vector<char> scratch;  // this rank's share (used on the calling thread only)
   };
   void free_hierarchy();
+  // The node communicator (MPI_COMM_TYPE_SHARED, or `node_id` / HPDL_NODE_ID); caller frees it.
+  MPI_Comm split_nodes(int node_id) const;
   std::unique_ptr<Hierarchy> hier_;
   std::atomic<int64_t> hier_calls_{0};
 

@@ -518,7 +518,8 @@ tune_asha_np2)
   ;;
 info)
   "$hpdl" info >out.txt 2>&1 || fail "hpdl info failed: $(cat out.txt)"
-  for want in "^hpdl " "^oneDNN .*, ISA " "^OpenMP threads [1-9]" "^MPI " "^HDF5 [0-9]+\.[0-9]+\.[0-9]+ " "^CUDA backend: "; do
+  for want in "^hpdl " "^oneDNN .*, ISA " "^OpenMP threads [1-9]" "^MPI " "^ranks 1 \(not under mpirun\)" \
+      "^HDF5 [0-9]+\.[0-9]+\.[0-9]+ " "^CUDA backend: "; do
     grep -Eq "$want" out.txt || fail "hpdl info has no line matching '$want': $(cat out.txt)"
   done
   # Built with CUDA: the library versions, then the GPUs or that none is visible.

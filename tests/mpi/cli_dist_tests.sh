@@ -199,6 +199,16 @@ train_hierarchical_np4)
     --set train.run_dir=run_one_node >log_one 2>&1 || fail "mpirun (one node) failed: $(tail -5 log_one)"
   grep -q "train.hierarchical_allreduce: not used (2 replica rank(s)" log_one || fail "no 'not used' line: $(tail -5 log_one)"
   grep -q '"hierarchical_allreduce": *false' run_one_node/summary.json || fail "one node: summary.json says it was used"
+  # hpdl info shows the layout once (rank 0), and whether the hierarchy would be used.
+  "$mpirun" --oversubscribe --bind-to none -np 4 sh -c 'HPDL_NODE_ID=$((OMPI_COMM_WORLD_RANK / 2)) exec "$0" info' \
+    "$hpdl" >info4.txt 2>&1 || fail "hpdl info under mpirun failed: $(cat info4.txt)"
+  [[ $(grep -c "^hpdl " info4.txt) -eq 1 ]] || fail "hpdl info printed on more than rank 0: $(cat info4.txt)"
+  grep -q "^ranks 4 on 2 node(s), 2 per node (train.hierarchical_allreduce would be used)" info4.txt \
+    || fail "no layout line for 2 nodes of 2: $(cat info4.txt)"
+  "$mpirun" --oversubscribe --bind-to none -np 3 sh -c 'HPDL_NODE_ID=$((OMPI_COMM_WORLD_RANK / 2)) exec "$0" info' \
+    "$hpdl" >info3.txt 2>&1 || fail "hpdl info under mpirun -np 3 failed: $(cat info3.txt)"
+  grep -q "^ranks 3 on 2 node(s), 1-2 per node (train.hierarchical_allreduce would stay flat" info3.txt \
+    || fail "no layout line for unequal nodes: $(cat info3.txt)"
   ;;
 train_per_rank_bn_np2)
   # Per-rank BN: running statistics differ per rank unless DataParallel broadcasts rank 0's.
