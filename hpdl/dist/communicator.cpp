@@ -271,29 +271,39 @@ MPI_Comm Communicator::split_nodes(int node_id) const {
   return node;
 }
 
-Communicator::NodeLayout Communicator::node_layout(int node_id) const {
-  if (size_ == 1) return {};
-  MPI_Comm node = split_nodes(node_id);
+Communicator::NodeLayout Communicator::layout_of(MPI_Comm node) const {
   MpiLock lock;
   int node_rank = 0, node_size = 1;
   MPI_Comm_rank(node, &node_rank);
   MPI_Comm_size(node, &node_size);
-  MPI_Comm_free(&node);
   int sizes[2] = {node_size, -node_size}, first = node_rank == 0 ? 1 : 0;
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_SUM, comm_), "MPI_Allreduce");
   return {first, -sizes[1], sizes[0]};
 }
 
+Communicator::NodeLayout Communicator::node_layout(int node_id) const {
+  if (size_ == 1) return {};
+  MPI_Comm node = split_nodes(node_id);
+  const NodeLayout layout = layout_of(node);
+  MpiLock lock;
+  MPI_Comm_free(&node);
+  return layout;
+}
+
 bool Communicator::set_hierarchical(bool on, int node_id, int64_t min_bytes) {
   free_hierarchy();
   if (!on || size_ == 1) return false;
-  const NodeLayout layout = node_layout(node_id);
-  if (layout.nodes == 1 || layout.min_ranks != layout.max_ranks || layout.max_ranks == 1) return false;
+  MPI_Comm node = split_nodes(node_id);
+  const NodeLayout layout = layout_of(node);
+  MpiLock lock;
+  if (layout.nodes == 1 || layout.min_ranks != layout.max_ranks || layout.max_ranks == 1) {
+    MPI_Comm_free(&node);
+    return false;
+  }
   auto h = std::make_unique<Hierarchy>();
   h->min_bytes = min_bytes;
-  h->node = split_nodes(node_id);
-  MpiLock lock;
+  h->node = node;
   MPI_Comm_rank(h->node, &h->node_rank);
   MPI_Comm_size(h->node, &h->node_size);
   check_mpi(MPI_Comm_split(comm_, h->node_rank, rank_, &h->cross), "MPI_Comm_split (cross)");

@@ -185,6 +185,7 @@ class Communicator {
   void free_hierarchy();
   // The node communicator (MPI_COMM_TYPE_SHARED, or `node_id` / HPDL_NODE_ID); caller frees it.
   MPI_Comm split_nodes(int node_id) const;
+  NodeLayout layout_of(MPI_Comm node) const;  // collective over this communicator
   std::unique_ptr<Hierarchy> hier_;
   std::atomic<int64_t> hier_calls_{0};
 

@@ -589,16 +589,17 @@ TrainSummary Trainer::run(bool resume) {
     grid = dist::make_pipeline_grid(comm, tp);
   }
   const bool gridded = pipelined || tensor_parallel;
+  // The ranks that hold the same part of the model: all of them, or a grid's replicas.
+  dist::Communicator& replica_comm = gridded ? *grid.data : comm;
   // train.hierarchical_allreduce: whatever averages the replicas (DataParallel, a pipeline stage's
   // DataParallel, local SGD's averaging) all-reduces node by node. Used only where nodes are equal.
   bool hierarchical = false;
   if (cfg.train.hierarchical_allreduce) {
-    dist::Communicator& replicas_comm = gridded ? *grid.data : comm;
-    hierarchical = replicas_comm.set_hierarchical(true);
+    hierarchical = replica_comm.set_hierarchical(true);
     if (!hierarchical && rank == 0)
       std::fprintf(stderr, "hpdl: train.hierarchical_allreduce: not used (%d replica rank(s): it needs several nodes "
                    "with the same number, > 1, of them; nodes from MPI_COMM_TYPE_SHARED or HPDL_NODE_ID)\n",
-                   replicas_comm.size());
+                   replica_comm.size());
   }
   const int replicas = gridded ? grid.replicas : world, replica = gridded ? grid.replica : rank;
   // Tensor parallel: every rank of a group computes the same logits; only its first counts them.
@@ -762,7 +763,7 @@ TrainSummary Trainer::run(bool resume) {
     opt = std::make_unique<dist::ShardedOptimizer>(
         optim::param_specs(*model), [&](std::vector<optim::ParamSpec> specs) {
           return optim::make_optimizer(std::move(specs), ocfg);
-        }, gridded ? *grid.data : comm);
+        }, replica_comm);
   } else {
     opt = optim::make_optimizer(optim::param_specs(*model), ocfg);
   }
@@ -1427,7 +1428,6 @@ TrainSummary Trainer::run(bool resume) {
   // Pipeline: the replicas of each stage (its ranks in the other pipelines) are compared.
   // Tensor parallel: the slices are compared across the replicas, and the replicated parameters
   // within each group (equal gradients there are what keeps them equal).
-  dist::Communicator& replica_comm = gridded ? *grid.data : comm;
   if (tensor_parallel) {
     const auto split = dist::sharded_parameters(*model);
     uint64_t h = 0;
@@ -1539,7 +1539,7 @@ TrainSummary Trainer::run(bool resume) {
     s["checkpoints_saved"] = checkpoints_saved, s["checkpoint_seconds"] = checkpoint_s;
     s["checkpoint_async"] = cfg.train.checkpoint_async;
     s["hierarchical_allreduce"] = hierarchical;
-    if (hierarchical) s["hierarchical_allreduces"] = (gridded ? *grid.data : comm).hierarchical_allreduces();
+    if (hierarchical) s["hierarchical_allreduces"] = replica_comm.hierarchical_allreduces();
     if (selecting) {
       s["monitor"] = summary.monitor;
       s["best_metric"] = selection.has_best() ? nlohmann::json(summary.best_metric) : nlohmann::json(nullptr);
