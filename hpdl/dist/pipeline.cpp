@@ -57,17 +57,6 @@ Tensor decode(const std::vector<uint8_t>& msg, const char* what, int from) {
   return t;
 }
 
-// A stage: the model's layers [lo, hi), registered under their names in the
-// model so that parameter names (and state dicts) match the whole model's. A
-// Sequential, so activation checkpointing can cut it into segments
-// (set_checkpoint_chunk): each micro-batch's forward then records one
-// checkpoint node per segment, replayed in that micro-batch's backward.
-class Stage : public nn::Sequential {
- public:
-  void add(const std::string& name, nn::ModulePtr m) { register_module(name, std::move(m)); }
-  std::string type_name() const override { return "PipelineStage"; }
-};
-
 }  // namespace
 
 std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages) {
@@ -121,7 +110,7 @@ Communicator& grid_pipeline(PipelineGrid& grid) {
 }
 }  // namespace
 
-Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& grid, PipelineOptions options)
+Pipeline::Pipeline(const std::shared_ptr<nn::Module>& model, PipelineGrid& grid, PipelineOptions options)
     : Pipeline(model, grid_pipeline(grid), std::move(options)) {
   status_comm_ = grid.all;
   data_comm_ = grid.data.get();
@@ -134,19 +123,22 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& g
   }
 }
 
-Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options)
+Pipeline::Pipeline(const std::shared_ptr<nn::Module>& model, Communicator& comm, PipelineOptions options)
     : comm_(comm), options_(std::move(options)), status_comm_(&comm) {
   HPDL_CHECK(model != nullptr, "Pipeline: the model is null");
+  auto* layers = dynamic_cast<nn::Stageable*>(model.get());
+  HPDL_CHECK(layers != nullptr, "Pipeline: a {} is not a sequence of layers that can be cut into stages (an "
+             "nn::Sequential, a vit or another nn::Stageable)", model->type_name());
   HPDL_CHECK(options_.micro_batches >= 1, "Pipeline: micro_batches is {}; need at least 1", options_.micro_batches);
   const int S = comm.size();
-  const auto L = static_cast<int64_t>(model->size());
+  const int64_t L = layers->num_layers();
   HPDL_CHECK(S <= L,
              "Pipeline: {} stages (ranks) but the model has only {} layers (each stage needs at least one); run with "
              "at most {} ranks",
              S, L, L);
   if (options_.split_points.empty()) {
     std::vector<int64_t> params;
-    for (const auto& [_, m] : model->children()) params.push_back(m->num_parameters());
+    for (int64_t i = 0; i < L; ++i) params.push_back(layers->layer_parameters(i));
     bounds_ = balance_stages(params, S);
   } else {
     const auto& sp = options_.split_points;
@@ -162,13 +154,8 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& c
     bounds_.push_back(L);
   }
   stage_index_ = comm.rank();
-  auto stage = std::make_shared<Stage>();
-  for (int64_t i = bounds_[stage_index_]; i < bounds_[stage_index_ + 1]; ++i) {
-    const auto& [name, m] = model->children()[static_cast<size_t>(i)];
-    stage->add(name, m);
-  }
-  stage->train(model->is_training());
-  stage_ = stage;
+  stage_ = layers->make_stage(bounds_[stage_index_], bounds_[stage_index_ + 1]);
+  stage_->train(model->is_training());
   // One communicator per direction, each with its own communication thread.
   fwd_comm_ = comm.split(0, comm.rank());
   bwd_comm_ = comm.split(0, comm.rank());

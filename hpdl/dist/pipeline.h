@@ -75,11 +75,14 @@ class Pipeline {
   // `model`, built identically on every rank of `comm` (same seed, so no
   // broadcast is needed), is cut into comm.size() stages; rank s keeps layers
   // [bounds()[s], bounds()[s+1]) and holds no reference to the others (drop
-  // `model` after this call to free them). The stage keeps the full model's
-  // parameter names ("3.weight"), so its state dict is a subset of the
-  // model's. CPU tensors only. Throws, on every rank alike, when there are
-  // more stages than layers or the split points are not valid.
-  Pipeline(const std::shared_ptr<nn::Sequential>& model, Communicator& comm, PipelineOptions options = {});
+  // `model` after this call to free them). The model must be nn::Stageable:
+  // an nn::Sequential (its layers are its children) or a vit (patch
+  // embedding, each encoder layer, head: nn/models/vit.h). The stage keeps
+  // the full model's parameter names ("3.weight", "blocks.2.linear1.weight"),
+  // so its state dict is a subset of the model's. CPU tensors only. Throws, on
+  // every rank alike, when the model is not Stageable, there are more stages
+  // than layers or the split points are not valid.
+  Pipeline(const std::shared_ptr<nn::Module>& model, Communicator& comm, PipelineOptions options = {});
   // Pipeline x data parallelism: this rank's stage of its replica's pipeline
   // (grid.pipeline); in each train_step the stage's gradients are averaged
   // over the replicas (grid.data) through a dist::DataParallel on the stage:
@@ -92,7 +95,7 @@ class Pipeline {
   // one pipeline on the global batch. train_step returns the global batch's
   // mean loss; errors are raised on every rank of the grid. `grid` must
   // outlive the Pipeline.
-  Pipeline(const std::shared_ptr<nn::Sequential>& model, PipelineGrid& grid, PipelineOptions options = {});
+  Pipeline(const std::shared_ptr<nn::Module>& model, PipelineGrid& grid, PipelineOptions options = {});
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -136,10 +139,12 @@ class Pipeline {
   Tensor forward(const Tensor& input);
 
   // This rank's layers as one module (train/eval, zero_grad, parameters for
-  // the optimizer, state_dict with the model's names). It is an
-  // nn::Sequential: activation checkpointing (set_checkpoint_chunk, or
+  // the optimizer, state_dict with the model's names): the model's
+  // make_stage. A Sequential's stage is an nn::Sequential: activation
+  // checkpointing (set_checkpoint_chunk, or
   // models::enable_activation_checkpointing on it) cuts the stage's layers
-  // into segments, checkpointed per micro-batch. Each micro-batch's nodes keep
+  // into segments, checkpointed per micro-batch; a vit's stage holds its
+  // encoder layers in a Sequential, each one a segment. Each micro-batch's nodes keep
   // their own dropout generator states, so with 1F1B (several micro-batches'
   // nodes alive at once) every recompute draws its own forward's masks, and
   // batch norm updates its running statistics in the forward only (M times).

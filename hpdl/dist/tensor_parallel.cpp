@@ -408,17 +408,11 @@ ParallelVisionTransformer::ParallelVisionTransformer(nn::models::VisionTransform
 }
 
 Tensor ParallelVisionTransformer::forward(const Tensor& x) {
-  const auto& o = options;
-  HPDL_CHECK(x.ndim() == 4 && x.dim(1) == o.in_channels && x.dim(2) == o.height && x.dim(3) == o.width,
-             "ParallelVisionTransformer: input {} must be [N, {}, {}, {}]", shape_str(x.shape()), o.in_channels,
-             o.height, o.width);
-  const int64_t N = x.dim(0);
-  // As VisionTransformer::forward: tokens [N, L, E], class token first, positions added; the
-  // encoder layers take and give replicated [N, 1 + L, E], so the head sees the same on every rank.
-  Tensor tokens = patch_embed->forward(x).flatten(2).transpose(1, 2);
-  Tensor h = add(cat({cls_token.expand({N, 1, o.dim}), tokens}, 1), pos_embed);
-  h = blocks->forward(h);
-  return head->forward(norm->forward(h.select(1, 0)));
+  // As VisionTransformer::forward: the encoder layers take and give replicated [N, 1 + L, E], so
+  // the head sees the same on every rank.
+  return nn::models::vit_classify(
+      *norm, *head,
+      blocks->forward(nn::models::vit_embed("ParallelVisionTransformer", options, *patch_embed, cls_token, pos_embed, x)));
 }
 
 // ---------------------------------------------------------------- optimizer state

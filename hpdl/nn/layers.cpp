@@ -377,6 +377,27 @@ void Sequential::set_checkpoint_chunk(int64_t k) {
   checkpoint_chunk_ = k;
 }
 
+int64_t Sequential::layer_parameters(int64_t i) const {
+  HPDL_CHECK(i >= 0 && i < num_layers(), "Sequential: layer {} out of range (size {})", i, num_layers());
+  return children()[static_cast<size_t>(i)].second->num_parameters();
+}
+
+std::shared_ptr<Module> Sequential::make_stage(int64_t lo, int64_t hi) {
+  check_stage_range(*this, lo, hi, num_layers());
+  auto stage = std::make_shared<NamedSequential>();
+  for (int64_t i = lo; i < hi; ++i) {
+    const auto& [name, m] = children()[static_cast<size_t>(i)];
+    stage->add(name, m);
+  }
+  stage->train(is_training());
+  return stage;
+}
+
+void check_stage_range(const Module& model, int64_t lo, int64_t hi, int64_t layers) {
+  HPDL_CHECK(0 <= lo && lo < hi && hi <= layers, "{}: a stage of layers [{}, {}) is not a non-empty run of its {} "
+             "layers", model.type_name(), lo, hi, layers);
+}
+
 Module& Sequential::operator[](size_t i) const {
   HPDL_CHECK(i < children().size(), "Sequential: index {} out of range (size {})", i, children().size());
   return *children()[i].second;

@@ -280,8 +280,27 @@ class GELU : public Module {
 // Throws listing the known names.
 ModulePtr make_activation(const std::string& name);
 
-// Children run in order; they are named "0", "1", ... as in PyTorch.
-class Sequential : public Module {
+// A model that pipeline parallelism (dist::Pipeline) can cut into stages: its
+// forward is the composition of num_layers() layers, and make_stage(lo, hi)
+// builds a module running layers [lo, hi) that holds the model's own
+// parameters, buffers and generators (shared, not copied) under the model's
+// names, listed in the model's order. The first stage takes the model's input,
+// the last gives its output; the ones between take and give what the layers
+// between hand on.
+class Stageable {
+ public:
+  virtual ~Stageable() = default;
+  virtual int64_t num_layers() const = 0;
+  // Parameters (elements) of layer i, which the pipeline balances stages by.
+  virtual int64_t layer_parameters(int64_t i) const = 0;
+  // Throws unless 0 <= lo < hi <= num_layers().
+  virtual std::shared_ptr<Module> make_stage(int64_t lo, int64_t hi) = 0;
+};
+
+// Children run in order; they are named "0", "1", ... as in PyTorch. Its layers
+// for a pipeline (Stageable) are its children; a stage is a NamedSequential of
+// them under their names.
+class Sequential : public Module, public Stageable {
  public:
   Sequential() = default;
   Sequential(std::initializer_list<ModulePtr> modules);
@@ -301,8 +320,27 @@ class Sequential : public Module {
   void set_checkpoint_chunk(int64_t k);
   int64_t checkpoint_chunk() const { return checkpoint_chunk_; }
 
+  int64_t num_layers() const override { return static_cast<int64_t>(size()); }
+  int64_t layer_parameters(int64_t i) const override;
+  std::shared_ptr<Module> make_stage(int64_t lo, int64_t hi) override;
+
  private:
   int64_t checkpoint_chunk_ = 0;
 };
+
+// A Sequential whose children keep the names they are added under (a run of
+// another module's layers, e.g. layers 3..5 of a Sequential as "3", "4", "5"),
+// so its state dict uses that module's names.
+class NamedSequential : public Sequential {
+ public:
+  template <typename M>
+  std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
+    return register_module(name, std::move(m));
+  }
+  std::string type_name() const override { return "NamedSequential"; }
+};
+
+// Throws unless 0 <= lo < hi <= layers, naming the model.
+void check_stage_range(const Module& model, int64_t lo, int64_t hi, int64_t layers);
 
 }  // namespace hpdl::nn

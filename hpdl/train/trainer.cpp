@@ -687,18 +687,17 @@ TrainSummary Trainer::run(bool resume) {
   // model's names); the pipeline owns it, and the other stages' layers are freed here.
   std::unique_ptr<dist::Pipeline> pipeline;
   if (pipelined) {
-    auto seq = std::dynamic_pointer_cast<nn::Sequential>(model);
-    HPDL_CHECK(seq != nullptr, "train.pipeline_stages = {}: model.name = \"{}\" is not a sequence of layers (an "
-               "nn::Sequential at the top), so it cannot be cut into stages; use mlp, lenet5, resnet20, alexnet_bn, "
-               "vgg11_bn, vgg16_bn or custom, or set train.pipeline_stages = 1", stages, cfg.model.name);
+    HPDL_CHECK(dynamic_cast<nn::Stageable*>(model.get()) != nullptr, "train.pipeline_stages = {}: model.name = \"{}\" "
+               "is not a sequence of layers, so it cannot be cut into stages; use mlp, lenet5, resnet20, resnet18, "
+               "resnet50, alexnet_bn, vgg11_bn, vgg16_bn, vit or custom, or set train.pipeline_stages = 1", stages,
+               cfg.model.name);
     dist::PipelineOptions po;
     po.micro_batches = static_cast<int>(cfg.train.micro_batches);
     po.schedule = cfg.train.pipeline_schedule == "1f1b" ? dist::PipelineSchedule::one_f_one_b
                                                         : dist::PipelineSchedule::gpipe;
     po.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
     po.bf16_wire = cfg.train.bf16_wire;
-    pipeline = std::make_unique<dist::Pipeline>(seq, grid, po);
-    seq.reset();
+    pipeline = std::make_unique<dist::Pipeline>(model, grid, po);
     model = nn::ModulePtr(nn::ModulePtr(), &pipeline->stage());  // not owning: the pipeline holds the stage
     const int s = pipeline->stage_index();
     int64_t empty_stage = model->num_parameters() == 0 ? s : -1;

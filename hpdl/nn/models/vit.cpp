@@ -1,7 +1,9 @@
 // The Vision Transformer: patches -> tokens -> encoder -> class-token head.
 #include "hpdl/nn/models/vit.h"
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "hpdl/nn/init.h"
 #include "hpdl/ops/elementwise.h"
@@ -45,18 +47,74 @@ VisionTransformer::VisionTransformer(const VitOptions& o) : options(o) {
   head = register_module("head", std::make_shared<Linear>(o.dim, o.num_classes, true, gen));
 }
 
-Tensor VisionTransformer::forward(const Tensor& x) {
-  const auto& o = options;
+Tensor vit_embed(const char* who, const VitOptions& o, Conv2d& patch_embed, const Tensor& cls_token,
+                 const Tensor& pos_embed, const Tensor& x) {
   HPDL_CHECK(x.ndim() == 4 && x.dim(1) == o.in_channels && x.dim(2) == o.height && x.dim(3) == o.width,
-             "vit: input {} must be [N, {}, {}, {}]", shape_str(x.shape()), o.in_channels, o.height, o.width);
+             "{}: input {} must be [N, {}, {}, {}]", who, shape_str(x.shape()), o.in_channels, o.height, o.width);
   const int64_t N = x.dim(0);
   // patches [N, E, H/P, W/P] -> tokens [N, L, E]
-  Tensor tokens = patch_embed->forward(x).flatten(2).transpose(1, 2);
+  Tensor tokens = patch_embed.forward(x).flatten(2).transpose(1, 2);
   // [N, 1 + L, E]: the class token first, then the patches, plus positions.
-  Tensor h = add(cat({cls_token.expand({N, 1, o.dim}), tokens}, 1), pos_embed);
-  h = blocks->forward(h);
-  // The class token's final state [N, E] -> logits [N, classes].
-  return head->forward(norm->forward(h.select(1, 0)));
+  return add(cat({cls_token.expand({N, 1, o.dim}), tokens}, 1), pos_embed);
+}
+
+// The class token's final state [N, E] -> logits [N, classes].
+Tensor vit_classify(LayerNorm& norm, Linear& head, const Tensor& tokens) {
+  return head.forward(norm.forward(tokens.select(1, 0)));
+}
+
+Tensor VisionTransformer::forward(const Tensor& x) {
+  return vit_classify(*norm, *head, blocks->forward(vit_embed("vit", options, *patch_embed, cls_token, pos_embed, x)));
+}
+
+int64_t VisionTransformer::layer_parameters(int64_t i) const {
+  HPDL_CHECK(i >= 0 && i < num_layers(), "vit: layer {} out of range ({} layers)", i, num_layers());
+  if (i == 0) return patch_embed->num_parameters() + cls_token.numel() + pos_embed.numel();
+  if (i == num_layers() - 1) return norm->num_parameters() + head->num_parameters();
+  return (*blocks)[static_cast<size_t>(i - 1)].num_parameters();
+}
+
+std::shared_ptr<Module> VisionTransformer::make_stage(int64_t lo, int64_t hi) {
+  check_stage_range(*this, lo, hi, num_layers());
+  VitStage::Parts p{options, patch_embed, cls_token, pos_embed, {}, norm, head};
+  for (const auto& [_, m] : blocks->children()) p.blocks.push_back(m);
+  auto stage = std::make_shared<VitStage>(p, lo, hi);
+  stage->train(is_training());
+  return stage;
+}
+
+VitStage::VitStage(const Parts& p, int64_t lo_, int64_t hi_) : options(p.options), lo(lo_), hi(hi_) {
+  const int64_t layers = options.depth + 2;
+  check_stage_range(*this, lo, hi, layers);
+  HPDL_CHECK(static_cast<int64_t>(p.blocks.size()) == options.depth, "VitStage: {} encoder layers for a vit of "
+             "depth {}", p.blocks.size(), options.depth);
+  // Registration order as VisionTransformer's, so named_parameters() lists a run of the vit's.
+  if (lo == 0) {
+    patch_embed = register_module("patch_embed", p.patch_embed);
+    cls_token = register_parameter("cls_token", p.cls_token);
+    pos_embed = register_parameter("pos_embed", p.pos_embed);
+  }
+  const int64_t first = std::max<int64_t>(lo, 1), last = std::min<int64_t>(hi, layers - 1);  // layers 1..depth
+  if (first < last) {
+    blocks = register_module("blocks", std::make_shared<NamedSequential>());
+    for (int64_t i = first; i < last; ++i) blocks->add(std::to_string(i - 1), p.blocks[static_cast<size_t>(i - 1)]);
+  }
+  if (hi == layers) {
+    norm = register_module("norm", p.norm);
+    head = register_module("head", p.head);
+  }
+}
+
+Tensor VitStage::forward(const Tensor& x) {
+  Tensor h = x;
+  if (has_embedding()) {
+    h = vit_embed("vit", options, *patch_embed, cls_token, pos_embed, h);
+  } else {
+    HPDL_CHECK(h.ndim() == 3 && h.dim(2) == options.dim, "vit stage of layers {}..{}: input {} must be tokens [N, "
+               "T, {}]", lo, hi - 1, shape_str(h.shape()), options.dim);
+  }
+  if (blocks) h = blocks->forward(h);
+  return has_head() ? vit_classify(*norm, *head, h) : h;
 }
 
 ModulePtr vit(const VitOptions& options) { return std::make_shared<VisionTransformer>(options); }

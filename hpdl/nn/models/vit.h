@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/transformer.h"
@@ -30,11 +31,18 @@ struct VitOptions {
 // layers), norm, head. Throws at construction naming the model.* key when
 // dim is not divisible by heads, the image is not divisible into patches, or
 // a size is not positive.
-class VisionTransformer : public Module {
+// Its layers for a pipeline (nn::Stageable) are depth + 2: the embedding
+// (patch_embed, cls_token, pos_embed: images -> tokens [N, 1 + L, E]), each
+// encoder layer (tokens -> tokens) and the head (norm, head: tokens -> logits);
+// a stage is a VitStage.
+class VisionTransformer : public Module, public Stageable {
  public:
   explicit VisionTransformer(const VitOptions& options);
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "VisionTransformer"; }
+  int64_t num_layers() const override { return options.depth + 2; }
+  int64_t layer_parameters(int64_t i) const override;
+  std::shared_ptr<Module> make_stage(int64_t lo, int64_t hi) override;
 
   std::shared_ptr<Conv2d> patch_embed;
   Tensor cls_token, pos_embed;
@@ -44,6 +52,48 @@ class VisionTransformer : public Module {
   VitOptions options;
   int64_t num_patches;
 };
+
+// Layers [lo, hi) of a vit (see VisionTransformer) under the vit's names:
+// patch_embed, cls_token and pos_embed when it holds the embedding (lo = 0),
+// blocks.{i} for the encoder layers it holds (in a NamedSequential, which
+// activation checkpointing cuts at each layer), norm and head when it holds
+// the head. Its input is the images when it holds the embedding, else tokens
+// [N, 1 + L, E]; its output the logits when it holds the head, else tokens.
+// The modules and tensors are the vit's own (shared). Also the stage of a
+// vit whose encoder layers were replaced (tensor parallelism): `blocks` are
+// the layers to use, by index.
+class VitStage : public Module {
+ public:
+  struct Parts {
+    VitOptions options;
+    std::shared_ptr<Conv2d> patch_embed;
+    Tensor cls_token, pos_embed;
+    std::vector<ModulePtr> blocks;  // all depth encoder layers
+    std::shared_ptr<LayerNorm> norm;
+    std::shared_ptr<Linear> head;
+  };
+  VitStage(const Parts& parts, int64_t lo, int64_t hi);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "VitStage"; }
+  bool has_embedding() const { return patch_embed != nullptr; }
+  bool has_head() const { return head != nullptr; }
+
+  std::shared_ptr<Conv2d> patch_embed;  // null without the embedding
+  Tensor cls_token, pos_embed;
+  std::shared_ptr<NamedSequential> blocks;  // null without encoder layers
+  std::shared_ptr<LayerNorm> norm;          // null without the head
+  std::shared_ptr<Linear> head;
+  VitOptions options;
+  int64_t lo = 0, hi = 0;
+};
+
+// The shared steps of a vit's forward: images [N, C, H, W] -> tokens
+// [N, 1 + L, E] (the class token first, then the patches, plus positions;
+// throws naming `who` for an input of the wrong shape), and tokens -> logits
+// (the final norm of the class token, then the head).
+Tensor vit_embed(const char* who, const VitOptions& o, Conv2d& patch_embed, const Tensor& cls_token,
+                 const Tensor& pos_embed, const Tensor& x);
+Tensor vit_classify(LayerNorm& norm, Linear& head, const Tensor& tokens);
 
 ModulePtr vit(const VitOptions& options);
 
