@@ -88,17 +88,20 @@ std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, in
   return bounds;
 }
 
-PipelineGrid make_pipeline_grid(Communicator& comm, int stages) {
-  HPDL_CHECK(stages >= 1 && comm.size() % stages == 0,
-             "Pipeline grid: {} ranks cannot form pipelines of {} stages (the rank count must be a multiple of the "
-             "stage count)",
-             comm.size(), stages);
+PipelineGrid make_pipeline_grid(Communicator& comm, int stages, int tensor_parallel) {
+  const int S = stages, P = tensor_parallel;
+  HPDL_CHECK(S >= 1 && P >= 1 && comm.size() % (S * P) == 0,
+             "Pipeline grid: {} ranks cannot form pipelines of {} stages{} (the rank count must be a multiple of "
+             "{})",
+             comm.size(), S, P > 1 ? fmt::format(" of {} tensor-parallel ranks each", P) : "", S * P);
   PipelineGrid g;
   g.all = &comm;
-  g.replicas = comm.size() / stages;
-  g.replica = comm.rank() / stages;
-  g.pipeline = comm.split(g.replica, comm.rank() % stages);  // consecutive ranks: one pipeline
-  g.data = comm.split(comm.rank() % stages, g.replica);      // one stage of every pipeline
+  const int r = comm.rank(), stage = (r / P) % S, t = r % P;
+  g.replicas = comm.size() / (S * P);
+  g.replica = r / (S * P);
+  g.pipeline = comm.split(g.replica * P + t, stage);  // one replica's stages, rank t of each
+  g.data = comm.split(stage * P + t, g.replica);      // the same slice of the same stage in every replica
+  if (P > 1) g.tensor = comm.split(r / P, t);         // a stage's group: consecutive ranks
   return g;
 }
 
@@ -177,7 +180,7 @@ void Pipeline::raise_everywhere(int failed_rank, const std::string& local_messag
   std::string msg;
   if (c.rank() == failed_rank) {
     msg = fmt::format("Pipeline: {}", describe_stage());
-    if (data_comm_ && data_comm_->size() > 1) msg += fmt::format(" of replica {}", c.rank() / num_stages());
+    if (data_comm_ && data_comm_->size() > 1) msg += fmt::format(" of replica {}", data_comm_->rank());
     msg += ": " + local_message;
   }
   int64_t n = static_cast<int64_t>(msg.size());

@@ -56,13 +56,21 @@ std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, in
 // A grid of pipelines x data-parallel replicas over `all`: ranks
 // [d S, (d+1) S) form pipeline (replica) d, its stage s on rank d S + s;
 // `data` joins the ranks holding the same stage in every replica.
+// With tensor parallelism (P > 1: pipelines whose stages are each split over
+// a group of P ranks) the world is replicas x S x P: rank (d S + s) P + t is
+// rank t of stage s's group in replica d. `tensor` joins a stage's group (P
+// consecutive ranks, the fastest links), `pipeline` the ranks with the same
+// t along the stages of one replica (stage s -> s + 1 sends from rank t to
+// rank t), and `data` the ranks holding the same slice of the same stage in
+// every replica. `tensor` is null when P = 1.
 struct PipelineGrid {
   Communicator* all = nullptr;
-  std::unique_ptr<Communicator> pipeline, data;
+  std::unique_ptr<Communicator> pipeline, data, tensor;
   int replica = 0, replicas = 1;
 };
-// Collective over `comm`. Throws when comm.size() is not a multiple of `stages`.
-PipelineGrid make_pipeline_grid(Communicator& comm, int stages);
+// Collective over `comm`. Throws when comm.size() is not a multiple of
+// stages x tensor_parallel.
+PipelineGrid make_pipeline_grid(Communicator& comm, int stages, int tensor_parallel = 1);
 
 class Pipeline {
  public:

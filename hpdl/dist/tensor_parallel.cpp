@@ -415,6 +415,14 @@ Tensor ParallelVisionTransformer::forward(const Tensor& x) {
       blocks->forward(nn::models::vit_embed("ParallelVisionTransformer", options, *patch_embed, cls_token, pos_embed, x)));
 }
 
+int64_t ParallelVisionTransformer::layer_parameters(int64_t i) const {
+  return nn::models::vit_parts(*this).layer_parameters(*this, i);
+}
+
+std::shared_ptr<nn::Module> ParallelVisionTransformer::make_stage(int64_t lo, int64_t hi) {
+  return nn::models::vit_parts(*this).make_stage(*this, lo, hi);
+}
+
 // ---------------------------------------------------------------- optimizer state
 
 std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model) {

@@ -201,11 +201,17 @@ void load_full_state_dict(nn::Module& model, const std::map<std::string, Tensor>
 // own (shared, replicated on every rank), so the names and the forward are
 // the full model's. Throws (the layer's error) when model.heads or the
 // feed-forward width is not divisible by comm.size().
-class ParallelVisionTransformer : public nn::Module {
+// Its pipeline layers (nn::Stageable) are the vit's: embedding, each encoder
+// layer, head; a stage is an nn::models::VitStage holding the parallel layers.
+class ParallelVisionTransformer : public nn::Module, public nn::Stageable {
  public:
   ParallelVisionTransformer(nn::models::VisionTransformer& full, Communicator& comm);
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "ParallelVisionTransformer"; }
+  int64_t num_layers() const override { return options.depth + 2; }
+  // This rank's parameters of layer i (an encoder layer's slices).
+  int64_t layer_parameters(int64_t i) const override;
+  std::shared_ptr<nn::Module> make_stage(int64_t lo, int64_t hi) override;
 
   std::shared_ptr<nn::Conv2d> patch_embed;
   Tensor cls_token, pos_embed;

@@ -348,8 +348,9 @@ EvalResult eval_result(const Objective& objective, const StepStats& s) {
 }
 
 // Loss and accuracy through a pipeline: the replicas share the dataset, every rank of a pipeline
-// reads its replica's batches, the first stage feeds them in and the last scores the outputs; the
-// sums go to every rank of the grid, so all report the same numbers.
+// reads its replica's batches, the first stage feeds them in and the last scores the outputs (its
+// tensor-parallel group's rank 0 alone, when it has one); the sums go to every rank of the grid,
+// so all report the same numbers.
 EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
                              std::shared_ptr<const data::Dataset> dataset, const DataConfig& config,
                              const Objective& objective) {
@@ -369,7 +370,7 @@ EvalResult evaluate_pipeline(dist::Pipeline& pipe, dist::PipelineGrid& grid,
     Tensor x = keep < b.size() ? b.images.slice(0, 0, keep) : b.images;
     Tensor y = keep < b.size() ? b.labels.slice(0, 0, keep) : b.labels;
     Tensor logits = pipe.forward(x);
-    if (pipe.is_last()) {
+    if (pipe.is_last() && (!grid.tensor || grid.tensor->rank() == 0)) {  // a stage's group: the same logits
       sums.add(MetricSums::of_batch(objective.eval_loss_sum(logits, y), 1.0, objective, logits, y));
       s.count += static_cast<double>(keep);
     }
@@ -570,25 +571,27 @@ TrainSummary Trainer::run(bool resume) {
   // The data is sharded over the replicas; every rank of a pipeline reads its replica's batches.
   const int stages = static_cast<int>(cfg.train.pipeline_stages);
   const bool pipelined = stages > 1;
-  dist::PipelineGrid grid;
-  if (pipelined) {
+  // ---- tensor parallelism (train.tensor_parallel): groups of P consecutive ranks x replicas ----
+  // grid.tensor is the tensor-parallel group, grid.data the ranks holding the same slices in the
+  // other replicas. Every rank of a group reads its replica's batches. With pipeline stages too,
+  // each stage is split over a group (replicas x stages x P ranks).
+  const int tp = static_cast<int>(cfg.train.tensor_parallel);
+  const bool tensor_parallel = tp > 1;
+  if (pipelined && tensor_parallel)
+    HPDL_CHECK(world % (stages * tp) == 0, "train.pipeline_stages = {} x train.tensor_parallel = {} does not divide "
+               "the {} rank(s) of this run: run with a multiple of {} ranks (pipelines of {} stages, each split "
+               "over {} ranks, x data-parallel replicas)", stages, tp, world, stages * tp, stages, tp);
+  else if (pipelined)
     HPDL_CHECK(world % stages == 0, "train.pipeline_stages = {} does not divide the {} rank(s) of this run: run with "
                "a multiple of {} ranks (pipelines of {} stages x data-parallel replicas), or set "
                "train.pipeline_stages = 1", stages, world, stages, stages);
-    grid = dist::make_pipeline_grid(comm, stages);
-  }
-  // ---- tensor parallelism (train.tensor_parallel): groups of P consecutive ranks x replicas ----
-  // The same grid: grid.pipeline is the tensor-parallel group, grid.data the ranks holding the same
-  // slices in the other replicas. Every rank of a group reads its replica's batches.
-  const int tp = static_cast<int>(cfg.train.tensor_parallel);
-  const bool tensor_parallel = tp > 1;
-  if (tensor_parallel) {
+  else if (tensor_parallel)
     HPDL_CHECK(world % tp == 0, "train.tensor_parallel = {} does not divide the {} rank(s) of this run: run with "
                "a multiple of {} ranks (tensor-parallel groups of {} x data-parallel replicas), or set "
                "train.tensor_parallel = 1", tp, world, tp, tp);
-    grid = dist::make_pipeline_grid(comm, tp);
-  }
   const bool gridded = pipelined || tensor_parallel;
+  dist::PipelineGrid grid;
+  if (gridded) grid = dist::make_pipeline_grid(comm, stages, tp);
   // The ranks that hold the same part of the model: all of them, or a grid's replicas.
   dist::Communicator& replica_comm = gridded ? *grid.data : comm;
   // train.hierarchical_allreduce: whatever averages the replicas (DataParallel, a pipeline stage's
@@ -603,7 +606,7 @@ TrainSummary Trainer::run(bool resume) {
   }
   const int replicas = gridded ? grid.replicas : world, replica = gridded ? grid.replica : rank;
   // Tensor parallel: every rank of a group computes the same logits; only its first counts them.
-  const bool counts_metrics = !tensor_parallel || grid.pipeline->rank() == 0;
+  const bool counts_metrics = !tensor_parallel || grid.tensor->rank() == 0;
   // bf16: autocast (hpdl/ops/autocast.h) around forward and loss: convolutions
   // and matmuls on tensor cores, activations (channels-last) and their
   // gradients in bfloat16; master weights, their gradients and optimizer state
@@ -683,6 +686,25 @@ TrainSummary Trainer::run(bool resume) {
     if (root) std::fprintf(log, "hpdl: activation checkpointing: %s\n", segments.c_str());
   }
   const int64_t model_parameters = model->num_parameters();
+  // With tensor parallelism, each vit encoder layer is replaced by its slice on this rank (built
+  // from the full layer, identical on every rank); the rest of the model stays whole. With pipeline
+  // stages too, the pipeline (below) cuts this tensor-parallel vit into its stages. Generators
+  // of the split parts draw per rank (seed + an offset per rank): their offsets from the full
+  // model's seeds are kept, so checkpoints hold the full model's seeds at any P.
+  std::map<std::string, uint64_t> tp_seed_offset;
+  if (tensor_parallel) {
+    auto* full = dynamic_cast<nn::models::VisionTransformer*>(model.get());
+    HPDL_CHECK(full != nullptr, "train.tensor_parallel = {}: model.name = \"{}\" is not a vit; set "
+               "train.tensor_parallel = 1", tp, cfg.model.name);
+    std::map<std::string, uint64_t> full_seed;
+    for (auto& [name, gen] : model->named_generators()) full_seed[name] = gen->seed();
+    model = std::make_shared<dist::ParallelVisionTransformer>(*full, *grid.tensor);
+    for (auto& [name, gen] : model->named_generators()) tp_seed_offset[name] = gen->seed() - full_seed.at(name);
+    if (root)
+      std::fprintf(log, "hpdl: tensor parallel: groups of %d rank(s) x %d replica(s); %lld of the model's %lld "
+                   "parameters per rank\n", tp, replicas, static_cast<long long>(model->num_parameters()),
+                   static_cast<long long>(model_parameters));
+  }
   // With pipeline stages, `model` becomes this rank's stage (the model's layers it holds, under the
   // model's names); the pipeline owns it, and the other stages' layers are freed here.
   std::unique_ptr<dist::Pipeline> pipeline;
@@ -711,31 +733,18 @@ TrainSummary Trainer::run(bool resume) {
                    fmt::format("{}", fmt::join(pipeline->bounds().begin(), pipeline->bounds().end() - 1, ", ")).c_str(),
                    static_cast<long long>(pipeline->bounds().back()));
   }
-  // With tensor parallelism, each vit encoder layer is replaced by its slice on this rank (built
-  // from the full layer, identical on every rank); the rest of the model stays whole. Generators
-  // of the split parts draw per rank (seed + an offset per rank): their offsets from the full
-  // model's seeds are kept, so checkpoints hold the full model's seeds at any P.
-  std::map<std::string, uint64_t> tp_seed_offset;
-  if (tensor_parallel) {
-    auto* full = dynamic_cast<nn::models::VisionTransformer*>(model.get());
-    HPDL_CHECK(full != nullptr, "train.tensor_parallel = {}: model.name = \"{}\" is not a vit; set "
-               "train.tensor_parallel = 1", tp, cfg.model.name);
-    std::map<std::string, uint64_t> full_seed;
-    for (auto& [name, gen] : model->named_generators()) full_seed[name] = gen->seed();
-    model = std::make_shared<dist::ParallelVisionTransformer>(*full, *grid.pipeline);
-    for (auto& [name, gen] : model->named_generators()) tp_seed_offset[name] = gen->seed() - full_seed.at(name);
-    if (root)
-      std::fprintf(log, "hpdl: tensor parallel: groups of %d rank(s) x %d replica(s); %lld of the model's %lld "
-                   "parameters per rank\n", tp, replicas, static_cast<long long>(model->num_parameters()),
-                   static_cast<long long>(model_parameters));
-  }
   // Activation checkpointing with pipeline stages or tensor parallelism (design decision 67): each
   // stage cuts its own layers into segments (checkpointed micro-batch by micro-batch); each
   // tensor-parallel encoder layer is one segment, whose recompute re-runs its forward allreduce in
   // backward, in the same layer order on every rank of the group.
   if (cfg.train.activation_checkpointing && (pipelined || tensor_parallel)) {
     std::string segments;
-    if (pipelined) {
+    if (pipelined && tensor_parallel) {  // the stage's tensor-parallel encoder layers
+      auto& st = dynamic_cast<nn::models::VitStage&>(pipeline->stage());
+      if (st.blocks) st.blocks->set_checkpoint_chunk(1);
+      segments = fmt::format("stage {}: {} segments: each tensor-parallel encoder layer", pipeline->stage_index(),
+                             st.blocks ? st.blocks->size() : 0);
+    } else if (pipelined) {
       segments = fmt::format("stage {}: {}", pipeline->stage_index(),
                              nn::models::enable_activation_checkpointing(pipeline->stage()));
     } else {
@@ -977,6 +986,11 @@ TrainSummary Trainer::run(bool resume) {
   // owned parameters from every rank. Collective: every rank calls it.
   auto full_model_state = [&]() -> std::map<std::string, Tensor> {
     if (gridded && grid.replica != 0) return {};
+    if (pipelined && tensor_parallel) {  // each stage's group reassembles its stage, stage 0's gathers them
+      auto stage_state = dist::gather_full_state_dict(*model);
+      if (grid.tensor->rank() != 0) return {};
+      return gather_dicts(*grid.pipeline, std::move(stage_state));
+    }
     if (pipelined) return gather_dicts(*grid.pipeline, model->state_dict());
     if (tensor_parallel) return dist::gather_full_state_dict(*model);
     if (zero3) return zero3->full_state_dict(0);
@@ -1011,11 +1025,20 @@ TrainSummary Trainer::run(bool resume) {
       // the stage's state to replica 0.
       std::map<std::string, Tensor> stage_opt = opt->state_dict();
       if (grid.replica != 0) return;
-      std::map<std::string, Tensor> mine = prefixed(model->state_dict(), "model.");
-      for (auto& [k, v] : stage_opt) mine["optim." + k] = v;
-      for (auto& [name, gen] : model->named_generators())
+      std::map<std::string, Tensor> mine;
+      if (tensor_parallel) {
+        // Each stage's group first reassembles its stage (weights and optimizer state) on its rank 0.
+        mine = prefixed(dist::gather_full_state_dict(*model), "model.");
+        for (auto& [k, v] : dist::gather_full_optimizer_state(*model, stage_opt)) mine["optim." + k] = v;
+        if (grid.tensor->rank() != 0) return;
+      } else {
+        mine = prefixed(model->state_dict(), "model.");
+        for (auto& [k, v] : stage_opt) mine["optim." + k] = v;
+      }
+      for (auto& [name, gen] : model->named_generators())  // the full model's seeds (rank 0's offsets are 0)
         mine["rng." + name] = Tensor::from_vector<int64_t>(
-            {static_cast<int64_t>(gen->seed()), static_cast<int64_t>(gen->offset())}, {2});
+            {static_cast<int64_t>(gen->seed() - (tensor_parallel ? tp_seed_offset.at(name) : 0)),
+             static_cast<int64_t>(gen->offset())}, {2});
       gathered = gather_dicts(*grid.pipeline, std::move(mine));
     } else if (tensor_parallel) {
       // Replica 0's group gathers the full model and optimizer state (the split parameters and
@@ -1052,7 +1075,8 @@ TrainSummary Trainer::run(bool resume) {
     meta.extra = {{"world", replicas}};
     if (selecting) meta.extra["early_stopping"] = selection.state();
     if (gridded) {
-      meta.extra[pipelined ? "pipeline_stages" : "tensor_parallel"] = pipelined ? stages : tp;
+      if (pipelined) meta.extra["pipeline_stages"] = stages;
+      if (tensor_parallel) meta.extra["tensor_parallel"] = tp;
       std::map<std::string, Tensor> tensors;
       for (auto& [k, v] : gathered) {
         if (k.rfind("rng.", 0) != 0) {
@@ -1168,10 +1192,10 @@ TrainSummary Trainer::run(bool resume) {
           const Tensor labels = batch.labels;
           pipeline->train_step(batch.images, labels, [&](const Tensor& out, const Tensor& y) {
             Tensor l = objective.train_loss(out, y);
-            step_sums.add(MetricSums::of_batch(l, static_cast<double>(y.dim(0)), objective, out, y));
+            if (counts_metrics) step_sums.add(MetricSums::of_batch(l, static_cast<double>(y.dim(0)), objective, out, y));
             return l;
           });
-          if (pipeline->is_last()) step_count += static_cast<double>(batch.size());
+          if (pipeline->is_last() && counts_metrics) step_count += static_cast<double>(batch.size());
           replica_wait_s += pipeline->replica_wait_seconds();
           continue;
         }
@@ -1211,7 +1235,7 @@ TrainSummary Trainer::run(bool resume) {
           if (pipelined)  // over every stage's parameters: one allreduce of the squared norms
             grad_norm = pipeline->clip_grad_norm(c);
           else if (tensor_parallel)  // the full model's norm: split parameters' slices summed over the group
-            grad_norm = dist::clip_grad_norm(*model, *grid.pipeline, c);
+            grad_norm = dist::clip_grad_norm(*model, *grid.tensor, c);
           else
             grad_norm = shard_grads  // only owners hold a gradient: one allreduce of the squared norms
                             ? dynamic_cast<dist::ShardedOptimizer&>(*opt).clip_grad_norm(c)
@@ -1435,10 +1459,10 @@ TrainSummary Trainer::run(bool resume) {
       Tensor c = t.contiguous();
       h = io::xxh64(c.raw_data(), c.nbytes(), h);
     }
-    auto all = grid.pipeline->allgather(Tensor::from_vector<int64_t>({static_cast<int64_t>(h)}, {1})).to_vector<int64_t>();
+    auto all = grid.tensor->allgather(Tensor::from_vector<int64_t>({static_cast<int64_t>(h)}, {1})).to_vector<int64_t>();
     for (int r = 1; r < tp; ++r)
       HPDL_CHECK(all[r] == all[0], "tensor-parallel check: rank {} of the group of world rank {} ended with other "
-                 "replicated weights than its rank 0", r, rank - grid.pipeline->rank());
+                 "replicated weights than its rank 0", r, rank - grid.tensor->rank());
     if (root) std::fprintf(log, "hpdl: tensor-parallel check: replicated weights identical in each group of %d\n", tp);
   }
   if (replica_comm.size() > 1) {
@@ -1462,7 +1486,8 @@ TrainSummary Trainer::run(bool resume) {
                  static_cast<uint64_t>(all[r]), static_cast<uint64_t>(all[0]));
     if (root && gridded)
       std::fprintf(log, "hpdl: replica check: each %s's weights identical in all %d replicas\n",
-                   pipelined ? "stage" : "tensor-parallel rank", replicas);
+                   pipelined && tensor_parallel ? "stage's tensor-parallel rank" : pipelined ? "stage" : "tensor-parallel rank",
+                   replicas);
     else if (root && zero3)
       std::fprintf(log, "hpdl: replica check: buffers identical on all %d ranks (ZeRO-3: each parameter lives on "
                    "its owner only)\n", world);

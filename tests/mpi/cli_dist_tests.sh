@@ -11,7 +11,8 @@
 # run with the same global batch, write whole-model checkpoints that resume at any stage count, and
 # refuse by name what it does not support.
 # With train.tensor_parallel (a vit's encoder layers split over groups of ranks) it must follow the
-# one-process (or data-parallel) loss curve, and its checkpoints must resume at any group size.
+# one-process (or data-parallel) loss curve, and its checkpoints must resume at any group size; so must
+# pipeline stages split over such groups (with replicas: the 3-D grid).
 # With train.activation_checkpointing, a pipeline and a tensor-parallel run train bit for bit as without.
 # With train.zero_stage = 3 (parameters sharded too) it must train bit for bit as ZeRO-2 (metrics, evaluation,
 # checkpoint bytes), resume with either stage and on one process, and refuse what it does not support by name.
@@ -830,6 +831,78 @@ train_tp_refused_np2)
   grep -q "train.tensor_parallel = 4 does not divide the 2 rank(s) of this run" log || fail "unclear error: $(tail -3 log)"
   try "$ex/fashion_mnist/mlp.toml" --set train.tensor_parallel=2 && fail "a tensor-parallel MLP was accepted"
   grep -q 'train.tensor_parallel = 2 cannot be combined with model.name = "mlp"' log || fail "unclear error: $(tail -3 log)"
+  try "$ex/fashion_mnist/vit.toml" --set train.tensor_parallel=2 --set train.pipeline_stages=2 \
+    && fail "2 stages x 2 tensor-parallel ranks on 2 ranks were accepted"
+  grep -q "train.pipeline_stages = 2 x train.tensor_parallel = 2 does not divide the 2 rank(s) of this run" log \
+    || fail "unclear error: $(tail -3 log)"
+  ;;
+train_tp_pipeline_np4)
+  # Pipeline stages each split over a tensor-parallel group (the 3-D grid's model axes): the tiny vit
+  # on 2 stages x 2 ranks against one process, 6 steps, checkpoints at steps 3 and 6. Only float
+  # summation order differs (the row-parallel sums; micro-batches), so curves agree to 1e-5 and the
+  # weights and momentum to 5e-5 of each tensor's largest element. The checkpoint is the whole vit:
+  # the grid's step 3 resumes on one process and one process's on the grid, both to the straight run.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" \
+            $tiny_vit --set data.batch_size=16 --set data.workers=1 --set data.validation=59904 --set train.epochs=1 \
+            --set train.log_every=1 --set train.checkpoint_every_steps=3 --set train.keep_checkpoints=3 "${@:2}"; }
+  grid="--set train.pipeline_stages=2 --set train.tensor_parallel=2"
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 4 $grid --set train.run_dir=grid >log_2 2>&1 || fail "grid run failed: $(tail -5 log_2)"
+  grep -q "tensor parallel: groups of 2 rank(s) x 1 replica(s)" log_2 || fail "no tensor-parallel line: $(head -3 log_2)"
+  grep -q "pipeline: 2 stages x 1 replica(s), 1 micro-batches per batch (gpipe); stages begin at layers 0, 2 of 4" log_2 \
+    || fail "no pipeline line: $(grep pipeline log_2)"
+  grep -q "tensor-parallel check: replicated weights identical in each group of 2" log_2 || fail "no check: $(tail -5 log_2)"
+  run 4 $grid --set train.micro_batches=4 --set train.pipeline_schedule=1f1b --set train.activation_checkpointing=true \
+    --set train.run_dir=grid_m4 >log_3 2>&1 || fail "1f1b grid run failed: $(tail -5 log_3)"
+  grep -q "activation checkpointing: stage 0: 1 segments: each tensor-parallel encoder layer" log_3 \
+    || fail "no checkpointing line: $(grep checkpointing log_3)"
+  step6=checkpoints/step-0000000006.safetensors
+  for run_dir in grid grid_m4; do
+    compare_curves single $run_dir 1e-5 || fail "$run_dir's loss curve differs from one process"
+    compare_checkpoints single/$step6 $run_dir/$step6 5e-5 || fail "$run_dir's checkpoint differs from one process"
+  done
+  python3 - single/summary.json grid/summary.json <<'PY' || fail "bad summaries"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert b["tensor_parallel"] == 2 and b["pipeline_stages"] == 2, b
+for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
+    assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+PY
+  python3 - grid/metrics.jsonl <<'PY' || fail "the epoch's sample count is off (each group must count once)"
+import json, sys
+e = [r for r in map(json.loads, open(sys.argv[1])) if r.get("type") == "epoch"]
+assert len(e) == 1 and e[0]["samples"] == 96, e
+PY
+  python3 - grid/checkpoints/step-0000000006.json <<'PY' || fail "the sidecar does not record the grid"
+import json, sys
+extra = json.load(open(sys.argv[1]))["extra"]
+assert extra["pipeline_stages"] == 2 and extra["tensor_parallel"] == 2 and extra["world"] == 1, extra
+PY
+  for from_to in "grid 1" "single 4"; do
+    set -- $from_to; dir=resume_from_$1
+    cp -r "$1" "$dir" && rm "$dir"/checkpoints/step-0000000006.* || fail "cannot copy $1"
+    if [[ $2 == 4 ]]; then more=$grid; else more=""; fi
+    run "$2" --resume "$dir" $more >log_$dir 2>&1 || fail "resume of $1 on $2 rank(s) failed: $(tail -5 log_$dir)"
+    grep -q "resumed from .*step-0000000003" log_$dir || fail "did not resume from step 3: $(tail -5 log_$dir)"
+    compare_checkpoints single/$step6 "$dir/$step6" 5e-5 || fail "$1 resumed on $2 rank(s) differs from the straight run"
+  done
+  ;;
+train_tp_pipeline_np8)
+  # The whole 3-D grid: 2 replicas x 2 stages x 2 tensor-parallel ranks against 2-rank data
+  # parallelism (the same global batch of 32 and shards): curves within 1e-5, checkpoints within
+  # 5e-5, and the replicas of each stage's slices bitwise equal at the end (the replica check).
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" \
+            $tiny_vit --set data.batch_size=16 --set data.workers=1 --set data.validation=59904 --set train.epochs=1 \
+            --set train.log_every=1 --set train.eval_every_epochs=0 "${@:2}"; }
+  run 2 --set train.run_dir=dp >log_1 2>&1 || fail "data-parallel run failed: $(tail -5 log_1)"
+  run 8 --set train.pipeline_stages=2 --set train.tensor_parallel=2 --set train.micro_batches=2 --set train.run_dir=grid \
+    >log_2 2>&1 || fail "grid run failed: $(tail -5 log_2)"
+  grep -q "pipeline: 2 stages x 2 replica(s), 2 micro-batches per batch" log_2 || fail "no grid line: $(grep pipeline log_2)"
+  grep -q "replica check: each stage's tensor-parallel rank's weights identical in all 2 replicas" log_2 \
+    || fail "no replica check: $(tail -5 log_2)"
+  compare_curves dp grid 1e-5 || fail "the grid's loss curve differs from data parallelism's"
+  compare_checkpoints dp/checkpoints/step-0000000003.safetensors grid/checkpoints/step-0000000003.safetensors 5e-5 \
+    || fail "the grid's checkpoint differs from data parallelism's"
   ;;
 train_pipeline_ckpt_np2)
   # train.activation_checkpointing in a 2-stage 1F1B pipeline of 4 micro-batches: a small custom CNN

@@ -439,6 +439,46 @@ TEST(Pipeline, PipelineTimesDataGridMatchesOneProcess) {
         expect_grid_matches(stages, micro, schedule, ref);
 }
 
+// The 3-D layout (replicas x stages x tensor-parallel ranks): a stage's group is consecutive world
+// ranks, a pipeline joins rank t of each stage's group in one replica, the data communicator the same
+// slice of the same stage in every replica.
+TEST(Pipeline, GridWithTensorParallelGroupsLaysRanksOut) {
+  const int n = W().size(), r = W().rank();
+  auto world_ranks = [](Communicator& c) {
+    return c.allgather(Tensor::from_vector<int64_t>({static_cast<int64_t>(W().rank())}, {1})).to_vector<int64_t>();
+  };
+  for (int S : {1, 2})
+    for (int P : {1, 2}) {
+      if (n % (S * P) != 0) continue;
+      auto g = make_pipeline_grid(W(), S, P);
+      const int d = r / (S * P), s = (r / P) % S, t = r % P;
+      EXPECT_EQ(g.replicas, n / (S * P));
+      EXPECT_EQ(g.replica, d);
+      std::vector<int64_t> want;
+      for (int k = 0; k < S; ++k) want.push_back((d * S + k) * P + t);
+      EXPECT_EQ(world_ranks(*g.pipeline), want) << "S " << S << " P " << P;
+      want.clear();
+      for (int k = 0; k < g.replicas; ++k) want.push_back((k * S + s) * P + t);
+      EXPECT_EQ(world_ranks(*g.data), want) << "S " << S << " P " << P;
+      if (P == 1) {
+        EXPECT_EQ(g.tensor, nullptr);
+        continue;
+      }
+      want.clear();
+      for (int k = 0; k < P; ++k) want.push_back((d * S + s) * P + k);
+      EXPECT_EQ(world_ranks(*g.tensor), want) << "S " << S << " P " << P;
+    }
+  if (n % 3 != 0) {
+    try {
+      make_pipeline_grid(W(), 1, 3);
+      FAIL() << "3 tensor-parallel ranks accepted on " << n;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("pipelines of 1 stages of 3 tensor-parallel ranks each"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(Pipeline, GridErrorsAreRaisedOnEveryRankOfEveryReplica) {
   EXPECT_THROW(make_pipeline_grid(W(), 3), Error);  // 2 or 4 ranks are no multiple of 3
   const int stages = W().size() / 2;                 // 2 replicas

@@ -67,19 +67,24 @@ Tensor VisionTransformer::forward(const Tensor& x) {
   return vit_classify(*norm, *head, blocks->forward(vit_embed("vit", options, *patch_embed, cls_token, pos_embed, x)));
 }
 
-int64_t VisionTransformer::layer_parameters(int64_t i) const {
-  HPDL_CHECK(i >= 0 && i < num_layers(), "vit: layer {} out of range ({} layers)", i, num_layers());
-  if (i == 0) return patch_embed->num_parameters() + cls_token.numel() + pos_embed.numel();
-  if (i == num_layers() - 1) return norm->num_parameters() + head->num_parameters();
-  return (*blocks)[static_cast<size_t>(i - 1)].num_parameters();
-}
+int64_t VisionTransformer::layer_parameters(int64_t i) const { return vit_parts(*this).layer_parameters(*this, i); }
 
 std::shared_ptr<Module> VisionTransformer::make_stage(int64_t lo, int64_t hi) {
-  check_stage_range(*this, lo, hi, num_layers());
-  VitStage::Parts p{options, patch_embed, cls_token, pos_embed, {}, norm, head};
-  for (const auto& [_, m] : blocks->children()) p.blocks.push_back(m);
-  auto stage = std::make_shared<VitStage>(p, lo, hi);
-  stage->train(is_training());
+  return vit_parts(*this).make_stage(*this, lo, hi);
+}
+
+int64_t VitStage::Parts::layer_parameters(const Module& who, int64_t i) const {
+  const int64_t layers = options.depth + 2;
+  HPDL_CHECK(i >= 0 && i < layers, "{}: layer {} out of range ({} layers)", who.type_name(), i, layers);
+  if (i == 0) return patch_embed->num_parameters() + cls_token.numel() + pos_embed.numel();
+  if (i == layers - 1) return norm->num_parameters() + head->num_parameters();
+  return blocks.at(static_cast<size_t>(i - 1))->num_parameters();
+}
+
+std::shared_ptr<Module> VitStage::Parts::make_stage(const Module& who, int64_t lo, int64_t hi) const {
+  check_stage_range(who, lo, hi, options.depth + 2);
+  auto stage = std::make_shared<VitStage>(*this, lo, hi);
+  stage->train(who.is_training());
   return stage;
 }
 

@@ -71,6 +71,10 @@ class VitStage : public Module {
     std::vector<ModulePtr> blocks;  // all depth encoder layers
     std::shared_ptr<LayerNorm> norm;
     std::shared_ptr<Linear> head;
+    // Parameters (elements) of layer i of depth + 2 (`who` names the model in errors).
+    int64_t layer_parameters(const Module& who, int64_t i) const;
+    // make_stage for the model `who` these parts are of: layers [lo, hi) in `who`'s train/eval mode.
+    std::shared_ptr<Module> make_stage(const Module& who, int64_t lo, int64_t hi) const;
   };
   VitStage(const Parts& parts, int64_t lo, int64_t hi);
   Tensor forward(const Tensor& x) override;
@@ -86,6 +90,15 @@ class VitStage : public Module {
   VitOptions options;
   int64_t lo = 0, hi = 0;
 };
+
+// The parts of a vit-shaped model (VisionTransformer, or the tensor-parallel
+// one, with the same members), for its stages.
+template <typename Vit>
+VitStage::Parts vit_parts(const Vit& v) {
+  VitStage::Parts p{v.options, v.patch_embed, v.cls_token, v.pos_embed, {}, v.norm, v.head};
+  for (const auto& [_, m] : v.blocks->children()) p.blocks.push_back(m);
+  return p;
+}
 
 // The shared steps of a vit's forward: images [N, C, H, W] -> tokens
 // [N, 1 + L, E] (the class token first, then the patches, plus positions;

@@ -319,7 +319,9 @@ TEST(Config, TensorParallelKeysAndRefusals) {
                                    {"train.tensor_parallel=4"}); });
   EXPECT_NE(err.find("train.tensor_parallel = 4 does not divide the feed-forward width 54"), std::string::npos) << err;
   const std::pair<std::string, std::string> refused[] = {
-      {"[train]\npipeline_stages = 2", "train.pipeline_stages = 2"},
+      {"[train]\npipeline_stages = 2\n[optimizer]\nclip_grad_norm = 1.0",
+       "train.pipeline_stages = 2 and optimizer.clip_grad_norm = 1"},
+      {"[train]\npipeline_stages = 2\nshard_optimizer = true", "train.pipeline_stages = 2 and train.shard_optimizer = true"},
       {"[train]\ndevice = \"cuda\"", "train.device = \"cuda\""},
       {"[train]\nsync_batchnorm = true", "train.sync_batchnorm = true"},
       {"[train]\nshard_optimizer = true\nzero_stage = 2", "train.zero_stage = 2"},
@@ -339,6 +341,10 @@ TEST(Config, TensorParallelKeysAndRefusals) {
   EXPECT_NO_THROW(parse_config(vit + "[train]\ntensor_parallel = 2\nshard_optimizer = true\n", "c.toml"));
   EXPECT_EQ(parse_config(vit + "[optimizer]\nclip_grad_norm = 1.0\n", "c.toml", {"train.tensor_parallel=2"})
                 .optimizer.clip_grad_norm, 1.0);
+  // Pipeline stages, each split over a group (the 3-D grid), with micro-batches and checkpointing.
+  c = parse_config(vit + "[train]\ntensor_parallel = 2\npipeline_stages = 2\nmicro_batches = 2\n"
+                   "activation_checkpointing = true\n", "c.toml");
+  EXPECT_EQ(c.train.pipeline_stages * c.train.tensor_parallel, 4);
 }
 
 // train.zero_stage: 1 by default, 1, 2 or 3 only, 2 and 3 need shard_optimizer and are refused (naming
