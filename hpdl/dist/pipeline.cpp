@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "hpdl/autograd/node.h"
+#include "hpdl/dist/tensor_parallel.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizer.h"
 
@@ -427,7 +428,7 @@ double Pipeline::train_step(const Tensor& input, const Tensor& target, const Los
   return mean_loss;
 }
 
-double Pipeline::clip_grad_norm(double max_norm) {
+double Pipeline::clip_grad_norm(double max_norm, Communicator* tensor_group) {
   HPDL_CHECK(max_norm > 0, "Pipeline::clip_grad_norm: max_norm must be > 0, got {}", max_norm);
   NoGradGuard no_grad;
   // Where this stage's parameters begin in the whole model's order: the stages before it hold
@@ -440,15 +441,23 @@ double Pipeline::clip_grad_norm(double max_norm) {
     if (s < stage_index_) first += n[s];
     total_params += n[s];
   }
-  std::vector<Tensor> grads;
-  std::vector<int64_t> at;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].grad().defined()) grads.push_back(params[i].grad()), at.push_back(first + static_cast<int64_t>(i));
+  // This stage's sums of squares per parameter (0 without a gradient): its own gradients', or with
+  // a tensor-parallel group the full parameters' (summed over the group, replicated ones once).
+  std::vector<double> mine(params.size(), 0.0);
+  if (tensor_group != nullptr) {
+    mine = parameter_sums_of_squares(*stage_, *tensor_group);
+  } else {
+    std::vector<Tensor> grads;
+    std::vector<size_t> at;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (params[i].grad().defined()) grads.push_back(params[i].grad()), at.push_back(i);
+    const std::vector<double> sums = optim::sums_of_squares(grads);
+    for (size_t k = 0; k < at.size(); ++k) mine[at[k]] = sums[k];
+  }
   // Zeros at the other stages' parameters: x + 0 is x, so after the sum every stage holds each
   // stage's values bit for bit (a parameter without a gradient adds 0, as if it were skipped).
   std::vector<double> sq(static_cast<size_t>(total_params), 0.0);
-  const std::vector<double> mine = optim::sums_of_squares(grads);
-  for (size_t k = 0; k < at.size(); ++k) sq[static_cast<size_t>(at[k])] = mine[k];
+  for (size_t i = 0; i < mine.size(); ++i) sq[static_cast<size_t>(first) + i] = mine[i];
   if (!sq.empty()) comm_.allreduce(sq.data(), static_cast<int64_t>(sq.size()), DType::f64);
   double total_sq = 0;
   for (double v : sq) total_sq += v;  // the whole model's parameter order, as optim::clip_grad_norm adds them
@@ -457,8 +466,9 @@ double Pipeline::clip_grad_norm(double max_norm) {
              "({}); the loss has diverged (lower the learning rate or check the inputs)", num_stages(), total);
   const double coef = max_norm / (total + 1e-6);  // the epsilon of optim::clip_grad_norm
   if (coef < 1)
-    for (const Tensor& g0 : grads) {
-      Tensor g = g0;
+    for (const Tensor& p : params) {
+      if (!p.grad().defined()) continue;
+      Tensor g = p.grad();
       g.copy_(mul(g, coef));
     }
   return total;

@@ -139,7 +139,13 @@ class Pipeline {
   // average the replicas' gradients are identical, so they clip alike.
   // Returns the norm before clipping. Throws when max_norm <= 0 or the norm
   // is not finite (on every stage alike).
-  double clip_grad_norm(double max_norm);
+  // Stages split over tensor-parallel groups (a tensor-parallel model cut
+  // into stages, grid.tensor): pass the group; each stage's sums are then
+  // its full parameters' (parameter_sums_of_squares, one allreduce over the
+  // group first), so the norm is the whole model's, as one process computes
+  // it up to the order of float sums inside a split parameter. Collective
+  // over the pipeline and the group.
+  double clip_grad_norm(double max_norm, Communicator* tensor_group = nullptr);
 
   // Forward only, without a graph (uses the modules' current train/eval mode),
   // the whole batch at once (no micro-batches). Returns the last stage's output

@@ -436,8 +436,7 @@ std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model) {
   return out;
 }
 
-double clip_grad_norm(nn::Module& model, Communicator& comm, double max_norm) {
-  HPDL_CHECK(max_norm > 0, "tensor-parallel clip_grad_norm: max_norm must be > 0, got {}", max_norm);
+std::vector<double> parameter_sums_of_squares(nn::Module& model, Communicator& comm) {
   NoGradGuard no_grad;
   const auto sharded = sharded_parameters(model);
   const auto named = model.named_parameters();
@@ -459,14 +458,21 @@ double clip_grad_norm(nn::Module& model, Communicator& comm, double max_norm) {
   double* v = sq.data<double>();
   for (size_t k = 0; k < at.size(); ++k) v[at[k]] = mine[k];
   if (sq.numel() > 0) comm.allreduce_async(sq)->wait();  // in order with the layers' collectives
+  return sq.to_vector<double>();
+}
+
+double clip_grad_norm(nn::Module& model, Communicator& comm, double max_norm) {
+  HPDL_CHECK(max_norm > 0, "tensor-parallel clip_grad_norm: max_norm must be > 0, got {}", max_norm);
+  const std::vector<double> sq = parameter_sums_of_squares(model, comm);
+  NoGradGuard no_grad;
   double total_sq = 0;
-  for (int64_t i = 0; i < sq.numel(); ++i) total_sq += v[i];  // parameter order
+  for (double v : sq) total_sq += v;  // parameter order
   const double total = std::sqrt(total_sq);
   HPDL_CHECK(std::isfinite(total), "tensor-parallel clip_grad_norm: the gradient norm is not finite ({}); the loss "
              "has diverged (lower the learning rate or check the inputs)", total);
   const double coef = max_norm / (total + 1e-6);  // the epsilon of optim::clip_grad_norm
   if (coef < 1)
-    for (const auto& [_, p] : named) {
+    for (const auto& [_, p] : model.named_parameters()) {
       if (!p.grad().defined()) continue;
       Tensor g = p.grad();
       g.copy_(mul(g, coef));

@@ -245,6 +245,14 @@ std::map<std::string, ShardedParameter> sharded_parameters(nn::Module& model);
 // parameter is split over another communicator, or when the norm is not finite.
 double clip_grad_norm(nn::Module& model, Communicator& comm, double max_norm);
 
+// The float64 sum of squares of each of model.named_parameters()' FULL
+// gradients (0 for one without a gradient), the same on every rank of
+// `comm`: a split parameter's slices summed over the group, a replicated one
+// counted once (rank 0's). One allreduce over `comm`, in order with the
+// layers' collectives. What clip_grad_norm adds up; Pipeline::clip_grad_norm
+// uses it for stages split over a group.
+std::vector<double> parameter_sums_of_squares(nn::Module& model, Communicator& comm);
+
 // An optimizer's state (optim::Optimizer::state_dict(): "<parameter>.<buffer>"
 // entries and counters) of a model holding sharded layers, in the full
 // model's layout: a buffer of a split parameter with the shape of that

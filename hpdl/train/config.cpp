@@ -561,13 +561,6 @@ void validate(const Config& c, const std::string& src) {
     refuse(t.loss_scale != "auto" && t.loss_scale != "none" && t.loss_scale != "1",
            fmt::format("train.loss_scale = '{}'", t.loss_scale),
            "each rank would check only its own slices' gradients and could skip a step alone");
-    if (t.pipeline_stages > 1) {  // pipeline stages, each split over a group: what is not combined yet
-      refuse(c.optimizer.clip_grad_norm > 0, fmt::format("train.pipeline_stages = {} and optimizer.clip_grad_norm = {}",
-             t.pipeline_stages, c.optimizer.clip_grad_norm), "the norm over split stages is not implemented; clip "
-             "with one of the two");
-      refuse(t.shard_optimizer, fmt::format("train.pipeline_stages = {} and train.shard_optimizer = true",
-             t.pipeline_stages), "sharding split stages' optimizer state over the replicas is not implemented");
-    }
     const int64_t ff = std::llround(static_cast<double>(c.model.dim) * c.model.mlp_ratio);
     HPDL_CHECK(c.model.heads % P == 0, "{}: train.tensor_parallel = {} does not divide model.heads = {} (each rank "
                "holds heads / P attention heads); use a divisor of {}", src, P, c.model.heads, c.model.heads);

@@ -1232,8 +1232,9 @@ TrainSummary Trainer::run(bool resume) {
         auto clip = [&] {
           if (cfg.optimizer.clip_grad_norm <= 0) return;
           const double c = cfg.optimizer.clip_grad_norm;
-          if (pipelined)  // over every stage's parameters: one allreduce of the squared norms
-            grad_norm = pipeline->clip_grad_norm(c);
+          if (pipelined)  // over every stage's parameters: one allreduce of the squared norms (a split
+                          // stage's sums over its group first)
+            grad_norm = pipeline->clip_grad_norm(c, tensor_parallel ? grid.tensor.get() : nullptr);
           else if (tensor_parallel)  // the full model's norm: split parameters' slices summed over the group
             grad_norm = dist::clip_grad_norm(*model, *grid.tensor, c);
           else

@@ -861,6 +861,17 @@ train_tp_pipeline_np4)
     compare_curves single $run_dir 1e-5 || fail "$run_dir's loss curve differs from one process"
     compare_checkpoints single/$step6 $run_dir/$step6 5e-5 || fail "$run_dir's checkpoint differs from one process"
   done
+  # Clipping by the whole model's norm (0.5 binds on all 6 steps: norms 2-5): the stages' sums of the
+  # full parameters (split ones summed over the group) in the vit's parameter order.
+  run 1 --set optimizer.clip_grad_norm=0.5 --set train.run_dir=single_clip >log_4 2>&1 || fail "np 1 clip run failed: $(tail -5 log_4)"
+  run 4 $grid --set optimizer.clip_grad_norm=0.5 --set train.run_dir=grid_clip >log_5 2>&1 \
+    || fail "grid clip run failed: $(tail -5 log_5)"
+  compare_curves single_clip grid_clip 1e-5 loss,accuracy,grad_norm || fail "the clipped grid's curve or norm is off"
+  python3 - single_clip/metrics.jsonl <<'PY' || fail "the clip did not bind on every step"
+import json, sys
+n = [r["grad_norm"] for r in map(json.loads, open(sys.argv[1])) if r.get("type") == "step"]
+assert len(n) == 6 and min(n) > 0.5, n
+PY
   python3 - single/summary.json grid/summary.json <<'PY' || fail "bad summaries"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:])
@@ -891,6 +902,7 @@ train_tp_pipeline_np8)
   # The whole 3-D grid: 2 replicas x 2 stages x 2 tensor-parallel ranks against 2-rank data
   # parallelism (the same global batch of 32 and shards): curves within 1e-5, checkpoints within
   # 5e-5, and the replicas of each stage's slices bitwise equal at the end (the replica check).
+  # Then ZeRO-1 in the grid.
   run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/vit.toml" \
             $tiny_vit --set data.batch_size=16 --set data.workers=1 --set data.validation=59904 --set train.epochs=1 \
             --set train.log_every=1 --set train.eval_every_epochs=0 "${@:2}"; }
@@ -903,6 +915,20 @@ train_tp_pipeline_np8)
   compare_curves dp grid 1e-5 || fail "the grid's loss curve differs from data parallelism's"
   compare_checkpoints dp/checkpoints/step-0000000003.safetensors grid/checkpoints/step-0000000003.safetensors 5e-5 \
     || fail "the grid's checkpoint differs from data parallelism's"
+  # ZeRO-1 over the replicas of each slice of each stage (AdamW) moves no bit: the checkpoint (weights
+  # and the gathered state) is the unsharded grid's byte for byte, straight and resumed after step 2.
+  adam="--set optimizer.name=adamw --set optimizer.lr=0.001 --set train.pipeline_stages=2 --set train.tensor_parallel=2"
+  run 8 $adam --set train.run_dir=adam >log_5 2>&1 || fail "AdamW grid run failed: $(tail -5 log_5)"
+  run 8 $adam --set train.shard_optimizer=true --set train.run_dir=adam_zero >log_6 2>&1 \
+    || fail "sharded grid run failed: $(tail -5 log_6)"
+  grep -q "(sharded)" log_6 || fail "the optimizer state was not sharded: $(grep 'state per rank' log_6)"
+  step3=checkpoints/step-0000000003.safetensors
+  cmp adam/$step3 adam_zero/$step3 || fail "the sharded grid's checkpoint differs from the unsharded grid's"
+  run 8 $adam --set train.shard_optimizer=true --set train.max_steps=2 --set train.run_dir=adam_zero_r >log_7 2>&1 \
+    || fail "first sharded chunk failed: $(tail -5 log_7)"
+  run 8 $adam --set train.shard_optimizer=true --resume adam_zero_r >log_8 2>&1 || fail "sharded resume failed: $(tail -5 log_8)"
+  grep -q "resumed from .*step-0000000002" log_8 || fail "did not resume from step 2: $(tail -5 log_8)"
+  cmp adam/$step3 adam_zero_r/$step3 || fail "the resumed sharded grid differs from the straight run"
   ;;
 train_pipeline_ckpt_np2)
   # train.activation_checkpointing in a 2-stage 1F1B pipeline of 4 micro-batches: a small custom CNN

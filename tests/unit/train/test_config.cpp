@@ -319,9 +319,6 @@ TEST(Config, TensorParallelKeysAndRefusals) {
                                    {"train.tensor_parallel=4"}); });
   EXPECT_NE(err.find("train.tensor_parallel = 4 does not divide the feed-forward width 54"), std::string::npos) << err;
   const std::pair<std::string, std::string> refused[] = {
-      {"[train]\npipeline_stages = 2\n[optimizer]\nclip_grad_norm = 1.0",
-       "train.pipeline_stages = 2 and optimizer.clip_grad_norm = 1"},
-      {"[train]\npipeline_stages = 2\nshard_optimizer = true", "train.pipeline_stages = 2 and train.shard_optimizer = true"},
       {"[train]\ndevice = \"cuda\"", "train.device = \"cuda\""},
       {"[train]\nsync_batchnorm = true", "train.sync_batchnorm = true"},
       {"[train]\nshard_optimizer = true\nzero_stage = 2", "train.zero_stage = 2"},
