@@ -27,7 +27,8 @@ target_link_libraries(hpdl_store_lite PUBLIC fmt::fmt
 # Staging adds MPI (its MPI calls live in hpdl/store/stage_mpi.cpp only).
 add_library(hpdl_store_stage STATIC
   ${HPDL_STORE_ROOT}/hpdl/store/stage.cpp
-  ${HPDL_STORE_ROOT}/hpdl/store/stage_mpi.cpp)
+  ${HPDL_STORE_ROOT}/hpdl/store/stage_mpi.cpp
+  ${HPDL_STORE_ROOT}/hpdl/core/env.cpp)
 target_compile_options(hpdl_store_stage PRIVATE ${HPDL_WARNINGS})
 target_compile_definitions(hpdl_store_stage PRIVATE OMPI_SKIP_MPICXX=1 MPICH_SKIP_MPICXX=1)
 target_link_libraries(hpdl_store_stage PUBLIC hpdl_store_lite MPI::MPI_C PRIVATE PkgConfig::XXHASH)

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <vector>
 
+#include "hpdl/core/env.h"
+
 namespace hpdl::dist {
 namespace {
 
@@ -253,15 +255,7 @@ void Communicator::free_hierarchy() {
 }
 
 MPI_Comm Communicator::split_nodes(int node_id) const {
-  if (node_id < 0) {
-    if (const char* v = std::getenv("HPDL_NODE_ID")) {
-      char* end = nullptr;
-      const long id = std::strtol(v, &end, 10);
-      HPDL_CHECK(end != v && *end == '\0' && id >= 0 && id < (1L << 30),
-                 "HPDL_NODE_ID='{}' is not a node number (an integer in [0, 2^30))", v);
-      node_id = int(id);
-    }
-  }
+  if (node_id < 0) node_id = env_node_id();
   MPI_Comm node = MPI_COMM_NULL;
   MpiLock lock;
   if (node_id >= 0)

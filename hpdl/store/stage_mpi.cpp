@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "hpdl/core/env.h"
 #include "hpdl/core/error.h"
 #include "hpdl/store/stage_comm_impl.h"
 
@@ -42,8 +43,7 @@ class MpiComm final : public StageComm {
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     hpdl::set_error_rank(rank_);
     int key = rank_;
-    if (const char* id = std::getenv("HPDL_NODE_ID")) {
-      int node_id = std::atoi(id);
+    if (const int node_id = env_node_id(); node_id >= 0) {
       check(MPI_Comm_split(MPI_COMM_WORLD, node_id, rank_, &node_comm_), "MPI_Comm_split(HPDL_NODE_ID)");
       key = node_id;
     } else {

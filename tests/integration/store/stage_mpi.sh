@@ -53,4 +53,11 @@ done
 [ -d "$T/one/node0" ] && [ ! -d "$T/one/node1" ] || fail "two ranks on one node made two copies"
 cmp "$T/shared/index.hpdi" "$T/one/node0/index.hpdi" || fail "shared node: index differs"
 
+# A bad HPDL_NODE_ID is refused by name (it used to mean node 0).
+if "$MPIRUN" $ROOT --oversubscribe -np 2 sh -c 'HPDL_NODE_ID=node-a exec "$0" "$@"' "$CLI" stage "$T/shared" \
+     --to "$T/bad/node%n" -q >"$T/bad.log" 2>&1; then
+  fail "HPDL_NODE_ID=node-a was accepted"
+fi
+grep -q "HPDL_NODE_ID='node-a' is not a node number" "$T/bad.log" || fail "unclear error: $(tail -3 "$T/bad.log")"
+
 echo "stage_mpi.sh: OK"
