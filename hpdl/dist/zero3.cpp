@@ -55,7 +55,7 @@ struct Zero3::Unit {
   bool gathered = false;              // mapped (its broadcasts may still be in flight: see pending)
 };
 
-Zero3::Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataParallel& dp, Zero3Options options)
+Zero3::Zero3(std::shared_ptr<nn::Module> model, ShardedOptimizer& opt, DataParallel& dp, Zero3Options options)
     : model_(std::move(model)), opt_(opt), dp_(dp), comm_(dp.comm()), options_(options) {
   HPDL_CHECK(model_ != nullptr, "Zero3: no model given");
   HPDL_CHECK(dp_.shards_gradients(), "Zero3: the DataParallel does not shard gradients; build it with "
@@ -78,7 +78,15 @@ Zero3::Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataP
 
   // Units: a new one at each module with parameters; parameter-free modules join the one before.
   std::vector<std::pair<std::string, nn::ModulePtr>> leaves;
-  leaves_of(*model_, "", leaves);
+  if (const auto* seq = dynamic_cast<const nn::Sequential*>(model_.get())) {
+    leaves_of(*seq, "", leaves);
+  } else if (auto* layers = dynamic_cast<nn::Stageable*>(model_.get())) {
+    for (int64_t i = 0; i < layers->num_layers(); ++i)
+      leaves.emplace_back(fmt::format("layer {}", i), layers->make_stage(i, i + 1));
+  } else {
+    HPDL_FAIL("Zero3: a {} is not a sequence of layers (an nn::Sequential, a vit or another nn::Stageable), so its "
+              "parameters cannot be gathered unit by unit", model_->type_name());
+  }
   HPDL_CHECK(!leaves.empty(), "Zero3: the model has no layers");
   std::vector<int> unit_of(params_.size(), -1);
   for (auto& [name, m] : leaves) {

@@ -39,12 +39,16 @@
 
 namespace hpdl::dist {
 
-// Shards an nn::Sequential's parameters over the ranks of `dp`'s communicator.
+// Shards an nn::Sequential's (or another nn::Stageable model's) parameters
+// over the ranks of `dp`'s communicator.
 //
 // Units: the Sequential's children, with nested Sequentials opened up (their
 // children run in the same order, so the chain computes the same function).
 // A unit starts at each module with parameters; modules without parameters
-// (activations, pooling, flatten) join the unit before them. Parameters must
+// (activations, pooling, flatten) join the unit before them. A Stageable
+// model that is not a Sequential (a vit) runs as its layers, each a unit of
+// its own (make_stage(i, i + 1): a vit's embedding, each encoder layer, its
+// head), named "layer i". Parameters must
 // each belong to exactly one unit: a parameter shared by two units, or one
 // registered on a Sequential itself, is refused by name (so are non-float32,
 // non-CPU and non-contiguous ones, through ShardedOptimizer and DataParallel).
@@ -79,7 +83,7 @@ class Zero3 : public nn::Module {
   // `opt` and `dp` must be over `model`'s parameters and outlive this object;
   // dp must shard gradients (DataParallelOptions::grad_owners) by opt's owners.
   // Not collective. Throws naming the parameter or the option at fault.
-  Zero3(std::shared_ptr<nn::Sequential> model, ShardedOptimizer& opt, DataParallel& dp, Zero3Options options = {});
+  Zero3(std::shared_ptr<nn::Module> model, ShardedOptimizer& opt, DataParallel& dp, Zero3Options options = {});
   ~Zero3() override;
 
   Tensor forward(const Tensor& x) override;
@@ -131,7 +135,7 @@ class Zero3 : public nn::Module {
   int num_units() const { return static_cast<int>(units_.size()); }
   // The dotted names of the modules of unit i ("0", "1", "3.0", ...).
   std::vector<std::string> unit_modules(int i) const;
-  nn::Sequential& model() { return *model_; }
+  nn::Module& model() { return *model_; }
 
  protected:
   void on_train(bool on) override { model_->train(on); }
@@ -145,7 +149,7 @@ class Zero3 : public nn::Module {
   void settle();         // waits for and releases whatever a previous forward/backward left gathered
   Tensor run(const Unit& u, const Tensor& x) const;
 
-  std::shared_ptr<nn::Sequential> model_;
+  std::shared_ptr<nn::Module> model_;
   ShardedOptimizer& opt_;
   DataParallel& dp_;
   Communicator& comm_;

@@ -801,14 +801,13 @@ TrainSummary Trainer::run(bool resume) {
   // rank keeps only its owned parameters in between. `net` runs the forward (the model's own otherwise).
   std::unique_ptr<dist::Zero3> zero3;
   if (shard_grads && cfg.train.zero_stage == 3 && dp) {
-    auto seq = std::dynamic_pointer_cast<nn::Sequential>(model);
-    HPDL_CHECK(seq != nullptr, "train.zero_stage = 3: model.name = \"{}\" is not a sequence of layers (an "
-               "nn::Sequential at the top), so its parameters cannot be gathered unit by unit; use mlp, lenet5, "
-               "resnet20, resnet18, resnet50, alexnet_bn, vgg11_bn, vgg16_bn or custom, or train.zero_stage = 2",
+    HPDL_CHECK(dynamic_cast<nn::Stageable*>(model.get()) != nullptr, "train.zero_stage = 3: model.name = \"{}\" is "
+               "not a sequence of layers, so its parameters cannot be gathered unit by unit; use mlp, lenet5, "
+               "resnet20, resnet18, resnet50, alexnet_bn, vgg11_bn, vgg16_bn, vit or custom, or train.zero_stage = 2",
                cfg.model.name);
     dist::Zero3Options z3o;
     z3o.prefetch = cfg.train.zero3_prefetch;
-    zero3 = std::make_unique<dist::Zero3>(seq, dynamic_cast<dist::ShardedOptimizer&>(*opt), *dp, z3o);
+    zero3 = std::make_unique<dist::Zero3>(model, dynamic_cast<dist::ShardedOptimizer&>(*opt), *dp, z3o);
     if (root) {
       int64_t total = 0;
       for (auto& p : model->parameters()) total += static_cast<int64_t>(p.nbytes());
