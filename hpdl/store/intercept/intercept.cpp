@@ -55,6 +55,7 @@ struct OpenFile {
   bool is_dir = false;
   size_t entry = 0;            // when !is_dir
   std::string path;            // store-relative path ("" = mount root)
+  std::string ancestor;        // else: a missing folder above the mount, by its absolute path ("/hpdl")
   std::vector<std::byte> decoded;  // a compressed entry, decompressed once at open
   std::mutex mu;
   uint64_t pos = 0;
@@ -197,7 +198,7 @@ bool under_mount(int dirfd, const char* path, std::string& rel) {
       return false;
     abs = normalize(path);
   } else if (OpenFile* f = (dirfd == AT_FDCWD ? nullptr : fake(dirfd)); f && f->is_dir) {
-    abs = normalize(s->mount + "/" + f->path + "/" + path);
+    abs = normalize((f->ancestor.empty() ? s->mount + "/" + f->path : f->ancestor) + "/" + path);
   } else {
     return false;  // relative to a real folder: the process cannot chdir into the mount
   }
@@ -265,9 +266,11 @@ int stat_mount(const std::string& rel, struct stat* st) {
 
 int stat_fake(OpenFile* f, struct stat* st) {
   g_state->counts.mount_stats++;
-  fill_stat(st, f->is_dir ? 2 : 1, f->entry, f->path);
+  fill_stat(st, f->is_dir ? 2 : 1, f->entry, f->ancestor.empty() ? f->path : f->ancestor);
   return 0;
 }
+
+int install(std::unique_ptr<OpenFile> f, int flags);
 
 int open_mount(const std::string& rel, int flags) {
   State* s = g_state;
@@ -290,6 +293,24 @@ int open_mount(const std::string& rel, int flags) {
       return fail(EIO);
     }
   }
+  return install(std::move(f), flags);
+}
+
+// A missing folder above the mount (absolute, normalized `abs`), opened as a folder:
+// fstat, fdopendir (its one child on the way to the mount) and *at calls relative to it
+// work, so walks from it (find, fts, os.walk with dir_fd) reach the mount.
+int open_ancestor(const std::string& abs, int flags) {
+  g_state->counts.mount_opens++;
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC | O_APPEND)) != 0) return fail(EISDIR);
+  auto f = std::make_unique<OpenFile>();
+  f->is_dir = true;
+  f->ancestor = abs;
+  return install(std::move(f), flags);
+}
+
+// Gives `f` an fd number of its own. Returns it, or -1 with errno set.
+int install(std::unique_ptr<OpenFile> f, int flags) {
+  State* s = g_state;
   // Duplicating a /dev/null fd kept open since init reserves a number without a path walk.
   int fd = s->null_fd >= 0 ? REAL_AS(int (*)(int, int, ...), fcntl)(s->null_fd, (flags & O_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0)
                            : -1;
@@ -454,16 +475,21 @@ bool mount_ancestor(const char* path);
 
 // A missing folder above the mount ("/hpdl" for /hpdl/data): ".", ".." and the next
 // folder on the way to the mount. Its fd is a plain /dev/null copy (-1 if none).
+// The listing of a folder above the mount, by its absolute path: ".", ".." and the next folder.
+std::vector<hpdl::store::DirEntry> ancestor_children(const std::string& abs) {
+  const std::string& m = g_state->mount;
+  const size_t from = abs == "/" ? 1 : abs.size() + 1, to = m.find('/', from);
+  return {{".", true}, {"..", true}, {m.substr(from, to == std::string::npos ? std::string::npos : to - from), true}};
+}
+
 DIR* opendir_ancestor(const char* path) {
   const std::string abs = normalize(path);
-  const std::string& m = g_state->mount;
-  const size_t from = abs.size() + 1, to = m.find('/', from);
   auto d = std::make_unique<FakeDir>();
   d->fd = g_state->null_fd >= 0
               ? REAL_AS(int (*)(int, int, ...), fcntl)(g_state->null_fd, F_DUPFD_CLOEXEC, 0)
               : -1;
   d->path = abs;
-  d->children = {{".", true}, {"..", true}, {m.substr(from, to == std::string::npos ? std::string::npos : to - from), true}};
+  d->children = ancestor_children(abs);
   g_state->counts.mount_dirs++;
   std::lock_guard<std::mutex> lock(g_state->dirs_mu);
   g_state->dirs.insert(d.get());
@@ -474,11 +500,16 @@ DIR* opendir_fake(int fd) {
   OpenFile* f = fake(fd);
   auto d = std::make_unique<FakeDir>();
   d->fd = fd;
-  d->path = f->path;
-  d->children.push_back({".", true});
-  d->children.push_back({"..", true});
-  if (auto kids = g_state->reader->list_dir(f->path))
-    d->children.insert(d->children.end(), kids->begin(), kids->end());
+  if (!f->ancestor.empty()) {
+    d->path = f->ancestor;
+    d->children = ancestor_children(f->ancestor);
+  } else {
+    d->path = f->path;
+    d->children.push_back({".", true});
+    d->children.push_back({"..", true});
+    if (auto kids = g_state->reader->list_dir(f->path))
+      d->children.insert(d->children.end(), kids->begin(), kids->end());
+  }
   g_state->counts.mount_dirs++;
   std::lock_guard<std::mutex> lock(g_state->dirs_mu);
   g_state->dirs.insert(d.get());
@@ -532,11 +563,25 @@ FILE* fopen_mount(const std::string& rel, const char* mode) {
 
 int mode_arg(int flags, va_list ap) { return (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, int) : 0; }
 
+// A call relative to an open folder above the mount (its fd is a /dev/null copy) goes by
+// absolute path: (dirfd, path) becomes (AT_FDCWD, its absolute path, kept in `storage`).
+void through_ancestor(int& dirfd, const char*& path, std::string& storage) {
+  if (dirfd == AT_FDCWD || !path || path[0] == '/' || path[0] == '\0') return;
+  OpenFile* f = fake(dirfd);
+  if (!f || f->ancestor.empty()) return;
+  storage = normalize(f->ancestor + "/" + path);
+  dirfd = AT_FDCWD;
+  path = storage.c_str();
+}
+
 int do_openat(int dirfd, const char* path, int flags, int mode) {
-  std::string rel;
+  std::string rel, abs;
+  through_ancestor(dirfd, path, abs);
   if (under_mount(dirfd, path, rel)) return open_mount(rel, flags);
   if (g_state) g_state->counts.other_opens++;
-  return REAL_AS(int (*)(int, const char*, int, ...), openat)(dirfd, path, flags, mode);
+  const int fd = REAL_AS(int (*)(int, const char*, int, ...), openat)(dirfd, path, flags, mode);
+  if (fd >= 0 || errno != ENOENT || !mount_ancestor(path)) return fd;
+  return open_ancestor(normalize(path), flags);  // a missing folder above the mount (find /hpdl)
 }
 
 // True when absolute `path` names a folder above the mount ("/hpdl" for /hpdl/data).
@@ -576,7 +621,8 @@ int stat_beside_mount(const char* path, struct stat* st, int flags) {
 }
 
 int do_stat_at(int dirfd, const char* path, struct stat* st, int flags) {
-  std::string rel;
+  std::string rel, abs;
+  through_ancestor(dirfd, path, abs);
   if (path && path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
     if (OpenFile* f = fake(dirfd)) return stat_fake(f, st);
   } else if (under_mount(dirfd, path, rel)) {
@@ -802,7 +848,8 @@ int __fxstatat64(int, int dirfd, const char* path, struct stat* st, int flags) {
   return do_stat_at(dirfd, path, st, flags);
 }
 int statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* sx) noexcept {
-  std::string rel;
+  std::string rel, abs;
+  through_ancestor(dirfd, path, abs);
   struct stat st {};
   int rc = 1;
   if (path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
@@ -838,7 +885,8 @@ int statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* s
 
 // ---- access ----
 int faccessat(int dirfd, const char* path, int mode, int flags) noexcept {
-  std::string rel;
+  std::string rel, abs;
+  through_ancestor(dirfd, path, abs);
   if (under_mount(dirfd, path, rel)) {
     size_t entry = 0;
     int kind = lookup(rel, entry);

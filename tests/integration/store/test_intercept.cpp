@@ -158,6 +158,33 @@ TEST_P(InterceptTest, CanonicalPathsResolveThroughTheMount) {
             "['mnt'] True\n");
 }
 
+// Walks from a folder above the mount (which does not exist: /hpdl for /hpdl/mnt) reach the
+// store: find (fts: openat of /hpdl, fdopendir, fstatat and openat relative to it) and Python's
+// os.fwalk (directory fds) list what a walk from the mount lists, under /hpdl/mnt.
+TEST_P(InterceptTest, WalksFromAboveTheMountReachIt) {
+  int st = -1;
+  const std::string from_mount = run(env_ + "find /hpdl/mnt -type f | sort", &st);
+  ASSERT_EQ(st, 0);
+  ASSERT_NE(from_mount.find("/hpdl/mnt/a/c/deep.bin"), std::string::npos) << from_mount;
+  std::string out = run(env_ + "find /hpdl -type f 2>&1 | sort", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_EQ(out, from_mount);
+  out = run(env_ + "find /hpdl -maxdepth 1 2>&1", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_EQ(out, "/hpdl\n/hpdl/mnt\n");
+  out = run(env_ + "/usr/bin/python3 -c \"import os; print(sorted(os.path.join(d, f) for d, _, fs, _ in "
+                   "os.fwalk('/hpdl') for f in fs))\" 2>&1", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("'/hpdl/mnt/a/c/deep.bin'"), std::string::npos) << out;
+  // The folder above opens read-only only, as a folder: writing to it, or reading it, fails.
+  out = run(env_ + "/usr/bin/python3 -c \"import os\nfd = os.open('/hpdl', os.O_RDONLY | os.O_DIRECTORY)\n"
+                   "print(os.listdir(fd), os.fstat(fd).st_mode & 0o170000 == 0o040000)\ntry:\n  os.read(fd, 1)\n"
+                   "except IsADirectoryError:\n  print('EISDIR')\ntry:\n  os.open('/hpdl', os.O_WRONLY)\n"
+                   "except IsADirectoryError:\n  print('EISDIR')\n\" 2>&1", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_EQ(out, "['mnt'] True\nEISDIR\nEISDIR\n");
+}
+
 TEST_P(InterceptTest, NumpyAndPythonMmapReadTheSameValues) {
   int st = -1;
   std::string out = run(env_ + "/usr/bin/python3 " HPDL_STORE_TEST_DIR "/mmap_numpy.py " + src_.string() +
