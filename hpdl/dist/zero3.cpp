@@ -28,16 +28,6 @@ const std::shared_ptr<Storage>& no_storage() {
 // allocator aligns them.
 int64_t aligned16(int64_t numel) { return (numel + 15) / 16 * 16; }
 
-void leaves_of(const nn::Sequential& seq, const std::string& prefix,
-               std::vector<std::pair<std::string, nn::ModulePtr>>& out) {
-  for (const auto& [name, child] : seq.children()) {
-    if (const auto* inner = dynamic_cast<const nn::Sequential*>(child.get()))
-      leaves_of(*inner, prefix + name + ".", out);
-    else
-      out.emplace_back(prefix + name, child);
-  }
-}
-
 }  // namespace
 
 struct Zero3::Unit {
@@ -79,7 +69,7 @@ Zero3::Zero3(std::shared_ptr<nn::Module> model, ShardedOptimizer& opt, DataParal
   // Units: a new one at each module with parameters; parameter-free modules join the one before.
   std::vector<std::pair<std::string, nn::ModulePtr>> leaves;
   if (const auto* seq = dynamic_cast<const nn::Sequential*>(model_.get())) {
-    leaves_of(*seq, "", leaves);
+    leaves = seq->leaves();
   } else if (auto* layers = dynamic_cast<nn::Stageable*>(model_.get())) {
     for (int64_t i = 0; i < layers->num_layers(); ++i)
       leaves.emplace_back(fmt::format("layer {}", i), layers->make_stage(i, i + 1));

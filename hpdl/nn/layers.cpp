@@ -377,17 +377,40 @@ void Sequential::set_checkpoint_chunk(int64_t k) {
   checkpoint_chunk_ = k;
 }
 
+std::vector<std::pair<std::string, ModulePtr>> Sequential::leaves() const {
+  std::vector<std::pair<std::string, ModulePtr>> out;
+  for (const auto& [name, child] : children()) {
+    if (const auto* inner = dynamic_cast<const Sequential*>(child.get()))
+      for (auto& [sub, m] : inner->leaves()) out.emplace_back(name + "." + sub, m);
+    else
+      out.emplace_back(name, child);
+  }
+  return out;
+}
+
 int64_t Sequential::layer_parameters(int64_t i) const {
-  HPDL_CHECK(i >= 0 && i < num_layers(), "Sequential: layer {} out of range (size {})", i, num_layers());
-  return children()[static_cast<size_t>(i)].second->num_parameters();
+  const auto all = leaves();
+  HPDL_CHECK(i >= 0 && i < static_cast<int64_t>(all.size()), "Sequential: layer {} out of range ({} layers)", i,
+             all.size());
+  return all[static_cast<size_t>(i)].second->num_parameters();
 }
 
 std::shared_ptr<Module> Sequential::make_stage(int64_t lo, int64_t hi) {
-  check_stage_range(*this, lo, hi, num_layers());
+  const auto all = leaves();
+  check_stage_range(*this, lo, hi, static_cast<int64_t>(all.size()));
   auto stage = std::make_shared<NamedSequential>();
   for (int64_t i = lo; i < hi; ++i) {
-    const auto& [name, m] = children()[static_cast<size_t>(i)];
-    stage->add(name, m);
+    // "7.2": into the stage's "7" (added by the first of its leaves here), as "2".
+    const auto& [path, m] = all[static_cast<size_t>(i)];
+    NamedSequential* at = stage.get();
+    size_t from = 0;
+    for (size_t dot = path.find('.'); dot != std::string::npos; from = dot + 1, dot = path.find('.', from)) {
+      const std::string part = path.substr(from, dot - from);
+      const auto& kids = at->children();
+      if (kids.empty() || kids.back().first != part) at->add(part, std::make_shared<NamedSequential>());
+      at = static_cast<NamedSequential*>(at->children().back().second.get());
+    }
+    at->add(path.substr(from), m);
   }
   stage->train(is_training());
   return stage;

@@ -298,8 +298,10 @@ class Stageable {
 };
 
 // Children run in order; they are named "0", "1", ... as in PyTorch. Its layers
-// for a pipeline (Stageable) are its children; a stage is a NamedSequential of
-// them under their names.
+// for a pipeline (Stageable) are its leaves(): its children with nested
+// Sequentials opened up (a ResNet's stages of blocks become their blocks), so
+// a stage can end inside a nested Sequential; a stage is a NamedSequential
+// holding them under their names (nested NamedSequentials for "7.2").
 class Sequential : public Module, public Stageable {
  public:
   Sequential() = default;
@@ -320,7 +322,10 @@ class Sequential : public Module, public Stageable {
   void set_checkpoint_chunk(int64_t k);
   int64_t checkpoint_chunk() const { return checkpoint_chunk_; }
 
-  int64_t num_layers() const override { return static_cast<int64_t>(size()); }
+  // The chain of modules it runs: children, nested Sequentials opened up, each
+  // with its dotted name ("0", "7.2").
+  std::vector<std::pair<std::string, ModulePtr>> leaves() const;
+  int64_t num_layers() const override { return static_cast<int64_t>(leaves().size()); }
   int64_t layer_parameters(int64_t i) const override;
   std::shared_ptr<Module> make_stage(int64_t lo, int64_t hi) override;
 

@@ -487,6 +487,25 @@ PY
     || fail "hpdl eval of a pipeline checkpoint failed: $(tail -3 log_e)"
   grep -qi "accuracy" log_e || fail "hpdl eval printed no accuracy: $(tail -3 log_e)"
   ;;
+train_pipeline_resnet_np2)
+  # resnet20's pipeline layers are its leaves (its 3 stages of 3 blocks opened up: 15 layers), so the
+  # balanced cut falls inside a stage of blocks (at layer 10, block 5.1). Two stages with one
+  # micro-batch are bitwise one process (4 steps of 16); the 2-stage step-2 checkpoint (names such
+  # as 5.1.conv1.weight from the nested stage) resumes on one process to the straight run's bytes.
+  run() { "$mpirun" --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS=1 "$hpdl" train "$ex/fashion_mnist/resnet20.toml" \
+            --set data.batch_size=16 --set data.workers=1 --set train.max_steps=4 --set train.eval_every_epochs=0 \
+            --set train.log_every=1 --set train.checkpoint_every_steps=2 --set train.keep_checkpoints=2 "${@:2}"; }
+  run 1 --set train.run_dir=single >log_1 2>&1 || fail "np 1 run failed: $(tail -5 log_1)"
+  run 2 --set train.pipeline_stages=2 --set train.run_dir=pipe >log_2 2>&1 || fail "pipeline run failed: $(tail -5 log_2)"
+  grep -q "stages begin at layers 0, 10 of 15" log_2 || fail "not cut inside a stage of blocks: $(grep pipeline log_2)"
+  step4=checkpoints/step-0000000004.safetensors
+  cmp single/$step4 pipe/$step4 || fail "the 2-stage resnet20 checkpoint differs from the single-process one"
+  compare_curves single pipe 0 || fail "the 2-stage resnet20 metrics differ from the single-process ones"
+  cp -r pipe resumed && rm resumed/checkpoints/step-0000000004.* || fail "cannot copy pipe"
+  run 1 --resume resumed >log_r 2>&1 || fail "resume on one process failed: $(tail -5 log_r)"
+  grep -q "resumed from .*step-0000000002" log_r || fail "did not resume from step 2: $(tail -5 log_r)"
+  cmp single/$step4 resumed/$step4 || fail "the 2-stage checkpoint resumed on one process differs from the straight run"
+  ;;
 train_pipeline_vit_np4)
   # The tiny vit on 4 ranks: one stage per layer (embedding, 2 encoder layers, head) with one
   # micro-batch is bitwise one process; a 2 x 2 grid (2 stages x 2 replicas, 2 micro-batches) follows

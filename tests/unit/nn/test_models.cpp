@@ -4,6 +4,7 @@
 
 #include "hpdl/autograd/node.h"
 #include "hpdl/nn/models/models.h"
+#include "tests/unit/nn/stage_check.h"
 
 namespace hpdl::nn::models {
 namespace {
@@ -74,6 +75,32 @@ TEST(Models, OutputShapes) {
     NoGradGuard ng;
     EXPECT_EQ(m->forward(cifar).shape(), (Shape{2, 100})) << name;
   }
+}
+
+// A Sequential's pipeline layers are its leaves: nested Sequentials (resnet20's stages of
+// blocks) opened up, so a stage can end inside one; any cut composes to the model exactly and
+// keeps its names ("4.1.conv1.weight" in a nested NamedSequential) and order, buffers included.
+TEST(Models, SequentialStagesOpenNestedSequentials) {
+  auto m = std::dynamic_pointer_cast<Sequential>(resnet20(1, 10, 5));
+  ASSERT_NE(m, nullptr);
+  const auto leaves = m->leaves();
+  // stem conv, bn, relu; 3 stages of 3 blocks; pool, flatten, fc
+  ASSERT_EQ(leaves.size(), 15u);
+  EXPECT_EQ(m->num_layers(), 15);
+  EXPECT_EQ(leaves[3].first, "3.0");
+  EXPECT_EQ(leaves[11].first, "5.2");
+  int64_t counted = 0;
+  for (int64_t i = 0; i < 15; ++i) counted += m->layer_parameters(i);
+  EXPECT_EQ(counted, m->num_parameters());
+  m->eval();  // batch norm by its running statistics: the same in every cut
+  Generator gen(2);
+  expect_stages_compose(*m, Tensor::randn({2, 1, 8, 8}, gen), {{0, 15}, {0, 4, 15}, {0, 5, 8, 13, 15}, {0, 3, 12, 14, 15}});
+  auto stage = m->make_stage(4, 8);  // 3.1, 3.2, 4.0, 4.1
+  std::vector<std::string> kids;
+  for (auto& [name, _] : stage->children()) kids.push_back(name);
+  EXPECT_EQ(kids, (std::vector<std::string>{"3", "4"}));
+  EXPECT_TRUE(stage->state_dict().count("3.1.conv1.weight"));
+  EXPECT_FALSE(stage->state_dict().count("3.0.conv1.weight"));
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "hpdl/ops/ops.h"
 #include "hpdl/train/config.h"
 #include "hpdl/train/trainer.h"
+#include "tests/unit/nn/stage_check.h"
 #include "tests/unit/nn/torch_check.h"
 
 namespace hpdl::nn {
@@ -286,13 +287,6 @@ TEST(Vit, BadSettingsNameTheKey) {
 // composes to the vit's forward and backward exactly, and the stages hold the vit's own tensors
 // under its names, in its order.
 TEST(Vit, StagesComposeToTheModelUnderItsNames) {
-  auto max_abs_diff = [](const Tensor& a, const Tensor& b) {
-    EXPECT_EQ(a.shape(), b.shape());
-    const auto u = a.contiguous().to_vector<float>(), w = b.contiguous().to_vector<float>();
-    double worst = 0;
-    for (size_t i = 0; i < u.size() && i < w.size(); ++i) worst = std::max(worst, std::fabs(double(u[i]) - w[i]));
-    return worst;
-  };
   models::VitOptions o;
   o.in_channels = 1, o.height = 8, o.width = 8, o.num_classes = 5;
   o.patch_size = 4, o.dim = 8, o.depth = 3, o.heads = 2, o.seed = 3;
@@ -306,31 +300,7 @@ TEST(Vit, StagesComposeToTheModelUnderItsNames) {
   EXPECT_EQ(layers.layer_parameters(4), v->norm->num_parameters() + v->head->num_parameters());
   Generator gen(7);
   const Tensor x = Tensor::randn({2, 1, 8, 8}, gen);
-  v->zero_grad();
-  Tensor full = v->forward(x);
-  sum(full).backward();
-  std::map<std::string, Tensor> want;
-  for (auto& [name, p] : v->named_parameters()) want[name] = p.grad().clone();
-  const auto order = v->named_parameters();
-  for (const std::vector<int64_t>& bounds : {std::vector<int64_t>{0, 1, 5}, {0, 2, 3, 5}, {0, 4, 5}, {0, 1, 2, 3, 4, 5}}) {
-    std::vector<ModulePtr> stages;
-    std::vector<std::string> names;
-    for (size_t s = 0; s + 1 < bounds.size(); ++s) {
-      stages.push_back(layers.make_stage(bounds[s], bounds[s + 1]));
-      for (auto& [name, p] : stages.back()->named_parameters()) {
-        names.push_back(name);
-        EXPECT_EQ(p.raw_data(), v->state_dict().at(name).raw_data()) << name << " is not the vit's own tensor";
-      }
-    }
-    ASSERT_EQ(names.size(), order.size());
-    for (size_t i = 0; i < names.size(); ++i) EXPECT_EQ(names[i], order[i].first) << "parameter " << i;
-    v->zero_grad();
-    Tensor h = x;
-    for (auto& st : stages) h = st->forward(h);
-    EXPECT_EQ(max_abs_diff(h, full), 0.0);
-    sum(h).backward();
-    for (auto& [name, p] : v->named_parameters()) EXPECT_EQ(max_abs_diff(p.grad(), want.at(name)), 0.0) << name;
-  }
+  expect_stages_compose(*v, x, {{0, 1, 5}, {0, 2, 3, 5}, {0, 4, 5}, {0, 1, 2, 3, 4, 5}});
   auto middle = layers.make_stage(2, 3);
   EXPECT_NE(error_of([&] { middle->forward(x); }).find("vit stage of layers 2..2: input [2, 1, 8, 8] must be tokens"),
             std::string::npos);
