@@ -32,7 +32,9 @@ struct PipelineOptions {
   int micro_batches = 1;
   PipelineSchedule schedule = PipelineSchedule::gpipe;
   // Where stages 1..S-1 begin: S-1 strictly increasing layer indices in
-  // [1, layers). Empty: balance_stages() by parameter count.
+  // [1, layers), layers as nn::Stageable counts them (a Sequential's leaves,
+  // nested Sequentials opened up; a vit's embedding, encoder layers, head).
+  // Empty: balance_stages() by parameter count.
   std::vector<int64_t> split_points;
   // Pipeline x data parallelism (the grid constructor): each stage's gradients
   // sit in flat buckets of at most this many bytes (dist::DataParallel), all-

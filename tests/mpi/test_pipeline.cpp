@@ -13,6 +13,7 @@
 #include "hpdl/dist/pipeline.h"
 #include "hpdl/nn/layers.h"
 #include "hpdl/nn/models/models.h"
+#include "hpdl/nn/models/resnet50.h"
 #include "hpdl/ops/ops.h"
 #include "hpdl/optim/optimizer.h"
 #include "hpdl/optim/optimizers.h"
@@ -176,6 +177,33 @@ TEST(Pipeline, BalanceStagesByParameters) {
   // Parameter-free layers spread out rather than piling onto one stage.
   EXPECT_EQ(balance_stages({0, 0, 0, 0}, 2), (std::vector<int64_t>{0, 2, 4}));
   EXPECT_THROW(balance_stages({1, 2}, 3), Error);
+}
+
+// ResNet-50's layers are its leaves (its 16 bottlenecks, not its 4 stages of them), so 4 stages
+// balance: the largest holds under 30% of the parameters. Cut at its stages of blocks, the last
+// stage alone (layer4: 15.0 M of 25.6 M) would hold 58%.
+TEST(Pipeline, ResNet50BalancesOverFourStages) {
+  auto m = std::dynamic_pointer_cast<nn::Sequential>(nn::models::resnet50(3, 1000));
+  ASSERT_NE(m, nullptr);
+  ASSERT_EQ(m->num_layers(), 23);
+  std::vector<int64_t> params;
+  for (int64_t i = 0; i < m->num_layers(); ++i) params.push_back(m->layer_parameters(i));
+  const auto b = balance_stages(params, 4);
+  int64_t largest = 0;
+  for (size_t s = 0; s + 1 < b.size(); ++s) {
+    int64_t n = 0;
+    for (int64_t i = b[s]; i < b[s + 1]; ++i) n += params[static_cast<size_t>(i)];
+    largest = std::max(largest, n);
+  }
+  std::printf("  resnet50 over 4 stages: bounds %lld %lld %lld %lld, largest stage %.1f%% of %lld parameters\n",
+              static_cast<long long>(b[0]), static_cast<long long>(b[1]), static_cast<long long>(b[2]),
+              static_cast<long long>(b[3]), 100.0 * double(largest) / double(m->num_parameters()),
+              static_cast<long long>(m->num_parameters()));
+  EXPECT_LT(double(largest), 0.30 * double(m->num_parameters()));
+  int64_t last_stage_of_blocks = 0;
+  for (auto& [name, p] : m->named_parameters())
+    if (name.rfind("7.", 0) == 0) last_stage_of_blocks += p.numel();
+  EXPECT_GT(double(last_stage_of_blocks), 0.55 * double(m->num_parameters()));
 }
 
 TEST(Pipeline, StagesPartitionTheModel) {
