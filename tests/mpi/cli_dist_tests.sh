@@ -74,6 +74,12 @@ resume_to_bytes() {
   cmp "$4/$f" "$2/$f" || fail "$5 differs from the straight run"
 }
 
+# evaluates RUN WHAT: `hpdl eval` reads the checkpoint of RUN (written by WHAT) and prints an accuracy.
+evaluates() {
+  OMP_NUM_THREADS=1 "$hpdl" eval --checkpoint "$1" >"$1.eval" 2>&1 || fail "hpdl eval of a $2 checkpoint failed: $(tail -3 "$1.eval")"
+  grep -qi "accuracy" "$1.eval" || fail "hpdl eval of a $2 checkpoint printed no accuracy: $(tail -3 "$1.eval")"
+}
+
 # compare_checkpoints A B RTOL: two safetensors files hold the same tensors (names, dtypes, shapes),
 # every float element equal within RTOL of the tensor's largest magnitude (0: exactly equal).
 compare_checkpoints() {
@@ -483,9 +489,7 @@ PY
     grep -q "resumed from .*step-0000000003" log_$dir || fail "did not resume from step 3: $(tail -5 log_$dir)"
     cmp single/$step6 "$dir/$step6" || fail "$1 resumed on $2 stage(s) differs from the straight run"
   done
-  OMP_NUM_THREADS=1 "$hpdl" eval --checkpoint resume_from_single >log_e 2>&1 \
-    || fail "hpdl eval of a pipeline checkpoint failed: $(tail -3 log_e)"
-  grep -qi "accuracy" log_e || fail "hpdl eval printed no accuracy: $(tail -3 log_e)"
+  evaluates resume_from_single "pipeline"
   ;;
 train_pipeline_resnet_np2)
   # resnet20's pipeline layers are its leaves (its 3 stages of 3 blocks opened up: 15 layers), so the
@@ -595,8 +599,7 @@ train_pipeline_resume_np2)
   grep -q "resumed from" log_e || fail "did not resume: $(tail -5 log_e)"
   cmp straight/checkpoints/step-0000000006.safetensors p1s2/checkpoints/step-0000000006.safetensors \
     || fail "1 stage resumed on 2 differs from the straight run"
-  OMP_NUM_THREADS=1 "$hpdl" eval --checkpoint p1s2 >log_f 2>&1 || fail "hpdl eval of a pipeline checkpoint failed: $(tail -3 log_f)"
-  grep -qi "accuracy" log_f || fail "hpdl eval printed no accuracy: $(tail -3 log_f)"
+  evaluates p1s2 "pipeline"
   ;;
 train_pipeline_np4)
   # Two pipelines of two stages (4 ranks, 2 micro-batches) against 2-rank data parallelism: the same
@@ -833,9 +836,7 @@ PY
     compare_checkpoints single/$step6 "$dir/$step6" 5e-5 || fail "$1 resumed at P = $2 differs from the straight run"
   done
   # A checkpoint written at P = 2 is an ordinary one: hpdl eval reads it.
-  OMP_NUM_THREADS=1 "$hpdl" eval --checkpoint resume_from_single >log_e 2>&1 \
-    || fail "hpdl eval of a tensor-parallel checkpoint failed: $(tail -3 log_e)"
-  grep -qi "accuracy" log_e || fail "hpdl eval printed no accuracy: $(tail -3 log_e)"
+  evaluates resume_from_single "tensor-parallel"
   ;;
 train_tp_np4)
   # Two groups of two (4 ranks) against 2-rank data parallelism: the same global batch and shards,
