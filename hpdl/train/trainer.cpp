@@ -1019,37 +1019,41 @@ TrainSummary Trainer::run(bool resume) {
     // Pipeline: the replicas are identical, so replica 0's stages send their model, optimizer and
     // generator state to world rank 0 (its first stage), which writes one whole-model checkpoint.
     std::map<std::string, Tensor> gathered;
-    if (pipelined) {
-      // Sharded (ZeRO-1 over the replicas): every replica's rank of the stage takes part in gathering
-      // the stage's state to replica 0.
-      std::map<std::string, Tensor> stage_opt = opt->state_dict();
-      if (grid.replica != 0) return;
-      std::map<std::string, Tensor> mine;
+    // This rank's part of the model as whole-model entries: "model." and "optim." (the optimizer
+    // state `part_opt`) and the generators' "rng." states under the full model's seeds (rank 0's
+    // offsets are 0). With tensor parallelism the group reassembles its split parameters and their
+    // elementwise optimizer buffers (collective over the group; the result counts on its rank 0).
+    auto part_state = [&](const std::map<std::string, Tensor>& part_opt) {
+      std::map<std::string, Tensor> m;
       if (tensor_parallel) {
-        // Each stage's group first reassembles its stage (weights and optimizer state) on its rank 0.
-        mine = prefixed(dist::gather_full_state_dict(*model), "model.");
-        for (auto& [k, v] : dist::gather_full_optimizer_state(*model, stage_opt)) mine["optim." + k] = v;
-        if (grid.tensor->rank() != 0) return;
+        m = prefixed(dist::gather_full_state_dict(*model), "model.");
+        for (auto& [k, v] : dist::gather_full_optimizer_state(*model, part_opt)) m["optim." + k] = v;
       } else {
-        mine = prefixed(model->state_dict(), "model.");
-        for (auto& [k, v] : stage_opt) mine["optim." + k] = v;
+        m = prefixed(model->state_dict(), "model.");
+        for (auto& [k, v] : part_opt) m["optim." + k] = v;
       }
-      for (auto& [name, gen] : model->named_generators())  // the full model's seeds (rank 0's offsets are 0)
-        mine["rng." + name] = Tensor::from_vector<int64_t>(
+      for (auto& [name, gen] : model->named_generators())
+        m["rng." + name] = Tensor::from_vector<int64_t>(
             {static_cast<int64_t>(gen->seed() - (tensor_parallel ? tp_seed_offset.at(name) : 0)),
              static_cast<int64_t>(gen->offset())}, {2});
+      return m;
+    };
+    if (pipelined) {
+      // Sharded (ZeRO-1 over the replicas): every replica's rank of the stage takes part in gathering
+      // the stage's state to replica 0. Split over a group, the stage is reassembled on the group's
+      // rank 0 first; those ranks send their stages.
+      std::map<std::string, Tensor> stage_opt = opt->state_dict();
+      if (grid.replica != 0) return;
+      std::map<std::string, Tensor> mine = part_state(stage_opt);
+      if (tensor_parallel && grid.tensor->rank() != 0) return;
       gathered = gather_dicts(*grid.pipeline, std::move(mine));
     } else if (tensor_parallel) {
-      // Replica 0's group gathers the full model and optimizer state (the split parameters and
-      // their elementwise optimizer buffers reassembled) on world rank 0: an ordinary checkpoint.
-      // Sharded (ZeRO-1 over the replicas): every replica's rank takes part in gathering its part's state.
+      // Replica 0's group gathers the full model and optimizer state on world rank 0: an ordinary
+      // checkpoint. Sharded (ZeRO-1 over the replicas): every replica's rank takes part in gathering
+      // its part's state.
       std::map<std::string, Tensor> part_opt = opt->state_dict();
       if (grid.replica != 0) return;
-      for (auto& [k, v] : dist::gather_full_state_dict(*model)) gathered["model." + k] = v;
-      for (auto& [k, v] : dist::gather_full_optimizer_state(*model, part_opt)) gathered["optim." + k] = v;
-      for (auto& [name, gen] : model->named_generators())  // the full model's seeds (rank 0's offsets are 0)
-        gathered["rng." + name] = Tensor::from_vector<int64_t>(
-            {static_cast<int64_t>(gen->seed() - tp_seed_offset.at(name)), static_cast<int64_t>(gen->offset())}, {2});
+      gathered = part_state(part_opt);
     } else if (root || shard_optimizer || local_sgd > 0) {
       opt_state = opt->state_dict();
     }
