@@ -74,7 +74,7 @@ std::vector<Key> bind(Config& c) {
       {"train.local_sgd_steps", &t.local_sgd_steps},
       {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
       {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},
-      {"train.pipeline_schedule", &t.pipeline_schedule},
+      {"train.pipeline_schedule", &t.pipeline_schedule}, {"train.pipeline_split_points", &t.pipeline_split_points},
       {"train.tensor_parallel", &t.tensor_parallel},
       {"train.activation_checkpointing", &t.activation_checkpointing},
       {"train.ema_decay", &t.ema_decay}, {"train.ema_warmup", &t.ema_warmup},
@@ -518,6 +518,15 @@ void validate(const Config& c, const std::string& src) {
   check_one_of(src, "train.pipeline_schedule", t.pipeline_schedule, {"gpipe", "1f1b"});
   HPDL_CHECK(t.micro_batches == 1 || t.pipeline_stages > 1, "{}: train.micro_batches = {} needs train.pipeline_stages "
              "> 1 (micro-batches are how a batch flows through pipeline stages)", src, t.micro_batches);
+  if (!t.pipeline_split_points.empty()) {
+    const auto& sp = t.pipeline_split_points;
+    HPDL_CHECK(static_cast<int64_t>(sp.size()) == t.pipeline_stages - 1, "{}: train.pipeline_split_points has {} "
+               "entries; train.pipeline_stages = {} needs {} (where stages 1..{} begin)", src, sp.size(),
+               t.pipeline_stages, t.pipeline_stages - 1, t.pipeline_stages - 1);
+    for (size_t i = 0; i < sp.size(); ++i)
+      HPDL_CHECK(sp[i] >= 1 && (i == 0 || sp[i] > sp[i - 1]), "{}: train.pipeline_split_points[{}] = {}: split points "
+                 "must be layer indices from 1, strictly increasing", src, i, sp[i]);
+  }
   if (t.pipeline_stages > 1) {
     HPDL_CHECK(c.data.batch_size % t.micro_batches == 0, "{}: data.batch_size = {} is not divisible by "
                "train.micro_batches = {}; every micro-batch must hold the same number of samples", src,

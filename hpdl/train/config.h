@@ -215,17 +215,23 @@ struct TrainConfig {
   // (momentum, Adam moments) at every averaging point.
   bool local_sgd_average_optimizer = false;
   // Pipeline parallelism (dist::Pipeline; GPipe, Huang et al. 2019) under
-  // MPI: the model (an nn::Sequential) is cut into this many stages, one per
-  // rank, and the world is a grid of world / pipeline_stages data-parallel
-  // replicas of the pipeline. 1: off. Refused with sync_batchnorm,
-  // shard_optimizer, local_sgd_steps, accumulate_steps > 1, bf16_wire,
-  // optimizer.clip_grad_norm, loss scaling and GPU ranks.
+  // MPI: the model (a sequence of layers: an nn::Sequential's leaves, or a
+  // vit's embedding, encoder layers and head) is cut into this many stages,
+  // one per rank (or per tensor-parallel group), and the world is a grid of
+  // data-parallel replicas of the pipeline. 1: off. Refused with
+  // sync_batchnorm, zero_stage 2 and 3, local_sgd_steps, accumulate_steps > 1,
+  // loss scaling and GPU ranks.
   int64_t pipeline_stages = 1;
   // With pipeline_stages > 1: micro-batches per batch (must divide
   // data.batch_size), and their order: "gpipe" (all forwards, then all
   // backwards) or "1f1b" (one forward, one backward in turn; less memory).
   int64_t micro_batches = 1;
   std::string pipeline_schedule = "gpipe";
+  // With pipeline_stages > 1: where stages 1..S-1 begin, as layer indices
+  // (S - 1 of them, strictly increasing, from 1); empty: stages balanced by
+  // parameter count. Parameters are not compute: a CNN's first layers hold
+  // few parameters and most of the work.
+  std::vector<int64_t> pipeline_split_points;
   // Tensor parallelism (dist/tensor_parallel.h; Megatron-LM, Shoeybi et al.
   // 2019) under MPI: groups of this many consecutive ranks split each vit
   // encoder layer's attention heads and feed-forward width between them, and

@@ -719,6 +719,12 @@ TrainSummary Trainer::run(bool resume) {
                                                         : dist::PipelineSchedule::gpipe;
     po.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
     po.bf16_wire = cfg.train.bf16_wire;
+    po.split_points = cfg.train.pipeline_split_points;
+    const int64_t layers = dynamic_cast<nn::Stageable&>(*model).num_layers();
+    for (size_t i = 0; i < po.split_points.size(); ++i)
+      HPDL_CHECK(po.split_points[i] < layers, "train.pipeline_split_points[{}] = {} is not below the {} layers of "
+                 "model.name = \"{}\" (a stage must begin at layer 1..{})", i, po.split_points[i], layers,
+                 cfg.model.name, layers - 1);
     pipeline = std::make_unique<dist::Pipeline>(model, grid, po);
     model = nn::ModulePtr(nn::ModulePtr(), &pipeline->stage());  // not owning: the pipeline holds the stage
     const int s = pipeline->stage_index();

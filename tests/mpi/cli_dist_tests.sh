@@ -509,6 +509,12 @@ train_pipeline_resnet_np2)
   run 1 --resume resumed >log_r 2>&1 || fail "resume on one process failed: $(tail -5 log_r)"
   grep -q "resumed from .*step-0000000002" log_r || fail "did not resume from step 2: $(tail -5 log_r)"
   cmp single/$step4 resumed/$step4 || fail "the 2-stage checkpoint resumed on one process differs from the straight run"
+  # train.pipeline_split_points: a cut of the user's (after the first block, where the parameters are
+  # few but the work is not), the same bytes.
+  run 2 --set train.pipeline_stages=2 --set "train.pipeline_split_points=[4]" --set train.run_dir=split \
+    >log_s 2>&1 || fail "pipeline run with split points failed: $(tail -5 log_s)"
+  grep -q "stages begin at layers 0, 4 of 15" log_s || fail "the split point was not used: $(grep pipeline log_s)"
+  cmp single/$step4 split/$step4 || fail "the pipeline cut at layer 4 differs from the single-process run"
   ;;
 train_pipeline_vit_np4)
   # The tiny vit on 4 ranks: one stage per layer (embedding, 2 encoder layers, head) with one
@@ -689,6 +695,10 @@ train_pipeline_refused_np2)
   grep -q "train.pipeline_stages = 3 does not divide the 2 rank(s) of this run" log || fail "unclear error: $(tail -3 log)"
   try "$ex/fashion_mnist/lstm.toml" --set train.pipeline_stages=2 && fail "an LSTM pipeline was accepted"
   grep -q 'train.pipeline_stages = 2: model.name = "lstm" is not a sequence of layers' log || fail "unclear error: $(tail -3 log)"
+  try "$ex/fashion_mnist/mlp.toml" --set train.pipeline_stages=2 --set "train.pipeline_split_points=[99]" \
+    && fail "a split point past the model's layers was accepted"
+  grep -q 'train.pipeline_split_points\[0\] = 99 is not below the .* layers of model.name = "mlp"' log \
+    || fail "unclear error: $(tail -3 log)"
   try "$ex/fashion_mnist/mlp.toml" --set train.pipeline_stages=2 --set train.shard_optimizer=true \
     --set train.zero_stage=2 && fail "pipeline + ZeRO-2 was accepted"
   grep -q "train.pipeline_stages = 2 cannot be combined with train.zero_stage = 2" log || fail "unclear error: $(tail -3 log)"

@@ -268,6 +268,21 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
   EXPECT_NE(err.find("pipedream"), std::string::npos) << err;
   err = error_of([] { parse_config("[train]\nmicro_batches = 4\n", "c.toml"); });
   EXPECT_NE(err.find("c.toml: train.micro_batches = 4 needs train.pipeline_stages > 1"), std::string::npos) << err;
+  // Split points: S - 1 layer indices from 1, strictly increasing; empty (the default) balances.
+  EXPECT_TRUE(d.train.pipeline_split_points.empty());
+  c = parse_config("[train]\npipeline_stages = 3\npipeline_split_points = [2, 5]\n", "c.toml");
+  EXPECT_EQ(c.train.pipeline_split_points, (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(parse_config(to_toml(c), "r.toml").train.pipeline_split_points, (std::vector<int64_t>{2, 5}));
+  err = error_of([] { parse_config("[train]\npipeline_stages = 3\npipeline_split_points = [4]\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.pipeline_split_points has 1 entries; train.pipeline_stages = 3 needs 2"),
+            std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\npipeline_stages = 3\npipeline_split_points = [4, 4]\n", "c.toml"); });
+  EXPECT_NE(err.find("train.pipeline_split_points[1] = 4: split points must be layer indices from 1, strictly "
+                     "increasing"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\npipeline_stages = 2\npipeline_split_points = [0]\n", "c.toml"); });
+  EXPECT_NE(err.find("train.pipeline_split_points[0] = 0"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\npipeline_split_points = [3]\n", "c.toml"); });
+  EXPECT_NE(err.find("train.pipeline_stages = 1 needs 0"), std::string::npos) << err;
   err = error_of([] { parse_config("[data]\nbatch_size = 30\n[train]\npipeline_stages = 2\nmicro_batches = 4\n",
                                    "c.toml"); });
   EXPECT_NE(err.find("c.toml: data.batch_size = 30 is not divisible by train.micro_batches = 4"), std::string::npos)
