@@ -473,8 +473,6 @@ FakeDir* fake_dir(void* d) {
 
 bool mount_ancestor(const char* path);
 
-// A missing folder above the mount ("/hpdl" for /hpdl/data): ".", ".." and the next
-// folder on the way to the mount. Its fd is a plain /dev/null copy (-1 if none).
 // The listing of a folder above the mount, by its absolute path: ".", ".." and the next folder.
 std::vector<hpdl::store::DirEntry> ancestor_children(const std::string& abs) {
   const std::string& m = g_state->mount;
@@ -482,6 +480,8 @@ std::vector<hpdl::store::DirEntry> ancestor_children(const std::string& abs) {
   return {{".", true}, {"..", true}, {m.substr(from, to == std::string::npos ? std::string::npos : to - from), true}};
 }
 
+// A missing folder above the mount ("/hpdl" for /hpdl/data), opened by path: its listing.
+// Its fd is a plain /dev/null copy (-1 if none).
 DIR* opendir_ancestor(const char* path) {
   const std::string abs = normalize(path);
   auto d = std::make_unique<FakeDir>();
