@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <utility>
 
 #include "hpdl/autograd/node.h"
@@ -60,22 +61,26 @@ Tensor decode(const std::vector<uint8_t>& msg, const char* what, int from) {
 
 }  // namespace
 
-std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages) {
-  const auto L = static_cast<int64_t>(layer_params.size());
+namespace {
+
+// balance_stages for any additive cost: exact min-max by dynamic programming.
+template <typename T>
+std::vector<int64_t> balance(const std::vector<T>& layer_cost, int stages) {
+  const auto L = static_cast<int64_t>(layer_cost.size());
   HPDL_CHECK(stages >= 1, "Pipeline: {} stages; need at least one", stages);
   HPDL_CHECK(stages <= L,
              "Pipeline: {} stages but the model has only {} layers (each stage needs at least one); run with at most "
              "{} ranks",
              stages, L, L);
-  std::vector<int64_t> prefix(static_cast<size_t>(L) + 1, 0);
-  for (int64_t i = 0; i < L; ++i) prefix[i + 1] = prefix[i] + layer_params[i];
-  // cost[s][j]: the best (largest stage's parameters, largest stage's layers)
-  // for the first j layers cut into s stages; arg[s][j]: where stage s-1 starts.
-  using Cost = std::pair<int64_t, int64_t>;
-  const Cost inf{std::numeric_limits<int64_t>::max(), 0};
+  std::vector<T> prefix(static_cast<size_t>(L) + 1, T{});
+  for (int64_t i = 0; i < L; ++i) prefix[i + 1] = prefix[i] + layer_cost[i];
+  // cost[s][j]: the best (largest stage's cost, largest stage's layers) for
+  // the first j layers cut into s stages; arg[s][j]: where stage s-1 starts.
+  using Cost = std::pair<T, int64_t>;
+  const Cost inf{std::numeric_limits<T>::max(), 0};
   std::vector<std::vector<Cost>> cost(stages + 1, std::vector<Cost>(L + 1, inf));
   std::vector<std::vector<int64_t>> arg(stages + 1, std::vector<int64_t>(L + 1, -1));
-  cost[0][0] = {0, 0};
+  cost[0][0] = {T{}, 0};
   for (int s = 1; s <= stages; ++s)
     for (int64_t j = s; j <= L - (stages - s); ++j)
       for (int64_t i = s - 1; i < j; ++i) {
@@ -87,6 +92,72 @@ std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, in
   bounds[stages] = L;
   for (int s = stages; s >= 1; --s) bounds[s - 1] = arg[s][bounds[s]];
   return bounds;
+}
+
+}  // namespace
+
+std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages) {
+  return balance(layer_params, stages);
+}
+
+std::vector<int64_t> balance_stages_by_cost(const std::vector<double>& layer_costs, int stages) {
+  for (size_t i = 0; i < layer_costs.size(); ++i)
+    HPDL_CHECK(std::isfinite(layer_costs[i]) && layer_costs[i] >= 0, "Pipeline: layer {} costs {}; layer costs "
+               "must be finite and non-negative", i, layer_costs[i]);
+  return balance(layer_costs, stages);
+}
+
+std::vector<double> profile_layer_seconds(nn::Module& model, const Tensor& micro_batch, Communicator& comm,
+                                          int repeats) {
+  auto* layers = dynamic_cast<nn::Stageable*>(&model);
+  HPDL_CHECK(layers != nullptr, "Pipeline: cannot profile a {} layer by layer: it is not a sequence of layers (an "
+             "nn::Sequential, a vit or another nn::Stageable)", model.type_name());
+  HPDL_CHECK(repeats >= 1, "Pipeline: profiling with {} repeats; need at least 1", repeats);
+  HPDL_CHECK(micro_batch.defined() && micro_batch.device() == kCPU, "Pipeline: profiling needs a CPU micro-batch");
+  const int64_t L = layers->num_layers();
+  // What the passes change, to put back: running statistics, generator
+  // counters (dropout), gradients.
+  std::vector<std::pair<Tensor, Tensor>> buffers;
+  for (auto& [name, b] : model.named_buffers()) buffers.emplace_back(b, b.clone());
+  std::vector<std::tuple<Generator*, uint64_t, uint64_t>> generators;
+  for (auto& [name, g] : model.named_generators()) generators.emplace_back(g, g->seed(), g->offset());
+  std::vector<std::pair<Tensor, Tensor>> grads;
+  for (auto& p : model.parameters()) grads.emplace_back(p, p.grad().defined() ? p.grad().clone() : Tensor());
+
+  std::vector<std::shared_ptr<nn::Module>> parts;
+  for (int64_t i = 0; i < L; ++i) {
+    parts.push_back(layers->make_stage(i, i + 1));
+    parts.back()->train(model.is_training());
+  }
+  std::vector<double> best(static_cast<size_t>(L), std::numeric_limits<double>::infinity());
+  using Clock = std::chrono::steady_clock;
+  for (int pass = 0; pass <= repeats; ++pass) {  // pass 0 warms up
+    Tensor x = micro_batch;
+    for (int64_t i = 0; i < L; ++i) {
+      Tensor in = x.detach();
+      if (i > 0 && dtype_is_float(in.dtype())) in.set_requires_grad(true);
+      const auto t0 = Clock::now();
+      Tensor y;
+      try {
+        y = parts[i]->forward(in);
+        if (y.requires_grad()) y.backward(Tensor::full(y.shape(), 1.0, y.dtype(), y.device()));
+      } catch (const Error& e) {
+        HPDL_FAIL("Pipeline: profiling layer {} of {} ({}): {}", i, L, parts[i]->type_name(), e.what());
+      }
+      const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (pass > 0) best[i] = std::min(best[i], seconds);
+      x = y.detach();
+    }
+    model.zero_grad();
+  }
+  for (auto& [b, saved] : buffers) b.copy_(saved);
+  for (auto& [g, seed, offset] : generators) g->set_state(seed, offset);
+  for (auto& [p, g] : grads)
+    if (g.defined()) p.set_grad(g);
+  comm.allreduce(best.data(), L, DType::f64, ReduceKind::sum);
+  for (double& b : best) b /= comm.size();
+  comm.broadcast_bytes(best.data(), L * static_cast<int64_t>(sizeof(double)), 0);
+  return best;
 }
 
 PipelineGrid make_pipeline_grid(Communicator& comm, int stages, int tensor_parallel) {
@@ -140,7 +211,11 @@ Pipeline::Pipeline(const std::shared_ptr<nn::Module>& model, Communicator& comm,
              "Pipeline: {} stages (ranks) but the model has only {} layers (each stage needs at least one); run with "
              "at most {} ranks",
              S, L, L);
-  if (options_.split_points.empty()) {
+  if (options_.split_points.empty() && !options_.layer_costs.empty()) {
+    HPDL_CHECK(static_cast<int64_t>(options_.layer_costs.size()) == L, "Pipeline: {} layer_costs for a model of {} "
+               "layers; need one per layer", options_.layer_costs.size(), L);
+    bounds_ = balance_stages_by_cost(options_.layer_costs, S);
+  } else if (options_.split_points.empty()) {
     std::vector<int64_t> params;
     for (int64_t i = 0; i < L; ++i) params.push_back(layers->layer_parameters(i));
     bounds_ = balance_stages(params, S);

@@ -34,8 +34,12 @@ struct PipelineOptions {
   // Where stages 1..S-1 begin: S-1 strictly increasing layer indices in
   // [1, layers), layers as nn::Stageable counts them (a Sequential's leaves,
   // nested Sequentials opened up; a vit's embedding, encoder layers, head).
-  // Empty: balance_stages() by parameter count.
+  // Empty: balance_stages() by parameter count, or by layer_costs when given.
   std::vector<int64_t> split_points;
+  // Without split points: one cost per layer (seconds, say, from
+  // profile_layer_seconds), balanced by balance_stages_by_cost instead of
+  // the parameter counts. Must be the same on every rank.
+  std::vector<double> layer_costs;
   // Pipeline x data parallelism (the grid constructor): each stage's gradients
   // sit in flat buckets of at most this many bytes (dist::DataParallel), all-
   // reduced over the replicas while the stage runs its last micro-batch's
@@ -54,6 +58,35 @@ struct PipelineOptions {
 // maxima the layer counts are kept as even as possible. Throws when
 // stages < 1 or stages > L.
 std::vector<int64_t> balance_stages(const std::vector<int64_t>& layer_params, int stages);
+// The same for non-negative per-layer costs (seconds): minimizes the largest
+// stage's total cost, the pipeline's step time in steady state.
+std::vector<int64_t> balance_stages_by_cost(const std::vector<double>& layer_costs, int stages);
+// Per-stage sums of `per_layer` over stage bounds (as balance_stages returns).
+template <typename T>
+std::vector<T> stage_sums(const std::vector<T>& per_layer, const std::vector<int64_t>& bounds) {
+  std::vector<T> out;
+  for (size_t s = 0; s + 1 < bounds.size(); ++s) {
+    T sum{};
+    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) sum += per_layer[static_cast<size_t>(i)];
+    out.push_back(sum);
+  }
+  return out;
+}
+
+// Profiles `model` (an nn::Stageable, whole: before the pipeline cuts it)
+// layer by layer: the seconds one training micro-batch takes through each
+// layer, forward plus backward (the input's gradient too, except the first
+// layer's), the fastest of `repeats` passes after one warm-up. One layer's
+// activations live at a time. Collective over `comm` (run it on every rank
+// that holds the model; collectives inside the layers, a tensor-parallel
+// vit's, run in the same order everywhere): the times are averaged over the
+// ranks and rank 0's average is given to all, so every rank cuts alike.
+// Leaves the model as it found it: buffers (running statistics), random
+// generators and gradients are restored. CPU only. Throws when the model is
+// not Stageable, a layer cannot take what the one before gives, or
+// repeats < 1.
+std::vector<double> profile_layer_seconds(nn::Module& model, const Tensor& micro_batch, Communicator& comm,
+                                          int repeats = 3);
 
 // A grid of pipelines x data-parallel replicas over `all`: ranks
 // [d S, (d+1) S) form pipeline (replica) d, its stage s on rank d S + s;

@@ -75,6 +75,7 @@ std::vector<Key> bind(Config& c) {
       {"train.local_sgd_average_optimizer", &t.local_sgd_average_optimizer},
       {"train.pipeline_stages", &t.pipeline_stages}, {"train.micro_batches", &t.micro_batches},
       {"train.pipeline_schedule", &t.pipeline_schedule}, {"train.pipeline_split_points", &t.pipeline_split_points},
+      {"train.pipeline_balance", &t.pipeline_balance},
       {"train.tensor_parallel", &t.tensor_parallel},
       {"train.activation_checkpointing", &t.activation_checkpointing},
       {"train.ema_decay", &t.ema_decay}, {"train.ema_warmup", &t.ema_warmup},
@@ -516,6 +517,10 @@ void validate(const Config& c, const std::string& src) {
   positive("train.pipeline_stages", static_cast<double>(t.pipeline_stages));
   positive("train.micro_batches", static_cast<double>(t.micro_batches));
   check_one_of(src, "train.pipeline_schedule", t.pipeline_schedule, {"gpipe", "1f1b"});
+  check_one_of(src, "train.pipeline_balance", t.pipeline_balance, {"parameters", "time"});
+  HPDL_CHECK(t.pipeline_balance == "parameters" || t.pipeline_split_points.empty(), "{}: train.pipeline_balance = "
+             "\"{}\" and train.pipeline_split_points both say where the stages begin; keep one", src,
+             t.pipeline_balance);
   HPDL_CHECK(t.micro_batches == 1 || t.pipeline_stages > 1, "{}: train.micro_batches = {} needs train.pipeline_stages "
              "> 1 (micro-batches are how a batch flows through pipeline stages)", src, t.micro_batches);
   if (!t.pipeline_split_points.empty()) {

@@ -232,6 +232,11 @@ struct TrainConfig {
   // parameter count. Parameters are not compute: a CNN's first layers hold
   // few parameters and most of the work.
   std::vector<int64_t> pipeline_split_points;
+  // Without split points, what the stages are balanced by: "parameters" (the
+  // default: the cut is the same in every run) or "time" (each layer's
+  // forward and backward timed on one micro-batch at start-up, every rank
+  // alike; balances the work).
+  std::string pipeline_balance = "parameters";
   // Tensor parallelism (dist/tensor_parallel.h; Megatron-LM, Shoeybi et al.
   // 2019) under MPI: groups of this many consecutive ranks split each vit
   // encoder layer's attention heads and feed-forward width between them, and

@@ -725,6 +725,43 @@ TrainSummary Trainer::run(bool resume) {
       HPDL_CHECK(po.split_points[i] < layers, "train.pipeline_split_points[{}] = {} is not below the {} layers of "
                  "model.name = \"{}\" (a stage must begin at layer 1..{})", i, po.split_points[i], layers,
                  cfg.model.name, layers - 1);
+    std::string balance_note;
+    if (cfg.train.pipeline_balance == "time") {
+      // One training micro-batch of the first samples (evaluation transforms: no random draws),
+      // timed through each layer on every rank at once (design decision 85).
+      const int64_t m = cfg.data.batch_size / cfg.train.micro_batches;
+      const data::Pipeline tf = make_pipeline(cfg.data, false);
+      const Shape in = ds.train->sample_shape();
+      Shape batch_shape{m};
+      batch_shape.insert(batch_shape.end(), sample.begin(), sample.end());
+      Tensor micro = Tensor::empty(batch_shape, DType::f32);
+      const int64_t n_in = numel_of(in), n_out = numel_of(sample), scratch = std::max(tf.scratch_numel(in), n_in);
+      std::vector<float> a(static_cast<size_t>(scratch)), b(static_cast<size_t>(scratch));
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t idx = i % ds.train->size();
+        ds.train->get(idx, a.data());
+        float* out = micro.data<float>() + i * n_out;
+        if (tf.empty()) std::copy(a.begin(), a.begin() + n_in, out);
+        else tf.apply(a.data(), in, out, a.data(), b.data(), data::SampleKey{cfg.train.seed, 0, idx});
+      }
+      std::vector<double> seconds;
+      {
+        AutocastScope ac(DType::bf16, autocast_bf16);
+        seconds = dist::profile_layer_seconds(*model, micro, comm);
+      }
+      po.layer_costs = seconds;
+      std::vector<int64_t> params;
+      for (int64_t i = 0; i < layers; ++i) params.push_back(dynamic_cast<nn::Stageable&>(*model).layer_parameters(i));
+      auto ms = [](const std::vector<double>& v) {
+        std::vector<std::string> out;
+        for (double x : v) out.push_back(fmt::format("{:.1f}", x * 1e3));
+        return fmt::format("{}", fmt::join(out, ", "));
+      };
+      const auto by_time = dist::balance_stages_by_cost(seconds, stages);
+      balance_note = fmt::format("; balanced by time: stages take {} ms per micro-batch of {} (balanced by "
+                                 "parameters: {} ms)", ms(dist::stage_sums(seconds, by_time)), m,
+                                 ms(dist::stage_sums(seconds, dist::balance_stages(params, stages))));
+    }
     pipeline = std::make_unique<dist::Pipeline>(model, grid, po);
     model = nn::ModulePtr(nn::ModulePtr(), &pipeline->stage());  // not owning: the pipeline holds the stage
     const int s = pipeline->stage_index();
@@ -734,10 +771,10 @@ TrainSummary Trainer::run(bool resume) {
                "train; use fewer stages", stages, empty_stage, cfg.model.name);
     if (root)
       std::fprintf(log, "hpdl: pipeline: %d stages x %d replica(s), %lld micro-batches per batch (%s); stages "
-                   "begin at layers %s of %lld\n", stages, replicas, static_cast<long long>(cfg.train.micro_batches),
+                   "begin at layers %s of %lld%s\n", stages, replicas, static_cast<long long>(cfg.train.micro_batches),
                    cfg.train.pipeline_schedule.c_str(),
                    fmt::format("{}", fmt::join(pipeline->bounds().begin(), pipeline->bounds().end() - 1, ", ")).c_str(),
-                   static_cast<long long>(pipeline->bounds().back()));
+                   static_cast<long long>(pipeline->bounds().back()), balance_note.c_str());
   }
   // Activation checkpointing with pipeline stages or tensor parallelism (design decision 67): each
   // stage cuts its own layers into segments (checkpointed micro-batch by micro-batch); each

@@ -515,6 +515,15 @@ train_pipeline_resnet_np2)
     >log_s 2>&1 || fail "pipeline run with split points failed: $(tail -5 log_s)"
   grep -q "stages begin at layers 0, 4 of 15" log_s || fail "the split point was not used: $(grep pipeline log_s)"
   cmp single/$step4 split/$step4 || fail "the pipeline cut at layer 4 differs from the single-process run"
+  # train.pipeline_balance = "time": the layers are timed forward and backward on one micro-batch
+  # before the cut (batch norm updating its running statistics); the run must still be bitwise
+  # one process, so profiling left the model as it found it. Where the cut falls depends on the
+  # timings; the log says it and what both balances would give.
+  run 2 --set train.pipeline_stages=2 --set train.pipeline_balance=time --set train.run_dir=timed \
+    >log_t 2>&1 || fail "pipeline run balanced by time failed: $(tail -5 log_t)"
+  grep -Eq "stages begin at layers 0, [0-9]+ of 15; balanced by time: stages take [0-9.]+, [0-9.]+ ms per \
+micro-batch of 16 \(balanced by parameters: [0-9.]+, [0-9.]+ ms\)" log_t || fail "no time balance line: $(grep pipeline log_t)"
+  cmp single/$step4 timed/$step4 || fail "the pipeline balanced by time differs from the single-process run"
   ;;
 train_pipeline_vit_np4)
   # The tiny vit on 4 ranks: one stage per layer (embedding, 2 encoder layers, head) with one
@@ -532,9 +541,12 @@ train_pipeline_vit_np4)
     || fail "the 4-stage checkpoint differs from the single-process one"
   compare_curves single pipe4 0 || fail "the 4-stage metrics differ from the single-process ones"
   run 2 --set model.dropout=0.1 --set train.run_dir=dp >log_3 2>&1 || fail "data-parallel run failed: $(tail -5 log_3)"
+  # The grid is balanced by time: the layers' dropout draws while profiling must be undone, or the
+  # masks (and so the checkpoint) would differ from data parallelism's.
   run 4 --set model.dropout=0.1 --set train.pipeline_stages=2 --set train.micro_batches=2 --set train.run_dir=grid \
-    >log_4 2>&1 || fail "2 x 2 grid run failed: $(tail -5 log_4)"
-  grep -q "pipeline: 2 stages x 2 replica(s), 2 micro-batches per batch" log_4 || fail "no grid line: $(grep pipeline log_4)"
+    --set train.pipeline_balance=time >log_4 2>&1 || fail "2 x 2 grid run failed: $(tail -5 log_4)"
+  grep -q "pipeline: 2 stages x 2 replica(s), 2 micro-batches per batch .*; balanced by time" log_4 \
+    || fail "no grid line: $(grep pipeline log_4)"
   compare_curves dp grid 1e-4 || fail "the 2 x 2 grid's loss curve is off"
   compare_checkpoints dp/checkpoints/step-0000000003.safetensors grid/checkpoints/step-0000000003.safetensors 1e-4 \
     || fail "the 2 x 2 grid's checkpoint differs from data parallelism's"

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
 
 #include "hpdl/core/random.h"
@@ -177,6 +178,83 @@ TEST(Pipeline, BalanceStagesByParameters) {
   // Parameter-free layers spread out rather than piling onto one stage.
   EXPECT_EQ(balance_stages({0, 0, 0, 0}, 2), (std::vector<int64_t>{0, 2, 4}));
   EXPECT_THROW(balance_stages({1, 2}, 3), Error);
+}
+
+TEST(Pipeline, BalanceStagesByCost) {
+  EXPECT_EQ(balance_stages_by_cost({1.0, 1.0, 1.0, 1.0}, 2), (std::vector<int64_t>{0, 2, 4}));
+  // One costly layer gets a stage of its own, whatever the parameters say.
+  EXPECT_EQ(balance_stages_by_cost({3.0, 1.0, 1.0, 1.0}, 2), (std::vector<int64_t>{0, 1, 4}));
+  EXPECT_EQ(balance_stages_by_cost({0.5, 0.5, 0.5, 2.0, 0.1}, 3), (std::vector<int64_t>{0, 3, 4, 5}));
+  EXPECT_EQ(stage_sums(std::vector<double>{0.5, 0.5, 0.5, 2.0, 0.1}, {0, 2, 3, 5}),
+            (std::vector<double>{1.0, 0.5, 2.1}));
+  auto err = [](std::vector<double> c) {
+    try {
+      balance_stages_by_cost(c, 2);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(err({1.0, -1.0}).find("layer 1 costs -1"), std::string::npos) << err({1.0, -1.0});
+  EXPECT_NE(err({NAN, 1.0}).find("layer 0 costs nan"), std::string::npos) << err({NAN, 1.0});
+  EXPECT_THROW(balance_stages_by_cost({1.0}, 2), Error);
+}
+
+// A CNN with batch norm and dropout: profiling runs every layer forward and
+// backward (updating running statistics, drawing dropout masks, accumulating
+// gradients), and must leave no trace of it; every rank gets the same times.
+TEST(Pipeline, ProfilingLeavesTheModelAsItWasAndEveryRankAgrees) {
+  Generator g(21);
+  auto net = make_bn_cnn();
+  net->push_back(std::make_shared<nn::Dropout>(0.3, /*seed=*/5));
+  net->push_back(std::make_shared<nn::Linear>(3, 3, true, g));
+  net->train();
+  const Tensor x = Tensor::randn({6, 1, 8, 8}, g);
+  const auto before = net->state_dict();
+  std::vector<uint64_t> offsets_before;
+  for (auto& [name, gen] : net->named_generators()) offsets_before.push_back(gen->offset());
+  ASSERT_FALSE(offsets_before.empty());
+
+  const auto seconds = profile_layer_seconds(*net, x, W(), /*repeats=*/2);
+  ASSERT_EQ(static_cast<int64_t>(seconds.size()), net->num_layers());
+  for (size_t i = 0; i < seconds.size(); ++i) EXPECT_TRUE(std::isfinite(seconds[i]) && seconds[i] > 0) << "layer " << i;
+  // The same on every rank, to the bit (rank 0's are everyone's).
+  Tensor mine = Tensor::empty({static_cast<int64_t>(seconds.size())}, DType::f64);
+  std::copy(seconds.begin(), seconds.end(), mine.data<double>());
+  Tensor all = W().allgather(mine);
+  for (int r = 0; r < W().size(); ++r)
+    for (size_t i = 0; i < seconds.size(); ++i)
+      EXPECT_EQ(all.data<double>()[r * static_cast<int64_t>(seconds.size()) + static_cast<int64_t>(i)], seconds[i]);
+
+  const auto after = net->state_dict();
+  ASSERT_EQ(after.size(), before.size());
+  for (auto& [name, t] : before) {
+    const Tensor& u = after.at(name);
+    ASSERT_EQ(u.nbytes(), t.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(u.contiguous().raw_data(), t.contiguous().raw_data(), t.nbytes()), 0)
+        << name << " changed by profiling";
+  }
+  size_t k = 0;
+  for (auto& [name, gen] : net->named_generators()) EXPECT_EQ(gen->offset(), offsets_before[k++]) << name;
+  for (auto& [name, p] : net->named_parameters()) EXPECT_FALSE(p.grad().defined()) << name << " kept a gradient";
+
+  // The pipeline cuts by the costs it is given (one layer costing as much as all the others).
+  PipelineOptions o;
+  o.layer_costs.assign(static_cast<size_t>(net->num_layers()), 1.0);
+  o.layer_costs[0] = static_cast<double>(net->num_layers());
+  if (W().size() == 2) {
+    Pipeline pipe(net, W(), o);
+    EXPECT_EQ(pipe.bounds(), (std::vector<int64_t>{0, 1, net->num_layers()}));
+  }
+  o.layer_costs.pop_back();
+  try {
+    Pipeline pipe(net, W(), o);
+    ADD_FAILURE() << "a cost vector one short was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer_costs for a model of"), std::string::npos) << e.what();
+  }
+  nn::Linear plain(4, 4, true, g);
+  EXPECT_THROW(profile_layer_seconds(plain, x, W()), Error);
 }
 
 // ResNet-50's layers are its leaves (its 16 bottlenecks, not its 4 stages of them), so 4 stages

@@ -283,6 +283,18 @@ TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
   EXPECT_NE(err.find("train.pipeline_split_points[0] = 0"), std::string::npos) << err;
   err = error_of([] { parse_config("[train]\npipeline_split_points = [3]\n", "c.toml"); });
   EXPECT_NE(err.find("train.pipeline_stages = 1 needs 0"), std::string::npos) << err;
+  // Balance: by parameters (the default) or by time; not with the user's own cut.
+  EXPECT_EQ(d.train.pipeline_balance, "parameters");
+  c = parse_config("[train]\npipeline_stages = 2\npipeline_balance = \"time\"\n", "c.toml");
+  EXPECT_EQ(parse_config(to_toml(c), "r.toml").train.pipeline_balance, "time");
+  err = error_of([] { parse_config("[train]\npipeline_stages = 2\npipeline_balance = \"flops\"\n", "c.toml"); });
+  EXPECT_NE(err.find("train.pipeline_balance"), std::string::npos) << err;
+  EXPECT_NE(err.find("flops"), std::string::npos) << err;
+  err = error_of([] {
+    parse_config("[train]\npipeline_stages = 2\npipeline_balance = \"time\"\npipeline_split_points = [3]\n", "c.toml");
+  });
+  EXPECT_NE(err.find("c.toml: train.pipeline_balance = \"time\" and train.pipeline_split_points both say where the "
+                     "stages begin; keep one"), std::string::npos) << err;
   err = error_of([] { parse_config("[data]\nbatch_size = 30\n[train]\npipeline_stages = 2\nmicro_batches = 4\n",
                                    "c.toml"); });
   EXPECT_NE(err.find("c.toml: data.batch_size = 30 is not divisible by train.micro_batches = 4"), std::string::npos)
