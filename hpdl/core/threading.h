@@ -9,7 +9,15 @@
 namespace hpdl {
 
 int num_threads();
+// Sets the team size of the calling thread's parallel regions, and the count
+// adopt_num_threads() gives other threads. (OpenMP keeps the count per
+// thread: a thread started afterwards would use OMP_NUM_THREADS, or every
+// core, for its own regions and spin a second team beside the first.)
 void set_num_threads(int n);
+// Called first thing by the threads hpdl starts that may run kernels (the
+// communicator's thread, DataLoader workers, the checkpoint writer): the
+// count of the last set_num_threads, if any.
+void adopt_num_threads();
 
 // Runs f(begin, end) over [0, n) split across OpenMP threads when n * cost is
 // large enough to pay for the fork, else inline.

@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "hpdl/core/error.h"
+#include "hpdl/core/threading.h"
 
 namespace hpdl::data {
 
@@ -124,6 +125,7 @@ void DataLoader::fill(int64_t batch, int64_t begin, int64_t end, std::vector<flo
 }
 
 void DataLoader::worker_main() {
+  adopt_num_threads();
   std::vector<float> a, b;  // this worker's scratch, reused for every sample
   std::unique_lock lock(mu_);
   while (true) {

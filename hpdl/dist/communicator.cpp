@@ -2,6 +2,7 @@
 #include "hpdl/dist/communicator.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "hpdl/core/env.h"
+#include "hpdl/core/threading.h"
 
 namespace hpdl::dist {
 namespace {
@@ -276,6 +278,31 @@ Communicator::NodeLayout Communicator::layout_of(MPI_Comm node) const {
   return {first, -sizes[1], sizes[0]};
 }
 
+Communicator::CoreShare Communicator::core_share() const {
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  CoreShare share;
+  if (sched_getaffinity(0, sizeof mine, &mine) == 0) share.cores = std::max(1, CPU_COUNT(&mine));
+  else CPU_SET(0, &mine);  // unknown: count as one core of its own
+  if (size_ == 1) return share;
+  MpiLock lock;
+  MPI_Comm node = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  int node_size = 1;
+  MPI_Comm_size(node, &node_size);
+  std::vector<cpu_set_t> all(static_cast<size_t>(node_size));
+  const int rc = MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, node);
+  MPI_Comm_free(&node);
+  check_mpi(rc, "MPI_Allgather (affinity masks)");
+  share.ranks = 0;
+  for (auto& other : all) {
+    cpu_set_t both;
+    CPU_AND(&both, &mine, &other);
+    if (CPU_COUNT(&both) > 0) ++share.ranks;
+  }
+  return share;
+}
+
 Communicator::NodeLayout Communicator::node_layout(int node_id) const {
   if (size_ == 1) return {};
   MPI_Comm node = split_nodes(node_id);
@@ -342,6 +369,7 @@ std::shared_ptr<Work> Communicator::allreduce_async(const Tensor& t, ReduceKind 
 }
 
 void Communicator::comm_loop() {
+  adopt_num_threads();  // bucket jobs run kernels (the 1/n scale): the main thread's team size
   for (;;) {
     std::pair<std::function<void()>, std::shared_ptr<Work>> item;
     {

@@ -10,6 +10,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -157,6 +158,19 @@ class Communicator {
     int min_ranks = 1, max_ranks = 1;  // ranks per node, fewest and most
   };
   NodeLayout node_layout(int node_id = -1) const;
+  // The cores this rank may run on (its CPU affinity mask) and how many ranks
+  // of this communicator on the same machine (MPI_COMM_TYPE_SHARED: the real
+  // machine, whatever HPDL_NODE_ID says) may run on at least one of them,
+  // itself included. Under `mpirun --bind-to none` every rank of a node shares
+  // all its cores; bound ranks (srun --cpus-per-task, --bind-to core) share
+  // none. Collective.
+  struct CoreShare {
+    int cores = 1;
+    int ranks = 1;
+    // Threads for this rank that do not oversubscribe: cores / ranks, at least 1.
+    int threads() const { return std::max(1, cores / std::max(1, ranks)); }
+  };
+  CoreShare core_share() const;
   bool hierarchical() const { return hier_ != nullptr; }
   // Allreduce calls that went the hierarchical way (buffers of min_bytes and more).
   int64_t hierarchical_allreduces() const { return hier_calls_.load(); }

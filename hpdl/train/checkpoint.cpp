@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "hpdl/core/error.h"
+#include "hpdl/core/threading.h"
 #include "hpdl/io/file.h"
 #include "hpdl/io/safetensors.h"
 
@@ -216,6 +217,7 @@ void AsyncCheckpointWriter::save(const CheckpointMeta& meta, const std::map<std:
   for (const auto& [name, t] : tensors) snapshot[name] = t.device().is_cpu() ? t.clone() : t.to(kCPU);
   join();  // one write in flight; its error surfaces here
   inflight_ = std::async(std::launch::async, [this, meta, snap = std::move(snapshot)] {
+    adopt_num_threads();
     return manager_.save(meta, snap);
   });
 }

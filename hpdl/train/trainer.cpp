@@ -3,6 +3,7 @@
 
 #include <sys/resource.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <cstdio>
 #include <fstream>
@@ -548,6 +549,18 @@ TrainSummary Trainer::run(bool resume) {
   const int rank = comm.rank(), world = comm.size();
   const bool root = rank == 0;
   if (cfg.train.threads > 0) set_num_threads(static_cast<int>(cfg.train.threads));
+  // threads = 0 and no OMP_NUM_THREADS: ranks that share cores (mpirun --bind-to none) split them
+  // rather than each starting a thread per core (design decision 86). Collective on every rank alike
+  // (the config is the same everywhere); the environment only decides whether to apply it.
+  std::string thread_note;
+  if (cfg.train.threads == 0 && world > 1) {
+    const auto share = comm.core_share();
+    if (std::getenv("OMP_NUM_THREADS") == nullptr && share.ranks > 1 && share.threads() < num_threads()) {
+      set_num_threads(share.threads());
+      thread_note = fmt::format(" (rank 0's {} cores are shared by {} ranks of its machine; train.threads or "
+                                "OMP_NUM_THREADS sets the count)", share.cores, share.ranks);
+    }
+  }
   apply_layout(cfg);
   Device device = Device::parse(cfg.train.device);
   // GPU ranks: one GPU each, picked from the rank within the node; gradients go over NCCL.
@@ -1166,10 +1179,10 @@ TrainSummary Trainer::run(bool resume) {
   const int64_t total_steps = cfg.train.max_steps > 0 ? std::min(cfg.train.max_steps, steps_per_epoch * cfg.train.epochs)
                                                       : steps_per_epoch * cfg.train.epochs;
   if (root)
-    std::fprintf(log, "hpdl: training %s (%lld parameters) on %s, %lld samples, %d rank(s) x %d thread(s), "
+    std::fprintf(log, "hpdl: training %s (%lld parameters) on %s, %lld samples, %d rank(s) x %d thread(s)%s, "
                  "batch %lld per rank, %lld steps per epoch\n",
                  cfg.model.name.c_str(), static_cast<long long>(model_parameters), cfg.data.dataset.c_str(),
-                 static_cast<long long>(ds.train->size()), world, num_threads(),
+                 static_cast<long long>(ds.train->size()), world, num_threads(), thread_note.c_str(),
                  static_cast<long long>(cfg.data.batch_size), static_cast<long long>(steps_per_epoch));
   if (root && autocast_bf16 && device.is_cpu())
     std::fprintf(log, "hpdl: precision bf16 on the CPU (oneDNN %s): convolutions, linear layers, matmuls and "

@@ -183,6 +183,26 @@ train_accumulate_np2)
   grep -q '"steps": *3' run/summary.json || fail "expected 3 optimizer steps: $(cat run/summary.json)"
   [[ $(grep -c '"type":"step"' run/metrics.jsonl) -eq 3 ]] || fail "expected 3 step records: $(head -3 run/metrics.jsonl)"
   ;;
+train_threads_np2)
+  # train.threads = 0 and no OMP_NUM_THREADS (design decision 86): 2 ranks under --bind-to none share
+  # every core, so each takes half of them (at least one) rather than one thread per core; the log
+  # says why. OMP_NUM_THREADS or train.threads, when given, are obeyed as they are.
+  cores=$(nproc); want=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+  run() { env -u OMP_NUM_THREADS "$mpirun" --oversubscribe --bind-to none -np 2 $mpi_extra "$hpdl" train \
+            "$ex/fashion_mnist/mlp.toml" --set train.max_steps=2 --set data.batch_size=8 --set data.workers=1 \
+            --set train.overwrite=true --set train.run_dir=run "$@"; }
+  mpi_extra=
+  run >log 2>&1 || fail "mpirun failed: $(tail -5 log)"
+  grep -q "2 rank(s) x $want thread(s)" log || fail "expected $want thread(s) per rank on $cores cores: $(grep training log)"
+  if (( want < cores )); then
+    grep -q "cores are shared by 2 ranks of its machine" log || fail "no note on the shared cores: $(grep training log)"
+  fi
+  grep -q "\"threads\": *$want" run/summary.json || fail "summary.json: $(grep threads run/summary.json)"
+  mpi_extra="-x OMP_NUM_THREADS=2" run >log_env 2>&1 || fail "mpirun with OMP_NUM_THREADS failed: $(tail -5 log_env)"
+  grep -q "2 rank(s) x 2 thread(s), batch" log_env || fail "OMP_NUM_THREADS=2 not obeyed: $(grep training log_env)"
+  run --set train.threads=2 >log_set 2>&1 || fail "mpirun with train.threads failed: $(tail -5 log_set)"
+  grep -q "2 rank(s) x 2 thread(s), batch" log_set || fail "train.threads = 2 not obeyed: $(grep training log_set)"
+  ;;
 train_hierarchical_np4)
   # Hierarchical allreduce, 4 ranks posing as 2 nodes of 2 (HPDL_NODE_ID): the replicas stay
   # identical, summary.json says it was used, and the loss curve is the flat allreduce's up to

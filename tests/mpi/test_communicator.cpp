@@ -1,6 +1,9 @@
 // Communicator collectives across real ranks (run under mpirun -np 2 and -np 4).
 #include <gtest/gtest.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -65,6 +68,34 @@ TEST(Communicator, Bf16AllreduceOnTheWire) {
 // (integer-valued floats add exactly in any order), for sizes that split evenly
 // and unevenly over a node's ranks, below one element per rank, in float32,
 // float64 (max) and bfloat16, synchronous and on the communication thread.
+// The tests run under `mpirun --bind-to none` on one machine: every rank may
+// run on every core, so all share them. Then each rank pins itself to core
+// rank % cores: ranks share a core only with those pinned to the same one.
+TEST(Communicator, CoreShareCountsTheRanksOnTheSameCores) {
+  cpu_set_t all;
+  ASSERT_EQ(sched_getaffinity(0, sizeof all, &all), 0);
+  const int cores = CPU_COUNT(&all), n = W().size(), r = W().rank();
+  auto share = W().core_share();
+  EXPECT_EQ(share.cores, cores);
+  EXPECT_EQ(share.ranks, n);
+  EXPECT_EQ(share.threads(), std::max(1, cores / n));
+
+  std::vector<int> allowed;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &all)) allowed.push_back(c);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(allowed[static_cast<size_t>(r) % allowed.size()], &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+  share = W().core_share();
+  ASSERT_EQ(sched_setaffinity(0, sizeof all, &all), 0);
+  int same_core = 0;
+  for (int q = 0; q < n; ++q) same_core += q % static_cast<int>(allowed.size()) == r % static_cast<int>(allowed.size());
+  EXPECT_EQ(share.cores, 1);
+  EXPECT_EQ(share.ranks, same_core);
+  EXPECT_EQ(share.threads(), 1);
+}
+
 TEST(Communicator, HierarchicalAllreduceGivesTheFlatResult) {
   const int n = W().size(), r = W().rank();
   auto c = W().split(0, r);

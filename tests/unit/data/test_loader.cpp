@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <thread>
 
 #include "hpdl/core/error.h"
+#include "hpdl/core/threading.h"
 #include "hpdl/data/dataloader.h"
 
 using namespace hpdl;
@@ -51,6 +53,17 @@ class Faulty : public Dataset {
   int64_t get(int64_t i, float* out) const override {
     HPDL_CHECK(i != 37, "decode failed for sample file img_{}.png", i);
     for (int k = 0; k < 4; ++k) out[k] = static_cast<float>(i);
+    return 0;
+  }
+};
+
+// Records the OpenMP team size its get() would use, on whichever thread calls it.
+class TeamSizeProbe : public Dataset {
+ public:
+  int64_t size() const override { return 16; }
+  Shape sample_shape() const override { return {1}; }
+  int64_t get(int64_t, float* out) const override {
+    out[0] = static_cast<float>(omp_get_max_threads());
     return 0;
   }
 };
@@ -240,4 +253,37 @@ TEST(Transforms, MakePipelineFromFlags) {
   std::vector<float> x{1, 0}, out(2), a(2), b(2);
   eval.apply(x.data(), {1, 1, 2}, out.data(), a.data(), b.data(), {});
   EXPECT_EQ(out, (std::vector<float>{1, -1}));
+}
+
+// OpenMP keeps the team size per thread: a worker started after
+// set_num_threads(1) would still fork OMP_NUM_THREADS (2 in these tests)
+// threads for its kernels and fight the main thread's team for the cores.
+// Workers take the count the process set.
+TEST(DataLoader, WorkersUseTheThreadCountTheProcessSet) {
+  const int before = num_threads();
+  ASSERT_GT(before, 1) << "run with OMP_NUM_THREADS >= 2 (ctest sets 2)";
+  set_num_threads(1);
+  DataLoaderOptions o;
+  o.batch_size = 4;
+  o.workers = 2;
+  DataLoader dl(std::make_shared<TeamSizeProbe>(), std::make_shared<SequentialSampler>(16), o);
+  dl.start_epoch(0, 0);
+  Batch b;
+  int batches = 0;
+  while (dl.next(b)) {
+    for (float v : b.images.to_vector<float>()) EXPECT_EQ(v, 1.0f);
+    ++batches;
+  }
+  EXPECT_EQ(batches, 4);
+  // The hazard itself: a thread hpdl does not start keeps OpenMP's default
+  // (here OMP_NUM_THREADS), unless it adopts the process's count.
+  int plain = 0, adopted = 0;
+  std::thread([&] { plain = omp_get_max_threads(); }).join();
+  std::thread([&] {
+    adopt_num_threads();
+    adopted = omp_get_max_threads();
+  }).join();
+  set_num_threads(before);
+  EXPECT_EQ(plain, before);
+  EXPECT_EQ(adopted, 1);
 }
