@@ -11,6 +11,7 @@
 
 #include "apps/hpdl/commands.h"
 #include "hpdl/core/error.h"
+#include "hpdl/core/threading.h"
 #include "hpdl/dist/communicator.h"
 #include "hpdl/io/file.h"
 #include "hpdl/train/config.h"
@@ -41,6 +42,8 @@ void register_tune(CLI::App& app) {
   cmd->callback([o] {
     auto& world = dist::Communicator::world();
     const auto search = tune::load_search(o->search, o->overrides);
+    // Trials on ranks that share cores split them (design decision 86); a trial's train.threads wins.
+    const std::string thread_note = world.split_shared_cores();
     namespace fs = std::filesystem;
     const fs::path results = search.run_dir / "results.jsonl";
     int exists = 0;
@@ -72,6 +75,7 @@ void register_tune(CLI::App& app) {
                   search.method.c_str(), trials.size(), rung_text.c_str(), world.size(),
                   static_cast<long long>(search.ranks_per_trial), search.metric.c_str(), search.direction.c_str(),
                   search.run_dir.c_str());
+      if (!thread_note.empty()) std::printf("hpdl tune: %d thread(s) per rank: %s\n", num_threads(), thread_note.c_str());
       std::fflush(stdout);
     }
     auto on_record = [&](const tune::Record& r) {

@@ -303,6 +303,15 @@ Communicator::CoreShare Communicator::core_share() const {
   return share;
 }
 
+std::string Communicator::split_shared_cores() const {
+  if (size_ == 1) return "";
+  const CoreShare share = core_share();
+  if (std::getenv("OMP_NUM_THREADS") != nullptr || share.ranks <= 1 || share.threads() >= num_threads()) return "";
+  set_num_threads(share.threads());
+  return fmt::format("rank {}'s {} cores are shared by {} ranks of its machine; train.threads or OMP_NUM_THREADS "
+                     "sets the count", rank_, share.cores, share.ranks);
+}
+
 Communicator::NodeLayout Communicator::node_layout(int node_id) const {
   if (size_ == 1) return {};
   MPI_Comm node = split_nodes(node_id);

@@ -171,6 +171,12 @@ class Communicator {
     int threads() const { return std::max(1, cores / std::max(1, ranks)); }
   };
   CoreShare core_share() const;
+  // Collective: when OMP_NUM_THREADS is not set and this rank shares its cores
+  // with other ranks of `comm` (core_share), lowers the thread count
+  // (set_num_threads) to cores / ranks. Returns a note for the log when it
+  // did ("rank 0's 2 cores are shared by 2 ranks of its machine"), else "".
+  // An explicit count set afterwards (train.threads) still wins.
+  std::string split_shared_cores() const;
   bool hierarchical() const { return hier_ != nullptr; }
   // Allreduce calls that went the hierarchical way (buffers of min_bytes and more).
   int64_t hierarchical_allreduces() const { return hier_calls_.load(); }

@@ -3,7 +3,6 @@
 
 #include <sys/resource.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <cstdio>
 #include <fstream>
@@ -553,14 +552,8 @@ TrainSummary Trainer::run(bool resume) {
   // rather than each starting a thread per core (design decision 86). Collective on every rank alike
   // (the config is the same everywhere); the environment only decides whether to apply it.
   std::string thread_note;
-  if (cfg.train.threads == 0 && world > 1) {
-    const auto share = comm.core_share();
-    if (std::getenv("OMP_NUM_THREADS") == nullptr && share.ranks > 1 && share.threads() < num_threads()) {
-      set_num_threads(share.threads());
-      thread_note = fmt::format(" (rank 0's {} cores are shared by {} ranks of its machine; train.threads or "
-                                "OMP_NUM_THREADS sets the count)", share.cores, share.ranks);
-    }
-  }
+  if (cfg.train.threads == 0) thread_note = comm.split_shared_cores();
+  if (!thread_note.empty()) thread_note = " (" + thread_note + ")";
   apply_layout(cfg);
   Device device = Device::parse(cfg.train.device);
   // GPU ranks: one GPU each, picked from the rank within the node; gradients go over NCCL.
