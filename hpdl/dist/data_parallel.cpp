@@ -8,6 +8,7 @@
 #include "hpdl/autograd/node.h"
 #include "hpdl/backend/backend.h"
 #include "hpdl/dist/pages.h"
+#include "hpdl/dist/powersgd.h"
 
 namespace hpdl::dist {
 
@@ -36,6 +37,7 @@ struct DataParallel::Bucket {
   bool launched_by_hook = false;
   std::shared_ptr<Work> work;         // CPU ranks: the job on the communication thread
   std::shared_ptr<NcclWork> gpu_work;  // GPU ranks: the collective on the communication stream
+  std::unique_ptr<PowerSgd> powersgd;  // options.powersgd_rank > 0: its parameters' compression
   BucketSpan span;
   std::mutex mu;
 };
@@ -75,6 +77,12 @@ void DataParallel::setup() {
                "{}; use train.zero_stage = 1 on GPU ranks", device_.str());
     HPDL_CHECK(!options_.bf16_wire, "DataParallel: sharded gradients (ZeRO-2) cannot be combined with bf16_wire "
                "(train.bf16_wire); set one of them off");
+  }
+  if (options_.powersgd_rank != 0) {
+    HPDL_CHECK(options_.powersgd_rank > 0, "DataParallel: PowerSGD rank {}; need at least 1 (0: off)",
+               options_.powersgd_rank);
+    HPDL_CHECK(!device_.is_cuda() && !zero2 && !options_.bf16_wire, "DataParallel: PowerSGD (train.powersgd_rank) "
+               "needs CPU ranks without sharded gradients (ZeRO-2) or bf16_wire");
   }
   // Reverse registration order: the last layers' gradients are ready first.
   std::vector<Tensor> order(params.rbegin(), params.rend());
@@ -132,6 +140,16 @@ void DataParallel::setup() {
       p.autograd_meta().post_accumulate_hooks.push_back(
           [this, index, slot](Tensor&) { on_grad_ready(index, static_cast<int>(slot)); });
       bucket->params.push_back(p);
+    }
+    if (options_.powersgd_rank > 0) {
+      std::vector<Tensor> views;
+      int64_t o = 0;
+      for (auto& p : g) {
+        views.push_back(make_view(bucket->flat, p.shape(), contiguous_strides(p.shape()), o));
+        o += p.numel();
+      }
+      bucket->powersgd = std::make_unique<PowerSgd>(std::move(views), options_.powersgd_rank,
+                                                    options_.powersgd_seed + static_cast<uint64_t>(gi));
     }
     bucket->ready.assign(g.size(), false);
     bucket->pending = static_cast<int>(g.size());
@@ -333,6 +351,16 @@ void DataParallel::launch(int index) {
     }
     return;
   }
+  if (bp->powersgd && steps_ >= options_.powersgd_start_step) {
+    sync_allreduces_ += 1;  // two messages
+    sync_allreduce_bytes_ += bp->powersgd->wire_elements() * 4 - b.span.bytes;
+    b.work = comm_.enqueue([this, bp] {
+      bp->span.begin_us = now_us();
+      bp->powersgd->reduce(comm_);
+      bp->span.end_us = now_us();
+    });
+    return;
+  }
   b.work = comm_.enqueue([this, bp, scale, bf16] {
     bp->span.begin_us = now_us();
     if (bf16) {
@@ -363,6 +391,19 @@ void DataParallel::finish() {
     }
   }
   if (options_.broadcast_buffers) broadcast_buffers(0);
+  ++steps_;
+}
+
+int64_t DataParallel::powersgd_wire_elements() const {
+  int64_t n = 0;
+  for (auto& b : buckets_) n += b->powersgd ? b->powersgd->wire_elements() : b->numel;
+  return n;
+}
+
+int64_t DataParallel::powersgd_compressed_matrices() const {
+  int64_t n = 0;
+  for (auto& b : buckets_) n += b->powersgd ? b->powersgd->compressed_count() : 0;
+  return n;
 }
 
 void DataParallel::broadcast_buffers(int root) {

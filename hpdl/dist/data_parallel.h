@@ -50,6 +50,17 @@ struct DataParallelOptions {
   // reduce is done, so a rank holds ~1/world of the gradients plus the
   // buckets in flight. CPU ranks only; no bf16_wire, no set_accumulating(true).
   std::vector<int> grad_owners;
+  // PowerSGD (dist/powersgd.h; Vogels et al. 2019) with rank r > 0: in each
+  // bucket the weight matrices travel as rank-r factors P and Q (two
+  // allreduces per bucket, on the communication thread as usual), the rest
+  // whole; each rank keeps the error the compression made and adds it to
+  // its next gradients. From step powersgd_start_step on (finish() calls,
+  // counted from set_step); plain allreduce before. CPU ranks; not with
+  // bf16_wire or grad_owners. The error and Q are not in checkpoints: a
+  // resumed run starts them afresh.
+  int powersgd_rank = 0;
+  int64_t powersgd_start_step = 0;
+  uint64_t powersgd_seed = 0x5067534744ull;
 };
 
 // One timed span of an allreduce, for the trace (steady-clock microseconds).
@@ -119,6 +130,12 @@ class DataParallel {
   bool shards_gradients() const { return !options_.grad_owners.empty(); }
   const std::vector<int>& grad_owners() const { return options_.grad_owners; }
 
+  // PowerSGD: the step finish() will count next (resume sets it), and the
+  // gradient elements sent per step once compressing against all of them.
+  void set_step(int64_t step) { steps_ = step; }
+  int64_t powersgd_wire_elements() const;
+  int64_t powersgd_compressed_matrices() const;
+
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Buckets whose allreduce was launched during backward (by the last
   // gradient's hook) rather than by finish(), in the last step.
@@ -153,6 +170,7 @@ class DataParallel {
   bool accumulating_ = false;
   std::atomic<int64_t> sync_allreduces_{0}, sync_allreduce_bytes_{0};
   std::atomic<int64_t> grad_bytes_{0}, peak_grad_bytes_{0};
+  int64_t steps_ = 0;
 };
 
 }  // namespace hpdl::dist

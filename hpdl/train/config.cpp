@@ -68,6 +68,7 @@ std::vector<Key> bind(Config& c) {
       {"train.accumulate_steps", &t.accumulate_steps},
       {"train.sync_batchnorm", &t.sync_batchnorm}, {"train.sync_batchnorm_group", &t.sync_batchnorm_group},
       {"train.bucket_mb", &t.bucket_mb}, {"train.bf16_wire", &t.bf16_wire},
+      {"train.powersgd_rank", &t.powersgd_rank}, {"train.powersgd_start_step", &t.powersgd_start_step},
       {"train.hierarchical_allreduce", &t.hierarchical_allreduce},
       {"train.shard_optimizer", &t.shard_optimizer}, {"train.zero_stage", &t.zero_stage},
       {"train.zero3_prefetch", &t.zero3_prefetch},
@@ -475,6 +476,25 @@ void validate(const Config& c, const std::string& src) {
     refuse(z == 3 && t.sync_batchnorm, "train.sync_batchnorm = true",
            "stage 3 recomputes each unit in backward, where synchronized batch norm would all-reduce its statistics "
            "a second time (design decision 67)");
+  }
+  non_negative("train.powersgd_rank", static_cast<double>(t.powersgd_rank));
+  non_negative("train.powersgd_start_step", static_cast<double>(t.powersgd_start_step));
+  if (t.powersgd_rank > 0) {
+    // Each of these sends the gradients another way, or none per step.
+    auto refuse = [&](bool on, const std::string& key, const char* why) {
+      HPDL_CHECK(!on, "{}: train.powersgd_rank = {} cannot be combined with {}: {}; set one of them off", src,
+                 t.powersgd_rank, key, why);
+    };
+    refuse(t.bf16_wire, "train.bf16_wire = true", "the factors are all-reduced in float32");
+    refuse(t.shard_optimizer && t.zero_stage >= 2, fmt::format("train.zero_stage = {}", t.zero_stage),
+           "gradients are reduced to their owners, not all-reduced");
+    refuse(t.local_sgd_steps > 0, fmt::format("train.local_sgd_steps = {}", t.local_sgd_steps),
+           "no gradients are all-reduced between averaging points");
+    refuse(t.pipeline_stages > 1, fmt::format("train.pipeline_stages = {}", t.pipeline_stages),
+           "the stages' replicas average their gradients in plain buckets");
+    refuse(t.tensor_parallel > 1, fmt::format("train.tensor_parallel = {}", t.tensor_parallel),
+           "the groups' replicas average their gradients in plain buckets");
+    refuse(t.device != "cpu", fmt::format("train.device = \"{}\"", t.device), "PowerSGD runs on CPU ranks");
   }
   non_negative("train.local_sgd_steps", static_cast<double>(t.local_sgd_steps));
   HPDL_CHECK(!t.local_sgd_average_optimizer || t.local_sgd_steps > 0, "{}: train.local_sgd_average_optimizer = true "

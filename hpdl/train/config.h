@@ -177,6 +177,13 @@ struct TrainConfig {
   int64_t sync_batchnorm_group = 0;
   double bucket_mb = 25;   // DataParallel gradient bucket size, MiB
   bool bf16_wire = false;  // all-reduce gradients as bfloat16 (half the bytes, rounded)
+  // PowerSGD gradient compression (dist/powersgd.h): weight gradients travel
+  // as rank-r factors with error feedback; 0: off. From optimizer step
+  // powersgd_start_step on (plain allreduce before). Data parallelism on CPU
+  // ranks; refused with bf16_wire, zero_stage 2 and 3, local_sgd_steps,
+  // pipeline_stages > 1 and tensor_parallel > 1.
+  int64_t powersgd_rank = 0;
+  int64_t powersgd_start_step = 0;
   // All-reduce gradient buckets node by node (dist::Communicator::set_hierarchical):
   // reduce-scatter inside each node, allreduce across nodes, allgather inside the
   // node. CPU ranks over MPI; used when every node runs the same number (> 1) of

@@ -839,8 +839,20 @@ TrainSummary Trainer::run(bool resume) {
     dpo.bucket_bytes = static_cast<int64_t>(cfg.train.bucket_mb * (1 << 20));
     dpo.bf16_wire = cfg.train.bf16_wire;
     if (shard_grads) dpo.grad_owners = dynamic_cast<dist::ShardedOptimizer&>(*opt).owners_of(model->parameters());
+    HPDL_CHECK(cfg.train.powersgd_rank == 0 || !nccl, "train.powersgd_rank = {} needs CPU ranks (train.device = "
+               "\"cpu\"); set it to 0 on GPU ranks", cfg.train.powersgd_rank);
+    dpo.powersgd_rank = static_cast<int>(cfg.train.powersgd_rank);
+    dpo.powersgd_start_step = cfg.train.powersgd_start_step;
     dp = nccl ? std::make_unique<dist::DataParallel>(*model, comm, *nccl, dpo)
               : std::make_unique<dist::DataParallel>(*model, dp_comm, dpo);
+    if (root && dpo.powersgd_rank > 0) {
+      const int64_t all = model->num_parameters(), wire = dp->powersgd_wire_elements();
+      std::fprintf(log, "hpdl: PowerSGD rank %d: %lld weight matrices sent as factors; %lld of %lld gradient values "
+                   "on the wire per step (%.1fx fewer) from step %lld\n", dpo.powersgd_rank,
+                   static_cast<long long>(dp->powersgd_compressed_matrices()), static_cast<long long>(wire),
+                   static_cast<long long>(all), static_cast<double>(all) / static_cast<double>(std::max<int64_t>(1, wire)),
+                   static_cast<long long>(dpo.powersgd_start_step));
+    }
   }
   // Whose gradient traffic the epoch records and the summary count: the data-parallel wrapper's, or
   // a pipeline grid's replicas' (each stage's DataParallel over grid.data).
@@ -991,6 +1003,7 @@ TrainSummary Trainer::run(bool resume) {
                "set it to 0", cfg.train.stop_after_epoch, info->sidecar_path.string(), epoch);
     if (zero3) dp->broadcast_buffers(0);  // the parameters stay with their owners
     else if (dp) dp->broadcast_state(0);
+    if (dp) dp->set_step(step);  // PowerSGD's start step counts optimizer steps
     if (root)
       std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
                    static_cast<long long>(epoch + 1), static_cast<long long>(step));

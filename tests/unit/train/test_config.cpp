@@ -244,6 +244,34 @@ TEST(Config, LocalSgdRangesAndIncompatibleOptions) {
   }
 }
 
+TEST(Config, PowerSgdKeysAndRefusals) {
+  const Config d = parse_config("", "c.toml");
+  EXPECT_EQ(d.train.powersgd_rank, 0);
+  EXPECT_EQ(d.train.powersgd_start_step, 0);
+  Config c = parse_config("[train]\npowersgd_rank = 4\npowersgd_start_step = 100\n", "c.toml");
+  EXPECT_EQ(c.train.powersgd_rank, 4);
+  const Config back = parse_config(to_toml(c), "r.toml");
+  EXPECT_EQ(back.train.powersgd_rank, 4);
+  EXPECT_EQ(back.train.powersgd_start_step, 100);
+  std::string err = error_of([] { parse_config("[train]\npowersgd_rank = -1\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.powersgd_rank must be >= 0, got -1"), std::string::npos) << err;
+  err = error_of([] { parse_config("[train]\npowersgd_start_step = -5\n", "c.toml"); });
+  EXPECT_NE(err.find("c.toml: train.powersgd_start_step must be >= 0, got -5"), std::string::npos) << err;
+  const std::pair<std::string, std::string> refused[] = {
+      {"bf16_wire = true", "train.bf16_wire = true"},
+      {"shard_optimizer = true\nzero_stage = 2", "train.zero_stage = 2"},
+      {"local_sgd_steps = 4", "train.local_sgd_steps = 4"},
+      {"pipeline_stages = 2", "train.pipeline_stages = 2"},
+      {"device = \"cuda\"", "train.device = \"cuda\""},
+  };
+  for (auto& [line, key] : refused) {
+    err = error_of([&] { parse_config("[train]\npowersgd_rank = 2\n" + line + "\n", "c.toml"); });
+    EXPECT_NE(err.find("c.toml: train.powersgd_rank = 2 cannot be combined with " + key), std::string::npos)
+        << line << ": " << err;
+  }
+  EXPECT_NO_THROW(parse_config("[train]\npowersgd_rank = 2\nshard_optimizer = true\n", "c.toml")) << "ZeRO-1 works";
+}
+
 // train.pipeline_stages, train.micro_batches, train.pipeline_schedule: off by default, ranges,
 // micro-batches that split data.batch_size evenly, and the combinations refused (naming both keys).
 TEST(Config, PipelineKeysRangesAndIncompatibleOptions) {
