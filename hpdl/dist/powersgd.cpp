@@ -120,17 +120,24 @@ int64_t PowerSgd::reduce(Communicator& comm) {
     const float* P = buf1_.data() + off;
     float* Q = buf2_.data() + off2;
     for (int64_t i = 0; i < mt.m * r; ++i) Q[i] *= inv;
+    // Q^T [r, m], so each row of M_hat is r contiguous axpys (vectorized; the same order everywhere).
+    qt_.resize(static_cast<size_t>(mt.m * r));
+    for (int64_t b = 0; b < mt.m; ++b)
+      for (int64_t k = 0; k < r; ++k) qt_[static_cast<size_t>(k * mt.m + b)] = Q[b * r + k];
     float* g = mt.grad.data<float>();
     float* M = mt.err.data();
     for (int64_t a = 0; a < mt.n; ++a) {
-      const float* pa = P + a * r;
-      for (int64_t b = 0; b < mt.m; ++b) {
-        const float* qb = Q + b * r;
-        float s = 0.0f;
-        for (int64_t k = 0; k < r; ++k) s += pa[k] * qb[k];
-        g[a * mt.m + b] = s;
-        M[a * mt.m + b] -= s;
+      float* ga = g + a * mt.m;
+      float* Ma = M + a * mt.m;
+      const float p0 = P[a * r];
+      const float* q0 = qt_.data();
+      for (int64_t b = 0; b < mt.m; ++b) ga[b] = p0 * q0[b];
+      for (int64_t k = 1; k < r; ++k) {
+        const float pk = P[a * r + k];
+        const float* qk = qt_.data() + k * mt.m;
+        for (int64_t b = 0; b < mt.m; ++b) ga[b] += pk * qk[b];
       }
+      for (int64_t b = 0; b < mt.m; ++b) Ma[b] -= ga[b];
     }
     std::copy(Q, Q + mt.m * r, mt.q.begin());  // warm start
     off += mt.n * r;

@@ -60,7 +60,7 @@ class PowerSgd {
   std::vector<Mat> mats_;
   std::vector<Tensor> plain_;
   int64_t elements_ = 0, wire_elements_ = 0;
-  std::vector<float> buf1_, buf2_;
+  std::vector<float> buf1_, buf2_, qt_;
 };
 
 }  // namespace hpdl::dist
