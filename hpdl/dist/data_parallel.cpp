@@ -3,6 +3,7 @@
 // for GPU ranks).
 #include "hpdl/dist/data_parallel.h"
 
+#include <algorithm>
 #include <mutex>
 
 #include "hpdl/autograd/node.h"
@@ -86,6 +87,9 @@ void DataParallel::setup() {
   }
   // Reverse registration order: the last layers' gradients are ready first.
   std::vector<Tensor> order(params.rbegin(), params.rend());
+  std::vector<std::string> order_names;
+  for (auto& [name, p] : model_.named_parameters()) order_names.push_back(name);
+  std::reverse(order_names.begin(), order_names.end());
   std::vector<int> order_owner(order.size(), -1);
   if (zero2)
     for (size_t i = 0; i < order.size(); ++i) order_owner[i] = options_.grad_owners[params.size() - 1 - i];
@@ -97,6 +101,7 @@ void DataParallel::setup() {
   // but per owner: each owner has one open bucket that takes its parameters in backward order, so a
   // bucket is reduced to a single root; interleaved owners make its span of backward longer.
   std::vector<std::vector<Tensor>> groups;
+  std::vector<std::vector<std::string>> group_names;
   std::vector<int> group_owner;
   std::vector<int64_t> group_bytes;
   std::vector<int> open(static_cast<size_t>(zero2 ? comm_.size() : 1), -1);  // per owner: its open group
@@ -109,10 +114,12 @@ void DataParallel::setup() {
     if (g < 0 || (!groups[static_cast<size_t>(g)].empty() && group_bytes[static_cast<size_t>(g)] + b > limit)) {
       g = static_cast<int>(groups.size());
       groups.emplace_back();
+      group_names.emplace_back();
       group_owner.push_back(order_owner[i]);
       group_bytes.push_back(0);
     }
     groups[static_cast<size_t>(g)].push_back(p);
+    group_names[static_cast<size_t>(g)].push_back(i < order_names.size() ? order_names[i] : std::to_string(i));
     group_bytes[static_cast<size_t>(g)] += b;
   }
   for (size_t gi = 0; gi < groups.size(); ++gi) {
@@ -154,6 +161,7 @@ void DataParallel::setup() {
     bucket->ready.assign(g.size(), false);
     bucket->pending = static_cast<int>(g.size());
     buckets_.push_back(std::move(bucket));
+    bucket_names_.push_back(group_names[gi]);
   }
   peak_grad_bytes_ = grad_bytes_.load();
 }
@@ -398,6 +406,69 @@ int64_t DataParallel::powersgd_wire_elements() const {
   int64_t n = 0;
   for (auto& b : buckets_) n += b->powersgd ? b->powersgd->wire_elements() : b->numel;
   return n;
+}
+
+std::map<std::string, Tensor> DataParallel::powersgd_state() {
+  std::map<std::string, Tensor> out;
+  std::vector<std::pair<std::string, Tensor>> errors;
+  int64_t numel = 0;
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+    auto& b = *buckets_[bi];
+    if (!b.powersgd) continue;
+    for (size_t i = 0; i < static_cast<size_t>(b.powersgd->compressed_count()); ++i) {
+      const int64_t slot = b.powersgd->source_index(i);
+      const std::string& name = bucket_names_[bi][static_cast<size_t>(slot)];
+      out["q." + name] = b.powersgd->q(i);
+      const auto& e = b.powersgd->error(i);
+      Tensor t = Tensor::empty(b.params[static_cast<size_t>(slot)].shape());
+      std::copy(e.begin(), e.end(), t.data<float>());
+      errors.emplace_back(name, t);
+      numel += t.numel();
+    }
+  }
+  if (numel == 0) return out;
+  Tensor flat = Tensor::empty({numel});
+  int64_t off = 0;
+  for (auto& [name, t] : errors) {
+    std::copy(t.data<float>(), t.data<float>() + t.numel(), flat.data<float>() + off);
+    off += t.numel();
+  }
+  comm_.allreduce(flat);
+  const float inv = 1.0f / static_cast<float>(comm_.size());
+  off = 0;
+  for (auto& [name, t] : errors) {
+    for (int64_t k = 0; k < t.numel(); ++k) t.data<float>()[k] = flat.data<float>()[off + k] * inv;
+    off += t.numel();
+    out["error." + name] = t;
+  }
+  return out;
+}
+
+int64_t DataParallel::load_powersgd_state(const std::map<std::string, Tensor>& state, int saved_ranks) {
+  const float scale = static_cast<float>(saved_ranks) / static_cast<float>(comm_.size());
+  // A saved Q of another size (another powersgd_rank): restore nothing.
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+    auto& b = *buckets_[bi];
+    if (!b.powersgd) continue;
+    for (size_t i = 0; i < static_cast<size_t>(b.powersgd->compressed_count()); ++i) {
+      const auto q = state.find("q." + bucket_names_[bi][static_cast<size_t>(b.powersgd->source_index(i))]);
+      if (q != state.end() && q->second.numel() != b.powersgd->q(i).numel()) return -1;
+    }
+  }
+  int64_t restored = 0;
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+    auto& b = *buckets_[bi];
+    if (!b.powersgd) continue;
+    for (size_t i = 0; i < static_cast<size_t>(b.powersgd->compressed_count()); ++i) {
+      const std::string& name = bucket_names_[bi][static_cast<size_t>(b.powersgd->source_index(i))];
+      const auto q = state.find("q." + name), e = state.find("error." + name);
+      if (q == state.end() || e == state.end()) continue;
+      b.powersgd->set_q(i, q->second);
+      b.powersgd->set_error(i, e->second, scale);
+      ++restored;
+    }
+  }
+  return restored;
 }
 
 int64_t DataParallel::powersgd_compressed_matrices() const {

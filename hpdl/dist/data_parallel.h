@@ -19,8 +19,10 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "hpdl/dist/communicator.h"
@@ -56,8 +58,8 @@ struct DataParallelOptions {
   // whole; each rank keeps the error the compression made and adds it to
   // its next gradients. From step powersgd_start_step on (finish() calls,
   // counted from set_step); plain allreduce before. CPU ranks; not with
-  // bf16_wire or grad_owners. The error and Q are not in checkpoints: a
-  // resumed run starts them afresh.
+  // bf16_wire or grad_owners. powersgd_state() / load_powersgd_state()
+  // carry Q and the ranks' mean error through a checkpoint.
   int powersgd_rank = 0;
   int64_t powersgd_start_step = 0;
   uint64_t powersgd_seed = 0x5067534744ull;
@@ -135,6 +137,17 @@ class DataParallel {
   void set_step(int64_t step) { steps_ = step; }
   int64_t powersgd_wire_elements() const;
   int64_t powersgd_compressed_matrices() const;
+  // PowerSGD state for a checkpoint, by parameter name: "q.<name>" (the
+  // warm-start factor) and "error.<name>" (the ranks' mean error, in the
+  // parameter's shape). Collective (one allreduce of the errors); call it
+  // between steps. Empty without PowerSGD.
+  std::map<std::string, Tensor> powersgd_state();
+  // Restores it: every rank takes Q and mean error x (saved_ranks / ranks),
+  // which keeps the ranks' sum of errors, all the next step depends on.
+  // Entries it does not find leave that matrix's state fresh; returns how
+  // many matrices were restored, or -1 (nothing restored) when a saved Q
+  // has another size (a checkpoint of another powersgd_rank).
+  int64_t load_powersgd_state(const std::map<std::string, Tensor>& state, int saved_ranks);
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Buckets whose allreduce was launched during backward (by the last
@@ -165,6 +178,7 @@ class DataParallel {
   NcclCommunicator* nccl_ = nullptr;
   Device device_ = kCPU;
   std::vector<std::unique_ptr<Bucket>> buckets_;
+  std::vector<std::vector<std::string>> bucket_names_;  // per bucket: its parameters' names, in slot order
   std::mutex order_mu_;  // buckets launch in index order: next_launch_ and the buckets' `full`
   int next_launch_ = 0;
   bool accumulating_ = false;

@@ -64,6 +64,7 @@ PowerSgd::PowerSgd(std::vector<Tensor> grads, int rank, uint64_t seed) : rank_(r
     }
     Mat mat;
     mat.grad = g;
+    mat.index = static_cast<int64_t>(i);
     mat.n = g.shape()[0];
     mat.m = g.numel() / mat.n;
     mat.err.assign(static_cast<size_t>(g.numel()), 0.0f);
@@ -144,6 +145,29 @@ int64_t PowerSgd::reduce(Communicator& comm) {
     off2 += mt.m * r;
   }
   return (n1 + n2) * 4;
+}
+
+Tensor PowerSgd::q(size_t i) const {
+  const Mat& mt = mats_.at(i);
+  Tensor t = Tensor::empty({mt.m, static_cast<int64_t>(rank_)});
+  std::copy(mt.q.begin(), mt.q.end(), t.data<float>());
+  return t;
+}
+
+void PowerSgd::set_q(size_t i, const Tensor& q) {
+  Mat& mt = mats_.at(i);
+  HPDL_CHECK(q.numel() == mt.m * rank_ && q.dtype() == DType::f32, "PowerSGD: saved Q {} does not fit a [{}, {}] "
+             "factor (another powersgd_rank?)", q.str(), mt.m, rank_);
+  const Tensor c = q.contiguous();
+  std::copy(c.data<float>(), c.data<float>() + c.numel(), mt.q.begin());
+}
+
+void PowerSgd::set_error(size_t i, const Tensor& err, float scale) {
+  Mat& mt = mats_.at(i);
+  HPDL_CHECK(err.numel() == mt.n * mt.m && err.dtype() == DType::f32, "PowerSGD: saved error {} does not fit a "
+             "[{}, {}] gradient", err.str(), mt.n, mt.m);
+  const Tensor c = err.contiguous();
+  for (int64_t k = 0; k < c.numel(); ++k) mt.err[static_cast<size_t>(k)] = c.data<float>()[k] * scale;
 }
 
 }  // namespace hpdl::dist

@@ -49,10 +49,19 @@ class PowerSgd {
   // This rank's error feedback for compressible gradient i (in the order of
   // the constructor's compressible gradients), [n, m] row-major.
   const std::vector<float>& error(size_t i) const { return mats_.at(i).err; }
+  // Compressible gradient i: its index among the constructor's gradients,
+  // its Q [m, r] (the same on every rank), and setters for resuming. Only
+  // the ranks' sum of the errors enters the next step, so a checkpoint can
+  // hold their mean and give every rank mean x (old ranks / new ranks).
+  int64_t source_index(size_t i) const { return mats_.at(i).index; }
+  Tensor q(size_t i) const;
+  void set_q(size_t i, const Tensor& q);
+  void set_error(size_t i, const Tensor& err, float scale);
 
  private:
   struct Mat {
     Tensor grad;
+    int64_t index = 0;
     int64_t n = 0, m = 0;
     std::vector<float> err, q;
   };

@@ -1004,6 +1004,13 @@ TrainSummary Trainer::run(bool resume) {
     if (zero3) dp->broadcast_buffers(0);  // the parameters stay with their owners
     else if (dp) dp->broadcast_state(0);
     if (dp) dp->set_step(step);  // PowerSGD's start step counts optimizer steps
+    if (dp && cfg.train.powersgd_rank > 0) {
+      const int64_t restored = dp->load_powersgd_state(with_prefix(tensors, "powersgd."), saved_world);
+      if (root)
+        std::fprintf(log, "hpdl: PowerSGD: %s\n", restored < 0 ? "the checkpoint's state is for another "
+                     "train.powersgd_rank; error and Q start afresh" : fmt::format("{} of {} matrices resume their "
+                     "error and Q from the checkpoint", restored, dp->powersgd_compressed_matrices()).c_str());
+    }
     if (root)
       std::fprintf(log, "hpdl: resumed from %s (epoch %lld, step %lld)\n", info->sidecar_path.string().c_str(),
                    static_cast<long long>(epoch + 1), static_cast<long long>(step));
@@ -1131,6 +1138,9 @@ TrainSummary Trainer::run(bool resume) {
         if (root)
           for (int r = 1; r < world; ++r) rank_state[fmt::format("local_sgd.rank{}.{}", r, k)] = all.select(0, r).contiguous();
       }
+    // PowerSGD: Q and the ranks' mean error (collective), so a resume continues the compression.
+    std::map<std::string, Tensor> powersgd_state;
+    if (dp && cfg.train.powersgd_rank > 0) powersgd_state = dp->powersgd_state();
     if (!root) return;
     CheckpointMeta meta;
     meta.step = step;
@@ -1158,6 +1168,7 @@ TrainSummary Trainer::run(bool resume) {
     std::map<std::string, Tensor> tensors = prefixed(zero3 ? model_state : model->state_dict(), "model.");
     for (auto& [k, v] : opt_state) tensors["optim." + k] = v;
     for (auto& [k, v] : rank_state) tensors[k] = v;
+    for (auto& [k, v] : powersgd_state) tensors["powersgd." + k] = v;
     if (ema) {
       for (auto& [k, v] : ema->state_dict()) tensors["ema." + k] = v;
       meta.extra["ema_updates"] = ema->updates();
