@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "apps/hpdl/commands.h"
 #ifdef HPDL_HAVE_CUDA
@@ -31,6 +32,7 @@ void register_info(CLI::App& app) {
     if (auto nl = mpi.find('\n'); nl != std::string::npos) mpi.resize(nl);
     auto& world = dist::Communicator::world();
     const dist::Communicator::NodeLayout layout = world.node_layout();  // collective
+    const dist::Communicator::CoreShare share = world.core_share();    // collective
     if (world.rank() != 0) return;
     std::printf("hpdl %s\n", HPDL_VERSION);
     std::printf("oneDNN %s, ISA %s\n", cpu::onednn_version().c_str(), cpu::onednn_isa().c_str());
@@ -45,6 +47,10 @@ void register_info(CLI::App& app) {
       const bool hier = layout.nodes > 1 && layout.min_ranks == layout.max_ranks && layout.max_ranks > 1;
       std::printf("ranks %d on %d node(s), %s per node (train.hierarchical_allreduce %s)\n", world.size(), layout.nodes,
                   per.c_str(), hier ? "would be used" : "would stay flat: it needs several nodes of equal rank counts > 1");
+      std::printf("rank 0 may run on %d core(s), shared with %d rank(s) of its machine: hpdl train takes %d "
+                  "thread(s) per rank unless train.threads or OMP_NUM_THREADS says otherwise\n", share.cores,
+                  share.ranks - 1, share.ranks > 1 && !std::getenv("OMP_NUM_THREADS") ? share.threads()
+                                                                                        : num_threads());
     }
     std::printf("HDF5 %s (serial; data.dataset = \"hdf5\")\n", data::hdf5_version().c_str());
 #ifdef HPDL_HAVE_CUDA

@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-build}; repeats=${2:-3}; models=${3:-mlp,lenet5,resnet20}
 hpdl=$root/$build/bin/hpdl
 [[ -x $hpdl ]] || { echo "threads_default: no hpdl binary at $hpdl" >&2; exit 1; }
-cores=$(nproc); half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc); half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 echo "$cores cores, 2 ranks"
 echo "| model | repeat | all cores ($cores) | default | env ($half) | config ($half) |"

@@ -187,7 +187,7 @@ train_threads_np2)
   # train.threads = 0 and no OMP_NUM_THREADS (design decision 86): 2 ranks under --bind-to none share
   # every core, so each takes half of them (at least one) rather than one thread per core; the log
   # says why. OMP_NUM_THREADS or train.threads, when given, are obeyed as they are.
-  cores=$(nproc); want=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+  cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc); want=$(( cores / 2 > 0 ? cores / 2 : 1 ))  # nproc obeys OMP_NUM_THREADS
   run() { env -u OMP_NUM_THREADS "$mpirun" --oversubscribe --bind-to none -np 2 $mpi_extra "$hpdl" train \
             "$ex/fashion_mnist/mlp.toml" --set train.max_steps=2 --set data.batch_size=8 --set data.workers=1 \
             --set train.overwrite=true --set train.run_dir=run "$@"; }
@@ -202,6 +202,11 @@ train_threads_np2)
   grep -q "2 rank(s) x 2 thread(s), batch" log_env || fail "OMP_NUM_THREADS=2 not obeyed: $(grep training log_env)"
   run --set train.threads=2 >log_set 2>&1 || fail "mpirun with train.threads failed: $(tail -5 log_set)"
   grep -q "2 rank(s) x 2 thread(s), batch" log_set || fail "train.threads = 2 not obeyed: $(grep training log_set)"
+  # hpdl info under mpirun says the same before any training.
+  env -u OMP_NUM_THREADS "$mpirun" --oversubscribe --bind-to none -np 2 "$hpdl" info >info.txt 2>&1 \
+    || fail "hpdl info failed: $(cat info.txt)"
+  grep -q "rank 0 may run on $cores core(s), shared with 1 rank(s) of its machine: hpdl train takes $want thread(s)" \
+    info.txt || fail "hpdl info: $(grep core info.txt)"
   ;;
 train_powersgd_np2)
   # train.powersgd_rank = 4 on the mlp (2 ranks, one epoch): its 3 weight matrices go as rank-4
