@@ -87,7 +87,7 @@ void DataParallel::setup() {
   }
   // Reverse registration order: the last layers' gradients are ready first.
   std::vector<Tensor> order(params.rbegin(), params.rend());
-  std::vector<std::string> order_names;
+  std::vector<std::string> order_names;  // parameters() is named_parameters() without the names
   for (auto& [name, p] : model_.named_parameters()) order_names.push_back(name);
   std::reverse(order_names.begin(), order_names.end());
   std::vector<int> order_owner(order.size(), -1);
@@ -119,7 +119,7 @@ void DataParallel::setup() {
       group_bytes.push_back(0);
     }
     groups[static_cast<size_t>(g)].push_back(p);
-    group_names[static_cast<size_t>(g)].push_back(i < order_names.size() ? order_names[i] : std::to_string(i));
+    group_names[static_cast<size_t>(g)].push_back(order_names[i]);
     group_bytes[static_cast<size_t>(g)] += b;
   }
   for (size_t gi = 0; gi < groups.size(); ++gi) {
