@@ -3,7 +3,6 @@
 #include <mpi.h>
 
 #include <cstdio>
-#include <cstdlib>
 
 #include "apps/hpdl/commands.h"
 #ifdef HPDL_HAVE_CUDA
@@ -47,10 +46,10 @@ void register_info(CLI::App& app) {
       const bool hier = layout.nodes > 1 && layout.min_ranks == layout.max_ranks && layout.max_ranks > 1;
       std::printf("ranks %d on %d node(s), %s per node (train.hierarchical_allreduce %s)\n", world.size(), layout.nodes,
                   per.c_str(), hier ? "would be used" : "would stay flat: it needs several nodes of equal rank counts > 1");
+      const int split = dist::Communicator::shared_core_threads(share);
       std::printf("rank 0 may run on %d core(s), shared with %d rank(s) of its machine: hpdl train takes %d "
                   "thread(s) per rank unless train.threads or OMP_NUM_THREADS says otherwise\n", share.cores,
-                  share.ranks - 1, share.ranks > 1 && !std::getenv("OMP_NUM_THREADS") ? share.threads()
-                                                                                        : num_threads());
+                  share.ranks - 1, split > 0 ? split : num_threads());
     }
     std::printf("HDF5 %s (serial; data.dataset = \"hdf5\")\n", data::hdf5_version().c_str());
 #ifdef HPDL_HAVE_CUDA

@@ -303,11 +303,17 @@ Communicator::CoreShare Communicator::core_share() const {
   return share;
 }
 
+int Communicator::shared_core_threads(const CoreShare& share) {
+  if (std::getenv("OMP_NUM_THREADS") != nullptr || share.ranks <= 1 || share.threads() >= num_threads()) return 0;
+  return share.threads();
+}
+
 std::string Communicator::split_shared_cores() const {
   if (size_ == 1) return "";
   const CoreShare share = core_share();
-  if (std::getenv("OMP_NUM_THREADS") != nullptr || share.ranks <= 1 || share.threads() >= num_threads()) return "";
-  set_num_threads(share.threads());
+  const int threads = shared_core_threads(share);
+  if (threads == 0) return "";
+  set_num_threads(threads);
   return fmt::format("rank {}'s {} cores are shared by {} ranks of its machine; train.threads or OMP_NUM_THREADS "
                      "sets the count", rank_, share.cores, share.ranks);
 }

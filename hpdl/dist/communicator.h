@@ -177,6 +177,10 @@ class Communicator {
   // did ("rank 0's 2 cores are shared by 2 ranks of its machine"), else "".
   // An explicit count set afterwards (train.threads) still wins.
   std::string split_shared_cores() const;
+  // The count split_shared_cores would set for this share, or 0 where it
+  // would leave the thread count alone (OMP_NUM_THREADS set, no sharing, or
+  // no fewer threads than now).
+  static int shared_core_threads(const CoreShare& share);
   bool hierarchical() const { return hier_ != nullptr; }
   // Allreduce calls that went the hierarchical way (buffers of min_bytes and more).
   int64_t hierarchical_allreduces() const { return hier_calls_.load(); }

@@ -410,8 +410,7 @@ int64_t DataParallel::powersgd_wire_elements() const {
 
 std::map<std::string, Tensor> DataParallel::powersgd_state() {
   std::map<std::string, Tensor> out;
-  std::vector<std::pair<std::string, Tensor>> errors;
-  int64_t numel = 0;
+  std::vector<Tensor> errors;
   for (size_t bi = 0; bi < buckets_.size(); ++bi) {
     auto& b = *buckets_[bi];
     if (!b.powersgd) continue;
@@ -422,25 +421,11 @@ std::map<std::string, Tensor> DataParallel::powersgd_state() {
       const auto& e = b.powersgd->error(i);
       Tensor t = Tensor::empty(b.params[static_cast<size_t>(slot)].shape());
       std::copy(e.begin(), e.end(), t.data<float>());
-      errors.emplace_back(name, t);
-      numel += t.numel();
+      out["error." + name] = t;
+      errors.push_back(t);
     }
   }
-  if (numel == 0) return out;
-  Tensor flat = Tensor::empty({numel});
-  int64_t off = 0;
-  for (auto& [name, t] : errors) {
-    std::copy(t.data<float>(), t.data<float>() + t.numel(), flat.data<float>() + off);
-    off += t.numel();
-  }
-  comm_.allreduce(flat);
-  const float inv = 1.0f / static_cast<float>(comm_.size());
-  off = 0;
-  for (auto& [name, t] : errors) {
-    for (int64_t k = 0; k < t.numel(); ++k) t.data<float>()[k] = flat.data<float>()[off + k] * inv;
-    off += t.numel();
-    out["error." + name] = t;
-  }
+  mean_over_ranks(errors);  // the tensors in `out`, in place
   return out;
 }
 
@@ -517,9 +502,16 @@ void DataParallel::average_state(const std::vector<Tensor>& extra) {
                device_.str(), t.defined() ? t.str() : std::string("an undefined tensor"));
     parts.push_back(t);
   }
+  const int64_t numel = mean_over_ranks(parts);
+  if (numel == 0) return;
+  sync_allreduces_ += 1;
+  sync_allreduce_bytes_ += numel * 4;
+}
+
+int64_t DataParallel::mean_over_ranks(std::vector<Tensor>& parts) {
   int64_t numel = 0;
   for (auto& t : parts) numel += t.numel();
-  if (numel == 0) return;
+  if (numel == 0) return 0;
   // Pack, sum over the ranks, scale by 1/world (the same operations on every rank: bitwise equal results), unpack.
   Tensor flat = Tensor::empty({numel}, DType::f32, device_);
   int64_t off = 0;
@@ -533,13 +525,12 @@ void DataParallel::average_state(const std::vector<Tensor>& extra) {
     comm_.allreduce(flat);
     reference_backend().unary(UnaryOp::mul_scalar, flat, flat, 1.0 / comm_.size());
   }
-  sync_allreduces_ += 1;
-  sync_allreduce_bytes_ += numel * 4;
   off = 0;
   for (auto& t : parts) {
     t.copy_(flat.narrow(0, off, t.numel()).reshape(t.shape()));
     off += t.numel();
   }
+  return numel;
 }
 
 std::vector<int64_t> DataParallel::bucket_sizes() const {

@@ -170,6 +170,9 @@ class DataParallel {
   void materialize(Bucket& b);  // ZeRO-2: a non-owned bucket's storage, gradients moved in
   void release(Bucket& b);      // ZeRO-2: drops a non-owned bucket's storage and .grad views
   void setup();
+  // Replaces each tensor (float32, contiguous, on this device) by its mean
+  // over the ranks, all in one message; returns their elements. Collective.
+  int64_t mean_over_ranks(std::vector<Tensor>& parts);
 
   nn::Module& model_;
   Communicator& comm_;

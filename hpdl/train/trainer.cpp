@@ -736,24 +736,18 @@ TrainSummary Trainer::run(bool resume) {
       // One training micro-batch of the first samples (evaluation transforms: no random draws),
       // timed through each layer on every rank at once (design decision 85).
       const int64_t m = cfg.data.batch_size / cfg.train.micro_batches;
-      const data::Pipeline tf = make_pipeline(cfg.data, false);
-      const Shape in = ds.train->sample_shape();
-      Shape batch_shape{m};
-      batch_shape.insert(batch_shape.end(), sample.begin(), sample.end());
-      Tensor micro = Tensor::empty(batch_shape, DType::f32);
-      const int64_t n_in = numel_of(in), n_out = numel_of(sample), scratch = std::max(tf.scratch_numel(in), n_in);
-      std::vector<float> a(static_cast<size_t>(scratch)), b(static_cast<size_t>(scratch));
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t idx = i % ds.train->size();
-        ds.train->get(idx, a.data());
-        float* out = micro.data<float>() + i * n_out;
-        if (tf.empty()) std::copy(a.begin(), a.begin() + n_in, out);
-        else tf.apply(a.data(), in, out, a.data(), b.data(), data::SampleKey{cfg.train.seed, 0, idx});
-      }
+      data::DataLoaderOptions first_lo;
+      first_lo.batch_size = m;
+      first_lo.workers = 0;
+      data::DataLoader first(ds.train, std::make_shared<data::SequentialSampler>(ds.train->size()), first_lo,
+                             make_pipeline(cfg.data, false));
+      first.start_epoch(0);
+      data::Batch micro;
+      HPDL_CHECK(first.next(micro), "train.pipeline_balance = \"time\": the training set has no samples to time");
       std::vector<double> seconds;
       {
         AutocastScope ac(DType::bf16, autocast_bf16);
-        seconds = dist::profile_layer_seconds(*model, micro, comm);
+        seconds = dist::profile_layer_seconds(*model, micro.images, comm);
       }
       po.layer_costs = seconds;
       std::vector<int64_t> params;
